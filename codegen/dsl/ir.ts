@@ -1,0 +1,77 @@
+// The kernel IR: what the builder produces and every emitter consumes. Plain data, no methods,
+// so emitters are total functions over these unions.
+import type { Caps, DType, Scalar, StorageType } from './types.js';
+
+export type Space = 'storage' | 'workgroup' | 'private';
+export type Access = 'read' | 'read_write';
+
+export type BinOp =
+  | 'add' | 'sub' | 'mul' | 'div' | 'rem'
+  | 'lt' | 'le' | 'gt' | 'ge' | 'eq' | 'ne'
+  | 'and' | 'or'                     // logical, bool
+  | 'band' | 'bor' | 'bxor' | 'shl' | 'shr'; // bitwise, integers
+export type UnOp = 'neg' | 'not' | 'bnot';
+export type MathFn =
+  | 'exp' | 'exp2' | 'log' | 'log2' | 'sqrt' | 'inverseSqrt' | 'abs' | 'floor' | 'ceil' | 'round'
+  | 'sin' | 'cos' | 'tanh' | 'min' | 'max' | 'clamp' | 'fma' | 'pow' | 'dot';
+export type Builtin = 'globalId' | 'localId' | 'workgroupId' | 'numWorkgroups' | 'localIndex'
+  | 'subgroupInvocationId' | 'subgroupSize';
+export type SubgroupOp = 'shuffleXor' | 'add' | 'max' | 'min' | 'broadcast';
+export type AtomicOp = 'add' | 'max' | 'min' | 'exchange' | 'compareExchange' | 'load' | 'store';
+
+export type Expr =
+  | { k: 'const'; t: DType; v: number | boolean }
+  | { k: 'var'; t: DType; name: string }
+  | { k: 'uniform'; t: Scalar; name: string }
+  | { k: 'builtin'; t: DType; name: Builtin }
+  | { k: 'load'; t: DType; space: Space; name: string; index: Expr }
+  | { k: 'bin'; t: DType; op: BinOp; a: Expr; b: Expr }
+  | { k: 'un'; t: DType; op: UnOp; a: Expr }
+  | { k: 'call'; t: DType; fn: MathFn; args: Expr[] }
+  | { k: 'select'; t: DType; cond: Expr; a: Expr; b: Expr } // cond ? a : b
+  | { k: 'cast'; t: DType; a: Expr }
+  | { k: 'bitcast'; t: DType; a: Expr }
+  | { k: 'pack2x16float'; t: 'u32'; a: Expr }          // vec2<f32> -> u32 (x in low half)
+  | { k: 'unpack2x16float'; t: 'vec2<f32>'; a: Expr }  // u32 -> vec2<f32>
+  | { k: 'vec'; t: DType; args: Expr[] }
+  | { k: 'swizzle'; t: DType; a: Expr; comps: string } // comps over 'xyzw'
+  | { k: 'subgroup'; t: DType; op: SubgroupOp; a: Expr; b?: Expr };
+
+export type Stmt =
+  | { k: 'let'; name: string; t: DType; init: Expr; mutable: boolean }
+  | { k: 'assign'; name: string; value: Expr }
+  | { k: 'store'; space: Space; name: string; index: Expr; value: Expr }
+  | { k: 'privateArray'; name: string; t: Scalar; length: number }
+  | { k: 'if'; cond: Expr; then: Stmt[]; else: Stmt[] }
+  | { k: 'for'; name: string; t: 'i32' | 'u32'; from: Expr; to: Expr; step: Expr; body: Stmt[] }
+  | { k: 'while'; cond: Expr; body: Stmt[] }
+  | { k: 'break' } | { k: 'continue' } | { k: 'return' }
+  | { k: 'barrier' }
+  | {
+      k: 'atomic'; op: AtomicOp; space: 'storage' | 'workgroup'; name: string; t: 'i32' | 'u32';
+      index: Expr; value: Expr; compare?: Expr; result?: string; // result: a new immutable let with the old value
+    };
+
+export interface BufferDecl {
+  /** Binding name as the launch passes it; `name` is the identifier in generated code. */
+  key: string;
+  name: string; t: StorageType; access: Access; atomic: boolean }
+export interface UniformDecl { key: string; name: string; t: Scalar }
+export interface SharedDecl { name: string; t: Scalar; length: number; atomic: boolean }
+
+export interface KernelIR {
+  name: string;
+  /** Compile-time parameters the kernel was specialized with (goes into headers and cache keys). */
+  params: Record<string, unknown>;
+  caps: Caps;
+  workgroupSize: [number, number, number];
+  buffers: BufferDecl[];
+  uniforms: UniformDecl[];
+  shared: SharedDecl[];
+  body: Stmt[];
+  /** Whether the body uses f16 arithmetic or f16 buffers (WGSL `enable f16`). */
+  usesF16: boolean;
+  usesSubgroups: boolean;
+  /** Human-readable launch geometry for headers, e.g. "ceil(n / 256) x 1 x 1". */
+  gridDoc: string;
+}

@@ -1,0 +1,70 @@
+// Value types of the kernel DSL. f16 is a storage format everywhere; f16 arithmetic only where the
+// device has it (see Caps.f16). Vectors hold 2..4 scalars of one type.
+
+export type Scalar = 'f32' | 'f16' | 'i32' | 'u32' | 'bool';
+export type VecN = 2 | 3 | 4;
+export type Vec<S extends Scalar = Scalar, N extends VecN = VecN> = `vec${N}<${S}>`;
+export type DType = Scalar | Vec;
+/** Element types a storage buffer may hold (one scalar per element; vectors are built in registers). */
+export type StorageType = 'f32' | 'f16' | 'i32' | 'u32';
+export type IntType = 'i32' | 'u32';
+export type FloatType = 'f32' | 'f16';
+export type NumType = IntType | FloatType;
+
+export const SCALARS: readonly Scalar[] = ['f32', 'f16', 'i32', 'u32', 'bool'];
+
+export function isVec(t: DType): t is Vec {
+  return t.startsWith('vec');
+}
+/** Scalar component type of t. */
+export function elemOf(t: DType): Scalar {
+  return (isVec(t) ? t.slice(5, -1) : t) as Scalar;
+}
+/** Number of components (1 for scalars). */
+export function widthOf(t: DType): number {
+  return isVec(t) ? Number(t[3]) : 1;
+}
+export function vecOf<S extends Scalar>(s: S, n: number): DType {
+  if (n === 1) return s;
+  if (n < 2 || n > 4) throw new Error(`vector width ${n} is not 2, 3 or 4`);
+  return `vec${n as VecN}<${s}>`;
+}
+/** Same shape as t, with component type s (used for comparisons → bool, casts). */
+export function withElem(t: DType, s: Scalar): DType {
+  return vecOf(s, widthOf(t));
+}
+export const isFloat = (t: DType) => elemOf(t) === 'f32' || elemOf(t) === 'f16';
+export const isInt = (t: DType) => elemOf(t) === 'i32' || elemOf(t) === 'u32';
+export const isBool = (t: DType) => elemOf(t) === 'bool';
+export function isStorageType(t: string): t is StorageType {
+  return t === 'f32' || t === 'f16' || t === 'i32' || t === 'u32';
+}
+/** Bytes per storage element. */
+export function byteSize(t: StorageType): number {
+  return t === 'f16' ? 2 : 4;
+}
+
+/** What a device can do; kernels read this while they are built. */
+export interface Caps {
+  /** f16 arithmetic and f16 storage buffers (WGSL `enable f16`; CUDA always). */
+  f16: boolean;
+  /** Subgroup (warp) operations: shuffle-xor, reduce, broadcast. */
+  subgroups: boolean;
+  /** Subgroup size the kernel may assume when `subgroups` (CUDA 32). 0 when unknown. */
+  subgroupSize: number;
+  /** Workgroup (shared) memory in bytes. */
+  maxWorkgroupStorage: number;
+  /** Storage buffers one kernel may bind. */
+  maxStorageBuffers: number;
+  maxInvocationsPerWorkgroup: number;
+}
+
+/** The baseline every backend meets: WebGPU compatibility mode on llvmpipe. */
+export const BASELINE_CAPS: Caps = {
+  f16: false,
+  subgroups: false,
+  subgroupSize: 0,
+  maxWorkgroupStorage: 16384,
+  maxStorageBuffers: 8,
+  maxInvocationsPerWorkgroup: 256,
+};

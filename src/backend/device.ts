@@ -1,0 +1,47 @@
+// The one Device interface every backend implements. Launch arguments are typed by the kernel's
+// own binding and uniform declarations, so a wrong binding name or dtype is a compile-time error.
+import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../../codegen/dsl/builder.js';
+import type { Op } from '../../codegen/dsl/plan.js';
+import type { Caps, StorageType } from '../../codegen/dsl/types.js';
+
+export type BackendKind = 'cpu' | 'webgpu' | 'cuda';
+
+/** Host-side array for a storage type; f16 travels as its raw bits. */
+export type HostArray<T extends StorageType> =
+  T extends 'f32' ? Float32Array : T extends 'i32' ? Int32Array : T extends 'u32' ? Uint32Array : Uint16Array;
+
+export interface DeviceBuffer<T extends StorageType = StorageType> {
+  readonly dtype: T;
+  /** Elements (not bytes). */
+  readonly length: number;
+  readonly label: string;
+}
+
+export type BoundBuffers<B extends Record<string, BindingSpec>> = { [K in keyof B]: DeviceBuffer<B[K]['t']> };
+
+export interface Device {
+  readonly kind: BackendKind;
+  /** What it runs on, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) via Dawn/OpenGL ES". */
+  readonly description: string;
+  readonly caps: Caps;
+  alloc<T extends StorageType>(dtype: T, length: number, label?: string): DeviceBuffer<T>;
+  write<T extends StorageType>(buf: DeviceBuffer<T>, data: HostArray<T>, offset?: number): void;
+  /** Waits for all queued work, then copies the buffer back. */
+  read<T extends StorageType>(buf: DeviceBuffer<T>): Promise<HostArray<T>>;
+  free(buf: DeviceBuffer): void;
+  /** Queue one kernel launch; validated before any device work. */
+  launch<B extends Bindings, U extends Uniforms>(kernel: Kernel<B, U>, bindings: BoundBuffers<B>, uniforms: UniformValues<U>): void;
+  /** Queue every launch of a multi-launch op. */
+  run<B extends Record<string, BindingSpec>, S extends Record<string, number>>(op: Op<B, S>, bindings: BoundBuffers<B>, sizes: S): void;
+  /** Resolves when all queued work has finished. */
+  sync(): Promise<void>;
+  readonly bytesInUse: number;
+  destroy(): Promise<void>;
+}
+
+export class LaunchError extends Error {}
+export class BackendUnavailableError extends Error {
+  constructor(readonly backend: BackendKind, readonly reason: string) {
+    super(`${backend} backend not available: ${reason}`);
+  }
+}

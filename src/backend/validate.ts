@@ -1,0 +1,29 @@
+// Checks shared by every backend, run before any device work.
+import type { Bindings, Kernel, Uniforms, UniformValues } from '../../codegen/dsl/builder.js';
+import { type DeviceBuffer, LaunchError } from './device.js';
+
+export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBuffer | undefined>, uniforms: Record<string, number>): void {
+  const name = kernel.ir.name;
+  for (const [b, spec] of Object.entries(kernel.bindings as Bindings)) {
+    const buf = bindings[b];
+    if (!buf) throw new LaunchError(`kernel '${name}': binding '${b}' (${spec.t}) is missing`);
+    if (buf.dtype !== spec.t) throw new LaunchError(`kernel '${name}': binding '${b}' expects ${spec.t} but buffer '${buf.label}' holds ${buf.dtype}`);
+  }
+  for (const b of Object.keys(bindings)) {
+    if (!(b in kernel.bindings)) throw new LaunchError(`kernel '${name}' has no binding '${b}'`);
+  }
+  for (const [u, t] of Object.entries(kernel.uniforms as Uniforms)) {
+    const v = uniforms[u];
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new LaunchError(`kernel '${name}': uniform '${u}' (${t}) is ${v}`);
+    if (t === 'u32' && (!Number.isInteger(v) || v < 0 || v > 0xffffffff)) throw new LaunchError(`kernel '${name}': uniform '${u}' = ${v} is not a u32`);
+    if (t === 'i32' && (!Number.isInteger(v) || v < -0x80000000 || v > 0x7fffffff)) throw new LaunchError(`kernel '${name}': uniform '${u}' = ${v} is not an i32`);
+  }
+  for (const [b, spec] of Object.entries(kernel.bindings as Bindings)) {
+    if (!spec.len) continue;
+    const need = spec.len(uniforms);
+    const buf = bindings[b]!;
+    if (buf.length < need) throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, the launch needs ${need}`);
+  }
+  const grid = kernel.grid(uniforms as UniformValues<Uniforms>);
+  if (!grid.every((g) => Number.isInteger(g) && g >= 0)) throw new LaunchError(`kernel '${name}': grid ${grid.join('x')} is not whole numbers`);
+}
