@@ -68,3 +68,13 @@ export const BASELINE_CAPS: Caps = {
   maxStorageBuffers: 8,
   maxInvocationsPerWorkgroup: 256,
 };
+
+/** NVIDIA sm_90 (H100/H200): what generated CUDA may assume. */
+export const CUDA_CAPS: Caps = {
+  f16: true,
+  subgroups: true,
+  subgroupSize: 32,
+  maxWorkgroupStorage: 48 * 1024,
+  maxStorageBuffers: 64,
+  maxInvocationsPerWorkgroup: 1024,
+};
