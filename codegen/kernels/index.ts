@@ -3,14 +3,33 @@
 import type { Kernel } from '../dsl/builder.js';
 import type { Caps } from '../dsl/types.js';
 import { vectorAdd } from './vectorAdd.js';
+import { matmulTiled } from './matmulTiled.js';
+import { reduce } from './reduce.js';
+import { scan } from './scan.js';
+import { softmax } from './softmax.js';
 
 export interface KernelVariant { label: string; kernel: Kernel<any, any> }
 export interface KernelFamily {
   family: string;
   /** The default variants for a device with these capabilities. */
   variants(caps: Caps): KernelVariant[];
+  /** The family's kernel for custom compile-time parameters (`kiln codegen --kernel F --params JSON`). */
+  build?(params: Record<string, unknown>, caps: Caps): Kernel<any, any>;
 }
 
 export const FAMILIES: KernelFamily[] = [
-  { family: 'vectorAdd', variants: (caps) => [{ label: 'vectorAdd', kernel: vectorAdd({ caps }) }] },
+  { family: 'vectorAdd', variants: (caps) => [{ label: 'vectorAdd', kernel: vectorAdd({ caps }) }], build: (params, caps) => vectorAdd({ ...params, caps }) },
+  { family: 'matmulTiled', variants: (caps) => [{ label: 'matmulTiled', kernel: matmulTiled({ caps }) }] },
+  {
+    family: 'reduce',
+    variants: (caps) => (['sum', 'max'] as const).map((kind) => {
+      const kernel = reduce({ kind, caps }).kernels[0]!;
+      return { label: kernel.ir.name, kernel };
+    }),
+  },
+  { family: 'softmax', variants: (caps) => [{ label: 'softmax', kernel: softmax({ caps }) }] },
+  {
+    family: 'scan',
+    variants: (caps) => (['f32', 'u32'] as const).flatMap((t) => scan({ t, caps }).kernels.map((kernel) => ({ label: kernel.ir.name, kernel }))),
+  },
 ];

@@ -1,0 +1,16 @@
+// `npm run bench -- <name> [args…]`: runs bench/<module>.ts, which exports `main(args)`.
+// Adding a benchmark is one line in BENCHES.
+type Bench = { main(args: string[]): Promise<void> };
+
+const BENCHES: Record<string, () => Promise<Bench>> = {
+  dsl: () => import('./dsl.js'),
+};
+
+const [name, ...args] = process.argv.slice(2);
+const load = name ? BENCHES[name] : undefined;
+if (!load) {
+  console.error(`usage: npm run bench -- <${Object.keys(BENCHES).join(' | ')}> [args…]` +
+    (name ? `\nunknown benchmark '${name}'` : ''));
+  process.exit(2);
+}
+await (await load()).main(args);

@@ -1,0 +1,3 @@
+// The emitters: KernelIR → target source text.
+export { emitWGSL } from './wgsl.js';
+export { emitCUDA } from './cuda.js';

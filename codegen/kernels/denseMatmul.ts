@@ -1,0 +1,136 @@
+// Dense linear layer, the unquantized baseline, with the INT4 layer's interface and epilogues:
+// weight [K, Nw] (input-major, as the INT4 layout; loaders transpose torch's [N, K] once) in f32,
+// or f16 packed two per u32 word [K, Nw/2] (even column in the low half).
+// Entry point: denseLinear(config) → LinearOp (GEMV for M ≤ 8, tiled GEMM above).
+import type { ArrayRef, Caps } from '../dsl/index.js';
+import { storage } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+import {
+  defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
+  type WeightSource,
+} from './linearCommon.js';
+import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp, ts } from './linearOp.js';
+
+export type DenseWeightDtype = 'f32' | 'f16';
+
+export function denseSource(dtype: DenseWeightDtype): WeightSource {
+  if (dtype === 'f32') {
+    return {
+      tag: 'f32',
+      cols: 1,
+      granule: K_GRANULE,
+      bindings: { w: storage('f32', 'read', { len: (u) => u.K! * u.Nw! }) },
+      gemvLoop(k, refs, u, kBeg, kEnd, units, body) {
+        const w = refs.w as ArrayRef<'f32', false>;
+        k.for('kk', kBeg, kEnd, (kk) => {
+          const row = k.let('wrow', kk.mul(u.Nw));
+          body(kk, units.map((unit, v) => [k.let(`w${v}`, w.at(row.add(unit)))]));
+        });
+      },
+      loadUnit(k, refs, u, kk, unit) {
+        return [(refs.w as ArrayRef<'f32', false>).at(kk.mul(u.Nw).add(unit))];
+      },
+    };
+  }
+  return {
+    tag: 'f16',
+    cols: 2,
+    granule: K_GRANULE,
+    bindings: { w: storage('u32', 'read', { len: (u) => (u.K! * u.Nw!) / 2 }) },
+    gemvLoop(k, refs, u, kBeg, kEnd, units, body) {
+      const w = refs.w as ArrayRef<'u32', false>;
+      const W = k.let('Wwords', u.Nw.div(2));
+      k.for('kk', kBeg, kEnd, (kk) => {
+        const row = k.let('wrow', kk.mul(W));
+        body(kk, units.map((unit, v) => {
+          const pair = k.let(`w${v}`, k.unpack2x16float(w.at(row.add(unit))));
+          return [pair.x, pair.y];
+        }));
+      });
+    },
+    loadUnit(k, refs, u, kk, unit) {
+      const pair = k.let('lw', k.unpack2x16float((refs.w as ArrayRef<'u32', false>).at(kk.mul(u.Nw.div(2)).add(unit))));
+      return [pair.x, pair.y];
+    },
+  };
+}
+
+export interface DenseLinearConfig extends LinearEpilogue {
+  K: number;
+  /** Output features (with gateUp: of each half; the weight has 2N columns). */
+  N: number;
+  weight: DenseWeightDtype;
+  caps?: Caps;
+  choice?: LinearChoiceInput;
+}
+
+export function checkDenseConfig(c: DenseLinearConfig): void {
+  const what = 'denseLinear';
+  if (!Number.isInteger(c.K) || c.K < 1) throw new Error(`${what}: K = ${c.K} is not a positive integer`);
+  if (!Number.isInteger(c.N) || c.N < 1) throw new Error(`${what}: N = ${c.N} is not a positive integer`);
+  if (c.weight !== 'f32' && c.weight !== 'f16') throw new Error(`${what}: weight dtype '${c.weight}' is not f32 or f16`);
+  if (c.weight === 'f16' && c.N % 2) throw new Error(`${what}: N = ${c.N} must be even for f16 weights (two columns per u32 word: [K, N/2])`);
+  if (c.out === 'f16' && c.N % 2) throw new Error(`${what}: N = ${c.N} must be even for f16 output`);
+}
+
+// ---- variants ---------------------------------------------------------------------------------
+
+/** GEMV schedules: units are columns (f32) or column pairs (f16) per invocation. */
+export function denseGemvSpace(dtype: DenseWeightDtype): GemvVariant[] {
+  const units = dtype === 'f32' ? [2, 4, 8] : [1, 2, 4];
+  return [32, 64, 128, 256].flatMap((workgroupSize) => units.map((u) => ({ workgroupSize, units: u })));
+}
+
+export const DENSE_GEMM_SPACE: GemmVariant[] = [
+  { tileM: 32, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
+  { tileM: 64, tileN: 64, tileK: 16, blockM: 4, blockN: 4 },
+  { tileM: 64, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
+  { tileM: 32, tileN: 32, tileK: 32, blockM: 2, blockN: 4 },
+  { tileM: 64, tileN: 128, tileK: 32, blockM: 4, blockN: 8 },
+  { tileM: 128, tileN: 128, tileK: 16, blockM: 8, blockN: 8 },
+];
+
+export function denseSegmentSpace(K: number): number[] {
+  const granules = Math.ceil(K / K_GRANULE);
+  const out = new Set<number>();
+  for (const split of [1, 2, 4, 8, 16, 32, 64]) {
+    if (split > granules) break;
+    out.add(K_GRANULE * Math.ceil(granules / split));
+  }
+  return [...out];
+}
+
+export function defaultDenseChoice(K: number, Nw: number, dtype: DenseWeightDtype, caps: Caps): LinearChoice {
+  const big = caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256;
+  // 8 columns per invocation, as the INT4 GEMV (one word), so the two compare like for like.
+  const gemv: GemvVariant = { workgroupSize: 64, units: dtype === 'f32' ? 8 : 4 };
+  return {
+    segLen: defaultSegmentLength(K, Nw, 8, K_GRANULE, caps),
+    gemv: Array.from({ length: GEMV_MAX_ROWS }, () => gemv),
+    gemm: big ? { tileM: 64, tileN: 128, tileK: 32, blockM: 4, blockN: 8 } : { tileM: 32, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
+    finishWorkgroupSize: 64,
+  };
+}
+
+/**
+ * y[M, N] = x[M, K] · W with the fused epilogue. Bindings: x f32 [M, K], w f32 [K, Nw] or
+ * u32 [K, Nw/2] (f16 pairs), bias f32 [Nw], residual f32 [M, N], out f32 [M, N] | u32 [M, N/2].
+ */
+export function denseLinear(c: DenseLinearConfig): LinearOp {
+  checkDenseConfig(c);
+  const e = fullEpilogue(c);
+  const dtype = c.weight;
+  return linearOp({
+    name: 'denseLinear',
+    K: c.K,
+    N: c.N,
+    epilogue: e,
+    caps: c.caps ?? BASELINE_CAPS,
+    source: denseSource(dtype),
+    weightTensors: (K, Nw) => ({
+      w: dtype === 'f32' ? ts('f32', [K, Nw], e.gateUp ? '[K, 2N]' : '[K, N]') : ts('u32', [K, Nw / 2], e.gateUp ? '[K, 2N/2] (f16 pairs)' : '[K, N/2] (f16 pairs)'),
+    }),
+    defaults: (K, Nw, caps) => defaultDenseChoice(K, Nw, dtype, caps),
+    choice: c.choice,
+  });
+}

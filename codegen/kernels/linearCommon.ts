@@ -1,0 +1,451 @@
+// What the INT4 and dense linear layers share: the canonical reduction order over K, the fused
+// epilogue, the GEMV "finish" kernel (sum split-K partials, then epilogue) and the generic GEMV
+// and tiled GEMM kernels, parameterised by where the weights come from (a WeightSource).
+//
+// Canonical order (batch invariance, DESIGN.md "Determinism"). For output (m, n):
+//   K is cut into segments [s·L, min((s+1)·L, K)), L = segLen (a multiple of 32 and of the group
+//   size; it follows from K and N only, never from M). Within a segment, starting from +0:
+//     acc = fma(x[m,k], w[k,n], acc)   for k in order, w = the dequantized weight (f32)
+//   Segments combine in order, starting from +0:  t = t + acc_s,  s = 0, 1, ...
+//   Then the epilogue (epilogueValue) on t.
+// The GEMV writes each acc_s to a partials buffer and the finish kernel sums them; the GEMM keeps
+// acc_s in registers and folds it into t at each segment boundary. Both execute the same f32
+// operations in the same order, so a row's bits do not depend on which path or which M ran it.
+import { exp, kernel, storage } from '../dsl/index.js';
+import type { ArrayRef, BindingSpec, Caps, Kernel, KernelBuilder, Val, Var } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+
+export type OutDtype = 'f32' | 'f16';
+
+/** Fused epilogue of a linear layer y = x·W (+ bias) (→ SiLU(gate)·up) (+ residual). */
+export interface LinearEpilogue {
+  /** + bias[n], f32. With gateUp the bias covers both halves: [2N]. */
+  bias?: boolean;
+  /** + residual[m, n], f32 [M, N], after the activation. */
+  residual?: boolean;
+  /** Weight columns [0, N) are the gate, [N, 2N) the up projection; y = SiLU(gate)·up, N columns. */
+  gateUp?: boolean;
+  /** f32 [M, N], or f16 packed two per u32 word [M, N/2] (N even). */
+  out?: OutDtype;
+}
+export type Epilogue = Required<LinearEpilogue>;
+export function fullEpilogue(e: LinearEpilogue = {}): Epilogue {
+  return { bias: !!e.bias, residual: !!e.residual, gateUp: !!e.gateUp, out: e.out ?? 'f32' };
+}
+export function epilogueTag(e: Epilogue): string {
+  return [e.bias ? 'bias' : '', e.gateUp ? 'gateup' : '', e.residual ? 'res' : '', e.out].filter(Boolean).join('_');
+}
+
+/** Every segment length is a multiple of this; GEMM tiles (tileK) divide it. */
+export const K_GRANULE = 32;
+
+/** Number of K segments for a segment length. */
+export function segmentCount(K: number, segLen: number): number {
+  return Math.ceil(K / segLen);
+}
+
+/**
+ * Default segment length: enough segments that the GEMV keeps `parallelism` invocations busy,
+ * where the columns alone do not. Depends on K, the weight's column count and the device only.
+ * `granule` is the group size for INT4 (segments hold whole groups), K_GRANULE for dense.
+ */
+export function defaultSegmentLength(K: number, weightCols: number, colsPerInvocation: number, granule: number, caps: Caps): number {
+  const granules = Math.ceil(K / granule);
+  const invocations = Math.max(1, Math.ceil(weightCols / colsPerInvocation));
+  const want = parallelismOf(caps);
+  // Segments of at least 128 k: shorter ones and the partials traffic outweighs the gain.
+  const maxSplit = Math.max(1, Math.floor(granules / Math.ceil(128 / granule)));
+  const split = Math.min(maxSplit, Math.max(1, Math.ceil(want / invocations)), 64);
+  return granule * Math.ceil(granules / split);
+}
+
+/** Invocations a device wants in flight: big for GPUs with subgroups, small for CPU-like ones. */
+export function parallelismOf(caps: Caps): number {
+  return caps.subgroups && caps.maxInvocationsPerWorkgroup >= 1024 ? 65536 : 1024;
+}
+
+export function checkSegmentLength(what: string, K: number, segLen: number, granule: number): void {
+  if (!Number.isInteger(segLen) || segLen < granule || segLen % granule || segLen % K_GRANULE) {
+    throw new Error(`${what}: segment length ${segLen} is not a positive multiple of ${granule} and ${K_GRANULE}`);
+  }
+  if (segLen > Math.ceil(K / granule) * granule) {
+    throw new Error(`${what}: segment length ${segLen} is longer than K = ${K} rounded up to ${granule}`);
+  }
+}
+
+// ---- epilogue ---------------------------------------------------------------------------------
+
+export function silu(k: KernelBuilder, v: Val<'f32'>): Val<'f32'> {
+  return v.div(k.f32(1).add(exp(v.neg())));
+}
+
+export interface EpilogueRefs {
+  bias?: ArrayRef<'f32', boolean>;
+  residual?: ArrayRef<'f32', boolean>;
+  out: ArrayRef<'f32', true> | ArrayRef<'u32', true>;
+}
+
+/** Epilogue bindings (bias, residual, out) with their lengths in terms of the uniforms M, N. */
+export function epilogueBindings(e: Epilogue): Record<string, BindingSpec> {
+  const b: Record<string, BindingSpec> = {};
+  if (e.bias) b.bias = storage('f32', 'read', { len: (u) => (e.gateUp ? 2 : 1) * u.N! });
+  if (e.residual) b.residual = storage('f32', 'read', { len: (u) => u.M! * u.N! });
+  b.out = e.out === 'f16'
+    ? storage('u32', 'read_write', { len: (u) => (u.M! * u.N!) / 2 })
+    : storage('f32', 'read_write', { len: (u) => u.M! * u.N! });
+  return b;
+}
+
+/** The epilogue on a finished sum: every path calls this, so its arithmetic is identical. */
+export function epilogueValue(k: KernelBuilder, e: Epilogue, refs: EpilogueRefs, N: Val<'u32'>,
+  m: Val<'u32'>, n: Val<'u32'>, gate: Val<'f32'>, up?: Val<'f32'>): Val<'f32'> {
+  let t = gate;
+  let u = up;
+  if (e.bias) {
+    t = t.add(refs.bias!.at(n));
+    if (e.gateUp) u = u!.add(refs.bias!.at(N.add(n)));
+  }
+  if (e.gateUp) t = silu(k, t).mul(u!);
+  if (e.residual) t = t.add(refs.residual!.at(m.mul(N).add(n)));
+  return t;
+}
+
+/**
+ * Store finished values of row m at columns n, n+1, ... (`vals.length` of them, n even for f16;
+ * for f16 vals come in pairs and each pair is one word written by this invocation alone).
+ */
+export function storeOutput(k: KernelBuilder, e: Epilogue, refs: EpilogueRefs, N: Val<'u32'>,
+  m: Val<'u32'>, n: Val<'u32'>, vals: Val<'f32'>[]): void {
+  const base = k.let('obase', m.mul(N).add(n));
+  if (e.out === 'f16') {
+    const out = refs.out as ArrayRef<'u32', true>;
+    for (let p = 0; p < vals.length; p += 2) {
+      out.set(base.div(2).add(p / 2), k.pack2x16float(k.vec('vec2<f32>', vals[p]!, vals[p + 1]!)));
+    }
+  } else {
+    const out = refs.out as ArrayRef<'f32', true>;
+    vals.forEach((v, j) => out.set(j ? base.add(j) : base, v));
+  }
+}
+
+// ---- finish: sum the GEMV's segment partials, then the epilogue -------------------------------
+
+export interface FinishParams { epilogue: Epilogue; workgroupSize?: number; caps?: Caps }
+
+const kernelCache = new Map<string, Kernel<any, any>>();
+/** Build once per parameter set: ops re-plan per call, kernels stay the same objects. */
+export function memoKernel<K extends Kernel<any, any>>(key: string, build: () => K): K {
+  let kern = kernelCache.get(key);
+  if (!kern) kernelCache.set(key, (kern = build()));
+  return kern as K;
+}
+export function capsKey(caps: Caps): string {
+  return JSON.stringify(caps);
+}
+
+export function linearFinishKernel(p: FinishParams) {
+  const e = p.epilogue, caps = p.caps ?? BASELINE_CAPS, wg = p.workgroupSize ?? 64;
+  const cols = e.out === 'f16' ? 2 : 1;
+  return memoKernel(`finish/${epilogueTag(e)}/${wg}/${capsKey(caps)}`, () => kernel({
+    name: `linearFinish_${epilogueTag(e)}`,
+    params: { ...e, workgroupSize: wg },
+    caps,
+    workgroupSize: wg,
+    bindings: {
+      part: storage('f32', 'read', { len: (u) => u.S! * u.M! * (e.gateUp ? 2 : 1) * u.N! }),
+      ...epilogueBindings(e),
+    },
+    uniforms: { M: 'u32', N: 'u32', S: 'u32' },
+    grid: ({ M, N }) => [Math.ceil(N / cols / wg), M],
+    gridDoc: `ceil(N / ${cols} / ${wg}) x M`,
+    body(k, b, { M, N, S }) {
+      const refs = b as unknown as EpilogueRefs & { part: ArrayRef<'f32', false> };
+      const n0 = k.let('n0', k.globalId.x.mul(cols));
+      const m = k.let('m', k.workgroupId.y);
+      k.if(n0.ge(N), () => k.return());
+      const Nw = k.let('Nw', e.gateUp ? N.mul(2) : N);
+      const vals: Val<'f32'>[] = [];
+      for (let c = 0; c < cols; c++) {
+        const n = k.let(`n${c}`, c ? n0.add(c) : n0);
+        const sum = (tag: string, col: Val<'u32'>) => {
+          const t = k.var(tag, 'f32', 0);
+          k.for(`s_${tag}`, k.u32(0), S, (s) => t.set(t.add(refs.part.at(s.mul(M).add(m).mul(Nw).add(col)))));
+          return t;
+        };
+        const g = sum(`t${c}`, n);
+        const up = e.gateUp ? sum(`u${c}`, N.add(n)) : undefined;
+        vals.push(k.let(`v${c}`, epilogueValue(k, e, refs, N, m, n, g, up)));
+      }
+      storeOutput(k, e, refs, N, m, n0, vals);
+    },
+  }));
+}
+
+// ---- weight sources ---------------------------------------------------------------------------
+
+/**
+ * Where a linear layer's weights come from. A "unit" is `cols` consecutive weight columns read
+ * together (an INT4 word: 8; an f16 word: 2; an f32: 1); weight column = unit·cols + j.
+ */
+export interface WeightSource {
+  /** Name fragment for kernels, e.g. 'int4g128', 'f16'. */
+  tag: string;
+  cols: number;
+  /** Segments hold whole granules (the group size for INT4). */
+  granule: number;
+  /** Weight bindings, lengths in terms of uniforms K and Nw (weight columns). */
+  bindings: Record<string, BindingSpec>;
+  /**
+   * GEMV: walk k over [kBeg, kEnd) in order, calling `body(k, w)` with w[v][j] the weight at
+   * (k, units[v]·cols + j). Units are already clamped in range.
+   */
+  gemvLoop(k: KernelBuilder, refs: Record<string, ArrayRef<any, boolean>>, u: SourceUniforms,
+    kBeg: Val<'u32'>, kEnd: Val<'u32'>, units: Val<'u32'>[], body: (kk: Val<'u32'>, w: Val<'f32'>[][]) => void): void;
+  /** GEMM: the `cols` weights of unit `unit` at row kk (in range). */
+  loadUnit(k: KernelBuilder, refs: Record<string, ArrayRef<any, boolean>>, u: SourceUniforms,
+    kk: Val<'u32'>, unit: Val<'u32'>): Val<'f32'>[];
+}
+export interface SourceUniforms { K: Val<'u32'>; Nw: Val<'u32'> }
+
+// ---- GEMV -------------------------------------------------------------------------------------
+
+export interface GemvVariant {
+  /** Invocations per workgroup. */
+  workgroupSize: number;
+  /** Weight units per invocation (columns per invocation = units · source.cols). */
+  units: number;
+}
+
+/**
+ * Partials of M ≤ 8 rows: invocation (unit block, segment) keeps rows·units·cols accumulators in
+ * registers, reads each weight once for all rows, and writes its segment's sums to `part`
+ * [S, rows, Nw]. No barriers and no shared memory: on the CPU executor a workgroup is a plain loop.
+ */
+export function gemvKernel(src: WeightSource, rows: number, v: GemvVariant, caps: Caps) {
+  const { workgroupSize: wg, units } = v;
+  const C = src.cols;
+  return memoKernel(`gemv/${src.tag}/${rows}/${wg}/${units}/${capsKey(caps)}`, () => kernel({
+    name: `gemv_${src.tag}_r${rows}`,
+    params: { source: src.tag, rows, workgroupSize: wg, units },
+    caps,
+    workgroupSize: wg,
+    bindings: {
+      x: storage('f32', 'read', { len: (u) => rows * u.K! }),
+      ...src.bindings,
+      part: storage('f32', 'read_write', { len: (u) => Math.ceil(u.K! / u.segLen!) * rows * u.Nw! }),
+    },
+    uniforms: { K: 'u32', Nw: 'u32', segLen: 'u32' },
+    grid: ({ K, Nw, segLen }) => [Math.ceil(Math.ceil(Nw / C) / (units * wg)), Math.ceil(K / segLen)],
+    gridDoc: `ceil(Nw / ${C * units * wg}) x ceil(K / segLen)`,
+    body(k, b, { K, Nw, segLen }) {
+      const refs = b as unknown as Record<string, ArrayRef<any, boolean>>;
+      const x = refs.x as ArrayRef<'f32', false>, part = refs.part as ArrayRef<'f32', true>;
+      const nUnits = k.let('nUnits', Nw.add(C - 1).div(C));
+      const u0 = k.let('u0', k.globalId.x.mul(units));
+      k.if(u0.ge(nUnits), () => k.return());
+      const seg = k.let('seg', k.workgroupId.y);
+      const kBeg = k.let('kBeg', seg.mul(segLen));
+      const kEnd = k.let('kEnd', k.call<'u32'>('min', [kBeg.add(segLen), K]));
+      // Units past the end (when units ∤ nUnits) read the last unit and are not stored.
+      const unitIdx = Array.from({ length: units }, (_, j) =>
+        j ? k.let(`unit${j}`, k.call<'u32'>('min', [u0.add(j), nUnits.sub(1)])) : u0);
+      const acc: Var<'f32'>[][][] = [];
+      for (let r = 0; r < rows; r++) {
+        acc.push(unitIdx.map((_, j) => Array.from({ length: C }, (_, c) => k.var(`acc${r}_${j}_${c}`, 'f32', 0))));
+      }
+      src.gemvLoop(k, refs, { K, Nw }, kBeg, kEnd, unitIdx, (kk, w) => {
+        for (let r = 0; r < rows; r++) {
+          const xv = k.let(`x${r}`, x.at(r ? kk.add(K.mul(r)) : kk));
+          for (let j = 0; j < units; j++) {
+            for (let c = 0; c < C; c++) acc[r]![j]![c]!.set(k.call('fma', [xv, w[j]![c]!, acc[r]![j]![c]!]));
+          }
+        }
+      });
+      for (let j = 0; j < units; j++) {
+        const store = () => {
+          for (let r = 0; r < rows; r++) {
+            const base = k.let(`pbase${r}_${j}`, seg.mul(rows).add(r).mul(Nw).add(u0.add(j).mul(C)));
+            for (let c = 0; c < C; c++) {
+              // Dense f32 has C = 1; the others have Nw a multiple of C, so only whole units exist.
+              part.set(c ? base.add(c) : base, acc[r]![j]![c]!);
+            }
+          }
+        };
+        if (j) k.if(u0.add(j).lt(nUnits), store);
+        else store();
+      }
+    },
+  }));
+}
+
+// ---- tiled GEMM -------------------------------------------------------------------------------
+
+export interface GemmVariant {
+  /** Rows of x per workgroup. */
+  tileM: number;
+  /** Weight columns per workgroup (with gateUp: half gate, half up). */
+  tileN: number;
+  /** k per shared-memory stage; divides K_GRANULE. */
+  tileK: number;
+  /** Rows per invocation. */
+  blockM: number;
+  /** Weight columns per invocation. */
+  blockN: number;
+}
+
+export function checkGemmVariant(what: string, v: GemmVariant, src: WeightSource, e: Epilogue, caps: Caps): void {
+  const { tileM, tileN, tileK, blockM, blockN } = v;
+  for (const [name, val] of Object.entries(v)) {
+    if (!Number.isInteger(val) || val < 1) throw new Error(`${what}: ${name} = ${val} is not a positive integer`);
+  }
+  if (K_GRANULE % tileK) throw new Error(`${what}: tileK ${tileK} does not divide ${K_GRANULE}`);
+  if (tileM % blockM || tileN % blockN) throw new Error(`${what}: tile ${tileM}x${tileN} is not a multiple of the block ${blockM}x${blockN}`);
+  const half = e.gateUp ? 2 : 1;
+  if (tileN % (src.cols * half)) throw new Error(`${what}: tileN ${tileN} is not a multiple of ${src.cols * half} (unit columns${e.gateUp ? ' × 2 for gate/up' : ''})`);
+  if (blockN % half) throw new Error(`${what}: blockN ${blockN} must be even with gateUp`);
+  if (e.out === 'f16' && (blockN / half) % 2) throw new Error(`${what}: blockN ${blockN} gives an odd number of output columns per invocation; f16 output needs pairs`);
+  const inv = (tileM / blockM) * (tileN / blockN);
+  if (inv > caps.maxInvocationsPerWorkgroup) throw new Error(`${what}: ${inv} invocations exceed the device's ${caps.maxInvocationsPerWorkgroup}`);
+  const bytes = (tileM + tileN) * tileK * 4;
+  if (bytes > caps.maxWorkgroupStorage) throw new Error(`${what}: tiles take ${bytes} bytes of workgroup memory, over the device's ${caps.maxWorkgroupStorage}`);
+}
+
+/**
+ * y[M, N] for any M: a workgroup owns tileM rows × tileN weight columns, walks K in tileK steps,
+ * dequantizing its weight tile once into shared memory (the weight is read once per workgroup,
+ * not once per row) and staging the x tile beside it; each invocation accumulates a
+ * blockM × blockN register block, following the canonical order above.
+ */
+export function gemmKernel(src: WeightSource, e: Epilogue, v: GemmVariant, caps: Caps) {
+  const { tileM, tileN, tileK, blockM, blockN } = v;
+  const C = src.cols;
+  const half = e.gateUp ? 2 : 1;
+  checkGemmVariant(`gemm_${src.tag}`, v, src, e, caps);
+  const threadsN = tileN / blockN, threadsM = tileM / blockM;
+  const inv = threadsN * threadsM;
+  const outTileN = tileN / half; // output columns per workgroup
+  const key = `gemm/${src.tag}/${epilogueTag(e)}/${tileM}x${tileN}x${tileK}/${blockM}x${blockN}/${capsKey(caps)}`;
+  return memoKernel(key, () => kernel({
+    name: `gemm_${src.tag}_${epilogueTag(e)}`,
+    params: { source: src.tag, ...e, ...v },
+    caps,
+    workgroupSize: inv,
+    bindings: {
+      x: storage('f32', 'read', { len: (u) => u.M! * u.K! }),
+      ...src.bindings,
+      ...epilogueBindings(e),
+    },
+    uniforms: { M: 'u32', K: 'u32', N: 'u32', Nw: 'u32', segLen: 'u32' },
+    grid: ({ M, N }) => [Math.ceil(N / outTileN), Math.ceil(M / tileM)],
+    gridDoc: `ceil(N / ${outTileN}) x ceil(M / ${tileM})`,
+    body(k, b, { M, K, N, Nw, segLen }) {
+      const refs = b as unknown as Record<string, ArrayRef<any, boolean>> & EpilogueRefs;
+      const x = refs.x as ArrayRef<'f32', false>;
+      const xs = k.shared('xs', 'f32', tileK * tileM); // k-major: xs[kk·tileM + m]
+      const ws = k.shared('ws', 'f32', tileK * tileN); // ws[kk·tileN + tile column]
+      const lid = k.let('lid', k.localIndex);
+      const tx = k.let('tx', lid.rem(threadsN));
+      const ty = k.let('ty', lid.div(threadsN));
+      const row0 = k.let('row0', k.workgroupId.y.mul(tileM));
+      const out0 = k.let('out0', k.workgroupId.x.mul(outTileN)); // first output column
+
+      // Tile column of this invocation's accumulator j: contiguous output columns per invocation;
+      // with gateUp the first blockN/2 are gate columns and the rest the matching up columns.
+      const bh = blockN / half;
+      const tileCol = (j: number): Val<'u32'> => {
+        const off = Math.floor(j / bh) * (tileN / half) + (j % bh);
+        return tx.mul(bh).add(off);
+      };
+      const seg: Var<'f32'>[][] = [], tot: Var<'f32'>[][] = [];
+      for (let i = 0; i < blockM; i++) {
+        seg.push(Array.from({ length: blockN }, (_, j) => k.var(`acc${i}_${j}`, 'f32', 0)));
+        tot.push(Array.from({ length: blockN }, (_, j) => k.var(`tot${i}_${j}`, 'f32', 0)));
+      }
+
+      const unitsPerRow = tileN / C, unitsHalf = unitsPerRow / half;
+      k.for('k0', k.u32(0), K, (k0) => {
+        // x tile: tileM × tileK, consecutive invocations read consecutive k; outside → 0.
+        const xItems = tileM * tileK;
+        for (let s = 0; s < Math.ceil(xItems / inv); s++) {
+          const put = () => {
+            const e_ = k.let(`xe${s}`, lid.add(s * inv));
+            const m = k.let(`xm${s}`, e_.div(tileK)), kk = k.let(`xk${s}`, e_.rem(tileK));
+            const r = row0.add(m), c = k0.add(kk);
+            const val = k.var(`xv${s}`, 'f32', 0);
+            k.if(r.lt(M).and(c.lt(K)), () => val.set(x.at(r.mul(K).add(c))));
+            xs.set(kk.mul(tileM).add(m), val);
+          };
+          if ((s + 1) * inv > xItems) k.if(lid.add(s * inv).lt(xItems), put);
+          else put();
+        }
+        // Weight tile: tileK rows × (tileN / C) units, each unit dequantized once, here.
+        const wItems = tileK * unitsPerRow;
+        for (let s = 0; s < Math.ceil(wItems / inv); s++) {
+          const put = () => {
+            const e_ = k.let(`we${s}`, lid.add(s * inv));
+            const kk = k.let(`wk${s}`, e_.div(unitsPerRow)), ut = k.let(`wu${s}`, e_.rem(unitsPerRow));
+            // Output column of the unit's first column, and its weight unit (gate or up half).
+            const inHalf = half === 2 ? k.let(`wh${s}`, ut.rem(unitsHalf)) : ut;
+            const outCol = k.let(`wc${s}`, out0.add(inHalf.mul(C)));
+            const unit = half === 2
+              ? k.let(`wunit${s}`, outCol.add(k.select(ut.ge(unitsHalf), N, 0)).div(C))
+              : k.let(`wunit${s}`, outCol.div(C));
+            const kg = k.let(`wkg${s}`, k0.add(kk));
+            const vals = Array.from({ length: C }, (_, c) => k.var(`wv${s}_${c}`, 'f32', 0));
+            k.if(kg.lt(K).and(outCol.lt(N)), () => {
+              const w = src.loadUnit(k, refs, { K, Nw }, kg, unit);
+              w.forEach((wv, c) => vals[c]!.set(wv));
+            });
+            const base = k.let(`wbase${s}`, kk.mul(tileN).add(ut.mul(C)));
+            vals.forEach((wv, c) => ws.set(c ? base.add(c) : base, wv));
+          };
+          if ((s + 1) * inv > wItems) k.if(lid.add(s * inv).lt(wItems), put);
+          else put();
+        }
+        k.barrier();
+        const kLen = k.let('kLen', k.call<'u32'>('min', [k.u32(tileK), K.sub(k0)]));
+        const cols = Array.from({ length: blockN }, (_, j) => k.let(`col${j}`, tileCol(j)));
+        k.for('kk', k.u32(0), kLen, (kk) => {
+          const a = Array.from({ length: blockM }, (_, i) => k.let(`a${i}`, xs.at(kk.mul(tileM).add(ty.mul(blockM).add(i)))));
+          const wrow = k.let('wrow', kk.mul(tileN));
+          const bv = Array.from({ length: blockN }, (_, j) => k.let(`b${j}`, ws.at(wrow.add(cols[j]!))));
+          for (let i = 0; i < blockM; i++) {
+            for (let j = 0; j < blockN; j++) seg[i]![j]!.set(k.call('fma', [a[i]!, bv[j]!, seg[i]![j]!]));
+          }
+        });
+        k.barrier();
+        // Segment boundary (segLen is a multiple of tileK) or the end of K: fold into the total.
+        const next = k.let('kNext', k0.add(tileK));
+        k.if(next.rem(segLen).eq(0).or(next.ge(K)), () => {
+          for (let i = 0; i < blockM; i++) {
+            for (let j = 0; j < blockN; j++) {
+              tot[i]![j]!.set(tot[i]![j]!.add(seg[i]![j]!));
+              seg[i]![j]!.set(0);
+            }
+          }
+        });
+      }, tileK);
+
+      for (let i = 0; i < blockM; i++) {
+        const m = k.let(`m${i}`, row0.add(ty.mul(blockM).add(i)));
+        k.if(m.lt(M), () => {
+          const n0 = k.let(`n0_${i}`, out0.add(tx.mul(bh)));
+          // Store in pairs (f16: one word each) or single columns (f32), each guarded on its own:
+          // the epilogue reads bias/residual at n, so nothing is computed for columns past N.
+          const step = e.out === 'f16' ? 2 : 1;
+          for (let j = 0; j < bh; j += step) {
+            const n = k.let(`n${i}_${j}`, j ? n0.add(j) : n0);
+            k.if(n.lt(N), () => {
+              const vals: Val<'f32'>[] = [];
+              for (let c = 0; c < step; c++) {
+                const nc = c ? k.let(`n${i}_${j + c}`, n.add(c)) : n;
+                vals.push(k.let(`v${i}_${j + c}`, epilogueValue(k, e, refs, N, m, nc, tot[i]![j + c]!, e.gateUp ? tot[i]![bh + j + c]! : undefined)));
+              }
+              storeOutput(k, e, refs, N, m, n, vals);
+            });
+          }
+        });
+      }
+    },
+  }));
+}

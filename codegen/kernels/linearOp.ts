@@ -1,0 +1,150 @@
+// The public shape of a linear layer op (INT4 or dense): one Op that picks the GEMV path
+// (M ≤ GEMV_MAX_ROWS: partials + finish) or the tiled GEMM by M, its tensors' expected shapes
+// for host-side validation, and the variant choice (numerics fixed per (K, N); schedules free).
+import type { BindingSpec, Caps, Op, Plan, StorageType } from '../dsl/index.js';
+import { op } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+import {
+  checkGemmVariant, checkSegmentLength, defaultSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
+  type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
+} from './linearCommon.js';
+
+/** Decode and speculative verification run the GEMV path up to this many rows. */
+export const GEMV_MAX_ROWS = 8;
+
+/**
+ * A variant choice. `segLen` fixes the reduction order, so it must be the same for every M on a
+ * device (it may depend on K, N and the device only): tuners choose it once per (K, N). The GEMV
+ * schedule (per row count) and the GEMM tiling change speed, never results.
+ */
+export interface LinearChoice {
+  segLen: number;
+  /** Index M − 1 for M = 1..GEMV_MAX_ROWS. */
+  gemv: GemvVariant[];
+  gemm: GemmVariant;
+  finishWorkgroupSize: number;
+}
+export interface LinearChoiceInput {
+  segLen?: number;
+  /** One variant for every row count, or one per row count (index M − 1). */
+  gemv?: GemvVariant | GemvVariant[];
+  gemm?: GemmVariant;
+  finishWorkgroupSize?: number;
+}
+
+export interface TensorShape {
+  dtype: StorageType;
+  shape: number[];
+  /** The shape in symbols, e.g. "[K, N/8]". */
+  formula: string;
+  /** Elements the buffer must hold (packed f16: words). */
+  elements: number;
+}
+
+export interface LinearOp extends Op<Record<string, BindingSpec>, { M: number }> {
+  readonly K: number;
+  /** Output columns. */
+  readonly N: number;
+  /** Weight columns: 2N with gateUp, else N. */
+  readonly Nw: number;
+  readonly epilogue: Epilogue;
+  readonly choice: LinearChoice;
+  readonly source: WeightSource;
+  /** Every binding's expected dtype and shape for M rows. */
+  tensors(M: number): Record<string, TensorShape>;
+  /** Bytes the op must move for M rows: weights once, activations, output (bandwidth floors). */
+  bytesMoved(M: number): number;
+}
+
+export interface LinearOpSpec {
+  name: string;
+  K: number;
+  N: number;
+  epilogue: Epilogue;
+  caps?: Caps;
+  source: WeightSource;
+  /** Weight tensors' shapes for (K, Nw). */
+  weightTensors: (K: number, Nw: number) => Record<string, TensorShape>;
+  defaults: (K: number, Nw: number, caps: Caps) => LinearChoice;
+  choice?: LinearChoiceInput;
+}
+
+export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {}): LinearChoice {
+  const gemv = c.gemv === undefined ? defaults.gemv
+    : Array.isArray(c.gemv) ? defaults.gemv.map((d, i) => (c.gemv as GemvVariant[])[i] ?? d)
+    : defaults.gemv.map(() => c.gemv as GemvVariant);
+  return {
+    segLen: c.segLen ?? defaults.segLen,
+    gemv,
+    gemm: c.gemm ?? defaults.gemm,
+    finishWorkgroupSize: c.finishWorkgroupSize ?? defaults.finishWorkgroupSize,
+  };
+}
+
+export function epilogueTensors(e: Epilogue, M: number, N: number): Record<string, TensorShape> {
+  const t: Record<string, TensorShape> = {};
+  if (e.bias) t.bias = e.gateUp ? ts('f32', [2 * N], '[2N]') : ts('f32', [N], '[N]');
+  if (e.residual) t.residual = ts('f32', [M, N], '[M, N]');
+  t.out = e.out === 'f16' ? ts('u32', [M, N / 2], '[M, N/2] (f16 pairs)') : ts('f32', [M, N], '[M, N]');
+  return t;
+}
+export function ts(dtype: StorageType, shape: number[], formula: string): TensorShape {
+  return { dtype, shape, formula, elements: shape.reduce((a, b) => a * b, 1) };
+}
+
+export function linearOp(spec: LinearOpSpec): LinearOp {
+  const { name, K, N, epilogue: e, source: src } = spec;
+  const caps = spec.caps ?? BASELINE_CAPS;
+  const Nw = e.gateUp ? 2 * N : N;
+  const choice = resolveChoice(spec.defaults(K, Nw, caps), spec.choice);
+  checkSegmentLength(name, K, choice.segLen, src.granule);
+  if (choice.gemv.length !== GEMV_MAX_ROWS) throw new Error(`${name}: choice.gemv needs ${GEMV_MAX_ROWS} variants (M = 1..${GEMV_MAX_ROWS})`);
+  for (const v of choice.gemv) {
+    if (!Number.isInteger(v.units) || v.units < 1 || !Number.isInteger(v.workgroupSize) || v.workgroupSize < 1
+      || v.workgroupSize > caps.maxInvocationsPerWorkgroup) {
+      throw new Error(`${name}: GEMV variant ${JSON.stringify(v)} is not valid on this device`);
+    }
+  }
+  checkGemmVariant(name, choice.gemm, src, e, caps);
+  const S = segmentCount(K, choice.segLen);
+  const weightNames = Object.keys(src.bindings);
+  const bindings: Record<string, BindingSpec> = {
+    x: { t: 'f32', access: 'read' },
+    ...src.bindings,
+    ...epilogueBindings(e),
+  };
+  const passThrough = (names: string[]) => Object.fromEntries(names.map((n) => [n, n]));
+  const epiNames = Object.keys(epilogueBindings(e));
+
+  const plan = ({ M }: { M: number }): Plan => {
+    if (!Number.isInteger(M) || M < 1) throw new Error(`${name}: M = ${M} is not a positive integer`);
+    if (M <= GEMV_MAX_ROWS) {
+      const gemv = gemvKernel(src, M, choice.gemv[M - 1]!, caps);
+      const finish = linearFinishKernel({ epilogue: e, workgroupSize: choice.finishWorkgroupSize, caps });
+      return {
+        temps: { part: { t: 'f32', length: S * M * Nw } },
+        steps: [
+          { kernel: gemv, bind: { ...passThrough(['x', ...weightNames]), part: 'part' }, uniforms: { K, Nw, segLen: choice.segLen } },
+          { kernel: finish, bind: { part: 'part', ...passThrough(epiNames) }, uniforms: { M, N, S } },
+        ],
+      };
+    }
+    const gemm = gemmKernel(src, e, choice.gemm, caps);
+    return {
+      temps: {},
+      steps: [{ kernel: gemm, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw, segLen: choice.segLen } }],
+    };
+  };
+  const tensors = (M: number): Record<string, TensorShape> => ({
+    x: ts('f32', [M, K], '[M, K]'),
+    ...spec.weightTensors(K, Nw),
+    ...epilogueTensors(e, M, N),
+  });
+  const bytesMoved = (M: number): number => {
+    let bytes = 0;
+    for (const [, t] of Object.entries(tensors(M))) bytes += t.elements * 4;
+    return bytes;
+  };
+  const base = op(`${name}_K${K}_N${N}_${src.tag}_${epilogueTag(e)}`, bindings, plan);
+  return { ...base, K, N, Nw, epilogue: e, choice, source: src, tensors, bytesMoved };
+}

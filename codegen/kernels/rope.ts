@@ -1,0 +1,142 @@
+// Rotary position embedding on q [T, Hq, D] and k [T, Hk, D] with per-token positions.
+// Layouts: 'halves' — pairs (i, i + D/2), rotate-half, as Hugging Face Llama stores q/k;
+// 'interleaved' — pairs (2i, 2i + 1), as llama2.c and Meta's checkpoints.
+// Angles come from a cos/sin table [maxPositions, D/2, 2] computed on the host in float64
+// (ropeTable: theta, Llama-3 scaling), as vLLM's cos_sin_cache: an f32 angle pos·θᵢ loses
+// ~pos·2⁻²⁴ radians (≈ 6e-3 at 10⁵), and GPU sin/cos are poor on large arguments. A position
+// outside the table writes NaN, so the mistake shows instead of rotating by a wrong angle.
+import type { ArrayRef, Caps, Val } from '../dsl/index.js';
+import { kernel, storage } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+import { capsKey, memoKernel } from './linearCommon.js';
+
+export type RopeLayout = 'halves' | 'interleaved';
+
+/** Llama-3 rope_scaling (rope_type "llama3"). */
+export interface Llama3Scaling {
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositionEmbeddings: number;
+}
+
+export interface RopeFrequencies {
+  headDim: number;
+  /** rope_theta (base). */
+  theta: number;
+  scaling?: Llama3Scaling;
+}
+
+/** θᵢ = theta^(−2i/D), i < D/2, with Llama-3 scaling applied, in float64. */
+export function ropeInvFreq(f: RopeFrequencies): Float64Array {
+  const { headDim: D, theta } = f;
+  if (!Number.isInteger(D) || D < 2 || D % 2) throw new Error(`rope: headDim ${D} is not a positive even integer`);
+  if (!(theta > 0)) throw new Error(`rope: theta ${theta} is not positive`);
+  const inv = new Float64Array(D / 2);
+  for (let i = 0; i < D / 2; i++) inv[i] = 1 / theta ** ((2 * i) / D);
+  const s = f.scaling;
+  if (!s) return inv;
+  const { factor, lowFreqFactor: lo, highFreqFactor: hi, originalMaxPositionEmbeddings: old } = s;
+  if (!(factor > 0) || !(lo > 0) || !(hi > lo) || !(old > 0)) {
+    throw new Error(`rope: llama3 scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings > 0; got ${JSON.stringify(s)}`);
+  }
+  const lowWavelen = old / lo, highWavelen = old / hi;
+  for (let i = 0; i < inv.length; i++) {
+    const wavelen = (2 * Math.PI) / inv[i]!;
+    if (wavelen < highWavelen) continue; // high frequencies: unchanged
+    if (wavelen > lowWavelen) { inv[i] = inv[i]! / factor; continue; } // low: scaled down
+    const smooth = (old / wavelen - lo) / (hi - lo);
+    inv[i] = (1 - smooth) * (inv[i]! / factor) + smooth * inv[i]!;
+  }
+  return inv;
+}
+
+/** cos/sin table [maxPositions, D/2, 2] (f32), angles pos·θᵢ evaluated in float64. */
+export function ropeTable(f: RopeFrequencies, maxPositions: number): Float32Array {
+  if (!Number.isInteger(maxPositions) || maxPositions < 1) throw new Error(`rope: maxPositions ${maxPositions} is not a positive integer`);
+  const inv = ropeInvFreq(f);
+  const half = inv.length;
+  const t = new Float32Array(maxPositions * half * 2);
+  for (let p = 0; p < maxPositions; p++) {
+    for (let i = 0; i < half; i++) {
+      const a = p * inv[i]!;
+      t[(p * half + i) * 2] = Math.cos(a);
+      t[(p * half + i) * 2 + 1] = Math.sin(a);
+    }
+  }
+  return t;
+}
+
+export interface RopeParams {
+  layout: RopeLayout;
+  /** true: rotate q and k in place; false: write qOut and kOut. */
+  inPlace?: boolean;
+  workgroupSize?: number;
+  caps?: Caps;
+}
+
+export const ROPE_WORKGROUP_SIZES: readonly number[] = [32, 64, 128, 256];
+
+/**
+ * Bindings: q f32 [T, Hq, D], k f32 [T, Hk, D], pos u32 [T], table f32 [maxPos, D/2, 2]
+ * (+ qOut, kOut when not in place). Uniforms T, Hq, Hk, D, maxPos. One invocation per pair.
+ */
+export function rope(p: RopeParams) {
+  const caps = p.caps ?? BASELINE_CAPS;
+  const wg = p.workgroupSize ?? 64;
+  const inPlace = p.inPlace ?? true;
+  const layout = p.layout;
+  if (layout !== 'halves' && layout !== 'interleaved') throw new Error(`rope: layout '${layout}' is not 'halves' or 'interleaved'`);
+  const acc = inPlace ? 'read_write' as const : 'read' as const;
+  return memoKernel(`rope/${layout}/${inPlace}/${wg}/${capsKey(caps)}`, () => kernel({
+    name: `rope_${layout}${inPlace ? '' : '_out'}`,
+    params: { layout, inPlace, workgroupSize: wg },
+    caps,
+    workgroupSize: wg,
+    bindings: {
+      q: storage('f32', acc, { len: (u) => u.T! * u.Hq! * u.D! }),
+      k: storage('f32', acc, { len: (u) => u.T! * u.Hk! * u.D! }),
+      ...(inPlace ? {} : {
+        qOut: storage('f32', 'read_write', { len: (u) => u.T! * u.Hq! * u.D! }),
+        kOut: storage('f32', 'read_write', { len: (u) => u.T! * u.Hk! * u.D! }),
+      }),
+      pos: storage('u32', 'read', { len: (u) => u.T! }),
+      table: storage('f32', 'read', { len: (u) => (u.maxPos! * u.D!) }),
+    },
+    uniforms: { T: 'u32', Hq: 'u32', Hk: 'u32', D: 'u32', maxPos: 'u32' },
+    grid: ({ T, Hq, Hk, D }) => [Math.ceil(((Hq + Hk) * D) / 2 / wg), T],
+    gridDoc: `ceil((Hq + Hk) · D/2 / ${wg}) x T`,
+    body(kb, b, { Hq, Hk, D, maxPos }) {
+      const half = kb.let('half', D.div(2));
+      const idx = kb.let('idx', kb.globalId.x);
+      const t = kb.let('t', kb.workgroupId.y);
+      const h = kb.let('h', idx.div(half));
+      const i = kb.let('i', idx.rem(half));
+      kb.if(h.ge(Hq.add(Hk)), () => kb.return());
+      const p = kb.let('p', b.pos.at(t));
+      const c = kb.var('c', 'f32', 0), s = kb.var('s', 'f32', 0);
+      kb.if(p.lt(maxPos), () => {
+        const at = kb.let('tab', p.mul(half).add(i).mul(2));
+        c.set(b.table.at(at));
+        s.set(b.table.at(at.add(1)));
+      }, () => {
+        const nan = kb.bitcast('f32', kb.u32(0x7fc00000));
+        c.set(nan);
+        s.set(nan);
+      });
+      const [i0, i1] = layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
+      type Ref = ArrayRef<'f32', true>;
+      const rotate = (src: Ref, dst: Ref, head: Val<'u32'>, heads: Val<'u32'>) => {
+        const base = kb.let('base', t.mul(heads).add(head).mul(D));
+        const a0 = kb.let('a0', base.add(i0)), a1 = kb.let('a1', base.add(i1));
+        const x0 = kb.let('x0', src.at(a0)), x1 = kb.let('x1', src.at(a1));
+        dst.set(a0, x0.mul(c).sub(x1.mul(s)));
+        dst.set(a1, x1.mul(c).add(x0.mul(s)));
+      };
+      // With inPlace q and k are read_write (Ref); otherwise they are only read.
+      const r = b as unknown as Record<'q' | 'k' | 'qOut' | 'kOut', Ref>;
+      kb.if(h.lt(Hq), () => rotate(r.q, inPlace ? r.q : r.qOut, h, Hq),
+        () => rotate(r.k, inPlace ? r.k : r.kOut, h.sub(Hq), Hk));
+    },
+  }));
+}

@@ -1,0 +1,531 @@
+// Sampling over rows of logits [rows, V]: temperature, top-k, top-p, min-p, seeded sampling,
+// argmax and log-softmax. The vocabulary is cut into segments of `wg·items` entries, one
+// workgroup per (segment, row), so V up to 256k spreads over many workgroups; per-segment
+// partials are merged in segment order by the next launch, never by waiting on another
+// workgroup.
+//
+// Exactness rules that the acceptance kernels share (see `segmentSearch`):
+// - a draw uses u from (seed, position, stream) (random.ts), never anything about the batch;
+// - sampling from weights w compares u·Σw against prefix sums instead of normalising, so the
+//   only roundings are IEEE adds and one multiply, identical on every backend;
+// - a token of zero weight (masked) can never be drawn.
+import {
+  exp, kernel, max, min, op, storage,
+} from '../dsl/index.js';
+import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+import { randomUniform } from './random.js';
+
+/** "No index" in argmax partials and token outputs. */
+export const NO_TOKEN = 0xffffffff;
+/** Largest finite f32: the starting value where −∞ would be needed (literals must be finite). */
+export const F32_MAX = 3.4028234663852886e38;
+
+export interface SegmentParams {
+  /** Invocations per workgroup: a power of two. */
+  workgroupSize?: number;
+  /** Consecutive vocabulary entries each invocation owns; segment = workgroupSize · items. */
+  items?: number;
+  caps?: Caps;
+}
+export interface Segments { wg: number; items: number; seg: number; caps: Caps }
+export function segments(p: SegmentParams): Segments {
+  const wg = p.workgroupSize ?? 256, items = p.items ?? 16;
+  if (!Number.isInteger(wg) || wg < 1 || wg & (wg - 1)) throw new Error(`sampling: workgroupSize ${wg} is not a power of two`);
+  if (!Number.isInteger(items) || items < 1) throw new Error(`sampling: items ${items} is not a positive integer`);
+  return { wg, items, seg: wg * items, caps: p.caps ?? BASELINE_CAPS };
+}
+export const segmentCount = (g: Segments, vocab: number) => Math.ceil(vocab / g.seg);
+
+// ---- workgroup macros -------------------------------------------------------------------------
+/** (v, i) beats (a, ai): larger value, ties to the lower index; NO_TOKEN loses to anything. */
+export function beats(k: KernelBuilder, v: Val<'f32'>, i: Val<'u32'>, a: Val<'f32'>, ai: Val<'u32'>): Val<'bool'> {
+  return i.ne(NO_TOKEN).and(ai.eq(NO_TOKEN).or(v.gt(a)).or(v.eq(a).and(i.lt(ai))));
+}
+
+/** Argmax over the workgroup (shared tree; the rule is order-free, so any tree gives the same
+ *  pair). Every invocation must call it; all get the winner. */
+export function workgroupArgmax(k: KernelBuilder, v: Val<'f32'>, i: Val<'u32'>, sv: ArrayRef<'f32', true>,
+  si: ArrayRef<'u32', true>, wg: number, tag: string): [Val<'f32'>, Val<'u32'>] {
+  const lid = k.localIndex;
+  sv.set(lid, v);
+  si.set(lid, i);
+  k.barrier();
+  for (let s = wg >> 1; s >= 1; s >>= 1) {
+    k.if(lid.lt(s), () => {
+      const bv = k.let(`${tag}V${s}`, sv.at(lid.add(s)));
+      const bi = k.let(`${tag}I${s}`, si.at(lid.add(s)));
+      k.if(beats(k, bv, bi, sv.at(lid), si.at(lid)), () => { sv.set(lid, bv); si.set(lid, bi); });
+    });
+    k.barrier();
+  }
+  const rv = k.let(`${tag}Best`, sv.at(0));
+  const ri = k.let(`${tag}Arg`, si.at(0));
+  k.barrier();
+  return [rv, ri];
+}
+
+/** Inclusive prefix sums of one value per invocation (Hillis–Steele in a fixed pattern, so the
+ *  roundings are the same in every launch). Returns [exclusive prefix, segment total]. */
+export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32', true>, b: ArrayRef<'f32', true>,
+  wg: number, tag: string): [Val<'f32'>, Val<'f32'>] {
+  const lid = k.localIndex;
+  a.set(lid, v);
+  k.barrier();
+  let src = a, dst = b;
+  for (let off = 1; off < wg; off <<= 1) {
+    const s = src, d = dst;
+    k.if(lid.ge(off), () => d.set(lid, s.at(lid).add(s.at(lid.sub(off)))), () => d.set(lid, s.at(lid)));
+    k.barrier();
+    [src, dst] = [dst, src];
+  }
+  const excl = k.let(`${tag}Excl`, k.select(lid.gt(0), src.at(max(lid, 1).sub(1)), k.f32(0)));
+  const total = k.let(`${tag}Total`, src.at(wg - 1));
+  k.barrier();
+  return [excl, total];
+}
+
+/** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment, held
+ *  in registers. `weight(i, inRange)` gives the weight of vocabulary entry i (0 outside V). */
+export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
+  weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> } {
+  const w = k.privateArray(`${tag}W`, 'f32', g.items);
+  const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.items)));
+  const sum = k.var(`${tag}Sum`, 'f32', 0);
+  for (let j = 0; j < g.items; j++) {
+    const i = k.let(`${tag}I${j}`, first.add(j));
+    const x = k.let(`${tag}X${j}`, weight(i, i.lt(vocab)));
+    w.set(j, x);
+    sum.set(sum.add(x)); // sequential within the invocation: part of the fixed order
+  }
+  return { w, first, sum };
+}
+
+/**
+ * Pick the entry of this segment where the running sum of weights first exceeds `target`.
+ * The running sum at entry i is fl(segOffset + fl(excl + r_i)), r_i the invocation's own running
+ * sum: monotone, and ending at the segment total, so exactly one segment (segOffset ≤ target <
+ * segOffset + total) holds the crossing. Only entries of positive weight qualify; a rounding
+ * corner case without any falls back to the last positive entry. Returns the chosen index (valid
+ * in the one segment whose caller knows it holds the crossing).
+ */
+export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'f32', true>; first: Val<'u32'> },
+  excl: Val<'f32'>, segOffset: Val<'f32'>, target: Val<'f32'>, cand: ArrayRef<'u32', true>, tag: string): Val<'u32'> {
+  const lid = k.localIndex;
+  k.if(lid.eq(0), () => { k.atomicStore(cand, 0, NO_TOKEN); k.atomicStore(cand, 1, 0); });
+  k.barrier();
+  const run = k.var(`${tag}Run`, 'f32', 0);
+  const found = k.var(`${tag}Found`, 'bool', false);
+  for (let j = 0; j < g.items; j++) {
+    const x = k.let(`${tag}W${j}`, ws.w.at(j));
+    run.set(run.add(x));
+    const pos = k.let(`${tag}Pos${j}`, x.gt(0));
+    const i = ws.first.add(j);
+    k.if(pos.and(found.not()).and(segOffset.add(excl.add(run)).gt(target)), () => {
+      k.atomicMin(cand, 0, i);
+      found.set(true);
+    });
+    k.if(pos, () => { k.atomicMax(cand, 1, i.add(1)); });
+  }
+  k.barrier();
+  const c = k.let(`${tag}Cand`, k.atomicLoad(cand, 0));
+  const last = k.let(`${tag}Last`, k.atomicLoad(cand, 1));
+  k.barrier();
+  return k.let(`${tag}Pick`, k.select(c.ne(NO_TOKEN), c, max(last, 1).sub(1)));
+}
+
+/** Thread 0 sums partials [base, base + n) in order; returns [sum of the first `upTo`, total]. */
+export function mergeSums(k: KernelBuilder, part: ArrayRef<'f32', boolean>, base: Val<'u32'>, n: Val<'u32'>,
+  upTo: Val<'u32'>, tag: string): [Val<'f32'>, Val<'f32'>] {
+  const before = k.var(`${tag}Before`, 'f32', 0);
+  const total = k.var(`${tag}Total`, 'f32', 0);
+  k.for(`${tag}S`, k.u32(0), n, (s) => {
+    k.if(s.eq(upTo), () => before.set(total));
+    total.set(total.add(part.at(base.add(s))));
+  });
+  return [before, total];
+}
+
+// ---- kernels ----------------------------------------------------------------------------------
+const rowsLen = (u: Record<string, number>) => u.rows! * u.vocab!;
+const partLen = (u: Record<string, number>) => u.rows! * u.segments!;
+
+/** Per (segment, row): max and first argmax of x. */
+export function segmentArgmax(g: Segments) {
+  return kernel({
+    name: 'segmentArgmax', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      x: storage('f32', 'read', { len: rowsLen }),
+      partMax: storage('f32', 'read_write', { len: partLen }),
+      partArg: storage('u32', 'read_write', { len: partLen }),
+    },
+    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
+    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    body(k, { x, partMax, partArg }, { vocab, segments: nseg }) {
+      const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
+      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
+      const rowBase = k.let('rowBase', row.mul(vocab));
+      const best = k.var('best', 'f32', -F32_MAX);
+      const arg = k.var('arg', 'u32', NO_TOKEN);
+      // Strided: neighbouring invocations read neighbouring words; the rule is order-free.
+      for (let j = 0; j < g.items; j++) {
+        const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
+        k.if(i.lt(vocab), () => {
+          const v = k.let(`v${j}`, x.at(rowBase.add(i)));
+          k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
+        });
+      }
+      const [bv, bi] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am');
+      k.if(k.localIndex.eq(0), () => {
+        partMax.set(row.mul(nseg).add(seg), bv);
+        partArg.set(row.mul(nseg).add(seg), bi);
+      });
+    },
+  });
+}
+
+/** Thread-0 merge of a row's argmax partials, in segment order. */
+function mergeArgmax(k: KernelBuilder, partMax: ArrayRef<'f32', boolean>, partArg: ArrayRef<'u32', boolean>,
+  base: Val<'u32'>, n: Val<'u32'>): [Val<'f32'>, Val<'u32'>] {
+  const best = k.var('mBest', 'f32', -F32_MAX);
+  const arg = k.var('mArg', 'u32', NO_TOKEN);
+  k.for('ms', k.u32(0), n, (s) => {
+    const v = k.let('mv', partMax.at(base.add(s))), i = k.let('mi', partArg.at(base.add(s)));
+    k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
+  });
+  return [best, arg];
+}
+
+/** tokens[row] = argmax over the row's partials. One invocation per row. */
+export function argmaxMerge(g: Segments) {
+  const wg = 64;
+  return kernel({
+    name: 'argmaxMerge', params: {}, caps: g.caps, workgroupSize: wg,
+    bindings: {
+      partMax: storage('f32', 'read', { len: partLen }),
+      partArg: storage('u32', 'read', { len: partLen }),
+      tokens: storage('u32', 'read_write', { len: (u) => u.rows! }),
+    },
+    uniforms: { rows: 'u32', segments: 'u32' },
+    grid: ({ rows }) => Math.ceil(rows / wg), gridDoc: `ceil(rows / ${wg})`,
+    body(k, { partMax, partArg, tokens }, { rows, segments: nseg }) {
+      const row = k.let('row', k.globalId.x);
+      k.if(row.lt(rows), () => {
+        const [, arg] = mergeArgmax(k, partMax, partArg, row.mul(nseg), nseg);
+        tokens.set(row, arg);
+      });
+    },
+  });
+}
+
+/**
+ * Per (segment, row): e_i = exp((x_i − max)·invT) into `probs` (unnormalised; exactly 1 at the
+ * maximum), or a one-hot at the argmax for greedy rows (invT = 0), and the segment's sum.
+ * rowParams[row] = (invTemperature, topP, minP, 0).
+ */
+export function samplingExp(g: Segments) {
+  return kernel({
+    name: 'samplingExp', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      logits: storage('f32', 'read', { len: rowsLen }),
+      rowParams: storage('f32', 'read', { len: (u) => u.rows! * 4 }),
+      partMax: storage('f32', 'read', { len: partLen }),
+      partArg: storage('u32', 'read', { len: partLen }),
+      probs: storage('f32', 'read_write', { len: rowsLen }),
+      partSum: storage('f32', 'read_write', { len: partLen }),
+    },
+    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
+    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    body(k, { logits, rowParams, partMax, partArg, probs, partSum }, { vocab, segments: nseg }) {
+      const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
+      const shM = k.shared('rowMax', 'f32', 1), shA = k.shared('rowArg', 'u32', 1);
+      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
+      const rowBase = k.let('rowBase', row.mul(vocab));
+      k.if(k.localIndex.eq(0), () => {
+        const [m, a] = mergeArgmax(k, partMax, partArg, row.mul(nseg), nseg);
+        shM.set(0, m);
+        shA.set(0, a);
+      });
+      k.barrier();
+      const invT = k.let('invT', rowParams.at(row.mul(4)));
+      const greedy = k.let('greedy', invT.eq(0));
+      const top = k.let('top', shM.at(0).mul(invT));
+      const arg = k.let('arg', shA.at(0));
+      const ws = loadWeights(k, g, seg.mul(g.seg), vocab, (i, ok) => {
+        const s = k.let('s', logits.at(rowBase.add(min(i, vocab.sub(1)))).mul(invT));
+        const e = k.select(greedy, k.select(i.eq(arg), k.f32(1), 0), k.select(s.eq(top), k.f32(1), exp(s.sub(top))));
+        return k.select(ok, e, 0);
+      }, 'e');
+      for (let j = 0; j < g.items; j++) {
+        const i = ws.first.add(j);
+        k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j)));
+      }
+      const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), total));
+    },
+  });
+}
+
+/**
+ * One workgroup per row finds the keep-threshold τ over the keys (f32 bits of e ≥ 0, ordered
+ * like the values): top-k by radix select on counts, then top-p on the top-k survivors by radix
+ * select on sums, then min-p (e ≥ minP, since e is 1 at the max). Entries with key ≥ τ are kept
+ * (ties at a threshold all stay). 8 passes of 4 bits each per filter. rowInfo[row] = (topK,
+ * seed, position, stream); topK 0 = off; topP 1 = off; minP 0 = off.
+ */
+export function samplingThreshold(p: { workgroupSize?: number; caps?: Caps } = {}) {
+  const wg = p.workgroupSize ?? 128;
+  return kernel({
+    name: 'samplingThreshold', params: { workgroupSize: wg }, caps: p.caps, workgroupSize: wg,
+    bindings: {
+      probs: storage('f32', 'read', { len: rowsLen }),
+      rowParams: storage('f32', 'read', { len: (u) => u.rows! * 4 }),
+      rowInfo: storage('u32', 'read', { len: (u) => u.rows! * 4 }),
+      threshold: storage('u32', 'read_write', { len: (u) => u.rows! }),
+    },
+    uniforms: { rows: 'u32', vocab: 'u32' },
+    grid: ({ rows }) => rows, gridDoc: 'rows',
+    body(k, { probs, rowParams, rowInfo, threshold }, { vocab }) {
+      const hist = k.shared('hist', 'f32', 16 * wg);
+      const digitTotal = k.shared('digitTotal', 'f32', 16);
+      const state = k.shared('state', 'u32', 1);   // the key prefix found so far
+      const stateF = k.shared('stateF', 'f32', 3); // top-k: k left; top-p: mass above, target
+      const lid = k.let('lid', k.localIndex);
+      const row = k.let('row', k.workgroupId.x);
+      const rowBase = k.let('rowBase', row.mul(vocab));
+      const greedy = k.let('greedy', rowParams.at(row.mul(4)).eq(0));
+      const topK = k.let('topK', rowInfo.at(row.mul(4)));
+      const topP = k.let('topP', rowParams.at(row.mul(4).add(1)));
+      const minP = k.let('minP', rowParams.at(row.mul(4).add(2)));
+      const bins = k.privateArray('bins', 'f32', 16);
+
+      // One pass: histogram (count or mass) of the next 4-bit digit among keys matching the
+      // prefix on the higher bits and ≥ floor; thread d < 16 totals digit d over threads in order.
+      const pass = (shift: Val<'u32'>, floorKey: Val<'u32'>, mass: boolean) => {
+        const prefix = k.let('prefix', state.at(0));
+        const high = k.let('high', k.u32(0xfffffff0).shl(shift));
+        for (let d = 0; d < 16; d++) bins.set(d, 0);
+        k.for('i', lid, vocab, (i) => {
+          const e = k.let('e', probs.at(rowBase.add(i)));
+          const key = k.let('key', k.bitcast('u32', e));
+          k.if(key.band(high).eq(prefix).and(key.ge(floorKey)), () => {
+            const d = k.let('d', key.shr(shift).band(15));
+            bins.set(d, bins.at(d).add(mass ? e : k.f32(1)));
+          });
+        }, wg);
+        for (let d = 0; d < 16; d++) hist.set(lid.add(d * wg), bins.at(d));
+        k.barrier();
+        k.if(lid.lt(16), () => {
+          const t = k.var('t', 'f32', 0);
+          k.for('j', k.u32(0), k.u32(wg), (j) => t.set(t.add(hist.at(lid.mul(wg).add(j)))));
+          digitTotal.set(lid, t);
+        });
+        k.barrier();
+      };
+      const setPrefix = (shift: Val<'u32'>, digit: Val<'u32'>) => state.set(0, state.at(0).bor(digit.shl(shift)));
+
+      // top-k: the k-th largest key.
+      k.if(lid.eq(0), () => { state.set(0, 0); stateF.set(0, k.f32(topK)); });
+      k.barrier();
+      const useK = k.let('useK', greedy.not().and(topK.gt(0)).and(topK.lt(vocab)));
+      k.if(useK, () => {
+        k.for('pk', k.u32(0), k.u32(8), (pk) => {
+          const shift = k.let('shiftK', k.u32(28).sub(pk.mul(4)));
+          pass(shift, k.u32(0), false);
+          k.if(lid.eq(0), () => {
+            const cum = k.var('cum', 'f32', 0);
+            const digit = k.var('digit', 'u32', 0);
+            const done = k.var('done', 'bool', false);
+            for (let d = 15; d >= 0; d--) {
+              k.if(done.not(), () => {
+                const c = k.let('c', digitTotal.at(d));
+                cum.set(cum.add(c));
+                k.if(cum.ge(stateF.at(0)), () => { digit.set(d); stateF.set(0, stateF.at(0).sub(cum.sub(c))); done.set(true); });
+              });
+            }
+            setPrefix(shift, digit);
+          });
+          k.barrier();
+        });
+      });
+      const tauK = k.let('tauK', k.select(useK, state.at(0), k.u32(0)));
+      k.barrier();
+
+      // top-p over the top-k survivors: the largest τ with Σ_{key ≥ τ} e ≥ topP · Σ_{key ≥ τK} e.
+      k.if(lid.eq(0), () => { state.set(0, 0); stateF.set(1, 0); });
+      k.barrier();
+      const useP = k.let('useP', greedy.not().and(topP.lt(1)));
+      k.if(useP, () => {
+        k.for('pp', k.u32(0), k.u32(8), (pp) => {
+          const shift = k.let('shiftP', k.u32(28).sub(pp.mul(4)));
+          pass(shift, tauK, true);
+          k.if(lid.eq(0), () => {
+            k.if(pp.eq(0), () => { // the mass of all survivors, summed in the order used below
+              const z = k.var('z', 'f32', 0);
+              for (let d = 15; d >= 0; d--) z.set(z.add(digitTotal.at(d)));
+              stateF.set(2, topP.mul(z));
+            });
+            const above = k.var('above', 'f32', stateF.at(1));
+            const digit = k.var('digitP', 'u32', 0); // no digit reaches: keep the whole region
+            const done = k.var('doneP', 'bool', false);
+            for (let d = 15; d >= 0; d--) {
+              k.if(done.not(), () => {
+                const next = k.let('next', above.add(digitTotal.at(d)));
+                k.if(next.ge(stateF.at(2)), () => { digit.set(d); done.set(true); }, () => above.set(next));
+              });
+            }
+            stateF.set(1, above);
+            setPrefix(shift, digit);
+          });
+          k.barrier();
+        });
+      });
+      k.if(lid.eq(0), () => {
+        const tauP = k.select(useP, state.at(0), k.u32(0));
+        const tauM = k.select(greedy, k.u32(0), k.bitcast('u32', minP));
+        threshold.set(row, max(max(tauK, tauP), tauM));
+      });
+    },
+  });
+}
+
+/** Zero the entries below the row's threshold (in place) and re-sum each segment. */
+export function samplingMask(g: Segments) {
+  return kernel({
+    name: 'samplingMask', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      probs: storage('f32', 'read_write', { len: rowsLen }),
+      threshold: storage('u32', 'read', { len: (u) => u.rows! }),
+      partSum: storage('f32', 'read_write', { len: partLen }),
+    },
+    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
+    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    body(k, { probs, threshold, partSum }, { vocab, segments: nseg }) {
+      const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
+      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
+      const rowBase = k.let('rowBase', row.mul(vocab));
+      const tau = k.let('tau', threshold.at(row));
+      const ws = loadWeights(k, g, seg.mul(g.seg), vocab, (i, ok) => {
+        const e = k.let('e', probs.at(rowBase.add(min(i, vocab.sub(1)))));
+        return k.select(ok.and(k.bitcast('u32', e).ge(tau)), e, 0);
+      }, 'm');
+      for (let j = 0; j < g.items; j++) {
+        const i = ws.first.add(j);
+        k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j)));
+      }
+      const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), total));
+    },
+  });
+}
+
+/** Draw the row's token from the kept weights with u(seed, position, stream), then normalise. */
+export function samplingDraw(g: Segments) {
+  return kernel({
+    name: 'samplingDraw', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      probs: storage('f32', 'read_write', { len: rowsLen }),
+      partSum: storage('f32', 'read', { len: partLen }),
+      rowInfo: storage('u32', 'read', { len: (u) => u.rows! * 4 }),
+      tokens: storage('u32', 'read_write', { len: (u) => u.rows! }),
+    },
+    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
+    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    body(k, { probs, partSum, rowInfo, tokens }, { vocab, segments: nseg }) {
+      const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
+      const shared = k.shared('rowState', 'f32', 3); // segment offset, total, target
+      const cand = k.shared('cand', 'u32', 2, { atomic: true });
+      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
+      const rowBase = k.let('rowBase', row.mul(vocab));
+      k.if(k.localIndex.eq(0), () => {
+        const [before, total] = mergeSums(k, partSum, row.mul(nseg), nseg, seg, 'z');
+        const u = randomUniform(k, rowInfo.at(row.mul(4).add(1)), rowInfo.at(row.mul(4).add(2)), rowInfo.at(row.mul(4).add(3)));
+        shared.set(0, before);
+        shared.set(1, total);
+        shared.set(2, u.mul(total));
+      });
+      k.barrier();
+      const off = k.let('off', shared.at(0)), total = k.let('total', shared.at(1)), target = k.let('target', shared.at(2));
+      const ws = loadWeights(k, g, seg.mul(g.seg), vocab,
+        (i, ok) => k.select(ok, probs.at(rowBase.add(min(i, vocab.sub(1)))), k.f32(0)), 'd');
+      const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
+      const mine = k.let('mine', off.le(target).and(target.lt(off.add(partSum.at(row.mul(nseg).add(seg))))));
+      k.if(k.localIndex.eq(0).and(mine), () => tokens.set(row, pick));
+      for (let j = 0; j < g.items; j++) {
+        const i = ws.first.add(j);
+        k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j).div(total)));
+      }
+    },
+  });
+}
+
+// ---- ops --------------------------------------------------------------------------------------
+function checkSizes(name: string, s: Record<string, number>, keys: string[]): void {
+  for (const key of keys) {
+    const v = s[key];
+    if (!Number.isInteger(v) || v! < 1) throw new Error(`op '${name}': size ${key} = ${v} must be a positive integer`);
+  }
+}
+
+/**
+ * Logits → transformed probabilities and one sampled token per row.
+ * Bindings: logits [rows, V]; rowParams f32 [rows, 4] = (1/temperature or 0 for greedy, topP,
+ * minP, 0); rowInfo u32 [rows, 4] = (topK or 0, seed, position, stream); probs [rows, V] out
+ * (masked entries exactly 0; one-hot for greedy rows); tokens [rows] out.
+ * Sizes: rows, vocab, filters (1 when any row uses top-k, top-p or min-p, else 0 and the
+ * threshold launches are skipped). src/ops/sampling.ts builds rowParams/rowInfo and validates.
+ */
+export function sampling(p: SegmentParams & { thresholdWorkgroupSize?: number } = {}) {
+  const g = segments(p);
+  const kMax = segmentArgmax(g), kExp = samplingExp(g), kThr = samplingThreshold({ workgroupSize: p.thresholdWorkgroupSize, caps: g.caps });
+  const kMask = samplingMask(g), kDraw = samplingDraw(g);
+  const o = op('sampling', {
+    logits: storage('f32', 'read'),
+    rowParams: storage('f32', 'read'),
+    rowInfo: storage('u32', 'read'),
+    probs: storage('f32', 'read_write'),
+    tokens: storage('u32', 'read_write'),
+  }, (s: { rows: number; vocab: number; filters: number }): Plan => {
+    checkSizes('sampling', s, ['rows', 'vocab']);
+    const nseg = segmentCount(g, s.vocab);
+    const u = { rows: s.rows, vocab: s.vocab, segments: nseg };
+    const steps: Plan['steps'] = [
+      { kernel: kMax, bind: { x: 'logits', partMax: 'partMax', partArg: 'partArg' }, uniforms: u },
+      { kernel: kExp, bind: { logits: 'logits', rowParams: 'rowParams', partMax: 'partMax', partArg: 'partArg', probs: 'probs', partSum: 'partSum' }, uniforms: u },
+    ];
+    if (s.filters) {
+      steps.push({ kernel: kThr, bind: { probs: 'probs', rowParams: 'rowParams', rowInfo: 'rowInfo', threshold: 'threshold' }, uniforms: { rows: s.rows, vocab: s.vocab } });
+      steps.push({ kernel: kMask, bind: { probs: 'probs', threshold: 'threshold', partSum: 'partSum' }, uniforms: u });
+    }
+    steps.push({ kernel: kDraw, bind: { probs: 'probs', partSum: 'partSum', rowInfo: 'rowInfo', tokens: 'tokens' }, uniforms: u });
+    const n = s.rows * nseg;
+    return {
+      temps: { partMax: { t: 'f32', length: n }, partArg: { t: 'u32', length: n }, partSum: { t: 'f32', length: n }, threshold: { t: 'u32', length: s.rows } },
+      steps,
+    };
+  });
+  return Object.assign(o, { kernels: [kMax, kExp, kThr, kMask, kDraw], segments: g });
+}
+
+/** tokens[row] = argmax of x[row, :], ties to the lowest index. Sizes: rows, vocab. */
+export function argmax(p: SegmentParams = {}) {
+  const g = segments(p);
+  const kMax = segmentArgmax(g), kMerge = argmaxMerge(g);
+  const o = op('argmax', { x: storage('f32', 'read'), tokens: storage('u32', 'read_write') },
+    (s: { rows: number; vocab: number }): Plan => {
+      checkSizes('argmax', s, ['rows', 'vocab']);
+      const u = { rows: s.rows, vocab: s.vocab, segments: segmentCount(g, s.vocab) };
+      const n = s.rows * u.segments;
+      return {
+        temps: { partMax: { t: 'f32', length: n }, partArg: { t: 'u32', length: n } },
+        steps: [
+          { kernel: kMax, bind: { x: 'x', partMax: 'partMax', partArg: 'partArg' }, uniforms: u },
+          { kernel: kMerge, bind: { partMax: 'partMax', partArg: 'partArg', tokens: 'tokens' }, uniforms: { rows: s.rows, segments: u.segments } },
+        ],
+      };
+    });
+  return Object.assign(o, { kernels: [kMax, kMerge], segments: g });
+}
+
+export { logSoftmax } from './logSoftmax.js';

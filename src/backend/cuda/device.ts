@@ -1,0 +1,250 @@
+// The CUDA Device: buffers are device allocations, launches go onto one stream in call order, and
+// kernels compile on first launch (emitCUDA → NVRTC or nvcc → module), cached per device by Kernel
+// object and by source text. A forward pass can be captured once into a CUDA graph and replayed.
+import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../../../codegen/dsl/builder.js';
+import type { KernelIR } from '../../../codegen/dsl/ir.js';
+import type { Op } from '../../../codegen/dsl/plan.js';
+import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
+import { emitCUDA } from '../../../codegen/emit/cuda.js';
+import { type BoundBuffers, type Device, type DeviceBuffer, type HostArray, LaunchError } from '../device.js';
+import { runPlan } from '../plan.js';
+import { validateLaunch } from '../validate.js';
+import type { CudaDeviceInfo, CudaFunctionInfo, NativeContext } from './addon.js';
+import type { CudaCompiler } from './compile.js';
+import { checkGeometry, cudaCaps, fillPointers, packUniformsInto, uniformStructBytes } from './marshal.js';
+
+const HOST_ARRAY = { f32: Float32Array, i32: Int32Array, u32: Uint32Array, f16: Uint16Array } as const;
+
+class CudaBuffer<T extends StorageType = StorageType> implements DeviceBuffer<T> {
+  freed = false;
+  constructor(readonly device: CudaDevice, readonly ptr: bigint, readonly dtype: T, readonly length: number, readonly label: string) {}
+  get bytes(): number { return this.length * byteSize(this.dtype); }
+}
+
+/** A compiled kernel, with argument storage reused across launches (the driver copies arguments
+ *  when a launch is queued, so refilling them for the next launch is safe). */
+interface CompiledKernel {
+  fn: bigint;
+  info: CudaFunctionInfo;
+  pointers: BigUint64Array;
+  uniforms: Uint8Array | undefined;
+  uniformView: DataView | undefined;
+  /** Threads per block this function can launch with (registers may allow fewer than 1024). */
+  maxThreads: number;
+}
+
+/** A captured sequence of launches; replay() queues all of them with one driver call. The launches
+ *  keep the buffers and uniform values they were captured with: what changes per replay must live
+ *  in device buffers that are written before replay(). */
+export class CudaGraph {
+  private destroyed = false;
+  constructor(private readonly dev: CudaDevice, private readonly handle: bigint, readonly launches: number) {}
+  replay(): void {
+    if (this.destroyed) throw new Error('CudaGraph.replay: the graph was destroyed');
+    this.dev.native('replay a graph').launchGraph(this.handle);
+  }
+  /** Frees the graph; a replay still running finishes first. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.dev.forgetGraph(this);
+    this.dev.native('destroy a graph').destroyGraph(this.handle);
+  }
+}
+
+export class CudaDevice implements Device {
+  readonly kind = 'cuda' as const;
+  readonly description: string;
+  readonly caps: Caps;
+  readonly info: CudaDeviceInfo;
+  private inUse = 0;
+  private live = new Set<CudaBuffer>();
+  private byKernel = new WeakMap<Kernel<any, any>, CompiledKernel>();
+  private bySource = new Map<string, CompiledKernel>();
+  private modules: bigint[] = [];
+  private graphs = new Set<CudaGraph>();
+  private capture: { launches: number; deferredFrees: CudaBuffer[] } | undefined;
+  private ctx: NativeContext | undefined;
+
+  constructor(ctx: NativeContext, readonly compiler: CudaCompiler) {
+    this.ctx = ctx;
+    this.info = ctx.info();
+    this.caps = cudaCaps(this.info);
+    const gib = (this.info.totalMem / 2 ** 30).toFixed(0);
+    const driver = `${Math.floor(this.info.driverVersion / 1000)}.${(this.info.driverVersion % 1000) / 10}`;
+    this.description = `${this.info.name} (sm_${this.info.ccMajor}${this.info.ccMinor}, ${gib} GiB, ${this.info.multiprocessors} SMs) ` +
+      `via CUDA driver ${driver}, kernels by ${compiler.description}`;
+  }
+
+  /** The native context, or an error saying what was attempted after destroy(). */
+  native(what: string): NativeContext {
+    if (!this.ctx) throw new Error(`cuda device: cannot ${what}: the device was destroyed`);
+    return this.ctx;
+  }
+
+  get bytesInUse(): number { return this.inUse; }
+
+  /** Free and total device memory as the driver sees it (all processes). */
+  memInfo(): { free: number; total: number } { return this.native('query memory').memInfo(); }
+
+  alloc<T extends StorageType>(dtype: T, length: number, label = 'buffer'): DeviceBuffer<T> {
+    if (!(dtype in HOST_ARRAY)) throw new Error(`cuda alloc '${label}': unknown dtype '${dtype}'`);
+    if (!Number.isSafeInteger(length) || length < 0) throw new Error(`cuda alloc '${label}': length ${length} is not a whole number of elements`);
+    const bytes = length * byteSize(dtype);
+    // Never 0 bytes (the driver refuses); whole 4-byte words so u32-packed f16 tails stay inside.
+    const ptr = this.native(`allocate '${label}'`).alloc(Math.max(4, Math.ceil(bytes / 4) * 4), true);
+    const buf = new CudaBuffer(this, ptr, dtype, length, label);
+    this.live.add(buf);
+    this.inUse += bytes;
+    return buf;
+  }
+
+  private own(buf: DeviceBuffer, what: string): CudaBuffer {
+    if (!(buf instanceof CudaBuffer) || buf.device !== this) throw new Error(`cuda ${what}: buffer '${buf.label}' belongs to another device`);
+    if (buf.freed) throw new Error(`cuda ${what}: buffer '${buf.label}' was freed`);
+    return buf;
+  }
+
+  write<T extends StorageType>(buf: DeviceBuffer<T>, data: HostArray<T>, offset = 0): void {
+    const b = this.own(buf, 'write');
+    const want = HOST_ARRAY[b.dtype];
+    if (!(data instanceof want)) throw new Error(`cuda write to '${b.label}' (${b.dtype}): expected a ${want.name}, got ${(data as object)?.constructor?.name}`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + data.length > b.length) {
+      throw new Error(`cuda write to '${b.label}': ${data.length} elements at offset ${offset} overrun its ${b.length}`);
+    }
+    if (this.capture) throw new Error(`cuda write to '${b.label}' during graph capture: write before captureGraph/replay instead`);
+    this.native('write').write(b.ptr, offset * byteSize(b.dtype), data);
+  }
+
+  async read<T extends StorageType>(buf: DeviceBuffer<T>): Promise<HostArray<T>> {
+    const b = this.own(buf, 'read');
+    if (this.capture) throw new Error(`cuda read of '${b.label}' during graph capture`);
+    const bytes = await this.native('read').read(b.ptr, 0, b.bytes);
+    return new HOST_ARRAY[b.dtype](bytes) as HostArray<T>;
+  }
+
+  free(buf: DeviceBuffer): void {
+    const b = this.own(buf, 'free');
+    b.freed = true;
+    this.live.delete(b);
+    this.inUse -= b.bytes;
+    // Freeing synchronizes, which a capture forbids: release it once the capture ends.
+    if (this.capture) this.capture.deferredFrees.push(b);
+    else this.native('free').free(b.ptr);
+  }
+
+  /** Device-to-device copy of a whole buffer (same dtype and length), queued in order. */
+  copy<T extends StorageType>(dst: DeviceBuffer<T>, src: DeviceBuffer<T>): void {
+    const d = this.own(dst, 'copy'), s = this.own(src, 'copy');
+    if (d.dtype !== s.dtype || d.length !== s.length) {
+      throw new Error(`cuda copy: '${s.label}' (${s.dtype}[${s.length}]) does not match '${d.label}' (${d.dtype}[${d.length}])`);
+    }
+    this.native('copy').copy(d.ptr, 0, s.ptr, 0, s.bytes);
+  }
+
+  private compiled(kernel: Kernel<any, any>): CompiledKernel {
+    const hit = this.byKernel.get(kernel);
+    if (hit) return hit;
+    const ir: KernelIR = kernel.ir;
+    const source = emitCUDA(ir);
+    let ck = this.bySource.get(source);
+    if (!ck) {
+      const ctx = this.native(`compile '${ir.name}'`);
+      const { image } = this.compiler.compile(source, ir.name, [this.info.ccMajor, this.info.ccMinor]);
+      const mod = ctx.loadModule(image);
+      this.modules.push(mod);
+      const fn = ctx.getFunction(mod, ir.name); // the emitter's entry point: extern "C", the kernel's name
+      const info = ctx.functionInfo(fn);
+      const hasUniforms = ir.uniforms.length > 0;
+      const uniforms = hasUniforms ? new Uint8Array(uniformStructBytes(ir)) : undefined;
+      ck = {
+        fn, info, pointers: new BigUint64Array(ir.buffers.length), uniforms,
+        uniformView: uniforms && new DataView(uniforms.buffer),
+        maxThreads: Math.min(info.maxThreadsPerBlock, this.info.maxThreadsPerBlock),
+      };
+      this.bySource.set(source, ck);
+    }
+    this.byKernel.set(kernel, ck);
+    return ck;
+  }
+
+  /** Registers, spills and shared memory of a kernel as compiled for this device. */
+  functionInfo(kernel: Kernel<any, any>): CudaFunctionInfo { return this.compiled(kernel).info; }
+
+  launch<B extends Bindings, U extends Uniforms>(kernel: Kernel<B, U>, bindings: BoundBuffers<B>, uniforms: UniformValues<U>): void {
+    const bound = bindings as Record<string, DeviceBuffer>;
+    const values = uniforms as Record<string, number>;
+    validateLaunch(kernel, bound, values);
+    const ir = kernel.ir;
+    const ck = this.compiled(kernel);
+    const grid = kernel.grid(uniforms);
+    if (!checkGeometry(ir.name, grid, ir.workgroupSize, this.info.maxGrid, ck.maxThreads)) return;
+    fillPointers(ir, (key) => {
+      const buf = bound[key]!;
+      if (!(buf instanceof CudaBuffer) || buf.device !== this) throw new LaunchError(`kernel '${ir.name}': buffer '${buf.label}' bound to '${key}' belongs to another device`);
+      if (buf.freed) throw new LaunchError(`kernel '${ir.name}': buffer '${buf.label}' bound to '${key}' was freed`);
+      return buf.ptr;
+    }, ck.pointers);
+    if (ck.uniformView) packUniformsInto(ir, values, ck.uniformView);
+    const [bx, by, bz] = ir.workgroupSize;
+    this.native(`launch '${ir.name}'`).launch(ck.fn, grid[0], grid[1], grid[2], bx, by, bz, 0, ck.pointers, ck.uniforms);
+    if (this.capture) this.capture.launches++;
+  }
+
+  run<B extends Record<string, BindingSpec>, S extends Record<string, number>>(op: Op<B, S>, bindings: BoundBuffers<B>, sizes: S): void {
+    runPlan(this, op, bindings as Record<string, DeviceBuffer>, sizes);
+  }
+
+  async sync(): Promise<void> {
+    if (this.capture) throw new Error('cuda sync during graph capture');
+    await this.native('sync').sync();
+  }
+
+  /**
+   * Captures the launches `record` queues (directly or through run()) into a CUDA graph instead
+   * of running them. `record` must be synchronous and may not write, read or sync; it may launch
+   * and allocate (kernels compile and scratch buffers appear on first use — buffers allocated
+   * during a capture start uninitialized). Run the pass once uncaptured first when it should
+   * also execute now. Replaying the graph later re-runs every captured launch with the buffers
+   * and uniform values it saw here.
+   */
+  captureGraph(record: () => void): CudaGraph {
+    const ctx = this.native('capture a graph');
+    if (this.capture) throw new Error('cuda captureGraph: a capture is already open');
+    ctx.beginCapture();
+    const capture = (this.capture = { launches: 0, deferredFrees: [] as CudaBuffer[] });
+    let handle: bigint;
+    try {
+      const r: unknown = record();
+      if (r instanceof Promise) throw new Error('cuda captureGraph: the recording function must be synchronous');
+      handle = ctx.endCapture();
+    } catch (e) {
+      ctx.abortCapture();
+      throw e;
+    } finally {
+      this.capture = undefined;
+      for (const b of capture.deferredFrees) ctx.free(b.ptr);
+    }
+    const graph = new CudaGraph(this, handle, capture.launches);
+    this.graphs.add(graph);
+    return graph;
+  }
+
+  /** @internal CudaGraph.destroy bookkeeping. */
+  forgetGraph(g: CudaGraph): void { this.graphs.delete(g); }
+
+  async destroy(): Promise<void> {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      await ctx.sync();
+    } finally {
+      for (const g of [...this.graphs]) g.destroy();
+      for (const b of this.live) b.freed = true;
+      this.live.clear();
+      this.inUse = 0;
+      this.ctx = undefined;
+      ctx.destroy(); // frees allocations, modules and graphs on the native side
+    }
+  }
+}

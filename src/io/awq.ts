@@ -1,0 +1,120 @@
+// AutoAWQ GEMM checkpoints: per quantized linear layer (y = x·W, W is [K, N] = [in, out])
+//   qweight int32 [K, N/8]   nibble i of word (k, c) holds q[k, 8c + AWQ_ORDER[i]]
+//   qzeros  int32 [K/g, N/8] zero points, interleaved the same way
+//   scales  f16   [K/g, N]
+//   W[k, n] = (q[k, n] − z[⌊k/g⌋, n]) · s[⌊k/g⌋, n]
+// This module loads and validates them; kernels consume them unchanged.
+
+import type { AwqConfig, LinearSpec, ModelSpec } from '../model/spec.js';
+import { allLinears } from '../model/spec.js';
+import { readFloat16Bits, readFloat32, readInt32, toFloat32, type TensorStore } from './safetensors.js';
+
+/** Column offset (within a group of 8) stored in nibble i of a packed word. */
+export const AWQ_ORDER: readonly number[] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+export interface AwqLinear {
+  /** Layer prefix, e.g. 'model.layers.0.self_attn.q_proj'. */
+  name: string;
+  K: number;
+  N: number;
+  groupSize: number;
+  /** [K, N/8] */
+  qweight: Int32Array;
+  /** [K/g, N/8] */
+  qzeros: Int32Array;
+  /** [K/g, N], raw f16 bits. */
+  scales: Uint16Array;
+  /** [N] or null. */
+  bias: Float32Array | null;
+}
+
+/** True if any tensor is an AWQ packed weight. */
+export function isAwqCheckpoint(store: TensorStore): boolean {
+  return store.names().some((n) => n.endsWith('.qweight'));
+}
+
+/** AutoAWQ skips modules whose name contains any entry of modules_to_not_convert. */
+export function isAwqQuantized(cfg: AwqConfig, linearName: string): boolean {
+  return !cfg.modulesNotConverted.some((m) => linearName.includes(m));
+}
+
+function expectTensor(store: TensorStore, name: string, dtype: string, shape: readonly number[], formula: string): void {
+  const want = `[${shape.join(', ')}] ${dtype} (${formula})`;
+  if (!store.has(name)) throw new Error(`${store.source}: missing AWQ tensor '${name}', expected ${want}`);
+  const info = store.info(name);
+  if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+    throw new Error(`${store.source}: AWQ tensor '${name}' has shape [${info.shape.join(', ')}], expected ${want}`);
+  }
+  if (info.dtype !== dtype) throw new Error(`${store.source}: AWQ tensor '${name}' has dtype ${info.dtype}, expected ${want}`);
+}
+
+/** Checks one linear layer's qweight/qzeros/scales (and bias) shapes and dtypes. */
+export function validateAwqLinear(store: TensorStore, lin: LinearSpec, groupSize: number): void {
+  const { name, K, N } = lin;
+  if (K % groupSize !== 0) throw new Error(`${store.source}: '${name}' input size ${K} is not a multiple of group_size ${groupSize}`);
+  if (N % 8 !== 0) throw new Error(`${store.source}: '${name}' output size ${N} is not a multiple of 8`);
+  const G = K / groupSize;
+  expectTensor(store, `${name}.qweight`, 'I32', [K, N / 8], `K=${K}, N/8=${N / 8}`);
+  expectTensor(store, `${name}.qzeros`, 'I32', [G, N / 8], `K/g=${G}, N/8=${N / 8}`);
+  expectTensor(store, `${name}.scales`, 'F16', [G, N], `K/g=${G}, N=${N}`);
+  if (lin.bias) {
+    const b = `${name}.bias`;
+    if (!store.has(b)) throw new Error(`${store.source}: missing tensor '${b}', expected [${N}]`);
+    const info = store.info(b);
+    if (info.shape.length !== 1 || info.shape[0] !== N) throw new Error(`${store.source}: tensor '${b}' has shape [${info.shape.join(', ')}], expected [${N}]`);
+  }
+}
+
+/** Validates and reads one quantized linear layer. */
+export function loadAwqLinear(store: TensorStore, lin: LinearSpec, groupSize: number): AwqLinear {
+  validateAwqLinear(store, lin, groupSize);
+  return {
+    name: lin.name,
+    K: lin.K,
+    N: lin.N,
+    groupSize,
+    qweight: readInt32(store, `${lin.name}.qweight`),
+    qzeros: readInt32(store, `${lin.name}.qzeros`),
+    scales: readFloat16Bits(store, `${lin.name}.scales`),
+    bias: lin.bias ? readFloat32(store, `${lin.name}.bias`) : null,
+  };
+}
+
+/** Every quantized decoder linear layer of an AWQ spec, keyed by layer prefix. */
+export function loadAwqLayers(spec: ModelSpec, store: TensorStore): Map<string, AwqLinear> {
+  const cfg = spec.quantization;
+  if (!cfg) throw new Error(`${store.source}: the model spec has no AWQ quantization_config`);
+  const out = new Map<string, AwqLinear>();
+  for (const lin of allLinears(spec)) {
+    if (isAwqQuantized(cfg, lin.name)) out.set(lin.name, loadAwqLinear(store, lin, cfg.groupSize));
+  }
+  return out;
+}
+
+/** The 4-bit value for column n from a row of packed words (qweight row or qzeros row). */
+export function awqUnpack(packedRow: Int32Array, rowOffset: number, n: number): number {
+  const word = packedRow[rowOffset + (n >> 3)]!;
+  const nibble = AWQ_ORDER.indexOf(n & 7);
+  return (word >>> (4 * nibble)) & 0xf;
+}
+
+/** Dequantizes to a dense float32 weight in HF layout [N, K] (out × in), for reference use. */
+export function dequantizeAwq(lin: AwqLinear): Float32Array {
+  const { K, N, groupSize } = lin;
+  const words = N / 8;
+  const scales = toFloat32('F16', new Uint8Array(lin.scales.buffer, lin.scales.byteOffset, lin.scales.byteLength));
+  // nibble position of each column-in-group, the inverse of AWQ_ORDER
+  const shift = new Int32Array(8);
+  AWQ_ORDER.forEach((col, i) => (shift[col] = 4 * i));
+  const out = new Float32Array(N * K);
+  for (let k = 0; k < K; k++) {
+    const g = Math.floor(k / groupSize);
+    for (let n = 0; n < N; n++) {
+      const s = shift[n & 7]!;
+      const q = (lin.qweight[k * words + (n >> 3)]! >>> s) & 0xf;
+      const z = (lin.qzeros[g * words + (n >> 3)]! >>> s) & 0xf;
+      out[n * K + k] = (q - z) * scales[g * N + n]!;
+    }
+  }
+  return out;
+}

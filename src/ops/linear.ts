@@ -1,0 +1,98 @@
+// Host side of the linear layers: upload weights in the kernels' layout, and run a LinearOp after
+// checking every tensor against the shape the op expects — a wrong shape or dtype is reported
+// with the tensor's name and its expected shape before any device work.
+import type { LinearOp } from '../../codegen/kernels/linearOp.js';
+import type { Device, DeviceBuffer } from '../backend/device.js';
+import { type AwqTensors, checkAwqShape } from '../quant/awq.js';
+import { packF16Pairs } from '../quant/f16.js';
+
+export type LinearBindings = Record<string, DeviceBuffer>;
+
+export class LinearShapeError extends Error {}
+
+/** Weights are checked for exact size; activations and outputs may live in larger buffers. */
+const EXACT = new Set(['qweight', 'qzeros', 'scales', 'w', 'bias']);
+
+/** Throws LinearShapeError naming the tensor and its expected shape. */
+export function checkLinearBindings(op: LinearOp, bindings: LinearBindings, M: number): void {
+  if (!Number.isInteger(M) || M < 1) throw new LinearShapeError(`${op.name}: M = ${M} is not a positive integer`);
+  const want = op.tensors(M);
+  const dims = `K = ${op.K}, N = ${op.N}, M = ${M}`;
+  for (const [name, t] of Object.entries(want)) {
+    const buf = bindings[name];
+    const expect = `${t.dtype} ${t.formula} = [${t.shape.join(', ')}] (${t.elements} elements; ${dims})`;
+    if (!buf) throw new LinearShapeError(`${op.name}: tensor '${name}' is missing; expected ${expect}`);
+    if (buf.dtype !== t.dtype) throw new LinearShapeError(`${op.name}: tensor '${name}' (buffer '${buf.label}') is ${buf.dtype}; expected ${expect}`);
+    const ok = EXACT.has(name) ? buf.length === t.elements : buf.length >= t.elements;
+    if (!ok) throw new LinearShapeError(`${op.name}: tensor '${name}' (buffer '${buf.label}') has ${buf.length} elements; expected ${expect}`);
+  }
+  for (const name of Object.keys(bindings)) {
+    if (!(name in want)) throw new LinearShapeError(`${op.name}: unexpected tensor '${name}'; the op takes ${Object.keys(want).join(', ')}`);
+  }
+}
+
+/** Validate, then queue the op for M rows. */
+export function runLinear(dev: Device, op: LinearOp, bindings: LinearBindings, M: number): void {
+  checkLinearBindings(op, bindings, M);
+  dev.run(op, bindings as never, { M });
+}
+
+export interface Int4DeviceWeights {
+  K: number;
+  N: number;
+  groupSize: number;
+  qweight: DeviceBuffer<'u32'>;
+  qzeros: DeviceBuffer<'u32'>;
+  scales: DeviceBuffer<'u32'>;
+}
+
+function expectLength(what: string, name: string, got: number, shape: number[], formula: string): void {
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (got !== n) throw new LinearShapeError(`${what}: '${name}' has ${got} elements; expected ${formula} = [${shape.join(', ')}] (${n})`);
+}
+
+/** Check AutoAWQ tensors on the host, then upload them as the kernels bind them (same bits). */
+export function uploadInt4(dev: Device, t: AwqTensors, label = 'int4'): Int4DeviceWeights {
+  const { K, N, groupSize: g } = t;
+  checkAwqShape(K, N, g, `uploadInt4 '${label}'`);
+  const what = `uploadInt4 '${label}' (K = ${K}, N = ${N}, g = ${g})`;
+  expectLength(what, 'qweight', t.qweight.length, [K, N / 8], '[K, N/8]');
+  expectLength(what, 'qzeros', t.qzeros.length, [K / g, N / 8], '[K/g, N/8]');
+  expectLength(what, 'scales', t.scales.length, [K / g, N], '[K/g, N]');
+  const put = (name: string, data: Uint32Array): DeviceBuffer<'u32'> => {
+    const b = dev.alloc('u32', data.length, `${label}.${name}`);
+    dev.write(b, data);
+    return b;
+  };
+  return {
+    K, N, groupSize: g,
+    qweight: put('qweight', new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length)),
+    qzeros: put('qzeros', new Uint32Array(t.qzeros.buffer, t.qzeros.byteOffset, t.qzeros.length)),
+    scales: put('scales', packF16Pairs(t.scales)),
+  };
+}
+
+/**
+ * Fuse two AWQ layers with the same K and group size side by side (gate | up) for a gateUp op:
+ * columns [0, N) from `gate`, [N, 2N) from `up`. Packed words never straddle the seam (N % 8 = 0).
+ */
+export function concatAwqColumns(gate: AwqTensors, up: AwqTensors): AwqTensors {
+  const { K, N, groupSize: g } = gate;
+  if (up.K !== K || up.N !== N || up.groupSize !== g) {
+    throw new LinearShapeError(`concatAwqColumns: gate is K=${K}, N=${N}, g=${g} but up is K=${up.K}, N=${up.N}, g=${up.groupSize}`);
+  }
+  const side = <T extends Int32Array | Uint16Array>(a: T, b: T, rows: number, cols: number, make: (n: number) => T): T => {
+    const out = make(rows * cols * 2);
+    for (let r = 0; r < rows; r++) {
+      out.set(a.subarray(r * cols, (r + 1) * cols), r * 2 * cols);
+      out.set(b.subarray(r * cols, (r + 1) * cols), r * 2 * cols + cols);
+    }
+    return out;
+  };
+  return {
+    K, N: 2 * N, groupSize: g,
+    qweight: side(gate.qweight, up.qweight, K, N / 8, (n) => new Int32Array(n)),
+    qzeros: side(gate.qzeros, up.qzeros, K / g, N / 8, (n) => new Int32Array(n)),
+    scales: side(gate.scales, up.scales, K / g, N, (n) => new Uint16Array(n)),
+  };
+}
