@@ -71,6 +71,20 @@ function nextDouble(x: number, up: boolean): number { // x > 0
   bits64[0] = bits64[0]! + (up ? 1n : -1n);
   return f64[0];
 }
+/** Whether the decimal text `s` (positive, as toPrecision writes it) is exactly the double `d`. */
+function isExactly(s: string, d: number): boolean {
+  const [mantissa = '', exponent = '0'] = s.split('e');
+  const [whole = '', fraction = ''] = mantissa.split('.');
+  const k = Number(exponent) - fraction.length; // s = D * 10^k
+  f64[0] = d;
+  const biased = Number((bits64[0]! >> 52n) & 0x7ffn);
+  const m = (bits64[0]! & ((1n << 52n) - 1n)) | (biased ? 1n << 52n : 0n);
+  const e = (biased || 1) - 1075; // d = m * 2^e
+  let lhs = BigInt(whole + fraction), rhs = m;
+  if (k >= 0) lhs *= 10n ** BigInt(k); else rhs *= 10n ** BigInt(-k);
+  if (e >= 0) rhs *= 2n ** BigInt(e); else lhs *= 2n ** BigInt(-e);
+  return lhs === rhs;
+}
 /** Round to the nearest binary16, ties to even (Math.f16round is not in Node 20). */
 export function f16round(x: number): number {
   if (!Number.isFinite(x) || x === 0) return x;
@@ -86,8 +100,8 @@ export function f16round(x: number): number {
 }
 /**
  * The shortest decimal text a compiler reads back as exactly `v` in the format `round` rounds to.
- * A candidate whose double value lies exactly on a midpoint of the format is skipped: the double
- * rounding in this check could then disagree with the compiler's direct rounding.
+ * A candidate whose double value lies exactly on a midpoint of the format, without being that
+ * decimal exactly, is skipped: this check's double rounding could disagree with the compiler's.
  */
 export function floatText(v: number, round: (x: number) => number, what: string): string {
   if (!Number.isFinite(v)) throw new Error(`${what}: ${v} is not a finite number`);
@@ -97,7 +111,7 @@ export function floatText(v: number, round: (x: number) => number, what: string)
   for (let p = 1; p <= 17; p++) {
     const s = a.toPrecision(p);
     const d = Number(s);
-    if (round(d) === a && round(nextDouble(d, true)) === round(nextDouble(d, false))) {
+    if (round(d) === a && (isExactly(s, d) || round(nextDouble(d, true)) === round(nextDouble(d, false)))) {
       // String(d) prints the same digits, positionally where that is short (100, not 1e+2).
       const t = String(d).replace('e+', 'e');
       return sign + (/[.e]/.test(t) ? t : `${t}.0`);

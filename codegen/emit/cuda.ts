@@ -137,6 +137,11 @@ class CudaEmitter extends CLikeEmitter {
 
   constructor(ir: KernelIR) {
     super(ir, RESERVED);
+    const threads = ir.workgroupSize.reduce((a, b) => a * b, 1);
+    if (ir.usesSubgroups && threads % 32 !== 0) {
+      // Warp shuffles with a full mask need all 32 lanes of every warp.
+      throw new Error(`kernel '${ir.name}': subgroup operations need a workgroup of a multiple of 32 invocations on CUDA, not ${threads}`);
+    }
     this.uniformParam = ir.uniforms.length ? this.fresh('u') : '';
     this.uniformStruct = ir.uniforms.length ? this.fresh(`${ir.name}_Uniforms`) : '';
   }

@@ -143,6 +143,14 @@ export function capsKey(caps: Caps): string {
   return JSON.stringify(caps);
 }
 
+/**
+ * A quiet NaN built from a runtime value (any bits | 0x7fc00000 is a NaN): WGSL rejects a NaN
+ * constant, even one written as bitcast<f32>(0x7fc00000u).
+ */
+export function runtimeNaN(k: KernelBuilder, v: Val<'u32'>): Val<'f32'> {
+  return k.bitcast('f32', v.bor(0x7fc00000));
+}
+
 export function linearFinishKernel(p: FinishParams) {
   const e = p.epilogue, caps = p.caps ?? BASELINE_CAPS, wg = p.workgroupSize ?? 64;
   const cols = e.out === 'f16' ? 2 : 1;

@@ -8,7 +8,7 @@
 import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
-import { capsKey, memoKernel } from './linearCommon.js';
+import { capsKey, memoKernel, runtimeNaN } from './linearCommon.js';
 
 export type RopeLayout = 'halves' | 'interleaved';
 
@@ -120,7 +120,7 @@ export function rope(p: RopeParams) {
         c.set(b.table.at(at));
         s.set(b.table.at(at.add(1)));
       }, () => {
-        const nan = kb.bitcast('f32', kb.u32(0x7fc00000));
+        const nan = kb.let('nan', runtimeNaN(kb, p));
         c.set(nan);
         s.set(nan);
       });

@@ -9,9 +9,7 @@
 // - sampling from weights w compares u·Σw against prefix sums instead of normalising, so the
 //   only roundings are IEEE adds and one multiply, identical on every backend;
 // - a token of zero weight (masked) can never be drawn.
-import {
-  exp, kernel, max, min, op, storage,
-} from '../dsl/index.js';
+import { exp, kernel, log, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { randomUniform } from './random.js';
@@ -123,7 +121,7 @@ export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'
     const i = ws.first.add(j);
     k.if(pos.and(found.not()).and(segOffset.add(excl.add(run)).gt(target)), () => {
       k.atomicMin(cand, 0, i);
-      found.set(true);
+      k.assign(found, true);
     });
     k.if(pos, () => { k.atomicMax(cand, 1, i.add(1)); });
   }
@@ -340,7 +338,7 @@ export function samplingThreshold(p: { workgroupSize?: number; caps?: Caps } = {
               k.if(done.not(), () => {
                 const c = k.let('c', digitTotal.at(d));
                 cum.set(cum.add(c));
-                k.if(cum.ge(stateF.at(0)), () => { digit.set(d); stateF.set(0, stateF.at(0).sub(cum.sub(c))); done.set(true); });
+                k.if(cum.ge(stateF.at(0)), () => { digit.set(d); stateF.set(0, stateF.at(0).sub(cum.sub(c))); k.assign(done, true); });
               });
             }
             setPrefix(shift, digit);
@@ -365,13 +363,13 @@ export function samplingThreshold(p: { workgroupSize?: number; caps?: Caps } = {
               for (let d = 15; d >= 0; d--) z.set(z.add(digitTotal.at(d)));
               stateF.set(2, topP.mul(z));
             });
-            const above = k.var('above', 'f32', stateF.at(1));
+            const above = k.var('above', stateF.at(1));
             const digit = k.var('digitP', 'u32', 0); // no digit reaches: keep the whole region
             const done = k.var('doneP', 'bool', false);
             for (let d = 15; d >= 0; d--) {
               k.if(done.not(), () => {
                 const next = k.let('next', above.add(digitTotal.at(d)));
-                k.if(next.ge(stateF.at(2)), () => { digit.set(d); done.set(true); }, () => above.set(next));
+                k.if(next.ge(stateF.at(2)), () => { digit.set(d); k.assign(done, true); }, () => above.set(next));
               });
             }
             stateF.set(1, above);
@@ -528,4 +526,93 @@ export function argmax(p: SegmentParams = {}) {
   return Object.assign(o, { kernels: [kMax, kMerge], segments: g });
 }
 
-export { logSoftmax } from './logSoftmax.js';
+/**
+ * out[row, i] = x[row, i] − log Σ_j exp(x[row, j]) (log-probabilities). Per segment: its max
+ * and Σ exp(x − max); then every segment merges the row's partials in order and writes.
+ * Sizes: rows, vocab.
+ */
+export function logSoftmax(p: SegmentParams = {}) {
+  const g = segments(p);
+  const kSeg = kernel({
+    name: 'logSoftmaxSegment', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      x: storage('f32', 'read', { len: rowsLen }),
+      partMax: storage('f32', 'read_write', { len: partLen }),
+      partSum: storage('f32', 'read_write', { len: partLen }),
+    },
+    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
+    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    body(k, { x, partMax, partSum }, { vocab, segments: nseg }) {
+      const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
+      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
+      const rowBase = k.let('rowBase', row.mul(vocab));
+      const best = k.var('best', 'f32', -F32_MAX);
+      const arg = k.var('arg', 'u32', NO_TOKEN);
+      for (let j = 0; j < g.items; j++) {
+        const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
+        k.if(i.lt(vocab), () => {
+          const v = k.let(`v${j}`, x.at(rowBase.add(i)));
+          k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
+        });
+      }
+      const [segMax] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am');
+      const sum = k.var('sum', 'f32', 0);
+      for (let j = 0; j < g.items; j++) {
+        const i = k.let(`j${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
+        k.if(i.lt(vocab), () => sum.set(sum.add(exp(x.at(rowBase.add(i)).sub(segMax)))));
+      }
+      const [, total] = workgroupScan(k, sum, sv, k.shared('sb', 'f32', g.wg), g.wg, 'sum');
+      k.if(k.localIndex.eq(0), () => {
+        partMax.set(row.mul(nseg).add(seg), segMax);
+        partSum.set(row.mul(nseg).add(seg), total);
+      });
+    },
+  });
+  const kApply = kernel({
+    name: 'logSoftmaxApply', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      x: storage('f32', 'read', { len: rowsLen }),
+      partMax: storage('f32', 'read', { len: partLen }),
+      partSum: storage('f32', 'read', { len: partLen }),
+      out: storage('f32', 'read_write', { len: rowsLen }),
+    },
+    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
+    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    body(k, { x, partMax, partSum, out }, { vocab, segments: nseg }) {
+      const lseShared = k.shared('lse', 'f32', 1);
+      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
+      const rowBase = k.let('rowBase', row.mul(vocab));
+      k.if(k.localIndex.eq(0), () => {
+        const base = k.let('base', row.mul(nseg));
+        const m = k.var('m', partMax.at(base));
+        k.for('s', k.u32(1), nseg, (s) => m.set(max(m, partMax.at(base.add(s)))));
+        const z = k.var('z', 'f32', 0);
+        k.for('s', k.u32(0), nseg, (s) => {
+          const ms = k.let('ms', partMax.at(base.add(s)));
+          z.set(z.add(partSum.at(base.add(s)).mul(k.select(ms.eq(m), k.f32(1), exp(ms.sub(m))))));
+        });
+        lseShared.set(0, m.add(log(z)));
+      });
+      k.barrier();
+      const lse = k.let('lseRow', lseShared.at(0));
+      for (let j = 0; j < g.items; j++) {
+        const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
+        k.if(i.lt(vocab), () => out.set(rowBase.add(i), x.at(rowBase.add(i)).sub(lse)));
+      }
+    },
+  });
+  const o = op('logSoftmax', { x: storage('f32', 'read'), out: storage('f32', 'read_write') },
+    (s: { rows: number; vocab: number }): Plan => {
+      checkSizes('logSoftmax', s, ['rows', 'vocab']);
+      const u = { rows: s.rows, vocab: s.vocab, segments: segmentCount(g, s.vocab) };
+      const n = s.rows * u.segments;
+      return {
+        temps: { partMax: { t: 'f32', length: n }, partSum: { t: 'f32', length: n } },
+        steps: [
+          { kernel: kSeg, bind: { x: 'x', partMax: 'partMax', partSum: 'partSum' }, uniforms: u },
+          { kernel: kApply, bind: { x: 'x', partMax: 'partMax', partSum: 'partSum', out: 'out' }, uniforms: u },
+        ],
+      };
+    });
+  return Object.assign(o, { kernels: [kSeg, kApply], segments: g });
+}

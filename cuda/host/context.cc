@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 
 namespace kiln {
@@ -308,8 +307,10 @@ Napi::Value CudaContext::Free(const Napi::CallbackInfo& info) {
   CUdeviceptr p = toU64(env, info[0], "device pointer");
   allocBytes(env, p);
   if (s.capturing) throw Napi::Error::New(env, "free during a graph capture (it would synchronize the stream)");
+  // Queued work may still use the memory: let the stream drain first (cuMemFree synchronizes the
+  // device too, but that is not a documented promise for non-blocking streams).
+  check(env, "cuStreamSynchronize", cuda().cuStreamSynchronize(s.stream));
   s.allocs.erase(p);
-  // cuMemFree waits for queued work that may still use the memory.
   check(env, "cuMemFree_v2", cuda().cuMemFree_v2(p));
   return env.Undefined();
 }

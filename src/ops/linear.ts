@@ -4,7 +4,7 @@
 import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { type AwqTensors, checkAwqShape } from '../quant/awq.js';
-import { packF16Pairs } from '../quant/f16.js';
+import { f32ArrayToF16, packF16Pairs } from '../quant/f16.js';
 
 export type LinearBindings = Record<string, DeviceBuffer>;
 
@@ -95,4 +95,27 @@ export function concatAwqColumns(gate: AwqTensors, up: AwqTensors): AwqTensors {
     qzeros: side(gate.qzeros, up.qzeros, K / g, N / 8, (n) => new Int32Array(n)),
     scales: side(gate.scales, up.scales, K / g, N, (n) => new Uint16Array(n)),
   };
+}
+
+/**
+ * Upload a dense weight for denseLinear: [K, Nw] input-major (layout 'KN'), or torch's [Nw, K]
+ * ('NK', transposed here once), as f32 or as f16 pairs [K, Nw/2].
+ */
+export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: number, dtype: 'f32' | 'f16',
+  layout: 'KN' | 'NK', label = 'dense'): DeviceBuffer<'f32'> | DeviceBuffer<'u32'> {
+  const what = `uploadDense '${label}' (K = ${K}, N = ${Nw})`;
+  expectLength(what, 'w', w.length, layout === 'KN' ? [K, Nw] : [Nw, K], layout === 'KN' ? '[K, N]' : '[N, K]');
+  if (dtype === 'f16' && Nw % 2) throw new LinearShapeError(`${what}: f16 weights need an even N (two columns per u32 word: [K, N/2])`);
+  const kn = new Float32Array(K * Nw);
+  if (layout === 'KN') kn.set(w);
+  else for (let n = 0; n < Nw; n++) for (let k = 0; k < K; k++) kn[k * Nw + n] = w[n * K + k]!;
+  if (dtype === 'f32') {
+    const b = dev.alloc('f32', kn.length, `${label}.w`);
+    dev.write(b, kn);
+    return b;
+  }
+  const words = packF16Pairs(f32ArrayToF16(kn));
+  const b = dev.alloc('u32', words.length, `${label}.w`);
+  dev.write(b, words);
+  return b;
 }

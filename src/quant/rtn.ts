@@ -33,6 +33,10 @@ export function quantizeRtnInt4(w: ArrayLike<number>, K: number, N: number, grou
         if (v < lo) lo = v;
         if (v > hi) hi = v;
       }
+      // The grid always holds 0 (q = z), so a group that does not straddle 0 is widened to reach
+      // it; AutoAWQ would clip such a group instead (real weight groups straddle 0: same result).
+      lo = Math.min(lo, 0);
+      hi = Math.max(hi, 0);
       // MIN_RANGE / 15 is above f16's smallest subnormal, so the scale never rounds to 0.
       const sBits = f32ToF16Bits(Math.max(hi - lo, MIN_RANGE) / 15);
       const s = f16BitsToF32(sBits);

@@ -18,6 +18,8 @@ export interface ModuleImage { image: Uint8Array; arch: string; cubin: boolean; 
 export interface CudaCompiler {
   /** e.g. "NVRTC 13.0 (libnvrtc.so.13)" or "nvcc 13.0.88 (/usr/local/cuda/bin/nvcc)". */
   readonly description: string;
+  /** CUDA version of the compiler as [major, minor]: its output needs a driver at least this new. */
+  readonly version: readonly [number, number];
   /** `label` names the kernel in errors and temp files. */
   compile(source: string, label: string, cc: readonly [number, number]): ModuleImage;
 }
@@ -86,6 +88,7 @@ export function nvrtcCompiler(addon: KilnCudaAddon, env: Env = process.env): Cud
   const includes = cudaIncludeDirs(env).map((d) => `--include-path=${d}`);
   return {
     description: `NVRTC ${version} (${st.path})`,
+    version: [st.version?.[0] ?? 0, st.version?.[1] ?? 0],
     compile: cached(`nvrtc ${version}`, cacheDir(env), (cc) => chooseTarget(cc[0], cc[1], st.archs ?? []), (source, label, arch, cubin) => {
       const options = [`--gpu-architecture=${arch}`, '--std=c++17', '-default-device', ...includes];
       const r = addon.nvrtcCompile(source, `${label}.cu`, options, cubin);
@@ -105,8 +108,10 @@ export function nvccCompiler(env: Env = process.env): CudaCompiler | { reason: s
   // nvcc's own list of real architectures, so an unknown device gets PTX for the newest it has.
   const listed = spawnSync(nvcc, ['--list-gpu-code'], { encoding: 'utf8', timeout: 30_000 });
   const archs = listed.status === 0 ? [...(listed.stdout ?? '').matchAll(/^sm_(\d+)$/gm)].map((m) => Number(m[1])) : [];
+  const [major = 0, minor = 0] = version.split('.').map(Number);
   return {
     description: `nvcc ${version} (${nvcc})`,
+    version: [major, minor],
     compile: cached(`nvcc ${version}`, cacheDir(env), (cc) => chooseTarget(cc[0], cc[1], archs), (source, label, arch, cubin) => {
       const dir = mkdtempSync(join(tmpdir(), 'kiln-nvcc-'));
       try {
@@ -128,15 +133,43 @@ export function nvccCompiler(env: Env = process.env): CudaCompiler | { reason: s
   };
 }
 
-/** The compiler to use: $KILN_CUDA_COMPILER = nvrtc | nvcc forces one; by default NVRTC, then nvcc. */
+/** The compiler to use: $KILN_CUDA_COMPILER = nvrtc | nvcc forces one. By default NVRTC, with nvcc
+ *  as a fallback when both exist (an NVRTC without cuda_fp16.h built in, say); else whichever exists. */
 export function selectCompiler(addon: KilnCudaAddon, env: Env = process.env): CudaCompiler | { reason: string } {
   const force = env.KILN_CUDA_COMPILER;
   if (force && force !== 'nvrtc' && force !== 'nvcc') return { reason: `KILN_CUDA_COMPILER=${force}: use nvrtc or nvcc` };
   const rtc = force === 'nvcc' ? { reason: 'not tried (KILN_CUDA_COMPILER=nvcc)' } : nvrtcCompiler(addon, env);
-  if ('compile' in rtc || force === 'nvrtc') return rtc;
+  if (force === 'nvrtc') return rtc;
   const cc = nvccCompiler(env);
+  if ('compile' in rtc && 'compile' in cc) return withFallback(rtc, cc);
+  if ('compile' in rtc) return rtc;
   if ('compile' in cc) return cc;
   return { reason: `no CUDA compiler: ${rtc.reason}; ${cc.reason}` };
+}
+
+/** `primary`, switching to `secondary` for good once primary fails where secondary succeeds. */
+export function withFallback(primary: CudaCompiler, secondary: CudaCompiler): CudaCompiler {
+  let active = primary;
+  return {
+    get description() { return active === primary ? `${primary.description}, else ${secondary.description}` : secondary.description; },
+    get version() { return active.version; },
+    compile(source, label, cc) {
+      if (active === secondary) return secondary.compile(source, label, cc);
+      try {
+        return primary.compile(source, label, cc);
+      } catch (e) {
+        if (!(e instanceof CudaCompileError)) throw e;
+        let out: ModuleImage;
+        try {
+          out = secondary.compile(source, label, cc);
+        } catch (e2) {
+          throw new CudaCompileError(`${e.message}\n\n${secondary.description} failed too: ${(e2 as Error).message}`);
+        }
+        active = secondary;
+        return out;
+      }
+    },
+  };
 }
 
 function withNul(ptx: Uint8Array): Uint8Array {

@@ -151,7 +151,7 @@ export class CudaDevice implements Device {
     if (!ck) {
       const ctx = this.native(`compile '${ir.name}'`);
       const { image } = this.compiler.compile(source, ir.name, [this.info.ccMajor, this.info.ccMinor]);
-      const mod = ctx.loadModule(image);
+      const mod = this.load(ctx, image);
       this.modules.push(mod);
       const fn = ctx.getFunction(mod, ir.name); // the emitter's entry point: extern "C", the kernel's name
       const info = ctx.functionInfo(fn);
@@ -166,6 +166,19 @@ export class CudaDevice implements Device {
     }
     this.byKernel.set(kernel, ck);
     return ck;
+  }
+
+  /** Loads a module image; a failure from a compiler newer than the driver says so. */
+  private load(ctx: NativeContext, image: Uint8Array): bigint {
+    try {
+      return ctx.loadModule(image);
+    } catch (e) {
+      const [major, minor] = this.compiler.version;
+      const driver = this.info.driverVersion;
+      if (major * 1000 + minor * 10 <= driver) throw e;
+      throw new Error(`${(e as Error).message}\n(kernels come from ${this.compiler.description}, newer than the driver's CUDA ` +
+        `${Math.floor(driver / 1000)}.${(driver % 1000) / 10}: point KILN_NVRTC, KILN_NVCC or CUDA_HOME at a toolkit no newer than the driver)`);
+    }
   }
 
   /** Registers, spills and shared memory of a kernel as compiled for this device. */

@@ -1,0 +1,310 @@
+// Token acceptance for speculative decoding, per sequence of a batch, each with its own number k
+// of draft tokens (padded to maxK).
+//
+// Rejection sampling (Leviathan et al. 2023; Chen et al. 2023): draft token x_i (drawn from q_i)
+// is accepted when u_i·q_i(x_i) ≤ p_i(x_i) — the comparison min(1, p/q) > u without a division,
+// so it rounds the same on every backend. a = the first rejected index (k if none). One more
+// token follows: drawn from max(0, p_a − q_a) at a rejection (never normalised: u·Σ is compared
+// with prefix sums), or from p_k (the bonus) when all k were accepted. Emitted tokens are then
+// distributed exactly as the target's. u_i comes from (seed, position + i, STREAM_ACCEPT); the
+// extra token's from (seed, position + a, STREAM_SAMPLE) — a sequence's result never depends on
+// the batch.
+//
+// Greedy acceptance (temperature 0): accept while x_i = argmax p_i; emit argmax p_a at the first
+// mismatch, or argmax p_k when all match (ties to the lowest index).
+//
+// Both work on p and q as the request's sampling transforms left them (sampling.ts), so masked
+// tokens have probability 0 and can be neither accepted (u·q ≤ 0 only if q = 0, which a draft
+// from q never has) nor drawn.
+//
+// Layouts: draftTokens u32 [seqs, maxK]; draftProbs f32 [seqs, maxK, V]; targetProbs f32
+// [seqs, maxK + 1, V]; seqInfo u32 [seqs, 4] = (k, seed, position of draft 0, 0); outputs
+// accepted u32 [seqs] = a and tokens u32 [seqs, maxK + 1] = the a accepted drafts, the extra
+// token, then NO_TOKEN. Launch: vocabulary segments × sequences, two passes.
+import { kernel, max, min, op, storage } from '../dsl/index.js';
+import type { ArrayRef, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import { STREAM_ACCEPT, STREAM_SAMPLE, randomUniform } from './random.js';
+import {
+  NO_TOKEN, type SegmentParams, type Segments, beats, loadWeights, mergeSums, segmentCount, segmentSearch, segments,
+  workgroupArgmax, workgroupScan, F32_MAX,
+} from './sampling.js';
+
+type Sizes = Record<string, number>;
+const seqLen = (u: Sizes) => u.seqs!;
+const draftLen = (u: Sizes) => u.seqs! * u.maxK!;
+const qLen = (u: Sizes) => u.seqs! * u.maxK! * u.vocab!;
+const pLen = (u: Sizes) => u.seqs! * (u.maxK! + 1) * u.vocab!;
+const partLen = (u: Sizes) => u.seqs! * u.segments!;
+const UNIFORMS = { seqs: 'u32', vocab: 'u32', maxK: 'u32', segments: 'u32' } as const;
+
+interface SeqView {
+  seq: Val<'u32'>; kSeq: Val<'u32'>; seed: Val<'u32'>; pos: Val<'u32'>;
+}
+function seqView(k: KernelBuilder, seqInfo: ArrayRef<'u32', boolean>, seq: Val<'u32'>): SeqView {
+  return {
+    seq,
+    kSeq: k.let('kSeq', seqInfo.at(seq.mul(4))),
+    seed: k.let('seed', seqInfo.at(seq.mul(4).add(1))),
+    pos: k.let('pos', seqInfo.at(seq.mul(4).add(2))),
+  };
+}
+
+/** The accepted count a, walked by invocation 0 and shared with the workgroup. Every launch that
+ *  needs a recomputes it with this same code, so all agree. */
+function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<'u32', boolean>; draftProbs: ArrayRef<'f32', boolean>;
+  targetProbs: ArrayRef<'f32', boolean> }, vocab: Val<'u32'>, maxK: Val<'u32'>): Val<'u32'> {
+  const shared = k.shared('acceptedShared', 'u32', 1);
+  k.if(k.localIndex.eq(0), () => {
+    const a = k.var('a', s.kSeq);
+    k.for('i', k.u32(0), s.kSeq, (i) => {
+      const x = k.let('x', min(b.draftTokens.at(s.seq.mul(maxK).add(i)), vocab.sub(1)));
+      const u = randomUniform(k, s.seed, s.pos.add(i), STREAM_ACCEPT, 'acc');
+      const qx = k.let('qx', b.draftProbs.at(s.seq.mul(maxK).add(i).mul(vocab).add(x)));
+      const px = k.let('px', b.targetProbs.at(s.seq.mul(maxK.add(1)).add(i).mul(vocab).add(x)));
+      k.if(u.mul(qx).le(px).not(), () => { a.set(i); k.break(); });
+    });
+    shared.set(0, a);
+  });
+  k.barrier();
+  return k.let('accepted', shared.at(0));
+}
+
+/** Weights of the extra token: the residual max(0, p_a − q_a) after a rejection, p_k after none;
+ *  `useP` forces p_a (the fallback when the residual sums to 0 in f32). */
+function extraWeight(k: KernelBuilder, b: { draftProbs: ArrayRef<'f32', boolean>; targetProbs: ArrayRef<'f32', boolean> },
+  s: SeqView, a: Val<'u32'>, vocab: Val<'u32'>, maxK: Val<'u32'>, useP: Val<'bool'> | boolean) {
+  const rejected = k.let('rejected', a.lt(s.kSeq));
+  const pRow = k.let('pRow', s.seq.mul(maxK.add(1)).add(a).mul(vocab));
+  const qRow = k.let('qRow', s.seq.mul(maxK).add(min(a, maxK.sub(1))).mul(vocab));
+  return (i: Val<'u32'>, ok: Val<'bool'>): Val<'f32'> => {
+    const c = k.let('col', min(i, vocab.sub(1)));
+    const pv = k.let('pv', b.targetProbs.at(pRow.add(c)));
+    const resid = max(pv.sub(b.draftProbs.at(qRow.add(c))), 0);
+    const useResid = useP === true ? undefined : useP === false ? rejected : rejected.and(useP.not());
+    const w = useResid ? k.select(useResid, resid, pv) : pv;
+    return k.select(ok, w, k.f32(0));
+  };
+}
+
+/** Pass 1: accepted count and drafts out; per-segment sums of the extra token's weights. */
+export function acceptResidualSums(g: Segments) {
+  return kernel({
+    name: 'acceptResidualSums', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      draftTokens: storage('u32', 'read', { len: draftLen }),
+      draftProbs: storage('f32', 'read', { len: qLen }),
+      targetProbs: storage('f32', 'read', { len: pLen }),
+      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
+      accepted: storage('u32', 'read_write', { len: seqLen }),
+      tokens: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) }),
+      partResid: storage('f32', 'read_write', { len: partLen }),
+      partTarget: storage('f32', 'read_write', { len: partLen }),
+    },
+    uniforms: UNIFORMS,
+    grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
+    body(k, b, { vocab, maxK, segments: nseg }) {
+      const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
+      const seg = k.let('seg', k.workgroupId.x);
+      const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
+      const a = acceptedCount(k, s, b, vocab, maxK);
+      const segBase = k.let('segBase', seg.mul(g.seg));
+      const resid = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, false), 'r');
+      const target = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, true), 't');
+      const [, totalR] = workgroupScan(k, resid.sum, sa, sb, g.wg, 'sumR');
+      const [, totalT] = workgroupScan(k, target.sum, sa, sb, g.wg, 'sumT');
+      const lid = k.localIndex;
+      k.if(lid.eq(0), () => {
+        b.partResid.set(s.seq.mul(nseg).add(seg), totalR);
+        b.partTarget.set(s.seq.mul(nseg).add(seg), totalT);
+      });
+      k.if(seg.eq(0), () => {
+        k.if(lid.eq(0), () => b.accepted.set(s.seq, a));
+        k.for('t', lid, maxK.add(1), (t) => {
+          const d = k.let('d', b.draftTokens.at(s.seq.mul(maxK).add(min(t, maxK.sub(1)))));
+          b.tokens.set(s.seq.mul(maxK.add(1)).add(t), k.select(t.lt(a), d, k.u32(NO_TOKEN)));
+        }, g.wg);
+      });
+    },
+  });
+}
+
+/** Pass 2: draw the extra token with u(seed, position + a, STREAM_SAMPLE). */
+export function acceptDraw(g: Segments) {
+  return kernel({
+    name: 'acceptDraw', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      draftTokens: storage('u32', 'read', { len: draftLen }),
+      draftProbs: storage('f32', 'read', { len: qLen }),
+      targetProbs: storage('f32', 'read', { len: pLen }),
+      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
+      partResid: storage('f32', 'read', { len: partLen }),
+      partTarget: storage('f32', 'read', { len: partLen }),
+      tokens: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) }),
+    },
+    uniforms: UNIFORMS,
+    grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
+    body(k, b, { vocab, maxK, segments: nseg }) {
+      const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
+      const rowState = k.shared('rowState', 'f32', 4); // offset, target, segment weight, use p_a
+      const cand = k.shared('cand', 'u32', 2, { atomic: true });
+      const seg = k.let('seg', k.workgroupId.x);
+      const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
+      const a = acceptedCount(k, s, b, vocab, maxK);
+      k.if(k.localIndex.eq(0), () => {
+        const base = k.let('base', s.seq.mul(nseg));
+        const [beforeR, totalR] = mergeSums(k, b.partResid, base, nseg, seg, 'zr');
+        const [beforeT, totalT] = mergeSums(k, b.partTarget, base, nseg, seg, 'zt');
+        const useP = k.let('useP', totalR.gt(0).not());
+        const u = randomUniform(k, s.seed, s.pos.add(a), STREAM_SAMPLE, 'draw');
+        rowState.set(0, k.select(useP, beforeT, beforeR));
+        rowState.set(1, u.mul(k.select(useP, totalT, totalR)));
+        rowState.set(2, k.select(useP, b.partTarget.at(base.add(seg)), b.partResid.at(base.add(seg))));
+        rowState.set(3, k.select(useP, k.f32(1), 0));
+      });
+      k.barrier();
+      const off = k.let('off', rowState.at(0)), target = k.let('target', rowState.at(1));
+      const mine = k.let('mine', off.le(target).and(target.lt(off.add(rowState.at(2)))));
+      const useP = k.let('usePAll', rowState.at(3).gt(0));
+      const ws = loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, b, s, a, vocab, maxK, useP), 'w');
+      const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
+      k.if(k.localIndex.eq(0).and(mine), () => b.tokens.set(s.seq.mul(maxK.add(1)).add(a), pick));
+    },
+  });
+}
+
+/** Greedy pass 1: per segment, the argmax of each of the sequence's k + 1 target rows. */
+export function greedyArgmaxSegments(g: Segments) {
+  return kernel({
+    name: 'greedyArgmaxSegments', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      targetScores: storage('f32', 'read', { len: pLen }),
+      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
+      partMax: storage('f32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
+      partArg: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
+    },
+    uniforms: UNIFORMS,
+    grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
+    body(k, { targetScores, seqInfo, partMax, partArg }, { vocab, maxK, segments: nseg }) {
+      const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
+      const seg = k.let('seg', k.workgroupId.x), seq = k.let('seq', k.workgroupId.y);
+      const kSeq = k.let('kSeq', seqInfo.at(seq.mul(4)));
+      k.for('r', k.u32(0), kSeq.add(1), (r) => {
+        const row = k.let('row', seq.mul(maxK.add(1)).add(r));
+        const best = k.var('best', 'f32', -F32_MAX);
+        const arg = k.var('arg', 'u32', NO_TOKEN);
+        for (let j = 0; j < g.items; j++) {
+          const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
+          k.if(i.lt(vocab), () => {
+            const v = k.let(`v${j}`, targetScores.at(row.mul(vocab).add(i)));
+            k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
+          });
+        }
+        const [bv, bi] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am');
+        k.if(k.localIndex.eq(0), () => {
+          partMax.set(row.mul(nseg).add(seg), bv);
+          partArg.set(row.mul(nseg).add(seg), bi);
+        });
+      });
+    },
+  });
+}
+
+/** Greedy pass 2: one invocation per sequence walks its drafts against the merged argmaxes. */
+export function greedyAccept(g: Segments) {
+  const wg = 64;
+  return kernel({
+    name: 'greedyAccept', params: {}, caps: g.caps, workgroupSize: wg,
+    bindings: {
+      draftTokens: storage('u32', 'read', { len: draftLen }),
+      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
+      partMax: storage('f32', 'read', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
+      partArg: storage('u32', 'read', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
+      accepted: storage('u32', 'read_write', { len: seqLen }),
+      tokens: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) }),
+    },
+    uniforms: UNIFORMS,
+    grid: ({ seqs }) => Math.ceil(seqs / wg), gridDoc: `ceil(seqs / ${wg})`,
+    body(k, { draftTokens, seqInfo, partMax, partArg, accepted, tokens }, { seqs, maxK, segments: nseg }) {
+      const seq = k.let('seq', k.globalId.x);
+      k.if(seq.lt(seqs), () => {
+        const kSeq = k.let('kSeq', seqInfo.at(seq.mul(4)));
+        const out = k.let('out', seq.mul(maxK.add(1)));
+        const a = k.var('a', kSeq);
+        k.for('r', k.u32(0), kSeq.add(1), (r) => {
+          const base = k.let('base', seq.mul(maxK.add(1)).add(r).mul(nseg));
+          const best = k.var('best', 'f32', -F32_MAX);
+          const arg = k.var('arg', 'u32', NO_TOKEN);
+          k.for('s', k.u32(0), nseg, (s) => {
+            const v = k.let('v', partMax.at(base.add(s))), i = k.let('i', partArg.at(base.add(s)));
+            k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
+          });
+          tokens.set(out.add(r), arg);
+          k.if(r.ge(kSeq).or(draftTokens.at(seq.mul(maxK).add(min(r, maxK.sub(1)))).ne(arg)), () => { a.set(r); k.break(); });
+        });
+        accepted.set(seq, a);
+        k.for('t', a.add(1), maxK.add(1), (t) => tokens.set(out.add(t), NO_TOKEN));
+      });
+    },
+  });
+}
+
+function checkSizes(name: string, s: { seqs: number; vocab: number; maxK: number }): void {
+  for (const key of ['seqs', 'vocab', 'maxK'] as const) {
+    if (!Number.isInteger(s[key]) || s[key] < 1) throw new Error(`op '${name}': size ${key} = ${s[key]} must be a positive integer`);
+  }
+}
+
+/** Rejection sampling. Sizes: seqs, vocab, maxK (≥ 1; the allocated draft slots per sequence).
+ *  src/ops/sampling.ts validates inputs (k ≤ maxK, probabilities) before launching. */
+export function rejectionSampler(p: SegmentParams = {}) {
+  const g = segments(p);
+  const k1 = acceptResidualSums(g), k2 = acceptDraw(g);
+  const o = op('rejectionSampler', {
+    draftTokens: storage('u32', 'read'),
+    draftProbs: storage('f32', 'read'),
+    targetProbs: storage('f32', 'read'),
+    seqInfo: storage('u32', 'read'),
+    accepted: storage('u32', 'read_write'),
+    tokens: storage('u32', 'read_write'),
+  }, (s: { seqs: number; vocab: number; maxK: number }): Plan => {
+    checkSizes('rejectionSampler', s);
+    const u = { ...s, segments: segmentCount(g, s.vocab) };
+    const n = s.seqs * u.segments;
+    const common = { draftTokens: 'draftTokens', draftProbs: 'draftProbs', targetProbs: 'targetProbs', seqInfo: 'seqInfo', partResid: 'partResid', partTarget: 'partTarget' };
+    return {
+      temps: { partResid: { t: 'f32', length: n }, partTarget: { t: 'f32', length: n } },
+      steps: [
+        { kernel: k1, bind: { ...common, accepted: 'accepted', tokens: 'tokens' }, uniforms: u },
+        { kernel: k2, bind: { ...common, tokens: 'tokens' }, uniforms: u },
+      ],
+    };
+  });
+  return Object.assign(o, { kernels: [k1, k2], segments: g });
+}
+
+/** Greedy acceptance on the target's scores (logits or probabilities; only their order counts).
+ *  Same layouts and sizes as `rejectionSampler`, without draft probabilities. */
+export function greedyAcceptance(p: SegmentParams = {}) {
+  const g = segments(p);
+  const k1 = greedyArgmaxSegments(g), k2 = greedyAccept(g);
+  const o = op('greedyAcceptance', {
+    draftTokens: storage('u32', 'read'),
+    targetScores: storage('f32', 'read'),
+    seqInfo: storage('u32', 'read'),
+    accepted: storage('u32', 'read_write'),
+    tokens: storage('u32', 'read_write'),
+  }, (s: { seqs: number; vocab: number; maxK: number }): Plan => {
+    checkSizes('greedyAcceptance', s);
+    const u = { ...s, segments: segmentCount(g, s.vocab) };
+    const n = s.seqs * (s.maxK + 1) * u.segments;
+    return {
+      temps: { partMax: { t: 'f32', length: n }, partArg: { t: 'u32', length: n } },
+      steps: [
+        { kernel: k1, bind: { targetScores: 'targetScores', seqInfo: 'seqInfo', partMax: 'partMax', partArg: 'partArg' }, uniforms: u },
+        { kernel: k2, bind: { draftTokens: 'draftTokens', seqInfo: 'seqInfo', partMax: 'partMax', partArg: 'partArg', accepted: 'accepted', tokens: 'tokens' }, uniforms: u },
+      ],
+    };
+  });
+  return Object.assign(o, { kernels: [k1, k2], segments: g });
+}

@@ -1,0 +1,370 @@
+// Ragged paged attention: one op for prefill chunks, single-token decodes and speculative
+// verification in the same batch.
+//
+// KV cache, per layer: K and V each [numBlocks, blockSize, numKvHeads, headDim], f32, or f16
+// packed in u32 words (two consecutive head_dim elements per word, low half first: the same
+// bytes as an f16 array) — one path valid everywhere, WebGPU compatibility mode included.
+//
+// The ragged batch (built and validated on the host by src/ops/attention.ts): each sequence
+// brings qLen ≥ 1 new query tokens, rows [qStart, qStart + qLen) of q [numTokens, numHeads,
+// headDim], with ctxLen tokens already cached before them and a row of blockTables [numSeqs,
+// maxBlocksPerSeq]. New token j sits at position ctxLen + j and attends to cached positions
+// < ctxLen + j + 1 (its own K/V, and those of the tokens before it, are appended by kvAppend
+// BEFORE this op runs), or only the last `window` of them when window > 0. out has q's shape.
+// GQA: numHeads = groupSize · numKvHeads; query head h reads KV head h / groupSize.
+//
+// Work: the host cuts each sequence's tokens into tiles of ≤ tileTokens consecutive tokens and
+// lists them in `tiles` (u32 × 8 each: seq, first q row, token count, position of the first
+// token, partial base, chunk count, first chunk, 0). One workgroup per (tile, KV head, chunk):
+// its rows are the tile's tokens × the group's query heads. The KV range is cut into chunks at
+// fixed multiples of chunkSize positions (split-KV, flash-decoding); a row whose range lies in
+// one chunk writes its output directly, others write (max, sum, acc) partials that a second
+// launch merges in chunk order. Within a chunk, KV is walked in blockSize tiles (one cache block
+// each) with an online softmax in f32 (base 2; the scale is folded with log2 e).
+//
+// Determinism: every row's arithmetic — the chunks and tiles it visits, the order of every sum,
+// the direct-or-merged choice — follows from its own position and window alone. Tile partners,
+// the batch, and how a prefill was chunked never enter, so a sequence's rows are bit-identical
+// whatever else is in the batch.
+import { exp2, kernel, max, min, op, storage } from '../dsl/index.js';
+import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+
+export const HEAD_DIMS = [8, 16, 32, 64, 80, 96, 128] as const;
+export const TILE_WORDS = 8;
+const F32_MAX = 3.4028234663852886e38;
+
+export interface PagedAttentionParams {
+  headDim: number;
+  /** numHeads / numKvHeads, 1..8. */
+  groupSize: number;
+  /** KV cache element type; 'f16' travels packed in u32 words. Default 'f32'. */
+  kvDtype?: 'f32' | 'f16';
+  /** Tokens per cache block (default 16). */
+  blockSize?: number;
+  /** KV positions per split-KV chunk, a multiple of blockSize (default 512). */
+  chunkSize?: number;
+  /** Query tokens per workgroup (default: as many as the workgroup memory holds, ≤ 16). */
+  tileTokens?: number;
+  workgroupSize?: number;
+  caps?: Caps;
+}
+
+export interface AttentionConfig {
+  headDim: number; groupSize: number; kvDtype: 'f32' | 'f16'; blockSize: number; chunkSize: number;
+  tileTokens: number; rows: number; workgroupSize: number; caps: Caps;
+}
+
+/** Validated parameters with defaults filled in. */
+export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
+  const caps = p.caps ?? BASELINE_CAPS;
+  const D = p.headDim, G = p.groupSize, kvDtype = p.kvDtype ?? 'f32';
+  const BS = p.blockSize ?? 16, C = p.chunkSize ?? 512;
+  if (!(HEAD_DIMS as readonly number[]).includes(D)) throw new Error(`pagedAttention: headDim ${D} is not one of ${HEAD_DIMS.join(', ')}`);
+  if (!Number.isInteger(G) || G < 1 || G > 8) throw new Error(`pagedAttention: groupSize ${G} is not an integer in 1..8`);
+  if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new Error(`pagedAttention: kvDtype '${kvDtype}' is not f32 or f16`);
+  if (!Number.isInteger(BS) || BS < 1 || BS > 64) throw new Error(`pagedAttention: blockSize ${BS} is not in 1..64`);
+  if (!Number.isInteger(C) || C < BS || C % BS) throw new Error(`pagedAttention: chunkSize ${C} is not a positive multiple of blockSize ${BS}`);
+  // Workgroup memory: q rows (R·D), one KV tile (BS·D), scores (R·BS), 5 words of row state.
+  const words = Math.floor(caps.maxWorkgroupStorage / 4) - BS * D;
+  const maxRows = Math.floor(words / (D + BS + 5));
+  if (maxRows < G) throw new Error(`pagedAttention: headDim ${D} with group ${G} does not fit ${caps.maxWorkgroupStorage} bytes of workgroup memory`);
+  const tileTokens = p.tileTokens ?? Math.max(1, Math.min(16, Math.floor(maxRows / G)));
+  if (!Number.isInteger(tileTokens) || tileTokens < 1 || tileTokens * G > maxRows) {
+    throw new Error(`pagedAttention: tileTokens ${tileTokens} × group ${G} rows exceed the ${maxRows} rows workgroup memory holds`);
+  }
+  const rows = tileTokens * G;
+  const wg = p.workgroupSize ?? Math.min(caps.maxInvocationsPerWorkgroup, rows * D >= 512 ? 128 : 64);
+  return { headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps };
+}
+
+type U = Record<string, number>;
+const headsLen = (c: AttentionConfig) => (u: U) => u.numTokens! * u.numKvHeads! * c.groupSize * c.headDim;
+const cacheLen = (c: AttentionConfig) => (u: U) => u.numBlocks! * c.blockSize * u.numKvHeads! * (c.kvDtype === 'f16' ? c.headDim / 2 : c.headDim);
+
+interface TileView {
+  seq: Val<'u32'>; qRow0: Val<'u32'>; nTok: Val<'u32'>; pos0: Val<'u32'>; partBase: Val<'u32'>;
+  tileChunks: Val<'u32'>; cLo: Val<'u32'>;
+}
+function tileView(k: KernelBuilder, tiles: ArrayRef<'u32', boolean>, tile: Val<'u32'>): TileView {
+  const base = k.let('tileBase', tile.mul(TILE_WORDS));
+  const w = (i: number, name: string) => k.let(name, tiles.at(base.add(i)));
+  return {
+    seq: w(0, 'seq'), qRow0: w(1, 'qRow0'), nTok: w(2, 'nTok'), pos0: w(3, 'pos0'),
+    partBase: w(4, 'partBase'), tileChunks: w(5, 'tileChunks'), cLo: w(6, 'cLo'),
+  };
+}
+/** First attended position for a query whose KV range ends (exclusive) at kvEnd. */
+function windowStart(k: KernelBuilder, kvEnd: Val<'u32'>, window: Val<'u32'>): Val<'u32'> {
+  return k.select(window.gt(0).and(kvEnd.gt(window)), kvEnd.sub(window), k.u32(0));
+}
+
+/** Pass 1: per (tile, KV head, chunk), online softmax over the chunk's KV tiles. */
+export function attentionPartial(c: AttentionConfig) {
+  const { headDim: D, groupSize: G, blockSize: BS, chunkSize: C, rows: R, workgroupSize: W } = c;
+  const f16 = c.kvDtype === 'f16';
+  const npt = Math.ceil((R * D) / W);
+  return kernel({
+    name: 'attentionPartial',
+    params: { headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, chunkSize: C, tileTokens: c.tileTokens, workgroupSize: W },
+    caps: c.caps,
+    workgroupSize: W,
+    bindings: {
+      q: storage('f32', 'read', { len: headsLen(c) }),
+      kCache: storage(f16 ? 'u32' : 'f32', 'read', { len: cacheLen(c) }),
+      vCache: storage(f16 ? 'u32' : 'f32', 'read', { len: cacheLen(c) }),
+      blockTables: storage('u32', 'read', { len: (u) => u.numSeqs! * u.maxBlocksPerSeq! }),
+      tiles: storage('u32', 'read', { len: (u) => u.numTiles! * TILE_WORDS }),
+      partAcc: storage('f32', 'read_write', { len: (u) => u.partRows! * D }),
+      partMl: storage('f32', 'read_write', { len: (u) => u.partRows! * 2 }),
+      out: storage('f32', 'read_write', { len: headsLen(c) }),
+    },
+    uniforms: {
+      numTokens: 'u32', numSeqs: 'u32', numKvHeads: 'u32', numBlocks: 'u32', maxBlocksPerSeq: 'u32',
+      numTiles: 'u32', maxTileChunks: 'u32', partRows: 'u32', window: 'u32', scaleLog2: 'f32',
+    },
+    grid: (u) => [u.numTiles, u.numKvHeads, u.maxTileChunks],
+    gridDoc: 'numTiles x numKvHeads x maxTileChunks',
+    body(k, b, u) {
+      const qS = k.shared('qTile', 'f32', R * D);
+      const kvS = k.shared('kvTile', 'f32', BS * D);
+      const sS = k.shared('scores', 'f32', R * BS);
+      const mS = k.shared('rowMax', 'f32', R), lS = k.shared('rowSum', 'f32', R), alphaS = k.shared('rowScale', 'f32', R);
+      const rowA = k.shared('rowFrom', 'u32', R), rowB = k.shared('rowTo', 'u32', R);
+      const lid = k.let('lid', k.localIndex);
+      const kvh = k.let('kvh', k.workgroupId.y), z = k.let('z', k.workgroupId.z);
+      const t = tileView(k, b.tiles, k.workgroupId.x);
+      k.if(z.ge(t.tileChunks), () => k.return());
+      const chunk = k.let('chunk', t.cLo.add(z));
+      const H = k.let('numHeads', u.numKvHeads.mul(G));
+      const hiAll = k.let('hiAll', t.pos0.add(t.nTok));
+      const loAll = k.let('loAll', windowStart(k, t.pos0.add(1), u.window));
+      const tFrom = k.let('tFrom', max(chunk.mul(C), loAll).div(BS).mul(BS));
+      const tTo = k.let('tTo', min(chunk.mul(C).add(C), hiAll));
+      // Row r = token i of the tile × query head g of the group.
+      const row = (r: Val<'u32'>) => {
+        const i = k.let('ri', r.div(G));
+        const kvEnd = k.let('rEnd', t.pos0.add(i).add(1));
+        return { i, g: r.rem(G), valid: i.lt(t.nTok), kvEnd, lo: k.let('rLo', windowStart(k, kvEnd, u.window)) };
+      };
+
+      k.for('e', lid, k.u32(R * D), (e) => {
+        const r = row(e.div(D));
+        const qi = k.let('qi', t.qRow0.add(min(r.i, t.nTok.sub(1))).mul(H).add(kvh.mul(G)).add(r.g).mul(D).add(e.rem(D)));
+        qS.set(e, k.select(r.valid, b.q.at(qi), k.f32(0)));
+      }, W);
+      k.if(lid.lt(R), () => { mS.set(lid, -F32_MAX); lS.set(lid, 0); });
+      const acc = k.privateArray('acc', 'f32', npt);
+      for (let j = 0; j < npt; j++) acc.set(j, 0);
+      k.barrier();
+
+      const loadTile = (cache: ArrayRef<'f32' | 'u32', boolean>, tb: Val<'u32'>, blk: Val<'u32'>, vLo: Val<'u32'>, vHi: Val<'u32'>) => {
+        const perPos = f16 ? D / 2 : D;
+        k.for('e', lid, k.u32(BS * perPos), (e) => {
+          const tt = k.let('tt', e.div(perPos)), w = k.let('w', e.rem(perPos));
+          const pos = k.let('pos', tb.add(tt));
+          const ok = k.let('ok', pos.ge(vLo).and(pos.lt(vHi)));
+          const at = k.let('at', blk.mul(BS).add(tt).mul(u.numKvHeads).add(kvh).mul(perPos).add(w));
+          if (f16) {
+            const v = k.let('v2', k.unpack2x16float((cache as ArrayRef<'u32', boolean>).at(at)));
+            kvS.set(tt.mul(D).add(w.mul(2)), k.select(ok, v.x, k.f32(0)));
+            kvS.set(tt.mul(D).add(w.mul(2)).add(1), k.select(ok, v.y, k.f32(0)));
+          } else {
+            kvS.set(e, k.select(ok, (cache as ArrayRef<'f32', boolean>).at(at), k.f32(0)));
+          }
+        }, W);
+      };
+
+      k.for('tb', tFrom, tTo, (tb) => {
+        const blk = k.let('blk', b.blockTables.at(t.seq.mul(u.maxBlocksPerSeq).add(tb.div(BS))));
+        const vLo = k.let('vLo', max(tb, loAll)), vHi = k.let('vHi', min(tb.add(BS), hiAll));
+        loadTile(b.kCache, tb, blk, vLo, vHi);
+        k.barrier();
+        // Scores, base 2: s = (q · k) · scale · log2 e.
+        k.for('e', lid, k.u32(R * BS), (e) => {
+          const r = row(e.div(BS));
+          const pos = k.let('spos', tb.add(e.rem(BS)));
+          k.if(r.valid.and(pos.ge(r.lo)).and(pos.lt(r.kvEnd)), () => {
+            const qBase = k.let('qBase', e.div(BS).mul(D)), kBase = k.let('kBase', e.rem(BS).mul(D));
+            const dot = k.var('dot', 'f32', 0);
+            k.for('d', k.u32(0), k.u32(D), (d) => dot.set(dot.add(qS.at(qBase.add(d)).mul(kvS.at(kBase.add(d))))));
+            sS.set(e, dot.mul(u.scaleLog2));
+          });
+        }, W);
+        k.barrier();
+        // Online softmax, one invocation per row, over the row's positions in this tile.
+        k.if(lid.lt(R), () => {
+          const r = row(lid);
+          const a = k.let('a', max(tb, r.lo)), e = k.let('bEnd', min(tb.add(BS), r.kvEnd));
+          k.if(r.valid.and(a.lt(e)), () => {
+            const sBase = k.let('sBase', lid.mul(BS));
+            const from = k.let('from', a.sub(tb)), to = k.let('to', e.sub(tb));
+            const mx = k.var('mx', 'f32', -F32_MAX);
+            k.for('p', from, to, (p) => mx.set(max(mx, sS.at(sBase.add(p)))));
+            const mOld = k.let('mOld', mS.at(lid));
+            const mNew = k.let('mNew', max(mOld, mx));
+            const alpha = k.let('alpha', k.select(mNew.eq(mOld), k.f32(1), exp2(mOld.sub(mNew))));
+            const sum = k.var('psum', 'f32', 0);
+            k.for('p', from, to, (p) => {
+              const pv = k.let('pv', exp2(sS.at(sBase.add(p)).sub(mNew)));
+              sS.set(sBase.add(p), pv);
+              sum.set(sum.add(pv));
+            });
+            lS.set(lid, lS.at(lid).mul(alpha).add(sum));
+            mS.set(lid, mNew);
+            alphaS.set(lid, alpha);
+            rowA.set(lid, from);
+            rowB.set(lid, to);
+          }, () => { rowA.set(lid, 0); rowB.set(lid, 0); });
+        });
+        k.barrier();
+        loadTile(b.vCache, tb, blk, vLo, vHi);
+        k.barrier();
+        // acc = acc · alpha + Σ_t p_t · v_t over the row's positions, in position order.
+        for (let j = 0; j < npt; j++) {
+          const e = k.let(`pe${j}`, lid.add(j * W));
+          const body = () => {
+            const r = k.let('pr', e.div(D)), d = k.let('pd', e.rem(D));
+            const a = k.let('pa', rowA.at(r)), bEnd = k.let('pb', rowB.at(r));
+            k.if(a.lt(bEnd), () => {
+              const s = k.var('pvs', 'f32', 0);
+              k.for('tt', a, bEnd, (tt) => s.set(s.add(sS.at(r.mul(BS).add(tt)).mul(kvS.at(tt.mul(D).add(d))))));
+              acc.set(j, acc.at(j).mul(alphaS.at(r)).add(s));
+            });
+          };
+          if ((j + 1) * W <= R * D) body(); else k.if(e.lt(R * D), body);
+        }
+        k.barrier();
+      }, BS);
+
+      // Rows whose whole range is this one chunk finish here; the others leave partials.
+      const rowChunks = (r: ReturnType<typeof row>) => ({
+        first: k.let('cFirst', r.lo.div(C)), last: k.let('cLast', r.kvEnd.sub(1).div(C)),
+      });
+      const partRow = (r: ReturnType<typeof row>) => t.partBase.add(r.i.mul(H).add(kvh.mul(G)).add(r.g).mul(t.tileChunks)).add(z);
+      for (let j = 0; j < npt; j++) {
+        const e = k.let(`oe${j}`, lid.add(j * W));
+        const body = () => {
+          const r = row(e.div(D));
+          const rc = rowChunks(r);
+          const d = e.rem(D);
+          k.if(r.valid.and(chunk.ge(rc.first)).and(chunk.le(rc.last)), () => {
+            k.if(rc.first.eq(rc.last), () => {
+              const oi = t.qRow0.add(r.i).mul(H).add(kvh.mul(G)).add(r.g).mul(D).add(d);
+              b.out.set(oi, acc.at(j).div(lS.at(e.div(D))));
+            }, () => b.partAcc.set(partRow(r).mul(D).add(d), acc.at(j)));
+          });
+        };
+        if ((j + 1) * W <= R * D) body(); else k.if(e.lt(R * D), body);
+      }
+      k.if(lid.lt(R), () => {
+        const r = row(lid);
+        const rc = rowChunks(r);
+        k.if(r.valid.and(chunk.ge(rc.first)).and(chunk.le(rc.last)).and(rc.first.ne(rc.last)), () => {
+          b.partMl.set(partRow(r).mul(2), mS.at(lid));
+          b.partMl.set(partRow(r).mul(2).add(1), lS.at(lid));
+        });
+      });
+    },
+  });
+}
+
+/** Pass 2: per (tile, query head), merge each multi-chunk row's partials in chunk order. */
+export function attentionMerge(c: AttentionConfig) {
+  const { headDim: D, chunkSize: C } = c;
+  const W = 64;
+  return kernel({
+    name: 'attentionMerge',
+    params: { headDim: D, groupSize: c.groupSize, chunkSize: C, workgroupSize: W },
+    caps: c.caps,
+    workgroupSize: W,
+    bindings: {
+      tiles: storage('u32', 'read', { len: (u) => u.numTiles! * TILE_WORDS }),
+      partAcc: storage('f32', 'read', { len: (u) => u.partRows! * D }),
+      partMl: storage('f32', 'read', { len: (u) => u.partRows! * 2 }),
+      out: storage('f32', 'read_write', { len: headsLen(c) }),
+    },
+    uniforms: { numTokens: 'u32', numKvHeads: 'u32', numTiles: 'u32', partRows: 'u32', window: 'u32' },
+    grid: (u) => [u.numTiles, u.numKvHeads * c.groupSize],
+    gridDoc: `numTiles x numKvHeads·${c.groupSize}`,
+    body(k, b, u) {
+      const t = tileView(k, b.tiles, k.workgroupId.x);
+      const h = k.let('h', k.workgroupId.y);
+      const H = k.let('numHeads', u.numKvHeads.mul(c.groupSize));
+      k.if(t.tileChunks.gt(1), () => {
+        k.for('e', k.localIndex, t.nTok.mul(D), (e) => {
+          const i = k.let('i', e.div(D)), d = k.let('d', e.rem(D));
+          const kvEnd = k.let('kvEnd', t.pos0.add(i).add(1));
+          const first = k.let('cFirst', windowStart(k, kvEnd, u.window).div(C)), last = k.let('cLast', kvEnd.sub(1).div(C));
+          k.if(first.ne(last), () => {
+            const base = k.let('base', t.partBase.add(i.mul(H).add(h).mul(t.tileChunks)));
+            const slot = (ch: Val<'u32'>) => base.add(ch.sub(t.cLo));
+            const m = k.var('m', 'f32', -F32_MAX);
+            k.for('c', first, last.add(1), (ch) => m.set(max(m, b.partMl.at(slot(ch).mul(2)))));
+            const l = k.var('l', 'f32', 0), a = k.var('accSum', 'f32', 0);
+            k.for('c', first, last.add(1), (ch) => {
+              const mc = k.let('mc', b.partMl.at(slot(ch).mul(2)));
+              const w = k.let('w', k.select(mc.eq(m), k.f32(1), exp2(mc.sub(m))));
+              l.set(l.add(b.partMl.at(slot(ch).mul(2).add(1)).mul(w)));
+              a.set(a.add(b.partAcc.at(slot(ch).mul(D).add(d)).mul(w)));
+            });
+            b.out.set(t.qRow0.add(i).mul(H).add(h).mul(D).add(d), a.div(l));
+          });
+        }, 64);
+      });
+    },
+  });
+}
+
+export type AttentionSizes = {
+  numTokens: number; numSeqs: number; numKvHeads: number; numBlocks: number; maxBlocksPerSeq: number;
+  numTiles: number; maxTileChunks: number; partRows: number;
+  /** Sliding window in positions (0 = none). */
+  window: number;
+  /** Softmax scale, usually 1/√headDim. */
+  scale: number;
+};
+
+/**
+ * The op. Bindings: q, kCache, vCache, blockTables (u32), tiles (u32), out. Sizes: AttentionSizes,
+ * as src/ops/attention.ts `prepareAttention` computes them from the batch description.
+ */
+export function pagedAttention(p: PagedAttentionParams) {
+  const c = attentionConfig(p);
+  const partial = attentionPartial(c), merge = attentionMerge(c);
+  const kvT = c.kvDtype === 'f16' ? 'u32' : 'f32';
+  const o = op('pagedAttention', {
+    q: storage('f32', 'read'),
+    kCache: storage(kvT, 'read'),
+    vCache: storage(kvT, 'read'),
+    blockTables: storage('u32', 'read'),
+    tiles: storage('u32', 'read'),
+    out: storage('f32', 'read_write'),
+  }, (s: AttentionSizes): Plan => {
+    for (const key of ['numTokens', 'numSeqs', 'numKvHeads', 'numBlocks', 'maxBlocksPerSeq', 'numTiles', 'maxTileChunks'] as const) {
+      if (!Number.isInteger(s[key]) || s[key] < 1) throw new Error(`op 'pagedAttention': size ${key} = ${s[key]} must be a positive integer`);
+    }
+    if (!Number.isInteger(s.partRows) || s.partRows < 0) throw new Error(`op 'pagedAttention': size partRows = ${s.partRows} must be a non-negative integer`);
+    if (!Number.isInteger(s.window) || s.window < 0) throw new Error(`op 'pagedAttention': window = ${s.window} must be a non-negative integer`);
+    if (!(s.scale > 0) || !Number.isFinite(s.scale)) throw new Error(`op 'pagedAttention': scale = ${s.scale} must be positive and finite`);
+    const partRows = Math.max(1, s.partRows);
+    const uni = { ...s, partRows, scaleLog2: s.scale * Math.LOG2E };
+    const steps: Plan['steps'] = [{
+      kernel: partial,
+      bind: { q: 'q', kCache: 'kCache', vCache: 'vCache', blockTables: 'blockTables', tiles: 'tiles', partAcc: 'partAcc', partMl: 'partMl', out: 'out' },
+      uniforms: {
+        numTokens: s.numTokens, numSeqs: s.numSeqs, numKvHeads: s.numKvHeads, numBlocks: s.numBlocks, maxBlocksPerSeq: s.maxBlocksPerSeq,
+        numTiles: s.numTiles, maxTileChunks: s.maxTileChunks, partRows, window: s.window, scaleLog2: uni.scaleLog2,
+      },
+    }];
+    if (s.maxTileChunks > 1) {
+      steps.push({
+        kernel: merge,
+        bind: { tiles: 'tiles', partAcc: 'partAcc', partMl: 'partMl', out: 'out' },
+        uniforms: { numTokens: s.numTokens, numKvHeads: s.numKvHeads, numTiles: s.numTiles, partRows, window: s.window },
+      });
+    }
+    return { temps: { partAcc: { t: 'f32', length: partRows * c.headDim }, partMl: { t: 'f32', length: partRows * 2 } }, steps };
+  });
+  return Object.assign(o, { kernels: [partial, merge], config: c });
+}
