@@ -7,9 +7,10 @@
 // bindings:
 //   0: data u32[] read_write
 //   1: offsets u32[] read
-//   2: uniforms, 16 bytes: n: u32 @0
+// uniforms: n: u32 @0
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // CUDA ABI: extern "C" addBlockOffsets_u32(u32* data, const u32* offsets, addBlockOffsets_u32_Uniforms u (by value))
-//   addBlockOffsets_u32_Uniforms: u32 n @0 (4 bytes, no padding; the WGSL uniform block pads to 16)
+//   addBlockOffsets_u32_Uniforms: the uniforms above, 4 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
 
 #include <cuda_fp16.h>

@@ -8,10 +8,11 @@
 //   0: A f32[] read
 //   1: B f32[] read
 //   2: C f32[] read_write
-//   3: uniforms, 16 bytes: M: u32 @0, N: u32 @4, K: u32 @8
+// uniforms: M: u32 @0, N: u32 @4, K: u32 @8
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // workgroup arrays: As: f32[2048], Bs: f32[2048]
 // CUDA ABI: extern "C" matmulTiled(const f32* A, const f32* B, f32* C, matmulTiled_Uniforms u (by value))
-//   matmulTiled_Uniforms: u32 M @0, u32 N @4, u32 K @8 (12 bytes, no padding; the WGSL uniform block pads to 16)
+//   matmulTiled_Uniforms: the uniforms above, 12 bytes, no padding
 //   blockDim = 16 x 16 x 1, gridDim = the launch above, no dynamic shared memory
 
 #include <cuda_fp16.h>

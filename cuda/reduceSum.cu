@@ -7,10 +7,11 @@
 // bindings:
 //   0: x f32[] read
 //   1: out f32[] read_write
-//   2: uniforms, 16 bytes: n: u32 @0
+// uniforms: n: u32 @0
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // workgroup arrays: scratch: f32[8]
 // CUDA ABI: extern "C" reduceSum(const f32* x, f32* out, reduceSum_Uniforms u (by value))
-//   reduceSum_Uniforms: u32 n @0 (4 bytes, no padding; the WGSL uniform block pads to 16)
+//   reduceSum_Uniforms: the uniforms above, 4 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
 
 #include <cuda_fp16.h>

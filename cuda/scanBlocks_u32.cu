@@ -8,10 +8,11 @@
 //   0: x u32[] read
 //   1: out u32[] read_write
 //   2: sums u32[] read_write
-//   3: uniforms, 16 bytes: n: u32 @0
+// uniforms: n: u32 @0
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // workgroup arrays: block: u32[1024], totals: u32[256]
 // CUDA ABI: extern "C" scanBlocks_u32(const u32* x, u32* out, u32* sums, scanBlocks_u32_Uniforms u (by value))
-//   scanBlocks_u32_Uniforms: u32 n @0 (4 bytes, no padding; the WGSL uniform block pads to 16)
+//   scanBlocks_u32_Uniforms: the uniforms above, 4 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
 
 #include <cuda_fp16.h>

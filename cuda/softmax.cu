@@ -7,10 +7,11 @@
 // bindings:
 //   0: x f32[] read
 //   1: y f32[] read_write
-//   2: uniforms, 16 bytes: rows: u32 @0, cols: u32 @4
+// uniforms: rows: u32 @0, cols: u32 @4
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // workgroup arrays: scratch: f32[8]
 // CUDA ABI: extern "C" softmax(const f32* x, f32* y, softmax_Uniforms u (by value))
-//   softmax_Uniforms: u32 rows @0, u32 cols @4 (8 bytes, no padding; the WGSL uniform block pads to 16)
+//   softmax_Uniforms: the uniforms above, 8 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
 
 #include <cuda_fp16.h>

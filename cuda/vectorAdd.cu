@@ -8,9 +8,10 @@
 //   0: a f32[] read
 //   1: b f32[] read
 //   2: out f32[] read_write
-//   3: uniforms, 16 bytes: n: u32 @0
+// uniforms: n: u32 @0
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // CUDA ABI: extern "C" vectorAdd(const f32* a, const f32* b, f32* out, vectorAdd_Uniforms u (by value))
-//   vectorAdd_Uniforms: u32 n @0 (4 bytes, no padding; the WGSL uniform block pads to 16)
+//   vectorAdd_Uniforms: the uniforms above, 4 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
 
 #include <cuda_fp16.h>

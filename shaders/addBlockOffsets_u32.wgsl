@@ -7,7 +7,8 @@
 // bindings:
 //   0: data u32[] read_write
 //   1: offsets u32[] read
-//   2: uniforms, 16 bytes: n: u32 @0
+// uniforms: n: u32 @0
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 
 @group(0) @binding(0) var<storage, read_write> data: array<u32>;
 @group(0) @binding(1) var<storage, read> offsets: array<u32>;

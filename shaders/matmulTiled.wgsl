@@ -8,7 +8,8 @@
 //   0: A f32[] read
 //   1: B f32[] read
 //   2: C f32[] read_write
-//   3: uniforms, 16 bytes: M: u32 @0, N: u32 @4, K: u32 @8
+// uniforms: M: u32 @0, N: u32 @4, K: u32 @8
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // workgroup arrays: As: f32[1024], Bs: f32[1024]
 
 @group(0) @binding(0) var<storage, read> A: array<f32>;

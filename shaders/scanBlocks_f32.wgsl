@@ -8,7 +8,8 @@
 //   0: x f32[] read
 //   1: out f32[] read_write
 //   2: sums f32[] read_write
-//   3: uniforms, 16 bytes: n: u32 @0
+// uniforms: n: u32 @0
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // workgroup arrays: block: f32[1024], totals: f32[256]
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -7,7 +7,8 @@
 // bindings:
 //   0: x f32[] read
 //   1: y f32[] read_write
-//   2: uniforms, 16 bytes: rows: u32 @0, cols: u32 @4
+// uniforms: rows: u32 @0, cols: u32 @4
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // workgroup arrays: scratch: f32[256]
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -8,7 +8,8 @@
 //   0: a f32[] read
 //   1: b f32[] read
 //   2: out f32[] read_write
-//   3: uniforms, 16 bytes: n: u32 @0
+// uniforms: n: u32 @0
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;

@@ -17,7 +17,7 @@ const CUDA_DIR = fileURLToPath(new URL('../cuda/', import.meta.url));
 
 function nvccVersion(): string | undefined {
   const r = spawnSync(NVCC, ['--version'], { encoding: 'utf8' });
-  return r.status === 0 ? r.stdout.trim().split('\n').pop() : undefined;
+  return r.status === 0 ? (r.stdout.match(/release [^\n]*/)?.[0] ?? 'nvcc') : undefined;
 }
 
 interface EntryReport { name: string; registers: number; spillStores: number; spillLoads: number; stackBytes: number }

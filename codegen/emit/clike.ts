@@ -111,7 +111,9 @@ export function floatText(v: number, round: (x: number) => number, what: string)
   for (let p = 1; p <= 17; p++) {
     const s = a.toPrecision(p);
     const d = Number(s);
-    if (round(d) === a && (isExactly(s, d) || round(nextDouble(d, true)) === round(nextDouble(d, false)))) {
+    // Digits above the format's largest finite value are rejected by WGSL even when they round to it.
+    const pastMax = d > a && !Number.isFinite(round(a * (1 + 2 ** -9)));
+    if (!pastMax && round(d) === a && (isExactly(s, d) || round(nextDouble(d, true)) === round(nextDouble(d, false)))) {
       // String(d) prints the same digits, positionally where that is short (100, not 1e+2).
       const t = String(d).replace('e+', 'e');
       return sign + (/[.e]/.test(t) ? t : `${t}.0`);
@@ -326,7 +328,8 @@ export abstract class CLikeEmitter {
       `bindings:`,
       ...ir.buffers.map((b, i) => `  ${i}: ${b.name} ${b.atomic ? `atomic<${b.t}>` : b.t}[] ${b.access}${b.key !== b.name ? ` (binding key '${b.key}')` : ''}`),
       ...(ir.uniforms.length
-        ? [`  ${ir.buffers.length}: uniforms, ${uniformBytes(ir)} bytes: ${ir.uniforms.map((u, i) => `${u.name}: ${u.t} @${4 * i}`).join(', ')}`]
+        ? [`uniforms: ${ir.uniforms.map((u, i) => `${u.name}: ${u.t} @${4 * i}`).join(', ')}`,
+          `  (4-byte scalars in this order; WGSL: one uniform block at binding ${ir.buffers.length}, padded to ${uniformBytes(ir)} bytes)`]
         : []),
       ...(ir.shared.length ? [`workgroup arrays: ${ir.shared.map((s) => `${s.name}: ${s.atomic ? `atomic<${s.t}>` : s.t}[${s.length}]`).join(', ')}`] : []),
       ...extra,

@@ -4,7 +4,7 @@
 // uniforms as one struct of 4-byte scalars passed by value, omitted when there are none).
 import type { Builtin, Expr, KernelIR, MathFn, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, elemOf, isVec, widthOf } from '../dsl/types.js';
-import { BIN, BUILTINS, CLikeEmitter, type Code, P, atom, callCode, f16round, floatText, infix, postfix, prefix, ternary, uniformBytes } from './clike.js';
+import { BIN, BUILTINS, CLikeEmitter, type Code, P, atom, callCode, f16round, floatText, infix, postfix, prefix, ternary } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
 type StmtOf<K extends Stmt['k']> = Extract<Stmt, { k: K }>;
@@ -345,7 +345,7 @@ class CudaEmitter extends CLikeEmitter {
       `CUDA ABI: extern "C" ${ir.name}(${[...ir.buffers.map((b) => `${b.access === 'read' ? 'const ' : ''}${TYPE[b.t]}* ${b.name}`),
         ...(ir.uniforms.length ? [`${this.uniformStruct} ${this.uniformParam} (by value)`] : [])].join(', ')})`,
       ...(ir.uniforms.length
-        ? [`  ${this.uniformStruct}: ${ir.uniforms.map((u, i) => `${u.t} ${u.name} @${4 * i}`).join(', ')} (${4 * ir.uniforms.length} bytes, no padding; the WGSL uniform block pads to ${uniformBytes(ir)})`]
+        ? [`  ${this.uniformStruct}: the uniforms above, ${4 * ir.uniforms.length} bytes, no padding`]
         : []),
       `  blockDim = ${ir.workgroupSize.join(' x ')}, gridDim = the launch above, no dynamic shared memory`,
     ];

@@ -160,6 +160,17 @@ const XYZW = 'xyzw';
 const SIMPLE = /^(?:[$A-Za-z_][$\w]*|\d[\d.e+-]*|\(-[\d.e+-]+\)|true|false|Infinity|\(-Infinity\))$/;
 const INT_LITERAL = /^\(?-?\d+\)?$/;
 
+/** x without one pair of enclosing parentheses, where a statement supplies its own. */
+function bare(x: string): string {
+  if (!x.startsWith('(') || !x.endsWith(')')) return x;
+  let depth = 0;
+  for (let i = 0; i < x.length; i++) {
+    if (x[i] === '(') depth++;
+    else if (x[i] === ')' && --depth === 0 && i < x.length - 1) return x;
+  }
+  return x.slice(1, -1);
+}
+
 function num(v: number): string {
   if (Object.is(v, -0)) return '(-0)';
   return v < 0 ? `(${v})` : String(v);
@@ -330,7 +341,7 @@ class JsEmitter {
       if (SIMPLE.test(c)) return c;
       if (!this.sink) this.fail('no place for a temporary');
       const t = `$t${++this.temps}`;
-      this.sink.push(`const ${t} = ${c};`);
+      this.sink.push(`const ${t} = ${bare(c)};`);
       return t;
     });
   }
@@ -552,8 +563,8 @@ class JsEmitter {
       case 'let': {
         this.withPrelude(out, ind, () => {
           const c = this.ex(s.init), kw = s.mutable ? 'let' : 'const', id = jsId(s.name);
-          if (c.length === 1) return [`${kw} ${id} = ${c[0]};`];
-          return [`${kw} ${c.map((x, i) => `${id}$${XYZW[i]} = ${x}`).join(', ')};`];
+          if (c.length === 1) return [`${kw} ${id} = ${bare(c[0]!)};`];
+          return [`${kw} ${c.map((x, i) => `${id}$${XYZW[i]} = ${bare(x)}`).join(', ')};`];
         });
         this.declare(s.name);
         return;
@@ -562,9 +573,9 @@ class JsEmitter {
         this.withPrelude(out, ind, () => {
           const id = jsId(s.name);
           let c = this.ex(s.value);
-          if (c.length === 1) return [`${id} = ${c[0]};`];
+          if (c.length === 1) return [`${id} = ${bare(c[0]!)};`];
           if (c.some((x) => x.includes(`${id}$`))) c = this.materialize(c);
-          return c.map((x, i) => `${id}$${XYZW[i]} = ${x};`);
+          return c.map((x, i) => `${id}$${XYZW[i]} = ${bare(x)};`);
         });
         return;
       case 'store':
@@ -572,7 +583,7 @@ class JsEmitter {
           const target = this.ref(s.space, s.name, s.index, 1);
           const v = this.sc(s.value);
           const f16 = s.space === 'storage' && this.buf(s.name).t === 'f16';
-          return [`${target} = ${f16 ? `${this.h('f16', '$f16bits')}(${v})` : v};`];
+          return [`${target} = ${f16 ? `${this.h('f16', '$f16bits')}(${v})` : bare(v)};`];
         });
         return;
       case 'privateArray': {
@@ -589,7 +600,7 @@ class JsEmitter {
         return;
       }
       case 'if': {
-        this.withPrelude(out, ind, () => [`if (${this.sc(s.cond)}) {`]);
+        this.withPrelude(out, ind, () => [`if (${bare(this.sc(s.cond))}) {`]);
         this.block(s.then, out, ind + '  ', false);
         if (s.else.length) {
           out.push(`${ind}} else {`);
@@ -603,14 +614,14 @@ class JsEmitter {
         const wrap = s.t === 'u32' ? '>>> 0' : '| 0';
         this.withPrelude(out, ind, () => {
           const from = this.sc(s.from);
-          return [`for (let ${id} = ${from}; ${id} < ${this.inPlace(s.to)}; ${id} = (${id} + ${this.inPlace(s.step)}) ${wrap}) {`];
+          return [`for (let ${id} = ${bare(from)}; ${id} < ${this.inPlace(s.to)}; ${id} = (${id} + ${this.inPlace(s.step)}) ${wrap}) {`];
         });
         this.block(s.body, out, ind + '  ', true);
         out.push(`${ind}}`);
         return;
       }
       case 'while':
-        out.push(`${ind}while (${this.inPlace(s.cond)}) {`);
+        out.push(`${ind}while (${bare(this.inPlace(s.cond))}) {`);
         this.block(s.body, out, ind + '  ', true);
         out.push(`${ind}}`);
         return;

@@ -84,7 +84,16 @@ class WgslEmitter extends CLikeEmitter {
   call(e: Of<'call'>): Code { return callCode(e.fn, e.args.map((a) => this.code(a))); }
   select(e: Of<'select'>): Code { return callCode('select', [this.code(e.b), this.code(e.a), this.code(e.cond)]); }
   cast(e: Of<'cast'>): Code { return callCode(e.t, [this.code(e.a)]); }
-  bitcast(e: Of<'bitcast'>): Code { return callCode(`bitcast<${e.t}>`, [this.code(e.a)]); }
+  bitcast(e: Of<'bitcast'>): Code {
+    // WGSL evaluates a bitcast of a literal at shader-creation time and rejects NaN/Inf results
+    // (kernels use NaN as a visible poison): route literals through a runtime `let`.
+    if (e.a.k === 'const') {
+      const name = this.fresh('bits');
+      this.line(`${this.decl(name, e.a.t, this.code(e.a).s, false)};`);
+      return callCode(`bitcast<${e.t}>`, [atom(name)]);
+    }
+    return callCode(`bitcast<${e.t}>`, [this.code(e.a)]);
+  }
   vec(e: Of<'vec'>): Code { return callCode(e.t, e.args.map((a) => this.code(a))); }
   swizzle(e: Of<'swizzle'>): Code { return postfix(this.code(e.a), `.${e.comps}`); }
   subgroup(e: Of<'subgroup'>): Code {

@@ -5,7 +5,7 @@ import { type MatmulTiledParams, matmulTiled, matmulTiledLabel, matmulTiledDefau
 import { LaunchError } from '../../src/backend/device.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
-import { Buffers } from './helpers.js';
+import { Buffers } from './buffers.js';
 
 function matmulRef(A: Float32Array, B: Float32Array, M: number, N: number, K: number): Float64Array {
   const C = new Float64Array(M * N);

@@ -5,7 +5,7 @@ import { type ReduceKind, reduce } from '../../codegen/kernels/reduce.js';
 import type { Device } from '../../src/backend/device.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
-import { Buffers } from './helpers.js';
+import { Buffers } from './buffers.js';
 
 const SIZES = [1, 1000, (1 << 18) + 7];
 

@@ -4,7 +4,7 @@ import { expect, it } from 'vitest';
 import { scan } from '../../codegen/kernels/scan.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
-import { Buffers } from './helpers.js';
+import { Buffers } from './buffers.js';
 
 const SIZES = [1, 1000, 300_000];
 

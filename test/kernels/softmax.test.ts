@@ -4,7 +4,7 @@ import { expect, it } from 'vitest';
 import { softmax } from '../../codegen/kernels/softmax.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, rng } from '../util.js';
-import { Buffers, maxRowErr } from './helpers.js';
+import { Buffers, maxRowErr } from './buffers.js';
 
 function softmaxRef(x: Float32Array, rows: number, cols: number): Float64Array {
   const y = new Float64Array(rows * cols);

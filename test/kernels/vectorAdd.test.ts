@@ -3,7 +3,7 @@ import { expect, it } from 'vitest';
 import { vectorAdd } from '../../codegen/kernels/vectorAdd.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, rng } from '../util.js';
-import { Buffers } from './helpers.js';
+import { Buffers } from './buffers.js';
 
 forEachBackend('vectorAdd', (dev) => {
   for (const n of [1, 1000, 100_003]) {

@@ -49,7 +49,8 @@ class CpuBuffer<T extends StorageType = StorageType> implements DeviceBuffer<T> 
   readonly view: HostArray<T>;
   constructor(readonly owner: CpuDevice, readonly dtype: T, readonly length: number, readonly label: string,
     readonly sab: SharedArrayBuffer) {
-    this.view = new CTOR[dtype](sab, 0, length) as HostArray<T>;
+    const ctor = CTOR[dtype] as unknown as new (b: ArrayBufferLike, offset: number, length: number) => HostArray<T>;
+    this.view = new ctor(sab, 0, length);
   }
 }
 

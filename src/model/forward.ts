@@ -1,0 +1,251 @@
+// The Llama-family forward pass over a ragged batch, on generated kernels. Each sequence brings
+// its new token ids, the number of tokens already in its KV cache, its block table and the cache
+// slots of the new tokens; one pass serves prefill chunks, decodes and verifies together, and
+// returns logits only for the rows asked for. Reads top to bottom, like llama2.c.
+import { embedding } from '../../codegen/kernels/embedding.js';
+import { kvAppend } from '../../codegen/kernels/kvAppend.js';
+import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { rmsNorm } from '../../codegen/kernels/rmsNorm.js';
+import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
+import type { Device, DeviceBuffer } from '../backend/device.js';
+import { runLinear } from '../ops/linear.js';
+import { checkSlots, prepareAttention } from '../ops/attention.js';
+import { type ModelSpec, ropeInvFreq } from './spec.js';
+import type { DeviceLinear, ModelWeights } from './weights.js';
+
+/** One sequence's part of a forward pass. */
+export interface SeqInput {
+  /** New token ids (at least one). */
+  tokens: readonly number[];
+  /** Tokens already in this sequence's KV cache; the new ones sit at positions ctxLen, ctxLen+1, … */
+  ctxLen: number;
+  /** The sequence's cache blocks, covering ctxLen + tokens.length positions. */
+  blockTable: readonly number[];
+  /** KV slot (block · blockSize + offset) of each new token. */
+  slots: readonly number[];
+  /** Which rows' logits to return: the last new token's, every new token's, or none. */
+  logits: 'last' | 'all' | 'none';
+}
+
+export interface ForwardOptions {
+  numBlocks: number;
+  blockSize?: number;
+  kvDtype?: 'f32' | 'f16';
+  /** Most tokens one pass may carry (activation buffers are sized for it). */
+  maxBatchTokens?: number;
+  /** Most sequences one pass may carry. */
+  maxSeqs?: number;
+}
+
+export interface ForwardResult {
+  /** [rows, vocab] for the rows asked for, in batch order. */
+  logits: Float32Array;
+  /** For each returned row: its sequence (index in the batch) and new-token index. */
+  rows: { seq: number; token: number }[];
+}
+
+export class ForwardError extends Error {}
+
+export class LlamaForward {
+  readonly blockSize: number;
+  readonly kvDtype: 'f32' | 'f16';
+  readonly maxBatchTokens: number;
+  readonly maxSeqs: number;
+  private readonly kCache: DeviceBuffer[] = [];
+  private readonly vCache: DeviceBuffer[] = [];
+  private readonly act: Record<string, DeviceBuffer<'f32'>> = {};
+  private readonly idx: Record<string, DeviceBuffer<'u32'>> = {};
+  private readonly slotsBuf: DeviceBuffer<'i32'>;
+  private readonly ropeTable: DeviceBuffer<'f32'>;
+  private readonly ropePositions: number;
+  private blockTablesBuf: DeviceBuffer<'u32'> | null = null;
+  private tilesBuf: DeviceBuffer<'u32'> | null = null;
+  private logitsBuf: DeviceBuffer<'f32'> | null = null;
+  private readonly ops;
+
+  constructor(readonly dev: Device, readonly spec: ModelSpec, readonly weights: ModelWeights, readonly opts: ForwardOptions) {
+    const s = spec;
+    this.blockSize = opts.blockSize ?? 16;
+    this.kvDtype = opts.kvDtype ?? 'f32';
+    this.maxBatchTokens = opts.maxBatchTokens ?? 256;
+    this.maxSeqs = opts.maxSeqs ?? 64;
+    const caps = dev.caps;
+    const T = this.maxBatchTokens, D = s.hidden, hd = s.headDim;
+    const kvWords = opts.numBlocks * this.blockSize * s.kvHeads * (this.kvDtype === 'f16' ? hd / 2 : hd);
+    for (let l = 0; l < s.layers; l++) {
+      this.kCache.push(dev.alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.kCache`));
+      this.vCache.push(dev.alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.vCache`));
+    }
+    const f32 = (name: string, n: number) => { this.act[name] = dev.alloc('f32', n, name); };
+    f32('x', T * D); f32('x2', T * D); f32('h', T * D);
+    f32('qkv', T * (s.heads + 2 * s.kvHeads) * hd);
+    f32('q', T * s.heads * hd); f32('k', T * s.kvHeads * hd); f32('v', T * s.kvHeads * hd);
+    f32('attn', T * s.heads * hd);
+    f32('ffn', T * s.ffn);
+    f32('rowsX', T * D); f32('rowsH', T * D);
+    this.idx.ids = dev.alloc('u32', T, 'ids');
+    this.idx.pos = dev.alloc('u32', T, 'positions');
+    this.idx.rows = dev.alloc('u32', T, 'logitRows');
+    this.slotsBuf = dev.alloc('i32', T, 'slots');
+    // cos/sin of every position, in float64 on the host (see rope.ts for why).
+    this.ropePositions = s.maxPositions;
+    const inv = ropeInvFreq(s);
+    const table = new Float32Array(this.ropePositions * inv.length * 2);
+    for (let p = 0; p < this.ropePositions; p++) {
+      for (let i = 0; i < inv.length; i++) {
+        table[(p * inv.length + i) * 2] = Math.cos(p * inv[i]!);
+        table[(p * inv.length + i) * 2 + 1] = Math.sin(p * inv[i]!);
+      }
+    }
+    this.ropeTable = dev.alloc('f32', table.length, 'ropeTable');
+    dev.write(this.ropeTable, table);
+    const layout = s.ropeLayout === 'interleaved' ? 'interleaved' as const : 'halves' as const;
+    this.ops = {
+      embed: embedding({ table: weights.embed.dtype, caps }),
+      gather: embedding({ table: 'f32', caps }),
+      norm: rmsNorm({ caps, workgroupSize: pow2AtMost(Math.max(32, Math.min(256, D / 2))) }),
+      rope: ropeQkv({ layout, caps }),
+      append: kvAppend({ headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
+      attention: pagedAttention({ headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
+    };
+  }
+
+  /** Bytes of KV cache one token takes (all layers, K and V). */
+  get kvBytesPerToken(): number {
+    return this.spec.layers * 2 * this.spec.kvHeads * this.spec.headDim * (this.kvDtype === 'f16' ? 2 : 4);
+  }
+
+  /** Run the batch; returns the logits rows asked for. */
+  async forward(batch: readonly SeqInput[]): Promise<ForwardResult> {
+    const rows = this.enqueue(batch);
+    if (!rows.length) { await this.dev.sync(); return { logits: new Float32Array(0), rows }; }
+    const all = await this.dev.read(this.logitsBuf!);
+    return { logits: all.slice(0, rows.length * this.spec.vocabSize), rows };
+  }
+
+  /**
+   * Queue the whole pass without reading anything back; the logits rows stay on the device in
+   * `logitsBuffer` (for sampling kernels). Returns which rows were produced.
+   */
+  enqueue(batch: readonly SeqInput[]): { seq: number; token: number }[] {
+    const s = this.spec, dev = this.dev, a = this.act, hd = s.headDim;
+    const { ids, pos, slots, rowsWanted, T } = this.flatten(batch);
+    dev.write(this.idx.ids!, ids);
+    dev.write(this.idx.pos!, pos);
+    dev.write(this.slotsBuf, slots);
+    checkSlots(slots, this.opts.numBlocks, this.blockSize);
+    let qStart = 0;
+    const meta = prepareAttention(this.ops.attention.config, {
+      numTokens: T,
+      seqs: batch.map((q) => { const r = { qStart, qLen: q.tokens.length, ctxLen: q.ctxLen, blockTable: q.blockTable }; qStart += q.tokens.length; return r; }),
+      window: s.slidingWindow ?? 0,
+      scale: 1 / Math.sqrt(hd),
+    }, { numBlocks: this.opts.numBlocks, numKvHeads: s.kvHeads, maxBlocksPerSeq: Math.ceil(s.maxPositions / this.blockSize) });
+    this.blockTablesBuf = this.ensure(this.blockTablesBuf, meta.blockTables.length, 'blockTables');
+    this.tilesBuf = this.ensure(this.tilesBuf, meta.tiles.length, 'attentionTiles');
+    dev.write(this.blockTablesBuf, meta.blockTables);
+    dev.write(this.tilesBuf, meta.tiles);
+
+    // Token embeddings.
+    dev.launch(this.ops.embed, { ids: this.idx.ids!, table: this.weights.embed.table as never, out: a.x! }, { T, V: s.vocabSize, D: s.hidden });
+
+    for (let l = 0; l < s.layers; l++) {
+      const w = this.weights.layers[l]!;
+      // Attention block: x2 = x + Wo · attention(rope(Wqkv · norm(x)))
+      this.norm(a.x!, w.attnNorm, a.h!, T);
+      this.linear(w.qkv, a.h!, a.qkv!, T);
+      dev.launch(this.ops.rope, { qkv: a.qkv!, pos: this.idx.pos!, table: this.ropeTable, q: a.q!, k: a.k!, v: a.v! },
+        { T, Hq: s.heads, Hk: s.kvHeads, D: hd, maxPos: this.ropePositions });
+      dev.run(this.ops.append, { kNew: a.k!, vNew: a.v!, slots: this.slotsBuf, kCache: this.kCache[l]! as never, vCache: this.vCache[l]! as never },
+        { numTokens: T, numKvHeads: s.kvHeads, numBlocks: this.opts.numBlocks });
+      dev.run(this.ops.attention, {
+        q: a.q!, kCache: this.kCache[l]! as never, vCache: this.vCache[l]! as never,
+        blockTables: this.blockTablesBuf, tiles: this.tilesBuf, out: a.attn!,
+      }, meta.sizes);
+      this.linear(w.o, a.attn!, a.x2!, T, a.x!);
+      // FFN block: x = x2 + Wd · (SiLU(Wg · norm(x2)) ⊙ Wu · norm(x2))
+      this.norm(a.x2!, w.ffnNorm, a.h!, T);
+      this.linear(w.gateUp, a.h!, a.ffn!, T);
+      this.linear(w.down, a.ffn!, a.x!, T, a.x2!);
+    }
+
+    // Only the rows asked for go through the final norm and the classifier.
+    const R = rowsWanted.length;
+    if (!R) return [];
+    dev.write(this.idx.rows!, new Uint32Array(rowsWanted.map((r) => r.row)));
+    dev.launch(this.ops.gather, { ids: this.idx.rows!, table: a.x!, out: a.rowsX! }, { T: R, V: T, D: s.hidden });
+    this.norm(a.rowsX!, this.weights.finalNorm, a.rowsH!, R);
+    this.logitsBuf = this.ensure(this.logitsBuf, this.maxBatchTokens * s.vocabSize, 'logits', 'f32');
+    this.linear(this.weights.lmHead, a.rowsH!, this.logitsBuf, R);
+    return rowsWanted.map(({ seq, token }) => ({ seq, token }));
+  }
+
+  /** The logits of the last enqueued pass: [rows, vocab] (f32). */
+  get logitsBuffer(): DeviceBuffer<'f32'> {
+    if (!this.logitsBuf) throw new ForwardError('no forward pass has produced logits yet');
+    return this.logitsBuf;
+  }
+
+  /** Copy KV of block `src` into block `dst` in every layer (copy-on-write after rollback). */
+  async copyBlock(src: number, dst: number): Promise<void> {
+    const per = this.blockSize * this.spec.kvHeads * (this.kvDtype === 'f16' ? this.spec.headDim / 2 : this.spec.headDim);
+    for (const caches of [this.kCache, this.vCache]) {
+      for (const c of caches) {
+        const all = await this.dev.read(c);
+        this.dev.write(c, all.subarray(src * per, (src + 1) * per) as never, dst * per);
+      }
+    }
+  }
+
+  destroy(): void {
+    for (const b of [...this.kCache, ...this.vCache, ...Object.values(this.act), ...Object.values(this.idx), this.slotsBuf, this.ropeTable]) this.dev.free(b);
+    for (const b of [this.blockTablesBuf, this.tilesBuf, this.logitsBuf]) if (b) this.dev.free(b);
+  }
+
+  private flatten(batch: readonly SeqInput[]) {
+    const s = this.spec;
+    if (!batch.length) throw new ForwardError('empty batch');
+    if (batch.length > this.maxSeqs) throw new ForwardError(`batch of ${batch.length} sequences exceeds maxSeqs ${this.maxSeqs}`);
+    const T = batch.reduce((n, q) => n + q.tokens.length, 0);
+    if (T > this.maxBatchTokens) throw new ForwardError(`batch of ${T} tokens exceeds maxBatchTokens ${this.maxBatchTokens}`);
+    const ids = new Uint32Array(T), pos = new Uint32Array(T), slots = new Int32Array(T);
+    const rowsWanted: { seq: number; token: number; row: number }[] = [];
+    let t = 0;
+    batch.forEach((q, si) => {
+      if (!q.tokens.length) throw new ForwardError(`sequence ${si}: no new tokens`);
+      if (q.slots.length !== q.tokens.length) throw new ForwardError(`sequence ${si}: ${q.slots.length} slots for ${q.tokens.length} tokens`);
+      if (q.ctxLen + q.tokens.length > s.maxPositions) {
+        throw new ForwardError(`sequence ${si}: ${q.ctxLen + q.tokens.length} positions exceed the model's context of ${s.maxPositions}`);
+      }
+      q.tokens.forEach((id, j) => {
+        if (!Number.isInteger(id) || id < 0 || id >= s.vocabSize) throw new ForwardError(`sequence ${si}: token id ${id} is outside the vocabulary (0..${s.vocabSize - 1})`);
+        ids[t] = id;
+        pos[t] = q.ctxLen + j;
+        slots[t] = q.slots[j]!;
+        if (q.logits === 'all' || (q.logits === 'last' && j === q.tokens.length - 1)) rowsWanted.push({ seq: si, token: j, row: t });
+        t++;
+      });
+    });
+    return { ids, pos, slots, rowsWanted, T };
+  }
+
+  private norm(x: DeviceBuffer<'f32'>, w: DeviceBuffer<'f32'>, out: DeviceBuffer<'f32'>, M: number): void {
+    this.dev.launch(this.ops.norm, { x, w, out }, { M, D: this.spec.hidden, eps: this.spec.rmsNormEps });
+  }
+
+  private linear(lin: DeviceLinear, x: DeviceBuffer<'f32'>, out: DeviceBuffer<'f32'>, M: number, residual?: DeviceBuffer<'f32'>): void {
+    runLinear(this.dev, lin.op, { x, ...lin.weights, out, ...(residual ? { residual } : {}) }, M);
+  }
+
+  private ensure<T extends 'u32' | 'f32'>(buf: DeviceBuffer<T> | null, n: number, label: string, t: T = 'u32' as T): DeviceBuffer<T> {
+    if (buf && buf.length >= n) return buf;
+    if (buf) this.dev.free(buf);
+    return this.dev.alloc(t, Math.max(n, 16), label);
+  }
+}
+
+function pow2AtMost(n: number): number {
+  let p = 1;
+  while (p * 2 <= n) p *= 2;
+  return p;
+}
