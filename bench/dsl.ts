@@ -8,7 +8,7 @@
 //   --runs 5               timed runs per cell (after one warm-up); fewer if --budget is short
 //   --budget 20            seconds of timed runs per cell at most
 //   --workers N            workers for cpuN (default: all cores)
-//   --tilings 64x64x16/4x4,32x32x32/2x2   tilings to compare (default: the device default)
+//   --tilings 64x64x16/4x4,32x32x32/2x2u   tilings to compare, u: K loop unrolled (default: the device default)
 import os from 'node:os';
 import { type MatmulTiledConfig, matmulTiled, matmulTiledDefaults, matmulTiledLabel } from '../codegen/kernels/matmulTiled.js';
 import { BackendUnavailableError, type Device } from '../src/backend/device.js';
@@ -43,10 +43,10 @@ function parseArgs(args: string[]): Options {
 
 /** "64x64x16/4x4" → tile and register block sizes. */
 function parseTiling(s: string): MatmulTiledConfig {
-  const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)$/.exec(s);
-  if (!m) throw new Error(`tiling '${s}' is not tileMxtileNxtileK/blockMxblockN, e.g. 64x64x16/4x4`);
-  const [tileM, tileN, tileK, blockM, blockN] = m.slice(1).map(Number) as [number, number, number, number, number];
-  return { tileM, tileN, tileK, blockM, blockN };
+  const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(u?)$/.exec(s);
+  if (!m) throw new Error(`tiling '${s}' is not tileMxtileNxtileK/blockMxblockN[u], e.g. 64x64x16/4x4 (u: unroll K)`);
+  const [tileM, tileN, tileK, blockM, blockN] = m.slice(1, 6).map(Number) as [number, number, number, number, number];
+  return { tileM, tileN, tileK, blockM, blockN, unrollK: m[6] === 'u' };
 }
 
 /** The baseline: what a careful JS programmer writes without a kernel DSL. */

@@ -13,7 +13,7 @@ import { parseHfConfig, loadHfConfig, validateWeights } from '../src/io/hfConfig
 import { HfTokenizer, Llama2cTokenizer, IncrementalDecoder, checkTokenizerVocab } from '../src/io/tokenizer.js';
 import { parseLlama2c, loadLlama2c } from '../src/io/llama2c.js';
 import { AWQ_ORDER, loadAwqLayers, dequantizeAwq, isAwqCheckpoint } from '../src/io/awq.js';
-import { loadModel } from '../src/io/index.js';
+import { openModel } from '../src/io/index.js';
 import { ropeInvFreq, type ModelSpec } from '../src/model/spec.js';
 import { rng, freshSeed, randomF32 } from './util.js';
 
@@ -270,13 +270,13 @@ describe('hfConfig', () => {
     expect(() => validateWeights({ ...spec, tieEmbeddings: false }, memoryStore('draft', tensors))).toThrow(/missing tensor 'lm_head\.weight' \(expected shape \[2048, 128\]\)/);
   });
 
-  it('loadModel opens a HF directory with its tokenizer', () => {
-    const m = loadModel(path.join(MODELS, 'brown-target'));
+  it('openModel opens a HF directory with its tokenizer', () => {
+    const m = openModel(path.join(MODELS, 'brown-target'));
     expect(m.format).toBe('hf');
     expect(m.tokenizer?.vocabSize).toBe(2048);
     expect(readFloat32(m.weights, 'lm_head.weight').length).toBe(2048 * 256);
     m.weights.close();
-    expect(() => loadModel(path.join(tmp, 'nope'))).toThrow(/no such file or directory/);
+    expect(() => openModel(path.join(tmp, 'nope'))).toThrow(/no such file or directory/);
   });
 });
 

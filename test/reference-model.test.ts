@@ -4,7 +4,7 @@
 import { describe, it, expect, beforeAll } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadModel, type LoadedModel } from '../src/io/index.js';
+import { openModel, type LoadedModel } from '../src/io/index.js';
 import { memoryStore, encodeSafetensors, SafetensorsFile, f32ToF16, type MemoryTensor } from '../src/io/safetensors.js';
 import { parseHfConfig } from '../src/io/hfConfig.js';
 import { ReferenceModel, greedyGenerate, windowedPerplexity, argmax, linear } from '../src/model/reference.js';
@@ -35,7 +35,7 @@ describe.skipIf(!haveStories)('stories260K (llama2.c golden outputs)', () => {
   let model: ReferenceModel;
   let golden: { cases: { prompt: number[]; steps: number; tokens: number[]; logits_file?: string; logits_shape?: [number, number] }[] };
   beforeAll(() => {
-    const m = loadModel(`${STORIES}/stories260K.bin`);
+    const m = openModel(`${STORIES}/stories260K.bin`);
     model = ReferenceModel.fromStore(m.spec, m.weights);
     golden = JSON.parse(fs.readFileSync(`${STORIES}/golden.json`, 'utf8'));
   });
@@ -73,7 +73,7 @@ for (const which of ['target', 'draft'] as const) {
     let loaded: LoadedModel;
     let model: ReferenceModel;
     beforeAll(() => {
-      loaded = loadModel(path.join(MODELS, `brown-${which}`));
+      loaded = openModel(path.join(MODELS, `brown-${which}`));
       model = ReferenceModel.fromStore(loaded.spec, loaded.weights);
     });
 

@@ -574,7 +574,9 @@ class JsEmitter {
           const id = jsId(s.name);
           let c = this.ex(s.value);
           if (c.length === 1) return [`${id} = ${bare(c[0]!)};`];
-          if (c.some((x) => x.includes(`${id}$`))) c = this.materialize(c);
+          if (c.some((x) => x.includes(`${id}$`))) { // e.g. v = v.yx: read every component first
+            c = c.map((x) => { const t = `$t${++this.temps}`; this.sink!.push(`const ${t} = ${bare(x)};`); return t; });
+          }
           return c.map((x, i) => `${id}$${XYZW[i]} = ${bare(x)};`);
         });
         return;

@@ -20,16 +20,8 @@ export function denseSource(dtype: DenseWeightDtype): WeightSource {
       cols: 1,
       granule: K_GRANULE,
       bindings: { w: storage('f32', 'read', { len: (u) => u.K! * u.Nw! }) },
-      gemvLoop(k, refs, u, kBeg, kEnd, units, body) {
-        const w = refs.w as ArrayRef<'f32', false>;
-        k.for('kk', kBeg, kEnd, (kk) => {
-          const row = k.let('wrow', kk.mul(u.Nw));
-          body(kk, units.map((unit, v) => [k.let(`w${v}`, w.at(row.add(unit)))]));
-        });
-      },
-      loadUnit(k, refs, u, kk, unit) {
-        return [(refs.w as ArrayRef<'f32', false>).at(kk.mul(u.Nw).add(unit))];
-      },
+      row: (k, u, kk) => kk.mul(u.Nw),
+      values: (k, refs, row, unit) => [(refs.w as ArrayRef<'f32', false>).at(row.add(unit))],
     };
   }
   return {
@@ -37,19 +29,9 @@ export function denseSource(dtype: DenseWeightDtype): WeightSource {
     cols: 2,
     granule: K_GRANULE,
     bindings: { w: storage('u32', 'read', { len: (u) => (u.K! * u.Nw!) / 2 }) },
-    gemvLoop(k, refs, u, kBeg, kEnd, units, body) {
-      const w = refs.w as ArrayRef<'u32', false>;
-      const W = k.let('Wwords', u.Nw.div(2));
-      k.for('kk', kBeg, kEnd, (kk) => {
-        const row = k.let('wrow', kk.mul(W));
-        body(kk, units.map((unit, v) => {
-          const pair = k.let(`w${v}`, k.unpack2x16float(w.at(row.add(unit))));
-          return [pair.x, pair.y];
-        }));
-      });
-    },
-    loadUnit(k, refs, u, kk, unit) {
-      const pair = k.let('lw', k.unpack2x16float((refs.w as ArrayRef<'u32', false>).at(kk.mul(u.Nw.div(2)).add(unit))));
+    row: (k, u, kk) => kk.mul(u.Nw.div(2)),
+    values(k, refs, row, unit, tag) {
+      const pair = k.let(`wp${tag}`, k.unpack2x16float((refs.w as ArrayRef<'u32', false>).at(row.add(unit))));
       return [pair.x, pair.y];
     },
   };
@@ -62,6 +44,8 @@ export interface DenseLinearConfig extends LinearEpilogue {
   weight: DenseWeightDtype;
   caps?: Caps;
   choice?: LinearChoiceInput;
+  /** Invocations the device wants in flight (default split-K); guessed from caps if absent. */
+  parallelism?: number;
 }
 
 export function checkDenseConfig(c: DenseLinearConfig): void {
@@ -100,12 +84,12 @@ export function denseSegmentSpace(K: number): number[] {
   return [...out];
 }
 
-export function defaultDenseChoice(K: number, Nw: number, dtype: DenseWeightDtype, caps: Caps): LinearChoice {
+export function defaultDenseChoice(K: number, Nw: number, dtype: DenseWeightDtype, caps: Caps, parallelism?: number): LinearChoice {
   const big = caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256;
   // 8 columns per invocation, as the INT4 GEMV (one word), so the two compare like for like.
   const gemv: GemvVariant = { workgroupSize: 64, units: dtype === 'f32' ? 8 : 4 };
   return {
-    segLen: defaultSegmentLength(K, Nw, 8, K_GRANULE, caps),
+    segLen: defaultSegmentLength(K, Nw, 8, K_GRANULE, caps, parallelism),
     gemv: Array.from({ length: GEMV_MAX_ROWS }, () => gemv),
     gemm: big ? { tileM: 64, tileN: 128, tileK: 32, blockM: 4, blockN: 8 } : { tileM: 32, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
     finishWorkgroupSize: 64,
@@ -130,7 +114,8 @@ export function denseLinear(c: DenseLinearConfig): LinearOp {
     weightTensors: (K, Nw) => ({
       w: dtype === 'f32' ? ts('f32', [K, Nw], e.gateUp ? '[K, 2N]' : '[K, N]') : ts('u32', [K, Nw / 2], e.gateUp ? '[K, 2N/2] (f16 pairs)' : '[K, N/2] (f16 pairs)'),
     }),
-    defaults: (K, Nw, caps) => defaultDenseChoice(K, Nw, dtype, caps),
+    defaults: (K, Nw, caps, par) => defaultDenseChoice(K, Nw, dtype, caps, par),
     choice: c.choice,
+    parallelism: c.parallelism,
   });
 }

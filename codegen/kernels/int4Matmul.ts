@@ -3,14 +3,15 @@
 //     holds column 8c + [0,2,4,6,1,3,5,7][i];
 //   qzeros [K/g, Nw/8] words, same interleave;
 //   scales f16 [K/g, Nw], packed two per u32 word (even column in the low half);
-//   W[k, n] = (q − z) · s, computed in f32 as (f32(q) − f32(z)) · s on every path.
-// Activations f32 [M, K]; accumulation f32. Entry point: int4Linear(config) → LinearOp.
+//   W[k, n] = (q − z) · s.
+// Activations f32 [M, K]; accumulation f32, with the zero point and scale applied once per group
+// (see linearCommon: Σ_group (Σ x·q − z·Σ x)·s). Entry point: int4Linear(config) → LinearOp.
 import type { ArrayRef, Caps, KernelBuilder, Val } from '../dsl/index.js';
 import { storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
-  type SourceUniforms, type WeightSource,
+  type WeightSource,
 } from './linearCommon.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp, ts } from './linearOp.js';
 
@@ -39,22 +40,6 @@ function unpackScales(k: KernelBuilder, scales: ArrayRef<'u32', boolean>, rowBas
 
 export function int4Source(groupSize: number): WeightSource {
   const g = groupSize;
-  const refsOf = (refs: Record<string, ArrayRef<any, boolean>>) => ({
-    qweight: refs.qweight as ArrayRef<'u32', false>,
-    qzeros: refs.qzeros as ArrayRef<'u32', false>,
-    scales: refs.scales as ArrayRef<'u32', false>,
-  });
-  /** Zero points and scales of one unit (word column) in group `grp`, once per group. */
-  const groupParams = (k: KernelBuilder, r: ReturnType<typeof refsOf>, u: SourceUniforms, grp: Val<'u32'>, unit: Val<'u32'>, tag: string) => {
-    const zw = k.let(`zw${tag}`, r.qzeros.at(grp.mul(u.Nw.div(8)).add(unit)));
-    const z = unpackNibbles(k, zw).map((v, j) => k.let(`z${tag}_${j}`, v));
-    const sBase = k.let(`sb${tag}`, grp.mul(u.Nw.div(2)).add(unit.mul(4)));
-    const s = unpackScales(k, r.scales, sBase, tag).map((v, j) => k.let(`s${tag}_${j}`, v));
-    return { z, s };
-  };
-  const dequant = (k: KernelBuilder, qw: Val<'u32'>, z: Val<'f32'>[], s: Val<'f32'>[]) =>
-    unpackNibbles(k, qw).map((q, j) => q.sub(z[j]!).mul(s[j]!));
-
   return {
     tag: `int4g${g}`,
     cols: 8,
@@ -64,28 +49,20 @@ export function int4Source(groupSize: number): WeightSource {
       qzeros: storage('u32', 'read', { len: (u) => ((u.K! / g) * u.Nw!) / 8 }),
       scales: storage('u32', 'read', { len: (u) => ((u.K! / g) * u.Nw!) / 2 }),
     },
-    gemvLoop(k, refs, u, kBeg, kEnd, units, body) {
-      const r = refsOf(refs);
-      const NW = k.let('NW', u.Nw.div(8));
-      k.for('gk', kBeg, kEnd, (gk) => {
-        const grp = k.let('grp', gk.div(g));
-        const params = units.map((unit, v) => groupParams(k, r, u, grp, unit, `${v}`));
-        k.for('kk', gk, gk.add(g), (kk) => {
-          const row = k.let('qrow', kk.mul(NW));
-          const w = units.map((unit, v) => {
-            const qw = k.let(`qw${v}`, r.qweight.at(row.add(unit)));
-            return dequant(k, qw, params[v]!.z, params[v]!.s).map((val, j) => k.let(`w${v}_${j}`, val));
-          });
-          body(kk, w);
-        });
-      }, g);
+    row: (k, u, kk) => kk.mul(u.Nw.div(8)),
+    values(k, refs, row, unit, tag) {
+      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit)));
+      return unpackNibbles(k, qw);
     },
-    loadUnit(k, refs, u, kk, unit) {
-      const r = refsOf(refs);
-      const grp = k.let('lgrp', kk.div(g));
-      const { z, s } = groupParams(k, r, u, grp, unit, 'l');
-      const qw = k.let('lqw', r.qweight.at(kk.mul(u.Nw.div(8)).add(unit)));
-      return dequant(k, qw, z, s);
+    group: {
+      size: g,
+      params(k, refs, u, grp, unit, tag) {
+        const zw = k.let(`zw${tag}`, (refs.qzeros as ArrayRef<'u32', false>).at(grp.mul(u.Nw.div(8)).add(unit)));
+        const z = unpackNibbles(k, zw).map((v, j) => k.let(`z${tag}_${j}`, v));
+        const sBase = k.let(`sb${tag}`, grp.mul(u.Nw.div(2)).add(unit.mul(4)));
+        const s = unpackScales(k, refs.scales as ArrayRef<'u32', false>, sBase, tag).map((v, j) => k.let(`s${tag}_${j}`, v));
+        return { z, s };
+      },
     },
   };
 }
@@ -99,6 +76,8 @@ export interface Int4LinearConfig extends LinearEpilogue {
   caps?: Caps;
   /** Variant choice (e.g. from the tune cache); missing parts use defaultInt4Choice. */
   choice?: LinearChoiceInput;
+  /** Invocations the device wants in flight (default split-K); guessed from caps if absent. */
+  parallelism?: number;
 }
 
 /** Throws naming the parameter when the configuration cannot be an AWQ GEMM layer. */
@@ -141,11 +120,11 @@ export function int4SegmentSpace(K: number, groupSize: number): number[] {
 }
 
 /** Default variants for a shape and device: big tiles where the device allows. */
-export function defaultInt4Choice(K: number, Nw: number, groupSize: number, caps: Caps): LinearChoice {
+export function defaultInt4Choice(K: number, Nw: number, groupSize: number, caps: Caps, parallelism?: number): LinearChoice {
   const big = caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256;
   const gemv: GemvVariant = { workgroupSize: 64, units: 1 };
   return {
-    segLen: defaultSegmentLength(K, Nw, 8 * gemv.units, groupSize, caps),
+    segLen: defaultSegmentLength(K, Nw, 8 * gemv.units, groupSize, caps, parallelism),
     gemv: Array.from({ length: GEMV_MAX_ROWS }, () => gemv),
     gemm: big ? { tileM: 64, tileN: 128, tileK: 32, blockM: 4, blockN: 8 } : { tileM: 32, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
     finishWorkgroupSize: 64,
@@ -175,7 +154,8 @@ export function int4Linear(c: Int4LinearConfig): LinearOp {
       qzeros: ts('u32', [K / g, Nw / 8], e.gateUp ? '[K/g, 2N/8]' : '[K/g, N/8]'),
       scales: ts('u32', [K / g, Nw / 2], e.gateUp ? '[K/g, 2N/2] (f16 pairs)' : '[K/g, N/2] (f16 pairs)'),
     }),
-    defaults: (K, Nw, caps) => defaultInt4Choice(K, Nw, g, caps),
+    defaults: (K, Nw, caps, par) => defaultInt4Choice(K, Nw, g, caps, par),
     choice: c.choice,
+    parallelism: c.parallelism,
   });
 }

@@ -65,8 +65,10 @@ export interface LinearOpSpec {
   source: WeightSource;
   /** Weight tensors' shapes for (K, Nw). */
   weightTensors: (K: number, Nw: number) => Record<string, TensorShape>;
-  defaults: (K: number, Nw: number, caps: Caps) => LinearChoice;
+  defaults: (K: number, Nw: number, caps: Caps, parallelism?: number) => LinearChoice;
   choice?: LinearChoiceInput;
+  /** Invocations the device wants in flight (sets the default split-K); from caps if absent. */
+  parallelism?: number;
 }
 
 export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {}): LinearChoice {
@@ -96,7 +98,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   const { name, K, N, epilogue: e, source: src } = spec;
   const caps = spec.caps ?? BASELINE_CAPS;
   const Nw = e.gateUp ? 2 * N : N;
-  const choice = resolveChoice(spec.defaults(K, Nw, caps), spec.choice);
+  const choice = resolveChoice(spec.defaults(K, Nw, caps, spec.parallelism), spec.choice);
   checkSegmentLength(name, K, choice.segLen, src.granule);
   if (choice.gemv.length !== GEMV_MAX_ROWS) throw new Error(`${name}: choice.gemv needs ${GEMV_MAX_ROWS} variants (M = 1..${GEMV_MAX_ROWS})`);
   for (const v of choice.gemv) {

@@ -18,9 +18,11 @@ export interface MatmulTiledParams {
   blockM?: number;
   /** Columns of C per invocation (register block). */
   blockN?: number;
+  /** Unroll the loop over the staged K slice at build time (straight-line code, constant offsets). */
+  unrollK?: boolean;
   caps?: Caps;
 }
-export type MatmulTiledConfig = Required<Omit<MatmulTiledParams, 'caps'>>;
+export type MatmulTiledConfig = Required<Omit<MatmulTiledParams, 'caps' | 'unrollK'>> & { unrollK?: boolean };
 
 /** The variants `kiln tune` measures (each fits the baseline caps: ≤ 256 invocations, ≤ 16 KiB). */
 export const MATMUL_TILED_SPACE: MatmulTiledConfig[] = [
@@ -41,15 +43,16 @@ export function matmulTiledDefaults(caps: Caps = BASELINE_CAPS): MatmulTiledConf
 }
 
 export function matmulTiledLabel(c: MatmulTiledConfig): string {
-  return `matmulTiled_${c.tileM}x${c.tileN}x${c.tileK}_${c.blockM}x${c.blockN}`;
+  return `matmulTiled_${c.tileM}x${c.tileN}x${c.tileK}_${c.blockM}x${c.blockN}${c.unrollK ? '_unrolled' : ''}`;
 }
 
 export function matmulTiled(p: MatmulTiledParams = {}) {
   const caps = p.caps ?? BASELINE_CAPS;
   const cfg: MatmulTiledConfig = { ...matmulTiledDefaults(caps), ...stripUndefined(p) };
   const { tileM, tileN, tileK, blockM, blockN } = cfg;
+  const unrollK = cfg.unrollK ?? false;
   const name = 'matmulTiled';
-  for (const [what, v] of Object.entries(cfg)) {
+  for (const [what, v] of Object.entries({ tileM, tileN, tileK, blockM, blockN })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`${name}: ${what} = ${v} is not a positive integer`);
   }
   if (tileM % blockM) throw new Error(`${name}: tileM ${tileM} is not a multiple of blockM ${blockM}`);
@@ -61,7 +64,7 @@ export function matmulTiled(p: MatmulTiledParams = {}) {
 
   return kernel({
     name,
-    params: { ...cfg },
+    params: { tileM, tileN, tileK, blockM, blockN, unrollK },
     caps,
     workgroupSize: [threadsN, threadsM],
     bindings: {
@@ -118,14 +121,22 @@ export function matmulTiled(p: MatmulTiledParams = {}) {
           return { inside: r.lt(K).and(c.lt(N)), from: r.mul(N).add(c), to: e };
         });
         k.barrier();
-        k.for('kk', k.u32(0), tileK, (kk) => {
+        // One rank-1 update of the register block per kk: blockM + blockN shared loads feed
+        // blockM·blockN multiply-adds.
+        const rank1 = (aAt: (i: number) => Val<'u32'>, bAt: (j: number) => Val<'u32'>) => {
           const a: Val<'f32'>[] = [], b: Val<'f32'>[] = [];
-          for (let i = 0; i < blockM; i++) a.push(k.let(`a${i}`, As.at(plus(kk.mul(tileM).add(ty), i * threadsM))));
-          for (let j = 0; j < blockN; j++) b.push(k.let(`b${j}`, Bs.at(plus(kk.mul(tileN).add(tx), j * threadsN))));
+          for (let i = 0; i < blockM; i++) a.push(k.let(`a${i}`, As.at(aAt(i))));
+          for (let j = 0; j < blockN; j++) b.push(k.let(`b${j}`, Bs.at(bAt(j))));
           for (let i = 0; i < blockM; i++) {
             for (let j = 0; j < blockN; j++) acc[i]![j]!.set(acc[i]![j]!.add(a[i]!.mul(b[j]!)));
           }
-        });
+        };
+        if (unrollK) {
+          for (let kk = 0; kk < tileK; kk++) rank1((i) => plus(ty, kk * tileM + i * threadsM), (j) => plus(tx, kk * tileN + j * threadsN));
+        } else {
+          k.for('kk', k.u32(0), tileK, (kk) => rank1(
+            (i) => plus(kk.mul(tileM).add(ty), i * threadsM), (j) => plus(kk.mul(tileN).add(tx), j * threadsN)));
+        }
         // Everyone has finished reading this K slice before the next one overwrites it.
         k.barrier();
       }, tileK);

@@ -29,7 +29,7 @@ export interface LoadedModel {
  * Opens a model: a Hugging Face directory (config.json + safetensors, optional tokenizer.json;
  * AWQ when config.json says so) or a llama2.c .bin checkpoint.
  */
-export function loadModel(p: string): LoadedModel {
+export function openModel(p: string): LoadedModel {
   if (!fs.existsSync(p)) throw new Error(`${p}: no such file or directory`);
   if (!fs.statSync(p).isDirectory()) {
     if (p.endsWith('.bin')) {

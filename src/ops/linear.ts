@@ -1,6 +1,7 @@
 // Host side of the linear layers: upload weights in the kernels' layout, and run a LinearOp after
 // checking every tensor against the shape the op expects — a wrong shape or dtype is reported
 // with the tensor's name and its expected shape before any device work.
+import os from 'node:os';
 import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { type AwqTensors, checkAwqShape } from '../quant/awq.js';
@@ -118,4 +119,14 @@ export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: nu
   const b = dev.alloc('u32', words.length, `${label}.w`);
   dev.write(b, words);
   return b;
+}
+
+/**
+ * What int4Linear/denseLinear should know about a device beyond its caps: how many invocations it
+ * wants in flight, which sets the default split-K. CPU-like devices (the CPU executor, llvmpipe)
+ * want a few workgroups per core; GPUs tens of thousands of invocations.
+ */
+export function linearHints(dev: Device): { caps: Device['caps']; parallelism: number } {
+  const software = dev.kind === 'cpu' || /llvmpipe|lavapipe|swiftshader|software/i.test(dev.description);
+  return { caps: dev.caps, parallelism: software ? 256 * os.availableParallelism() : 65536 };
 }

@@ -8,7 +8,7 @@ import { LinearShapeError, runLinear, uploadDense } from '../../src/ops/linear.j
 import { roundToF16 } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
-import { Buffers } from './helpers.js';
+import { Buffers } from './buffers.js';
 import { firstDiff, linearRef, randomInputs, rowBits, runOp } from './linearRef.js';
 
 /** A random weight [K, Nw] and the values the kernel sees (f16-rounded for f16 weights). */

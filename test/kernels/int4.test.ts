@@ -11,7 +11,7 @@ import { type AwqTensors, dequantizeAwq, packAwqRows } from '../../src/quant/awq
 import { f32ToF16Bits } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, relErr, rng } from '../util.js';
-import { Buffers } from './helpers.js';
+import { Buffers } from './buffers.js';
 import { firstDiff, type LinearInputs, linearRef, randomAwq, randomInputs, rowBits, runOp } from './linearRef.js';
 
 function weightsOf(w: ReturnType<typeof uploadInt4>): Record<string, DeviceBuffer> {

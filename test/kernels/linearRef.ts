@@ -7,7 +7,7 @@ import { type LinearBindings, runLinear } from '../../src/ops/linear.js';
 import { type AwqTensors } from '../../src/quant/awq.js';
 import { f16BitsToF32, f32ToF16Bits } from '../../src/quant/f16.js';
 import { randomF32 } from '../util.js';
-import { Buffers } from './helpers.js';
+import { Buffers } from './buffers.js';
 
 /** Random AutoAWQ tensors: full-range int32 words (negative ones included), random f16 scales. */
 export function randomAwq(K: number, N: number, groupSize: number, r: () => number): AwqTensors {

@@ -10,7 +10,7 @@ import { type Llama3Scaling, rope, type RopeLayout, ropeTable } from '../../code
 import { f16BitsToF32, f32ArrayToF16, f32ToF16Bits, packF16Pairs } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
-import { Buffers, maxRowErr } from './helpers.js';
+import { Buffers, maxRowErr } from './buffers.js';
 
 /** Hugging Face's Llama rotary frequencies, written out again here (float64), with llama3 scaling. */
 function refInvFreq(D: number, theta: number, s?: Llama3Scaling): number[] {
