@@ -1,0 +1,107 @@
+// `kiln generate | eval | bench | tune` (`kiln codegen` is codegen/cli.ts).
+import { readFileSync } from 'node:fs';
+import { windowedPerplexity } from './eval.js';
+import { DEFAULT_MODEL, type GenerateOptions, type LoadOptions, loadModel, type Quant } from './llm.js';
+import { num, type ParsedArgs, parseArgs, rejectUnknown, str } from './util/args.js';
+
+const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
+
+  kiln generate [--model DIR] --prompt TEXT   stream a completion (default model: models/brown-target)
+      --device auto|cpu|webgpu|cuda   --quant none|f32|f16|int4-rtn   --group-size G   --kv f32|f16
+      --max-tokens N   --temperature T   --top-k K   --top-p P   --min-p P   --seed S   --stop TEXT
+  kiln eval ppl [--model DIR] --text FILE     held-out perplexity (windows of 256, no context)
+      --device ...   --quant ...   --group-size G   --windows N   --window W
+  kiln bench <name> [...]                     benchmarks (dsl, int4, attention, accept, generate, ...)
+  kiln tune <kernel> --device D --shape ...   time kernel variants, write the variant cache
+  kiln codegen ...                            ahead-of-time WGSL / CUDA (kiln codegen --help)
+`;
+
+const LOAD_OPTS = ['model', 'device', 'quant', 'group-size', 'kv'];
+
+function loadOptions(a: ParsedArgs): LoadOptions {
+  const kv = str(a, 'kv');
+  if (kv !== undefined && kv !== 'f32' && kv !== 'f16') throw new Error(`--kv must be f32 or f16, got '${kv}'`);
+  return {
+    device: (str(a, 'device') ?? 'auto') as LoadOptions['device'],
+    quant: (str(a, 'quant') ?? 'none') as Quant,
+    groupSize: num(a, 'group-size'),
+    kvDtype: kv as 'f32' | 'f16' | undefined,
+    onProgress: progressBar('loading'),
+  };
+}
+
+/** A one-line progress bar on stderr (plain lines when stderr is not a terminal). */
+function progressBar(label: string): (done: number, total: number) => void {
+  const tty = process.stderr.isTTY;
+  return (done, total) => {
+    if (!tty) { if (done === total) process.stderr.write(`${label}: ${total}/${total}\n`); return; }
+    const width = 30, fill = Math.round((done / total) * width);
+    process.stderr.write(`\r${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${done}/${total}`);
+    if (done === total) process.stderr.write('\n');
+  };
+}
+
+async function generate(a: ParsedArgs): Promise<void> {
+  rejectUnknown(a, [...LOAD_OPTS, 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'seed', 'stop'], 'kiln generate');
+  const prompt = str(a, 'prompt') ?? a.positional.join(' ');
+  if (!prompt) throw new Error('kiln generate: give a prompt with --prompt "..."');
+  const model = str(a, 'model', DEFAULT_MODEL);
+  const llm = await loadModel(model, loadOptions(a));
+  try {
+    process.stderr.write(`model ${llm.source} · ${llm.weights.format}${llm.weights.groupSize ? ` g${llm.weights.groupSize}` : ''} · ${llm.device.description}\n`);
+    const stop = str(a, 'stop');
+    const opts: GenerateOptions = {
+      maxTokens: num(a, 'max-tokens', 128), temperature: num(a, 'temperature'), topK: num(a, 'top-k'),
+      topP: num(a, 'top-p'), minP: num(a, 'min-p'), seed: num(a, 'seed'), stop: stop ? [stop] : undefined,
+    };
+    process.stdout.write(prompt);
+    for await (const t of llm.generate(prompt, opts)) process.stdout.write(t.text);
+    process.stdout.write('\n');
+    const s = llm.lastStats!;
+    const rate = (n: number, ms: number) => (ms > 0 ? (n / ms) * 1000 : 0).toFixed(1);
+    process.stderr.write(`prefill ${s.promptTokens - s.cachedTokens} tokens at ${rate(s.promptTokens - s.cachedTokens, s.prefillMs)} tok/s · `
+      + `decode ${s.generatedTokens} tokens at ${rate(Math.max(0, s.generatedTokens - 1), s.decodeMs)} tok/s · ${s.finishReason}\n`);
+  } finally {
+    await llm.close();
+  }
+}
+
+async function evalCmd(a: ParsedArgs): Promise<void> {
+  const what = a.positional[0];
+  if (what !== 'ppl') throw new Error(`kiln eval: unknown evaluation '${what ?? ''}' (available: ppl)`);
+  rejectUnknown(a, [...LOAD_OPTS, 'text', 'windows', 'window'], 'kiln eval ppl');
+  const file = str(a, 'text');
+  if (!file) throw new Error('kiln eval ppl: give the text file with --text FILE');
+  const text = readFileSync(file, 'utf8');
+  const llm = await loadModel(str(a, 'model', DEFAULT_MODEL), loadOptions(a));
+  try {
+    const ids = llm.encode(text);
+    const r = await windowedPerplexity(llm, ids, { window: num(a, 'window', 256), maxWindows: num(a, 'windows'), onWindow: progressBar('windows') });
+    const quant = `${llm.weights.format}${llm.weights.groupSize ? ` g${llm.weights.groupSize}` : ''}`;
+    console.log(`perplexity ${r.perplexity.toFixed(4)} over ${r.predictions} predictions (${r.windows} windows) · ${llm.source} · ${quant} · ${llm.device.kind} · ${(r.ms / 1000).toFixed(1)} s`);
+  } finally {
+    await llm.close();
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === '--help' || cmd === 'help' || cmd === '-h') { process.stdout.write(HELP); return; }
+  switch (cmd) {
+    case 'generate': return generate(parseArgs(rest));
+    case 'eval': return evalCmd(parseArgs(rest));
+    case 'bench': {
+      process.argv = [process.argv[0]!, 'bench/run.ts', ...rest];
+      await import('../bench/run.js');
+      return;
+    }
+    case 'tune': return (await import('./tune.js')).tuneCommand(parseArgs(rest, ['force']));
+    default: throw new Error(`kiln: unknown command '${cmd}'\n${HELP}`);
+  }
+}
+
+main(process.argv.slice(2)).catch((e: unknown) => {
+  process.stderr.write(`kiln: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
+});
+
