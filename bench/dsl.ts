@@ -118,7 +118,7 @@ export async function main(args: string[]): Promise<void> {
   const label = (t: string) => (t === 'cpuN' ? `cpu×${o.workers}` : t === 'cpu1' ? 'cpu×1' : t);
 
   console.log(`# dsl: tiled f32 matmul, GFLOP/s (median of ≤${o.runs} runs after a warm-up, ≤${o.budget} s per cell)`);
-  console.log(`host: ${os.cpus()[0]?.model ?? '?'} × ${os.availableParallelism()}, node ${process.version}`);
+  console.log(`host: ${os.cpus()[0]?.model ?? '?'} × ${os.availableParallelism()}, node ${process.version}, load average ${os.loadavg()[0]!.toFixed(2)} (other processes skew every number)`);
   for (const [t, d] of devices) console.log(`${label(t)}: ${typeof d === 'string' ? `unavailable — ${d}` : d.description}`);
   console.log('');
 

@@ -4,6 +4,9 @@ type Bench = { main(args: string[]): Promise<void> };
 
 const BENCHES: Record<string, () => Promise<Bench>> = {
   dsl: () => import('./dsl.js'),
+  int4: () => import('./int4.js'),
+  attention: () => import('./attention.js'),
+  accept: () => import('./accept.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -10,7 +10,7 @@ import type { HfTokenizer } from './io/tokenizer.js';
 import { BlockManager } from './kv/blockManager.js';
 import { LlamaForward } from './model/forward.js';
 import type { ModelSpec } from './model/spec.js';
-import { type ModelWeights, type WeightFormat, uploadWeights } from './model/weights.js';
+import { freeWeights, type ModelWeights, type WeightFormat, uploadWeights } from './model/weights.js';
 import { runSampling, type SamplingRequest } from './ops/sampling.js';
 
 /** The model a fresh clone runs with no --model: brown-target, shipped in models/. */
@@ -75,6 +75,7 @@ export class LLM {
   private readonly sampler;
   private readonly tokensBuf: DeviceBuffer<'u32'>;
   private probsBuf: DeviceBuffer<'f32'>;
+  private closed = false;
 
   constructor(
     readonly device: Device,
@@ -102,6 +103,7 @@ export class LLM {
 
   /** Stream new tokens for a prompt (text, or token ids for models without a tokenizer). */
   async *generate(prompt: string | readonly number[], opts: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+    if (this.closed) throw new GenerationError(`${this.source}: the model was closed`);
     const ids = typeof prompt === 'string' ? this.encode(prompt) : [...prompt];
     const o = this.checkOptions(ids, opts);
     const seq = nextSeq++;
@@ -173,6 +175,7 @@ export class LLM {
    * temporary sequence (freed afterwards).
    */
   async logits(ids: readonly number[]): Promise<Float32Array> {
+    if (this.closed) throw new GenerationError(`${this.source}: the model was closed`);
     if (!ids.length) throw new GenerationError('logits: no token ids');
     if (ids.length > this.spec.maxPositions) throw new GenerationError(`logits: ${ids.length} tokens exceed the context of ${this.spec.maxPositions}`);
     this.checkIds(ids);
@@ -195,8 +198,10 @@ export class LLM {
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     this.forwardPass.destroy();
-    for (const b of this.weights.buffers) this.device.free(b);
+    freeWeights(this.device, this.weights);
     this.device.free(this.tokensBuf);
     this.device.free(this.probsBuf);
     if (this.ownsDevice) await this.device.destroy();
@@ -265,19 +270,30 @@ function stopPrefixTail(text: string, stops: readonly string[]): number {
 
 /** Load a model (HF directory, AWQ checkpoint or llama2.c .bin) onto a device. */
 export async function loadModel(path: string = DEFAULT_MODEL, opts: LoadOptions = {}): Promise<LLM> {
+  // Options first: nothing is created or allocated for a load that cannot succeed.
+  const format = quantFormat(opts.quant ?? 'none');
+  for (const name of ['numBlocks', 'maxBatchTokens', 'groupSize'] as const) {
+    const v = opts[name];
+    if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new GenerationError(`${name} = ${v} must be a positive integer`);
+  }
+  if (opts.kvDtype !== undefined && opts.kvDtype !== 'f32' && opts.kvDtype !== 'f16') throw new GenerationError(`kvDtype '${String(opts.kvDtype)}' is not f32 or f16`);
   const owns = typeof opts.device !== 'object';
   const device = typeof opts.device === 'object' ? opts.device : await createDevice(opts.device ?? 'auto');
   let files: LoadedModel | null = null;
+  let weights: ModelWeights | null = null;
+  let fw: LlamaForward | null = null;
   try {
     files = openModel(path);
     const spec = files.spec;
-    const format = quantFormat(opts.quant ?? 'none');
-    const weights = uploadWeights(device, spec, files.weights, { format, groupSize: opts.groupSize, onProgress: opts.onProgress });
+    weights = uploadWeights(device, spec, files.weights, { format, groupSize: opts.groupSize, onProgress: opts.onProgress });
     const blockSize = 16;
     const numBlocks = opts.numBlocks ?? Math.ceil(spec.maxPositions / blockSize) * 4 + 1;
-    const fw = new LlamaForward(device, spec, weights, { numBlocks, blockSize, kvDtype: opts.kvDtype, maxBatchTokens: opts.maxBatchTokens });
+    fw = new LlamaForward(device, spec, weights, { numBlocks, blockSize, kvDtype: opts.kvDtype, maxBatchTokens: opts.maxBatchTokens });
     return new LLM(device, spec, files.tokenizer, weights, fw, new BlockManager(numBlocks, { blockSize }), owns, files.source);
   } catch (e) {
+    // A passed-in device outlives the failed load: give back everything allocated on it.
+    fw?.destroy();
+    if (weights) freeWeights(device, weights);
     if (owns) await device.destroy();
     throw e;
   } finally {

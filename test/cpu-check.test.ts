@@ -2,7 +2,7 @@
 // out-of-bounds index, a divergent barrier — are reported naming kernel, array, index and the
 // invocations; correct kernels report nothing.
 import { afterAll, describe, expect, it } from 'vitest';
-import { type Kernel, kernel, storage } from '../codegen/dsl/index.js';
+import { type Bindings, type Kernel, kernel, storage } from '../codegen/dsl/index.js';
 import type { StorageType } from '../codegen/dsl/types.js';
 import { matmulTiled } from '../codegen/kernels/matmulTiled.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
@@ -17,7 +17,7 @@ type Data = Record<string, HostArray<StorageType>>;
 /** Launch once; resolves to the read_write outputs, or rejects with what sync() reports. */
 async function exec(d: Device, k: Kernel<any, any>, data: Data, u: Record<string, number>): Promise<Data> {
   const bufs: Record<string, DeviceBuffer> = {};
-  for (const [name, spec] of Object.entries(k.bindings)) {
+  for (const [name, spec] of Object.entries(k.bindings as Bindings)) {
     bufs[name] = d.alloc(spec.t, data[name]!.length, name);
     d.write(bufs[name]!, data[name]!);
   }
@@ -25,7 +25,7 @@ async function exec(d: Device, k: Kernel<any, any>, data: Data, u: Record<string
     d.launch(k, bufs as never, u as never);
     await d.sync();
     const out: Data = {};
-    for (const [name, spec] of Object.entries(k.bindings)) if (spec.access === 'read_write') out[name] = await d.read(bufs[name]!);
+    for (const [name, spec] of Object.entries(k.bindings as Bindings)) if (spec.access === 'read_write') out[name] = await d.read(bufs[name]!);
     return out;
   } finally {
     for (const b of Object.values(bufs)) d.free(b);

@@ -3,7 +3,7 @@
 // Kernels are written here; references are independent (BigInt for integers, explicit rounding).
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  type Kernel, clamp, dot, fma, inverseSqrt, kernel, max, min, round, sqrt, storage,
+  type Bindings, type Kernel, clamp, dot, fma, inverseSqrt, kernel, max, min, round, sqrt, storage,
 } from '../codegen/dsl/index.js';
 import type { StorageType } from '../codegen/dsl/types.js';
 import { emitJS, f16BitsToF32, f32ToF16Bits } from '../codegen/emit/js.js';
@@ -13,7 +13,7 @@ import { createCpuDevice, CPU_CAPS, KernelRunError } from '../src/backend/cpu/in
 import { type Device, type DeviceBuffer, type HostArray, LaunchError } from '../src/backend/device.js';
 import { freshSeed, randomF32, rng } from './util.js';
 
-const dev = await createCpuDevice({ workers: 2 });
+const dev = await createCpuDevice({ workers: 2, check: false });
 const devs: Device[] = [dev];
 afterAll(async () => { for (const d of devs) await d.destroy(); });
 
@@ -21,7 +21,7 @@ type Data = Record<string, HostArray<StorageType>>;
 /** Upload `data` (one array per binding), launch once, read back every read_write binding. */
 async function exec(d: Device, k: Kernel<any, any>, data: Data, u: Record<string, number>): Promise<Data> {
   const bufs: Record<string, DeviceBuffer> = {};
-  for (const [name, spec] of Object.entries(k.bindings)) {
+  for (const [name, spec] of Object.entries(k.bindings as Bindings)) {
     const arr = data[name];
     if (!arr) throw new Error(`test: no data for binding '${name}'`);
     bufs[name] = d.alloc(spec.t, arr.length, name);
@@ -29,7 +29,7 @@ async function exec(d: Device, k: Kernel<any, any>, data: Data, u: Record<string
   }
   d.launch(k, bufs as never, u as never);
   const out: Data = {};
-  for (const [name, spec] of Object.entries(k.bindings)) if (spec.access === 'read_write') out[name] = await d.read(bufs[name]!);
+  for (const [name, spec] of Object.entries(k.bindings as Bindings)) if (spec.access === 'read_write') out[name] = await d.read(bufs[name]!);
   for (const b of Object.values(bufs)) d.free(b);
   return out;
 }
@@ -298,6 +298,61 @@ describe('barriers and shared memory', () => {
     }
   });
 
+  it('continue, if/else with barriers in both branches, a while loop around a barrier; vector, bool and private state across them', async () => {
+    const W = 32;
+    const k = kernel({
+      name: 'controlFlow', workgroupSize: W, grid: () => 2,
+      bindings: { x: storage('f32', 'read'), out: storage('f32', 'read_write') }, uniforms: { T: 'u32', skip: 'u32' },
+      body(k, { x, out }, { T, skip }) {
+        const tile = k.shared('tile', 'f32', W);
+        const li = k.let('li', k.localIndex);
+        const v = k.var('v', k.vec('vec2<f32>', x.at(k.globalId.x), k.f32(1)));
+        const flag = k.var('flag', li.rem(3).eq(0));
+        const acc = k.var('acc', 'f32', 0);
+        const p = k.privateArray('p', 'f32', 2);
+        k.for('t', k.u32(0), T, (t) => {
+          k.if(t.eq(skip), () => k.continue());
+          tile.set(li, v.x.add(k.f32(t)));
+          k.barrier();
+          k.if(t.rem(2).eq(0), () => {
+            acc.set(acc.add(tile.at(li.add(1).rem(W))));
+            k.barrier();
+          }, () => {
+            acc.set(acc.sub(tile.at(li.add(W - 1).rem(W))));
+            k.barrier();
+          });
+          const j = k.var('j', 'f32', 0);
+          k.while(tile.at(0).gt(j), () => { k.barrier(); j.set(j.add(1)); });
+          p.set(1, p.at(1).add(j));
+          v.set(v.swizzle<'vec2<f32>'>('yx'));
+          k.if(flag, () => acc.set(acc.add(1)));
+          flag.set(flag.not());
+          k.barrier();
+        });
+        const o = k.let('o', k.globalId.x.mul(4));
+        out.set(o, acc); out.set(o.add(1), v.x); out.set(o.add(2), v.y); out.set(o.add(3), p.at(1));
+      },
+    });
+    const x = randomF32(2 * W, rng(freshSeed('control flow')), 0, 2.5);
+    const [T, skip] = [6, 3];
+    const { out } = await exec(dev, k, { x, out: poisonF32(8 * W) }, { T, skip });
+    const ref = new Float32Array(8 * W);
+    for (let g = 0; g < 2; g++) {
+      const tile = new Float32Array(W);
+      const st = Array.from({ length: W }, (_, li) => ({ v: [x[g * W + li]!, 1], flag: li % 3 === 0, acc: 0, p: 0 }));
+      for (let t = 0; t < T; t++) {
+        if (t === skip) continue;
+        st.forEach((s, li) => { tile[li] = f(s.v[0]! + t); });
+        st.forEach((s, li) => { s.acc = t % 2 === 0 ? f(s.acc + tile[(li + 1) % W]!) : f(s.acc - tile[(li + W - 1) % W]!); });
+        let j = 0;
+        while (tile[0]! > j) j = f(j + 1);
+        for (const s of st) { s.p = f(s.p + j); s.v = [s.v[1]!, s.v[0]!]; if (s.flag) s.acc = f(s.acc + 1); s.flag = !s.flag; }
+      }
+      st.forEach((s, li) => ref.set([s.acc, s.v[0]!, s.v[1]!, s.p], (g * W + li) * 4));
+    }
+    expect(out).toEqual(ref);
+  });
+
   it('invocations that return early stop taking part; the rest still synchronise', async () => {
     const early = kernel({
       name: 'earlyReturn', workgroupSize: WG, grid: () => 2,
@@ -373,9 +428,42 @@ describe('subgroups (emulated, size 32)', () => {
   }
 });
 
+describe('subgroup-uniform loops', () => {
+  it('a while condition and a for bound computed by subgroup operations', async () => {
+    const WG = 64;
+    const k = kernel({
+      name: 'subgroupLoops', workgroupSize: WG, grid: () => 1, caps: CPU_CAPS,
+      bindings: { u: storage('u32', 'read'), out: storage('u32', 'read_write') }, uniforms: {},
+      body(k, { u, out }) {
+        if (!k.caps.subgroups) throw new Error('test needs subgroups');
+        const li = k.let('li', k.localIndex);
+        const cnt = k.var('cnt', 'u32', 0);
+        const steps = k.var('steps', 'u32', 0);
+        // Each subgroup loops until its lanes' counts add up to its limit: trip counts differ by subgroup.
+        k.while(k.subgroupAdd(cnt).lt(u.at(li.div(32).add(WG))), () => {
+          cnt.set(cnt.add(u.at(li)));
+          steps.set(steps.add(1));
+        });
+        const tot = k.var('tot', 'u32', 0);
+        k.for('i', k.u32(0), k.subgroupMax(u.at(li)), (i) => tot.set(tot.add(i)));
+        out.set(li.mul(3), cnt); out.set(li.mul(3).add(1), steps); out.set(li.mul(3).add(2), tot);
+      },
+    });
+    const r = rng(freshSeed('subgroup loops'));
+    const u = new Uint32Array(WG + 2).map((_, i) => (i < WG ? 1 + Math.floor(r() * 4) : 200 + Math.floor(r() * 300)));
+    const { out } = await exec(dev, k, { u, out: new Uint32Array(3 * WG) }, {});
+    for (let sgp = 0; sgp < 2; sgp++) {
+      const lanes = Array.from(u.slice(32 * sgp, 32 * sgp + 32));
+      const per = lanes.reduce((p, q) => p + q, 0), limit = u[WG + sgp]!;
+      const steps = Math.ceil(limit / per), m = Math.max(...lanes);
+      lanes.forEach((c, l) => expect(Array.from(out!.slice(3 * (32 * sgp + l), 3 * (32 * sgp + l) + 3))).toEqual([c * steps, steps, (m * (m - 1)) / 2]));
+    }
+  });
+});
+
 describe('workers', () => {
   it('atomics are exact across many workgroups on several workers', async () => {
-    const d = await createCpuDevice({ workers: 3 });
+    const d = await createCpuDevice({ workers: 3, check: false });
     devs.push(d);
     const k = kernel({
       name: 'atomicCount', workgroupSize: 64, grid: ({ groups }) => groups,
@@ -406,7 +494,7 @@ describe('workers', () => {
   });
 
   it('1 worker, 3 workers and the main thread give bit-identical results', async () => {
-    const one = await createCpuDevice({ workers: 1 }), three = await createCpuDevice({ workers: 3 }), inline = await createCpuDevice({ workers: 0 });
+    const one = await createCpuDevice({ workers: 1, check: false }), three = await createCpuDevice({ workers: 3, check: false }), inline = await createCpuDevice({ workers: 0, check: false });
     devs.push(one, three, inline);
     const mm = matmulTiled({ tileM: 32, tileN: 32, tileK: 8, blockM: 2, blockN: 2 });
     const r = rng(freshSeed('workers'));

@@ -142,7 +142,7 @@ function $ckP(id, i, li, kind) {
   if (i >= 0 && i < $PRIV_LEN[id]) return i;
   $report('oob:' + $PRIV[id] + ':' + i, 'out-of-bounds ' + $ACCESS[kind] + ' of private array \\'' + $PRIV[id] + '\\' at index ' + i +
     ' (length ' + $PRIV_LEN[id] + ') by ' + $describe(li) + ' in workgroup ' + $wid);
-  return -1;
+  return 1073741824; // past the end even when added to an invocation's base in a shared backing array
 }
 function $race(id, i, a, aWhat, b, bWhat) {
   $report('race:' + $SH[id] + ':' + i, 'race on workgroup array \\'' + $SH[id] + '\\' at index ' + i + ': ' + $describe(a) + ' ' + aWhat +

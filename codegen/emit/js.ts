@@ -14,172 +14,24 @@
 // workgroup. buffers are typed arrays in binding order (f16 as Uint16Array bits); uniforms are
 // numbers in declaration order. In checking mode ctx collects findings: { findings: string[],
 // keys: Set<string>, count: number, limit: number }.
-import type { BinOp, Builtin, Expr, KernelIR, MathFn, Stmt, SubgroupOp, UnOp } from '../dsl/ir.js';
-import { type DType, type Scalar, elemOf, isVec, widthOf } from '../dsl/types.js';
+import type { Expr, KernelIR } from '../dsl/ir.js';
+import { type DType, elemOf, isVec, widthOf } from '../dsl/types.js';
+import {
+  JsExpressions, type JsEmitOptions, KIND, SHARED_ARRAY, SPILL_ARRAY, XYZW, bare, jsId,
+} from './js-expr.js';
+import {
+  type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, forEachExpr, isSync, regionUse, regionsOf,
+} from './js-lower.js';
 import { CHECK_RUNTIME, helperSource } from './js-runtime.js';
 
-export interface JsEmitOptions {
-  /** Report out-of-bounds accesses, shared-memory races and divergent barriers into ctx. */
-  check?: boolean;
-  /** Emulated subgroup size (default: the kernel's caps.subgroupSize, else 32). */
-  subgroupSize?: number;
-}
+export type { JsEmitOptions } from './js-expr.js';
+export { f16BitsToF32, f32ToF16Bits } from './js-expr.js';
 
 /** Source text of the workgroup function for `ir` (see the file header for how to call it). */
 export function emitJS(ir: KernelIR, opts: JsEmitOptions = {}): string {
   return new JsEmitter(ir, opts).emit();
 }
 
-// Host-side f16 conversion, the same code the kernels run.
-const F16 = new Function(`${helperSource(['f16'])}\nreturn { $f16bits, $f16r, $F16 };`)() as {
-  $f16bits(x: number): number; $f16r(x: number): number; $F16: Float32Array;
-};
-/** f32 value → f16 bits, round to nearest even. */
-export const f32ToF16Bits = (x: number): number => F16.$f16bits(x);
-/** f16 bits → value. */
-export const f16BitsToF32 = (h: number): number => F16.$F16[h & 0xffff]!;
-
-// ---- lowered statements: subgroup operations hoisted to statement level ------------------------
-type SgStmt = { k: '$sg'; name: string; t: Scalar; op: SubgroupOp; a: Expr; b?: Expr };
-type XStmt =
-  | Exclude<Stmt, { k: 'if' | 'for' | 'while' }>
-  | { k: 'if'; cond: Expr; then: XStmt[]; else: XStmt[] }
-  | { k: 'for'; name: string; t: 'i32' | 'u32'; from: Expr; to: Expr; step: Expr; body: XStmt[] }
-  | { k: 'while'; cond: Expr; body: XStmt[] }
-  // A loop whose condition or step needed hoisted statements: pre; if (!cond) break; body; post.
-  | { k: '$loop'; pre: XStmt[]; cond: Expr; body: XStmt[]; post: XStmt[] }
-  | SgStmt;
-
-function mapExpr(e: Expr, f: (x: Expr) => Expr): Expr {
-  switch (e.k) {
-    case 'const': case 'var': case 'uniform': case 'builtin': return e;
-    case 'load': return { ...e, index: f(e.index) };
-    case 'bin': return { ...e, a: f(e.a), b: f(e.b) };
-    case 'un': case 'cast': case 'bitcast': case 'swizzle': return { ...e, a: f(e.a) };
-    case 'pack2x16float': return { ...e, a: f(e.a) };
-    case 'unpack2x16float': return { ...e, a: f(e.a) };
-    case 'call': return { ...e, args: e.args.map(f) };
-    case 'vec': return { ...e, args: e.args.map(f) };
-    case 'select': return { ...e, cond: f(e.cond), a: f(e.a), b: f(e.b) };
-    case 'subgroup': return { ...e, a: f(e.a), b: e.b && f(e.b) };
-  }
-}
-function forEachExpr(e: Expr, f: (x: Expr) => void): void {
-  f(e);
-  mapExpr(e, (x) => { forEachExpr(x, f); return x; });
-}
-
-/** Moves every subgroup operation into a `$sg` statement of its own (a sync point). */
-class SubgroupHoister {
-  private n = 0;
-  expr(e: Expr, out: XStmt[]): Expr {
-    const inner = mapExpr(e, (x) => this.expr(x, out));
-    if (inner.k !== 'subgroup') return inner;
-    const name = `$sg${++this.n}`;
-    out.push({ k: '$sg', name, t: inner.t as Scalar, op: inner.op, a: inner.a, b: inner.b });
-    return { k: 'var', t: inner.t, name };
-  }
-  stmts(list: Stmt[]): XStmt[] {
-    const out: XStmt[] = [];
-    for (const s of list) this.stmt(s, out);
-    return out;
-  }
-  private stmt(s: Stmt, out: XStmt[]): void {
-    switch (s.k) {
-      case 'let': out.push({ ...s, init: this.expr(s.init, out) }); return;
-      case 'assign': out.push({ ...s, value: this.expr(s.value, out) }); return;
-      case 'store': out.push({ ...s, index: this.expr(s.index, out), value: this.expr(s.value, out) }); return;
-      case 'atomic': {
-        const index = this.expr(s.index, out), value = this.expr(s.value, out);
-        out.push({ ...s, index, value, compare: s.compare && this.expr(s.compare, out) });
-        return;
-      }
-      case 'if': {
-        const cond = this.expr(s.cond, out);
-        out.push({ k: 'if', cond, then: this.stmts(s.then), else: this.stmts(s.else) });
-        return;
-      }
-      case 'for': {
-        const from = this.expr(s.from, out);
-        const pre: XStmt[] = [], post: XStmt[] = [];
-        const to = this.expr(s.to, pre), step = this.expr(s.step, post);
-        const body = this.stmts(s.body);
-        if (!pre.length && !post.length) { out.push({ ...s, from, body }); return; }
-        const v: Expr = { k: 'var', t: s.t, name: s.name };
-        out.push({ k: 'let', name: s.name, t: s.t, init: from, mutable: true });
-        post.push({ k: 'assign', name: s.name, value: { k: 'bin', t: s.t, op: 'add', a: v, b: step } });
-        out.push({ k: '$loop', pre, cond: { k: 'bin', t: 'bool', op: 'lt', a: v, b: to }, body, post });
-        return;
-      }
-      case 'while': {
-        const pre: XStmt[] = [];
-        const cond = this.expr(s.cond, pre);
-        const body = this.stmts(s.body);
-        out.push(pre.length ? { k: '$loop', pre, cond, body, post: [] } : { k: 'while', cond, body });
-        return;
-      }
-      default: out.push(s);
-    }
-  }
-}
-
-function isSync(s: XStmt): boolean {
-  switch (s.k) {
-    case 'barrier': case '$sg': return true;
-    case 'if': return s.then.some(isSync) || s.else.some(isSync);
-    case 'for': case 'while': return s.body.some(isSync);
-    case '$loop': return s.pre.some(isSync) || s.body.some(isSync) || s.post.some(isSync);
-    default: return false;
-  }
-}
-
-// ---- workgroup-level program ---------------------------------------------------------------------
-/** Masks enclosing a point (root first) and, inside a workgroup-level loop, which are its masks. */
-interface WgCtx { masks: string[]; loop?: { lIdx: number; iIdx: number } }
-type Item =
-  | { k: 'stmt'; s: XStmt }
-  | { k: 'cond'; cond: Expr; then: string; else?: string }
-  | { k: 'loopCond'; cond: Expr; mask: string }
-  | { k: 'deposit'; sg: SgStmt; id: number };
-interface RegionUse { refs: Set<string>; written: Set<string>; declTop: Set<string> }
-interface Region { ctx: WgCtx; pre: string[]; items: Item[]; use?: RegionUse }
-type Wg =
-  | { k: 'region'; r: Region }
-  | { k: 'barrier'; ctx: WgCtx; id: number }
-  | { k: 'sg'; sg: SgStmt; id: number; ctx: WgCtx }
-  | { k: 'if'; t: string; e?: string; then: Wg[]; else: Wg[] }
-  | { k: 'loop'; l: string; i: string; parent: string; pre: Wg[]; body: Wg[]; post: Wg[] };
-
-// ---- identifiers and literals --------------------------------------------------------------------
-// Names the builder lets through that JavaScript (or the globals generated code uses) would not.
-const JS_AVOID = new Set(('in of debugger enum implements let static yield await arguments eval Atomics Math ' +
-  'Float32Array Float64Array Int32Array Uint32Array Uint16Array Uint8Array Object Array Number Error String ' +
-  'Boolean Symbol globalThis Infinity NaN undefined').split(' '));
-const jsId = (name: string): string => (JS_AVOID.has(name) ? `${name}$` : name);
-const XYZW = 'xyzw';
-const SIMPLE = /^(?:[$A-Za-z_][$\w]*|\d[\d.e+-]*|\(-[\d.e+-]+\)|true|false|Infinity|\(-Infinity\))$/;
-const INT_LITERAL = /^\(?-?\d+\)?$/;
-
-/** x without one pair of enclosing parentheses, where a statement supplies its own. */
-function bare(x: string): string {
-  if (!x.startsWith('(') || !x.endsWith(')')) return x;
-  let depth = 0;
-  for (let i = 0; i < x.length; i++) {
-    if (x[i] === '(') depth++;
-    else if (x[i] === ')' && --depth === 0 && i < x.length - 1) return x;
-  }
-  return x.slice(1, -1);
-}
-
-function num(v: number): string {
-  if (Object.is(v, -0)) return '(-0)';
-  return v < 0 ? `(${v})` : String(v);
-}
-const SPILL_ARRAY: Record<Scalar, string> = { f32: 'Float32Array', f16: 'Float32Array', i32: 'Int32Array', u32: 'Uint32Array', bool: 'Uint8Array' };
-const SHARED_ARRAY: Record<string, string> = { f32: 'Float32Array', i32: 'Int32Array', u32: 'Uint32Array' };
-const KIND: Record<string, number> = { f32: 0, f16: 1, i32: 2, u32: 3 };
-
-interface PrivInfo { name: string; js: string; t: Scalar; length: number; scalar: boolean; id: number }
 interface RegionCtx {
   multi: boolean;
   ctx: WgCtx;
@@ -191,47 +43,27 @@ interface RegionCtx {
   written: Set<string>;
 }
 
-class JsEmitter {
-  private readonly check: boolean;
-  private readonly sg: number;
-  private readonly wg: [number, number, number];
-  private readonly n: number;
+class JsEmitter extends JsExpressions {
   private readonly body: XStmt[];
-  private readonly vars = new Map<string, DType>();
-  private readonly privs = new Map<string, PrivInfo>();
-  private readonly bufs = new Map<string, { id: number; js: string; t: string }>();
-  private readonly shared = new Map<string, { id: number; js: string }>();
-  private readonly helpers = new Set<string>();
   private readonly state: string[] = [];
-  private spilled = new Set<string>();
-  private sink: string[] | null = null;
-  private temps = 0;
   private masks = 0;
-  private barriers = 0;
-  private sgOps = 0;
-  private builtins = new Set<Builtin>();
+  private regionCount = 0;
+  /** Region functions, emitted inside make(). */
+  private readonly fns: string[] = [];
   private rc!: RegionCtx;
-  // lowering state
-  private out: Wg[] = [];
-  private cur: Region | null = null;
-  private readonly forcedSpill = new Set<string>();
 
-  constructor(private readonly ir: KernelIR, opts: JsEmitOptions) {
-    this.check = !!opts.check;
-    this.sg = opts.subgroupSize ?? (ir.caps.subgroupSize > 0 ? ir.caps.subgroupSize : 32);
-    if (!(this.sg >= 1 && this.sg <= 128 && (this.sg & (this.sg - 1)) === 0)) {
-      throw new Error(`kernel '${ir.name}': emulated subgroup size ${this.sg} is not a power of two up to 128`);
-    }
-    this.wg = ir.workgroupSize;
-    this.n = this.wg[0] * this.wg[1] * this.wg[2];
+  constructor(ir: KernelIR, opts: JsEmitOptions) {
+    super(ir, opts);
     this.body = new SubgroupHoister().stmts(ir.body);
-    ir.buffers.forEach((b, id) => this.bufs.set(b.name, { id, js: jsId(b.name), t: b.t }));
-    ir.shared.forEach((s, id) => this.shared.set(s.name, { id, js: jsId(s.name) }));
     this.collectDecls(this.body);
   }
 
-  private fail(msg: string): never {
-    throw new Error(`kernel '${this.ir.name}' (JS emitter): ${msg}`);
+  private readonly isLocal = (name: string): boolean => this.vars.has(name) || this.privs.has(name);
+
+  private mask(): string {
+    const m = `$m${++this.masks}`;
+    this.state.push(`const ${m} = new Uint8Array(${this.n});`);
+    return m;
   }
 
   // ---- declarations --------------------------------------------------------------------------
@@ -268,255 +100,6 @@ class JsEmitter {
     visit(list);
     // Private arrays indexed only by constants become one local per element.
     for (const [name, p] of this.privs) p.scalar = !nonConst.has(name) && p.length <= 256;
-  }
-
-  /** Mark a runtime helper as used; returns `fn`, the function to call. */
-  private h(helper: string, fn = ''): string { this.helpers.add(helper); return fn; }
-
-  private mask(): string {
-    const m = `$m${++this.masks}`;
-    this.state.push(`const ${m} = new Uint8Array(${this.n});`);
-    return m;
-  }
-
-  // ---- expressions ---------------------------------------------------------------------------
-  /** Component expressions of e (one for a scalar). */
-  private ex(e: Expr): string[] {
-    switch (e.k) {
-      case 'const': return new Array<string>(widthOf(e.t)).fill(this.lit(elemOf(e.t), e.v));
-      case 'var': {
-        const id = jsId(e.name);
-        return isVec(e.t) ? [...XYZW.slice(0, widthOf(e.t))].map((c) => `${id}$${c}`) : [id];
-      }
-      case 'uniform': return [jsId(e.name)];
-      case 'builtin': return this.builtin(e.name);
-      case 'load': return [this.load(e)];
-      case 'bin': {
-        const a = this.ex(e.a), b = this.ex(e.b), t = elemOf(e.a.t);
-        return a.map((x, i) => this.binS(e.op, t, x, b[i]!));
-      }
-      case 'un': return this.ex(e.a).map((x) => this.unS(e.op, elemOf(e.t), x));
-      case 'call': return this.call(e.fn, e.args);
-      case 'select': {
-        let c = this.ex(e.cond);
-        const a = this.ex(e.a), b = this.ex(e.b);
-        if (c.length === 1 && a.length > 1) c = this.materialize(c);
-        return a.map((x, i) => `(${c[c.length === 1 ? 0 : i]} ? ${x} : ${b[i]})`);
-      }
-      case 'cast': {
-        const from = elemOf(e.a.t), to = elemOf(e.t);
-        return this.ex(e.a).map((x) => this.castS(from, to, x));
-      }
-      case 'bitcast': return this.bitcast(e.a, e.t);
-      case 'pack2x16float': {
-        const [x, y] = this.ex(e.a);
-        this.h('f16');
-        return [`(($f16bits(${x}) | ($f16bits(${y}) << 16)) >>> 0)`];
-      }
-      case 'unpack2x16float': {
-        const [u] = this.materialize(this.ex(e.a));
-        this.h('f16');
-        return [`$F16[${u} & 65535]`, `$F16[${u} >>> 16]`];
-      }
-      case 'vec': {
-        const parts = e.args.flatMap((a) => this.ex(a));
-        const w = widthOf(e.t);
-        if (parts.length === 1 && w > 1) return new Array<string>(w).fill(this.materialize(parts)[0]!);
-        if (parts.length !== w) this.fail(`${e.t} built from ${parts.length} components`);
-        return parts;
-      }
-      case 'swizzle': {
-        let a = this.ex(e.a);
-        if (new Set(e.comps).size < e.comps.length) a = this.materialize(a);
-        return [...e.comps].map((c) => a[XYZW.indexOf(c)]!);
-      }
-      case 'subgroup': return this.fail('subgroup operation left inside an expression');
-    }
-  }
-  private sc(e: Expr): string { return this.ex(e)[0]!; }
-
-  /** Components bound to temporaries (in the current statement's prelude) unless trivial. */
-  private materialize(comps: string[]): string[] {
-    return comps.map((c) => {
-      if (SIMPLE.test(c)) return c;
-      if (!this.sink) this.fail('no place for a temporary');
-      const t = `$t${++this.temps}`;
-      this.sink.push(`const ${t} = ${bare(c)};`);
-      return t;
-    });
-  }
-
-  private lit(s: Scalar, v: number | boolean): string {
-    if (s === 'bool') return String(!!v);
-    const x = Number(v);
-    switch (s) {
-      case 'f32': return num(Math.fround(x));
-      case 'f16': return num(F16.$f16r(x));
-      case 'i32': return num(x | 0);
-      case 'u32': return num(x >>> 0);
-    }
-  }
-
-  private builtin(name: Builtin): string[] {
-    this.builtins.add(name);
-    switch (name) {
-      case 'globalId': return ['$gx', '$gy', '$gz'];
-      case 'localId': return ['$lx', '$ly', '$lz'];
-      case 'workgroupId': return ['$wgX', '$wgY', '$wgZ'];
-      case 'numWorkgroups': return ['$nwgX', '$nwgY', '$nwgZ'];
-      case 'localIndex': return ['$li'];
-      case 'subgroupInvocationId': return ['$sgLane'];
-      case 'subgroupSize': return [String(this.sg)];
-    }
-  }
-
-  private round(t: Scalar, x: string): string {
-    if (t === 'f16') return `${this.h('f16', '$f16r')}(${x})`;
-    return `Math.fround(${x})`;
-  }
-
-  private binS(op: BinOp, t: Scalar, a: string, b: string): string {
-    const CMP: Partial<Record<BinOp, string>> = { lt: '<', le: '<=', gt: '>', ge: '>=', eq: '===', ne: '!==', and: '&&', or: '||' };
-    const cmp = CMP[op];
-    if (cmp) return `(${a} ${cmp} ${b})`;
-    const constDivisor = INT_LITERAL.test(b) && Number(b.replace(/[()]/g, '')) !== 0;
-    if (t === 'f32' || t === 'f16') {
-      const sym = { add: '+', sub: '-', mul: '*', div: '/', rem: '%' }[op as 'add'];
-      if (!sym) this.fail(`'${op}' on ${t}`);
-      return this.round(t, `${a} ${sym} ${b}`);
-    }
-    if (t === 'i32') {
-      switch (op) {
-        case 'add': return `((${a} + ${b}) | 0)`;
-        case 'sub': return `((${a} - ${b}) | 0)`;
-        case 'mul': return `Math.imul(${a}, ${b})`;
-        case 'div': return constDivisor ? `((${a} / ${b}) | 0)` : `${this.h('idiv', '$idiv')}(${a}, ${b})`;
-        case 'rem': return constDivisor ? `((${a} % ${b}) | 0)` : `${this.h('idiv', '$irem')}(${a}, ${b})`;
-        case 'band': return `(${a} & ${b})`;
-        case 'bor': return `(${a} | ${b})`;
-        case 'bxor': return `(${a} ^ ${b})`;
-        case 'shl': return `(${a} << ${b})`;
-        case 'shr': return `(${a} >> ${b})`;
-        default: break;
-      }
-    } else if (t === 'u32') {
-      switch (op) {
-        case 'add': return `((${a} + ${b}) >>> 0)`;
-        case 'sub': return `((${a} - ${b}) >>> 0)`;
-        case 'mul': return `(Math.imul(${a}, ${b}) >>> 0)`;
-        case 'div': return constDivisor ? `((${a} / ${b}) >>> 0)` : `${this.h('idiv', '$udiv')}(${a}, ${b})`;
-        case 'rem': return constDivisor ? `(${a} % ${b})` : `${this.h('idiv', '$urem')}(${a}, ${b})`;
-        case 'band': return `((${a} & ${b}) >>> 0)`;
-        case 'bor': return `((${a} | ${b}) >>> 0)`;
-        case 'bxor': return `((${a} ^ ${b}) >>> 0)`;
-        case 'shl': return `((${a} << ${b}) >>> 0)`;
-        case 'shr': return `(${a} >>> ${b})`;
-        default: break;
-      }
-    }
-    return this.fail(`'${op}' on ${t}`);
-  }
-
-  private unS(op: UnOp, t: Scalar, a: string): string {
-    switch (op) {
-      case 'not': return `(!${a})`;
-      case 'neg': return t === 'i32' ? `((-${a}) | 0)` : `(-${a})`;
-      case 'bnot': return t === 'u32' ? `((~${a}) >>> 0)` : `(~${a})`;
-    }
-  }
-
-  private call(fn: MathFn, args: Expr[]): string[] {
-    const t = elemOf(args[0]!.t);
-    const as = args.map((a) => this.ex(a));
-    if (fn === 'dot') {
-      const [a, b] = as as [string[], string[]];
-      let acc = this.round(t, `${a[0]} * ${b[0]}`);
-      for (let i = 1; i < a.length; i++) acc = this.round(t, `${acc} + ${this.round(t, `${a[i]} * ${b[i]}`)}`);
-      return [acc];
-    }
-    return as[0]!.map((_, i) => this.callS(fn, t, as.map((a) => a[i]!)));
-  }
-
-  private callS(fn: MathFn, t: Scalar, [a, b, c]: string[]): string {
-    const float = t === 'f32' || t === 'f16';
-    switch (fn) {
-      case 'exp': case 'log': case 'log2': case 'sqrt': case 'sin': case 'cos': case 'tanh':
-        return this.round(t, `Math.${fn}(${a})`);
-      case 'exp2': return this.round(t, `Math.pow(2, ${a})`);
-      case 'inverseSqrt': return this.round(t, `1 / Math.sqrt(${a})`);
-      case 'pow': return this.round(t, `Math.pow(${a}, ${b})`);
-      case 'fma': return this.round(t, `${a} * ${b} + ${c}`);
-      case 'abs': return float ? `Math.abs(${a})` : t === 'i32' ? `(Math.abs(${a}) | 0)` : a!;
-      case 'floor': case 'ceil': return `Math.${fn}(${a})`;
-      case 'round': return `${this.h('roundEven', '$roundEven')}(${a})`;
-      case 'min': case 'max': return `Math.${fn}(${a}, ${b})`;
-      case 'clamp': return `Math.min(Math.max(${a}, ${b}), ${c})`;
-      case 'dot': return this.fail('dot of scalars');
-    }
-  }
-
-  private castS(from: Scalar, to: Scalar, x: string): string {
-    if (from === to) return x;
-    if (to === 'bool') return `(${x} !== 0)`;
-    if (from === 'bool') return `(${x} ? 1 : 0)`;
-    switch (to) {
-      case 'f32': return from === 'f16' ? x : `Math.fround(${x})`;
-      case 'f16': return this.round('f16', x);
-      case 'i32': return from === 'u32' ? `(${x} | 0)` : `${this.h('f2i', '$f2i')}(${x})`;
-      case 'u32': return from === 'i32' ? `(${x} >>> 0)` : `${this.h('f2i', '$f2u')}(${x})`;
-    }
-  }
-
-  private bitcast(a: Expr, to: DType): string[] {
-    const src = this.ex(a);
-    if (a.t === to) return src;
-    const fe = elemOf(a.t), te = elemOf(to);
-    this.h('bits');
-    // Through 32-bit words, as u32 numbers; f16 pairs pack low half first.
-    let words: string[];
-    if (fe === 'f16') {
-      this.h('f16');
-      words = [];
-      for (let i = 0; i < src.length; i += 2) words.push(`(($f16bits(${src[i]}) | ($f16bits(${src[i + 1]}) << 16)) >>> 0)`);
-    } else {
-      words = src.map((x) => (fe === 'f32' ? `$f32bits(${x})` : fe === 'i32' ? `(${x} >>> 0)` : x));
-    }
-    if (te === 'f16') {
-      this.h('f16');
-      return this.materialize(words).flatMap((w) => [`$F16[${w} & 65535]`, `$F16[${w} >>> 16]`]);
-    }
-    return words.map((w) => (te === 'f32' ? `$bitsf32(${w})` : te === 'i32' ? `(${w} | 0)` : w));
-  }
-
-  // ---- memory --------------------------------------------------------------------------------
-  private buf(name: string) { return this.bufs.get(name) ?? this.fail(`unknown storage buffer '${name}'`); }
-  private sh(name: string) { return this.shared.get(name) ?? this.fail(`unknown workgroup array '${name}'`); }
-  private priv(name: string) { return this.privs.get(name) ?? this.fail(`unknown private array '${name}'`); }
-
-  /** `array[index]` for a load (kind 0) or store (kind 1), checked in checking mode. */
-  private ref(space: 'storage' | 'workgroup' | 'private', name: string, index: Expr, kind: 0 | 1): string {
-    const idx = space === 'private' && this.priv(name).scalar ? '' : this.sc(index);
-    if (space === 'storage') {
-      const b = this.buf(name);
-      return `${b.js}[${this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx}]`;
-    }
-    if (space === 'workgroup') {
-      const s = this.sh(name);
-      return `${s.js}[${this.check ? `$ckW(${s.id}, ${idx}, $li, ${kind})` : idx}]`;
-    }
-    const p = this.priv(name);
-    if (p.scalar) {
-      if (index.k !== 'const') this.fail(`private array '${name}' indexed by a non-constant`);
-      return `${p.js}$${Number(index.v)}`;
-    }
-    const i = this.check ? `$ckP(${p.id}, ${idx}, $li, ${kind})` : idx;
-    return this.spilled.has(name) ? `${p.js}$p[${p.js}$b + ${i}]` : `${p.js}[${i}]`;
-  }
-
-  private load(e: Extract<Expr, { k: 'load' }>): string {
-    const r = this.ref(e.space, e.name, e.index, 0);
-    if (e.space === 'storage' && this.buf(e.name).t === 'f16') return `${this.h('f16', '$F16')}[${r}]`;
-    return r;
   }
 
   // ---- statements inside a region (per invocation) --------------------------------------------
@@ -680,117 +263,6 @@ class JsEmitter {
     if (s.result) this.declare(s.result);
   }
 
-  // ---- lowering to the workgroup level --------------------------------------------------------
-  private addItem(ctx: WgCtx, it: Item): Region {
-    if (!this.cur || this.cur.ctx !== ctx) {
-      this.cur = { ctx, pre: [], items: [] };
-      this.out.push({ k: 'region', r: this.cur });
-    }
-    this.cur.items.push(it);
-    return this.cur;
-  }
-  private sub(fn: () => void): Wg[] {
-    const saved = this.out;
-    this.out = [];
-    this.cur = null;
-    fn();
-    const r = this.out;
-    this.out = saved;
-    this.cur = null;
-    return r;
-  }
-
-  private lowerSeq(list: XStmt[], ctx: WgCtx): void {
-    for (const s of list) {
-      if (!isSync(s)) { this.addItem(ctx, { k: 'stmt', s }); continue; }
-      switch (s.k) {
-        case 'barrier':
-          this.cur = null;
-          this.out.push({ k: 'barrier', ctx, id: ++this.barriers });
-          break;
-        case '$sg': {
-          const id = ++this.sgOps;
-          this.addItem(ctx, { k: 'deposit', sg: s, id });
-          this.cur = null;
-          this.forcedSpill.add(s.name);
-          this.out.push({ k: 'sg', sg: s, id, ctx });
-          break;
-        }
-        case 'if': {
-          const t = this.mask(), e = s.else.length ? this.mask() : undefined;
-          this.addItem(ctx, { k: 'cond', cond: s.cond, then: t, else: e }).pre.push(`${t}.fill(0);${e ? ` ${e}.fill(0);` : ''}`);
-          this.cur = null;
-          const then = this.sub(() => this.lowerSeq(s.then, { ...ctx, masks: [...ctx.masks, t] }));
-          const els = e ? this.sub(() => this.lowerSeq(s.else, { ...ctx, masks: [...ctx.masks, e] })) : [];
-          this.out.push({ k: 'if', t, e, then, else: els });
-          break;
-        }
-        case 'for': {
-          const v: Expr = { k: 'var', t: s.t, name: s.name };
-          this.addItem(ctx, { k: 'stmt', s: { k: 'let', name: s.name, t: s.t, init: s.from, mutable: true } });
-          this.lowerLoop(ctx, [], { k: 'bin', t: 'bool', op: 'lt', a: v, b: s.to }, s.body,
-            [{ k: 'assign', name: s.name, value: { k: 'bin', t: s.t, op: 'add', a: v, b: s.step } }]);
-          break;
-        }
-        case 'while': this.lowerLoop(ctx, [], s.cond, s.body, []); break;
-        case '$loop': this.lowerLoop(ctx, s.pre, s.cond, s.body, s.post); break;
-        default: this.fail(`unexpected sync statement ${s.k}`);
-      }
-    }
-  }
-
-  private lowerLoop(ctx: WgCtx, pre: XStmt[], cond: Expr, body: XStmt[], post: XStmt[]): void {
-    this.cur = null;
-    const l = this.mask(), i = this.mask(), n = ctx.masks.length;
-    const lctx: WgCtx = { masks: [...ctx.masks, l], loop: ctx.loop };
-    const preWg = this.sub(() => {
-      this.lowerSeq(pre, lctx);
-      this.addItem(lctx, { k: 'loopCond', cond, mask: l });
-    });
-    const bodyWg = this.sub(() => this.lowerSeq(body, { masks: [...ctx.masks, l, i], loop: { lIdx: n, iIdx: n + 1 } }));
-    const postWg = this.sub(() => this.lowerSeq(post, lctx));
-    this.out.push({ k: 'loop', l, i, parent: ctx.masks[n - 1]!, pre: preWg, body: bodyWg, post: postWg });
-  }
-
-  // ---- which locals live across regions ---------------------------------------------------------
-  private regionUse(items: Item[]): RegionUse {
-    const u: RegionUse = { refs: new Set(), written: new Set(), declTop: new Set() };
-    const ref = (n: string) => { if (this.vars.has(n) || this.privs.has(n)) u.refs.add(n); };
-    const expr = (e: Expr) => forEachExpr(e, (x) => {
-      if (x.k === 'var') ref(x.name);
-      else if (x.k === 'load' && x.space === 'private') ref(x.name);
-    });
-    const decl = (n: string, depth: number) => { ref(n); u.written.add(n); if (depth === 0) u.declTop.add(n); };
-    const stmt = (s: XStmt, d: number): void => {
-      switch (s.k) {
-        case 'let': expr(s.init); decl(s.name, d); break;
-        case 'assign': expr(s.value); ref(s.name); u.written.add(s.name); break;
-        case 'store': expr(s.index); expr(s.value); if (s.space === 'private') { ref(s.name); u.written.add(s.name); } break;
-        case 'privateArray': decl(s.name, d); break;
-        case 'if': expr(s.cond); s.then.forEach((x) => stmt(x, d + 1)); s.else.forEach((x) => stmt(x, d + 1)); break;
-        case 'for': expr(s.from); expr(s.to); expr(s.step); decl(s.name, d + 1); s.body.forEach((x) => stmt(x, d + 1)); break;
-        case 'while': expr(s.cond); s.body.forEach((x) => stmt(x, d + 1)); break;
-        case 'atomic': expr(s.index); expr(s.value); if (s.compare) expr(s.compare); if (s.result) decl(s.result, d); break;
-        default: break;
-      }
-    };
-    for (const it of items) {
-      if (it.k === 'stmt') stmt(it.s, 0);
-      else if (it.k === 'deposit') { expr(it.sg.a); if (it.sg.b) expr(it.sg.b); }
-      else expr(it.cond);
-    }
-    return u;
-  }
-
-  private regions(nodes: Wg[], acc: Region[] = []): Region[] {
-    for (const n of nodes) {
-      if (n.k === 'region') acc.push(n.r);
-      else if (n.k === 'if') { this.regions(n.then, acc); this.regions(n.else, acc); }
-      else if (n.k === 'loop') { this.regions(n.pre, acc); this.regions(n.body, acc); this.regions(n.post, acc); }
-    }
-    return acc;
-  }
-
   /** Per-invocation storage for spilled names: scalar components, or WG × length for private arrays. */
   private spillState(): void {
     for (const name of this.spilled) {
@@ -832,48 +304,65 @@ class JsEmitter {
   }
 
   // ---- emission -----------------------------------------------------------------------------------
+  /**
+   * A region becomes a function of its own (small functions optimise sooner and independently),
+   * called from the workgroup-level code: one loop over the invocations active in its mask.
+   */
   private emitRegion(r: Region, multi: boolean, out: string[], ind: string): void {
     for (const p of r.pre) out.push(ind + p);
-    const use = r.use ?? this.regionUse(r.items);
+    const use = r.use ?? regionUse(r.items, this.isLocal);
     const spilledHere = [...use.refs].filter((v) => this.spilled.has(v));
     this.rc = {
       multi, ctx: r.ctx, plainLoops: 0, blocks: 0,
       available: new Set(spilledHere.filter((v) => !use.declTop.has(v))),
       written: new Set(spilledHere.filter((v) => use.written.has(v))),
     };
-    // Private arrays declared in this region need their base before the declaration.
     const loads: string[] = [];
     for (const v of spilledHere) {
       if (!use.declTop.has(v)) loads.push(...this.loadLines(v, use.written.has(v)));
+      // Private arrays declared in this region need their base before the declaration.
       else if (this.privs.has(v)) loads.push(`const ${this.privs.get(v)!.js}$b = $li * ${this.privs.get(v)!.length};`);
     }
     this.builtins = new Set();
-    const inner = ind + '  ';
+    this.usedBufs = new Set();
+    this.usedUnis = new Set();
+    const inner = '      ';
     const body: string[] = [];
     for (const it of r.items) {
       switch (it.k) {
         case 'stmt': this.stmt(it.s, body, inner); break;
         case 'cond':
           this.withPrelude(body, inner, () => [it.else
-            ? `if (${this.sc(it.cond)}) ${it.then}[$li] = 1; else ${it.else}[$li] = 1;`
-            : `if (${this.sc(it.cond)}) ${it.then}[$li] = 1;`]);
+            ? `if (${bare(this.sc(it.cond))}) ${it.then}[$li] = 1; else ${it.else}[$li] = 1;`
+            : `if (${bare(this.sc(it.cond))}) ${it.then}[$li] = 1;`]);
           break;
         case 'loopCond':
           this.withPrelude(body, inner, () => [`if (!${this.sc(it.cond)}) ${it.mask}[$li] = 0;`]);
           break;
         case 'deposit':
-          this.withPrelude(body, inner, () => [`$sgv${it.id}[$li] = ${this.sc(it.sg.a)};`,
-            ...(it.sg.b ? [`$sgl${it.id}[$li] = ${this.sc(it.sg.b)};`] : [])]);
+          this.withPrelude(body, inner, () => [`$sgv${it.id}[$li] = ${bare(this.sc(it.sg.a))};`,
+            ...(it.sg.b ? [`$sgl${it.id}[$li] = ${bare(this.sc(it.sg.b))};`] : [])]);
           break;
       }
     }
-    out.push(`${ind}$inv: for (let $li = 0; $li < ${this.n}; $li++) {`);
-    if (multi) out.push(`${inner}if (${r.ctx.masks[r.ctx.masks.length - 1]}[$li] === 0) continue;`);
-    for (const l of this.builtinLines()) out.push(inner + l);
-    for (const l of loads) out.push(inner + l);
-    out.push(...body);
-    for (const v of spilledHere) if (use.written.has(v)) for (const l of this.storeLines(v)) out.push(inner + l);
-    out.push(`${ind}}`);
+    const name = `$region${++this.regionCount}`;
+    const fn: string[] = [`  function ${name}() {`];
+    const bufs = this.ir.buffers.flatMap((b, i) => (this.usedBufs.has(b.name) ? [`${jsId(b.name)} = $B[${i}]`] : []));
+    const unis = this.ir.uniforms.flatMap((u, i) => (this.usedUnis.has(u.name) ? [`${jsId(u.name)} = $U[${i}]`] : []));
+    if (bufs.length) fn.push(`    const ${bufs.join(', ')};`);
+    if (unis.length) fn.push(`    const ${unis.join(', ')};`);
+    const b = this.builtins;
+    if (b.has('workgroupId') || b.has('globalId')) fn.push('    const $wgX = $WG[0], $wgY = $WG[1], $wgZ = $WG[2];');
+    if (b.has('numWorkgroups')) fn.push('    const $nwgX = $WG[3], $nwgY = $WG[4], $nwgZ = $WG[5];');
+    fn.push(`    $inv: for (let $li = 0; $li < ${this.n}; $li++) {`);
+    if (multi) fn.push(`${inner}if (${r.ctx.masks[r.ctx.masks.length - 1]}[$li] === 0) continue;`);
+    for (const l of this.builtinLines()) fn.push(inner + l);
+    for (const l of loads) fn.push(inner + l);
+    fn.push(...body);
+    for (const v of spilledHere) if (use.written.has(v)) for (const l of this.storeLines(v)) fn.push(inner + l);
+    fn.push('    }', '  }');
+    this.fns.push(...fn);
+    out.push(`${ind}${name}();`);
   }
 
   private builtinLines(): string[] {
@@ -898,8 +387,12 @@ class JsEmitter {
       switch (n.k) {
         case 'region': this.emitRegion(n.r, true, out, ind); break;
         case 'barrier':
-          if (this.check) out.push(`${ind}$ckBarrier(${n.id}, ${n.ctx.masks[n.ctx.masks.length - 1]}, $alive); $epoch++; // workgroup barrier`);
-          else out.push(`${ind}// workgroup barrier`);
+          if (!this.check) { out.push(`${ind}// workgroup barrier`); break; }
+          {
+            // At the top level every invocation still running reaches it; inside masks, check.
+            const m = n.ctx.masks[n.ctx.masks.length - 1]!;
+            out.push(`${ind}${m === '$alive' ? '' : `$ckBarrier(${n.id}, ${m}, $alive); `}$epoch++; // workgroup barrier`);
+          }
           break;
         case 'sg': this.emitSubgroup(n, out, ind); break;
         case 'if':
@@ -931,7 +424,7 @@ class JsEmitter {
     this.state.push(`const $sgv${id} = new Float64Array(${this.n});`);
     if (sg.b) this.state.push(`const $sgl${id} = new Uint32Array(${this.n});`);
     const dst = `${jsId(sg.name)}$s`;
-    if (this.check) out.push(`${ind}$ckSubgroup(${id}, ${mask}, $alive, ${this.sg});`);
+    if (this.check && mask !== '$alive') out.push(`${ind}$ckSubgroup(${id}, ${mask}, $alive, ${this.sg});`);
     if (sg.op === 'shuffleXor' || sg.op === 'broadcast') {
       out.push(`${ind}$sgShuffle(${sg.op === 'shuffleXor'}, $sgv${id}, $sgl${id}, ${dst}, ${mask}, ${this.n}, ${this.sg}, ${this.check ? `$ckShuffle(${id})` : 'null'}); // subgroup ${sg.op}`);
     } else {
@@ -947,16 +440,16 @@ class JsEmitter {
     const ind = '    ';
     if (multi) {
       this.h('workgroup');
-      this.lowerSeq(this.body, { masks: ['$alive'] });
-      const root = this.out;
-      const regions = this.regions(root);
+      const lowering = new WorkgroupLowering(() => this.mask(), (m) => this.fail(m));
+      const root = lowering.lower(this.body);
+      // A local referenced by two regions (or written at the workgroup level) is kept per invocation.
       const count = new Map<string, number>();
-      for (const r of regions) {
-        r.use = this.regionUse(r.items);
+      for (const r of regionsOf(root)) {
+        r.use = regionUse(r.items, this.isLocal);
         for (const v of r.use.refs) count.set(v, (count.get(v) ?? 0) + 1);
       }
       this.spilled = new Set([...count].filter(([, c]) => c > 1).map(([v]) => v));
-      for (const v of this.forcedSpill) this.spilled.add(v);
+      for (const v of lowering.forcedSpill) this.spilled.add(v);
       this.state.push(`const $alive = new Uint8Array(${this.n});`);
       code.push(`${ind}$alive.fill(1);`);
       this.emitWg(root, code, ind);
@@ -975,9 +468,12 @@ class JsEmitter {
       lines.push(`  const ${jsId(s.name)} = new ${SHARED_ARRAY[s.t]}(${s.length}); // workgroup memory`);
     }
     lines.push(...this.state.map((l) => '  ' + l));
+    lines.push('  // The running workgroup: its id and the grid size, the buffers and uniform values.');
+    lines.push('  const $WG = new Uint32Array(6);', '  let $B = [], $U = [];');
+    lines.push(...this.fns);
     lines.push(`  return function ${fnName}($wgX, $wgY, $wgZ, $nwgX, $nwgY, $nwgZ, $buffers, $uniforms) {`);
-    if (ir.buffers.length) lines.push(`    const ${ir.buffers.map((b, i) => `${jsId(b.name)} = $buffers[${i}]`).join(', ')};`);
-    if (ir.uniforms.length) lines.push(`    const ${ir.uniforms.map((u, i) => `${jsId(u.name)} = $uniforms[${i}]`).join(', ')};`);
+    lines.push('    $WG[0] = $wgX; $WG[1] = $wgY; $WG[2] = $wgZ; $WG[3] = $nwgX; $WG[4] = $nwgY; $WG[5] = $nwgZ;');
+    lines.push('    $B = $buffers; $U = $uniforms;');
     if (this.check) lines.push(`    $wid = '(' + $wgX + ',' + $wgY + ',' + $wgZ + ')'; $epoch++;`);
     for (const s of ir.shared) lines.push(`    ${jsId(s.name)}.fill(0);`);
     lines.push(...code, '  };', '};', '');
@@ -1005,7 +501,7 @@ class JsEmitter {
   private header(): string[] {
     const ir = this.ir;
     const [X, Y, Z] = this.wg;
-    return [
+    const lines = [
       `// Kernel '${ir.name}' for the Kiln CPU executor (generated by codegen/emit/js.ts; do not edit).`,
       `// params: ${JSON.stringify(ir.params)}`,
       `// workgroup: ${X}x${Y}x${Z} (${this.n} invocations); grid: ${ir.gridDoc || '(see the kernel)'}`,
@@ -1013,5 +509,6 @@ class JsEmitter {
       `// uniforms: ${ir.uniforms.map((u) => `${u.key}: ${u.t}`).join(', ') || 'none'}`,
       `// checking: ${this.check ? 'on' : 'off'}; subgroup size ${this.sg}`,
     ];
+    return lines.map((l) => l.replace(/[\r\n\u2028\u2029]+/g, ' '));
   }
 }

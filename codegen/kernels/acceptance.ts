@@ -22,11 +22,12 @@
 // accepted u32 [seqs] = a and tokens u32 [seqs, maxK + 1] = the a accepted drafts, the extra
 // token, then NO_TOKEN. Launch: vocabulary segments × sequences, two passes.
 import { kernel, max, min, op, storage } from '../dsl/index.js';
-import type { ArrayRef, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import type { ArrayRef, Kernel, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import type { KernelFamily } from './index.js';
 import { STREAM_ACCEPT, STREAM_SAMPLE, randomUniform } from './random.js';
 import {
-  NO_TOKEN, type SegmentParams, type Segments, beats, loadWeights, mergeSums, segmentCount, segmentSearch, segments,
-  workgroupArgmax, workgroupScan, F32_MAX,
+  NO_TOKEN, type SegmentParams, type Segments, argmax, beats, loadWeights, logSoftmax, mergeSums, sampling, segmentCount,
+  segmentSearch, segments, workgroupArgmax, workgroupScan, F32_MAX,
 } from './sampling.js';
 
 type Sizes = Record<string, number>;
@@ -73,16 +74,19 @@ function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<
  *  `useP` forces p_a (the fallback when the residual sums to 0 in f32). */
 function extraWeight(k: KernelBuilder, b: { draftProbs: ArrayRef<'f32', boolean>; targetProbs: ArrayRef<'f32', boolean> },
   s: SeqView, a: Val<'u32'>, vocab: Val<'u32'>, maxK: Val<'u32'>, useP: Val<'bool'> | boolean) {
-  const rejected = k.let('rejected', a.lt(s.kSeq));
   const pRow = k.let('pRow', s.seq.mul(maxK.add(1)).add(a).mul(vocab));
-  const qRow = k.let('qRow', s.seq.mul(maxK).add(min(a, maxK.sub(1))).mul(vocab));
+  // p_a alone needs neither the rejection flag nor q's row (no unused locals: compiler warnings).
+  const rq = useP === true ? undefined : {
+    rejected: k.let('rejected', a.lt(s.kSeq)),
+    qRow: k.let('qRow', s.seq.mul(maxK).add(min(a, maxK.sub(1))).mul(vocab)),
+  };
   return (i: Val<'u32'>, ok: Val<'bool'>): Val<'f32'> => {
     const c = k.let('col', min(i, vocab.sub(1)));
     const pv = k.let('pv', b.targetProbs.at(pRow.add(c)));
-    const resid = max(pv.sub(b.draftProbs.at(qRow.add(c))), 0);
-    const useResid = useP === true ? undefined : useP === false ? rejected : rejected.and(useP.not());
-    const w = useResid ? k.select(useResid, resid, pv) : pv;
-    return k.select(ok, w, k.f32(0));
+    if (!rq) return k.select(ok, pv, k.f32(0));
+    const resid = max(pv.sub(b.draftProbs.at(rq.qRow.add(c))), 0);
+    const useResid = useP === false ? rq.rejected : rq.rejected.and((useP as Val<'bool'>).not());
+    return k.select(ok, k.select(useResid, resid, pv), k.f32(0));
   };
 }
 
@@ -108,10 +112,10 @@ export function acceptResidualSums(g: Segments) {
       const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
       const a = acceptedCount(k, s, b, vocab, maxK);
       const segBase = k.let('segBase', seg.mul(g.seg));
-      const resid = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, false), 'r');
-      const target = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, true), 't');
-      const [, totalR] = workgroupScan(k, resid.sum, sa, sb, g.wg, 'sumR');
-      const [, totalT] = workgroupScan(k, target.sum, sa, sb, g.wg, 'sumT');
+      const resid = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, false), 'r', false);
+      const target = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, true), 't', false);
+      const [, totalR] = workgroupScan(k, resid.sum, sa, sb, g.wg, 'sumR', 'total');
+      const [, totalT] = workgroupScan(k, target.sum, sa, sb, g.wg, 'sumT', 'total');
       const lid = k.localIndex;
       k.if(lid.eq(0), () => {
         b.partResid.set(s.seq.mul(nseg).add(seg), totalR);
@@ -166,7 +170,7 @@ export function acceptDraw(g: Segments) {
       const mine = k.let('mine', off.le(target).and(target.lt(off.add(rowState.at(2)))));
       const useP = k.let('usePAll', rowState.at(3).gt(0));
       const ws = loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, b, s, a, vocab, maxK, useP), 'w');
-      const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'excl');
       const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
       k.if(k.localIndex.eq(0).and(mine), () => b.tokens.set(s.seq.mul(maxK.add(1)).add(a), pick));
     },
@@ -308,3 +312,17 @@ export function greedyAcceptance(p: SegmentParams = {}) {
   });
   return Object.assign(o, { kernels: [k1, k2], segments: g });
 }
+
+// ---- registry entries (codegen/kernels/index.ts) -----------------------------------------------
+const labelled = (kernels: Kernel<any, any>[]) => kernels.map((kernel) => ({ label: kernel.ir.name, kernel }));
+/** Sampling (with argmax and log-softmax) and acceptance, at the default segment geometry. */
+export const SAMPLING_FAMILIES: KernelFamily[] = [
+  {
+    family: 'sampling',
+    variants: (caps) => labelled([...sampling({ caps }).kernels, argmax({ caps }).kernels[1]!, ...logSoftmax({ caps }).kernels]),
+  },
+  {
+    family: 'acceptance',
+    variants: (caps) => labelled([...rejectionSampler({ caps }).kernels, ...greedyAcceptance({ caps }).kernels]),
+  },
+];

@@ -7,6 +7,9 @@ import { matmulTiled } from './matmulTiled.js';
 import { reduce } from './reduce.js';
 import { scan } from './scan.js';
 import { softmax } from './softmax.js';
+import { TRANSFORMER_FAMILIES } from './transformerFamilies.js';
+import { ATTENTION_FAMILIES } from './pagedAttention.js';
+import { SAMPLING_FAMILIES } from './acceptance.js';
 
 export interface KernelVariant { label: string; kernel: Kernel<any, any> }
 export interface KernelFamily {
@@ -32,4 +35,7 @@ export const FAMILIES: KernelFamily[] = [
     family: 'scan',
     variants: (caps) => (['f32', 'u32'] as const).flatMap((t) => scan({ t, caps }).kernels.map((kernel) => ({ label: kernel.ir.name, kernel }))),
   },
+  ...TRANSFORMER_FAMILIES,
+  ...ATTENTION_FAMILIES,
+  ...SAMPLING_FAMILIES,
 ];

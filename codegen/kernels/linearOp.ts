@@ -124,7 +124,9 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
       const gemv = gemvKernel(src, M, choice.gemv[M - 1]!, caps);
       const finish = linearFinishKernel({ epilogue: e, workgroupSize: choice.finishWorkgroupSize, caps });
       return {
-        temps: { part: { t: 'f32', length: S * M * Nw } },
+        // Sized for the largest GEMV so the device's scratch (cached per op) never grows between
+        // launches already queued: decode (M = 1) and verify (M ≤ 8) share one buffer.
+        temps: { part: { t: 'f32', length: S * GEMV_MAX_ROWS * Nw } },
         steps: [
           { kernel: gemv, bind: { ...passThrough(['x', ...weightNames]), part: 'part' }, uniforms: { K, Nw, segLen: choice.segLen } },
           { kernel: finish, bind: { part: 'part', ...passThrough(epiNames) }, uniforms: { M, N, S } },

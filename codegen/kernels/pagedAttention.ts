@@ -29,7 +29,10 @@
 import { exp2, kernel, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
+import type { KernelFamily } from './index.js';
+import { type KvAppendParams, kvAppendKernel } from './kvAppend.js';
 
+/** The head sizes the issue names (and the tests sweep). */
 export const HEAD_DIMS = [8, 16, 32, 64, 80, 96, 128] as const;
 export const TILE_WORDS = 8;
 const F32_MAX = 3.4028234663852886e38;
@@ -60,9 +63,12 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   const caps = p.caps ?? BASELINE_CAPS;
   const D = p.headDim, G = p.groupSize, kvDtype = p.kvDtype ?? 'f32';
   const BS = p.blockSize ?? 16, C = p.chunkSize ?? 512;
-  if (!(HEAD_DIMS as readonly number[]).includes(D)) throw new Error(`pagedAttention: headDim ${D} is not one of ${HEAD_DIMS.join(', ')}`);
-  if (!Number.isInteger(G) || G < 1 || G > 8) throw new Error(`pagedAttention: groupSize ${G} is not an integer in 1..8`);
   if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new Error(`pagedAttention: kvDtype '${kvDtype}' is not f32 or f16`);
+  // Any head_dim works (HEAD_DIMS are the ones the tests sweep); f16 words hold element pairs.
+  if (!Number.isInteger(D) || D < 1 || D > 256 || (kvDtype === 'f16' && D % 2)) {
+    throw new Error(`pagedAttention: headDim ${D} must be an integer in 1..256${kvDtype === 'f16' ? ', even for f16 KV' : ''}`);
+  }
+  if (!Number.isInteger(G) || G < 1 || G > 8) throw new Error(`pagedAttention: groupSize ${G} is not an integer in 1..8`);
   if (!Number.isInteger(BS) || BS < 1 || BS > 64) throw new Error(`pagedAttention: blockSize ${BS} is not in 1..64`);
   if (!Number.isInteger(C) || C < BS || C % BS) throw new Error(`pagedAttention: chunkSize ${C} is not a positive multiple of blockSize ${BS}`);
   // Workgroup memory: q rows (R·D), one KV tile (BS·D), scores (R·BS), 5 words of row state.
@@ -86,13 +92,13 @@ interface TileView {
   seq: Val<'u32'>; qRow0: Val<'u32'>; nTok: Val<'u32'>; pos0: Val<'u32'>; partBase: Val<'u32'>;
   tileChunks: Val<'u32'>; cLo: Val<'u32'>;
 }
-function tileView(k: KernelBuilder, tiles: ArrayRef<'u32', boolean>, tile: Val<'u32'>): TileView {
+function tileView(k: KernelBuilder, tiles: ArrayRef<'u32', boolean>, tile: Val<'u32'>, omit: (keyof TileView)[] = []): TileView {
   const base = k.let('tileBase', tile.mul(TILE_WORDS));
-  const w = (i: number, name: string) => k.let(name, tiles.at(base.add(i)));
-  return {
-    seq: w(0, 'seq'), qRow0: w(1, 'qRow0'), nTok: w(2, 'nTok'), pos0: w(3, 'pos0'),
-    partBase: w(4, 'partBase'), tileChunks: w(5, 'tileChunks'), cLo: w(6, 'cLo'),
-  };
+  const names = ['seq', 'qRow0', 'nTok', 'pos0', 'partBase', 'tileChunks', 'cLo'] as const;
+  const view = {} as TileView;
+  // Words a kernel never reads get no local (an unused local is a compiler warning).
+  names.forEach((name, i) => { if (!omit.includes(name)) view[name] = k.let(name, tiles.at(base.add(i))); });
+  return view;
 }
 /** First attended position for a query whose KV range ends (exclusive) at kvEnd. */
 function windowStart(k: KernelBuilder, kvEnd: Val<'u32'>, window: Val<'u32'>): Val<'u32'> {
@@ -144,8 +150,13 @@ export function attentionPartial(c: AttentionConfig) {
       // Row r = token i of the tile × query head g of the group.
       const row = (r: Val<'u32'>) => {
         const i = k.let('ri', r.div(G));
-        const kvEnd = k.let('rEnd', t.pos0.add(i).add(1));
-        return { i, g: r.rem(G), valid: i.lt(t.nTok), kvEnd, lo: k.let('rLo', windowStart(k, kvEnd, u.window)) };
+        // Locals on first use, in the caller's scope (an unused local is a compiler warning).
+        let kvEnd: Val<'u32'> | undefined, lo: Val<'u32'> | undefined;
+        return {
+          i, g: r.rem(G), valid: i.lt(t.nTok),
+          get kvEnd() { return (kvEnd ??= k.let('rEnd', t.pos0.add(i).add(1))); },
+          get lo() { return (lo ??= k.let('rLo', windowStart(k, this.kvEnd, u.window))); },
+        };
       };
 
       k.for('e', lid, k.u32(R * D), (e) => {
@@ -288,7 +299,7 @@ export function attentionMerge(c: AttentionConfig) {
     grid: (u) => [u.numTiles, u.numKvHeads * c.groupSize],
     gridDoc: `numTiles x numKvHeads·${c.groupSize}`,
     body(k, b, u) {
-      const t = tileView(k, b.tiles, k.workgroupId.x);
+      const t = tileView(k, b.tiles, k.workgroupId.x, ['seq']);
       const h = k.let('h', k.workgroupId.y);
       const H = k.let('numHeads', u.numKvHeads.mul(c.groupSize));
       k.if(t.tileChunks.gt(1), () => {
@@ -368,3 +379,22 @@ export function pagedAttention(p: PagedAttentionParams) {
   });
   return Object.assign(o, { kernels: [partial, merge], config: c });
 }
+
+// ---- registry entries (codegen/kernels/index.ts) -----------------------------------------------
+/** Llama-3-8B-like heads (head_dim 128, GQA 4:1) with f32 and f16 KV; build() takes any params. */
+export const ATTENTION_FAMILIES: KernelFamily[] = [
+  {
+    family: 'pagedAttention',
+    variants: (caps) => (['f32', 'f16'] as const).flatMap((kvDtype) => {
+      const [partial, merge] = pagedAttention({ headDim: 128, groupSize: 4, kvDtype, caps }).kernels;
+      const out = [{ label: `attentionPartial_d128_g4_${kvDtype}`, kernel: partial! }];
+      return kvDtype === 'f32' ? [...out, { label: 'attentionMerge_d128_g4', kernel: merge! }] : out;
+    }),
+    build: (params, caps) => pagedAttention({ ...(params as unknown as PagedAttentionParams), caps }).kernels[0]!,
+  },
+  {
+    family: 'kvAppend',
+    variants: (caps) => (['f32', 'f16'] as const).map((kvDtype) => ({ label: `kvAppend_d128_${kvDtype}`, kernel: kvAppendKernel({ headDim: 128, kvDtype, caps }) })),
+    build: (params, caps) => kvAppendKernel({ ...(params as unknown as KvAppendParams), caps }),
+  },
+];

@@ -26,35 +26,44 @@ const ROUNDS = 10;
 const bump = (w: number, r: number) => Number((BigInt(w) * BigInt(r)) & 0xffffffffn);
 
 // ---- the DSL version -------------------------------------------------------------------------
-/** High and low words of the 64-bit product m·b (m a constant), from 16-bit halves: no product
- *  exceeds 32 bits, so no target's multiply needs to wrap or widen. */
-function mulHiLo(k: KernelBuilder, m: number, b: Val<'u32'>, tag: string): [Val<'u32'>, Val<'u32'>] {
-  const ml = m & 0xffff, mh = m >>> 16;
-  const bl = k.let(`${tag}bl`, b.band(0xffff));
-  const bh = k.let(`${tag}bh`, b.shr(16));
-  const t = k.let(`${tag}t`, bl.mul(ml));
-  const m1 = k.let(`${tag}m1`, bl.mul(mh));
-  const m2 = k.let(`${tag}m2`, bh.mul(ml));
-  const mid = k.let(`${tag}mid`, t.shr(16).add(m1.band(0xffff)).add(m2.band(0xffff)));
-  const hi = k.let(`${tag}hi`, bh.mul(mh).add(m1.shr(16)).add(m2.shr(16)).add(mid.shr(16)));
-  const lo = k.let(`${tag}lo`, mid.shl(16).bor(t.band(0xffff)));
-  return [hi, lo];
+type Lazy = () => Val<'u32'>;
+/** A value emitted as a local the first time something asks for it, so words no output depends
+ *  on are never emitted (an unused local is a compiler warning in CUDA). */
+function lazy(f: Lazy): Lazy {
+  let v: Val<'u32'> | undefined;
+  return () => (v ??= f());
 }
 
-/** Philox-4x32-10 of counter (c0..c3) under key (seed, KEY_HI): four random u32 words. */
+/** High and low words of the 64-bit product m·b (m a constant), from 16-bit halves: no product
+ *  exceeds 32 bits, so no target's multiply needs to wrap or widen. */
+function mulHiLo(k: KernelBuilder, m: number, b: Lazy, tag: string): { hi: Lazy; lo: Lazy } {
+  const ml = m & 0xffff, mh = m >>> 16;
+  const bl = lazy(() => k.let(`${tag}bl`, b().band(0xffff)));
+  const bh = lazy(() => k.let(`${tag}bh`, b().shr(16)));
+  const t = lazy(() => k.let(`${tag}t`, bl().mul(ml)));
+  const m1 = lazy(() => k.let(`${tag}m1`, bl().mul(mh)));
+  const m2 = lazy(() => k.let(`${tag}m2`, bh().mul(ml)));
+  const mid = lazy(() => k.let(`${tag}mid`, t().shr(16).add(m1().band(0xffff)).add(m2().band(0xffff))));
+  return {
+    hi: lazy(() => k.let(`${tag}hi`, bh().mul(mh).add(m1().shr(16)).add(m2().shr(16)).add(mid().shr(16)))),
+    lo: lazy(() => k.let(`${tag}lo`, mid().shl(16).bor(t().band(0xffff)))),
+  };
+}
+
+/** Philox-4x32-10 of counter (c0..c3) under key (seed, KEY_HI): the first `words` of its four
+ *  random u32 words. */
 export function philox(k: KernelBuilder, seed: Val<'u32'>, ctr: [Val<'u32'>, Val<'u32'>, Val<'u32'>, Val<'u32'>],
-  tag = 'rng'): [Val<'u32'>, Val<'u32'>, Val<'u32'>, Val<'u32'>] {
-  let [c0, c1, c2, c3] = ctr;
+  tag = 'rng', words = 4): Val<'u32'>[] {
+  let c: Lazy[] = ctr.map((v) => () => v);
   for (let r = 0; r < ROUNDS; r++) {
-    const k0 = r === 0 ? seed : seed.add(bump(W0, r));
+    const k0 = r === 0 ? () => seed : lazy(() => k.let(`${tag}${r}k`, seed.add(bump(W0, r))));
     const k1 = (KEY_HI + bump(W1, r)) >>> 0;
-    const [hi0, lo0] = mulHiLo(k, M0, c0, `${tag}${r}a`);
-    const [hi1, lo1] = mulHiLo(k, M1, c2, `${tag}${r}b`);
-    const n0 = k.let(`${tag}${r}x0`, hi1.bxor(c1).bxor(k0));
-    const n2 = k.let(`${tag}${r}x2`, hi0.bxor(c3).bxor(k1));
-    [c0, c1, c2, c3] = [n0, lo1, n2, lo0];
+    const a = mulHiLo(k, M0, c[0]!, `${tag}${r}a`), b = mulHiLo(k, M1, c[2]!, `${tag}${r}b`);
+    const [c1, c3] = [c[1]!, c[3]!];
+    c = [lazy(() => k.let(`${tag}${r}x0`, b.hi().bxor(c1()).bxor(k0()))), b.lo,
+      lazy(() => k.let(`${tag}${r}x2`, a.hi().bxor(c3()).bxor(k1))), a.lo];
   }
-  return [c0, c1, c2, c3];
+  return c.slice(0, words).map((f) => f());
 }
 
 /** A uniform in [0, 1 − 2⁻²⁴] from the top 24 bits: exact in f32 on every backend (and < 1, so
@@ -68,8 +77,8 @@ export function randomUniform(k: KernelBuilder, seed: Val<'u32'>, position: Val<
   tag = 'rng'): Val<'f32'> {
   const zero = k.u32(0);
   const s = typeof stream === 'number' ? k.u32(stream) : stream;
-  const [x] = philox(k, seed, [position, s, zero, zero], tag);
-  return k.let(`${tag}U`, uniform01(k, x));
+  const [x] = philox(k, seed, [position, s, zero, zero], tag, 1);
+  return k.let(`${tag}U`, uniform01(k, x!));
 }
 
 // ---- the JS mirror (tests, host-side references) ----------------------------------------------

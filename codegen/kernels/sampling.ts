@@ -44,7 +44,7 @@ export function beats(k: KernelBuilder, v: Val<'f32'>, i: Val<'u32'>, a: Val<'f3
 /** Argmax over the workgroup (shared tree; the rule is order-free, so any tree gives the same
  *  pair). Every invocation must call it; all get the winner. */
 export function workgroupArgmax(k: KernelBuilder, v: Val<'f32'>, i: Val<'u32'>, sv: ArrayRef<'f32', true>,
-  si: ArrayRef<'u32', true>, wg: number, tag: string): [Val<'f32'>, Val<'u32'>] {
+  si: ArrayRef<'u32', true>, wg: number, tag: string, wantIndex = true): [Val<'f32'>, Val<'u32'>] {
   const lid = k.localIndex;
   sv.set(lid, v);
   si.set(lid, i);
@@ -58,7 +58,7 @@ export function workgroupArgmax(k: KernelBuilder, v: Val<'f32'>, i: Val<'u32'>, 
     k.barrier();
   }
   const rv = k.let(`${tag}Best`, sv.at(0));
-  const ri = k.let(`${tag}Arg`, si.at(0));
+  const ri = wantIndex ? k.let(`${tag}Arg`, si.at(0)) : i;
   k.barrier();
   return [rv, ri];
 }
@@ -66,7 +66,7 @@ export function workgroupArgmax(k: KernelBuilder, v: Val<'f32'>, i: Val<'u32'>, 
 /** Inclusive prefix sums of one value per invocation (Hillis–Steele in a fixed pattern, so the
  *  roundings are the same in every launch). Returns [exclusive prefix, segment total]. */
 export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32', true>, b: ArrayRef<'f32', true>,
-  wg: number, tag: string): [Val<'f32'>, Val<'f32'>] {
+  wg: number, tag: string, want: 'excl' | 'total' | 'both' = 'both'): [Val<'f32'>, Val<'f32'>] {
   const lid = k.localIndex;
   a.set(lid, v);
   k.barrier();
@@ -77,8 +77,10 @@ export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32'
     k.barrier();
     [src, dst] = [dst, src];
   }
-  const excl = k.let(`${tag}Excl`, k.select(lid.gt(0), src.at(max(lid, 1).sub(1)), k.f32(0)));
-  const total = k.let(`${tag}Total`, src.at(wg - 1));
+  // Only what the caller uses becomes a local (an unused local is a compiler warning).
+  const zero = k.f32(0);
+  const excl = want === 'total' ? zero : k.let(`${tag}Excl`, k.select(lid.gt(0), src.at(max(lid, 1).sub(1)), zero));
+  const total = want === 'excl' ? zero : k.let(`${tag}Total`, src.at(wg - 1));
   k.barrier();
   return [excl, total];
 }
@@ -86,14 +88,15 @@ export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32'
 /** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment, held
  *  in registers. `weight(i, inRange)` gives the weight of vocabulary entry i (0 outside V). */
 export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
-  weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> } {
-  const w = k.privateArray(`${tag}W`, 'f32', g.items);
+  weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep = true): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> } {
+  // keep = false: only the sum is wanted, the weights are not held.
+  const w = keep ? k.privateArray(`${tag}W`, 'f32', g.items) : (undefined as unknown as ArrayRef<'f32', true>);
   const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.items)));
   const sum = k.var(`${tag}Sum`, 'f32', 0);
   for (let j = 0; j < g.items; j++) {
     const i = k.let(`${tag}I${j}`, first.add(j));
     const x = k.let(`${tag}X${j}`, weight(i, i.lt(vocab)));
-    w.set(j, x);
+    if (keep) w.set(j, x);
     sum.set(sum.add(x)); // sequential within the invocation: part of the fixed order
   }
   return { w, first, sum };
@@ -258,7 +261,7 @@ export function samplingExp(g: Segments) {
         const i = ws.first.add(j);
         k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j)));
       }
-      const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'total');
       k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), total));
     },
   });
@@ -299,14 +302,15 @@ export function samplingThreshold(p: { workgroupSize?: number; caps?: Caps } = {
 
       // One pass: histogram (count or mass) of the next 4-bit digit among keys matching the
       // prefix on the higher bits and ≥ floor; thread d < 16 totals digit d over threads in order.
-      const pass = (shift: Val<'u32'>, floorKey: Val<'u32'>, mass: boolean) => {
+      const pass = (shift: Val<'u32'>, floorKey: Val<'u32'> | undefined, mass: boolean) => {
         const prefix = k.let('prefix', state.at(0));
         const high = k.let('high', k.u32(0xfffffff0).shl(shift));
         for (let d = 0; d < 16; d++) bins.set(d, 0);
         k.for('i', lid, vocab, (i) => {
           const e = k.let('e', probs.at(rowBase.add(i)));
           const key = k.let('key', k.bitcast('u32', e));
-          k.if(key.band(high).eq(prefix).and(key.ge(floorKey)), () => {
+          const match = key.band(high).eq(prefix);
+          k.if(floorKey ? match.and(key.ge(floorKey)) : match, () => {
             const d = k.let('d', key.shr(shift).band(15));
             bins.set(d, bins.at(d).add(mass ? e : k.f32(1)));
           });
@@ -329,7 +333,7 @@ export function samplingThreshold(p: { workgroupSize?: number; caps?: Caps } = {
       k.if(useK, () => {
         k.for('pk', k.u32(0), k.u32(8), (pk) => {
           const shift = k.let('shiftK', k.u32(28).sub(pk.mul(4)));
-          pass(shift, k.u32(0), false);
+          pass(shift, undefined, false);
           k.if(lid.eq(0), () => {
             const cum = k.var('cum', 'f32', 0);
             const digit = k.var('digit', 'u32', 0);
@@ -411,7 +415,7 @@ export function samplingMask(g: Segments) {
         const i = ws.first.add(j);
         k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j)));
       }
-      const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'total');
       k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), total));
     },
   });
@@ -446,7 +450,7 @@ export function samplingDraw(g: Segments) {
       const off = k.let('off', shared.at(0)), total = k.let('total', shared.at(1)), target = k.let('target', shared.at(2));
       const ws = loadWeights(k, g, seg.mul(g.seg), vocab,
         (i, ok) => k.select(ok, probs.at(rowBase.add(min(i, vocab.sub(1)))), k.f32(0)), 'd');
-      const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum');
+      const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'excl');
       const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
       const mine = k.let('mine', off.le(target).and(target.lt(off.add(partSum.at(row.mul(nseg).add(seg))))));
       k.if(k.localIndex.eq(0).and(mine), () => tokens.set(row, pick));
@@ -555,13 +559,13 @@ export function logSoftmax(p: SegmentParams = {}) {
           k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
         });
       }
-      const [segMax] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am');
+      const [segMax] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am', false);
       const sum = k.var('sum', 'f32', 0);
       for (let j = 0; j < g.items; j++) {
         const i = k.let(`j${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
         k.if(i.lt(vocab), () => sum.set(sum.add(exp(x.at(rowBase.add(i)).sub(segMax)))));
       }
-      const [, total] = workgroupScan(k, sum, sv, k.shared('sb', 'f32', g.wg), g.wg, 'sum');
+      const [, total] = workgroupScan(k, sum, sv, k.shared('sb', 'f32', g.wg), g.wg, 'sum', 'total');
       k.if(k.localIndex.eq(0), () => {
         partMax.set(row.mul(nseg).add(seg), segMax);
         partSum.set(row.mul(nseg).add(seg), total);

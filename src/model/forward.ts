@@ -69,36 +69,13 @@ export class LlamaForward {
     this.kvDtype = opts.kvDtype ?? 'f32';
     this.maxBatchTokens = opts.maxBatchTokens ?? 256;
     this.maxSeqs = opts.maxSeqs ?? 64;
+    // Options are checked, and every kernel built, before anything is allocated.
+    for (const [name, v] of [['numBlocks', opts.numBlocks], ['blockSize', this.blockSize], ['maxBatchTokens', this.maxBatchTokens], ['maxSeqs', this.maxSeqs]] as const) {
+      if (!Number.isInteger(v) || v < 1) throw new ForwardError(`${name} = ${v} must be a positive integer`);
+    }
+    if (this.kvDtype !== 'f32' && this.kvDtype !== 'f16') throw new ForwardError(`kvDtype '${String(this.kvDtype)}' is not f32 or f16`);
     const caps = dev.caps;
     const T = this.maxBatchTokens, D = s.hidden, hd = s.headDim;
-    const kvWords = opts.numBlocks * this.blockSize * s.kvHeads * (this.kvDtype === 'f16' ? hd / 2 : hd);
-    for (let l = 0; l < s.layers; l++) {
-      this.kCache.push(dev.alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.kCache`));
-      this.vCache.push(dev.alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.vCache`));
-    }
-    const f32 = (name: string, n: number) => { this.act[name] = dev.alloc('f32', n, name); };
-    f32('x', T * D); f32('x2', T * D); f32('h', T * D);
-    f32('qkv', T * (s.heads + 2 * s.kvHeads) * hd);
-    f32('q', T * s.heads * hd); f32('k', T * s.kvHeads * hd); f32('v', T * s.kvHeads * hd);
-    f32('attn', T * s.heads * hd);
-    f32('ffn', T * s.ffn);
-    f32('rowsX', T * D); f32('rowsH', T * D);
-    this.idx.ids = dev.alloc('u32', T, 'ids');
-    this.idx.pos = dev.alloc('u32', T, 'positions');
-    this.idx.rows = dev.alloc('u32', T, 'logitRows');
-    this.slotsBuf = dev.alloc('i32', T, 'slots');
-    // cos/sin of every position, in float64 on the host (see rope.ts for why).
-    this.ropePositions = s.maxPositions;
-    const inv = ropeInvFreq(s);
-    const table = new Float32Array(this.ropePositions * inv.length * 2);
-    for (let p = 0; p < this.ropePositions; p++) {
-      for (let i = 0; i < inv.length; i++) {
-        table[(p * inv.length + i) * 2] = Math.cos(p * inv[i]!);
-        table[(p * inv.length + i) * 2 + 1] = Math.sin(p * inv[i]!);
-      }
-    }
-    this.ropeTable = dev.alloc('f32', table.length, 'ropeTable');
-    dev.write(this.ropeTable, table);
     const layout = s.ropeLayout === 'interleaved' ? 'interleaved' as const : 'halves' as const;
     this.ops = {
       embed: embedding({ table: weights.embed.dtype, caps }),
@@ -108,6 +85,46 @@ export class LlamaForward {
       append: kvAppend({ headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
       attention: pagedAttention({ headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
     };
+    // If an allocation fails part way, give back what was allocated so far.
+    const allocated: DeviceBuffer[] = [];
+    const alloc = <D extends 'f32' | 'u32' | 'i32'>(dtype: D, n: number, label: string): DeviceBuffer<D> => {
+      const b = dev.alloc(dtype, n, label);
+      allocated.push(b);
+      return b;
+    };
+    try {
+      const kvWords = opts.numBlocks * this.blockSize * s.kvHeads * (this.kvDtype === 'f16' ? hd / 2 : hd);
+      for (let l = 0; l < s.layers; l++) {
+        this.kCache.push(alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.kCache`));
+        this.vCache.push(alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.vCache`));
+      }
+      const f32 = (name: string, n: number) => { this.act[name] = alloc('f32', n, name); };
+      f32('x', T * D); f32('x2', T * D); f32('h', T * D);
+      f32('qkv', T * (s.heads + 2 * s.kvHeads) * hd);
+      f32('q', T * s.heads * hd); f32('k', T * s.kvHeads * hd); f32('v', T * s.kvHeads * hd);
+      f32('attn', T * s.heads * hd);
+      f32('ffn', T * s.ffn);
+      f32('rowsX', T * D); f32('rowsH', T * D);
+      this.idx.ids = alloc('u32', T, 'ids');
+      this.idx.pos = alloc('u32', T, 'positions');
+      this.idx.rows = alloc('u32', T, 'logitRows');
+      this.slotsBuf = alloc('i32', T, 'slots');
+      // cos/sin of every position, in float64 on the host (see rope.ts for why).
+      this.ropePositions = s.maxPositions;
+      const inv = ropeInvFreq(s);
+      const table = new Float32Array(this.ropePositions * inv.length * 2);
+      for (let p = 0; p < this.ropePositions; p++) {
+        for (let i = 0; i < inv.length; i++) {
+          table[(p * inv.length + i) * 2] = Math.cos(p * inv[i]!);
+          table[(p * inv.length + i) * 2 + 1] = Math.sin(p * inv[i]!);
+        }
+      }
+      this.ropeTable = alloc('f32', table.length, 'ropeTable');
+      dev.write(this.ropeTable, table);
+    } catch (e) {
+      for (const b of allocated) dev.free(b);
+      throw e;
+    }
   }
 
   /** Bytes of KV cache one token takes (all layers, K and V). */

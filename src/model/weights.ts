@@ -131,31 +131,37 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
     return { op, weights };
   };
 
-  const embedDtype: 'f32' | 'f16' = format !== 'f32' && isHalf(store, EMBED) ? 'f16' : 'f32';
-  const embed = embedDtype === 'f16'
-    ? { table: upU32(packF16Pairs(readFloat16Bits(store, EMBED)), 'embed'), dtype: embedDtype }
-    : { table: upF32(readFloat32(store, EMBED), 'embed'), dtype: embedDtype };
-  opts.onProgress?.(1, total);
+  // A tensor that fails to read or quantize part way must not strand what is already uploaded.
+  try {
+    const embedDtype: 'f32' | 'f16' = format !== 'f32' && isHalf(store, EMBED) ? 'f16' : 'f32';
+    const embed = embedDtype === 'f16'
+      ? { table: upU32(packF16Pairs(readFloat16Bits(store, EMBED)), 'embed'), dtype: embedDtype }
+      : { table: upF32(readFloat32(store, EMBED), 'embed'), dtype: embedDtype };
+    opts.onProgress?.(1, total);
 
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < spec.layers; l++) {
-    const [q, k, v, o, gate, up, down] = layerLinears(spec, l) as [LinearSpec, LinearSpec, LinearSpec, LinearSpec, LinearSpec, LinearSpec, LinearSpec];
-    const p = layerPrefix(l);
-    layers.push({
-      attnNorm: upF32(readFloat32(store, `${p}.input_layernorm.weight`), `L${l}.attnNorm`),
-      ffnNorm: upF32(readFloat32(store, `${p}.post_attention_layernorm.weight`), `L${l}.ffnNorm`),
-      qkv: linear([q, k, v], { bias: spec.qkvBias }, `L${l}.qkv`),
-      o: linear([o], { residual: true }, `L${l}.o`),
-      gateUp: linear([gate, up], { gateUp: true }, `L${l}.gateUp`),
-      down: linear([down], { residual: true }, `L${l}.down`),
-    });
-    opts.onProgress?.(l + 2, total);
+    const layers: LayerWeights[] = [];
+    for (let l = 0; l < spec.layers; l++) {
+      const [q, k, v, o, gate, up, down] = layerLinears(spec, l) as [LinearSpec, LinearSpec, LinearSpec, LinearSpec, LinearSpec, LinearSpec, LinearSpec];
+      const p = layerPrefix(l);
+      layers.push({
+        attnNorm: upF32(readFloat32(store, `${p}.input_layernorm.weight`), `L${l}.attnNorm`),
+        ffnNorm: upF32(readFloat32(store, `${p}.post_attention_layernorm.weight`), `L${l}.ffnNorm`),
+        qkv: linear([q, k, v], { bias: spec.qkvBias }, `L${l}.qkv`),
+        o: linear([o], { residual: true }, `L${l}.o`),
+        gateUp: linear([gate, up], { gateUp: true }, `L${l}.gateUp`),
+        down: linear([down], { residual: true }, `L${l}.down`),
+      });
+      opts.onProgress?.(l + 2, total);
+    }
+    const finalNorm = upF32(readFloat32(store, FINAL_NORM), 'finalNorm');
+    const headName = spec.tieEmbeddings ? EMBED.replace(/\.weight$/, '') : LM_HEAD;
+    const lmHead = linear([{ name: headName, K: spec.hidden, N: spec.vocabSize, bias: false }], {}, 'lmHead', embedDtype);
+    opts.onProgress?.(total, total);
+    return { format, groupSize: format === 'int4' ? g : null, embed, layers, finalNorm, lmHead, bytesPerToken, buffers };
+  } catch (e) {
+    for (const b of buffers) dev.free(b);
+    throw e;
   }
-  const finalNorm = upF32(readFloat32(store, FINAL_NORM), 'finalNorm');
-  const headName = spec.tieEmbeddings ? EMBED.replace(/\.weight$/, '') : LM_HEAD;
-  const lmHead = linear([{ name: headName, K: spec.hidden, N: spec.vocabSize, bias: false }], {}, 'lmHead', embedDtype);
-  opts.onProgress?.(total, total);
-  return { format, groupSize: format === 'int4' ? g : null, embed, layers, finalNorm, lmHead, bytesPerToken, buffers };
 }
 
 /** Check every layer's bindings once at load (a wrong shape names the tensor). */

@@ -17,8 +17,8 @@ const f = Math.fround;
 
 /** A random distribution over V tokens with about `zeros` of them masked to exactly 0. */
 function randomDist(V: number, r: () => number, zeros = 0.2): Float32Array {
-  const w = Array.from({ length: V }, () => (r() < zeros ? 0 : (-Math.log(1 - r())) ** 1.5));
-  if (w.every((x) => x === 0)) w[0] = 1;
+  const w: number[] = Array.from({ length: V }, () => (r() < zeros ? 0 : (-Math.log(1 - r())) ** 1.5));
+  if (!w.some((x) => x > 0)) w[0] = 1;
   const z = w.reduce((s, x) => s + x, 0);
   return Float32Array.from(w, (x) => x / z);
 }
@@ -64,7 +64,7 @@ function mirrorAccept(g: Geometry, seq: { k: number; seed: number; pos: number; 
   }
   const V = p[0]!.length;
   const resid = Float32Array.from(p[a]!, (v, i) => (a < seq.k ? Math.max(f(v - q[a]![i]!), 0) : v));
-  let w = resid, seg = segmentTotals(resid, g);
+  let w: Float32Array = resid, seg = segmentTotals(resid, g);
   let total = seg.totals.reduce((s, v) => f(s + v), 0);
   if (!(total > 0)) { w = p[a]!; seg = segmentTotals(w, g); total = seg.totals.reduce((s, v) => f(s + v), 0); }
   const target = f(randomUniformRef(seq.seed, seq.pos + a, STREAM_SAMPLE) * total);

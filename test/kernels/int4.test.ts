@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import type { LinearChoiceInput } from '../../codegen/kernels/linearOp.js';
-import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
+import { INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4Linear } from '../../codegen/kernels/int4Matmul.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
 import { LinearShapeError, runLinear, uploadInt4 } from '../../src/ops/linear.js';
 import { type AwqTensors, dequantizeAwq, packAwqRows } from '../../src/quant/awq.js';
@@ -172,6 +172,29 @@ forEachBackend('int4Linear', (dev) => {
         } finally { freeWeights(dev, w); }
       });
     }
+  });
+
+  it('every GEMV and GEMM variant in the tuning space gives the same bits', async () => {
+    const [K, N, g] = [256, 64, 64];
+    const r = rng(freshSeed('int4 variant space'));
+    const awq = randomAwq(K, N, g, r);
+    const w = uploadInt4(dev, awq, 'w');
+    try {
+      const inp = randomInputs(20, K, N, {}, r);
+      const ref = int4Linear({ K, N, groupSize: g, caps: dev.caps, choice: { segLen: 128 } });
+      const base2 = await runOp(dev, ref, weightsOf(w), inp, 2);
+      const base20 = await runOp(dev, ref, weightsOf(w), inp, 20);
+      expect(firstDiff(base2.bits, rowBits(base20, 0, 2, N))).toBe(-1);
+      for (const gemv of INT4_GEMV_SPACE.filter((v) => v.workgroupSize <= dev.caps.maxInvocationsPerWorkgroup)) {
+        const op = int4Linear({ K, N, groupSize: g, caps: dev.caps, choice: { segLen: 128, gemv } });
+        expect(firstDiff((await runOp(dev, op, weightsOf(w), inp, 2)).bits, base2.bits), JSON.stringify(gemv)).toBe(-1);
+      }
+      for (const gemm of INT4_GEMM_SPACE) {
+        let op;
+        try { op = int4Linear({ K, N, groupSize: g, caps: dev.caps, choice: { segLen: 128, gemm } }); } catch { continue; } // over this device's limits
+        expect(firstDiff((await runOp(dev, op, weightsOf(w), inp, 20)).bits, base20.bits), JSON.stringify(gemm)).toBe(-1);
+      }
+    } finally { freeWeights(dev, w); }
   });
 
   describe('bad input is refused before launch, naming the tensor and its shape', () => {

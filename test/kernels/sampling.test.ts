@@ -48,7 +48,7 @@ function transformRef(x: Float32Array, r: SamplingRequest): { keep: Keep[]; prob
   const near = (a: number, b: number, tol: number) => Math.abs(a - b) <= tol * Math.max(a, b);
   const mark = (i: number, inside: boolean, ambiguous: boolean) => {
     if (keep[i] === 'out') return;
-    if (ambiguous) keep[i] = keep[i] === 'in' || !inside ? 'either' : keep[i];
+    if (ambiguous) keep[i] = 'either';
     else if (!inside) keep[i] = 'out';
   };
   if (r.topK && r.topK < V) {

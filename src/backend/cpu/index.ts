@@ -54,7 +54,13 @@ class CpuBuffer<T extends StorageType = StorageType> implements DeviceBuffer<T> 
   }
 }
 
-interface Compiled { name: string; key: string; source: string }
+interface Compiled {
+  name: string; key: string; source: string; invocations: number;
+  /** Measured nanoseconds per workgroup (moving average), to decide where the next launch runs. */
+  nsPerWorkgroup?: number;
+}
+/** Launches expected to finish faster than a round trip to the workers run on the main thread. */
+const INLINE_NS = 100_000;
 
 /** Runs small launches on the main thread with the same code the workers run. */
 const executeInline = new Function(`${EXECUTE_SOURCE}\nreturn executeJob;`)() as
@@ -174,7 +180,8 @@ class CpuDevice implements Device {
     let c = this.compiled.get(kernel);
     if (!c) {
       const source = emitJS(kernel.ir, { check: this.check });
-      c = { name: kernel.ir.name, source, key: createHash('sha1').update(source).digest('hex').slice(0, 20) };
+      const [x, y, z] = kernel.ir.workgroupSize;
+      c = { name: kernel.ir.name, source, key: createHash('sha1').update(source).digest('hex').slice(0, 20), invocations: x * y * z };
       this.compiled.set(kernel, c);
     }
     return c;
@@ -197,6 +204,11 @@ class CpuDevice implements Device {
     }
   }
 
+  private measured(c: Compiled, ms: number, workgroups: number): void {
+    const ns = (ms * 1e6) / workgroups;
+    c.nsPerWorkgroup = c.nsPerWorkgroup === undefined ? ns : 0.7 * c.nsPerWorkgroup + 0.3 * ns;
+  }
+
   private async execute(c: Compiled, bufs: CpuBuffer[], uniforms: number[], grid: [number, number, number]): Promise<void> {
     const total = grid[0] * grid[1] * grid[2];
     if (total === 0) return;
@@ -207,10 +219,19 @@ class CpuDevice implements Device {
       counter: new SharedArrayBuffer(4),
       chunk: Math.max(1, Math.floor(total / Math.max(1, workers * 8))),
     };
-    // One workgroup cannot be split: run it here rather than pay a round trip to a worker.
-    const replies = !this.pool || total === 1
-      ? [executeInline({ ...job, id: 0, source: c.source }, this.inlineKernels)]
-      : await this.pool.run(job, c.source, workers);
+    // Small launches run here rather than pay a round trip to the workers: judged by the time
+    // this kernel took per workgroup so far, or before any measurement, by its invocations.
+    const est = c.nsPerWorkgroup;
+    const inline = !this.pool || (est === undefined ? total * c.invocations <= 2048 : est * total < INLINE_NS);
+    let replies: JobReply[];
+    if (inline) {
+      const t0 = performance.now();
+      replies = [executeInline({ ...job, id: 0, source: c.source }, this.inlineKernels)];
+      this.measured(c, performance.now() - t0, total);
+    } else {
+      replies = await this.pool!.run(job, c.source, workers);
+      this.measured(c, replies.reduce((s, r) => s + r.busyMs, 0), total);
+    }
     const failed = replies.find((r) => r.error !== undefined);
     if (failed) throw new KernelRunError(c.name, failed.error!);
     const count = replies.reduce((s, r) => s + r.count, 0);

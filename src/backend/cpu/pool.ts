@@ -32,7 +32,7 @@ export class WorkerPool {
     const fail = (why: string) => {
       const i = this.workers.indexOf(pw);
       if (i >= 0) this.workers.splice(i, 1); // replaced on the next launch
-      for (const [id, p] of pw.pending) p.resolve({ id, findings: [], count: 0, error: why });
+      for (const [id, p] of pw.pending) p.resolve({ id, findings: [], count: 0, error: why, busyMs: 0 });
       pw.pending.clear();
     };
     worker.on('error', (e) => fail(`worker thread failed: ${e instanceof Error ? e.message : String(e)}`));

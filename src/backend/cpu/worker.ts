@@ -24,6 +24,8 @@ export interface JobReply {
   count: number;
   /** Set when the kernel threw. */
   error?: string;
+  /** Milliseconds spent running workgroups. */
+  busyMs: number;
 }
 
 /** `executeJob(job, kernels)`: compile (once per key), then run workgroups until the counter runs out. */
@@ -32,11 +34,16 @@ function executeJob(job, kernels) {
   let k = kernels.get(job.key);
   if (!k) {
     if (typeof job.source !== 'string') throw new Error('kernel source was not sent to this worker');
-    const make = new Function(job.source)();
     const ctx = { findings: [], keys: new Set(), count: 0, limit: 20 };
-    k = { ctx, run: make(ctx) };
+    try {
+      k = { ctx, run: new Function(job.source)()(ctx) };
+    } catch (e) {
+      // An emitter bug: remembered, so every launch of this kernel reports it.
+      k = { ctx, compileError: 'while compiling its JavaScript: ' + (e instanceof Error ? e.message : String(e)) };
+    }
     kernels.set(job.key, k);
   }
+  if (k.compileError) return { id: job.id, findings: [], count: 0, error: k.compileError, busyMs: 0 };
   const CTOR = { f32: Float32Array, f16: Uint16Array, i32: Int32Array, u32: Uint32Array };
   const bufs = job.buffers.map((b) => new CTOR[b.dtype](b.sab, 0, b.length));
   const gx = job.grid[0], gy = job.grid[1], gz = job.grid[2], total = gx * gy * gz;
@@ -44,6 +51,7 @@ function executeJob(job, kernels) {
   const run = k.run, uniforms = job.uniforms, chunk = job.chunk;
   let error;
   let w = -1;
+  const t0 = performance.now();
   try {
     for (;;) {
       const start = Atomics.add(counter, 0, chunk);
@@ -60,7 +68,7 @@ function executeJob(job, kernels) {
     const x = w % gx, r = (w - x) / gx;
     error = 'in workgroup (' + x + ',' + (r % gy) + ',' + Math.floor(r / gy) + '): ' + (e instanceof Error ? e.message : String(e));
   }
-  const reply = { id: job.id, findings: k.ctx.findings, count: k.ctx.count, error };
+  const reply = { id: job.id, findings: k.ctx.findings, count: k.ctx.count, error, busyMs: performance.now() - t0 };
   k.ctx.findings = [];
   k.ctx.keys = new Set();
   k.ctx.count = 0;
@@ -76,7 +84,7 @@ import('node:worker_threads').then(({ parentPort }) => {
     try {
       reply = executeJob(job, kernels);
     } catch (e) {
-      reply = { id: job.id, findings: [], count: 0, error: e instanceof Error ? e.message : String(e) };
+      reply = { id: job.id, findings: [], count: 0, error: e instanceof Error ? e.message : String(e), busyMs: 0 };
     }
     parentPort.postMessage(reply);
   });

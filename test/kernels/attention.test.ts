@@ -1,0 +1,284 @@
+// Ragged paged attention and KV append: random ragged batches (q_len 1, 5 and 37, contexts
+// 0..600, random non-contiguous block tables, GQA 1/4/8) against a float64 reference; split-KV
+// against single pass; a sequence's rows bit-identical alone, inside a mixed batch, and across
+// prefill chunkings; KV append touching exactly its slots; bad batch descriptions rejected.
+import { describe, expect, it } from 'vitest';
+import { kvAppend } from '../../codegen/kernels/kvAppend.js';
+import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import type { Device } from '../../src/backend/device.js';
+import {
+  AttentionInputError, type AttentionBatch, type RaggedSequence, checkSlots, prepareAttention, runKvAppend, runPagedAttention, slotMapping,
+} from '../../src/ops/attention.js';
+import { forEachBackend } from '../backends.js';
+import { freshSeed, randomF32, relErr, rng } from '../util.js';
+import { Buffers, maxRowErr } from './buffers.js';
+
+const BS = 16;
+
+// ---- f16 bits (round to nearest even), for writing packed caches from the host ----------------
+const f32v = new Float32Array(1), u32v = new Uint32Array(f32v.buffer);
+function halfBits(x: number): number {
+  f32v[0] = x;
+  const b = u32v[0]!, sign = (b >>> 16) & 0x8000, exp = (b >>> 23) & 0xff, mant = b & 0x7fffff;
+  const e = exp - 112; // rebias 127 → 15
+  const round = (v: number, shift: number) => {
+    const q = v >>> shift, rem = v & ((1 << shift) - 1), half = 1 << (shift - 1);
+    return q + (rem > half || (rem === half && q & 1) ? 1 : 0);
+  };
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) return e < -10 ? sign : sign | round(mant | 0x800000, 14 - e);
+  return sign | ((e << 10) + round(mant, 13)); // a carry out of the mantissa bumps the exponent
+}
+function halfValue(h: number): number {
+  const e = (h >> 10) & 31, m = h & 1023, s = h & 0x8000 ? -1 : 1;
+  return e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? Number.NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+// ---- a ragged batch with its cache, and the float64 reference ---------------------------------
+interface Shape { headDim: number; group: number; kvHeads: number; kvDtype: 'f32' | 'f16'; window?: number }
+interface Case {
+  shape: Shape; seqs: RaggedSequence[]; numTokens: number; numBlocks: number; maxBlocksPerSeq: number;
+  /** Per sequence: K and V at every position [pos][kvHead][d] (context and new tokens). */
+  k: Float32Array[]; v: Float32Array[]; q: Float32Array;
+}
+function makeCase(r: () => number, shape: Shape, spec: { qLen: number; ctxLen: number }[], spareBlocks = 7): Case {
+  const rowKV = shape.kvHeads * shape.headDim, H = shape.kvHeads * shape.group;
+  const needs = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / BS));
+  const numBlocks = needs.reduce((a, b) => a + b, 0) + spareBlocks;
+  const perm = Array.from({ length: numBlocks }, (_, i) => i);
+  for (let i = numBlocks - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [perm[i], perm[j]] = [perm[j]!, perm[i]!]; }
+  const order = spec.map((_, i) => i).sort(() => r() - 0.5); // q rows not in sequence order
+  const qStart = new Array<number>(spec.length);
+  let row = 0, used = 0;
+  for (const i of order) { qStart[i] = row; row += spec[i]!.qLen; }
+  const seqs = spec.map((s, i) => {
+    const table = perm.slice(used, used + needs[i]!);
+    used += needs[i]!;
+    return { qStart: qStart[i]!, qLen: s.qLen, ctxLen: s.ctxLen, blockTable: table };
+  });
+  return {
+    shape, seqs, numTokens: row, numBlocks, maxBlocksPerSeq: Math.max(...needs) + 1,
+    k: spec.map((s) => randomF32((s.ctxLen + s.qLen) * rowKV, r)),
+    v: spec.map((s) => randomF32((s.ctxLen + s.qLen) * rowKV, r)),
+    q: randomF32(row * H * shape.headDim, r),
+  };
+}
+
+function reference(c: Case): Float64Array {
+  const { headDim: D, group: G, kvHeads: KVH, window = 0 } = c.shape;
+  const H = KVH * G, scale = 1 / Math.sqrt(D);
+  const out = new Float64Array(c.numTokens * H * D);
+  c.seqs.forEach((s, si) => {
+    for (let j = 0; j < s.qLen; j++) {
+      const end = s.ctxLen + j + 1, lo = window > 0 ? Math.max(0, end - window) : 0;
+      for (let h = 0; h < H; h++) {
+        const kvh = Math.floor(h / G), qo = ((s.qStart + j) * H + h) * D;
+        const sc: number[] = [];
+        for (let p = lo; p < end; p++) {
+          let dot = 0;
+          for (let d = 0; d < D; d++) dot += c.q[qo + d]! * c.k[si]![(p * KVH + kvh) * D + d]!;
+          sc.push(dot * scale);
+        }
+        const m = Math.max(...sc), w = sc.map((x) => Math.exp(x - m)), z = w.reduce((a, b) => a + b, 0);
+        for (let p = lo; p < end; p++) {
+          for (let d = 0; d < D; d++) out[qo + d]! += (w[p - lo]! / z) * c.v[si]![(p * KVH + kvh) * D + d]!;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+/** Fill the cache: context positions from the host, the new tokens through kvAppend; run attention. */
+async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: number): Promise<Float32Array> {
+  const { headDim: D, group: G, kvHeads: KVH, kvDtype } = c.shape;
+  const rowKV = KVH * D, f16 = kvDtype === 'f16';
+  const words = c.numBlocks * BS * rowKV / (f16 ? 2 : 1);
+  const hostK = f16 ? new Uint32Array(words).fill(0xffffffff) : new Float32Array(words).fill(Number.NaN);
+  const hostV = hostK.slice();
+  const kNew = new Float32Array(c.numTokens * rowKV), vNew = new Float32Array(c.numTokens * rowKV);
+  c.seqs.forEach((s, si) => {
+    for (let p = 0; p < s.ctxLen + s.qLen; p++) {
+      const src = p * rowKV;
+      if (p >= s.ctxLen) {
+        const t = s.qStart + p - s.ctxLen;
+        kNew.set(c.k[si]!.subarray(src, src + rowKV), t * rowKV);
+        vNew.set(c.v[si]!.subarray(src, src + rowKV), t * rowKV);
+        continue;
+      }
+      const slot = s.blockTable[Math.floor(p / BS)]! * BS + (p % BS);
+      for (let e = 0; e < rowKV; e += f16 ? 2 : 1) {
+        for (const [host, vals] of [[hostK, c.k[si]!], [hostV, c.v[si]!]] as const) {
+          if (f16) host[(slot * rowKV + e) / 2] = (halfBits(vals[src + e]!) | (halfBits(vals[src + e + 1]!) << 16)) >>> 0;
+          else host[slot * rowKV + e] = vals[src + e]!;
+        }
+      }
+    }
+  });
+  const bufs = new Buffers(dev);
+  try {
+    const dt = f16 ? 'u32' : 'f32';
+    const kCache = bufs.input(dt, hostK as never, 'kCache'), vCache = bufs.input(dt, hostV as never, 'vCache');
+    runKvAppend(dev, kvAppend({ headDim: D, kvDtype, blockSize: BS, caps: dev.caps }),
+      { kNew: bufs.input('f32', kNew, 'kNew'), vNew: bufs.input('f32', vNew, 'vNew'), kCache, vCache },
+      slotMapping(c, BS), { numKvHeads: KVH, numBlocks: c.numBlocks, blockSize: BS, headDim: D });
+    const out = bufs.output('f32', c.numTokens * KVH * G * D, 'out');
+    const o = pagedAttention({ headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize, tileTokens, caps: dev.caps });
+    runPagedAttention(dev, o, { q: bufs.input('f32', c.q, 'q'), kCache, vCache, out },
+      { numTokens: c.numTokens, seqs: c.seqs, window: c.shape.window }, { numBlocks: c.numBlocks, numKvHeads: KVH, maxBlocksPerSeq: c.maxBlocksPerSeq });
+    return await bufs.read(out);
+  } finally { bufs.free(); }
+}
+
+/** q_len mix of 1, 5 and 37; contexts 0..600 including 0, one prefill across the 512 boundary. */
+function raggedSpec(r: () => number): { qLen: number; ctxLen: number }[] {
+  const ctx = () => Math.floor(r() * 601);
+  return [
+    { qLen: 37, ctxLen: 480 + Math.floor(r() * 30) }, { qLen: 1, ctxLen: 0 }, { qLen: 5, ctxLen: ctx() },
+    { qLen: 1, ctxLen: 600 }, { qLen: 5, ctxLen: 0 }, { qLen: 1, ctxLen: ctx() }, { qLen: 37, ctxLen: ctx() % 100 },
+  ];
+}
+const rowErr = (c: Case, out: Float32Array, ref: Float64Array) => maxRowErr(out, ref, c.numTokens * c.shape.kvHeads * c.shape.group, c.shape.headDim);
+
+forEachBackend('paged attention', (dev) => {
+  for (const group of [1, 4, 8]) {
+    for (const kvDtype of ['f32', 'f16'] as const) {
+      const tol = kvDtype === 'f16' ? 3e-3 : 1e-3;
+      it(`ragged batch vs float64: GQA ${group}:1, head_dim 64, ${kvDtype} KV, every row within ${tol}`, async () => {
+        const r = rng(freshSeed(`attention G${group} ${kvDtype}`));
+        const c = makeCase(r, { headDim: 64, group, kvHeads: 2, kvDtype }, raggedSpec(r));
+        const out = await runCase(dev, c);
+        expect(out.every(Number.isFinite)).toBe(true);
+        expect(rowErr(c, out, reference(c))).toBeLessThan(tol);
+      }, 120_000);
+    }
+  }
+
+  it('sliding window (100 positions), GQA 4:1: within 1e-3', async () => {
+    const r = rng(freshSeed('attention window'));
+    const c = makeCase(r, { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32', window: 100 }, raggedSpec(r));
+    expect(rowErr(c, await runCase(dev, c, 128), reference(c))).toBeLessThan(1e-3);
+  }, 120_000);
+
+  for (const headDim of [8, 16, 32, 80, 96, 128]) {
+    it(`head_dim ${headDim}, GQA 4:1, split and unsplit rows: within 1e-3`, async () => {
+      const r = rng(freshSeed(`attention D${headDim}`));
+      const spec = [{ qLen: 5, ctxLen: Math.floor(r() * 200) }, { qLen: 1, ctxLen: 150 + Math.floor(r() * 100) }, { qLen: 1, ctxLen: 3 }];
+      const c = makeCase(r, { headDim, group: 4, kvHeads: 1, kvDtype: headDim === 128 ? 'f16' : 'f32' }, spec);
+      expect(rowErr(c, await runCase(dev, c, 64), reference(c))).toBeLessThan(headDim === 128 ? 3e-3 : 1e-3);
+    }, 120_000);
+  }
+
+  it('split-KV (chunks of 32, 64 and 512 positions) agrees with single pass (1024) within 1e-5', async () => {
+    const r = rng(freshSeed('attention split vs single'));
+    const c = makeCase(r, { headDim: 32, group: 2, kvHeads: 2, kvDtype: 'f32' }, raggedSpec(r));
+    const single = await runCase(dev, c, 1024);
+    expect(rowErr(c, single, reference(c))).toBeLessThan(1e-3);
+    for (const chunk of [32, 64, 512]) {
+      const split = await runCase(dev, c, chunk);
+      expect(relErr(split, single), `chunk ${chunk}`).toBeLessThan(1e-5);
+    }
+  }, 120_000);
+
+  it('a sequence\'s rows are bit-identical alone, in a mixed batch, chunked as a prefill, or token by token', async () => {
+    const r = rng(freshSeed('attention batch invariance'));
+    const shape: Shape = { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32' };
+    // The sequence under test is sequence 0: 7 new tokens after 530 cached ones (two chunks).
+    const mixed = makeCase(r, shape, [{ qLen: 7, ctxLen: 530 }, ...raggedSpec(r)]);
+    const H = shape.kvHeads * shape.group, rowLen = H * shape.headDim;
+    const rowsOf = (c: Case, out: Float32Array, si: number, from = 0, n = c.seqs[si]!.qLen) =>
+      new Uint32Array(out.slice((c.seqs[si]!.qStart + from) * rowLen, (c.seqs[si]!.qStart + from + n) * rowLen).buffer);
+    const mine = rowsOf(mixed, await runCase(dev, mixed), 0);
+    // Alone: the same K/V, q and block table, nothing else in the batch.
+    const only = (qFrom: number, qLen: number): Case => {
+      const s = mixed.seqs[0]!;
+      return {
+        ...mixed, numTokens: qLen, q: mixed.q.slice((s.qStart + qFrom) * rowLen, (s.qStart + qFrom + qLen) * rowLen),
+        seqs: [{ ...s, qStart: 0, qLen, ctxLen: s.ctxLen + qFrom }],
+        k: [mixed.k[0]!.slice(0, (s.ctxLen + qFrom + qLen) * shape.kvHeads * shape.headDim)],
+        v: [mixed.v[0]!.slice(0, (s.ctxLen + qFrom + qLen) * shape.kvHeads * shape.headDim)],
+      };
+    };
+    const alone = only(0, 7);
+    expect(rowsOf(alone, await runCase(dev, alone), 0)).toEqual(mine);
+    // Prefill chunked 3 + 4, with other tile sizes, then decode-style one token at a time.
+    const parts: Uint32Array[] = [];
+    for (const [from, n] of [[0, 3], [3, 4]] as const) {
+      const c = only(from, n);
+      parts.push(rowsOf(c, await runCase(dev, c, undefined, 2), 0));
+    }
+    expect(Uint32Array.from([...parts[0]!, ...parts[1]!])).toEqual(mine);
+    for (let j = 0; j < 7; j++) {
+      const c = only(j, 1);
+      expect(rowsOf(c, await runCase(dev, c), 0), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
+    }
+  }, 180_000);
+
+  for (const kvDtype of ['f32', 'f16'] as const) {
+    it(`KV append (${kvDtype}) writes exactly the slots given and nothing else`, async () => {
+      const r = rng(freshSeed(`kvAppend ${kvDtype}`));
+      const D = 80, KVH = 3, numBlocks = 9, tokens = 40, f16 = kvDtype === 'f16';
+      const free = Array.from({ length: numBlocks * BS }, (_, i) => i).sort(() => r() - 0.5);
+      const slots = Int32Array.from({ length: tokens }, (_, t) => (t % 7 === 3 ? -1 : free[t]!));
+      const kNew = randomF32(tokens * KVH * D, r), vNew = randomF32(tokens * KVH * D, r);
+      const words = numBlocks * BS * KVH * D / (f16 ? 2 : 1), POISON = 0xdeadbeef;
+      const bufs = new Buffers(dev);
+      try {
+        const dt = f16 ? 'u32' : 'f32';
+        const poison = f16 ? new Uint32Array(words).fill(POISON) : new Float32Array(new Uint32Array(words).fill(POISON).buffer);
+        const kCache = bufs.input(dt, poison as never, 'kCache'), vCache = bufs.input(dt, poison.slice() as never, 'vCache');
+        runKvAppend(dev, kvAppend({ headDim: D, kvDtype, caps: dev.caps }), { kNew: bufs.input('f32', kNew, 'kNew'), vNew: bufs.input('f32', vNew, 'vNew'), kCache, vCache },
+          slots, { numKvHeads: KVH, numBlocks, blockSize: BS, headDim: D });
+        for (const [cache, src] of [[kCache, kNew], [vCache, vNew]] as const) {
+          const got = new Uint32Array((await bufs.read(cache)).buffer);
+          const written = new Set<number>();
+          slots.forEach((slot, t) => {
+            if (slot < 0) return;
+            for (let e = 0; e < KVH * D; e++) {
+              const x = src[t * KVH * D + e]!;
+              if (f16) {
+                const w = got[(slot * KVH * D + e) / 2 | 0]!, half = e % 2 ? w >>> 16 : w & 0xffff;
+                expect(Math.abs(halfValue(half) - x)).toBeLessThanOrEqual(Math.abs(x) * 2 ** -11 + 2 ** -25);
+                written.add((slot * KVH * D + e) / 2 | 0);
+              } else {
+                expect(new Float32Array(got.buffer, (slot * KVH * D + e) * 4, 1)[0]).toBe(x);
+                written.add(slot * KVH * D + e);
+              }
+            }
+          });
+          let untouched = 0;
+          got.forEach((w, i) => { if (!written.has(i)) { expect(w, `word ${i} must be untouched`).toBe(POISON); untouched++; } });
+          expect(untouched).toBeGreaterThan(0);
+        }
+      } finally { bufs.free(); }
+    });
+  }
+});
+
+describe('attention input validation', () => {
+  const config = pagedAttention({ headDim: 64, groupSize: 4 }).config;
+  const cache = { numBlocks: 10, numKvHeads: 2, maxBlocksPerSeq: 4 };
+  const seq = (o: Partial<RaggedSequence> = {}): RaggedSequence => ({ qStart: 0, qLen: 3, ctxLen: 20, blockTable: [4, 2], ...o });
+  const batch = (seqs: RaggedSequence[], o: Partial<AttentionBatch> = {}): AttentionBatch => ({ numTokens: 8, seqs, ...o });
+  it('accepts a well-formed batch and plans tiles from it', () => {
+    const p = prepareAttention(config, batch([seq(), seq({ qStart: 3, qLen: 5, ctxLen: 0, blockTable: [7] })]), cache);
+    expect(p.sizes.numTiles).toBe(2);
+    expect(Array.from(p.tiles.subarray(0, 8))).toEqual([0, 0, 3, 20, 0, 1, 0, 0]);
+  });
+  it('rejects block tables outside the cache, positions beyond the limit, bad rows, naming the sequence', () => {
+    expect(() => prepareAttention(config, batch([seq({ blockTable: [4, 10] })]), cache)).toThrow(/sequence 0: blockTable\[1\] = 10 points outside the cache/);
+    expect(() => prepareAttention(config, batch([seq({ blockTable: [4, -1] })]), cache)).toThrow(AttentionInputError);
+    expect(() => prepareAttention(config, batch([seq({ blockTable: [4] })]), cache)).toThrow(/blockTable has 1 entries, positions up to 22 need 2/);
+    expect(() => prepareAttention(config, batch([seq({ ctxLen: 62, blockTable: [1, 2, 3, 4] })]), cache)).toThrow(/positions up to 64 are beyond the context limit 64/);
+    expect(() => prepareAttention(config, batch([seq(), seq({ qStart: 2 })]), cache)).toThrow(/sequence 1: q row 2 is also claimed by sequence 0/);
+    expect(() => prepareAttention(config, batch([seq({ qStart: 6 })]), cache)).toThrow(/run past numTokens = 8/);
+    expect(() => prepareAttention(config, batch([seq({ qLen: 0 })]), cache)).toThrow(/qLen = 0/);
+    expect(() => prepareAttention(config, batch([seq()], { scale: -1 }), cache)).toThrow(/scale = -1/);
+  });
+  it('rejects KV-append slots outside the cache or written twice', () => {
+    expect(() => checkSlots(Int32Array.of(3, -1, 160), 10, 16)).toThrow(/slots\[2\] = 160 is outside the cache/);
+    expect(() => checkSlots(Int32Array.of(3, 3), 10, 16)).toThrow(/slots\[1\] = 3 is also written by token 0/);
+    expect(() => checkSlots(Int32Array.of(-2), 10, 16)).toThrow(AttentionInputError);
+  });
+});
