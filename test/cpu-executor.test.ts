@@ -494,17 +494,18 @@ describe('workers', () => {
   });
 
   it('1 worker, 3 workers and the main thread give bit-identical results', async () => {
-    const one = await createCpuDevice({ workers: 1, check: false }), three = await createCpuDevice({ workers: 3, check: false }), inline = await createCpuDevice({ workers: 0, check: false });
-    devs.push(one, three, inline);
+    const [one, three, inline] = await Promise.all([1, 3, 0].map((workers) => createCpuDevice({ workers, check: false })));
+    devs.push(one!, three!, inline!);
     const mm = matmulTiled({ tileM: 32, tileN: 32, tileK: 8, blockM: 2, blockN: 2 });
     const r = rng(freshSeed('workers'));
     const M = 97, N = 75, K = 131;
     const A = randomF32(M * K, r), B = randomF32(K * N, r);
-    const outs = await Promise.all([one, three, inline].map((d) => exec(d, mm, { A, B, C: poisonF32(M * N) }, { M, N, K })));
+    const outs = await Promise.all([one!, three!, inline!].map((d) => exec(d, mm, { A, B, C: poisonF32(M * N) }, { M, N, K })));
     expect(outs[0]!.C!.some(Number.isNaN)).toBe(false);
     expect(outs[1]!.C).toEqual(outs[0]!.C);
     expect(outs[2]!.C).toEqual(outs[0]!.C);
-    expect(one.description).toBe('cpu (1 worker)');
+    expect(one!.description).toBe('cpu (1 worker)');
+    expect(inline!.description).toBe('cpu (main thread)');
   });
 });
 

@@ -97,8 +97,11 @@ async function compile(): Promise<{ code: number; report: object }> {
     if (typeof dev !== 'string') await dev.destroy();
   }
   const pad = (s: unknown, n: number) => String(s ?? '-').padEnd(n);
-  console.log(`${pad('kernel', 44)} ${pad('compile ms', 11)} ${pad('regs', 5)} ${pad('local B', 8)} ${pad('shared B', 9)} max threads`);
-  for (const r of rows) {
+  if (typeof dev === 'string') {
+    const bytes = rows.reduce((a, r) => a + r.sourceBytes, 0);
+    console.log(`emitted ${rows.length - rows.filter((r) => r.error).length} kernels, ${(bytes / 1024).toFixed(0)} KiB of CUDA C++: ${rows.map((r) => r.label).join(', ')}`);
+  } else console.log(`${pad('kernel', 44)} ${pad('compile ms', 11)} ${pad('regs', 5)} ${pad('local B', 8)} ${pad('shared B', 9)} max threads`);
+  for (const r of typeof dev === 'string' ? rows.filter((x) => x.error) : rows) {
     const ms = r.compileMs === undefined ? '-' : r.compileMs.toFixed(0);
     console.log(`${pad(r.label, 44)} ${pad(ms, 11)} ${pad(r.registers, 5)} ${pad(r.localBytes, 8)} ${pad(r.sharedBytes, 9)} ${r.maxThreads ?? '-'}` +
       `${r.error ? `  FAILED: ${r.error.split('\n')[0]}` : ''}${r.localBytes ? '  (local memory: spills or a runtime-indexed array)' : ''}`);

@@ -11,7 +11,7 @@
 #     --dry-run   run here, without a GPU: OUT and the work folder default to /tmp/kiln-gpu-dry,
 #                 CUDA phases report "cuda not available" and skip (KILN_GPU_FORCE=1 runs them anyway)
 #     --phases    a subset, in the default order (see --list)
-#     --budget    seconds for the whole script (default $KILN_GPU_BUDGET or 420); each phase gets
+#     --budget    seconds for the whole script (default $KILN_GPU_BUDGET or 450); each phase gets
 #                 at most its own limit and never more than what is left, less a reserve for the
 #                 summary, so the script always ends and packs its results inside the budget
 # Environment: KILN_GPU_BACKENDS (the tests' KILN_BACKENDS, default cuda), KILN_GPU_ARGS_<bench>
@@ -25,7 +25,7 @@ cd "$ROOT" || exit 1
 GPU_DIR=$ROOT/.devkit/gpu
 
 # name:limit-in-seconds, in the order they run. Conformance first: timings of wrong kernels are noise.
-PHASE_TABLE="env:20 addon:60 probe:30 compile:90 conformance:150 bench-int4:60 bench-attention:60 torch:75 bench-accept:45 bench-generate:75"
+PHASE_TABLE="env:20 addon:60 probe:30 compile:90 conformance:180 bench-int4:75 bench-attention:75 torch:90 bench-accept:45 bench-generate:90"
 RESERVE=15
 
 # ---- one phase, run in a child process by the driver below ----------------------------------
@@ -85,35 +85,49 @@ phase_compile() {
   node "$GPU_DIR/cuda-check.mjs" compile --json "$WORK/json/compile.json"
 }
 
-# Each test file in its own process and under its own limit: a hang costs one file, not the phase.
+# Each test file in its own process and under its own limit, KILN_GPU_JOBS (default: up to 4) at a
+# time: a hang costs one file, not the phase. Each file's output lands in logs/test-NAME.log and is
+# printed whole when the file ends, so parallel files never interleave.
+conformance_file() {
+  local f=$1 limit=$2 name frc
+  name=$(basename "$f" .mjs)
+  KILN_BACKENDS=${KILN_GPU_BACKENDS:-cuda} KILN_TEST_REPORT="$WORK/reports/$name.json" \
+    timeout --kill-after=5 "$limit" node "$f" >"$WORK/logs/$name.log" 2>&1
+  frc=$?
+  if [ "$frc" -eq 124 ] || [ "$frc" -eq 137 ]; then
+    echo "  ✗ killed after ${limit} s" >>"$WORK/logs/$name.log"
+    printf '{"file":"%s","timedOut":true,"limit":%d,"passed":0,"failed":1,"skipped":0,"errors":["killed after %d s"],"tests":[]}\n' \
+      "$name" "$limit" "$limit" >"$WORK/reports/$name.json"
+  fi
+  cat "$WORK/logs/$name.log"
+  return "$frc"
+}
+
 phase_conformance() {
-  local files=() f name rc=0 left limit started
+  local files=() pids=() pid f left limit started jobs rc=0
   started=$(date +%s)
+  jobs=${KILN_GPU_JOBS:-$(($(nproc) < 4 ? $(nproc) : 4))}
+  # Slowest first (nvcc over every committed file), then the backend's own tests, then kernels.
+  [ -f "$GPU_DIR/test-cuda-compile.mjs" ] && files+=("$GPU_DIR/test-cuda-compile.mjs")
   [ -f "$GPU_DIR/test-cuda-backend.mjs" ] && files+=("$GPU_DIR/test-cuda-backend.mjs")
   for f in "$GPU_DIR"/test-*.mjs; do
     case $(basename "$f") in test-cuda-backend.mjs | test-cuda-compile.mjs) ;; *) files+=("$f") ;; esac
   done
-  [ -f "$GPU_DIR/test-cuda-compile.mjs" ] && files+=("$GPU_DIR/test-cuda-compile.mjs")
   # The fake-driver tests start fixtures through tsx, which is not carried; CI runs them.
   if [ ! -d node_modules/tsx ] && [ -z "${KILN_TEST_SKIP+x}" ]; then
     export KILN_TEST_SKIP='cuda backend on a fake driver|reports a missing addon as unavailable'
     export KILN_TEST_SKIP_REASON='needs tsx (not carried); runs in CI'
   fi
+  echo "${#files[@]} test files, $jobs at a time, KILN_BACKENDS=${KILN_GPU_BACKENDS:-cuda}"
   for f in "${files[@]}"; do
-    name=$(basename "$f" .mjs)
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
     left=$((PHASE_LIMIT - ($(date +%s) - started) - 5))
-    if [ "$left" -lt 10 ]; then echo "  ${name#test-}: not run (the phase's time is up)"; rc=1; continue; fi
-    limit=$((left < 120 ? left : 120))
-    KILN_BACKENDS=${KILN_GPU_BACKENDS:-cuda} KILN_TEST_REPORT="$WORK/reports/$name.json" \
-      timeout --kill-after=5 "$limit" node "$f"
-    local frc=$?
-    if [ "$frc" -eq 124 ] || [ "$frc" -eq 137 ]; then
-      echo "  ✗ ${name#test-}: killed after ${limit} s"
-      printf '{"file":"%s","timedOut":true,"limit":%d,"passed":0,"failed":1,"skipped":0,"errors":["killed after %d s"],"tests":[]}\n' \
-        "$name" "$limit" "$limit" >"$WORK/reports/$name.json"
-    fi
-    [ "$frc" -ne 0 ] && rc=1
+    if [ "$left" -lt 10 ]; then echo "  ✗ $(basename "$f" .mjs): not started (the phase's time is up)"; rc=1; continue; fi
+    limit=$((left < 150 ? left : 150))
+    conformance_file "$f" "$limit" &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
   return "$rc"
 }
 
@@ -155,7 +169,7 @@ fi
 # ---- the driver ------------------------------------------------------------------------------
 
 DRY_RUN=0
-BUDGET=${KILN_GPU_BUDGET:-420}
+BUDGET=${KILN_GPU_BUDGET:-450}
 ONLY=""
 while [ $# -gt 0 ]; do
   case $1 in

@@ -45,23 +45,23 @@ const benches = Object.fromEntries(benchNames.map((name) => {
 }));
 
 const md = [];
-md.push(`# Kiln on the GPU machine — ${new Date().toISOString()}\n`);
-md.push(probe?.ok ? `Device: ${probe.description}\n` : `CUDA: not available${probe?.reason ? ` — ${probe.reason}` : ''}\n`);
-md.push('## Phases\n', table(phases));
+md.push(`# Kiln on the GPU machine — ${new Date().toISOString()}\n\n`);
+md.push(probe?.ok ? `Device: ${probe.description}\n\n` : `CUDA: not available${probe?.reason ? ` — ${probe.reason}` : ''}\n\n`);
+md.push('## Phases\n\n', table(phases));
 
 const totals = reports.reduce((a, r) => ({
   passed: a.passed + (r.passed ?? 0), failed: a.failed + (r.failed ?? 0), skipped: a.skipped + (r.skipped ?? 0), errors: a.errors + (r.errors?.length ?? 0),
 }), { passed: 0, failed: 0, skipped: 0, errors: 0 });
 if (reports.length) {
-  md.push(`## Conformance (KILN_BACKENDS=${process.env.KILN_GPU_BACKENDS ?? 'cuda'}): ${totals.passed} passed, ${totals.failed} failed, ${totals.skipped} skipped, ${totals.errors} errors\n`);
+  md.push(`\n## Conformance (KILN_BACKENDS=${process.env.KILN_GPU_BACKENDS ?? 'cuda'}): ${totals.passed} passed, ${totals.failed} failed, ${totals.skipped} skipped, ${totals.errors} errors\n\n`);
   md.push(table(reports.map((r) => ({ file: r.file, passed: r.passed, failed: r.failed, skipped: r.skipped, errors: r.errors?.length ?? 0, seconds: r.ms === undefined ? (r.timedOut ? `killed at ${r.limit}` : '') : (r.ms / 1000).toFixed(1) }))));
   const failures = reports.flatMap((r) => [
     ...(r.tests ?? []).filter((t) => t.state === 'fail').map((t) => `- ${r.file}: ${t.name}\n  ${(t.error ?? '').split('\n')[0]}`),
     ...(r.errors ?? []).map((e) => `- ${r.file}: ${e.split('\n')[0]}`),
   ]);
-  if (failures.length) md.push(`\nFailures (${failures.length}${failures.length > 25 ? ', first 25' : ''}):\n`, failures.slice(0, 25).join('\n'), '\n');
+  if (failures.length) md.push(`\nFailures (${failures.length}${failures.length > 25 ? ', first 25' : ''}):\n\n`, failures.slice(0, 25).join('\n'), '\n');
   const skippedNotes = [...new Set(reports.flatMap((r) => (r.tests ?? []).filter((t) => t.state === 'skip' && t.note).map((t) => t.note === 'suite skipped' ? t.name : `${t.name} [${t.note}]`)))];
-  if (skippedNotes.length) md.push(`\nSkipped with a reason (${skippedNotes.length}${skippedNotes.length > 10 ? ', first 10' : ''}):\n`, skippedNotes.slice(0, 10).map((s) => `- ${s}`).join('\n'), '\n');
+  if (skippedNotes.length) md.push(`\nSkipped with a reason (${skippedNotes.length}${skippedNotes.length > 10 ? ', first 10' : ''}):\n\n`, skippedNotes.slice(0, 10).map((s) => `- ${s}`).join('\n'), '\n');
 }
 
 if (compile?.kernels) {
@@ -70,13 +70,13 @@ if (compile?.kernels) {
   const failed = k.filter((r) => r.error);
   const local = compiled.filter((r) => r.localBytes);
   md.push(`\n## Kernels: ${k.length} emitted, ${compiled.length} compiled and loaded, ${failed.length} failed, ${local.length} using local memory` +
-    (compiled.length ? `, registers up to ${Math.max(...compiled.map((r) => r.registers))}, ${(compiled.reduce((a, r) => a + r.compileMs, 0) / 1000).toFixed(1)} s compiling` : '') + '\n');
+    (compiled.length ? `, registers up to ${Math.max(...compiled.map((r) => r.registers))}, ${(compiled.reduce((a, r) => a + r.compileMs, 0) / 1000).toFixed(1)} s compiling` : '') + '\n\n');
   const notable = [...failed, ...local.filter((r) => !r.error)];
   if (notable.length) md.push(table(notable.map((r) => ({ kernel: r.label, registers: r.registers, localBytes: r.localBytes, sharedBytes: r.sharedBytes, error: r.error?.split('\n')[0] }))));
 }
 
 if (torch) {
-  md.push(`\n## PyTorch references (${cellText(torch.env?.device)}, torch ${cellText(torch.env?.torch)}, CUDA ${cellText(torch.env?.cuda)})\n`);
+  md.push(`\n## PyTorch references (${cellText(torch.env?.device)}, torch ${cellText(torch.env?.torch)}, CUDA ${cellText(torch.env?.cuda)})\n\n`);
   md.push(`${torch.method ?? ''}\n`);
   for (const [section, title] of [['copy', 'Copy bandwidth'], ['matmul', 'cuBLAS matmul'], ['int4', '_weight_int4pack_mm (W4A16, g128)'], ['linear_fp16', 'fp16 F.linear (cuBLAS) on the INT4 shapes'], ['sdpa', 'scaled_dot_product_attention (fp16, GQA 4:1, d=128)']]) {
     if (torch[section]) md.push(`\n### ${title}\n\n`, table(torch[section]));

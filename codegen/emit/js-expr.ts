@@ -51,7 +51,9 @@ export const SPILL_ARRAY: Record<Scalar, string> = { f32: 'Float32Array', f16: '
 export const SHARED_ARRAY: Record<string, string> = { f32: 'Float32Array', i32: 'Int32Array', u32: 'Uint32Array' };
 export const KIND: Record<string, number> = { f32: 0, f16: 1, i32: 2, u32: 3 };
 
+/** A private array: `scalar` ones (constant indices only) become one local per element. */
 export interface PrivInfo { name: string; js: string; t: Scalar; length: number; scalar: boolean; id: number }
+
 export abstract class JsExpressions {
   protected readonly check: boolean;
   protected readonly sg: number;
@@ -91,7 +93,6 @@ export abstract class JsExpressions {
 
   /** Mark a runtime helper as used; returns `fn`, the function to call. */
   protected h(helper: string, fn = ''): string { this.helpers.add(helper); return fn; }
-
 
   // ---- expressions ---------------------------------------------------------------------------
   /** Component expressions of e (one for a scalar). */

@@ -47,7 +47,7 @@ export interface PagedAttentionParams {
   blockSize?: number;
   /** KV positions per split-KV chunk, a multiple of blockSize (default 512). */
   chunkSize?: number;
-  /** Query tokens per workgroup (default: as many as the workgroup memory holds, ≤ 16). */
+  /** Query tokens per workgroup (default: 16 / groupSize, fewer if workgroup memory is short). */
   tileTokens?: number;
   workgroupSize?: number;
   caps?: Caps;
@@ -75,12 +75,15 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   const words = Math.floor(caps.maxWorkgroupStorage / 4) - BS * D;
   const maxRows = Math.floor(words / (D + BS + 5));
   if (maxRows < G) throw new Error(`pagedAttention: headDim ${D} with group ${G} does not fit ${caps.maxWorkgroupStorage} bytes of workgroup memory`);
-  const tileTokens = p.tileTokens ?? Math.max(1, Math.min(16, Math.floor(maxRows / G)));
+  // Default: about 16 rows (tokens × group). More rows share each KV tile among more queries
+  // (prefill), but a decode tile has one token, so the rest would sit idle holding memory.
+  const tileTokens = p.tileTokens ?? Math.max(1, Math.min(Math.floor(16 / G), Math.floor(maxRows / G)));
   if (!Number.isInteger(tileTokens) || tileTokens < 1 || tileTokens * G > maxRows) {
     throw new Error(`pagedAttention: tileTokens ${tileTokens} × group ${G} rows exceed the ${maxRows} rows workgroup memory holds`);
   }
   const rows = tileTokens * G;
-  const wg = p.workgroupSize ?? Math.min(caps.maxInvocationsPerWorkgroup, rows * D >= 512 ? 128 : 64);
+  // About 8 accumulators per invocation at most: more made ptxas spill at head_dim 128.
+  const wg = p.workgroupSize ?? Math.min(caps.maxInvocationsPerWorkgroup, rows * D >= 2048 ? 256 : rows * D >= 512 ? 128 : 64);
   return { headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps };
 }
 

@@ -124,11 +124,11 @@ export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: nu
 /**
  * What int4Linear/denseLinear should know about a device beyond its caps: how many invocations it
  * wants in flight, which sets the default split-K. CPU-like devices (the CPU executor, llvmpipe)
- * want a few workgroups per core; GPUs tens of thousands of invocations.
+ * want ~16 workgroups of 64 per core (so K is split when N is small); GPUs tens of thousands.
  */
 export function linearHints(dev: Device): { caps: Device['caps']; parallelism: number; choice?: LinearChoiceInput } {
   const software = dev.kind === 'cpu' || /llvmpipe|lavapipe|swiftshader|software/i.test(dev.description);
-  const hints = { caps: dev.caps, parallelism: software ? 256 * os.availableParallelism() : 65536 };
+  const hints = { caps: dev.caps, parallelism: software ? 1024 * os.availableParallelism() : 65536 };
   // The CPU executor reports GPU-sized limits, but small GEMM tiles run ~2x faster on it (measured
   // with src/ops/tune.ts); a tuned choice replaces this.
   if (dev.kind === 'cpu') return { ...hints, choice: { gemm: { tileM: 32, tileN: 32, tileK: 32, blockM: 2, blockN: 4 } } };
