@@ -4,7 +4,7 @@
 import { expect, it } from 'vitest';
 import { forEachBackend } from './backends.js';
 import { LANES, semantics, semanticsInputs, semanticsReference } from './fixtures/semantics.js';
-import { Buffers } from './kernels/helpers.js';
+import { Buffers } from './kernels/buffers.js';
 import { freshSeed, rng } from './util.js';
 
 const NAMES = ['round(2x)', 'select', 'w << s', 'w >> s', 'i >> s', 'i / d', 'i % d', 'w / |d|', 'w % |d|', 'x % 2',

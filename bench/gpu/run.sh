@@ -51,6 +51,7 @@ phase_env() {
   done
   echo "g++: $( (g++ --version 2>/dev/null | head -1) || echo 'not found')"
   echo "python3: $( (python3 --version 2>&1) || echo 'not found') ($(command -v python3 || true))"
+  # shellcheck disable=SC2016 # a JavaScript template literal, not shell
   node -e 'const m = require(process.argv[1]);
     console.log(`bundles: commit ${m.commit.slice(0, 12)}${m.dirty ? ` + ${m.dirty} changed files` : ""}, built ${m.created} with node ${m.node}`)' \
     "$GPU_DIR/manifest.json"
@@ -66,7 +67,7 @@ addon_loads() {
 # The carried addon (built here by bundle.mjs) should load; if it does not (another libstdc++, say),
 # build it again with plain g++ from the headers bundle.mjs carried: the machine has no node-gyp.
 phase_addon() {
-  KILN_SKIP_ADDON= node scripts/build-addon.mjs
+  env -u KILN_SKIP_ADDON node scripts/build-addon.mjs
   if [ -f "$ADDON" ] && addon_loads; then echo "addon: $ADDON loads"; return 0; fi
   echo "addon: the carried addon is missing or does not load; rebuilding it with g++"
   have g++ || { echo "addon: no g++ here either: the CUDA backend is unavailable"; return 1; }
@@ -149,11 +150,8 @@ phase_bench() {
   KILN_BENCH_JSON="$WORK/json/bench-$bench.json" node "$GPU_DIR/$bundle" $args
 }
 
+# Exits 3 with "skip: …" where torch or its CUDA device is missing.
 phase_torch() {
-  python3 -c 'import torch; assert torch.cuda.is_available(), "torch sees no CUDA device"' 2>&1 || {
-    echo "skip: torch not available with CUDA here"
-    return 3
-  }
   python3 bench/gpu/torch_ref.py --json "$WORK/json/torch_ref.json"
 }
 
@@ -182,7 +180,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-case $BUDGET in '' | *[!0-9]*) echo "run.sh: --budget must be whole seconds, got '$BUDGET'" >&2; exit 2 ;; esac
+case $BUDGET in
+  '' | *[!0-9]*) echo "run.sh: --budget must be whole seconds, got '$BUDGET'" >&2; exit 2 ;;
+  *) ;;
+esac
 
 STARTED=$(date +%s)
 DEADLINE=$((STARTED + BUDGET))
@@ -212,7 +213,11 @@ say "== kiln GPU run: budget ${BUDGET} s$([ "$DRY_RUN" = 1 ] && echo ', dry run'
 
 # Node: carried compressed; the machine has none.
 if [ -f .devkit/node.xz ]; then
-  if ! { xz -dc .devkit/node.xz >"$WORK/bin/node" && chmod +x "$WORK/bin/node"; }; then
+  # xz where it exists, else Python's lzma module (the machine's image may lack xz-utils).
+  if have xz; then unxz_cmd=(xz -dc .devkit/node.xz); else
+    unxz_cmd=(python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' .devkit/node.xz)
+  fi
+  if ! { "${unxz_cmd[@]}" >"$WORK/bin/node" && chmod +x "$WORK/bin/node" && "$WORK/bin/node" --version >/dev/null; }; then
     say "run.sh: unpacking .devkit/node.xz failed"
     exit 1
   fi
@@ -298,6 +303,6 @@ done
 
 pack
 say ""
-say "== done in $(($(date +%s) - STARTED)) s; results in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+say "== done in $(($(date +%s) - STARTED)) s; results in $OUT: $(cd "$OUT" && printf '%s ' *)"
 say ""
 cat "$OUT/summary.md" 2>/dev/null || echo "(no summary.md)"

@@ -227,8 +227,11 @@ def main():
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         sys.exit(f"unknown section(s) {unknown}: choose from {list(SECTIONS)}")
-    import torch
-
+    try:
+        import torch
+    except ImportError as e:
+        print(f"skip: torch is not importable here ({e})")
+        sys.exit(3)
     if not torch.cuda.is_available():
         print("skip: torch sees no CUDA device")
         sys.exit(3)

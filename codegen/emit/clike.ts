@@ -103,6 +103,11 @@ export function f16round(x: number): number {
  * A candidate whose double value lies exactly on a midpoint of the format, without being that
  * decimal exactly, is skipped: this check's double rounding could disagree with the compiler's.
  */
+/** Largest finite value of the format `round` rounds to (f16: 65504; f32: FLT_MAX). */
+function maxFinite(round: (x: number) => number): number {
+  return Number.isFinite(round(65520)) ? 3.4028234663852886e38 : 65504;
+}
+
 export function floatText(v: number, round: (x: number) => number, what: string): string {
   if (!Number.isFinite(v)) throw new Error(`${what}: ${v} is not a finite number`);
   if (v === 0) return Object.is(v, -0) ? '-0.0' : '0.0';
@@ -112,7 +117,7 @@ export function floatText(v: number, round: (x: number) => number, what: string)
     const s = a.toPrecision(p);
     const d = Number(s);
     // Digits above the format's largest finite value are rejected by WGSL even when they round to it.
-    const pastMax = d > a && !Number.isFinite(round(a * (1 + 2 ** -9)));
+    const pastMax = d > maxFinite(round);
     if (!pastMax && round(d) === a && (isExactly(s, d) || round(nextDouble(d, true)) === round(nextDouble(d, false)))) {
       // String(d) prints the same digits, positionally where that is short (100, not 1e+2).
       const t = String(d).replace('e+', 'e');
