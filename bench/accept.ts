@@ -4,8 +4,9 @@
 //   greedy    — greedy acceptance on the target's scores (2 launches);
 //   sampling  — for scale: the sampling op turning B·(k+1) rows of logits into transformed
 //               probabilities + a draw (temperature, top-k 50, top-p 0.9), as a verify step needs.
-// Time per call, and effective GB/s over the bytes each must read at least: rejection two passes
-// over p_a and q_a per sequence (B·2·2·V·4; the draft-token lookups are negligible); greedy the
+// Time per call, and effective GB/s over the bytes each must read at least: rejection one pass
+// over p_a and q_a per sequence (B·2·V·4; its second pass re-reads a single segment, the draft
+// lookups are negligible); greedy the
 // k + 1 score rows once; sampling its rows about 7 times (max, exp, threshold passes ≈ 16 over the
 // kept row, mask, draw) — reported over one pass, so read it as a floor. Next to copy bandwidth.
 //
@@ -104,7 +105,7 @@ async function benchVocab(dev: Device, B: number, K: number, V: number, bw: numb
 
     const rej = rejectionSampler({ caps: dev.caps });
     const msR = await time(dev, () => dev.run(rej, { draftTokens: dt, draftProbs: q, targetProbs: p, seqInfo: si, accepted, tokens }, sizes), o);
-    const bytesR = B * 2 * 2 * V * 4;
+    const bytesR = B * 2 * V * 4;
     row(['rejection', B, K, V, fmt(msR * 1000, 1), fmt(bytesR / msR / 1e6), `${fmt((100 * bytesR) / msR / 1e6 / bw, 1)}%`]);
 
     const greedy = greedyAcceptance({ caps: dev.caps });

@@ -5,8 +5,8 @@
 // Options:
 //   --sizes 256,512,1024   problem sizes (n for n×n×n)
 //   --targets js,cpu1,cpuN,webgpu   what to measure
-//   --runs 5               timed runs per cell (after one warm-up); fewer if --budget is short
-//   --budget 20            seconds of timed runs per cell at most
+//   --runs 5               timed runs per cell (after ≥5 warm-up runs); fewer if --budget is short
+//   --budget 20            seconds of timed runs per cell at most (warm-up: at most half as much again)
 //   --workers N            workers for cpuN (default: all cores)
 //   --tilings 64x64x16/4x4,32x32x32/2x2u   tilings to compare, u: K loop unrolled (default: the device default)
 import os from 'node:os';
@@ -63,22 +63,36 @@ function matmulJs(A: Float32Array, B: Float32Array, C: Float32Array, n: number):
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-/** Warm up once, then time up to `runs` runs within `budget` seconds; median seconds. */
-async function time(run: () => Promise<void> | void, o: Options): Promise<{ s: number; runs: number }> {
-  let t = performance.now();
-  await run();
-  const warm = (performance.now() - t) / 1000;
+/**
+ * Warm up, then time up to `runs` runs within `budget` seconds: median wall seconds, and
+ * median CPU seconds of this process (all its threads: workers, llvmpipe's), which other load on
+ * the machine disturbs far less than wall time.
+ */
+async function time(run: () => Promise<void> | void, o: Options): Promise<{ s: number; cpuS: number; runs: number }> {
+  // JIT tiers (V8 in the workers, llvmpipe's shader cache) need a few runs: warm up for at least
+  // 5 runs and 0.5 s, or half the budget when single runs are long.
+  let t = performance.now(), warm = 0, spent = 0;
+  for (let i = 0; (i < 5 || spent < 0.5) && spent < o.budget / 2; i++) {
+    await run();
+    warm = (performance.now() - t) / 1000;
+    spent += warm;
+    t = performance.now();
+  }
   const runs = Math.max(1, Math.min(o.runs, Math.floor(o.budget / Math.max(warm, 1e-6))));
-  const ts: number[] = [];
+  const ts: number[] = [], cs: number[] = [];
   for (let r = 0; r < runs; r++) {
     t = performance.now();
+    const c = process.cpuUsage();
     await run();
     ts.push((performance.now() - t) / 1000);
+    const d = process.cpuUsage(c);
+    cs.push((d.user + d.system) / 1e6);
   }
-  return { s: median(ts), runs };
+  return { s: median(ts), cpuS: median(cs), runs };
 }
 
-interface Cell { gflops: number; err?: number; runs: number; note?: string }
+/** gflops: by wall time; perCpuS: GFLOP per CPU-second of this process. */
+interface Cell { gflops: number; perCpuS: number; err?: number; runs: number }
 
 async function onDevice(dev: Device, tiling: MatmulTiledConfig, n: number, A: Float32Array, B: Float32Array,
   ref: Float32Array, o: Options): Promise<Cell> {
@@ -88,12 +102,12 @@ async function onDevice(dev: Device, tiling: MatmulTiledConfig, n: number, A: Fl
     dev.write(a, A);
     dev.write(b, B);
     dev.write(c, new Float32Array(n * n).fill(Number.NaN));
-    const { s, runs } = await time(async () => {
+    const { s, cpuS, runs } = await time(async () => {
       dev.launch(kernel, { A: a, B: b, C: c }, { M: n, N: n, K: n });
       await dev.sync();
     }, o);
     const err = relErr(await dev.read(c), ref);
-    return { gflops: (2 * n ** 3) / s / 1e9, err, runs };
+    return { gflops: (2 * n ** 3) / s / 1e9, perCpuS: (2 * n ** 3) / cpuS / 1e9, err, runs };
   } finally {
     dev.free(a); dev.free(b); dev.free(c);
   }
@@ -117,7 +131,8 @@ export async function main(args: string[]): Promise<void> {
   for (const t of o.targets) if (t !== 'js') devices.set(t, await openDevice(t, o));
   const label = (t: string) => (t === 'cpuN' ? `cpu×${o.workers}` : t === 'cpu1' ? 'cpu×1' : t);
 
-  console.log(`# dsl: tiled f32 matmul, GFLOP/s (median of ≤${o.runs} runs after a warm-up, ≤${o.budget} s per cell)`);
+  console.log(`# dsl: tiled f32 matmul, GFLOP/s by wall time [GFLOP per CPU-second of this process]`);
+  console.log(`median of ≤${o.runs} runs after ≥5 warm-up runs, ≤${o.budget} s per cell; ratios by wall time`);
   console.log(`host: ${os.cpus()[0]?.model ?? '?'} × ${os.availableParallelism()}, node ${process.version}, load average ${os.loadavg()[0]!.toFixed(2)} (other processes skew every number)`);
   for (const [t, d] of devices) console.log(`${label(t)}: ${typeof d === 'string' ? `unavailable — ${d}` : d.description}`);
   console.log('');
@@ -136,15 +151,15 @@ export async function main(args: string[]): Promise<void> {
       const cells = new Map<string, Cell | string>();
       let tilingLabel = '';
       for (const t of o.targets) {
-        if (t === 'js') { cells.set(t, { gflops: jsGflops, runs: js.runs }); continue; }
+        if (t === 'js') { cells.set(t, { gflops: jsGflops, perCpuS: (2 * n ** 3) / js.cpuS / 1e9, runs: js.runs }); continue; }
         const d = devices.get(t)!;
         if (typeof d === 'string') { cells.set(t, 'n/a'); continue; }
-        const tiling = tilingArg ?? matmulTiledDefaults(d.caps);
+        const tiling = tilingArg ?? matmulTiledDefaults(d.caps, { M: n, N: n });
         tilingLabel = matmulTiledLabel(tiling).replace('matmulTiled_', '');
         cells.set(t, await onDevice(d, tiling, n, A, B, ref, o));
       }
       const g = (t: string) => { const c = cells.get(t); return typeof c === 'object' ? c.gflops : undefined; };
-      const fmt = (t: string) => { const c = cells.get(t); return typeof c === 'object' ? `${c.gflops.toFixed(3)} (${c.runs})` : c ?? '-'; };
+      const fmt = (t: string) => { const c = cells.get(t); return typeof c === 'object' ? `${c.gflops.toFixed(2)} [${c.perCpuS.toFixed(2)}]` : c ?? '-'; };
       const ratios = o.targets.filter((t) => t !== 'js' && g(t) !== undefined).map((t) => `${label(t)} ${(g(t)! / jsGflops).toFixed(2)}×`);
       const scaling = g('cpuN') !== undefined && g('cpu1') !== undefined ? [`${(g('cpuN')! / g('cpu1')!).toFixed(2)}×`] : [];
       const errs = [...cells.values()].flatMap((c) => (typeof c === 'object' && c.err !== undefined ? [c.err] : []));

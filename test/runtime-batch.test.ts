@@ -147,17 +147,20 @@ forEachBackend('runtime batch invariance', (dev: Device) => {
               const n = Math.min(left, budget, r() < 0.4 ? 1 : 1 + Math.floor(r() * 20));
               if (n < 1) return [];
               budget -= n;
-              const u = r();
-              return [{ s, n, logits: (u < 0.7 ? 'all' : u < 0.9 ? 'last' : 'none') as SeqInput['logits'] }];
+              // A sequence's last part always returns rows, so every sequence gets compared.
+              const u = r(), last = n === left;
+              return [{ s, n, logits: (u < 0.7 ? 'all' : u < 0.9 || last ? 'last' : 'none') as SeqInput['logits'] }];
             });
             await run.step(parts);
             steps++;
             if (parts.length > 1) multi++;
           }
           expect(multi).toBeGreaterThan(0);
+          console.log(`brown-${c.model} ${c.name} [${dev.kind}]: ${steps} passes (${multi} with several sequences); rows compared per sequence: ${seqs.map((_, i) => run.produced(i, refs[i]!).count).join(', ')} of ${seqs.map((s) => s.length).join(', ')}`);
           seqs.forEach((s, i) => {
             const { got, want, count } = run.produced(i, refs[i]!);
-            expect(count).toBeGreaterThan(s.length / 3);
+            expect(count).toBeGreaterThan(0);
+            expect(run.rows[i]![s.length - 1]).toBeDefined();
             expect(firstDiff(got, want, llm.spec.vocabSize), `sequence ${i} (${count} rows in ${steps} steps)`).toBeNull();
           });
         } finally {

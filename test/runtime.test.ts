@@ -166,10 +166,12 @@ describe('every backend agrees with the cpu backend', () => {
   const others = devices.filter((d) => d !== cpu);
   if (!cpu || !others.length) console.warn('[skip] cross-backend comparison: only one backend is available');
 
+  // All paths keep activations in f32 on every backend; measured differences from cpu are ≤ 9e-6
+  // (llvmpipe), so 1e-4 leaves room for other GPUs' FMA contraction and reduction widths.
   const cases: { name: string; path: string; opts: LoadOptions; ids: () => number[]; rowTol: number }[] = [
-    { name: 'brown-target f16', path: brownDir('target'), opts: {}, ids: () => brown.target.greedy_ids_fp32, rowTol: 1e-5 },
-    { name: 'brown-draft INT4 RTN g=64, f16 KV', path: brownDir('draft'), opts: { quant: 'int4-rtn', groupSize: 64, kvDtype: 'f16' }, ids: () => brown.draft.greedy_ids_fp32, rowTol: 1e-5 },
-    ...(haveStories ? [{ name: 'stories260K f32', path: STORIES_BIN, opts: { quant: 'f32' as const }, ids: () => storiesGolden().cases[1]!.tokens.slice(0, 64), rowTol: 1e-5 }] : []),
+    { name: 'brown-target f16', path: brownDir('target'), opts: {}, ids: () => brown.target.greedy_ids_fp32, rowTol: 1e-4 },
+    { name: 'brown-draft INT4 RTN g=64, f16 KV', path: brownDir('draft'), opts: { quant: 'int4-rtn', groupSize: 64, kvDtype: 'f16' }, ids: () => brown.draft.greedy_ids_fp32, rowTol: 1e-4 },
+    ...(haveStories ? [{ name: 'stories260K f32', path: STORIES_BIN, opts: { quant: 'f32' as const }, ids: () => storiesGolden().cases[1]!.tokens.slice(0, 64), rowTol: 1e-4 }] : []),
   ];
   for (const c of cases) {
     it.skipIf(!cpu || !others.length)(`${c.name}: teacher-forced logits within ${c.rowTol} per row and the same argmax`, async () => {

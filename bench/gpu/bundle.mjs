@@ -13,6 +13,7 @@
 //   node bench/gpu/bundle.mjs [--tests GLOB,GLOB] [--benches a,b] [--no-node] [--no-addon]
 //   (also `npm run bench -- gpu-prep [same options]`)
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { basename, dirname, join, relative, resolve } from 'node:path';
@@ -212,6 +213,9 @@ export async function prepare(argv = []) {
     tests: tests.map((f) => ({ file: relative(ROOT, f), bundle: `test-${basename(f, '.test.ts')}.mjs` })),
     benches,
     outputs: Object.fromEntries(outputs),
+    // Every repository file in the bundles, hashed: check-bundles.mjs tells a stale bundle there.
+    inputs: Object.fromEntries(Object.keys(result.metafile.inputs).filter((p) => !p.includes('node_modules') && existsSync(join(ROOT, p)))
+      .sort().map((p) => [p, createHash('sha1').update(readFileSync(join(ROOT, p))).digest('hex')])),
   };
   writeFileSync(join(GPU_DIR, 'manifest.json'), JSON.stringify(manifest, null, 1));
   log(`${outputs.length} bundle files, ${mib(bundleBytes)}: ${tests.length} test files, ` +

@@ -51,11 +51,8 @@ phase_env() {
   done
   echo "g++: $( (g++ --version 2>/dev/null | head -1) || echo 'not found')"
   echo "python3: $( (python3 --version 2>&1) || echo 'not found') ($(command -v python3 || true))"
-  # shellcheck disable=SC2016 # a JavaScript template literal, not shell
-  node -e 'const m = require(process.argv[1]);
-    console.log(`bundles: commit ${m.commit.slice(0, 12)}${m.dirty ? ` + ${m.dirty} changed files` : ""}, built ${m.created} with node ${m.node}`)' \
-    "$GPU_DIR/manifest.json"
   df -h /tmp 2>/dev/null | tail -1
+  node bench/gpu/check-bundles.mjs # exit 4: stale bundles, reported as a warning
 }
 
 ADDON=$ROOT/cuda/host/build/Release/kiln_cuda.node
@@ -273,6 +270,7 @@ run_phase() {
   case $rc in
     0) status=ok ;;
     3) status=skip; note=$(grep -m1 -E '^(skip: |cuda not available: )' "$WORK/logs/$name.log" | sed 's/^skip: //') ;;
+    4) status=warn; note=$(grep -m1 '^WARNING: ' "$WORK/logs/$name.log" | sed 's/^WARNING: //') ;;
     124 | 137) status=timeout; note="killed after ${limit} s" ;;
     *) status=fail; note="exit $rc" ;;
   esac
@@ -305,4 +303,4 @@ pack
 say ""
 say "== done in $(($(date +%s) - STARTED)) s; results in $OUT: $(cd "$OUT" && printf '%s ' *)"
 say ""
-cat "$OUT/summary.md" 2>/dev/null || echo "(no summary.md)"
+cat "$WORK/summary-short.md" 2>/dev/null || echo "(no summary)"

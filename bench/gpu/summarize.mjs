@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Folds what bench/gpu/run.sh left in its work folder into $OUT/summary.md (read first: phases,
-// tests, kernels, then the bench and torch tables) and $OUT/results.json (everything). Plain Node,
+// tests, kernels, then the bench and torch tables), $OUT/results.json (everything) and
+// WORK/summary-short.md (the first part and the ceilings, which run.sh prints last). Plain Node,
 // no dependencies: it runs on the GPU machine after every phase, so a timeout keeps a summary.
 //   node bench/gpu/summarize.mjs WORK OUT
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -72,8 +73,22 @@ if (compile?.kernels) {
   md.push(`\n## Kernels: ${k.length} emitted, ${compiled.length} compiled and loaded, ${failed.length} failed, ${local.length} using local memory` +
     (compiled.length ? `, registers up to ${Math.max(...compiled.map((r) => r.registers))}, ${(compiled.reduce((a, r) => a + r.compileMs, 0) / 1000).toFixed(1)} s compiling` : '') + '\n\n');
   const notable = [...failed, ...local.filter((r) => !r.error)];
-  if (notable.length) md.push(table(notable.map((r) => ({ kernel: r.label, registers: r.registers, localBytes: r.localBytes, sharedBytes: r.sharedBytes, error: r.error?.split('\n')[0] }))));
+  if (notable.length) {
+    md.push(table(notable.slice(0, 20).map((r) => ({ kernel: r.label, registers: r.registers, localBytes: r.localBytes, sharedBytes: r.sharedBytes, error: r.error?.split('\n')[0] }))));
+    if (notable.length > 20) md.push(`… and ${notable.length - 20} more in results.json\n`);
+  }
 }
+
+// What the console shows last (the reply keeps only the output's tail): everything above, plus
+// the ceilings; the bench and torch tables are in summary.md.
+const short = [...md];
+if (torch) {
+  const copy = torch.copy?.[0];
+  const mm = (torch.matmul ?? []).filter((r) => r.TFLOPs).map((r) => `${r.dtype} ${r.TFLOPs} TFLOP/s`).join(', ');
+  short.push(`\nCeilings (torch): copy ${copy?.GBps ?? '?'} GB/s; 8192³ matmul ${mm || '?'}\n`);
+}
+const benchesShown = Object.entries(benches).filter(([, b]) => b.tables.length || b.tail.trim()).map(([n]) => n);
+short.push(`\nFull tables (${[torch ? 'torch' : '', ...benchesShown.map((n) => `bench ${n}`)].filter(Boolean).join(', ') || 'none'}) in $OUT/summary.md; data in results.json, logs in logs.tar.gz.\n`);
 
 if (torch) {
   md.push(`\n## PyTorch references (${cellText(torch.env?.device)}, torch ${cellText(torch.env?.torch)}, CUDA ${cellText(torch.env?.cuda)})\n\n`);
@@ -90,8 +105,9 @@ for (const [name, b] of Object.entries(benches)) {
 }
 
 writeFileSync(join(out, 'summary.md'), md.join(''));
+writeFileSync(join(work, 'summary-short.md'), short.join(''));
 writeFileSync(join(out, 'results.json'), JSON.stringify({
   created: new Date().toISOString(), manifest: readJson(join(process.cwd(), '.devkit', 'gpu', 'manifest.json')),
   phases, probe, conformance: { totals, files: reports }, compile, torch, benches,
 }, null, 1));
-console.log(md.join(''));
+console.log(short.join(''));

@@ -50,24 +50,23 @@ function seqView(k: KernelBuilder, seqInfo: ArrayRef<'u32', boolean>, seq: Val<'
   };
 }
 
-/** The accepted count a, walked by invocation 0 and shared with the workgroup. Every launch that
- *  needs a recomputes it with this same code, so all agree. */
+/** The accepted count a = the first rejected draft (k if none). Drafts are tested in parallel —
+ *  two dependent loads each, not 2k in a row — and the first rejection is an atomic min. Every
+ *  launch that needs a recomputes it with this same code, so all agree. */
 function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<'u32', boolean>; draftProbs: ArrayRef<'f32', boolean>;
-  targetProbs: ArrayRef<'f32', boolean> }, vocab: Val<'u32'>, maxK: Val<'u32'>): Val<'u32'> {
-  const shared = k.shared('acceptedShared', 'u32', 1);
-  k.if(k.localIndex.eq(0), () => {
-    const a = k.var('a', s.kSeq);
-    k.for('i', k.u32(0), s.kSeq, (i) => {
-      const x = k.let('x', min(b.draftTokens.at(s.seq.mul(maxK).add(i)), vocab.sub(1)));
-      const u = randomUniform(k, s.seed, s.pos.add(i), STREAM_ACCEPT, 'acc');
-      const qx = k.let('qx', b.draftProbs.at(s.seq.mul(maxK).add(i).mul(vocab).add(x)));
-      const px = k.let('px', b.targetProbs.at(s.seq.mul(maxK.add(1)).add(i).mul(vocab).add(x)));
-      k.if(u.mul(qx).le(px).not(), () => { a.set(i); k.break(); });
-    });
-    shared.set(0, a);
-  });
+  targetProbs: ArrayRef<'f32', boolean> }, vocab: Val<'u32'>, maxK: Val<'u32'>, wg: number): Val<'u32'> {
+  const first = k.shared('firstRejected', 'u32', 1, { atomic: true });
+  k.if(k.localIndex.eq(0), () => k.atomicStore(first, 0, s.kSeq));
   k.barrier();
-  return k.let('accepted', shared.at(0));
+  k.for('i', k.localIndex, s.kSeq, (i) => {
+    const x = k.let('x', min(b.draftTokens.at(s.seq.mul(maxK).add(i)), vocab.sub(1)));
+    const u = randomUniform(k, s.seed, s.pos.add(i), STREAM_ACCEPT, 'acc');
+    const qx = k.let('qx', b.draftProbs.at(s.seq.mul(maxK).add(i).mul(vocab).add(x)));
+    const px = k.let('px', b.targetProbs.at(s.seq.mul(maxK.add(1)).add(i).mul(vocab).add(x)));
+    k.if(u.mul(qx).le(px).not(), () => { k.atomicMin(first, 0, i); });
+  }, wg);
+  k.barrier();
+  return k.let('accepted', k.atomicLoad(first, 0));
 }
 
 /** Weights of the extra token: the residual max(0, p_a − q_a) after a rejection, p_k after none;
@@ -110,7 +109,7 @@ export function acceptResidualSums(g: Segments) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const seg = k.let('seg', k.workgroupId.x);
       const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
-      const a = acceptedCount(k, s, b, vocab, maxK);
+      const a = acceptedCount(k, s, b, vocab, maxK, g.wg);
       const segBase = k.let('segBase', seg.mul(g.seg));
       const resid = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, false), 'r', false);
       const target = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, true), 't', false);
@@ -153,7 +152,7 @@ export function acceptDraw(g: Segments) {
       const cand = k.shared('cand', 'u32', 2, { atomic: true });
       const seg = k.let('seg', k.workgroupId.x);
       const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
-      const a = acceptedCount(k, s, b, vocab, maxK);
+      const a = acceptedCount(k, s, b, vocab, maxK, g.wg);
       k.if(k.localIndex.eq(0), () => {
         const base = k.let('base', s.seq.mul(nseg));
         const [beforeR, totalR] = mergeSums(k, b.partResid, base, nseg, seg, 'zr');
@@ -169,7 +168,8 @@ export function acceptDraw(g: Segments) {
       const off = k.let('off', rowState.at(0)), target = k.let('target', rowState.at(1));
       const mine = k.let('mine', off.le(target).and(target.lt(off.add(rowState.at(2)))));
       const useP = k.let('usePAll', rowState.at(3).gt(0));
-      const ws = loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, b, s, a, vocab, maxK, useP), 'w');
+      // Only the segment holding the target reads p_a and q_a again.
+      const ws = loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, b, s, a, vocab, maxK, useP), 'w', true, mine);
       const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'excl');
       const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
       k.if(k.localIndex.eq(0).and(mine), () => b.tokens.set(s.seq.mul(maxK.add(1)).add(a), pick));

@@ -5,7 +5,8 @@
 // Canonical order (batch invariance, DESIGN.md "Determinism"). For output (m, n):
 //   K is cut into segments [s·L, min((s+1)·L, K)), L = segLen (a multiple of 32 and of the group
 //   size; it follows from K and N only, never from M). Within a segment, starting from +0:
-//     acc = fma(x[m,k], w[k,n], acc)   for k in order, w = the dequantized weight (f32)
+//     acc = fma(x[m,k], w[k,n], acc)   for k in order (dense weights; INT4 refines this per
+//                                      group, see applyGroup below)
 //   Segments combine in order, starting from +0:  t = t + acc_s,  s = 0, 1, ...
 //   Then the epilogue (epilogueValue) on t.
 // The GEMV writes each acc_s to a partials buffer and the finish kernel sums them; the GEMM keeps
@@ -53,10 +54,9 @@ export function defaultSegmentLength(K: number, weightCols: number, colsPerInvoc
   caps: Caps, parallelism = parallelismOf(caps)): number {
   const granules = Math.ceil(K / granule);
   const invocations = Math.max(1, Math.ceil(weightCols / colsPerInvocation));
-  const want = parallelism;
   // Segments of at least 128 k: shorter ones and the partials traffic outweighs the gain.
   const maxSplit = Math.max(1, Math.floor(granules / Math.ceil(128 / granule)));
-  const split = Math.min(maxSplit, Math.max(1, Math.ceil(want / invocations)), 64);
+  const split = Math.min(maxSplit, Math.max(1, Math.ceil(parallelism / invocations)), 64);
   return granule * Math.ceil(granules / split);
 }
 

@@ -34,12 +34,19 @@ export const MATMUL_TILED_SPACE: MatmulTiledConfig[] = [
   { tileM: 16, tileN: 16, tileK: 16, blockM: 1, blockN: 1 },
 ];
 
-/** Default tiling for a device: bigger register blocks where shared memory and invocations allow. */
-export function matmulTiledDefaults(caps: Caps = BASELINE_CAPS): MatmulTiledConfig {
-  if (caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256) {
-    return { tileM: 128, tileN: 128, tileK: 16, blockM: 8, blockN: 8 };
-  }
-  return { tileM: 64, tileN: 64, tileK: 16, blockM: 4, blockN: 4 };
+/**
+ * Default tiling. 128×128×16 with 8×8 register blocks (16 KiB of shared tiles, 256 invocations:
+ * within the baseline caps) was fastest on both the CPU executor and llvmpipe (bench/notes/dsl.md).
+ * Problems too small to give at least `minWorkgroups` of those tiles use 64×64 tiles instead, so
+ * several workers or cores still get work.
+ */
+export function matmulTiledDefaults(caps: Caps = BASELINE_CAPS, shape?: { M: number; N: number }, minWorkgroups = 4): MatmulTiledConfig {
+  const big: MatmulTiledConfig = { tileM: 128, tileN: 128, tileK: 16, blockM: 8, blockN: 8 };
+  const small: MatmulTiledConfig = { tileM: 64, tileN: 64, tileK: 16, blockM: 4, blockN: 4 };
+  const fits = caps.maxWorkgroupStorage >= 4 * big.tileK * (big.tileM + big.tileN) && caps.maxInvocationsPerWorkgroup >= 256;
+  if (!fits) return small;
+  if (shape && Math.ceil(shape.M / big.tileM) * Math.ceil(shape.N / big.tileN) < minWorkgroups) return small;
+  return big;
 }
 
 export function matmulTiledLabel(c: MatmulTiledConfig): string {

@@ -88,14 +88,21 @@ export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32'
 /** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment, held
  *  in registers. `weight(i, inRange)` gives the weight of vocabulary entry i (0 outside V). */
 export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
-  weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep = true): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> } {
-  // keep = false: only the sum is wanted, the weights are not held.
+  weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep = true,
+  active?: Val<'bool'>): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> } {
+  // keep = false: only the sum is wanted, the weights are not held. active: where false, nothing
+  // is read and every weight is 0 (a workgroup whose result will not be used saves the traffic).
   const w = keep ? k.privateArray(`${tag}W`, 'f32', g.items) : (undefined as unknown as ArrayRef<'f32', true>);
   const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.items)));
   const sum = k.var(`${tag}Sum`, 'f32', 0);
   for (let j = 0; j < g.items; j++) {
     const i = k.let(`${tag}I${j}`, first.add(j));
-    const x = k.let(`${tag}X${j}`, weight(i, i.lt(vocab)));
+    let x: Val<'f32'>;
+    if (active) {
+      const v = k.var(`${tag}X${j}`, 'f32', 0);
+      k.if(active, () => v.set(weight(i, i.lt(vocab))));
+      x = v;
+    } else x = k.let(`${tag}X${j}`, weight(i, i.lt(vocab)));
     if (keep) w.set(j, x);
     sum.set(sum.add(x)); // sequential within the invocation: part of the fixed order
   }

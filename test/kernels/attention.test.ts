@@ -263,8 +263,10 @@ describe('attention input validation', () => {
   const batch = (seqs: RaggedSequence[], o: Partial<AttentionBatch> = {}): AttentionBatch => ({ numTokens: 8, seqs, ...o });
   it('accepts a well-formed batch and plans tiles from it', () => {
     const p = prepareAttention(config, batch([seq(), seq({ qStart: 3, qLen: 5, ctxLen: 0, blockTable: [7] })]), cache);
-    expect(p.sizes.numTiles).toBe(2);
+    const tq = config.tileTokens; // sequence 1's 5 tokens span ⌈5 / tq⌉ tiles
+    expect(p.sizes.numTiles).toBe(1 + Math.ceil(5 / tq));
     expect(Array.from(p.tiles.subarray(0, 8))).toEqual([0, 0, 3, 20, 0, 1, 0, 0]);
+    expect(Array.from(p.tiles.subarray(8, 16))).toEqual([1, 3, Math.min(tq, 5), 0, 0, 1, 0, 0]);
   });
   it('rejects block tables outside the cache, positions beyond the limit, bad rows, naming the sequence', () => {
     expect(() => prepareAttention(config, batch([seq({ blockTable: [4, 10] })]), cache)).toThrow(/sequence 0: blockTable\[1\] = 10 points outside the cache/);

@@ -20,6 +20,7 @@ function matmulRef(A: Float32Array, B: Float32Array, M: number, N: number, K: nu
 
 const TILINGS: MatmulTiledParams[] = [
   {}, // the device default
+  { tileM: 64, tileN: 64, tileK: 16, blockM: 4, blockN: 4 }, // the default for small problems
   { tileM: 32, tileN: 32, tileK: 8, blockM: 2, blockN: 2 },
   { tileM: 16, tileN: 32, tileK: 16, blockM: 1, blockN: 4 },
 ];
