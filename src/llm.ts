@@ -12,6 +12,7 @@ import { LlamaForward } from './model/forward.js';
 import type { ModelSpec } from './model/spec.js';
 import { freeWeights, type ModelWeights, type WeightFormat, uploadWeights } from './model/weights.js';
 import { runSampling, type SamplingRequest } from './ops/sampling.js';
+import { readTuneCache } from './tune.js';
 
 /** The model a fresh clone runs with no --model: brown-target, shipped in models/. */
 export const DEFAULT_MODEL = fileURLToPath(new URL('../models/brown-target', import.meta.url));
@@ -30,6 +31,8 @@ export interface LoadOptions {
   numBlocks?: number;
   /** Tokens per forward pass: prefill is chunked to this (default 256). */
   maxBatchTokens?: number;
+  /** Variant cache written by `kiln tune` (default: its default path; false: ignore it). */
+  tuneCache?: string | false;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -285,7 +288,8 @@ export async function loadModel(path: string = DEFAULT_MODEL, opts: LoadOptions 
   try {
     files = openModel(path);
     const spec = files.spec;
-    weights = uploadWeights(device, spec, files.weights, { format, groupSize: opts.groupSize, onProgress: opts.onProgress });
+    const tuneCache = opts.tuneCache === false ? undefined : readTuneCache(opts.tuneCache);
+    weights = uploadWeights(device, spec, files.weights, { format, groupSize: opts.groupSize, tuneCache, onProgress: opts.onProgress });
     const blockSize = 16;
     const numBlocks = opts.numBlocks ?? Math.ceil(spec.maxPositions / blockSize) * 4 + 1;
     fw = new LlamaForward(device, spec, weights, { numBlocks, blockSize, kvDtype: opts.kvDtype, maxBatchTokens: opts.maxBatchTokens });

@@ -9,7 +9,8 @@ import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { loadAwqLinear } from '../io/awq.js';
 import { readFloat16Bits, readFloat32, type TensorStore } from '../io/safetensors.js';
-import { checkLinearBindings } from '../ops/linear.js';
+import { checkLinearBindings, linearHints } from '../ops/linear.js';
+import { cachedChoice } from '../ops/tune.js';
 import { type AwqTensors, AWQ_GROUP_SIZES } from '../quant/awq.js';
 import { f32ArrayToF16, packF16Pairs } from '../quant/f16.js';
 import { quantizeRtnInt4 } from '../quant/rtn.js';
@@ -23,6 +24,8 @@ export interface WeightOptions {
   format?: WeightFormat;
   /** INT4 group size for RTN quantization at load time (must divide every input dim). Default 128. */
   groupSize?: number;
+  /** Variant cache (`kiln tune`, src/tune.ts readTuneCache): tuned choices per (device, K, N). */
+  tuneCache?: Record<string, Record<string, unknown>>;
   /** Called after each tensor group is on the device (loading progress). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -82,7 +85,12 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
     throw new Error(`${store.source}: an AWQ checkpoint loads as int4, not ${format}`);
   }
   const buffers: DeviceBuffer[] = [];
-  const caps = dev.caps;
+  // Device hints (parallelism, CPU tiling) and, when `kiln tune` measured this shape, its winner.
+  const hints = linearHints(dev);
+  const tuned = (family: string, shape: Record<string, number | string>) => {
+    const choice = opts.tuneCache && cachedChoice(opts.tuneCache, dev, family, shape);
+    return choice ? { choice } : {};
+  };
   const total = spec.layers + 2;
   let bytesPerToken = 0;
 
@@ -108,7 +116,7 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
     let op: LinearOp;
     if (fmt === 'int4') {
       const t = concatAwq(parts.map((p) => (awq ? loadAwqLinear(store, p, g) : quantizeRtnInt4(readFloat32(store, `${p.name}.weight`), K, p.N, g, 'NK'))));
-      op = int4Linear({ K, N: outN, groupSize: g, caps, ...epi });
+      op = int4Linear({ K, N: outN, groupSize: g, ...hints, ...tuned('int4Linear', { K, N, groupSize: g }), ...epi });
       weights.qweight = upU32(new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length), `${label}.qweight`);
       weights.qzeros = upU32(new Uint32Array(t.qzeros.buffer, t.qzeros.byteOffset, t.qzeros.length), `${label}.qzeros`);
       weights.scales = upU32(packF16Pairs(t.scales), `${label}.scales`);
@@ -118,7 +126,7 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
       let off = 0;
       for (const p of parts) { nk.set(readFloat32(store, `${p.name}.weight`), off); off += p.N * K; }
       const kn = transpose(nk, N, K);
-      op = denseLinear({ K, N: outN, weight: fmt, caps, ...epi });
+      op = denseLinear({ K, N: outN, weight: fmt, ...hints, ...tuned('denseLinear', { K, N, weight: fmt }), ...epi });
       weights.w = fmt === 'f32' ? upF32(kn, `${label}.w`) : upU32(packF16Pairs(f32ArrayToF16(kn)), `${label}.w`);
     }
     if (epi.bias) {
