@@ -7,6 +7,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   int4: () => import('./int4.js'),
   attention: () => import('./attention.js'),
   accept: () => import('./accept.js'),
+  generate: () => import('./generate.js'),
   'gpu-prep': () => import('./gpu/prep.js'),
 };
 

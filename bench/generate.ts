@@ -1,0 +1,186 @@
+// `npm run bench -- generate`: end-to-end prefill and decode tokens/s, batch 1, per backend and
+// weight format, side by side in one run. Decode is memory-bound: next to tokens/s the table
+// shows the weight bytes one token reads and the GB/s that implies, and (with --copy) the
+// device's measured copy bandwidth, whose ratio is the floor: tokens/s ≤ copy GB/s ÷ bytes/token.
+//
+//   npm run bench -- generate                          brown-target, f16 and int4 (g128), all backends
+//   npm run bench -- generate --model DIR --formats f16,int4 --backends cpu,webgpu
+//   npm run bench -- generate --llama3-8b --backends cuda   Llama-3-8B shapes, random INT4 weights
+//                                                           built in memory (no download)
+// Options: --prompt N (prompt tokens, default 128) --decode N (default 64) --copy (measure copy
+// bandwidth) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu).
+import { kernel, storage } from '../codegen/dsl/index.js';
+import { BackendUnavailableError, type BackendKind, type Device } from '../src/backend/device.js';
+import { createDevice } from '../src/backend/index.js';
+import { parseHfConfig } from '../src/io/hfConfig.js';
+import { type MemoryTensor, memoryStore, type TensorStore } from '../src/io/safetensors.js';
+import { openModel } from '../src/io/index.js';
+import { BlockManager } from '../src/kv/blockManager.js';
+import { LlamaForward } from '../src/model/forward.js';
+import { allLinears, EMBED, FINAL_NORM, LM_HEAD, layerPrefix, type ModelSpec } from '../src/model/spec.js';
+import { freeWeights, uploadWeights, type WeightFormat } from '../src/model/weights.js';
+import { DEFAULT_MODEL } from '../src/llm.js';
+
+interface Options {
+  backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
+  copy: boolean; llama3: boolean; layers: number | null;
+}
+
+function parse(args: string[]): Options {
+  const o: Options = { backends: ['cpu', 'webgpu', 'cuda'], formats: ['f16', 'int4'], model: DEFAULT_MODEL, prompt: 128, decode: 64, copy: false, llama3: false, layers: null };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!, v = () => { const x = args[++i]; if (x === undefined) throw new Error(`${a} needs a value`); return x; };
+    if (a === '--backends') o.backends = v().split(',') as BackendKind[];
+    else if (a === '--formats') o.formats = v().split(',') as WeightFormat[];
+    else if (a === '--model') o.model = v();
+    else if (a === '--prompt') o.prompt = Number(v());
+    else if (a === '--decode') o.decode = Number(v());
+    else if (a === '--copy') o.copy = true;
+    else if (a === '--llama3-8b') { o.llama3 = true; o.formats = ['int4']; o.copy = true; }
+    else if (a === '--synthetic-layers') o.layers = Number(v());
+    else throw new Error(`bench generate: unknown option ${a}`);
+  }
+  return o;
+}
+
+/** Llama-3-8B's config with AutoAWQ INT4 (g128) weights. */
+function llama3Spec(layers: number | null): ModelSpec {
+  return parseHfConfig({
+    architectures: ['LlamaForCausalLM'], hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: layers ?? 32,
+    num_attention_heads: 32, num_key_value_heads: 8, vocab_size: 128256, max_position_embeddings: 8192, rms_norm_eps: 1e-5,
+    rope_theta: 500000, tie_word_embeddings: false, bos_token_id: 128000, eos_token_id: 128001,
+    rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+    quantization_config: { quant_method: 'awq', version: 'gemm', bits: 4, group_size: 128, zero_point: true },
+  }, { source: 'llama3-8b (synthetic)' });
+}
+
+/** Random weights of the right shapes: INT4 words fill every bit; scales small f16 so activations stay finite. */
+function syntheticStore(spec: ModelSpec): TensorStore {
+  let s = 0x9e3779b9;
+  const next = () => { s ^= s << 13; s ^= s >>> 17; s ^= s << 5; return s | 0; };
+  const ints = (n: number) => { const a = new Int32Array(n); for (let i = 0; i < n; i++) a[i] = next(); return a; };
+  // f16 bits of small random values: sign random, exponent 2^-8..2^-6 (|x| ≈ 0.004..0.03).
+  const halves = (n: number, lo = 0x1c00, span = 0x0800) => { const a = new Uint16Array(n); for (let i = 0; i < n; i++) a[i] = ((next() & 0x8000) | (lo + ((next() >>> 0) % span))) & 0xffff; return a; };
+  const t = new Map<string, MemoryTensor>();
+  t.set(EMBED, { dtype: 'F16', shape: [spec.vocabSize, spec.hidden], data: halves(spec.vocabSize * spec.hidden, 0x2c00) });
+  t.set(`${LM_HEAD}.weight`, { dtype: 'F16', shape: [spec.vocabSize, spec.hidden], data: halves(spec.vocabSize * spec.hidden) });
+  t.set(FINAL_NORM, { dtype: 'F16', shape: [spec.hidden], data: new Uint16Array(spec.hidden).fill(0x3c00) });
+  const g = spec.quantization!.groupSize;
+  for (let l = 0; l < spec.layers; l++) {
+    for (const n of ['input_layernorm', 'post_attention_layernorm']) t.set(`${layerPrefix(l)}.${n}.weight`, { dtype: 'F16', shape: [spec.hidden], data: new Uint16Array(spec.hidden).fill(0x3c00) });
+  }
+  for (const lin of allLinears(spec)) {
+    t.set(`${lin.name}.qweight`, { dtype: 'I32', shape: [lin.K, lin.N / 8], data: ints((lin.K * lin.N) / 8) });
+    t.set(`${lin.name}.qzeros`, { dtype: 'I32', shape: [lin.K / g, lin.N / 8], data: ints(((lin.K / g) * lin.N) / 8) });
+    t.set(`${lin.name}.scales`, { dtype: 'F16', shape: [lin.K / g, lin.N], data: halves((lin.K / g) * lin.N, 0x1000) });
+  }
+  return memoryStore('llama3-8b (synthetic)', t);
+}
+
+/** GB/s of a device-to-device copy (read + write counted), the decode roofline. */
+async function copyBandwidth(dev: Device): Promise<number> {
+  const wg = 256, n = Math.min(32 << 20, Math.floor(dev.kind === 'cpu' ? 8 << 20 : 32 << 20));
+  const copy = kernel({
+    name: 'copyF32', workgroupSize: wg, caps: dev.caps,
+    bindings: { src: storage('u32', 'read'), dst: storage('u32', 'read_write') },
+    uniforms: { n: 'u32' },
+    grid: ({ n: len }) => [Math.min(65535, Math.ceil(len / wg)), Math.ceil(len / wg / 65535)],
+    body(k, { src, dst }, { n: len }) {
+      const i = k.let('i', k.globalId.x.add(k.globalId.y.mul(65535 * wg)));
+      k.if(i.lt(len), () => dst.set(i, src.at(i)));
+    },
+  });
+  const a = dev.alloc('u32', n, 'copySrc'), b = dev.alloc('u32', n, 'copyDst');
+  try {
+    dev.launch(copy, { src: a, dst: b }, { n });
+    await dev.sync();
+    let best = Infinity;
+    for (let s = 0; s < 5; s++) {
+      const t0 = performance.now();
+      for (let r = 0; r < 3; r++) dev.launch(copy, { src: a, dst: b }, { n });
+      await dev.sync();
+      best = Math.min(best, (performance.now() - t0) / 3);
+    }
+    return (2 * 4 * n) / (best / 1000) / 1e9;
+  } finally {
+    dev.free(a); dev.free(b);
+  }
+}
+
+interface Row { backend: string; model: string; format: string; prefill: number; decode: number; bytes: number; copy: number | null }
+
+async function run(dev: Device, spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Options, promptIds: number[]): Promise<Row> {
+  const weights = uploadWeights(dev, spec, store, { format });
+  const blockSize = 16;
+  const numBlocks = Math.ceil((o.prompt + o.decode + 1) / blockSize) + 1;
+  const fw = new LlamaForward(dev, spec, weights, { numBlocks, blockSize, maxBatchTokens: Math.max(o.prompt, 1), kvDtype: dev.kind === 'cuda' ? 'f16' : 'f32' });
+  const bm = new BlockManager(numBlocks, { blockSize, prefixCaching: false });
+  try {
+    const argmax = (row: Float32Array) => { let b = 0; for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i; return b; };
+    const once = async () => {
+      bm.addSequence(0);
+      const t0 = performance.now();
+      const slots = bm.append(0, promptIds);
+      let r = await fw.forward([{ tokens: promptIds, ctxLen: 0, blockTable: bm.blockTable(0), slots, logits: 'last' }]);
+      const prefillMs = performance.now() - t0;
+      let tok = argmax(r.logits);
+      const t1 = performance.now();
+      for (let i = 0; i < o.decode; i++) {
+        const pos = promptIds.length + i;
+        const step = bm.append(0, [tok]); // before reading the block table: it may add a block
+        r = await fw.forward([{ tokens: [tok], ctxLen: pos, blockTable: bm.blockTable(0), slots: step, logits: 'last' }]);
+        tok = argmax(r.logits);
+      }
+      const decodeMs = performance.now() - t1;
+      bm.free(0);
+      return { prefill: (promptIds.length / prefillMs) * 1000, decode: (o.decode / decodeMs) * 1000 };
+    };
+    await once(); // compile every kernel and warm up
+    const best = await once();
+    return { backend: dev.kind, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null };
+  } finally {
+    fw.destroy();
+    freeWeights(dev, weights);
+  }
+}
+
+export async function main(args: string[]): Promise<void> {
+  const o = parse(args);
+  const rows: Row[] = [];
+  for (const kind of o.backends) {
+    let dev: Device;
+    try { dev = await createDevice(kind); } catch (e) {
+      if (e instanceof BackendUnavailableError) { console.log(`${kind}: skipped — ${e.reason}`); continue; }
+      throw e;
+    }
+    console.log(`${kind}: ${dev.description}`);
+    try {
+      const copy = o.copy ? await copyBandwidth(dev) : null;
+      if (o.llama3) {
+        const spec = llama3Spec(o.layers);
+        const t0 = performance.now();
+        const store = syntheticStore(spec);
+        console.log(`  synthetic ${spec.layers}-layer Llama-3-8B INT4 weights built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        const prompt = Array.from({ length: o.prompt }, (_, i) => (i * 7919) % spec.vocabSize);
+        rows.push({ ...(await run(dev, spec, store, 'int4', `llama3-8b${o.layers ? ` (${o.layers} layers)` : ''}`, o, prompt)), copy });
+      } else {
+        const files = openModel(o.model);
+        try {
+          const text = 'The jury said that the city of Atlanta had been a good place to live, and that it would not be changed by anything the grand jury could find in its investigation of the primary election. ';
+          let ids = files.tokenizer ? files.tokenizer.encode(text.repeat(20)) : [1];
+          ids = ids.slice(0, o.prompt);
+          for (const f of o.formats) rows.push({ ...(await run(dev, files.spec, files.weights, f, o.model.split('/').pop()!, o, ids)), copy });
+        } finally { files.weights.close(); }
+      }
+    } finally {
+      await dev.destroy();
+    }
+  }
+  console.log(`\nprefill ${o.llama3 ? o.prompt : 'up to ' + o.prompt} tokens, decode ${o.decode} tokens, batch 1 (best of 2 runs after a warm-up)\n`);
+  console.log('| backend | model | weights | prefill tok/s | decode tok/s | weight MB/token | achieved GB/s | copy GB/s | % of floor |');
+  console.log('|---|---|---|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    const gbs = (r.bytes * r.decode) / 1e9;
+    console.log(`| ${r.backend} | ${r.model} | ${r.format} | ${r.prefill.toFixed(1)} | ${r.decode.toFixed(1)} | ${(r.bytes / 1e6).toFixed(2)} | ${gbs.toFixed(2)} | ${r.copy ? r.copy.toFixed(1) : '—'} | ${r.copy ? ((100 * gbs) / r.copy).toFixed(0) + '%' : '—'} |`);
+  }
+}
