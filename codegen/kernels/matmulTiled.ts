@@ -26,11 +26,13 @@ export type MatmulTiledConfig = Required<Omit<MatmulTiledParams, 'caps' | 'unrol
 
 /** The variants `kiln tune` measures (each fits the baseline caps: ≤ 256 invocations, ≤ 16 KiB). */
 export const MATMUL_TILED_SPACE: MatmulTiledConfig[] = [
+  { tileM: 128, tileN: 128, tileK: 16, blockM: 8, blockN: 8 },
+  { tileM: 128, tileN: 128, tileK: 8, blockM: 8, blockN: 8 },
+  { tileM: 128, tileN: 64, tileK: 16, blockM: 8, blockN: 4 },
+  { tileM: 64, tileN: 128, tileK: 16, blockM: 4, blockN: 8 },
   { tileM: 64, tileN: 64, tileK: 16, blockM: 4, blockN: 4 },
   { tileM: 64, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
   { tileM: 32, tileN: 32, tileK: 32, blockM: 2, blockN: 2 },
-  { tileM: 32, tileN: 64, tileK: 16, blockM: 2, blockN: 4 },
-  { tileM: 128, tileN: 64, tileK: 8, blockM: 8, blockN: 4 },
   { tileM: 16, tileN: 16, tileK: 16, blockM: 1, blockN: 1 },
 ];
 

@@ -1,7 +1,9 @@
 // Tiled f32 matmul against a float64 reference, at shapes that are and are not tile multiples,
 // under two tilings; plus launches that must be refused before any device work.
 import { describe, expect, it } from 'vitest';
-import { type MatmulTiledParams, matmulTiled, matmulTiledLabel, matmulTiledDefaults } from '../../codegen/kernels/matmulTiled.js';
+import {
+  MATMUL_TILED_SPACE, type MatmulTiledParams, matmulTiled, matmulTiledDefaults, matmulTiledLabel,
+} from '../../codegen/kernels/matmulTiled.js';
 import { LaunchError } from '../../src/backend/device.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
@@ -43,6 +45,22 @@ forEachBackend('matmulTiled', (dev) => {
         } finally { bufs.free(); }
       });
     }
+  }
+
+  // Every variant `kiln tune` may pick, at one shape that is a multiple of no tile.
+  for (const tiling of MATMUL_TILED_SPACE) {
+    const label = matmulTiledLabel(tiling);
+    it(`${label}: 37x45x29`, async () => {
+      const [M, N, K] = [37, 45, 29];
+      const r = rng(freshSeed(`matmul ${label} ${M}x${N}x${K}`));
+      const A = randomF32(M * K, r), B = randomF32(K * N, r);
+      const bufs = new Buffers(dev);
+      try {
+        const C = bufs.output('f32', M * N, 'C');
+        dev.launch(matmulTiled({ ...tiling, caps: dev.caps }), { A: bufs.input('f32', A, 'A'), B: bufs.input('f32', B, 'B'), C }, { M, N, K });
+        expect(relErr(await bufs.read(C), matmulRef(A, B, M, N, K))).toBeLessThan(1e-5);
+      } finally { bufs.free(); }
+    });
   }
 
   it('refuses a too-small buffer before any device work', async () => {
