@@ -25,6 +25,8 @@ export interface RopeFrequencies {
   /** rope_theta (base). */
   theta: number;
   scaling?: Llama3Scaling;
+  /** Linear position interpolation (rope_scaling type "linear"): every frequency ÷ factor. */
+  linearFactor?: number;
 }
 
 /** θᵢ = theta^(−2i/D), i < D/2, with Llama-3 scaling applied, in float64. */
@@ -34,6 +36,10 @@ export function ropeInvFreq(f: RopeFrequencies): Float64Array {
   if (!(theta > 0)) throw new Error(`rope: theta ${theta} is not positive`);
   const inv = new Float64Array(D / 2);
   for (let i = 0; i < D / 2; i++) inv[i] = 1 / theta ** ((2 * i) / D);
+  if (f.linearFactor !== undefined) {
+    if (!(f.linearFactor > 0)) throw new Error(`rope: linear scaling factor ${f.linearFactor} is not positive`);
+    for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / f.linearFactor;
+  }
   const s = f.scaling;
   if (!s) return inv;
   const { factor, lowFreqFactor: lo, highFreqFactor: hi, originalMaxPositionEmbeddings: old } = s;

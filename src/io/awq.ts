@@ -6,11 +6,11 @@
 // This module loads and validates them; kernels consume them unchanged.
 
 import type { AwqConfig, LinearSpec, ModelSpec } from '../model/spec.js';
+import { dequantizeAwq as dequantizeAwqKN } from '../quant/awq.js';
 import { allLinears } from '../model/spec.js';
 import { readFloat16Bits, readFloat32, readInt32, toFloat32, type TensorStore } from './safetensors.js';
 
-/** Column offset (within a group of 8) stored in nibble i of a packed word. */
-export const AWQ_ORDER: readonly number[] = [0, 2, 4, 6, 1, 3, 5, 7];
+export { AWQ_ORDER } from '../quant/awq.js';
 
 export interface AwqLinear {
   /** Layer prefix, e.g. 'model.layers.0.self_attn.q_proj'. */
@@ -91,30 +91,11 @@ export function loadAwqLayers(spec: ModelSpec, store: TensorStore): Map<string, 
   return out;
 }
 
-/** The 4-bit value for column n from a row of packed words (qweight row or qzeros row). */
-export function awqUnpack(packedRow: Int32Array, rowOffset: number, n: number): number {
-  const word = packedRow[rowOffset + (n >> 3)]!;
-  const nibble = AWQ_ORDER.indexOf(n & 7);
-  return (word >>> (4 * nibble)) & 0xf;
-}
-
 /** Dequantizes to a dense float32 weight in HF layout [N, K] (out × in), for reference use. */
 export function dequantizeAwq(lin: AwqLinear): Float32Array {
-  const { K, N, groupSize } = lin;
-  const words = N / 8;
-  const scales = toFloat32('F16', new Uint8Array(lin.scales.buffer, lin.scales.byteOffset, lin.scales.byteLength));
-  // nibble position of each column-in-group, the inverse of AWQ_ORDER
-  const shift = new Int32Array(8);
-  AWQ_ORDER.forEach((col, i) => (shift[col] = 4 * i));
+  const { K, N } = lin;
+  const kn = dequantizeAwqKN(lin);
   const out = new Float32Array(N * K);
-  for (let k = 0; k < K; k++) {
-    const g = Math.floor(k / groupSize);
-    for (let n = 0; n < N; n++) {
-      const s = shift[n & 7]!;
-      const q = (lin.qweight[k * words + (n >> 3)]! >>> s) & 0xf;
-      const z = (lin.qzeros[g * words + (n >> 3)]! >>> s) & 0xf;
-      out[n * K + k] = (q - z) * scales[g * N + n]!;
-    }
-  }
+  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) out[n * K + k] = kn[k * N + n]!;
   return out;
 }

@@ -2,6 +2,7 @@
 // The header is parsed and validated up front; tensor bytes are read on demand at their offsets,
 // so a checkpoint is never held in memory twice.
 
+import { f16BitsToF32 } from '../quant/f16.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -342,45 +343,13 @@ export function encodeSafetensors(tensors: ReadonlyMap<string, MemoryTensor>, me
 
 let f16Table: Float32Array | null = null;
 
-/** IEEE half → float, exact (including subnormals, infinities and NaN). */
-export function f16ToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac ? Number.NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
-
-/** float → IEEE half bits, round to nearest even. */
-export function f32ToF16(value: number): number {
-  const f = new Float32Array([value]);
-  const x = new Uint32Array(f.buffer)[0]!;
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let half = mant >> shift;
-    const rem = mant & ((1 << shift) - 1), mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && half & 1)) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-  return sign | half;
-}
+/** IEEE half ↔ float: the one implementation lives in quant/f16.ts. */
+export { f16BitsToF32 as f16ToF32, f32ToF16Bits as f32ToF16 } from '../quant/f16.js';
 
 function halfTable(): Float32Array {
   if (!f16Table) {
     f16Table = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) f16Table[h] = f16ToF32(h);
+    for (let h = 0; h < 65536; h++) f16Table[h] = f16BitsToF32(h);
   }
   return f16Table;
 }

@@ -1,6 +1,8 @@
 // ModelSpec: everything the forward pass needs to know about a Llama-family model, whatever file
 // it came from (HF config.json, a llama2.c header). Weight names follow Hugging Face.
 
+import { ropeInvFreq as kernelRopeInvFreq, type RopeFrequencies } from '../../codegen/kernels/rope.js';
+
 export type Architecture = 'llama' | 'mistral' | 'qwen2';
 
 /** 'rotate-half' (HF): pairs (i, i + headDim/2). 'interleaved' (llama2.c, Meta): pairs (2i, 2i+1). */
@@ -141,36 +143,22 @@ export function validateSpec(spec: ModelSpec, source: string): void {
   }
 }
 
-/**
- * RoPE inverse frequencies, headDim/2 of them, in float64: inv_freq[i] = theta^(-2i/headDim),
- * then adjusted by the scaling rule (as Hugging Face's rope utilities do). Position p rotates
- * pair i by the angle p·inv_freq[i]; the layout decides which two elements form pair i.
- */
+/** RoPE frequencies θᵢ (i < headDim/2) with the spec's scaling: the kernels' rope.ts computes them. */
 export function ropeInvFreq(spec: Pick<ModelSpec, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float64Array {
-  const half = spec.headDim / 2;
-  const inv = new Float64Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(spec.ropeTheta, (2 * i) / spec.headDim);
+  return kernelRopeInvFreq(ropeFrequencies(spec));
+}
+
+/** The spec's RoPE settings in the form codegen/kernels/rope.ts takes (ropeInvFreq, ropeTable). */
+export function ropeFrequencies(spec: Pick<ModelSpec, 'headDim' | 'ropeTheta' | 'ropeScaling'>): RopeFrequencies {
   const s = spec.ropeScaling;
-  if (!s) return inv;
-  if (s.type === 'linear') {
-    for (let i = 0; i < half; i++) inv[i] = inv[i]! / s.factor;
-    return inv;
-  }
-  // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
-  const lowWavelen = s.originalMaxPositions / s.lowFreqFactor;
-  const highWavelen = s.originalMaxPositions / s.highFreqFactor;
-  for (let i = 0; i < half; i++) {
-    const f = inv[i]!;
-    const wavelen = (2 * Math.PI) / f;
-    if (wavelen < highWavelen) continue;
-    if (wavelen > lowWavelen) {
-      inv[i] = f / s.factor;
-    } else {
-      const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
-      inv[i] = (1 - smooth) * (f / s.factor) + smooth * f;
-    }
-  }
-  return inv;
+  return {
+    headDim: spec.headDim,
+    theta: spec.ropeTheta,
+    linearFactor: s?.type === 'linear' ? s.factor : undefined,
+    scaling: s?.type === 'llama3'
+      ? { factor: s.factor, lowFreqFactor: s.lowFreqFactor, highFreqFactor: s.highFreqFactor, originalMaxPositionEmbeddings: s.originalMaxPositions }
+      : undefined,
+  };
 }
 
 /** Indices of the two elements (within a head) that RoPE pair i rotates. */
