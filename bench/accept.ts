@@ -19,11 +19,11 @@
 //   --scale N                    software batch scale-down (default 8; 1 = full size)
 //   --reps 10 --samples 3        launches per timing sample, samples per cell
 import { greedyAcceptance, rejectionSampler } from '../codegen/kernels/acceptance.js';
-import { residualAdd } from '../codegen/kernels/pointwise.js';
 import { sampling } from '../codegen/kernels/sampling.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { acceptanceRows, samplingRows } from '../src/ops/sampling.js';
+import { copyBandwidth, lcg, timeLaunches } from './common.js';
 
 interface Options { backends: BackendKind[]; batch: number; k: number; vocab: number[]; scale: number; reps: number; samples: number }
 
@@ -46,23 +46,7 @@ function parseArgs(args: string[]): Options {
   return o;
 }
 
-async function time(dev: Device, launch: () => void, o: Options): Promise<number> {
-  launch();
-  await dev.sync();
-  let best = Infinity;
-  for (let s = 0; s < o.samples; s++) {
-    const t = performance.now();
-    for (let r = 0; r < o.reps; r++) launch();
-    await dev.sync();
-    best = Math.min(best, (performance.now() - t) / o.reps);
-  }
-  return best;
-}
 
-function lcg(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => { a = (Math.imul(a, 1664525) + 1013904223) >>> 0; return a / 4294967296; };
-}
 /** A random distribution with a few dominant tokens, like a language model's. */
 function distribution(V: number, r: () => number): Float32Array {
   const p = Float32Array.from({ length: V }, () => r() ** 8);
@@ -71,14 +55,6 @@ function distribution(V: number, r: () => number): Float32Array {
   return p.map((x) => x / z);
 }
 
-async function copyBandwidth(dev: Device, n: number, o: Options): Promise<number> {
-  const a = dev.alloc('f32', n, 'bw.a'), b = dev.alloc('f32', n, 'bw.b'), c = dev.alloc('f32', n, 'bw.c');
-  try {
-    const kern = residualAdd({ caps: dev.caps });
-    const ms = await time(dev, () => dev.launch(kern, { a, b, out: c }, { n }), o);
-    return (3 * n * 4) / ms / 1e6;
-  } finally { dev.free(a); dev.free(b); dev.free(c); }
-}
 
 const fmt = (v: number, digits = 2) => (v >= 100 ? v.toFixed(0) : v.toFixed(digits));
 const row = (cells: (string | number)[]) => console.log(`| ${cells.join(' | ')} |`);
@@ -104,12 +80,12 @@ async function benchVocab(dev: Device, B: number, K: number, V: number, bw: numb
     const sizes = { seqs: B, vocab: V, maxK: K };
 
     const rej = rejectionSampler({ caps: dev.caps });
-    const msR = await time(dev, () => dev.run(rej, { draftTokens: dt, draftProbs: q, targetProbs: p, seqInfo: si, accepted, tokens }, sizes), o);
+    const msR = await timeLaunches(dev, () => dev.run(rej, { draftTokens: dt, draftProbs: q, targetProbs: p, seqInfo: si, accepted, tokens }, sizes), o);
     const bytesR = B * 2 * V * 4;
     row(['rejection', B, K, V, fmt(msR * 1000, 1), fmt(bytesR / msR / 1e6), `${fmt((100 * bytesR) / msR / 1e6 / bw, 1)}%`]);
 
     const greedy = greedyAcceptance({ caps: dev.caps });
-    const msG = await time(dev, () => dev.run(greedy, { draftTokens: dt, targetScores: p, seqInfo: si, accepted, tokens }, sizes), o);
+    const msG = await timeLaunches(dev, () => dev.run(greedy, { draftTokens: dt, targetScores: p, seqInfo: si, accepted, tokens }, sizes), o);
     const bytesG = B * (K + 1) * V * 4;
     row(['greedy', B, K, V, fmt(msG * 1000, 1), fmt(bytesG / msG / 1e6), `${fmt((100 * bytesG) / msG / 1e6 / bw, 1)}%`]);
 
@@ -121,7 +97,7 @@ async function benchVocab(dev: Device, B: number, K: number, V: number, bw: numb
     dev.write(rp, rowParams);
     dev.write(ri, rowInfo);
     const probs = alloc('f32', rows * V, 'probs'), toks = alloc('u32', rows, 'tokens');
-    const msS = await time(dev, () => dev.run(smp, { logits: p, rowParams: rp, rowInfo: ri, probs, tokens: toks }, { rows, vocab: V, filters }), o);
+    const msS = await timeLaunches(dev, () => dev.run(smp, { logits: p, rowParams: rp, rowInfo: ri, probs, tokens: toks }, { rows, vocab: V, filters }), o);
     const bytesS = rows * V * 4;
     row(['sampling', `${rows} rows`, '–', V, fmt(msS * 1000, 1), fmt(bytesS / msS / 1e6), `${fmt((100 * bytesS) / msS / 1e6 / bw, 1)}%`]);
   } catch (e) {

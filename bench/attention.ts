@@ -18,10 +18,10 @@
 //   --chunk 512                  split-KV chunk (KV positions)
 //   --reps 5 --samples 3         launches per timing sample (back to back), samples per cell
 import { pagedAttention } from '../codegen/kernels/pagedAttention.js';
-import { residualAdd } from '../codegen/kernels/pointwise.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { type RaggedSequence, prepareAttention } from '../src/ops/attention.js';
+import { copyBandwidth, randomF32, timeLaunches } from './common.js';
 
 const HEAD_DIM = 128, HEADS = 32, KV_HEADS = 8, BLOCK = 16;
 
@@ -55,26 +55,7 @@ function parseArgs(args: string[]): Options {
   return o;
 }
 
-/** Fastest of `samples` timings of `reps` back-to-back launches, per launch, in ms. */
-async function time(dev: Device, launch: () => void, o: Options): Promise<number> {
-  launch();
-  await dev.sync();
-  let best = Infinity;
-  for (let s = 0; s < o.samples; s++) {
-    const t = performance.now();
-    for (let r = 0; r < o.reps; r++) launch();
-    await dev.sync();
-    best = Math.min(best, (performance.now() - t) / o.reps);
-  }
-  return best;
-}
 
-function randomF32(n: number, seed: number, amp: number): Float32Array {
-  const out = new Float32Array(n);
-  let a = seed >>> 0;
-  for (let i = 0; i < n; i++) { a = (Math.imul(a, 1664525) + 1013904223) >>> 0; out[i] = ((a / 4294967296) * 2 - 1) * amp; }
-  return out;
-}
 
 /** Fill a large buffer from a repeated random chunk (the values only need to be finite). */
 function fill(dev: Device, buf: DeviceBuffer<'f32' | 'u32'>, seed: number): void {
@@ -85,17 +66,6 @@ function fill(dev: Device, buf: DeviceBuffer<'f32' | 'u32'>, seed: number): void
   for (let at = 0; at < buf.length; at += chunk) dev.write(buf as never, data.subarray(0, Math.min(chunk, buf.length - at)) as never, at);
 }
 
-/** Copy bandwidth: out = a + b over `n` floats, 3n·4 bytes moved. */
-async function copyBandwidth(dev: Device, n: number, o: Options): Promise<number> {
-  const a = dev.alloc('f32', n, 'bw.a'), b = dev.alloc('f32', n, 'bw.b'), c = dev.alloc('f32', n, 'bw.c');
-  try {
-    dev.write(a, randomF32(n, 1, 1));
-    dev.write(b, randomF32(n, 2, 1));
-    const kern = residualAdd({ caps: dev.caps });
-    const ms = await time(dev, () => dev.launch(kern, { a, b, out: c }, { n }), o);
-    return (3 * n * 4) / ms / 1e6;
-  } finally { dev.free(a); dev.free(b); dev.free(c); }
-}
 
 /** Time one batch of sequences (each: qLen new tokens after ctxLen cached) on fresh buffers. */
 async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctxLen: number }[], o: Options): Promise<number> {
@@ -125,7 +95,7 @@ async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctx
     dev.write(tiles, prep.tiles);
     dev.write(blockTables, prep.blockTables);
     const bound = { q, kCache, vCache, blockTables, tiles, out } as never;
-    return await time(dev, () => dev.run(op, bound, prep.sizes), o);
+    return await timeLaunches(dev, () => dev.run(op, bound, prep.sizes), o);
   } finally { for (const b of bufs) dev.free(b); }
 }
 

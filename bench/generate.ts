@@ -8,8 +8,7 @@
 //   npm run bench -- generate --llama3-8b --backends cuda   Llama-3-8B shapes, random INT4 weights
 //                                                           built in memory (no download)
 // Options: --prompt N (prompt tokens, default 128) --decode N (default 64) --copy (measure copy
-// bandwidth) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu).
-import { kernel, storage } from '../codegen/dsl/index.js';
+// bandwidth: out = a + b, 3 × 4n bytes) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu).
 import { BackendUnavailableError, type BackendKind, type Device } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { parseHfConfig } from '../src/io/hfConfig.js';
@@ -20,6 +19,7 @@ import { LlamaForward } from '../src/model/forward.js';
 import { allLinears, EMBED, FINAL_NORM, LM_HEAD, layerPrefix, type ModelSpec } from '../src/model/spec.js';
 import { freeWeights, uploadWeights, type WeightFormat } from '../src/model/weights.js';
 import { DEFAULT_MODEL } from '../src/llm.js';
+import { copyBandwidth } from './common.js';
 
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
@@ -77,35 +77,6 @@ function syntheticStore(spec: ModelSpec): TensorStore {
   return memoryStore('llama3-8b (synthetic)', t);
 }
 
-/** GB/s of a device-to-device copy (read + write counted), the decode roofline. */
-async function copyBandwidth(dev: Device): Promise<number> {
-  const wg = 256, n = Math.min(32 << 20, Math.floor(dev.kind === 'cpu' ? 8 << 20 : 32 << 20));
-  const copy = kernel({
-    name: 'copyF32', workgroupSize: wg, caps: dev.caps,
-    bindings: { src: storage('u32', 'read'), dst: storage('u32', 'read_write') },
-    uniforms: { n: 'u32' },
-    grid: ({ n: len }) => [Math.min(65535, Math.ceil(len / wg)), Math.ceil(len / wg / 65535)],
-    body(k, { src, dst }, { n: len }) {
-      const i = k.let('i', k.globalId.x.add(k.globalId.y.mul(65535 * wg)));
-      k.if(i.lt(len), () => dst.set(i, src.at(i)));
-    },
-  });
-  const a = dev.alloc('u32', n, 'copySrc'), b = dev.alloc('u32', n, 'copyDst');
-  try {
-    dev.launch(copy, { src: a, dst: b }, { n });
-    await dev.sync();
-    let best = Infinity;
-    for (let s = 0; s < 5; s++) {
-      const t0 = performance.now();
-      for (let r = 0; r < 3; r++) dev.launch(copy, { src: a, dst: b }, { n });
-      await dev.sync();
-      best = Math.min(best, (performance.now() - t0) / 3);
-    }
-    return (2 * 4 * n) / (best / 1000) / 1e9;
-  } finally {
-    dev.free(a); dev.free(b);
-  }
-}
 
 interface Row { backend: string; model: string; format: string; prefill: number; decode: number; bytes: number; copy: number | null }
 
@@ -155,7 +126,7 @@ export async function main(args: string[]): Promise<void> {
     }
     console.log(`${kind}: ${dev.description}`);
     try {
-      const copy = o.copy ? await copyBandwidth(dev) : null;
+      const copy = o.copy ? await copyBandwidth(dev, dev.kind === 'cpu' || /llvmpipe/.test(dev.description) ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;
       if (o.llama3) {
         const spec = llama3Spec(o.layers);
         const t0 = performance.now();

@@ -23,10 +23,10 @@ import os from 'node:os';
 import { denseLinear } from '../codegen/kernels/denseMatmul.js';
 import { int4Linear } from '../codegen/kernels/int4Matmul.js';
 import { GEMV_MAX_ROWS, type LinearOp } from '../codegen/kernels/linearOp.js';
-import { residualAdd } from '../codegen/kernels/pointwise.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { linearHints, uploadDense, uploadInt4 } from '../src/ops/linear.js';
+import { copyBandwidth, randomF32, timeLaunches } from './common.js';
 
 interface Options {
   backends: BackendKind[]; scale: number; ms: number[]; shapes: [number, number][]; group: number;
@@ -56,29 +56,7 @@ function parseArgs(args: string[]): Options {
   return o;
 }
 
-/** Fastest of `samples` timings of `reps` back-to-back launches, per launch, in ms. */
-async function time(dev: Device, launch: () => void, o: Options): Promise<number> {
-  launch();
-  await dev.sync();
-  let best = Infinity;
-  for (let s = 0; s < o.samples; s++) {
-    const t = performance.now();
-    for (let r = 0; r < o.reps; r++) launch();
-    await dev.sync();
-    best = Math.min(best, (performance.now() - t) / o.reps);
-  }
-  return best;
-}
 
-function randomF32(n: number, seed: number, amp: number): Float32Array {
-  const out = new Float32Array(n);
-  let a = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
-    out[i] = ((a / 4294967296) * 2 - 1) * amp;
-  }
-  return out;
-}
 function randomWords(n: number, seed: number): Int32Array {
   const out = new Int32Array(n);
   let a = seed >>> 0;
@@ -86,17 +64,6 @@ function randomWords(n: number, seed: number): Int32Array {
   return out;
 }
 
-/** Copy bandwidth: out = a + b over `n` floats, 3n·4 bytes moved. */
-async function copyBandwidth(dev: Device, n: number, o: Options): Promise<number> {
-  const a = dev.alloc('f32', n, 'bw.a'), b = dev.alloc('f32', n, 'bw.b'), c = dev.alloc('f32', n, 'bw.c');
-  try {
-    dev.write(a, randomF32(n, 1, 1));
-    dev.write(b, randomF32(n, 2, 1));
-    const kern = residualAdd({ caps: dev.caps });
-    const ms = await time(dev, () => dev.launch(kern, { a, b, out: c }, { n }), o);
-    return (3 * n * 4) / ms / 1e6;
-  } finally { dev.free(a); dev.free(b); dev.free(c); }
-}
 
 interface Layer { name: string; op: (M: number) => LinearOp; weights: Record<string, DeviceBuffer>; free(): void }
 
@@ -164,7 +131,7 @@ async function benchDevice(dev: Device, o: Options): Promise<void> {
         try {
           for (const l of ls) {
             const op = l.op(M);
-            const ms = await time(dev, () => dev.run(op, { ...l.weights, x, out: y } as never, { M }), o);
+            const ms = await timeLaunches(dev, () => dev.run(op, { ...l.weights, x, out: y } as never, { M }), o);
             times.set(l.name, ms);
             rows.push([l.name, ms, op.bytesMoved(M)]);
           }

@@ -16,6 +16,7 @@ import { rmsNorm, RMSNORM_WORKGROUP_SIZES } from '../../codegen/kernels/rmsNorm.
 import { rope, ROPE_WORKGROUP_SIZES, ropeTable } from '../../codegen/kernels/rope.js';
 import type { Kernel } from '../../codegen/dsl/builder.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
+import { timeLaunches } from '../backend/timing.js';
 import { quantizeRtnInt4 } from '../quant/rtn.js';
 import { linearHints, uploadDense, uploadInt4 } from './linear.js';
 
@@ -50,18 +51,7 @@ interface Tunable {
 
 // ---- timing -----------------------------------------------------------------------------------
 
-async function timeIt(dev: Device, launch: () => void, o: Required<TuneOptions>): Promise<number> {
-  launch();
-  await dev.sync(); // compile and warm up
-  let best = Infinity;
-  for (let s = 0; s < o.samples; s++) {
-    const t = performance.now();
-    for (let r = 0; r < o.reps; r++) launch();
-    await dev.sync();
-    best = Math.min(best, (performance.now() - t) / o.reps);
-  }
-  return best;
-}
+const timeIt = (dev: Device, launch: () => void, o: Required<TuneOptions>) => timeLaunches(dev, launch, o);
 
 /** Time each candidate; failures (invalid on this device) are recorded, not thrown. */
 async function race<V>(dev: Device, what: string, candidates: V[], name: (v: V) => string,
