@@ -11,6 +11,7 @@ const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
       --max-tokens N   --temperature T   --top-k K   --top-p P   --min-p P   --seed S   --stop TEXT
   kiln eval ppl [--model DIR] --text FILE     held-out perplexity (windows of 256, no context)
       --device ...   --quant ...   --group-size G   --windows N   --window W
+  kiln quantize --model DIR --out DIR         RTN INT4 → AutoAWQ GEMM checkpoint (--group-size 128, --method rtn, --force)
   kiln bench <name> [...]                     benchmarks (dsl, int4, attention, accept, generate, ...)
   kiln tune <kernel> --device D --shape ...   time kernel variants, write the variant cache
   kiln codegen ...                            ahead-of-time WGSL / CUDA (kiln codegen --help)
@@ -95,6 +96,7 @@ async function main(argv: string[]): Promise<void> {
       await import('../bench/run.js');
       return;
     }
+    case 'quantize': { (await import('./quant/writeAwq.js')).quantizeCommand(parseArgs(rest, ['force']), progressBar('quantizing')); return; }
     case 'tune': return (await import('./tune.js')).tuneCommand(parseArgs(rest, ['force']));
     default: throw new Error(`kiln: unknown command '${cmd}'\n${HELP}`);
   }

@@ -152,7 +152,8 @@ export class LLM {
         yield { id: next, text };
         if (n + 1 >= o.maxTokens || pos + 1 >= this.spec.maxPositions) { stats.finishReason = 'length'; break; }
         const slots = blocks.append(seq, [next]);
-        fw.enqueue([{ tokens: [next], ctxLen: pos, blockTable: blocks.blockTable(seq), slots, logits: 'last' }]);
+        // Fixed-shape decode step: on CUDA a replayed graph (LlamaForward.decodeStep).
+        fw.decodeStep([{ tokens: [next], ctxLen: pos, blockTable: blocks.blockTable(seq), slots, logits: 'last' }]);
         next = await this.sample(o, pos + 1);
       }
       stats.decodeMs = performance.now() - t0;

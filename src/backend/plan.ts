@@ -19,6 +19,9 @@ export function runPlan<B extends Record<string, BindingSpec>, S extends Record<
   if (!cache) scratch.set(dev, (cache = new Map()));
   const temps: Record<string, DeviceBuffer> = {};
   for (const [name, t] of Object.entries(plan.temps)) {
+    // A caller may bring a temp itself (one whose address must stay fixed, e.g. for a captured
+    // graph); the kernels' own length checks then apply to it.
+    if (bindings[name]) continue;
     const key = `${op.name}/${name}/${t.t}`;
     let buf = cache.get(key);
     if (!buf || buf.length < t.length) {

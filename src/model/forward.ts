@@ -2,14 +2,19 @@
 // its new token ids, the number of tokens already in its KV cache, its block table and the cache
 // slots of the new tokens; one pass serves prefill chunks, decodes and verifies together, and
 // returns logits only for the rows asked for. Reads top to bottom, like llama2.c.
+//
+// A pass is an upload (every host→device write) followed by launchAll (launches only, whose
+// parameters follow from a PassLayout). Decode steps use fixed layouts per batch-size bucket
+// (decodeBucket.ts), so on CUDA each bucket's step is captured once as a graph and replayed.
 import { embedding } from '../../codegen/kernels/embedding.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
-import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { type AttentionSizes, TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
 import { rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { runLinear } from '../ops/linear.js';
 import { checkSlots, prepareAttention } from '../ops/attention.js';
+import { type DecodeGeometry, decodeAttentionSizes, decodeBuckets, decodePartRows, maxDecodeChunks, padDecodeMetadata, pickBucket } from './decodeBucket.js';
 import { type ModelSpec, ropeInvFreq } from './spec.js';
 import type { DeviceLinear, ModelWeights } from './weights.js';
 
@@ -35,6 +40,38 @@ export interface ForwardOptions {
   maxBatchTokens?: number;
   /** Most sequences one pass may carry. */
   maxSeqs?: number;
+  /** KV positions per split-KV chunk of attention (default: the kernel's, 512). */
+  attentionChunkSize?: number;
+  /** Capture decode steps as graphs on devices that can (default true). */
+  decodeGraphs?: boolean;
+}
+
+/**
+ * What one pass's launches depend on besides the forward's own buffers: every launch parameter is
+ * a function of this, so equal layouts give equal launch sequences (see launchAll).
+ */
+export interface PassLayout {
+  /** Rows of the activations (tokens in the pass, padding included). */
+  tokens: number;
+  /** Rows that go through the final norm and lm_head. */
+  logitRows: number;
+  attention: AttentionSizes;
+  blockTables: DeviceBuffer<'u32'>;
+  tiles: DeviceBuffer<'u32'>;
+  /** Attention partials owned by the layout (decode buckets); else the device's shared scratch. */
+  partials?: { acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> };
+}
+
+/** A device that can record launches and replay them (CudaDevice); found by duck typing. */
+interface GraphDevice {
+  captureGraph(record: () => void): CapturedGraph;
+}
+interface CapturedGraph {
+  replay(): void;
+  destroy(): void;
+}
+function asGraphDevice(dev: Device): GraphDevice | null {
+  return typeof (dev as Partial<GraphDevice>).captureGraph === 'function' ? dev as unknown as GraphDevice : null;
 }
 
 export interface ForwardResult {
@@ -62,6 +99,15 @@ export class LlamaForward {
   private tilesBuf: DeviceBuffer<'u32'> | null = null;
   private logitsBuf: DeviceBuffer<'f32'> | null = null;
   private readonly ops;
+  private readonly maxBlocksPerSeq: number;
+  private readonly buckets: number[];
+  private readonly decodeGeometry: DecodeGeometry;
+  private readonly graphsEnabled: boolean;
+  /** Metadata and attention scratch of decode steps, sized for the largest bucket, never regrown
+   *  (a captured graph keeps their addresses). */
+  private decodeBufs: { blockTables: DeviceBuffer<'u32'>; tiles: DeviceBuffer<'u32'>; acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> } | null = null;
+  private readonly decodeLayouts = new Map<number, PassLayout>();
+  private readonly graphs = new Map<number, CapturedGraph>();
 
   constructor(readonly dev: Device, readonly spec: ModelSpec, readonly weights: ModelWeights, readonly opts: ForwardOptions) {
     const s = spec;
@@ -83,8 +129,19 @@ export class LlamaForward {
       norm: rmsNorm({ caps, workgroupSize: pow2AtMost(Math.max(32, Math.min(256, D / 2))) }),
       rope: ropeQkv({ layout, caps }),
       append: kvAppend({ headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
-      attention: pagedAttention({ headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
+      attention: pagedAttention({
+        headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps,
+        ...(opts.attentionChunkSize !== undefined ? { chunkSize: opts.attentionChunkSize } : {}),
+      }),
     };
+    this.maxBlocksPerSeq = Math.ceil(s.maxPositions / this.blockSize);
+    this.buckets = decodeBuckets(Math.min(this.maxSeqs, this.maxBatchTokens));
+    this.decodeGeometry = {
+      numKvHeads: s.kvHeads, numHeads: s.heads, numBlocks: opts.numBlocks, maxBlocksPerSeq: this.maxBlocksPerSeq,
+      maxChunks: maxDecodeChunks(s.maxPositions, this.ops.attention.config.chunkSize),
+      window: s.slidingWindow ?? 0, scale: 1 / Math.sqrt(hd),
+    };
+    this.graphsEnabled = opts.decodeGraphs ?? true;
     // If an allocation fails part way, give back what was allocated so far.
     const allocated: DeviceBuffer[] = [];
     const alloc = <D extends 'f32' | 'u32' | 'i32'>(dtype: D, n: number, label: string): DeviceBuffer<D> => {
@@ -134,10 +191,7 @@ export class LlamaForward {
 
   /** Run the batch; returns the logits rows asked for. */
   async forward(batch: readonly SeqInput[]): Promise<ForwardResult> {
-    const rows = this.enqueue(batch);
-    if (!rows.length) { await this.dev.sync(); return { logits: new Float32Array(0), rows }; }
-    const all = await this.dev.read(this.logitsBuf!);
-    return { logits: all.slice(0, rows.length * this.spec.vocabSize), rows };
+    return this.readRows(this.enqueue(batch));
   }
 
   /**
@@ -145,24 +199,52 @@ export class LlamaForward {
    * `logitsBuffer` (for sampling kernels). Returns which rows were produced.
    */
   enqueue(batch: readonly SeqInput[]): { seq: number; token: number }[] {
-    const s = this.spec, dev = this.dev, a = this.act, hd = s.headDim;
+    const { layout, rows } = this.upload(batch);
+    this.launchAll(layout);
+    return rows;
+  }
+
+  /**
+   * Write everything the pass over `batch` reads from the host (token ids, positions, KV slots,
+   * block tables, attention tiles, logits rows) and return the launch layout that goes with it.
+   * Nothing is launched.
+   */
+  upload(batch: readonly SeqInput[]): { layout: PassLayout; rows: { seq: number; token: number }[] } {
+    const s = this.spec, dev = this.dev;
     const { ids, pos, slots, rowsWanted, T } = this.flatten(batch);
-    dev.write(this.idx.ids!, ids);
-    dev.write(this.idx.pos!, pos);
-    dev.write(this.slotsBuf, slots);
     checkSlots(slots, this.opts.numBlocks, this.blockSize);
     let qStart = 0;
     const meta = prepareAttention(this.ops.attention.config, {
       numTokens: T,
       seqs: batch.map((q) => { const r = { qStart, qLen: q.tokens.length, ctxLen: q.ctxLen, blockTable: q.blockTable }; qStart += q.tokens.length; return r; }),
       window: s.slidingWindow ?? 0,
-      scale: 1 / Math.sqrt(hd),
-    }, { numBlocks: this.opts.numBlocks, numKvHeads: s.kvHeads, maxBlocksPerSeq: Math.ceil(s.maxPositions / this.blockSize) });
+      scale: 1 / Math.sqrt(s.headDim),
+    }, { numBlocks: this.opts.numBlocks, numKvHeads: s.kvHeads, maxBlocksPerSeq: this.maxBlocksPerSeq });
+    dev.write(this.idx.ids!, ids);
+    dev.write(this.idx.pos!, pos);
+    dev.write(this.slotsBuf, slots);
     this.blockTablesBuf = this.ensure(this.blockTablesBuf, meta.blockTables.length, 'blockTables');
     this.tilesBuf = this.ensure(this.tilesBuf, meta.tiles.length, 'attentionTiles');
     dev.write(this.blockTablesBuf, meta.blockTables);
     dev.write(this.tilesBuf, meta.tiles);
+    const R = rowsWanted.length;
+    if (R) {
+      dev.write(this.idx.rows!, new Uint32Array(rowsWanted.map((r) => r.row)));
+      this.logitsBuf = this.ensure(this.logitsBuf, this.maxBatchTokens * s.vocabSize, 'logits', 'f32');
+    }
+    return {
+      layout: { tokens: T, logitRows: R, attention: meta.sizes, blockTables: this.blockTablesBuf, tiles: this.tilesBuf },
+      rows: rowsWanted.map(({ seq, token }) => ({ seq, token })),
+    };
+  }
 
+  /**
+   * Queue every launch of one pass. Launches only: each launch's parameters (buffers, uniforms,
+   * grid) are functions of `layout` alone, so the same layout gives the same launch sequence —
+   * what a graph capture records. The data comes from the last upload.
+   */
+  launchAll(L: PassLayout): void {
+    const s = this.spec, dev = this.dev, a = this.act, hd = s.headDim, T = L.tokens;
     // Token embeddings.
     dev.launch(this.ops.embed, { ids: this.idx.ids!, table: this.weights.embed.table as never, out: a.x! }, { T, V: s.vocabSize, D: s.hidden });
 
@@ -175,10 +257,12 @@ export class LlamaForward {
         { T, Hq: s.heads, Hk: s.kvHeads, D: hd, maxPos: this.ropePositions });
       dev.run(this.ops.append, { kNew: a.k!, vNew: a.v!, slots: this.slotsBuf, kCache: this.kCache[l]! as never, vCache: this.vCache[l]! as never },
         { numTokens: T, numKvHeads: s.kvHeads, numBlocks: this.opts.numBlocks });
+      // Scratch the layout brings (decode buckets) replaces the device's shared scratch (runPlan).
       dev.run(this.ops.attention, {
         q: a.q!, kCache: this.kCache[l]! as never, vCache: this.vCache[l]! as never,
-        blockTables: this.blockTablesBuf, tiles: this.tilesBuf, out: a.attn!,
-      }, meta.sizes);
+        blockTables: L.blockTables, tiles: L.tiles, out: a.attn!,
+        ...(L.partials ? { partAcc: L.partials.acc, partMl: L.partials.ml } : {}),
+      } as never, L.attention);
       this.linear(w.o, a.attn!, a.x2!, T, a.x!);
       // FFN block: x = x2 + Wd · (SiLU(Wg · norm(x2)) ⊙ Wu · norm(x2))
       this.norm(a.x2!, w.ffnNorm, a.h!, T);
@@ -187,14 +271,53 @@ export class LlamaForward {
     }
 
     // Only the rows asked for go through the final norm and the classifier.
-    const R = rowsWanted.length;
-    if (!R) return [];
-    dev.write(this.idx.rows!, new Uint32Array(rowsWanted.map((r) => r.row)));
+    const R = L.logitRows;
+    if (!R) return;
     dev.launch(this.ops.gather, { ids: this.idx.rows!, table: a.x!, out: a.rowsX! }, { T: R, V: T, D: s.hidden });
     this.norm(a.rowsX!, this.weights.finalNorm, a.rowsH!, R);
-    this.logitsBuf = this.ensure(this.logitsBuf, this.maxBatchTokens * s.vocabSize, 'logits', 'f32');
-    this.linear(this.weights.lmHead, a.rowsH!, this.logitsBuf, R);
-    return rowsWanted.map(({ seq, token }) => ({ seq, token }));
+    this.linear(this.weights.lmHead, a.rowsH!, this.logitsBuf!, R);
+  }
+
+  /** Decode bucket sizes (sequences per fixed-shape decode step). */
+  get decodeBuckets(): readonly number[] { return this.buckets; }
+
+  /** Buckets whose decode step has been captured as a graph (devices with captureGraph). */
+  get capturedBuckets(): number[] { return [...this.graphs.keys()].sort((x, y) => x - y); }
+
+  /**
+   * One decode step: every sequence brings exactly one new token and wants its logits. The batch
+   * is padded to a bucket (decodeBucket.ts) whose launches depend on the bucket alone. On a device
+   * that can capture graphs (CUDA), a bucket's first step runs and is captured; later steps write
+   * their inputs and replay the graph — one call instead of hundreds. Logits rows 0..n−1 of
+   * `logitsBuffer` are the sequences', in batch order.
+   */
+  decodeStep(batch: readonly SeqInput[]): { seq: number; token: number }[] {
+    batch.forEach((q, i) => {
+      if (q.tokens.length !== 1) throw new ForwardError(`decodeStep: sequence ${i} brings ${q.tokens.length} tokens; a decode step takes exactly one per sequence`);
+      if (q.logits === 'none') throw new ForwardError(`decodeStep: sequence ${i} asks for no logits; a decode step returns every sequence's`);
+    });
+    if (!batch.length) throw new ForwardError('decodeStep: empty batch');
+    if (batch.length > this.buckets[this.buckets.length - 1]!) {
+      throw new ForwardError(`decodeStep: ${batch.length} sequences exceed the largest decode bucket ${this.buckets[this.buckets.length - 1]} (maxSeqs ${this.maxSeqs}, maxBatchTokens ${this.maxBatchTokens})`);
+    }
+    const B = pickBucket(batch.length, this.buckets);
+    const layout = this.uploadDecode(batch, B);
+    const graphDev = this.graphsEnabled ? asGraphDevice(this.dev) : null;
+    const graph = this.graphs.get(B);
+    if (graph) {
+      graph.replay();
+    } else {
+      // Run now (this also compiles every kernel and allocates every scratch buffer, so the
+      // capture allocates nothing), then record the same launches for later steps.
+      this.launchAll(layout);
+      if (graphDev) this.graphs.set(B, graphDev.captureGraph(() => this.launchAll(layout)));
+    }
+    return batch.map((_, seq) => ({ seq, token: 0 }));
+  }
+
+  /** decodeStep, then read the logits back: [n, vocab]. */
+  async decode(batch: readonly SeqInput[]): Promise<ForwardResult> {
+    return this.readRows(this.decodeStep(batch));
   }
 
   /** The logits of the last enqueued pass: [rows, vocab] (f32). */
@@ -215,8 +338,76 @@ export class LlamaForward {
   }
 
   destroy(): void {
+    for (const g of this.graphs.values()) g.destroy();
+    this.graphs.clear();
+    this.decodeLayouts.clear();
     for (const b of [...this.kCache, ...this.vCache, ...Object.values(this.act), ...Object.values(this.idx), this.slotsBuf, this.ropeTable]) this.dev.free(b);
     for (const b of [this.blockTablesBuf, this.tilesBuf, this.logitsBuf]) if (b) this.dev.free(b);
+    if (this.decodeBufs) for (const b of Object.values(this.decodeBufs)) this.dev.free(b);
+    this.decodeBufs = null;
+  }
+
+  private async readRows(rows: { seq: number; token: number }[]): Promise<ForwardResult> {
+    if (!rows.length) { await this.dev.sync(); return { logits: new Float32Array(0), rows }; }
+    const all = await this.dev.read(this.logitsBuf!);
+    return { logits: all.slice(0, rows.length * this.spec.vocabSize), rows };
+  }
+
+  /** Validate a decode batch, pad it to bucket B and write it; returns B's fixed layout. */
+  private uploadDecode(batch: readonly SeqInput[], B: number): PassLayout {
+    const s = this.spec, dev = this.dev, g = this.decodeGeometry, n = batch.length;
+    const { ids, pos, slots } = this.flatten(batch);
+    checkSlots(slots, this.opts.numBlocks, this.blockSize);
+    const prep = prepareAttention(this.ops.attention.config, {
+      numTokens: n,
+      seqs: batch.map((q, i) => ({ qStart: i, qLen: 1, ctxLen: q.ctxLen, blockTable: q.blockTable })),
+      window: g.window, scale: g.scale,
+    }, { numBlocks: g.numBlocks, numKvHeads: g.numKvHeads, maxBlocksPerSeq: g.maxBlocksPerSeq });
+    const { tiles, blockTables } = padDecodeMetadata(prep, B, g);
+    const bufs = this.ensureDecodeBuffers();
+    // Padding rows: token 0 at position 0, slot −1 (never appended); see decodeBucket.ts.
+    const padIds = new Uint32Array(B), padPos = new Uint32Array(B), padSlots = new Int32Array(B).fill(-1);
+    padIds.set(ids); padPos.set(pos); padSlots.set(slots);
+    dev.write(this.idx.ids!, padIds);
+    dev.write(this.idx.pos!, padPos);
+    dev.write(this.slotsBuf, padSlots);
+    dev.write(this.idx.rows!, Uint32Array.from({ length: B }, (_, i) => i));
+    dev.write(bufs.blockTables, blockTables);
+    dev.write(bufs.tiles, tiles);
+    this.logitsBuf = this.ensure(this.logitsBuf, this.maxBatchTokens * s.vocabSize, 'logits', 'f32');
+    let layout = this.decodeLayouts.get(B);
+    if (!layout) {
+      layout = {
+        tokens: B, logitRows: B, attention: decodeAttentionSizes(B, g),
+        blockTables: bufs.blockTables, tiles: bufs.tiles, partials: { acc: bufs.acc, ml: bufs.ml },
+      };
+      this.decodeLayouts.set(B, layout);
+    }
+    return layout;
+  }
+
+  private ensureDecodeBuffers(): NonNullable<LlamaForward['decodeBufs']> {
+    if (this.decodeBufs) return this.decodeBufs;
+    const g = this.decodeGeometry, top = this.buckets[this.buckets.length - 1]!;
+    const partRows = Math.max(1, decodePartRows(top, g));
+    const made: DeviceBuffer[] = [];
+    const alloc = <T extends 'u32' | 'f32'>(t: T, len: number, label: string): DeviceBuffer<T> => {
+      const b = this.dev.alloc(t, len, label);
+      made.push(b);
+      return b;
+    };
+    try {
+      this.decodeBufs = {
+        blockTables: alloc('u32', top * g.maxBlocksPerSeq, 'decode.blockTables'),
+        tiles: alloc('u32', top * TILE_WORDS, 'decode.attentionTiles'),
+        acc: alloc('f32', partRows * this.spec.headDim, 'decode.attentionPartAcc'),
+        ml: alloc('f32', partRows * 2, 'decode.attentionPartMl'),
+      };
+    } catch (e) {
+      for (const b of made) this.dev.free(b);
+      throw e;
+    }
+    return this.decodeBufs;
   }
 
   private flatten(batch: readonly SeqInput[]) {
