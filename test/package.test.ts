@@ -186,6 +186,8 @@ describe.skipIf('missing' in npm)('the npm package, installed and used with plai
         mkdirSync(dirname(join(project, 'node_modules', dep)), { recursive: true });
         symlinkSync(join(ROOT, 'node_modules', dep), join(project, 'node_modules', dep), 'dir');
       }
+      mkdirSync(join(project, 'node_modules', '.bin'));
+      symlinkSync('../kiln/bin/kiln.mjs', join(project, 'node_modules', '.bin', 'kiln'));
       install = 'tarball unpacked, dependencies symlinked';
     }
     console.log(`[package] ${packed[0]!.filename}: ${(packed[0]!.size / 2 ** 20).toFixed(1)} MiB, ${packedFiles.length} files; `
