@@ -310,7 +310,14 @@ export class LlamaForward {
       // Run now (this also compiles every kernel and allocates every scratch buffer, so the
       // capture allocates nothing), then record the same launches for later steps.
       this.launchAll(layout);
-      if (graphDev) this.graphs.set(B, graphDev.captureGraph(() => this.launchAll(layout)));
+      if (graphDev) {
+        try {
+          this.graphs.set(B, graphDev.captureGraph(() => this.launchAll(layout)));
+        } catch (e) {
+          // This step already ran; the next one of this bucket tries the capture again.
+          throw new ForwardError(`decodeStep: capturing the decode graph of bucket ${B} failed: ${(e as Error).message}`, { cause: e });
+        }
+      }
     }
     return batch.map((_, seq) => ({ seq, token: 0 }));
   }

@@ -71,7 +71,7 @@ export function addonPath(): string {
 /** Loads the addon at `path` (uncached), or says why it cannot (not built, or built for another
  *  platform). */
 export function loadAddonFrom(path: string): { addon: KilnCudaAddon } | { reason: string } {
-  if (!existsSync(path)) return { reason: `native addon not built: ${path} is missing (run \`npm run build:addon\`)` };
+  if (!existsSync(path)) return { reason: `native addon not built: ${path} is missing (run \`node scripts/build-addon.mjs\` in the package directory)` };
   try {
     return { addon: createRequire(import.meta.url)(path) as KilnCudaAddon };
   } catch (e) {
