@@ -10,12 +10,13 @@ import { embedding } from '../../codegen/kernels/embedding.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import { type AttentionSizes, TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
 import { rmsNorm } from '../../codegen/kernels/rmsNorm.js';
+import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { runLinear } from '../ops/linear.js';
 import { checkSlots, prepareAttention } from '../ops/attention.js';
 import { type DecodeGeometry, decodeAttentionSizes, decodeBuckets, decodePartRows, maxDecodeChunks, padDecodeMetadata, pickBucket } from './decodeBucket.js';
-import { type ModelSpec, ropeInvFreq } from './spec.js';
+import { type ModelSpec, ropeFrequencies } from './spec.js';
 import type { DeviceLinear, ModelWeights } from './weights.js';
 
 /** One sequence's part of a forward pass. */
@@ -168,14 +169,7 @@ export class LlamaForward {
       this.slotsBuf = alloc('i32', T, 'slots');
       // cos/sin of every position, in float64 on the host (see rope.ts for why).
       this.ropePositions = s.maxPositions;
-      const inv = ropeInvFreq(s);
-      const table = new Float32Array(this.ropePositions * inv.length * 2);
-      for (let p = 0; p < this.ropePositions; p++) {
-        for (let i = 0; i < inv.length; i++) {
-          table[(p * inv.length + i) * 2] = Math.cos(p * inv[i]!);
-          table[(p * inv.length + i) * 2 + 1] = Math.sin(p * inv[i]!);
-        }
-      }
+      const table = ropeTable(ropeFrequencies(s), this.ropePositions);
       this.ropeTable = alloc('f32', table.length, 'ropeTable');
       dev.write(this.ropeTable, table);
     } catch (e) {
