@@ -5,7 +5,7 @@
 // (ropeTable: theta, Llama-3 scaling), as vLLM's cos_sin_cache: an f32 angle pos·θᵢ loses
 // ~pos·2⁻²⁴ radians (≈ 6e-3 at 10⁵), and GPU sin/cos are poor on large arguments. A position
 // outside the table writes NaN, so the mistake shows instead of rotating by a wrong angle.
-import type { ArrayRef, Caps, Val } from '../dsl/index.js';
+import type { ArrayRef, Caps, KernelBuilder, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { capsKey, memoKernel, runtimeNaN } from './linearCommon.js';
@@ -73,6 +73,25 @@ export function ropeTable(f: RopeFrequencies, maxPositions: number): Float32Arra
   return t;
 }
 
+/**
+ * cos and sin of pair i at position p from the table [maxPos, D/2, 2]; NaN for a position outside
+ * the table, so the mistake shows instead of rotating by a wrong angle.
+ */
+export function ropeCosSin(kb: KernelBuilder, table: ArrayRef<'f32', boolean>, p: Val<'u32'>, i: Val<'u32'>,
+  half: Val<'u32'>, maxPos: Val<'u32'>): [Val<'f32'>, Val<'f32'>] {
+  const c = kb.var('c', 'f32', 0), s = kb.var('s', 'f32', 0);
+  kb.if(p.lt(maxPos), () => {
+    const at = kb.let('tab', p.mul(half).add(i).mul(2));
+    c.set(table.at(at));
+    s.set(table.at(at.add(1)));
+  }, () => {
+    const nan = kb.let('nan', runtimeNaN(kb, p));
+    c.set(nan);
+    s.set(nan);
+  });
+  return [c, s];
+}
+
 export interface RopeParams {
   layout: RopeLayout;
   /** true: rotate q and k in place; false: write qOut and kOut. */
@@ -119,17 +138,7 @@ export function rope(p: RopeParams) {
       const h = kb.let('h', idx.div(half));
       const i = kb.let('i', idx.rem(half));
       kb.if(h.ge(Hq.add(Hk)), () => kb.return());
-      const p = kb.let('p', b.pos.at(t));
-      const c = kb.var('c', 'f32', 0), s = kb.var('s', 'f32', 0);
-      kb.if(p.lt(maxPos), () => {
-        const at = kb.let('tab', p.mul(half).add(i).mul(2));
-        c.set(b.table.at(at));
-        s.set(b.table.at(at.add(1)));
-      }, () => {
-        const nan = kb.let('nan', runtimeNaN(kb, p));
-        c.set(nan);
-        s.set(nan);
-      });
+      const [c, s] = ropeCosSin(kb, b.table, kb.let('p', b.pos.at(t)), i, half, maxPos);
       const [i0, i1] = layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
       type Ref = ArrayRef<'f32', true>;
       const rotate = (src: Ref, dst: Ref, head: Val<'u32'>, heads: Val<'u32'>) => {

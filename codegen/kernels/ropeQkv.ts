@@ -6,7 +6,7 @@ import type { Caps } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { capsKey, memoKernel } from './linearCommon.js';
-import type { RopeLayout } from './rope.js';
+import { ropeCosSin, type RopeLayout } from './rope.js';
 
 export interface RopeQkvParams {
   layout: RopeLayout;
@@ -56,18 +56,7 @@ export function ropeQkv(p: RopeQkvParams) {
         b.v.set(dst.add(i1), x1);
         kb.return();
       });
-      const p = kb.let('p', b.pos.at(t));
-      const c = kb.var('c', 'f32', 0), s = kb.var('s', 'f32', 0);
-      kb.if(p.lt(maxPos), () => {
-        const at = kb.let('tab', p.mul(half).add(i).mul(2));
-        c.set(b.table.at(at));
-        s.set(b.table.at(at.add(1)));
-      }, () => {
-        // A position outside the table shows as NaN instead of a wrong rotation.
-        const nan = kb.bitcast('f32', kb.u32(0x7fc00000));
-        c.set(nan);
-        s.set(nan);
-      });
+      const [c, s] = ropeCosSin(kb, b.table, kb.let('p', b.pos.at(t)), i, half, maxPos);
       const y0 = kb.let('y0', x0.mul(c).sub(x1.mul(s)));
       const y1 = kb.let('y1', x1.mul(c).add(x0.mul(s)));
       kb.if(h.lt(Hq), () => {

@@ -14,6 +14,7 @@ import {
 import { GEMV_MAX_ROWS } from './linearOp.js';
 import { argmaxRows, f16ToF32, f32ToF16, residualAdd, siluMul } from './pointwise.js';
 import { rmsNorm } from './rmsNorm.js';
+import { ropeQkv } from './ropeQkv.js';
 import { rope } from './rope.js';
 
 /** 'int4g128' → the INT4 source with g = 128; 'f32' / 'f16' → dense. */
@@ -91,6 +92,11 @@ export const TRANSFORMER_FAMILIES: KernelFamily[] = [
     family: 'rope',
     variants: (caps) => (['halves', 'interleaved'] as const).flatMap((layout) => [true, false].map((inPlace) => label(rope({ layout, inPlace, caps })))),
     build: (p, caps) => rope({ layout: (p.layout as 'halves' | 'interleaved') ?? 'halves', inPlace: p.inPlace !== false, workgroupSize: num(p, 'workgroupSize', 64), caps }),
+  },
+  {
+    family: 'ropeQkv',
+    variants: (caps) => (['halves', 'interleaved'] as const).map((layout) => label(ropeQkv({ layout, caps }))),
+    build: (p, caps) => ropeQkv({ layout: (p.layout as 'halves' | 'interleaved') ?? 'halves', workgroupSize: num(p, 'workgroupSize', 64), caps }),
   },
   {
     family: 'embedding',

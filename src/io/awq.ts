@@ -6,24 +6,16 @@
 // This module loads and validates them; kernels consume them unchanged.
 
 import type { AwqConfig, LinearSpec, ModelSpec } from '../model/spec.js';
-import { dequantizeAwq as dequantizeAwqKN } from '../quant/awq.js';
+import { type AwqTensors, dequantizeAwq as dequantizeAwqKN } from '../quant/awq.js';
 import { allLinears } from '../model/spec.js';
 import { readFloat16Bits, readFloat32, readInt32, toFloat32, type TensorStore } from './safetensors.js';
 
 export { AWQ_ORDER } from '../quant/awq.js';
 
-export interface AwqLinear {
+/** One layer's AutoAWQ tensors (quant/awq.ts AwqTensors) with its name and optional bias. */
+export interface AwqLinear extends AwqTensors {
   /** Layer prefix, e.g. 'model.layers.0.self_attn.q_proj'. */
   name: string;
-  K: number;
-  N: number;
-  groupSize: number;
-  /** [K, N/8] */
-  qweight: Int32Array;
-  /** [K/g, N/8] */
-  qzeros: Int32Array;
-  /** [K/g, N], raw f16 bits. */
-  scales: Uint16Array;
   /** [N] or null. */
   bias: Float32Array | null;
 }

@@ -7,6 +7,7 @@ import { embedding } from '../../codegen/kernels/embedding.js';
 import { argmaxRows, f16ToF32, f32ToF16, residualAdd, siluMul } from '../../codegen/kernels/pointwise.js';
 import { rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { type Llama3Scaling, rope, type RopeLayout, ropeTable } from '../../codegen/kernels/rope.js';
+import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import { f16BitsToF32, f32ArrayToF16, f32ToF16Bits, packF16Pairs } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
@@ -125,6 +126,35 @@ forEachBackend('pointwise', (dev) => {
         expect(out.slice(D).every((v) => Number.isNaN(v))).toBe(true);
       } finally { bufs.free(); }
     });
+  });
+
+  describe('ropeQkv (split a fused q|k|v projection, rotate q and k)', () => {
+    for (const layout of ['halves', 'interleaved'] as const) {
+      it(`${layout}: q and k rotated, v copied, every output element written`, async () => {
+        const [T, Hq, Hk, D, maxPos] = [5, 8, 2, 32, 9000];
+        const r = rng(freshSeed(`ropeQkv ${layout}`));
+        const pos = [0, 7, 4097, 8191, 8999];
+        const qkv = randomF32(T * (Hq + 2 * Hk) * D, r);
+        const bufs = new Buffers(dev);
+        try {
+          const q = bufs.output('f32', T * Hq * D, 'q'), k = bufs.output('f32', T * Hk * D, 'k'), v = bufs.output('f32', T * Hk * D, 'v');
+          dev.launch(ropeQkv({ layout, caps: dev.caps }), {
+            qkv: bufs.input('f32', qkv, 'qkv'), pos: bufs.input('u32', Uint32Array.from(pos), 'pos'),
+            table: bufs.input('f32', ropeTable({ headDim: D, theta: 10000 }, maxPos), 'table'), q, k, v,
+          }, { T, Hq, Hk, D, maxPos });
+          // Slice the fused rows into the three parts, then rotate with the float64 reference.
+          const part = (h0: number, H: number) => {
+            const out = new Float32Array(T * H * D);
+            for (let t = 0; t < T; t++) out.set(qkv.subarray((t * (Hq + 2 * Hk) + h0) * D, (t * (Hq + 2 * Hk) + h0 + H) * D), t * H * D);
+            return out;
+          };
+          const inv = refInvFreq(D, 10000, undefined);
+          expect(maxRowErr(await bufs.read(q), ropeRef(part(0, Hq), T, Hq, D, pos, inv, layout), T * Hq, D)).toBeLessThan(1e-5);
+          expect(maxRowErr(await bufs.read(k), ropeRef(part(Hq, Hk), T, Hk, D, pos, inv, layout), T * Hk, D)).toBeLessThan(1e-5);
+          expect(Array.from(await bufs.read(v))).toEqual(Array.from(part(Hq + Hk, Hk)));
+        } finally { bufs.free(); }
+      });
+    }
   });
 
   describe('embedding', () => {
