@@ -3,8 +3,7 @@
 import type { BindingSpec } from '../../codegen/dsl/builder.js';
 import type { Op } from '../../codegen/dsl/plan.js';
 import { type Device, type DeviceBuffer, LaunchError } from './device.js';
-
-const scratch = new WeakMap<Device, Map<string, DeviceBuffer>>();
+import { scratchBuffer } from './scratch.js';
 
 export function runPlan<B extends Record<string, BindingSpec>, S extends Record<string, number>>(
   dev: Device, op: Op<B, S>, bindings: Record<string, DeviceBuffer>, sizes: S,
@@ -15,20 +14,12 @@ export function runPlan<B extends Record<string, BindingSpec>, S extends Record<
     if (buf.dtype !== spec.t) throw new LaunchError(`op '${op.name}': binding '${b}' expects ${spec.t} but buffer '${buf.label}' holds ${buf.dtype}`);
   }
   const plan = op.plan(sizes);
-  let cache = scratch.get(dev);
-  if (!cache) scratch.set(dev, (cache = new Map()));
   const temps: Record<string, DeviceBuffer> = {};
   for (const [name, t] of Object.entries(plan.temps)) {
     // A caller may bring a temp itself (one whose address must stay fixed, e.g. for a captured
     // graph); the kernels' own length checks then apply to it.
     if (bindings[name]) continue;
-    const key = `${op.name}/${name}/${t.t}`;
-    let buf = cache.get(key);
-    if (!buf || buf.length < t.length) {
-      if (buf) dev.free(buf);
-      buf = dev.alloc(t.t, Math.max(1, t.length), `${op.name}.${name}`);
-      cache.set(key, buf);
-    }
+    const buf = scratchBuffer(dev, `${op.name}.${name}`, t.t, t.length);
     temps[name] = buf;
   }
   for (const step of plan.steps) {

@@ -6,6 +6,7 @@ import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/page
 import { TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
+import { uploadScratch } from '../backend/scratch.js';
 
 /** One sequence of a ragged batch. */
 export interface RaggedSequence {
@@ -146,20 +147,9 @@ export function checkSlots(slots: Int32Array, numBlocks: number, blockSize: numb
 type PagedAttentionOp = ReturnType<typeof pagedAttention>;
 type KvAppendOp = ReturnType<typeof kvAppend>;
 
-// Metadata buffers per device, grown as needed. Device writes are ordered with launches, so
-// rewriting them for the next batch never changes what an earlier launch reads.
-const meta = new WeakMap<Device, Map<string, DeviceBuffer>>();
+/** Metadata uploads reuse per-device scratch buffers (grown 2× to settle quickly). */
 function metaBuffer<T extends 'u32' | 'i32'>(dev: Device, name: string, t: T, data: T extends 'u32' ? Uint32Array : Int32Array): DeviceBuffer<T> {
-  let m = meta.get(dev);
-  if (!m) meta.set(dev, (m = new Map()));
-  let buf = m.get(name) as DeviceBuffer<T> | undefined;
-  if (!buf || buf.length < data.length) {
-    if (buf) dev.free(buf);
-    buf = dev.alloc(t, Math.max(1, data.length * 2), `attention.${name}`);
-    m.set(name, buf);
-  }
-  dev.write(buf, data as never);
-  return buf;
+  return uploadScratch(dev, `attention.${name}`, t, data as never, 2);
 }
 
 /** Validate, upload the metadata and queue the attention op. */

@@ -7,6 +7,7 @@ import { type rejectionSampler, type greedyAcceptance } from '../../codegen/kern
 import { STREAM_SAMPLE } from '../../codegen/kernels/random.js';
 import type { sampling } from '../../codegen/kernels/sampling.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
+import { uploadScratch } from '../backend/scratch.js';
 
 export class SamplingInputError extends Error {}
 
@@ -100,19 +101,8 @@ export function acceptanceRows(seqs: DraftSequence[], maxK: number, vocab: numbe
   return { draftTokens, seqInfo };
 }
 
-// Scratch uploads per device (ordered with launches, so reuse across calls is safe).
-const scratch = new WeakMap<Device, Map<string, DeviceBuffer>>();
 function upload<T extends 'u32' | 'f32'>(dev: Device, name: string, t: T, data: T extends 'u32' ? Uint32Array : Float32Array): DeviceBuffer<T> {
-  let m = scratch.get(dev);
-  if (!m) scratch.set(dev, (m = new Map()));
-  let buf = m.get(name) as DeviceBuffer<T> | undefined;
-  if (!buf || buf.length < data.length) {
-    if (buf) dev.free(buf);
-    buf = dev.alloc(t, Math.max(1, data.length), `sampling.${name}`);
-    m.set(name, buf);
-  }
-  dev.write(buf, data as never);
-  return buf;
+  return uploadScratch(dev, `sampling.${name}`, t, data as never);
 }
 function need(name: string, b: DeviceBuffer, n: number): void {
   if (b.length < n) throw new SamplingInputError(`${name} has ${b.length} elements, needs ${n}`);
