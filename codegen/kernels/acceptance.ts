@@ -24,10 +24,11 @@
 import { kernel, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Kernel, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import type { KernelFamily } from './index.js';
+import { logSoftmax } from './logSoftmax.js';
 import { STREAM_ACCEPT, STREAM_SAMPLE, randomUniform } from './random.js';
 import {
-  NO_TOKEN, type SegmentParams, type Segments, argmax, beats, loadWeights, logSoftmax, mergeSums, sampling, segmentCount,
-  segmentSearch, segments, workgroupArgmax, workgroupScan, F32_MAX,
+  NO_TOKEN, type SegmentParams, type Segments, argmax, beats, loadWeights, mergeSums, sampling, segmentCount,
+  segmentScan, segmentSearch, segments, workgroupArgmax, workgroupScan, F32_MAX,
 } from './sampling.js';
 
 type Sizes = Record<string, number>;
@@ -195,15 +196,7 @@ export function greedyArgmaxSegments(g: Segments) {
       const kSeq = k.let('kSeq', seqInfo.at(seq.mul(4)));
       k.for('r', k.u32(0), kSeq.add(1), (r) => {
         const row = k.let('row', seq.mul(maxK.add(1)).add(r));
-        const best = k.var('best', 'f32', -F32_MAX);
-        const arg = k.var('arg', 'u32', NO_TOKEN);
-        for (let j = 0; j < g.items; j++) {
-          const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
-          k.if(i.lt(vocab), () => {
-            const v = k.let(`v${j}`, targetScores.at(row.mul(vocab).add(i)));
-            k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
-          });
-        }
+        const [best, arg] = segmentScan(k, g, seg, vocab, (i) => targetScores.at(row.mul(vocab).add(i)));
         const [bv, bi] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am');
         k.if(k.localIndex.eq(0), () => {
           partMax.set(row.mul(nseg).add(seg), bv);

@@ -10,7 +10,7 @@
 //   only roundings are IEEE adds and one multiply, identical on every backend;
 // - a token of zero weight (masked) can never be drawn.
 import { exp, kernel, log, max, min, op, storage } from '../dsl/index.js';
-import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import type { ArrayRef, Caps, KernelBuilder, Plan, Val, Var } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { randomUniform } from './random.js';
 
@@ -39,6 +39,24 @@ export const segmentCount = (g: Segments, vocab: number) => Math.ceil(vocab / g.
 /** (v, i) beats (a, ai): larger value, ties to the lower index; NO_TOKEN loses to anything. */
 export function beats(k: KernelBuilder, v: Val<'f32'>, i: Val<'u32'>, a: Val<'f32'>, ai: Val<'u32'>): Val<'bool'> {
   return i.ne(NO_TOKEN).and(ai.eq(NO_TOKEN).or(v.gt(a)).or(v.eq(a).and(i.lt(ai))));
+}
+
+/**
+ * This invocation's best (value, first index) over its strided items of segment `seg` of one row
+ * (`at(i)` reads element i of the row): neighbouring invocations read neighbouring words.
+ */
+export function segmentScan(k: KernelBuilder, g: Segments, seg: Val<'u32'>, vocab: Val<'u32'>,
+  at: (i: Val<'u32'>) => Val<'f32'>): [Var<'f32'>, Var<'u32'>] {
+  const best = k.var('best', 'f32', -F32_MAX);
+  const arg = k.var('arg', 'u32', NO_TOKEN);
+  for (let j = 0; j < g.items; j++) {
+    const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
+    k.if(i.lt(vocab), () => {
+      const v = k.let(`v${j}`, at(i));
+      k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
+    });
+  }
+  return [best, arg];
 }
 
 /** Argmax over the workgroup (shared tree; the rule is order-free, so any tree gives the same
@@ -155,8 +173,8 @@ export function mergeSums(k: KernelBuilder, part: ArrayRef<'f32', boolean>, base
 }
 
 // ---- kernels ----------------------------------------------------------------------------------
-const rowsLen = (u: Record<string, number>) => u.rows! * u.vocab!;
-const partLen = (u: Record<string, number>) => u.rows! * u.segments!;
+export const rowsLen = (u: Record<string, number>) => u.rows! * u.vocab!;
+export const partLen = (u: Record<string, number>) => u.rows! * u.segments!;
 
 /** Per (segment, row): max and first argmax of x. */
 export function segmentArgmax(g: Segments) {
@@ -173,16 +191,7 @@ export function segmentArgmax(g: Segments) {
       const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
       const rowBase = k.let('rowBase', row.mul(vocab));
-      const best = k.var('best', 'f32', -F32_MAX);
-      const arg = k.var('arg', 'u32', NO_TOKEN);
-      // Strided: neighbouring invocations read neighbouring words; the rule is order-free.
-      for (let j = 0; j < g.items; j++) {
-        const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
-        k.if(i.lt(vocab), () => {
-          const v = k.let(`v${j}`, x.at(rowBase.add(i)));
-          k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
-        });
-      }
+      const [best, arg] = segmentScan(k, g, seg, vocab, (i) => x.at(rowBase.add(i)));
       const [bv, bi] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am');
       k.if(k.localIndex.eq(0), () => {
         partMax.set(row.mul(nseg).add(seg), bv);
@@ -470,7 +479,7 @@ export function samplingDraw(g: Segments) {
 }
 
 // ---- ops --------------------------------------------------------------------------------------
-function checkSizes(name: string, s: Record<string, number>, keys: string[]): void {
+export function checkSizes(name: string, s: Record<string, number>, keys: string[]): void {
   for (const key of keys) {
     const v = s[key];
     if (!Number.isInteger(v) || v! < 1) throw new Error(`op '${name}': size ${key} = ${v} must be a positive integer`);
@@ -535,95 +544,4 @@ export function argmax(p: SegmentParams = {}) {
       };
     });
   return Object.assign(o, { kernels: [kMax, kMerge], segments: g });
-}
-
-/**
- * out[row, i] = x[row, i] − log Σ_j exp(x[row, j]) (log-probabilities). Per segment: its max
- * and Σ exp(x − max); then every segment merges the row's partials in order and writes.
- * Sizes: rows, vocab.
- */
-export function logSoftmax(p: SegmentParams = {}) {
-  const g = segments(p);
-  const kSeg = kernel({
-    name: 'logSoftmaxSegment', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
-    bindings: {
-      x: storage('f32', 'read', { len: rowsLen }),
-      partMax: storage('f32', 'read_write', { len: partLen }),
-      partSum: storage('f32', 'read_write', { len: partLen }),
-    },
-    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
-    body(k, { x, partMax, partSum }, { vocab, segments: nseg }) {
-      const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
-      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
-      const rowBase = k.let('rowBase', row.mul(vocab));
-      const best = k.var('best', 'f32', -F32_MAX);
-      const arg = k.var('arg', 'u32', NO_TOKEN);
-      for (let j = 0; j < g.items; j++) {
-        const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
-        k.if(i.lt(vocab), () => {
-          const v = k.let(`v${j}`, x.at(rowBase.add(i)));
-          k.if(beats(k, v, i, best, arg), () => { best.set(v); arg.set(i); });
-        });
-      }
-      const [segMax] = workgroupArgmax(k, best, arg, sv, si, g.wg, 'am', false);
-      const sum = k.var('sum', 'f32', 0);
-      for (let j = 0; j < g.items; j++) {
-        const i = k.let(`j${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
-        k.if(i.lt(vocab), () => sum.set(sum.add(exp(x.at(rowBase.add(i)).sub(segMax)))));
-      }
-      const [, total] = workgroupScan(k, sum, sv, k.shared('sb', 'f32', g.wg), g.wg, 'sum', 'total');
-      k.if(k.localIndex.eq(0), () => {
-        partMax.set(row.mul(nseg).add(seg), segMax);
-        partSum.set(row.mul(nseg).add(seg), total);
-      });
-    },
-  });
-  const kApply = kernel({
-    name: 'logSoftmaxApply', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
-    bindings: {
-      x: storage('f32', 'read', { len: rowsLen }),
-      partMax: storage('f32', 'read', { len: partLen }),
-      partSum: storage('f32', 'read', { len: partLen }),
-      out: storage('f32', 'read_write', { len: rowsLen }),
-    },
-    uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
-    body(k, { x, partMax, partSum, out }, { vocab, segments: nseg }) {
-      const lseShared = k.shared('lse', 'f32', 1);
-      const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
-      const rowBase = k.let('rowBase', row.mul(vocab));
-      k.if(k.localIndex.eq(0), () => {
-        const base = k.let('base', row.mul(nseg));
-        const m = k.var('m', partMax.at(base));
-        k.for('s', k.u32(1), nseg, (s) => m.set(max(m, partMax.at(base.add(s)))));
-        const z = k.var('z', 'f32', 0);
-        k.for('s', k.u32(0), nseg, (s) => {
-          const ms = k.let('ms', partMax.at(base.add(s)));
-          z.set(z.add(partSum.at(base.add(s)).mul(k.select(ms.eq(m), k.f32(1), exp(ms.sub(m))))));
-        });
-        lseShared.set(0, m.add(log(z)));
-      });
-      k.barrier();
-      const lse = k.let('lseRow', lseShared.at(0));
-      for (let j = 0; j < g.items; j++) {
-        const i = k.let(`i${j}`, seg.mul(g.seg).add(k.localIndex).add(j * g.wg));
-        k.if(i.lt(vocab), () => out.set(rowBase.add(i), x.at(rowBase.add(i)).sub(lse)));
-      }
-    },
-  });
-  const o = op('logSoftmax', { x: storage('f32', 'read'), out: storage('f32', 'read_write') },
-    (s: { rows: number; vocab: number }): Plan => {
-      checkSizes('logSoftmax', s, ['rows', 'vocab']);
-      const u = { rows: s.rows, vocab: s.vocab, segments: segmentCount(g, s.vocab) };
-      const n = s.rows * u.segments;
-      return {
-        temps: { partMax: { t: 'f32', length: n }, partSum: { t: 'f32', length: n } },
-        steps: [
-          { kernel: kSeg, bind: { x: 'x', partMax: 'partMax', partSum: 'partSum' }, uniforms: u },
-          { kernel: kApply, bind: { x: 'x', partMax: 'partMax', partSum: 'partSum', out: 'out' }, uniforms: u },
-        ],
-      };
-    });
-  return Object.assign(o, { kernels: [kSeg, kApply], segments: g });
 }

@@ -5,7 +5,8 @@
 import { describe, expect, it } from 'vitest';
 import { kernel, storage } from '../../codegen/dsl/index.js';
 import { philoxRef, randomUniform, randomUniformRef, STREAM_DRAFT, STREAM_SAMPLE } from '../../codegen/kernels/random.js';
-import { argmax, logSoftmax, sampling } from '../../codegen/kernels/sampling.js';
+import { logSoftmax } from '../../codegen/kernels/logSoftmax.js';
+import { argmax, sampling } from '../../codegen/kernels/sampling.js';
 import type { Device } from '../../src/backend/device.js';
 import { type SamplingRequest, SamplingInputError, runSampling, samplingRows } from '../../src/ops/sampling.js';
 import { forEachBackend } from '../backends.js';
