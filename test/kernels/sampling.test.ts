@@ -77,6 +77,13 @@ function transformRef(x: Float32Array, r: SamplingRequest): { keep: Keep[]; prob
   return { keep, probs };
 }
 
+/** The reference probabilities restricted to the tokens the kernel kept (for 'either' tokens). */
+function renormalised(ref: { keep: Keep[]; probs: Float64Array }, got: Float32Array): Float64Array {
+  const kept = ref.keep.map((k, i) => k === 'in' || (k === 'either' && got[i]! > 0));
+  const z = ref.probs.reduce((s, p, i) => s + (kept[i] ? p : 0), 0);
+  return ref.probs.map((p, i) => (kept[i] ? p / z : 0));
+}
+
 async function runSamplingOn(dev: Device, o: ReturnType<typeof sampling>, logits: Float32Array, reqs: SamplingRequest[], V: number) {
   const bufs = new Buffers(dev);
   try {
@@ -174,7 +181,9 @@ forEachBackend('sampling', (dev) => {
           if (ref.keep[i] === 'out') expect(got[i], `row ${row} token ${i} must be masked`).toBe(0);
           if (ref.keep[i] === 'in') expect(got[i], `row ${row} token ${i} must be kept`).toBeGreaterThan(0);
         }
-        expect(relErr(got, ref.probs), `row ${row}`).toBeLessThan(1e-5);
+        // Tokens at a threshold within rounding ('either') may go either way: normalise the
+        // reference over the set the kernel kept, which the lines above pinned everywhere else.
+        expect(relErr(got, renormalised(ref, got)), `row ${row}`).toBeLessThan(1e-5);
         expect(ref.keep[tokens[row]!], `row ${row}: sampled ${tokens[row]}`).not.toBe('out');
         expect(got[tokens[row]!]).toBeGreaterThan(0);
       });
