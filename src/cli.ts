@@ -7,6 +7,7 @@ import { num, type ParsedArgs, parseArgs, rejectUnknown, str } from './util/args
 const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
 
   kiln generate [--model DIR] --prompt TEXT   stream a completion (default model: models/brown-target)
+      --prompt-ids 1,2,3               token ids instead of text (models without tokenizer.json)
       --device auto|cpu|webgpu|cuda   --quant none|f32|f16|int4-rtn   --group-size G   --kv f32|f16
       --max-tokens N   --temperature T   --top-k K   --top-p P   --min-p P   --seed S   --stop TEXT
   kiln eval ppl [--model DIR] --text FILE     held-out perplexity (windows of 256, no context)
@@ -43,20 +44,29 @@ function progressBar(label: string): (done: number, total: number) => void {
 }
 
 async function generate(a: ParsedArgs): Promise<void> {
-  rejectUnknown(a, [...LOAD_OPTS, 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'seed', 'stop'], 'kiln generate');
+  rejectUnknown(a, [...LOAD_OPTS, 'prompt', 'prompt-ids', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'seed', 'stop'], 'kiln generate');
+  const idsArg = str(a, 'prompt-ids');
+  const ids = idsArg?.split(',').map((x) => {
+    const n = Number(x.trim());
+    if (!Number.isInteger(n) || n < 0) throw new Error(`--prompt-ids: '${x}' is not a token id`);
+    return n;
+  });
   const prompt = str(a, 'prompt') ?? a.positional.join(' ');
-  if (!prompt) throw new Error('kiln generate: give a prompt with --prompt "..."');
+  if (!prompt && !ids) throw new Error('kiln generate: give a prompt with --prompt "..." (or token ids with --prompt-ids 1,2,3)');
   const model = str(a, 'model', DEFAULT_MODEL);
   const llm = await loadModel(model, loadOptions(a));
   try {
+    if (!ids && !llm.tokenizer) throw new Error(`${llm.source} comes without a tokenizer.json: give the prompt as token ids with --prompt-ids`);
     process.stderr.write(`model ${llm.source} · ${llm.weights.format}${llm.weights.groupSize ? ` g${llm.weights.groupSize}` : ''} · ${llm.device.description}\n`);
     const stop = str(a, 'stop');
     const opts: GenerateOptions = {
       maxTokens: num(a, 'max-tokens', 128), temperature: num(a, 'temperature'), topK: num(a, 'top-k'),
       topP: num(a, 'top-p'), minP: num(a, 'min-p'), seed: num(a, 'seed'), stop: stop ? [stop] : undefined,
     };
-    process.stdout.write(prompt);
-    for await (const t of llm.generate(prompt, opts)) process.stdout.write(t.text);
+    // Text when the model has a tokenizer; token ids otherwise.
+    const show = (text: string, id: number) => (llm.tokenizer ? text : id >= 0 ? ` ${id}` : '');
+    process.stdout.write(ids ? (llm.tokenizer ? llm.decode(ids) : ids.join(' ')) : prompt);
+    for await (const t of llm.generate(ids ?? prompt, opts)) process.stdout.write(show(t.text, t.id));
     process.stdout.write('\n');
     const s = llm.lastStats!;
     const rate = (n: number, ms: number) => (ms > 0 ? (n / ms) * 1000 : 0).toFixed(1);
