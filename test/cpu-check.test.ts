@@ -124,6 +124,23 @@ describe('out-of-bounds accesses', () => {
     expect(e.findings).toEqual(["out-of-bounds read of storage buffer 'a' at index 1000 (length 1000) by invocation 39 in workgroup (15,0,0)"]);
   });
 
+  it('a vector binding read and written past its end reports each scalar past the end', async () => {
+    const n = 10; // vectors
+    const k = kernel({
+      name: 'vecShift', workgroupSize: WG, grid: () => 1,
+      bindings: { a: storage('f32', 'read', { vec: 4 }), out: storage('f32', 'read_write', { vec: 2 }) }, uniforms: { n: 'u32' },
+      body(k, { a, out }, { n }) {
+        const i = k.let('i', k.globalId.x);
+        k.if(i.lt(n), () => out.set(i.add(5), a.at(i.add(1)).swizzle('xy'))); // bug: a has n vectors, out n
+      },
+    });
+    const e = await findings(k, { a: xs(4 * n), out: new Float32Array(2 * n) }, { n });
+    // a[10] is scalars 40..43, of which the load reads x and y (40, 41); out[10..14] are scalars 20..29.
+    expect(e.findings).toContain("out-of-bounds read of storage buffer 'a' at index 40 (length 40) by invocation 9 in workgroup (0,0,0)");
+    expect(e.findings).toContain("out-of-bounds write of storage buffer 'out' at index 21 (length 20) by invocation 5 in workgroup (0,0,0)");
+    expect(e.count).toBe(2 + 2 * 5);
+  });
+
   it('a workgroup array written past its end; a private array indexed past its end', async () => {
     const k = kernel({
       name: 'offByOne', workgroupSize: [8, 8], grid: () => 1,

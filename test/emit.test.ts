@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { check, generate, write } from '../codegen/cli.js';
 import type { AtomicOp, BinOp, Builtin, Expr, KernelIR, MathFn, Stmt, SubgroupOp, UnOp } from '../codegen/dsl/ir.js';
-import { BASELINE_CAPS, CUDA_CAPS } from '../codegen/dsl/types.js';
+import { BASELINE_CAPS, CUDA_CAPS, isVec } from '../codegen/dsl/types.js';
 import { f16round, floatText, walk } from '../codegen/emit/clike.js';
 import { emitCUDA, emitWGSL } from '../codegen/emit/index.js';
 import { FAMILIES } from '../codegen/kernels/index.js';
@@ -41,7 +41,7 @@ function usage(ir: KernelIR): Set<string> {
   walk(ir.body, (s) => {
     seen.add(`stmt:${s.k}`);
     if (s.k === 'atomic') seen.add(`atomic:${s.op}:${s.space}`);
-    if (s.k === 'store') seen.add(`store:${s.space}`);
+    if (s.k === 'store') seen.add(`store:${s.space}${isVec(s.value.t) ? ':vector' : ''}`);
   }, (e) => {
     seen.add(`expr:${e.k}`);
     if (e.k === 'bin') seen.add(`bin:${e.op}`);
@@ -49,7 +49,7 @@ function usage(ir: KernelIR): Set<string> {
     if (e.k === 'call') seen.add(`call:${e.fn}`);
     if (e.k === 'builtin') seen.add(`builtin:${e.name}`);
     if (e.k === 'subgroup') seen.add(`subgroup:${e.op}`);
-    if (e.k === 'load') seen.add(`load:${e.space}`);
+    if (e.k === 'load') seen.add(`load:${e.space}${isVec(e.t) ? ':vector' : ''}`);
   });
   return seen;
 }
@@ -67,6 +67,7 @@ describe('emitters cover the whole IR', () => {
       ...ATOMIC_OPS.map((o) => `atomic:${o}:storage`), ...SUBGROUP_OPS.map((o) => `subgroup:${o}`),
       'atomic:add:workgroup', 'atomic:load:workgroup', 'atomic:store:workgroup',
       'load:storage', 'load:workgroup', 'load:private', 'store:storage', 'store:workgroup', 'store:private',
+      'load:storage:vector', 'store:storage:vector',
     ];
     expect(want.filter((w) => !seen.has(w))).toEqual([]);
   });
@@ -82,6 +83,8 @@ describe('emitters cover the whole IR', () => {
     'vec4<f32>(xv)', 'v4.zy', '(mixed + v4).wzx.y', 'atomicCompareExchangeWeak(&counts[counts_index], 0u, counts_value)',
     'atomicAdd(&counts[0u], 1u);', '_ = atomicLoad(&counts[10u]);', 'atomicStore(&counts[11u], i);',
     'atomicLoad(&counts[12u])', 'atomicStore(&counts[13u], bits);', 'subgroupShuffleXor(s, 1u)', 'subgroupBroadcast(s, 0u)',
+    'var<storage, read> quads: array<vec4<u32>>;', 'var<storage, read_write> pairs: array<vec2<f32>>;',
+    'let quad: vec4<u32> = quads[ic];', 'pairs[ic] = pairs[ic] + vec2<f32>(acc, xv);',
     'hv * 0.1h', 'inverseSqrt(abs(xv) + 1.0f)', '16777216.0f', '1e-45f', '3.4e38f', '!((mixed < v4) & ((v4 >= splat) | (v4 != splat)))',
   ];
   const CUDA_EXPECT = [
@@ -95,7 +98,10 @@ describe('emitters cover the whole IR', () => {
     '__shfl_xor_sync(0xffffffffu, s, 1u)', '__shfl_sync(0xffffffffu, s, 0u)', 'subgroupAdd(acc)',
     '__float2half_rn(expf(__half2float(hv)))', 'hv * __half(0.1f)', 'bitcast<u32>(vec2<f16>{hv, hsum})',
     'swizzle<2, 1>(v4)', 'vcat(v2, xv, acc)', 'splat4(xv)', 'dot(mixed, v4)', 'vmap([](f32 a, f32 b) { return fmodf(a, b); }',
-    'KILN_VEC_BINARY(&&)', 'const u32 subgroupInvocationId = (threadIdx.x + 8u * threadIdx.y + 32u * threadIdx.z) % 32u;',
+    'KILN_VEC_BINARY(&&)', 'const uint4* __restrict__ quads,', 'float2* __restrict__ pairs,',
+    '__device__ inline vec4<u32> fromNative(uint4 v) { return {v.x, v.y, v.z, v.w}; }',
+    '__device__ inline float2 toNative(vec2<f32> v) { return {v.x, v.y}; }',
+    'const vec4<u32> quad = fromNative(quads[ic]);', 'pairs[ic] = toNative(fromNative(pairs[ic]) + vec2<f32>{acc, xv});', 'const u32 subgroupInvocationId = (threadIdx.x + 8u * threadIdx.y + 32u * threadIdx.z) % 32u;',
   ];
   it('WGSL prints each construct as expected', () => {
     const text = emitWGSL(full);
@@ -109,7 +115,7 @@ describe('emitters cover the whole IR', () => {
     const code = (text: string) => text.split('\n').filter((l) => !l.startsWith('//')).join('\n');
     expect(code(emitWGSL(baseline))).not.toMatch(/enable|subgroup|f16/);
     const va = FAMILIES.find((f) => f.family === 'vectorAdd')!.variants(CUDA_CAPS)[0]!.kernel.ir;
-    expect(code(emitCUDA(va))).not.toMatch(/vmap|vcat|swizzle|KILN_VEC|bitcast|subgroupAdd|atomicLoad/);
+    expect(code(emitCUDA(va))).not.toMatch(/vmap|vcat|swizzle|KILN_VEC|bitcast|subgroupAdd|atomicLoad|Native/);
   });
 });
 

@@ -7,7 +7,7 @@ import type {
 } from './ir.js';
 import { show } from './show.js';
 import {
-  BASELINE_CAPS, type Caps, type DType, type Scalar, type StorageType, type Vec,
+  BASELINE_CAPS, type Caps, type DType, type Scalar, type StorageType, type Vec, VEC_WIDTHS, type VecWidth,
   elemOf, isBool, isFloat, isInt, isStorageType, isVec, vecOf, widthOf, withElem,
 } from './types.js';
 
@@ -64,8 +64,11 @@ export class Var<T extends DType = DType> extends Val<T> {
   set(v: Operand<T>): void { this.kb.assign(this, v); }
 }
 
-/** A storage buffer, workgroup array or private array. */
-export class ArrayRef<T extends Scalar, W extends boolean = true> {
+/**
+ * A storage buffer, workgroup array or private array. T is its element type: a scalar, or vecW<S>
+ * for a storage binding declared with a vector width (at/set then move whole vectors).
+ */
+export class ArrayRef<T extends DType, W extends boolean = true> {
   constructor(readonly name: string, readonly t: T, readonly space: Space, readonly writable: W,
     readonly atomic: boolean, readonly length: number | undefined, readonly kb: KernelBuilder) {}
   at(i: IndexVal): Val<T> { return this.kb.load(this, i); }
@@ -73,22 +76,39 @@ export class ArrayRef<T extends Scalar, W extends boolean = true> {
 }
 
 // ---- kernel specifications ------------------------------------------------------------------
-export interface BindingSpec<T extends StorageType = StorageType, A extends Access = Access> {
+export interface BindingSpec<T extends StorageType = StorageType, A extends Access = Access, V extends VecWidth = VecWidth> {
   t: T;
   access: A;
   atomic?: boolean;
-  /** Elements the launch needs, from the uniforms: checked before any device work. */
+  /**
+   * Vector width W (default 1; 2 or 4 for f32, i32, u32, not atomic): the kernel reads and writes
+   * vecW<T> elements, element i being scalars [W·i, W·i + W) of the host's scalar buffer, whose
+   * length must be a multiple of W.
+   */
+  vec?: V;
+  /** Elements (scalars, whatever the vector width) the launch needs, from the uniforms: checked before any device work. */
   len?: (u: Record<string, number>) => number;
 }
 export function storage<T extends StorageType, A extends Access>(
-  t: T, access: A, opts: { atomic?: boolean; len?: (u: Record<string, number>) => number } = {},
-): BindingSpec<T, A> {
+  t: T, access: A, opts?: { atomic?: boolean; vec?: 1; len?: (u: Record<string, number>) => number },
+): BindingSpec<T, A, 1>;
+export function storage<T extends StorageType, A extends Access, V extends VecWidth>(
+  t: T, access: A, opts: { atomic?: boolean; vec: V; len?: (u: Record<string, number>) => number },
+): BindingSpec<T, A, V>;
+export function storage<T extends StorageType, A extends Access>(
+  t: T, access: A, opts: { atomic?: boolean; vec?: VecWidth; len?: (u: Record<string, number>) => number },
+): BindingSpec<T, A>;
+export function storage(t: StorageType, access: Access, opts: { atomic?: boolean; vec?: VecWidth; len?: (u: Record<string, number>) => number } = {}): BindingSpec {
   return { t, access, ...opts };
 }
+/** The element type kernel code sees for a binding: T, or vecW<T> for a vector binding. */
+export type BindingElem<S> = S extends BindingSpec<infer T extends StorageType, Access, infer V>
+  ? [V] extends [2] ? Vec<T, 2> : [V] extends [4] ? Vec<T, 4> : T
+  : never;
 export type Bindings = Record<string, BindingSpec>;
 export type Uniforms = Record<string, Scalar>;
 export type BufRefs<B extends Bindings> = {
-  [K in keyof B]: ArrayRef<B[K]['t'], B[K]['access'] extends 'read_write' ? true : false>;
+  [K in keyof B]: ArrayRef<BindingElem<B[K]>, B[K]['access'] extends 'read_write' ? true : false>;
 };
 export type UniformVals<U extends Uniforms> = { [K in keyof U]: Val<U[K]> };
 export type UniformValues<U extends Uniforms> = { [K in keyof U]: number };
@@ -139,16 +159,20 @@ export function kernel<B extends Bindings, U extends Uniforms>(spec: KernelSpec<
   if (invocations > kb.caps.maxInvocationsPerWorkgroup) {
     kb.fail(`workgroup of ${invocations} invocations exceeds the device limit ${kb.caps.maxInvocationsPerWorkgroup}`);
   }
-  const refs = {} as Record<string, ArrayRef<Scalar, boolean>>;
+  const refs = {} as Record<string, ArrayRef<DType, boolean>>;
   const buffers: BufferDecl[] = [];
   for (const [name, b] of Object.entries(spec.bindings)) {
     if (!isStorageType(b.t)) kb.fail(`binding '${name}' has element type '${b.t}', not one of f32, f16, i32, u32`);
     if (b.access !== 'read' && b.access !== 'read_write') kb.fail(`binding '${name}' has access '${b.access}'`);
     if (b.atomic && b.t !== 'u32' && b.t !== 'i32') kb.fail(`atomic binding '${name}' must be u32 or i32`);
     if (b.t === 'f16' && !kb.caps.f16) kb.fail(`binding '${name}' is f16 but the device has no f16 storage: pass f16 data packed in u32`);
+    const vec = b.vec ?? 1;
+    if (!VEC_WIDTHS.includes(vec)) kb.fail(`binding '${name}' has vector width ${String(vec)}, not 1, 2 or 4`);
+    if (vec > 1 && b.t === 'f16') kb.fail(`binding '${name}' is f16 with vector width ${vec}: vector bindings hold f32, i32 or u32 (f16 pairs travel as u32 words)`);
+    if (vec > 1 && b.atomic) kb.fail(`atomic binding '${name}' cannot have vector width ${vec}`);
     const n = kb.declare(name);
-    buffers.push({ key: name, name: n, t: b.t, access: b.access, atomic: !!b.atomic });
-    refs[name] = new ArrayRef(n, b.t, 'storage', b.access === 'read_write', !!b.atomic, undefined, kb);
+    buffers.push({ key: name, name: n, t: b.t, access: b.access, atomic: !!b.atomic, vec });
+    refs[name] = new ArrayRef(n, vecOf(b.t, vec), 'storage', b.access === 'read_write', !!b.atomic, undefined, kb);
   }
   if (buffers.length > kb.caps.maxStorageBuffers) {
     kb.fail(`${buffers.length} storage buffers exceed the device limit ${kb.caps.maxStorageBuffers}`);
@@ -412,7 +436,7 @@ export class KernelBuilder {
   subgroupBroadcast<T extends DType>(a: Val<T>, lane: number): Val<T> { return this.subgroup('broadcast', a, lane); }
 
   // ---- memory ----
-  load<T extends Scalar>(ref: ArrayRef<T, boolean>, i: IndexVal): Val<T> {
+  load<T extends DType>(ref: ArrayRef<T, boolean>, i: IndexVal): Val<T> {
     if (ref.kb !== this) this.fail(`array '${ref.name}' belongs to kernel '${ref.kb.kernelName}'`);
     const index = this.index(i, ref.name);
     if (index.k === 'const' && ref.length !== undefined && (index.v as number) >= ref.length) {
@@ -421,7 +445,7 @@ export class KernelBuilder {
     this.note(ref.t);
     return new Val({ k: 'load', t: ref.t, space: ref.space, name: ref.name, index }, this);
   }
-  store<T extends Scalar>(ref: ArrayRef<T, boolean>, i: IndexVal, v: Val | number | boolean): void {
+  store<T extends DType>(ref: ArrayRef<T, boolean>, i: IndexVal, v: Val | number | boolean): void {
     if (ref.kb !== this) this.fail(`array '${ref.name}' belongs to kernel '${ref.kb.kernelName}'`);
     const index = this.index(i, ref.name);
     const value = this.operand(v, ref.t);

@@ -1,6 +1,6 @@
 // The kernel IR: what the builder produces and every emitter consumes. Plain data, no methods,
 // so emitters are total functions over these unions.
-import type { Caps, DType, Scalar, StorageType } from './types.js';
+import type { Caps, DType, Scalar, StorageType, VecWidth } from './types.js';
 
 export type Space = 'storage' | 'workgroup' | 'private';
 export type Access = 'read' | 'read_write';
@@ -24,7 +24,7 @@ export type Expr =
   | { k: 'var'; t: DType; name: string }
   | { k: 'uniform'; t: Scalar; name: string }
   | { k: 'builtin'; t: DType; name: Builtin }
-  | { k: 'load'; t: DType; space: Space; name: string; index: Expr }
+  | { k: 'load'; t: DType; space: Space; name: string; index: Expr } // t: vecW<T> for a vector binding
   | { k: 'bin'; t: DType; op: BinOp; a: Expr; b: Expr }
   | { k: 'un'; t: DType; op: UnOp; a: Expr }
   | { k: 'call'; t: DType; fn: MathFn; args: Expr[] }
@@ -55,7 +55,10 @@ export type Stmt =
 export interface BufferDecl {
   /** Binding name as the launch passes it; `name` is the identifier in generated code. */
   key: string;
-  name: string; t: StorageType; access: Access; atomic: boolean }
+  name: string; t: StorageType; access: Access; atomic: boolean;
+  /** Vector width W: loads and stores of this buffer move vecW<t> (element i = scalars [W·i, W·i + W)). */
+  vec: VecWidth;
+}
 export interface UniformDecl { key: string; name: string; t: Scalar }
 export interface SharedDecl { name: string; t: Scalar; length: number; atomic: boolean }
 

@@ -5,8 +5,16 @@ export type Scalar = 'f32' | 'f16' | 'i32' | 'u32' | 'bool';
 export type VecN = 2 | 3 | 4;
 export type Vec<S extends Scalar = Scalar, N extends VecN = VecN> = `vec${N}<${S}>`;
 export type DType = Scalar | Vec;
-/** Element types a storage buffer may hold (one scalar per element; vectors are built in registers). */
+/** Element types a storage buffer holds on the host side (one scalar per element). */
 export type StorageType = 'f32' | 'f16' | 'i32' | 'u32';
+/**
+ * Vector width a storage binding may declare: the kernel then sees element i as a vector of the
+ * scalars [W·i, W·i + W) (8- and 16-byte loads and stores); the host buffer stays scalar.
+ */
+export type VecWidth = 1 | 2 | 4;
+/** Scalar types a vector binding may hold (not f16, whose pairs travel as u32 words). */
+export type VecStorageType = 'f32' | 'i32' | 'u32';
+export const VEC_WIDTHS: readonly VecWidth[] = [1, 2, 4];
 export type IntType = 'i32' | 'u32';
 export type FloatType = 'f32' | 'f16';
 export type NumType = IntType | FloatType;

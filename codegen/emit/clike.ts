@@ -1,8 +1,8 @@
 // The shared base of the C-style emitters (WGSL, CUDA): precedence-safe expression printing,
 // statements and indentation, identifier hygiene, exact literals and the file header. A target
 // supplies types, literals and the handful of constructs that differ (see the abstract hooks).
-import type { BinOp, Builtin, Expr, KernelIR, Stmt } from '../dsl/ir.js';
-import type { DType, Scalar } from '../dsl/types.js';
+import type { BinOp, Builtin, BufferDecl, Expr, KernelIR, Stmt } from '../dsl/ir.js';
+import { type DType, type Scalar, vecOf } from '../dsl/types.js';
 
 // ---- printed expressions and precedence ------------------------------------------------------
 /** Binding strength, C order: a child printed weaker than its context gets parentheses. */
@@ -331,7 +331,7 @@ export abstract class CLikeEmitter {
       `workgroup size: ${x} x ${y} x ${z} (${x * y * z} invocations)`,
       `launch: ${ir.gridDoc || '(grid not documented)'} workgroups`,
       `bindings:`,
-      ...ir.buffers.map((b, i) => `  ${i}: ${b.name} ${b.atomic ? `atomic<${b.t}>` : b.t}[] ${b.access}${b.key !== b.name ? ` (binding key '${b.key}')` : ''}`),
+      ...ir.buffers.map((b, i) => `  ${i}: ${b.name} ${b.atomic ? `atomic<${b.t}>` : bufferElem(b)}[] ${b.access}${b.key !== b.name ? ` (binding key '${b.key}')` : ''}`),
       ...(ir.uniforms.length
         ? [`uniforms: ${ir.uniforms.map((u, i) => `${u.name}: ${u.t} @${4 * i}`).join(', ')}`,
           `  (4-byte scalars in this order; WGSL: one uniform block at binding ${ir.buffers.length}, padded to ${uniformBytes(ir)} bytes)`]
@@ -341,6 +341,11 @@ export abstract class CLikeEmitter {
     ];
     return lines.map((l) => `// ${l}`.trimEnd()).join('\n');
   }
+}
+
+/** A buffer's element type in the kernel: its scalar, or vecW<scalar> for a vector binding. */
+export function bufferElem(b: BufferDecl): DType {
+  return vecOf(b.t, b.vec);
 }
 
 /** Bytes of the uniform block: 4 per scalar, in declaration order, padded to 16. */

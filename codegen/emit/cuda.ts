@@ -2,8 +2,8 @@
 // bitcast, dot) through a small prelude, of which only the parts the kernel needs are emitted.
 // ABI: extern "C" kernel(buffers in declaration order as pointers, const for read; then the
 // uniforms as one struct of 4-byte scalars passed by value, omitted when there are none).
-import type { Builtin, Expr, KernelIR, MathFn, Stmt } from '../dsl/ir.js';
-import { type DType, type Scalar, elemOf, isVec, widthOf } from '../dsl/types.js';
+import type { BufferDecl, Builtin, Expr, KernelIR, MathFn, Stmt } from '../dsl/ir.js';
+import { type DType, type Scalar, type VecStorageType, elemOf, isVec, widthOf } from '../dsl/types.js';
 import { BIN, BUILTINS, CLikeEmitter, type Code, P, atom, callCode, f16round, floatText, infix, postfix, prefix, ternary } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
@@ -23,6 +23,7 @@ typedef unsigned int u32;
 template <typename T> struct vec2 { T x, y; };
 template <typename T> struct vec3 { T x, y, z; };
 template <typename T> struct vec4 { T x, y, z, w; };`,
+  native: '', // built from the vector bindings, see nativeConversions()
   arith: '', // built from the operators used, see vectorOperators()
   vmap: `// vmap(f, a, b...): f applied to each component (all arguments have the same width).
 ${[2, 3, 4].map((n) => `template <typename F, typename T, typename... R>
@@ -83,6 +84,22 @@ template <typename T> __device__ inline T subgroupMin(T x) {
 };
 type Part = keyof typeof PRELUDE;
 
+/** CUDA's own vector type for a vector binding: its loads and stores are 8 or 16 bytes wide. */
+const NATIVE: Record<VecStorageType, string> = { f32: 'float', i32: 'int', u32: 'uint' };
+const nativeType = (b: BufferDecl) => `${NATIVE[b.t as VecStorageType]}${b.vec}`;
+/** fromNative/toNative between CUDA's vector types and the prelude's vecN<T>, for the bindings' types. */
+function nativeConversions(used: Set<BufferDecl>): string {
+  const lines = ['// A vector binding is a pointer to CUDA\'s vector type (one 8- or 16-byte load or store per element).'];
+  for (const key of new Set([...used].map((b) => `${b.vec}:${b.t}`))) {
+    const [w, t] = key.split(':') as [string, VecStorageType];
+    const n = Number(w), native = `${NATIVE[t]}${n}`, vec = `vec${n}<${t}>`;
+    const comps = [...'xyzw'.slice(0, n)].map((c) => `v.${c}`).join(', ');
+    lines.push(`__device__ inline ${vec} fromNative(${native} v) { return {${comps}}; }`);
+    lines.push(`__device__ inline ${native} toNative(${vec} v) { return {${comps}}; }`);
+  }
+  return lines.join('\n');
+}
+
 const VEC_BINARY = ['+', '-', '*', '/', '<', '<=', '>', '>=', '==', '!=', '&&', '||', '&', '|', '^'];
 const VEC_UNARY = ['-', '!', '~'];
 /** Component-wise vector operators, only those used (defined through two macros). */
@@ -109,7 +126,8 @@ const RESERVED = new Set((
   'this thread_local throw true try typedef typeid typename union unsigned using virtual void volatile wchar_t ' +
   'while xor xor_eq restrict threadIdx blockIdx blockDim gridDim warpSize ' +
   'f32 f16 i32 u32 vec2 vec3 vec4 vmap splat2 splat3 splat4 vcat comp swizzle dot bitcast pack2x16float ' +
-  'unpack2x16float atomicLoad atomicStore maxOf minOf subgroupAdd subgroupMax subgroupMin ' +
+  'unpack2x16float atomicLoad atomicStore maxOf minOf subgroupAdd subgroupMax subgroupMin fromNative toNative ' +
+  'float2 float4 int2 int4 uint2 uint4 ' +
   'expf exp2f logf log2f sqrtf rsqrtf fabsf floorf ceilf rintf sinf cosf tanhf fminf fmaxf fmaf powf fmodf min ' +
   'max abs atomicAdd atomicMax atomicMin atomicExch atomicCAS'
 ).split(' '));
@@ -132,6 +150,8 @@ class CudaEmitter extends CLikeEmitter {
   private readonly used = new Set<Part>(['base']);
   private readonly vecBinary = new Set<string>();
   private readonly vecUnary = new Set<string>();
+  /** Vector bindings the body loads or stores (their conversions go into the prelude). */
+  private readonly nativeUsed = new Set<BufferDecl>();
   private readonly uniformParam: string;
   private readonly uniformStruct: string;
 
@@ -170,8 +190,15 @@ class CudaEmitter extends CLikeEmitter {
     if (space === 'workgroup') return this.ir.shared.some((s) => s.name === name && s.atomic);
     return space === 'storage' && this.ir.buffers.some((b) => b.name === name && b.atomic && b.access === 'read_write');
   }
+  /** The vector binding `name` refers to in `space`, if it is one. */
+  private vectorBuffer(space: string, name: string): BufferDecl | undefined {
+    const b = space === 'storage' ? this.ir.buffers.find((d) => d.name === name) : undefined;
+    if (b && b.vec > 1) { this.need('native'); this.nativeUsed.add(b); return b; }
+    return undefined;
+  }
   load(e: Of<'load'>): Code {
     const ref = this.index(e.name, e.index);
+    if (this.vectorBuffer(e.space, e.name)) return callCode('fromNative', [atom(ref)]);
     if (!this.atomicArray(e.space, e.name)) return atom(ref);
     this.need('atomicAccess');
     return atom(`atomicLoad(&${ref})`);
@@ -291,6 +318,7 @@ class CudaEmitter extends CLikeEmitter {
   }
   store(s: StmtOf<'store'>): void {
     const ref = this.index(s.name, s.index);
+    if (this.vectorBuffer(s.space, s.name)) return this.line(`${ref} = toNative(${this.expr(s.value)});`);
     if (!this.atomicArray(s.space, s.name)) return this.line(`${ref} = ${this.expr(s.value)};`);
     this.need('atomicAccess');
     this.line(`atomicStore(&${ref}, ${this.expr(s.value)});`);
@@ -339,10 +367,11 @@ class CudaEmitter extends CLikeEmitter {
     const ir = this.ir;
     const body = this.bodyLines();
     const threads = ir.workgroupSize.reduce((a, b) => a * b, 1);
-    const params = ir.buffers.map((b) => `${b.access === 'read' ? 'const ' : ''}${TYPE[b.t]}* __restrict__ ${this.id(b.name)}`);
+    const pointee = (b: BufferDecl) => (b.vec > 1 ? nativeType(b) : TYPE[b.t]);
+    const params = ir.buffers.map((b) => `${b.access === 'read' ? 'const ' : ''}${pointee(b)}* __restrict__ ${this.id(b.name)}`);
     if (ir.uniforms.length) params.push(`const ${this.uniformStruct} ${this.uniformParam}`);
     const abi = [
-      `CUDA ABI: extern "C" ${ir.name}(${[...ir.buffers.map((b) => `${b.access === 'read' ? 'const ' : ''}${TYPE[b.t]}* ${b.name}`),
+      `CUDA ABI: extern "C" ${ir.name}(${[...ir.buffers.map((b) => `${b.access === 'read' ? 'const ' : ''}${pointee(b)}* ${b.name}`),
         ...(ir.uniforms.length ? [`${this.uniformStruct} ${this.uniformParam} (by value)`] : [])].join(', ')})`,
       ...(ir.uniforms.length
         ? [`  ${this.uniformStruct}: the uniforms above, ${4 * ir.uniforms.length} bytes, no padding`]
@@ -351,7 +380,8 @@ class CudaEmitter extends CLikeEmitter {
     ];
     const out = [this.header(abi), ''];
     for (const p of Object.keys(PRELUDE) as Part[]) {
-      if (this.used.has(p)) out.push(p === 'arith' ? vectorOperators(this.vecBinary, this.vecUnary) : PRELUDE[p], '');
+      if (!this.used.has(p)) continue;
+      out.push(p === 'arith' ? vectorOperators(this.vecBinary, this.vecUnary) : p === 'native' ? nativeConversions(this.nativeUsed) : PRELUDE[p], '');
     }
     if (ir.uniforms.length) out.push(`struct ${this.uniformStruct} {`, ...ir.uniforms.map((u) => `  ${TYPE[u.t]} ${this.id(u.name)};`), '};', '');
     const head = `extern "C" __global__ void __launch_bounds__(${threads}) ${ir.name}`;

@@ -1,7 +1,8 @@
 // Expressions for the JS emitter: every IR expression as JavaScript that computes what a GPU
 // computes — f32/f16 rounded after each operation, i32 wrapping (|0, Math.imul), u32 (>>> 0),
 // WGSL integer division — and memory references, bounds-checked in checking mode. A vector is
-// compiled to one expression per component, so vector code stays scalar.
+// compiled to one expression per component, so vector code stays scalar; so are the elements of
+// vector bindings (element i of a vecW binding is scalars W·i .. W·i + W − 1 of its typed array).
 import type { BinOp, Builtin, Expr, KernelIR, MathFn, UnOp } from '../dsl/ir.js';
 import { type DType, type Scalar, elemOf, isVec, widthOf } from '../dsl/types.js';
 import { helperSource } from './js-runtime.js';
@@ -62,7 +63,7 @@ export abstract class JsExpressions {
   protected readonly n: number;
   protected readonly vars = new Map<string, DType>();
   protected readonly privs = new Map<string, PrivInfo>();
-  protected readonly bufs = new Map<string, { id: number; js: string; t: string }>();
+  protected readonly bufs = new Map<string, { id: number; js: string; t: string; vec: number }>();
   protected readonly shared = new Map<string, { id: number; js: string }>();
   protected readonly helpers = new Set<string>();
   /** Locals kept per invocation across regions (private arrays among them). */
@@ -83,7 +84,7 @@ export abstract class JsExpressions {
     }
     this.wg = ir.workgroupSize;
     this.n = this.wg[0] * this.wg[1] * this.wg[2];
-    ir.buffers.forEach((b, id) => this.bufs.set(b.name, { id, js: jsId(b.name), t: b.t }));
+    ir.buffers.forEach((b, id) => this.bufs.set(b.name, { id, js: jsId(b.name), t: b.t, vec: b.vec }));
     ir.shared.forEach((s, id) => this.shared.set(s.name, { id, js: jsId(s.name) }));
   }
 
@@ -105,7 +106,10 @@ export abstract class JsExpressions {
       }
       case 'uniform': this.usedUnis.add(e.name); return [jsId(e.name)];
       case 'builtin': return this.builtin(e.name);
-      case 'load': return [this.load(e)];
+      case 'load': {
+        const w = e.space === 'storage' ? this.buf(e.name).vec : 1;
+        return w > 1 ? this.vectorRefs(e.name, e.index, 0) : [this.load(e)];
+      }
       case 'bin': {
         const a = this.ex(e.a), b = this.ex(e.b), t = elemOf(e.a.t);
         return a.map((x, i) => this.binS(e.op, t, x, b[i]!));
@@ -329,6 +333,19 @@ export abstract class JsExpressions {
     }
     const i = this.check ? `$ckP(${p.id}, ${idx}, $li, ${kind})` : idx;
     return this.spilled.has(name) ? `${p.js}$p[${p.js}$b + ${i}]` : `${p.js}[${i}]`;
+  }
+
+  /**
+   * The W scalar references of element `index` of vector binding `name` (load kind 0, store 1):
+   * arr[W·i + c], each checked in checking mode.
+   */
+  protected vectorRefs(name: string, index: Expr, kind: 0 | 1): string[] {
+    const b = this.buf(name);
+    const [i] = this.materialize([this.sc(index)]);
+    return Array.from({ length: b.vec }, (_, c) => {
+      const idx = `${i} * ${b.vec}${c ? ` + ${c}` : ''}`;
+      return `${b.js}[${this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx}]`;
+    });
   }
 
   protected load(e: Extract<Expr, { k: 'load' }>): string {

@@ -2,7 +2,7 @@
 // uses them). The IR's type names and math function names are WGSL's own.
 import type { Builtin, Expr, KernelIR, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, isVec } from '../dsl/types.js';
-import { BUILTINS, CLikeEmitter, type Code, P, atom, callCode, f16round, floatText, infix, postfix, prefix } from './clike.js';
+import { BUILTINS, CLikeEmitter, bufferElem, type Code, P, atom, callCode, f16round, floatText, infix, postfix, prefix } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
 type StmtOf<K extends Stmt['k']> = Extract<Stmt, { k: K }>;
@@ -151,7 +151,7 @@ class WgslEmitter extends CLikeEmitter {
     if (ir.usesF16 || ir.usesSubgroups) out.push('');
     ir.buffers.forEach((b, i) => {
       const atomic = b.atomic && b.access === 'read_write';
-      out.push(`@group(0) @binding(${i}) var<storage, ${b.access}> ${this.id(b.name)}: array<${atomic ? `atomic<${b.t}>` : b.t}>;`);
+      out.push(`@group(0) @binding(${i}) var<storage, ${b.access}> ${this.id(b.name)}: array<${atomic ? `atomic<${b.t}>` : bufferElem(b)}>;`);
     });
     if (ir.uniforms.length) {
       out.push('', `struct ${this.uniformStruct} {`, ...ir.uniforms.map((u) => `  ${this.id(u.name)}: ${u.t},`), '}');

@@ -11,7 +11,7 @@ import { storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
-  type WeightSource,
+  parallelismOf, type WeightSource,
 } from './linearCommon.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp, ts } from './linearOp.js';
 
@@ -38,6 +38,10 @@ function unpackScales(k: KernelBuilder, scales: ArrayRef<'u32', boolean>, rowBas
   return s;
 }
 
+const qweightLen = (u: Record<string, number>) => (u.K! * u.Nw!) / 8;
+const qzerosLen = (g: number) => (u: Record<string, number>) => ((u.K! / g) * u.Nw!) / 8;
+const scalesLen = (g: number) => (u: Record<string, number>) => ((u.K! / g) * u.Nw!) / 2;
+
 export function int4Source(groupSize: number): WeightSource {
   const g = groupSize;
   return {
@@ -45,10 +49,11 @@ export function int4Source(groupSize: number): WeightSource {
     cols: 8,
     granule: g,
     bindings: {
-      qweight: storage('u32', 'read', { len: (u) => (u.K! * u.Nw!) / 8 }),
-      qzeros: storage('u32', 'read', { len: (u) => ((u.K! / g) * u.Nw!) / 8 }),
-      scales: storage('u32', 'read', { len: (u) => ((u.K! / g) * u.Nw!) / 2 }),
+      qweight: storage('u32', 'read', { len: qweightLen }),
+      qzeros: storage('u32', 'read', { len: qzerosLen(g) }),
+      scales: storage('u32', 'read', { len: scalesLen(g) }),
     },
+    vectorized: (width) => int4VectorSource(g, width),
     row: (k, u, kk) => kk.mul(u.Nw.div(8)),
     values(k, refs, row, unit, tag) {
       const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit)));
@@ -62,6 +67,50 @@ export function int4Source(groupSize: number): WeightSource {
         const sBase = k.let(`sb${tag}`, grp.mul(u.Nw.div(2)).add(unit.mul(4)));
         const s = unpackScales(k, refs.scales as ArrayRef<'u32', false>, sBase, tag).map((v, j) => k.let(`s${tag}_${j}`, v));
         return { z, s };
+      },
+    },
+  };
+}
+
+/**
+ * The INT4 source read `w` words at a time: a unit is w consecutive words (8w columns) of a row,
+ * one vecW<u32> load of qweight per row and of qzeros per group; the unit's 4w scale words are w
+ * vec4<u32> loads (scales are always read as vec4: a row of Nw/2 words holds Nw/8 of them).
+ * Columns come out in the scalar source's order (word j of the unit → columns 8j..8j+7).
+ */
+function int4VectorSource(g: number, w: 2 | 4): WeightSource {
+  const words = (k: KernelBuilder, v: Val<'vec2<u32>'> | Val<'vec4<u32>'>) =>
+    Array.from({ length: w }, (_, j) => unpackNibbles(k, v.at(j) as Val<'u32'>)).flat();
+  return {
+    tag: `int4g${g}v${w}`,
+    cols: 8 * w,
+    granule: g,
+    bindings: {
+      qweight: storage('u32', 'read', { vec: w, len: qweightLen }),
+      qzeros: storage('u32', 'read', { vec: w, len: qzerosLen(g) }),
+      scales: storage('u32', 'read', { vec: 4, len: scalesLen(g) }),
+    },
+    row: (k, u, kk) => kk.mul(u.Nw.div(8 * w)),
+    values(k, refs, row, unit, tag) {
+      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'vec4<u32>', false>).at(row.add(unit)));
+      return words(k, qw);
+    },
+    group: {
+      size: g,
+      params(k, refs, u, grp, unit, tag) {
+        const zw = k.let(`zw${tag}`, (refs.qzeros as ArrayRef<'vec4<u32>', false>).at(grp.mul(u.Nw.div(8 * w)).add(unit)));
+        const z = words(k, zw).map((v, j) => k.let(`z${tag}_${j}`, v));
+        const scales = refs.scales as ArrayRef<'vec4<u32>', false>;
+        const sBase = k.let(`sb${tag}`, grp.mul(u.Nw.div(8)).add(unit.mul(w)));
+        const s: Val<'f32'>[] = [];
+        for (let p = 0; p < w; p++) {
+          const quad = k.let(`sq${tag}_${p}`, scales.at(p ? sBase.add(p) : sBase));
+          for (let h = 0; h < 4; h++) {
+            const pair = k.let(`sp${tag}_${p}_${h}`, k.unpack2x16float(quad.at(h)));
+            s.push(pair.x, pair.y);
+          }
+        }
+        return { z, s: s.map((v, j) => k.let(`s${tag}_${j}`, v)) };
       },
     },
   };
@@ -92,9 +141,25 @@ export function checkInt4Config(c: Int4LinearConfig): void {
 
 // ---- variants ---------------------------------------------------------------------------------
 
-/** GEMV schedules: invocations per workgroup × words (8 columns each) per invocation. */
-export const INT4_GEMV_SPACE: GemvVariant[] = [32, 64, 128, 256].flatMap((workgroupSize) =>
-  [1, 2, 4].map((units) => ({ workgroupSize, units })));
+/**
+ * GEMV schedules: invocations per workgroup × words (8 columns each) per invocation, scalar
+ * loads, or one vector load of all the words (vec 2: 8-byte, vec 4: 16-byte loads; these need
+ * N/8 a multiple of vec: see gemvVariantFits); and, for the smaller workgroups, k unrolled.
+ */
+export const INT4_GEMV_SPACE: GemvVariant[] = [32, 64, 128, 256].flatMap((workgroupSize) => [
+  ...[1, 2, 4].map((units) => ({ workgroupSize, units })),
+  { workgroupSize, units: 2, vec: 2 as const },
+  { workgroupSize, units: 4, vec: 4 as const },
+  ...(workgroupSize <= 64 ? [
+    { workgroupSize, units: 1, unrollK: 2 as const },
+    { workgroupSize, units: 2, vec: 2 as const, unrollK: 2 as const },
+    { workgroupSize, units: 2, vec: 2 as const, unrollK: 4 as const },
+    { workgroupSize, units: 4, vec: 4 as const, unrollK: 4 as const },
+    { workgroupSize, units: 1, unrollK: 8 as const },
+    { workgroupSize, units: 2, vec: 2 as const, unrollK: 8 as const },
+    { workgroupSize, units: 4, vec: 4 as const, unrollK: 8 as const },
+  ] : []),
+]);
 
 /** GEMM tilings (tileN a multiple of 16 so gate/up halves hold whole words). */
 export const INT4_GEMM_SPACE: GemmVariant[] = [
@@ -119,13 +184,35 @@ export function int4SegmentSpace(K: number, groupSize: number): number[] {
   return [...out];
 }
 
+/**
+ * Default GEMV schedule for M rows, where the row length allows (measurements and the H200
+ * reasoning: bench/notes/int4.md). Vector loads: 16-byte (4 words per invocation) for M ≤ 2 and
+ * 8-byte (2 words) for M ≤ 4 — with 2 accumulators per column and row, more would spill
+ * registers (nvcc, sm_90a) — then one word. Devices that want GPU-scale parallelism also unroll
+ * k by 8: a decode GEMV's time there is about (segment rows / rows in flight) × memory latency,
+ * and nvcc keeps the 8 loads together without spilling (≤ 244 registers). The CPU executor, whose
+ * caps look like a GPU's but whose host hint (linearHints) asks for far less, does not unroll (it
+ * costs it 5–25 %). Devices without subgroups (llvmpipe, compatibility mode): 8-byte loads and k
+ * unrolled by 4 (M ≤ 4) or 2, 1.2–1.65× faster than one word per invocation on llvmpipe.
+ */
+export function defaultInt4Gemv(M: number, Nw: number, caps: Caps, parallelism = parallelismOf(caps)): GemvVariant {
+  const v4 = Nw % 32 === 0, v2 = Nw % 16 === 0;
+  if (!caps.subgroups) return v2 ? { workgroupSize: 64, units: 2, vec: 2, unrollK: M <= 4 ? 4 : 2 } : { workgroupSize: 64, units: 1 };
+  const k = parallelism >= 65536 ? { unrollK: 8 as const } : {};
+  if (M <= 2 && v4) return { workgroupSize: 32, units: 4, vec: 4, ...k };
+  if (M <= 4 && v2) return { workgroupSize: 64, units: 2, vec: 2, ...k };
+  return { workgroupSize: 64, units: 1, ...k };
+}
+
 /** Default variants for a shape and device: big tiles where the device allows. */
 export function defaultInt4Choice(K: number, Nw: number, groupSize: number, caps: Caps, parallelism?: number): LinearChoice {
   const big = caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256;
-  const gemv: GemvVariant = { workgroupSize: 64, units: 1 };
+  const gemv = Array.from({ length: GEMV_MAX_ROWS }, (_, i) => defaultInt4Gemv(i + 1, Nw, caps, parallelism));
   return {
-    segLen: defaultSegmentLength(K, Nw, 8 * gemv.units, groupSize, caps, parallelism),
-    gemv: Array.from({ length: GEMV_MAX_ROWS }, () => gemv),
+    // Split-K as for one word (8 columns) per invocation, whatever the schedule: numerics stay
+    // what they were before vector loads, and the same for every M.
+    segLen: defaultSegmentLength(K, Nw, 8, groupSize, caps, parallelism),
+    gemv,
     gemm: big ? { tileM: 64, tileN: 128, tileK: 32, blockM: 4, blockN: 8 } : { tileM: 32, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
     finishWorkgroupSize: 64,
   };

@@ -212,6 +212,12 @@ export interface WeightSource {
   row(k: KernelBuilder, u: SourceUniforms, kk: Val<'u32'>): Val<'u32'>;
   /** The `cols` stored values of `unit` in a row (f32): dense weights, or INT4 codes q. */
   values(k: KernelBuilder, refs: Record<string, ArrayRef<any, boolean>>, row: Val<'u32'>, unit: Val<'u32'>, tag: string): Val<'f32'>[];
+  /**
+   * The same weights read `width` units at a time with vector loads (8- or 16-byte): a source
+   * whose unit is `width` of these units (cols·width columns) and whose bindings are vector
+   * bindings. Rows of Nw columns must hold whole vectors (Nw a multiple of cols·width).
+   */
+  vectorized?(width: 2 | 4): WeightSource;
   /** Grouped affine weights (INT4): W[k, n] = (q − z)·s with z, s per `size` rows. */
   group?: {
     size: number;
@@ -241,32 +247,80 @@ export interface GemvVariant {
   workgroupSize: number;
   /** Weight units per invocation (columns per invocation = units · source.cols). */
   units: number;
+  /**
+   * Units loaded together as one vector (2 or 4; default 1): an INT4 invocation with units 4,
+   * vec 4 reads its 4 words of a row with one 16-byte load. `units` must be a multiple of it,
+   * the source have a vector form and weight rows hold whole vectors (see checkGemvVariant).
+   */
+  vec?: 1 | 2 | 4;
+  /**
+   * k rows per loop step (1, 2, 4 or 8; default 1): the step's weight loads are independent and
+   * in one block, so a GPU keeps unrollK loads per invocation in flight. Grouped
+   * sources only (a group's rows are a whole number of steps); the same operations in the same
+   * order, so the same bits.
+   */
+  unrollK?: 1 | 2 | 4 | 8;
+}
+
+/** Throws naming the variant and what is wrong when it cannot run for this source, Nw and device. */
+export function checkGemvVariant(what: string, v: GemvVariant, src: WeightSource, Nw: number, caps: Caps): void {
+  const bad = (why: string) => new Error(`${what}: GEMV variant ${JSON.stringify(v)} ${why}`);
+  if (!Number.isInteger(v.units) || v.units < 1) throw bad(`has units = ${v.units}, not a positive integer`);
+  if (!Number.isInteger(v.workgroupSize) || v.workgroupSize < 1 || v.workgroupSize > caps.maxInvocationsPerWorkgroup) {
+    throw bad(`has workgroupSize ${v.workgroupSize}, not 1..${caps.maxInvocationsPerWorkgroup} on this device`);
+  }
+  const w = v.vec ?? 1;
+  if (w !== 1 && w !== 2 && w !== 4) throw bad(`has vec = ${String(w)}, not 1, 2 or 4`);
+  const un = v.unrollK ?? 1;
+  if (un !== 1 && un !== 2 && un !== 4 && un !== 8) throw bad(`has unrollK = ${String(un)}, not 1, 2, 4 or 8`);
+  if (un > 1 && !src.group) throw bad(`unrolls k but weight source '${src.tag}' has no groups (K need not be a multiple of ${un})`);
+  if (un > 1 && src.group!.size % un) throw bad(`unrolls k by ${un}, which does not divide the group size ${src.group!.size}`);
+  if (w === 1) return;
+  if (v.units % w) throw bad(`loads ${w} units per vector but has units = ${v.units}, not a multiple of ${w}`);
+  if (!src.vectorized) throw bad(`loads vectors but weight source '${src.tag}' has no vector form`);
+  if (Nw % (src.cols * w)) {
+    throw bad(`loads ${w} units per vector but a weight row holds ${Nw / src.cols} units of ${src.cols} columns (Nw = ${Nw}), not a multiple of ${w}`);
+  }
+}
+/** Whether the variant can run here (tuners skip the others). */
+export function gemvVariantFits(v: GemvVariant, src: WeightSource, Nw: number, caps: Caps): boolean {
+  try { checkGemvVariant('gemv', v, src, Nw, caps); return true; } catch { return false; }
 }
 
 /**
  * Partials of M ≤ 8 rows: invocation (unit block, segment) keeps rows·units·cols accumulators in
  * registers, reads each weight once for all rows, and writes its segment's sums to `part`
  * [S, rows, Nw]. No barriers and no shared memory: on the CPU executor a workgroup is a plain loop.
+ * With `vec`, the kernel runs on the source's vector form (a unit of vec words, one load), and
+ * writes its partials as vec4<f32>: the same f32 operations per column, so the same bits.
  */
-export function gemvKernel(src: WeightSource, rows: number, v: GemvVariant, caps: Caps) {
-  const { workgroupSize: wg, units } = v;
+export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, caps: Caps) {
+  const { workgroupSize: wg } = v;
+  const w = v.vec ?? 1, unrollK = v.unrollK ?? 1;
+  if (w > 1 || unrollK > 1) checkGemvVariant(`gemv_${baseSrc.tag}`, v, baseSrc, 0, caps); // Nw is a launch uniform: checked by the op
+  const src = w > 1 ? baseSrc.vectorized!(w as 2 | 4) : baseSrc;
+  const units = v.units / w;
   const C = src.cols;
-  return memoKernel(`gemv/${src.tag}/${rows}/${wg}/${units}/${capsKey(caps)}`, () => kernel({
-    name: `gemv_${src.tag}_r${rows}`,
-    params: { source: src.tag, rows, workgroupSize: wg, units },
+  // Whole vec4s of partials per unit: every unit starts at a multiple of C in a row of Nw.
+  const partVec = w > 1 && C % 4 === 0;
+  return memoKernel(`gemv/${src.tag}/${rows}/${wg}/${units}/${unrollK}/${capsKey(caps)}`, () => kernel({
+    name: `gemv_${src.tag}_r${rows}${unrollK > 1 ? `_k${unrollK}` : ''}`,
+    params: { source: baseSrc.tag, rows, workgroupSize: wg, units: v.units, ...(w > 1 ? { vec: w } : {}), ...(unrollK > 1 ? { unrollK } : {}) },
     caps,
     workgroupSize: wg,
     bindings: {
       x: storage('f32', 'read', { len: (u) => rows * u.K! }),
       ...src.bindings,
-      part: storage('f32', 'read_write', { len: (u) => Math.ceil(u.K! / u.segLen!) * rows * u.Nw! }),
+      part: partVec
+        ? storage('f32', 'read_write', { vec: 4, len: (u) => Math.ceil(u.K! / u.segLen!) * rows * u.Nw! })
+        : storage('f32', 'read_write', { len: (u) => Math.ceil(u.K! / u.segLen!) * rows * u.Nw! }),
     },
     uniforms: { K: 'u32', Nw: 'u32', segLen: 'u32' },
     grid: ({ K, Nw, segLen }) => [Math.ceil(Math.ceil(Nw / C) / (units * wg)), Math.ceil(K / segLen)],
     gridDoc: `ceil(Nw / ${C * units * wg}) x ceil(K / segLen)`,
     body(k, b, { K, Nw, segLen }) {
       const refs = b as unknown as Record<string, ArrayRef<any, boolean>>;
-      const x = refs.x as ArrayRef<'f32', false>, part = refs.part as ArrayRef<'f32', true>;
+      const x = refs.x as ArrayRef<'f32', false>;
       const u = { K, Nw };
       const nUnits = k.let('nUnits', Nw.add(C - 1).div(C));
       const u0 = k.let('u0', k.globalId.x.mul(units));
@@ -280,19 +334,30 @@ export function gemvKernel(src: WeightSource, rows: number, v: GemvVariant, caps
       const vars = (tag: string) => Array.from({ length: rows }, (_, r) =>
         unitIdx.map((_, j) => Array.from({ length: C }, (_, c) => k.var(`${tag}${r}_${j}_${c}`, 'f32', 0))));
       const acc = vars('acc');
-      /** For each k in [from, to): fma(x[r, k], value, dst[r][j][c]); sx[r] += x[r, k] when given. */
+      /**
+       * For each k in [from, to): fma(x[r, k], value, dst[r][j][c]); sx[r] += x[r, k] when given.
+       * unrollK rows per step (to − from is a multiple of it): all their loads first, then their
+       * fmas row by row, in k order.
+       */
       const accumulate = (from: Val<'u32'>, to: Val<'u32'>, dst: Var<'f32'>[][][], sx?: Var<'f32'>[]) => {
-        k.for('kk', from, to, (kk) => {
-          const row = k.let('wrow', src.row(k, u, kk));
-          const w = unitIdx.map((unit, j) => src.values(k, refs, row, unit, `${j}`).map((val, c) => k.let(`w${j}_${c}`, val)));
-          for (let r = 0; r < rows; r++) {
-            const xv = k.let(`x${r}`, x.at(r ? kk.add(K.mul(r)) : kk));
-            if (sx) sx[r]!.set(sx[r]!.add(xv));
-            for (let j = 0; j < units; j++) {
-              for (let c = 0; c < C; c++) dst[r]![j]![c]!.set(k.call('fma', [xv, w[j]![c]!, dst[r]![j]![c]!]));
+        k.for('kk', from, to, (kk0) => {
+          const tag = (i: number) => (unrollK > 1 ? `_${i}` : '');
+          const step = Array.from({ length: unrollK }, (_, i) => {
+            const kk = i ? k.let(`kk${i}`, kk0.add(i)) : kk0;
+            const row = k.let(`wrow${tag(i)}`, src.row(k, u, kk));
+            const w = unitIdx.map((unit, j) => src.values(k, refs, row, unit, `${j}${tag(i)}`).map((val, c) => k.let(`w${j}_${c}${tag(i)}`, val)));
+            return { kk, w };
+          });
+          for (const [i, { kk, w }] of step.entries()) {
+            for (let r = 0; r < rows; r++) {
+              const xv = k.let(`x${r}${tag(i)}`, x.at(r ? kk.add(K.mul(r)) : kk));
+              if (sx) sx[r]!.set(sx[r]!.add(xv));
+              for (let j = 0; j < units; j++) {
+                for (let c = 0; c < C; c++) dst[r]![j]![c]!.set(k.call('fma', [xv, w[j]![c]!, dst[r]![j]![c]!]));
+              }
             }
           }
-        });
+        }, unrollK);
       };
       const grp = src.group;
       if (!grp) accumulate(kBeg, kEnd, acc);
@@ -317,6 +382,15 @@ export function gemvKernel(src: WeightSource, rows: number, v: GemvVariant, caps
       for (let j = 0; j < units; j++) {
         const store = () => {
           for (let r = 0; r < rows; r++) {
+            if (partVec) {
+              const part = refs.part as ArrayRef<'vec4<f32>', true>;
+              const base = k.let(`pbase${r}_${j}`, seg.mul(rows).add(r).mul(Nw.div(4)).add(u0.add(j).mul(C / 4)));
+              for (let c = 0; c < C; c += 4) {
+                part.set(c ? base.add(c / 4) : base, k.vec('vec4<f32>', ...acc[r]![j]!.slice(c, c + 4)));
+              }
+              continue;
+            }
+            const part = refs.part as ArrayRef<'f32', true>;
             const base = k.let(`pbase${r}_${j}`, seg.mul(rows).add(r).mul(Nw).add(u0.add(j).mul(C)));
             // Dense f32 has C = 1; the others have Nw a multiple of C, so only whole units exist.
             for (let c = 0; c < C; c++) part.set(c ? base.add(c) : base, acc[r]![j]![c]!);

@@ -5,7 +5,7 @@ import type { BindingSpec, Caps, Op, Plan, StorageType } from '../dsl/index.js';
 import { op } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
-  checkGemmVariant, checkSegmentLength, defaultSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
+  checkGemmVariant, checkGemvVariant, checkSegmentLength, defaultSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
   type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
 } from './linearCommon.js';
 
@@ -101,12 +101,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   const choice = resolveChoice(spec.defaults(K, Nw, caps, spec.parallelism), spec.choice);
   checkSegmentLength(name, K, choice.segLen, src.granule);
   if (choice.gemv.length !== GEMV_MAX_ROWS) throw new Error(`${name}: choice.gemv needs ${GEMV_MAX_ROWS} variants (M = 1..${GEMV_MAX_ROWS})`);
-  for (const v of choice.gemv) {
-    if (!Number.isInteger(v.units) || v.units < 1 || !Number.isInteger(v.workgroupSize) || v.workgroupSize < 1
-      || v.workgroupSize > caps.maxInvocationsPerWorkgroup) {
-      throw new Error(`${name}: GEMV variant ${JSON.stringify(v)} is not valid on this device`);
-    }
-  }
+  for (const v of choice.gemv) checkGemvVariant(name, v, src, Nw, caps);
   checkGemmVariant(name, choice.gemm, src, e, caps);
   const S = segmentCount(K, choice.segLen);
   const weightNames = Object.keys(src.bindings);

@@ -58,7 +58,8 @@ export const TRANSFORMER_FAMILIES: KernelFamily[] = [
     ],
     build: (p, caps) => {
       const tag = String(p.source ?? 'int4g128');
-      const v: GemvVariant = { workgroupSize: num(p, 'workgroupSize', 64), units: num(p, 'units', 1) };
+      const vec = num(p, 'vec', 1) as GemvVariant['vec'];
+      const v: GemvVariant = { workgroupSize: num(p, 'workgroupSize', 64), units: num(p, 'units', 1), ...(vec !== 1 ? { vec } : {}) };
       return gemvKernel(sourceFromTag(tag), num(p, 'rows', 1), v, caps);
     },
   },

@@ -8,6 +8,11 @@ export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBu
     const buf = bindings[b];
     if (!buf) throw new LaunchError(`kernel '${name}': binding '${b}' (${spec.t}) is missing`);
     if (buf.dtype !== spec.t) throw new LaunchError(`kernel '${name}': binding '${b}' expects ${spec.t} but buffer '${buf.label}' holds ${buf.dtype}`);
+    // A vector binding sees whole vectors only: a partial last vector would be read past the end.
+    const w = spec.vec ?? 1;
+    if (buf.length % w) {
+      throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' (vec${w}<${spec.t}>) has ${buf.length} elements, not a multiple of ${w}`);
+    }
   }
   for (const b of Object.keys(bindings)) {
     if (!(b in kernel.bindings)) throw new LaunchError(`kernel '${name}' has no binding '${b}'`);

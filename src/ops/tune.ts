@@ -9,7 +9,7 @@
 import { denseGemvSpace, denseLinear, DENSE_GEMM_SPACE, denseSegmentSpace, type DenseWeightDtype } from '../../codegen/kernels/denseMatmul.js';
 import { embedding, EMBEDDING_WORKGROUP_SIZES } from '../../codegen/kernels/embedding.js';
 import { int4Linear, INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4SegmentSpace } from '../../codegen/kernels/int4Matmul.js';
-import { checkGemmVariant, type GemmVariant, type GemvVariant } from '../../codegen/kernels/linearCommon.js';
+import { checkGemmVariant, type GemmVariant, type GemvVariant, gemvVariantFits } from '../../codegen/kernels/linearCommon.js';
 import { GEMV_MAX_ROWS, type LinearChoiceInput, type LinearOp } from '../../codegen/kernels/linearOp.js';
 import { argmaxRows, POINTWISE_WORKGROUP_SIZES, siluMul } from '../../codegen/kernels/pointwise.js';
 import { rmsNorm, RMSNORM_WORKGROUP_SIZES } from '../../codegen/kernels/rmsNorm.js';
@@ -144,8 +144,8 @@ async function tuneLinear(dev: Device, shape: TuneShape, o: Required<TuneOptions
     const space = kind === 'int4' ? INT4_GEMV_SPACE : denseGemvSpace(dtype);
     const gemvFor = new Map<number, GemvVariant>();
     for (const M of Ms.filter((m) => m <= GEMV_MAX_ROWS)) {
-      gemvFor.set(M, await race(dev, `M=${M} gemv`, space.filter((v) => v.workgroupSize <= dev.caps.maxInvocationsPerWorkgroup),
-        (v) => `${v.workgroupSize}x${v.units}`, (v) => launcher({ segLen, gemv: v }, M), o, timings));
+      gemvFor.set(M, await race(dev, `M=${M} gemv`, space.filter((v) => gemvVariantFits(v, base.source, base.Nw, dev.caps)),
+        (v) => `${v.workgroupSize}x${v.units}${v.vec && v.vec > 1 ? `v${v.vec}` : ''}${v.unrollK && v.unrollK > 1 ? `k${v.unrollK}` : ''}`, (v) => launcher({ segLen, gemv: v }, M), o, timings));
     }
     const gemv = Array.from({ length: GEMV_MAX_ROWS }, (_, i) => {
       const tuned = [...gemvFor.keys()].sort((a, b) => Math.abs(a - (i + 1)) - Math.abs(b - (i + 1)))[0];

@@ -2,9 +2,11 @@
 // shapes the issue lists, a hand-built layout that pins the nibble interleave, every epilogue,
 // batch invariance (bit-identical rows whatever M and path), and bad input refused before launch.
 import { describe, expect, it } from 'vitest';
-import { type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import { BASELINE_CAPS, type Caps, CUDA_CAPS } from '../../codegen/dsl/types.js';
+import { denseSource } from '../../codegen/kernels/denseMatmul.js';
+import { gemvVariantFits, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import type { LinearChoiceInput } from '../../codegen/kernels/linearOp.js';
-import { INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4Linear } from '../../codegen/kernels/int4Matmul.js';
+import { INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4Linear, int4Source } from '../../codegen/kernels/int4Matmul.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
 import { LinearShapeError, runLinear, uploadInt4 } from '../../src/ops/linear.js';
 import { type AwqTensors, dequantizeAwq, packAwqRows } from '../../src/quant/awq.js';
@@ -203,6 +205,35 @@ forEachBackend('int4Linear', (dev) => {
       expect(() => int4Linear({ K: 128, N: 36, groupSize: 32 })).toThrow(/N = 36 is not a multiple of 8.*\[K, N\/8\]/);
       expect(() => int4Linear({ K: 96, N: 32, groupSize: 48 })).toThrow(/groupSize 48 is not one of 32, 64, 128/);
       expect(() => int4Linear({ K: 128, N: 32, groupSize: 32, choice: { segLen: 48 } })).toThrow(/segment length 48/);
+    });
+
+    it('vector-load GEMV variants: refused where rows are not whole vectors, skipped by the default chooser', () => {
+      const v4 = { workgroupSize: 32, units: 4, vec: 4 } as const, v2 = { workgroupSize: 64, units: 2, vec: 2 } as const;
+      const s = { workgroupSize: 64, units: 1 };
+      expect(() => int4Linear({ K: 128, N: 40, groupSize: 32, choice: { gemv: v4 } }))
+        .toThrow(/GEMV variant .* a weight row holds 5 units of 8 columns \(Nw = 40\), not a multiple of 4/);
+      expect(() => int4Linear({ K: 128, N: 32, groupSize: 32, choice: { gemv: { workgroupSize: 64, units: 2, vec: 4 } } }))
+        .toThrow(/units = 2, not a multiple of 4/);
+      expect(() => int4Linear({ K: 128, N: 32, groupSize: 32, choice: { gemv: { workgroupSize: 64, units: 1, unrollK: 3 as never } } }))
+        .toThrow(/unrollK = 3, not 1, 2, 4 or 8/);
+      expect(gemvVariantFits(v4, int4Source(32), 40, CUDA_CAPS)).toBe(false);
+      expect(gemvVariantFits(v4, int4Source(32), 2 * 40, CUDA_CAPS)).toBe(false);
+      expect(gemvVariantFits(v4, int4Source(32), 64, CUDA_CAPS)).toBe(true);
+      expect(gemvVariantFits({ ...s, unrollK: 2 }, int4Source(32), 64, CUDA_CAPS)).toBe(true);
+      expect(gemvVariantFits({ ...s, unrollK: 2 }, denseSource('f16'), 64, CUDA_CAPS)).toBe(false); // no groups: K need not divide
+      expect(gemvVariantFits(v2, denseSource('f16'), 64, CUDA_CAPS)).toBe(false); // no vector form
+      // Subgroup caps: 16-byte loads for M ≤ 2, 8-byte for M ≤ 4, where N allows; k unrolled
+      // where the device wants GPU-scale parallelism. No subgroups: 8-byte loads, k unrolled.
+      const gemvs = (N: number, caps: Caps, o: { gateUp?: boolean; parallelism?: number } = {}) =>
+        int4Linear({ K: 128, N, groupSize: 32, caps, ...o }).choice.gemv;
+      const k = <V extends object>(v: V, unrollK: number) => ({ ...v, unrollK });
+      expect(gemvs(64, CUDA_CAPS)).toEqual([k(v4, 8), k(v4, 8), k(v2, 8), k(v2, 8), k(s, 8), k(s, 8), k(s, 8), k(s, 8)]);
+      expect(gemvs(64, CUDA_CAPS, { parallelism: 2048 })).toEqual([v4, v4, v2, v2, s, s, s, s]);
+      expect(gemvs(48, CUDA_CAPS, { parallelism: 2048 })).toEqual([v2, v2, v2, v2, s, s, s, s]);
+      expect(gemvs(16, CUDA_CAPS, { gateUp: true, parallelism: 2048 })).toEqual([v4, v4, v2, v2, s, s, s, s]); // Nw = 2N = 32
+      expect(gemvs(40, CUDA_CAPS, { parallelism: 2048 })).toEqual(Array(8).fill(s));
+      expect(gemvs(64, BASELINE_CAPS)).toEqual([...Array(4).fill(k(v2, 4)), ...Array(4).fill(k(v2, 2))]);
+      expect(gemvs(40, BASELINE_CAPS)).toEqual(Array(8).fill(s));
     });
 
     it('host tensors of the wrong size', () => {

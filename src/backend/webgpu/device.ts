@@ -126,7 +126,9 @@ export class WebGPUDevice implements Device {
     const name = label ?? `buffer${id}`;
     if (!(dtype in HOST_ARRAYS)) throw new Error(`alloc '${name}': dtype '${dtype}' is not one of f32, f16, i32, u32`);
     if (!Number.isInteger(length) || length < 0) throw new Error(`alloc '${name}': length ${length} is not a non-negative integer`);
-    const bytes = Math.max(4, Math.ceil((length * byteSize(dtype)) / 4) * 4);
+    // Whole 4-byte words, and at least 16 bytes: a vec4 binding needs one whole element even
+    // when the buffer is empty (a non-empty one bound as vecW holds a multiple of W words).
+    const bytes = Math.max(16, Math.ceil((length * byteSize(dtype)) / 4) * 4);
     const max = Math.min(this.limits.maxBufferSize, this.limits.maxStorageBufferBindingSize);
     if (bytes > max) throw new Error(`alloc '${name}': ${bytes} bytes exceed the device's largest storage buffer (${max} bytes)`);
     const gpu = this.device.createBuffer({ label: name, size: bytes, usage: STORAGE | COPY_SRC | COPY_DST });
