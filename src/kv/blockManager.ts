@@ -121,13 +121,17 @@ export class BlockManager {
       throw new Error(`cannot truncate sequence ${seq} of length ${s.tokens.length} to ${len}`);
     }
     const keep = Math.ceil(len / this.blockSize);
+    // All-or-nothing: a shared block that becomes partial needs a fresh block for its copy, and
+    // the blocks released here count toward it; check before changing anything.
+    const copyNeeded = len % this.blockSize !== 0 && s.blocks[keep - 1]!.refs > 1;
+    const released = s.blocks.slice(keep).filter((b) => b.refs === 1).length;
+    if (copyNeeded && this.freeBlocks + released < 1) throw new OutOfBlocksError(1, this.freeBlocks);
     while (s.blocks.length > keep) this.release(s.blocks.pop()!);
     s.tokens.length = len;
     let copy: { src: number; dst: number } | undefined;
     if (len % this.blockSize !== 0) {
       const last = s.blocks[keep - 1]!;
       if (last.refs > 1) {
-        if (this.freeBlocks < 1) throw new OutOfBlocksError(1, 0);
         const fresh = this.take();
         last.refs--;
         s.blocks[keep - 1] = fresh;
