@@ -17,6 +17,10 @@
 //   --scale N                    software scale-down factor (default 8; 1 = full size)
 //   --chunk 512                  split-KV chunk (KV positions)
 //   --reps 5 --samples 3         launches per timing sample (back to back), samples per cell
+//   --staging default,scalar16   K/V staging variants, side by side: default (vector loads, the
+//                                deepest kvTile the device's workgroup memory allows), scalar16
+//                                (4-byte loads, one 16-position block per step: the original),
+//                                vec16 (vector loads, 16-position steps)
 import { pagedAttention } from '../codegen/kernels/pagedAttention.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
@@ -27,13 +31,15 @@ const HEAD_DIM = 128, HEADS = 32, KV_HEADS = 8, BLOCK = 16;
 
 interface Options {
   backends: BackendKind[]; kv: ('f32' | 'f16')[]; batches: number[]; contexts: number[]; prefill: number[];
-  scale: number; chunk: number; reps: number; samples: number;
+  scale: number; chunk: number; reps: number; samples: number; staging: Staging[];
 }
+const STAGINGS = { default: {}, scalar16: { vecLoads: false, kvTile: 16 }, vec16: { kvTile: 16 } } as const;
+type Staging = keyof typeof STAGINGS;
 
 function parseArgs(args: string[]): Options {
   const o: Options = {
     backends: ['cpu', 'webgpu', 'cuda'], kv: ['f32', 'f16'], batches: [1, 64], contexts: [512, 8192], prefill: [512, 2048],
-    scale: 8, chunk: 512, reps: 5, samples: 3,
+    scale: 8, chunk: 512, reps: 5, samples: 3, staging: ['default'],
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
@@ -48,10 +54,12 @@ function parseArgs(args: string[]): Options {
     else if (a === '--chunk') o.chunk = ints(need())[0]!;
     else if (a === '--reps') o.reps = ints(need())[0]!;
     else if (a === '--samples') o.samples = ints(need())[0]!;
+    else if (a === '--staging') o.staging = need().split(',') as Staging[];
     else throw new Error(`unknown option '${a}' (see the header of bench/attention.ts)`);
   }
   for (const b of o.backends) if (!['cpu', 'webgpu', 'cuda'].includes(b)) throw new Error(`--backends: unknown backend '${b}'`);
   for (const k of o.kv) if (k !== 'f32' && k !== 'f16') throw new Error(`--kv: '${k}' is not f32 or f16`);
+  for (const v of o.staging) if (!(v in STAGINGS)) throw new Error(`--staging: '${v}' is not one of ${Object.keys(STAGINGS).join(', ')}`);
   return o;
 }
 
@@ -68,8 +76,8 @@ function fill(dev: Device, buf: DeviceBuffer<'f32' | 'u32'>, seed: number): void
 
 
 /** Time one batch of sequences (each: qLen new tokens after ctxLen cached) on fresh buffers. */
-async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctxLen: number }[], o: Options): Promise<number> {
-  const op = pagedAttention({ headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps });
+async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctxLen: number }[], o: Options, staging: Staging): Promise<number> {
+  const op = pagedAttention({ headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps, ...STAGINGS[staging] });
   const blocksPer = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / BLOCK));
   const numBlocks = blocksPer.reduce((a, b) => a + b, 0);
   let next = 0, row = 0;
@@ -117,33 +125,41 @@ async function benchDevice(dev: Device, o: Options): Promise<void> {
   console.log(`copy bandwidth (out = a + b): ${fmt(bw)} GB/s — the roofline for decode`);
   console.log(`heads: ${HEADS} query, ${KV_HEADS} KV (GQA ${HEADS / KV_HEADS}:1), head_dim ${HEAD_DIM}, block ${BLOCK}, split-KV chunk ${o.chunk}`);
   if (s > 1) console.log(`software device: batch, contexts and prefill lengths ÷ ${s} (--scale 1 for full size)`);
+  for (const st of o.staging) {
+    const cfg = (kv: 'f32' | 'f16') => pagedAttention({ headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps, ...STAGINGS[st] }).config;
+    console.log(`staging ${st}: ${o.kv.map((kv) => `${kv} kvTile ${cfg(kv).kvTile}, ${cfg(kv).vecLoads ? '16-byte' : '4-byte'} loads`).join('; ')}`);
+  }
   console.log('\n### decode (one new token per sequence)\n');
-  row(['KV', 'batch', 'context', 'ms', 'KV MB read', 'GB/s', '% of copy']);
-  row(['---', '---', '---', '---', '---', '---', '---']);
+  row(['KV', 'staging', 'batch', 'context', 'ms', 'KV MB read', 'GB/s', '% of copy']);
+  row(['---', '---', '---', '---', '---', '---', '---', '---']);
   for (const kv of o.kv) {
     for (const B0 of o.batches) {
       for (const C0 of o.contexts) {
-        const B = Math.max(1, Math.round(B0 / s)), C = Math.max(BLOCK, Math.round(C0 / s));
-        const bytes = B * C * KV_HEADS * HEAD_DIM * 2 * (kv === 'f16' ? 2 : 4);
-        try {
-          const ms = await runCell(dev, kv, Array.from({ length: B }, () => ({ qLen: 1, ctxLen: C - 1 })), o);
-          const gbs = bytes / ms / 1e6;
-          row([kv, B, C, fmt(ms, 3), fmt(bytes / 1e6), fmt(gbs), `${fmt((100 * gbs) / bw, 1)}%`]);
-        } catch (e) { row([kv, B, C, `failed: ${(e as Error).message.split('\n')[0]}`, '', '', '']); }
+        for (const st of o.staging) {
+          const B = Math.max(1, Math.round(B0 / s)), C = Math.max(BLOCK, Math.round(C0 / s));
+          const bytes = B * C * KV_HEADS * HEAD_DIM * 2 * (kv === 'f16' ? 2 : 4);
+          try {
+            const ms = await runCell(dev, kv, Array.from({ length: B }, () => ({ qLen: 1, ctxLen: C - 1 })), o, st);
+            const gbs = bytes / ms / 1e6;
+            row([kv, st, B, C, fmt(ms, 3), fmt(bytes / 1e6), fmt(gbs), `${fmt((100 * gbs) / bw, 1)}%`]);
+          } catch (e) { row([kv, st, B, C, `failed: ${(e as Error).message.split('\n')[0]}`, '', '', '']); }
+        }
       }
     }
   }
   console.log('\n### prefill (one sequence, empty cache, causal)\n');
-  row(['KV', 'tokens', 'ms', 'GFLOP', 'GFLOP/s']);
-  row(['---', '---', '---', '---', '---']);
+  row(['KV', 'staging', 'tokens', 'ms', 'GFLOP', 'GFLOP/s']);
+  row(['---', '---', '---', '---', '---', '---']);
   for (const kv of o.kv) {
     for (const L0 of o.prefill) {
-      const L = Math.max(BLOCK, Math.round(L0 / s));
-      const flop = 2 * HEADS * HEAD_DIM * L * (L + 1); // Σ_j (j+1) positions × 2 dots of D × 2 flops
-      try {
-        const ms = await runCell(dev, kv, [{ qLen: L, ctxLen: 0 }], o);
-        row([kv, L, fmt(ms, 3), fmt(flop / 1e9, 3), fmt(flop / ms / 1e6)]);
-      } catch (e) { row([kv, L, `failed: ${(e as Error).message.split('\n')[0]}`, '', '']); }
+      for (const st of o.staging) {
+        const L = Math.max(BLOCK, Math.round(L0 / s));
+        const flop = 2 * HEADS * HEAD_DIM * L * (L + 1); // Σ_j (j+1) positions × 2 dots of D × 2 flops
+        try {
+          const ms = await runCell(dev, kv, [{ qLen: L, ctxLen: 0 }], o, st);
+          row([kv, st, L, fmt(ms, 3), fmt(flop / 1e9, 3), fmt(flop / ms / 1e6)]);
+        } catch (e) { row([kv, st, L, `failed: ${(e as Error).message.split('\n')[0]}`, '', '']); }
+      }
     }
   }
 }

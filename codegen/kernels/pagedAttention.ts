@@ -19,15 +19,17 @@
 // its rows are the tile's tokens × the group's query heads. The KV range is cut into chunks at
 // fixed multiples of chunkSize positions (split-KV, flash-decoding); a row whose range lies in
 // one chunk writes its output directly, others write (max, sum, acc) partials that a second
-// launch merges in chunk order. Within a chunk, KV is walked in blockSize tiles (one cache block
-// each) with an online softmax in f32 (base 2; the scale is folded with log2 e).
+// launch merges in chunk order. Within a chunk, KV is staged kvTile positions (1..4 cache blocks,
+// 16-byte loads where head_dim allows) per barrier step, and each row folds them in one cache
+// block at a time with an online softmax in f32 (base 2; the scale is folded with log2 e): the
+// same f32 operations whatever kvTile and the load width are.
 //
 // Determinism: every row's arithmetic — the chunks and tiles it visits, the order of every sum,
 // the direct-or-merged choice — follows from its own position and window alone. Tile partners,
 // the batch, and how a prefill was chunked never enter, so a sequence's rows are bit-identical
 // whatever else is in the batch.
 import { exp2, kernel, max, min, op, storage } from '../dsl/index.js';
-import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import type { ArrayRef, Caps, DType, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import type { KernelFamily } from './index.js';
 import { type KvAppendParams, kvAppendKernel } from './kvAppend.js';
@@ -49,6 +51,17 @@ export interface PagedAttentionParams {
   chunkSize?: number;
   /** Query tokens per workgroup (default: 16 / groupSize, fewer if workgroup memory is short). */
   tileTokens?: number;
+  /**
+   * KV positions staged per barrier step, a multiple of blockSize up to 64 (default: the deepest
+   * of 64/32/16 that divides chunkSize and leaves room for the default rows). Each row still
+   * folds its positions in one blockSize block at a time, so results do not depend on it.
+   */
+  kvTile?: number;
+  /**
+   * Read K/V with 16-byte loads (vec4<f32>, or vec4<u32> = 8 f16): needs headDim % 4 == 0 (f32)
+   * or % 8 == 0 (f16). Default: whenever headDim allows. Results do not depend on it.
+   */
+  vecLoads?: boolean;
   workgroupSize?: number;
   caps?: Caps;
 }
@@ -56,6 +69,8 @@ export interface PagedAttentionParams {
 export interface AttentionConfig {
   headDim: number; groupSize: number; kvDtype: 'f32' | 'f16'; blockSize: number; chunkSize: number;
   tileTokens: number; rows: number; workgroupSize: number; caps: Caps;
+  /** KV positions per barrier step (kvTile) and cache blocks in it (kvTile / blockSize). */
+  kvTile: number; subBlocks: number; vecLoads: boolean;
 }
 
 /** Validated parameters with defaults filled in. */
@@ -71,20 +86,29 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   if (!Number.isInteger(G) || G < 1 || G > 8) throw new Error(`pagedAttention: groupSize ${G} is not an integer in 1..8`);
   if (!Number.isInteger(BS) || BS < 1 || BS > 64) throw new Error(`pagedAttention: blockSize ${BS} is not in 1..64`);
   if (!Number.isInteger(C) || C < BS || C % BS) throw new Error(`pagedAttention: chunkSize ${C} is not a positive multiple of blockSize ${BS}`);
-  // Workgroup memory: q rows (R·D), one KV tile (BS·D), scores (R·BS), 5 words of row state.
-  const words = Math.floor(caps.maxWorkgroupStorage / 4) - BS * D;
-  const maxRows = Math.floor(words / (D + BS + 5));
-  if (maxRows < G) throw new Error(`pagedAttention: headDim ${D} with group ${G} does not fit ${caps.maxWorkgroupStorage} bytes of workgroup memory`);
+  const vecUnit = kvDtype === 'f16' ? 8 : 4;
+  const vecLoads = p.vecLoads ?? D % vecUnit === 0;
+  if (vecLoads && D % vecUnit) throw new Error(`pagedAttention: vecLoads needs headDim ${D} to be a multiple of ${vecUnit} for ${kvDtype} KV`);
+  // Workgroup memory: q rows (R·D), one KV tile (KT·D), scores (R·KT), per row max and sum, and
+  // per row and cache block a scale and a range (3 words).
+  const maxRowsFor = (KT: number) => Math.floor((Math.floor(caps.maxWorkgroupStorage / 4) - KT * D) / (D + KT + 2 + 3 * (KT / BS)));
   // Default: about 16 rows (tokens × group). More rows share each KV tile among more queries
   // (prefill), but a decode tile has one token, so the rest would sit idle holding memory.
-  const tileTokens = p.tileTokens ?? Math.max(1, Math.min(Math.floor(16 / G), Math.floor(maxRows / G)));
+  const defaultTokens = (maxRows: number) => Math.max(1, Math.min(Math.floor(16 / G), Math.floor(maxRows / G)));
+  // Default KV depth: as deep as keeps the rows the 1-block tile would have (and whole steps per chunk).
+  const rowsAtOneBlock = defaultTokens(maxRowsFor(BS)) * G;
+  const KT = p.kvTile ?? ([64, 32, 16].find((n) => n % BS === 0 && n >= BS && C % n === 0 && maxRowsFor(n) >= Math.max(G, p.tileTokens ? p.tileTokens * G : rowsAtOneBlock)) ?? BS);
+  if (!Number.isInteger(KT) || KT < BS || KT % BS || KT > 64) throw new Error(`pagedAttention: kvTile ${KT} is not a multiple of blockSize ${BS} in ${BS}..64`);
+  const maxRows = maxRowsFor(KT);
+  if (maxRows < G) throw new Error(`pagedAttention: headDim ${D} with group ${G} and kvTile ${KT} does not fit ${caps.maxWorkgroupStorage} bytes of workgroup memory`);
+  const tileTokens = p.tileTokens ?? defaultTokens(maxRows);
   if (!Number.isInteger(tileTokens) || tileTokens < 1 || tileTokens * G > maxRows) {
-    throw new Error(`pagedAttention: tileTokens ${tileTokens} × group ${G} rows exceed the ${maxRows} rows workgroup memory holds`);
+    throw new Error(`pagedAttention: tileTokens ${tileTokens} × group ${G} rows exceed the ${maxRows} rows workgroup memory holds (kvTile ${KT})`);
   }
   const rows = tileTokens * G;
   // About 8 accumulators per invocation at most: more made ptxas spill at head_dim 128.
   const wg = p.workgroupSize ?? Math.min(caps.maxInvocationsPerWorkgroup, rows * D >= 2048 ? 256 : rows * D >= 512 ? 128 : 64);
-  return { headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps };
+  return { headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads };
 }
 
 type U = Record<string, number>;
@@ -110,18 +134,23 @@ function windowStart(k: KernelBuilder, kvEnd: Val<'u32'>, window: Val<'u32'>): V
 
 /** Pass 1: per (tile, KV head, chunk), online softmax over the chunk's KV tiles. */
 export function attentionPartial(c: AttentionConfig) {
-  const { headDim: D, groupSize: G, blockSize: BS, chunkSize: C, rows: R, workgroupSize: W } = c;
+  const { headDim: D, groupSize: G, blockSize: BS, chunkSize: C, rows: R, workgroupSize: W, kvTile: KT, subBlocks: NB } = c;
   const f16 = c.kvDtype === 'f16';
   const npt = Math.ceil((R * D) / W);
+  // K/V words per load: a vec4 (4 f32, or 4 u32 = 8 f16) or one scalar word.
+  const vw = c.vecLoads ? 4 : 1;
   return kernel({
     name: 'attentionPartial',
-    params: { headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, chunkSize: C, tileTokens: c.tileTokens, workgroupSize: W },
+    params: {
+      headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, chunkSize: C, tileTokens: c.tileTokens, workgroupSize: W,
+      kvTile: KT, vecLoads: c.vecLoads,
+    },
     caps: c.caps,
     workgroupSize: W,
     bindings: {
       q: storage('f32', 'read', { len: headsLen(c) }),
-      kCache: storage(f16 ? 'u32' : 'f32', 'read', { len: cacheLen(c) }),
-      vCache: storage(f16 ? 'u32' : 'f32', 'read', { len: cacheLen(c) }),
+      kCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw as 1, len: cacheLen(c) }),
+      vCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw as 1, len: cacheLen(c) }),
       blockTables: storage('u32', 'read', { len: (u) => u.numSeqs! * u.maxBlocksPerSeq! }),
       tiles: storage('u32', 'read', { len: (u) => u.numTiles! * TILE_WORDS }),
       partAcc: storage('f32', 'read_write', { len: (u) => u.partRows! * D }),
@@ -136,10 +165,12 @@ export function attentionPartial(c: AttentionConfig) {
     gridDoc: 'numTiles x numKvHeads x maxTileChunks',
     body(k, b, u) {
       const qS = k.shared('qTile', 'f32', R * D);
-      const kvS = k.shared('kvTile', 'f32', BS * D);
-      const sS = k.shared('scores', 'f32', R * BS);
-      const mS = k.shared('rowMax', 'f32', R), lS = k.shared('rowSum', 'f32', R), alphaS = k.shared('rowScale', 'f32', R);
-      const rowA = k.shared('rowFrom', 'u32', R), rowB = k.shared('rowTo', 'u32', R);
+      const kvS = k.shared('kvTile', 'f32', KT * D);
+      const sS = k.shared('scores', 'f32', R * KT);
+      const mS = k.shared('rowMax', 'f32', R), lS = k.shared('rowSum', 'f32', R);
+      // Per row and cache block of the step: the softmax rescale and the positions folded in.
+      const alphaS = k.shared('rowScale', 'f32', R * NB);
+      const rowA = k.shared('rowFrom', 'u32', R * NB), rowB = k.shared('rowTo', 'u32', R * NB);
       const lid = k.let('lid', k.localIndex);
       const kvh = k.let('kvh', k.workgroupId.y), z = k.let('z', k.workgroupId.z);
       const t = tileView(k, b.tiles, k.workgroupId.x);
@@ -172,84 +203,115 @@ export function attentionPartial(c: AttentionConfig) {
       for (let j = 0; j < npt; j++) acc.set(j, 0);
       k.barrier();
 
-      const loadTile = (cache: ArrayRef<'f32' | 'u32', boolean>, tb: Val<'u32'>, blk: Val<'u32'>, vLo: Val<'u32'>, vHi: Val<'u32'>) => {
-        const perPos = f16 ? D / 2 : D;
-        k.for('e', lid, k.u32(BS * perPos), (e) => {
-          const tt = k.let('tt', e.div(perPos)), w = k.let('w', e.rem(perPos));
-          const pos = k.let('pos', tb.add(tt));
-          const ok = k.let('ok', pos.ge(vLo).and(pos.lt(vHi)));
-          const at = k.let('at', blk.mul(BS).add(tt).mul(u.numKvHeads).add(kvh).mul(perPos).add(w));
-          if (f16) {
-            const v = k.let('v2', k.unpack2x16float((cache as ArrayRef<'u32', boolean>).at(at)));
-            kvS.set(tt.mul(D).add(w.mul(2)), k.select(ok, v.x, k.f32(0)));
-            kvS.set(tt.mul(D).add(w.mul(2)).add(1), k.select(ok, v.y, k.f32(0)));
-          } else {
-            kvS.set(e, k.select(ok, (cache as ArrayRef<'f32', boolean>).at(at), k.f32(0)));
+      // Stage KT positions from tb of K or V into kvS (zero outside [loAll, min(hiAll, tTo))), a
+      // batch of loads issued before their stores. Positions past tTo read a clamped, valid
+      // address: their block-table entry may not exist.
+      const perPos = (f16 ? D / 2 : D) / vw; // loads per position
+      const total = KT * perPos, perInv = Math.ceil(total / W);
+      // At most 4 vector loads (16 words) in flight per invocation: 8 made ptxas spill at head_dim 128.
+      const inFlight = 16 / vw;
+      const loadTile = (cache: ArrayRef<DType, boolean>, tb: Val<'u32'>, vHi: Val<'u32'>) => {
+        for (let j0 = 0; j0 < perInv; j0 += inFlight) {
+          const loads: { tt: Val<'u32'>; w: Val<'u32'>; ok: Val<'bool'>; v: Val }[] = [];
+          for (let j = j0; j < Math.min(perInv, j0 + inFlight); j++) {
+            const e = k.let(`le${j}`, (j + 1) * W <= total ? lid.add(j * W) : min(lid.add(j * W), k.u32(total - 1)));
+            const tt = k.let(`lt${j}`, e.div(perPos)), w = k.let(`lw${j}`, e.rem(perPos));
+            const pos = k.let(`lp${j}`, tb.add(tt));
+            const ok = k.let(`lok${j}`, pos.ge(loAll).and(pos.lt(vHi)));
+            const posC = k.let(`lc${j}`, min(pos, tTo.sub(1)));
+            const blk = k.let(`lb${j}`, b.blockTables.at(t.seq.mul(u.maxBlocksPerSeq).add(posC.div(BS))));
+            const at = k.let(`la${j}`, blk.mul(BS).add(posC.rem(BS)).mul(u.numKvHeads).add(kvh).mul(perPos).add(w));
+            loads.push({ tt, w, ok, v: k.let(`lv${j}`, cache.at(at)) });
           }
-        }, W);
+          loads.forEach(({ tt, w, ok, v }, i) => {
+            const j = j0 + i;
+            const store = () => {
+              const base = k.let('kvAt', tt.mul(D).add(w.mul(f16 ? 2 * vw : vw)));
+              for (let q = 0; q < vw; q++) {
+                const word = vw > 1 ? v.at(q) : v;
+                if (f16) {
+                  const h = k.let(`h${q}`, k.unpack2x16float(word as Val<'u32'>));
+                  kvS.set(base.add(2 * q), k.select(ok, h.x, k.f32(0)));
+                  kvS.set(base.add(2 * q + 1), k.select(ok, h.y, k.f32(0)));
+                } else {
+                  kvS.set(q ? base.add(q) : base, k.select(ok, word as Val<'f32'>, k.f32(0)));
+                }
+              }
+            };
+            if ((j + 1) * W <= total) store(); else k.if(lid.add(j * W).lt(total), store);
+          });
+        }
       };
 
       k.for('tb', tFrom, tTo, (tb) => {
-        const blk = k.let('blk', b.blockTables.at(t.seq.mul(u.maxBlocksPerSeq).add(tb.div(BS))));
-        const vLo = k.let('vLo', max(tb, loAll)), vHi = k.let('vHi', min(tb.add(BS), hiAll));
-        loadTile(b.kCache, tb, blk, vLo, vHi);
+        const vHi = k.let('vHi', min(min(tb.add(KT), hiAll), tTo));
+        loadTile(b.kCache, tb, vHi);
         k.barrier();
         // Scores, base 2: s = (q · k) · scale · log2 e.
-        k.for('e', lid, k.u32(R * BS), (e) => {
-          const r = row(e.div(BS));
-          const pos = k.let('spos', tb.add(e.rem(BS)));
-          k.if(r.valid.and(pos.ge(r.lo)).and(pos.lt(r.kvEnd)), () => {
-            const qBase = k.let('qBase', e.div(BS).mul(D)), kBase = k.let('kBase', e.rem(BS).mul(D));
+        k.for('e', lid, k.u32(R * KT), (e) => {
+          const r = row(e.div(KT));
+          const pos = k.let('spos', tb.add(e.rem(KT)));
+          k.if(r.valid.and(pos.ge(r.lo)).and(pos.lt(r.kvEnd)).and(pos.lt(tTo)), () => {
+            const qBase = k.let('qBase', e.div(KT).mul(D)), kBase = k.let('kBase', e.rem(KT).mul(D));
             const dot = k.var('dot', 'f32', 0);
             k.for('d', k.u32(0), k.u32(D), (d) => dot.set(dot.add(qS.at(qBase.add(d)).mul(kvS.at(kBase.add(d))))));
             sS.set(e, dot.mul(u.scaleLog2));
           });
         }, W);
         k.barrier();
-        // Online softmax, one invocation per row, over the row's positions in this tile.
+        // Online softmax, one invocation per row, one cache block at a time (the same f32
+        // operations whatever KT is), over the row's positions in the block.
         k.if(lid.lt(R), () => {
           const r = row(lid);
-          const a = k.let('a', max(tb, r.lo)), e = k.let('bEnd', min(tb.add(BS), r.kvEnd));
-          k.if(r.valid.and(a.lt(e)), () => {
-            const sBase = k.let('sBase', lid.mul(BS));
-            const from = k.let('from', a.sub(tb)), to = k.let('to', e.sub(tb));
-            const mx = k.var('mx', 'f32', -F32_MAX);
-            k.for('p', from, to, (p) => mx.set(max(mx, sS.at(sBase.add(p)))));
-            const mOld = k.let('mOld', mS.at(lid));
-            const mNew = k.let('mNew', max(mOld, mx));
-            const alpha = k.let('alpha', k.select(mNew.eq(mOld), k.f32(1), exp2(mOld.sub(mNew))));
-            const sum = k.var('psum', 'f32', 0);
-            k.for('p', from, to, (p) => {
-              const pv = k.let('pv', exp2(sS.at(sBase.add(p)).sub(mNew)));
-              sS.set(sBase.add(p), pv);
-              sum.set(sum.add(pv));
-            });
-            lS.set(lid, lS.at(lid).mul(alpha).add(sum));
-            mS.set(lid, mNew);
-            alphaS.set(lid, alpha);
-            rowA.set(lid, from);
-            rowB.set(lid, to);
-          }, () => { rowA.set(lid, 0); rowB.set(lid, 0); });
+          for (let nb = 0; nb < NB; nb++) {
+            const slot = k.let(`slot${nb}`, lid.mul(NB).add(nb));
+            const bt = k.let(`bt${nb}`, nb ? tb.add(nb * BS) : tb);
+            const a = k.let('a', max(bt, r.lo)), e = k.let('bEnd', min(min(bt.add(BS), r.kvEnd), tTo));
+            k.if(r.valid.and(a.lt(e)), () => {
+              const sBase = k.let('sBase', lid.mul(KT).add(nb * BS));
+              const from = k.let('from', a.sub(bt)), to = k.let('to', e.sub(bt));
+              const mx = k.var('mx', 'f32', -F32_MAX);
+              k.for('p', from, to, (p) => mx.set(max(mx, sS.at(sBase.add(p)))));
+              const mOld = k.let('mOld', mS.at(lid));
+              const mNew = k.let('mNew', max(mOld, mx));
+              const alpha = k.let('alpha', k.select(mNew.eq(mOld), k.f32(1), exp2(mOld.sub(mNew))));
+              const sum = k.var('psum', 'f32', 0);
+              k.for('p', from, to, (p) => {
+                const pv = k.let('pv', exp2(sS.at(sBase.add(p)).sub(mNew)));
+                sS.set(sBase.add(p), pv);
+                sum.set(sum.add(pv));
+              });
+              lS.set(lid, lS.at(lid).mul(alpha).add(sum));
+              mS.set(lid, mNew);
+              alphaS.set(slot, alpha);
+              rowA.set(slot, from);
+              rowB.set(slot, to);
+            }, () => { rowA.set(slot, 0); rowB.set(slot, 0); });
+          }
         });
         k.barrier();
-        loadTile(b.vCache, tb, blk, vLo, vHi);
+        loadTile(b.vCache, tb, vHi);
         k.barrier();
-        // acc = acc · alpha + Σ_t p_t · v_t over the row's positions, in position order.
+        // Per cache block in order: acc = acc · alpha + Σ_t p_t · v_t over the row's positions.
         for (let j = 0; j < npt; j++) {
           const e = k.let(`pe${j}`, lid.add(j * W));
           const body = () => {
             const r = k.let('pr', e.div(D)), d = k.let('pd', e.rem(D));
-            const a = k.let('pa', rowA.at(r)), bEnd = k.let('pb', rowB.at(r));
-            k.if(a.lt(bEnd), () => {
-              const s = k.var('pvs', 'f32', 0);
-              k.for('tt', a, bEnd, (tt) => s.set(s.add(sS.at(r.mul(BS).add(tt)).mul(kvS.at(tt.mul(D).add(d))))));
-              acc.set(j, acc.at(j).mul(alphaS.at(r)).add(s));
-            });
+            for (let nb = 0; nb < NB; nb++) {
+              const slot = k.let(`ps${nb}`, r.mul(NB).add(nb));
+              const a = k.let('pa', rowA.at(slot)), bEnd = k.let('pb', rowB.at(slot));
+              k.if(a.lt(bEnd), () => {
+                const s = k.var('pvs', 'f32', 0);
+                const sBase = k.let('psb', r.mul(KT).add(nb * BS)), vBase = k.let('pvb', nb ? d.add(nb * BS * D) : d);
+                k.for('tt', a, bEnd, (tt) => s.set(s.add(sS.at(sBase.add(tt)).mul(kvS.at(tt.mul(D).add(vBase))))));
+                acc.set(j, acc.at(j).mul(alphaS.at(slot)).add(s));
+              });
+            }
           };
           if ((j + 1) * W <= R * D) body(); else k.if(e.lt(R * D), body);
         }
         k.barrier();
-      }, BS);
+      }, KT);
 
       // Rows whose whole range is this one chunk finish here; the others leave partials.
       const rowChunks = (r: ReturnType<typeof row>) => ({

@@ -4,7 +4,8 @@
 // prefill chunkings; KV append touching exactly its slots; bad batch descriptions rejected.
 import { describe, expect, it } from 'vitest';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
-import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { attentionConfig, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { BASELINE_CAPS, CUDA_CAPS } from '../../codegen/dsl/types.js';
 import type { Device } from '../../src/backend/device.js';
 import {
   AttentionInputError, type AttentionBatch, type RaggedSequence, checkSlots, prepareAttention, runKvAppend, runPagedAttention, slotMapping,
@@ -90,8 +91,11 @@ function reference(c: Case): Float64Array {
   return out;
 }
 
+/** How the kernel stages K/V: positions per barrier step and 16-byte loads (defaults: by shape and caps). */
+interface Variant { kvTile?: number; vecLoads?: boolean }
+
 /** Fill the cache: context positions from the host, the new tokens through kvAppend; run attention. */
-async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: number): Promise<Float32Array> {
+async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: number, variant: Variant = {}): Promise<Float32Array> {
   const { headDim: D, group: G, kvHeads: KVH, kvDtype } = c.shape;
   const rowKV = KVH * D, f16 = kvDtype === 'f16';
   const words = c.numBlocks * BS * rowKV / (f16 ? 2 : 1);
@@ -124,7 +128,7 @@ async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: nu
       { kNew: bufs.input('f32', kNew, 'kNew'), vNew: bufs.input('f32', vNew, 'vNew'), kCache, vCache },
       slotMapping(c, BS), { numKvHeads: KVH, numBlocks: c.numBlocks, blockSize: BS, headDim: D });
     const out = bufs.output('f32', c.numTokens * KVH * G * D, 'out');
-    const o = pagedAttention({ headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize, tileTokens, caps: dev.caps });
+    const o = pagedAttention({ headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize, tileTokens, caps: dev.caps, ...variant });
     runPagedAttention(dev, o, { q: bufs.input('f32', c.q, 'q'), kCache, vCache, out },
       { numTokens: c.numTokens, seqs: c.seqs, window: c.shape.window }, { numBlocks: c.numBlocks, numKvHeads: KVH, maxBlocksPerSeq: c.maxBlocksPerSeq });
     return await bufs.read(out);
@@ -215,6 +219,27 @@ forEachBackend('paged attention', (dev) => {
     }
   }, 180_000);
 
+  // Staging (load width, positions per barrier) must not change a bit: each row folds its
+  // positions one cache block at a time whatever the step. Chunks of 80 positions make 32- and
+  // 64-position steps straddle chunk ends; the window makes rows start mid-block.
+  const stagings: { shape: Shape; variants: Variant[] }[] = [
+    { shape: { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32', window: 70 }, variants: [{ kvTile: 32 }, { kvTile: 64, vecLoads: true }, { kvTile: 48, vecLoads: false }] },
+    { shape: { headDim: 64, group: 2, kvHeads: 2, kvDtype: 'f16' }, variants: [{ kvTile: 32, vecLoads: true }, { kvTile: 16, vecLoads: true }, { kvTile: 32, vecLoads: false }] },
+    { shape: { headDim: 12, group: 1, kvHeads: 3, kvDtype: 'f16' }, variants: [{ kvTile: 64 }] }, // 12 % 8: scalar loads only
+  ];
+  for (const { shape, variants } of stagings) {
+    it(`head_dim ${shape.headDim} ${shape.kvDtype} KV: vector loads and 16..64-position steps give the bits of scalar 16-position steps`, async () => {
+      const r = rng(freshSeed(`attention staging D${shape.headDim} ${shape.kvDtype}`));
+      const c = makeCase(r, shape, raggedSpec(r));
+      const base = await runCase(dev, c, 80, 2, { kvTile: 16, vecLoads: false });
+      expect(rowErr(c, base, reference(c))).toBeLessThan(shape.kvDtype === 'f16' ? 3e-3 : 1e-3);
+      const bits = new Uint32Array(base.buffer);
+      for (const v of variants) {
+        expect(new Uint32Array((await runCase(dev, c, 80, 2, v)).buffer), JSON.stringify(v)).toEqual(bits);
+      }
+    }, 180_000);
+  }
+
   for (const kvDtype of ['f32', 'f16'] as const) {
     it(`KV append (${kvDtype}) writes exactly the slots given and nothing else`, async () => {
       const r = rng(freshSeed(`kvAppend ${kvDtype}`));
@@ -254,6 +279,29 @@ forEachBackend('paged attention', (dev) => {
       } finally { bufs.free(); }
     });
   }
+});
+
+describe('attention staging variant', () => {
+  it('loads vectors when head_dim allows (4 | D for f32, 8 | D for f16), else scalars; rejects vecLoads otherwise', () => {
+    expect(attentionConfig({ headDim: 128, groupSize: 4 }).vecLoads).toBe(true);
+    expect(attentionConfig({ headDim: 36, groupSize: 4 }).vecLoads).toBe(true);
+    expect(attentionConfig({ headDim: 36, groupSize: 4, kvDtype: 'f16' }).vecLoads).toBe(false);
+    expect(attentionConfig({ headDim: 80, groupSize: 4, kvDtype: 'f16' }).vecLoads).toBe(true);
+    expect(attentionConfig({ headDim: 10, groupSize: 1 }).vecLoads).toBe(false);
+    expect(attentionConfig({ headDim: 128, groupSize: 4, vecLoads: false }).vecLoads).toBe(false);
+    expect(() => attentionConfig({ headDim: 10, groupSize: 1, vecLoads: true })).toThrow(/vecLoads needs headDim 10 to be a multiple of 4/);
+  });
+  it('steps as many positions as workgroup memory allows without fewer rows; rejects bad kvTile', () => {
+    // 16 KB: head_dim 128 has room for one 16-position block; 48 KB (CUDA): 64 positions, 16 rows.
+    expect(attentionConfig({ headDim: 128, groupSize: 4, caps: BASELINE_CAPS }).kvTile).toBe(16);
+    const cuda = attentionConfig({ headDim: 128, groupSize: 4, caps: CUDA_CAPS });
+    expect([cuda.kvTile, cuda.subBlocks, cuda.rows]).toEqual([64, 4, 16]);
+    expect(attentionConfig({ headDim: 32, groupSize: 4, caps: BASELINE_CAPS }).kvTile).toBe(64);
+    expect(attentionConfig({ headDim: 32, groupSize: 4, chunkSize: 48, caps: BASELINE_CAPS }).kvTile).toBe(16); // steps divide the chunk
+    expect(() => attentionConfig({ headDim: 64, groupSize: 4, kvTile: 24 })).toThrow(/kvTile 24 is not a multiple of blockSize 16/);
+    expect(() => attentionConfig({ headDim: 64, groupSize: 4, kvTile: 128 })).toThrow(/kvTile 128/);
+    expect(() => attentionConfig({ headDim: 128, groupSize: 8, kvTile: 64, caps: BASELINE_CAPS })).toThrow(/kvTile 64 does not fit 16384 bytes/);
+  });
 });
 
 describe('attention input validation', () => {
