@@ -3,7 +3,8 @@
 //   rejection — the rejection sampler (2 launches): accepted count + the residual/bonus draw;
 //   greedy    — greedy acceptance on the target's scores (2 launches);
 //   sampling  — for scale: the sampling op turning B·(k+1) rows of logits into transformed
-//               probabilities + a draw (temperature, top-k 50, top-p 0.9), as a verify step needs.
+//               probabilities + a draw (temperature, top-k 50, top-p 0.9), as a verify step needs;
+//               (split) with the threshold search over (segment, row), (single) one workgroup per row.
 // Time per call, and effective GB/s over the bytes each must read at least: rejection one pass
 // over p_a and q_a per sequence (B·2·V·4; its second pass re-reads a single segment, the draft
 // lookups are negligible); greedy the
@@ -90,16 +91,19 @@ async function benchVocab(dev: Device, B: number, K: number, V: number, bw: numb
     row(['greedy', B, K, V, fmt(msG * 1000, 1), fmt(bytesG / msG / 1e6), `${fmt((100 * bytesG) / msG / 1e6 / bw, 1)}%`]);
 
     const rows = B * (K + 1);
-    const smp = sampling({ caps: dev.caps });
     const reqs = Array.from({ length: rows }, (_, i) => ({ temperature: 0.8, topK: 50, topP: 0.9, seed: 7, position: i }));
     const { rowParams, rowInfo, filters } = samplingRows(reqs, V);
     const rp = alloc('f32', rowParams.length, 'rowParams'), ri = alloc('u32', rowInfo.length, 'rowInfo');
     dev.write(rp, rowParams);
     dev.write(ri, rowInfo);
     const probs = alloc('f32', rows * V, 'probs'), toks = alloc('u32', rows, 'tokens');
-    const msS = await timeLaunches(dev, () => dev.run(smp, { logits: p, rowParams: rp, rowInfo: ri, probs, tokens: toks }, { rows, vocab: V, filters }), o);
-    const bytesS = rows * V * 4;
-    row(['sampling', `${rows} rows`, '–', V, fmt(msS * 1000, 1), fmt(bytesS / msS / 1e6), `${fmt((100 * bytesS) / msS / 1e6 / bw, 1)}%`]);
+    // The threshold search split over (segment, row) (default), and one workgroup per row.
+    for (const threshold of ['split', 'single'] as const) {
+      const smp = sampling({ threshold, caps: dev.caps });
+      const msS = await timeLaunches(dev, () => dev.run(smp, { logits: p, rowParams: rp, rowInfo: ri, probs, tokens: toks }, { rows, vocab: V, filters }), o);
+      const bytesS = rows * V * 4;
+      row([`sampling (${threshold})`, `${rows} rows`, '–', V, fmt(msS * 1000, 1), fmt(bytesS / msS / 1e6), `${fmt((100 * bytesS) / msS / 1e6 / bw, 1)}%`]);
+    }
   } catch (e) {
     row(['failed', B, K, V, (e as Error).message.split('\n')[0]!, '', '']);
   } finally { for (const b of bufs) dev.free(b); }

@@ -13,6 +13,9 @@ import { exp, kernel, log, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, KernelBuilder, Plan, Val, Var } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { randomUniform } from './random.js';
+import { SLOTS, THRESHOLD_PASSES, samplingThreshold, samplingThresholdPass } from './samplingThreshold.js';
+
+export { samplingThreshold, samplingThresholdPass, THRESHOLD_PASSES } from './samplingThreshold.js';
 
 /** "No index" in argmax partials and token outputs. */
 export const NO_TOKEN = 0xffffffff;
@@ -283,130 +286,6 @@ export function samplingExp(g: Segments) {
   });
 }
 
-/**
- * One workgroup per row finds the keep-threshold τ over the keys (f32 bits of e ≥ 0, ordered
- * like the values): top-k by radix select on counts, then top-p on the top-k survivors by radix
- * select on sums, then min-p (e ≥ minP, since e is 1 at the max). Entries with key ≥ τ are kept
- * (ties at a threshold all stay). 8 passes of 4 bits each per filter. rowInfo[row] = (topK,
- * seed, position, stream); topK 0 = off; topP 1 = off; minP 0 = off.
- */
-export function samplingThreshold(p: { workgroupSize?: number; caps?: Caps } = {}) {
-  const wg = p.workgroupSize ?? 128;
-  return kernel({
-    name: 'samplingThreshold', params: { workgroupSize: wg }, caps: p.caps, workgroupSize: wg,
-    bindings: {
-      probs: storage('f32', 'read', { len: rowsLen }),
-      rowParams: storage('f32', 'read', { len: (u) => u.rows! * 4 }),
-      rowInfo: storage('u32', 'read', { len: (u) => u.rows! * 4 }),
-      threshold: storage('u32', 'read_write', { len: (u) => u.rows! }),
-    },
-    uniforms: { rows: 'u32', vocab: 'u32' },
-    grid: ({ rows }) => rows, gridDoc: 'rows',
-    body(k, { probs, rowParams, rowInfo, threshold }, { vocab }) {
-      const hist = k.shared('hist', 'f32', 16 * wg);
-      const digitTotal = k.shared('digitTotal', 'f32', 16);
-      const state = k.shared('state', 'u32', 1);   // the key prefix found so far
-      const stateF = k.shared('stateF', 'f32', 3); // top-k: k left; top-p: mass above, target
-      const lid = k.let('lid', k.localIndex);
-      const row = k.let('row', k.workgroupId.x);
-      const rowBase = k.let('rowBase', row.mul(vocab));
-      const greedy = k.let('greedy', rowParams.at(row.mul(4)).eq(0));
-      const topK = k.let('topK', rowInfo.at(row.mul(4)));
-      const topP = k.let('topP', rowParams.at(row.mul(4).add(1)));
-      const minP = k.let('minP', rowParams.at(row.mul(4).add(2)));
-      const bins = k.privateArray('bins', 'f32', 16);
-
-      // One pass: histogram (count or mass) of the next 4-bit digit among keys matching the
-      // prefix on the higher bits and ≥ floor; thread d < 16 totals digit d over threads in order.
-      const pass = (shift: Val<'u32'>, floorKey: Val<'u32'> | undefined, mass: boolean) => {
-        const prefix = k.let('prefix', state.at(0));
-        const high = k.let('high', k.u32(0xfffffff0).shl(shift));
-        for (let d = 0; d < 16; d++) bins.set(d, 0);
-        k.for('i', lid, vocab, (i) => {
-          const e = k.let('e', probs.at(rowBase.add(i)));
-          const key = k.let('key', k.bitcast('u32', e));
-          const match = key.band(high).eq(prefix);
-          k.if(floorKey ? match.and(key.ge(floorKey)) : match, () => {
-            const d = k.let('d', key.shr(shift).band(15));
-            bins.set(d, bins.at(d).add(mass ? e : k.f32(1)));
-          });
-        }, wg);
-        for (let d = 0; d < 16; d++) hist.set(lid.add(d * wg), bins.at(d));
-        k.barrier();
-        k.if(lid.lt(16), () => {
-          const t = k.var('t', 'f32', 0);
-          k.for('j', k.u32(0), k.u32(wg), (j) => t.set(t.add(hist.at(lid.mul(wg).add(j)))));
-          digitTotal.set(lid, t);
-        });
-        k.barrier();
-      };
-      const setPrefix = (shift: Val<'u32'>, digit: Val<'u32'>) => state.set(0, state.at(0).bor(digit.shl(shift)));
-
-      // top-k: the k-th largest key.
-      k.if(lid.eq(0), () => { state.set(0, 0); stateF.set(0, k.f32(topK)); });
-      k.barrier();
-      const useK = k.let('useK', greedy.not().and(topK.gt(0)).and(topK.lt(vocab)));
-      k.if(useK, () => {
-        k.for('pk', k.u32(0), k.u32(8), (pk) => {
-          const shift = k.let('shiftK', k.u32(28).sub(pk.mul(4)));
-          pass(shift, undefined, false);
-          k.if(lid.eq(0), () => {
-            const cum = k.var('cum', 'f32', 0);
-            const digit = k.var('digit', 'u32', 0);
-            const done = k.var('done', 'bool', false);
-            for (let d = 15; d >= 0; d--) {
-              k.if(done.not(), () => {
-                const c = k.let('c', digitTotal.at(d));
-                cum.set(cum.add(c));
-                k.if(cum.ge(stateF.at(0)), () => { digit.set(d); stateF.set(0, stateF.at(0).sub(cum.sub(c))); k.assign(done, true); });
-              });
-            }
-            setPrefix(shift, digit);
-          });
-          k.barrier();
-        });
-      });
-      const tauK = k.let('tauK', k.select(useK, state.at(0), k.u32(0)));
-      k.barrier();
-
-      // top-p over the top-k survivors: the largest τ with Σ_{key ≥ τ} e ≥ topP · Σ_{key ≥ τK} e.
-      k.if(lid.eq(0), () => { state.set(0, 0); stateF.set(1, 0); });
-      k.barrier();
-      const useP = k.let('useP', greedy.not().and(topP.lt(1)));
-      k.if(useP, () => {
-        k.for('pp', k.u32(0), k.u32(8), (pp) => {
-          const shift = k.let('shiftP', k.u32(28).sub(pp.mul(4)));
-          pass(shift, tauK, true);
-          k.if(lid.eq(0), () => {
-            k.if(pp.eq(0), () => { // the mass of all survivors, summed in the order used below
-              const z = k.var('z', 'f32', 0);
-              for (let d = 15; d >= 0; d--) z.set(z.add(digitTotal.at(d)));
-              stateF.set(2, topP.mul(z));
-            });
-            const above = k.var('above', stateF.at(1));
-            const digit = k.var('digitP', 'u32', 0); // no digit reaches: keep the whole region
-            const done = k.var('doneP', 'bool', false);
-            for (let d = 15; d >= 0; d--) {
-              k.if(done.not(), () => {
-                const next = k.let('next', above.add(digitTotal.at(d)));
-                k.if(next.ge(stateF.at(2)), () => { digit.set(d); k.assign(done, true); }, () => above.set(next));
-              });
-            }
-            stateF.set(1, above);
-            setPrefix(shift, digit);
-          });
-          k.barrier();
-        });
-      });
-      k.if(lid.eq(0), () => {
-        const tauP = k.select(useP, state.at(0), k.u32(0));
-        const tauM = k.select(greedy, k.u32(0), k.bitcast('u32', minP));
-        threshold.set(row, max(max(tauK, tauP), tauM));
-      });
-    },
-  });
-}
-
 /** Zero the entries below the row's threshold (in place) and re-sum each segment. */
 export function samplingMask(g: Segments) {
   return kernel({
@@ -494,9 +373,21 @@ export function checkSizes(name: string, s: Record<string, number>, keys: string
  * Sizes: rows, vocab, filters (1 when any row uses top-k, top-p or min-p, else 0 and the
  * threshold launches are skipped). src/ops/sampling.ts builds rowParams/rowInfo and validates.
  */
-export function sampling(p: SegmentParams & { thresholdWorkgroupSize?: number } = {}) {
+export function sampling(p: SegmentParams & {
+  /** 'split' (default): the search over (segment, row) in 17 launches; 'single': one workgroup per row. */
+  threshold?: 'split' | 'single';
+  /** Invocations per workgroup of the threshold search (default min(128, workgroupSize)): its
+   *  16·size-float histogram must fit workgroup memory. The segments stay the same. */
+  thresholdWorkgroupSize?: number;
+} = {}) {
   const g = segments(p);
-  const kMax = segmentArgmax(g), kExp = samplingExp(g), kThr = samplingThreshold({ workgroupSize: p.thresholdWorkgroupSize, caps: g.caps });
+  const twg = p.thresholdWorkgroupSize ?? Math.min(128, g.wg);
+  if (!Number.isInteger(twg) || twg < 16 || twg & (twg - 1) || twg > g.seg) throw new Error(`sampling: thresholdWorkgroupSize ${twg} must be a power of two in [16, ${g.seg}]`);
+  const tg: Segments = { ...g, wg: twg, items: g.seg / twg };
+  const split = (p.threshold ?? 'split') === 'split';
+  if (p.threshold !== undefined && p.threshold !== 'split' && p.threshold !== 'single') throw new Error(`sampling: threshold '${p.threshold}' is not 'split' or 'single'`);
+  const kMax = segmentArgmax(g), kExp = samplingExp(g);
+  const kPass = samplingThresholdPass(tg), kSingle = samplingThreshold(tg);
   const kMask = samplingMask(g), kDraw = samplingDraw(g);
   const o = op('sampling', {
     logits: storage('f32', 'read'),
@@ -513,17 +404,29 @@ export function sampling(p: SegmentParams & { thresholdWorkgroupSize?: number } 
       { kernel: kExp, bind: { logits: 'logits', rowParams: 'rowParams', partMax: 'partMax', partArg: 'partArg', probs: 'probs', partSum: 'partSum' }, uniforms: u },
     ];
     if (s.filters) {
-      steps.push({ kernel: kThr, bind: { probs: 'probs', rowParams: 'rowParams', rowInfo: 'rowInfo', threshold: 'threshold' }, uniforms: { rows: s.rows, vocab: s.vocab } });
+      if (split) {
+        // Partials alternate between two buffers: a launch reads the previous one's, writes its own.
+        for (let pass = 0; pass <= THRESHOLD_PASSES; pass++) {
+          const [pin, pout] = pass % 2 ? ['histA', 'histB'] : ['histB', 'histA'];
+          steps.push({
+            kernel: kPass, uniforms: { ...u, pass },
+            bind: { probs: 'probs', rowParams: 'rowParams', rowInfo: 'rowInfo', partIn: pin, partOut: pout, stateU: 'stateU', stateF: 'stateF', threshold: 'threshold' },
+          });
+        }
+      } else steps.push({ kernel: kSingle, bind: { probs: 'probs', rowParams: 'rowParams', rowInfo: 'rowInfo', threshold: 'threshold' }, uniforms: u });
       steps.push({ kernel: kMask, bind: { probs: 'probs', threshold: 'threshold', partSum: 'partSum' }, uniforms: u });
     }
     steps.push({ kernel: kDraw, bind: { probs: 'probs', partSum: 'partSum', rowInfo: 'rowInfo', tokens: 'tokens' }, uniforms: u });
     const n = s.rows * nseg;
-    return {
-      temps: { partMax: { t: 'f32', length: n }, partArg: { t: 'u32', length: n }, partSum: { t: 'f32', length: n }, threshold: { t: 'u32', length: s.rows } },
-      steps,
-    };
+    const temps: Plan['temps'] = { partMax: { t: 'f32', length: n }, partArg: { t: 'u32', length: n }, partSum: { t: 'f32', length: n }, threshold: { t: 'u32', length: s.rows } };
+    if (s.filters && split) Object.assign(temps, {
+      histA: { t: 'f32', length: n * 16 }, histB: { t: 'f32', length: n * 16 },
+      stateU: { t: 'u32', length: s.rows * SLOTS * 2 }, stateF: { t: 'f32', length: s.rows * SLOTS * 4 },
+    });
+    return { temps, steps };
   });
-  return Object.assign(o, { kernels: [kMax, kExp, kThr, kMask, kDraw], segments: g });
+  // Both threshold searches are listed, so codegen emits (and the CUDA test compiles) both.
+  return Object.assign(o, { kernels: [kMax, kExp, kPass, kSingle, kMask, kDraw], segments: g });
 }
 
 /** tokens[row] = argmax of x[row, :], ties to the lowest index. Sizes: rows, vocab. */

@@ -214,6 +214,37 @@ forEachBackend('sampling', (dev) => {
     expect(again.tokens[0]).toBe(tokens[17]);
   });
 
+  for (const [label, params, V] of [['small segments', SMALL, 1000], ['default segments', {}, 40000]] as const) {
+    it(`split threshold search, ${label}, V = ${V}: the same kept sets and tokens as one workgroup per row, bit for bit`, async () => {
+      const r = rng(freshSeed(`sampling split threshold ${label}`));
+      const rows = 24;
+      const x = tiedLogits(rows, V, r);
+      // Every other row on a coarse grid: many exactly equal probabilities at every threshold.
+      for (let row = 0; row < rows; row += 2) for (let i = row * V; i < (row + 1) * V; i++) x[i] = Math.round(x[i]! * 4) / 4;
+      const reqs: SamplingRequest[] = Array.from({ length: rows }, (_, row) => {
+        const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)]!;
+        return {
+          temperature: row === 5 ? 0 : 0.5 + r(),
+          topK: pick([0, 0, 1, 2, 7, 50, 333, V - 1]), topP: pick([1, 1, 0.3, 0.8, 0.9, 0.95]),
+          minP: pick([0, 0, 0.001, 0.05]), seed: row, position: 1000 + row,
+        };
+      });
+      reqs[0] = { temperature: 1, topK: 50, seed: 1, position: 2 };       // each filter alone too
+      reqs[1] = { temperature: 1, topP: 0.9, seed: 1, position: 2 };
+      reqs[2] = { temperature: 1, minP: 0.02, seed: 1, position: 2 };
+      const single = await runSamplingOn(dev, sampling({ ...params, threshold: 'single', caps: dev.caps }), x, reqs, V);
+      const split = await runSamplingOn(dev, sampling({ ...params, caps: dev.caps }), x, reqs, V);
+      for (let row = 0; row < rows; row++) {
+        const a = new Uint32Array(single.probs.buffer, row * V * 4, V), b = new Uint32Array(split.probs.buffer, row * V * 4, V);
+        let kept = 0;
+        for (let i = 0; i < V; i++) kept += a[i]! ? 1 : 0;
+        expect(kept, `row ${row}: something kept`).toBeGreaterThan(0);
+        expect(b, `row ${row} ${JSON.stringify(reqs[row])}`).toEqual(a);
+        expect(split.tokens[row], `row ${row}`).toBe(single.tokens[row]);
+      }
+    });
+  }
+
   it('a row is bit-identical whatever the batch around it (other rows, other filters, greedy rows)', async () => {
     const r = rng(freshSeed('sampling batch invariance'));
     const V = 1500;
@@ -252,5 +283,10 @@ describe('sampling input validation', () => {
     expect(t.rowInfo[4]).toBe(0);
     expect(t.filters).toBe(0);
     expect(samplingRows([{ ...ok, minP: 0.1 }], 10).filters).toBe(1);
+  });
+  it('rejects a bad threshold search choice or workgroup size, naming the parameter', () => {
+    expect(() => sampling({ threshold: 'radix' as never })).toThrow(/threshold 'radix' is not 'split' or 'single'/);
+    expect(() => sampling({ thresholdWorkgroupSize: 8 })).toThrow(/thresholdWorkgroupSize 8 must be a power of two in \[16, 4096\]/);
+    expect(() => sampling({ ...SMALL, thresholdWorkgroupSize: 256 })).toThrow(/thresholdWorkgroupSize 256/);
   });
 });
