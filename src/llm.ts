@@ -115,6 +115,7 @@ export class LLM {
     const streamer = this.tokenizer?.streamer({ context: ids });
     const stops = o.stop;
     let held = '';
+    let failed = false;
     try {
       // Prefill: cached prefix blocks are reused; the rest goes in chunks of maxBatchTokens.
       let t0 = performance.now();
@@ -162,8 +163,13 @@ export class LLM {
         if (rest) yield { id: -1, text: rest };
       }
       this.lastStats = stats;
+    } catch (e) {
+      failed = true;
+      throw e;
     } finally {
-      if (blocks.has(seq)) blocks.free(seq);
+      // After an error a pass may not have written the KV of blocks already in the prefix cache:
+      // drop them. An early `break` by the consumer ends here without an error; its KV is whole.
+      if (blocks.has(seq)) blocks.free(seq, { dropCached: failed });
     }
   }
 

@@ -113,3 +113,27 @@ describe('BlockManager', () => {
     expect(bm.freeBlocks).toBe(total);
   });
 });
+
+describe('BlockManager.free with dropCached', () => {
+  it('forgets the sequence’s cached blocks (a failed pass may not have written their KV)', () => {
+    const bm = new BlockManager(8, { blockSize: 4 });
+    const prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+    bm.addSequence('a'); bm.append('a', prompt);
+    bm.free('a', { dropCached: true });
+    expect(bm.freeBlocks).toBe(8);
+    expect(bm.addSequence('b', prompt)).toBe(0);
+    // Without it the same prefix is found again.
+    bm.append('b', prompt);
+    bm.free('b');
+    expect(bm.addSequence('c', prompt)).toBe(8);
+  });
+
+  it('keeps blocks still shared with another sequence cached', () => {
+    const bm = new BlockManager(8, { blockSize: 4 });
+    const prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+    bm.addSequence('a'); bm.append('a', prompt);
+    expect(bm.addSequence('b', prompt)).toBe(8);
+    bm.free('b', { dropCached: true });
+    expect(bm.addSequence('c', prompt)).toBe(8);
+  });
+});

@@ -145,10 +145,20 @@ export class BlockManager {
     return { copy };
   }
 
-  /** Release every block of the sequence. */
-  free(seq: string | number): void {
+  /**
+   * Release every block of the sequence. `dropCached`: its blocks leave the prefix cache as well
+   * (after a failed pass their KV may never have been written).
+   */
+  free(seq: string | number, opts: { dropCached?: boolean } = {}): void {
     const s = this.get(seq);
-    for (let i = s.blocks.length - 1; i >= 0; i--) this.release(s.blocks[i]!);
+    for (let i = s.blocks.length - 1; i >= 0; i--) {
+      const blk = s.blocks[i]!;
+      if (opts.dropCached && blk.key && blk.refs === 1) {
+        this.cache.delete(blk.key);
+        blk.key = '';
+      }
+      this.release(blk);
+    }
     this.seqs.delete(seq);
   }
 
