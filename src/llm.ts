@@ -299,7 +299,7 @@ export async function loadModel(path: string = DEFAULT_MODEL, opts: LoadOptions 
     weights = uploadWeights(device, spec, files.weights, { format, groupSize: opts.groupSize, tuneCache, onProgress: opts.onProgress });
     const blockSize = 16;
     const numBlocks = opts.numBlocks ?? Math.ceil(spec.maxPositions / blockSize) * 4 + 1;
-    fw = new LlamaForward(device, spec, weights, { numBlocks, blockSize, kvDtype: opts.kvDtype, maxBatchTokens: opts.maxBatchTokens });
+    fw = new LlamaForward(device, spec, weights, { numBlocks, blockSize, kvDtype: opts.kvDtype, maxBatchTokens: opts.maxBatchTokens, tuneCache });
     return new LLM(device, spec, files.tokenizer, weights, fw, new BlockManager(numBlocks, { blockSize }), owns, files.source);
   } catch (e) {
     // A passed-in device outlives the failed load: give back everything allocated on it.

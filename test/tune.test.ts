@@ -27,13 +27,17 @@ describe('variant cache', () => {
     expect(readTuneCache(cache)[key]).toEqual(file.entries[key].winner);
   });
 
-  it('the runtime builds its linear ops with the cached choice', async () => {
+  it('the runtime builds its linear ops and norms with the cached choices', async () => {
     const dev = await devP;
     // brown-draft: hidden 128, 2·kv + q = 256 columns for qkv. Plant a distinctive (valid) choice.
     const choice = { segLen: 64, gemv: { workgroupSize: 32, units: 2 }, gemm: { tileM: 16, tileN: 16, tileK: 16, blockM: 1, blockN: 1 }, finishWorkgroupSize: 32 };
     const key = tuneCacheKey(dev.description, 'int4Linear', { K: 128, N: 256, groupSize: 64 });
     const cache = join(dir, 'planted.json');
-    writeFileSync(cache, JSON.stringify({ version: 1, entries: { [key]: { winner: choice, ms: 1, measured: 'test' } } }));
+    const normKey = tuneCacheKey(dev.description, 'rmsNorm', { D: 128 });
+    writeFileSync(cache, JSON.stringify({ version: 1, entries: {
+      [key]: { winner: choice, ms: 1, measured: 'test' },
+      [normKey]: { winner: { workgroupSize: 32 }, ms: 1, measured: 'test' },
+    } }));
     const llm = await loadModel(MODEL, { device: dev, quant: 'int4-rtn', groupSize: 64, tuneCache: cache });
     try {
       const qkv = llm.weights.layers[0]!.qkv.op;
@@ -41,6 +45,7 @@ describe('variant cache', () => {
       expect(qkv.choice.gemv[0]).toEqual({ workgroupSize: 32, units: 2 });
       expect(qkv.choice.gemm).toEqual(choice.gemm);
       // Layers without an entry keep the defaults, and the model still generates.
+      expect(llm.forwardPass['ops'].norm.ir.workgroupSize[0]).toBe(32);
       expect(llm.weights.layers[0]!.o.op.choice.segLen).not.toBe(0);
       const text = await llm.complete('The jury', { temperature: 0, maxTokens: 4 });
       expect(text.length).toBeGreaterThan(0);

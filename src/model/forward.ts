@@ -14,6 +14,7 @@ import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { runLinear } from '../ops/linear.js';
+import { cachedChoice } from '../ops/tune.js';
 import { checkSlots, prepareAttention } from '../ops/attention.js';
 import { type DecodeGeometry, decodeAttentionSizes, decodeBuckets, decodePartRows, maxDecodeChunks, padDecodeMetadata, pickBucket } from './decodeBucket.js';
 import { type ModelSpec, ropeFrequencies } from './spec.js';
@@ -45,6 +46,8 @@ export interface ForwardOptions {
   attentionChunkSize?: number;
   /** Capture decode steps as graphs on devices that can (default true). */
   decodeGraphs?: boolean;
+  /** Variant cache (`kiln tune`): tuned workgroup sizes of the norm and embedding kernels. */
+  tuneCache?: Record<string, Record<string, unknown>>;
 }
 
 /**
@@ -124,10 +127,15 @@ export class LlamaForward {
     const caps = dev.caps;
     const T = this.maxBatchTokens, D = s.hidden, hd = s.headDim;
     const layout = s.ropeLayout === 'interleaved' ? 'interleaved' as const : 'halves' as const;
+    // Workgroup sizes `kiln tune` measured for these shapes on this device, if any.
+    const tunedWorkgroup = (family: string, shape: Record<string, number | string>): number | undefined => {
+      const wg = opts.tuneCache && cachedChoice(opts.tuneCache, dev, family, shape)?.workgroupSize;
+      return typeof wg === 'number' ? wg : undefined;
+    };
     this.ops = {
-      embed: embedding({ table: weights.embed.dtype, caps }),
-      gather: embedding({ table: 'f32', caps }),
-      norm: rmsNorm({ caps, workgroupSize: pow2AtMost(Math.max(32, Math.min(256, D / 2))) }),
+      embed: embedding({ table: weights.embed.dtype, caps, workgroupSize: tunedWorkgroup('embedding', { D, table: weights.embed.dtype }) }),
+      gather: embedding({ table: 'f32', caps, workgroupSize: tunedWorkgroup('embedding', { D, table: 'f32' }) }),
+      norm: rmsNorm({ caps, workgroupSize: tunedWorkgroup('rmsNorm', { D }) ?? pow2AtMost(Math.max(32, Math.min(256, D / 2))) }),
       rope: ropeQkv({ layout, caps }),
       append: kvAppend({ headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
       attention: pagedAttention({
