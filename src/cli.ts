@@ -2,12 +2,13 @@
 import { readFileSync } from 'node:fs';
 import { windowedPerplexity } from './eval.js';
 import { DEFAULT_MODEL, type GenerateOptions, type LoadOptions, loadModel, type Quant } from './llm.js';
-import { num, type ParsedArgs, parseArgs, rejectUnknown, str } from './util/args.js';
+import { flag, num, type ParsedArgs, parseArgs, rejectUnknown, str } from './util/args.js';
 
 const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
 
   kiln generate [--model DIR] --prompt TEXT   stream a completion (default model: models/brown-target)
       --prompt-ids 1,2,3               token ids instead of text (models without tokenizer.json)
+      --chat                           the prompt is a user message, rendered by the model's chat template
       --device auto|cpu|webgpu|cuda   --quant none|f32|f16|int4-rtn   --group-size G   --kv f32|f16
       --max-tokens N   --temperature T   --top-k K   --top-p P   --min-p P   --seed S   --stop TEXT
   kiln eval ppl [--model DIR] --text FILE     held-out perplexity (windows of 256, no context)
@@ -44,7 +45,7 @@ function progressBar(label: string): (done: number, total: number) => void {
 }
 
 async function generate(a: ParsedArgs): Promise<void> {
-  rejectUnknown(a, [...LOAD_OPTS, 'prompt', 'prompt-ids', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'seed', 'stop'], 'kiln generate');
+  rejectUnknown(a, [...LOAD_OPTS, 'prompt', 'prompt-ids', 'chat', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'seed', 'stop'], 'kiln generate');
   const idsArg = str(a, 'prompt-ids');
   const ids = idsArg?.split(',').map((x) => {
     const n = Number(x.trim());
@@ -65,8 +66,10 @@ async function generate(a: ParsedArgs): Promise<void> {
     };
     // Text when the model has a tokenizer; token ids otherwise.
     const show = (text: string, id: number) => (llm.tokenizer ? text : id >= 0 ? ` ${id}` : '');
-    process.stdout.write(ids ? (llm.tokenizer ? llm.decode(ids) : ids.join(' ')) : prompt);
-    for await (const t of llm.generate(ids ?? prompt, opts)) process.stdout.write(show(t.text, t.id));
+    // --chat: the prompt is one user message, rendered by the model's chat template.
+    const input = ids ?? (flag(a, 'chat') ? llm.chatIds([{ role: 'user', content: prompt }]) : prompt);
+    process.stdout.write(typeof input === 'string' ? input : llm.tokenizer ? llm.decode(input) : input.join(' '));
+    for await (const t of llm.generate(input, opts)) process.stdout.write(show(t.text, t.id));
     process.stdout.write('\n');
     const s = llm.lastStats!;
     const rate = (n: number, ms: number) => (ms > 0 ? (n / ms) * 1000 : 0).toFixed(1);
@@ -99,7 +102,7 @@ async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === '--help' || cmd === 'help' || cmd === '-h') { process.stdout.write(HELP); return; }
   switch (cmd) {
-    case 'generate': return generate(parseArgs(rest));
+    case 'generate': return generate(parseArgs(rest, ['chat']));
     case 'eval': return evalCmd(parseArgs(rest));
     case 'bench': {
       process.argv = [process.argv[0]!, 'bench/run.ts', ...rest];

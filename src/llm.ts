@@ -6,7 +6,7 @@ import { sampling } from '../codegen/kernels/sampling.js';
 import type { BackendKind, Device, DeviceBuffer } from './backend/device.js';
 import { createDevice } from './backend/index.js';
 import { type LoadedModel, openModel } from './io/index.js';
-import type { HfTokenizer } from './io/tokenizer.js';
+import type { ChatMessage, HfTokenizer } from './io/tokenizer.js';
 import { BlockManager } from './kv/blockManager.js';
 import { LlamaForward } from './model/forward.js';
 import type { ModelSpec } from './model/spec.js';
@@ -171,6 +171,22 @@ export class LLM {
       // drop them. An early `break` by the consumer ends here without an error; its KV is whole.
       if (blocks.has(seq)) blocks.free(seq, { dropCached: failed });
     }
+  }
+
+  /**
+   * Token ids of a conversation rendered by the model's chat template (tokenizer_config.json or
+   * chat_template.jinja), ending with the assistant's turn opened. The template writes the special
+   * tokens itself, so none are added on encoding.
+   */
+  chatIds(messages: readonly ChatMessage[]): number[] {
+    if (!this.tokenizer) throw new GenerationError(`${this.source} has no tokenizer.json, so no chat template`);
+    if (!this.tokenizer.chatTemplate) throw new GenerationError(`${this.source}: the tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja)`);
+    return this.tokenizer.encode(this.tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true }), { addSpecialTokens: false });
+  }
+
+  /** Stream the assistant's reply to a conversation (see chatIds). */
+  chat(messages: readonly ChatMessage[], opts: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+    return this.generate(this.chatIds(messages), opts);
   }
 
   /** The whole completion as one string. */
