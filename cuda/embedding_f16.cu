@@ -59,7 +59,7 @@ extern "C" __global__ void __launch_bounds__(64) embedding_f16(
   }
   const u32 id = ids[t];
   const u32 dst = t * u.D + j;
-  const f32 nan = bitcast<f32>(id | 2143289344u);
+  const f32 nan = bitcast<f32>(2143289344u);
   vec2<f32> v = vec2<f32>{0.0f, 0.0f};
   if (id < u.V) {
     v = unpack2x16float(table[(id * u.D + j) / 2u]);

@@ -51,7 +51,7 @@ extern "C" __global__ void __launch_bounds__(64) embedding_f32(
   }
   const u32 id = ids[t];
   const u32 dst = t * u.D + j;
-  const f32 nan = bitcast<f32>(id | 2143289344u);
+  const f32 nan = bitcast<f32>(2143289344u);
   f32 v = 0.0f;
   if (id < u.V) {
     v = table[id * u.D + j];

@@ -64,7 +64,7 @@ extern "C" __global__ void __launch_bounds__(64) rope_interleaved(
     c = table[tab];
     s = table[tab + 1u];
   } else {
-    const f32 nan = bitcast<f32>(p | 2143289344u);
+    const f32 nan = bitcast<f32>(2143289344u);
     c = nan;
     s = nan;
   }

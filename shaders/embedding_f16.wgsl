@@ -31,7 +31,8 @@ fn embedding_f16(@builtin(global_invocation_id) globalId: vec3<u32>, @builtin(wo
   }
   let id: u32 = ids[t];
   let dst: u32 = t * u.D + j;
-  let nan: f32 = bitcast<f32>(id | 2143289344u);
+  let bits: u32 = 2143289344u;
+  let nan: f32 = bitcast<f32>(bits);
   var v: vec2<f32> = vec2<f32>(0.0f);
   if (id < u.V) {
     v = unpack2x16float(table[(id * u.D + j) / 2u]);

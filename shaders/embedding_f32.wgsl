@@ -31,7 +31,8 @@ fn embedding_f32(@builtin(global_invocation_id) globalId: vec3<u32>, @builtin(wo
   }
   let id: u32 = ids[t];
   let dst: u32 = t * u.D + j;
-  let nan: f32 = bitcast<f32>(id | 2143289344u);
+  let bits: u32 = 2143289344u;
+  let nan: f32 = bitcast<f32>(bits);
   var v: f32 = 0.0f;
   if (id < u.V) {
     v = table[id * u.D + j];

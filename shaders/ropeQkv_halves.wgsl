@@ -58,7 +58,8 @@ fn ropeQkv_halves(@builtin(global_invocation_id) globalId: vec3<u32>, @builtin(w
     c = table[tab];
     s = table[tab + 1u];
   } else {
-    let nan: f32 = bitcast<f32>(p | 2143289344u);
+    let bits: u32 = 2143289344u;
+    let nan: f32 = bitcast<f32>(bits);
     c = nan;
     s = nan;
   }

@@ -48,7 +48,8 @@ fn rope_interleaved_out(@builtin(global_invocation_id) globalId: vec3<u32>, @bui
     c = table[tab];
     s = table[tab + 1u];
   } else {
-    let nan: f32 = bitcast<f32>(p | 2143289344u);
+    let bits: u32 = 2143289344u;
+    let nan: f32 = bitcast<f32>(bits);
     c = nan;
     s = nan;
   }

@@ -4,7 +4,7 @@
 import type { Caps } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
-import { capsKey, memoKernel, runtimeNaN } from './linearCommon.js';
+import { capsKey, memoKernel, quietNaN } from './linearCommon.js';
 
 export interface EmbeddingParams {
   table: 'f32' | 'f16';
@@ -42,7 +42,7 @@ export function embedding(p: EmbeddingParams) {
       k.if(j.ge(D), () => k.return());
       const id = k.let('id', ids.at(t));
       const dst = k.let('dst', t.mul(D).add(j));
-      const nan = k.let('nan', runtimeNaN(k, id));
+      const nan = k.let('nan', quietNaN(k));
       if (f16) {
         const v = k.var('v', 'vec2<f32>', 0);
         k.if(id.lt(V), () => v.set(k.unpack2x16float((table as unknown as typeof ids).at(id.mul(D).add(j).div(2)))),

@@ -148,12 +148,9 @@ export function capsKey(caps: Caps): string {
   return JSON.stringify(caps);
 }
 
-/**
- * A quiet NaN built from a runtime value (any bits | 0x7fc00000 is a NaN): WGSL rejects a NaN
- * constant, even one written as bitcast<f32>(0x7fc00000u).
- */
-export function runtimeNaN(k: KernelBuilder, v: Val<'u32'>): Val<'f32'> {
-  return k.bitcast('f32', v.bor(0x7fc00000));
+/** A quiet NaN: what a kernel writes where a mistake must show (the WGSL emitter keeps it legal). */
+export function quietNaN(k: KernelBuilder): Val<'f32'> {
+  return k.bitcast('f32', k.u32(0x7fc00000));
 }
 
 export function linearFinishKernel(p: FinishParams) {

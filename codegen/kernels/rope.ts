@@ -8,7 +8,7 @@
 import type { ArrayRef, Caps, KernelBuilder, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
-import { capsKey, memoKernel, runtimeNaN } from './linearCommon.js';
+import { capsKey, memoKernel, quietNaN } from './linearCommon.js';
 
 export type RopeLayout = 'halves' | 'interleaved';
 
@@ -85,7 +85,7 @@ export function ropeCosSin(kb: KernelBuilder, table: ArrayRef<'f32', boolean>, p
     c.set(table.at(at));
     s.set(table.at(at.add(1)));
   }, () => {
-    const nan = kb.let('nan', runtimeNaN(kb, p));
+    const nan = kb.let('nan', quietNaN(kb));
     c.set(nan);
     s.set(nan);
   });
