@@ -9,7 +9,7 @@
 import { embedding } from '../../codegen/kernels/embedding.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import { type AttentionSizes, TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
-import { rmsNorm } from '../../codegen/kernels/rmsNorm.js';
+import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
@@ -135,7 +135,7 @@ export class LlamaForward {
     this.ops = {
       embed: embedding({ table: weights.embed.dtype, caps, workgroupSize: tunedWorkgroup('embedding', { D, table: weights.embed.dtype }) }),
       gather: embedding({ table: 'f32', caps, workgroupSize: tunedWorkgroup('embedding', { D, table: 'f32' }) }),
-      norm: rmsNorm({ caps, workgroupSize: tunedWorkgroup('rmsNorm', { D }) ?? pow2AtMost(Math.max(32, Math.min(256, D / 2))) }),
+      norm: rmsNorm({ caps, workgroupSize: tunedWorkgroup('rmsNorm', { D }) ?? defaultRmsNormWorkgroup(D, caps) }),
       rope: ropeQkv({ layout, caps }),
       append: kvAppend({ headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
       attention: pagedAttention({
@@ -459,10 +459,4 @@ export class LlamaForward {
     if (buf) this.dev.free(buf);
     return this.dev.alloc(t, Math.max(n, 16), label);
   }
-}
-
-function pow2AtMost(n: number): number {
-  let p = 1;
-  while (p * 2 <= n) p *= 2;
-  return p;
 }
