@@ -80,13 +80,14 @@ describe('RTN INT4', () => {
       for (let grp = 0; grp < K / g; grp++) {
         for (let n = 0; n < N; n++) {
           const col = Array.from({ length: g }, (_, i) => w[(grp * g + i) * N + n]!);
-          const range = Math.max(...col, 0) - Math.min(...col, 0);
+          const range = Math.max(...col) - Math.min(...col);
           const s = f16BitsToF32(t.scales[grp * N + n]!);
-          // Half a step, plus what the f16 rounding of s took off the grid's 15 steps.
-          const bound = s / 2 + Math.max(0, range - 15 * s) + 1e-7;
+          // Half a step, plus what the f16 rounding of s took off the grid's 15 steps, plus the
+          // f16 rounding of the weight itself (AutoAWQ quantizes a half-precision layer).
+          const bound = s / 2 + Math.max(0, range - 15 * s) + 1e-3 * s;
           for (let i = 0; i < g; i++) {
             const k = grp * g + i;
-            expect(Math.abs(W[k * N + n]! - w[k * N + n]!)).toBeLessThanOrEqual(bound);
+            expect(Math.abs(W[k * N + n]! - w[k * N + n]!)).toBeLessThanOrEqual(bound + Math.abs(w[k * N + n]!) * 2 ** -11);
           }
         }
       }
@@ -100,19 +101,104 @@ describe('RTN INT4', () => {
     for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) nk[n * K + k] = kn[k * N + n]!;
     expect(quantizeRtnInt4(nk, K, N, g, 'NK')).toEqual(quantizeRtnInt4(kn, K, N, g, 'KN'));
   });
-  it('a group that does not straddle 0 (constant, all positive, all negative) is not clipped', () => {
-    for (const [lo, hi] of [[0.25, 0.25], [0.5, 1.5], [-3, -2]] as const) {
-      const w = Float32Array.from({ length: 32 * 8 }, (_, i) => lo + ((hi - lo) * (i % 7)) / 6);
-      const t = quantizeRtnInt4(w, 32, 8, 32, 'KN');
-      const step = Math.max(Math.abs(lo), Math.abs(hi)) / 15;
-      const W = dequantizeAwq(t);
-      expect(W.every((v, i) => Math.abs(v - w[i]!) <= step / 2 + 1e-3 * step)).toBe(true);
-    }
+  it('a group that does not straddle 0 is clipped as AutoAWQ clips it (zero point 0 or 15, no widening)', () => {
+    // All positive: zero = clamp(−round(min/s), 0, 15) = 0, so the grid starts at 0 and the top of
+    // the group clips to 15·s; all negative: zero = 15, the grid ends at 0.
+    const pos = Float32Array.from({ length: 32 * 8 }, (_, i) => 0.5 + (i % 7) / 6);
+    const tp = quantizeRtnInt4(pos, 32, 8, 32, 'KN');
+    expect(Array.from(unpackAwqRows(tp.qzeros, 1, 8))).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
+    expect(Math.max(...dequantizeAwq(tp))).toBeCloseTo(15 * f16BitsToF32(tp.scales[0]!), 12);
+    const neg = Float32Array.from(pos, (v) => -v);
+    expect(Array.from(unpackAwqRows(quantizeRtnInt4(neg, 32, 8, 32, 'KN').qzeros, 1, 8))).toEqual([15, 15, 15, 15, 15, 15, 15, 15]);
   });
   it('refuses a wrong-sized or non-finite weight', () => {
     expect(() => quantizeRtnInt4(new Float32Array(10), 32, 8, 32, 'KN')).toThrow(/10 elements, expected K·N = 32·8/);
     const w = new Float32Array(32 * 8);
     w[9] = Number.NaN;
     expect(() => quantizeRtnInt4(w, 32, 8, 32, 'KN')).toThrow(/\[k=1, n=1\] is NaN/);
+  });
+});
+
+// An independent model of AutoAWQ's half-precision rule (written from the rule, not from rtn.ts):
+// f16 rounding by arithmetic on the value's binade instead of bit manipulation.
+function toHalf(x: number): number {
+  const f = Math.fround(x); // PyTorch computes a half op in f32 first
+  if (f === 0 || !Number.isFinite(f)) return f;
+  const a = Math.abs(f);
+  const e = Math.max(Math.floor(Math.log2(a)), -14); // subnormals share the 2^-24 spacing
+  let ulp = 2 ** (e - 10);
+  if (a / ulp >= 2048) ulp *= 2; // log2 rounded the exponent down across a power of two
+  const r = a / ulp, fl = Math.floor(r);
+  const n = r - fl > 0.5 || (r - fl === 0.5 && fl % 2 === 1) ? fl + 1 : fl;
+  const v = n * ulp;
+  return Math.sign(f) * (v > 65504 ? Infinity : v);
+}
+function roundEven(x: number): number {
+  const fl = Math.floor(x);
+  return x - fl > 0.5 || (x - fl === 0.5 && Math.abs(fl % 2) === 1) ? fl + 1 : fl;
+}
+/** AutoAWQ pseudo_quantize_tensor on one group of halves: codes, zero and scale. */
+function autoAwqGroup(w: number[]): { q: number[]; zero: number; scale: number } {
+  const range = Math.max(toHalf(Math.max(...w) - Math.min(...w)), toHalf(1e-5));
+  const scale = toHalf(range / 15);
+  const zero = Math.min(15, Math.max(0, -roundEven(toHalf(Math.min(...w) / scale))));
+  return { q: w.map((v) => Math.min(15, Math.max(0, roundEven(toHalf(v / scale)) + zero))), zero, scale };
+}
+
+describe("RTN INT4 equals AutoAWQ's half-precision rule", () => {
+  it('on random weights with planted ties (quotients that become k + ½ only in f16)', () => {
+    const seed = freshSeed('rtn autoawq ties');
+    const r = rng(seed);
+    const [K, N, g] = [128, 64, 32];
+    const w = new Float32Array(K * N); // [N, K], as checkpoints store it
+    for (let i = 0; i < w.length; i++) w[i] = toHalf((r() * 2 - 1) * (0.02 + 0.2 * r()));
+    // Plant ties: in each group, after its range is fixed by two pinned extremes, set a few weights
+    // to f16 values v whose f16(v / scale) is exactly k + ½.
+    let planted = 0, f16Only = 0;
+    for (let n = 0; n < N; n++) {
+      for (let grp = 0; grp < K / g; grp++) {
+        const base = n * K + grp * g;
+        w[base] = toHalf(-0.1 - 0.05 * r());
+        w[base + 1] = toHalf(0.1 + 0.05 * r());
+        const { scale } = autoAwqGroup(Array.from(w.subarray(base, base + g)));
+        for (let j = 2; j < 8; j++) {
+          const k = Math.floor(r() * 12) - 6;
+          const target = toHalf((k + 0.5) * scale);
+          // Walk a few f16 steps around the target for a value whose quotient rounds to k + ½.
+          for (let d = -3; d <= 3; d++) {
+            const v = toHalf(target + d * 2 ** (Math.floor(Math.log2(Math.abs(target) || 1e-8)) - 10));
+            if (Math.abs(v) > 0.1 || toHalf(v / scale) !== k + 0.5) continue;
+            w[base + j] = v;
+            planted++;
+            if (v / scale !== k + 0.5) f16Only++;
+            break;
+          }
+        }
+      }
+    }
+    console.log(`[rtn] planted ${planted} ties, ${f16Only} of them only in f16 (seed ${seed})`);
+    expect(planted).toBeGreaterThan(N);
+    expect(f16Only).toBeGreaterThan(0);
+    const t = quantizeRtnInt4(w, K, N, g, 'NK');
+    const q = unpackAwqRows(t.qweight, K, N), z = unpackAwqRows(t.qzeros, K / g, N);
+    let diff = 0, first = '';
+    for (let n = 0; n < N; n++) {
+      for (let grp = 0; grp < K / g; grp++) {
+        const ref = autoAwqGroup(Array.from(w.subarray(n * K + grp * g, n * K + (grp + 1) * g)));
+        const bad = (what: string) => { if (!diff++) first = `n=${n} group ${grp}: ${what}`; };
+        if (f16BitsToF32(t.scales[grp * N + n]!) !== ref.scale) bad(`scale ${f16BitsToF32(t.scales[grp * N + n]!)} vs ${ref.scale}`);
+        if (z[grp * N + n] !== ref.zero) bad(`zero ${z[grp * N + n]} vs ${ref.zero}`);
+        ref.q.forEach((v, i) => { if (q[(grp * g + i) * N + n] !== v) bad(`q[${i}] ${q[(grp * g + i) * N + n]} vs ${v}`); });
+      }
+    }
+    expect(first || 'none').toBe('none');
+    expect(diff).toBe(0);
+  });
+
+  it('the independent f16 rounding agrees with f32ToF16Bits on random and edge values', () => {
+    const r = rng(freshSeed('toHalf'));
+    const xs = [1 + 2 ** -11, 1 + 3 * 2 ** -11, 65504, 65519, 2 ** -24, 3 * 2 ** -26, 2 ** -14, 6.1e-5, 1e-5];
+    for (let i = 0; i < 2000; i++) xs.push((r() * 2 - 1) * 10 ** (r() * 8 - 6));
+    for (const x of xs) expect(toHalf(x), `x = ${x}`).toBe(f16BitsToF32(f32ToF16Bits(x)));
   });
 });
