@@ -11,7 +11,7 @@
 //   3: tokens u32[] read_write
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
-// workgroup arrays: scanA: f32[256], scanB: f32[256], rowState: f32[3], cand: atomic<u32>[2]
+// workgroup arrays: scanA: f32[256], scanB: f32[256], rowState: f32[4], cand: atomic<u32>[2]
 // CUDA ABI: extern "C" samplingDraw(f32* probs, const f32* partSum, const u32* rowInfo, u32* tokens, samplingDraw_Uniforms u (by value))
 //   samplingDraw_Uniforms: the uniforms above, 12 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
@@ -44,7 +44,7 @@ extern "C" __global__ void __launch_bounds__(256) samplingDraw(
     const samplingDraw_Uniforms u) {
   __shared__ f32 scanA[256];
   __shared__ f32 scanB[256];
-  __shared__ f32 rowState[3];
+  __shared__ f32 rowState[4];
   __shared__ u32 cand[2];
   const vec3<u32> workgroupId = {blockIdx.x, blockIdx.y, blockIdx.z};
   const u32 localIndex = threadIdx.x;
@@ -235,14 +235,22 @@ extern "C" __global__ void __launch_bounds__(256) samplingDraw(
     const u32 rng9k = rowInfo[row * 4u + 1u] + 2415085441u;
     const u32 rng9x0 = rng9bhi ^ rng8blo ^ rng9k;
     const f32 rngU = f32(rng9x0 >> 8u) * 5.9604645e-8f;
+    f32 flagged = 0.0f;
+    for (u32 fs = 0u; fs < u.segments; fs += 1u) {
+      if (partSum[row * u.segments + fs] < 0.0f) {
+        flagged = 1.0f;
+      }
+    }
     rowState[0u] = zBefore;
     rowState[1u] = zTotal;
     rowState[2u] = rngU * zTotal;
+    rowState[3u] = flagged;
   }
   __syncthreads();
   const f32 off = rowState[0u];
   const f32 total = rowState[1u];
   const f32 target = rowState[2u];
+  const bool rowBad = rowState[3u] > 0.0f;
   f32 dW[16] = {}; // zeroed, as in WGSL
   const u32 dFirst = seg * 4096u + localIndex * 16u;
   f32 dSum = 0.0f;
@@ -536,9 +544,12 @@ extern "C" __global__ void __launch_bounds__(256) samplingDraw(
   const u32 findLast = cand_old_33;
   __syncthreads();
   const u32 findPick = findCand != 4294967295u ? findCand : max(findLast, 1u) - 1u;
-  const bool mine = off <= target && target < off + partSum[row * u.segments + seg];
+  const bool mine = !rowBad && off <= target && target < off + partSum[row * u.segments + seg];
   if (localIndex == 0u && mine) {
     tokens[row] = findPick;
+  }
+  if (localIndex == 0u && seg == 0u && rowBad) {
+    tokens[row] = 4294967295u;
   }
   if (dFirst + 0u < u.vocab) {
     probs[rowBase + (dFirst + 0u)] = dW[0u] / total;

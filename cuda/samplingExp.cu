@@ -13,7 +13,7 @@
 //   5: partSum f32[] read_write
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 6, padded to 16 bytes)
-// workgroup arrays: scanA: f32[256], scanB: f32[256], rowMax: f32[1], rowArg: u32[1]
+// workgroup arrays: scanA: f32[256], scanB: f32[256], rowMax: f32[1], rowArg: u32[1], nonFinite: atomic<u32>[1]
 // CUDA ABI: extern "C" samplingExp(const f32* logits, const f32* rowParams, const f32* partMax, const u32* partArg, f32* probs, f32* partSum, samplingExp_Uniforms u (by value))
 //   samplingExp_Uniforms: the uniforms above, 12 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
@@ -27,6 +27,17 @@ typedef unsigned int u32;
 template <typename T> struct vec2 { T x, y; };
 template <typename T> struct vec3 { T x, y, z; };
 template <typename T> struct vec4 { T x, y, z, w; };
+
+template <typename To, typename From> __device__ inline To bitcast(From x) {
+  static_assert(sizeof(To) == sizeof(From), "bitcast needs equal sizes");
+  To r;
+  __builtin_memcpy(&r, &x, sizeof(To));
+  return r;
+}
+
+// Relaxed atomic load and store of one 32-bit word (volatile: never cached or merged).
+template <typename T> __device__ inline T atomicLoad(const T* p) { return *(const volatile T*)p; }
+template <typename T> __device__ inline void atomicStore(T* p, T v) { *(volatile T*)p = v; }
 
 struct samplingExp_Uniforms {
   u32 rows;
@@ -46,6 +57,7 @@ extern "C" __global__ void __launch_bounds__(256) samplingExp(
   __shared__ f32 scanB[256];
   __shared__ f32 rowMax[1];
   __shared__ u32 rowArg[1];
+  __shared__ u32 nonFinite[1];
   const vec3<u32> workgroupId = {blockIdx.x, blockIdx.y, blockIdx.z};
   const u32 localIndex = threadIdx.x;
   const u32 seg = workgroupId.x;
@@ -64,92 +76,158 @@ extern "C" __global__ void __launch_bounds__(256) samplingExp(
     }
     rowMax[0u] = mBest;
     rowArg[0u] = mArg;
+    atomicStore(&nonFinite[0u], 0u);
   }
   __syncthreads();
   const f32 invT = rowParams[row * 4u];
   const bool greedy = invT == 0.0f;
   const f32 top = rowMax[0u] * invT;
   const u32 arg = rowArg[0u];
+  bool bad = false;
   f32 eW[16] = {}; // zeroed, as in WGSL
   const u32 eFirst = seg * 4096u + localIndex * 16u;
   f32 eSum = 0.0f;
   const u32 eI0 = eFirst + 0u;
-  const f32 s = logits[rowBase + min(eI0, u.vocab - 1u)] * invT;
+  const f32 x = logits[rowBase + min(eI0, u.vocab - 1u)];
+  if (eI0 < u.vocab && ((bitcast<u32>(x) & 2147483647u) >= 2139095040u && bitcast<u32>(x) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s = x * invT;
   const f32 eX0 = eI0 < u.vocab ? (greedy ? (eI0 == arg ? 1.0f : 0.0f) : (s == top ? 1.0f : expf(s - top))) : 0.0f;
   eW[0u] = eX0;
   eSum = eSum + eX0;
   const u32 eI1 = eFirst + 1u;
-  const f32 s_1 = logits[rowBase + min(eI1, u.vocab - 1u)] * invT;
+  const f32 x_1 = logits[rowBase + min(eI1, u.vocab - 1u)];
+  if (eI1 < u.vocab && ((bitcast<u32>(x_1) & 2147483647u) >= 2139095040u && bitcast<u32>(x_1) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_1 = x_1 * invT;
   const f32 eX1 = eI1 < u.vocab ? (greedy ? (eI1 == arg ? 1.0f : 0.0f) : (s_1 == top ? 1.0f : expf(s_1 - top))) : 0.0f;
   eW[1u] = eX1;
   eSum = eSum + eX1;
   const u32 eI2 = eFirst + 2u;
-  const f32 s_2 = logits[rowBase + min(eI2, u.vocab - 1u)] * invT;
+  const f32 x_2 = logits[rowBase + min(eI2, u.vocab - 1u)];
+  if (eI2 < u.vocab && ((bitcast<u32>(x_2) & 2147483647u) >= 2139095040u && bitcast<u32>(x_2) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_2 = x_2 * invT;
   const f32 eX2 = eI2 < u.vocab ? (greedy ? (eI2 == arg ? 1.0f : 0.0f) : (s_2 == top ? 1.0f : expf(s_2 - top))) : 0.0f;
   eW[2u] = eX2;
   eSum = eSum + eX2;
   const u32 eI3 = eFirst + 3u;
-  const f32 s_3 = logits[rowBase + min(eI3, u.vocab - 1u)] * invT;
+  const f32 x_3 = logits[rowBase + min(eI3, u.vocab - 1u)];
+  if (eI3 < u.vocab && ((bitcast<u32>(x_3) & 2147483647u) >= 2139095040u && bitcast<u32>(x_3) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_3 = x_3 * invT;
   const f32 eX3 = eI3 < u.vocab ? (greedy ? (eI3 == arg ? 1.0f : 0.0f) : (s_3 == top ? 1.0f : expf(s_3 - top))) : 0.0f;
   eW[3u] = eX3;
   eSum = eSum + eX3;
   const u32 eI4 = eFirst + 4u;
-  const f32 s_4 = logits[rowBase + min(eI4, u.vocab - 1u)] * invT;
+  const f32 x_4 = logits[rowBase + min(eI4, u.vocab - 1u)];
+  if (eI4 < u.vocab && ((bitcast<u32>(x_4) & 2147483647u) >= 2139095040u && bitcast<u32>(x_4) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_4 = x_4 * invT;
   const f32 eX4 = eI4 < u.vocab ? (greedy ? (eI4 == arg ? 1.0f : 0.0f) : (s_4 == top ? 1.0f : expf(s_4 - top))) : 0.0f;
   eW[4u] = eX4;
   eSum = eSum + eX4;
   const u32 eI5 = eFirst + 5u;
-  const f32 s_5 = logits[rowBase + min(eI5, u.vocab - 1u)] * invT;
+  const f32 x_5 = logits[rowBase + min(eI5, u.vocab - 1u)];
+  if (eI5 < u.vocab && ((bitcast<u32>(x_5) & 2147483647u) >= 2139095040u && bitcast<u32>(x_5) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_5 = x_5 * invT;
   const f32 eX5 = eI5 < u.vocab ? (greedy ? (eI5 == arg ? 1.0f : 0.0f) : (s_5 == top ? 1.0f : expf(s_5 - top))) : 0.0f;
   eW[5u] = eX5;
   eSum = eSum + eX5;
   const u32 eI6 = eFirst + 6u;
-  const f32 s_6 = logits[rowBase + min(eI6, u.vocab - 1u)] * invT;
+  const f32 x_6 = logits[rowBase + min(eI6, u.vocab - 1u)];
+  if (eI6 < u.vocab && ((bitcast<u32>(x_6) & 2147483647u) >= 2139095040u && bitcast<u32>(x_6) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_6 = x_6 * invT;
   const f32 eX6 = eI6 < u.vocab ? (greedy ? (eI6 == arg ? 1.0f : 0.0f) : (s_6 == top ? 1.0f : expf(s_6 - top))) : 0.0f;
   eW[6u] = eX6;
   eSum = eSum + eX6;
   const u32 eI7 = eFirst + 7u;
-  const f32 s_7 = logits[rowBase + min(eI7, u.vocab - 1u)] * invT;
+  const f32 x_7 = logits[rowBase + min(eI7, u.vocab - 1u)];
+  if (eI7 < u.vocab && ((bitcast<u32>(x_7) & 2147483647u) >= 2139095040u && bitcast<u32>(x_7) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_7 = x_7 * invT;
   const f32 eX7 = eI7 < u.vocab ? (greedy ? (eI7 == arg ? 1.0f : 0.0f) : (s_7 == top ? 1.0f : expf(s_7 - top))) : 0.0f;
   eW[7u] = eX7;
   eSum = eSum + eX7;
   const u32 eI8 = eFirst + 8u;
-  const f32 s_8 = logits[rowBase + min(eI8, u.vocab - 1u)] * invT;
+  const f32 x_8 = logits[rowBase + min(eI8, u.vocab - 1u)];
+  if (eI8 < u.vocab && ((bitcast<u32>(x_8) & 2147483647u) >= 2139095040u && bitcast<u32>(x_8) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_8 = x_8 * invT;
   const f32 eX8 = eI8 < u.vocab ? (greedy ? (eI8 == arg ? 1.0f : 0.0f) : (s_8 == top ? 1.0f : expf(s_8 - top))) : 0.0f;
   eW[8u] = eX8;
   eSum = eSum + eX8;
   const u32 eI9 = eFirst + 9u;
-  const f32 s_9 = logits[rowBase + min(eI9, u.vocab - 1u)] * invT;
+  const f32 x_9 = logits[rowBase + min(eI9, u.vocab - 1u)];
+  if (eI9 < u.vocab && ((bitcast<u32>(x_9) & 2147483647u) >= 2139095040u && bitcast<u32>(x_9) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_9 = x_9 * invT;
   const f32 eX9 = eI9 < u.vocab ? (greedy ? (eI9 == arg ? 1.0f : 0.0f) : (s_9 == top ? 1.0f : expf(s_9 - top))) : 0.0f;
   eW[9u] = eX9;
   eSum = eSum + eX9;
   const u32 eI10 = eFirst + 10u;
-  const f32 s_10 = logits[rowBase + min(eI10, u.vocab - 1u)] * invT;
+  const f32 x_10 = logits[rowBase + min(eI10, u.vocab - 1u)];
+  if (eI10 < u.vocab && ((bitcast<u32>(x_10) & 2147483647u) >= 2139095040u && bitcast<u32>(x_10) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_10 = x_10 * invT;
   const f32 eX10 = eI10 < u.vocab ? (greedy ? (eI10 == arg ? 1.0f : 0.0f) : (s_10 == top ? 1.0f : expf(s_10 - top))) : 0.0f;
   eW[10u] = eX10;
   eSum = eSum + eX10;
   const u32 eI11 = eFirst + 11u;
-  const f32 s_11 = logits[rowBase + min(eI11, u.vocab - 1u)] * invT;
+  const f32 x_11 = logits[rowBase + min(eI11, u.vocab - 1u)];
+  if (eI11 < u.vocab && ((bitcast<u32>(x_11) & 2147483647u) >= 2139095040u && bitcast<u32>(x_11) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_11 = x_11 * invT;
   const f32 eX11 = eI11 < u.vocab ? (greedy ? (eI11 == arg ? 1.0f : 0.0f) : (s_11 == top ? 1.0f : expf(s_11 - top))) : 0.0f;
   eW[11u] = eX11;
   eSum = eSum + eX11;
   const u32 eI12 = eFirst + 12u;
-  const f32 s_12 = logits[rowBase + min(eI12, u.vocab - 1u)] * invT;
+  const f32 x_12 = logits[rowBase + min(eI12, u.vocab - 1u)];
+  if (eI12 < u.vocab && ((bitcast<u32>(x_12) & 2147483647u) >= 2139095040u && bitcast<u32>(x_12) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_12 = x_12 * invT;
   const f32 eX12 = eI12 < u.vocab ? (greedy ? (eI12 == arg ? 1.0f : 0.0f) : (s_12 == top ? 1.0f : expf(s_12 - top))) : 0.0f;
   eW[12u] = eX12;
   eSum = eSum + eX12;
   const u32 eI13 = eFirst + 13u;
-  const f32 s_13 = logits[rowBase + min(eI13, u.vocab - 1u)] * invT;
+  const f32 x_13 = logits[rowBase + min(eI13, u.vocab - 1u)];
+  if (eI13 < u.vocab && ((bitcast<u32>(x_13) & 2147483647u) >= 2139095040u && bitcast<u32>(x_13) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_13 = x_13 * invT;
   const f32 eX13 = eI13 < u.vocab ? (greedy ? (eI13 == arg ? 1.0f : 0.0f) : (s_13 == top ? 1.0f : expf(s_13 - top))) : 0.0f;
   eW[13u] = eX13;
   eSum = eSum + eX13;
   const u32 eI14 = eFirst + 14u;
-  const f32 s_14 = logits[rowBase + min(eI14, u.vocab - 1u)] * invT;
+  const f32 x_14 = logits[rowBase + min(eI14, u.vocab - 1u)];
+  if (eI14 < u.vocab && ((bitcast<u32>(x_14) & 2147483647u) >= 2139095040u && bitcast<u32>(x_14) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_14 = x_14 * invT;
   const f32 eX14 = eI14 < u.vocab ? (greedy ? (eI14 == arg ? 1.0f : 0.0f) : (s_14 == top ? 1.0f : expf(s_14 - top))) : 0.0f;
   eW[14u] = eX14;
   eSum = eSum + eX14;
   const u32 eI15 = eFirst + 15u;
-  const f32 s_15 = logits[rowBase + min(eI15, u.vocab - 1u)] * invT;
+  const f32 x_15 = logits[rowBase + min(eI15, u.vocab - 1u)];
+  if (eI15 < u.vocab && ((bitcast<u32>(x_15) & 2147483647u) >= 2139095040u && bitcast<u32>(x_15) != 4286578688u)) {
+    bad = true;
+  }
+  const f32 s_15 = x_15 * invT;
   const f32 eX15 = eI15 < u.vocab ? (greedy ? (eI15 == arg ? 1.0f : 0.0f) : (s_15 == top ? 1.0f : expf(s_15 - top))) : 0.0f;
   eW[15u] = eX15;
   eSum = eSum + eX15;
@@ -200,6 +278,9 @@ extern "C" __global__ void __launch_bounds__(256) samplingExp(
   }
   if (eFirst + 15u < u.vocab) {
     probs[rowBase + (eFirst + 15u)] = eW[15u];
+  }
+  if (bad) {
+    atomicMax(&nonFinite[0u], 1u);
   }
   scanA[localIndex] = eSum;
   __syncthreads();
@@ -254,6 +335,7 @@ extern "C" __global__ void __launch_bounds__(256) samplingExp(
   const f32 sumTotal = scanA[255u];
   __syncthreads();
   if (localIndex == 0u) {
-    partSum[row * u.segments + seg] = sumTotal;
+    const u32 nonFinite_old_1 = atomicLoad(&nonFinite[0u]);
+    partSum[row * u.segments + seg] = nonFinite_old_1 != 0u ? -1.0f : sumTotal;
   }
 }

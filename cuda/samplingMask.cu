@@ -51,6 +51,7 @@ extern "C" __global__ void __launch_bounds__(256) samplingMask(
   const u32 row = workgroupId.y;
   const u32 rowBase = row * u.vocab;
   const u32 tau = threshold[row];
+  const bool flagged = partSum[row * u.segments + seg] < 0.0f;
   f32 mW[16] = {}; // zeroed, as in WGSL
   const u32 mFirst = seg * 4096u + localIndex * 16u;
   f32 mSum = 0.0f;
@@ -235,6 +236,6 @@ extern "C" __global__ void __launch_bounds__(256) samplingMask(
   const f32 sumTotal = scanA[255u];
   __syncthreads();
   if (localIndex == 0u) {
-    partSum[row * u.segments + seg] = sumTotal;
+    partSum[row * u.segments + seg] = flagged ? -1.0f : sumTotal;
   }
 }

@@ -11,7 +11,7 @@
 //   3: tokens u32[] read_write
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
-// workgroup arrays: scanA: f32[256], scanB: f32[256], rowState: f32[3], cand: atomic<u32>[2]
+// workgroup arrays: scanA: f32[256], scanB: f32[256], rowState: f32[4], cand: atomic<u32>[2]
 
 @group(0) @binding(0) var<storage, read_write> probs: array<f32>;
 @group(0) @binding(1) var<storage, read> partSum: array<f32>;
@@ -27,7 +27,7 @@ struct samplingDraw_Uniforms {
 
 var<workgroup> scanA: array<f32, 256>;
 var<workgroup> scanB: array<f32, 256>;
-var<workgroup> rowState: array<f32, 3>;
+var<workgroup> rowState: array<f32, 4>;
 var<workgroup> cand: array<atomic<u32>, 2>;
 
 @compute @workgroup_size(256, 1, 1)
@@ -219,14 +219,22 @@ fn samplingDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_in
     let rng9k: u32 = rowInfo[row * 4u + 1u] + 2415085441u;
     let rng9x0: u32 = rng9bhi ^ rng8blo ^ rng9k;
     let rngU: f32 = f32(rng9x0 >> 8u) * 5.9604645e-8f;
+    var flagged: f32 = 0.0f;
+    for (var fs: u32 = 0u; fs < u.segments; fs = fs + 1u) {
+      if (partSum[row * u.segments + fs] < 0.0f) {
+        flagged = 1.0f;
+      }
+    }
     rowState[0u] = zBefore;
     rowState[1u] = zTotal;
     rowState[2u] = rngU * zTotal;
+    rowState[3u] = flagged;
   }
   workgroupBarrier();
   let off: f32 = rowState[0u];
   let total: f32 = rowState[1u];
   let target_: f32 = rowState[2u];
+  let rowBad: bool = rowState[3u] > 0.0f;
   var dW: array<f32, 16>;
   let dFirst: u32 = seg * 4096u + localIndex * 16u;
   var dSum: f32 = 0.0f;
@@ -520,9 +528,12 @@ fn samplingDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_in
   let findLast: u32 = cand_old_33;
   workgroupBarrier();
   let findPick: u32 = select(max(findLast, 1u) - 1u, findCand, findCand != 4294967295u);
-  let mine: bool = off <= target_ && target_ < off + partSum[row * u.segments + seg];
+  let mine: bool = !rowBad && off <= target_ && target_ < off + partSum[row * u.segments + seg];
   if (localIndex == 0u && mine) {
     tokens[row] = findPick;
+  }
+  if (localIndex == 0u && seg == 0u && rowBad) {
+    tokens[row] = 4294967295u;
   }
   if (dFirst + 0u < u.vocab) {
     probs[rowBase + (dFirst + 0u)] = dW[0u] / total;

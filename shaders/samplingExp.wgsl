@@ -13,7 +13,7 @@
 //   5: partSum f32[] read_write
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 6, padded to 16 bytes)
-// workgroup arrays: scanA: f32[256], scanB: f32[256], rowMax: f32[1], rowArg: u32[1]
+// workgroup arrays: scanA: f32[256], scanB: f32[256], rowMax: f32[1], rowArg: u32[1], nonFinite: atomic<u32>[1]
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> rowParams: array<f32>;
@@ -33,6 +33,7 @@ var<workgroup> scanA: array<f32, 256>;
 var<workgroup> scanB: array<f32, 256>;
 var<workgroup> rowMax: array<f32, 1>;
 var<workgroup> rowArg: array<u32, 1>;
+var<workgroup> nonFinite: array<atomic<u32>, 1>;
 
 @compute @workgroup_size(256, 1, 1)
 fn samplingExp(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invocation_index) localIndex: u32) {
@@ -52,92 +53,158 @@ fn samplingExp(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_inv
     }
     rowMax[0u] = mBest;
     rowArg[0u] = mArg;
+    atomicStore(&nonFinite[0u], 0u);
   }
   workgroupBarrier();
   let invT: f32 = rowParams[row * 4u];
   let greedy: bool = invT == 0.0f;
   let top: f32 = rowMax[0u] * invT;
   let arg: u32 = rowArg[0u];
+  var bad: bool = false;
   var eW: array<f32, 16>;
   let eFirst: u32 = seg * 4096u + localIndex * 16u;
   var eSum: f32 = 0.0f;
   let eI0: u32 = eFirst + 0u;
-  let s: f32 = logits[rowBase + min(eI0, u.vocab - 1u)] * invT;
+  let x: f32 = logits[rowBase + min(eI0, u.vocab - 1u)];
+  if (eI0 < u.vocab && ((bitcast<u32>(x) & 2147483647u) >= 2139095040u && bitcast<u32>(x) != 4286578688u)) {
+    bad = true;
+  }
+  let s: f32 = x * invT;
   let eX0: f32 = select(0.0f, select(select(exp(s - top), 1.0f, s == top), select(0.0f, 1.0f, eI0 == arg), greedy), eI0 < u.vocab);
   eW[0u] = eX0;
   eSum = eSum + eX0;
   let eI1: u32 = eFirst + 1u;
-  let s_1: f32 = logits[rowBase + min(eI1, u.vocab - 1u)] * invT;
+  let x_1: f32 = logits[rowBase + min(eI1, u.vocab - 1u)];
+  if (eI1 < u.vocab && ((bitcast<u32>(x_1) & 2147483647u) >= 2139095040u && bitcast<u32>(x_1) != 4286578688u)) {
+    bad = true;
+  }
+  let s_1: f32 = x_1 * invT;
   let eX1: f32 = select(0.0f, select(select(exp(s_1 - top), 1.0f, s_1 == top), select(0.0f, 1.0f, eI1 == arg), greedy), eI1 < u.vocab);
   eW[1u] = eX1;
   eSum = eSum + eX1;
   let eI2: u32 = eFirst + 2u;
-  let s_2: f32 = logits[rowBase + min(eI2, u.vocab - 1u)] * invT;
+  let x_2: f32 = logits[rowBase + min(eI2, u.vocab - 1u)];
+  if (eI2 < u.vocab && ((bitcast<u32>(x_2) & 2147483647u) >= 2139095040u && bitcast<u32>(x_2) != 4286578688u)) {
+    bad = true;
+  }
+  let s_2: f32 = x_2 * invT;
   let eX2: f32 = select(0.0f, select(select(exp(s_2 - top), 1.0f, s_2 == top), select(0.0f, 1.0f, eI2 == arg), greedy), eI2 < u.vocab);
   eW[2u] = eX2;
   eSum = eSum + eX2;
   let eI3: u32 = eFirst + 3u;
-  let s_3: f32 = logits[rowBase + min(eI3, u.vocab - 1u)] * invT;
+  let x_3: f32 = logits[rowBase + min(eI3, u.vocab - 1u)];
+  if (eI3 < u.vocab && ((bitcast<u32>(x_3) & 2147483647u) >= 2139095040u && bitcast<u32>(x_3) != 4286578688u)) {
+    bad = true;
+  }
+  let s_3: f32 = x_3 * invT;
   let eX3: f32 = select(0.0f, select(select(exp(s_3 - top), 1.0f, s_3 == top), select(0.0f, 1.0f, eI3 == arg), greedy), eI3 < u.vocab);
   eW[3u] = eX3;
   eSum = eSum + eX3;
   let eI4: u32 = eFirst + 4u;
-  let s_4: f32 = logits[rowBase + min(eI4, u.vocab - 1u)] * invT;
+  let x_4: f32 = logits[rowBase + min(eI4, u.vocab - 1u)];
+  if (eI4 < u.vocab && ((bitcast<u32>(x_4) & 2147483647u) >= 2139095040u && bitcast<u32>(x_4) != 4286578688u)) {
+    bad = true;
+  }
+  let s_4: f32 = x_4 * invT;
   let eX4: f32 = select(0.0f, select(select(exp(s_4 - top), 1.0f, s_4 == top), select(0.0f, 1.0f, eI4 == arg), greedy), eI4 < u.vocab);
   eW[4u] = eX4;
   eSum = eSum + eX4;
   let eI5: u32 = eFirst + 5u;
-  let s_5: f32 = logits[rowBase + min(eI5, u.vocab - 1u)] * invT;
+  let x_5: f32 = logits[rowBase + min(eI5, u.vocab - 1u)];
+  if (eI5 < u.vocab && ((bitcast<u32>(x_5) & 2147483647u) >= 2139095040u && bitcast<u32>(x_5) != 4286578688u)) {
+    bad = true;
+  }
+  let s_5: f32 = x_5 * invT;
   let eX5: f32 = select(0.0f, select(select(exp(s_5 - top), 1.0f, s_5 == top), select(0.0f, 1.0f, eI5 == arg), greedy), eI5 < u.vocab);
   eW[5u] = eX5;
   eSum = eSum + eX5;
   let eI6: u32 = eFirst + 6u;
-  let s_6: f32 = logits[rowBase + min(eI6, u.vocab - 1u)] * invT;
+  let x_6: f32 = logits[rowBase + min(eI6, u.vocab - 1u)];
+  if (eI6 < u.vocab && ((bitcast<u32>(x_6) & 2147483647u) >= 2139095040u && bitcast<u32>(x_6) != 4286578688u)) {
+    bad = true;
+  }
+  let s_6: f32 = x_6 * invT;
   let eX6: f32 = select(0.0f, select(select(exp(s_6 - top), 1.0f, s_6 == top), select(0.0f, 1.0f, eI6 == arg), greedy), eI6 < u.vocab);
   eW[6u] = eX6;
   eSum = eSum + eX6;
   let eI7: u32 = eFirst + 7u;
-  let s_7: f32 = logits[rowBase + min(eI7, u.vocab - 1u)] * invT;
+  let x_7: f32 = logits[rowBase + min(eI7, u.vocab - 1u)];
+  if (eI7 < u.vocab && ((bitcast<u32>(x_7) & 2147483647u) >= 2139095040u && bitcast<u32>(x_7) != 4286578688u)) {
+    bad = true;
+  }
+  let s_7: f32 = x_7 * invT;
   let eX7: f32 = select(0.0f, select(select(exp(s_7 - top), 1.0f, s_7 == top), select(0.0f, 1.0f, eI7 == arg), greedy), eI7 < u.vocab);
   eW[7u] = eX7;
   eSum = eSum + eX7;
   let eI8: u32 = eFirst + 8u;
-  let s_8: f32 = logits[rowBase + min(eI8, u.vocab - 1u)] * invT;
+  let x_8: f32 = logits[rowBase + min(eI8, u.vocab - 1u)];
+  if (eI8 < u.vocab && ((bitcast<u32>(x_8) & 2147483647u) >= 2139095040u && bitcast<u32>(x_8) != 4286578688u)) {
+    bad = true;
+  }
+  let s_8: f32 = x_8 * invT;
   let eX8: f32 = select(0.0f, select(select(exp(s_8 - top), 1.0f, s_8 == top), select(0.0f, 1.0f, eI8 == arg), greedy), eI8 < u.vocab);
   eW[8u] = eX8;
   eSum = eSum + eX8;
   let eI9: u32 = eFirst + 9u;
-  let s_9: f32 = logits[rowBase + min(eI9, u.vocab - 1u)] * invT;
+  let x_9: f32 = logits[rowBase + min(eI9, u.vocab - 1u)];
+  if (eI9 < u.vocab && ((bitcast<u32>(x_9) & 2147483647u) >= 2139095040u && bitcast<u32>(x_9) != 4286578688u)) {
+    bad = true;
+  }
+  let s_9: f32 = x_9 * invT;
   let eX9: f32 = select(0.0f, select(select(exp(s_9 - top), 1.0f, s_9 == top), select(0.0f, 1.0f, eI9 == arg), greedy), eI9 < u.vocab);
   eW[9u] = eX9;
   eSum = eSum + eX9;
   let eI10: u32 = eFirst + 10u;
-  let s_10: f32 = logits[rowBase + min(eI10, u.vocab - 1u)] * invT;
+  let x_10: f32 = logits[rowBase + min(eI10, u.vocab - 1u)];
+  if (eI10 < u.vocab && ((bitcast<u32>(x_10) & 2147483647u) >= 2139095040u && bitcast<u32>(x_10) != 4286578688u)) {
+    bad = true;
+  }
+  let s_10: f32 = x_10 * invT;
   let eX10: f32 = select(0.0f, select(select(exp(s_10 - top), 1.0f, s_10 == top), select(0.0f, 1.0f, eI10 == arg), greedy), eI10 < u.vocab);
   eW[10u] = eX10;
   eSum = eSum + eX10;
   let eI11: u32 = eFirst + 11u;
-  let s_11: f32 = logits[rowBase + min(eI11, u.vocab - 1u)] * invT;
+  let x_11: f32 = logits[rowBase + min(eI11, u.vocab - 1u)];
+  if (eI11 < u.vocab && ((bitcast<u32>(x_11) & 2147483647u) >= 2139095040u && bitcast<u32>(x_11) != 4286578688u)) {
+    bad = true;
+  }
+  let s_11: f32 = x_11 * invT;
   let eX11: f32 = select(0.0f, select(select(exp(s_11 - top), 1.0f, s_11 == top), select(0.0f, 1.0f, eI11 == arg), greedy), eI11 < u.vocab);
   eW[11u] = eX11;
   eSum = eSum + eX11;
   let eI12: u32 = eFirst + 12u;
-  let s_12: f32 = logits[rowBase + min(eI12, u.vocab - 1u)] * invT;
+  let x_12: f32 = logits[rowBase + min(eI12, u.vocab - 1u)];
+  if (eI12 < u.vocab && ((bitcast<u32>(x_12) & 2147483647u) >= 2139095040u && bitcast<u32>(x_12) != 4286578688u)) {
+    bad = true;
+  }
+  let s_12: f32 = x_12 * invT;
   let eX12: f32 = select(0.0f, select(select(exp(s_12 - top), 1.0f, s_12 == top), select(0.0f, 1.0f, eI12 == arg), greedy), eI12 < u.vocab);
   eW[12u] = eX12;
   eSum = eSum + eX12;
   let eI13: u32 = eFirst + 13u;
-  let s_13: f32 = logits[rowBase + min(eI13, u.vocab - 1u)] * invT;
+  let x_13: f32 = logits[rowBase + min(eI13, u.vocab - 1u)];
+  if (eI13 < u.vocab && ((bitcast<u32>(x_13) & 2147483647u) >= 2139095040u && bitcast<u32>(x_13) != 4286578688u)) {
+    bad = true;
+  }
+  let s_13: f32 = x_13 * invT;
   let eX13: f32 = select(0.0f, select(select(exp(s_13 - top), 1.0f, s_13 == top), select(0.0f, 1.0f, eI13 == arg), greedy), eI13 < u.vocab);
   eW[13u] = eX13;
   eSum = eSum + eX13;
   let eI14: u32 = eFirst + 14u;
-  let s_14: f32 = logits[rowBase + min(eI14, u.vocab - 1u)] * invT;
+  let x_14: f32 = logits[rowBase + min(eI14, u.vocab - 1u)];
+  if (eI14 < u.vocab && ((bitcast<u32>(x_14) & 2147483647u) >= 2139095040u && bitcast<u32>(x_14) != 4286578688u)) {
+    bad = true;
+  }
+  let s_14: f32 = x_14 * invT;
   let eX14: f32 = select(0.0f, select(select(exp(s_14 - top), 1.0f, s_14 == top), select(0.0f, 1.0f, eI14 == arg), greedy), eI14 < u.vocab);
   eW[14u] = eX14;
   eSum = eSum + eX14;
   let eI15: u32 = eFirst + 15u;
-  let s_15: f32 = logits[rowBase + min(eI15, u.vocab - 1u)] * invT;
+  let x_15: f32 = logits[rowBase + min(eI15, u.vocab - 1u)];
+  if (eI15 < u.vocab && ((bitcast<u32>(x_15) & 2147483647u) >= 2139095040u && bitcast<u32>(x_15) != 4286578688u)) {
+    bad = true;
+  }
+  let s_15: f32 = x_15 * invT;
   let eX15: f32 = select(0.0f, select(select(exp(s_15 - top), 1.0f, s_15 == top), select(0.0f, 1.0f, eI15 == arg), greedy), eI15 < u.vocab);
   eW[15u] = eX15;
   eSum = eSum + eX15;
@@ -188,6 +255,9 @@ fn samplingExp(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_inv
   }
   if (eFirst + 15u < u.vocab) {
     probs[rowBase + (eFirst + 15u)] = eW[15u];
+  }
+  if (bad) {
+    atomicMax(&nonFinite[0u], 1u);
   }
   scanA[localIndex] = eSum;
   workgroupBarrier();
@@ -242,6 +312,7 @@ fn samplingExp(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_inv
   let sumTotal: f32 = scanA[255u];
   workgroupBarrier();
   if (localIndex == 0u) {
-    partSum[row * u.segments + seg] = sumTotal;
+    let nonFinite_old_1: u32 = atomicLoad(&nonFinite[0u]);
+    partSum[row * u.segments + seg] = select(sumTotal, -1.0f, nonFinite_old_1 != 0u);
   }
 }

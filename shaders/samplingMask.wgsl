@@ -32,6 +32,7 @@ fn samplingMask(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_in
   let row: u32 = workgroupId.y;
   let rowBase: u32 = row * u.vocab;
   let tau: u32 = threshold[row];
+  let flagged: bool = partSum[row * u.segments + seg] < 0.0f;
   var mW: array<f32, 16>;
   let mFirst: u32 = seg * 4096u + localIndex * 16u;
   var mSum: f32 = 0.0f;
@@ -216,6 +217,6 @@ fn samplingMask(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_in
   let sumTotal: f32 = scanA[255u];
   workgroupBarrier();
   if (localIndex == 0u) {
-    partSum[row * u.segments + seg] = sumTotal;
+    partSum[row * u.segments + seg] = select(sumTotal, -1.0f, flagged);
   }
 }

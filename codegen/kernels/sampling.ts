@@ -175,6 +175,15 @@ export function mergeSums(k: KernelBuilder, part: ArrayRef<'f32', boolean>, base
   return [before, total];
 }
 
+/**
+ * x is NaN or +Inf, by its bits (WGSL may assume floats are finite, so no x != x). −Inf stays
+ * legal: it masks a token (probability 0).
+ */
+export function nanOrPosInf(k: KernelBuilder, x: Val<'f32'>): Val<'bool'> {
+  const bits = k.bitcast('u32', x);
+  return bits.band(0x7fffffff).ge(0x7f800000).and(bits.ne(0xff800000));
+}
+
 // ---- kernels ----------------------------------------------------------------------------------
 export const rowsLen = (u: Record<string, number>) => u.rows! * u.vocab!;
 export const partLen = (u: Record<string, number>) => u.rows! * u.segments!;
@@ -259,20 +268,25 @@ export function samplingExp(g: Segments) {
     body(k, { logits, rowParams, partMax, partArg, probs, partSum }, { vocab, segments: nseg }) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const shM = k.shared('rowMax', 'f32', 1), shA = k.shared('rowArg', 'u32', 1);
+      const badFlag = k.shared('nonFinite', 'u32', 1, { atomic: true });
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
       const rowBase = k.let('rowBase', row.mul(vocab));
       k.if(k.localIndex.eq(0), () => {
         const [m, a] = mergeArgmax(k, partMax, partArg, row.mul(nseg), nseg);
         shM.set(0, m);
         shA.set(0, a);
+        k.atomicStore(badFlag, 0, 0);
       });
       k.barrier();
       const invT = k.let('invT', rowParams.at(row.mul(4)));
       const greedy = k.let('greedy', invT.eq(0));
       const top = k.let('top', shM.at(0).mul(invT));
       const arg = k.let('arg', shA.at(0));
+      const bad = k.var('bad', 'bool', false);
       const ws = loadWeights(k, g, seg.mul(g.seg), vocab, (i, ok) => {
-        const s = k.let('s', logits.at(rowBase.add(min(i, vocab.sub(1)))).mul(invT));
+        const x = k.let('x', logits.at(rowBase.add(min(i, vocab.sub(1)))));
+        k.if(ok.and(nanOrPosInf(k, x)), () => k.assign(bad, true));
+        const s = k.let('s', x.mul(invT));
         const e = k.select(greedy, k.select(i.eq(arg), k.f32(1), 0), k.select(s.eq(top), k.f32(1), exp(s.sub(top))));
         return k.select(ok, e, 0);
       }, 'e');
@@ -280,8 +294,10 @@ export function samplingExp(g: Segments) {
         const i = ws.first.add(j);
         k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j)));
       }
+      k.if(bad, () => { k.atomicMax(badFlag, 0, 1); });
       const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'total');
-      k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), total));
+      // A NaN or +Inf logit marks the segment's sum −1 (sums of weights are never negative).
+      k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), k.select(k.atomicLoad(badFlag, 0).ne(0), k.f32(-1), total)));
     },
   });
 }
@@ -302,6 +318,7 @@ export function samplingMask(g: Segments) {
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
       const rowBase = k.let('rowBase', row.mul(vocab));
       const tau = k.let('tau', threshold.at(row));
+      const flagged = k.let('flagged', partSum.at(row.mul(nseg).add(seg)).lt(0));
       const ws = loadWeights(k, g, seg.mul(g.seg), vocab, (i, ok) => {
         const e = k.let('e', probs.at(rowBase.add(min(i, vocab.sub(1)))));
         return k.select(ok.and(k.bitcast('u32', e).ge(tau)), e, 0);
@@ -311,7 +328,8 @@ export function samplingMask(g: Segments) {
         k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j)));
       }
       const [, total] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'total');
-      k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), total));
+      // The non-finite mark of samplingExp survives the re-sum.
+      k.if(k.localIndex.eq(0), () => partSum.set(row.mul(nseg).add(seg), k.select(flagged, k.f32(-1), total)));
     },
   });
 }
@@ -330,25 +348,31 @@ export function samplingDraw(g: Segments) {
     grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
     body(k, { probs, partSum, rowInfo, tokens }, { vocab, segments: nseg }) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
-      const shared = k.shared('rowState', 'f32', 3); // segment offset, total, target
+      const shared = k.shared('rowState', 'f32', 4); // segment offset, total, target, row not finite
       const cand = k.shared('cand', 'u32', 2, { atomic: true });
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
       const rowBase = k.let('rowBase', row.mul(vocab));
       k.if(k.localIndex.eq(0), () => {
         const [before, total] = mergeSums(k, partSum, row.mul(nseg), nseg, seg, 'z');
         const u = randomUniform(k, rowInfo.at(row.mul(4).add(1)), rowInfo.at(row.mul(4).add(2)), rowInfo.at(row.mul(4).add(3)));
+        const flagged = k.var('flagged', 'f32', 0);
+        k.for('fs', k.u32(0), nseg, (s) => k.if(partSum.at(row.mul(nseg).add(s)).lt(0), () => flagged.set(1)));
         shared.set(0, before);
         shared.set(1, total);
         shared.set(2, u.mul(total));
+        shared.set(3, flagged);
       });
       k.barrier();
       const off = k.let('off', shared.at(0)), total = k.let('total', shared.at(1)), target = k.let('target', shared.at(2));
+      const rowBad = k.let('rowBad', shared.at(3).gt(0));
       const ws = loadWeights(k, g, seg.mul(g.seg), vocab,
         (i, ok) => k.select(ok, probs.at(rowBase.add(min(i, vocab.sub(1)))), k.f32(0)), 'd');
       const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'excl');
       const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
-      const mine = k.let('mine', off.le(target).and(target.lt(off.add(partSum.at(row.mul(nseg).add(seg))))));
+      const mine = k.let('mine', rowBad.not().and(off.le(target)).and(target.lt(off.add(partSum.at(row.mul(nseg).add(seg))))));
       k.if(k.localIndex.eq(0).and(mine), () => tokens.set(row, pick));
+      // A row with a NaN or +Inf logit draws nothing: NO_TOKEN tells the host, no logits read back.
+      k.if(k.localIndex.eq(0).and(seg.eq(0)).and(rowBad), () => tokens.set(row, NO_TOKEN));
       for (let j = 0; j < g.items; j++) {
         const i = ws.first.add(j);
         k.if(i.lt(vocab), () => probs.set(rowBase.add(i), ws.w.at(j).div(total)));

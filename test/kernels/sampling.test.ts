@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { kernel, storage } from '../../codegen/dsl/index.js';
 import { philoxRef, randomUniform, randomUniformRef, STREAM_DRAFT, STREAM_SAMPLE } from '../../codegen/kernels/random.js';
 import { logSoftmax } from '../../codegen/kernels/logSoftmax.js';
-import { argmax, sampling } from '../../codegen/kernels/sampling.js';
+import { NO_TOKEN, argmax, sampling } from '../../codegen/kernels/sampling.js';
 import type { Device } from '../../src/backend/device.js';
 import { type SamplingRequest, SamplingInputError, runSampling, samplingRows } from '../../src/ops/sampling.js';
 import { forEachBackend } from '../backends.js';
@@ -189,6 +189,30 @@ forEachBackend('sampling', (dev) => {
       });
     });
   }
+
+  it('a row with a NaN or +Inf logit samples NO_TOKEN; −Inf masks a token; the rows beside it are unchanged', async () => {
+    const r = rng(freshSeed('sampling non-finite'));
+    const V = 700;
+    const reqs = CASES.map((c, i) => ({ ...c, seed: 11 + i, position: 5 + i }));
+    const logits = randomF32(reqs.length * V, r, -4, 4);
+    const clean = await runSamplingOn(dev, sampling({ ...SMALL, caps: dev.caps }), logits, reqs, V);
+    const bad = new Set([1, 3, 5]);
+    const poisoned = logits.slice();
+    // One NaN/+Inf per bad row, in different segments (greedy row 1 included); row 6 masks the
+    // token it drew on clean logits with −Inf, so it must draw another.
+    poisoned[1 * V + Math.floor(r() * V)] = Number.NaN;
+    poisoned[3 * V + Math.floor(r() * V)] = Number.POSITIVE_INFINITY;
+    poisoned[5 * V + Math.floor(r() * V)] = Number.NaN;
+    poisoned[6 * V + clean.tokens[6]!] = Number.NEGATIVE_INFINITY;
+    const got = await runSamplingOn(dev, sampling({ ...SMALL, caps: dev.caps }), poisoned, reqs, V);
+    reqs.forEach((_, row) => {
+      if (bad.has(row)) expect(got.tokens[row], `row ${row}`).toBe(NO_TOKEN);
+      else if (row === 6) {
+        expect(got.tokens[row]).not.toBe(NO_TOKEN);
+        expect(got.tokens[row]).not.toBe(clean.tokens[row]);
+      } else expect(got.tokens[row], `row ${row}`).toBe(clean.tokens[row]);
+    });
+  });
 
   it('draws: never outside the mask, distributed as the kept probabilities, same seed → same token', async () => {
     const r = rng(freshSeed('sampling draws'));
