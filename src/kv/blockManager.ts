@@ -50,6 +50,10 @@ export class BlockManager {
   /** Blocks that can be handed out now (free plus evictable cached ones). */
   get freeBlocks(): number { return this.freeList.length + this.evictable.size; }
   get usedBlocks(): number { return this.numBlocks - this.freeBlocks; }
+  /** Blocks by state — referenced, unreferenced but holding a cached prefix, empty — summing to numBlocks. */
+  stats(): { used: number; cached: number; free: number; total: number } {
+    return { used: this.usedBlocks, cached: this.evictable.size, free: this.freeList.length, total: this.numBlocks };
+  }
   has(seq: string | number): boolean { return this.seqs.has(seq); }
   length(seq: string | number): number { return this.get(seq).tokens.length; }
   blockTable(seq: string | number): number[] { return this.get(seq).blocks.map((b) => b.id); }
