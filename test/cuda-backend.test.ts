@@ -298,13 +298,13 @@ describe.skipIf(!toolchain || !nvcc || !existsSync(addonPath()))('cuda backend o
     expect(r.memInfoDrop).toBe(4 << 20);
     expect(r.memInfoBack).toBe(true);
     expect(r.oom).toBe('Error: cuMemAlloc_v2 failed: CUDA_ERROR_OUT_OF_MEMORY (2): out of memory');
-    expect(r.readFreed).toBe("Error: cuda read: buffer 'big' was freed");
-    expect(r.launchFreed).toBe("LaunchError: kernel 'vectorAdd': buffer 'big' bound to 'out' was freed");
+    expect(r.readFreed).toBe("LaunchError: cuda read: buffer 'big' was freed");
+    expect(r.launchFreed).toBe("LaunchError: kernel 'vectorAdd': binding 'out': buffer 'big' was freed");
     expect(r.wrongArray).toBe("Error: cuda write to 'a' (f32): expected a Float32Array, got Uint32Array");
-    expect(r.overrun).toBe("Error: cuda write to 'a': 1000 elements at offset 1 overrun its 1000");
+    expect(r.overrun).toBe("Error: cuda write to 'a': 1000 elements at offset 1 do not fit in its 1000");
     expect(r.unknownKernel).toBe("Error: cuModuleGetFunction failed: CUDA_ERROR_NOT_FOUND (500): named symbol not found (looking up 'notInFakeDriver')");
     expect(r.bytesBeforeDestroy).toBe(6 * 1000 * 4 + 8 * 4);
-    expect(r.afterDestroy).toBe("Error: cuda device: cannot allocate 'buffer': the device was destroyed");
+    expect(r.afterDestroy).toBe("Error: cuda device: cannot allocate 'f32#1': the device was destroyed");
   }, 120_000);
 
   it('turns a failing cuInit and a driver without devices into reasons', () => {

@@ -15,6 +15,24 @@ export interface DeviceBuffer<T extends StorageType = StorageType> {
   /** Elements (not bytes). */
   readonly length: number;
   readonly label: string;
+  /** The shape it was allocated with (its product is `length`); [length] when allocated by length. */
+  readonly shape: readonly number[];
+}
+
+/** What the runtime should assume about a device beyond its kernel capabilities; each backend computes it. */
+export interface DeviceProfile {
+  /** Runs kernels on CPU cores (the CPU executor, a software rasteriser such as llvmpipe). */
+  software: boolean;
+  /** Invocations the device wants in flight to be busy (sets default split factors). */
+  parallelism: number;
+}
+
+/** A recorded sequence of launches (graphCapture): replay() queues all of them again with one call. */
+export interface DeviceGraph {
+  /** Launches recorded. */
+  readonly launches: number;
+  replay(): void;
+  destroy(): void;
 }
 
 export type BoundBuffers<B extends Record<string, BindingSpec>> = { [K in keyof B]: DeviceBuffer<B[K]['t']> };
@@ -24,7 +42,9 @@ export interface Device {
   /** What it runs on, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) via Dawn/OpenGL ES". */
   readonly description: string;
   readonly caps: Caps;
-  alloc<T extends StorageType>(dtype: T, length: number, label?: string): DeviceBuffer<T>;
+  readonly profile: DeviceProfile;
+  /** A buffer of `size` elements, or of a shape's elements (then carried as its `shape`); zeroed. */
+  alloc<T extends StorageType>(dtype: T, size: number | readonly number[], label?: string): DeviceBuffer<T>;
   write<T extends StorageType>(buf: DeviceBuffer<T>, data: HostArray<T>, offset?: number): void;
   /** Waits for all queued work, then copies the buffer back. */
   read<T extends StorageType>(buf: DeviceBuffer<T>): Promise<HostArray<T>>;
@@ -37,6 +57,14 @@ export interface Device {
   sync(): Promise<void>;
   readonly bytesInUse: number;
   destroy(): Promise<void>;
+  // Optional capabilities: present only on devices that have them, so callers test for the method.
+  /**
+   * Records the launches `record` queues (synchronously; no write, read or sync inside) into a
+   * graph instead of running them; replaying re-runs them with the buffers and uniforms they saw.
+   */
+  captureGraph?(record: () => void): DeviceGraph;
+  /** Device-side copy of a whole buffer into another of the same dtype and length, ordered with launches. */
+  copy?<T extends StorageType>(dst: DeviceBuffer<T>, src: DeviceBuffer<T>): void;
 }
 
 export class LaunchError extends Error {}

@@ -12,13 +12,13 @@ import { type AttentionSizes, TILE_WORDS, pagedAttention } from '../../codegen/k
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
-import type { Device, DeviceBuffer } from '../backend/device.js';
+import type { Device, DeviceBuffer, DeviceGraph } from '../backend/device.js';
 import { runLinear } from '../ops/linear.js';
 import { cachedChoice } from '../ops/tune.js';
 import { checkSlots, prepareAttention } from '../ops/attention.js';
 import { type DecodeGeometry, decodeAttentionSizes, decodeBuckets, decodePartRows, maxDecodeChunks, padDecodeMetadata, pickBucket } from './decodeBucket.js';
 import { type ModelSpec, ropeFrequencies } from './spec.js';
-import type { DeviceLinear, ModelWeights } from './weights.js';
+import type { DeviceLinear, LayerWeights, ModelWeights } from './weights.js';
 
 /** One sequence's part of a forward pass. */
 export interface SeqInput {
@@ -66,17 +66,40 @@ export interface PassLayout {
   partials?: { acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> };
 }
 
-/** A device that can record launches and replay them (CudaDevice); found by duck typing. */
-interface GraphDevice {
-  captureGraph(record: () => void): CapturedGraph;
+/** The activations of one pass (llama2.c's RunState), f32, sized for maxBatchTokens rows. */
+interface Activations {
+  /** Residual stream [T, D]. */
+  x: DeviceBuffer<'f32'>;
+  /** Residual stream after the attention block [T, D]. */
+  x2: DeviceBuffer<'f32'>;
+  /** Normed input of a block [T, D]. */
+  h: DeviceBuffer<'f32'>;
+  /** [q | k | v] per token [T, (Hq + 2·Hk)·hd]. */
+  qkv: DeviceBuffer<'f32'>;
+  q: DeviceBuffer<'f32'>;
+  k: DeviceBuffer<'f32'>;
+  v: DeviceBuffer<'f32'>;
+  /** Attention output [T, Hq·hd]. */
+  attn: DeviceBuffer<'f32'>;
+  /** SiLU(gate)·up [T, ffn]. */
+  ffn: DeviceBuffer<'f32'>;
+  /** Residual rows whose logits are asked for, then normed [R, D]. */
+  rowsX: DeviceBuffer<'f32'>;
+  rowsH: DeviceBuffer<'f32'>;
 }
-interface CapturedGraph {
-  replay(): void;
-  destroy(): void;
+
+/** Per-token indices of one pass, written by upload(). */
+interface PassIndices {
+  ids: DeviceBuffer<'u32'>;
+  pos: DeviceBuffer<'u32'>;
+  /** Rows of the residual stream that go to the classifier. */
+  rows: DeviceBuffer<'u32'>;
+  /** KV slot of each token, −1 for padding. */
+  slots: DeviceBuffer<'i32'>;
 }
-function asGraphDevice(dev: Device): GraphDevice | null {
-  return typeof (dev as Partial<GraphDevice>).captureGraph === 'function' ? dev as unknown as GraphDevice : null;
-}
+
+/** One layer's KV cache: f32, or f16 packed two per u32 word. */
+type KvBuffer = DeviceBuffer<'f32'> | DeviceBuffer<'u32'>;
 
 export interface ForwardResult {
   /** [rows, vocab] for the rows asked for, in batch order. */
@@ -92,11 +115,10 @@ export class LlamaForward {
   readonly kvDtype: 'f32' | 'f16';
   readonly maxBatchTokens: number;
   readonly maxSeqs: number;
-  private readonly kCache: DeviceBuffer[] = [];
-  private readonly vCache: DeviceBuffer[] = [];
-  private readonly act: Record<string, DeviceBuffer<'f32'>> = {};
-  private readonly idx: Record<string, DeviceBuffer<'u32'>> = {};
-  private readonly slotsBuf: DeviceBuffer<'i32'>;
+  private readonly kCache: KvBuffer[] = [];
+  private readonly vCache: KvBuffer[] = [];
+  private readonly act: Activations;
+  private readonly idx: PassIndices;
   private readonly ropeTable: DeviceBuffer<'f32'>;
   private readonly ropePositions: number;
   private blockTablesBuf: DeviceBuffer<'u32'> | null = null;
@@ -111,7 +133,7 @@ export class LlamaForward {
    *  (a captured graph keeps their addresses). */
   private decodeBufs: { blockTables: DeviceBuffer<'u32'>; tiles: DeviceBuffer<'u32'>; acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> } | null = null;
   private readonly decodeLayouts = new Map<number, PassLayout>();
-  private readonly graphs = new Map<number, CapturedGraph>();
+  private readonly graphs = new Map<number, DeviceGraph>();
 
   constructor(readonly dev: Device, readonly spec: ModelSpec, readonly weights: ModelWeights, readonly opts: ForwardOptions) {
     const s = spec;
@@ -133,7 +155,7 @@ export class LlamaForward {
       return typeof wg === 'number' ? wg : undefined;
     };
     this.ops = {
-      embed: embedding({ table: weights.embed.dtype, caps, workgroupSize: tunedWorkgroup('embedding', { D, table: weights.embed.dtype }) }),
+      embedWorkgroup: tunedWorkgroup('embedding', { D, table: weights.embed.dtype }),
       gather: embedding({ table: 'f32', caps, workgroupSize: tunedWorkgroup('embedding', { D, table: 'f32' }) }),
       norm: rmsNorm({ caps, workgroupSize: tunedWorkgroup('rmsNorm', { D }) ?? defaultRmsNormWorkgroup(D, caps) }),
       rope: ropeQkv({ layout, caps }),
@@ -164,17 +186,18 @@ export class LlamaForward {
         this.kCache.push(alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.kCache`));
         this.vCache.push(alloc(this.kvDtype === 'f16' ? 'u32' : 'f32', kvWords, `L${l}.vCache`));
       }
-      const f32 = (name: string, n: number) => { this.act[name] = alloc('f32', n, name); };
-      f32('x', T * D); f32('x2', T * D); f32('h', T * D);
-      f32('qkv', T * (s.heads + 2 * s.kvHeads) * hd);
-      f32('q', T * s.heads * hd); f32('k', T * s.kvHeads * hd); f32('v', T * s.kvHeads * hd);
-      f32('attn', T * s.heads * hd);
-      f32('ffn', T * s.ffn);
-      f32('rowsX', T * D); f32('rowsH', T * D);
-      this.idx.ids = alloc('u32', T, 'ids');
-      this.idx.pos = alloc('u32', T, 'positions');
-      this.idx.rows = alloc('u32', T, 'logitRows');
-      this.slotsBuf = alloc('i32', T, 'slots');
+      const f32 = (name: string, n: number) => alloc('f32', n, name);
+      this.act = {
+        x: f32('x', T * D), x2: f32('x2', T * D), h: f32('h', T * D),
+        qkv: f32('qkv', T * (s.heads + 2 * s.kvHeads) * hd),
+        q: f32('q', T * s.heads * hd), k: f32('k', T * s.kvHeads * hd), v: f32('v', T * s.kvHeads * hd),
+        attn: f32('attn', T * s.heads * hd),
+        ffn: f32('ffn', T * s.ffn),
+        rowsX: f32('rowsX', T * D), rowsH: f32('rowsH', T * D),
+      };
+      this.idx = {
+        ids: alloc('u32', T, 'ids'), pos: alloc('u32', T, 'positions'), rows: alloc('u32', T, 'logitRows'), slots: alloc('i32', T, 'slots'),
+      };
       // cos/sin of every position, in float64 on the host (see rope.ts for why).
       this.ropePositions = s.maxPositions;
       const table = ropeTable(ropeFrequencies(s), this.ropePositions);
@@ -222,16 +245,16 @@ export class LlamaForward {
       window: s.slidingWindow ?? 0,
       scale: 1 / Math.sqrt(s.headDim),
     }, { numBlocks: this.opts.numBlocks, numKvHeads: s.kvHeads, maxBlocksPerSeq: this.maxBlocksPerSeq });
-    dev.write(this.idx.ids!, ids);
-    dev.write(this.idx.pos!, pos);
-    dev.write(this.slotsBuf, slots);
+    dev.write(this.idx.ids, ids);
+    dev.write(this.idx.pos, pos);
+    dev.write(this.idx.slots, slots);
     this.blockTablesBuf = this.ensure(this.blockTablesBuf, meta.blockTables.length, 'blockTables');
     this.tilesBuf = this.ensure(this.tilesBuf, meta.tiles.length, 'attentionTiles');
     dev.write(this.blockTablesBuf, meta.blockTables);
     dev.write(this.tilesBuf, meta.tiles);
     const R = rowsWanted.length;
     if (R) {
-      dev.write(this.idx.rows!, new Uint32Array(rowsWanted.map((r) => r.row)));
+      dev.write(this.idx.rows, new Uint32Array(rowsWanted.map((r) => r.row)));
       this.logitsBuf = this.ensure(this.logitsBuf, this.maxBatchTokens * s.vocabSize, 'logits', 'f32');
     }
     return {
@@ -246,38 +269,38 @@ export class LlamaForward {
    * what a graph capture records. The data comes from the last upload.
    */
   launchAll(L: PassLayout): void {
-    const s = this.spec, dev = this.dev, a = this.act, hd = s.headDim, T = L.tokens;
+    const s = this.spec, dev = this.dev, a = this.act, idx = this.idx, hd = s.headDim, T = L.tokens;
     // Token embeddings.
-    dev.launch(this.ops.embed, { ids: this.idx.ids!, table: this.weights.embed.table as never, out: a.x! }, { T, V: s.vocabSize, D: s.hidden });
+    this.embed(idx.ids, a.x, T);
 
     for (let l = 0; l < s.layers; l++) {
-      const w = this.weights.layers[l]!;
+      const w = this.layer(l);
+      const kCache = this.cacheOf(this.kCache, l), vCache = this.cacheOf(this.vCache, l);
       // Attention block: x2 = x + Wo · attention(rope(Wqkv · norm(x)))
-      this.norm(a.x!, w.attnNorm, a.h!, T);
-      this.linear(w.qkv, a.h!, a.qkv!, T);
-      dev.launch(this.ops.rope, { qkv: a.qkv!, pos: this.idx.pos!, table: this.ropeTable, q: a.q!, k: a.k!, v: a.v! },
+      this.norm(a.x, w.attnNorm, a.h, T);
+      this.linear(w.qkv, a.h, a.qkv, T);
+      dev.launch(this.ops.rope, { qkv: a.qkv, pos: idx.pos, table: this.ropeTable, q: a.q, k: a.k, v: a.v },
         { T, Hq: s.heads, Hk: s.kvHeads, D: hd, maxPos: this.ropePositions });
-      dev.run(this.ops.append, { kNew: a.k!, vNew: a.v!, slots: this.slotsBuf, kCache: this.kCache[l]! as never, vCache: this.vCache[l]! as never },
+      dev.run(this.ops.append, { kNew: a.k, vNew: a.v, slots: idx.slots, kCache, vCache },
         { numTokens: T, numKvHeads: s.kvHeads, numBlocks: this.opts.numBlocks });
       // Scratch the layout brings (decode buckets) replaces the device's shared scratch (runPlan).
       dev.run(this.ops.attention, {
-        q: a.q!, kCache: this.kCache[l]! as never, vCache: this.vCache[l]! as never,
-        blockTables: L.blockTables, tiles: L.tiles, out: a.attn!,
+        q: a.q, kCache, vCache, blockTables: L.blockTables, tiles: L.tiles, out: a.attn,
         ...(L.partials ? { partAcc: L.partials.acc, partMl: L.partials.ml } : {}),
-      } as never, L.attention);
-      this.linear(w.o, a.attn!, a.x2!, T, a.x!);
+      }, L.attention);
+      this.linear(w.o, a.attn, a.x2, T, a.x);
       // FFN block: x = x2 + Wd · (SiLU(Wg · norm(x2)) ⊙ Wu · norm(x2))
-      this.norm(a.x2!, w.ffnNorm, a.h!, T);
-      this.linear(w.gateUp, a.h!, a.ffn!, T);
-      this.linear(w.down, a.ffn!, a.x!, T, a.x2!);
+      this.norm(a.x2, w.ffnNorm, a.h, T);
+      this.linear(w.gateUp, a.h, a.ffn, T);
+      this.linear(w.down, a.ffn, a.x, T, a.x2);
     }
 
     // Only the rows asked for go through the final norm and the classifier.
     const R = L.logitRows;
-    if (!R) return;
-    dev.launch(this.ops.gather, { ids: this.idx.rows!, table: a.x!, out: a.rowsX! }, { T: R, V: T, D: s.hidden });
-    this.norm(a.rowsX!, this.weights.finalNorm, a.rowsH!, R);
-    this.linear(this.weights.lmHead, a.rowsH!, this.logitsBuf!, R);
+    if (!R || !this.logitsBuf) return;
+    dev.launch(this.ops.gather, { ids: idx.rows, table: a.x, out: a.rowsX }, { T: R, V: T, D: s.hidden });
+    this.norm(a.rowsX, this.weights.finalNorm, a.rowsH, R);
+    this.linear(this.weights.lmHead, a.rowsH, this.logitsBuf, R);
   }
 
   /** Decode bucket sizes (sequences per fixed-shape decode step). */
@@ -304,7 +327,6 @@ export class LlamaForward {
     }
     const B = pickBucket(batch.length, this.buckets);
     const layout = this.uploadDecode(batch, B);
-    const graphDev = this.graphsEnabled ? asGraphDevice(this.dev) : null;
     const graph = this.graphs.get(B);
     if (graph) {
       graph.replay();
@@ -312,9 +334,9 @@ export class LlamaForward {
       // Run now (this also compiles every kernel and allocates every scratch buffer, so the
       // capture allocates nothing), then record the same launches for later steps.
       this.launchAll(layout);
-      if (graphDev) {
+      if (this.graphsEnabled && this.dev.captureGraph) {
         try {
-          this.graphs.set(B, graphDev.captureGraph(() => this.launchAll(layout)));
+          this.graphs.set(B, this.dev.captureGraph(() => this.launchAll(layout)));
         } catch (e) {
           // This step already ran; the next one of this bucket tries the capture again.
           throw new ForwardError(`decodeStep: capturing the decode graph of bucket ${B} failed: ${(e as Error).message}`, { cause: e });
@@ -335,30 +357,19 @@ export class LlamaForward {
     return this.logitsBuf;
   }
 
-  /** Copy KV of block `src` into block `dst` in every layer (copy-on-write after rollback). */
-  async copyBlock(src: number, dst: number): Promise<void> {
-    const per = this.blockSize * this.spec.kvHeads * (this.kvDtype === 'f16' ? this.spec.headDim / 2 : this.spec.headDim);
-    for (const caches of [this.kCache, this.vCache]) {
-      for (const c of caches) {
-        const all = await this.dev.read(c);
-        this.dev.write(c, all.subarray(src * per, (src + 1) * per) as never, dst * per);
-      }
-    }
-  }
-
   destroy(): void {
     for (const g of this.graphs.values()) g.destroy();
     this.graphs.clear();
     this.decodeLayouts.clear();
-    for (const b of [...this.kCache, ...this.vCache, ...Object.values(this.act), ...Object.values(this.idx), this.slotsBuf, this.ropeTable]) this.dev.free(b);
+    for (const b of [...this.kCache, ...this.vCache, ...Object.values(this.act), ...Object.values(this.idx), this.ropeTable]) this.dev.free(b);
     for (const b of [this.blockTablesBuf, this.tilesBuf, this.logitsBuf]) if (b) this.dev.free(b);
     if (this.decodeBufs) for (const b of Object.values(this.decodeBufs)) this.dev.free(b);
     this.decodeBufs = null;
   }
 
   private async readRows(rows: { seq: number; token: number }[]): Promise<ForwardResult> {
-    if (!rows.length) { await this.dev.sync(); return { logits: new Float32Array(0), rows }; }
-    const all = await this.dev.read(this.logitsBuf!);
+    if (!rows.length || !this.logitsBuf) { await this.dev.sync(); return { logits: new Float32Array(0), rows }; }
+    const all = await this.dev.read(this.logitsBuf);
     return { logits: all.slice(0, rows.length * this.spec.vocabSize), rows };
   }
 
@@ -377,10 +388,10 @@ export class LlamaForward {
     // Padding rows: token 0 at position 0, slot −1 (never appended); see decodeBucket.ts.
     const padIds = new Uint32Array(B), padPos = new Uint32Array(B), padSlots = new Int32Array(B).fill(-1);
     padIds.set(ids); padPos.set(pos); padSlots.set(slots);
-    dev.write(this.idx.ids!, padIds);
-    dev.write(this.idx.pos!, padPos);
-    dev.write(this.slotsBuf, padSlots);
-    dev.write(this.idx.rows!, Uint32Array.from({ length: B }, (_, i) => i));
+    dev.write(this.idx.ids, padIds);
+    dev.write(this.idx.pos, padPos);
+    dev.write(this.idx.slots, padSlots);
+    dev.write(this.idx.rows, Uint32Array.from({ length: B }, (_, i) => i));
     dev.write(bufs.blockTables, blockTables);
     dev.write(bufs.tiles, tiles);
     this.logitsBuf = this.ensure(this.logitsBuf, this.maxBatchTokens * s.vocabSize, 'logits', 'f32');
@@ -444,6 +455,25 @@ export class LlamaForward {
       });
     });
     return { ids, pos, slots, rowsWanted, T };
+  }
+
+  /** Embedding rows of `ids` into `out` (f32 or packed-f16 table). */
+  private embed(ids: DeviceBuffer<'u32'>, out: DeviceBuffer<'f32'>, T: number): void {
+    const e = this.weights.embed, uniforms = { T, V: this.spec.vocabSize, D: this.spec.hidden };
+    if (e.dtype === 'f16') this.dev.launch(embedding({ table: 'f16', caps: this.dev.caps, workgroupSize: this.ops.embedWorkgroup }), { ids, table: e.table, out }, uniforms);
+    else this.dev.launch(embedding({ table: 'f32', caps: this.dev.caps, workgroupSize: this.ops.embedWorkgroup }), { ids, table: e.table, out }, uniforms);
+  }
+
+  private layer(l: number): LayerWeights {
+    const w = this.weights.layers[l];
+    if (!w) throw new ForwardError(`the weights have no layer ${l} (spec has ${this.spec.layers})`);
+    return w;
+  }
+
+  private cacheOf(caches: KvBuffer[], l: number): KvBuffer {
+    const c = caches[l];
+    if (!c) throw new ForwardError(`no KV cache for layer ${l}`);
+    return c;
   }
 
   private norm(x: DeviceBuffer<'f32'>, w: DeviceBuffer<'f32'>, out: DeviceBuffer<'f32'>, M: number): void {

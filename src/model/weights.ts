@@ -9,7 +9,7 @@ import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { loadAwqLinear } from '../io/awq.js';
 import { readFloat16Bits, readFloat32, type TensorStore } from '../io/safetensors.js';
-import { checkLinearBindings, linearHints } from '../ops/linear.js';
+import { linearHints } from '../ops/linear.js';
 import { cachedChoice } from '../ops/tune.js';
 import { type AwqTensors, AWQ_GROUP_SIZES } from '../quant/awq.js';
 import { f32ArrayToF16, packF16Pairs } from '../quant/f16.js';
@@ -52,7 +52,8 @@ export interface LayerWeights {
 export interface ModelWeights {
   format: WeightFormat;
   groupSize: number | null;
-  embed: { table: DeviceBuffer<'f32'> | DeviceBuffer<'u32'>; dtype: 'f32' | 'f16' };
+  /** Token embeddings [V, D]: f32, or f16 packed two per u32 word. */
+  embed: { dtype: 'f32'; table: DeviceBuffer<'f32'> } | { dtype: 'f16'; table: DeviceBuffer<'u32'> };
   layers: LayerWeights[];
   finalNorm: DeviceBuffer<'f32'>;
   lmHead: DeviceLinear;
@@ -142,9 +143,9 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
   // A tensor that fails to read or quantize part way must not strand what is already uploaded.
   try {
     const embedDtype: 'f32' | 'f16' = format !== 'f32' && isHalf(store, EMBED) ? 'f16' : 'f32';
-    const embed = embedDtype === 'f16'
-      ? { table: upU32(packF16Pairs(readFloat16Bits(store, EMBED)), 'embed'), dtype: embedDtype }
-      : { table: upF32(readFloat32(store, EMBED), 'embed'), dtype: embedDtype };
+    const embed: ModelWeights['embed'] = embedDtype === 'f16'
+      ? { table: upU32(packF16Pairs(readFloat16Bits(store, EMBED)), 'embed'), dtype: 'f16' }
+      : { table: upF32(readFloat32(store, EMBED), 'embed'), dtype: 'f32' };
     opts.onProgress?.(1, total);
 
     const layers: LayerWeights[] = [];
@@ -169,16 +170,6 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
   } catch (e) {
     for (const b of buffers) dev.free(b);
     throw e;
-  }
-}
-
-/** Check every layer's bindings once at load (a wrong shape names the tensor). */
-export function checkWeights(w: ModelWeights): void {
-  for (const lin of [...w.layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down]), w.lmHead]) {
-    const probe: Record<string, DeviceBuffer> = { ...lin.weights };
-    const want = lin.op.tensors(1);
-    for (const name of Object.keys(want)) if (!probe[name]) probe[name] = { dtype: want[name]!.dtype, length: want[name]!.elements, label: `(${name})` };
-    checkLinearBindings(lin.op, probe, 1);
   }
 }
 

@@ -74,31 +74,6 @@ export function uploadInt4(dev: Device, t: AwqTensors, label = 'int4'): Int4Devi
 }
 
 /**
- * Fuse two AWQ layers with the same K and group size side by side (gate | up) for a gateUp op:
- * columns [0, N) from `gate`, [N, 2N) from `up`. Packed words never straddle the seam (N % 8 = 0).
- */
-export function concatAwqColumns(gate: AwqTensors, up: AwqTensors): AwqTensors {
-  const { K, N, groupSize: g } = gate;
-  if (up.K !== K || up.N !== N || up.groupSize !== g) {
-    throw new LinearShapeError(`concatAwqColumns: gate is K=${K}, N=${N}, g=${g} but up is K=${up.K}, N=${up.N}, g=${up.groupSize}`);
-  }
-  const side = <T extends Int32Array | Uint16Array>(a: T, b: T, rows: number, cols: number, make: (n: number) => T): T => {
-    const out = make(rows * cols * 2);
-    for (let r = 0; r < rows; r++) {
-      out.set(a.subarray(r * cols, (r + 1) * cols), r * 2 * cols);
-      out.set(b.subarray(r * cols, (r + 1) * cols), r * 2 * cols + cols);
-    }
-    return out;
-  };
-  return {
-    K, N: 2 * N, groupSize: g,
-    qweight: side(gate.qweight, up.qweight, K, N / 8, (n) => new Int32Array(n)),
-    qzeros: side(gate.qzeros, up.qzeros, K / g, N / 8, (n) => new Int32Array(n)),
-    scales: side(gate.scales, up.scales, K / g, N, (n) => new Uint16Array(n)),
-  };
-}
-
-/**
  * Upload a dense weight for denseLinear: [K, Nw] input-major (layout 'KN'), or torch's [Nw, K]
  * ('NK', transposed here once), as f32 or as f16 pairs [K, Nw/2].
  */

@@ -51,12 +51,6 @@ export function f32ArrayToF16(a: ArrayLike<number>): Uint16Array {
   return out;
 }
 
-export function f16ArrayToF32(h: ArrayLike<number>): Float32Array {
-  const out = new Float32Array(h.length);
-  for (let i = 0; i < h.length; i++) out[i] = f16BitsToF32(h[i]!);
-  return out;
-}
-
 /**
  * Two halves per word, element 2j in the low 16 bits of word j (unpack2x16float's .x). An odd
  * count leaves the last high half zero. Little-endian hosts could view the bytes directly; this

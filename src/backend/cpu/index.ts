@@ -3,16 +3,12 @@
 // and checking-mode findings reject the next sync() or read() and leave the device usable.
 import { createHash } from 'node:crypto';
 import os from 'node:os';
-import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../../../codegen/dsl/builder.js';
-import type { Op } from '../../../codegen/dsl/plan.js';
-import type { Caps, StorageType } from '../../../codegen/dsl/types.js';
+import type { Kernel } from '../../../codegen/dsl/builder.js';
+import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
 import { emitJS } from '../../../codegen/emit/js.js';
-import {
-  type BoundBuffers, type Device, type DeviceBuffer, type HostArray, LaunchError,
-} from '../device.js';
+import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
+import type { Device, DeviceBuffer, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
-import { runPlan } from '../plan.js';
-import { validateLaunch } from '../validate.js';
 import { WorkerPool } from './pool.js';
 import { EXECUTE_SOURCE, type JobMessage, type JobReply } from './worker.js';
 
@@ -42,15 +38,9 @@ export class KernelRunError extends Error {
   }
 }
 
-const CTOR = { f32: Float32Array, f16: Uint16Array, i32: Int32Array, u32: Uint32Array } as const;
-
-class CpuBuffer<T extends StorageType = StorageType> implements DeviceBuffer<T> {
-  freed = false;
-  readonly view: HostArray<T>;
-  constructor(readonly owner: CpuDevice, readonly dtype: T, readonly length: number, readonly label: string,
-    readonly sab: SharedArrayBuffer) {
-    const ctor = CTOR[dtype] as unknown as new (b: ArrayBufferLike, offset: number, length: number) => HostArray<T>;
-    this.view = new ctor(sab, 0, length);
+class CpuBuffer extends BackendBuffer {
+  constructor(dtype: StorageType, length: number, label: string, bytes: number, readonly sab: SharedArrayBuffer) {
+    super(dtype, length, label, bytes);
   }
 }
 
@@ -66,10 +56,11 @@ const INLINE_NS = 100_000;
 const executeInline = new Function(`${EXECUTE_SOURCE}\nreturn executeJob;`)() as
   (job: JobMessage, kernels: Map<string, unknown>) => JobReply;
 
-class CpuDevice implements Device {
+class CpuDevice extends BaseDevice<CpuBuffer> {
   readonly kind = 'cpu' as const;
   readonly caps: Caps = { ...CPU_CAPS };
   readonly description: string;
+  readonly profile: DeviceProfile;
   private readonly check: boolean;
   private readonly pool: WorkerPool | null;
   private readonly compiled = new WeakMap<Kernel, Compiled>();
@@ -77,95 +68,66 @@ class CpuDevice implements Device {
   private tail: Promise<void> = Promise.resolve();
   private queued = 0;
   private error: Error | null = null;
-  private inUse = 0;
   private destroyed = false;
-  private labels = 0;
 
   constructor(opts: DeviceOptions) {
+    super();
     const workers = opts.workers ?? os.availableParallelism();
     if (!Number.isInteger(workers) || workers < 0) throw new Error(`cpu device: workers must be a whole number ≥ 0, not ${workers}`);
     this.check = opts.check ?? process.env.KILN_CHECK === '1';
     this.pool = workers > 0 ? new WorkerPool(workers) : null;
     const threads = workers > 0 ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
     this.description = `cpu (${threads}${this.check ? ', checking' : ''})`;
+    // ~16 workgroups of 64 per core keep every worker busy (measured with src/ops/tune.ts).
+    this.profile = { software: true, parallelism: 1024 * Math.max(1, workers) };
   }
 
-  get bytesInUse(): number { return this.inUse; }
-
-  private alive(): void {
-    if (this.destroyed) throw new Error('the cpu device was destroyed');
+  protected usable(what: string): void {
+    if (this.destroyed) throw new Error(`cpu device: cannot ${what}: the device was destroyed`);
   }
 
-  alloc<T extends StorageType>(dtype: T, length: number, label?: string): DeviceBuffer<T> {
-    this.alive();
-    if (!(dtype in CTOR)) throw new Error(`alloc: dtype '${dtype}' is not one of f32, f16, i32, u32`);
-    if (!Number.isInteger(length) || length < 0) throw new Error(`alloc: length of '${label ?? dtype}' must be a whole number, not ${length}`);
-    const bytes = Math.max(4, Math.ceil((length * (dtype === 'f16' ? 2 : 4)) / 4) * 4);
-    const buf = new CpuBuffer(this, dtype, length, label ?? `${dtype}[${length}]#${++this.labels}`, new SharedArrayBuffer(bytes));
-    this.inUse += bytes;
-    return buf;
+  protected allocBuffer(dtype: StorageType, length: number, label: string, bytes: number): CpuBuffer {
+    return new CpuBuffer(dtype, length, label, bytes, new SharedArrayBuffer(bytes));
   }
 
-  private own(buf: DeviceBuffer | undefined, what: string): CpuBuffer {
-    if (!(buf instanceof CpuBuffer) || buf.owner !== this) throw new LaunchError(`${what}: buffer '${buf?.label}' does not belong to this cpu device`);
-    if (buf.freed) throw new LaunchError(`${what}: buffer '${buf.label}' was freed`);
-    return buf;
-  }
-
-  write<T extends StorageType>(buf: DeviceBuffer<T>, data: HostArray<T>, offset = 0): void {
-    this.alive();
-    const b = this.own(buf, 'write');
-    const ctor = CTOR[b.dtype];
-    if (!(data instanceof ctor)) {
-      throw new Error(`write to '${b.label}' (${b.dtype}): expected a ${ctor.name}, got ${(data as object)?.constructor?.name ?? typeof data}`);
-    }
-    if (!Number.isInteger(offset) || offset < 0 || offset + data.length > b.length) {
-      throw new Error(`write to '${b.label}': ${data.length} elements at offset ${offset} do not fit in its ${b.length}`);
-    }
+  protected writeBuffer(b: CpuBuffer, data: HostArray<StorageType>, offset: number): void {
     // Ordered with the queue: right away when idle, else after the launches queued before it.
-    if (this.queued === 0) (b.view as Float32Array).set(data as unknown as Float32Array, offset);
+    const into = new Uint8Array(b.sab, offset * byteSize(b.dtype), data.byteLength);
+    if (this.queued === 0) into.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     else {
-      const copy = data.slice();
-      this.enqueue(() => { (b.view as Float32Array).set(copy as unknown as Float32Array, offset); });
+      const copy = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+      this.enqueue(() => { into.set(copy); });
     }
   }
 
-  async read<T extends StorageType>(buf: DeviceBuffer<T>): Promise<HostArray<T>> {
-    this.alive();
-    const b = this.own(buf, 'read') as unknown as CpuBuffer<T>;
+  protected async readBuffer<T extends StorageType>(b: CpuBuffer, dtype: T): Promise<HostArray<T>> {
     await this.settle();
-    if (b.freed) throw new Error(`read: buffer '${b.label}' was freed`);
-    return b.view.slice() as HostArray<T>;
+    if (b.freed) throw new Error(`cpu read: buffer '${b.label}' was freed`);
+    return hostArray(dtype, b.sab.slice(0, b.length * byteSize(dtype)), b.length);
   }
 
-  free(buf: DeviceBuffer): void {
-    const b = this.own(buf, 'free');
-    b.freed = true;
-    this.inUse -= b.sab.byteLength;
-  }
+  protected freeBuffer(): void { /* the SharedArrayBuffer goes with its last reference */ }
 
-  launch<B extends Bindings, U extends Uniforms>(kernel: Kernel<B, U>, bindings: BoundBuffers<B>, uniforms: UniformValues<U>): void {
-    this.alive();
-    const bound = bindings as Record<string, DeviceBuffer | undefined>;
-    validateLaunch(kernel as unknown as Kernel, bound, uniforms as Record<string, number>);
+  protected dispatch(kernel: Kernel, bufs: CpuBuffer[], uniforms: Record<string, number>, grid: [number, number, number]): void {
     const ir = kernel.ir;
-    const bufs = ir.buffers.map((d) => this.own(bound[d.key], `kernel '${ir.name}': binding '${d.key}'`));
     const u = ir.uniforms.map((d) => {
-      const v = (uniforms as Record<string, number>)[d.key]!;
+      const v = uniforms[d.key]!;
       return d.t === 'u32' ? v >>> 0 : d.t === 'i32' ? v | 0 : Math.fround(v);
     });
-    const grid = kernel.grid(uniforms);
-    const c = this.compile(kernel as unknown as Kernel);
+    const c = this.compile(kernel);
     this.enqueue(() => this.execute(c, bufs, u, grid));
   }
 
-  run<B extends Record<string, BindingSpec>, S extends Record<string, number>>(op: Op<B, S>, bindings: BoundBuffers<B>, sizes: S): void {
-    this.alive();
-    runPlan(this, op, bindings as Record<string, DeviceBuffer>, sizes);
+  /** Device-side copy, ordered with the queue like a launch. */
+  copy<T extends StorageType>(dst: DeviceBuffer<T>, src: DeviceBuffer<T>): void {
+    this.usable('copy');
+    const d = this.own(dst, 'cpu copy'), s = this.own(src, 'cpu copy');
+    checkCopy('cpu', d, s);
+    this.enqueue(() => { new Uint8Array(d.sab).set(new Uint8Array(s.sab)); });
   }
 
   async sync(): Promise<void> {
-    this.alive();
+    this.usable('sync');
     await this.settle();
   }
 

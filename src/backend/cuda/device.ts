@@ -1,24 +1,20 @@
 // The CUDA Device: buffers are device allocations, launches go onto one stream in call order, and
 // kernels compile on first launch (emitCUDA → NVRTC or nvcc → module), cached per device by Kernel
 // object and by source text. A forward pass can be captured once into a CUDA graph and replayed.
-import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../../../codegen/dsl/builder.js';
+import type { Kernel } from '../../../codegen/dsl/builder.js';
 import type { KernelIR } from '../../../codegen/dsl/ir.js';
-import type { Op } from '../../../codegen/dsl/plan.js';
 import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
 import { emitCUDA } from '../../../codegen/emit/cuda.js';
-import { type BoundBuffers, type Device, type DeviceBuffer, type HostArray, LaunchError } from '../device.js';
-import { runPlan } from '../plan.js';
-import { validateLaunch } from '../validate.js';
+import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
+import type { DeviceBuffer, DeviceGraph, DeviceProfile, HostArray } from '../device.js';
 import type { CudaDeviceInfo, CudaFunctionInfo, NativeContext } from './addon.js';
 import type { CudaCompiler } from './compile.js';
 import { checkGeometry, cudaCaps, fillPointers, packUniformsInto, uniformStructBytes } from './marshal.js';
 
-const HOST_ARRAY = { f32: Float32Array, i32: Int32Array, u32: Uint32Array, f16: Uint16Array } as const;
-
-class CudaBuffer<T extends StorageType = StorageType> implements DeviceBuffer<T> {
-  freed = false;
-  constructor(readonly device: CudaDevice, readonly ptr: bigint, readonly dtype: T, readonly length: number, readonly label: string) {}
-  get bytes(): number { return this.length * byteSize(this.dtype); }
+class CudaBuffer extends BackendBuffer {
+  constructor(dtype: StorageType, length: number, label: string, bytes: number, readonly ptr: bigint) {
+    super(dtype, length, label, bytes);
+  }
 }
 
 /** A compiled kernel, with argument storage reused across launches (the driver copies arguments
@@ -36,7 +32,7 @@ interface CompiledKernel {
 /** A captured sequence of launches; replay() queues all of them with one driver call. The launches
  *  keep the buffers and uniform values they were captured with: what changes per replay must live
  *  in device buffers that are written before replay(). */
-export class CudaGraph {
+export class CudaGraph implements DeviceGraph {
   private destroyed = false;
   constructor(private readonly dev: CudaDevice, private readonly handle: bigint, readonly launches: number) {}
   replay(): void {
@@ -52,14 +48,13 @@ export class CudaGraph {
   }
 }
 
-export class CudaDevice implements Device {
+export class CudaDevice extends BaseDevice<CudaBuffer> {
   readonly kind = 'cuda' as const;
   readonly description: string;
   readonly caps: Caps;
+  readonly profile: DeviceProfile;
   readonly info: CudaDeviceInfo;
-  private inUse = 0;
-  private live = new Set<CudaBuffer>();
-  private byKernel = new WeakMap<Kernel<any, any>, CompiledKernel>();
+  private byKernel = new WeakMap<Kernel, CompiledKernel>();
   private bySource = new Map<string, CompiledKernel>();
   private modules: bigint[] = [];
   private graphs = new Set<CudaGraph>();
@@ -67,9 +62,12 @@ export class CudaDevice implements Device {
   private ctx: NativeContext | undefined;
 
   constructor(ctx: NativeContext, readonly compiler: CudaCompiler) {
+    super();
     this.ctx = ctx;
     this.info = ctx.info();
     this.caps = cudaCaps(this.info);
+    // Tens of thousands of threads in flight fill a GPU's SMs.
+    this.profile = { software: false, parallelism: 65536 };
     const gib = (this.info.totalMem / 2 ** 30).toFixed(0);
     const driver = `${Math.floor(this.info.driverVersion / 1000)}.${(this.info.driverVersion % 1000) / 10}`;
     this.description = `${this.info.name} (sm_${this.info.ccMajor}${this.info.ccMinor}, ${gib} GiB, ${this.info.multiprocessors} SMs) ` +
@@ -82,52 +80,28 @@ export class CudaDevice implements Device {
     return this.ctx;
   }
 
-  get bytesInUse(): number { return this.inUse; }
+  protected usable(what: string): void { this.native(what); }
 
   /** Free and total device memory as the driver sees it (all processes). */
   memInfo(): { free: number; total: number } { return this.native('query memory').memInfo(); }
 
-  alloc<T extends StorageType>(dtype: T, length: number, label = 'buffer'): DeviceBuffer<T> {
-    if (!(dtype in HOST_ARRAY)) throw new Error(`cuda alloc '${label}': unknown dtype '${dtype}'`);
-    if (!Number.isSafeInteger(length) || length < 0) throw new Error(`cuda alloc '${label}': length ${length} is not a whole number of elements`);
-    const bytes = length * byteSize(dtype);
+  protected allocBuffer(dtype: StorageType, length: number, label: string, bytes: number): CudaBuffer {
     // Never 0 bytes (the driver refuses); whole 4-byte words so u32-packed f16 tails stay inside.
-    const ptr = this.native(`allocate '${label}'`).alloc(Math.max(4, Math.ceil(bytes / 4) * 4), true);
-    const buf = new CudaBuffer(this, ptr, dtype, length, label);
-    this.live.add(buf);
-    this.inUse += bytes;
-    return buf;
+    return new CudaBuffer(dtype, length, label, bytes, this.native(`allocate '${label}'`).alloc(bytes, true));
   }
 
-  private own(buf: DeviceBuffer, what: string): CudaBuffer {
-    if (!(buf instanceof CudaBuffer) || buf.device !== this) throw new Error(`cuda ${what}: buffer '${buf.label}' belongs to another device`);
-    if (buf.freed) throw new Error(`cuda ${what}: buffer '${buf.label}' was freed`);
-    return buf;
-  }
-
-  write<T extends StorageType>(buf: DeviceBuffer<T>, data: HostArray<T>, offset = 0): void {
-    const b = this.own(buf, 'write');
-    const want = HOST_ARRAY[b.dtype];
-    if (!(data instanceof want)) throw new Error(`cuda write to '${b.label}' (${b.dtype}): expected a ${want.name}, got ${(data as object)?.constructor?.name}`);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset + data.length > b.length) {
-      throw new Error(`cuda write to '${b.label}': ${data.length} elements at offset ${offset} overrun its ${b.length}`);
-    }
+  protected writeBuffer(b: CudaBuffer, data: HostArray<StorageType>, offset: number): void {
     if (this.capture) throw new Error(`cuda write to '${b.label}' during graph capture: write before captureGraph/replay instead`);
     this.native('write').write(b.ptr, offset * byteSize(b.dtype), data);
   }
 
-  async read<T extends StorageType>(buf: DeviceBuffer<T>): Promise<HostArray<T>> {
-    const b = this.own(buf, 'read');
+  protected async readBuffer<T extends StorageType>(b: CudaBuffer, dtype: T): Promise<HostArray<T>> {
     if (this.capture) throw new Error(`cuda read of '${b.label}' during graph capture`);
-    const bytes = await this.native('read').read(b.ptr, 0, b.bytes);
-    return new HOST_ARRAY[b.dtype](bytes) as HostArray<T>;
+    const bytes = await this.native('read').read(b.ptr, 0, b.length * byteSize(dtype));
+    return hostArray(dtype, bytes, b.length);
   }
 
-  free(buf: DeviceBuffer): void {
-    const b = this.own(buf, 'free');
-    b.freed = true;
-    this.live.delete(b);
-    this.inUse -= b.bytes;
+  protected freeBuffer(b: CudaBuffer): void {
     // Freeing synchronizes, which a capture forbids: release it once the capture ends.
     if (this.capture) this.capture.deferredFrees.push(b);
     else this.native('free').free(b.ptr);
@@ -135,14 +109,12 @@ export class CudaDevice implements Device {
 
   /** Device-to-device copy of a whole buffer (same dtype and length), queued in order. */
   copy<T extends StorageType>(dst: DeviceBuffer<T>, src: DeviceBuffer<T>): void {
-    const d = this.own(dst, 'copy'), s = this.own(src, 'copy');
-    if (d.dtype !== s.dtype || d.length !== s.length) {
-      throw new Error(`cuda copy: '${s.label}' (${s.dtype}[${s.length}]) does not match '${d.label}' (${d.dtype}[${d.length}])`);
-    }
-    this.native('copy').copy(d.ptr, 0, s.ptr, 0, s.bytes);
+    const d = this.own(dst, 'cuda copy'), s = this.own(src, 'cuda copy');
+    checkCopy('cuda', d, s);
+    this.native('copy').copy(d.ptr, 0, s.ptr, 0, s.length * byteSize(s.dtype));
   }
 
-  private compiled(kernel: Kernel<any, any>): CompiledKernel {
+  private compiled(kernel: Kernel): CompiledKernel {
     const hit = this.byKernel.get(kernel);
     if (hit) return hit;
     const ir: KernelIR = kernel.ir;
@@ -182,30 +154,17 @@ export class CudaDevice implements Device {
   }
 
   /** Registers, spills and shared memory of a kernel as compiled for this device. */
-  functionInfo(kernel: Kernel<any, any>): CudaFunctionInfo { return this.compiled(kernel).info; }
+  functionInfo(kernel: Kernel): CudaFunctionInfo { return this.compiled(kernel).info; }
 
-  launch<B extends Bindings, U extends Uniforms>(kernel: Kernel<B, U>, bindings: BoundBuffers<B>, uniforms: UniformValues<U>): void {
-    const bound = bindings as Record<string, DeviceBuffer>;
-    const values = uniforms as Record<string, number>;
-    validateLaunch(kernel, bound, values);
+  protected dispatch(kernel: Kernel, bufs: CudaBuffer[], uniforms: Record<string, number>, grid: [number, number, number]): void {
     const ir = kernel.ir;
     const ck = this.compiled(kernel);
-    const grid = kernel.grid(uniforms);
     if (!checkGeometry(ir.name, grid, ir.workgroupSize, this.info.maxGrid, ck.maxThreads)) return;
-    fillPointers(ir, (key) => {
-      const buf = bound[key]!;
-      if (!(buf instanceof CudaBuffer) || buf.device !== this) throw new LaunchError(`kernel '${ir.name}': buffer '${buf.label}' bound to '${key}' belongs to another device`);
-      if (buf.freed) throw new LaunchError(`kernel '${ir.name}': buffer '${buf.label}' bound to '${key}' was freed`);
-      return buf.ptr;
-    }, ck.pointers);
-    if (ck.uniformView) packUniformsInto(ir, values, ck.uniformView);
+    fillPointers(ir, (_key, i) => bufs[i]!.ptr, ck.pointers);
+    if (ck.uniformView) packUniformsInto(ir, uniforms, ck.uniformView);
     const [bx, by, bz] = ir.workgroupSize;
     this.native(`launch '${ir.name}'`).launch(ck.fn, grid[0], grid[1], grid[2], bx, by, bz, 0, ck.pointers, ck.uniforms);
     if (this.capture) this.capture.launches++;
-  }
-
-  run<B extends Record<string, BindingSpec>, S extends Record<string, number>>(op: Op<B, S>, bindings: BoundBuffers<B>, sizes: S): void {
-    runPlan(this, op, bindings as Record<string, DeviceBuffer>, sizes);
   }
 
   async sync(): Promise<void> {
@@ -253,9 +212,7 @@ export class CudaDevice implements Device {
       await ctx.sync();
     } finally {
       for (const g of [...this.graphs]) g.destroy();
-      for (const b of this.live) b.freed = true;
-      this.live.clear();
-      this.inUse = 0;
+      this.releaseAll();
       this.ctx = undefined;
       ctx.destroy(); // frees allocations, modules and graphs on the native side
     }

@@ -49,12 +49,12 @@ export function packUniforms(ir: KernelIR, values: Readonly<Record<string, numbe
   return bytes;
 }
 
-/** Device pointers in ir.buffers order; `pointerOf` resolves (and checks) the buffer bound to a key. */
-export function fillPointers(ir: KernelIR, pointerOf: (key: string) => bigint, out: BigUint64Array): void {
+/** Device pointers in ir.buffers order; `pointerOf` resolves the buffer bound to a key (index: its place in ir.buffers). */
+export function fillPointers(ir: KernelIR, pointerOf: (key: string, index: number) => bigint, out: BigUint64Array): void {
   if (out.length !== ir.buffers.length) {
     throw new LaunchError(`kernel '${ir.name}': ${out.length} pointer slots for ${ir.buffers.length} buffers`);
   }
-  ir.buffers.forEach((b, i) => { out[i] = pointerOf(b.key); });
+  ir.buffers.forEach((b, i) => { out[i] = pointerOf(b.key, i); });
 }
 
 /** Checks a grid and block against the device's limits; returns false for an empty grid (no launch). */

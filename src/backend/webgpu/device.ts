@@ -1,26 +1,24 @@
 // The WebGPU Device. Launches are recorded into the current pass (a list of commands) and encoded
 // into one command encoder when the pass is flushed by sync() or read(): no readback inside a pass.
 // Pipelines compile asynchronously from the first launch; a flush waits for the ones it needs.
-import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../../../codegen/dsl/builder.js';
+import os from 'node:os';
+import type { Kernel } from '../../../codegen/dsl/builder.js';
 import type { KernelIR } from '../../../codegen/dsl/ir.js';
-import type { Op } from '../../../codegen/dsl/plan.js';
 import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
-import { type BoundBuffers, type Device, type DeviceBuffer, type HostArray, LaunchError } from '../device.js';
-import { runPlan } from '../plan.js';
-import { validateLaunch } from '../validate.js';
+import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
+import { type DeviceBuffer, type DeviceProfile, type HostArray, LaunchError } from '../device.js';
 import type { OpenedDevice } from './adapter.js';
 import { CHUNK_BYTES, PassUniforms, type UniformChunk, UniformPool } from './uniforms.js';
 
 const STORAGE = 0x80, COPY_SRC = 0x04, COPY_DST = 0x08, MAP_READ = 0x01, COMPUTE = 0x4, MAP_MODE_READ = 0x1;
-const HOST_ARRAYS = { f32: Float32Array, i32: Int32Array, u32: Uint32Array, f16: Uint16Array } as const;
 /** Bind groups kept per pipeline before the cache is dropped (keys contain buffer ids, never reused). */
 const BIND_GROUP_CACHE = 512;
 const STAGING_POOL_MAX_BYTES = 16 << 20;
 
-class WebGPUBuffer<T extends StorageType = StorageType> implements DeviceBuffer<T> {
-  freed = false;
-  constructor(readonly dtype: T, readonly length: number, readonly label: string, readonly id: number,
-    readonly gpu: GPUBuffer, readonly bytes: number, readonly owner: WebGPUDevice) {}
+class WebGPUBuffer extends BackendBuffer {
+  constructor(dtype: StorageType, length: number, label: string, bytes: number, readonly id: number, readonly gpu: GPUBuffer) {
+    super(dtype, length, label, bytes);
+  }
 }
 
 /** A compiled kernel: explicit layout (so unused bindings stay bindable), pipeline once ready. */
@@ -38,7 +36,8 @@ interface Compiled {
 
 type Command =
   | { k: 'dispatch'; c: Compiled; group: GPUBindGroup; offset: number; grid: [number, number, number] }
-  | { k: 'write'; gpu: GPUBuffer; byteOffset: number; data: Uint8Array };
+  | { k: 'write'; gpu: GPUBuffer; byteOffset: number; data: Uint8Array }
+  | { k: 'copy'; src: GPUBuffer; dst: GPUBuffer; bytes: number };
 
 interface Pass { commands: Command[]; uniforms: PassUniforms; toDestroy: GPUBuffer[] }
 
@@ -54,11 +53,12 @@ const PATCH_HALF_WGSL = `struct Patch { word: u32, mask: u32, value: u32 }
 
 export type EmitWGSL = (ir: KernelIR) => string;
 
-export class WebGPUDevice implements Device {
+export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
   readonly kind = 'webgpu' as const;
   readonly description: string;
   readonly caps: Caps;
   readonly software: boolean;
+  readonly profile: DeviceProfile;
   /** The device's limits (requested explicitly: the adapter's own) and the adapter's. */
   readonly limits: GPUSupportedLimits;
   readonly adapterLimits: GPUSupportedLimits;
@@ -67,13 +67,11 @@ export class WebGPUDevice implements Device {
   private instance: GPU | undefined;
   private readonly pool: UniformPool;
   private pass: Pass;
-  private readonly compiledByKernel = new WeakMap<Kernel<any, any>, Compiled>();
+  private readonly compiledByKernel = new WeakMap<Kernel, Compiled>();
   private readonly compiledByText = new Map<string, Compiled>();
-  private readonly live = new Set<WebGPUBuffer>();
   private readonly staging = new Map<number, GPUBuffer[]>();
   private patchHalf: Compiled | undefined;
   private nextId = 1;
-  private bytes = 0;
   /** Passes taken for flushing but not yet submitted: writes must then queue behind them. */
   private unsubmitted = 0;
   private flushChain: Promise<void> = Promise.resolve();
@@ -82,6 +80,7 @@ export class WebGPUDevice implements Device {
   private destroyed = false;
 
   constructor(opened: OpenedDevice, private readonly emit: EmitWGSL) {
+    super();
     this.device = opened.device;
     this.limits = opened.device.limits;
     this.adapterLimits = opened.adapter.limits;
@@ -89,6 +88,8 @@ export class WebGPUDevice implements Device {
     this.description = opened.description;
     this.caps = opened.caps;
     this.software = opened.software;
+    // A software adapter runs workgroups on CPU cores (~16 of 64 invocations per core keep them busy).
+    this.profile = { software: opened.software, parallelism: opened.software ? 1024 * os.availableParallelism() : 65536 };
     this.pool = new UniformPool(this.device, Math.max(16, this.limits.minUniformBufferOffsetAlignment));
     this.pass = this.newPass();
     this.device.lost.then((info) => {
@@ -100,69 +101,41 @@ export class WebGPUDevice implements Device {
     });
   }
 
-  /** Bytes of the buffers allocated and not freed (internal uniform and readback buffers excluded). */
-  get bytesInUse(): number { return this.bytes; }
   /** Launches and writes recorded in the current pass, not yet submitted. */
   get queued(): number { return this.pass.commands.length; }
 
   private newPass(): Pass { return { commands: [], uniforms: new PassUniforms(this.pool), toDestroy: [] }; }
 
-  private usable(): void {
-    if (this.destroyed) throw new Error('webgpu device has been destroyed');
+  protected usable(what = 'use it'): void {
+    if (this.destroyed) throw new Error(`webgpu device: cannot ${what}: the device was destroyed`);
     if (this.lost) throw this.lost;
   }
 
-  private own(buf: DeviceBuffer | undefined, what: string): WebGPUBuffer {
-    if (!(buf instanceof WebGPUBuffer) || buf.owner !== this) {
-      throw new LaunchError(`${what}: buffer '${buf?.label}' does not belong to this webgpu device`);
-    }
-    if (buf.freed) throw new LaunchError(`${what}: buffer '${buf.label}' has been freed`);
-    return buf;
+  /** Whole 4-byte words, and at least 16 bytes: a vec4 binding needs one whole element even when
+   *  the buffer is empty (a non-empty one bound as vecW holds a multiple of W words). */
+  protected override allocationBytes(dtype: StorageType, length: number): number {
+    return Math.max(16, Math.ceil((length * byteSize(dtype)) / 4) * 4);
   }
 
-  alloc<T extends StorageType>(dtype: T, length: number, label?: string): DeviceBuffer<T> {
-    this.usable();
-    const id = this.nextId++;
-    const name = label ?? `buffer${id}`;
-    if (!(dtype in HOST_ARRAYS)) throw new Error(`alloc '${name}': dtype '${dtype}' is not one of f32, f16, i32, u32`);
-    if (!Number.isInteger(length) || length < 0) throw new Error(`alloc '${name}': length ${length} is not a non-negative integer`);
-    // Whole 4-byte words, and at least 16 bytes: a vec4 binding needs one whole element even
-    // when the buffer is empty (a non-empty one bound as vecW holds a multiple of W words).
-    const bytes = Math.max(16, Math.ceil((length * byteSize(dtype)) / 4) * 4);
+  protected allocBuffer(dtype: StorageType, length: number, label: string, bytes: number): WebGPUBuffer {
     const max = Math.min(this.limits.maxBufferSize, this.limits.maxStorageBufferBindingSize);
-    if (bytes > max) throw new Error(`alloc '${name}': ${bytes} bytes exceed the device's largest storage buffer (${max} bytes)`);
-    const gpu = this.device.createBuffer({ label: name, size: bytes, usage: STORAGE | COPY_SRC | COPY_DST });
-    const buf = new WebGPUBuffer(dtype, length, name, id, gpu, bytes, this);
-    this.live.add(buf);
-    this.bytes += bytes;
-    return buf;
+    if (bytes > max) throw new Error(`webgpu alloc '${label}': ${bytes} bytes exceed the device's largest storage buffer (${max} bytes)`);
+    const gpu = this.device.createBuffer({ label, size: bytes, usage: STORAGE | COPY_SRC | COPY_DST });
+    return new WebGPUBuffer(dtype, length, label, bytes, this.nextId++, gpu);
   }
 
-  free(buf: DeviceBuffer): void {
-    const b = this.own(buf, 'free');
-    b.freed = true;
-    this.live.delete(b);
-    this.bytes -= b.bytes;
+  protected freeBuffer(b: WebGPUBuffer): void {
     // Commands not yet submitted may still use it: destroy after the current pass is submitted.
     if (this.pass.commands.length || this.unsubmitted) this.pass.toDestroy.push(b.gpu);
     else b.gpu.destroy();
   }
 
-  write<T extends StorageType>(buf: DeviceBuffer<T>, data: HostArray<T>, offset = 0): void {
-    this.usable();
-    const b = this.own(buf, 'write');
-    const Host = HOST_ARRAYS[b.dtype];
-    if (!(data instanceof Host)) {
-      throw new Error(`write to '${b.label}' (${b.dtype}) needs a ${Host.name}, got ${(data as object)?.constructor?.name ?? typeof data}`);
-    }
-    if (!Number.isInteger(offset) || offset < 0 || offset + data.length > b.length) {
-      throw new Error(`write to '${b.label}': ${data.length} elements at offset ${offset} do not fit its ${b.length} elements`);
-    }
+  protected writeBuffer(b: WebGPUBuffer, data: HostArray<StorageType>, offset: number): void {
     if (data.length === 0) return;
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    if (b.dtype !== 'f16') return this.enqueueWrite(b.gpu, offset * 4, bytes);
+    if (b.dtype !== 'f16' || !(data instanceof Uint16Array)) return this.enqueueWrite(b.gpu, offset * 4, bytes);
     // f16: whole u32 words go through writeBuffer; a half word shared with a neighbour is patched.
-    const halves = data as Uint16Array;
+    const halves = data;
     let first = 0, last = halves.length; // [first, last) written as whole words
     if (offset % 2 === 1) {
       this.patchWord(b, (offset - 1) / 2, 0xffff0000, halves[0]! << 16);
@@ -184,6 +157,14 @@ export class WebGPUDevice implements Device {
     this.enqueueWrite(b.gpu, startByte, chunk);
   }
 
+  /** Device-side copy of a whole buffer, recorded in the current pass. */
+  copy<T extends StorageType>(dst: DeviceBuffer<T>, src: DeviceBuffer<T>): void {
+    this.usable('copy');
+    const d = this.own(dst, 'webgpu copy'), s = this.own(src, 'webgpu copy');
+    checkCopy('webgpu', d, s);
+    this.pass.commands.push({ k: 'copy', src: s.gpu, dst: d.gpu, bytes: Math.min(s.bytes, d.bytes) });
+  }
+
   private enqueueWrite(gpu: GPUBuffer, byteOffset: number, data: Uint8Array): void {
     // queue.writeBuffer runs before anything not yet submitted: only write directly when nothing is pending.
     if (!this.pass.commands.length && !this.unsubmitted) this.device.queue.writeBuffer(gpu, byteOffset, data);
@@ -195,12 +176,9 @@ export class WebGPUDevice implements Device {
     this.record(this.patchHalf, [b], [1, 1, 1], (chunk, at) => { chunk.u32[at] = word; chunk.u32[at + 1] = mask; chunk.u32[at + 2] = value >>> 0; });
   }
 
-  launch<B extends Bindings, U extends Uniforms>(kernel: Kernel<B, U>, bindings: BoundBuffers<B>, uniforms: UniformValues<U>): void {
-    this.usable();
-    validateLaunch(kernel, bindings, uniforms);
+  protected dispatch(kernel: Kernel, bufs: WebGPUBuffer[], uniforms: Record<string, number>, grid: [number, number, number]): void {
     const ir = kernel.ir;
     const what = `kernel '${ir.name}'`;
-    const bufs = ir.buffers.map((d) => this.own(bindings[d.key], `${what}, binding '${d.key}'`));
     for (let i = 0; i < bufs.length; i++) {
       for (let j = i + 1; j < bufs.length; j++) {
         if (bufs[i] === bufs[j] && (ir.buffers[i]!.access === 'read_write' || ir.buffers[j]!.access === 'read_write')) {
@@ -208,7 +186,6 @@ export class WebGPUDevice implements Device {
         }
       }
     }
-    const grid = kernel.grid(uniforms);
     const maxGrid = this.limits.maxComputeWorkgroupsPerDimension;
     if (grid.some((g) => g > maxGrid)) {
       throw new LaunchError(`${what}: grid ${grid.join('x')} exceeds the device's ${maxGrid} workgroups per dimension`);
@@ -249,11 +226,7 @@ export class WebGPUDevice implements Device {
     this.pass.commands.push({ k: 'dispatch', c, group, offset, grid });
   }
 
-  run<B extends Record<string, BindingSpec>, S extends Record<string, number>>(op: Op<B, S>, bindings: BoundBuffers<B>, sizes: S): void {
-    runPlan(this, op, bindings, sizes);
-  }
-
-  private compiledFor(kernel: Kernel<any, any>): Compiled {
+  private compiledFor(kernel: Kernel): Compiled {
     let c = this.compiledByKernel.get(kernel);
     if (c) return c;
     const ir = kernel.ir;
@@ -350,6 +323,10 @@ export class WebGPUDevice implements Device {
             if (cmd.c.uniformBytes) cp.setBindGroup(0, cmd.group, [cmd.offset]);
             else cp.setBindGroup(0, cmd.group);
             cp.dispatchWorkgroups(cmd.grid[0], cmd.grid[1], cmd.grid[2]);
+          } else if (cmd.k === 'copy') {
+            cp?.end();
+            cp = undefined;
+            enc.copyBufferToBuffer(cmd.src, 0, cmd.dst, 0, cmd.bytes);
           } else {
             // A host write between launches: submit what precedes it so the write lands in order.
             cp?.end();
@@ -390,9 +367,7 @@ export class WebGPUDevice implements Device {
     this.takeUncaptured();
   }
 
-  async read<T extends StorageType>(buf: DeviceBuffer<T>): Promise<HostArray<T>> {
-    this.usable();
-    const b = this.own(buf, 'read');
+  protected async readBuffer<T extends StorageType>(b: WebGPUBuffer, dtype: T): Promise<HostArray<T>> {
     const staging = this.takeStaging(b.bytes);
     let mapped = false;
     try {
@@ -401,7 +376,7 @@ export class WebGPUDevice implements Device {
       mapped = true;
       const copy = staging.getMappedRange(0, b.bytes).slice(0);
       this.takeUncaptured();
-      return new HOST_ARRAYS[b.dtype](copy, 0, b.length) as HostArray<T>;
+      return hostArray(dtype, copy, b.length);
     } finally {
       if (mapped) staging.unmap();
       this.giveStaging(staging, b.bytes);
@@ -423,9 +398,8 @@ export class WebGPUDevice implements Device {
     await this.flushChain;
     try { if (!this.lost) await this.device.queue.onSubmittedWorkDone(); } catch { /* destroying anyway */ }
     this.destroyed = true;
-    for (const b of this.live) { b.freed = true; b.gpu.destroy(); }
-    this.live.clear();
-    this.bytes = 0;
+    for (const b of this.live) b.gpu.destroy();
+    this.releaseAll();
     for (const list of this.staging.values()) for (const g of list) g.destroy();
     this.staging.clear();
     for (const g of this.pass.toDestroy) g.destroy();
