@@ -1,6 +1,11 @@
 // Kiln's public API.
 export { loadModel, LLM, DEFAULT_MODEL, GenerationError } from './llm.js';
-export type { LoadOptions, GenerateOptions, GeneratedToken, GenerationStats, Quant } from './llm.js';
+export type { LoadOptions, GenerateOptions, GeneratedToken, Quant } from './llm.js';
+export { createEngine, Engine, EngineError, RequestHandle, AdmissionError, QueueFullError, kvBytesPerToken } from './engine.js';
+export type { EngineOptions, EngineRequest, EngineStats, EngineToken, EngineModel, FinishReason, RequestResult } from './engine.js';
+export { Scheduler } from './sched/scheduler.js';
+export type { SchedulerOptions, StepPlan, ScheduledSeq } from './sched/scheduler.js';
+export { NonFiniteWeightError } from './io/finite.js';
 export { createDevice } from './backend/index.js';
 export type { DeviceOptions } from './backend/index.js';
 export type { Device, DeviceBuffer, BackendKind, HostArray } from './backend/device.js';

@@ -30,8 +30,8 @@ describe('chat templates', () => {
       expect(llm.decode(ids)).toBe(text);
       // chat() is generate() on those ids: same seed, same tokens.
       const viaChat: number[] = [], viaIds: number[] = [];
-      for await (const t of llm.chat(messages, { temperature: 0.9, seed: 5, maxTokens: 8 })) if (t.id >= 0) viaChat.push(t.id);
-      for await (const t of llm.generate(ids, { temperature: 0.9, seed: 5, maxTokens: 8 })) if (t.id >= 0) viaIds.push(t.id);
+      for await (const t of llm.chat(messages, { temperature: 0.9, seed: 5, maxTokens: 8 })) if (t.tokenId >= 0) viaChat.push(t.tokenId);
+      for await (const t of llm.generate(ids, { temperature: 0.9, seed: 5, maxTokens: 8 })) if (t.tokenId >= 0) viaIds.push(t.tokenId);
       expect(viaChat).toEqual(viaIds);
       expect(viaChat.length).toBeGreaterThan(0);
     } finally {

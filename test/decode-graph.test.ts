@@ -204,7 +204,7 @@ forEachBackend('fixed-shape decode steps', (base: Device) => {
       });
 
       it('decodeStep refuses what is not a decode step, naming the sequence and field', () => {
-        const fw = llm.forwardPass;
+        const fw = llm.engine.forward;
         const one = (over: Partial<SeqInput>): SeqInput => ({ tokens: [1], ctxLen: 0, blockTable: [0], slots: [0], logits: 'last', ...over });
         expect(() => fw.decodeStep([one({}), one({ tokens: [1, 2], slots: [1, 2] })])).toThrow(/sequence 1 brings 2 tokens/);
         expect(() => fw.decodeStep([one({ logits: 'none' })])).toThrow(/asks for no logits/);

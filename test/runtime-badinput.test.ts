@@ -205,7 +205,7 @@ forEachBackend('runtime bad input', (dev: Device) => {
     /** The request fails with `error`, frees its blocks, and the model still generates. */
     async function refuses(run: () => Promise<unknown>, error: RegExp): Promise<void> {
       await expect(run()).rejects.toThrow(error);
-      expect(llm.blocks.freeBlocks).toBe(llm.blocks.numBlocks);
+      expect(llm.engine.blocks.freeBlocks).toBe(llm.engine.blocks.numBlocks);
     }
     const complete = (prompt: string | readonly number[], opts: GenerateOptions = {}) => () => llm.complete(prompt, { temperature: 0, ...opts });
 
@@ -227,10 +227,11 @@ forEachBackend('runtime bad input', (dev: Device) => {
       // A text prompt too long once tokenized.
       await refuses(complete(fs.readFileSync('/work/shared/data/brown-heldout.txt', 'utf8').slice(0, 20000)), /the prompt has \d+ tokens; the model's context is 512/);
       const out: number[] = [];
-      for await (const t of llm.generate(ids.slice(0, ctx - 1), { temperature: 0, maxTokens: 10, stopTokenIds: [] })) if (t.id >= 0) out.push(t.id);
+      const h = llm.generate(ids.slice(0, ctx - 1), { temperature: 0, maxTokens: 10, stopTokenIds: [] });
+      for await (const t of h) if (t.tokenId >= 0) out.push(t.tokenId);
       expect(out.length).toBe(1);
-      expect(llm.lastStats).toMatchObject({ finishReason: 'length', generatedTokens: 1 });
-      expect(llm.blocks.freeBlocks).toBe(llm.blocks.numBlocks);
+      expect(await h.result()).toMatchObject({ finishReason: 'length', usage: { generatedTokens: 1 } });
+      expect(llm.engine.blocks.freeBlocks).toBe(llm.engine.blocks.numBlocks);
     });
 
     it('invalid sampling parameters, each named', async () => {
@@ -252,9 +253,9 @@ forEachBackend('runtime bad input', (dev: Device) => {
       const llm = await loadModel(STORIES_BIN, { device: dev, quant: 'f32' });
       try {
         await expect(llm.complete('Once upon a time')).rejects.toThrow(/stories260K\.bin has no tokenizer\.json: pass token ids/);
-        expect(llm.blocks.freeBlocks).toBe(llm.blocks.numBlocks);
+        expect(llm.engine.blocks.freeBlocks).toBe(llm.engine.blocks.numBlocks);
         const out: number[] = [];
-        for await (const t of llm.generate([1], { temperature: 0, maxTokens: 3, stopTokenIds: [] })) out.push(t.id);
+        for await (const t of llm.generate([1], { temperature: 0, maxTokens: 3, stopTokenIds: [] })) out.push(t.tokenId);
         expect(out.length).toBe(3);
       } finally {
         await llm.close();

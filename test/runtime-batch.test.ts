@@ -34,20 +34,20 @@ class Runner {
   readonly done: number[];
   constructor(private readonly llm: LLM, readonly seqs: number[][]) {
     this.names = seqs.map(() => `batch-test-${seqIds++}`);
-    this.names.forEach((n) => llm.blocks.addSequence(n));
+    this.names.forEach((n) => llm.engine.blocks.addSequence(n));
     this.rows = seqs.map((s) => new Array<Float32Array | undefined>(s.length));
     this.done = seqs.map(() => 0);
   }
 
   /** One forward pass: each entry feeds the next `n` tokens of sequence `s`. */
   async step(parts: { s: number; n: number; logits: SeqInput['logits'] }[]): Promise<void> {
-    const bm = this.llm.blocks, V = this.llm.spec.vocabSize;
+    const bm = this.llm.engine.blocks, V = this.llm.spec.vocabSize;
     const batch: SeqInput[] = parts.map(({ s, n, logits }) => {
       const tokens = this.seqs[s]!.slice(this.done[s], this.done[s]! + n);
       const slots = bm.append(this.names[s]!, tokens);
       return { tokens, ctxLen: this.done[s]!, blockTable: bm.blockTable(this.names[s]!), slots, logits };
     });
-    const r = await this.llm.forwardPass.forward(batch);
+    const r = await this.llm.engine.forward.forward(batch);
     // The rows come back in batch order, exactly those asked for.
     const expected = parts.flatMap(({ n, logits }, i) => (logits === 'all' ? [...Array(n).keys()] : logits === 'last' ? [n - 1] : []).map((token) => ({ seq: i, token })));
     expect(r.rows).toEqual(expected);
@@ -66,7 +66,7 @@ class Runner {
   }
 
   free(): void {
-    for (const n of this.names) if (this.llm.blocks.has(n)) this.llm.blocks.free(n);
+    for (const n of this.names) if (this.llm.engine.blocks.has(n)) this.llm.engine.blocks.free(n);
   }
 }
 
@@ -102,7 +102,7 @@ forEachBackend('runtime batch invariance', (dev: Device) => {
         for (const s of seqs) refs.push(await solo(llm, s));
       });
       afterAll(async () => {
-        expect(llm.blocks.freeBlocks).toBe(llm.blocks.numBlocks);
+        expect(llm.engine.blocks.freeBlocks).toBe(llm.engine.blocks.numBlocks);
         await llm?.close();
       });
 
@@ -141,7 +141,7 @@ forEachBackend('runtime batch invariance', (dev: Device) => {
             const pick = live.filter(() => r() < 0.75);
             if (!pick.length) pick.push(live[Math.floor(r() * live.length)]!);
             pick.sort(() => r() - 0.5);
-            let budget = llm.forwardPass.maxBatchTokens;
+            let budget = llm.engine.forward.maxBatchTokens;
             const parts = pick.flatMap((s) => {
               const left = seqs[s]!.length - run.done[s]!;
               const n = Math.min(left, budget, r() < 0.4 ? 1 : 1 + Math.floor(r() * 20));

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Device } from '../src/backend/device.js';
 import { type GeneratedToken, type GenerateOptions, type LLM, loadModel } from '../src/llm.js';
 import { OutOfBlocksError } from '../src/kv/blockManager.js';
+import { AdmissionError, type RequestResult } from '../src/engine.js';
 import { forEachBackend } from './backends.js';
 import { brown, BROWN_PROMPT, brownDir, heldoutIds } from './runtimeGolden.js';
 
@@ -13,19 +14,23 @@ const golden = brown.draft;
 const GREEDY_IDS = golden.greedy_ids_fp32.slice(golden.prompt_ids.length);
 const GREEDY_TEXT = golden.greedy_text_fp32.slice(BROWN_PROMPT.length);
 
+/** The result of the last collect(). */
+let last: RequestResult;
 async function collect(llm: LLM, prompt: string | readonly number[], opts: GenerateOptions): Promise<GeneratedToken[]> {
   const out: GeneratedToken[] = [];
-  for await (const t of llm.generate(prompt, opts)) out.push(t);
+  const h = llm.generate(prompt, opts);
+  for await (const t of h) out.push(t);
+  last = await h.result();
   return out;
 }
 const textOf = (ts: GeneratedToken[]): string => ts.map((t) => t.text).join('');
-const idsOf = (ts: GeneratedToken[]): number[] => ts.filter((t) => t.id >= 0).map((t) => t.id);
+const idsOf = (ts: GeneratedToken[]): number[] => ts.filter((t) => t.tokenId >= 0).map((t) => t.tokenId);
 
 forEachBackend('runtime generation', (dev: Device) => {
   let llm: LLM;
   beforeAll(async () => { llm = await loadModel(brownDir('draft'), { device: dev }); });
   afterAll(async () => { await llm?.close(); });
-  const allFree = () => expect(llm.blocks.freeBlocks).toBe(llm.blocks.numBlocks);
+  const allFree = () => expect(llm.engine.blocks.freeBlocks).toBe(llm.engine.blocks.numBlocks);
 
   describe('stopping', () => {
     it('stops at a stop token id without emitting it', async () => {
@@ -33,7 +38,7 @@ forEachBackend('runtime generation', (dev: Device) => {
       const ts = await collect(llm, BROWN_PROMPT, { temperature: 0, maxTokens: 24, stopTokenIds: [GREEDY_IDS[3]!] });
       expect(idsOf(ts)).toEqual(GREEDY_IDS.slice(0, 3));
       expect(textOf(ts)).toBe(' he had been');
-      expect(llm.lastStats).toMatchObject({ finishReason: 'eos', generatedTokens: 3 });
+      expect(last).toMatchObject({ finishReason: 'eos', usage: { generatedTokens: 3 } });
       allFree();
     });
 
@@ -44,8 +49,8 @@ forEachBackend('runtime generation', (dev: Device) => {
       let found: { seed: number; ids: number[] } | null = null;
       for (let seed = 1; seed <= 12 && !found; seed++) {
         const ts = await collect(llm, 'The', { temperature: 1, seed, maxTokens: 80 });
-        if (llm.lastStats!.finishReason === 'eos') found = { seed, ids: idsOf(ts) };
-        else expect(llm.lastStats!.finishReason).toBe('length');
+        if (last.finishReason === 'eos') found = { seed, ids: idsOf(ts) };
+        else expect(last.finishReason).toBe('length');
       }
       expect(found, 'no seed in 1..12 reached EOS within 80 tokens').not.toBeNull();
       expect(found!.ids).not.toContain(2047);
@@ -60,7 +65,7 @@ forEachBackend('runtime generation', (dev: Device) => {
       const ts = await collect(llm, BROWN_PROMPT, { temperature: 0, maxTokens: 24, stop: ['fighting'] });
       expect(textOf(ts)).toBe(' he had been a little ');
       expect(idsOf(ts)).toEqual(GREEDY_IDS.slice(0, 8)); // up to and including "ing"
-      expect(llm.lastStats).toMatchObject({ finishReason: 'stop', generatedTokens: 8 });
+      expect(last).toMatchObject({ finishReason: 'stop', usage: { generatedTokens: 8 } });
       // Nothing of the stop string was ever yielded, not even its first letters.
       let seen = '';
       for (const t of ts) { seen += t.text; expect(seen.endsWith('f')).toBe(false); }
@@ -75,7 +80,7 @@ forEachBackend('runtime generation', (dev: Device) => {
     it('the earliest of several stop strings wins; one inside the first token gives empty output', async () => {
       expect(textOf(await collect(llm, BROWN_PROMPT, { temperature: 0, maxTokens: 24, stop: [' and', 'had been'] }))).toBe(' he ');
       expect(textOf(await collect(llm, BROWN_PROMPT, { temperature: 0, maxTokens: 24, stop: ['he'] }))).toBe(' ');
-      expect(llm.lastStats).toMatchObject({ finishReason: 'stop', generatedTokens: 1 });
+      expect(last).toMatchObject({ finishReason: 'stop', usage: { generatedTokens: 1 } });
     });
 
     it('text that only looks like the start of a stop string is held back, then released unchanged', async () => {
@@ -84,8 +89,8 @@ forEachBackend('runtime generation', (dev: Device) => {
       const ts = await collect(llm, BROWN_PROMPT, { temperature: 0, maxTokens: 24, stop: ['been a big'] });
       expect(textOf(ts)).toBe(GREEDY_TEXT);
       expect(idsOf(ts)).toEqual(GREEDY_IDS);
-      expect(ts.at(-1)).toEqual({ id: -1, text: 'been a' });
-      expect(llm.lastStats).toMatchObject({ finishReason: 'length', generatedTokens: 24 });
+      expect(ts.at(-1)).toEqual({ tokenId: -1, text: 'been a' });
+      expect(last).toMatchObject({ finishReason: 'length', usage: { generatedTokens: 24 } });
       // " been" could start the stop string: only its space comes out until " a" and " little" follow.
       expect(ts.slice(2, 5).map((t) => t.text)).toEqual([' ', '', 'been a little']);
       // complete() returns the same string.
@@ -120,9 +125,9 @@ forEachBackend('runtime generation', (dev: Device) => {
     it('a repeated prompt reuses its cached full blocks and generates the same tokens', async () => {
       const prompt = heldoutIds(llm).slice(1000, 1040);
       const first = idsOf(await collect(llm, prompt, { temperature: 0, maxTokens: 8 }));
-      expect(llm.lastStats!.cachedTokens).toBe(0);
+      expect(last.usage.cachedTokens).toBe(0);
       const again = idsOf(await collect(llm, prompt, { temperature: 0, maxTokens: 8 }));
-      expect(llm.lastStats!.cachedTokens).toBe(32);
+      expect(last.usage.cachedTokens).toBe(32);
       expect(again).toEqual(first);
       // The same continuation teacher-forced, without the cache.
       const full = [...prompt, ...first];
@@ -135,42 +140,47 @@ forEachBackend('runtime generation', (dev: Device) => {
       allFree();
     });
 
-    it('are all freed after an early break, a consumer error, return() and an unstarted generator', async () => {
+    it('are all freed after an early break, a consumer error, return() and a request nobody reads', async () => {
       let n = 0;
       for await (const t of llm.generate(BROWN_PROMPT, { temperature: 0, maxTokens: 24 })) {
-        expect(t.id).toBe(GREEDY_IDS[n]);
+        expect(t.tokenId).toBe(GREEDY_IDS[n]);
         if (++n === 3) {
-          expect(llm.blocks.freeBlocks).toBeLessThan(llm.blocks.numBlocks);
+          expect(llm.engine.blocks.freeBlocks).toBeLessThan(llm.engine.blocks.numBlocks);
           break;
         }
       }
       allFree();
       await expect((async () => {
-        for await (const t of llm.generate(BROWN_PROMPT, { temperature: 0, maxTokens: 24 })) if (t.id === GREEDY_IDS[4]) throw new Error('consumer failed');
+        for await (const t of llm.generate(BROWN_PROMPT, { temperature: 0, maxTokens: 24 })) if (t.tokenId === GREEDY_IDS[4]) throw new Error('consumer failed');
       })()).rejects.toThrow('consumer failed');
       allFree();
       const g = llm.generate(BROWN_PROMPT, { temperature: 0, maxTokens: 24 });
-      expect((await g.next()).value).toEqual({ id: GREEDY_IDS[0], text: ' he' });
+      expect((await g.next()).value).toEqual({ tokenId: GREEDY_IDS[0], text: ' he' });
       await g.return(undefined);
       allFree();
-      llm.generate(BROWN_PROMPT, { temperature: 0 }); // never iterated: takes nothing
+      // A request runs whether or not its tokens are read (as in a server); it frees when it ends.
+      const unread = llm.generate(BROWN_PROMPT, { temperature: 0, maxTokens: 5 });
+      expect(await unread.result()).toMatchObject({ finishReason: 'length', usage: { generatedTokens: 5 } });
       allFree();
+      const tokens: number[] = [];
+      for await (const t of unread) tokens.push(t.tokenId);
+      expect(tokens.filter((x) => x >= 0)).toEqual(GREEDY_IDS.slice(0, 5));
     });
 
-    it('are all freed when the KV cache runs out mid-generation, and the model stays usable', async () => {
+    it('a request that could never fit the KV pool is refused at admission; the model stays usable', async () => {
       const small = await loadModel(brownDir('draft'), { device: dev, numBlocks: 2 });
       try {
-        // 2 blocks hold 32 positions: the 6-token prompt plus 26 generated tokens fed back; the
-        // 27th is yielded, then has no slot to go into.
-        const got: GeneratedToken[] = [];
-        await expect((async () => { for await (const t of small.generate(BROWN_PROMPT, { temperature: 0, maxTokens: 100, stopTokenIds: [] })) got.push(t); })())
-          .rejects.toThrow(OutOfBlocksError);
-        expect(got.length).toBe(27);
-        expect(small.blocks.freeBlocks).toBe(2);
-        await expect(small.logits(heldoutIds(small).slice(0, 40))).rejects.toThrow(/out of blocks/);
-        expect(small.blocks.freeBlocks).toBe(2);
-        expect(idsOf(await collect(small, BROWN_PROMPT, { temperature: 0, maxTokens: 5 }))).toEqual(GREEDY_IDS.slice(0, 5));
-        expect(small.blocks.freeBlocks).toBe(2);
+        // 2 blocks hold 32 positions: the 6-token prompt plus up to 100 generated tokens cannot fit.
+        await expect((async () => { for await (const t of small.generate(BROWN_PROMPT, { temperature: 0, maxTokens: 100, stopTokenIds: [] })) void t; })())
+          .rejects.toThrow(AdmissionError);
+        await expect(small.complete(BROWN_PROMPT, { maxTokens: 100 })).rejects.toThrow(/106 tokens \(prompt 6 \+ up to 100 generated\) need 7 KV blocks of 16, but the pool has 2/);
+        expect(small.engine.blocks.freeBlocks).toBe(2);
+        await expect(small.logits(heldoutIds(small).slice(0, 40))).rejects.toThrow(OutOfBlocksError);
+        expect(small.engine.blocks.freeBlocks).toBe(2);
+        // 26 tokens fit beside the prompt: exactly the pool.
+        expect(idsOf(await collect(small, BROWN_PROMPT, { temperature: 0, maxTokens: 26, stopTokenIds: [] })).slice(0, 5)).toEqual(GREEDY_IDS.slice(0, 5));
+        expect(last.finishReason).toBe('length');
+        expect(small.engine.blocks.freeBlocks).toBe(2);
       } finally {
         await small.close();
       }

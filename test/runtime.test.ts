@@ -2,6 +2,7 @@
 // outputs of other implementations on real trained models: PyTorch for brown-target/brown-draft,
 // llama2.c's run.c for stories260K. Run on every backend present; then every backend is compared
 // with the cpu backend.
+import type { RequestResult } from '../src/engine.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Device } from '../src/backend/device.js';
 import { type LLM, type LoadOptions, loadModel } from '../src/llm.js';
@@ -32,14 +33,15 @@ const LOSSY: { name: string; opts: LoadOptions; rowTol: number; margin: number }
   { name: 'f16 KV cache', opts: { kvDtype: 'f16' }, rowTol: 2e-3, margin: 0.05 },
 ];
 
-async function generatedIds(llm: LLM, prompt: string | readonly number[], opts: Parameters<LLM['generate']>[1]): Promise<{ ids: number[]; text: string }> {
+async function generatedIds(llm: LLM, prompt: string | readonly number[], opts: Parameters<LLM['generate']>[1]): Promise<{ ids: number[]; text: string; result: RequestResult }> {
   const ids: number[] = [];
   let text = '';
-  for await (const t of llm.generate(prompt, opts)) {
-    if (t.id >= 0) ids.push(t.id);
+  const h = llm.generate(prompt, opts);
+  for await (const t of h) {
+    if (t.tokenId >= 0) ids.push(t.tokenId);
     text += t.text;
   }
-  return { ids, text };
+  return { ids, text, result: await h.result() };
 }
 
 forEachBackend('runtime on real models', (dev: Device) => {
@@ -62,11 +64,11 @@ forEachBackend('runtime on real models', (dev: Device) => {
         expect(llm.weights.format).toBe('f16');
         expect(llm.encode(BROWN_PROMPT)).toEqual(golden.prompt_ids);
         const steps = golden.greedy_ids_fp32.length - golden.prompt_ids.length;
-        const { ids, text } = await generatedIds(llm, BROWN_PROMPT, { temperature: 0, maxTokens: steps });
+        const { ids, text, result } = await generatedIds(llm, BROWN_PROMPT, { temperature: 0, maxTokens: steps });
         expect([...golden.prompt_ids, ...ids]).toEqual(golden.greedy_ids_fp32);
         expect(BROWN_PROMPT + text).toBe(golden.greedy_text_fp32);
-        expect(llm.lastStats).toMatchObject({ promptTokens: golden.prompt_ids.length, generatedTokens: steps, finishReason: 'length' });
-        expect(llm.blocks.freeBlocks).toBe(llm.blocks.numBlocks);
+        expect(result).toMatchObject({ usage: { promptTokens: golden.prompt_ids.length, generatedTokens: steps }, finishReason: 'length' });
+        expect(llm.engine.blocks.freeBlocks).toBe(llm.engine.blocks.numBlocks);
       });
 
       it('f16: teacher-forced logits within 1e-3 per row of the PyTorch logits', async () => {
@@ -92,7 +94,7 @@ forEachBackend('runtime on real models', (dev: Device) => {
           const lossy = await loadModel(brownDir(which), { device: dev, ...c.opts });
           try {
             if (c.opts.quant) expect(lossy.weights).toMatchObject({ format: 'int4', groupSize: c.opts.groupSize });
-            if (c.opts.kvDtype) expect(lossy.forwardPass.kvDtype).toBe(c.opts.kvDtype);
+            if (c.opts.kvDtype) expect(lossy.engine.forward.kvDtype).toBe(c.opts.kvDtype);
             // The greedy sequence against PyTorch, and held-out text against the f16 weights
             // (which match PyTorch to ~5e-7): the greedy text repeats itself, so few of its rows
             // have a clear winner.
