@@ -69,12 +69,15 @@ async function generate(a: ParsedArgs): Promise<void> {
     // --chat: the prompt is one user message, rendered by the model's chat template.
     const input = ids ?? (flag(a, 'chat') ? llm.chatIds([{ role: 'user', content: prompt }]) : prompt);
     process.stdout.write(typeof input === 'string' ? input : llm.tokenizer ? llm.decode(input) : input.join(' '));
-    for await (const t of llm.generate(input, opts)) process.stdout.write(show(t.text, t.id));
+    const h = llm.generate(input, opts);
+    for await (const t of h) process.stdout.write(show(t.text, t.tokenId));
     process.stdout.write('\n');
-    const s = llm.lastStats!;
+    const r = await h.result();
+    if (r.finishReason === 'error') throw new Error(r.error);
+    const s = r.usage, tm = r.timings;
     const rate = (n: number, ms: number) => (ms > 0 ? (n / ms) * 1000 : 0).toFixed(1);
-    process.stderr.write(`prefill ${s.promptTokens - s.cachedTokens} tokens at ${rate(s.promptTokens - s.cachedTokens, s.prefillMs)} tok/s · `
-      + `decode ${s.generatedTokens} tokens at ${rate(Math.max(0, s.generatedTokens - 1), s.decodeMs)} tok/s · ${s.finishReason}\n`);
+    process.stderr.write(`prefill ${s.promptTokens - s.cachedTokens} tokens at ${rate(s.promptTokens - s.cachedTokens, tm.prefillMs)} tok/s · `
+      + `decode ${s.generatedTokens} tokens at ${rate(Math.max(0, s.generatedTokens - 1), tm.decodeMs)} tok/s · ${r.finishReason}\n`);
   } finally {
     await llm.close();
   }
