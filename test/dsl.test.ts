@@ -28,6 +28,12 @@ describe('kernel validation at build time', () => {
       .toThrow(/kernel 'probe': store to read-only buffer 'x' in `x\[0\]`/);
   });
 
+  it('seeing a binding as another element type or as writable is checked when the kernel is built', () => {
+    expect(() => build((k, { x }) => { k.let('v', x.typed('u32').at(0)); })).toThrow(/kernel 'probe': array 'x' holds f32, not u32/);
+    expect(() => build((k, { x }) => { x.writableRef().set(0, 1); })).toThrow(/kernel 'probe': array 'x' is read-only/);
+    expect(() => build((k, { x, y }) => { y.writableRef().typed('u32').set(0, k.u32(x.typed('f32').at(0))); })).not.toThrow();
+  });
+
   it('a value from another kernel is an unbound name here', () => {
     let foreign: Val<'u32'> | undefined;
     build((k) => { foreign = k.let('i', k.globalId.x); });

@@ -73,6 +73,20 @@ export class ArrayRef<T extends DType, W extends boolean = true> {
     readonly atomic: boolean, readonly length: number | undefined, readonly kb: KernelBuilder) {}
   at(i: IndexVal): Val<T> { return this.kb.load(this, i); }
   set(this: ArrayRef<T, true>, i: IndexVal, v: Operand<T>): void { this.kb.store(this, i, v); }
+  /**
+   * The same array seen with element type `t`, checked when the kernel is built: for a binding
+   * whose type follows a parameter (an f32 or packed-f16 u32 cache, table or output).
+   */
+  typed<S extends DType>(t: S): ArrayRef<S, W> {
+    const held: DType = this.t;
+    if (held !== t) this.kb.fail(`array '${this.name}' holds ${held}, not ${t}`);
+    return new ArrayRef<S, W>(this.name, t, this.space, this.writable, this.atomic, this.length, this.kb);
+  }
+  /** The same array as writable, checked when the kernel is built: for a binding whose access follows a parameter. */
+  writableRef(): ArrayRef<T, true> {
+    if (!this.writable) this.kb.fail(`array '${this.name}' is read-only`);
+    return new ArrayRef(this.name, this.t, this.space, true, this.atomic, this.length, this.kb);
+  }
 }
 
 // ---- kernel specifications ------------------------------------------------------------------

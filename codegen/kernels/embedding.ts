@@ -45,13 +45,13 @@ export function embedding(p: EmbeddingParams) {
       const nan = k.let('nan', quietNaN(k));
       if (f16) {
         const v = k.var('v', 'vec2<f32>', 0);
-        k.if(id.lt(V), () => v.set(k.unpack2x16float((table as unknown as typeof ids).at(id.mul(D).add(j).div(2)))),
+        k.if(id.lt(V), () => v.set(k.unpack2x16float(table.typed('u32').at(id.mul(D).add(j).div(2)))),
           () => v.set(k.vec('vec2<f32>', nan, nan)));
         out.set(dst, v.x);
         out.set(dst.add(1), v.y);
       } else {
         const v = k.var('v', 'f32', 0);
-        k.if(id.lt(V), () => v.set((table as unknown as typeof out).at(id.mul(D).add(j))), () => v.set(nan));
+        k.if(id.lt(V), () => v.set(table.typed('f32').at(id.mul(D).add(j))), () => v.set(nan));
         out.set(dst, v);
       }
     },

@@ -5,7 +5,7 @@
 // word (low half = the even element). One invocation writes one word of K and the same word of
 // V — for f16 both halves of it — so no two invocations ever share a word.
 import { kernel, op, storage } from '../dsl/index.js';
-import type { ArrayRef, Caps, Plan } from '../dsl/index.js';
+import type { Caps, Plan } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 
 export interface KvAppendParams {
@@ -47,14 +47,12 @@ export function kvAppendKernel(p: KvAppendParams) {
         const dst = k.let('dst', k.u32(slot).mul(rowWords).add(w));
         if (f16) {
           const src = k.let('src', token.mul(rowWords).add(w).mul(2));
-          const kc = b.kCache as unknown as ArrayRef<'u32', true>;
-          const vc = b.vCache as unknown as ArrayRef<'u32', true>;
+          const kc = b.kCache.typed('u32'), vc = b.vCache.typed('u32');
           kc.set(dst, k.pack2x16float(k.vec('vec2<f32>', b.kNew.at(src), b.kNew.at(src.add(1)))));
           vc.set(dst, k.pack2x16float(k.vec('vec2<f32>', b.vNew.at(src), b.vNew.at(src.add(1)))));
         } else {
           const src = k.let('src', token.mul(rowWords).add(w));
-          const kc = b.kCache as unknown as ArrayRef<'f32', true>;
-          const vc = b.vCache as unknown as ArrayRef<'f32', true>;
+          const kc = b.kCache.typed('f32'), vc = b.vCache.typed('f32');
           kc.set(dst, b.kNew.at(src));
           vc.set(dst, b.vNew.at(src));
         }

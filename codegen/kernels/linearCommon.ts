@@ -90,6 +90,12 @@ export interface EpilogueRefs {
   out: ArrayRef<'f32', true> | ArrayRef<'u32', true>;
 }
 
+/** The epilogue's arrays among a kernel's bindings; a missing `out` fails the kernel build. */
+export function epilogueRefs(k: KernelBuilder, refs: Record<string, ArrayRef<any, boolean>>): EpilogueRefs {
+  const out = refs.out?.writableRef() ?? k.fail("binding 'out' is missing");
+  return { out, ...(refs.bias ? { bias: refs.bias } : {}), ...(refs.residual ? { residual: refs.residual } : {}) };
+}
+
 /** Epilogue bindings (bias, residual, out) with their lengths in terms of the uniforms M, N. */
 export function epilogueBindings(e: Epilogue): Record<string, BindingSpec> {
   const b: Record<string, BindingSpec> = {};
@@ -169,7 +175,9 @@ export function linearFinishKernel(p: FinishParams) {
     grid: ({ M, N }) => [Math.ceil(N / cols / wg), M],
     gridDoc: `ceil(N / ${cols} / ${wg}) x M`,
     body(k, b, { M, N, S }) {
-      const refs = b as unknown as EpilogueRefs & { part: ArrayRef<'f32', false> };
+      const bound: Record<string, ArrayRef<any, boolean>> = b;
+      const refs = epilogueRefs(k, bound);
+      const part = bound.part ?? k.fail("binding 'part' is missing");
       const n0 = k.let('n0', k.globalId.x.mul(cols));
       const m = k.let('m', k.workgroupId.y);
       k.if(n0.ge(N), () => k.return());
@@ -179,7 +187,7 @@ export function linearFinishKernel(p: FinishParams) {
         const n = k.let(`n${c}`, c ? n0.add(c) : n0);
         const sum = (tag: string, col: Val<'u32'>) => {
           const t = k.var(tag, 'f32', 0);
-          k.for(`s_${tag}`, k.u32(0), S, (s) => t.set(t.add(refs.part.at(s.mul(M).add(m).mul(Nw).add(col)))));
+          k.for(`s_${tag}`, k.u32(0), S, (s) => t.set(t.add(part.at(s.mul(M).add(m).mul(Nw).add(col)))));
           return t;
         };
         const g = sum(`t${c}`, n);
@@ -316,7 +324,7 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
     grid: ({ K, Nw, segLen }) => [Math.ceil(Math.ceil(Nw / C) / (units * wg)), Math.ceil(K / segLen)],
     gridDoc: `ceil(Nw / ${C * units * wg}) x ceil(K / segLen)`,
     body(k, b, { K, Nw, segLen }) {
-      const refs = b as unknown as Record<string, ArrayRef<any, boolean>>;
+      const refs: Record<string, ArrayRef<any, boolean>> = b;
       const x = refs.x as ArrayRef<'f32', false>;
       const u = { K, Nw };
       const nUnits = k.let('nUnits', Nw.add(C - 1).div(C));
@@ -467,7 +475,8 @@ export function gemmKernel(src: WeightSource, e: Epilogue, v: GemmVariant, caps:
     grid: ({ M, N }) => [Math.ceil(N / outTileN), Math.ceil(M / tileM)],
     gridDoc: `ceil(N / ${outTileN}) x ceil(M / ${tileM})`,
     body(k, b, { M, K, N, Nw, segLen }) {
-      const refs = b as unknown as Record<string, ArrayRef<any, boolean>> & EpilogueRefs;
+      const refs: Record<string, ArrayRef<any, boolean>> = b;
+      const epi = epilogueRefs(k, refs);
       const x = refs.x as ArrayRef<'f32', false>;
       const xs = k.shared('xs', 'f32', tileK * tileM); // k-major: xs[kk·tileM + m]
       const ws = k.shared('ws', 'f32', tileK * tileN); // ws[kk·tileN + tile column]
@@ -625,9 +634,9 @@ export function gemmKernel(src: WeightSource, e: Epilogue, v: GemmVariant, caps:
               const vals: Val<'f32'>[] = [];
               for (let c = 0; c < step; c++) {
                 const nc = c ? k.let(`n${i}_${j + c}`, n.add(c)) : n;
-                vals.push(k.let(`v${i}_${j + c}`, epilogueValue(k, e, refs, N, m, nc, tot[i]![j + c]!, e.gateUp ? tot[i]![bh + j + c]! : undefined)));
+                vals.push(k.let(`v${i}_${j + c}`, epilogueValue(k, e, epi, N, m, nc, tot[i]![j + c]!, e.gateUp ? tot[i]![bh + j + c]! : undefined)));
               }
-              storeOutput(k, e, refs, N, m, n, vals);
+              storeOutput(k, e, epi, N, m, n, vals);
             });
           }
         });

@@ -32,7 +32,8 @@ import { exp2, kernel, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, DType, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import type { KernelFamily } from './index.js';
-import { type KvAppendParams, kvAppendKernel } from './kvAppend.js';
+import { kvAppendKernel } from './kvAppend.js';
+import { num, oneOf, optionalBool, optionalNums } from './params.js';
 
 /** The head sizes the issue names (and the tests sweep). */
 export const HEAD_DIMS = [8, 16, 32, 64, 80, 96, 128] as const;
@@ -149,8 +150,8 @@ export function attentionPartial(c: AttentionConfig) {
     workgroupSize: W,
     bindings: {
       q: storage('f32', 'read', { len: headsLen(c) }),
-      kCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw as 1, len: cacheLen(c) }),
-      vCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw as 1, len: cacheLen(c) }),
+      kCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw, len: cacheLen(c) }),
+      vCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw, len: cacheLen(c) }),
       blockTables: storage('u32', 'read', { len: (u) => u.numSeqs! * u.maxBlocksPerSeq! }),
       tiles: storage('u32', 'read', { len: (u) => u.numTiles! * TILE_WORDS }),
       partAcc: storage('f32', 'read_write', { len: (u) => u.partRows! * D }),
@@ -455,11 +456,16 @@ export const ATTENTION_FAMILIES: KernelFamily[] = [
       const out = [{ label: `attentionPartial_d128_g4_${kvDtype}`, kernel: partial! }];
       return kvDtype === 'f32' ? [...out, { label: 'attentionMerge_d128_g4', kernel: merge! }] : out;
     }),
-    build: (params, caps) => pagedAttention({ ...(params as unknown as PagedAttentionParams), caps }).kernels[0]!,
+    build: (p, caps) => pagedAttention({
+      headDim: num(p, 'headDim'), groupSize: num(p, 'groupSize'), kvDtype: oneOf(p, 'kvDtype', ['f32', 'f16'], 'f32'),
+      ...optionalNums(p, ['blockSize', 'chunkSize', 'tileTokens', 'kvTile', 'workgroupSize']), vecLoads: optionalBool(p, 'vecLoads'), caps,
+    }).kernels[0]!,
   },
   {
     family: 'kvAppend',
     variants: (caps) => (['f32', 'f16'] as const).map((kvDtype) => ({ label: `kvAppend_d128_${kvDtype}`, kernel: kvAppendKernel({ headDim: 128, kvDtype, caps }) })),
-    build: (params, caps) => kvAppendKernel({ ...(params as unknown as KvAppendParams), caps }),
+    build: (p, caps) => kvAppendKernel({
+      headDim: num(p, 'headDim'), kvDtype: oneOf(p, 'kvDtype', ['f32', 'f16'], 'f32'), ...optionalNums(p, ['blockSize', 'workgroupSize']), caps,
+    }),
   },
 ];

@@ -52,16 +52,19 @@ export function residualAdd(p: PointwiseParams & { inPlace?: boolean } = {}) {
     params: { workgroupSize: wg, inPlace },
     caps,
     workgroupSize: wg,
-    bindings: inPlace
-      ? { a: storage('f32', 'read_write', len), b: storage('f32', 'read', len) }
-      : { a: storage('f32', 'read', len), b: storage('f32', 'read', len), out: storage('f32', 'read_write', len) },
+    bindings: {
+      a: storage('f32', inPlace ? 'read_write' : 'read', len),
+      b: storage('f32', 'read', len),
+      ...(inPlace ? {} : { out: storage('f32', 'read_write', len) }),
+    },
     uniforms: { n: 'u32' },
     grid: ({ n }) => flatGrid(n, wg),
     gridDoc: `ceil(n / ${wg}) spread over x, y ≤ 65535`,
     body(k, refs, { n }) {
-      const r = refs as unknown as Record<'a' | 'b' | 'out', ReturnType<typeof k.shared<'f32'>>>;
+      // In place, a is read_write and takes the sum; otherwise out does.
+      const dst = inPlace ? refs.a.writableRef() : refs.out?.writableRef() ?? k.fail("binding 'out' is missing");
       const i = flatIndex(k, wg);
-      k.if(i.lt(n), () => (inPlace ? r.a : r.out).set(i, r.a.at(i).add(r.b.at(i))));
+      k.if(i.lt(n), () => dst.set(i, refs.a.at(i).add(refs.b.at(i))));
     },
   }));
 }

@@ -49,7 +49,7 @@ export function rmsNorm(p: RmsNormParams = {}) {
     gridDoc: 'M (one workgroup per row)',
     body(k, b, { D, eps }) {
       const { x, w, out } = b;
-      const residual = (b as unknown as Record<string, typeof out | undefined>).residual;
+      const residual = b.residual?.writableRef();
       const red = k.shared('red', 'f32', wg);
       const lid = k.let('lid', k.localIndex);
       const base = k.let('base', k.workgroupId.x.mul(D));

@@ -141,17 +141,18 @@ export function rope(p: RopeParams) {
       const [c, s] = ropeCosSin(kb, b.table, kb.let('p', b.pos.at(t)), i, half, maxPos);
       const [i0, i1] = layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
       type Ref = ArrayRef<'f32', true>;
-      const rotate = (src: Ref, dst: Ref, head: Val<'u32'>, heads: Val<'u32'>) => {
+      const rotate = (src: ArrayRef<'f32', boolean>, dst: Ref, head: Val<'u32'>, heads: Val<'u32'>) => {
         const base = kb.let('base', t.mul(heads).add(head).mul(D));
         const a0 = kb.let('a0', base.add(i0)), a1 = kb.let('a1', base.add(i1));
         const x0 = kb.let('x0', src.at(a0)), x1 = kb.let('x1', src.at(a1));
         dst.set(a0, x0.mul(c).sub(x1.mul(s)));
         dst.set(a1, x1.mul(c).add(x0.mul(s)));
       };
-      // With inPlace q and k are read_write (Ref); otherwise they are only read.
-      const r = b as unknown as Record<'q' | 'k' | 'qOut' | 'kOut', Ref>;
-      kb.if(h.lt(Hq), () => rotate(r.q, inPlace ? r.q : r.qOut, h, Hq),
-        () => rotate(r.k, inPlace ? r.k : r.kOut, h.sub(Hq), Hk));
+      // With inPlace q and k are read_write and rotated where they are; otherwise into qOut, kOut.
+      const bound = (ref: Ref | undefined, name: string): Ref => ref ?? kb.fail(`binding '${name}' is missing`);
+      const qDst = inPlace ? b.q.writableRef() : bound(b.qOut?.writableRef(), 'qOut');
+      const kDst = inPlace ? b.k.writableRef() : bound(b.kOut?.writableRef(), 'kOut');
+      kb.if(h.lt(Hq), () => rotate(b.q, qDst, h, Hq), () => rotate(b.k, kDst, h.sub(Hq), Hk));
     },
   }));
 }

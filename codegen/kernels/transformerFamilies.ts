@@ -16,6 +16,7 @@ import { argmaxRows, f16ToF32, f32ToF16, residualAdd, siluMul } from './pointwis
 import { rmsNorm } from './rmsNorm.js';
 import { ropeQkv } from './ropeQkv.js';
 import { rope } from './rope.js';
+import { num } from './params.js';
 
 /** 'int4g128' → the INT4 source with g = 128; 'f32' / 'f16' → dense. */
 export function sourceFromTag(tag: string): WeightSource {
@@ -38,11 +39,6 @@ const DEFAULT_EPILOGUES: Epilogue[] = [{}, { bias: true }, { residual: true }, {
 const MAIN_SOURCES = ['int4g128', 'f16', 'f32'];
 const EXTRA_SOURCES = ['int4g64', 'int4g32'];
 
-function num(p: Record<string, unknown>, k: string, def?: number): number {
-  const v = p[k] ?? def;
-  if (typeof v !== 'number') throw new Error(`parameter '${k}' must be a number, got ${JSON.stringify(p[k])}`);
-  return v;
-}
 function epilogueOf(p: Record<string, unknown>): Epilogue {
   return fullEpilogue({ bias: !!p.bias, residual: !!p.residual, gateUp: !!p.gateUp, out: (p.out as LinearEpilogue['out']) ?? 'f32' });
 }

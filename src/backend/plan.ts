@@ -29,6 +29,6 @@ export function runPlan<B extends Record<string, BindingSpec>, S extends Record<
       if (!buf) throw new LaunchError(`op '${op.name}': step '${step.kernel.ir.name}' binds '${kb}' to unknown '${src}'`);
       bound[kb] = buf;
     }
-    dev.launch(step.kernel, bound as never, step.uniforms as never);
+    dev.launch(step.kernel, bound, step.uniforms);
   }
 }

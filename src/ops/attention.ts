@@ -5,7 +5,7 @@
 import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/pagedAttention.js';
 import { TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
-import type { Device, DeviceBuffer } from '../backend/device.js';
+import type { Device, DeviceBuffer, HostArray } from '../backend/device.js';
 import { uploadScratch } from '../backend/scratch.js';
 
 /** One sequence of a ragged batch. */
@@ -148,8 +148,8 @@ type PagedAttentionOp = ReturnType<typeof pagedAttention>;
 type KvAppendOp = ReturnType<typeof kvAppend>;
 
 /** Metadata uploads reuse per-device scratch buffers (grown 2× to settle quickly). */
-function metaBuffer<T extends 'u32' | 'i32'>(dev: Device, name: string, t: T, data: T extends 'u32' ? Uint32Array : Int32Array): DeviceBuffer<T> {
-  return uploadScratch(dev, `attention.${name}`, t, data as never, 2);
+function metaBuffer<T extends 'u32' | 'i32'>(dev: Device, name: string, t: T, data: HostArray<T>): DeviceBuffer<T> {
+  return uploadScratch(dev, `attention.${name}`, t, data, 2);
 }
 
 /** Validate, upload the metadata and queue the attention op. */
@@ -167,7 +167,7 @@ export function runPagedAttention(dev: Device, o: PagedAttentionOp, bufs: {
   }
   const tiles = metaBuffer(dev, 'tiles', 'u32', prep.tiles);
   const blockTables = metaBuffer(dev, 'blockTables', 'u32', prep.blockTables);
-  dev.run(o, { ...bufs, tiles, blockTables } as never, prep.sizes);
+  dev.run(o, { ...bufs, tiles, blockTables }, prep.sizes);
   return prep;
 }
 
@@ -181,5 +181,5 @@ export function runKvAppend(dev: Device, o: KvAppendOp, bufs: {
     if (b.length < need) throw new AttentionInputError(`kvAppend: ${name} has ${b.length} elements, ${slots.length} tokens need ${need}`);
   }
   const slotBuf = metaBuffer(dev, 'slots', 'i32', slots);
-  dev.run(o, { ...bufs, slots: slotBuf } as never, { numTokens: slots.length, numKvHeads: geometry.numKvHeads, numBlocks: geometry.numBlocks });
+  dev.run(o, { ...bufs, slots: slotBuf }, { numTokens: slots.length, numKvHeads: geometry.numKvHeads, numBlocks: geometry.numBlocks });
 }

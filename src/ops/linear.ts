@@ -1,7 +1,6 @@
 // Host side of the linear layers: upload weights in the kernels' layout, and run a LinearOp after
 // checking every tensor against the shape the op expects — a wrong shape or dtype is reported
 // with the tensor's name and its expected shape before any device work.
-import os from 'node:os';
 import type { LinearChoiceInput, LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { type AwqTensors, checkAwqShape } from '../quant/awq.js';
@@ -35,7 +34,7 @@ export function checkLinearBindings(op: LinearOp, bindings: LinearBindings, M: n
 /** Validate, then queue the op for M rows. */
 export function runLinear(dev: Device, op: LinearOp, bindings: LinearBindings, M: number): void {
   checkLinearBindings(op, bindings, M);
-  dev.run(op, bindings as never, { M });
+  dev.run(op, bindings, { M });
 }
 
 export interface Int4DeviceWeights {
@@ -98,12 +97,12 @@ export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: nu
 
 /**
  * What int4Linear/denseLinear should know about a device beyond its caps: how many invocations it
- * wants in flight, which sets the default split-K. CPU-like devices (the CPU executor, llvmpipe)
- * want ~16 workgroups of 64 per core (so K is split when N is small); GPUs tens of thousands.
+ * wants in flight (its profile), which sets the default split-K. CPU-like devices (the CPU
+ * executor, llvmpipe) want ~16 workgroups of 64 per core (so K is split when N is small); GPUs
+ * tens of thousands.
  */
 export function linearHints(dev: Device): { caps: Device['caps']; parallelism: number; choice?: LinearChoiceInput } {
-  const software = dev.kind === 'cpu' || /llvmpipe|lavapipe|swiftshader|software/i.test(dev.description);
-  const hints = { caps: dev.caps, parallelism: software ? 1024 * os.availableParallelism() : 65536 };
+  const hints = { caps: dev.caps, parallelism: dev.profile.parallelism };
   // The CPU executor reports GPU-sized limits, but small GEMM tiles run ~2x faster on it (measured
   // with src/ops/tune.ts); a tuned choice replaces this.
   if (dev.kind === 'cpu') return { ...hints, choice: { gemm: { tileM: 32, tileN: 32, tileK: 32, blockM: 2, blockN: 4 } } };

@@ -134,7 +134,7 @@ async function tuneLinear(dev: Device, shape: TuneShape, o: Required<TuneOptions
       : denseLinear({ K, N, weight: dtype, ...hints, choice });
     const launcher = (choice: LinearChoiceInput, M: number) => {
       const op = make(choice);
-      return () => dev.run(op, { ...weights, x, out } as never, { M });
+      return () => dev.run(op, { ...weights, x, out }, { M });
     };
     const base = make({});
     // 1. Split-K (numerics: one per (K, N)), at M = 1.
@@ -176,7 +176,7 @@ async function tuneWorkgroup(dev: Device, sizes: readonly number[], build: (wg: 
   try {
     const { bindings, uniforms } = bind(scratch);
     const wg = await race(dev, 'workgroupSize', sizes.filter((s) => s <= dev.caps.maxInvocationsPerWorkgroup), String,
-      (s) => { const kern = build(s); return () => dev.launch(kern, bindings as never, uniforms as never); }, o, timings);
+      (s) => { const kern = build(s); return () => dev.launch(kern, bindings, uniforms); }, o, timings);
     return { winner: { workgroupSize: wg }, timings };
   } finally { scratch.free(); }
 }

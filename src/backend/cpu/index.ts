@@ -78,8 +78,9 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     this.pool = workers > 0 ? new WorkerPool(workers) : null;
     const threads = workers > 0 ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
     this.description = `cpu (${threads}${this.check ? ', checking' : ''})`;
-    // ~16 workgroups of 64 per core keep every worker busy (measured with src/ops/tune.ts).
-    this.profile = { software: true, parallelism: 1024 * Math.max(1, workers) };
+    // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
+    // per core, not per worker: split factors set reduction order, which must not follow `workers`.
+    this.profile = { software: true, parallelism: 1024 * os.availableParallelism() };
   }
 
   protected usable(what: string): void {

@@ -51,7 +51,8 @@ export async function openDevice(allowSoftware: boolean): Promise<OpenedDevice> 
   const { adapter } = picked;
   const requiredLimits: Record<string, number> = {};
   for (const k of REQUESTED_LIMITS) {
-    const v = (adapter.limits as unknown as Record<string, number | undefined>)[k];
+    // Dawn may lack a newer limit: undefined, then not requested.
+    const v: number | undefined = adapter.limits[k];
     if (typeof v === 'number') requiredLimits[k] = v;
   }
   const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
