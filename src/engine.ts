@@ -59,6 +59,19 @@ export interface EngineOptions {
   decodeGraphs?: boolean;
   /** Variant cache contents (`kiln tune`). */
   tuneCache?: Record<string, Record<string, unknown>>;
+  /** Called after every step with what ran and the engine's stats (metrics, tests). */
+  onStep?: (step: StepInfo) => void;
+}
+
+/** One executed step, as onStep sees it. */
+export interface StepInfo {
+  /** Sequences, tokens computed, tokens generated, whether it was a fixed-shape decode step. */
+  seqs: number;
+  tokens: number;
+  generated: number;
+  decodeOnly: boolean;
+  ms: number;
+  stats: EngineStats;
 }
 
 export interface EngineRequest {
@@ -152,6 +165,7 @@ export class Engine {
   private loopDone: Promise<void> = Promise.resolve();
   private closed = false;
   private destroyed = false;
+  private readonly onStep: EngineOptions['onStep'];
   private readonly window: { t: number; tokens: number }[] = [];
   private totals = { steps: 0, seqs: 0, finished: 0, aborted: 0, failed: 0, promptTokens: 0, cachedTokens: 0 };
 
@@ -183,6 +197,7 @@ export class Engine {
     };
     this.device = model.device;
     this.spec = spec;
+    this.onStep = d.onStep;
     const blocks = new BlockManager(kvBlocks, { blockSize: BLOCK_SIZE, prefixCaching: this.options.prefixCaching });
     this.sched = new Scheduler(blocks, {
       maxBatchedTokens, maxSeqs, chunkSize: this.options.chunkSize, maxPositions: spec.maxPositions,
@@ -371,6 +386,7 @@ export class Engine {
     this.totals.steps++;
     this.totals.seqs += plan.seqs.length;
     this.window.push({ t: now, tokens });
+    this.onStep?.({ seqs: plan.seqs.length, tokens: plan.numTokens, generated: tokens, decodeOnly: plan.decodeOnly, ms: now - t0, stats: this.stats() });
   }
 
   /** Deliver one sampled token to its request; returns the tokens generated (0 or 1). */
