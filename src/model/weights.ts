@@ -30,10 +30,15 @@ export interface WeightOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** A linear layer's weight tensors as its op binds them: INT4 (AutoAWQ words, f16 scales in pairs) or dense. */
+export type LinearWeightTensors =
+  | { qweight: DeviceBuffer<'u32'>; qzeros: DeviceBuffer<'u32'>; scales: DeviceBuffer<'u32'>; bias?: DeviceBuffer<'f32'> }
+  | { w: DeviceBuffer<'f32'> | DeviceBuffer<'u32'>; bias?: DeviceBuffer<'f32'> };
+
 /** One linear layer on the device: its op (shape, epilogue, variant) and its weight buffers. */
 export interface DeviceLinear {
   op: LinearOp;
-  weights: Record<string, DeviceBuffer>;
+  weights: LinearWeightTensors;
 }
 
 export interface LayerWeights {
@@ -113,14 +118,16 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
     const K = parts[0]!.K;
     const N = parts.reduce((s, p) => s + p.N, 0);
     const outN = epi.gateUp ? N / 2 : N;
-    const weights: Record<string, DeviceBuffer> = {};
+    let weights: LinearWeightTensors;
     let op: LinearOp;
     if (fmt === 'int4') {
       const t = concatAwq(parts.map((p) => (awq ? loadAwqLinear(store, p, g) : quantizeRtnInt4(readFloat32(store, `${p.name}.weight`), K, p.N, g, 'NK'))));
       op = int4Linear({ K, N: outN, groupSize: g, ...hints, ...tuned('int4Linear', { K, N, groupSize: g }), ...epi });
-      weights.qweight = upU32(new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length), `${label}.qweight`);
-      weights.qzeros = upU32(new Uint32Array(t.qzeros.buffer, t.qzeros.byteOffset, t.qzeros.length), `${label}.qzeros`);
-      weights.scales = upU32(packF16Pairs(t.scales), `${label}.scales`);
+      weights = {
+        qweight: upU32(new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length), `${label}.qweight`),
+        qzeros: upU32(new Uint32Array(t.qzeros.buffer, t.qzeros.byteOffset, t.qzeros.length), `${label}.qzeros`),
+        scales: upU32(packF16Pairs(t.scales), `${label}.scales`),
+      };
     } else {
       // HF stores [N, K]: stacking parts along N is concatenation; then transpose to [K, N].
       const nk = new Float32Array(N * K);
@@ -128,7 +135,7 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
       for (const p of parts) { nk.set(readFloat32(store, `${p.name}.weight`), off); off += p.N * K; }
       const kn = transpose(nk, N, K);
       op = denseLinear({ K, N: outN, weight: fmt, ...hints, ...tuned('denseLinear', { K, N, weight: fmt }), ...epi });
-      weights.w = fmt === 'f32' ? upF32(kn, `${label}.w`) : upU32(packF16Pairs(f32ArrayToF16(kn)), `${label}.w`);
+      weights = { w: fmt === 'f32' ? upF32(kn, `${label}.w`) : upU32(packF16Pairs(f32ArrayToF16(kn)), `${label}.w`) };
     }
     if (epi.bias) {
       const b = new Float32Array(N);
