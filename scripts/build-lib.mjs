@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Builds dist/: what an installed kiln package runs with plain Node (no tsx).
-//   dist/index.js dsl.js kernels.js emit.js   one ESM bundle per package export
+//   dist/index.js dsl.js kernels.js emit.js ops.js   one ESM bundle per package export
 //   dist/cli.js codegen-cli.js                the `kiln` command (bin/kiln.mjs loads them)
 //   dist/chunk-*.js                           code shared between them (esbuild code splitting)
 //   dist/types/**.d.ts                        declarations, emitted by tsc from tsconfig.build.json
@@ -17,12 +17,13 @@ const DIST = join(ROOT, 'dist');
 const withTypes = !process.argv.includes('--no-types');
 const packing = ['pack', 'publish'].includes(process.env.npm_command ?? '');
 
-/** Output name → source. The first four are package.json "exports"; keep the two in step. */
+/** Output name → source. The first five are package.json "exports"; keep the two in step. */
 export const ENTRIES = {
   index: 'src/index.ts',
   dsl: 'codegen/dsl/index.ts',
   kernels: 'codegen/kernels/index.ts',
   emit: 'codegen/emit/index.ts',
+  ops: 'src/ops/index.ts',
   cli: 'src/cli.ts',
   'codegen-cli': 'codegen/cli.ts',
 };
@@ -140,7 +141,7 @@ if (withTypes) {
   const tsc = join(dirname(tsPkg), JSON.parse(readFileSync(tsPkg, 'utf8')).bin.tsc);
   const r = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, encoding: 'utf8' });
   typesMs = performance.now() - t0;
-  const missing = Object.values(ENTRIES).slice(0, 4).map((src) => join(DIST, 'types', src.replace(/\.ts$/, '.d.ts'))).filter((p) => !existsSync(p));
+  const missing = Object.values(ENTRIES).slice(0, 5).map((src) => join(DIST, 'types', src.replace(/\.ts$/, '.d.ts'))).filter((p) => !existsSync(p));
   const report = `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? String(r.error) : ''}`.trim();
   if (missing.length) fail(`declaration emit failed (no ${missing.map((p) => relative(ROOT, p)).join(', ')}):\n${report}`);
   if (r.status !== 0) {

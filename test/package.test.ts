@@ -199,8 +199,8 @@ describe.skipIf('missing' in npm)('the npm package, installed and used with plai
   });
 
   it('ships dist/, the bin, models, generated kernels and the addon sources, and no TypeScript sources', () => {
-    for (const f of ['dist/index.js', 'dist/dsl.js', 'dist/kernels.js', 'dist/emit.js', 'dist/cli.js', 'dist/codegen-cli.js',
-      'dist/types/src/index.d.ts', 'dist/types/codegen/dsl/index.d.ts', 'bin/kiln.mjs', 'scripts/build-addon.mjs',
+    for (const f of ['dist/index.js', 'dist/dsl.js', 'dist/kernels.js', 'dist/emit.js', 'dist/ops.js', 'dist/cli.js', 'dist/codegen-cli.js',
+      'dist/types/src/index.d.ts', 'dist/types/codegen/dsl/index.d.ts', 'dist/types/src/ops/index.d.ts', 'bin/kiln.mjs', 'scripts/build-addon.mjs',
       'models/brown-target/model.safetensors', 'models/brown-target/tokenizer.json', 'shaders/vectorAdd.wgsl', 'cuda/vectorAdd.cu',
       'cuda/host/binding.gyp', 'cuda/host/addon.cc', 'README.md', 'package.json']) {
       expect(packedFiles, f).toContain(f);
@@ -251,6 +251,25 @@ describe.skipIf('missing' in npm)('the npm package, installed and used with plai
       if (haveAddon) expect(rep.cuda).not.toMatch(/addon not built|failed to load/);
       else expect(rep.cuda).toContain(join(installed, 'cuda/host/build/Release/kiln_cuda.node'));
     }
+  });
+
+  it("README's \"Run one kernel on your tensors\" example runs as written on the cpu device", () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('### Run one kernel on your tensors'));
+    const code = /```js\n([\s\S]*?)```/.exec(section)?.[1];
+    expect(code, 'a js block in the section').toBeDefined();
+    writeFileSync(join(project, 'example.mjs'), code ?? '');
+    const stdout = ok(run(process.execPath, ['example.mjs'], project), 'node example.mjs');
+    const m = /^y 2x128, max \|y − x·W\| = (\S+), rms\(h\[0\]\) = (\S+)$/m.exec(stdout);
+    expect(m, stdout).not.toBeNull();
+    expect(Number(m?.[1])).toBeLessThan(1e-5);
+    expect(Number(m?.[2])).toBeCloseTo(1, 2);
+    // The kernel factories README's table names, from kiln/kernels.
+    const names = ['int4Linear', 'denseLinear', 'pagedAttention', 'kvAppend', 'sampling', 'argmax', 'logSoftmax', 'rejectionSampler',
+      'greedyAcceptance', 'rmsNorm', 'rope', 'ropeQkv', 'embedding', 'siluMul', 'residualAdd', 'argmaxRows', 'f32ToF16', 'f16ToF32',
+      'vectorAdd', 'matmulTiled', 'reduce', 'softmax', 'scan'];
+    writeFileSync(join(project, 'names.mjs'), `import * as k from 'kiln/kernels';\nconsole.log(JSON.stringify(${JSON.stringify(names)}.filter((n) => typeof k[n] !== 'function')));\n`);
+    expect(JSON.parse(ok(run(process.execPath, ['names.mjs'], project), 'node names.mjs'))).toEqual([]);
   });
 
   it('the kiln bin of the installed package runs `kiln codegen` with plain node', () => {

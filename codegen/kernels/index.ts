@@ -11,6 +11,22 @@ import { TRANSFORMER_FAMILIES } from './transformerFamilies.js';
 import { ATTENTION_FAMILIES } from './pagedAttention.js';
 import { SAMPLING_FAMILIES } from './acceptance.js';
 
+// Every kernel factory, by the names README's kernel-library table uses.
+export { int4Linear } from './int4Matmul.js';
+export { denseLinear } from './denseMatmul.js';
+export type { LinearOp, LinearChoice, LinearChoiceInput } from './linearOp.js';
+export { pagedAttention, type PagedAttentionParams } from './pagedAttention.js';
+export { kvAppend } from './kvAppend.js';
+export { sampling, argmax } from './sampling.js';
+export { logSoftmax } from './logSoftmax.js';
+export { rejectionSampler, greedyAcceptance } from './acceptance.js';
+export { rmsNorm } from './rmsNorm.js';
+export { rope, ropeTable, type RopeFrequencies } from './rope.js';
+export { ropeQkv } from './ropeQkv.js';
+export { embedding } from './embedding.js';
+export { siluMul, residualAdd, argmaxRows, f32ToF16, f16ToF32 } from './pointwise.js';
+export { vectorAdd, matmulTiled, reduce, softmax, scan };
+
 export interface KernelVariant { label: string; kernel: Kernel<any, any> }
 export interface KernelFamily {
   family: string;
