@@ -1,5 +1,7 @@
 // `kiln generate | eval | bench | tune` (`kiln codegen` is codegen/cli.ts).
-import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { windowedPerplexity } from './eval.js';
 import { DEFAULT_MODEL, type GenerateOptions, type LoadOptions, loadModel, type Quant } from './llm.js';
 import { flag, num, type ParsedArgs, parseArgs, rejectUnknown, str } from './util/args.js';
@@ -101,17 +103,23 @@ async function evalCmd(a: ParsedArgs): Promise<void> {
   }
 }
 
+/** `kiln bench`: the benchmarks are a program of their own in bench/ (a checkout only, never in the
+ *  package), run through tsx; product code does not import them. */
+function benchCommand(rest: string[]): void {
+  const script = fileURLToPath(new URL('../bench/run.ts', import.meta.url));
+  if (!existsSync(script)) throw new Error(`kiln bench runs from a checkout: ${script} is not here (benchmarks are not in the package)`);
+  const r = spawnSync(process.execPath, ['--import', 'tsx', script, ...rest], { stdio: 'inherit' });
+  if (r.error) throw r.error;
+  process.exitCode = r.status ?? 1;
+}
+
 async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === '--help' || cmd === 'help' || cmd === '-h') { process.stdout.write(HELP); return; }
   switch (cmd) {
     case 'generate': return generate(parseArgs(rest, ['chat']));
     case 'eval': return evalCmd(parseArgs(rest));
-    case 'bench': {
-      process.argv = [process.argv[0]!, 'bench/run.ts', ...rest];
-      await import('../bench/run.js');
-      return;
-    }
+    case 'bench': return benchCommand(rest);
     case 'quantize': { (await import('./quant/writeAwq.js')).quantizeCommand(parseArgs(rest, ['force']), progressBar('quantizing')); return; }
     case 'tune': return (await import('./tune.js')).tuneCommand(parseArgs(rest, ['force']));
     default: throw new Error(`kiln: unknown command '${cmd}'\n${HELP}`);
