@@ -8,6 +8,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   attention: () => import('./attention.js'),
   accept: () => import('./accept.js'),
   generate: () => import('./generate.js'),
+  engine: () => import('./engine.js'),
   pointwise: () => import('./pointwise.js'),
   'gpu-prep': () => import('./gpu/prep.js'),
 };

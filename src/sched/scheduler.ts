@@ -241,15 +241,25 @@ export class Scheduler {
       if (n > 0) plan(s, n);
     }
     // 3. Admissions: preempted requests first, then the waiting queue.
-    const canAdmit = this.mode === 'continuous' || (this.running.length === 0 && out.length === 0);
-    if (canAdmit) {
-      const cap = this.mode === 'static' ? Math.min(o.maxSeqs, o.staticBatchSize) : o.maxSeqs;
-      while (out.length < cap && this.running.length < cap && budget > 0) {
+    if (this.mode === 'continuous') {
+      while (out.length < o.maxSeqs && this.running.length < o.maxSeqs && budget > 0) {
         const s = this.preemptedQ[0] ?? this.waiting[0];
         if (!s) break;
         if (!this.admit(s)) break;
         const n = Math.min(s.tokens.length - s.computed, o.chunkSize, budget);
         if (!plan(s, n)) break;
+      }
+    } else if (this.running.length === 0 && out.length === 0) {
+      // Static: the whole batch forms at once; its prefills run in the steps that follow.
+      const cap = Math.min(o.maxSeqs, o.staticBatchSize);
+      while (this.running.length < cap) {
+        const s = this.preemptedQ[0] ?? this.waiting[0];
+        if (!s || !this.admit(s)) break;
+      }
+      for (const s of [...this.running]) {
+        if (out.length >= o.maxSeqs || budget <= 0) break;
+        const n = Math.min(s.tokens.length - s.computed, o.chunkSize, budget);
+        if (n > 0 && !planned.has(s)) plan(s, n);
       }
     }
     const decodeOnly = out.length > 0 && out.every((q) => q.tokens.length === 1 && q.sample);
