@@ -15,7 +15,9 @@ const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
       --max-tokens N   --temperature T   --top-k K   --top-p P   --min-p P   --seed S   --stop TEXT
   kiln eval ppl [--model DIR] --text FILE     held-out perplexity (windows of 256, no context)
       --device ...   --quant ...   --group-size G   --windows N   --window W
-  kiln quantize --model DIR --out DIR         RTN INT4 → AutoAWQ GEMM checkpoint (--group-size 128, --method rtn, --force)
+  kiln quantize --model DIR --out DIR         INT4 AutoAWQ GEMM checkpoint: --method awq|rtn (default awq)
+      --group-size 128   --calib FILE (default ../shared/data/brown-calib.txt)   --samples 64 × --seq-len 256
+      --device D   --force   (kiln quantize --help for all)
   kiln bench <name> [...]                     benchmarks (dsl, int4, attention, accept, generate, ...)
   kiln tune <kernel> --device D --shape ...   time kernel variants, write the variant cache
   kiln codegen ...                            ahead-of-time WGSL / CUDA (kiln codegen --help)
@@ -120,7 +122,7 @@ async function main(argv: string[]): Promise<void> {
     case 'generate': return generate(parseArgs(rest, ['chat']));
     case 'eval': return evalCmd(parseArgs(rest));
     case 'bench': return benchCommand(rest);
-    case 'quantize': { (await import('./quant/writeAwq.js')).quantizeCommand(parseArgs(rest, ['force']), progressBar('quantizing')); return; }
+    case 'quantize': { await (await import('./quant/quantize.js')).quantizeCommand(parseArgs(rest, ['force', 'help', 'paper-scales', 'no-clip']), progressBar('quantizing')); return; }
     case 'tune': return (await import('./tune.js')).tuneCommand(parseArgs(rest, ['force']));
     default: throw new Error(`kiln: unknown command '${cmd}'\n${HELP}`);
   }

@@ -17,7 +17,8 @@ import { loadModel } from '../src/llm.js';
 import { dequantizeAwq } from '../src/quant/awq.js';
 import { f16BitsToF32, f32ToF16Bits } from '../src/quant/f16.js';
 import { quantizeRtnInt4 } from '../src/quant/rtn.js';
-import { quantizeCommand, writeAwqCheckpoint } from '../src/quant/writeAwq.js';
+import { quantizeCommand } from '../src/quant/quantize.js';
+import { writeAwqCheckpoint } from '../src/quant/writeAwq.js';
 import { parseArgs } from '../src/util/args.js';
 import { forEachBackend } from './backends.js';
 import { freshSeed, randomF32, rng } from './util.js';
@@ -164,7 +165,7 @@ describe('kiln quantize: brown-draft → AutoAWQ GEMM g=64', () => {
 
   it('the CLI writes the same bytes and reports sizes and time', async () => {
     const cliOut = tmp('draft-cli');
-    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'quantize', '--model', DRAFT, '--out', cliOut, '--group-size', String(G)], { cwd: ROOT });
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'quantize', '--method', 'rtn', '--model', DRAFT, '--out', cliOut, '--group-size', String(G)], { cwd: ROOT });
     expect(stdout).toMatch(/AutoAWQ GEMM, 4-bit, group size 64, 14 linear layers/);
     expect(stdout).toMatch(/size [\d.]+ MiB → [\d.]+ KiB \([\d.]+× smaller\) in [\d.]+ s/);
     for (const f of fs.readdirSync(OUT)) expect(fs.readFileSync(path.join(cliOut, f)).equals(fs.readFileSync(path.join(OUT, f))), f).toBe(true);
@@ -277,35 +278,35 @@ describe('kiln quantize: f32 sources, biases, unused tensors (synthetic Qwen2)',
 });
 
 describe('kiln quantize: errors', () => {
-  const run = (...argv: string[]) => quantizeCommand(parseArgs(argv, ['force']), undefined, () => {});
+  const run = (...argv: string[]) => quantizeCommand(parseArgs(['--method', 'rtn', ...argv], ['force']), undefined, () => {});
 
-  it('a non-empty output directory needs --force; --force replaces the checkpoint there', () => {
+  it('a non-empty output directory needs --force; --force replaces the checkpoint there', async () => {
     const out = tmp('busy');
     fs.mkdirSync(out);
     fs.writeFileSync(path.join(out, 'model.safetensors.index.json'), '{"weight_map": {}}');
     fs.writeFileSync(path.join(out, 'notes.txt'), 'keep me');
-    expect(() => run('--model', DRAFT, '--out', out, '--group-size', '64')).toThrow(/output directory .*busy exists and is not empty \(2 entries\); pass --force/);
+    await expect(run('--model', DRAFT, '--out', out, '--group-size', '64')).rejects.toThrow(/output directory .*busy exists and is not empty \(2 entries\); pass --force/);
     expect(fs.existsSync(path.join(out, 'model.safetensors'))).toBe(false);
-    run('--model', DRAFT, '--out', out, '--group-size', '64', '--force');
+    await run('--model', DRAFT, '--out', out, '--group-size', '64', '--force');
     // A stale index would shadow model.safetensors when loading: --force removes it.
     expect(fs.existsSync(path.join(out, 'model.safetensors.index.json'))).toBe(false);
     expect(fs.readFileSync(path.join(out, 'notes.txt'), 'utf8')).toBe('keep me');
     expect(fs.readFileSync(path.join(out, 'model.safetensors')).equals(fs.readFileSync(path.join(OUT, 'model.safetensors')))).toBe(true);
   });
 
-  it('an already quantized model is refused', () => {
-    expect(() => run('--model', OUT, '--out', tmp('twice'))).toThrow(/is already quantized \(config\.json has quantization_config, quant_method 'awq'\)/);
+  it('an already quantized model is refused', async () => {
+    await expect(run('--model', OUT, '--out', tmp('twice'))).rejects.toThrow(/is already quantized \(config\.json has quantization_config, quant_method 'awq'\)/);
     expect(fs.existsSync(tmp('twice'))).toBe(false);
   });
 
-  it('options: --method, --group-size, --model, --out, unknown options, the model directory as output', () => {
-    expect(() => run('--model', DRAFT, '--out', tmp('m'), '--method', 'gptq')).toThrow(/method 'gptq' is not available \(--method: rtn/);
-    expect(() => run('--model', DRAFT, '--out', tmp('g'), '--group-size', '100')).toThrow(/group size 100 \(--group-size\) is not one of 32, 64, 128/);
-    expect(() => run('--out', tmp('x'))).toThrow(/--model DIR/);
-    expect(() => run('--model', DRAFT)).toThrow(/--out DIR/);
-    expect(() => run('--model', DRAFT, '--out', tmp('y'), '--bits', '3')).toThrow(/unknown option --bits/);
-    expect(() => run('--model', tmp('nothing-here'), '--out', tmp('z'))).toThrow(/nothing-here is not a model directory/);
-    expect(() => run('--model', DRAFT, '--out', DRAFT, '--force')).toThrow(/is the model directory; choose another --out/);
+  it('options: --method, --group-size, --model, --out, unknown options, the model directory as output', async () => {
+    await expect(run('--model', DRAFT, '--out', tmp('m'), '--method', 'gptq')).rejects.toThrow(/method 'gptq' is not available \(--method: awq, rtn/);
+    await expect(run('--model', DRAFT, '--out', tmp('g'), '--group-size', '100')).rejects.toThrow(/group size 100 \(--group-size\) is not one of 32, 64, 128/);
+    await expect(run('--out', tmp('x'))).rejects.toThrow(/--model DIR/);
+    await expect(run('--model', DRAFT)).rejects.toThrow(/--out DIR/);
+    await expect(run('--model', DRAFT, '--out', tmp('y'), '--bits', '3')).rejects.toThrow(/unknown option --bits/);
+    await expect(run('--model', tmp('nothing-here'), '--out', tmp('z'))).rejects.toThrow(/nothing-here is not a model directory/);
+    await expect(run('--model', DRAFT, '--out', DRAFT, '--force')).rejects.toThrow(/is the model directory; choose another --out/);
     for (const d of ['m', 'g', 'x', 'y', 'z']) expect(fs.existsSync(tmp(d)), d).toBe(false);
     expect(fs.existsSync(path.join(DRAFT, 'model.safetensors.partial'))).toBe(false);
   });

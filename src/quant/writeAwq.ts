@@ -1,5 +1,6 @@
 // `kiln quantize`: a Hugging Face Llama-family checkpoint (f32/f16/bf16, sharded or not) →
-// an AutoAWQ GEMM checkpoint (version "gemm", 4 bits, zero points) by RTN INT4 quantization.
+// an AutoAWQ GEMM checkpoint (version "gemm", 4 bits, zero points), by RTN INT4 quantization or
+// from AWQ's results (quantize.ts computes those and passes them in as `precomputed`).
 // What AutoAWQ writes, and so what this writes:
 //   every decoder linear (q/k/v/o, gate/up/down): <prefix>.qweight I32 [K, N/8],
 //     <prefix>.qzeros I32 [K/g, N/8], <prefix>.scales F16 [K/g, N] (+ <prefix>.bias F16 [N])
@@ -14,19 +15,25 @@ import * as path from 'node:path';
 import { openModel } from '../io/index.js';
 import { readFloat16Bits, readFloat32, type TensorStore } from '../io/safetensors.js';
 import { expectedDenseWeights, layerLinears, type LinearSpec, type ModelSpec } from '../model/spec.js';
-import { flag, num, type ParsedArgs, rejectUnknown, str } from '../util/args.js';
-import { AWQ_GROUP_SIZES } from './awq.js';
+import { AWQ_GROUP_SIZES, type AwqTensors } from './awq.js';
 import { f32ArrayToF16 } from './f16.js';
 import { quantizeRtnInt4 } from './rtn.js';
 
-export type QuantizeMethod = 'rtn';
-export const QUANTIZE_METHODS: readonly QuantizeMethod[] = ['rtn'];
+export type QuantizeMethod = 'rtn' | 'awq';
+export const QUANTIZE_METHODS: readonly QuantizeMethod[] = ['awq', 'rtn'];
+
+/** Tensors computed elsewhere (AWQ): quantized linears by prefix, changed dense tensors by name. */
+export interface PrecomputedTensors {
+  linears: Map<string, AwqTensors>;
+  dense: Map<string, Float32Array>;
+}
 
 export interface QuantizeOptions {
   /** Group size along K (default 128): one of the sizes the INT4 kernels take. */
   groupSize?: number;
-  /** Only 'rtn' (round to nearest) for now. */
+  /** 'rtn' (round to nearest); 'awq' needs `precomputed` (quantize() in quantize.ts makes it). */
   method?: string;
+  precomputed?: PrecomputedTensors;
   /** Write into a non-empty output directory (replacing its checkpoint files). */
   force?: boolean;
   /** Called after each output tensor is written. */
@@ -54,7 +61,7 @@ const COPIED_FILES = [
   'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
   'tokenizer.model', 'vocab.json', 'merges.txt', 'added_tokens.json', 'chat_template.jinja', 'chat_template.json',
 ];
-const WEIGHTS_FILE = 'model.safetensors';
+export const WEIGHTS_FILE = 'model.safetensors';
 
 /** One tensor of the output: its header entry and how to produce its bytes when its turn comes. */
 interface PlannedTensor {
@@ -67,28 +74,14 @@ interface PlannedTensor {
 /** Quantize `modelDir` into `outDir` as an AutoAWQ GEMM checkpoint. */
 export function writeAwqCheckpoint(modelDir: string, outDir: string, opts: QuantizeOptions = {}): QuantizeResult {
   const t0 = performance.now();
-  const method = opts.method ?? 'rtn';
-  if (!(QUANTIZE_METHODS as readonly string[]).includes(method)) {
-    throw new Error(`quantize: method '${method}' is not available (--method: ${QUANTIZE_METHODS.join(', ')}; rtn is round-to-nearest INT4)`);
-  }
-  const g = opts.groupSize ?? 128;
-  if (!AWQ_GROUP_SIZES.includes(g)) {
-    throw new Error(`quantize: group size ${g} (--group-size) is not one of ${AWQ_GROUP_SIZES.join(', ')}, the sizes the INT4 kernels take`);
-  }
-  if (!fs.existsSync(modelDir) || !fs.statSync(modelDir).isDirectory()) {
-    throw new Error(`quantize: ${modelDir} is not a model directory (expected config.json + *.safetensors)`);
-  }
-  const config = readConfig(modelDir);
-  const existing = config.quantization_config as { quant_method?: unknown } | undefined;
-  if (existing !== undefined && existing !== null) {
-    throw new Error(`quantize: ${modelDir} is already quantized (config.json has quantization_config, quant_method '${String(existing.quant_method)}'); quantize the original f16/f32/bf16 model`);
-  }
+  const { g, config } = checkQuantizeArgs(modelDir, opts);
+  if (opts.method === 'awq' && !opts.precomputed) throw new Error("quantize: method 'awq' needs its search results: call quantize() (src/quant/quantize.ts)");
   const model = openModel(modelDir);
   try {
     const { spec, weights: store } = model;
     checkDims(spec, g);
     const created = prepareOutDir(modelDir, outDir, opts.force ?? false);
-    const plan = planTensors(spec, store, g);
+    const plan = planTensors(spec, store, g, opts.precomputed);
     const written = new Set(plan.map((t) => t.name.replace(/\.(qweight|qzeros|scales)$/, '.weight')));
     const droppedTensors = store.names().filter((n) => !written.has(n));
     const bytesBefore = store.names().reduce((s, n) => s + store.info(n).byteLength, 0);
@@ -114,6 +107,27 @@ export function writeAwqCheckpoint(modelDir: string, outDir: string, opts: Quant
   } finally {
     model.weights.close();
   }
+}
+
+/** Checks method, group size and source before any work; returns the group size and config.json. */
+export function checkQuantizeArgs(modelDir: string, opts: Pick<QuantizeOptions, 'method' | 'groupSize'>): { g: number; config: Record<string, unknown> } {
+  const method = opts.method ?? 'rtn';
+  if (!(QUANTIZE_METHODS as readonly string[]).includes(method)) {
+    throw new Error(`quantize: method '${method}' is not available (--method: ${QUANTIZE_METHODS.join(', ')}; rtn is round-to-nearest INT4)`);
+  }
+  const g = opts.groupSize ?? 128;
+  if (!AWQ_GROUP_SIZES.includes(g)) {
+    throw new Error(`quantize: group size ${g} (--group-size) is not one of ${AWQ_GROUP_SIZES.join(', ')}, the sizes the INT4 kernels take`);
+  }
+  if (!fs.existsSync(modelDir) || !fs.statSync(modelDir).isDirectory()) {
+    throw new Error(`quantize: ${modelDir} is not a model directory (expected config.json + *.safetensors)`);
+  }
+  const config = readConfig(modelDir);
+  const existing = config.quantization_config as { quant_method?: unknown } | undefined;
+  if (existing !== undefined && existing !== null) {
+    throw new Error(`quantize: ${modelDir} is already quantized (config.json has quantization_config, quant_method '${String(existing.quant_method)}'); quantize the original f16/f32/bf16 model`);
+  }
+  return { g, config };
 }
 
 function readConfig(dir: string): Record<string, unknown> {
@@ -144,16 +158,23 @@ function awqConfigJson(config: Record<string, unknown>, groupSize: number): Reco
  * `force`, checkpoint files that would shadow the new one (an index, other shards) are removed.
  * Returns whether it made the directory.
  */
+/** The output directory checks of prepareOutDir, without touching anything (run before a long search). */
+export function checkOutDir(modelDir: string, outDir: string, force: boolean): void {
+  if (!fs.existsSync(outDir)) return;
+  if (!fs.statSync(outDir).isDirectory()) throw new Error(`quantize: output ${outDir} exists and is not a directory`);
+  if (fs.realpathSync(outDir) === fs.realpathSync(modelDir)) {
+    throw new Error(`quantize: the output directory ${outDir} is the model directory; choose another --out`);
+  }
+  const entries = fs.readdirSync(outDir);
+  if (entries.length && !force) {
+    throw new Error(`quantize: output directory ${outDir} exists and is not empty (${entries.length} entries); pass --force to write into it`);
+  }
+}
+
 function prepareOutDir(modelDir: string, outDir: string, force: boolean): boolean {
+  checkOutDir(modelDir, outDir, force);
   if (fs.existsSync(outDir)) {
-    if (!fs.statSync(outDir).isDirectory()) throw new Error(`quantize: output ${outDir} exists and is not a directory`);
-    if (fs.realpathSync(outDir) === fs.realpathSync(modelDir)) {
-      throw new Error(`quantize: the output directory ${outDir} is the model directory; choose another --out`);
-    }
     const entries = fs.readdirSync(outDir);
-    if (entries.length && !force) {
-      throw new Error(`quantize: output directory ${outDir} exists and is not empty (${entries.length} entries); pass --force to write into it`);
-    }
     for (const f of entries) {
       if (f.endsWith('.safetensors') || f === 'model.safetensors.index.json') fs.rmSync(path.join(outDir, f));
     }
@@ -178,20 +199,26 @@ function checkDims(spec: ModelSpec, g: number): void {
 }
 
 /** The output tensors in file order: per layer, its dense tensors and its quantized linears. */
-function planTensors(spec: ModelSpec, store: TensorStore, g: number): PlannedTensor[] {
+function planTensors(spec: ModelSpec, store: TensorStore, g: number, pre?: PrecomputedTensors): PlannedTensor[] {
   const linears = new Map<string, LinearSpec>();
   for (let l = 0; l < spec.layers; l++) for (const lin of layerLinears(spec, l)) linears.set(`${lin.name}.weight`, lin);
   const plan: PlannedTensor[] = [];
   for (const w of expectedDenseWeights(spec)) {
     const lin = linears.get(w.name);
     if (!lin) {
-      plan.push({ name: w.name, dtype: 'F16', shape: w.shape, produce: () => halfBits(store, w.name) });
+      const changed = pre?.dense.get(w.name);
+      plan.push({ name: w.name, dtype: 'F16', shape: w.shape, produce: () => (changed ? checkedHalf(changed, w.name) : halfBits(store, w.name)) });
       continue;
     }
     const { K, N } = lin;
+    const given = pre?.linears.get(lin.name);
+    if (pre && !given) throw new Error(`quantize: no AWQ result for ${lin.name}`);
+    if (given && (given.K !== K || given.N !== N || given.groupSize !== g)) {
+      throw new Error(`quantize: the AWQ result for ${lin.name} is K=${given.K}, N=${given.N}, g=${given.groupSize}; expected K=${K}, N=${N}, g=${g}`);
+    }
     // The three tensors of one layer come from one quantization, made when the first is due.
     let q: ReturnType<typeof quantizeRtnInt4> | null = null;
-    const quantized = () => (q ??= quantizeLinear(store, lin, g));
+    const quantized = () => (q ??= given ?? quantizeLinear(store, lin, g));
     plan.push({ name: `${lin.name}.qweight`, dtype: 'I32', shape: [K, N / 8], produce: () => quantized().qweight });
     plan.push({ name: `${lin.name}.qzeros`, dtype: 'I32', shape: [K / g, N / 8], produce: () => quantized().qzeros });
     plan.push({ name: `${lin.name}.scales`, dtype: 'F16', shape: [K / g, N], produce: () => { const s = quantized().scales; q = null; return s; } });
@@ -210,7 +237,11 @@ function quantizeLinear(store: TensorStore, lin: LinearSpec, g: number) {
 /** A dense tensor as f16 bits: F16 copied bit for bit, F32/BF16 rounded to nearest. */
 function halfBits(store: TensorStore, name: string): Uint16Array {
   if (store.info(name).dtype === 'F16') return readFloat16Bits(store, name);
-  const f = readFloat32(store, name);
+  return checkedHalf(readFloat32(store, name), name);
+}
+
+/** f16 bits of f, refusing values that overflow. */
+function checkedHalf(f: Float32Array, name: string): Uint16Array {
   const h = f32ArrayToF16(f);
   for (let i = 0; i < h.length; i++) {
     // 0x7c00 after masking the sign: ±Inf. A finite value that became one does not fit in f16.
@@ -259,24 +290,8 @@ function writeAll(fd: number, bytes: Uint8Array): void {
   while (at < bytes.length) at += fs.writeSync(fd, bytes, at, bytes.length - at);
 }
 
-function humanBytes(n: number): string {
+export function humanBytes(n: number): string {
   if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
   if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(2)} MiB`;
   return `${(n / 2 ** 10).toFixed(1)} KiB`;
-}
-
-/** `kiln quantize --model DIR --out DIR [--group-size 128] [--method rtn] [--force]` */
-export function quantizeCommand(a: ParsedArgs, onProgress?: (done: number, total: number) => void, log: (line: string) => void = (l) => process.stdout.write(l + '\n')): QuantizeResult {
-  rejectUnknown(a, ['model', 'out', 'group-size', 'method', 'force'], 'kiln quantize');
-  const model = str(a, 'model');
-  const out = str(a, 'out');
-  if (!model) throw new Error('kiln quantize: give the model directory with --model DIR');
-  if (!out) throw new Error('kiln quantize: give the output directory with --out DIR');
-  if (a.positional.length) throw new Error(`kiln quantize: unexpected argument '${a.positional[0]}'`);
-  const r = writeAwqCheckpoint(model, out, { groupSize: num(a, 'group-size'), method: str(a, 'method'), force: flag(a, 'force'), onProgress });
-  log(`wrote ${path.join(out, WEIGHTS_FILE)}: AutoAWQ GEMM, 4-bit, group size ${r.groupSize}, ${r.quantizedLinears} linear layers (RTN)`);
-  log(`size ${humanBytes(r.bytesBefore)} → ${humanBytes(r.bytesAfter)} (${(r.bytesBefore / r.bytesAfter).toFixed(2)}× smaller) in ${(r.ms / 1000).toFixed(1)} s`);
-  log(`config.json with quantization_config${r.copiedFiles.length ? `; copied ${r.copiedFiles.join(', ')}` : ''}`);
-  if (r.droppedTensors.length) log(`not written (unused by the model): ${r.droppedTensors.join(', ')}`);
-  return r;
 }
