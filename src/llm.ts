@@ -34,6 +34,8 @@ export interface LoadOptions {
   engine?: EngineOptions;
   /** Load weights holding NaN or ±Inf (default: refuse, naming the tensor and index). */
   allowNonFinite?: boolean;
+  /** Load a checkpoint holding tensors its config.json does not account for (default: refuse, listing them). */
+  allowUnusedTensors?: boolean;
   /** Variant cache written by `kiln tune` (default: its default path; false: ignore it). */
   tuneCache?: string | false;
   onProgress?: (done: number, total: number) => void;
@@ -153,7 +155,7 @@ export async function loadModel(path: string = DEFAULT_MODEL, opts: LoadOptions 
   let weights: ModelWeights | null = null;
   let llm: LLM | null = null;
   try {
-    files = openModel(path);
+    files = openModel(path, { allowUnusedTensors: opts.allowUnusedTensors });
     const spec = files.spec;
     if (!opts.allowNonFinite) checkFiniteWeights(files.weights);
     const tuneCache = opts.tuneCache === false ? undefined : readTuneCache(opts.tuneCache);

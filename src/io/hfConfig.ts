@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  allLinears, expectedDenseWeights, validateSpec, lmHeadLinear,
+  allLinears, expectedDenseWeights, validateSpec, lmHeadLinear, LM_HEAD,
   type Architecture, type AwqConfig, type ModelSpec, type RopeScaling,
 } from '../model/spec.js';
 import { LOADABLE_DTYPES, type TensorStore } from './safetensors.js';
@@ -234,7 +234,7 @@ export function checkTensor(store: TensorStore, name: string, shape: readonly nu
  * Checks a checkpoint against the spec: every tensor the forward pass reads is present with the
  * right shape. For AWQ specs the decoder's linear layers are checked in the AutoAWQ GEMM layout.
  */
-export function validateWeights(spec: ModelSpec, store: TensorStore): void {
+export function validateWeights(spec: ModelSpec, store: TensorStore, opts: { allowUnusedTensors?: boolean } = {}): void {
   const awq = spec.quantization;
   const quantizedLinears = new Set<string>();
   if (awq) {
@@ -250,12 +250,33 @@ export function validateWeights(spec: ModelSpec, store: TensorStore): void {
   if (!spec.tieEmbeddings && store.has(`${lmHeadLinear(spec).name}.qweight`)) {
     throw new Error(`${store.source}: lm_head is quantized (lm_head.qweight); Kiln keeps the classifier unquantized`);
   }
+  const used = new Set<string>();
   for (const w of expectedDenseWeights(spec)) {
     const prefix = w.name.replace(/\.(weight|bias)$/, '');
     if (quantizedLinears.has(prefix)) {
-      if (w.name.endsWith('.bias')) checkTensor(store, w.name, w.shape);
+      if (w.name.endsWith('.bias')) { checkTensor(store, w.name, w.shape); used.add(w.name); }
+      for (const t of ['qweight', 'qzeros', 'scales']) used.add(`${prefix}.${t}`);
       continue;
     }
     checkTensor(store, w.name, w.shape);
+    used.add(w.name);
   }
+  if (!opts.allowUnusedTensors) checkUnused(spec, store, used);
+}
+
+/**
+ * A tensor the config does not account for means the config and the checkpoint disagree (a
+ * layer count too small silently drops layers; tie_word_embeddings ignores a shipped lm_head):
+ * refuse, listing them. Rotary inv_freq buffers are derived from the config and may be skipped.
+ */
+function checkUnused(spec: ModelSpec, store: TensorStore, used: Set<string>): void {
+  const unused = store.names().filter((n) => !used.has(n) && !n.endsWith('rotary_emb.inv_freq'));
+  if (!unused.length) return;
+  const hints: string[] = [];
+  const layers = unused.map((n) => /^model\.layers\.(\d+)\./.exec(n)).filter((m) => m && Number(m[1]) >= spec.layers).map((m) => Number(m![1]));
+  if (layers.length) hints.push(`config.json says num_hidden_layers = ${spec.layers} but the checkpoint has layers up to ${Math.max(...layers)}`);
+  if (spec.tieEmbeddings && unused.includes(`${LM_HEAD}.weight`)) hints.push('config.json says tie_word_embeddings = true but the checkpoint ships its own lm_head.weight');
+  const list = unused.length > 12 ? `${unused.slice(0, 12).join(', ')}, … (${unused.length} in all)` : unused.join(', ');
+  throw new Error(`${store.source}: ${unused.length} tensor${unused.length > 1 ? 's' : ''} not used by the model config.json describes: ${list}`
+    + `${hints.length ? ` (${hints.join('; ')})` : ''}; fix config.json, or load anyway with allowUnusedTensors`);
 }

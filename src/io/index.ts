@@ -29,7 +29,7 @@ export interface LoadedModel {
  * Opens a model: a Hugging Face directory (config.json + safetensors, optional tokenizer.json;
  * AWQ when config.json says so) or a llama2.c .bin checkpoint.
  */
-export function openModel(p: string): LoadedModel {
+export function openModel(p: string, opts: { allowUnusedTensors?: boolean } = {}): LoadedModel {
   if (!fs.existsSync(p)) throw new Error(`${p}: no such file or directory`);
   if (!fs.statSync(p).isDirectory()) {
     if (p.endsWith('.bin')) {
@@ -41,7 +41,7 @@ export function openModel(p: string): LoadedModel {
   const spec = loadHfConfig(p);
   const weights = openSafetensors(p);
   try {
-    validateWeights(spec, weights);
+    validateWeights(spec, weights, opts);
     const tokenizer = fs.existsSync(path.join(p, 'tokenizer.json')) ? HfTokenizer.fromDir(p) : null;
     if (tokenizer) checkTokenizerVocab(tokenizer, spec);
     return { source: p, format: 'hf', spec, weights, tokenizer };

@@ -7,7 +7,7 @@ import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
 import type { LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
-import { loadAwqLinear } from '../io/awq.js';
+import { dequantizeAwq, isAwqQuantized, loadAwqLinear } from '../io/awq.js';
 import { readFloat16Bits, readFloat32, type TensorStore } from '../io/safetensors.js';
 import { linearHints } from '../ops/linear.js';
 import { cachedChoice } from '../ops/tune.js';
@@ -115,6 +115,13 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
 
   /** Linear layers `parts` fused side by side along N, with the epilogue given. */
   const linear = (parts: LinearSpec[], epi: LinearEpilogue, label: string, fmt: WeightFormat = format): DeviceLinear => {
+    // quantization_config.modules_to_not_convert: AutoAWQ left these linears dense. A fused group
+    // holding one runs dense: f16 when all its parts are dense halves, else f32 (the quantized
+    // parts dequantize exactly: a 4-bit integer times an f16 scale fits an f32).
+    const fromAwq = (p: LinearSpec) => !!awq && fmt === 'int4' && isAwqQuantized(awq, p.name);
+    const kept = awq && fmt === 'int4' ? parts.filter((p) => !fromAwq(p)) : [];
+    const quantizedParts = new Set(parts.filter(fromAwq));
+    if (kept.length) fmt = kept.length === parts.length && kept.every((p) => isHalf(store, `${p.name}.weight`)) ? 'f16' : 'f32';
     const K = parts[0]!.K;
     const N = parts.reduce((s, p) => s + p.N, 0);
     const outN = epi.gateUp ? N / 2 : N;
@@ -132,7 +139,10 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
       // HF stores [N, K]: stacking parts along N is concatenation; then transpose to [K, N].
       const nk = new Float32Array(N * K);
       let off = 0;
-      for (const p of parts) { nk.set(readFloat32(store, `${p.name}.weight`), off); off += p.N * K; }
+      for (const p of parts) {
+        nk.set(quantizedParts.has(p) ? dequantizeAwq(loadAwqLinear(store, p, g)) : readFloat32(store, `${p.name}.weight`), off);
+        off += p.N * K;
+      }
       const kn = transpose(nk, N, K);
       op = denseLinear({ K, N: outN, weight: fmt, ...hints, ...tuned('denseLinear', { K, N, weight: fmt }), ...epi });
       weights = { w: fmt === 'f32' ? upF32(kn, `${label}.w`) : upU32(packF16Pairs(f32ArrayToF16(kn)), `${label}.w`) };
