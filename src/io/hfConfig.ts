@@ -130,6 +130,24 @@ function parseQuantization(q: Fields | undefined): AwqConfig | null {
   return { method: 'awq', version: 'gemm', bits: 4, groupSize, zeroPoint: true, modulesNotConverted: (skip as string[] | null) ?? [] };
 }
 
+/** Largest buffer the runtime allocates in one piece (a JS typed array's limit: 4 GiB). */
+export const MAX_BUFFER_BYTES = 2 ** 32;
+
+/**
+ * max_position_embeddings, refused when the per-position tables (RoPE cos/sin: positions ×
+ * head_dim × 4 bytes) could not be allocated, naming the bytes, rather than failing later with a
+ * raw RangeError. Read as a number first so that 2^53 gets this message too.
+ */
+function maxPositions(cfg: Fields, headDim: number): number {
+  const v = cfg.num('max_position_embeddings', 2048);
+  if (!Number.isInteger(v) || v < 1) cfg.fail('max_position_embeddings', `must be a positive integer, got ${v}`);
+  const bytes = v * headDim * 4;
+  if (bytes > MAX_BUFFER_BYTES) {
+    cfg.fail('max_position_embeddings', `is ${v}: its RoPE table (positions × head_dim ${headDim} × 4 bytes) would need ${bytes} bytes, more than one buffer can hold (${MAX_BUFFER_BYTES})`);
+  }
+  return v;
+}
+
 export interface ParseOptions {
   /** Parsed generation_config.json; its bos/eos ids take precedence over config.json's. */
   generationConfig?: unknown;
@@ -185,7 +203,7 @@ export function parseHfConfig(config: unknown, opts: ParseOptions = {}): ModelSp
     ropeTheta,
     ropeLayout: 'rotate-half',
     ropeScaling,
-    maxPositions: cfg.int('max_position_embeddings', 2048),
+    maxPositions: maxPositions(cfg, headDim),
     slidingWindow,
     tieEmbeddings: cfg.bool('tie_word_embeddings', false),
     qkvBias: arch === 'qwen2',

@@ -30,6 +30,8 @@ export class HfTokenizer implements Decoder {
   readonly source: string;
   /** Largest id the tokenizer can produce, plus one (added tokens included). */
   readonly vocabSize: number;
+  /** Distinct ids it has (fewer than vocabSize when ids are missing, e.g. a truncated vocab). */
+  readonly idCount: number;
   readonly bosToken: string | null;
   readonly eosToken: string | null;
   readonly bosId: number | null;
@@ -49,8 +51,10 @@ export class HfTokenizer implements Decoder {
       throw new Error(`${this.source}: cannot build the tokenizer (${(e as Error).message})`);
     }
     let maxId = -1;
-    for (const id of this.tok.get_vocab(true).values()) maxId = Math.max(maxId, id);
+    const ids = new Set<number>();
+    for (const id of this.tok.get_vocab(true).values()) { maxId = Math.max(maxId, id); ids.add(id); }
     this.vocabSize = maxId + 1;
+    this.idCount = ids.size;
     this.specialIds = new Set([...this.tok.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
     this.bosToken = tokenText(cfg.bos_token);
     this.eosToken = tokenText(cfg.eos_token);
@@ -77,9 +81,30 @@ export class HfTokenizer implements Decoder {
     return new HfTokenizer(read(tjPath), cfg, { source: tjPath, chatTemplate });
   }
 
-  /** Token ids for text; special tokens (e.g. BOS) are added as the post-processor specifies. */
+  /**
+   * Token ids for text; special tokens (e.g. BOS) are added as the post-processor specifies.
+   * Throws when the vocabulary does not cover the text (characters the ids cannot give back,
+   * e.g. a truncated tokenizer.json that encodes a sentence to BOS alone).
+   */
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
-    return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+    const add = opts.addSpecialTokens ?? true;
+    const ids = this.tok.encode(text, { add_special_tokens: add }).ids;
+    this.checkCovers(text, add ? this.tok.encode(text, { add_special_tokens: false }).ids : ids);
+    return ids;
+  }
+
+  /** decode(encode(text)) must give the text back, whitespace aside (normalizers may move it). */
+  private checkCovers(text: string, ids: number[]): void {
+    const squash = (t: string) => t.normalize('NFKC').replace(/\s+/g, '');
+    const want = squash(text);
+    if (!want) return;
+    const got = squash(ids.length ? this.tok.decode(ids, { skip_special_tokens: false }) : '');
+    if (got === want) return;
+    let i = 0;
+    while (i < want.length && want[i] === got[i]) i++;
+    const lost = [...new Set([...want].filter((c) => !got.includes(c)))].slice(0, 8);
+    throw new Error(`${this.source}: the tokenizer's vocabulary does not cover the text: ${ids.length} ids give back ${got.length} of its ${want.length} non-space characters`
+      + ` (first difference at ${JSON.stringify(want.slice(i, i + 12))}${lost.length ? `; characters lost: ${lost.map((c) => JSON.stringify(c)).join(' ')}` : ''}); is tokenizer.json truncated or another model's?`);
   }
 
   decode(ids: readonly number[], opts: { skipSpecialTokens?: boolean } = {}): string {
@@ -180,9 +205,15 @@ export class IncrementalDecoder {
 }
 
 /** The model must have a logit row for every id the tokenizer can produce. */
-export function checkTokenizerVocab(tok: { vocabSize: number; source: string }, spec: ModelSpec): void {
+export function checkTokenizerVocab(tok: { vocabSize: number; idCount?: number; source: string }, spec: ModelSpec): void {
   if (tok.vocabSize > spec.vocabSize) {
     throw new Error(`${tok.source}: the tokenizer has ${tok.vocabSize} ids but the model's vocab_size is ${spec.vocabSize}`);
+  }
+  // Checkpoints pad vocab_size past the tokenizer (to a multiple of 64 or 128; Qwen2 by ~300
+  // ids); a tokenizer far smaller than the model's vocabulary is another model's, or truncated.
+  const have = tok.idCount ?? tok.vocabSize, gap = spec.vocabSize - have;
+  if (gap > Math.max(512, 0.01 * spec.vocabSize)) {
+    throw new Error(`${tok.source}: the tokenizer has ${have} ids but the model's vocab_size is ${spec.vocabSize} (${gap} ids it can never produce); is tokenizer.json truncated or another model's?`);
   }
 }
 
