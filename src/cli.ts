@@ -15,6 +15,7 @@ const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
       --max-tokens N   --temperature T   --top-k K   --top-p P   --min-p P   --seed S   --stop TEXT
   kiln eval ppl [--model DIR] --text FILE     held-out perplexity (windows of 256, no context)
       --device ...   --quant ...   --group-size G   --windows N   --window W
+  kiln eval compare --model DIR --reference DIR --text FILE   KL(reference‖model), top-1 agreement (same windows)
   kiln quantize --model DIR --out DIR         INT4 AutoAWQ GEMM checkpoint: --method awq|rtn (default awq)
       --group-size 128   --calib FILE (default ../shared/data/brown-calib.txt)   --samples 64 × --seq-len 256
       --device D   --force   (kiln quantize --help for all)
@@ -89,7 +90,8 @@ async function generate(a: ParsedArgs): Promise<void> {
 
 async function evalCmd(a: ParsedArgs): Promise<void> {
   const what = a.positional[0];
-  if (what !== 'ppl') throw new Error(`kiln eval: unknown evaluation '${what ?? ''}' (available: ppl)`);
+  if (what === 'compare') return evalCompare(a);
+  if (what !== 'ppl') throw new Error(`kiln eval: unknown evaluation '${what ?? ''}' (available: ppl, compare)`);
   rejectUnknown(a, [...LOAD_OPTS, 'text', 'windows', 'window'], 'kiln eval ppl');
   const file = str(a, 'text');
   if (!file) throw new Error('kiln eval ppl: give the text file with --text FILE');
@@ -113,6 +115,31 @@ function benchCommand(rest: string[]): void {
   const r = spawnSync(process.execPath, ['--import', 'tsx', script, ...rest], { stdio: 'inherit' });
   if (r.error) throw r.error;
   process.exitCode = r.status ?? 1;
+}
+
+/** `kiln eval compare --model A --reference B --text FILE`: KL(B‖A), top-1 agreement, both perplexities. */
+async function evalCompare(a: ParsedArgs): Promise<void> {
+  rejectUnknown(a, [...LOAD_OPTS, 'reference', 'text', 'windows', 'window'], 'kiln eval compare');
+  const file = str(a, 'text'), ref = str(a, 'reference'), model = str(a, 'model');
+  if (!file) throw new Error('kiln eval compare: give the text file with --text FILE');
+  if (!model || !ref) throw new Error('kiln eval compare: give the model with --model DIR and the reference with --reference DIR');
+  const { compareModels } = await import('./quant/compare.js');
+  const text = readFileSync(file, 'utf8');
+  const opts = loadOptions(a);
+  const llm = await loadModel(model, opts);
+  try {
+    const reference = await loadModel(ref, { ...opts, quant: 'none', device: llm.device });
+    try {
+      const ids = llm.encode(text);
+      if (reference.encode(text).join() !== ids.join()) throw new Error(`kiln eval compare: ${model} and ${ref} tokenize the text differently`);
+      const r = await compareModels(llm, reference, ids, { window: num(a, 'window', 256), maxWindows: num(a, 'windows'), onWindow: progressBar('windows') });
+      console.log(`KL(reference‖model) ${r.kl.toFixed(5)} nats/token · top-1 agreement ${(100 * r.top1).toFixed(2)}% · perplexity ${r.pplModel.toFixed(4)} vs ${r.pplReference.toFixed(4)} · ${r.predictions} predictions (${r.windows} windows) · ${(r.ms / 1000).toFixed(1)} s`);
+    } finally {
+      await reference.close();
+    }
+  } finally {
+    await llm.close();
+  }
 }
 
 async function main(argv: string[]): Promise<void> {

@@ -250,3 +250,26 @@ describe('quantize(): bad input, refused before any calibration', () => {
     for (const d of ['e', 'f']) expect(fs.existsSync(tmp(d)), d).toBe(false);
   });
 });
+
+describe('eval compare: KL(reference ‖ model) and top-1 agreement', () => {
+  it('a model against itself: KL 0, full agreement; RTN against f16: KL > 0', async () => {
+    const { compareModels } = await import('../src/quant/compare.js');
+    const f16 = await loadModel(DRAFT, { device: 'cpu' });
+    const rtn = await loadModel(DRAFT, { device: f16.device, quant: 'int4-rtn', groupSize: 64 });
+    try {
+      const ids = f16.encode(fs.readFileSync(CALIB, 'utf8').slice(0, 2000));
+      const self = await compareModels(f16, f16, ids, { window: 64, maxWindows: 2 });
+      expect([self.kl, self.top1, self.predictions]).toEqual([0, 1, 128]);
+      expect(self.pplModel).toBe(self.pplReference);
+      const q = await compareModels(rtn, f16, ids, { window: 64, maxWindows: 2 });
+      console.log(`[compare] RTN g64 vs f16 on 128 predictions: KL ${q.kl.toExponential(3)}, top-1 ${q.top1}`);
+      expect(q.kl).toBeGreaterThan(0);
+      expect(q.kl).toBeLessThan(0.1);
+      expect(q.top1).toBeGreaterThan(0.8);
+      expect(q.pplReference).toBeCloseTo(self.pplReference, 10);
+    } finally {
+      await rtn.close();
+      await f16.close();
+    }
+  });
+});

@@ -27,10 +27,12 @@ export interface ScaleSearchOptions {
    * class, classes 0..C−1. Default: every channel its own.
    */
   tie?: Int32Array;
+  /** Keep s = 1 (plain RTN) when no α beats it (default true; AutoAWQ always takes an α). */
+  keepUnscaled?: boolean;
 }
 
 export interface ScaleSearchResult {
-  /** The chosen α. */
+  /** The chosen α (NaN when no α beat s = 1, see keepUnscaled). */
   alpha: number;
   /** Per input channel (f32 values). */
   scales: Float32Array;
@@ -168,6 +170,9 @@ export function searchScales(ws: HalfWeight[], st: GroupStats, opts: ScaleSearch
     if (loss < best) { best = loss; bestAlpha = alpha; bestClass = cls; }
   }
   const unscaled = scaledLoss(ws, st, new Float32Array(K).fill(1), g);
+  // AutoAWQ's duo grid has no s = 1 point (α = 0 gives 1/w_mean): keep RTN's s = 1 when no α
+  // beats it, so a group is never scaled into more calibration error than plain RTN.
+  if ((opts.keepUnscaled ?? true) && unscaled < best) { best = unscaled; bestAlpha = NaN; bestClass = new Float32Array(C).fill(1); }
   return { alpha: bestAlpha, scales: Float32Array.from(tie, (c) => bestClass[c]!), classScales: bestClass, losses, loss: best, unscaled };
 }
 

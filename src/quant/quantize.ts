@@ -176,7 +176,7 @@ export async function quantizeCommand(
   if (r.awq) {
     const w = r.awq;
     log(`calibration: ${w.samples} × ${w.seqLen} tokens of ${w.calibFile} on ${w.device}; search ${(w.searchMs / 1000).toFixed(1)} s`);
-    w.layers.forEach((l, i) => log(`  layer ${i}: α ${(['qkv', 'o', 'gateUp', 'down'] as const).map((k) => `${k} ${l.alphas[k].toFixed(2)}`).join(', ')}; output error vs RTN ${l.loss.map((x) => `${x.group} ${(x.awq / x.rtn).toFixed(3)}×`).join(', ')}`));
+    w.layers.forEach((l, i) => log(`  layer ${i}: α ${(['qkv', 'o', 'gateUp', 'down'] as const).map((k) => `${k} ${Number.isNaN(l.alphas[k]) ? 'none' : l.alphas[k].toFixed(2)}`).join(', ')}; output error vs RTN ${l.loss.map((x) => `${x.group} ${(x.awq / x.rtn).toFixed(3)}×`).join(', ')}`));
   }
   log(`size ${humanBytes(r.bytesBefore)} → ${humanBytes(r.bytesAfter)} (${(r.bytesBefore / r.bytesAfter).toFixed(2)}× smaller) in ${(r.ms / 1000).toFixed(1)} s · peak memory ${humanBytes(r.peakRss)}`);
   log(`config.json with quantization_config${r.copiedFiles.length ? `; copied ${r.copiedFiles.join(', ')}` : ''}`);
