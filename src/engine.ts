@@ -10,6 +10,7 @@ import { NO_TOKEN } from '../codegen/kernels/sampling.js';
 import type { Device } from './backend/device.js';
 import { type EngineToken, type FinishReason, RequestHandle, type RequestResult } from './engine/requestHandle.js';
 import { ModelRunner, type RowSampling, type SampledRow } from './engine/runner.js';
+import { type SpeculationOptions, Speculator } from './engine/speculation.js';
 import { TextStream } from './engine/textStream.js';
 import type { HfTokenizer } from './io/tokenizer.js';
 import { BlockManager } from './kv/blockManager.js';
@@ -17,10 +18,14 @@ import { LlamaForward } from './model/forward.js';
 import type { ModelSpec } from './model/spec.js';
 import type { ModelWeights } from './model/weights.js';
 import { Scheduler, type SchedulingMode, type StepPlan } from './sched/scheduler.js';
+import { DraftModelDrafter } from './spec/draftModel.js';
+import type { Drafter } from './spec/drafter.js';
+import { NgramDrafter } from './spec/ngram.js';
 
 export type { EngineToken, FinishReason, RequestResult } from './engine/requestHandle.js';
 export { RequestHandle } from './engine/requestHandle.js';
 export { AdmissionError, QueueFullError } from './sched/scheduler.js';
+export type { SpeculationOptions } from './engine/speculation.js';
 
 /** Bad input to the engine: an option, a request field, or use after close. */
 export class EngineError extends Error {}
@@ -61,6 +66,8 @@ export interface EngineOptions {
   tuneCache?: Record<string, Record<string, unknown>>;
   /** Called after every step with what ran and the engine's stats (metrics, tests). */
   onStep?: (step: StepInfo) => void;
+  /** Speculative decoding: a drafter proposes, the target verifies in the same batched step. */
+  speculative?: SpeculationOptions;
 }
 
 /** One executed step, as onStep sees it. */
@@ -112,6 +119,8 @@ export interface EngineStats {
   meanBatchSize: number;
   steps: number;
   requests: { finished: number; aborted: number; failed: number };
+  /** With speculative decoding: drafts proposed and accepted, verify steps, the drafter's share of step time. */
+  speculation?: { drafted: number; accepted: number; acceptRate: number; acceptedPerStep: number; drafterShare: number };
 }
 
 interface Live {
@@ -126,6 +135,7 @@ interface Live {
   submitted: number;
   firstScheduled: number;
   firstToken: number;
+  spec: { drafted: number; accepted: number; steps: number };
   unlisten?: () => void;
 }
 
@@ -151,13 +161,24 @@ function positiveInt(name: string, v: number | undefined): void {
 
 let nextRequestId = 1;
 
+function isEngineModel(x: unknown): x is EngineModel {
+  return typeof x === 'object' && x !== null && 'spec' in x && 'weights' in x && 'device' in x;
+}
+
+function specStats(t: Speculator['totals']): NonNullable<EngineStats['speculation']> {
+  return {
+    drafted: t.drafted, accepted: t.accepted, acceptRate: t.drafted ? t.accepted / t.drafted : 0,
+    acceptedPerStep: t.verifies ? t.accepted / t.verifies : 0, drafterShare: t.stepMs + t.draftMs ? t.draftMs / (t.stepMs + t.draftMs) : 0,
+  };
+}
+
 export class Engine {
   readonly device: Device;
   readonly spec: ModelSpec;
   readonly options: Readonly<Required<Pick<EngineOptions, 'maxBatchedTokens' | 'maxSeqs' | 'chunkSize' | 'scheduling' | 'staticBatchSize' | 'prefixCaching' | 'kvDtype'>> & { kvBlocks: number; kvMemory: number }>;
   readonly forward: LlamaForward;
   private readonly sched: Scheduler;
-  private readonly runner: ModelRunner;
+  private readonly runner!: ModelRunner;
   private readonly live = new Map<number, Live>();
   private readonly pendingAborts = new Set<number>();
   private readonly tasks: (() => Promise<void>)[] = [];
@@ -166,6 +187,7 @@ export class Engine {
   private closed = false;
   private destroyed = false;
   private readonly onStep: EngineOptions['onStep'];
+  private readonly speculator: Speculator | null = null;
   private readonly window: { t: number; tokens: number }[] = [];
   private totals = { steps: 0, seqs: 0, finished: 0, aborted: 0, failed: 0, promptTokens: 0, cachedTokens: 0 };
 
@@ -215,11 +237,38 @@ export class Engine {
       throw e;
     }
     try {
-      this.runner = new ModelRunner(model.device, this.forward, spec.vocabSize, maxSeqs);
+      const sp = d.speculative;
+      this.runner = new ModelRunner(model.device, this.forward, spec.vocabSize, sp ? Math.max(maxSeqs, maxBatchedTokens) : maxSeqs);
+      if (sp) this.speculator = this.makeSpeculator(sp, kvBlocks);
     } catch (e) {
+      this.runner?.destroy();
       this.forward.destroy();
       throw e;
     }
+  }
+
+  private makeSpeculator(sp: SpeculationOptions, kvBlocks: number): Speculator {
+    const k = sp.k ?? 4, maxBatch = sp.maxBatch ?? 8;
+    if (!Number.isInteger(k) || k < 1 || k > 16) throw new EngineError(`speculative.k = ${k} must be an integer in [1, 16]`);
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new EngineError(`speculative.maxBatch = ${maxBatch} must be a positive integer`);
+    const o = this.options;
+    let drafter: Drafter;
+    if (sp.drafter === 'ngram') drafter = new NgramDrafter();
+    else if (typeof (sp.drafter as Drafter).propose === 'function') drafter = sp.drafter as Drafter;
+    else if (isEngineModel(sp.drafter)) {
+      const dm = sp.drafter;
+      if (dm.spec.vocabSize !== this.spec.vocabSize) {
+        throw new EngineError(`speculative.drafter ${dm.source} has a vocabulary of ${dm.spec.vocabSize} tokens, the target ${this.model.source} ${this.spec.vocabSize}: a draft model must share the target's tokenizer`);
+      }
+      const a = this.model.tokenizer, b = dm.tokenizer;
+      if (a && b && (a.encode('The jury said that it was, in fact, 1961.').join() !== b.encode('The jury said that it was, in fact, 1961.').join())) {
+        throw new EngineError(`speculative.drafter ${dm.source} tokenizes text differently from ${this.model.source}: a draft model must share the target's tokenizer`);
+      }
+      if (dm.device !== this.device) throw new EngineError(`speculative.drafter ${dm.source} is on another device: load it with { device: target.device }`);
+      const slack = Math.min(o.maxSeqs, maxBatch) * (Math.ceil(k / 16) + 1);
+      drafter = new DraftModelDrafter(dm, { kvBlocks: kvBlocks + slack, maxSeqs: Math.min(o.maxSeqs, maxBatch), maxK: k, maxBatchedTokens: o.maxBatchedTokens, kvDtype: o.kvDtype });
+    } else throw new EngineError(`speculative.drafter must be 'ngram', a loaded draft model or a Drafter`);
+    return new Speculator(this.device, drafter, this.spec.vocabSize, Math.min(o.maxSeqs, maxBatch), { k, adaptive: sp.adaptive ?? true, maxBatch });
   }
 
   /** Start a request; iterate the handle for its tokens, or await handle.result(). */
@@ -235,6 +284,7 @@ export class Engine {
     const l: Live = {
       id, handle, sampling: o.sampling, stopIds: new Set(o.stopTokenIds), text: new TextStream(this.model.tokenizer, ids, o.stop),
       maxTokens, promptLen: ids.length, generated: 0, submitted: performance.now(), firstScheduled: -1, firstToken: -1,
+      spec: { drafted: 0, accepted: 0, steps: 0 },
     };
     this.live.set(id, l);
     if (req.signal) {
@@ -301,6 +351,7 @@ export class Engine {
       tokensPerSecond: this.window.length ? (toks * 1000) / span : 0,
       meanBatchSize: t.steps ? t.seqs / t.steps : 0, steps: t.steps,
       requests: { finished: t.finished, aborted: t.aborted, failed: t.failed },
+      ...(this.speculator ? { speculation: specStats(this.speculator.totals) } : {}),
     };
   }
 
@@ -316,6 +367,7 @@ export class Engine {
       this.destroyed = true;
       this.runner.destroy();
       this.forward.destroy();
+      await this.speculator?.close();
     }
   }
 
@@ -343,7 +395,14 @@ export class Engine {
           this.looping = false;
           return;
         }
+        const drafted = this.speculator ? await this.proposeDrafts() : null;
         const plan = this.sched.schedule();
+        for (const id of plan.preempted) this.speculator?.release(id);
+        if (drafted) {
+          // Drafts of a sequence the step did not take are dropped (it drafts again next time).
+          const planned = new Set(plan.seqs.map((q) => q.id));
+          for (const id of drafted) if (!planned.has(id) && this.sched.has(id)) this.sched.setDrafts(id, []);
+        }
         if (!plan.seqs.length) {
           // Nothing fits now (cannot happen while requests run, see the scheduler): wait a tick.
           await new Promise((r) => setTimeout(r, 1));
@@ -372,20 +431,35 @@ export class Engine {
       if (l && l.firstScheduled < 0) l.firstScheduled = t0;
     }
     let rows: SampledRow[];
+    const verify = (id: number) => (this.speculator && this.sched.has(id) ? this.sched.drafts(id).length : 0);
+    const spec: { id: number; firstRow: number; rowTokens: number[]; sampling: RowSampling; position: number }[] = [];
+    let tokens = 0;
     try {
-      rows = await this.runner.step(plan.seqs, (id) => this.live.get(id)!.sampling, plan.decodeOnly);
+      rows = await this.runner.step(plan.seqs, (id) => this.live.get(id)!.sampling, plan.decodeOnly, verify);
+      this.sched.commit(plan);
+      // Rows come in batch order: one per sampling sequence, k + 1 per speculating one.
+      let r = 0;
+      const plain: SampledRow[] = [];
+      for (const q of plan.seqs) {
+        if (!q.sample) continue;
+        const k = verify(q.id);
+        if (k === 0) plain.push(rows[r]!);
+        else spec.push({ id: q.id, firstRow: r, rowTokens: rows.slice(r, r + k + 1).map((x) => x.token), sampling: this.live.get(q.id)!.sampling, position: q.ctxLen + 1 });
+        r += k + 1;
+      }
+      const verified = spec.length ? await this.speculator!.verify(spec, this.runner.probsBuffer, this.runner.maxRows) : [];
+      for (const x of plain) tokens += this.emit(x);
+      for (const v of verified) tokens += this.emitVerified(v);
     } catch (e) {
       // The pass may have left KV unwritten: its requests fail and their cached blocks go.
       for (const q of plan.seqs) this.finish(q.id, 'error', `step failed: ${(e as Error).message}`, true);
       return;
     }
-    this.sched.commit(plan);
-    let tokens = 0;
-    for (const r of rows) tokens += this.emit(r);
     const now = performance.now();
     this.totals.steps++;
     this.totals.seqs += plan.seqs.length;
     this.window.push({ t: now, tokens });
+    if (this.speculator) this.speculator.totals.stepMs += now - t0;
     this.onStep?.({ seqs: plan.seqs.length, tokens: plan.numTokens, generated: tokens, decodeOnly: plan.decodeOnly, ms: now - t0, stats: this.stats() });
   }
 
@@ -397,17 +471,59 @@ export class Engine {
       this.finish(r.id, 'error', `the logits of position ${r.position - 1} are not finite (NaN or +Inf): no token can be sampled`, false);
       return 0;
     }
+    const [n, done] = this.deliver(l, r.token, r);
+    if (!done) this.sched.append(r.id, [r.token]);
+    return n;
+  }
+
+  /** Deliver a speculative step's tokens: accepted drafts, then the target's own token. */
+  private emitVerified(v: { id: number; tokens: number[]; accepted: number; drafted: number; failed: boolean }): number {
+    const l = this.live.get(v.id);
+    if (!l || this.pendingAborts.has(v.id)) return 0;
+    l.spec.drafted += v.drafted;
+    l.spec.accepted += v.accepted;
+    l.spec.steps++;
+    if (v.failed) {
+      this.finish(v.id, 'error', 'the logits of a verified position are not finite (NaN or +Inf): no token can be sampled', false);
+      return 0;
+    }
+    let n = 0;
+    for (const t of v.tokens) {
+      const [k, done] = this.deliver(l, t);
+      n += k;
+      if (done) return n; // EOS, a stop string or the token limit inside the accepted run
+    }
+    // Keep the accepted drafts' KV, roll back the rest (target and draft).
+    this.sched.append(v.id, v.tokens, v.accepted);
+    this.speculator!.drafter.rollback(v.id, this.sched.tokens(v.id).length - 1);
+    return n;
+  }
+
+  /** One token to its request's stream; returns [tokens generated, whether the request ended]. */
+  private deliver(l: Live, token: number, lp?: SampledRow): [number, boolean] {
     if (l.firstToken < 0) l.firstToken = performance.now();
-    if (l.stopIds.has(r.token)) { this.finish(r.id, 'eos'); return 0; }
+    if (l.stopIds.has(token)) { this.finish(l.id, 'eos'); return [0, true]; }
     l.generated++;
-    const text = l.text.push(r.token);
-    const tok: EngineToken = { tokenId: r.token, text };
-    if (r.logprob !== undefined) { tok.logprob = r.logprob; tok.topLogprobs = r.topLogprobs; }
+    const text = l.text.push(token);
+    const tok: EngineToken = { tokenId: token, text };
+    if (lp?.logprob !== undefined) { tok.logprob = lp.logprob; tok.topLogprobs = lp.topLogprobs; }
     l.handle.push(tok);
-    if (l.text.stopped) this.finish(r.id, 'stop');
-    else if (l.generated >= l.maxTokens) this.finish(r.id, 'length');
-    else this.sched.append(r.id, [r.token]);
-    return 1;
+    if (l.text.stopped) { this.finish(l.id, 'stop'); return [1, true]; }
+    if (l.generated >= l.maxTokens) { this.finish(l.id, 'length'); return [1, true]; }
+    return [1, false];
+  }
+
+  /** Ask the drafter for every decoding sequence's drafts; returns the ids that got some. */
+  private async proposeDrafts(): Promise<number[]> {
+    const cands = this.sched.decodeCandidates().flatMap((id) => {
+      const l = this.live.get(id);
+      // Requests that want logprobs do not speculate (their rows would need the drafts' log-probabilities).
+      if (!l || this.pendingAborts.has(id) || l.sampling.logprobs > 0) return [];
+      return [{ id, tokens: this.sched.tokens(id), remaining: l.maxTokens - l.generated, sampling: l.sampling }];
+    });
+    const drafts = await this.speculator!.propose(cands);
+    for (const [id, d] of drafts) if (this.sched.has(id)) this.sched.setDrafts(id, d);
+    return [...drafts.keys()];
   }
 
   private applyAborts(): void {
@@ -421,6 +537,7 @@ export class Engine {
     const cached = this.sched.has(id) ? this.sched.cachedPromptTokens(id) : 0;
     const preemptions = this.sched.has(id) ? this.sched.preemptionsOf(id) : 0;
     this.sched.remove(id, { dropCached });
+    this.speculator?.release(id);
     this.live.delete(id);
     this.pendingAborts.delete(id);
     l.unlisten?.();
@@ -445,6 +562,7 @@ export class Engine {
         decodeMs: l.firstToken >= 0 ? now - l.firstToken : 0,
       },
       preemptions,
+      ...(this.speculator ? { speculation: { ...l.spec } } : {}),
     };
     l.handle.end(result);
   }

@@ -24,6 +24,7 @@
 import { kernel, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Kernel, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import type { KernelFamily } from './index.js';
+import { copyRows } from './copyRows.js';
 import { logSoftmax } from './logSoftmax.js';
 import { STREAM_ACCEPT, STREAM_SAMPLE, randomUniform } from './random.js';
 import {
@@ -316,6 +317,6 @@ export const SAMPLING_FAMILIES: KernelFamily[] = [
   },
   {
     family: 'acceptance',
-    variants: (caps) => labelled([...rejectionSampler({ caps }).kernels, ...greedyAcceptance({ caps }).kernels]),
+    variants: (caps) => labelled([...rejectionSampler({ caps }).kernels, ...greedyAcceptance({ caps }).kernels, copyRows({ caps })]),
   },
 ];

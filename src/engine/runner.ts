@@ -53,21 +53,31 @@ export class ModelRunner {
   }
 
   /**
-   * Run the step's forward and sample one token for each sequence that reached the end of its
-   * known tokens (`sample`). `rowsOf(q)`: how many of q's last rows want logits (1 normally,
-   * k + 1 for a speculative verify); each gets its own draw at its own position.
+   * Run the step's forward and sample a token for each sequence that reached the end of its
+   * known tokens (`sample`): one row normally; for a speculative verify (`verify(id)` = k > 0
+   * drafts among its tokens) its last k + 1 rows, each with its own draw at its own position.
+   * Rows come back in batch order; `probs` then holds their transformed distributions.
    */
-  async step(seqs: readonly ScheduledSeq[], params: (id: number) => RowSampling, decodeOnly: boolean): Promise<SampledRow[]> {
-    const batch: SeqInput[] = seqs.map((q) => ({
-      tokens: q.tokens, ctxLen: q.ctxLen, blockTable: q.blockTable, slots: q.slots, logits: q.sample ? 'last' : 'none',
-    }));
+  async step(seqs: readonly ScheduledSeq[], params: (id: number) => RowSampling, decodeOnly: boolean,
+    verify: (id: number) => number = () => 0): Promise<SampledRow[]> {
+    const rows: { id: number; position: number; p: RowSampling }[] = [];
+    const batch: SeqInput[] = seqs.map((q) => {
+      const k = q.sample ? verify(q.id) : 0;
+      if (q.sample) {
+        const p = params(q.id);
+        for (let a = k; a >= 0; a--) rows.push({ id: q.id, position: q.ctxLen + q.tokens.length - a, p });
+      }
+      if (k > 0 && k !== q.tokens.length - 1) throw new Error(`engine: request ${q.id} verifies ${k} drafts but brings ${q.tokens.length} tokens`);
+      return { tokens: q.tokens, ctxLen: q.ctxLen, blockTable: q.blockTable, slots: q.slots, logits: k > 0 ? 'all' : q.sample ? 'last' : 'none' };
+    });
     if (decodeOnly) this.fw.decodeStep(batch);
     else this.fw.enqueue(batch);
-    const rows: { id: number; position: number; p: RowSampling }[] = [];
-    for (const q of seqs) if (q.sample) rows.push({ id: q.id, position: q.ctxLen + q.tokens.length, p: params(q.id) });
     if (!rows.length) { await this.dev.sync(); return []; }
     return this.sampleRows(this.fw.logitsBuffer, rows);
   }
+
+  /** The transformed distributions of the last sampled rows ([rows, vocab]). */
+  get probsBuffer(): DeviceBuffer<'f32'> { return this.probs; }
 
   /** Sample rows 0..n−1 of `logits` ([n, vocab]); one launch for all, one read back. */
   async sampleRows(logits: DeviceBuffer<'f32'>, rows: { id: number; position: number; p: RowSampling }[]): Promise<SampledRow[]> {

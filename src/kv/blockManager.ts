@@ -98,8 +98,11 @@ export class BlockManager {
    * Append tokens to a sequence and return their KV slots (block * blockSize + offset).
    * All-or-nothing: on OutOfBlocksError nothing changed.
    */
-  append(seq: string | number, tokenIds: readonly number[]): number[] {
+  append(seq: string | number, tokenIds: readonly number[], opts: { speculative?: number } = {}): number[] {
     const s = this.get(seq);
+    // The last `speculative` tokens are drafts that may be rolled back: a block they fill is not
+    // offered to the prefix cache (nothing may share a block that truncate() will rewrite).
+    const registerBelow = s.tokens.length + tokenIds.length - (opts.speculative ?? 0);
     const need = this.blocksNeeded(seq, tokenIds.length);
     if (need > this.freeBlocks) throw new OutOfBlocksError(need, this.freeBlocks);
     for (let i = 0; i < need; i++) s.blocks.push(this.take());
@@ -109,7 +112,7 @@ export class BlockManager {
       const blk = s.blocks[Math.floor(pos / this.blockSize)]!;
       slots.push(blk.id * this.blockSize + (pos % this.blockSize));
       s.tokens.push(t);
-      if ((pos + 1) % this.blockSize === 0) this.register(s, Math.floor(pos / this.blockSize));
+      if ((pos + 1) % this.blockSize === 0 && pos < registerBelow) this.register(s, Math.floor(pos / this.blockSize));
     }
     return slots;
   }

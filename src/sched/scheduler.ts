@@ -170,6 +170,12 @@ export class Scheduler {
 
   /** Speculative drafts the next step computes after the sequence's last token (engine-set). */
   setDrafts(id: number, drafts: readonly number[]): void { this.get(id).extra = [...drafts]; }
+  drafts(id: number): readonly number[] { return this.get(id).extra; }
+
+  /** Running sequences whose next step is a decode (one known token left), oldest first. */
+  decodeCandidates(): number[] {
+    return this.running.filter((s) => isDecode(s)).map((s) => s.id);
+  }
 
   /** Remove a request (finished, aborted or failed) and free its blocks. `dropCached`: its full
    *  blocks leave the prefix cache too (after a failed pass their KV may be unwritten). */
@@ -193,10 +199,10 @@ export class Scheduler {
 
     // Allocate slots for `s`'s next `n` tokens, preempting the most recently admitted running
     // request not yet planned this step until they fit. Returns null if `s` itself was preempted.
-    const allocate = (s: Seq, toks: number[]): number[] | null => {
+    const allocate = (s: Seq, toks: number[], speculative: number): number[] | null => {
       for (;;) {
         try {
-          return this.blocks.append(s.id, toks);
+          return this.blocks.append(s.id, toks, { speculative });
         } catch (e) {
           if (!(e instanceof OutOfBlocksError)) throw e;
           const victim = [...this.running].reverse().find((x) => !planned.has(x));
@@ -213,7 +219,7 @@ export class Scheduler {
     const plan = (s: Seq, n: number) => {
       const toks = [...s.tokens, ...s.extra].slice(s.computed, s.computed + n);
       const ctxLen = s.computed;
-      const slots = allocate(s, toks);
+      const slots = allocate(s, toks, Math.max(0, ctxLen + toks.length - s.tokens.length));
       if (!slots) return false;
       planned.add(s);
       const known = s.tokens.length + s.extra.length;
@@ -295,8 +301,10 @@ export class Scheduler {
     if (hadDrafts && this.blocks.has(id) && this.blocks.length(id) > validKv) {
       copy = this.blocks.truncate(id, validKv).copy;
       s.computed = validKv;
+      // Blocks holding drafts are never in the prefix cache, so none is shared when cut.
+      if (copy) throw new SchedulerError(`request ${id}: rolling back drafts needed a copy of shared block ${copy.src}`);
     }
-    return copy ? { copy } : {};
+    return {};
   }
 
   /** Requests in each queue, preemptions so far and the block pool. */
