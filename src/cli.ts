@@ -3,7 +3,8 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { windowedPerplexity } from './eval.js';
-import { DEFAULT_MODEL, type GenerateOptions, type LoadOptions, loadModel, type Quant } from './llm.js';
+import { createEngine, type Engine } from './engine.js';
+import { DEFAULT_MODEL, type GenerateOptions, type LLM, type LoadOptions, loadModel, type Quant } from './llm.js';
 import { flag, num, type ParsedArgs, parseArgs, rejectUnknown, str } from './util/args.js';
 
 const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
@@ -13,6 +14,7 @@ const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
       --chat                           the prompt is a user message, rendered by the model's chat template
       --device auto|cpu|webgpu|cuda   --quant none|f32|f16|int4-rtn   --group-size G   --kv f32|f16
       --max-tokens N   --temperature T   --top-k K   --top-p P   --min-p P   --seed S   --stop TEXT
+      --draft DIR|ngram   --spec-k K      speculative decoding: a draft model (same tokenizer) or n-gram lookup, K drafts (4)
   kiln eval ppl [--model DIR] --text FILE     held-out perplexity (windows of 256, no context)
       --device ...   --quant ...   --group-size G   --windows N   --window W
   kiln eval compare --model DIR --reference DIR --text FILE   KL(reference‖model), top-1 agreement (same windows)
@@ -50,7 +52,11 @@ function progressBar(label: string): (done: number, total: number) => void {
 }
 
 async function generate(a: ParsedArgs): Promise<void> {
-  rejectUnknown(a, [...LOAD_OPTS, 'prompt', 'prompt-ids', 'chat', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'seed', 'stop'], 'kiln generate');
+  rejectUnknown(a, [...LOAD_OPTS, 'prompt', 'prompt-ids', 'chat', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'seed', 'stop', 'draft', 'spec-k'], 'kiln generate');
+  const draftArg = str(a, 'draft');
+  const specK = num(a, 'spec-k');
+  if (specK !== undefined && (!Number.isInteger(specK) || specK < 1 || specK > 16)) throw new Error(`--spec-k must be an integer in [1, 16], got ${specK}`);
+  if (specK !== undefined && !draftArg) throw new Error('--spec-k needs --draft DIR|ngram');
   const idsArg = str(a, 'prompt-ids');
   const ids = idsArg?.split(',').map((x) => {
     const n = Number(x.trim());
@@ -61,8 +67,15 @@ async function generate(a: ParsedArgs): Promise<void> {
   if (!prompt && !ids) throw new Error('kiln generate: give a prompt with --prompt "..." (or token ids with --prompt-ids 1,2,3)');
   const model = str(a, 'model', DEFAULT_MODEL);
   const llm = await loadModel(model, loadOptions(a));
+  let draft: LLM | null = null;
+  let engine: Engine | null = null;
   try {
     if (!ids && !llm.tokenizer) throw new Error(`${llm.source} comes without a tokenizer.json: give the prompt as token ids with --prompt-ids`);
+    if (draftArg) {
+      // Speculative decoding: the draft model shares the target's device (or n-gram lookup).
+      if (draftArg !== 'ngram') draft = await loadModel(draftArg, { ...loadOptions(a), device: llm.device, onProgress: progressBar('loading draft') });
+      engine = createEngine(llm, { speculative: { drafter: draft ?? 'ngram', k: specK ?? 4 } });
+    }
     process.stderr.write(`model ${llm.source} · ${llm.weights.format}${llm.weights.groupSize ? ` g${llm.weights.groupSize}` : ''} · ${llm.device.description}\n`);
     const stop = str(a, 'stop');
     const opts: GenerateOptions = {
@@ -74,7 +87,7 @@ async function generate(a: ParsedArgs): Promise<void> {
     // --chat: the prompt is one user message, rendered by the model's chat template.
     const input = ids ?? (flag(a, 'chat') ? llm.chatIds([{ role: 'user', content: prompt }]) : prompt);
     process.stdout.write(typeof input === 'string' ? input : llm.tokenizer ? llm.decode(input) : input.join(' '));
-    const h = llm.generate(input, opts);
+    const h = engine ? engine.generate({ ...opts, prompt: input }) : llm.generate(input, opts);
     for await (const t of h) process.stdout.write(show(t.text, t.tokenId));
     process.stdout.write('\n');
     const r = await h.result();
@@ -83,7 +96,13 @@ async function generate(a: ParsedArgs): Promise<void> {
     const rate = (n: number, ms: number) => (ms > 0 ? (n / ms) * 1000 : 0).toFixed(1);
     process.stderr.write(`prefill ${s.promptTokens - s.cachedTokens} tokens at ${rate(s.promptTokens - s.cachedTokens, tm.prefillMs)} tok/s · `
       + `decode ${s.generatedTokens} tokens at ${rate(Math.max(0, s.generatedTokens - 1), tm.decodeMs)} tok/s · ${r.finishReason}\n`);
+    if (r.speculation) {
+      const sp = r.speculation;
+      process.stderr.write(`speculation (${draftArg}): ${sp.accepted}/${sp.drafted} drafts accepted (${sp.drafted ? ((100 * sp.accepted) / sp.drafted).toFixed(0) : 0}%) in ${sp.steps} verify steps\n`);
+    }
   } finally {
+    await engine?.close();
+    await draft?.close();
     await llm.close();
   }
 }
