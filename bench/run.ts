@@ -9,6 +9,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   accept: () => import('./accept.js'),
   generate: () => import('./generate.js'),
   engine: () => import('./engine.js'),
+  spec: () => import('./spec.js'),
   pointwise: () => import('./pointwise.js'),
   'gpu-prep': () => import('./gpu/prep.js'),
 };

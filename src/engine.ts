@@ -459,7 +459,7 @@ export class Engine {
     this.totals.steps++;
     this.totals.seqs += plan.seqs.length;
     this.window.push({ t: now, tokens });
-    if (this.speculator) this.speculator.totals.stepMs += now - t0;
+    this.speculator?.observeStep(now - t0, spec.reduce((n, x) => n + x.rowTokens.length - 1, 0));
     this.onStep?.({ seqs: plan.seqs.length, tokens: plan.numTokens, generated: tokens, decodeOnly: plan.decodeOnly, ms: now - t0, stats: this.stats() });
   }
 

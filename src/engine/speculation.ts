@@ -29,6 +29,8 @@ export class AdaptiveK {
   private readonly seqs = new Map<number, { rate: number; idle: number }>();
   /** Cost of one drafted token relative to one target step (EMA of measurements). */
   draftCost = 0.1;
+  /** Extra cost of one more verified token relative to one target step (EMA of measurements). */
+  verifyCost = 0.25;
 
   constructor(readonly maxK: number, readonly adaptive: boolean) {}
 
@@ -43,7 +45,7 @@ export class AdaptiveK {
     let best = 0, bestGain = 1;
     for (let k = 1; k <= this.maxK; k++) {
       // Tokens per unit of time: a verify of k + 1 rows costs about one step plus the drafts.
-      const gain = AdaptiveK.expected(s.rate, k) / (1 + this.draftCost * k);
+      const gain = AdaptiveK.expected(s.rate, k) / (1 + (this.draftCost + this.verifyCost) * k);
       if (gain > bestGain * 1.02) { best = k; bestGain = gain; }
     }
     if (best === 0) {
@@ -116,7 +118,12 @@ export class Speculator {
     if (!reqs.length) return out;
     const t0 = performance.now();
     const result = await this.drafter.propose(reqs);
-    this.totals.draftMs += performance.now() - t0;
+    const ms = performance.now() - t0;
+    this.totals.draftMs += ms;
+    // Cost of one drafted token (each draft position is one batched step of the drafter).
+    const positions = Math.max(1, ...result.tokens.map((t) => t.length));
+    this.draftMsPerPosition = this.draftMsPerPosition < 0 ? ms / positions : 0.8 * this.draftMsPerPosition + 0.2 * (ms / positions);
+    this.updateCost();
     const byId = new Map<number, { idx: number; drafts: number[] }>();
     reqs.forEach((r, idx) => {
       const d = result.tokens[idx]!.slice(0, r.k);
@@ -124,6 +131,29 @@ export class Speculator {
     });
     this.current = { result, byId };
     return out;
+  }
+
+  private draftMsPerPosition = -1;
+  private stepMsAvg = -1;
+
+  /**
+   * A target step of `extra` verified drafts took `ms`: steps without drafts set the plain step
+   * time, steps with them the cost per extra token; with the drafter's cost per position they set
+   * the policy's ratios.
+   */
+  observeStep(ms: number, extra: number): void {
+    this.totals.stepMs += ms;
+    if (extra === 0) this.stepMsAvg = this.stepMsAvg < 0 ? ms : 0.8 * this.stepMsAvg + 0.2 * ms;
+    else if (this.stepMsAvg < 0) this.stepMsAvg = ms / (1 + this.policy.verifyCost * extra);
+    else {
+      const per = Math.max(0, (ms - this.stepMsAvg) / extra) / this.stepMsAvg;
+      this.policy.verifyCost = 0.8 * this.policy.verifyCost + 0.2 * Math.min(per, 2);
+    }
+    this.updateCost();
+  }
+
+  private updateCost(): void {
+    if (this.draftMsPerPosition >= 0 && this.stepMsAvg > 0) this.policy.draftCost = Math.min(4, this.draftMsPerPosition / this.stepMsAvg);
   }
 
   /** Drafts of `id` proposed this step (0 if none). */
@@ -186,12 +216,15 @@ export class Speculator {
     }
     const dseqs: DraftSequence[] = seqs.map((s) => ({ draftTokens: s.drafts, seed: s.sampling.seed, position: s.position }));
     runRejectionSampler(dev, this.sampler, { draftProbs, targetProbs: target, accepted: this.accepted, tokens: this.tokens }, dseqs, maxK, V);
-    const acc = await dev.read(this.accepted);
+    // One read: a row is the a accepted drafts, the extra token, then NO_TOKEN, so it gives a too.
     const toks = await dev.read(this.tokens);
     return seqs.map((s, i) => {
-      const a = acc[i]!;
-      const row = Array.from(toks.subarray(i * (maxK + 1), i * (maxK + 1) + a + 1));
-      return { id: s.id, tokens: row, accepted: a, drafted: s.drafts.length, failed: row.some((t) => t === NO_TOKEN) };
+      const all = Array.from(toks.subarray(i * (maxK + 1), i * (maxK + 1) + s.drafts.length + 1));
+      const end = all.indexOf(NO_TOKEN);
+      const row = end < 0 ? all : all.slice(0, end);
+      // An extra token that is NO_TOKEN itself (non-finite row) leaves the row one short.
+      const failed = row.length === 0 || row.slice(0, -1).some((t, j) => t !== s.drafts[j]);
+      return { id: s.id, tokens: row, accepted: row.length - 1, drafted: s.drafts.length, failed };
     });
   }
 
