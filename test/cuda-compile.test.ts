@@ -1,8 +1,9 @@
 // Every generated CUDA file compiles with nvcc for sm_90a without a single warning, and ptxas
 // reports no register spills. Needs nvcc (no GPU); skipped with a message where it is absent.
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -40,12 +41,26 @@ function parsePtxas(log: string): EntryReport[] {
 }
 
 interface Compiled { status: number | null; log: string }
-function compile(source: string, out: string): Promise<Compiled> {
+function runNvcc(source: string, out: string): Promise<Compiled> {
   return new Promise((done) => {
     execFile(NVCC, ['-cubin', ARCH, '-Xptxas', '-v', '-o', out, source], { encoding: 'utf8' }, (err, stdout, stderr) => {
       done({ status: err ? (typeof err.code === 'number' ? err.code : 1) : 0, log: `${stdout}${stderr}` });
     });
   });
+}
+
+// nvcc's verdict and ptxas report depend only on the source, the flags and the compiler, so they
+// are kept by a hash of the three (KILN_NVCC_TEST_CACHE, default ~/.cache/kiln/nvcc-test): an
+// unchanged kernel is not recompiled on the next run. A changed kernel, flag or nvcc misses.
+const CACHE_DIR = process.env.KILN_NVCC_TEST_CACHE ?? join(homedir(), '.cache', 'kiln', 'nvcc-test');
+async function compile(source: string, out: string, compiler: string): Promise<Compiled> {
+  const key = createHash('sha256').update(`${compiler}\n${ARCH} -Xptxas -v\n`).update(readFileSync(source)).digest('hex');
+  const file = join(CACHE_DIR, `${key}.json`);
+  if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as Compiled;
+  const r = await runNvcc(source, out);
+  mkdirSync(CACHE_DIR, { recursive: true });
+  writeFileSync(file, JSON.stringify(r));
+  return r;
 }
 
 const version = nvccVersion();
@@ -73,7 +88,7 @@ if (!version) {
       // Two compilations at a time: the machine has two cores.
       let next = 0;
       const worker = async () => {
-        for (let i = next++; i < sources.length; i = next++) results.set(sources[i]![0], await compile(sources[i]![1], join(tmp, `${i}.cubin`)));
+        for (let i = next++; i < sources.length; i = next++) results.set(sources[i]![0], await compile(sources[i]![1], join(tmp, `${i}.cubin`), version));
       };
       await Promise.all([worker(), worker()]);
     }, 600_000);
