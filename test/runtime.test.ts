@@ -71,17 +71,22 @@ forEachBackend('runtime on real models', (dev: Device) => {
         expect(llm.engine.blocks.freeBlocks).toBe(llm.engine.blocks.numBlocks);
       });
 
-      it('f16: teacher-forced logits within 1e-3 per row of the PyTorch logits', async () => {
+      // Tolerances ≤ 10× what is measured on cpu and llvmpipe: worst row 5.9e-7, worst of the 16
+      // logits 1.05e-5 (absolute). Re-derive when a kernel's arithmetic changes.
+      it('f16: teacher-forced logits within 5e-6 per row of the PyTorch logits', async () => {
         const ref = brownLogits(which);
         const out = await llm.logits(golden.greedy_ids_fp32.slice(0, golden.logits_shape[0]));
         const worst = Math.max(...rowErrors(out, ref, V));
-        console.log(`brown-${which} [${dev.description}]: worst row error ${worst.toExponential(2)}`);
-        expect(worst).toBeLessThan(1e-3);
         const last = (golden.prompt_ids.length - 1) * V;
-        golden.last_logits_fp32_first16.forEach((v, i) => expect(Math.abs(out[last + i]! - v)).toBeLessThan(1e-3));
+        const worst16 = Math.max(...golden.last_logits_fp32_first16.map((v, i) => Math.abs(out[last + i]! - v)));
+        console.log(`brown-${which} [${dev.description}]: worst row error ${worst.toExponential(2)}, first16 ${worst16.toExponential(2)}`);
+        expect(worst).toBeLessThan(5e-6);
+        expect(worst16).toBeLessThan(1e-4);
       });
 
-      it(`f16: held-out perplexity of the first ${PPL_WINDOWS * 256} predictions within 0.5% of PyTorch`, async () => {
+      // Long evaluations run on the cpu backend only; every other backend is held to the cpu's
+      // logits on a whole held-out window below ('every backend agrees with the cpu backend').
+      it.skipIf(dev.kind !== 'cpu')(`f16: held-out perplexity of the first ${PPL_WINDOWS * 256} predictions within 0.5% of PyTorch`, async () => {
         const r = await timed(`brown-${which} f16 ppl [${dev.kind}]`, () => heldoutPerplexity(llm, PPL_WINDOWS));
         console.log(`brown-${which} f16 [${dev.description}]: ppl ${r.perplexity.toFixed(4)} (PyTorch ${golden.heldout_ppl_first_2048_fp32})`);
         expect(r.predictions).toBe(PPL_WINDOWS * 256);
@@ -119,7 +124,7 @@ forEachBackend('runtime on real models', (dev: Device) => {
         });
       }
 
-      it('INT4 RTN g=128: held-out perplexity within 1.15× of f16 on the same windows', async () => {
+      it.skipIf(dev.kind !== 'cpu')('INT4 RTN g=128: held-out perplexity within 1.15× of f16 on the same windows', async () => {
         const int4 = await loadModel(brownDir(which), { device: dev, quant: 'int4-rtn', groupSize: 128 });
         try {
           const r = await timed(`brown-${which} int4 ppl [${dev.kind}]`, () => heldoutPerplexity(int4, PPL_WINDOWS));
@@ -150,6 +155,7 @@ forEachBackend('runtime on real models', (dev: Device) => {
       }
     });
 
+    // Measured 9.4e-6 (cpu) and 1.1e-5 (llvmpipe).
     it('matches run.c logits of case 2 within 1e-4 per row', async () => {
       const c = storiesGolden().cases[1]!;
       const [rows, vocab] = c.logits_shape!;
@@ -168,21 +174,30 @@ describe('every backend agrees with the cpu backend', () => {
   const others = devices.filter((d) => d !== cpu);
   if (!cpu || !others.length) console.warn('[skip] cross-backend comparison: only one backend is available');
 
-  // All paths keep activations in f32 on every backend; measured differences from cpu are ≤ 9e-6
-  // (llvmpipe), so 1e-4 leaves room for other GPUs' FMA contraction and reduction widths.
-  const cases: { name: string; path: string; opts: LoadOptions; ids: () => number[]; rowTol: number }[] = [
-    { name: 'brown-target f16', path: brownDir('target'), opts: {}, ids: () => brown.target.greedy_ids_fp32, rowTol: 1e-4 },
-    { name: 'brown-draft INT4 RTN g=64, f16 KV', path: brownDir('draft'), opts: { quant: 'int4-rtn', groupSize: 64, kvDtype: 'f16' }, ids: () => brown.draft.greedy_ids_fp32, rowTol: 1e-4 },
-    ...(haveStories ? [{ name: 'stories260K f32', path: STORIES_BIN, opts: { quant: 'f32' as const }, ids: () => storiesGolden().cases[1]!.tokens.slice(0, 64), rowTol: 1e-4 }] : []),
+  // All paths keep activations in f32 on every backend. Tolerances are ≤ 10× the differences from
+  // cpu measured on llvmpipe (2.6e-7, 3.8e-6, 8.1e-7, 1.05e-6, 8.7e-6 in order); re-derive them on a new backend (a GPU's FMA
+  // contraction and reduction widths) and when a kernel's arithmetic changes.
+  const cases: { name: string; path: string; opts: LoadOptions; ids: (llm: LLM) => number[]; rowTol: number }[] = [
+    { name: 'brown-target f16', path: brownDir('target'), opts: {}, ids: () => brown.target.greedy_ids_fp32, rowTol: 2.5e-6 },
+    { name: 'brown-draft INT4 RTN g=64, f16 KV', path: brownDir('draft'), opts: { quant: 'int4-rtn', groupSize: 64, kvDtype: 'f16' }, ids: () => brown.draft.greedy_ids_fp32, rowTol: 3.5e-5 },
+    // A whole held-out window (256 tokens in one prefill): what the perplexity tests run on cpu.
+    { name: 'brown-target f16, held-out window 0', path: brownDir('target'), opts: {}, ids: (llm) => heldoutIds(llm).slice(0, 256), rowTol: 8e-6 },
+    { name: 'brown-target INT4 RTN g=128, held-out window 0', path: brownDir('target'), opts: { quant: 'int4-rtn', groupSize: 128 }, ids: (llm) => heldoutIds(llm).slice(0, 256), rowTol: 1e-5 },
+    ...(haveStories ? [{ name: 'stories260K f32', path: STORIES_BIN, opts: { quant: 'f32' as const }, ids: () => storiesGolden().cases[1]!.tokens.slice(0, 64), rowTol: 8.5e-5 }] : []),
   ];
   for (const c of cases) {
     it.skipIf(!cpu || !others.length)(`${c.name}: teacher-forced logits within ${c.rowTol} per row and the same argmax`, async () => {
+      let rows = 0;
       const run = async (d: Device) => {
         const llm = await loadModel(c.path, { device: d, ...c.opts });
-        try { return await llm.logits(c.ids()); } finally { await llm.close(); }
+        try {
+          const ids = c.ids(llm);
+          rows = ids.length;
+          return await llm.logits(ids);
+        } finally { await llm.close(); }
       };
       const ref = await run(cpu!);
-      const vocab = ref.length / c.ids().length;
+      const vocab = ref.length / rows;
       for (const d of others) {
         const out = await run(d);
         const worst = Math.max(...rowErrors(out, ref, vocab));
