@@ -83,7 +83,7 @@ async function compileShard(shard: [number, number]): Promise<{ device: { ok: bo
   let index = -1;
   try {
     for (const family of FAMILIES) {
-      let variants;
+      let variants: ReturnType<typeof family.variants>;
       try {
         variants = family.variants(caps);
       } catch (e) {

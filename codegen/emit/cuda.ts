@@ -4,7 +4,7 @@
 // uniforms as one struct of 4-byte scalars passed by value, omitted when there are none).
 import type { BufferDecl, Builtin, Expr, KernelIR, MathFn, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, type VecStorageType, elemOf, isVec, widthOf } from '../dsl/types.js';
-import { BIN, BUILTINS, CLikeEmitter, type Code, P, atom, callCode, f16round, floatText, infix, postfix, prefix, ternary } from './clike.js';
+import { BIN, BUILTINS, CLikeEmitter, type Code, P, atom, callCode, f16round, floatText, infix, postfix, ternary } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
 type StmtOf<K extends Stmt['k']> = Extract<Stmt, { k: K }>;

@@ -2,7 +2,7 @@
 // uses them). The IR's type names and math function names are WGSL's own.
 import type { Builtin, Expr, KernelIR, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, isVec } from '../dsl/types.js';
-import { BUILTINS, CLikeEmitter, bufferElem, type Code, P, atom, callCode, f16round, floatText, infix, postfix, prefix } from './clike.js';
+import { BUILTINS, CLikeEmitter, bufferElem, type Code, P, atom, callCode, f16round, floatText, infix, postfix } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
 type StmtOf<K extends Stmt['k']> = Extract<Stmt, { k: K }>;

@@ -5,7 +5,7 @@ import type { BindingSpec, Caps, Op, Plan, StorageType } from '../dsl/index.js';
 import { op } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
-  checkGemmVariant, checkGemvVariant, checkSegmentLength, defaultSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
+  checkGemmVariant, checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
   type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
 } from './linearCommon.js';
 

@@ -192,7 +192,7 @@ forEachBackend('int4Linear', (dev) => {
         expect(firstDiff((await runOp(dev, op, weightsOf(w), inp, 2)).bits, base2.bits), JSON.stringify(gemv)).toBe(-1);
       }
       for (const gemm of INT4_GEMM_SPACE) {
-        let op;
+        let op: ReturnType<typeof int4Linear>;
         try { op = int4Linear({ K, N, groupSize: g, caps: dev.caps, choice: { segLen: 128, gemm } }); } catch { continue; } // over this device's limits
         expect(firstDiff((await runOp(dev, op, weightsOf(w), inp, 20)).bits, base20.bits), JSON.stringify(gemm)).toBe(-1);
       }
