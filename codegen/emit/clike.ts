@@ -3,6 +3,7 @@
 // supplies types, literals and the handful of constructs that differ (see the abstract hooks).
 import type { BinOp, Builtin, BufferDecl, Expr, KernelIR, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, vecOf } from '../dsl/types.js';
+import { walk } from '../dsl/walk.js';
 
 // ---- printed expressions and precedence ------------------------------------------------------
 /** Binding strength, C order: a child printed weaker than its context gets parentheses. */
@@ -127,42 +128,6 @@ export function floatText(v: number, round: (x: number) => number, what: string)
   throw new Error(`${what}: no decimal form found for ${v}`);
 }
 
-// ---- walking the IR ------------------------------------------------------------------------------
-export function exprChildren(e: Expr): Expr[] {
-  switch (e.k) {
-    case 'const': case 'var': case 'uniform': case 'builtin': return [];
-    case 'load': return [e.index];
-    case 'bin': return [e.a, e.b];
-    case 'un': case 'cast': case 'bitcast': case 'pack2x16float': case 'unpack2x16float': case 'swizzle': return [e.a];
-    case 'call': case 'vec': return e.args;
-    case 'select': return [e.cond, e.a, e.b];
-    case 'subgroup': return e.b ? [e.a, e.b] : [e.a];
-  }
-}
-export function stmtExprs(s: Stmt): Expr[] {
-  switch (s.k) {
-    case 'let': return [s.init];
-    case 'assign': return [s.value];
-    case 'store': return [s.index, s.value];
-    case 'if': return [s.cond];
-    case 'for': return [s.from, s.to, s.step];
-    case 'while': return [s.cond];
-    case 'atomic': return s.compare ? [s.index, s.value, s.compare] : [s.index, s.value];
-    case 'privateArray': case 'break': case 'continue': case 'return': case 'barrier': return [];
-  }
-}
-export function stmtBlocks(s: Stmt): Stmt[][] {
-  return s.k === 'if' ? [s.then, s.else] : s.k === 'for' || s.k === 'while' ? [s.body] : [];
-}
-/** Visit every statement and every expression node of a body, in order. */
-export function walk(body: Stmt[], onStmt: (s: Stmt) => void, onExpr: (e: Expr) => void): void {
-  const ex = (e: Expr): void => { onExpr(e); exprChildren(e).forEach(ex); };
-  for (const s of body) {
-    onStmt(s);
-    stmtExprs(s).forEach(ex);
-    for (const b of stmtBlocks(s)) walk(b, onStmt, onExpr);
-  }
-}
 /** Every identifier the kernel declares, in declaration order. */
 export function declaredNames(ir: KernelIR): string[] {
   const names = [...ir.buffers.map((b) => b.name), ...ir.uniforms.map((u) => u.name), ...ir.shared.map((s) => s.name)];

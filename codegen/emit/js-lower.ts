@@ -3,6 +3,7 @@
 // per-invocation statements — under workgroup-level control flow over invocation masks.
 import type { Expr, Stmt, SubgroupOp } from '../dsl/ir.js';
 import type { Scalar } from '../dsl/types.js';
+import { forEachExpr, mapExpr } from '../dsl/walk.js';
 
 export type SgStmt = { k: '$sg'; name: string; t: Scalar; op: SubgroupOp; a: Expr; b?: Expr };
 export type XStmt =
@@ -13,25 +14,6 @@ export type XStmt =
   // A loop whose condition or step needed hoisted statements: pre; if (!cond) break; body; post.
   | { k: '$loop'; pre: XStmt[]; cond: Expr; body: XStmt[]; post: XStmt[] }
   | SgStmt;
-
-export function mapExpr(e: Expr, f: (x: Expr) => Expr): Expr {
-  switch (e.k) {
-    case 'const': case 'var': case 'uniform': case 'builtin': return e;
-    case 'load': return { ...e, index: f(e.index) };
-    case 'bin': return { ...e, a: f(e.a), b: f(e.b) };
-    case 'un': case 'cast': case 'bitcast': case 'swizzle': return { ...e, a: f(e.a) };
-    case 'pack2x16float': return { ...e, a: f(e.a) };
-    case 'unpack2x16float': return { ...e, a: f(e.a) };
-    case 'call': return { ...e, args: e.args.map(f) };
-    case 'vec': return { ...e, args: e.args.map(f) };
-    case 'select': return { ...e, cond: f(e.cond), a: f(e.a), b: f(e.b) };
-    case 'subgroup': return { ...e, a: f(e.a), b: e.b && f(e.b) };
-  }
-}
-export function forEachExpr(e: Expr, f: (x: Expr) => void): void {
-  f(e);
-  mapExpr(e, (x) => { forEachExpr(x, f); return x; });
-}
 
 /** Moves every subgroup operation into a `$sg` statement of its own (a sync point). */
 export class SubgroupHoister {

@@ -16,11 +16,12 @@
 // keys: Set<string>, count: number, limit: number }.
 import type { Expr, KernelIR } from '../dsl/ir.js';
 import { type DType, elemOf, isVec, widthOf } from '../dsl/types.js';
+import { forEachExpr } from '../dsl/walk.js';
 import {
   JsExpressions, type JsEmitOptions, KIND, SHARED_ARRAY, SPILL_ARRAY, XYZW, bare, jsId,
 } from './js-expr.js';
 import {
-  type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, forEachExpr, isSync, regionUse, regionsOf,
+  type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
 } from './js-lower.js';
 import { CHECK_RUNTIME, helperSource } from './js-runtime.js';
 
