@@ -1,0 +1,61 @@
+// What the device base gives every backend alike: shapes carried by buffers, one wording for bad
+// arguments, ownership by device, byte accounting in whole words, and the optional device-side copy.
+import { describe, expect, it } from 'vitest';
+import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
+import { createDevice } from '../src/backend/index.js';
+import { LaunchError } from '../src/backend/device.js';
+import { forEachBackend } from './backends.js';
+
+forEachBackend('device base', (dev) => {
+  it('a buffer allocated by shape carries it; by length, [length]', () => {
+    const a = dev.alloc('f32', [2, 3, 4], 'shaped'), b = dev.alloc('u32', 5);
+    expect([a.length, a.shape]).toEqual([24, [2, 3, 4]]);
+    expect(b.shape).toEqual([5]);
+    expect(() => dev.alloc('f32', [2, -1], 'bad')).toThrow(new RegExp(`${dev.kind} alloc 'bad': shape \\[2, -1\\] has a dimension that is not a whole number`));
+    expect(() => dev.alloc('f64' as 'f32', 4, 'wide')).toThrow(/alloc 'wide': dtype 'f64' is not one of f32, f16, i32, u32/);
+    dev.free(a); dev.free(b);
+  });
+
+  it('refuses a buffer of another device and a freed one, naming it', async () => {
+    const other = await createDevice('cpu', { workers: 0 });
+    try {
+      const foreign = other.alloc('f32', 8, 'foreign'), mine = dev.alloc('f32', 8, 'mine');
+      const k = vectorAdd({ caps: dev.caps });
+      expect(() => dev.launch(k, { a: mine, b: foreign, out: mine }, { n: 8 })).toThrow(LaunchError);
+      expect(() => dev.launch(k, { a: mine, b: foreign, out: mine }, { n: 8 })).toThrow(/binding 'b': buffer 'foreign' belongs to another device/);
+      expect(() => dev.write(foreign, new Float32Array(8))).toThrow(new RegExp(`${dev.kind} write to 'foreign': buffer 'foreign' belongs to another device`));
+      dev.free(mine);
+      await expect(dev.read(mine)).rejects.toThrow(/buffer 'mine' was freed/);
+    } finally { await other.destroy(); }
+  });
+
+  it('copies a whole buffer on the device, ordered with launches and writes', async () => {
+    if (!dev.copy) return; // an optional capability: every backend here has it
+    const src = dev.alloc('f32', 6, 'src'), dst = dev.alloc('f32', 6, 'dst'), out = dev.alloc('f32', 6, 'out');
+    dev.write(src, Float32Array.of(1, 2, 3, 4, 5, 6));
+    dev.launch(vectorAdd({ caps: dev.caps }), { a: src, b: src, out }, { n: 6 });
+    dev.copy(dst, out);
+    dev.write(out, new Float32Array(6)); // after the copy: does not change what it copied
+    expect(Array.from(await dev.read(dst))).toEqual([2, 4, 6, 8, 10, 12]);
+    const short = dev.alloc('f32', 5, 'short');
+    expect(() => dev.copy?.(short, src)).toThrow(/copy: 'src' \(f32\[6\]\) does not match 'short' \(f32\[5\]\)/);
+    for (const b of [src, dst, out, short]) dev.free(b);
+  });
+
+  it('reports what it is: software or not, and the parallelism it wants', () => {
+    expect(dev.profile.parallelism).toBeGreaterThan(0);
+    if (dev.kind === 'cpu') expect(dev.profile.software).toBe(true);
+  });
+});
+
+describe('device base on cpu', () => {
+  it('bytesInUse counts whole 4-byte words, never 0', async () => {
+    const dev = await createDevice('cpu', { workers: 0 });
+    try {
+      const a = dev.alloc('f16', 3), b = dev.alloc('u32', 0), c = dev.alloc('f32', [2, 2]);
+      expect(dev.bytesInUse).toBe(8 + 4 + 16);
+      dev.free(a); dev.free(b); dev.free(c);
+      expect(dev.bytesInUse).toBe(0);
+    } finally { await dev.destroy(); }
+  });
+});
