@@ -168,7 +168,7 @@ async function main(argv: string[]): Promise<void> {
     case 'generate': return generate(parseArgs(rest, ['chat']));
     case 'eval': return evalCmd(parseArgs(rest));
     case 'bench': return benchCommand(rest);
-    case 'quantize': { await (await import('./quant/quantize.js')).quantizeCommand(parseArgs(rest, ['force', 'help', 'paper-scales', 'no-clip']), progressBar('quantizing')); return; }
+    case 'quantize': { await (await import('./quant/quantize.js')).quantizeCommand(parseArgs(rest, ['force', 'help', 'paper-scales', 'no-clip', 'module-loss']), progressBar('quantizing')); return; }
     case 'tune': return (await import('./tune.js')).tuneCommand(parseArgs(rest, ['force']));
     default: throw new Error(`kiln: unknown command '${cmd}'\n${HELP}`);
   }

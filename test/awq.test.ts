@@ -206,7 +206,7 @@ describe('quantize(): AWQ on brown-draft (8 × 64 calibration tokens, 4 points o
 });
 
 describe('quantize(): bad input, refused before any calibration', () => {
-  const run = (...argv: string[]) => quantizeCommand(parseArgs(argv, ['force', 'help', 'paper-scales', 'no-clip']), undefined, () => {});
+  const run = (...argv: string[]) => quantizeCommand(parseArgs(argv, ['force', 'help', 'paper-scales', 'no-clip', 'module-loss']), undefined, () => {});
 
   it('empty, missing or too-short calibration text; a busy output directory; unknown method', async () => {
     const empty = tmp('empty.txt');

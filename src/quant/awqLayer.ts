@@ -11,6 +11,7 @@ import { layerLinears, layerPrefix, type ModelSpec } from '../model/spec.js';
 import type { AwqTensors } from './awq.js';
 import type { GroupStats, LayerStats } from './calibrate.js';
 import { type HalfWeight, scaleGram, searchClip, searchScales, type ScaleSearchResult } from './awqSearch.js';
+import { attentionLoss, mlpLoss } from './awqModules.js';
 import { h, quantizeRtnInt4 } from './rtn.js';
 
 export type Rounding = (v: number) => number;
@@ -21,7 +22,9 @@ export interface LayerFp {
   ln2: Float32Array;
   q: HalfWeight; k: HalfWeight; v: HalfWeight; o: HalfWeight;
   gate: HalfWeight; up: HalfWeight; down: HalfWeight;
-  /** v_proj's bias (Qwen2), which takes v's 1/s too. */
+  /** q/k/v biases (Qwen2); v's takes v's 1/s too. */
+  qBias: Float32Array | null;
+  kBias: Float32Array | null;
   vBias: Float32Array | null;
 }
 
@@ -42,6 +45,15 @@ export interface AwqOptions {
   duo?: boolean;
   /** Run the clipping search (default true). */
   clip?: boolean;
+  /**
+   * Score q/k/v and gate/up by the output of the block they feed (attention, MLP) on the kept
+   * input sample, as AutoAWQ does (used when true and the statistics carry a sample); default:
+   * by the group's own output error over all calibration tokens (Gram matrix: faster, and on the
+   * brown models as good).
+   */
+  moduleLoss?: boolean;
+  /** Tokens per calibration sequence (the attention loss needs whole sequences). */
+  seqLen?: number;
 }
 
 /** What one layer contributes to the checkpoint, and how the searches went. */
@@ -69,6 +81,8 @@ export function readLayer(spec: ModelSpec, store: TensorStore, l: number, round:
   return {
     ln1: rd(`${p}.input_layernorm.weight`), ln2: rd(`${p}.post_attention_layernorm.weight`),
     q: q!, k: k!, v: v!, o: o!, gate: gate!, up: up!, down: down!,
+    qBias: spec.qkvBias ? rd(`${p}.self_attn.q_proj.bias`) : null,
+    kBias: spec.qkvBias ? rd(`${p}.self_attn.k_proj.bias`) : null,
     vBias: spec.qkvBias ? rd(`${p}.self_attn.v_proj.bias`) : null,
   };
 }
@@ -100,10 +114,15 @@ export function foldScales(L: LayerFp, s: LayerScales, round: Rounding = h): voi
 export function quantizeLayerAwq(spec: ModelSpec, l: number, L: LayerFp, stats: LayerStats, opts: AwqOptions): LayerResult {
   const g = opts.groupSize, search = { groupSize: g, grid: opts.grid, duo: opts.duo };
   const tie = oTie(spec);
+  const useModule = (opts.moduleLoss ?? false) && !!stats.qkv.sample && !!stats.gateUp.sample && !!opts.seqLen;
+  const attnLoss = useModule
+    ? attentionLoss(spec, stats.qkv.sample!, stats.qkv.sampleRows!, opts.seqLen!, L.q, L.k, L.v, L.o, { q: L.qBias, k: L.kBias, v: L.vBias }, g)
+    : undefined;
+  const ffnLoss = useModule ? mlpLoss(stats.gateUp.sample!, stats.gateUp.sampleRows!, L.gate, L.up, L.down, g) : undefined;
   const r: Record<'qkv' | 'o' | 'gateUp' | 'down', ScaleSearchResult> = {
-    qkv: searchScales([L.q, L.k, L.v], stats.qkv, search),
+    qkv: searchScales([L.q, L.k, L.v], stats.qkv, { ...search, moduleLoss: attnLoss }),
     o: searchScales([L.o], stats.o, { ...search, tie }),
-    gateUp: searchScales([L.gate, L.up], stats.gateUp, search),
+    gateUp: searchScales([L.gate, L.up], stats.gateUp, { ...search, moduleLoss: ffnLoss }),
     down: searchScales([L.down], stats.down, search),
   };
   foldScales(L, { qkv: r.qkv.scales, o: r.o.scales, oClass: r.o.classScales, gateUp: r.gateUp.scales, down: r.down.scales });

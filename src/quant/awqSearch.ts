@@ -29,6 +29,8 @@ export interface ScaleSearchOptions {
   tie?: Int32Array;
   /** Keep s = 1 (plain RTN) when no α beats it (default true; AutoAWQ always takes an α). */
   keepUnscaled?: boolean;
+  /** Scores a candidate instead of the group's own output error (awqModules.ts: the block's output). */
+  moduleLoss?: (s: Float32Array) => number;
 }
 
 export interface ScaleSearchResult {
@@ -165,11 +167,12 @@ export function searchScales(ws: HalfWeight[], st: GroupStats, opts: ScaleSearch
       cls[c] = Number.isFinite(v) && v > 0 ? v : 1; // AutoAWQ's guard against overflowing scales
     }
     const s = Float32Array.from(tie, (c) => cls[c]!);
-    const loss = scaledLoss(ws, st, s, g);
+    const loss = opts.moduleLoss ? opts.moduleLoss(s) : scaledLoss(ws, st, s, g);
     losses.push(loss);
     if (loss < best) { best = loss; bestAlpha = alpha; bestClass = cls; }
   }
-  const unscaled = scaledLoss(ws, st, new Float32Array(K).fill(1), g);
+  const ones = new Float32Array(K).fill(1);
+  const unscaled = opts.moduleLoss ? opts.moduleLoss(ones) : scaledLoss(ws, st, ones, g);
   // AutoAWQ's duo grid has no s = 1 point (α = 0 gives 1/w_mean): keep RTN's s = 1 when no α
   // beats it, so a group is never scaled into more calibration error than plain RTN.
   if ((opts.keepUnscaled ?? true) && unscaled < best) { best = unscaled; bestAlpha = NaN; bestClass = new Float32Array(C).fill(1); }
@@ -187,73 +190,82 @@ export function scaleGram(st: GroupStats, s: Float32Array): GroupStats {
 }
 
 export interface ClipResult {
-  /** Per (row, group): the kept max |w| bound, [N, K/g]. */
-  maxVal: Float32Array;
+  /** Per (row, group): the kept range [lo, hi], [N, K/g] each. */
+  lo: Float32Array;
+  hi: Float32Array;
   /** Mean squared output error of the linear before and after clipping. */
   lossBefore: number;
   lossAfter: number;
 }
 
 /**
- * The clipping search on one linear, in place: each (row, group) is clamped to [−m', m']
- * (m' = f16(m·(1 − i/grid)), i < maxShrink·grid, m its max |w|), keeping the shrink that
- * quantizes with the least output error. AutoAWQ scores each group alone (the diagonal block of
- * XᵀX); here each group is scored with the rest of its row as already chosen (the full quadratic
- * form, one pass over the groups), so errors that add up across groups count too.
+ * The clipping search on one linear, in place: each (row, group) is clamped to a range that
+ * quantizes with less output error. First AutoAWQ's symmetric shrink, [−m', m'] with
+ * m' = f16(m·(1 − i/grid)), i < maxShrink·grid, m the group's max |w|; then, with `asymmetric`,
+ * each end alone on the same grid, min·(1 − i/grid) and max·(1 − j/grid) (with a zero point the
+ * ends need not shrink together; on the brown models it fit the calibration set better and the
+ * held-out text worse, so it is off by default). AutoAWQ scores each group alone (the
+ * diagonal block of XᵀX); here each candidate is scored with the rest of its row as already
+ * chosen (the full quadratic form, one pass over the groups), so errors that add up across groups
+ * count too.
  */
-export function searchClip(lin: HalfWeight, st: GroupStats, g: number, opts: { grid?: number; maxShrink?: number } = {}): ClipResult {
+export function searchClip(lin: HalfWeight, st: GroupStats, g: number, opts: { grid?: number; maxShrink?: number; asymmetric?: boolean } = {}): ClipResult {
   const { w, N, K } = lin, grid = opts.grid ?? 20, steps = Math.max(1, Math.round((opts.maxShrink ?? 0.5) * grid));
+  const asym = opts.asymmetric ?? false;
   if (st.K !== K) throw new Error(`awq clip: weight has ${K} inputs, statistics ${st.K}`);
-  const H = st.gram, G = K / g, maxVal = new Float32Array(N * G);
-  const clamped = new Float32Array(g), dq = new Float64Array(g), delta = new Float64Array(g), codes = new Uint8Array(g);
+  const H = st.gram, G = K / g, lo = new Float32Array(N * G), hi = new Float32Array(N * G);
+  const clamped = new Float32Array(g), dq = new Float64Array(g), delta = new Float64Array(g), cand = new Float64Array(g), codes = new Uint8Array(g);
   const d = new Float64Array(K), e = new Float64Array(K);
   let before = 0, after = 0;
+  /** The quantization error vector of group [off, off + g) clamped to [a, b], into `out`. */
+  const errorOf = (off: number, a: number, b: number, out: Float64Array) => {
+    for (let i = 0; i < g; i++) clamped[i] = Math.min(b, Math.max(a, w[off + i]!));
+    pseudoQuantizeRow(clamped, 0, g, g, dq, codes);
+    for (let i = 0; i < g; i++) out[i] = dq[i]! - w[off + i]!;
+  };
   for (let n = 0; n < N; n++) {
     const row = n * K;
-    // Each group's error vector for every shrink; d starts at the unclipped errors.
-    const maxes = new Float64Array(G * steps);
-    const errs: Float64Array[] = [];
-    for (let gi = 0; gi < G; gi++) {
-      const off = row + gi * g, c = new Float64Array(g * steps);
-      let m = 0;
-      for (let i = 0; i < g; i++) m = Math.max(m, Math.abs(w[off + i]!));
-      for (let step = 0; step < steps; step++) {
-        const mv = h(m * (1 - step / grid));
-        maxes[gi * steps + step] = mv;
-        for (let i = 0; i < g; i++) clamped[i] = Math.min(mv, Math.max(-mv, w[off + i]!));
-        pseudoQuantizeRow(clamped, 0, g, g, dq, codes);
-        for (let i = 0; i < g; i++) c[step * g + i] = dq[i]! - w[off + i]!;
-      }
-      errs.push(c);
-      d.set(c.subarray(0, g), gi * g);
-    }
+    for (let gi = 0; gi < G; gi++) errorOf(row + gi * g, -Infinity, Infinity, d.subarray(gi * g, (gi + 1) * g));
     // e = H·d, kept current as groups change.
     for (let i = 0; i < K; i++) { let acc = 0; for (let j = 0; j < K; j++) acc += H[i * K + j]! * d[j]!; e[i] = acc; }
     let err = 0;
     for (let i = 0; i < K; i++) err += d[i]! * e[i]!;
     before += err;
     for (let gi = 0; gi < G; gi++) {
-      const c = errs[gi]!, o = gi * g;
-      let best = 0, bestDelta = 0;
-      for (let step = 1; step < steps; step++) {
-        // Δerr = 2·δᵀ(H·d)_g + δᵀ·H_gg·δ for δ = this shrink's errors − the current ones.
+      const o = gi * g, off = row + o;
+      let mn = Infinity, mx = -Infinity;
+      for (let i = 0; i < g; i++) { mn = Math.min(mn, w[off + i]!); mx = Math.max(mx, w[off + i]!); }
+      const m = Math.max(Math.abs(mn), Math.abs(mx));
+      let bestA = -Infinity, bestB = Infinity, bestDelta = 0;
+      // Δerr = 2·δᵀ(H·d)_g + δᵀ·H_gg·δ for δ = the candidate's errors − the current ones.
+      const tryRange = (a: number, b: number) => {
+        if (!(a < b)) return;
+        errorOf(off, a, b, cand);
         let lin = 0;
-        for (let i = 0; i < g; i++) { delta[i] = c[step * g + i]! - d[o + i]!; lin += delta[i]! * e[o + i]!; }
+        for (let i = 0; i < g; i++) { delta[i] = cand[i]! - d[o + i]!; lin += delta[i]! * e[o + i]!; }
         const dd = 2 * lin + quadForm(H, o * K + o, K, delta, g);
-        if (dd < bestDelta) { bestDelta = dd; best = step; }
+        if (dd < bestDelta) { bestDelta = dd; bestA = a; bestB = b; }
+      };
+      for (let step = 1; step < steps; step++) { const mv = h(m * (1 - step / grid)); tryRange(-mv, mv); }
+      if (asym) {
+        const a0 = Math.max(bestA, mn);
+        for (let step = 1; step < steps; step++) tryRange(a0, h(mx * (1 - step / grid)));
+        const b1 = Math.min(bestB, mx);
+        for (let step = 1; step < steps; step++) tryRange(h(mn * (1 - step / grid)), b1);
       }
-      if (best) {
-        for (let i = 0; i < g; i++) delta[i] = c[best * g + i]! - d[o + i]!;
+      if (bestDelta < 0) {
+        errorOf(off, bestA, bestB, cand);
+        for (let i = 0; i < g; i++) delta[i] = cand[i]! - d[o + i]!;
         for (let i = 0; i < K; i++) { let acc = 0; for (let j = 0; j < g; j++) acc += H[i * K + o + j]! * delta[j]!; e[i] = e[i]! + acc; }
-        for (let i = 0; i < g; i++) d[o + i] = c[best * g + i]!;
+        for (let i = 0; i < g; i++) d[o + i] = cand[i]!;
         err += bestDelta;
+        for (let i = 0; i < g; i++) w[off + i] = Math.min(bestB, Math.max(bestA, w[off + i]!));
       }
-      const mv = maxes[gi * steps + best]!;
-      maxVal[n * G + gi] = mv;
-      for (let i = 0; i < g; i++) w[row + o + i] = Math.min(mv, Math.max(-mv, w[row + o + i]!));
+      lo[n * G + gi] = Math.max(bestA, mn);
+      hi[n * G + gi] = Math.min(bestB, mx);
     }
     after += err;
   }
   const denom = N * Math.max(1, st.tokens);
-  return { maxVal, lossBefore: before / denom, lossAfter: after / denom };
+  return { lo, hi, lossBefore: before / denom, lossAfter: after / denom };
 }

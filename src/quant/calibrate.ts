@@ -28,6 +28,12 @@ export interface GroupStats {
   absSum: Float64Array;
   /** Σ_t x[t, i]·x[t, j], [K, K] (both triangles filled by `finish`). */
   gram: Float64Array;
+  /**
+   * The inputs of the first few whole sequences, [sampleRows, K] (LayerCalibrator's
+   * sampleSeqs): the module-output losses of the scale search run the block on them.
+   */
+  sample?: Float32Array;
+  sampleRows?: number;
 }
 
 export interface LayerStats {
@@ -66,6 +72,12 @@ export function accumulate(st: GroupStats, x: Float32Array, T: number): void {
   st.tokens += T;
 }
 
+function keepSample(st: GroupStats, x: Float32Array, rows: number): void {
+  if (rows <= 0) return;
+  st.sample = x.slice(0, rows * st.K);
+  st.sampleRows = rows;
+}
+
 /** Mirrors the upper triangle into the lower one. */
 export function finishGroupStats(st: GroupStats): GroupStats {
   const { K, gram } = st;
@@ -95,7 +107,11 @@ export class LayerCalibrator {
   private readonly attn;
   private readonly attnSizes: AttentionSizes;
 
-  constructor(readonly dev: Device, readonly spec: ModelSpec, readonly weights: ModelWeights, readonly seqLen: number, maxPassTokens = 1024) {
+  /**
+   * sampleSeqs: whole sequences whose q/k/v and gate/up inputs are kept (GroupStats.sample) for
+   * the module-output losses; they are the first pass's, so at most seqsPerPass.
+   */
+  constructor(readonly dev: Device, readonly spec: ModelSpec, readonly weights: ModelWeights, readonly seqLen: number, maxPassTokens = 1024, readonly sampleSeqs = 0) {
     const s = spec, caps = dev.caps, BS = 16;
     if (seqLen > s.maxPositions) throw new Error(`calibration: sequence length ${seqLen} exceeds the model's context of ${s.maxPositions}`);
     this.seqsPerPass = Math.max(1, Math.floor(maxPassTokens / seqLen));
@@ -175,7 +191,9 @@ export class LayerCalibrator {
       for (let i = 0; i < this.seqsPerPass; i++) x.set(hidden.subarray((first + (i % n)) * L * D, (first + (i % n) + 1) * L * D), i * L * D);
       dev.write(b.x!, x);
       this.norm(b.x!, w.attnNorm, b.h!, T);
-      accumulate(stats.qkv, await dev.read(b.h!), real);
+      const h1 = await dev.read(b.h!);
+      accumulate(stats.qkv, h1, real);
+      if (first === 0) keepSample(stats.qkv, h1, Math.min(this.sampleSeqs, n) * L);
       this.linear(w.qkv, b.h!, b.qkv!, T);
       dev.launch(this.ops.rope, { qkv: b.qkv!, pos: this.pos, table: this.rope, q: b.q!, k: b.k!, v: b.v! },
         { T, Hq: s.heads, Hk: s.kvHeads, D: s.headDim, maxPos: L });
@@ -185,7 +203,9 @@ export class LayerCalibrator {
       accumulate(stats.o, await dev.read(b.attn!), real);
       this.linear(w.o, b.attn!, b.x2!, T, b.x!);
       this.norm(b.x2!, w.ffnNorm, b.h!, T);
-      accumulate(stats.gateUp, await dev.read(b.h!), real);
+      const h2 = await dev.read(b.h!);
+      accumulate(stats.gateUp, h2, real);
+      if (first === 0) keepSample(stats.gateUp, h2, Math.min(this.sampleSeqs, n) * L);
       this.linear(w.gateUp, b.h!, b.ffn!, T);
       accumulate(stats.down, await dev.read(b.ffn!), real);
       this.linear(w.down, b.ffn!, b.x!, T, b.x2!);

@@ -20,6 +20,8 @@ import { checkOutDir, checkQuantizeArgs, humanBytes, type QuantizeResult, WEIGHT
 /** Calibration defaults: 64 sequences of 256 tokens (16,384 tokens; brown-calib.txt has ~25k). */
 export const DEFAULT_SAMPLES = 64;
 export const DEFAULT_SEQ_LEN = 256;
+/** Tokens of whole calibration sequences the module-output losses run on. */
+const MODULE_SAMPLE_TOKENS = 1024;
 
 /** ../shared/data/brown-calib.txt beside the package (a checkout of the project), if present. */
 export function defaultCalibrationFile(): string | null {
@@ -52,6 +54,8 @@ export interface QuantizeModelOptions {
   grid?: number;
   /** Clipping search (default true). */
   clip?: boolean;
+  /** Score q/k/v and gate/up by their block's output on a ~1024-token sample, as AutoAWQ (default false: their own outputs, all tokens). */
+  moduleLoss?: boolean;
   /** Write into a non-empty output directory. */
   force?: boolean;
   /** Progress: AWQ layers done of all (RTN: tensors written). */
@@ -109,7 +113,9 @@ export async function quantize(model: string, opts: QuantizeModelOptions): Promi
     const seqs = calibrationSequences(tokenizer.encode(text), samples, seqLen, calibFile);
     dev = typeof opts.device === 'object' ? opts.device : await createDevice(opts.device ?? 'auto');
     fp = uploadWeights(dev, spec, store, { format: 'f32' });
-    calib = new LayerCalibrator(dev, spec, fp, seqLen);
+    // Whole sequences (~1024 tokens) whose q/k/v and gate/up inputs feed the module-output losses.
+    const moduleSeqs = !opts.moduleLoss ? 0 : Math.min(samples, Math.max(1, Math.floor(MODULE_SAMPLE_TOKENS / seqLen)));
+    calib = new LayerCalibrator(dev, spec, fp, seqLen, Math.max(MODULE_SAMPLE_TOKENS, seqLen), moduleSeqs);
     // Layer 0's input: the embeddings of the calibration tokens (a gather, done here).
     const D = spec.hidden, embed = readFloat32(store, EMBED);
     let hidden: Float32Array = new Float32Array(samples * seqLen * D);
@@ -118,7 +124,7 @@ export async function quantize(model: string, opts: QuantizeModelOptions): Promi
     for (let l = 0; l < spec.layers; l++) {
       const { stats, out } = await calib.runLayer(l, hidden);
       hidden = out;
-      const r = quantizeLayerAwq(spec, l, readLayer(spec, store, l), stats, { groupSize: g, grid: opts.grid, duo: opts.duo, clip: opts.clip });
+      const r = quantizeLayerAwq(spec, l, readLayer(spec, store, l), stats, { groupSize: g, grid: opts.grid, duo: opts.duo, clip: opts.clip, moduleLoss: opts.moduleLoss, seqLen });
       for (const [k, v] of r.linears) linears.set(k, v);
       for (const [k, v] of r.dense) dense.set(k, v);
       layers.push({ alphas: r.alphas, loss: r.loss });
@@ -151,6 +157,8 @@ export const QUANTIZE_HELP = `kiln quantize --model DIR --out DIR [options]   â†
   --device D           where calibration runs: auto|cpu|webgpu|cuda (default auto)
   --paper-scales       s = x_mean^Î± (the paper) instead of AutoAWQ's duo scaling
   --no-clip            skip the clipping search
+  --module-loss        score q/k/v and gate/up by their block's output (attention, MLP) on ~1024
+                       tokens, as AutoAWQ does, instead of their own outputs on all tokens (slower)
   --force              write into a non-empty output directory
 `;
 
@@ -159,7 +167,7 @@ export async function quantizeCommand(
   a: ParsedArgs, onProgress?: (done: number, total: number) => void, log: (line: string) => void = (l) => process.stdout.write(l + '\n'),
 ): Promise<QuantizeModelResult> {
   if (flag(a, 'help')) { log(QUANTIZE_HELP); return undefined as never; }
-  rejectUnknown(a, ['model', 'out', 'group-size', 'method', 'force', 'calib', 'samples', 'seq-len', 'device', 'paper-scales', 'no-clip'], 'kiln quantize');
+  rejectUnknown(a, ['model', 'out', 'group-size', 'method', 'force', 'calib', 'samples', 'seq-len', 'device', 'paper-scales', 'no-clip', 'module-loss'], 'kiln quantize');
   const model = str(a, 'model');
   const out = str(a, 'out');
   if (!model) throw new Error('kiln quantize: give the model directory with --model DIR');
@@ -170,7 +178,7 @@ export async function quantizeCommand(
   const r = await quantize(model, {
     out, method, groupSize: num(a, 'group-size'), force: flag(a, 'force'), calib: str(a, 'calib'),
     samples: num(a, 'samples'), seqLen: num(a, 'seq-len'), device: str(a, 'device') as BackendKind | 'auto' | undefined,
-    duo: !flag(a, 'paper-scales'), clip: !flag(a, 'no-clip'), onProgress,
+    duo: !flag(a, 'paper-scales'), clip: !flag(a, 'no-clip'), moduleLoss: flag(a, 'module-loss'), onProgress,
   });
   log(`wrote ${path.join(out, WEIGHTS_FILE)}: AutoAWQ GEMM, 4-bit, group size ${r.groupSize}, ${r.quantizedLinears} linear layers (${r.method.toUpperCase()})`);
   if (r.awq) {
