@@ -303,6 +303,9 @@ export class LlamaForward {
     this.linear(this.weights.lmHead, a.rowsH, this.logitsBuf, R);
   }
 
+  /** The largest decode bucket (decodeBuckets always holds at least bucket 1). */
+  private get maxBucket(): number { return this.buckets.at(-1) ?? 1; }
+
   /** Decode bucket sizes (sequences per fixed-shape decode step). */
   get decodeBuckets(): readonly number[] { return this.buckets; }
 
@@ -322,8 +325,8 @@ export class LlamaForward {
       if (q.logits === 'none') throw new ForwardError(`decodeStep: sequence ${i} asks for no logits; a decode step returns every sequence's`);
     });
     if (!batch.length) throw new ForwardError('decodeStep: empty batch');
-    if (batch.length > this.buckets[this.buckets.length - 1]!) {
-      throw new ForwardError(`decodeStep: ${batch.length} sequences exceed the largest decode bucket ${this.buckets[this.buckets.length - 1]} (maxSeqs ${this.maxSeqs}, maxBatchTokens ${this.maxBatchTokens})`);
+    if (batch.length > this.maxBucket) {
+      throw new ForwardError(`decodeStep: ${batch.length} sequences exceed the largest decode bucket ${this.maxBucket} (maxSeqs ${this.maxSeqs}, maxBatchTokens ${this.maxBatchTokens})`);
     }
     const B = pickBucket(batch.length, this.buckets);
     const layout = this.uploadDecode(batch, B);
@@ -408,7 +411,7 @@ export class LlamaForward {
 
   private ensureDecodeBuffers(): NonNullable<LlamaForward['decodeBufs']> {
     if (this.decodeBufs) return this.decodeBufs;
-    const g = this.decodeGeometry, top = this.buckets[this.buckets.length - 1]!;
+    const g = this.decodeGeometry, top = this.maxBucket;
     const partRows = Math.max(1, decodePartRows(top, g));
     const made: DeviceBuffer[] = [];
     const alloc = <T extends 'u32' | 'f32'>(t: T, len: number, label: string): DeviceBuffer<T> => {

@@ -182,8 +182,7 @@ export class ReferenceModel {
 
     const scale = 1 / Math.sqrt(hd);
     const scores = new Float64Array(start + T);
-    for (let l = 0; l < s.layers; l++) {
-      const lw = w.layers[l]!;
+    for (const [l, lw] of w.layers.entries()) {
       // Attention block.
       const xn = rmsNorm(x, T, H, lw.attnNorm, s.rmsNormEps);
       const q = linear(xn, T, H, lw.q, qDim, lw.qBias);
@@ -193,7 +192,8 @@ export class ReferenceModel {
         this.rope(q, t * qDim, s.heads, start + t);
         this.rope(k, t * kvDim, s.kvHeads, start + t);
       }
-      const keys = cache.keys[l]!, values = cache.values[l]!;
+      const keys = cache.keys[l], values = cache.values[l];
+      if (!keys || !values) throw new Error(`reference forward: no KV cache for layer ${l}`);
       keys.set(k, start * kvDim);
       values.set(v, start * kvDim);
 
