@@ -15,4 +15,8 @@ export type { SeqInput, ForwardResult, ForwardOptions } from './model/forward.js
 export { BlockManager, OutOfBlocksError } from './kv/blockManager.js';
 export { windowedPerplexity } from './eval.js';
 export { openModel } from './io/index.js';
+export { quantize } from './quant/quantize.js';
+export type { QuantizeModelOptions, QuantizeModelResult, AwqReport } from './quant/quantize.js';
+export { compareModels } from './quant/compare.js';
+export type { CompareResult } from './quant/compare.js';
 export type { ModelSpec } from './model/spec.js';

@@ -170,6 +170,10 @@ describe('quantize(): AWQ on brown-draft (8 × 64 calibration tokens, 4 points o
     res = await quantize(DRAFT, { out: OUT, method: 'awq', groupSize: 64, samples: 8, seqLen: 64, calib: CALIB, device: 'cpu', grid: 4 });
   }, 120_000);
 
+  it("is the library's quantize()", async () => {
+    expect((await import('../src/index.js')).quantize).toBe(quantize);
+  });
+
   it('reports a search per layer that beats RTN on the calibration error', () => {
     expect(res.awq!.layers.length).toBe(2);
     for (const l of res.awq!.layers) for (const g of l.loss) expect(g.awq).toBeLessThanOrEqual(g.rtn * 1.0000001);
