@@ -112,7 +112,8 @@ export class Speculator {
     if (!cands.length || cands.length > this.maxBatch) return out;
     const reqs: DraftRequest[] = [];
     for (const c of cands) {
-      const k = Math.min(this.policy.k(c.id), c.remaining - 1);
+      // Drafts past the token limit are wasted, not wrong: the step stops at the limit.
+      const k = Math.min(this.policy.k(c.id), c.remaining);
       if (k > 0) reqs.push({ id: c.id, tokens: c.tokens, k, sampling: c.sampling });
     }
     if (!reqs.length) return out;
