@@ -52,21 +52,30 @@ export function accumulate(st: GroupStats, x: Float32Array, T: number): void {
   const { K, absSum, gram } = st;
   if (x.length < T * K) throw new Error(`calibration: ${x.length} values for ${T} rows of ${K}`);
   for (let t = 0; t < T; t++) for (let k = 0; k < K; k++) absSum[k]! += Math.abs(x[t * K + k]!);
-  // Four rows at a time: each Gram cell is loaded and stored once per four rows.
-  let t = 0;
-  for (; t + 4 <= T; t += 4) {
-    const a = t * K, b = a + K, c = b + K, d = c + K;
+  // Rows in chunks, transposed, so that each Gram cell is one contiguous dot product per chunk
+  // (loaded and stored once per chunk), four cells sharing each load of column i.
+  const R = 64, xt = new Float64Array(K * R);
+  for (let t0 = 0; t0 < T; t0 += R) {
+    const r = Math.min(R, T - t0);
+    for (let t = 0; t < r; t++) for (let k = 0; k < K; k++) xt[k * R + t] = x[(t0 + t) * K + k]!;
     for (let i = 0; i < K; i++) {
-      const ai = x[a + i]!, bi = x[b + i]!, ci = x[c + i]!, di = x[d + i]!;
-      const row = i * K;
-      for (let j = i; j < K; j++) gram[row + j]! += ai * x[a + j]! + bi * x[b + j]! + ci * x[c + j]! + di * x[d + j]!;
-    }
-  }
-  for (; t < T; t++) {
-    const a = t * K;
-    for (let i = 0; i < K; i++) {
-      const ai = x[a + i]!, row = i * K;
-      for (let j = i; j < K; j++) gram[row + j]! += ai * x[a + j]!;
+      const a = i * R, row = i * K;
+      let j = i;
+      for (; j + 4 <= K; j += 4) {
+        const b0 = j * R, b1 = b0 + R, b2 = b1 + R, b3 = b2 + R;
+        let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (let t = 0; t < r; t++) {
+          const v = xt[a + t]!;
+          s0 += v * xt[b0 + t]!; s1 += v * xt[b1 + t]!; s2 += v * xt[b2 + t]!; s3 += v * xt[b3 + t]!;
+        }
+        gram[row + j]! += s0; gram[row + j + 1]! += s1; gram[row + j + 2]! += s2; gram[row + j + 3]! += s3;
+      }
+      for (; j < K; j++) {
+        const b0 = j * R;
+        let s0 = 0;
+        for (let t = 0; t < r; t++) s0 += xt[a + t]! * xt[b0 + t]!;
+        gram[row + j]! += s0;
+      }
     }
   }
   st.tokens += T;

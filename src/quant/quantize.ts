@@ -69,8 +69,10 @@ export interface AwqReport {
   device: string;
   /** Per layer: the chosen α of each group and the group's output error, RTN vs AWQ. */
   layers: Pick<LayerResult, 'alphas' | 'loss'>[];
-  /** Calibration and search time. */
+  /** Calibration and search time, and the part of it spent running layers on the device and
+   *  accumulating their input statistics. */
   searchMs: number;
+  calibrationMs: number;
 }
 
 export interface QuantizeModelResult extends QuantizeResult {
@@ -104,6 +106,7 @@ export async function quantize(model: string, opts: QuantizeModelOptions): Promi
   const layers: AwqReport['layers'] = [];
   const linears = new Map<string, AwqTensors>(), dense = new Map<string, Float32Array>();
   const tSearch = performance.now();
+  let calibrationMs = 0;
   try {
     const { spec, weights: store, tokenizer } = files;
     for (const [what, K] of [['hidden_size', spec.hidden], ['intermediate_size', spec.ffn], ['heads·head_dim', spec.heads * spec.headDim]] as const) {
@@ -122,7 +125,9 @@ export async function quantize(model: string, opts: QuantizeModelOptions): Promi
     seqs.flat().forEach((id, t) => hidden.set(embed.subarray(id * D, (id + 1) * D), t * D));
     opts.onProgress?.(0, spec.layers);
     for (let l = 0; l < spec.layers; l++) {
+      const tc = performance.now();
       const { stats, out } = await calib.runLayer(l, hidden);
+      calibrationMs += performance.now() - tc;
       hidden = out;
       const r = quantizeLayerAwq(spec, l, readLayer(spec, store, l), stats, { groupSize: g, grid: opts.grid, duo: opts.duo, clip: opts.clip, moduleLoss: opts.moduleLoss, seqLen });
       for (const [k, v] of r.linears) linears.set(k, v);
@@ -140,7 +145,7 @@ export async function quantize(model: string, opts: QuantizeModelOptions): Promi
   const r = writeAwqCheckpoint(model, opts.out, { groupSize: g, method, force: opts.force, precomputed: { linears, dense } });
   return {
     ...r, ms: performance.now() - t0, method, peakRss: peakRss(),
-    awq: { samples, seqLen, calibFile, device: dev?.description ?? '', layers, searchMs },
+    awq: { samples, seqLen, calibFile, device: dev?.description ?? '', layers, searchMs, calibrationMs },
   };
 }
 
@@ -183,7 +188,7 @@ export async function quantizeCommand(
   log(`wrote ${path.join(out, WEIGHTS_FILE)}: AutoAWQ GEMM, 4-bit, group size ${r.groupSize}, ${r.quantizedLinears} linear layers (${r.method.toUpperCase()})`);
   if (r.awq) {
     const w = r.awq;
-    log(`calibration: ${w.samples} × ${w.seqLen} tokens of ${w.calibFile} on ${w.device}; search ${(w.searchMs / 1000).toFixed(1)} s`);
+    log(`calibration: ${w.samples} × ${w.seqLen} tokens of ${w.calibFile} on ${w.device}; ${(w.searchMs / 1000).toFixed(1)} s (layers on the device + input statistics ${(w.calibrationMs / 1000).toFixed(1)} s, searches ${((w.searchMs - w.calibrationMs) / 1000).toFixed(1)} s)`);
     w.layers.forEach((l, i) => log(`  layer ${i}: α ${(['qkv', 'o', 'gateUp', 'down'] as const).map((k) => `${k} ${Number.isNaN(l.alphas[k]) ? 'none' : l.alphas[k].toFixed(2)}`).join(', ')}; output error vs RTN ${l.loss.map((x) => `${x.group} ${(x.awq / x.rtn).toFixed(3)}×`).join(', ')}`));
   }
   log(`size ${humanBytes(r.bytesBefore)} → ${humanBytes(r.bytesAfter)} (${(r.bytesBefore / r.bytesAfter).toFixed(2)}× smaller) in ${(r.ms / 1000).toFixed(1)} s · peak memory ${humanBytes(r.peakRss)}`);
