@@ -5,9 +5,9 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(D / 128) x T workgroups
 // bindings:
-//   0: ids u32[] read
-//   1: table u32[] read
-//   2: out f32[] read_write
+//   0: ids u32[] read, shape [T]
+//   1: table u32[] read, shape [V, D / 2]
+//   2: out f32[] read_write, shape [T, D]
 // uniforms: T: u32 @0, V: u32 @4, D: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // CUDA ABI: extern "C" embedding_f16(const u32* ids, const u32* table, f32* out, embedding_f16_Uniforms u (by value))

@@ -5,11 +5,11 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(Nw / 512) x ceil(K / segLen) workgroups
 // bindings:
-//   0: x f32[] read
-//   1: qweight u32[] read
-//   2: qzeros u32[] read
-//   3: scales u32[] read
-//   4: part f32[] read_write
+//   0: x f32[] read, shape [5, K]
+//   1: qweight u32[] read, shape [K, Nw / 8]
+//   2: qzeros u32[] read, shape [K / 128, Nw / 8]
+//   3: scales u32[] read, shape [K / 128, Nw / 2]
+//   4: part f32[] read_write, shape [ceil(K / segLen), 5, Nw]
 // uniforms: K: u32 @0, Nw: u32 @4, segLen: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 5, padded to 16 bytes)
 // CUDA ABI: extern "C" gemv_int4g128_r5_k8(const f32* x, const u32* qweight, const u32* qzeros, const u32* scales, f32* part, gemv_int4g128_r5_k8_Uniforms u (by value))

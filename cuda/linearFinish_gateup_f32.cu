@@ -5,8 +5,8 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(N / 1 / 64) x M workgroups
 // bindings:
-//   0: part f32[] read
-//   1: out f32[] read_write
+//   0: part f32[] read, shape [S, M, 2 * N]
+//   1: out f32[] read_write, shape [M, N]
 // uniforms: M: u32 @0, N: u32 @4, S: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // CUDA ABI: extern "C" linearFinish_gateup_f32(const f32* part, f32* out, linearFinish_gateup_f32_Uniforms u (by value))

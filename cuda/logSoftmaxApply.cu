@@ -5,10 +5,10 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: segments x rows workgroups
 // bindings:
-//   0: x f32[] read
-//   1: partMax f32[] read
-//   2: partSum f32[] read
-//   3: out f32[] read_write
+//   0: x f32[] read, shape [rows, vocab]
+//   1: partMax f32[] read, shape [rows, segments]
+//   2: partSum f32[] read, shape [rows, segments]
+//   3: out f32[] read_write, shape [rows, vocab]
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
 // workgroup arrays: lse: f32[1]

@@ -5,9 +5,9 @@
 // workgroup size: 16 x 16 x 1 (256 invocations)
 // launch: ceil(N / 128) x ceil(M / 128) workgroups
 // bindings:
-//   0: A f32[] read
-//   1: B f32[] read
-//   2: C f32[] read_write
+//   0: A f32[] read, shape [M, K]
+//   1: B f32[] read, shape [K, N]
+//   2: C f32[] read_write, shape [M, N]
 // uniforms: M: u32 @0, N: u32 @4, K: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // workgroup arrays: As: f32[2048], Bs: f32[2048]

@@ -5,8 +5,8 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: ceil(n / 2048) workgroups
 // bindings:
-//   0: x f32[] read
-//   1: out f32[] read_write
+//   0: x f32[] read, shape [n]
+//   1: out f32[] read_write, shape [ceil(n / 2048)]
 // uniforms: n: u32 @0
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // workgroup arrays: scratch: f32[8]

@@ -5,9 +5,9 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: ceil(n / 256) spread over x, y ≤ 65535 workgroups
 // bindings:
-//   0: a f32[] read
-//   1: b f32[] read
-//   2: out f32[] read_write
+//   0: a f32[] read, shape [n]
+//   1: b f32[] read, shape [n]
+//   2: out f32[] read_write, shape [n]
 // uniforms: n: u32 @0
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // CUDA ABI: extern "C" residualAdd(const f32* a, const f32* b, f32* out, residualAdd_Uniforms u (by value))

@@ -5,12 +5,12 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil((Hq + 2·Hk) · D/2 / 64) x T workgroups
 // bindings:
-//   0: qkv f32[] read
-//   1: pos u32[] read
-//   2: table f32[] read
-//   3: q f32[] read_write
-//   4: k f32[] read_write
-//   5: v f32[] read_write
+//   0: qkv f32[] read, shape [T, Hq + 2 * Hk, D]
+//   1: pos u32[] read, shape [T]
+//   2: table f32[] read, shape [maxPos, D]
+//   3: q f32[] read_write, shape [T, Hq, D]
+//   4: k f32[] read_write, shape [T, Hk, D]
+//   5: v f32[] read_write, shape [T, Hk, D]
 // uniforms: T: u32 @0, Hq: u32 @4, Hk: u32 @8, D: u32 @12, maxPos: u32 @16
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 6, padded to 32 bytes)
 // CUDA ABI: extern "C" ropeQkv_interleaved(const f32* qkv, const u32* pos, const f32* table, f32* q, f32* k, f32* v, ropeQkv_interleaved_Uniforms u (by value))

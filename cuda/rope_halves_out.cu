@@ -5,12 +5,12 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil((Hq + Hk) · D/2 / 64) x T workgroups
 // bindings:
-//   0: q f32[] read
-//   1: k f32[] read
-//   2: qOut f32[] read_write
-//   3: kOut f32[] read_write
-//   4: pos u32[] read
-//   5: table f32[] read
+//   0: q f32[] read, shape [T, Hq, D]
+//   1: k f32[] read, shape [T, Hk, D]
+//   2: qOut f32[] read_write, shape [T, Hq, D]
+//   3: kOut f32[] read_write, shape [T, Hk, D]
+//   4: pos u32[] read, shape [T]
+//   5: table f32[] read, shape [maxPos, D]
 // uniforms: T: u32 @0, Hq: u32 @4, Hk: u32 @8, D: u32 @12, maxPos: u32 @16
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 6, padded to 32 bytes)
 // CUDA ABI: extern "C" rope_halves_out(const f32* q, const f32* k, f32* qOut, f32* kOut, const u32* pos, const f32* table, rope_halves_out_Uniforms u (by value))

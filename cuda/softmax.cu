@@ -5,8 +5,8 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: rows workgroups
 // bindings:
-//   0: x f32[] read
-//   1: y f32[] read_write
+//   0: x f32[] read, shape [rows, cols]
+//   1: y f32[] read_write, shape [rows, cols]
 // uniforms: rows: u32 @0, cols: u32 @4
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // workgroup arrays: scratch: f32[8]

@@ -5,8 +5,8 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: ceil(n / 256) workgroups
 // bindings:
-//   0: data u32[] read_write
-//   1: offsets u32[] read
+//   0: data u32[] read_write, shape [n]
+//   1: offsets u32[] read, shape [ceil(n / 1024)]
 // uniforms: n: u32 @0
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 

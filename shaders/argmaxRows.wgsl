@@ -5,8 +5,8 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: M (one workgroup per row) workgroups
 // bindings:
-//   0: x f32[] read
-//   1: out u32[] read_write
+//   0: x f32[] read, shape [M, N]
+//   1: out u32[] read_write, shape [M]
 // uniforms: M: u32 @0, N: u32 @4
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 // workgroup arrays: vals: f32[256], idxs: u32[256]

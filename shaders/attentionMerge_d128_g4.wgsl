@@ -5,10 +5,10 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: numTiles x numKvHeads·4 workgroups
 // bindings:
-//   0: tiles u32[] read
-//   1: partAcc f32[] read
-//   2: partMl f32[] read
-//   3: out f32[] read_write
+//   0: tiles u32[] read, shape [numTiles, 8]
+//   1: partAcc f32[] read, shape [partRows, 128]
+//   2: partMl f32[] read, shape [partRows, 2]
+//   3: out f32[] read_write, shape [numTokens, numKvHeads * 4, 128]
 // uniforms: numTokens: u32 @0, numKvHeads: u32 @4, numTiles: u32 @8, partRows: u32 @12, window: u32 @16
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 32 bytes)
 

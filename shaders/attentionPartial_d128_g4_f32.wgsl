@@ -5,14 +5,14 @@
 // workgroup size: 128 x 1 x 1 (128 invocations)
 // launch: numTiles x numKvHeads x maxTileChunks workgroups
 // bindings:
-//   0: q f32[] read
-//   1: kCache vec4<f32>[] read
-//   2: vCache vec4<f32>[] read
-//   3: blockTables u32[] read
-//   4: tiles u32[] read
-//   5: partAcc f32[] read_write
-//   6: partMl f32[] read_write
-//   7: out f32[] read_write
+//   0: q f32[] read, shape [numTokens, numKvHeads * 4, 128]
+//   1: kCache vec4<f32>[] read, shape [numBlocks, 16, numKvHeads, 128]
+//   2: vCache vec4<f32>[] read, shape [numBlocks, 16, numKvHeads, 128]
+//   3: blockTables u32[] read, shape [numSeqs, maxBlocksPerSeq]
+//   4: tiles u32[] read, shape [numTiles, 8]
+//   5: partAcc f32[] read_write, shape [partRows, 128]
+//   6: partMl f32[] read_write, shape [partRows, 2]
+//   7: out f32[] read_write, shape [numTokens, numKvHeads * 4, 128]
 // uniforms: numTokens: u32 @0, numSeqs: u32 @4, numKvHeads: u32 @8, numBlocks: u32 @12, maxBlocksPerSeq: u32 @16, numTiles: u32 @20, maxTileChunks: u32 @24, partRows: u32 @28, window: u32 @32, scaleLog2: f32 @36
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 8, padded to 48 bytes)
 // workgroup arrays: qTile: f32[1536], kvTile: f32[2048], scores: f32[192], rowMax: f32[12], rowSum: f32[12], rowScale: f32[12], rowFrom: u32[12], rowTo: u32[12]

@@ -5,8 +5,8 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: ceil(n / 512) spread over x, y ≤ 65535 workgroups
 // bindings:
-//   0: x u32[] read
-//   1: out f32[] read_write
+//   0: x u32[] read, shape [ceil(n / 2)]
+//   1: out f32[] read_write, shape [n]
 // uniforms: n: u32 @0
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 

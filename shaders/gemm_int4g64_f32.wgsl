@@ -5,11 +5,11 @@
 // workgroup size: 128 x 1 x 1 (128 invocations)
 // launch: ceil(N / 64) x ceil(M / 32) workgroups
 // bindings:
-//   0: x f32[] read
-//   1: qweight u32[] read
-//   2: qzeros u32[] read
-//   3: scales u32[] read
-//   4: out f32[] read_write
+//   0: x f32[] read, shape [M, K]
+//   1: qweight u32[] read, shape [K, Nw / 8]
+//   2: qzeros u32[] read, shape [K / 64, Nw / 8]
+//   3: scales u32[] read, shape [K / 64, Nw / 2]
+//   4: out f32[] read_write, shape [M, N]
 // uniforms: M: u32 @0, K: u32 @4, N: u32 @8, Nw: u32 @12, segLen: u32 @16
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 5, padded to 32 bytes)
 // workgroup arrays: xs: f32[1024], ws: f32[2048], zs: f32[64], ss: f32[64]

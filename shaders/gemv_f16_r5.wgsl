@@ -5,9 +5,9 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(Nw / 512) x ceil(K / segLen) workgroups
 // bindings:
-//   0: x f32[] read
-//   1: w u32[] read
-//   2: part f32[] read_write
+//   0: x f32[] read, shape [5, K]
+//   1: w u32[] read, shape [K, Nw / 2]
+//   2: part f32[] read_write, shape [ceil(K / segLen), 5, Nw]
 // uniforms: K: u32 @0, Nw: u32 @4, segLen: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 

@@ -5,11 +5,11 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(Nw / 1024) x ceil(K / segLen) workgroups
 // bindings:
-//   0: x f32[] read
-//   1: qweight vec2<u32>[] read
-//   2: qzeros vec2<u32>[] read
-//   3: scales vec4<u32>[] read
-//   4: part vec4<f32>[] read_write
+//   0: x f32[] read, shape [1, K]
+//   1: qweight vec2<u32>[] read, shape [K, Nw / 8]
+//   2: qzeros vec2<u32>[] read, shape [K / 64, Nw / 8]
+//   3: scales vec4<u32>[] read, shape [K / 64, Nw / 2]
+//   4: part vec4<f32>[] read_write, shape [ceil(K / segLen), 1, Nw]
 // uniforms: K: u32 @0, Nw: u32 @4, segLen: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 5, padded to 16 bytes)
 

@@ -5,11 +5,11 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(numKvHeads·128 / 64) x numTokens workgroups
 // bindings:
-//   0: kNew f32[] read
-//   1: vNew f32[] read
-//   2: slots i32[] read
-//   3: kCache f32[] read_write
-//   4: vCache f32[] read_write
+//   0: kNew f32[] read, shape [numTokens, numKvHeads, 128]
+//   1: vNew f32[] read, shape [numTokens, numKvHeads, 128]
+//   2: slots i32[] read, shape [numTokens]
+//   3: kCache f32[] read_write, shape [numBlocks, 16, numKvHeads, 128]
+//   4: vCache f32[] read_write, shape [numBlocks, 16, numKvHeads, 128]
 // uniforms: numTokens: u32 @0, numKvHeads: u32 @4, numBlocks: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 5, padded to 16 bytes)
 

@@ -5,9 +5,9 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(N / 1 / 64) x M workgroups
 // bindings:
-//   0: part f32[] read
-//   1: bias f32[] read
-//   2: out f32[] read_write
+//   0: part f32[] read, shape [S, M, N]
+//   1: bias f32[] read, shape [N]
+//   2: out f32[] read_write, shape [M, N]
 // uniforms: M: u32 @0, N: u32 @4, S: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 

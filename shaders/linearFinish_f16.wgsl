@@ -5,8 +5,8 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(N / 2 / 64) x M workgroups
 // bindings:
-//   0: part f32[] read
-//   1: out u32[] read_write
+//   0: part f32[] read, shape [S, M, N]
+//   1: out u32[] read_write, shape [M, N / 2]
 // uniforms: M: u32 @0, N: u32 @4, S: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 2, padded to 16 bytes)
 

@@ -5,10 +5,10 @@
 // workgroup size: 128 x 1 x 1 (128 invocations)
 // launch: M (one workgroup per row) workgroups
 // bindings:
-//   0: x f32[] read
-//   1: residual f32[] read_write
-//   2: w f32[] read
-//   3: out f32[] read_write
+//   0: x f32[] read, shape [M, D]
+//   1: residual f32[] read_write, shape [M, D]
+//   2: w f32[] read, shape [D]
+//   3: out f32[] read_write, shape [M, D]
 // uniforms: M: u32 @0, D: u32 @4, eps: f32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
 // workgroup arrays: red: f32[128]

@@ -5,10 +5,10 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil((Hq + Hk) · D/2 / 64) x T workgroups
 // bindings:
-//   0: q f32[] read_write
-//   1: k f32[] read_write
-//   2: pos u32[] read
-//   3: table f32[] read
+//   0: q f32[] read_write, shape [T, Hq, D]
+//   1: k f32[] read_write, shape [T, Hk, D]
+//   2: pos u32[] read, shape [T]
+//   3: table f32[] read, shape [maxPos, D]
 // uniforms: T: u32 @0, Hq: u32 @4, Hk: u32 @8, D: u32 @12, maxPos: u32 @16
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 32 bytes)
 

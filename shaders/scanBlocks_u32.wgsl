@@ -5,9 +5,9 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: ceil(n / 1024) workgroups
 // bindings:
-//   0: x u32[] read
-//   1: out u32[] read_write
-//   2: sums u32[] read_write
+//   0: x u32[] read, shape [n]
+//   1: out u32[] read_write, shape [n]
+//   2: sums u32[] read_write, shape [ceil(n / 1024)]
 // uniforms: n: u32 @0
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 // workgroup arrays: block: u32[1024], totals: u32[256]

@@ -542,7 +542,7 @@ describe('the device', () => {
     dev.write(out, poisonF32(n));
     expect(() => dev.launch(add, { a, b } as never, { n })).toThrow(/kernel 'vectorAdd': binding 'out' \(f32\) is missing/);
     expect(() => dev.launch(add, { a, b: ints, out } as never, { n })).toThrow(/binding 'b' expects f32 but buffer 'ints' holds i32/);
-    expect(() => dev.launch(add, { a, b: small, out }, { n })).toThrow(/buffer 'small' bound to 'b' has 99 elements, the launch needs 100/);
+    expect(() => dev.launch(add, { a, b: small, out }, { n })).toThrow(/buffer 'small' bound to 'b' has 99 elements, the launch needs 100 = f32 \[n\] with n = 100/);
     expect(() => dev.launch(add, { a, b, out }, { n: -1 })).toThrow(LaunchError);
     await dev.sync();
     expect((await dev.read(out)).every(Number.isNaN)).toBe(true); // nothing ran

@@ -3,6 +3,7 @@
 // fail `tsc --noEmit`, part of `npm test`, if they ever start to type-check).
 import { describe, expect, it } from 'vitest';
 import { BASELINE_CAPS, type Caps, kernel, KernelError, max, storage, type Val } from '../codegen/dsl/index.js';
+import { dims } from '../codegen/dsl/dims.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import type { Device } from '../src/backend/device.js';
 
@@ -108,5 +109,34 @@ describe('launch typing', () => {
     let err: unknown;
     try { build((k, { y }) => y.set(0, -1)); } catch (e) { err = e; }
     expect(err).toBeInstanceOf(KernelError);
+  });
+});
+
+describe('shapes as text (TensorSpec dims)', () => {
+  it('evaluates over the sizes, names what it depends on, and refuses what is not whole', () => {
+    const d = dims('[ceil(K / segLen), 4, Nw / 8]');
+    expect(d.names).toEqual(['K', 'segLen', 'Nw']);
+    expect(d.eval({ K: 100, segLen: 32, Nw: 64 })).toEqual([4, 4, 8]);
+    expect(d.elements({ K: 100, segLen: 32, Nw: 64 })).toBe(128);
+    expect(() => d.eval({ K: 100, segLen: 32, Nw: 12 })).toThrow(/shape \[ceil\(K \/ segLen\), 4, Nw \/ 8\]: dimension 2 is 1.5, not a whole number \(K = 100, segLen = 32, Nw = 12\)/);
+    expect(() => d.eval({ K: 1, Nw: 8 })).toThrow(/'segLen' is not given/);
+    expect(dims('n').eval({ n: 5 })).toEqual([5]);
+    expect(dims('[max(a, b) - 1, min(a, 2) * (b + 1)]').eval({ a: 3, b: 4 })).toEqual([3, 10]);
+    expect(() => dims('[M, K')).toThrow(/expected \]/);
+    expect(() => dims('[M; K]')).toThrow(/cannot read/);
+    expect(() => dims('[sqrt(M)]')).toThrow(/unknown function 'sqrt'/);
+  });
+
+  it('a binding shape must name uniforms only; the launch check and the header read it', () => {
+    expect(() => kernel({
+      name: 'shaped', workgroupSize: 64, bindings: { x: storage('f32', 'read', { shape: '[M, K]' }) }, uniforms: { M: 'u32' },
+      grid: () => 1, body() {},
+    })).toThrow(/kernel 'shaped': binding 'x' has shape \[M, K\], but 'K' is not a uniform/);
+    const k = kernel({
+      name: 'shaped', workgroupSize: 64, bindings: { x: storage('f32', 'read', { shape: '[M, K / 2]' }) }, uniforms: { M: 'u32', K: 'u32' },
+      grid: () => 1, body() {},
+    });
+    expect(k.ir.buffers[0]!.shape).toBe('[M, K / 2]');
+    expect(k.bindings.x.len?.({ M: 3, K: 8 })).toBe(12);
   });
 });

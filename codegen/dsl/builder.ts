@@ -5,6 +5,7 @@ import type {
   Access, AtomicOp, BinOp, Builtin, BufferDecl, Expr, KernelIR, MathFn, SharedDecl, Space, Stmt,
   SubgroupOp, UniformDecl,
 } from './ir.js';
+import { dims } from './dims.js';
 import { show } from './show.js';
 import {
   BASELINE_CAPS, type Caps, type DType, type Scalar, type StorageType, type Vec, VEC_WIDTHS, type VecWidth,
@@ -100,20 +101,33 @@ export interface BindingSpec<T extends StorageType = StorageType, A extends Acce
    * length must be a multiple of W.
    */
   vec?: V;
-  /** Elements (scalars, whatever the vector width) the launch needs, from the uniforms: checked before any device work. */
+  /**
+   * The binding's shape in scalars (whatever the vector width) as text over the uniforms, e.g.
+   * '[M, K]' or '[K, Nw / 8]' (codegen/dsl/dims.ts): launch validation reads it, and so do the
+   * generated files' headers and the errors. Declare it with storage(…, { shape }).
+   */
+  shape?: string;
+  /**
+   * Elements the launch needs, from the uniforms: checked before any device work. storage()
+   * derives it from `shape`; given directly (no shape), headers and errors cannot show the shape.
+   */
   len?: (u: Record<string, number>) => number;
 }
+type StorageOpts = { atomic?: boolean; shape?: string; len?: (u: Record<string, number>) => number };
 export function storage<T extends StorageType, A extends Access>(
-  t: T, access: A, opts?: { atomic?: boolean; vec?: 1; len?: (u: Record<string, number>) => number },
+  t: T, access: A, opts?: StorageOpts & { vec?: 1 },
 ): BindingSpec<T, A, 1>;
 export function storage<T extends StorageType, A extends Access, V extends VecWidth>(
-  t: T, access: A, opts: { atomic?: boolean; vec: V; len?: (u: Record<string, number>) => number },
+  t: T, access: A, opts: StorageOpts & { vec: V },
 ): BindingSpec<T, A, V>;
 export function storage<T extends StorageType, A extends Access>(
-  t: T, access: A, opts: { atomic?: boolean; vec?: VecWidth; len?: (u: Record<string, number>) => number },
+  t: T, access: A, opts: StorageOpts & { vec?: VecWidth },
 ): BindingSpec<T, A>;
-export function storage(t: StorageType, access: Access, opts: { atomic?: boolean; vec?: VecWidth; len?: (u: Record<string, number>) => number } = {}): BindingSpec {
-  return { t, access, ...opts };
+export function storage(t: StorageType, access: Access, opts: StorageOpts & { vec?: VecWidth } = {}): BindingSpec {
+  if (opts.shape === undefined) return { t, access, ...opts };
+  if (opts.len) throw new KernelError(`storage: give a binding a shape or a len, not both (shape ${opts.shape})`);
+  const d = dims(opts.shape);
+  return { t, access, ...opts, shape: d.text, len: (u) => d.elements(u) };
 }
 /** The element type kernel code sees for a binding: T, or vecW<T> for a vector binding. */
 export type BindingElem<S> = S extends BindingSpec<infer T extends StorageType, Access, infer V>
@@ -184,8 +198,12 @@ export function kernel<B extends Bindings, U extends Uniforms>(spec: KernelSpec<
     if (!VEC_WIDTHS.includes(vec)) kb.fail(`binding '${name}' has vector width ${String(vec)}, not 1, 2 or 4`);
     if (vec > 1 && b.t === 'f16') kb.fail(`binding '${name}' is f16 with vector width ${vec}: vector bindings hold f32, i32 or u32 (f16 pairs travel as u32 words)`);
     if (vec > 1 && b.atomic) kb.fail(`atomic binding '${name}' cannot have vector width ${vec}`);
+    if (b.shape) {
+      const unknown = dims(b.shape).names.filter((u) => !(u in spec.uniforms));
+      if (unknown.length) kb.fail(`binding '${name}' has shape ${b.shape}, but ${unknown.map((u) => `'${u}'`).join(', ')} is not a uniform`);
+    }
     const n = kb.declare(name);
-    buffers.push({ key: name, name: n, t: b.t, access: b.access, atomic: !!b.atomic, vec });
+    buffers.push({ key: name, name: n, t: b.t, access: b.access, atomic: !!b.atomic, vec, ...(b.shape ? { shape: b.shape } : {}) });
     refs[name] = new ArrayRef(n, vecOf(b.t, vec), 'storage', b.access === 'read_write', !!b.atomic, undefined, kb);
   }
   if (buffers.length > kb.caps.maxStorageBuffers) {

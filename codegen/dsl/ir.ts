@@ -58,6 +58,8 @@ export interface BufferDecl {
   name: string; t: StorageType; access: Access; atomic: boolean;
   /** Vector width W: loads and stores of this buffer move vecW<t> (element i = scalars [W·i, W·i + W)). */
   vec: VecWidth;
+  /** Its shape in scalars over the uniforms ('[M, K]'), when the kernel declares one. */
+  shape?: string;
 }
 export interface UniformDecl { key: string; name: string; t: Scalar }
 export interface SharedDecl { name: string; t: Scalar; length: number; atomic: boolean }

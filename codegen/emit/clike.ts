@@ -296,7 +296,7 @@ export abstract class CLikeEmitter {
       `workgroup size: ${x} x ${y} x ${z} (${x * y * z} invocations)`,
       `launch: ${ir.gridDoc || '(grid not documented)'} workgroups`,
       `bindings:`,
-      ...ir.buffers.map((b, i) => `  ${i}: ${b.name} ${b.atomic ? `atomic<${b.t}>` : bufferElem(b)}[] ${b.access}${b.key !== b.name ? ` (binding key '${b.key}')` : ''}`),
+      ...ir.buffers.map((b, i) => `  ${i}: ${b.name} ${b.atomic ? `atomic<${b.t}>` : bufferElem(b)}[] ${b.access}${b.shape ? `, shape ${b.shape}` : ''}${b.key !== b.name ? ` (binding key '${b.key}')` : ''}`),
       ...(ir.uniforms.length
         ? [`uniforms: ${ir.uniforms.map((u, i) => `${u.name}: ${u.t} @${4 * i}`).join(', ')}`,
           `  (4-byte scalars in this order; WGSL: one uniform block at binding ${ir.buffers.length}, padded to ${uniformBytes(ir)} bytes)`]

@@ -19,7 +19,7 @@ export function denseSource(dtype: DenseWeightDtype): WeightSource {
       tag: 'f32',
       cols: 1,
       granule: K_GRANULE,
-      bindings: { w: storage('f32', 'read', { len: (u) => u.K! * u.Nw! }) },
+      bindings: { w: storage('f32', 'read', { shape: '[K, Nw]' }) },
       row: (k, u, kk) => kk.mul(u.Nw),
       values: (k, refs, row, unit) => [(refs.w as ArrayRef<'f32', false>).at(row.add(unit))],
     };
@@ -28,7 +28,7 @@ export function denseSource(dtype: DenseWeightDtype): WeightSource {
     tag: 'f16',
     cols: 2,
     granule: K_GRANULE,
-    bindings: { w: storage('u32', 'read', { len: (u) => (u.K! * u.Nw!) / 2 }) },
+    bindings: { w: storage('u32', 'read', { shape: '[K, Nw / 2]' }) },
     row: (k, u, kk) => kk.mul(u.Nw.div(2)),
     values(k, refs, row, unit, tag) {
       const pair = k.let(`wp${tag}`, k.unpack2x16float((refs.w as ArrayRef<'u32', false>).at(row.add(unit))));

@@ -27,11 +27,11 @@ export function embedding(p: EmbeddingParams) {
     caps,
     workgroupSize: wg,
     bindings: {
-      ids: storage('u32', 'read', { len: (u) => u.T! }),
+      ids: storage('u32', 'read', { shape: '[T]' }),
       table: f16
-        ? storage('u32', 'read', { len: (u) => (u.V! * u.D!) / 2 })
-        : storage('f32', 'read', { len: (u) => u.V! * u.D! }),
-      out: storage('f32', 'read_write', { len: (u) => u.T! * u.D! }),
+        ? storage('u32', 'read', { shape: '[V, D / 2]' })
+        : storage('f32', 'read', { shape: '[V, D]' }),
+      out: storage('f32', 'read_write', { shape: '[T, D]' }),
     },
     uniforms: { T: 'u32', V: 'u32', D: 'u32' },
     grid: ({ T, D }) => [Math.ceil(D / per / wg), T],

@@ -38,9 +38,10 @@ function unpackScales(k: KernelBuilder, scales: ArrayRef<'u32', boolean>, rowBas
   return s;
 }
 
-const qweightLen = (u: Record<string, number>) => (u.K! * u.Nw!) / 8;
-const qzerosLen = (g: number) => (u: Record<string, number>) => ((u.K! / g) * u.Nw!) / 8;
-const scalesLen = (g: number) => (u: Record<string, number>) => ((u.K! / g) * u.Nw!) / 2;
+// Shapes in u32 words: 8 nibbles per qweight/qzeros word, two f16 scales per word.
+const QWEIGHT = '[K, Nw / 8]';
+const qzerosShape = (g: number) => `[K / ${g}, Nw / 8]`;
+const scalesShape = (g: number) => `[K / ${g}, Nw / 2]`;
 
 export function int4Source(groupSize: number): WeightSource {
   const g = groupSize;
@@ -49,9 +50,9 @@ export function int4Source(groupSize: number): WeightSource {
     cols: 8,
     granule: g,
     bindings: {
-      qweight: storage('u32', 'read', { len: qweightLen }),
-      qzeros: storage('u32', 'read', { len: qzerosLen(g) }),
-      scales: storage('u32', 'read', { len: scalesLen(g) }),
+      qweight: storage('u32', 'read', { shape: QWEIGHT }),
+      qzeros: storage('u32', 'read', { shape: qzerosShape(g) }),
+      scales: storage('u32', 'read', { shape: scalesShape(g) }),
     },
     vectorized: (width) => int4VectorSource(g, width),
     row: (k, u, kk) => kk.mul(u.Nw.div(8)),
@@ -86,9 +87,9 @@ function int4VectorSource(g: number, w: 2 | 4): WeightSource {
     cols: 8 * w,
     granule: g,
     bindings: {
-      qweight: storage('u32', 'read', { vec: w, len: qweightLen }),
-      qzeros: storage('u32', 'read', { vec: w, len: qzerosLen(g) }),
-      scales: storage('u32', 'read', { vec: 4, len: scalesLen(g) }),
+      qweight: storage('u32', 'read', { vec: w, shape: QWEIGHT }),
+      qzeros: storage('u32', 'read', { vec: w, shape: qzerosShape(g) }),
+      scales: storage('u32', 'read', { vec: 4, shape: scalesShape(g) }),
     },
     row: (k, u, kk) => kk.mul(u.Nw.div(8 * w)),
     values(k, refs, row, unit, tag) {

@@ -21,19 +21,19 @@ export function kvAppendKernel(p: KvAppendParams) {
   if (!Number.isInteger(D) || D < 2 || (f16 && D % 2)) throw new Error(`kvAppend: headDim ${D} must be a positive${f16 ? ' even' : ''} integer`);
   const perPos = f16 ? D / 2 : D; // words per (position, KV head)
   const cacheT = f16 ? 'u32' : 'f32';
-  const newLen = (u: Record<string, number>) => u.numTokens! * u.numKvHeads! * D;
-  const cacheLen = (u: Record<string, number>) => u.numBlocks! * BS * u.numKvHeads! * perPos;
+  const newShape = `[numTokens, numKvHeads, ${D}]`;
+  const cacheShape = `[numBlocks, ${BS}, numKvHeads, ${perPos}]`;
   return kernel({
     name: 'kvAppend',
     params: { headDim: D, kvDtype: f16 ? 'f16' : 'f32', blockSize: BS, workgroupSize: W },
     caps: p.caps ?? BASELINE_CAPS,
     workgroupSize: W,
     bindings: {
-      kNew: storage('f32', 'read', { len: newLen }),
-      vNew: storage('f32', 'read', { len: newLen }),
-      slots: storage('i32', 'read', { len: (u) => u.numTokens! }),
-      kCache: storage(cacheT, 'read_write', { len: cacheLen }),
-      vCache: storage(cacheT, 'read_write', { len: cacheLen }),
+      kNew: storage('f32', 'read', { shape: newShape }),
+      vNew: storage('f32', 'read', { shape: newShape }),
+      slots: storage('i32', 'read', { shape: '[numTokens]' }),
+      kCache: storage(cacheT, 'read_write', { shape: cacheShape }),
+      vCache: storage(cacheT, 'read_write', { shape: cacheShape }),
     },
     uniforms: { numTokens: 'u32', numKvHeads: 'u32', numBlocks: 'u32' },
     grid: (u) => [Math.ceil((u.numKvHeads * perPos) / W), u.numTokens],

@@ -99,11 +99,11 @@ export function epilogueRefs(k: KernelBuilder, refs: Record<string, ArrayRef<any
 /** Epilogue bindings (bias, residual, out) with their lengths in terms of the uniforms M, N. */
 export function epilogueBindings(e: Epilogue): Record<string, BindingSpec> {
   const b: Record<string, BindingSpec> = {};
-  if (e.bias) b.bias = storage('f32', 'read', { len: (u) => (e.gateUp ? 2 : 1) * u.N! });
-  if (e.residual) b.residual = storage('f32', 'read', { len: (u) => u.M! * u.N! });
+  if (e.bias) b.bias = storage('f32', 'read', { shape: `[${e.gateUp ? '2 * N' : 'N'}]` });
+  if (e.residual) b.residual = storage('f32', 'read', { shape: '[M, N]' });
   b.out = e.out === 'f16'
-    ? storage('u32', 'read_write', { len: (u) => (u.M! * u.N!) / 2 })
-    : storage('f32', 'read_write', { len: (u) => u.M! * u.N! });
+    ? storage('u32', 'read_write', { shape: '[M, N / 2]' })
+    : storage('f32', 'read_write', { shape: '[M, N]' });
   return b;
 }
 
@@ -168,7 +168,7 @@ export function linearFinishKernel(p: FinishParams) {
     caps,
     workgroupSize: wg,
     bindings: {
-      part: storage('f32', 'read', { len: (u) => u.S! * u.M! * (e.gateUp ? 2 : 1) * u.N! }),
+      part: storage('f32', 'read', { shape: `[S, M, ${e.gateUp ? '2 * N' : 'N'}]` }),
       ...epilogueBindings(e),
     },
     uniforms: { M: 'u32', N: 'u32', S: 'u32' },
@@ -314,11 +314,11 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
     caps,
     workgroupSize: wg,
     bindings: {
-      x: storage('f32', 'read', { len: (u) => rows * u.K! }),
+      x: storage('f32', 'read', { shape: `[${rows}, K]` }),
       ...src.bindings,
       part: partVec
-        ? storage('f32', 'read_write', { vec: 4, len: (u) => Math.ceil(u.K! / u.segLen!) * rows * u.Nw! })
-        : storage('f32', 'read_write', { len: (u) => Math.ceil(u.K! / u.segLen!) * rows * u.Nw! }),
+        ? storage('f32', 'read_write', { vec: 4, shape: `[ceil(K / segLen), ${rows}, Nw]` })
+        : storage('f32', 'read_write', { shape: `[ceil(K / segLen), ${rows}, Nw]` }),
     },
     uniforms: { K: 'u32', Nw: 'u32', segLen: 'u32' },
     grid: ({ K, Nw, segLen }) => [Math.ceil(Math.ceil(Nw / C) / (units * wg)), Math.ceil(K / segLen)],
@@ -467,7 +467,7 @@ export function gemmKernel(src: WeightSource, e: Epilogue, v: GemmVariant, caps:
     caps,
     workgroupSize: inv,
     bindings: {
-      x: storage('f32', 'read', { len: (u) => u.M! * u.K! }),
+      x: storage('f32', 'read', { shape: '[M, K]' }),
       ...src.bindings,
       ...epilogueBindings(e),
     },

@@ -4,8 +4,11 @@
 import { exp, kernel, log, max, op, storage } from '../dsl/index.js';
 import type { Plan } from '../dsl/index.js';
 import {
-  checkSizes, partLen, rowsLen, type SegmentParams, segmentCount, segments, segmentScan, workgroupArgmax, workgroupScan,
+  checkSizes, type SegmentParams, segmentCount, segments, segmentScan, workgroupArgmax, workgroupScan,
 } from './sampling.js';
+
+const ROWS = '[rows, vocab]';
+const PARTS = '[rows, segments]';
 
 /**
  * out[row, i] = x[row, i] − log Σ_j exp(x[row, j]) (log-probabilities). Per segment: its max
@@ -17,9 +20,9 @@ export function logSoftmax(p: SegmentParams = {}) {
   const kSeg = kernel({
     name: 'logSoftmaxSegment', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      x: storage('f32', 'read', { len: rowsLen }),
-      partMax: storage('f32', 'read_write', { len: partLen }),
-      partSum: storage('f32', 'read_write', { len: partLen }),
+      x: storage('f32', 'read', { shape: ROWS }),
+      partMax: storage('f32', 'read_write', { shape: PARTS }),
+      partSum: storage('f32', 'read_write', { shape: PARTS }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
     grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
@@ -44,10 +47,10 @@ export function logSoftmax(p: SegmentParams = {}) {
   const kApply = kernel({
     name: 'logSoftmaxApply', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      x: storage('f32', 'read', { len: rowsLen }),
-      partMax: storage('f32', 'read', { len: partLen }),
-      partSum: storage('f32', 'read', { len: partLen }),
-      out: storage('f32', 'read_write', { len: rowsLen }),
+      x: storage('f32', 'read', { shape: ROWS }),
+      partMax: storage('f32', 'read', { shape: PARTS }),
+      partSum: storage('f32', 'read', { shape: PARTS }),
+      out: storage('f32', 'read_write', { shape: ROWS }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
     grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',

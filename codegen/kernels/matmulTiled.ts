@@ -77,9 +77,9 @@ export function matmulTiled(p: MatmulTiledParams = {}) {
     caps,
     workgroupSize: [threadsN, threadsM],
     bindings: {
-      A: storage('f32', 'read', { len: (u) => u.M! * u.K! }),
-      B: storage('f32', 'read', { len: (u) => u.K! * u.N! }),
-      C: storage('f32', 'read_write', { len: (u) => u.M! * u.N! }),
+      A: storage('f32', 'read', { shape: '[M, K]' }),
+      B: storage('f32', 'read', { shape: '[K, N]' }),
+      C: storage('f32', 'read_write', { shape: '[M, N]' }),
     },
     uniforms: { M: 'u32', N: 'u32', K: 'u32' },
     grid: ({ M, N }) => [Math.ceil(N / tileN), Math.ceil(M / tileM)],

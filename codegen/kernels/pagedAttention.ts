@@ -112,9 +112,8 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   return { headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads };
 }
 
-type U = Record<string, number>;
-const headsLen = (c: AttentionConfig) => (u: U) => u.numTokens! * u.numKvHeads! * c.groupSize * c.headDim;
-const cacheLen = (c: AttentionConfig) => (u: U) => u.numBlocks! * c.blockSize * u.numKvHeads! * (c.kvDtype === 'f16' ? c.headDim / 2 : c.headDim);
+const headsShape = (c: AttentionConfig) => `[numTokens, numKvHeads * ${c.groupSize}, ${c.headDim}]`;
+const cacheShape = (c: AttentionConfig) => `[numBlocks, ${c.blockSize}, numKvHeads, ${c.kvDtype === 'f16' ? c.headDim / 2 : c.headDim}]`;
 
 interface TileView {
   seq: Val<'u32'>; qRow0: Val<'u32'>; nTok: Val<'u32'>; pos0: Val<'u32'>; partBase: Val<'u32'>;
@@ -149,14 +148,14 @@ export function attentionPartial(c: AttentionConfig) {
     caps: c.caps,
     workgroupSize: W,
     bindings: {
-      q: storage('f32', 'read', { len: headsLen(c) }),
-      kCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw, len: cacheLen(c) }),
-      vCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw, len: cacheLen(c) }),
-      blockTables: storage('u32', 'read', { len: (u) => u.numSeqs! * u.maxBlocksPerSeq! }),
-      tiles: storage('u32', 'read', { len: (u) => u.numTiles! * TILE_WORDS }),
-      partAcc: storage('f32', 'read_write', { len: (u) => u.partRows! * D }),
-      partMl: storage('f32', 'read_write', { len: (u) => u.partRows! * 2 }),
-      out: storage('f32', 'read_write', { len: headsLen(c) }),
+      q: storage('f32', 'read', { shape: headsShape(c) }),
+      kCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw, shape: cacheShape(c) }),
+      vCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw, shape: cacheShape(c) }),
+      blockTables: storage('u32', 'read', { shape: '[numSeqs, maxBlocksPerSeq]' }),
+      tiles: storage('u32', 'read', { shape: `[numTiles, ${TILE_WORDS}]` }),
+      partAcc: storage('f32', 'read_write', { shape: `[partRows, ${D}]` }),
+      partMl: storage('f32', 'read_write', { shape: '[partRows, 2]' }),
+      out: storage('f32', 'read_write', { shape: headsShape(c) }),
     },
     uniforms: {
       numTokens: 'u32', numSeqs: 'u32', numKvHeads: 'u32', numBlocks: 'u32', maxBlocksPerSeq: 'u32',
@@ -356,10 +355,10 @@ export function attentionMerge(c: AttentionConfig) {
     caps: c.caps,
     workgroupSize: W,
     bindings: {
-      tiles: storage('u32', 'read', { len: (u) => u.numTiles! * TILE_WORDS }),
-      partAcc: storage('f32', 'read', { len: (u) => u.partRows! * D }),
-      partMl: storage('f32', 'read', { len: (u) => u.partRows! * 2 }),
-      out: storage('f32', 'read_write', { len: headsLen(c) }),
+      tiles: storage('u32', 'read', { shape: `[numTiles, ${TILE_WORDS}]` }),
+      partAcc: storage('f32', 'read', { shape: `[partRows, ${D}]` }),
+      partMl: storage('f32', 'read', { shape: '[partRows, 2]' }),
+      out: storage('f32', 'read_write', { shape: headsShape(c) }),
     },
     uniforms: { numTokens: 'u32', numKvHeads: 'u32', numTiles: 'u32', partRows: 'u32', window: 'u32' },
     grid: (u) => [u.numTiles, u.numKvHeads * c.groupSize],

@@ -29,9 +29,9 @@ export function siluMul(p: PointwiseParams = {}) {
     caps,
     workgroupSize: wg,
     bindings: {
-      gate: storage('f32', 'read', { len: (u) => u.n! }),
-      up: storage('f32', 'read', { len: (u) => u.n! }),
-      out: storage('f32', 'read_write', { len: (u) => u.n! }),
+      gate: storage('f32', 'read', { shape: '[n]' }),
+      up: storage('f32', 'read', { shape: '[n]' }),
+      out: storage('f32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => flatGrid(n, wg),
@@ -46,7 +46,7 @@ export function siluMul(p: PointwiseParams = {}) {
 /** Residual add: out[i] = a[i] + b[i], or in place a[i] += b[i]. Uniform n. */
 export function residualAdd(p: PointwiseParams & { inPlace?: boolean } = {}) {
   const caps = p.caps ?? BASELINE_CAPS, wg = p.workgroupSize ?? 256, inPlace = !!p.inPlace;
-  const len = { len: (u: Record<string, number>) => u.n! };
+  const len = { shape: '[n]' };
   return memoKernel(`residualAdd/${inPlace}/${wg}/${capsKey(caps)}`, () => kernel({
     name: inPlace ? 'residualAddInPlace' : 'residualAdd',
     params: { workgroupSize: wg, inPlace },
@@ -84,8 +84,8 @@ export function argmaxRows(p: PointwiseParams = {}) {
     caps,
     workgroupSize: wg,
     bindings: {
-      x: storage('f32', 'read', { len: (u) => u.M! * u.N! }),
-      out: storage('u32', 'read_write', { len: (u) => u.M! }),
+      x: storage('f32', 'read', { shape: '[M, N]' }),
+      out: storage('u32', 'read_write', { shape: '[M]' }),
     },
     uniforms: { M: 'u32', N: 'u32' },
     grid: ({ M }) => [M],
@@ -128,8 +128,8 @@ export function f32ToF16(p: PointwiseParams = {}) {
     caps,
     workgroupSize: wg,
     bindings: {
-      x: storage('f32', 'read', { len: (u) => u.n! }),
-      out: storage('u32', 'read_write', { len: (u) => Math.ceil(u.n! / 2) }),
+      x: storage('f32', 'read', { shape: '[n]' }),
+      out: storage('u32', 'read_write', { shape: `[ceil(n / 2)]` }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => flatGrid(Math.ceil(n / 2), wg),
@@ -155,8 +155,8 @@ export function f16ToF32(p: PointwiseParams = {}) {
     caps,
     workgroupSize: wg,
     bindings: {
-      x: storage('u32', 'read', { len: (u) => Math.ceil(u.n! / 2) }),
-      out: storage('f32', 'read_write', { len: (u) => u.n! }),
+      x: storage('u32', 'read', { shape: `[ceil(n / 2)]` }),
+      out: storage('f32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => flatGrid(Math.ceil(n / 2), wg),

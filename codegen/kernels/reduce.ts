@@ -99,8 +99,8 @@ export function reducePass(p: ReduceParams) {
     caps,
     workgroupSize: wg,
     bindings: {
-      x: storage('f32', 'read', { len: (u) => u.n! }),
-      out: storage('f32', 'read_write', { len: (u) => Math.ceil(u.n! / chunk) }),
+      x: storage('f32', 'read', { shape: '[n]' }),
+      out: storage('f32', 'read_write', { shape: `[ceil(n / ${chunk})]` }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => Math.ceil(n / chunk),
@@ -132,8 +132,8 @@ export function reduce(p: ReduceParams) {
   const chunk = (p.workgroupSize ?? 256) * (p.itemsPerThread ?? 8);
   const name = p.kind === 'sum' ? 'reduceSum' : 'reduceMax';
   const o = op(name, {
-    x: storage('f32', 'read', { len: (u) => u.n! }),
-    out: storage('f32', 'read_write', { len: () => 1 }),
+    x: storage('f32', 'read', { shape: '[n]' }),
+    out: storage('f32', 'read_write', { shape: '[1]' }),
   }, ({ n }: { n: number }): Plan => {
     if (!Number.isInteger(n) || n < 1) throw new Error(`op '${name}': size n = ${n} must be a positive integer`);
     const steps: Plan['steps'] = [];

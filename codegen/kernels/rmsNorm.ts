@@ -32,17 +32,16 @@ export function rmsNorm(p: RmsNormParams = {}) {
   if (!Number.isInteger(Math.log2(wg)) || wg > caps.maxInvocationsPerWorkgroup) {
     throw new Error(`rmsNorm: workgroupSize ${wg} is not a power of two within the device limit ${caps.maxInvocationsPerWorkgroup}`);
   }
-  const rowLen = (u: Record<string, number>) => u.M! * u.D!;
   return memoKernel(`rmsNorm/${fused}/${wg}/${capsKey(caps)}`, () => kernel({
     name: fused ? 'rmsNormResidual' : 'rmsNorm',
     params: { fused, workgroupSize: wg },
     caps,
     workgroupSize: wg,
     bindings: {
-      x: storage('f32', 'read', { len: rowLen }),
-      ...(fused ? { residual: storage('f32', 'read_write', { len: rowLen }) } : {}),
-      w: storage('f32', 'read', { len: (u) => u.D! }),
-      out: storage('f32', 'read_write', { len: rowLen }),
+      x: storage('f32', 'read', { shape: '[M, D]' }),
+      ...(fused ? { residual: storage('f32', 'read_write', { shape: '[M, D]' }) } : {}),
+      w: storage('f32', 'read', { shape: '[D]' }),
+      out: storage('f32', 'read_write', { shape: '[M, D]' }),
     },
     uniforms: { M: 'u32', D: 'u32', eps: 'f32' },
     grid: ({ M }) => [M],

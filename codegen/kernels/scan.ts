@@ -31,9 +31,9 @@ export function scanBlocks(p: ScanParams = {}) {
     caps: p.caps ?? BASELINE_CAPS,
     workgroupSize: wg,
     bindings: {
-      x: storage(t, 'read', { len: (u) => u.n! }),
-      out: storage(t, 'read_write', { len: (u) => u.n! }),
-      sums: storage(t, 'read_write', { len: (u) => Math.ceil(u.n! / B) }),
+      x: storage(t, 'read', { shape: '[n]' }),
+      out: storage(t, 'read_write', { shape: '[n]' }),
+      sums: storage(t, 'read_write', { shape: `[ceil(n / ${B})]` }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => Math.ceil(n / B),
@@ -98,8 +98,8 @@ export function addBlockOffsets(p: ScanParams = {}) {
     caps: p.caps ?? BASELINE_CAPS,
     workgroupSize: wg,
     bindings: {
-      data: storage(t, 'read_write', { len: (u) => u.n! }),
-      offsets: storage(t, 'read', { len: (u) => Math.ceil(u.n! / B) }),
+      data: storage(t, 'read_write', { shape: '[n]' }),
+      offsets: storage(t, 'read', { shape: `[ceil(n / ${B})]` }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => Math.ceil(n / wg),
@@ -118,8 +118,8 @@ export function scan(p: ScanParams = {}) {
   const blocks = scanBlocks(p), add = addBlockOffsets(p);
   const name = `scan_${t}`;
   const o = op(name, {
-    x: storage(t, 'read', { len: (u) => u.n! }),
-    out: storage(t, 'read_write', { len: (u) => u.n! }),
+    x: storage(t, 'read', { shape: '[n]' }),
+    out: storage(t, 'read_write', { shape: '[n]' }),
   }, ({ n }: { n: number }): Plan => {
     if (!Number.isInteger(n) || n < 1) throw new Error(`op '${name}': size n = ${n} must be a positive integer`);
     const temps: Plan['temps'] = {};

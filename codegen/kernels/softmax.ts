@@ -24,8 +24,8 @@ export function softmax(p: SoftmaxParams = {}) {
     caps,
     workgroupSize: wg,
     bindings: {
-      x: storage('f32', 'read', { len: (u) => u.rows! * u.cols! }),
-      y: storage('f32', 'read_write', { len: (u) => u.rows! * u.cols! }),
+      x: storage('f32', 'read', { shape: '[rows, cols]' }),
+      y: storage('f32', 'read_write', { shape: '[rows, cols]' }),
     },
     uniforms: { rows: 'u32', cols: 'u32' },
     // An empty row has no softmax: launch nothing rather than read x[-1].

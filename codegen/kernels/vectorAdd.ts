@@ -12,9 +12,9 @@ export function vectorAdd(p: VectorAddParams = {}) {
     caps: p.caps,
     workgroupSize: wg,
     bindings: {
-      a: storage('f32', 'read', { len: (u) => u.n! }),
-      b: storage('f32', 'read', { len: (u) => u.n! }),
-      out: storage('f32', 'read_write', { len: (u) => u.n! }),
+      a: storage('f32', 'read', { shape: '[n]' }),
+      b: storage('f32', 'read', { shape: '[n]' }),
+      out: storage('f32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => Math.ceil(n / wg),

@@ -1,5 +1,6 @@
 // Checks shared by every backend, run before any device work.
 import type { Bindings, Kernel, Uniforms, UniformValues } from '../../codegen/dsl/builder.js';
+import { dims } from '../../codegen/dsl/dims.js';
 import { type DeviceBuffer, LaunchError } from './device.js';
 
 export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBuffer | undefined>, uniforms: Record<string, number>): void {
@@ -25,9 +26,17 @@ export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBu
   }
   for (const [b, spec] of Object.entries(kernel.bindings as Bindings)) {
     if (!spec.len) continue;
-    const need = spec.len(uniforms);
+    let need: number;
+    try {
+      need = spec.len(uniforms);
+    } catch (e) {
+      throw new LaunchError(`kernel '${name}': binding '${b}': ${(e as Error).message}`, { cause: e });
+    }
     const buf = bindings[b]!;
-    if (buf.length < need) throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, the launch needs ${need}`);
+    if (buf.length < need) {
+      const shape = spec.shape ? ` = ${spec.t} ${spec.shape} with ${dims(spec.shape).names.map((u) => `${u} = ${uniforms[u]}`).join(', ')}` : '';
+      throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, the launch needs ${need}${shape}`);
+    }
   }
   const grid = kernel.grid(uniforms as UniformValues<Uniforms>);
   if (!grid.every((g) => Number.isInteger(g) && g >= 0)) throw new LaunchError(`kernel '${name}': grid ${grid.join('x')} is not whole numbers`);
