@@ -61,30 +61,31 @@ forEachBackend('speculative decoding', (dev: Device) => {
     }
   }
 
-  it('greedy with a draft model is identical to greedy without: k = 1…8, batches of 1, 4 and 16', async () => {
+  // k = 1…8 and batches of 1, 4 and 16 are each covered, split between the two drafters.
+  it('greedy with a draft model is identical to greedy without: k = 1, 3, 5, 7; batches of 16, 4, 1', async () => {
     let accepted = 0;
-    for (const [k, batch] of [[1, 16], [2, 1], [3, 4], [4, 16], [5, 4], [6, 16], [7, 1], [8, 4]] as const) {
-      accepted += (await speculate('model', k, batch)).speculation!.accepted;
-    }
+    for (const [k, batch] of [[1, 16], [3, 4], [5, 1], [7, 16]] as const) accepted += (await speculate('model', k, batch)).speculation!.accepted;
     expect(accepted, 'the draft model is a good drafter for this text: some drafts must be accepted').toBeGreaterThan(0);
   });
 
-  it('greedy with n-gram drafting is identical to greedy without: k = 1…8, batches of 1, 4 and 16', async () => {
-    for (const [k, batch] of [[1, 4], [2, 16], [3, 1], [4, 4], [5, 16], [6, 1], [7, 16], [8, 4]] as const) await speculate('ngram', k, batch);
+  it('greedy with n-gram drafting is identical to greedy without: k = 2, 4, 6, 8; batches of 4, 16, 1', async () => {
+    for (const [k, batch] of [[2, 4], [4, 16], [6, 1], [8, 4]] as const) await speculate('ngram', k, batch);
   });
 
-  it('under preemption, with adaptive k: identical, and the draft pool is emptied too', async () => {
-    // 5 blocks (80 positions): every request fits alone (≤ 37 tokens), two or three at a time.
-    const e = createEngine(target, { maxSeqs: 8, kvBlocks: 5, speculative: { drafter: draft, k: 4 } });
-    try {
-      const outs = await Promise.all(reqs.map((q) => ids(e.generate(q))));
-      outs.forEach((o, i) => expect(o, `request ${i}`).toEqual(plain[i]));
-      expect(e.stats().preemptions, 'the pool was meant to force preemption').toBeGreaterThan(0);
-      expect(e.stats().kvBlocks.used).toBe(0);
-      const drafter = (e as unknown as { speculator: { drafter: DraftModelDrafter } }).speculator.drafter;
-      expect(drafter.blocks.stats().used, 'draft blocks held after the run').toBe(0);
-    } finally {
-      await e.close();
+  it('under preemption, with adaptive k, both drafters: identical, and the draft pool is emptied too', async () => {
+    for (const d of [draft, 'ngram'] as const) {
+      // 5 blocks (80 positions): every request fits alone (≤ 37 tokens), two or three at a time.
+      const e = createEngine(target, { maxSeqs: 8, kvBlocks: 5, speculative: { drafter: d, k: 4 } });
+      try {
+        const outs = await Promise.all(reqs.map((q) => ids(e.generate(q))));
+        outs.forEach((o, i) => expect(o, `request ${i}`).toEqual(plain[i]));
+        expect(e.stats().preemptions, 'the pool was meant to force preemption').toBeGreaterThan(0);
+        expect(e.stats().kvBlocks.used).toBe(0);
+        const drafter = (e as unknown as { speculator: { drafter: DraftModelDrafter } }).speculator.drafter;
+        if (d !== 'ngram') expect(drafter.blocks.stats().used, 'draft blocks held after the run').toBe(0);
+      } finally {
+        await e.close();
+      }
     }
   });
 
