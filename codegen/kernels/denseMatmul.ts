@@ -9,7 +9,7 @@ import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
   type WeightSource,
 } from './linearCommon.js';
-import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp, ts } from './linearOp.js';
+import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 
 export type DenseWeightDtype = 'f32' | 'f16';
 
@@ -111,9 +111,6 @@ export function denseLinear(c: DenseLinearConfig): LinearOp {
     epilogue: e,
     caps: c.caps ?? BASELINE_CAPS,
     source: denseSource(dtype),
-    weightTensors: (K, Nw) => ({
-      w: dtype === 'f32' ? ts('f32', [K, Nw], e.gateUp ? '[K, 2N]' : '[K, N]') : ts('u32', [K, Nw / 2], e.gateUp ? '[K, 2N/2] (f16 pairs)' : '[K, N/2] (f16 pairs)'),
-    }),
     defaults: (K, Nw, caps, par) => defaultDenseChoice(K, Nw, dtype, caps, par),
     choice: c.choice,
     parallelism: c.parallelism,

@@ -13,7 +13,7 @@ import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
   parallelismOf, type WeightSource,
 } from './linearCommon.js';
-import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp, ts } from './linearOp.js';
+import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 
 export const INT4_GROUP_SIZES: readonly number[] = [32, 64, 128];
 /** Nibble holding column offset j of a word: the inverse of AutoAWQ's order [0,2,4,6,1,3,5,7]. */
@@ -237,11 +237,6 @@ export function int4Linear(c: Int4LinearConfig): LinearOp {
     epilogue: e,
     caps: c.caps ?? BASELINE_CAPS,
     source: int4Source(g),
-    weightTensors: (K, Nw) => ({
-      qweight: ts('u32', [K, Nw / 8], e.gateUp ? '[K, 2N/8]' : '[K, N/8]'),
-      qzeros: ts('u32', [K / g, Nw / 8], e.gateUp ? '[K/g, 2N/8]' : '[K/g, N/8]'),
-      scales: ts('u32', [K / g, Nw / 2], e.gateUp ? '[K/g, 2N/2] (f16 pairs)' : '[K/g, N/2] (f16 pairs)'),
-    }),
     defaults: (K, Nw, caps, par) => defaultInt4Choice(K, Nw, g, caps, par),
     choice: c.choice,
     parallelism: c.parallelism,

@@ -2,7 +2,7 @@
 // (M ≤ GEMV_MAX_ROWS: partials + finish) or the tiled GEMM by M, its tensors' expected shapes
 // for host-side validation, and the variant choice (numerics fixed per (K, N); schedules free).
 import type { BindingSpec, Caps, Op, Plan, StorageType } from '../dsl/index.js';
-import { op } from '../dsl/index.js';
+import { dims, op, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
   checkGemmVariant, checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
@@ -32,10 +32,11 @@ export interface LinearChoiceInput {
   finishWorkgroupSize?: number;
 }
 
+/** A tensor the op binds, for given sizes: read from its binding's declared shape (the kernels' own). */
 export interface TensorShape {
   dtype: StorageType;
   shape: number[];
-  /** The shape in symbols, e.g. "[K, N/8]". */
+  /** The shape in symbols, as the binding declares it, e.g. "[K, Nw / 8]" (u32 words). */
   formula: string;
   /** Elements the buffer must hold (packed f16: words). */
   elements: number;
@@ -50,7 +51,7 @@ export interface LinearOp extends Op<Record<string, BindingSpec>, { M: number }>
   readonly epilogue: Epilogue;
   readonly choice: LinearChoice;
   readonly source: WeightSource;
-  /** Every binding's expected dtype and shape for M rows. */
+  /** Every binding's expected dtype and shape for M rows (from the bindings' shapes, sizes M, K, N, Nw). */
   tensors(M: number): Record<string, TensorShape>;
   /** Bytes the op must move for M rows: weights once, activations, output (bandwidth floors). */
   bytesMoved(M: number): number;
@@ -63,8 +64,6 @@ export interface LinearOpSpec {
   epilogue: Epilogue;
   caps?: Caps;
   source: WeightSource;
-  /** Weight tensors' shapes for (K, Nw). */
-  weightTensors: (K: number, Nw: number) => Record<string, TensorShape>;
   defaults: (K: number, Nw: number, caps: Caps, parallelism?: number) => LinearChoice;
   choice?: LinearChoiceInput;
   /** Invocations the device wants in flight (sets the default split-K); from caps if absent. */
@@ -83,15 +82,12 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
   };
 }
 
-export function epilogueTensors(e: Epilogue, M: number, N: number): Record<string, TensorShape> {
-  const t: Record<string, TensorShape> = {};
-  if (e.bias) t.bias = e.gateUp ? ts('f32', [2 * N], '[2N]') : ts('f32', [N], '[N]');
-  if (e.residual) t.residual = ts('f32', [M, N], '[M, N]');
-  t.out = e.out === 'f16' ? ts('u32', [M, N / 2], '[M, N/2] (f16 pairs)') : ts('f32', [M, N], '[M, N]');
-  return t;
-}
-export function ts(dtype: StorageType, shape: number[], formula: string): TensorShape {
-  return { dtype, shape, formula, elements: shape.reduce((a, b) => a * b, 1) };
+/** A binding's tensor for these sizes, from its declared shape. */
+function tensorOf(op: string, name: string, b: BindingSpec, sizes: Record<string, number>): TensorShape {
+  if (!b.shape) throw new Error(`${op}: binding '${name}' declares no shape`);
+  const d = dims(b.shape);
+  const shape = d.eval(sizes);
+  return { dtype: b.t, shape, formula: d.text, elements: shape.reduce((a, c) => a * c, 1) };
 }
 
 export function linearOp(spec: LinearOpSpec): LinearOp {
@@ -106,7 +102,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   const S = segmentCount(K, choice.segLen);
   const weightNames = Object.keys(src.bindings);
   const bindings: Record<string, BindingSpec> = {
-    x: { t: 'f32', access: 'read' },
+    x: storage('f32', 'read', { shape: '[M, K]' }),
     ...src.bindings,
     ...epilogueBindings(e),
   };
@@ -134,11 +130,8 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
       steps: [{ kernel: gemm, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw, segLen: choice.segLen } }],
     };
   };
-  const tensors = (M: number): Record<string, TensorShape> => ({
-    x: ts('f32', [M, K], '[M, K]'),
-    ...spec.weightTensors(K, Nw),
-    ...epilogueTensors(e, M, N),
-  });
+  const tensors = (M: number): Record<string, TensorShape> =>
+    Object.fromEntries(Object.entries(bindings).map(([b, s]) => [b, tensorOf(name, b, s, { M, K, N, Nw })]));
   const bytesMoved = (M: number): number => {
     let bytes = 0;
     for (const [, t] of Object.entries(tensors(M))) bytes += t.elements * 4;

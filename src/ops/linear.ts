@@ -17,7 +17,7 @@ const EXACT = new Set(['qweight', 'qzeros', 'scales', 'w', 'bias']);
 export function checkLinearBindings(op: LinearOp, bindings: LinearBindings, M: number): void {
   if (!Number.isInteger(M) || M < 1) throw new LinearShapeError(`${op.name}: M = ${M} is not a positive integer`);
   const want = op.tensors(M);
-  const dims = `K = ${op.K}, N = ${op.N}, M = ${M}`;
+  const dims = `K = ${op.K}, N = ${op.N}, Nw = ${op.Nw}, M = ${M}`;
   for (const [name, t] of Object.entries(want)) {
     const buf = bindings[name];
     const expect = `${t.dtype} ${t.formula} = [${t.shape.join(', ')}] (${t.elements} elements; ${dims})`;

@@ -128,7 +128,7 @@ forEachBackend('denseLinear', (dev) => {
         const out = bufs.output('f32', M * N, 'out');
         const wf32 = bufs.input('f32', new Float32Array(K * N), 'w_f32');
         const wShort = bufs.input('u32', new Uint32Array((K * N) / 2 - 8), 'w_short');
-        expect(() => runLinear(dev, op, { x, w: wf32 as never, out }, M)).toThrow(/'w' .*is f32; expected u32 \[K, N\/2\] \(f16 pairs\) = \[64, 16\]/);
+        expect(() => runLinear(dev, op, { x, w: wf32 as never, out }, M)).toThrow(/'w' .*is f32; expected u32 \[K, Nw \/ 2\] = \[64, 16\]/);
         expect(() => runLinear(dev, op, { x, w: wShort, out }, M)).toThrow(LinearShapeError);
         const outShort = bufs.output('f32', M * N - 1, 'out_short');
         const w = bufs.input('u32', new Uint32Array((K * N) / 2), 'w');

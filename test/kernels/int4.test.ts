@@ -260,8 +260,8 @@ forEachBackend('int4Linear', (dev) => {
         const signedQ = bufs.input('i32', new Int32Array((K * N) / 8), 'q_i32');
         const shortX = bufs.input('f32', new Float32Array(M * K - 1), 'x_short');
         expect(() => runLinear(dev, op, { ...good, qweight: shortQ }, M)).toThrow(LinearShapeError);
-        expect(() => runLinear(dev, op, { ...good, qweight: shortQ }, M)).toThrow(/'qweight' .*has 256 elements; expected u32 \[K, N\/8\] = \[128, 4\]/);
-        expect(() => runLinear(dev, op, { ...good, qweight: signedQ as never }, M)).toThrow(/'qweight' .*is i32; expected u32 \[K, N\/8\]/);
+        expect(() => runLinear(dev, op, { ...good, qweight: shortQ }, M)).toThrow(/'qweight' .*has 256 elements; expected u32 \[K, Nw \/ 8\] = \[128, 4\]/);
+        expect(() => runLinear(dev, op, { ...good, qweight: signedQ as never }, M)).toThrow(/'qweight' .*is i32; expected u32 \[K, Nw \/ 8\]/);
         expect(() => runLinear(dev, op, { ...good, x: shortX }, M)).toThrow(/'x' .*expected f32 \[M, K\] = \[2, 128\]/);
         const { residual: _r, ...noResidual } = good;
         expect(() => runLinear(dev, op, noResidual, M)).toThrow(/'residual' is missing; expected f32 \[M, N\] = \[2, 32\]/);
