@@ -20,3 +20,4 @@ export type { QuantizeModelOptions, QuantizeModelResult, AwqReport } from './qua
 export { compareModels } from './quant/compare.js';
 export type { CompareResult } from './quant/compare.js';
 export type { ModelSpec } from './model/spec.js';
+export { createServer, startServer, KilnServer, ApiError, type ServerOptions, type SamplingDefaults } from './server/index.js';
