@@ -3,7 +3,7 @@
 // params: {"headDim":128,"kvDtype":"f16","blockSize":16,"workgroupSize":64}
 // caps: f16=true subgroups=true subgroupSize=32 maxWorkgroupStorage=49152 maxStorageBuffers=64 maxInvocationsPerWorkgroup=1024
 // workgroup size: 64 x 1 x 1 (64 invocations)
-// launch: ceil(numKvHeads·64 / 64) x numTokens workgroups
+// launch: ceil(numKvHeads * 64 / 64) x numTokens workgroups
 // bindings:
 //   0: kNew f32[] read, shape [numTokens, numKvHeads, 128]
 //   1: vNew f32[] read, shape [numTokens, numKvHeads, 128]

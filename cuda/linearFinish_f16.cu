@@ -3,7 +3,7 @@
 // params: {"bias":false,"residual":false,"gateUp":false,"out":"f16","workgroupSize":64}
 // caps: f16=true subgroups=true subgroupSize=32 maxWorkgroupStorage=49152 maxStorageBuffers=64 maxInvocationsPerWorkgroup=1024
 // workgroup size: 64 x 1 x 1 (64 invocations)
-// launch: ceil(N / 2 / 64) x M workgroups
+// launch: ceil(N / 128) x M workgroups
 // bindings:
 //   0: part f32[] read, shape [S, M, N]
 //   1: out u32[] read_write, shape [M, N / 2]

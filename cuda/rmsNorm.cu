@@ -3,7 +3,7 @@
 // params: {"fused":false,"workgroupSize":128}
 // caps: f16=true subgroups=true subgroupSize=32 maxWorkgroupStorage=49152 maxStorageBuffers=64 maxInvocationsPerWorkgroup=1024
 // workgroup size: 128 x 1 x 1 (128 invocations)
-// launch: M (one workgroup per row) workgroups
+// launch: M workgroups
 // bindings:
 //   0: x f32[] read, shape [M, D]
 //   1: w f32[] read, shape [D]

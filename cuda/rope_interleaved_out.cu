@@ -3,7 +3,7 @@
 // params: {"layout":"interleaved","inPlace":false,"workgroupSize":64}
 // caps: f16=true subgroups=true subgroupSize=32 maxWorkgroupStorage=49152 maxStorageBuffers=64 maxInvocationsPerWorkgroup=1024
 // workgroup size: 64 x 1 x 1 (64 invocations)
-// launch: ceil((Hq + Hk) · D/2 / 64) x T workgroups
+// launch: ceil((Hq + Hk) * D / 128) x T workgroups
 // bindings:
 //   0: q f32[] read, shape [T, Hq, D]
 //   1: k f32[] read, shape [T, Hk, D]

@@ -3,7 +3,7 @@
 // params: {"workgroupSize":256}
 // caps: f16=false subgroups=false subgroupSize=0 maxWorkgroupStorage=16384 maxStorageBuffers=8 maxInvocationsPerWorkgroup=256
 // workgroup size: 256 x 1 x 1 (256 invocations)
-// launch: M (one workgroup per row) workgroups
+// launch: M workgroups
 // bindings:
 //   0: x f32[] read, shape [M, N]
 //   1: out u32[] read_write, shape [M]

@@ -3,7 +3,7 @@
 // params: {"headDim":128,"groupSize":4,"chunkSize":512,"workgroupSize":64}
 // caps: f16=false subgroups=false subgroupSize=0 maxWorkgroupStorage=16384 maxStorageBuffers=8 maxInvocationsPerWorkgroup=256
 // workgroup size: 64 x 1 x 1 (64 invocations)
-// launch: numTiles x numKvHeads·4 workgroups
+// launch: numTiles x numKvHeads * 4 workgroups
 // bindings:
 //   0: tiles u32[] read, shape [numTiles, 8]
 //   1: partAcc f32[] read, shape [partRows, 128]

@@ -3,7 +3,7 @@
 // params: {"bias":false,"residual":false,"gateUp":true,"out":"f32","workgroupSize":64}
 // caps: f16=false subgroups=false subgroupSize=0 maxWorkgroupStorage=16384 maxStorageBuffers=8 maxInvocationsPerWorkgroup=256
 // workgroup size: 64 x 1 x 1 (64 invocations)
-// launch: ceil(N / 1 / 64) x M workgroups
+// launch: ceil(N / 64) x M workgroups
 // bindings:
 //   0: part f32[] read, shape [S, M, 2 * N]
 //   1: out f32[] read_write, shape [M, N]

@@ -3,7 +3,7 @@
 // params: {"fused":false,"workgroupSize":128}
 // caps: f16=false subgroups=false subgroupSize=0 maxWorkgroupStorage=16384 maxStorageBuffers=8 maxInvocationsPerWorkgroup=256
 // workgroup size: 128 x 1 x 1 (128 invocations)
-// launch: M (one workgroup per row) workgroups
+// launch: M workgroups
 // bindings:
 //   0: x f32[] read, shape [M, D]
 //   1: w f32[] read, shape [D]

@@ -139,4 +139,15 @@ describe('shapes as text (TensorSpec dims)', () => {
     expect(k.ir.buffers[0]!.shape).toBe('[M, K / 2]');
     expect(k.bindings.x.len?.({ M: 3, K: 8 })).toBe(12);
   });
+
+  it('a text grid is evaluated for launches and documents itself in headers', () => {
+    const k = kernel({
+      name: 'gridded', workgroupSize: 64, bindings: {}, uniforms: { M: 'u32', N: 'u32' },
+      grid: '[ceil(N / 64), M]', body() {},
+    });
+    expect(k.grid({ M: 3, N: 130 })).toEqual([3, 3, 1]);
+    expect(k.ir.gridDoc).toBe('ceil(N / 64) x M');
+    expect(() => kernel({ name: 'gridded', workgroupSize: 64, bindings: {}, uniforms: { M: 'u32' }, grid: '[ceil(N / 64), M]', body() {} }))
+      .toThrow(/kernel 'gridded': grid \[ceil\(N \/ 64\), M\] uses 'N', not a uniform/);
+  });
 });

@@ -149,9 +149,13 @@ export interface KernelSpec<B extends Bindings, U extends Uniforms> {
   workgroupSize: number | [number, number?, number?];
   bindings: B;
   uniforms: U;
-  /** Workgroups to launch for the given uniform values. */
-  grid: (u: UniformValues<U>) => Grid;
-  /** How the grid follows from the sizes, for generated-file headers. */
+  /**
+   * Workgroups to launch: up to three dimensions as text over the uniforms, like a binding's
+   * shape ('[ceil(N / 64), ceil(M / 32)]'), stated once for launches and headers alike; or, for a
+   * grid the text cannot say, a function of the uniform values with its `gridDoc`.
+   */
+  grid: string | ((u: UniformValues<U>) => Grid);
+  /** How a grid function follows from the sizes, for generated-file headers (derived from a text grid). */
   gridDoc?: string;
   body: (k: KernelBuilder, b: BufRefs<B>, u: UniformVals<U>) => void;
 }
@@ -217,6 +221,19 @@ export function kernel<B extends Bindings, U extends Uniforms>(spec: KernelSpec<
     uniforms.push({ key: name, name: n, t });
     uvals[name] = new Val({ k: 'uniform', t, name: n }, kb);
   }
+  let grid: (u: UniformValues<U>) => [number, number, number];
+  let gridDoc = spec.gridDoc ?? '';
+  const gridSpec = spec.grid;
+  if (typeof gridSpec === 'string') {
+    const g = dims(gridSpec);
+    const unknown = g.names.filter((u) => !(u in spec.uniforms));
+    if (unknown.length) kb.fail(`grid ${g.text} uses ${unknown.map((u) => `'${u}'`).join(', ')}, not a uniform`);
+    if (g.parts.length < 1 || g.parts.length > 3) kb.fail(`grid ${g.text} has ${g.parts.length} dimensions, not 1 to 3`);
+    grid = (u) => { const d = g.eval(u); return [d[0] ?? 1, d[1] ?? 1, d[2] ?? 1]; };
+    gridDoc ||= g.parts.join(' x ');
+  } else {
+    grid = (u) => toGrid(gridSpec(u));
+  }
   spec.body(kb, refs as BufRefs<B>, uvals as UniformVals<U>);
   const sharedBytes = kb.sharedDecls.reduce((s, d) => s + d.length * 4, 0);
   if (sharedBytes > kb.caps.maxWorkgroupStorage) {
@@ -225,11 +242,11 @@ export function kernel<B extends Bindings, U extends Uniforms>(spec: KernelSpec<
   const ir: KernelIR = {
     name: spec.name, params: spec.params ?? {}, caps: kb.caps, workgroupSize: wg, buffers, uniforms,
     shared: kb.sharedDecls, body: kb.root, usesF16: kb.usesF16 || buffers.some((b) => b.t === 'f16'),
-    usesSubgroups: kb.usesSubgroups, gridDoc: spec.gridDoc ?? '',
+    usesSubgroups: kb.usesSubgroups, gridDoc,
   };
   return {
     ir, bindings: spec.bindings, uniforms: spec.uniforms,
-    grid: (u) => toGrid(spec.grid(u)),
+    grid,
   };
 }
 

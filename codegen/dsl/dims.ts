@@ -16,6 +16,8 @@ export class DimsError extends Error {}
 /** A parsed shape: its text and its dimensions for given sizes. */
 export interface Dims {
   readonly text: string;
+  /** Each dimension's own text. */
+  readonly parts: readonly string[];
   /** Names the shape depends on (uniforms or op sizes). */
   readonly names: readonly string[];
   /** The dimensions for these sizes; throws DimsError naming the shape when one is missing or not whole. */
@@ -29,6 +31,19 @@ function tokenize(text: string): string[] {
   const consumed = tokens.join('').length;
   if (text.slice(consumed).trim() !== '') throw new DimsError(`shape '${text}': cannot read '${text.slice(consumed).trim()}'`);
   return tokens.map((t) => t.trim()).map((t) => (t === '·' ? '*' : t));
+}
+
+/** Split at commas outside parentheses. */
+function splitTop(s: string): string[] {
+  const out: string[] = [];
+  let depth = 0, cur = '';
+  for (const c of s) {
+    if (c === '(') depth++;
+    if (c === ')') depth--;
+    if (c === ',' && depth === 0) { out.push(cur.trim()); cur = ''; } else cur += c;
+  }
+  if (cur.trim()) out.push(cur.trim());
+  return out;
 }
 
 /** Parse '[d0, d1, …]' (or a single expression, a one-dimensional shape). */
@@ -110,6 +125,7 @@ export function dims(text: string): Dims {
   });
   return {
     text: text.trim(),
+    parts: splitTop(text.trim().replace(/^\[([\s\S]*)\]$/, '$1')),
     names: [...names],
     eval: evalDims,
     elements: (s) => evalDims(s).reduce((a, b) => a * b, 1),

@@ -34,8 +34,7 @@ export function embedding(p: EmbeddingParams) {
       out: storage('f32', 'read_write', { shape: '[T, D]' }),
     },
     uniforms: { T: 'u32', V: 'u32', D: 'u32' },
-    grid: ({ T, D }) => [Math.ceil(D / per / wg), T],
-    gridDoc: `ceil(D / ${per * wg}) x T`,
+    grid: `[ceil(D / ${per * wg}), T]`,
     body(k, { ids, table, out }, { V, D }) {
       const j = k.let('j', k.globalId.x.mul(per));
       const t = k.let('t', k.workgroupId.y);

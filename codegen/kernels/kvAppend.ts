@@ -36,8 +36,7 @@ export function kvAppendKernel(p: KvAppendParams) {
       vCache: storage(cacheT, 'read_write', { shape: cacheShape }),
     },
     uniforms: { numTokens: 'u32', numKvHeads: 'u32', numBlocks: 'u32' },
-    grid: (u) => [Math.ceil((u.numKvHeads * perPos) / W), u.numTokens],
-    gridDoc: `ceil(numKvHeads·${perPos} / ${W}) x numTokens`,
+    grid: `[ceil(numKvHeads * ${perPos} / ${W}), numTokens]`,
     body(k, b, u) {
       const token = k.let('token', k.workgroupId.y);
       const w = k.let('w', k.workgroupId.x.mul(W).add(k.localIndex)); // word within the token's row

@@ -172,8 +172,7 @@ export function linearFinishKernel(p: FinishParams) {
       ...epilogueBindings(e),
     },
     uniforms: { M: 'u32', N: 'u32', S: 'u32' },
-    grid: ({ M, N }) => [Math.ceil(N / cols / wg), M],
-    gridDoc: `ceil(N / ${cols} / ${wg}) x M`,
+    grid: `[ceil(N / ${cols * wg}), M]`,
     body(k, b, { M, N, S }) {
       const bound: Record<string, ArrayRef<any, boolean>> = b;
       const refs = epilogueRefs(k, bound);
@@ -321,8 +320,7 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
         : storage('f32', 'read_write', { shape: `[ceil(K / segLen), ${rows}, Nw]` }),
     },
     uniforms: { K: 'u32', Nw: 'u32', segLen: 'u32' },
-    grid: ({ K, Nw, segLen }) => [Math.ceil(Math.ceil(Nw / C) / (units * wg)), Math.ceil(K / segLen)],
-    gridDoc: `ceil(Nw / ${C * units * wg}) x ceil(K / segLen)`,
+    grid: `[ceil(Nw / ${C * units * wg}), ceil(K / segLen)]`, // units of C columns, `units` per invocation
     body(k, b, { K, Nw, segLen }) {
       const refs: Record<string, ArrayRef<any, boolean>> = b;
       const x = refs.x as ArrayRef<'f32', false>;
@@ -472,8 +470,7 @@ export function gemmKernel(src: WeightSource, e: Epilogue, v: GemmVariant, caps:
       ...epilogueBindings(e),
     },
     uniforms: { M: 'u32', K: 'u32', N: 'u32', Nw: 'u32', segLen: 'u32' },
-    grid: ({ M, N }) => [Math.ceil(N / outTileN), Math.ceil(M / tileM)],
-    gridDoc: `ceil(N / ${outTileN}) x ceil(M / ${tileM})`,
+    grid: `[ceil(N / ${outTileN}), ceil(M / ${tileM})]`,
     body(k, b, { M, K, N, Nw, segLen }) {
       const refs: Record<string, ArrayRef<any, boolean>> = b;
       const epi = epilogueRefs(k, refs);

@@ -25,7 +25,7 @@ export function logSoftmax(p: SegmentParams = {}) {
       partSum: storage('f32', 'read_write', { shape: PARTS }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    grid: '[segments, rows]',
     body(k, { x, partMax, partSum }, { vocab, segments: nseg }) {
       const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
@@ -53,7 +53,7 @@ export function logSoftmax(p: SegmentParams = {}) {
       out: storage('f32', 'read_write', { shape: ROWS }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    grid: '[segments, rows]',
     body(k, { x, partMax, partSum, out }, { vocab, segments: nseg }) {
       const lseShared = k.shared('lse', 'f32', 1);
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);

@@ -82,8 +82,7 @@ export function matmulTiled(p: MatmulTiledParams = {}) {
       C: storage('f32', 'read_write', { shape: '[M, N]' }),
     },
     uniforms: { M: 'u32', N: 'u32', K: 'u32' },
-    grid: ({ M, N }) => [Math.ceil(N / tileN), Math.ceil(M / tileM)],
-    gridDoc: `ceil(N / ${tileN}) x ceil(M / ${tileM})`,
+    grid: `[ceil(N / ${tileN}), ceil(M / ${tileM})]`,
     body(k, { A, B, C }, { M, N, K }) {
       // A tile stored k-major (As[kk·tileM + m]) so the inner loop reads a column of A per kk.
       const As = k.shared('As', 'f32', tileK * tileM);

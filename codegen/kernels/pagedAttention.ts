@@ -161,8 +161,7 @@ export function attentionPartial(c: AttentionConfig) {
       numTokens: 'u32', numSeqs: 'u32', numKvHeads: 'u32', numBlocks: 'u32', maxBlocksPerSeq: 'u32',
       numTiles: 'u32', maxTileChunks: 'u32', partRows: 'u32', window: 'u32', scaleLog2: 'f32',
     },
-    grid: (u) => [u.numTiles, u.numKvHeads, u.maxTileChunks],
-    gridDoc: 'numTiles x numKvHeads x maxTileChunks',
+    grid: '[numTiles, numKvHeads, maxTileChunks]',
     body(k, b, u) {
       const qS = k.shared('qTile', 'f32', R * D);
       const kvS = k.shared('kvTile', 'f32', KT * D);
@@ -361,8 +360,7 @@ export function attentionMerge(c: AttentionConfig) {
       out: storage('f32', 'read_write', { shape: headsShape(c) }),
     },
     uniforms: { numTokens: 'u32', numKvHeads: 'u32', numTiles: 'u32', partRows: 'u32', window: 'u32' },
-    grid: (u) => [u.numTiles, u.numKvHeads * c.groupSize],
-    gridDoc: `numTiles x numKvHeads·${c.groupSize}`,
+    grid: `[numTiles, numKvHeads * ${c.groupSize}]`,
     body(k, b, u) {
       const t = tileView(k, b.tiles, k.workgroupId.x, ['seq']);
       const h = k.let('h', k.workgroupId.y);

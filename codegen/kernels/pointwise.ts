@@ -88,8 +88,7 @@ export function argmaxRows(p: PointwiseParams = {}) {
       out: storage('u32', 'read_write', { shape: '[M]' }),
     },
     uniforms: { M: 'u32', N: 'u32' },
-    grid: ({ M }) => [M],
-    gridDoc: 'M (one workgroup per row)',
+    grid: '[M]', // one workgroup per row
     body(k, { x, out }, { N }) {
       const vals = k.shared('vals', 'f32', wg);
       const idxs = k.shared('idxs', 'u32', wg);

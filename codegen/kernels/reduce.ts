@@ -103,8 +103,7 @@ export function reducePass(p: ReduceParams) {
       out: storage('f32', 'read_write', { shape: `[ceil(n / ${chunk})]` }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => Math.ceil(n / chunk),
-    gridDoc: `ceil(n / ${chunk})`,
+    grid: `[ceil(n / ${chunk})]`,
     body(k, { x, out }, { n }) {
       const sg = useSubgroupPath(k, p.subgroups);
       const scratch = k.shared('scratch', 'f32', reduceScratchLength(wg, sg ? subgroupSize : 0));

@@ -44,8 +44,7 @@ export function rmsNorm(p: RmsNormParams = {}) {
       out: storage('f32', 'read_write', { shape: '[M, D]' }),
     },
     uniforms: { M: 'u32', D: 'u32', eps: 'f32' },
-    grid: ({ M }) => [M],
-    gridDoc: 'M (one workgroup per row)',
+    grid: '[M]', // one workgroup per row
     body(k, b, { D, eps }) {
       const { x, w, out } = b;
       const residual = b.residual?.writableRef();

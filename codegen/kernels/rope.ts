@@ -129,8 +129,7 @@ export function rope(p: RopeParams) {
       table: storage('f32', 'read', { shape: '[maxPos, D]' }),
     },
     uniforms: { T: 'u32', Hq: 'u32', Hk: 'u32', D: 'u32', maxPos: 'u32' },
-    grid: ({ T, Hq, Hk, D }) => [Math.ceil(((Hq + Hk) * D) / 2 / wg), T],
-    gridDoc: `ceil((Hq + Hk) · D/2 / ${wg}) x T`,
+    grid: `[ceil((Hq + Hk) * D / ${2 * wg}), T]`,
     body(kb, b, { Hq, Hk, D, maxPos }) {
       const half = kb.let('half', D.div(2));
       const idx = kb.let('idx', kb.globalId.x);

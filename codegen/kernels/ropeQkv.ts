@@ -37,8 +37,7 @@ export function ropeQkv(p: RopeQkvParams) {
       v: storage('f32', 'read_write', { shape: '[T, Hk, D]' }),
     },
     uniforms: { T: 'u32', Hq: 'u32', Hk: 'u32', D: 'u32', maxPos: 'u32' },
-    grid: ({ T, Hq, Hk, D }) => [Math.ceil(((Hq + 2 * Hk) * D) / 2 / wg), T],
-    gridDoc: `ceil((Hq + 2·Hk) · D/2 / ${wg}) x T`,
+    grid: `[ceil((Hq + 2 * Hk) * D / ${2 * wg}), T]`,
     body(kb, b, { Hq, Hk, D, maxPos }) {
       const half = kb.let('half', D.div(2));
       const idx = kb.let('idx', kb.globalId.x);

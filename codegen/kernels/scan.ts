@@ -36,8 +36,7 @@ export function scanBlocks(p: ScanParams = {}) {
       sums: storage(t, 'read_write', { shape: `[ceil(n / ${B})]` }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => Math.ceil(n / B),
-    gridDoc: `ceil(n / ${B})`,
+    grid: `[ceil(n / ${B})]`,
     body(k, { x, out, sums }, { n }) {
       const block = k.shared('block', t, B);
       const totals = k.shared('totals', t, wg);
@@ -102,8 +101,7 @@ export function addBlockOffsets(p: ScanParams = {}) {
       offsets: storage(t, 'read', { shape: `[ceil(n / ${B})]` }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => Math.ceil(n / wg),
-    gridDoc: `ceil(n / ${wg})`,
+    grid: `[ceil(n / ${wg})]`,
     body(k, { data, offsets }, { n }) {
       const i = k.let('i', k.globalId.x);
       k.if(i.lt(n), () => data.set(i, data.at(i).add(offsets.at(i.div(B)))));

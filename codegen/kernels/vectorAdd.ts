@@ -17,8 +17,7 @@ export function vectorAdd(p: VectorAddParams = {}) {
       out: storage('f32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => Math.ceil(n / wg),
-    gridDoc: `ceil(n / ${wg})`,
+    grid: `[ceil(n / ${wg})]`,
     body(k, { a, b, out }, { n }) {
       const i = k.let('i', k.globalId.x);
       k.if(i.lt(n), () => out.set(i, a.at(i).add(b.at(i))));

@@ -38,6 +38,11 @@ export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBu
       throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, the launch needs ${need}${shape}`);
     }
   }
-  const grid = kernel.grid(uniforms as UniformValues<Uniforms>);
+  let grid: [number, number, number];
+  try {
+    grid = kernel.grid(uniforms as UniformValues<Uniforms>);
+  } catch (e) {
+    throw new LaunchError(`kernel '${name}': grid ${kernel.ir.gridDoc}: ${(e as Error).message}`, { cause: e });
+  }
   if (!grid.every((g) => Number.isInteger(g) && g >= 0)) throw new LaunchError(`kernel '${name}': grid ${grid.join('x')} is not whole numbers`);
 }
