@@ -10,7 +10,7 @@ import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
 import type { Device, DeviceBuffer, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
 import { WorkerPool } from './pool.js';
-import { EXECUTE_SOURCE, type JobMessage, type JobReply } from './worker.js';
+import { executeJob, type JobReply, type WorkerKernel } from './worker.js';
 
 export const CPU_CAPS: Caps = {
   f16: true,
@@ -52,10 +52,6 @@ interface Compiled {
 /** Launches expected to finish faster than a round trip to the workers run on the main thread. */
 const INLINE_NS = 100_000;
 
-/** Runs small launches on the main thread with the same code the workers run. */
-const executeInline = new Function(`${EXECUTE_SOURCE}\nreturn executeJob;`)() as
-  (job: JobMessage, kernels: Map<string, unknown>) => JobReply;
-
 class CpuDevice extends BaseDevice<CpuBuffer> {
   readonly kind = 'cpu' as const;
   readonly caps: Caps = { ...CPU_CAPS };
@@ -64,7 +60,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private readonly check: boolean;
   private readonly pool: WorkerPool | null;
   private readonly compiled = new WeakMap<Kernel, Compiled>();
-  private readonly inlineKernels = new Map<string, unknown>();
+  private readonly inlineKernels = new Map<string, WorkerKernel>();
   private tail: Promise<void> = Promise.resolve();
   private queued = 0;
   private error: Error | null = null;
@@ -189,7 +185,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     let replies: JobReply[];
     if (inline) {
       const t0 = performance.now();
-      replies = [executeInline({ ...job, id: 0, source: c.source }, this.inlineKernels)];
+      replies = [executeJob({ ...job, id: 0, source: c.source }, this.inlineKernels)];
       this.measured(c, performance.now() - t0, total);
     } else {
       replies = await this.pool!.run(job, c.source, workers);

@@ -1,6 +1,6 @@
-// What a worker thread runs, as plain JavaScript source: workers start with `new Worker(code,
-// { eval: true })`, so they need neither tsx nor a file next to a bundle. The main thread evaluates
-// the same `executeJob` to run small launches inline.
+// What a worker thread runs: workers start with `new Worker(code, { eval: true })`, so they need
+// neither tsx nor a file next to a bundle; their code is executeJob's text. The main thread calls
+// the same executeJob to run small launches inline.
 
 /** Message for one launch on one worker (or inline). */
 export interface JobMessage {
@@ -28,13 +28,23 @@ export interface JobReply {
   busyMs: number;
 }
 
-/** `executeJob(job, kernels)`: compile (once per key), then run workgroups until the counter runs out. */
-export const EXECUTE_SOURCE = String.raw`
-function executeJob(job, kernels) {
+/** A kernel as a worker holds it: compiled once per key (or the reason it did not compile). */
+export interface WorkerKernel {
+  ctx: { findings: string[]; keys: Set<string>; count: number; limit: number };
+  run?: (x: number, y: number, z: number, gx: number, gy: number, gz: number, bufs: ArrayBufferView[], uniforms: number[]) => void;
+  compileError?: string;
+}
+
+/**
+ * Compile the job's kernel (once per key), then run workgroups until the counter runs out. A real
+ * function, type-checked here: workers get its text (Function.prototype.toString), so it may use
+ * only its arguments and globals.
+ */
+export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>): JobReply {
   let k = kernels.get(job.key);
   if (!k) {
     if (typeof job.source !== 'string') throw new Error('kernel source was not sent to this worker');
-    const ctx = { findings: [], keys: new Set(), count: 0, limit: 20 };
+    const ctx = { findings: [], keys: new Set<string>(), count: 0, limit: 20 };
     try {
       k = { ctx, run: new Function(job.source)()(ctx) };
     } catch (e) {
@@ -43,13 +53,17 @@ function executeJob(job, kernels) {
     }
     kernels.set(job.key, k);
   }
-  if (k.compileError) return { id: job.id, findings: [], count: 0, error: k.compileError, busyMs: 0 };
+  const run = k.run;
+  if (k.compileError !== undefined || !run) return { id: job.id, findings: [], count: 0, error: k.compileError ?? 'no kernel', busyMs: 0 };
   const CTOR = { f32: Float32Array, f16: Uint16Array, i32: Int32Array, u32: Uint32Array };
-  const bufs = job.buffers.map((b) => new CTOR[b.dtype](b.sab, 0, b.length));
-  const gx = job.grid[0], gy = job.grid[1], gz = job.grid[2], total = gx * gy * gz;
+  const bufs = job.buffers.map((b) => {
+    const View: new (sab: SharedArrayBuffer, offset: number, length: number) => ArrayBufferView = CTOR[b.dtype];
+    return new View(b.sab, 0, b.length);
+  });
+  const [gx, gy, gz] = job.grid, total = gx * gy * gz;
   const counter = new Int32Array(job.counter);
-  const run = k.run, uniforms = job.uniforms, chunk = job.chunk;
-  let error;
+  const uniforms = job.uniforms, chunk = job.chunk;
+  let error: string | undefined;
   let w = -1;
   const t0 = performance.now();
   try {
@@ -68,15 +82,15 @@ function executeJob(job, kernels) {
     const x = w % gx, r = (w - x) / gx;
     error = 'in workgroup (' + x + ',' + (r % gy) + ',' + Math.floor(r / gy) + '): ' + (e instanceof Error ? e.message : String(e));
   }
-  const reply = { id: job.id, findings: k.ctx.findings, count: k.ctx.count, error, busyMs: performance.now() - t0 };
+  const reply: JobReply = { id: job.id, findings: k.ctx.findings, count: k.ctx.count, busyMs: performance.now() - t0, ...(error !== undefined ? { error } : {}) };
   k.ctx.findings = [];
   k.ctx.keys = new Set();
   k.ctx.count = 0;
   return reply;
 }
-`;
 
-export const WORKER_SOURCE = `${EXECUTE_SOURCE}
+// The worker's program: executeJob's own text (whatever name a bundler gave it), called per message.
+export const WORKER_SOURCE = `const executeJob = (${executeJob.toString()});
 import('node:worker_threads').then(({ parentPort }) => {
   const kernels = new Map();
   parentPort.on('message', (job) => {
