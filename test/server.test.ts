@@ -67,7 +67,7 @@ describe('kiln serve (OpenAI client, cpu, brown-draft)', () => {
     dev = await createDevice('cpu');
     llm = await loadModel(fixture, { device: dev, engine: { maxSeqs: 1, kvBlocks: 64 } });
     plain = await loadModel(brownDir('draft'), { device: dev, engine: { maxSeqs: 1, kvBlocks: 8 } });
-    server = await startServer({ llm, port: 0, modelName: 'brown-chat', apiKey: KEY, modelName: 'brown-chat', maxBodyBytes: 64 << 10, engine: { maxSeqs: 64, kvBlocks: 512 } });
+    server = await startServer({ llm, port: 0, apiKey: KEY, modelName: 'brown-chat', maxBodyBytes: 64 << 10, engine: { maxSeqs: 64, kvBlocks: 512 } });
     openai = client(server);
   });
   afterAll(async () => {
@@ -181,13 +181,13 @@ describe('kiln serve (OpenAI client, cpu, brown-draft)', () => {
     await expectApiError(client(server, 'sk-wrong').models.list(), AuthenticationError, 401);
     const noAuth = await fetch(`${server.address.url}/v1/models`);
     expect(noAuth.status).toBe(401);
-    expect((await noAuth.json()).error.code).toBe('invalid_api_key');
+    expect(((await noAuth.json()) as { error: { code: string } }).error.code).toBe('invalid_api_key');
     const health = await fetch(`${server.address.url}/health`);
     expect(health.status).toBe(200);
     // Not JSON: 400 in the error shape.
     const nj = await fetch(`${server.address.url}/v1/completions`, { method: 'POST', headers: { Authorization: `Bearer ${KEY}` }, body: '{"prompt":' });
     expect(nj.status).toBe(400);
-    expect((await nj.json()).error.code).toBe('invalid_json');
+    expect(((await nj.json()) as { error: { code: string } }).error.code).toBe('invalid_json');
     // Models lists the one served.
     const models = await openai.models.list();
     expect(models.data.map((m) => m.id)).toEqual(['brown-chat']);
