@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Device } from '../src/backend/device.js';
 import { createEngine, type EngineOptions, type EngineRequest, EngineError } from '../src/engine.js';
 import { type LLM, loadModel } from '../src/llm.js';
+import { AdaptiveK } from '../src/engine/speculation.js';
 import { ngramLookup } from '../src/spec/ngram.js';
 import type { DraftModelDrafter } from '../src/spec/draftModel.js';
 import { forEachBackend } from './backends.js';
@@ -19,6 +20,27 @@ describe('n-gram lookup', () => {
     expect(ngramLookup([4, 5, 6, 4, 5], 4, 3, 1)).toEqual([6, 4, 5]);
     expect(ngramLookup([1, 2, 3], 2, 3, 1)).toEqual([]);
     expect(ngramLookup([8, 1, 8], 5, 3, 1)).toEqual([1, 8]);
+  });
+});
+
+describe('adaptive k', () => {
+  it('expected tokens per step follow (1 − α^{k+1}) / (1 − α)', () => {
+    expect(AdaptiveK.expected(0.5, 0)).toBeCloseTo(1, 12);
+    expect(AdaptiveK.expected(0.5, 3)).toBeCloseTo(1.875, 12);
+    expect(AdaptiveK.expected(1, 4)).toBe(5);
+  });
+
+  it('speculates deeply when drafts are accepted and cheap, switches off when they are not, and probes again', () => {
+    const a = new AdaptiveK(8, true);
+    a.draftCost = 0.05; a.verifyCost = 0.05;
+    for (let i = 0; i < 20; i++) a.observe(1, 8, 8);
+    expect(a.k(1)).toBeGreaterThanOrEqual(6);
+    a.draftCost = 0.6;
+    for (let i = 0; i < 30; i++) a.observe(2, 4, 0);
+    const ks = Array.from({ length: 16 }, () => a.k(2));
+    expect(ks.filter((k) => k === 0).length).toBe(14);
+    expect(ks.filter((k) => k === 1).length).toBe(2);
+    expect(new AdaptiveK(3, false).k(9)).toBe(3);
   });
 });
 
