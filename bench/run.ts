@@ -10,6 +10,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   generate: () => import('./generate.js'),
   engine: () => import('./engine.js'),
   spec: () => import('./spec.js'),
+  serve: () => import('./serve.js'),
   pointwise: () => import('./pointwise.js'),
   'gpu-prep': () => import('./gpu/prep.js'),
 };

@@ -98,6 +98,7 @@ export async function handleGeneration(ctx: GenerationContext, kind: Kind, body:
     handle = ctx.engine.generate({
       prompt: ids, maxTokens, temperature: p.temperature, topP: p.topP, topK: p.topK, minP: p.minP, seed: p.seed,
       stop: p.stop, logprobs: p.logprobs < 0 ? 0 : Math.max(1, p.logprobs), signal: ac.signal,
+      ...(p.ignoreEos ? { stopTokenIds: [] } : {}),
     });
   } catch (e) {
     const err = engineError(e, kind);

@@ -29,6 +29,8 @@ export interface ApiRequest {
   stop: string[];
   /** Alternatives per token to return; −1: no logprobs at all. */
   logprobs: number;
+  /** vLLM's extension: generate max_tokens whatever EOS says (benchmarks). */
+  ignoreEos: boolean;
   stream: boolean;
   includeUsage: boolean;
 }
@@ -167,6 +169,7 @@ export function parseRequest(kind: 'completion' | 'chat', body: unknown, default
     seed: integer(b, 'seed', 0, 0xffffffff),
     stop: stopList(b),
     logprobs,
+    ignoreEos: boolean(b, 'ignore_eos') ?? false,
     stream,
     includeUsage,
   };
