@@ -3,7 +3,10 @@
 // supplies types, literals and the handful of constructs that differ (see the abstract hooks).
 import type { BinOp, Builtin, BufferDecl, Expr, KernelIR, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, vecOf } from '../dsl/types.js';
+import { f16round } from '../dsl/f16.js';
 import { walk } from '../dsl/walk.js';
+
+export { f16round };
 
 // ---- printed expressions and precedence ------------------------------------------------------
 /** Binding strength, C order: a child printed weaker than its context gets parentheses. */
@@ -85,19 +88,6 @@ function isExactly(s: string, d: number): boolean {
   if (k >= 0) lhs *= 10n ** BigInt(k); else rhs *= 10n ** BigInt(-k);
   if (e >= 0) rhs *= 2n ** BigInt(e); else lhs *= 2n ** BigInt(-e);
   return lhs === rhs;
-}
-/** Round to the nearest binary16, ties to even (Math.f16round is not in Node 20). */
-export function f16round(x: number): number {
-  if (!Number.isFinite(x) || x === 0) return x;
-  const a = Math.abs(x);
-  if (a >= 65520) return Math.sign(x) * Infinity;
-  let e = Math.floor(Math.log2(a));
-  while (2 ** e > a) e--;
-  while (2 ** (e + 1) <= a) e++;
-  const q = 2 ** (Math.max(e, -14) - 10); // spacing of binary16 values near a
-  const r = a / q, fl = Math.floor(r), frac = r - fl;
-  const n = frac > 0.5 || (frac === 0.5 && fl % 2 === 1) ? fl + 1 : fl;
-  return Math.sign(x) * n * q;
 }
 /**
  * The shortest decimal text a compiler reads back as exactly `v` in the format `round` rounds to.

@@ -5,7 +5,7 @@
 // vector bindings (element i of a vecW binding is scalars W·i .. W·i + W − 1 of its typed array).
 import type { BinOp, Builtin, Expr, KernelIR, MathFn, UnOp } from '../dsl/ir.js';
 import { type DType, type Scalar, elemOf, isVec, widthOf } from '../dsl/types.js';
-import { helperSource } from './js-runtime.js';
+import { f16BitsToF32, f32ToF16Bits, roundToF16 } from '../dsl/f16.js';
 
 export interface JsEmitOptions {
   /** Report out-of-bounds accesses, shared-memory races and divergent barriers into ctx. */
@@ -14,14 +14,8 @@ export interface JsEmitOptions {
   subgroupSize?: number;
 }
 
-// Host-side f16 conversion, the same code the kernels run.
-const F16 = new Function(`${helperSource(['f16'])}\nreturn { $f16bits, $f16r, $F16 };`)() as {
-  $f16bits(x: number): number; $f16r(x: number): number; $F16: Float32Array;
-};
-/** f32 value → f16 bits, round to nearest even. */
-export const f32ToF16Bits = (x: number): number => F16.$f16bits(x);
-/** f16 bits → value. */
-export const f16BitsToF32 = (h: number): number => F16.$F16[h & 0xffff]!;
+// Host-side f16 conversion: the same code the kernels run (codegen/dsl/f16.ts).
+export { f16BitsToF32, f32ToF16Bits };
 
 // ---- identifiers and literals --------------------------------------------------------------------
 // Names the builder lets through that JavaScript (or the globals generated code uses) would not.
@@ -170,7 +164,7 @@ export abstract class JsExpressions {
     const x = Number(v);
     switch (s) {
       case 'f32': return num(Math.fround(x));
-      case 'f16': return num(F16.$f16r(x));
+      case 'f16': return num(roundToF16(x));
       case 'i32': return num(x | 0);
       case 'u32': return num(x >>> 0);
     }

@@ -1,6 +1,8 @@
 // The helper functions generated JavaScript kernels call, as source text: each kernel's JS is
 // self-contained (a worker thread compiles it with `new Function`), so the emitter copies in the
-// helpers a kernel uses. Plain JS, no TypeScript: the text is evaluated as written.
+// helpers a kernel uses. Plain JS, evaluated as written — except f16, which is the text of the
+// type-checked codegen/dsl/f16.ts.
+import { makeF16 } from '../dsl/f16.js';
 
 /** Helper name → its source and the helpers it needs. */
 export const HELPERS: Record<string, { deps: string[]; src: string }> = {
@@ -12,35 +14,11 @@ function $f32bits(x) { $F32[0] = x; return $U32[0]; }
 function $bitsf32(u) { $U32[0] = u; return $F32[0]; }`,
   },
   f16: {
-    deps: ['bits'],
-    src: `// f32 -> f16 bits, round to nearest even (exact: works on the f32 bits).
-function $f16bits(x) {
-  $F32[0] = x;
-  const u = $U32[0];
-  const sign = (u >>> 16) & 0x8000, e = (u >>> 23) & 0xff, m = u & 0x7fffff;
-  if (e === 0xff) return sign | 0x7c00 | (m !== 0 ? 0x200 : 0);
-  const he = e - 112;
-  if (he >= 31) return sign | 0x7c00;
-  if (he <= 0) {
-    if (he < -10) return sign;
-    const full = m | 0x800000, shift = 14 - he;
-    const rem = full & ((1 << shift) - 1), half = 1 << (shift - 1);
-    let k = full >>> shift;
-    if (rem > half || (rem === half && (k & 1) === 1)) k++;
-    return sign | k;
-  }
-  let h = sign | (he << 10) | (m >>> 13);
-  const rem = m & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) === 1)) h++;
-  return h;
-}
-// f16 bits -> value, by table.
-const $F16 = new Float32Array(65536);
-for (let h = 0; h < 65536; h++) {
-  const e = (h >>> 10) & 31, m = h & 1023;
-  const v = e === 0 ? m * 5.9604644775390625e-8 : e === 31 ? (m === 0 ? Infinity : NaN) : (1024 + m) * Math.pow(2, e - 25);
-  $F16[h] = h & 0x8000 ? -v : v;
-}
+    deps: [],
+    // The host's own conversions (codegen/dsl/f16.ts), by their text: one implementation.
+    src: `// f32 <-> f16 bits, round to nearest even, and the value of every f16 bit pattern.
+const $f16c = (${makeF16.toString()})();
+const $f16bits = $f16c.bits, $F16 = $f16c.table;
 // Round a number to the nearest f16 value (through f32: innocuous for f16 operands, 24 >= 2*11+2).
 function $f16r(x) { return $F16[$f16bits(x)]; }`,
   },
