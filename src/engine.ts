@@ -521,7 +521,14 @@ export class Engine {
       if (!l || this.pendingAborts.has(id) || l.sampling.logprobs > 0) return [];
       return [{ id, tokens: this.sched.tokens(id), remaining: l.maxTokens - l.generated, sampling: l.sampling }];
     });
-    const drafts = await this.speculator!.propose(cands);
+    let drafts: Map<number, number[]>;
+    try {
+      drafts = await this.speculator!.propose(cands);
+    } catch (e) {
+      // A failing drafter costs the step its speculation, not the requests their output.
+      this.speculator!.lastError = (e as Error).message;
+      return [];
+    }
     for (const [id, d] of drafts) if (this.sched.has(id)) this.sched.setDrafts(id, d);
     return [...drafts.keys()];
   }

@@ -91,6 +91,8 @@ export class Speculator {
   /** This step's proposals: id → index in the drafter's result and the drafts. */
   private current: { result: DraftResult; byId: Map<number, { idx: number; drafts: number[] }> } | null = null;
   totals = { drafted: 0, accepted: 0, verifies: 0, draftMs: 0, stepMs: 0 };
+  /** The drafter's last failure (that step went without speculation). */
+  lastError: string | null = null;
 
   constructor(readonly dev: Device, readonly drafter: Drafter, readonly vocab: number, readonly maxSeqs: number, o: { k: number; adaptive: boolean; maxBatch: number }) {
     this.policy = new AdaptiveK(o.k, o.adaptive);
