@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openModel } from '../src/io/index.js';
 import { encodeSafetensors, type MemoryTensor } from '../src/io/safetensors.js';
 import { loadAwqLinear } from '../src/io/awq.js';
+import { readFloat16Bits } from '../src/io/safetensors.js';
+import { f32ArrayToF16 } from '../src/quant/f16.js';
 import { loadModel } from '../src/llm.js';
 import { ReferenceModel, loadReferenceWeights } from '../src/model/reference.js';
 import { layerLinears } from '../src/model/spec.js';
@@ -167,7 +169,7 @@ describe('quantize(): AWQ on brown-draft (8 × 64 calibration tokens, 4 points o
   const OUT = tmp('draft-awq');
   let res: QuantizeModelResult;
   beforeAll(async () => {
-    res = await quantize(DRAFT, { out: OUT, method: 'awq', groupSize: 64, samples: 8, seqLen: 64, calib: CALIB, device: 'cpu', grid: 4 });
+    res = await quantize(DRAFT, { out: OUT, method: 'awq', groupSize: 64, samples: 8, seqLen: 64, calib: CALIB, device: 'cpu', grid: 4, keepTensors: true });
   }, 120_000);
 
   it("is the library's quantize()", async () => {
@@ -188,10 +190,14 @@ describe('quantize(): AWQ on brown-draft (8 × 64 calibration tokens, 4 points o
       const again = tmp('draft-awq-again');
       await quantize(DRAFT, { out: again, method: 'awq', groupSize: 64, samples: 8, seqLen: 64, calib: CALIB, device: 'cpu', grid: 4 });
       expect(fs.readFileSync(path.join(again, 'model.safetensors')).equals(fs.readFileSync(path.join(OUT, 'model.safetensors')))).toBe(true);
-      for (const lin of layerLinears(m.spec, 1)) {
-        const t = loadAwqLinear(m.weights, lin, 64);
-        expect(t.qweight.length).toBe((lin.K * lin.N) / 8);
+      for (let l = 0; l < m.spec.layers; l++) {
+        for (const lin of layerLinears(m.spec, l)) {
+          const t = loadAwqLinear(m.weights, lin, 64), want = res.tensors!.linears.get(lin.name)!;
+          for (const k of ['qweight', 'qzeros', 'scales'] as const) expect(Buffer.from(t[k].buffer, t[k].byteOffset, t[k].byteLength).equals(Buffer.from(want[k].buffer, want[k].byteOffset, want[k].byteLength)), `${lin.name}.${k}`).toBe(true);
+        }
       }
+      expect(res.tensors!.dense.size).toBe(2 * m.spec.layers); // the two norms of each layer (no v bias in Llama)
+      for (const [name, v] of res.tensors!.dense) expect(Array.from(readFloat16Bits(m.weights, name)), name).toEqual(Array.from(f32ArrayToF16(v)));
       const ids = m.tokenizer!.encode('The jury said that the city had been given a new plan.');
       const ref = ReferenceModel.fromStore(m.spec, m.weights).forward(ids, ReferenceModel.fromStore(m.spec, m.weights).newCache(ids.length));
       const llm = await loadModel(OUT, { device: 'cpu' });

@@ -15,7 +15,7 @@ import { flag, num, type ParsedArgs, rejectUnknown, str } from '../util/args.js'
 import { type AwqTensors } from './awq.js';
 import { quantizeLayerAwq, readLayer, type LayerResult } from './awqLayer.js';
 import { calibrationSequences, LayerCalibrator } from './calibrate.js';
-import { checkOutDir, checkQuantizeArgs, humanBytes, type QuantizeResult, WEIGHTS_FILE, writeAwqCheckpoint } from './writeAwq.js';
+import { checkOutDir, checkQuantizeArgs, humanBytes, type PrecomputedTensors, type QuantizeResult, WEIGHTS_FILE, writeAwqCheckpoint } from './writeAwq.js';
 
 /** Calibration defaults: 64 sequences of 256 tokens (16,384 tokens; brown-calib.txt has ~25k). */
 export const DEFAULT_SAMPLES = 64;
@@ -58,6 +58,8 @@ export interface QuantizeModelOptions {
   moduleLoss?: boolean;
   /** Write into a non-empty output directory. */
   force?: boolean;
+  /** Return AWQ's tensors too (QuantizeModelResult.tensors), as written. */
+  keepTensors?: boolean;
   /** Progress: AWQ layers done of all (RTN: tensors written). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -80,6 +82,8 @@ export interface QuantizeModelResult extends QuantizeResult {
   awq: AwqReport | null;
   /** Peak resident memory of this process so far (bytes). */
   peakRss: number;
+  /** With keepTensors (AWQ): the quantized linears and the dense tensors folding changed. */
+  tensors?: PrecomputedTensors;
 }
 
 /** Quantize the model directory `model` into `opts.out` (an AutoAWQ GEMM checkpoint). */
@@ -144,7 +148,7 @@ export async function quantize(model: string, opts: QuantizeModelOptions): Promi
   const searchMs = performance.now() - tSearch;
   const r = writeAwqCheckpoint(model, opts.out, { groupSize: g, method, force: opts.force, precomputed: { linears, dense } });
   return {
-    ...r, ms: performance.now() - t0, method, peakRss: peakRss(),
+    ...r, ms: performance.now() - t0, method, peakRss: peakRss(), ...(opts.keepTensors ? { tensors: { linears, dense } } : {}),
     awq: { samples, seqLen, calibFile, device: dev?.description ?? '', layers, searchMs, calibrationMs },
   };
 }
