@@ -1,7 +1,7 @@
 // `npm run bench -- serve` (`kiln bench serve`): the seed's five serving configurations measured
 // through a real `kiln serve` process each, one fixed-seed workload sent over HTTP.
 //
-//   npm run bench -- serve [--requests 40] [--configs naive,continuous,awq,speculative,combined]
+//   npm run bench -- serve [--requests 24] [--configs naive,continuous,awq,speculative,combined]
 //                          [--json] [--model DIR] [--draft DIR|ngram] [--spec-k 4] [--awq auto|rtn]
 //                          [--rate R] [--seed S] [--device cpu] [--no-save]
 //
@@ -37,7 +37,7 @@ interface Options {
 }
 
 function parse(args: string[]): Options {
-  const o: Options = { requests: 40, configs: [...ALL], json: false, model: DEFAULT_MODEL, draft: DRAFT, specK: 4, awq: 'auto', seed: 42, device: 'cpu', save: true };
+  const o: Options = { requests: 24, configs: [...ALL], json: false, model: DEFAULT_MODEL, draft: DRAFT, specK: 4, awq: 'auto', seed: 42, device: 'cpu', save: true };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => { const x = args[++i]; if (x === undefined) throw new Error(`bench serve: ${a} needs a value`); return x; };
     if (a === '--requests') o.requests = Number(v());

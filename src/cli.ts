@@ -73,7 +73,7 @@ const TUNE_HELP = `kiln tune — time a kernel family's variants on a device; th
 const BENCH_HELP = `kiln bench — benchmarks that print tables (run from a checkout)
 
   kiln bench <name> [options]   names: dsl, int4, attention, accept, pointwise, generate, engine, spec, serve, gpu-prep
-  kiln bench serve [--requests 40] [--configs naive,continuous,awq,speculative,combined] [--json]
+  kiln bench serve [--requests 24] [--configs naive,continuous,awq,speculative,combined] [--json]
       the seed's five serving configurations through a real kiln serve process each
 `;
 
