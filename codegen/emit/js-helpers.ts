@@ -175,11 +175,17 @@ export const CHECKING = {
   },
 };
 
+/**
+ * Function text may call esbuild's `__name(fn, name)` (tsx and other keepNames builds insert it
+ * to preserve names): text that runs elsewhere gets this stand-in. `var`, so it may repeat.
+ */
+export const KEEP_NAMES_SHIM = 'var __name = (f) => f;';
+
 /** `function $name(…) {…}` for each named method: the text a kernel embeds. */
 export function functionsText<T extends Record<string, (...args: never[]) => unknown>>(fns: T, names: readonly (keyof T & string)[]): string {
-  return names.map((n) => {
+  return [KEEP_NAMES_SHIM, ...names.map((n) => {
     const f = fns[n];
     if (!f) throw new Error(`unknown JS helper function '${n}'`);
     return `function ${f.toString()}`;
-  }).join('\n');
+  })].join('\n');
 }

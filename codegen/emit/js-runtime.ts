@@ -2,7 +2,7 @@
 // self-contained (a worker thread compiles it with `new Function`), so the emitter copies in the
 // helpers a kernel uses — the text of type-checked functions (js-helpers.ts, codegen/dsl/f16.ts).
 import { makeF16 } from '../dsl/f16.js';
-import { CHECKING, functionsText, RUNTIME } from './js-helpers.js';
+import { CHECKING, functionsText, KEEP_NAMES_SHIM, RUNTIME } from './js-helpers.js';
 
 /** Helper name → its source and the helpers it needs. */
 export const HELPERS: Record<string, { deps: string[]; src: string }> = {
@@ -13,7 +13,8 @@ export const HELPERS: Record<string, { deps: string[]; src: string }> = {
   f16: {
     deps: [],
     // The host's own conversions (codegen/dsl/f16.ts), by their text: one implementation.
-    src: `const $f16c = (${makeF16.toString()})();
+    src: `${KEEP_NAMES_SHIM}
+const $f16c = (${makeF16.toString()})();
 const $f16bits = $f16c.bits, $F16 = $f16c.table;
 // Round a number to the nearest f16 value (through f32: innocuous for f16 operands, 24 >= 2*11+2).
 function $f16r(x) { return $F16[$f16bits(x)]; }`,

@@ -1,6 +1,7 @@
 // What a worker thread runs: workers start with `new Worker(code, { eval: true })`, so they need
 // neither tsx nor a file next to a bundle; their code is executeJob's text. The main thread calls
 // the same executeJob to run small launches inline.
+import { KEEP_NAMES_SHIM } from '../../../codegen/emit/js-helpers.js';
 
 /** Message for one launch on one worker (or inline). */
 export interface JobMessage {
@@ -90,7 +91,8 @@ export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>):
 }
 
 // The worker's program: executeJob's own text (whatever name a bundler gave it), called per message.
-export const WORKER_SOURCE = `const executeJob = (${executeJob.toString()});
+export const WORKER_SOURCE = `${KEEP_NAMES_SHIM}
+const executeJob = (${executeJob.toString()});
 import('node:worker_threads').then(({ parentPort }) => {
   const kernels = new Map();
   parentPort.on('message', (job) => {
