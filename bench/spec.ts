@@ -75,7 +75,9 @@ export async function main(args: string[]): Promise<void> {
       const base = await run(target, ps, o);
       for (const d of o.drafters) {
         for (const k of o.k) {
-          const r = await run(target, ps, o, { drafter: d === 'ngram' ? 'ngram' : draft!, k: k === 'adaptive' ? 8 : k, adaptive: k === 'adaptive', maxBatch: 16 });
+          // Fixed k rows drafts k for every sequence (no row cap); adaptive rows use the defaults.
+          const r = await run(target, ps, o, k === 'adaptive' ? { drafter: d === 'ngram' ? 'ngram' : draft!, k: 8 }
+            : { drafter: d === 'ngram' ? 'ngram' : draft!, k, adaptive: false, maxBatch: 16, maxVerifyRows: 1 << 20 });
           const sp = r.stats.speculation!;
           rows.push({
             drafter: d === 'ngram' ? 'ngram' : 'brown-draft', k, batch: b, temperature: o.temperature, tok_s: r.tokS, baseline_tok_s: base.tokS,

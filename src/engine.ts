@@ -268,7 +268,8 @@ export class Engine {
       const slack = Math.min(o.maxSeqs, maxBatch) * (Math.ceil(k / 16) + 1);
       drafter = new DraftModelDrafter(dm, { kvBlocks: kvBlocks + slack, maxSeqs: Math.min(o.maxSeqs, maxBatch), maxK: k, maxBatchedTokens: o.maxBatchedTokens, kvDtype: o.kvDtype });
     } else throw new EngineError(`speculative.drafter must be 'ngram', a loaded draft model or a Drafter`);
-    return new Speculator(this.device, drafter, this.spec.vocabSize, Math.min(o.maxSeqs, maxBatch), { k, adaptive: sp.adaptive ?? true, maxBatch });
+    if (sp.maxVerifyRows !== undefined && (!Number.isInteger(sp.maxVerifyRows) || sp.maxVerifyRows < 2)) throw new EngineError(`speculative.maxVerifyRows = ${sp.maxVerifyRows} must be an integer ≥ 2`);
+    return new Speculator(this.device, drafter, this.spec.vocabSize, Math.min(o.maxSeqs, maxBatch), { k, adaptive: sp.adaptive ?? true, maxBatch, maxVerifyRows: sp.maxVerifyRows });
   }
 
   /** Start a request; iterate the handle for its tokens, or await handle.result(). */

@@ -68,7 +68,7 @@ forEachBackend('speculative decoding', (dev: Device) => {
   afterAll(async () => { await draft?.close(); await target?.close(); });
 
   async function speculate(drafter: 'ngram' | 'model', k: number, batch: number, extra: EngineOptions = {}) {
-    const e = createEngine(target, { maxSeqs: batch, ...extra, speculative: { drafter: drafter === 'ngram' ? 'ngram' : draft, k, adaptive: false, maxBatch: 16 } });
+    const e = createEngine(target, { maxSeqs: batch, ...extra, speculative: { drafter: drafter === 'ngram' ? 'ngram' : draft, k, adaptive: false, maxBatch: 16, maxVerifyRows: 1024 } });
     try {
       // One at a time is slow: batch-1 runs take a quarter of the requests.
       const some = batch === 1 ? reqs.slice(0, 4) : reqs;

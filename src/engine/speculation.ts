@@ -6,6 +6,7 @@
 // the drafter's transformed distributions — and the rejected drafts' KV is rolled back.
 import { greedyAcceptance, rejectionSampler } from '../../codegen/kernels/acceptance.js';
 import { copyRows } from '../../codegen/kernels/copyRows.js';
+import { GEMV_MAX_ROWS } from '../../codegen/kernels/linearOp.js';
 import { NO_TOKEN } from '../../codegen/kernels/sampling.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { scratchBuffer } from '../backend/scratch.js';
@@ -22,6 +23,11 @@ export interface SpeculationOptions {
   adaptive?: boolean;
   /** Speculate only while at most this many sequences decode in a step (default 8). */
   maxBatch?: number;
+  /**
+   * Rows a step's decodes and drafts may add up to (default: 8 on software devices — the linear
+   * layers' GEMV path, past which a CPU step costs several times more — else unbounded).
+   */
+  maxVerifyRows?: number;
 }
 
 /** Per-sequence k from its measured acceptance rate and the draft/verify cost ratio. */
@@ -94,9 +100,13 @@ export class Speculator {
   /** The drafter's last failure (that step went without speculation). */
   lastError: string | null = null;
 
-  constructor(readonly dev: Device, readonly drafter: Drafter, readonly vocab: number, readonly maxSeqs: number, o: { k: number; adaptive: boolean; maxBatch: number }) {
+  readonly maxVerifyRows: number;
+
+  constructor(readonly dev: Device, readonly drafter: Drafter, readonly vocab: number, readonly maxSeqs: number,
+    o: { k: number; adaptive: boolean; maxBatch: number; maxVerifyRows?: number }) {
     this.policy = new AdaptiveK(o.k, o.adaptive);
     this.maxBatch = o.maxBatch;
+    this.maxVerifyRows = o.maxVerifyRows ?? (dev.profile.software ? GEMV_MAX_ROWS : Number.MAX_SAFE_INTEGER);
     this.sampler = rejectionSampler({ caps: dev.caps });
     void greedyAcceptance; // greedy acceptance runs on the host from the sampled argmax rows
     this.copy = copyRows({ caps: dev.caps });
@@ -113,10 +123,12 @@ export class Speculator {
     const out = new Map<number, number[]>();
     if (!cands.length || cands.length > this.maxBatch) return out;
     const reqs: DraftRequest[] = [];
+    // Every decode brings one row; drafts share what is left of maxVerifyRows, oldest first.
+    let rows = this.maxVerifyRows - cands.length;
     for (const c of cands) {
       // Drafts past the token limit are wasted, not wrong: the step stops at the limit.
-      const k = Math.min(this.policy.k(c.id), c.remaining);
-      if (k > 0) reqs.push({ id: c.id, tokens: c.tokens, k, sampling: c.sampling });
+      const k = Math.min(this.policy.k(c.id), c.remaining, Math.max(0, rows));
+      if (k > 0) { reqs.push({ id: c.id, tokens: c.tokens, k, sampling: c.sampling }); rows -= k; }
     }
     if (!reqs.length) return out;
     const t0 = performance.now();
