@@ -3,7 +3,7 @@
 // with no speculation measured in the same run.
 //
 //   npm run bench -- spec [--drafters model,ngram] [--k 1,2,4,adaptive] [--batch 1,4,16]
-//                         [--temperature 0.8] [--tokens 64] [--device cpu] [--json]
+//                         [--temperature 0.8] [--tokens 64] [--device cpu] [--reps 2] [--json]
 //
 // Sampling at temperature 0.8 with a seed per request by default (greedy, --temperature 0,
 // flatters n-gram drafting: both brown models loop under greedy decoding).
@@ -16,10 +16,10 @@ import { DEFAULT_MODEL, loadModel, type LLM } from '../src/llm.js';
 const HELDOUT = new URL('../../shared/data/brown-heldout.txt', import.meta.url);
 const DRAFT = new URL('../../shared/models/brown-draft', import.meta.url);
 
-interface Options { drafters: string[]; k: (number | 'adaptive')[]; batch: number[]; temperature: number; tokens: number; device: BackendKind; json: boolean; draft: string }
+interface Options { drafters: string[]; k: (number | 'adaptive')[]; batch: number[]; temperature: number; tokens: number; device: BackendKind; json: boolean; draft: string; reps: number }
 
 function parse(args: string[]): Options {
-  const o: Options = { drafters: ['model', 'ngram'], k: [1, 2, 3, 4, 5, 6, 7, 8, 'adaptive'], batch: [1, 4, 16], temperature: 0.8, tokens: 64, device: 'cpu', json: false, draft: DRAFT.pathname };
+  const o: Options = { drafters: ['model', 'ngram'], k: [1, 2, 3, 4, 5, 6, 7, 8, 'adaptive'], batch: [1, 4, 16], temperature: 0.8, tokens: 64, device: 'cpu', json: false, draft: DRAFT.pathname, reps: 2 };
   const list = (v: string) => v.split(',').filter(Boolean);
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => { const x = args[++i]; if (x === undefined) throw new Error(`bench spec: ${a} needs a value`); return x; };
@@ -31,7 +31,8 @@ function parse(args: string[]): Options {
     else if (a === '--device') o.device = v() as BackendKind;
     else if (a === '--draft') o.draft = v();
     else if (a === '--json') o.json = true;
-    else throw new Error(`bench spec: unknown option ${a} (--drafters, --k, --batch, --temperature, --tokens, --device, --draft, --json)`);
+    else if (a === '--reps') o.reps = Number(v());
+    else throw new Error(`bench spec: unknown option ${a} (--drafters, --k, --batch, --temperature, --tokens, --device, --draft, --reps, --json)`);
   }
   for (const d of o.drafters) if (d !== 'model' && d !== 'ngram') throw new Error(`bench spec: drafter '${d}' is not model or ngram`);
   for (const k of o.k) if (k !== 'adaptive' && (!Number.isInteger(k) || k < 1 || k > 16)) throw new Error(`bench spec: --k ${k} must be 1..16 or adaptive`);
@@ -72,12 +73,20 @@ export async function main(args: string[]): Promise<void> {
     const rows: SpecRow[] = [];
     for (const b of o.batch) {
       const ps = prompts.slice(0, b);
-      const base = await run(target, ps, o);
       for (const d of o.drafters) {
         for (const k of o.k) {
           // Fixed k rows drafts k for every sequence (no row cap); adaptive rows use the defaults.
-          const r = await run(target, ps, o, k === 'adaptive' ? { drafter: d === 'ngram' ? 'ngram' : draft!, k: 8 }
-            : { drafter: d === 'ngram' ? 'ngram' : draft!, k, adaptive: false, maxBatch: 16, maxVerifyRows: 1 << 20 });
+          const spec = k === 'adaptive' ? { drafter: d === 'ngram' ? 'ngram' as const : draft!, k: 8 }
+            : { drafter: d === 'ngram' ? 'ngram' as const : draft!, k, adaptive: false, maxBatch: 16, maxVerifyRows: 1 << 20 };
+          // Baseline and speculation interleaved, best of `reps` each: the box is shared, and a
+          // baseline measured minutes apart would compare two different loads.
+          let base = { tokS: 0 }, r = { tokS: 0, stats: undefined as unknown as Awaited<ReturnType<typeof run>>['stats'] };
+          for (let rep = 0; rep < o.reps; rep++) {
+            const b0 = await run(target, ps, o);
+            if (b0.tokS > base.tokS) base = b0;
+            const r0 = await run(target, ps, o, spec);
+            if (r0.tokS > r.tokS) r = r0;
+          }
           const sp = r.stats.speculation!;
           rows.push({
             drafter: d === 'ngram' ? 'ngram' : 'brown-draft', k, batch: b, temperature: o.temperature, tok_s: r.tokS, baseline_tok_s: base.tokS,
