@@ -177,7 +177,7 @@ function int4Source(o: Options, say: (s: string) => void): { args: string[]; lab
       return rtn;
     }
   }
-  return { args: ['--model', dir, '--quant', 'none'], label: `INT4 AWQ g128 (kiln quantize --method awq, ${dir})` };
+  return { args: ['--model', dir, '--quant', 'none'], label: `INT4 AWQ g128 (kiln quantize --method awq, cached in ${dir})` };
 }
 
 function configArgs(c: Config, o: Options, int4: { args: string[] }): string[] {
@@ -252,8 +252,10 @@ export async function main(args: string[]): Promise<void> {
     };
   });
   const date = new Date().toISOString().slice(0, 10);
-  const meta = { machine: machine(o.device), date, requests: o.requests, saturation: 'all at once', rate: rate!, int4: int4.label, draft: o.draft, specK: o.specK };
-  const json = { machine: meta.machine, date, requests: o.requests, poisson_rate_req_s: rate, naive_saturation_req_s: raw.get('naive')?.req_s, int4: int4.label, draft: o.draft, spec_k: o.specK, rows };
+  // Paths relative to the checkout, so results read the same from any clone.
+  const draft = o.draft === 'ngram' ? 'ngram' : path.relative(ROOT, path.resolve(o.draft));
+  const meta = { machine: machine(o.device), date, requests: o.requests, saturation: 'all at once', rate: rate!, int4: int4.label, draft, specK: o.specK };
+  const json = { machine: meta.machine, date, requests: o.requests, poisson_rate_req_s: rate, naive_saturation_req_s: raw.get('naive')?.req_s, int4: int4.label, draft, spec_k: o.specK, rows };
   const md = markdown(rows, meta);
   if (o.save) {
     const dir = path.join(ROOT, 'bench/results');
