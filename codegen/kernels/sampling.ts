@@ -9,7 +9,7 @@
 // - sampling from weights w compares u·Σw against prefix sums instead of normalising, so the
 //   only roundings are IEEE adds and one multiply, identical on every backend;
 // - a token of zero weight (masked) can never be drawn.
-import { exp, kernel, log, max, min, op, storage } from '../dsl/index.js';
+import { exp, kernel, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, KernelBuilder, Plan, Val, Var } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { randomUniform } from './random.js';

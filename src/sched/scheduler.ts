@@ -279,7 +279,7 @@ export class Scheduler {
   commit(plan: StepPlan): void {
     for (const q of plan.seqs) {
       const s = this.seqs.get(q.id);
-      if (!s || s.state !== 'running') continue;
+      if (s?.state !== 'running') continue;
       s.computed = q.ctxLen + q.tokens.length;
     }
   }
