@@ -6,6 +6,7 @@ import { createEngine, type Engine, type EngineOptions } from '../engine.js';
 import { DEFAULT_MODEL, type LLM, loadModel, type Quant } from '../llm.js';
 import { type ParsedArgs, parseArgs, rejectUnknown, str } from '../util/args.js';
 import { readGenerationDefaults } from '../util/generationConfig.js';
+import { chooseDevice } from '../util/autoDevice.js';
 import { startServer } from './server.js';
 
 export const SERVE_HELP = `kiln serve — an OpenAI-compatible HTTP server (completions, chat, SSE streaming, metrics)
@@ -100,11 +101,18 @@ export async function serveCommand(argv: string[]): Promise<void> {
   if (!o) { process.stdout.write(SERVE_HELP); return; }
   const t0 = performance.now();
   // The model's own engine gets the server's options: without speculation it is the one served.
-  const llm = await loadModel(o.model, { device: o.device, quant: o.quant, groupSize: o.groupSize, kvDtype: o.kvDtype, engine: o.engine });
+  const { device, why } = await chooseDevice(o.device);
+  let llm: LLM;
+  try {
+    llm = await loadModel(o.model, { device, quant: o.quant, groupSize: o.groupSize, kvDtype: o.kvDtype, engine: o.engine });
+  } catch (e) {
+    await device.destroy();
+    throw e;
+  }
   let draft: LLM | null = null;
   let engine: Engine;
   try {
-    if (o.draft && o.draft !== 'ngram') draft = await loadModel(o.draft, { device: llm.device, quant: o.quant, groupSize: o.groupSize, kvDtype: o.kvDtype, engine: { maxSeqs: 1, kvBlocks: 1 } });
+    if (o.draft && o.draft !== 'ngram') draft = await loadModel(o.draft, { device, quant: o.quant, groupSize: o.groupSize, kvDtype: o.kvDtype, engine: { maxSeqs: 1, kvBlocks: 1 } });
     if (o.draft) {
       // Speculation needs an engine made with its drafter: free the unused pool of the model's own first.
       await llm.engine.close();
@@ -113,6 +121,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
   } catch (e) {
     await draft?.close();
     await llm.close();
+    await device.destroy();
     throw e;
   }
   const defaults = readGenerationDefaults(o.model);
@@ -124,10 +133,11 @@ export async function serveCommand(argv: string[]): Promise<void> {
     await engine.close();
     await draft?.close();
     await llm.close();
+    await device.destroy();
     throw e;
   });
   const eo = engine.options;
-  process.stderr.write(`kiln serve: ${server.modelName} (${llm.source}) · ${llm.weights.format}${llm.weights.groupSize ? ` g${llm.weights.groupSize}` : ''} · ${llm.device.description}\n`
+  process.stderr.write(`kiln serve: ${server.modelName} (${llm.source}) · ${llm.weights.format}${llm.weights.groupSize ? ` g${llm.weights.groupSize}` : ''} · ${llm.device.description} (${why})\n`
     + `  engine: ${eo.scheduling}${eo.scheduling === 'static' ? ` (batches of ${eo.staticBatchSize})` : ''}, max ${eo.maxSeqs} seqs × ${eo.maxBatchedTokens} tokens per step, ${eo.kvBlocks} KV blocks${o.draft ? `, speculative ${o.draft} k=${o.specK}` : ''}${o.apiKey ? ', API key required' : ''}\n`
     + `  defaults: ${defaults.source ? `${defaults.temperature === 0 ? 'greedy' : `temperature ${defaults.temperature}`} (${defaults.source})` : 'temperature 0.8 (no generation_config.json)'}\n`
     + `  ready in ${((performance.now() - t0) / 1000).toFixed(1)} s: listening on ${server.address.url}\n`);
@@ -142,6 +152,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
         await engine.close();
         await draft?.close();
         await llm.close();
+        await device.destroy();
         process.stderr.write('kiln serve: stopped\n');
         resolve();
       })();
