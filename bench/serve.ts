@@ -3,7 +3,7 @@
 //
 //   npm run bench -- serve [--requests 24] [--configs naive,continuous,awq,speculative,combined]
 //                          [--json] [--model DIR] [--draft DIR|ngram] [--spec-k 4] [--awq auto|rtn]
-//                          [--rate R] [--seed S] [--device cpu] [--no-save]
+//                          [--rate R] [--seed S] [--device cpu] [--max-seqs N] [--no-save]
 //
 // Workload: N requests, prompts of 32–256 tokens of ../shared/data/brown-heldout.txt (sent as
 // text), 16–128 new tokens each with ignore_eos (so every configuration generates the same
@@ -16,6 +16,7 @@
 // Configurations: naive (static batches of 8, f16), continuous (f16), awq (continuous, INT4: an
 // AWQ checkpoint made by `kiln quantize --method awq` when that works, else --quant int4-rtn; the
 // table says which), speculative (continuous, f16, --draft), combined (continuous + INT4 + draft).
+// --max-seqs N caps the continuous configurations' sequences per step (kiln serve's default: 64).
 // cost_rel: machine-seconds per 1,000 output tokens relative to naive (= naive tok/s ÷ tok/s).
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -34,6 +35,8 @@ type Config = (typeof ALL)[number];
 interface Options {
   requests: number; configs: Config[]; json: boolean; model: string; draft: string; specK: number;
   awq: 'auto' | 'rtn'; rate?: number; seed: number; device: string; save: boolean;
+  /** --max-seqs for the continuous configurations (default: kiln serve's, 64). */
+  maxSeqs?: number;
 }
 
 function parse(args: string[]): Options {
@@ -53,12 +56,14 @@ function parse(args: string[]): Options {
     else if (a === '--seed') o.seed = Number(v());
     else if (a === '--device') o.device = v();
     else if (a === '--no-save') o.save = false;
-    else throw new Error(`bench serve: unknown option ${a} (--requests N, --configs LIST, --json, --model DIR, --draft DIR|ngram, --spec-k K, --awq auto|rtn, --rate R, --seed S, --device D, --no-save)`);
+    else if (a === '--max-seqs') o.maxSeqs = Number(v());
+    else throw new Error(`bench serve: unknown option ${a} (--requests N, --configs LIST, --json, --model DIR, --draft DIR|ngram, --spec-k K, --awq auto|rtn, --rate R, --seed S, --device D, --max-seqs N, --no-save)`);
   }
   if (!Number.isInteger(o.requests) || o.requests < 1) throw new Error(`bench serve: --requests ${o.requests} must be a positive integer`);
   if (!Number.isInteger(o.specK) || o.specK < 1 || o.specK > 16) throw new Error(`bench serve: --spec-k ${o.specK} must be an integer in [1, 16]`);
   if (o.rate !== undefined && !(o.rate > 0)) throw new Error(`bench serve: --rate ${o.rate} must be positive`);
   if (!o.configs.length) throw new Error('bench serve: --configs is empty');
+  if (o.maxSeqs !== undefined && (!Number.isInteger(o.maxSeqs) || o.maxSeqs < 1)) throw new Error(`bench serve: --max-seqs ${o.maxSeqs} must be a positive integer`);
   return o;
 }
 
@@ -183,12 +188,13 @@ function int4Source(o: Options, say: (s: string) => void): { args: string[]; lab
 function configArgs(c: Config, o: Options, int4: { args: string[] }): string[] {
   const f16 = ['--model', o.model, '--quant', 'f16'];
   const draft = ['--draft', o.draft, '--spec-k', String(o.specK)];
+  const seqs = o.maxSeqs !== undefined ? ['--max-seqs', String(o.maxSeqs)] : [];
   switch (c) {
     case 'naive': return [...f16, '--scheduling', 'static', '--static-batch-size', '8'];
-    case 'continuous': return f16;
-    case 'awq': return int4.args;
-    case 'speculative': return [...f16, ...draft];
-    case 'combined': return [...int4.args, ...draft];
+    case 'continuous': return [...f16, ...seqs];
+    case 'awq': return [...int4.args, ...seqs];
+    case 'speculative': return [...f16, ...draft, ...seqs];
+    case 'combined': return [...int4.args, ...draft, ...seqs];
   }
 }
 
@@ -197,14 +203,14 @@ function machine(device: string): string {
   return `${cpus.length}× ${cpus[0]?.model.trim() ?? os.arch()}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()} ${os.arch()}, Node ${process.versions.node}, device ${device}`;
 }
 
-function markdown(rows: Row[], meta: { machine: string; date: string; requests: number; saturation: string; rate: number; int4: string; draft: string; specK: number }): string {
+function markdown(rows: Row[], meta: { machine: string; date: string; requests: number; saturation: string; rate: number; int4: string; draft: string; specK: number; maxSeqs?: number }): string {
   const f = (x: number, d = 2) => x.toFixed(d);
   return [
     `## kiln bench serve — ${meta.date}`,
     '',
     `Machine: ${meta.machine}. ${meta.requests} requests, prompts 32–256 tokens, outputs 16–128 tokens (ignore_eos), temperature 0.8, per-request seeds, streamed over HTTP to one \`kiln serve\` process per configuration.`,
     `Throughput at saturation (all requests at once); latency under Poisson arrivals at ${f(meta.rate, 3)} req/s = 0.8 × naive's saturation throughput, the same for every row.`,
-    `INT4 rows: ${meta.int4}. Speculative rows: drafter ${meta.draft}, k = ${meta.specK} (adaptive).`,
+    `INT4 rows: ${meta.int4}. Speculative rows: drafter ${meta.draft}, k = ${meta.specK} (adaptive). Continuous rows: ${meta.maxSeqs ? `--max-seqs ${meta.maxSeqs}` : 'up to 64 sequences per step'}.`,
     '',
     '| config | req/s | output tok/s | P50 latency (s) | P99 latency (s) | TTFT P50 (s) | cost / 1k tokens vs naive |',
     '|---|---|---|---|---|---|---|',
@@ -254,14 +260,14 @@ export async function main(args: string[]): Promise<void> {
   const date = new Date().toISOString().slice(0, 10);
   // Paths relative to the checkout, so results read the same from any clone.
   const draft = o.draft === 'ngram' ? 'ngram' : path.relative(ROOT, path.resolve(o.draft));
-  const meta = { machine: machine(o.device), date, requests: o.requests, saturation: 'all at once', rate: rate!, int4: int4.label, draft, specK: o.specK };
-  const json = { machine: meta.machine, date, requests: o.requests, poisson_rate_req_s: rate, naive_saturation_req_s: raw.get('naive')?.req_s, int4: int4.label, draft, spec_k: o.specK, rows };
+  const meta = { machine: machine(o.device), date, requests: o.requests, saturation: 'all at once', rate: rate!, int4: int4.label, draft, specK: o.specK, maxSeqs: o.maxSeqs };
+  const json = { machine: meta.machine, date, requests: o.requests, poisson_rate_req_s: rate, naive_saturation_req_s: raw.get('naive')?.req_s, int4: int4.label, draft, spec_k: o.specK, max_seqs: o.maxSeqs ?? 64, rows };
   const md = markdown(rows, meta);
   if (o.save) {
     const dir = path.join(ROOT, 'bench/results');
     fs.mkdirSync(dir, { recursive: true });
     const host = `${os.cpus().length}core-${os.arch()}-${o.device}`;
-    const base = path.join(dir, `serve-${date}-${host}`);
+    const base = path.join(dir, `serve-${date}-${host}${o.maxSeqs !== undefined ? `-maxseqs${o.maxSeqs}` : ''}`);
     fs.writeFileSync(`${base}.json`, `${JSON.stringify(json, null, 2)}\n`);
     fs.writeFileSync(`${base}.md`, md);
     say(`saved ${base}.md and .json`);
