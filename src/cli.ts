@@ -211,7 +211,9 @@ async function evalCmd(a: ParsedArgs): Promise<void> {
   const file = str(a, 'text');
   if (!file) throw new Error('kiln eval ppl: give the text file with --text FILE');
   const text = readFileSync(file, 'utf8');
-  const llm = await loadModel(str(a, 'model', DEFAULT_MODEL), loadOptions(a));
+  const lo = loadOptions(a);
+  const { device } = await openDevice(lo);
+  const llm = await loadModel(str(a, 'model', DEFAULT_MODEL), { ...lo, device }).catch(async (e) => { await device.destroy(); throw e; });
   try {
     const ids = llm.encode(text);
     const r = await windowedPerplexity(llm, ids, { window: num(a, 'window', 256), maxWindows: num(a, 'windows'), onWindow: progressBar('windows') });
@@ -219,6 +221,7 @@ async function evalCmd(a: ParsedArgs): Promise<void> {
     console.log(`perplexity ${r.perplexity.toFixed(4)} over ${r.predictions} predictions (${r.windows} windows) · ${llm.source} · ${quant} · ${llm.device.kind} · ${(r.ms / 1000).toFixed(1)} s`);
   } finally {
     await llm.close();
+    await device.destroy();
   }
 }
 
@@ -240,8 +243,10 @@ async function evalCompare(a: ParsedArgs): Promise<void> {
   if (!model || !ref) throw new Error('kiln eval compare: give the model with --model DIR and the reference with --reference DIR');
   const { compareModels } = await import('./quant/compare.js');
   const text = readFileSync(file, 'utf8');
-  const opts = loadOptions(a);
-  const llm = await loadModel(model, opts);
+  const lo = loadOptions(a);
+  const { device } = await openDevice(lo);
+  const opts = { ...lo, device };
+  const llm = await loadModel(model, opts).catch(async (e) => { await device.destroy(); throw e; });
   try {
     const reference = await loadModel(ref, { ...opts, quant: 'none', device: llm.device });
     try {
@@ -254,6 +259,7 @@ async function evalCompare(a: ParsedArgs): Promise<void> {
     }
   } finally {
     await llm.close();
+    await device.destroy();
   }
 }
 
