@@ -61,7 +61,7 @@ forEachBackend('speculative decoding', (dev: Device) => {
     const text = heldoutIds(target);
     reqs = Array.from({ length: 16 }, () => {
       const start = Math.floor(r() * 20000);
-      return { prompt: text.slice(start, start + 4 + Math.floor(r() * 20)), temperature: 0, maxTokens: 6 + Math.floor(r() * 8), stopTokenIds: [] };
+      return { prompt: text.slice(start, start + 4 + Math.floor(r() * 20)), temperature: 0, maxTokens: 5 + Math.floor(r() * 5), stopTokenIds: [] };
     });
     plain = await Promise.all(reqs.map((q) => ids(target.engine.generate(q))));
   });
@@ -96,8 +96,8 @@ forEachBackend('speculative decoding', (dev: Device) => {
 
   it('under preemption, with adaptive k, both drafters: identical, and the draft pool is emptied too', async () => {
     for (const d of [draft, 'ngram'] as const) {
-      // 5 blocks (80 positions): every request fits alone (≤ 37 tokens), two or three at a time.
-      const e = createEngine(target, { maxSeqs: 8, kvBlocks: 5, speculative: { drafter: d, k: 4 } });
+      // 4 blocks (64 positions): every request fits alone (≤ 33 tokens), one to three at a time.
+      const e = createEngine(target, { maxSeqs: 8, kvBlocks: 4, speculative: { drafter: d, k: 4 } });
       try {
         const outs = await Promise.all(reqs.map((q) => ids(e.generate(q))));
         outs.forEach((o, i) => expect(o, `request ${i}`).toEqual(plain[i]));
