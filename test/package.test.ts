@@ -96,7 +96,7 @@ const llm = await loadModel(undefined, { device: 'cpu' });
 report.defaultModel = DEFAULT_MODEL;
 report.source = llm.source;
 report.tokens = [];
-for await (const t of llm.generate(input.prompt, { temperature: 0, maxTokens: input.maxTokens })) if (t.id >= 0) report.tokens.push(t.id);
+for await (const t of llm.generate(input.prompt, { temperature: 0, maxTokens: input.maxTokens })) if (t.tokenId >= 0) report.tokens.push(t.tokenId);
 await llm.close();
 
 try {

@@ -45,7 +45,7 @@ describe('variant cache', () => {
       expect(qkv.choice.gemv[0]).toEqual({ workgroupSize: 32, units: 2 });
       expect(qkv.choice.gemm).toEqual(choice.gemm);
       // Layers without an entry keep the defaults, and the model still generates.
-      expect(llm.forwardPass['ops'].norm.ir.workgroupSize[0]).toBe(32);
+      expect(llm.engine.forward['ops'].norm.ir.workgroupSize[0]).toBe(32);
       expect(llm.weights.layers[0]!.o.op.choice.segLen).not.toBe(0);
       const text = await llm.complete('The jury', { temperature: 0, maxTokens: 4 });
       expect(text.length).toBeGreaterThan(0);
