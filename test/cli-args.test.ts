@@ -1,21 +1,9 @@
 // The commands' argument parser: short flags, repeatable options, values that must be there.
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { kiln } from './kilnCli.js';
 import { parseArgs, str, strs } from '../src/util/args.js';
 
-const ROOT = join(import.meta.dirname, '..');
 
-/** `kiln …` as a user runs it: exit code, stdout, stderr. */
-function kiln(...args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    c.on('exit', (code) => resolve({ code, out, err }));
-  });
-}
 
 describe('parseArgs', () => {
   it('short flags -m -p -n -h are the long ones', () => {

@@ -1,23 +1,11 @@
 // `kiln generate` as a user runs it (tsx, cpu): the greedy continuation of the golden prompt, and
 // exactly the same text with speculative decoding (--draft brown-draft, --draft ngram).
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { kiln } from './kilnCli.js';
 import { brown } from './runtimeGolden.js';
 
-const ROOT = join(import.meta.dirname, '..');
 const DRAFT = '/work/shared/models/brown-draft';
-
-function kiln(...args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    c.on('exit', (code) => resolve({ code, out, err }));
-  });
-}
 
 describe('kiln generate', () => {
   const g = brown.target;
