@@ -57,13 +57,13 @@ export function makeWorkload(llm: LLM, n: number, rate: number, seed: number): R
 
 const quantile = (xs: number[], q: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(q * s.length))]!; };
 
-export interface ModeRow { mode: 'static' | 'continuous'; max_seqs: number; req_s: number; tok_s: number; p50_s: number; p99_s: number; ttft_p50_s: number; mean_batch: number }
+export interface ModeRow { mode: 'static' | 'continuous'; max_seqs: number; req_s: number; tok_s: number; p50_s: number; p99_s: number; ttft_p50_s: number; mean_batch: number; cpu_s_per_1k_tok: number }
 
 /** Run the workload through a fresh engine with `opts`; arrivals follow `at`. */
-export async function runWorkload(llm: LLM, reqs: Req[], opts: EngineOptions): Promise<{ results: RequestResult[]; wallS: number; meanBatch: number }> {
+export async function runWorkload(llm: LLM, reqs: Req[], opts: EngineOptions): Promise<{ results: RequestResult[]; wallS: number; cpuS: number; meanBatch: number }> {
   const e = createEngine(llm, opts);
   try {
-    const t0 = performance.now();
+    const t0 = performance.now(), c0 = process.cpuUsage();
     const pending: Promise<RequestResult>[] = [];
     for (const q of reqs) {
       const wait = t0 + q.at * 1000 - performance.now();
@@ -72,8 +72,11 @@ export async function runWorkload(llm: LLM, reqs: Req[], opts: EngineOptions): P
     }
     const results = await Promise.all(pending);
     const wallS = (performance.now() - t0) / 1000;
+    // CPU time of the whole process (workers included): on a shared box it moves far less with
+    // other load than wall time does.
+    const c = process.cpuUsage(c0), cpuS = (c.user + c.system) / 1e6;
     for (const x of results) if (x.finishReason !== 'length') throw new Error(`bench engine: request ${x.requestId} ended with ${x.finishReason} ${x.error ?? ''}`);
-    return { results, wallS, meanBatch: e.stats().meanBatchSize };
+    return { results, wallS, cpuS, meanBatch: e.stats().meanBatchSize };
   } finally {
     await e.close();
   }
@@ -85,6 +88,7 @@ function row(mode: ModeRow['mode'], maxSeqs: number, r: Awaited<ReturnType<typeo
   return {
     mode, max_seqs: maxSeqs, req_s: r.results.length / r.wallS, tok_s: toks / r.wallS,
     p50_s: quantile(lat, 0.5), p99_s: quantile(lat, 0.99), ttft_p50_s: quantile(ttft, 0.5), mean_batch: r.meanBatch,
+    cpu_s_per_1k_tok: (r.cpuS * 1000) / toks,
   };
 }
 
@@ -130,10 +134,10 @@ export async function main(args: string[]): Promise<void> {
     }
     const total = reqs.reduce((s, q) => s + q.maxTokens, 0);
     console.log(`\nengine: ${o.requests} requests (${total} output tokens), ${o.rate === Infinity ? 'all arriving at once' : `Poisson arrivals at ${o.rate} req/s`}; ${llm.source}; ${machine}\n`);
-    console.log('| mode | maxSeqs | req/s | output tok/s | P50 latency s | P99 latency s | P50 TTFT s | mean batch | req/s vs static |');
-    console.log('|---|---|---|---|---|---|---|---|---|');
+    console.log('| mode | maxSeqs | req/s | output tok/s | P50 latency s | P99 latency s | P50 TTFT s | mean batch | req/s vs static | CPU s / 1k tokens |');
+    console.log('|---|---|---|---|---|---|---|---|---|---|');
     for (const r of rows) {
-      console.log(`| ${r.mode} | ${r.max_seqs} | ${r.req_s.toFixed(2)} | ${r.tok_s.toFixed(1)} | ${r.p50_s.toFixed(2)} | ${r.p99_s.toFixed(2)} | ${r.ttft_p50_s.toFixed(2)} | ${r.mean_batch.toFixed(1)} | ${(r.req_s / rows[0]!.req_s).toFixed(2)}× |`);
+      console.log(`| ${r.mode} | ${r.max_seqs} | ${r.req_s.toFixed(2)} | ${r.tok_s.toFixed(1)} | ${r.p50_s.toFixed(2)} | ${r.p99_s.toFixed(2)} | ${r.ttft_p50_s.toFixed(2)} | ${r.mean_batch.toFixed(1)} | ${(r.req_s / rows[0]!.req_s).toFixed(2)}× | ${r.cpu_s_per_1k_tok.toFixed(1)} |`);
     }
     console.log('\n| concurrent sequences | aggregate decode tok/s | vs 1 |');
     console.log('|---|---|---|');
