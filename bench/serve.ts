@@ -17,7 +17,9 @@
 // AWQ checkpoint made by `kiln quantize --method awq` when that works, else --quant int4-rtn; the
 // table says which), speculative (continuous, f16, --draft), combined (continuous + INT4 + draft).
 // --max-seqs N caps the continuous configurations' sequences per step (kiln serve's default: 64).
-// cost_rel: machine-seconds per 1,000 output tokens relative to naive (= naive tok/s ÷ tok/s).
+// cost_rel: the server process's CPU-seconds per 1,000 output tokens at saturation relative to naive
+// (machine-seconds, measured from /proc so other load on a shared box does not count; wall-clock
+// naive tok/s ÷ tok/s off Linux).
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -112,6 +114,18 @@ async function startServe(args: string[]): Promise<Served> {
   return { child, url, log: () => err };
 }
 
+/** CPU seconds (user + system, all threads) the server process has used so far; NaN off Linux. */
+function cpuSeconds(s: Served): number {
+  try {
+    // /proc/PID/stat: fields 14 and 15 are utime and stime in clock ticks (100 per second on Linux).
+    const f = fs.readFileSync(`/proc/${s.child.pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 async function stopServe(s: Served): Promise<void> {
   if (s.child.exitCode !== null) return;
   const exited = new Promise<void>((r) => s.child.once('exit', () => r()));
@@ -164,7 +178,13 @@ async function runPhase(url: string, reqs: Req[], at: number[] | null): Promise<
 
 const quantile = (xs: number[], q: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(q * s.length))]!; };
 
-export interface Row { config: Config; req_s: number; p50_s: number; p99_s: number; ttft_p50_s: number; tok_s: number; cost_rel: number }
+export interface Row {
+  config: Config; req_s: number; p50_s: number; p99_s: number; ttft_p50_s: number; tok_s: number;
+  /** Relative to naive: CPU-seconds per 1,000 output tokens where measured (steadier on a shared box), else wall-clock. */
+  cost_rel: number;
+  /** The server's CPU-seconds per 1,000 output tokens at saturation, and wall-clock seconds per 1,000. */
+  cpu_s_per_1k: number; wall_s_per_1k: number;
+}
 
 // ---- configurations ---------------------------------------------------------------------------------
 
@@ -212,9 +232,11 @@ function markdown(rows: Row[], meta: { machine: string; date: string; requests: 
     `Throughput at saturation (all requests at once); latency under Poisson arrivals at ${f(meta.rate, 3)} req/s = 0.8 × naive's saturation throughput, the same for every row.`,
     `INT4 rows: ${meta.int4}. Speculative rows: drafter ${meta.draft}, k = ${meta.specK} (adaptive). Continuous rows: ${meta.maxSeqs ? `--max-seqs ${meta.maxSeqs}` : 'up to 64 sequences per step'}.`,
     '',
-    '| config | req/s | output tok/s | P50 latency (s) | P99 latency (s) | TTFT P50 (s) | cost / 1k tokens vs naive |',
-    '|---|---|---|---|---|---|---|',
-    ...rows.map((r) => `| ${r.config} | ${f(r.req_s)} | ${f(r.tok_s, 0)} | ${f(r.p50_s)} | ${f(r.p99_s)} | ${f(r.ttft_p50_s, 3)} | ${f(r.cost_rel)}× |`),
+    'Cost: the server process\'s CPU-seconds per 1,000 output tokens at saturation (steadier than wall-clock on a shared machine), relative to naive; wall-clock seconds per 1,000 tokens beside it.',
+    '',
+    '| config | req/s | output tok/s | P50 latency (s) | P99 latency (s) | TTFT P50 (s) | cost / 1k tokens vs naive | CPU-s / 1k tok | wall s / 1k tok |',
+    '|---|---|---|---|---|---|---|---|---|',
+    ...rows.map((r) => `| ${r.config} | ${f(r.req_s)} | ${f(r.tok_s, 0)} | ${f(r.p50_s)} | ${f(r.p99_s)} | ${f(r.ttft_p50_s, 3)} | ${f(r.cost_rel)}× | ${f(r.cpu_s_per_1k, 1)} | ${f(r.wall_s_per_1k, 1)} |`),
     '',
   ].join('\n');
 }
@@ -227,34 +249,37 @@ export async function main(args: string[]): Promise<void> {
   // Naive's saturation throughput sets the Poisson rate: measure it first (even when not listed).
   const order: Config[] = o.rate === undefined && !o.configs.includes('naive') ? ['naive', ...o.configs] : o.configs.includes('naive') ? ['naive', ...o.configs.filter((c) => c !== 'naive')] : o.configs;
   let rate = o.rate;
-  const raw = new Map<Config, { req_s: number; tok_s: number; lat: Timing[] }>();
+  const raw = new Map<Config, { req_s: number; tok_s: number; cpu_1k: number; lat: Timing[] }>();
   for (const c of order) {
     const s = await startServe([...configArgs(c, o, int4), '--device', o.device]);
     try {
       say(`${c}: ${s.url} (kiln serve ${configArgs(c, o, int4).join(' ')})`);
       // One short request first, so kernel compilation and first-touch are not in the numbers.
       await send(s.url, { prompt: reqs[0]!.prompt, maxTokens: 16, seed: 1 });
+      const cpu0 = cpuSeconds(s);
       const sat = await runPhase(s.url, reqs, null);
+      const cpuS = cpuSeconds(s) - cpu0;
       const tokens = sat.timings.reduce((n, t) => n + t.tokens, 0);
-      const req_s = reqs.length / sat.wallS, tok_s = tokens / sat.wallS;
-      say(`  saturation: ${req_s.toFixed(2)} req/s, ${tok_s.toFixed(0)} tok/s (${sat.wallS.toFixed(1)} s)`);
+      const req_s = reqs.length / sat.wallS, tok_s = tokens / sat.wallS, cpu_1k = (cpuS * 1000) / tokens;
+      say(`  saturation: ${req_s.toFixed(2)} req/s, ${tok_s.toFixed(0)} tok/s (${sat.wallS.toFixed(1)} s), ${cpu_1k.toFixed(1)} CPU-s per 1k tokens`);
       if (rate === undefined) { rate = 0.8 * req_s; say(`  Poisson rate for every configuration: 0.8 × ${req_s.toFixed(3)} = ${rate.toFixed(3)} req/s`); }
-      if (!o.configs.includes(c)) { raw.set(c, { req_s, tok_s, lat: [] }); continue; }
+      if (!o.configs.includes(c)) { raw.set(c, { req_s, tok_s, cpu_1k, lat: [] }); continue; }
       const lat = await runPhase(s.url, reqs, arrivals(reqs.length, rate, o.seed));
-      raw.set(c, { req_s, tok_s, lat: lat.timings });
+      raw.set(c, { req_s, tok_s, cpu_1k, lat: lat.timings });
       const p50 = quantile(lat.timings.map((t) => t.end - t.sent), 0.5) / 1000;
       say(`  Poisson ${rate.toFixed(3)} req/s: P50 ${p50.toFixed(2)} s`);
     } finally {
       await stopServe(s);
     }
   }
-  const naiveTok = raw.get('naive')?.tok_s;
+  const naive = raw.get('naive');
   const rows: Row[] = o.configs.map((c) => {
     const x = raw.get(c)!;
     const lat = x.lat.map((t) => (t.end - t.sent) / 1000), ttft = x.lat.map((t) => (t.first - t.sent) / 1000);
+    const cost = naive ? (Number.isFinite(x.cpu_1k) && Number.isFinite(naive.cpu_1k) ? x.cpu_1k / naive.cpu_1k : naive.tok_s / x.tok_s) : Number.NaN;
     return {
       config: c, req_s: x.req_s, p50_s: quantile(lat, 0.5), p99_s: quantile(lat, 0.99), ttft_p50_s: quantile(ttft, 0.5), tok_s: x.tok_s,
-      cost_rel: naiveTok ? naiveTok / x.tok_s : Number.NaN,
+      cost_rel: cost, cpu_s_per_1k: x.cpu_1k, wall_s_per_1k: 1000 / x.tok_s,
     };
   });
   const date = new Date().toISOString().slice(0, 10);
