@@ -4,7 +4,7 @@
 // compiled to one expression per component, so vector code stays scalar; so are the elements of
 // vector bindings (element i of a vecW binding is scalars W·i .. W·i + W − 1 of its typed array).
 import type { BinOp, Builtin, Expr, KernelIR, MathFn, UnOp } from '../dsl/ir.js';
-import { type DType, type Scalar, elemOf, isVec, widthOf } from '../dsl/types.js';
+import { type DType, type Scalar, byteSize, elemOf, isVec, widthOf } from '../dsl/types.js';
 import { f16BitsToF32, f32ToF16Bits, roundToF16 } from '../dsl/f16.js';
 
 export interface JsEmitOptions {
@@ -12,6 +12,24 @@ export interface JsEmitOptions {
   check?: boolean;
   /** Emulated subgroup size (default: the kernel's caps.subgroupSize, else 32). */
   subgroupSize?: number;
+  /**
+   * Profiling mode: every storage and workgroup-array access reports its index to the memory-access
+   * model (js-helpers.ts PROFILING), which puts per-site sector and wavefront counts in ctx.profile.
+   */
+  profile?: boolean;
+}
+
+/** A static load/store site of a profiled kernel, in the order the emitter met them. */
+export interface ProfileSite {
+  /** `array#n`: the n-th site (1-based) on that storage buffer or workgroup array. */
+  site: string;
+  space: 'global' | 'shared';
+  /** Atomics count as stores (a read-modify-write of the same bytes). */
+  kind: 'load' | 'store';
+  /** Bytes one invocation moves: element size × vector width. */
+  bytes: number;
+  /** Binding index (global) or workgroup-array index (shared). */
+  array: number;
 }
 
 // Host-side f16 conversion: the same code the kernels run (codegen/dsl/f16.ts).
@@ -51,6 +69,9 @@ export interface PrivInfo { name: string; js: string; t: Scalar; length: number;
 
 export abstract class JsExpressions {
   protected readonly check: boolean;
+  protected readonly profile: boolean;
+  /** Profiling mode: the sites instrumented so far (their ids index this list). */
+  readonly sites: ProfileSite[] = [];
   protected readonly sg: number;
   protected readonly wg: [number, number, number];
   /** Invocations per workgroup. */
@@ -72,6 +93,7 @@ export abstract class JsExpressions {
 
   constructor(protected readonly ir: KernelIR, opts: JsEmitOptions) {
     this.check = !!opts.check;
+    this.profile = !!opts.profile;
     this.sg = opts.subgroupSize ?? (ir.caps.subgroupSize > 0 ? ir.caps.subgroupSize : 32);
     if (!(this.sg >= 1 && this.sg <= 128 && (this.sg & (this.sg - 1)) === 0)) {
       throw new Error(`kernel '${ir.name}': emulated subgroup size ${this.sg} is not a power of two up to 128`);
@@ -309,16 +331,31 @@ export abstract class JsExpressions {
   protected sh(name: string) { return this.shared.get(name) ?? this.fail(`unknown workgroup array '${name}'`); }
   protected priv(name: string) { return this.privs.get(name) ?? this.fail(`unknown private array '${name}'`); }
 
+  /**
+   * In profiling mode, `index` wrapped so that the memory-access model sees it (a new static site);
+   * otherwise `index` itself. kind: 0 load, 1 store, 2 atomic.
+   */
+  protected profiled(space: 'storage' | 'workgroup', name: string, index: string, kind: 0 | 1 | 2): string {
+    if (!this.profile) return index;
+    const nth = this.sites.filter((x) => x.site.startsWith(`${name}#`)).length + 1;
+    const b = space === 'storage' ? this.buf(name) : undefined;
+    this.sites.push({
+      site: `${name}#${nth}${kind === 2 ? ' (atomic)' : ''}`, space: b ? 'global' : 'shared', kind: kind === 0 ? 'load' : 'store',
+      bytes: b ? byteSize(b.t as 'f32') * b.vec : 4, array: b ? b.id : this.sh(name).id,
+    });
+    return `$pf(${this.sites.length - 1}, ${index}, $li)`;
+  }
+
   /** `array[index]` for a load (kind 0) or store (kind 1), checked in checking mode. */
   protected ref(space: 'storage' | 'workgroup' | 'private', name: string, index: Expr, kind: 0 | 1): string {
     const idx = space === 'private' && this.priv(name).scalar ? '' : this.sc(index);
     if (space === 'storage') {
       const b = this.buf(name);
-      return `${b.js}[${this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx}]`;
+      return `${b.js}[${this.profiled(space, name, this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx, kind)}]`;
     }
     if (space === 'workgroup') {
       const s = this.sh(name);
-      return `${s.js}[${this.check ? `$ckW(${s.id}, ${idx}, $li, ${kind})` : idx}]`;
+      return `${s.js}[${this.profiled(space, name, this.check ? `$ckW(${s.id}, ${idx}, $li, ${kind})` : idx, kind)}]`;
     }
     const p = this.priv(name);
     if (p.scalar) {
@@ -335,7 +372,8 @@ export abstract class JsExpressions {
    */
   protected vectorRefs(name: string, index: Expr, kind: 0 | 1): string[] {
     const b = this.buf(name);
-    const [i] = this.materialize([this.sc(index)]);
+    // One request per element (W·size bytes per lane): the model sees the element index once.
+    const [i] = this.materialize([this.profiled('storage', name, this.sc(index), kind)]);
     return Array.from({ length: b.vec }, (_, c) => {
       const idx = `${i} * ${b.vec}${c ? ` + ${c}` : ''}`;
       return `${b.js}[${this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx}]`;

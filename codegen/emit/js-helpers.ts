@@ -175,6 +175,154 @@ export const CHECKING = {
   },
 };
 
+// Declared by a profiling-mode kernel (emit/js.ts profileState) around the profiling helpers.
+declare const $PF_N: number;
+declare const $PF_SITE: readonly (readonly [number, number, number])[];
+declare const $PF_CNT: Int32Array[];
+declare const $PF_LOG: Float64Array[];
+declare const $PF_MAX: Int32Array;
+declare const $pfLanes: Float64Array;
+declare const $pfTmp: Float64Array;
+declare const $pfBanks: Int32Array;
+declare const $pfOut: Float64Array;
+declare const $pfp: { totals: Float64Array; seen: (Uint8Array | undefined)[] };
+declare const $B: readonly ArrayBufferView[];
+declare function $pfGlobal(lanes: Float64Array, bytes: number, seen: Uint8Array | null, tmp: Float64Array, out: Float64Array): void;
+declare function $pfShared(lanes: Float64Array, bytes: number, tmp: Float64Array, banks: Int32Array, out: Float64Array): void;
+
+/**
+ * Profiling mode: a memory-access model of an NVIDIA GPU. Each static load/store site logs the
+ * element index of every execution, per invocation, numbered by instance (the n-th execution of
+ * the site by that invocation: loop iterations are separate requests). At the end of a workgroup,
+ * $pfFlush groups the log by warp (32 consecutive local indices) and instance — one warp request
+ * each — and adds per site to ctx.profile.totals (6 per site): requests, sectors, ideal sectors,
+ * wavefronts, ideal wavefronts, distinct bytes requested. ctx.profile.seen[binding] marks the
+ * 32-byte sectors of each buffer the launch touched (its DRAM footprint, a perfect L2 assumed).
+ * $pfGlobal and $pfShared use only their arguments (test/profile.test.ts calls them).
+ */
+export const PROFILING = {
+  // Log execution `instance` of site s by invocation li at element index i (returned unchanged).
+  $pf(s: number, i: number, li: number): number {
+    if (i >= 0) {
+      const cnt = $PF_CNT[s]!, k = cnt[li]!;
+      cnt[li] = k + 1;
+      let log = $PF_LOG[s]!;
+      const at = k * $PF_N + li;
+      if (at >= log.length) {
+        const grown = new Float64Array(Math.max(log.length * 2, at + $PF_N)).fill(-1);
+        grown.set(log);
+        $PF_LOG[s] = log = grown;
+      }
+      log[at] = i;
+      if (k >= ($PF_MAX[s] ?? 0)) $PF_MAX[s] = k + 1;
+    }
+    return i;
+  },
+  // One warp request to global memory: lanes[l] is lane l's byte address (-1: inactive), each lane
+  // moving `bytes`. out = [32-byte sectors touched, ceil(distinct bytes / 32), distinct bytes].
+  $pfGlobal(lanes: Float64Array, bytes: number, seen: Uint8Array | null, tmp: Float64Array, out: Float64Array): void {
+    let n = 0;
+    for (let l = 0; l < 32; l++) if (lanes[l]! >= 0) tmp[n++] = lanes[l]!;
+    // Insertion sort: lanes' addresses usually arrive nearly sorted.
+    for (let i = 1; i < n; i++) {
+      const v = tmp[i]!;
+      let j = i - 1;
+      while (j >= 0 && tmp[j]! > v) { tmp[j + 1] = tmp[j]!; j--; }
+      tmp[j + 1] = v;
+    }
+    let sectors = 0, distinct = 0, lastSector = -1, lastEnd = -1;
+    // Equal-length intervals sorted by start are sorted by end too: one sweep counts both unions.
+    for (let i = 0; i < n; i++) {
+      const a = tmp[i]!, end = a + bytes, s1 = Math.floor((end - 1) / 32);
+      for (let s = Math.max(Math.floor(a / 32), lastSector + 1); s <= s1; s++) {
+        sectors++;
+        if (seen && s < seen.length) seen[s] = 1;
+      }
+      if (s1 > lastSector) lastSector = s1;
+      distinct += Math.max(0, end - Math.max(a, lastEnd));
+      if (end > lastEnd) lastEnd = end;
+    }
+    out[0] = sectors; out[1] = Math.ceil(distinct / 32); out[2] = distinct;
+  },
+  // One warp request to shared memory (32 banks of 4-byte words). 32-bit accesses are served in one
+  // phase of 32 lanes, 64-bit in 2 phases of 16 lanes, 128-bit in 4 of 8: each phase takes as many
+  // wavefronts as the most distinct words any one bank holds (lanes reading one word share it: a
+  // broadcast). Ideal: ceil(distinct bytes of the phase / 128) per phase.
+  // out = [wavefronts, ideal wavefronts, distinct bytes].
+  $pfShared(lanes: Float64Array, bytes: number, tmp: Float64Array, banks: Int32Array, out: Float64Array): void {
+    const words = Math.max(1, Math.ceil(bytes / 4)), perPhase = Math.max(1, Math.floor(32 / words));
+    let wavefronts = 0, ideal = 0, distinctBytes = 0;
+    for (let p = 0; p < 32; p += perPhase) {
+      let n = 0;
+      for (let l = p; l < p + perPhase && l < 32; l++) {
+        const a = lanes[l]!;
+        if (a < 0) continue;
+        const w0 = Math.floor(a / 4);
+        for (let j = 0; j < words; j++) tmp[n++] = w0 + j;
+      }
+      if (n === 0) continue;
+      // Insertion sort: lanes' addresses usually arrive nearly sorted.
+      for (let i = 1; i < n; i++) {
+        const v = tmp[i]!;
+        let j = i - 1;
+        while (j >= 0 && tmp[j]! > v) { tmp[j + 1] = tmp[j]!; j--; }
+        tmp[j + 1] = v;
+      }
+      banks.fill(0);
+      let distinct = 0, most = 0;
+      for (let i = 0; i < n; i++) {
+        if (i > 0 && tmp[i] === tmp[i - 1]) continue;
+        distinct++;
+        const b = tmp[i]! % 32, c = banks[b]! + 1;
+        banks[b] = c;
+        if (c > most) most = c;
+      }
+      wavefronts += most;
+      ideal += Math.ceil((distinct * 4) / 128);
+      distinctBytes += distinct * 4;
+    }
+    out[0] = wavefronts; out[1] = ideal; out[2] = distinctBytes;
+  },
+  // End of a workgroup: count each site's warp requests into the totals, then clear its log.
+  $pfFlush(): void {
+    const T = $pfp.totals;
+    for (let s = 0; s < $PF_SITE.length; s++) {
+      const K = $PF_MAX[s] ?? 0;
+      if (K === 0) continue;
+      const [space, bytes, array] = $PF_SITE[s]!;
+      const log = $PF_LOG[s]!, o = s * 6;
+      let seen: Uint8Array | null = null;
+      if (space === 0) {
+        seen = $pfp.seen[array] ?? null;
+        if (!seen) $pfp.seen[array] = seen = new Uint8Array(Math.ceil(($B[array]?.byteLength ?? 0) / 32));
+      }
+      for (let k = 0; k < K; k++) {
+        for (let w = 0; w < $PF_N; w += 32) {
+          let any = false;
+          for (let l = 0; l < 32; l++) {
+            const v = w + l < $PF_N ? log[k * $PF_N + w + l]! : -1;
+            $pfLanes[l] = v < 0 ? -1 : v * bytes;
+            if (v >= 0) any = true;
+          }
+          if (!any) continue;
+          T[o] = T[o]! + 1;
+          if (space === 0) {
+            $pfGlobal($pfLanes, bytes, seen, $pfTmp, $pfOut);
+            T[o + 1] = T[o + 1]! + $pfOut[0]!; T[o + 2] = T[o + 2]! + $pfOut[1]!;
+          } else {
+            $pfShared($pfLanes, bytes, $pfTmp, $pfBanks, $pfOut);
+            T[o + 3] = T[o + 3]! + $pfOut[0]!; T[o + 4] = T[o + 4]! + $pfOut[1]!;
+          }
+          T[o + 5] = T[o + 5]! + $pfOut[2]!;
+        }
+      }
+      log.fill(-1, 0, K * $PF_N);
+      $PF_CNT[s]!.fill(0);
+      $PF_MAX[s] = 0;
+    }
+  },
+};
+
 /**
  * Function text may call esbuild's `__name(fn, name)` (tsx and other keepNames builds insert it
  * to preserve names): text that runs elsewhere gets this stand-in. `var`, so it may repeat.

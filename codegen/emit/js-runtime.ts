@@ -2,7 +2,7 @@
 // self-contained (a worker thread compiles it with `new Function`), so the emitter copies in the
 // helpers a kernel uses — the text of type-checked functions (js-helpers.ts, codegen/dsl/f16.ts).
 import { makeF16 } from '../dsl/f16.js';
-import { CHECKING, functionsText, KEEP_NAMES_SHIM, RUNTIME } from './js-helpers.js';
+import { CHECKING, functionsText, KEEP_NAMES_SHIM, PROFILING, RUNTIME } from './js-helpers.js';
 
 /** Helper name → its source and the helpers it needs. */
 export const HELPERS: Record<string, { deps: string[]; src: string }> = {
@@ -49,3 +49,6 @@ export function helperSource(names: Iterable<string>): string {
 /** Checking-mode runtime, emitted inside `make(ctx)` (js-helpers.ts CHECKING says what it checks). */
 export const CHECK_RUNTIME = `const $ACCESS = ['read', 'write', 'atomic access'];
 ${functionsText(CHECKING, ['$report', '$ckS', '$ckP', '$race', '$ckW', '$ckBarrier', '$ckSubgroup', '$ckShuffle'])}`;
+
+/** Profiling-mode runtime, emitted inside `make(ctx)` (js-helpers.ts PROFILING says what it counts). */
+export const PROFILE_RUNTIME = functionsText(PROFILING, ['$pf', '$pfGlobal', '$pfShared', '$pfFlush']);

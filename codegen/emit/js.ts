@@ -18,19 +18,29 @@ import type { Expr, KernelIR } from '../dsl/ir.js';
 import { type DType, elemOf, isVec, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import {
-  JsExpressions, type JsEmitOptions, KIND, SHARED_ARRAY, SPILL_ARRAY, XYZW, bare, jsId,
+  JsExpressions, type JsEmitOptions, KIND, type ProfileSite, SHARED_ARRAY, SPILL_ARRAY, XYZW, bare, jsId,
 } from './js-expr.js';
 import {
   type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
 } from './js-lower.js';
-import { CHECK_RUNTIME, helperSource } from './js-runtime.js';
+import { CHECK_RUNTIME, PROFILE_RUNTIME, helperSource } from './js-runtime.js';
 
-export type { JsEmitOptions } from './js-expr.js';
+export type { JsEmitOptions, ProfileSite } from './js-expr.js';
 export { f16BitsToF32, f32ToF16Bits } from './js-expr.js';
 
 /** Source text of the workgroup function for `ir` (see the file header for how to call it). */
 export function emitJS(ir: KernelIR, opts: JsEmitOptions = {}): string {
   return new JsEmitter(ir, opts).emit();
+}
+
+/**
+ * emitJS in profiling mode, with the static sites its `$pf` calls number. make(ctx) sets
+ * ctx.profile (see PROFILING in js-helpers.ts) and each workgroup adds its counts there.
+ */
+export function emitProfiledJS(ir: KernelIR, opts: JsEmitOptions = {}): { source: string; sites: ProfileSite[] } {
+  const e = new JsEmitter(ir, { ...opts, profile: true });
+  const source = e.emit();
+  return { source, sites: e.sites };
 }
 
 interface RegionCtx {
@@ -248,6 +258,7 @@ class JsEmitter extends JsExpressions {
         i = s.space === 'storage' ? `$ckS(${this.buf(s.name).id}, ${arr}, ${i}, $li, 2)` : `$ckW(${this.sh(s.name).id}, ${i}, $li, 2)`;
         i = this.materialize([i])[0]!;
       }
+      if (this.profile) i = this.materialize([this.profiled(s.space, s.name, i, 2)])[0]!;
       const v = this.sc(s.value);
       let call: string;
       switch (s.op) {
@@ -470,6 +481,7 @@ class JsEmitter extends JsExpressions {
     if (helpers) lines.push(helpers);
     lines.push('return function make($ctx) {');
     if (this.check) lines.push(...this.checkState().map((l) => '  ' + l));
+    if (this.profile) lines.push(...this.profileState().map((l) => '  ' + l));
     for (const s of ir.shared) {
       lines.push(`  const ${jsId(s.name)} = new ${SHARED_ARRAY[s.t]}(${s.length}); // workgroup memory`);
     }
@@ -482,8 +494,24 @@ class JsEmitter extends JsExpressions {
     lines.push('    $B = $buffers; $U = $uniforms;');
     if (this.check) lines.push(`    $wid = '(' + $wgX + ',' + $wgY + ',' + $wgZ + ')'; $epoch++;`);
     for (const s of ir.shared) lines.push(`    ${jsId(s.name)}.fill(0);`);
-    lines.push(...code, '  };', '};', '');
+    lines.push(...code);
+    if (this.profile) lines.push('    $pfFlush(); // the memory-access model counts this workgroup\'s requests');
+    lines.push('  };', '};', '');
     return lines.join('\n');
+  }
+
+  /** Profiling state: per site its static facts, per-invocation instance counters and index log. */
+  private profileState(): string[] {
+    const n = this.n, S = this.sites.length;
+    const facts = this.sites.map((s) => `[${s.space === 'global' ? 0 : 1}, ${s.bytes}, ${s.array}]`);
+    return [
+      `const $PF_N = ${n}, $PF_SITE = [${facts.join(', ')}];`,
+      `const $PF_CNT = [${Array.from({ length: S }, () => `new Int32Array(${n})`).join(', ')}];`,
+      `const $PF_LOG = [${Array.from({ length: S }, () => `new Float64Array(${n * 4}).fill(-1)`).join(', ')}];`,
+      `const $PF_MAX = new Int32Array(${S}), $pfLanes = new Float64Array(32), $pfTmp = new Float64Array(128), $pfBanks = new Int32Array(32), $pfOut = new Float64Array(3);`,
+      `const $pfp = $ctx.profile = { totals: new Float64Array(${S * 6}), seen: [] };`,
+      ...PROFILE_RUNTIME.split('\n'),
+    ];
   }
 
   private checkState(): string[] {
@@ -513,7 +541,7 @@ class JsEmitter extends JsExpressions {
       `// workgroup: ${X}x${Y}x${Z} (${this.n} invocations); grid: ${ir.gridDoc || '(see the kernel)'}`,
       `// bindings: ${ir.buffers.map((b) => `${b.key}: ${b.vec > 1 ? `vec${b.vec}<${b.t}>` : b.t} ${b.access}${b.atomic ? ' atomic' : ''}`).join(', ') || 'none'}`,
       `// uniforms: ${ir.uniforms.map((u) => `${u.key}: ${u.t}`).join(', ') || 'none'}`,
-      `// checking: ${this.check ? 'on' : 'off'}; subgroup size ${this.sg}`,
+      `// checking: ${this.check ? 'on' : 'off'}; subgroup size ${this.sg}${this.profile ? '; profiling: on' : ''}`,
     ];
     return lines.map((l) => l.replace(/[\r\n\u2028\u2029]+/g, ' '));
   }

@@ -9,6 +9,8 @@ export interface DeviceOptions {
   workers?: number;
   /** cpu: report out-of-bounds accesses and shared-memory races (also env KILN_CHECK=1). */
   check?: boolean;
+  /** cpu: profiling mode — a GPU memory-access model per launch (see takeLaunchProfiles in cpu/index.ts). */
+  profile?: boolean;
   /** webgpu: accept a software adapter (llvmpipe). Default true when webgpu is asked for by name. */
   allowSoftware?: boolean;
 }

@@ -5,7 +5,8 @@ import { createHash } from 'node:crypto';
 import os from 'node:os';
 import type { Kernel } from '../../../codegen/dsl/builder.js';
 import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
-import { emitJS } from '../../../codegen/emit/js.js';
+import type { KernelIR } from '../../../codegen/dsl/ir.js';
+import { emitJS, emitProfiledJS, type ProfileSite } from '../../../codegen/emit/js.js';
 import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
 import type { Device, DeviceBuffer, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
@@ -44,8 +45,34 @@ class CpuBuffer extends BackendBuffer {
   }
 }
 
+/** One static load/store site's counts over a launch (profiling mode). */
+export interface SiteProfile {
+  site: string; space: 'global' | 'shared'; kind: 'load' | 'store';
+  /** Bytes one invocation moves per execution (element size × vector width). */
+  bytesPerLane: number;
+  /** Warp requests: one per warp (32 consecutive local indices) and instance with a lane active. */
+  requests: number;
+  /** Global: 32-byte sectors touched, and the minimum for the bytes requested (0 for shared sites). */
+  sectors: number; ideal_sectors: number;
+  /** Shared: wavefronts, and the conflict-free minimum (0 for global sites). */
+  wavefronts: number; ideal_wavefronts: number;
+  /** Distinct bytes the requests asked for (summed over requests). */
+  bytes: number;
+}
+/** A launch seen by a profiling-mode device: its kernel, grid and per-site memory-access counts. */
+export interface LaunchProfile {
+  kernel: string; ir: KernelIR; grid: [number, number, number]; sites: SiteProfile[];
+  /** Sector traffic (32 × sectors of every global site): bytes between L2 and the SMs. */
+  sectorBytes: number;
+  /** Distinct 32-byte sectors of each buffer the launch touched, × 32: its DRAM footprint. */
+  dramBytes: number;
+}
+
 interface Compiled {
   name: string; key: string; source: string; invocations: number;
+  ir: KernelIR;
+  /** Profiling mode: the sites the source's `$pf` calls number. */
+  sites?: ProfileSite[];
   /** Measured nanoseconds per workgroup (moving average), to decide where the next launch runs. */
   nsPerWorkgroup?: number;
 }
@@ -58,6 +85,9 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   readonly description: string;
   readonly profile: DeviceProfile;
   private readonly check: boolean;
+  readonly profiling: boolean;
+  /** Profiling mode: launches run since the last takeLaunchProfiles. */
+  readonly launches: LaunchProfile[] = [];
   private readonly pool: WorkerPool | null;
   private readonly compiled = new WeakMap<Kernel, Compiled>();
   private readonly inlineKernels = new Map<string, WorkerKernel>();
@@ -71,9 +101,11 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     const workers = opts.workers ?? os.availableParallelism();
     if (!Number.isInteger(workers) || workers < 0) throw new Error(`cpu device: workers must be a whole number ≥ 0, not ${workers}`);
     this.check = opts.check ?? process.env.KILN_CHECK === '1';
-    this.pool = workers > 0 ? new WorkerPool(workers) : null;
-    const threads = workers > 0 ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
-    this.description = `cpu (${threads}${this.check ? ', checking' : ''})`;
+    this.profiling = !!opts.profile;
+    // Profiled launches run on the main thread, where their counts are read (no worker replies).
+    this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers) : null;
+    const threads = this.pool ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
+    this.description = `cpu (${threads}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
     this.profile = { software: true, parallelism: 1024 * os.availableParallelism() };
@@ -138,9 +170,11 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private compile(kernel: Kernel): Compiled {
     let c = this.compiled.get(kernel);
     if (!c) {
-      const source = emitJS(kernel.ir, { check: this.check });
+      const p = this.profiling ? emitProfiledJS(kernel.ir, { check: this.check }) : undefined;
+      const source = p?.source ?? emitJS(kernel.ir, { check: this.check });
       const [x, y, z] = kernel.ir.workgroupSize;
-      c = { name: kernel.ir.name, source, key: createHash('sha1').update(source).digest('hex').slice(0, 20), invocations: x * y * z };
+      c = { name: kernel.ir.name, source, ir: kernel.ir, key: createHash('sha1').update(source).digest('hex').slice(0, 20), invocations: x * y * z };
+      if (p) c.sites = p.sites;
       this.compiled.set(kernel, c);
     }
     return c;
@@ -161,6 +195,26 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       this.error = null;
       throw e;
     }
+  }
+
+  /** Read (and reset) the counts the inline run of a profiled launch left in its kernel's ctx. */
+  private collectProfile(c: Compiled, grid: [number, number, number]): void {
+    const counts = this.inlineKernels.get(c.key)?.ctx.profile;
+    if (!counts) return; // it failed to compile: the launch reports that
+    const T = counts.totals;
+    const sites: SiteProfile[] = c.sites!.map((s, i) => ({
+      site: s.site, space: s.space, kind: s.kind, bytesPerLane: s.bytes,
+      requests: T[i * 6]!, sectors: T[i * 6 + 1]!, ideal_sectors: T[i * 6 + 2]!,
+      wavefronts: T[i * 6 + 3]!, ideal_wavefronts: T[i * 6 + 4]!, bytes: T[i * 6 + 5]!,
+    }));
+    let footprint = 0;
+    for (const seen of counts.seen) if (seen) for (let i = 0; i < seen.length; i++) footprint += seen[i]!;
+    this.launches.push({
+      kernel: c.name, ir: c.ir, grid: [...grid], sites,
+      sectorBytes: 32 * sites.reduce((a, s) => a + s.sectors, 0), dramBytes: 32 * footprint,
+    });
+    T.fill(0);
+    counts.seen = [];
   }
 
   private measured(c: Compiled, ms: number, workgroups: number): void {
@@ -191,6 +245,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       replies = await this.pool!.run(job, c.source, workers);
       this.measured(c, replies.reduce((s, r) => s + r.busyMs, 0), total);
     }
+    if (c.sites) this.collectProfile(c, grid);
     const failed = replies.find((r) => r.error !== undefined);
     if (failed) throw new KernelRunError(c.name, failed.error!);
     const count = replies.reduce((s, r) => s + r.count, 0);
@@ -199,6 +254,14 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       throw new KernelCheckError(c.name, findings, count);
     }
   }
+}
+
+/** Profiling mode: take (and clear) the launches the device has profiled; run them first (sync). */
+export function takeLaunchProfiles(device: Device): LaunchProfile[] {
+  if (!(device instanceof CpuDevice) || !device.profiling) {
+    throw new Error(`takeLaunchProfiles: '${device.description}' is not a profiling cpu device (createDevice('cpu', { profile: true }))`);
+  }
+  return device.launches.splice(0);
 }
 
 export async function createCpuDevice(opts: DeviceOptions = {}): Promise<Device> {

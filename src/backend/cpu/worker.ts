@@ -29,9 +29,12 @@ export interface JobReply {
   busyMs: number;
 }
 
+/** What a profiling-mode kernel accumulates (PROFILING in codegen/emit/js-helpers.ts). */
+export interface KernelProfileCounts { totals: Float64Array; seen: (Uint8Array | undefined)[] }
+
 /** A kernel as a worker holds it: compiled once per key (or the reason it did not compile). */
 export interface WorkerKernel {
-  ctx: { findings: string[]; keys: Set<string>; count: number; limit: number };
+  ctx: { findings: string[]; keys: Set<string>; count: number; limit: number; profile?: KernelProfileCounts };
   run?: (x: number, y: number, z: number, gx: number, gy: number, gz: number, bufs: ArrayBufferView[], uniforms: number[]) => void;
   compileError?: string;
 }

@@ -1,0 +1,153 @@
+// Profiling mode of the CPU executor: the memory-access model counts planted access patterns with
+// known answers — coalesced and strided global loads, vector loads, shared-memory bank conflicts,
+// padding and broadcast — and the counting functions split 64- and 128-bit shared accesses into
+// phases as NVIDIA hardware does.
+import { afterAll, describe, expect, it } from 'vitest';
+import { type Bindings, type Kernel, kernel, storage } from '../codegen/dsl/index.js';
+import type { StorageType } from '../codegen/dsl/types.js';
+import { emitJS } from '../codegen/emit/js.js';
+import { PROFILING } from '../codegen/emit/js-helpers.js';
+import { createCpuDevice, type LaunchProfile, type SiteProfile, takeLaunchProfiles } from '../src/backend/cpu/index.js';
+import type { DeviceBuffer, HostArray } from '../src/backend/device.js';
+
+const dev = await createCpuDevice({ profile: true });
+afterAll(() => dev.destroy());
+
+/** Launch once on the profiling device; the launch's profile. */
+async function profile(k: Kernel<any, any>, data: Record<string, HostArray<StorageType>>): Promise<LaunchProfile> {
+  const bufs: Record<string, DeviceBuffer> = {};
+  for (const [name, spec] of Object.entries(k.bindings as Bindings)) {
+    bufs[name] = dev.alloc(spec.t, data[name]!.length, name);
+    dev.write(bufs[name]!, data[name]!);
+  }
+  dev.launch(k, bufs as never, {} as never);
+  await dev.sync();
+  for (const b of Object.values(bufs)) dev.free(b);
+  const launches = takeLaunchProfiles(dev);
+  expect(launches.length).toBe(1);
+  return launches[0]!;
+}
+function site(p: LaunchProfile, name: string): SiteProfile {
+  const s = p.sites.find((x) => x.site === name);
+  if (!s) throw new Error(`no site '${name}' in ${p.sites.map((x) => x.site).join(', ')}`);
+  return s;
+}
+
+/** out[li] = x[li · stride] over one workgroup of 64 invocations (2 warps). */
+function strided(stride: number) {
+  return kernel({
+    name: `stride${stride}`, workgroupSize: 64, grid: () => 1,
+    bindings: { x: storage('f32', 'read'), out: storage('f32', 'read_write') }, uniforms: {},
+    body(k, { x, out }) {
+      out.set(k.localIndex, x.at(k.localIndex.mul(stride)));
+    },
+  });
+}
+
+describe('global memory: 32-byte sectors per warp request', () => {
+  it('stride-1 f32 loads: 4 sectors per request (ideal)', async () => {
+    const p = await profile(strided(1), { x: new Float32Array(64), out: new Float32Array(64) });
+    const x = site(p, 'x#1');
+    expect(x).toMatchObject({ space: 'global', kind: 'load', requests: 2, sectors: 8, ideal_sectors: 8, bytes: 256 });
+    expect(site(p, 'out#1')).toMatchObject({ kind: 'store', requests: 2, sectors: 8, ideal_sectors: 8 });
+    expect(p.dramBytes).toBe(512);
+  });
+
+  it('stride-32 f32 loads: 32 sectors per request, 4 ideal', async () => {
+    const p = await profile(strided(32), { x: new Float32Array(64 * 32), out: new Float32Array(64) });
+    expect(site(p, 'x#1')).toMatchObject({ requests: 2, sectors: 64, ideal_sectors: 8 });
+    expect(p.sectorBytes).toBe(32 * (64 + 8));
+  });
+
+  it('vec4 loads: one 16-byte request per lane, 16 sectors per warp request (ideal)', async () => {
+    const k = kernel({
+      name: 'vec4Copy', workgroupSize: 32, grid: () => 1,
+      bindings: { x: storage('f32', 'read', { vec: 4 }), out: storage('f32', 'read_write', { vec: 4 }) }, uniforms: {},
+      body(k, { x, out }) {
+        out.set(k.localIndex, x.at(k.localIndex));
+      },
+    });
+    const p = await profile(k, { x: new Float32Array(128), out: new Float32Array(128) });
+    expect(site(p, 'x#1')).toMatchObject({ bytesPerLane: 16, requests: 1, sectors: 16, ideal_sectors: 16 });
+    expect(site(p, 'out#1')).toMatchObject({ requests: 1, sectors: 16, ideal_sectors: 16 });
+  });
+
+  it('loop iterations are separate requests (instances); an inactive warp makes none', async () => {
+    const k = kernel({
+      name: 'loopSum', workgroupSize: 64, grid: () => 1,
+      bindings: { x: storage('f32', 'read'), out: storage('f32', 'read_write') }, uniforms: {},
+      body(k, { x, out }) {
+        const acc = k.var('acc', 'f32', 0);
+        k.if(k.localIndex.lt(32), () => {
+          k.for('i', k.localIndex, 128, (i) => { k.assign(acc, acc.add(x.at(i))); }, 32);
+        });
+        out.set(k.localIndex, acc);
+      },
+    });
+    const p = await profile(k, { x: new Float32Array(128), out: new Float32Array(64) });
+    expect(site(p, 'x#1')).toMatchObject({ requests: 4, sectors: 16, ideal_sectors: 16 });
+  });
+});
+
+/** Shared memory: write tile[li · stride] (or word 0 for a broadcast read), barrier, read it back. */
+function sharedPattern(name: string, stride: number, broadcast = false) {
+  return kernel({
+    name, workgroupSize: 32, grid: () => 1,
+    bindings: { x: storage('f32', 'read'), out: storage('f32', 'read_write') }, uniforms: {},
+    body(k, { x, out }) {
+      const tile = k.shared('tile', 'f32', 32 * stride);
+      tile.set(k.localIndex.mul(stride), x.at(k.localIndex));
+      k.barrier();
+      out.set(k.localIndex, tile.at(broadcast ? k.localIndex.mul(0) : k.localIndex.mul(stride)));
+    },
+  });
+}
+
+describe('shared memory: wavefronts per warp request', () => {
+  const data = () => ({ x: new Float32Array(32), out: new Float32Array(32) });
+  it('stride-32 words: a 32-way bank conflict (32 wavefronts, 1 ideal)', async () => {
+    const p = await profile(sharedPattern('sharedStride32', 32), data());
+    expect(site(p, 'tile#1')).toMatchObject({ space: 'shared', kind: 'store', requests: 1, wavefronts: 32, ideal_wavefronts: 1 });
+    expect(site(p, 'tile#2')).toMatchObject({ kind: 'load', requests: 1, wavefronts: 32, ideal_wavefronts: 1 });
+  });
+  it('padded rows (stride 33): conflict-free', async () => {
+    const p = await profile(sharedPattern('sharedStride33', 33), data());
+    expect(site(p, 'tile#1')).toMatchObject({ wavefronts: 1, ideal_wavefronts: 1 });
+    expect(site(p, 'tile#2')).toMatchObject({ wavefronts: 1, ideal_wavefronts: 1 });
+  });
+  it('a broadcast (every lane reads one word): 1 wavefront', async () => {
+    const p = await profile(sharedPattern('sharedBroadcast', 2, true), data());
+    expect(site(p, 'tile#1')).toMatchObject({ wavefronts: 2, ideal_wavefronts: 1 }); // stride 2: 2-way
+    expect(site(p, 'tile#2')).toMatchObject({ wavefronts: 1, ideal_wavefronts: 1, bytes: 4 });
+  });
+});
+
+describe('the counting functions', () => {
+  const tmp = new Float64Array(128), banks = new Int32Array(32), out = new Float64Array(3);
+  const lanes = (f: (l: number) => number) => Float64Array.from({ length: 32 }, (_, l) => f(l));
+  it('64-bit shared accesses: 2 phases of 16 lanes', () => {
+    PROFILING.$pfShared(lanes((l) => 8 * l), 8, tmp, banks, out);
+    expect([...out]).toEqual([2, 2, 256]);
+    // A 16-byte lane stride puts lanes l and l + 8 of a phase on the same banks: 2-way per phase.
+    PROFILING.$pfShared(lanes((l) => 16 * l), 8, tmp, banks, out);
+    expect([...out]).toEqual([4, 2, 256]);
+  });
+  it('128-bit shared accesses: 4 phases of 8 lanes', () => {
+    PROFILING.$pfShared(lanes((l) => 16 * l), 16, tmp, banks, out);
+    expect([...out]).toEqual([4, 4, 512]);
+    PROFILING.$pfShared(lanes((l) => 32 * l), 16, tmp, banks, out); // 2-way in each phase
+    expect([...out]).toEqual([8, 4, 512]);
+  });
+  it('inactive lanes and misaligned global requests', () => {
+    PROFILING.$pfGlobal(lanes((l) => (l < 8 ? 4 * l : -1)), 4, null, tmp, out);
+    expect([...out]).toEqual([1, 1, 32]);
+    PROFILING.$pfGlobal(lanes((l) => 16 + 4 * l), 4, null, tmp, out); // 128 bytes across 5 sectors
+    expect([...out]).toEqual([5, 4, 128]);
+  });
+});
+
+it('normal (non-profiling) kernels carry no instrumentation', () => {
+  const ir = strided(1).ir;
+  expect(emitJS(ir)).not.toContain('$pf');
+  expect(emitJS(ir, { profile: true })).toContain('$pf(0, ');
+});
