@@ -23,6 +23,7 @@ const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
   kiln serve [--model DIR] [--port 8000]      OpenAI-compatible HTTP server (kiln serve --help for all)
   kiln bench <name> [...]                     benchmarks (dsl, int4, attention, accept, generate, ...)
   kiln tune <kernel> --device D --shape ...   time kernel variants, write the variant cache
+  kiln profile <family> [--shape K=..,N=..]   GPU memory-access model on the CPU: sectors, bank conflicts, occupancy
   kiln codegen ...                            ahead-of-time WGSL / CUDA (kiln codegen --help)
 
   kiln <command> --help (or -h) lists a command's options and their defaults.
@@ -276,6 +277,7 @@ async function main(argv: string[]): Promise<void> {
     case 'quantize': { await (await import('./quant/quantize.js')).quantizeCommand(parseArgs(rest, ['force', 'help', 'paper-scales', 'no-clip', 'module-loss']), progressBar('quantizing')); return; }
     case 'tune': return (await import('./tune.js')).tuneCommand(parseArgs(rest, ['force']));
     case 'serve': return (await import('./server/command.js')).serveCommand(rest);
+    case 'profile': return (await import('./profile.js')).profileCommand(rest);
     default: throw new Error(`kiln: unknown command '${cmd}'\n${HELP}`);
   }
 }
