@@ -9,6 +9,7 @@ import { emitJS } from '../codegen/emit/js.js';
 import { PROFILING } from '../codegen/emit/js-helpers.js';
 import { createCpuDevice, type LaunchProfile, type SiteProfile, takeLaunchProfiles } from '../src/backend/cpu/index.js';
 import type { DeviceBuffer, HostArray } from '../src/backend/device.js';
+import { formatReport, occupancy, parsePtxas, profileFamily } from '../src/profile.js';
 
 const dev = await createCpuDevice({ profile: true });
 afterAll(() => dev.destroy());
@@ -150,4 +151,43 @@ it('normal (non-profiling) kernels carry no instrumentation', () => {
   const ir = strided(1).ir;
   expect(emitJS(ir)).not.toContain('$pf');
   expect(emitJS(ir, { profile: true })).toContain('$pf(0, ');
+});
+
+describe('kiln profile on real kernels', () => {
+  it('rmsNorm: each row read once, coalesced; the table names every site', async () => {
+    const r = await profileFamily('rmsNorm', { M: 2, D: 1024 }, 'h100', { nvcc: false });
+    expect(r.kernels.map((k) => k.name)).toEqual(['rmsNorm']);
+    const k = r.kernels[0]!;
+    const x = k.sites.find((s) => s.site === 'x#1')!;
+    // 2 rows × 1024 f32 = 8 KB in 32-lane requests of 128 bytes: 256 sectors, all of them needed.
+    expect(x).toMatchObject({ space: 'global', kind: 'load', sectors: 256, ideal_sectors: 256 });
+    expect(k.bytes).toBe(3 * 8192 - 4096); // x and out (2 rows) plus the weight once
+    expect(k.roofline_us).toBeCloseTo((k.bytes / 3.35e12) * 1e6, 6);
+    for (const s of k.sites) {
+      expect(s.requests).toBeGreaterThan(0);
+      expect(s.sectors).toBeGreaterThanOrEqual(s.ideal_sectors);
+      expect(s.wavefronts).toBeGreaterThanOrEqual(s.ideal_wavefronts);
+    }
+    const table = formatReport(r);
+    expect(table).toContain('kernel rmsNorm: grid');
+    for (const s of k.sites) expect(table).toContain(s.site);
+  });
+
+  it('int4Linear: every weight byte is fetched, no site below its ideal', async () => {
+    const r = await profileFamily('int4Linear', { K: 256, N: 256 }, 'h200', { nvcc: false });
+    const sites = r.kernels.flatMap((k) => k.sites);
+    const qweight = sites.filter((s) => s.site.startsWith('qweight#'));
+    expect(qweight.length).toBeGreaterThan(0);
+    expect(qweight.reduce((a, s) => a + s.ideal_sectors, 0)).toBe((256 * 256) / 2 / 32); // 4 bits per weight
+    for (const s of sites) expect(s.sectors).toBeGreaterThanOrEqual(s.ideal_sectors);
+    expect(() => JSON.stringify({ kernels: r.kernels })).not.toThrow();
+  });
+
+  it('occupancy from registers, threads and shared memory (sm_90)', () => {
+    expect(occupancy(32, 126, 0, 128, 132)).toMatchObject({ ctasPerSM: 16, limit: 'registers', occupancy: 0.25 });
+    expect(occupancy(256, 32, 0, 1000, 132)).toMatchObject({ ctasPerSM: 8, occupancy: 1 });
+    expect(occupancy(128, 32, 100 * 1024, 1000, 132)).toMatchObject({ ctasPerSM: 2, limit: 'shared memory', occupancy: 0.125 });
+    expect(parsePtxas("ptxas info    : Compiling entry function 'k' for 'sm_90a'\nptxas info    : Function properties for k\n    0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\nptxas info    : Used 40 registers").get('k'))
+      .toEqual({ registers: 40, spillStores: 8, spillLoads: 4 });
+  });
 });
