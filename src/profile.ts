@@ -289,7 +289,8 @@ const HELP = `kiln profile — GPU efficiency without a GPU: a memory-access mod
 
   kiln profile <family> [--shape K=4096,N=4096] [--device-model h100|h200] [--json] [--no-nvcc]
 
-  families: ${Object.keys(FAMILIES).join(', ')}
+  families (--shape keys with their defaults):
+${Object.entries(FAMILIES).map(([n, f]) => `    ${n.padEnd(17)} ${Object.entries(f.defaults).map(([k, v]) => `${k}=${v}`).join(',')}\n      ${f.about}`).join('\n')}
   Per kernel launched: per load/store site the warp requests, global 32-byte sectors vs the ideal,
   shared-memory wavefronts vs conflict-free; bytes (DRAM footprint), registers and spills from
   ptxas (where nvcc exists), occupancy and a roofline estimate for the card (default h200).
