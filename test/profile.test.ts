@@ -10,6 +10,7 @@ import { PROFILING } from '../codegen/emit/js-helpers.js';
 import { createCpuDevice, type LaunchProfile, type SiteProfile, takeLaunchProfiles } from '../src/backend/cpu/index.js';
 import type { DeviceBuffer, HostArray } from '../src/backend/device.js';
 import { formatReport, occupancy, parsePtxas, profileFamily } from '../src/profile.js';
+import { kiln } from './kilnCli.js';
 
 const dev = await createCpuDevice({ profile: true });
 afterAll(() => dev.destroy());
@@ -190,4 +191,17 @@ describe('kiln profile on real kernels', () => {
     expect(parsePtxas("ptxas info    : Compiling entry function 'k' for 'sm_90a'\nptxas info    : Function properties for k\n    0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\nptxas info    : Used 40 registers").get('k'))
       .toEqual({ registers: 40, spillStores: 8, spillLoads: 4 });
   });
+});
+
+describe('kiln profile (the command)', () => {
+  it('--json prints the kernels with their sites; errors name the problem', async () => {
+    const r = await kiln('profile', 'rmsNorm', '--shape', 'M=1,D=512', '--device-model', 'h100', '--json', '--no-nvcc');
+    expect(r.code, r.err).toBe(0);
+    const j = JSON.parse(r.out) as { kernels: { name: string; bytes: number; sites: { site: string; space: string; kind: string; requests: number; sectors: number; ideal_sectors: number; wavefronts: number; ideal_wavefronts: number }[]; registers: number | null; occupancy: number | null }[] };
+    expect(j.kernels[0]).toMatchObject({ name: 'rmsNorm', bytes: 3 * 2048, registers: null, occupancy: null });
+    expect(Object.keys(j.kernels[0]!.sites[0]!).sort()).toEqual(['ideal_sectors', 'ideal_wavefronts', 'kind', 'requests', 'sectors', 'site', 'space', 'wavefronts']);
+    const bad = await kiln('profile', 'rmsNorm', '--shape', 'Q=3');
+    expect(bad.code).toBe(1);
+    expect(bad.err).toContain("unknown shape key 'Q'");
+  }, 60_000);
 });
