@@ -7,7 +7,7 @@ import { type Bindings, type Kernel, kernel, storage } from '../codegen/dsl/inde
 import type { StorageType } from '../codegen/dsl/types.js';
 import { emitJS } from '../codegen/emit/js.js';
 import { PROFILING } from '../codegen/emit/js-helpers.js';
-import { createCpuDevice, type LaunchProfile, type SiteProfile, takeLaunchProfiles } from '../src/backend/cpu/index.js';
+import { CPU_CAPS, createCpuDevice, type LaunchProfile, type SiteProfile, takeLaunchProfiles } from '../src/backend/cpu/index.js';
 import type { DeviceBuffer, HostArray } from '../src/backend/device.js';
 import { formatReport, occupancy, parsePtxas, profileFamily } from '../src/profile.js';
 import { kiln } from './kilnCli.js';
@@ -121,6 +121,67 @@ describe('shared memory: wavefronts per warp request', () => {
     const p = await profile(sharedPattern('sharedBroadcast', 2, true), data());
     expect(site(p, 'tile#1')).toMatchObject({ wavefronts: 2, ideal_wavefronts: 1 }); // stride 2: 2-way
     expect(site(p, 'tile#2')).toMatchObject({ wavefronts: 1, ideal_wavefronts: 1, bytes: 4 });
+  });
+});
+
+describe('instances, element sizes and checking mode', () => {
+  it('a site in a loop with barriers: one request per iteration and warp', async () => {
+    const k = kernel({
+      name: 'barrierLoop', workgroupSize: 64, grid: () => 1,
+      bindings: { x: storage('f32', 'read'), out: storage('f32', 'read_write') }, uniforms: {},
+      body(k, { x, out }) {
+        const tile = k.shared('tile', 'f32', 64 * 32);
+        const acc = k.var('acc', 'f32', 0);
+        k.for('it', k.u32(0), k.u32(3), () => {
+          tile.set(k.localIndex.mul(32), x.at(k.localIndex));
+          k.barrier();
+          k.assign(acc, acc.add(tile.at(k.localIndex.bxor(1).mul(32))));
+          k.barrier();
+        });
+        out.set(k.localIndex, acc);
+      },
+    });
+    const p = await profile(k, { x: new Float32Array(64), out: new Float32Array(64) });
+    expect(site(p, 'tile#1')).toMatchObject({ requests: 6, wavefronts: 6 * 32, ideal_wavefronts: 6 });
+    expect(site(p, 'x#1')).toMatchObject({ requests: 6, sectors: 24, ideal_sectors: 24 });
+    expect(site(p, 'out#1')).toMatchObject({ requests: 2 });
+  });
+
+  it('f16 elements: 2 bytes per lane, 2 sectors per stride-1 request', async () => {
+    const k = kernel({
+      name: 'halfCopy', workgroupSize: 32, grid: () => 2, caps: CPU_CAPS,
+      bindings: { x: storage('f16', 'read'), out: storage('f32', 'read_write') }, uniforms: {},
+      body(k, { x, out }) {
+        out.set(k.globalId.x, k.cast('f32', x.at(k.globalId.x)));
+      },
+    });
+    const p = await profile(k, { x: new Uint16Array(64), out: new Float32Array(64) });
+    expect(site(p, 'x#1')).toMatchObject({ bytesPerLane: 2, requests: 2, sectors: 4, ideal_sectors: 4 });
+    expect(p.dramBytes).toBe(128 + 256);
+  });
+
+  it('checking and profiling together: findings still reported, counts unchanged', async () => {
+    const d = await createCpuDevice({ profile: true, check: true });
+    try {
+      const k = strided(32);
+      const x = d.alloc('f32', 63 * 32, 'x'), out = d.alloc('f32', 64, 'out'); // one element short
+      d.launch(k, { x, out } as never, {} as never);
+      await expect(d.sync()).rejects.toThrow(/out-of-bounds read of storage buffer 'x' at index 2016/);
+      const [p] = takeLaunchProfiles(d);
+      // The out-of-bounds lane is left out of its request: 31 sectors there, 32 in the other.
+      expect(site(p!, 'x#1')).toMatchObject({ requests: 2, sectors: 63, ideal_sectors: 8 });
+    } finally {
+      await d.destroy();
+    }
+  });
+
+  it('a device not in profiling mode is refused by name', async () => {
+    const d = await createCpuDevice({ workers: 0 });
+    try {
+      expect(() => takeLaunchProfiles(d)).toThrow(/is not a profiling cpu device/);
+    } finally {
+      await d.destroy();
+    }
   });
 });
 
