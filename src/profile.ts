@@ -190,7 +190,7 @@ export interface KernelReport {
   bytes: number;
   /** L2 → SM traffic: 32 × the sectors of every warp request. */
   sector_bytes: number;
-  sites: { site: string; space: 'global' | 'shared'; kind: 'load' | 'store'; requests: number; sectors: number; ideal_sectors: number; wavefronts: number; ideal_wavefronts: number }[];
+  sites: { site: string; access: string; space: 'global' | 'shared'; kind: 'load' | 'store'; requests: number; sectors: number; ideal_sectors: number; wavefronts: number; ideal_wavefronts: number }[];
   /** From ptxas (null where nvcc is absent or failed: see `ptxas`). */
   registers: number | null;
   spills: { stores: number; loads: number } | null;
@@ -239,8 +239,8 @@ export async function profileFamily(family: string, shape: Shape = {}, card: Car
     const occ = regs === null ? null : occupancy(threads, regs, sharedBytes, l.grid[0] * l.grid[1] * l.grid[2], c.sms);
     return {
       name: l.kernel, grid: l.grid, threads, sharedBytes, bytes: l.dramBytes, sector_bytes: l.sectorBytes,
-      sites: l.sites.map(({ site, space, kind, requests, sectors, ideal_sectors, wavefronts, ideal_wavefronts }) =>
-        ({ site, space, kind, requests, sectors, ideal_sectors, wavefronts, ideal_wavefronts })),
+      sites: l.sites.map(({ site, access, space, kind, requests, sectors, ideal_sectors, wavefronts, ideal_wavefronts }) =>
+        ({ site, space, kind, requests, sectors, ideal_sectors, wavefronts, ideal_wavefronts, access })),
       registers: regs, spills: typeof p === 'string' ? null : { stores: p.spillStores, loads: p.spillLoads },
       ptxas: typeof p === 'string' ? p : 'ok',
       occupancy: occ?.occupancy ?? null, occupancy_limit: occ?.limit ?? null, warps_per_sm: occ?.gridWarpsPerSM ?? null,
@@ -270,16 +270,17 @@ export function formatReport(r: ProfileReport): string {
     out.push(`  bytes ${fmtBytes(k.bytes)} (DRAM footprint), ${fmtBytes(k.sector_bytes)} sector traffic · roofline ${k.roofline_us.toFixed(2)} µs`);
     out.push(`  global sectors ${sum(g, (s) => s.sectors)} vs ideal ${sum(g, (s) => s.ideal_sectors)} (${ratio(sum(g, (s) => s.sectors), sum(g, (s) => s.ideal_sectors))})`
       + (sh.length ? ` · shared wavefronts ${sum(sh, (s) => s.wavefronts)} vs ideal ${sum(sh, (s) => s.ideal_wavefronts)} (${ratio(sum(sh, (s) => s.wavefronts), sum(sh, (s) => s.ideal_wavefronts))})` : ''));
-    const rows = [['site', 'space', 'kind', 'requests', 'sectors', 'ideal', 'per req', '×ideal', 'wavefronts', 'ideal', '×ideal']];
+    const rows = [['site', 'space', 'kind', 'requests', 'sectors', 'ideal', 'per req', '×ideal', 'wavefronts', 'ideal', '×ideal', 'access']];
     for (const s of k.sites) {
       const gl = s.space === 'global';
       rows.push([s.site, s.space, s.kind, String(s.requests),
         gl ? String(s.sectors) : '', gl ? String(s.ideal_sectors) : '', gl && s.requests ? (s.sectors / s.requests).toFixed(1) : '',
         gl ? ratio(s.sectors, s.ideal_sectors) : '',
-        gl ? '' : String(s.wavefronts), gl ? '' : String(s.ideal_wavefronts), gl ? '' : ratio(s.wavefronts, s.ideal_wavefronts)]);
+        gl ? '' : String(s.wavefronts), gl ? '' : String(s.ideal_wavefronts), gl ? '' : ratio(s.wavefronts, s.ideal_wavefronts), s.access]);
     }
     const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-    for (const row of rows) out.push(`  ${row.map((cell, i) => (i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ')}`);
+    const left = (i: number) => i < 3 || i === rows[0]!.length - 1;
+    for (const row of rows) out.push(`  ${row.map((cell, i) => (left(i) ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ').trimEnd()}`);
   }
   out.push('', `total roofline ${total.toFixed(2)} µs over ${r.kernels.length} launch${r.kernels.length === 1 ? '' : 'es'} (launch overheads not counted)`);
   return out.join('\n');

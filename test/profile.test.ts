@@ -58,6 +58,7 @@ describe('global memory: 32-byte sectors per warp request', () => {
   it('stride-32 f32 loads: 32 sectors per request, 4 ideal', async () => {
     const p = await profile(strided(32), { x: new Float32Array(64 * 32), out: new Float32Array(64) });
     expect(site(p, 'x#1')).toMatchObject({ requests: 2, sectors: 64, ideal_sectors: 8 });
+    expect(site(p, 'x#1').access).toBe('x[(localIndex * 32)]');
     expect(p.sectorBytes).toBe(32 * (64 + 8));
   });
 
@@ -260,7 +261,7 @@ describe('kiln profile (the command)', () => {
     expect(r.code, r.err).toBe(0);
     const j = JSON.parse(r.out) as { kernels: { name: string; bytes: number; sites: { site: string; space: string; kind: string; requests: number; sectors: number; ideal_sectors: number; wavefronts: number; ideal_wavefronts: number }[]; registers: number | null; occupancy: number | null }[] };
     expect(j.kernels[0]).toMatchObject({ name: 'rmsNorm', bytes: 3 * 2048, registers: null, occupancy: null });
-    expect(Object.keys(j.kernels[0]!.sites[0]!).sort()).toEqual(['ideal_sectors', 'ideal_wavefronts', 'kind', 'requests', 'sectors', 'site', 'space', 'wavefronts']);
+    expect(Object.keys(j.kernels[0]!.sites[0]!).sort()).toEqual(['access', 'ideal_sectors', 'ideal_wavefronts', 'kind', 'requests', 'sectors', 'site', 'space', 'wavefronts']);
     const bad = await kiln('profile', 'rmsNorm', '--shape', 'Q=3');
     expect(bad.code).toBe(1);
     expect(bad.err).toContain("unknown shape key 'Q'");

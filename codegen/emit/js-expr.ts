@@ -6,6 +6,7 @@
 import type { BinOp, Builtin, Expr, KernelIR, MathFn, UnOp } from '../dsl/ir.js';
 import { type DType, type Scalar, byteSize, elemOf, isVec, widthOf } from '../dsl/types.js';
 import { f16BitsToF32, f32ToF16Bits, roundToF16 } from '../dsl/f16.js';
+import { show } from '../dsl/show.js';
 
 export interface JsEmitOptions {
   /** Report out-of-bounds accesses, shared-memory races and divergent barriers into ctx. */
@@ -23,6 +24,8 @@ export interface JsEmitOptions {
 export interface ProfileSite {
   /** `array#n`: the n-th site (1-based) on that storage buffer or workgroup array. */
   site: string;
+  /** The access as the kernel wrote it, `array[index]` (shortened): which line of the kernel it is. */
+  access: string;
   space: 'global' | 'shared';
   /** Atomics count as stores (a read-modify-write of the same bytes). */
   kind: 'load' | 'store';
@@ -335,12 +338,14 @@ export abstract class JsExpressions {
    * In profiling mode, `index` wrapped so that the memory-access model sees it (a new static site);
    * otherwise `index` itself. kind: 0 load, 1 store, 2 atomic.
    */
-  protected profiled(space: 'storage' | 'workgroup', name: string, index: string, kind: 0 | 1 | 2): string {
+  protected profiled(space: 'storage' | 'workgroup', name: string, index: string, kind: 0 | 1 | 2, at: Expr): string {
     if (!this.profile) return index;
     const nth = this.sites.filter((x) => x.site.startsWith(`${name}#`)).length + 1;
     const b = space === 'storage' ? this.buf(name) : undefined;
+    const shown = show(at);
     this.sites.push({
-      site: `${name}#${nth}${kind === 2 ? ' (atomic)' : ''}`, space: b ? 'global' : 'shared', kind: kind === 0 ? 'load' : 'store',
+      site: `${name}#${nth}${kind === 2 ? ' (atomic)' : ''}`,
+      access: `${name}[${shown.length > 60 ? `${shown.slice(0, 59)}…` : shown}]`, space: b ? 'global' : 'shared', kind: kind === 0 ? 'load' : 'store',
       bytes: b ? byteSize(b.t as 'f32') * b.vec : 4, array: b ? b.id : this.sh(name).id,
     });
     return `$pf(${this.sites.length - 1}, ${index}, $li)`;
@@ -351,11 +356,11 @@ export abstract class JsExpressions {
     const idx = space === 'private' && this.priv(name).scalar ? '' : this.sc(index);
     if (space === 'storage') {
       const b = this.buf(name);
-      return `${b.js}[${this.profiled(space, name, this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx, kind)}]`;
+      return `${b.js}[${this.profiled(space, name, this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx, kind, index)}]`;
     }
     if (space === 'workgroup') {
       const s = this.sh(name);
-      return `${s.js}[${this.profiled(space, name, this.check ? `$ckW(${s.id}, ${idx}, $li, ${kind})` : idx, kind)}]`;
+      return `${s.js}[${this.profiled(space, name, this.check ? `$ckW(${s.id}, ${idx}, $li, ${kind})` : idx, kind, index)}]`;
     }
     const p = this.priv(name);
     if (p.scalar) {
@@ -373,7 +378,7 @@ export abstract class JsExpressions {
   protected vectorRefs(name: string, index: Expr, kind: 0 | 1): string[] {
     const b = this.buf(name);
     // One request per element (W·size bytes per lane): the model sees the element index once.
-    const [i] = this.materialize([this.profiled('storage', name, this.sc(index), kind)]);
+    const [i] = this.materialize([this.profiled('storage', name, this.sc(index), kind, index)]);
     return Array.from({ length: b.vec }, (_, c) => {
       const idx = `${i} * ${b.vec}${c ? ` + ${c}` : ''}`;
       return `${b.js}[${this.check ? `$ckS(${b.id}, ${b.js}, ${idx}, $li, ${kind})` : idx}]`;

@@ -258,7 +258,7 @@ class JsEmitter extends JsExpressions {
         i = s.space === 'storage' ? `$ckS(${this.buf(s.name).id}, ${arr}, ${i}, $li, 2)` : `$ckW(${this.sh(s.name).id}, ${i}, $li, 2)`;
         i = this.materialize([i])[0]!;
       }
-      if (this.profile) i = this.materialize([this.profiled(s.space, s.name, i, 2)])[0]!;
+      if (this.profile) i = this.materialize([this.profiled(s.space, s.name, i, 2, s.index)])[0]!;
       const v = this.sc(s.value);
       let call: string;
       switch (s.op) {

@@ -48,6 +48,8 @@ class CpuBuffer extends BackendBuffer {
 /** One static load/store site's counts over a launch (profiling mode). */
 export interface SiteProfile {
   site: string; space: 'global' | 'shared'; kind: 'load' | 'store';
+  /** The access as the kernel wrote it: `array[index]`. */
+  access: string;
   /** Bytes one invocation moves per execution (element size × vector width). */
   bytesPerLane: number;
   /** Warp requests: one per warp (32 consecutive local indices) and instance with a lane active. */
@@ -203,7 +205,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     if (!counts) return; // it failed to compile: the launch reports that
     const T = counts.totals;
     const sites: SiteProfile[] = c.sites!.map((s, i) => ({
-      site: s.site, space: s.space, kind: s.kind, bytesPerLane: s.bytes,
+      site: s.site, access: s.access, space: s.space, kind: s.kind, bytesPerLane: s.bytes,
       requests: T[i * 6]!, sectors: T[i * 6 + 1]!, ideal_sectors: T[i * 6 + 2]!,
       wavefronts: T[i * 6 + 3]!, ideal_wavefronts: T[i * 6 + 4]!, bytes: T[i * 6 + 5]!,
     }));
