@@ -89,9 +89,10 @@ export interface Occupancy {
 export function occupancy(threads: number, registers: number, sharedBytes: number, ctas: number, sms: number): Occupancy {
   const warps = Math.ceil(threads / 32);
   const regsPerWarp = Math.ceil((Math.max(1, registers) * 32) / 256) * 256;
+  // Ties go to the first: at full occupancy the threads are the limit, not the registers.
   const limits: [Occupancy['limit'], number][] = [
-    ['registers', Math.floor(Math.floor(SM_REGISTERS / regsPerWarp) / warps)],
     ['threads', Math.floor(SM_THREADS / (warps * 32))],
+    ['registers', Math.floor(Math.floor(SM_REGISTERS / regsPerWarp) / warps)],
     ['shared memory', sharedBytes > 0 ? Math.floor(SM_SHARED / (sharedBytes + CTA_RESERVED_SHARED)) : Infinity],
     ['CTA slots', SM_MAX_CTAS],
   ];
