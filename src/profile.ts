@@ -191,6 +191,8 @@ export interface KernelReport {
   bytes: number;
   /** L2 → SM traffic: 32 × the sectors of every warp request. */
   sector_bytes: number;
+  /** The footprint per binding. */
+  buffer_bytes: Record<string, number>;
   sites: { site: string; access: string; space: 'global' | 'shared'; kind: 'load' | 'store'; requests: number; sectors: number; ideal_sectors: number; wavefronts: number; ideal_wavefronts: number }[];
   /** From ptxas (null where nvcc is absent or failed: see `ptxas`). */
   registers: number | null;
@@ -239,7 +241,7 @@ export async function profileFamily(family: string, shape: Shape = {}, card: Car
     const regs = typeof p === 'string' ? null : p.registers;
     const occ = regs === null ? null : occupancy(threads, regs, sharedBytes, l.grid[0] * l.grid[1] * l.grid[2], c.sms);
     return {
-      name: l.kernel, grid: l.grid, threads, sharedBytes, bytes: l.dramBytes, sector_bytes: l.sectorBytes,
+      name: l.kernel, grid: l.grid, threads, sharedBytes, bytes: l.dramBytes, sector_bytes: l.sectorBytes, buffer_bytes: l.bufferBytes,
       sites: l.sites.map(({ site, access, space, kind, requests, sectors, ideal_sectors, wavefronts, ideal_wavefronts }) =>
         ({ site, space, kind, requests, sectors, ideal_sectors, wavefronts, ideal_wavefronts, access })),
       registers: regs, spills: typeof p === 'string' ? null : { stores: p.spillStores, loads: p.spillLoads },
@@ -268,7 +270,7 @@ export function formatReport(r: ProfileReport): string {
       : `  registers ${k.registers}, spills ${k.spills!.stores}/${k.spills!.loads} B (stores/loads) · occupancy ${(100 * k.occupancy!).toFixed(0)}% (limited by ${k.occupancy_limit}) · the grid gives ${k.warps_per_sm!.toFixed(2)} warps/SM`);
     const g = k.sites.filter((s) => s.space === 'global'), sh = k.sites.filter((s) => s.space === 'shared');
     const sum = (xs: typeof g, f: (s: (typeof g)[number]) => number) => xs.reduce((a, s) => a + f(s), 0);
-    out.push(`  bytes ${fmtBytes(k.bytes)} (DRAM footprint), ${fmtBytes(k.sector_bytes)} sector traffic · roofline ${k.roofline_us.toFixed(2)} µs`);
+    out.push(`  bytes ${fmtBytes(k.bytes)} (DRAM footprint: ${Object.entries(k.buffer_bytes).map(([b, n]) => `${b} ${fmtBytes(n)}`).join(', ')}), ${fmtBytes(k.sector_bytes)} sector traffic · roofline ${k.roofline_us.toFixed(2)} µs`);
     out.push(`  global sectors ${sum(g, (s) => s.sectors)} vs ideal ${sum(g, (s) => s.ideal_sectors)} (${ratio(sum(g, (s) => s.sectors), sum(g, (s) => s.ideal_sectors))})`
       + (sh.length ? ` · shared wavefronts ${sum(sh, (s) => s.wavefronts)} vs ideal ${sum(sh, (s) => s.ideal_wavefronts)} (${ratio(sum(sh, (s) => s.wavefronts), sum(sh, (s) => s.ideal_wavefronts))})` : ''));
     const rows = [['site', 'space', 'kind', 'requests', 'sectors', 'ideal', 'per req', '×ideal', 'wavefronts', 'ideal', '×ideal', 'access']];

@@ -53,6 +53,7 @@ describe('global memory: 32-byte sectors per warp request', () => {
     expect(x).toMatchObject({ space: 'global', kind: 'load', requests: 2, sectors: 8, ideal_sectors: 8, bytes: 256 });
     expect(site(p, 'out#1')).toMatchObject({ kind: 'store', requests: 2, sectors: 8, ideal_sectors: 8 });
     expect(p.dramBytes).toBe(512);
+    expect(p.bufferBytes).toEqual({ x: 256, out: 256 });
   });
 
   it('stride-32 f32 loads: 32 sectors per request, 4 ideal', async () => {

@@ -68,6 +68,8 @@ export interface LaunchProfile {
   sectorBytes: number;
   /** Distinct 32-byte sectors of each buffer the launch touched, × 32: its DRAM footprint. */
   dramBytes: number;
+  /** That footprint per binding (by its key), for the bindings the launch touched. */
+  bufferBytes: Record<string, number>;
 }
 
 interface Compiled {
@@ -210,10 +212,17 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       wavefronts: T[i * 6 + 3]!, ideal_wavefronts: T[i * 6 + 4]!, bytes: T[i * 6 + 5]!,
     }));
     let footprint = 0;
-    for (const seen of counts.seen) if (seen) for (let i = 0; i < seen.length; i++) footprint += seen[i]!;
+    const bufferBytes: Record<string, number> = {};
+    counts.seen.forEach((seen, b) => {
+      if (!seen) return;
+      let n = 0;
+      for (let i = 0; i < seen.length; i++) n += seen[i]!;
+      bufferBytes[c.ir.buffers[b]!.key] = 32 * n;
+      footprint += n;
+    });
     this.launches.push({
       kernel: c.name, ir: c.ir, grid: [...grid], sites,
-      sectorBytes: 32 * sites.reduce((a, s) => a + s.sectors, 0), dramBytes: 32 * footprint,
+      sectorBytes: 32 * sites.reduce((a, s) => a + s.sectors, 0), dramBytes: 32 * footprint, bufferBytes,
     });
     T.fill(0);
     counts.seen = [];
