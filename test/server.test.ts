@@ -107,6 +107,9 @@ describe('kiln serve (OpenAI client, cpu, brown-draft)', () => {
     const s = await openai.completions.create({ model: 'brown-chat', prompt, max_tokens: 10, temperature: 0, stop });
     expect(s.choices[0]!.text).toBe(greedy.slice(0, greedy.indexOf(stop)));
     expect(s.choices[0]!.finish_reason).toBe('stop');
+    // ignore_eos (vLLM's extension): exactly max_tokens, EOS or not.
+    const all = await openai.completions.create({ model: 'brown-chat', prompt, max_tokens: 20, temperature: 1, seed: 9, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming);
+    expect(all.usage!.completion_tokens).toBe(20);
     // Token ids as the prompt.
     const byIds = await openai.completions.create({ model: 'brown-chat', prompt: ids, max_tokens: 10, temperature: 0 });
     expect(byIds.choices[0]!.text).toBe(greedy);
@@ -161,7 +164,7 @@ describe('kiln serve (OpenAI client, cpu, brown-draft)', () => {
 
   it('refusals arrive as the client\'s typed errors, naming the field', async () => {
     const bad = (p: Record<string, unknown>) => openai.completions.create({ model: 'brown-chat', prompt, max_tokens: 4, ...p } as unknown as OpenAI.CompletionCreateParamsNonStreaming);
-    for (const [field, value] of [['top_p', 3], ['temperature', -1], ['max_tokens', 0], ['seed', 1.5], ['stop', ['']], ['logprobs', 99], ['top_k', 'x'], ['min_p', 2], ['n', 2]] as const) {
+    for (const [field, value] of [['top_p', 3], ['temperature', -1], ['max_tokens', 0], ['seed', 1.5], ['stop', ['']], ['logprobs', 99], ['top_k', 'x'], ['min_p', 2], ['n', 2], ['ignore_eos', 'yes']] as const) {
       const e = await expectApiError(bad({ [field]: value }), BadRequestError, 400);
       expect(e.param, field).toBe(field);
       expect(e.message).toContain(field);
