@@ -64,7 +64,7 @@ describe('speculative sampling keeps the target distribution (engine, brown-draf
   afterAll(async () => { await llm?.close(); });
 
   async function sample(spec: boolean): Promise<{ t1: number; t2: number }[]> {
-    const e = spec ? createEngine(llm, { maxSeqs: 64, speculative: { drafter: new FixedDrafter(x0), k: 1, adaptive: false, maxBatch: 64 } }) : llm.engine;
+    const e = spec ? createEngine(llm, { maxSeqs: 64, speculative: { drafter: new FixedDrafter(x0), k: 1, adaptive: false, maxBatch: 64, maxVerifyRows: 1024 } }) : llm.engine;
     try {
       const hs = Array.from({ length: N }, (_, s) => e.generate({ prompt: P, maxTokens: 2, temperature: 1, topK: TOPK, seed: s + 1, stopTokenIds: [] }));
       const out = [];
