@@ -44,7 +44,7 @@ export interface EngineModel {
 export interface EngineOptions {
   /** Tokens one step computes at most (activation rows; default 256). */
   maxBatchedTokens?: number;
-  /** Sequences one step carries at most (default 64). */
+  /** Sequences one step carries at most (default 64; 8 on software devices). */
   maxSeqs?: number;
   /** KV cache size in bytes (default: room for maxSeqs full contexts, capped by the memory available). */
   kvMemory?: number;
@@ -201,7 +201,10 @@ export class Engine {
     if (d.kvMemory !== undefined && !(Number.isFinite(d.kvMemory) && d.kvMemory > 0)) throw new EngineError(`kvMemory = ${d.kvMemory} must be a positive number of bytes`);
     if (opts.kvMemory !== undefined && opts.kvBlocks !== undefined) throw new EngineError('give kvMemory or kvBlocks, not both');
     const maxBatchedTokens = d.maxBatchedTokens ?? 256;
-    const maxSeqs = d.maxSeqs ?? 64;
+    // Software devices (the CPU executor, llvmpipe): past 8 rows a step leaves the linear layers'
+    // GEMV path and costs about what its rows cost, so more sequences per step buy no throughput
+    // (bench/notes/engine.md); GPUs read the weights once per step whatever the batch.
+    const maxSeqs = d.maxSeqs ?? (model.device.profile.software ? 8 : 64);
     const perBlock = kvBytesPerToken(spec, kvDtype) * BLOCK_SIZE;
     const ctxBlocks = Math.ceil(spec.maxPositions / BLOCK_SIZE);
     const kvBlocks = opts.kvBlocks ?? (opts.kvMemory !== undefined ? Math.floor(opts.kvMemory / perBlock)

@@ -23,7 +23,7 @@ export const SERVE_HELP = `kiln serve — an OpenAI-compatible HTTP server (comp
     --spec-k K               drafts per step, 1–16 (default 4)
     --served-model-name N    the model id clients send and /v1/models lists (default: the directory's name)
   engine
-    --max-seqs N             sequences per step (default 64)
+    --max-seqs N             sequences per step (default 64; 8 on cpu and llvmpipe)
     --max-batched-tokens N   tokens per step (default 256)
     --max-waiting N          queued requests at most; one more gets 429 (default unbounded)
     --kv-blocks N            KV pool in blocks of 16 tokens (default: room for max-seqs full contexts, capped by memory)
