@@ -109,11 +109,17 @@ export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32'
 /** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment, held
  *  in registers. `weight(i, inRange)` gives the weight of vocabulary entry i (0 outside V). */
 export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
+  weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep?: true,
+  active?: Val<'bool'>): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> };
+export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
+  weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep: false,
+  active?: Val<'bool'>): { w: null; first: Val<'u32'>; sum: Val<'f32'> };
+export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
   weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep = true,
-  active?: Val<'bool'>): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> } {
+  active?: Val<'bool'>): { w: ArrayRef<'f32', true> | null; first: Val<'u32'>; sum: Val<'f32'> } {
   // keep = false: only the sum is wanted, the weights are not held. active: where false, nothing
   // is read and every weight is 0 (a workgroup whose result will not be used saves the traffic).
-  const w = keep ? k.privateArray(`${tag}W`, 'f32', g.items) : (undefined as unknown as ArrayRef<'f32', true>);
+  const w = keep ? k.privateArray(`${tag}W`, 'f32', g.items) : null;
   const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.items)));
   const sum = k.var(`${tag}Sum`, 'f32', 0);
   for (let j = 0; j < g.items; j++) {
@@ -124,7 +130,7 @@ export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, 
       k.if(active, () => v.set(weight(i, i.lt(vocab))));
       x = v;
     } else x = k.let(`${tag}X${j}`, weight(i, i.lt(vocab)));
-    if (keep) w.set(j, x);
+    w?.set(j, x);
     sum.set(sum.add(x)); // sequential within the invocation: part of the fixed order
   }
   return { w, first, sum };

@@ -6,7 +6,7 @@
 import { type rejectionSampler, type greedyAcceptance } from '../../codegen/kernels/acceptance.js';
 import { STREAM_SAMPLE } from '../../codegen/kernels/random.js';
 import type { sampling } from '../../codegen/kernels/sampling.js';
-import type { Device, DeviceBuffer } from '../backend/device.js';
+import type { Device, DeviceBuffer, HostArray } from '../backend/device.js';
 import { uploadScratch } from '../backend/scratch.js';
 
 export class SamplingInputError extends Error {}
@@ -101,8 +101,8 @@ export function acceptanceRows(seqs: DraftSequence[], maxK: number, vocab: numbe
   return { draftTokens, seqInfo };
 }
 
-function upload<T extends 'u32' | 'f32'>(dev: Device, name: string, t: T, data: T extends 'u32' ? Uint32Array : Float32Array): DeviceBuffer<T> {
-  return uploadScratch(dev, `sampling.${name}`, t, data as never);
+function upload<T extends 'u32' | 'f32'>(dev: Device, name: string, t: T, data: HostArray<T>): DeviceBuffer<T> {
+  return uploadScratch(dev, `sampling.${name}`, t, data);
 }
 function need(name: string, b: DeviceBuffer, n: number): void {
   if (b.length < n) throw new SamplingInputError(`${name} has ${b.length} elements, needs ${n}`);
