@@ -101,8 +101,8 @@ export function finishGroupStats(st: GroupStats): GroupStats {
 export class LayerCalibrator {
   private readonly ops;
   private readonly bufs: Record<string, DeviceBuffer<'f32'>> = {};
-  private readonly kCache: DeviceBuffer;
-  private readonly vCache: DeviceBuffer;
+  private readonly kCache: DeviceBuffer<'f32'>;
+  private readonly vCache: DeviceBuffer<'f32'>;
   private readonly slots: DeviceBuffer<'i32'>;
   private readonly pos: DeviceBuffer<'u32'>;
   private readonly rope: DeviceBuffer<'f32'>;
@@ -206,9 +206,9 @@ export class LayerCalibrator {
       this.linear(w.qkv, b.h!, b.qkv!, T);
       dev.launch(this.ops.rope, { qkv: b.qkv!, pos: this.pos, table: this.rope, q: b.q!, k: b.k!, v: b.v! },
         { T, Hq: s.heads, Hk: s.kvHeads, D: s.headDim, maxPos: L });
-      dev.run(this.ops.append, { kNew: b.k!, vNew: b.v!, slots: this.slots, kCache: this.kCache as never, vCache: this.vCache as never },
+      dev.run(this.ops.append, { kNew: b.k!, vNew: b.v!, slots: this.slots, kCache: this.kCache, vCache: this.vCache },
         { numTokens: T, numKvHeads: s.kvHeads, numBlocks: this.numBlocks });
-      dev.run(this.attn, { q: b.q!, kCache: this.kCache as never, vCache: this.vCache as never, blockTables: this.blockTables, tiles: this.tiles, out: b.attn! } as never, this.attnSizes);
+      dev.run(this.attn, { q: b.q!, kCache: this.kCache, vCache: this.vCache, blockTables: this.blockTables, tiles: this.tiles, out: b.attn! }, this.attnSizes);
       accumulate(stats.o, await dev.read(b.attn!), real);
       this.linear(w.o, b.attn!, b.x2!, T, b.x!);
       this.norm(b.x2!, w.ffnNorm, b.h!, T);
