@@ -174,8 +174,9 @@ export const QUANTIZE_HELP = `kiln quantize --model DIR --out DIR [options]   â†
 /** `kiln quantize ...` */
 export async function quantizeCommand(
   a: ParsedArgs, onProgress?: (done: number, total: number) => void, log: (line: string) => void = (l) => process.stdout.write(l + '\n'),
-): Promise<QuantizeModelResult> {
-  if (flag(a, 'help')) { log(QUANTIZE_HELP); return undefined as never; }
+): Promise<QuantizeModelResult | null> {
+  // --help: print and write nothing (null: no result).
+  if (flag(a, 'help')) { log(QUANTIZE_HELP); return null; }
   rejectUnknown(a, ['model', 'out', 'group-size', 'method', 'force', 'calib', 'samples', 'seq-len', 'device', 'paper-scales', 'no-clip', 'module-loss'], 'kiln quantize');
   const model = str(a, 'model');
   const out = str(a, 'out');
