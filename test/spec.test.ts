@@ -95,12 +95,16 @@ forEachBackend('speculative decoding', (dev: Device) => {
   });
 
   it('under preemption, with adaptive k, both drafters: identical, and the draft pool is emptied too', async () => {
+    // 14-token prompts and 10 new tokens: four requests fill a 4-block pool at admission, and the
+    // first to reach position 16 (sooner with drafts) needs a fifth block, so preemption is certain.
+    const text = heldoutIds(target);
+    const long = Array.from({ length: 6 }, (_, i) => ({ prompt: text.slice(3000 + i * 50, 3014 + i * 50), temperature: 0, maxTokens: 10, stopTokenIds: [] }));
+    const want = await Promise.all(long.map((q) => ids(target.engine.generate(q))));
     for (const d of [draft, 'ngram'] as const) {
-      // 4 blocks (64 positions): every request fits alone (≤ 33 tokens), one to three at a time.
       const e = createEngine(target, { maxSeqs: 8, kvBlocks: 4, speculative: { drafter: d, k: 4 } });
       try {
-        const outs = await Promise.all(reqs.map((q) => ids(e.generate(q))));
-        outs.forEach((o, i) => expect(o, `request ${i}`).toEqual(plain[i]));
+        const outs = await Promise.all(long.map((q) => ids(e.generate(q))));
+        outs.forEach((o, i) => expect(o, `request ${i}`).toEqual(want[i]));
         expect(e.stats().preemptions, 'the pool was meant to force preemption').toBeGreaterThan(0);
         expect(e.stats().kvBlocks.used).toBe(0);
         const drafter = (e as unknown as { speculator: { drafter: DraftModelDrafter } }).speculator.drafter;
