@@ -76,7 +76,8 @@ forEachBackend('speculative decoding', (dev: Device) => {
       outs.forEach((o, i) => expect(o, `${drafter} k=${k} batch ${batch}: request ${i}`).toEqual(plain[i]));
       const s = e.stats();
       expect(s.kvBlocks.used, 'target blocks held after the run').toBe(0);
-      expect(s.speculation!.drafted).toBeGreaterThan(0);
+      // A draft model always drafts; n-gram lookup only where the text repeats (checked over its runs).
+      if (drafter === 'model') expect(s.speculation!.drafted).toBeGreaterThan(0);
       return s;
     } finally {
       await e.close();
@@ -91,7 +92,9 @@ forEachBackend('speculative decoding', (dev: Device) => {
   });
 
   it('greedy with n-gram drafting is identical to greedy without: k = 2, 4, 6, 8; batches of 4, 16, 1', async () => {
-    for (const [k, batch] of [[2, 4], [4, 16], [6, 1], [8, 4]] as const) await speculate('ngram', k, batch);
+    let drafted = 0;
+    for (const [k, batch] of [[2, 4], [4, 16], [6, 1], [8, 4]] as const) drafted += (await speculate('ngram', k, batch)).speculation!.drafted;
+    expect(drafted, 'greedy brown text repeats itself: n-gram lookup must have drafted').toBeGreaterThan(0);
   });
 
   it('under preemption, with adaptive k, both drafters: identical, and the draft pool is emptied too', async () => {
