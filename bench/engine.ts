@@ -13,6 +13,7 @@ import * as os from 'node:os';
 import type { BackendKind } from '../src/backend/device.js';
 import { createEngine, type EngineOptions, type RequestResult } from '../src/engine.js';
 import { DEFAULT_MODEL, loadModel, type LLM } from '../src/llm.js';
+import { lcg } from './common.js';
 
 const HELDOUT = new URL('../../shared/data/brown-heldout.txt', import.meta.url);
 
@@ -33,11 +34,6 @@ function parse(args: string[]): Options {
   if (!Number.isInteger(o.requests) || o.requests < 1) throw new Error(`bench engine: --requests ${o.requests} must be a positive integer`);
   if (!(o.rate > 0)) throw new Error(`bench engine: --rate ${o.rate} must be positive`);
   return o;
-}
-
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s / 2 ** 32; };
 }
 
 interface Req { prompt: number[]; maxTokens: number; seed: number; at: number }

@@ -4,7 +4,7 @@
 // sequence — greedy requests by comparing each draft with the target's argmax (which the sampling
 // launch already computed), sampled requests by the rejection-sampling kernel on the target's and
 // the drafter's transformed distributions — and the rejected drafts' KV is rolled back.
-import { greedyAcceptance, rejectionSampler } from '../../codegen/kernels/acceptance.js';
+import { rejectionSampler } from '../../codegen/kernels/acceptance.js';
 import { copyRows } from '../../codegen/kernels/copyRows.js';
 import { GEMV_MAX_ROWS } from '../../codegen/kernels/linearOp.js';
 import { NO_TOKEN } from '../../codegen/kernels/sampling.js';
@@ -108,7 +108,6 @@ export class Speculator {
     this.maxBatch = o.maxBatch;
     this.maxVerifyRows = o.maxVerifyRows ?? (dev.profile.software ? GEMV_MAX_ROWS : Number.MAX_SAFE_INTEGER);
     this.sampler = rejectionSampler({ caps: dev.caps });
-    void greedyAcceptance; // greedy acceptance runs on the host from the sampled argmax rows
     this.copy = copyRows({ caps: dev.caps });
     this.accepted = dev.alloc('u32', maxSeqs, 'spec.accepted');
     this.tokens = dev.alloc('u32', maxSeqs * (o.k + 1), 'spec.tokens');

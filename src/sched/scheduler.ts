@@ -287,9 +287,9 @@ export class Scheduler {
   /**
    * Append sampled tokens (a decode's next token, or a speculative step's accepted drafts plus
    * the bonus). Drafts are cleared; KV beyond the accepted tokens is rolled back, freeing blocks
-   * past the new length. Returns the block copy the caller must perform, if any.
+   * past the new length.
    */
-  append(id: number, newTokens: readonly number[], acceptedDrafts = 0): { copy?: { src: number; dst: number } } {
+  append(id: number, newTokens: readonly number[], acceptedDrafts = 0): void {
     const s = this.get(id);
     if (acceptedDrafts > s.extra.length) throw new SchedulerError(`request ${id}: ${acceptedDrafts} accepted drafts of ${s.extra.length}`);
     // KV valid: the tokens before the drafts plus the accepted drafts.
@@ -297,14 +297,12 @@ export class Scheduler {
     const hadDrafts = s.extra.length > 0;
     s.extra = [];
     s.tokens.push(...newTokens);
-    let copy: { src: number; dst: number } | undefined;
     if (hadDrafts && this.blocks.has(id) && this.blocks.length(id) > validKv) {
-      copy = this.blocks.truncate(id, validKv).copy;
+      const { copy } = this.blocks.truncate(id, validKv);
       s.computed = validKv;
       // Blocks holding drafts are never in the prefix cache, so none is shared when cut.
       if (copy) throw new SchedulerError(`request ${id}: rolling back drafts needed a copy of shared block ${copy.src}`);
     }
-    return {};
   }
 
   /** Requests in each queue, preemptions so far and the block pool. */
