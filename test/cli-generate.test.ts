@@ -3,9 +3,9 @@
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { kiln } from './kilnCli.js';
-import { brown } from './runtimeGolden.js';
+import { brown, SHARED } from './runtimeGolden.js';
 
-const DRAFT = '/work/shared/models/brown-draft';
+const DRAFT = `${SHARED}/brown-draft`;
 
 describe('kiln generate', () => {
   const g = brown.target;

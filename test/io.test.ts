@@ -18,7 +18,7 @@ import { ropeInvFreq, type ModelSpec } from '../src/model/spec.js';
 import { rng, freshSeed, randomF32 } from './util.js';
 
 const MODELS = path.resolve(import.meta.dirname, '../models');
-const SHARED = '/work/shared/models';
+const SHARED = path.resolve(import.meta.dirname, '../../shared/models');
 let tmp = '';
 beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-io-'));

@@ -11,10 +11,10 @@ import { ReferenceModel, greedyGenerate, windowedPerplexity, argmax, linear } fr
 import { expectedDenseWeights, type ModelSpec } from '../src/model/spec.js';
 import { rng, freshSeed, randomF32, relErr } from './util.js';
 
-const SHARED = '/work/shared/models';
+const SHARED = path.resolve(import.meta.dirname, '../../shared/models');
 const MODELS = path.resolve(import.meta.dirname, '../models');
 const STORIES = `${SHARED}/stories260K`;
-const HELDOUT = '/work/shared/data/brown-heldout.txt';
+const HELDOUT = path.resolve(import.meta.dirname, '../../shared/data/brown-heldout.txt');
 
 function readF32File(file: string): Float32Array {
   const b = fs.readFileSync(file);

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Device } from '../src/backend/device.js';
 import { type GenerateOptions, type LLM, type LoadOptions, loadModel } from '../src/llm.js';
 import { forEachBackend } from './backends.js';
-import { brown, BROWN_PROMPT, brownDir, haveStories, heldoutIds, STORIES_BIN } from './runtimeGolden.js';
+import { brown, BROWN_PROMPT, brownDir, HELDOUT, haveStories, heldoutIds, STORIES_BIN } from './runtimeGolden.js';
 
 const GREEDY_IDS = brown.draft.greedy_ids_fp32.slice(brown.draft.prompt_ids.length);
 
@@ -225,7 +225,7 @@ forEachBackend('runtime bad input', (dev: Device) => {
       await refuses(complete(ids.slice(0, ctx)), /the prompt has 512 tokens; the model's context is 512/);
       await refuses(() => llm.logits(ids.slice(0, ctx + 1)), /logits: 513 tokens exceed the context of 512/);
       // A text prompt too long once tokenized.
-      await refuses(complete(fs.readFileSync('/work/shared/data/brown-heldout.txt', 'utf8').slice(0, 20000)), /the prompt has \d+ tokens; the model's context is 512/);
+      await refuses(complete(fs.readFileSync(HELDOUT, 'utf8').slice(0, 20000)), /the prompt has \d+ tokens; the model's context is 512/);
       const out: number[] = [];
       const h = llm.generate(ids.slice(0, ctx - 1), { temperature: 0, maxTokens: 10, stopTokenIds: [] });
       for await (const t of h) if (t.tokenId >= 0) out.push(t.tokenId);

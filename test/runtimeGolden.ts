@@ -6,11 +6,13 @@ import * as path from 'node:path';
 import type { LLM } from '../src/llm.js';
 import { relErr } from './util.js';
 
-export const SHARED = '/work/shared/models';
+/** ../shared beside the checkout (CI clones the project next to it). */
+export const SHARED_ROOT = path.resolve(import.meta.dirname, '../../shared');
+export const SHARED = `${SHARED_ROOT}/models`;
 export const MODELS = path.resolve(import.meta.dirname, '../models');
 export const STORIES_DIR = `${SHARED}/stories260K`;
 export const STORIES_BIN = `${STORIES_DIR}/stories260K.bin`;
-export const HELDOUT = '/work/shared/data/brown-heldout.txt';
+export const HELDOUT = `${SHARED_ROOT}/data/brown-heldout.txt`;
 export const haveStories = fs.existsSync(STORIES_BIN) && fs.existsSync(`${STORIES_DIR}/golden.json`);
 
 export type BrownName = 'target' | 'draft';
