@@ -5,13 +5,13 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: segments x seqs workgroups
 // bindings:
-//   0: draftTokens u32[] read
-//   1: draftProbs f32[] read
-//   2: targetProbs f32[] read
-//   3: seqInfo u32[] read
-//   4: partResid f32[] read
-//   5: partTarget f32[] read
-//   6: tokens u32[] read_write
+//   0: draftTokens u32[] read, shape [seqs, maxK]
+//   1: draftProbs f32[] read, shape [seqs, maxK, vocab]
+//   2: targetProbs f32[] read, shape [seqs, maxK + 1, vocab]
+//   3: seqInfo u32[] read, shape [seqs, 4]
+//   4: partResid f32[] read, shape [seqs, segments]
+//   5: partTarget f32[] read, shape [seqs, segments]
+//   6: tokens u32[] read_write, shape [seqs, maxK + 1]
 // uniforms: seqs: u32 @0, vocab: u32 @4, maxK: u32 @8, segments: u32 @12
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 7, padded to 16 bytes)
 // workgroup arrays: scanA: f32[256], scanB: f32[256], rowState: f32[4], cand: atomic<u32>[2], firstRejected: atomic<u32>[1]

@@ -5,10 +5,10 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: segments x seqs workgroups
 // bindings:
-//   0: targetScores f32[] read
-//   1: seqInfo u32[] read
-//   2: partMax f32[] read_write
-//   3: partArg u32[] read_write
+//   0: targetScores f32[] read, shape [seqs, maxK + 1, vocab]
+//   1: seqInfo u32[] read, shape [seqs, 4]
+//   2: partMax f32[] read_write, shape [seqs, maxK + 1, segments]
+//   3: partArg u32[] read_write, shape [seqs, maxK + 1, segments]
 // uniforms: seqs: u32 @0, vocab: u32 @4, maxK: u32 @8, segments: u32 @12
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
 // workgroup arrays: sv: f32[256], si: u32[256]

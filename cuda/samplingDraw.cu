@@ -5,10 +5,10 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: segments x rows workgroups
 // bindings:
-//   0: probs f32[] read_write
-//   1: partSum f32[] read
-//   2: rowInfo u32[] read
-//   3: tokens u32[] read_write
+//   0: probs f32[] read_write, shape [rows, vocab]
+//   1: partSum f32[] read, shape [rows, segments]
+//   2: rowInfo u32[] read, shape [rows, 4]
+//   3: tokens u32[] read_write, shape [rows]
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
 // workgroup arrays: scanA: f32[256], scanB: f32[256], rowState: f32[4], cand: atomic<u32>[2]

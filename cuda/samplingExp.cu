@@ -5,12 +5,12 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: segments x rows workgroups
 // bindings:
-//   0: logits f32[] read
-//   1: rowParams f32[] read
-//   2: partMax f32[] read
-//   3: partArg u32[] read
-//   4: probs f32[] read_write
-//   5: partSum f32[] read_write
+//   0: logits f32[] read, shape [rows, vocab]
+//   1: rowParams f32[] read, shape [rows, 4]
+//   2: partMax f32[] read, shape [rows, segments]
+//   3: partArg u32[] read, shape [rows, segments]
+//   4: probs f32[] read_write, shape [rows, vocab]
+//   5: partSum f32[] read_write, shape [rows, segments]
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 6, padded to 16 bytes)
 // workgroup arrays: scanA: f32[256], scanB: f32[256], rowMax: f32[1], rowArg: u32[1], nonFinite: atomic<u32>[1]

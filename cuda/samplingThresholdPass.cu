@@ -5,14 +5,14 @@
 // workgroup size: 128 x 1 x 1 (128 invocations)
 // launch: segments (1 for the last pass) x rows workgroups
 // bindings:
-//   0: probs f32[] read
-//   1: rowParams f32[] read
-//   2: rowInfo u32[] read
-//   3: partIn f32[] read
-//   4: partOut f32[] read_write
-//   5: stateU u32[] read_write
-//   6: stateF f32[] read_write
-//   7: threshold u32[] read_write
+//   0: probs f32[] read, shape [rows, vocab]
+//   1: rowParams f32[] read, shape [rows, 4]
+//   2: rowInfo u32[] read, shape [rows, 4]
+//   3: partIn f32[] read, shape [rows, segments, 16]
+//   4: partOut f32[] read_write, shape [rows, segments, 16]
+//   5: stateU u32[] read_write, shape [rows, 17, 2]
+//   6: stateF f32[] read_write, shape [rows, 17, 4]
+//   7: threshold u32[] read_write, shape [rows]
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8, pass: u32 @12
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 8, padded to 16 bytes)
 // workgroup arrays: hist: f32[2048], digitTotal: f32[16], shU: u32[2]

@@ -5,14 +5,14 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: segments x seqs workgroups
 // bindings:
-//   0: draftTokens u32[] read
-//   1: draftProbs f32[] read
-//   2: targetProbs f32[] read
-//   3: seqInfo u32[] read
-//   4: accepted u32[] read_write
-//   5: tokens u32[] read_write
-//   6: partResid f32[] read_write
-//   7: partTarget f32[] read_write
+//   0: draftTokens u32[] read, shape [seqs, maxK]
+//   1: draftProbs f32[] read, shape [seqs, maxK, vocab]
+//   2: targetProbs f32[] read, shape [seqs, maxK + 1, vocab]
+//   3: seqInfo u32[] read, shape [seqs, 4]
+//   4: accepted u32[] read_write, shape [seqs]
+//   5: tokens u32[] read_write, shape [seqs, maxK + 1]
+//   6: partResid f32[] read_write, shape [seqs, segments]
+//   7: partTarget f32[] read_write, shape [seqs, segments]
 // uniforms: seqs: u32 @0, vocab: u32 @4, maxK: u32 @8, segments: u32 @12
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 8, padded to 16 bytes)
 // workgroup arrays: scanA: f32[256], scanB: f32[256], firstRejected: atomic<u32>[1]

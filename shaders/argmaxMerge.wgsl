@@ -5,9 +5,9 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(rows / 64) workgroups
 // bindings:
-//   0: partMax f32[] read
-//   1: partArg u32[] read
-//   2: tokens u32[] read_write
+//   0: partMax f32[] read, shape [rows, segments]
+//   1: partArg u32[] read, shape [rows, segments]
+//   2: tokens u32[] read_write, shape [rows]
 // uniforms: rows: u32 @0, segments: u32 @4
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 3, padded to 16 bytes)
 

@@ -5,10 +5,10 @@
 // workgroup size: 256 x 1 x 1 (256 invocations)
 // launch: ceil(D / 256) x R workgroups
 // bindings:
-//   0: src f32[] read
-//   1: srcRows u32[] read
-//   2: dstRows u32[] read
-//   3: dst f32[] read_write
+//   0: src f32[] read, shape [srcRowCount, D]
+//   1: srcRows u32[] read, shape [R]
+//   2: dstRows u32[] read, shape [R]
+//   3: dst f32[] read_write, shape [dstRowCount, D]
 // uniforms: R: u32 @0, D: u32 @4, srcRowCount: u32 @8, dstRowCount: u32 @12
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
 

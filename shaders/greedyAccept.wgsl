@@ -5,12 +5,12 @@
 // workgroup size: 64 x 1 x 1 (64 invocations)
 // launch: ceil(seqs / 64) workgroups
 // bindings:
-//   0: draftTokens u32[] read
-//   1: seqInfo u32[] read
-//   2: partMax f32[] read
-//   3: partArg u32[] read
-//   4: accepted u32[] read_write
-//   5: tokens u32[] read_write
+//   0: draftTokens u32[] read, shape [seqs, maxK]
+//   1: seqInfo u32[] read, shape [seqs, 4]
+//   2: partMax f32[] read, shape [seqs, maxK + 1, segments]
+//   3: partArg u32[] read, shape [seqs, maxK + 1, segments]
+//   4: accepted u32[] read_write, shape [seqs]
+//   5: tokens u32[] read_write, shape [seqs, maxK + 1]
 // uniforms: seqs: u32 @0, vocab: u32 @4, maxK: u32 @8, segments: u32 @12
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 6, padded to 16 bytes)
 

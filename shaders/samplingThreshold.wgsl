@@ -5,10 +5,10 @@
 // workgroup size: 128 x 1 x 1 (128 invocations)
 // launch: rows workgroups
 // bindings:
-//   0: probs f32[] read
-//   1: rowParams f32[] read
-//   2: rowInfo u32[] read
-//   3: threshold u32[] read_write
+//   0: probs f32[] read, shape [rows, vocab]
+//   1: rowParams f32[] read, shape [rows, 4]
+//   2: rowInfo u32[] read, shape [rows, 4]
+//   3: threshold u32[] read_write, shape [rows]
 // uniforms: rows: u32 @0, vocab: u32 @4, segments: u32 @8
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 4, padded to 16 bytes)
 // workgroup arrays: hist: f32[2048], digitTotal: f32[16], state: u32[1], stateF: f32[3]

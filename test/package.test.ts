@@ -52,9 +52,9 @@ const AXPY_MJS = `export function axpy({ kernel, storage }) {
     name: 'axpy',
     workgroupSize: 64,
     bindings: {
-      x: storage('f32', 'read', { len: (u) => u.n }),
-      y: storage('f32', 'read', { len: (u) => u.n }),
-      out: storage('f32', 'read_write', { len: (u) => u.n }),
+      x: storage('f32', 'read', { shape: '[n]' }),
+      y: storage('f32', 'read', { shape: '[n]' }),
+      out: storage('f32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32', alpha: 'f32' },
     grid: ({ n }) => Math.ceil(n / 64),
@@ -119,7 +119,7 @@ import { FAMILIES } from 'kiln/kernels';
 const copy = kernel({
   name: 'copy',
   workgroupSize: 64,
-  bindings: { src: storage('f32', 'read', { len: (u) => u.n! }), dst: storage('f32', 'read_write', { len: (u) => u.n! }) },
+  bindings: { src: storage('f32', 'read', { shape: '[n]' }), dst: storage('f32', 'read_write', { shape: '[n]' }) },
   uniforms: { n: 'u32' },
   grid: ({ n }) => Math.ceil(n / 64),
   body(k, { src, dst }, { n }) {

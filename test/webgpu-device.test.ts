@@ -24,7 +24,7 @@ const opened = await openWebGPUDevice({ allowSoftware: true }, emitWithBroken).c
 const fillSlice = kernel({
   name: 'fillSlice',
   workgroupSize: 64,
-  bindings: { out: storage('f32', 'read_write', { len: (u) => u.start! + u.count! }) },
+  bindings: { out: storage('f32', 'read_write', { shape: '[start + count]' }) },
   uniforms: { start: 'u32', count: 'u32', value: 'f32' },
   grid: ({ count }) => Math.ceil(count / 64),
   body(k, { out }, { start, count, value }) {
@@ -37,7 +37,7 @@ const fillSlice = kernel({
 const affine = (name: string) => kernel({
   name,
   workgroupSize: 32,
-  bindings: { x: storage('f32', 'read_write', { len: (u) => u.n! }) },
+  bindings: { x: storage('f32', 'read_write', { shape: '[n]' }) },
   uniforms: { n: 'u32', scale: 'f32', shift: 'i32' },
   grid: ({ n }) => Math.ceil(n / 32),
   body(k, { x }, { n, scale, shift }) {

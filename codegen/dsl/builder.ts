@@ -104,16 +104,12 @@ export interface BindingSpec<T extends StorageType = StorageType, A extends Acce
   /**
    * The binding's shape in scalars (whatever the vector width) as text over the uniforms, e.g.
    * '[M, K]' or '[K, Nw / 8]' (codegen/dsl/dims.ts): launch validation reads it, and so do the
-   * generated files' headers and the errors. Declare it with storage(…, { shape }).
+   * generated files' headers and the errors. Declare it with storage(…, { shape }). A binding
+   * without one (an op's tensor whose size the op checks itself) is not length-checked at launch.
    */
   shape?: string;
-  /**
-   * Elements the launch needs, from the uniforms: checked before any device work. storage()
-   * derives it from `shape`; given directly (no shape), headers and errors cannot show the shape.
-   */
-  len?: (u: Record<string, number>) => number;
 }
-type StorageOpts = { atomic?: boolean; shape?: string; len?: (u: Record<string, number>) => number };
+type StorageOpts = { atomic?: boolean; shape?: string };
 export function storage<T extends StorageType, A extends Access>(
   t: T, access: A, opts?: StorageOpts & { vec?: 1 },
 ): BindingSpec<T, A, 1>;
@@ -125,9 +121,7 @@ export function storage<T extends StorageType, A extends Access>(
 ): BindingSpec<T, A>;
 export function storage(t: StorageType, access: Access, opts: StorageOpts & { vec?: VecWidth } = {}): BindingSpec {
   if (opts.shape === undefined) return { t, access, ...opts };
-  if (opts.len) throw new KernelError(`storage: give a binding a shape or a len, not both (shape ${opts.shape})`);
-  const d = dims(opts.shape);
-  return { t, access, ...opts, shape: d.text, len: (u) => d.elements(u) };
+  return { t, access, ...opts, shape: dims(opts.shape).text }; // parsed now: a malformed shape fails where it is declared
 }
 /** The element type kernel code sees for a binding: T, or vecW<T> for a vector binding. */
 export type BindingElem<S> = S extends BindingSpec<infer T extends StorageType, Access, infer V>

@@ -32,12 +32,6 @@ import {
   segmentScan, segmentSearch, segments, workgroupArgmax, workgroupScan, F32_MAX,
 } from './sampling.js';
 
-type Sizes = Record<string, number>;
-const seqLen = (u: Sizes) => u.seqs!;
-const draftLen = (u: Sizes) => u.seqs! * u.maxK!;
-const qLen = (u: Sizes) => u.seqs! * u.maxK! * u.vocab!;
-const pLen = (u: Sizes) => u.seqs! * (u.maxK! + 1) * u.vocab!;
-const partLen = (u: Sizes) => u.seqs! * u.segments!;
 const UNIFORMS = { seqs: 'u32', vocab: 'u32', maxK: 'u32', segments: 'u32' } as const;
 
 interface SeqView {
@@ -96,14 +90,14 @@ export function acceptResidualSums(g: Segments) {
   return kernel({
     name: 'acceptResidualSums', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      draftTokens: storage('u32', 'read', { len: draftLen }),
-      draftProbs: storage('f32', 'read', { len: qLen }),
-      targetProbs: storage('f32', 'read', { len: pLen }),
-      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
-      accepted: storage('u32', 'read_write', { len: seqLen }),
-      tokens: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) }),
-      partResid: storage('f32', 'read_write', { len: partLen }),
-      partTarget: storage('f32', 'read_write', { len: partLen }),
+      draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
+      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]' }),
+      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]' }),
+      seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+      accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
+      tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
+      partResid: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
+      partTarget: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
     },
     uniforms: UNIFORMS,
     grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
@@ -138,13 +132,13 @@ export function acceptDraw(g: Segments) {
   return kernel({
     name: 'acceptDraw', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      draftTokens: storage('u32', 'read', { len: draftLen }),
-      draftProbs: storage('f32', 'read', { len: qLen }),
-      targetProbs: storage('f32', 'read', { len: pLen }),
-      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
-      partResid: storage('f32', 'read', { len: partLen }),
-      partTarget: storage('f32', 'read', { len: partLen }),
-      tokens: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) }),
+      draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
+      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]' }),
+      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]' }),
+      seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+      partResid: storage('f32', 'read', { shape: '[seqs, segments]' }),
+      partTarget: storage('f32', 'read', { shape: '[seqs, segments]' }),
+      tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
     },
     uniforms: UNIFORMS,
     grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
@@ -184,10 +178,10 @@ export function greedyArgmaxSegments(g: Segments) {
   return kernel({
     name: 'greedyArgmaxSegments', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      targetScores: storage('f32', 'read', { len: pLen }),
-      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
-      partMax: storage('f32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
-      partArg: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
+      targetScores: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]' }),
+      seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+      partMax: storage('f32', 'read_write', { shape: '[seqs, maxK + 1, segments]' }),
+      partArg: storage('u32', 'read_write', { shape: '[seqs, maxK + 1, segments]' }),
     },
     uniforms: UNIFORMS,
     grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
@@ -214,12 +208,12 @@ export function greedyAccept(g: Segments) {
   return kernel({
     name: 'greedyAccept', params: {}, caps: g.caps, workgroupSize: wg,
     bindings: {
-      draftTokens: storage('u32', 'read', { len: draftLen }),
-      seqInfo: storage('u32', 'read', { len: (u) => u.seqs! * 4 }),
-      partMax: storage('f32', 'read', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
-      partArg: storage('u32', 'read', { len: (u) => u.seqs! * (u.maxK! + 1) * u.segments! }),
-      accepted: storage('u32', 'read_write', { len: seqLen }),
-      tokens: storage('u32', 'read_write', { len: (u) => u.seqs! * (u.maxK! + 1) }),
+      draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
+      seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+      partMax: storage('f32', 'read', { shape: '[seqs, maxK + 1, segments]' }),
+      partArg: storage('u32', 'read', { shape: '[seqs, maxK + 1, segments]' }),
+      accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
+      tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
     },
     uniforms: UNIFORMS,
     grid: ({ seqs }) => Math.ceil(seqs / wg), gridDoc: `ceil(seqs / ${wg})`,

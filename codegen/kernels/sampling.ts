@@ -191,17 +191,15 @@ export function nanOrPosInf(k: KernelBuilder, x: Val<'f32'>): Val<'bool'> {
 }
 
 // ---- kernels ----------------------------------------------------------------------------------
-export const rowsLen = (u: Record<string, number>) => u.rows! * u.vocab!;
-export const partLen = (u: Record<string, number>) => u.rows! * u.segments!;
 
 /** Per (segment, row): max and first argmax of x. */
 export function segmentArgmax(g: Segments) {
   return kernel({
     name: 'segmentArgmax', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      x: storage('f32', 'read', { len: rowsLen }),
-      partMax: storage('f32', 'read_write', { len: partLen }),
-      partArg: storage('u32', 'read_write', { len: partLen }),
+      x: storage('f32', 'read', { shape: '[rows, vocab]' }),
+      partMax: storage('f32', 'read_write', { shape: '[rows, segments]' }),
+      partArg: storage('u32', 'read_write', { shape: '[rows, segments]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
     grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
@@ -237,9 +235,9 @@ export function argmaxMerge(g: Segments) {
   return kernel({
     name: 'argmaxMerge', params: {}, caps: g.caps, workgroupSize: wg,
     bindings: {
-      partMax: storage('f32', 'read', { len: partLen }),
-      partArg: storage('u32', 'read', { len: partLen }),
-      tokens: storage('u32', 'read_write', { len: (u) => u.rows! }),
+      partMax: storage('f32', 'read', { shape: '[rows, segments]' }),
+      partArg: storage('u32', 'read', { shape: '[rows, segments]' }),
+      tokens: storage('u32', 'read_write', { shape: '[rows]' }),
     },
     uniforms: { rows: 'u32', segments: 'u32' },
     grid: ({ rows }) => Math.ceil(rows / wg), gridDoc: `ceil(rows / ${wg})`,
@@ -262,12 +260,12 @@ export function samplingExp(g: Segments) {
   return kernel({
     name: 'samplingExp', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      logits: storage('f32', 'read', { len: rowsLen }),
-      rowParams: storage('f32', 'read', { len: (u) => u.rows! * 4 }),
-      partMax: storage('f32', 'read', { len: partLen }),
-      partArg: storage('u32', 'read', { len: partLen }),
-      probs: storage('f32', 'read_write', { len: rowsLen }),
-      partSum: storage('f32', 'read_write', { len: partLen }),
+      logits: storage('f32', 'read', { shape: '[rows, vocab]' }),
+      rowParams: storage('f32', 'read', { shape: '[rows, 4]' }),
+      partMax: storage('f32', 'read', { shape: '[rows, segments]' }),
+      partArg: storage('u32', 'read', { shape: '[rows, segments]' }),
+      probs: storage('f32', 'read_write', { shape: '[rows, vocab]' }),
+      partSum: storage('f32', 'read_write', { shape: '[rows, segments]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
     grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
@@ -313,9 +311,9 @@ export function samplingMask(g: Segments) {
   return kernel({
     name: 'samplingMask', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      probs: storage('f32', 'read_write', { len: rowsLen }),
-      threshold: storage('u32', 'read', { len: (u) => u.rows! }),
-      partSum: storage('f32', 'read_write', { len: partLen }),
+      probs: storage('f32', 'read_write', { shape: '[rows, vocab]' }),
+      threshold: storage('u32', 'read', { shape: '[rows]' }),
+      partSum: storage('f32', 'read_write', { shape: '[rows, segments]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
     grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
@@ -345,10 +343,10 @@ export function samplingDraw(g: Segments) {
   return kernel({
     name: 'samplingDraw', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      probs: storage('f32', 'read_write', { len: rowsLen }),
-      partSum: storage('f32', 'read', { len: partLen }),
-      rowInfo: storage('u32', 'read', { len: (u) => u.rows! * 4 }),
-      tokens: storage('u32', 'read_write', { len: (u) => u.rows! }),
+      probs: storage('f32', 'read_write', { shape: '[rows, vocab]' }),
+      partSum: storage('f32', 'read', { shape: '[rows, segments]' }),
+      rowInfo: storage('u32', 'read', { shape: '[rows, 4]' }),
+      tokens: storage('u32', 'read_write', { shape: '[rows]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
     grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',

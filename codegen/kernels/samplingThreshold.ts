@@ -6,8 +6,6 @@ import { kernel, max, storage } from '../dsl/index.js';
 import type { Val } from '../dsl/index.js';
 import type { Segments } from './sampling.js';
 
-const rowsLen = (u: Record<string, number>) => u.rows! * u.vocab!;
-const partLen = (u: Record<string, number>) => u.rows! * u.segments!;
 
 /**
  * One workgroup per row finds the keep-threshold τ over the keys (f32 bits of e ≥ 0, ordered
@@ -22,10 +20,10 @@ export function samplingThreshold(g: Segments) {
   return kernel({
     name: 'samplingThreshold', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: wg,
     bindings: {
-      probs: storage('f32', 'read', { len: rowsLen }),
-      rowParams: storage('f32', 'read', { len: (u) => u.rows! * 4 }),
-      rowInfo: storage('u32', 'read', { len: (u) => u.rows! * 4 }),
-      threshold: storage('u32', 'read_write', { len: (u) => u.rows! }),
+      probs: storage('f32', 'read', { shape: '[rows, vocab]' }),
+      rowParams: storage('f32', 'read', { shape: '[rows, 4]' }),
+      rowInfo: storage('u32', 'read', { shape: '[rows, 4]' }),
+      threshold: storage('u32', 'read_write', { shape: '[rows]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
     grid: ({ rows }) => rows, gridDoc: 'rows',
@@ -163,14 +161,14 @@ export function samplingThresholdPass(g: Segments) {
   return kernel({
     name: 'samplingThresholdPass', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      probs: storage('f32', 'read', { len: rowsLen }),
-      rowParams: storage('f32', 'read', { len: (u) => u.rows! * 4 }),
-      rowInfo: storage('u32', 'read', { len: (u) => u.rows! * 4 }),
-      partIn: storage('f32', 'read', { len: (u) => partLen(u) * 16 }),
-      partOut: storage('f32', 'read_write', { len: (u) => partLen(u) * 16 }),
-      stateU: storage('u32', 'read_write', { len: (u) => u.rows! * SLOTS * 2 }),
-      stateF: storage('f32', 'read_write', { len: (u) => u.rows! * SLOTS * 4 }),
-      threshold: storage('u32', 'read_write', { len: (u) => u.rows! }),
+      probs: storage('f32', 'read', { shape: '[rows, vocab]' }),
+      rowParams: storage('f32', 'read', { shape: '[rows, 4]' }),
+      rowInfo: storage('u32', 'read', { shape: '[rows, 4]' }),
+      partIn: storage('f32', 'read', { shape: '[rows, segments, 16]' }),
+      partOut: storage('f32', 'read_write', { shape: '[rows, segments, 16]' }),
+      stateU: storage('u32', 'read_write', { shape: `[rows, ${SLOTS}, 2]` }),
+      stateF: storage('f32', 'read_write', { shape: `[rows, ${SLOTS}, 4]` }),
+      threshold: storage('u32', 'read_write', { shape: '[rows]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32', pass: 'u32' },
     grid: ({ rows, segments: s, pass }) => [pass >= THRESHOLD_PASSES ? 1 : s, rows], gridDoc: 'segments (1 for the last pass) x rows',

@@ -1,7 +1,15 @@
 // Checks shared by every backend, run before any device work.
 import type { Bindings, Kernel, Uniforms, UniformValues } from '../../codegen/dsl/builder.js';
-import { dims } from '../../codegen/dsl/dims.js';
+import { type Dims, dims } from '../../codegen/dsl/dims.js';
 import { type DeviceBuffer, LaunchError } from './device.js';
+
+// Shapes are parsed once per text, not once per launch (a decode step launches hundreds of kernels).
+const parsedShapes = new Map<string, Dims>();
+function parsedShape(text: string): Dims {
+  let d = parsedShapes.get(text);
+  if (!d) parsedShapes.set(text, (d = dims(text)));
+  return d;
+}
 
 export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBuffer | undefined>, uniforms: Record<string, number>): void {
   const name = kernel.ir.name;
@@ -25,17 +33,18 @@ export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBu
     if (t === 'i32' && (!Number.isInteger(v) || v < -0x80000000 || v > 0x7fffffff)) throw new LaunchError(`kernel '${name}': uniform '${u}' = ${v} is not an i32`);
   }
   for (const [b, spec] of Object.entries(kernel.bindings as Bindings)) {
-    if (!spec.len) continue;
+    const buf = bindings[b];
+    if (!spec.shape || !buf) continue;
+    const shape = parsedShape(spec.shape);
     let need: number;
     try {
-      need = spec.len(uniforms);
+      need = shape.elements(uniforms);
     } catch (e) {
       throw new LaunchError(`kernel '${name}': binding '${b}': ${(e as Error).message}`, { cause: e });
     }
-    const buf = bindings[b]!;
     if (buf.length < need) {
-      const shape = spec.shape ? ` = ${spec.t} ${spec.shape} with ${dims(spec.shape).names.map((u) => `${u} = ${uniforms[u]}`).join(', ')}` : '';
-      throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, the launch needs ${need}${shape}`);
+      const given = shape.names.map((u) => `${u} = ${uniforms[u]}`).join(', ');
+      throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, the launch needs ${need} = ${spec.t} ${spec.shape} with ${given}`);
     }
   }
   let grid: [number, number, number];

@@ -18,8 +18,8 @@ function uniformProbe(stream: number) {
   return kernel({
     name: 'uniformProbe', workgroupSize: 64,
     bindings: {
-      keys: storage('u32', 'read', { len: (u) => u.n! * 2 }),
-      bits: storage('u32', 'read_write', { len: (u) => u.n! }),
+      keys: storage('u32', 'read', { shape: '[n, 2]' }),
+      bits: storage('u32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => Math.ceil(n / 64),
