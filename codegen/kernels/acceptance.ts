@@ -100,7 +100,7 @@ export function acceptResidualSums(g: Segments) {
       partTarget: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
     },
     uniforms: UNIFORMS,
-    grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
+    grid: '[segments, seqs]',
     body(k, b, { vocab, maxK, segments: nseg }) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const seg = k.let('seg', k.workgroupId.x);
@@ -141,7 +141,7 @@ export function acceptDraw(g: Segments) {
       tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
     },
     uniforms: UNIFORMS,
-    grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
+    grid: '[segments, seqs]',
     body(k, b, { vocab, maxK, segments: nseg }) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const rowState = k.shared('rowState', 'f32', 4); // offset, target, segment weight, use p_a
@@ -184,7 +184,7 @@ export function greedyArgmaxSegments(g: Segments) {
       partArg: storage('u32', 'read_write', { shape: '[seqs, maxK + 1, segments]' }),
     },
     uniforms: UNIFORMS,
-    grid: ({ seqs, segments: n }) => [n, seqs], gridDoc: 'segments x seqs',
+    grid: '[segments, seqs]',
     body(k, { targetScores, seqInfo, partMax, partArg }, { vocab, maxK, segments: nseg }) {
       const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
       const seg = k.let('seg', k.workgroupId.x), seq = k.let('seq', k.workgroupId.y);
@@ -216,7 +216,7 @@ export function greedyAccept(g: Segments) {
       tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
     },
     uniforms: UNIFORMS,
-    grid: ({ seqs }) => Math.ceil(seqs / wg), gridDoc: `ceil(seqs / ${wg})`,
+    grid: `[ceil(seqs / ${wg})]`,
     body(k, { draftTokens, seqInfo, partMax, partArg, accepted, tokens }, { seqs, maxK, segments: nseg }) {
       const seq = k.let('seq', k.globalId.x);
       k.if(seq.lt(seqs), () => {

@@ -33,8 +33,7 @@ export function copyRows(p: CopyRowsParams = {}) {
       dst: storage('f32', 'read_write', { shape: '[dstRowCount, D]' }),
     },
     uniforms: { R: 'u32', D: 'u32', srcRowCount: 'u32', dstRowCount: 'u32' },
-    grid: ({ R, D }) => [Math.ceil(D / wg), R],
-    gridDoc: `ceil(D / ${wg}) x R`,
+    grid: `[ceil(D / ${wg}), R]`,
     body(k, { src, srcRows, dstRows, dst }, { D, srcRowCount, dstRowCount }) {
       const j = k.let('j', k.globalId.x);
       const r = k.let('r', k.workgroupId.y);

@@ -202,7 +202,7 @@ export function segmentArgmax(g: Segments) {
       partArg: storage('u32', 'read_write', { shape: '[rows, segments]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    grid: '[segments, rows]',
     body(k, { x, partMax, partArg }, { vocab, segments: nseg }) {
       const sv = k.shared('sv', 'f32', g.wg), si = k.shared('si', 'u32', g.wg);
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
@@ -240,7 +240,7 @@ export function argmaxMerge(g: Segments) {
       tokens: storage('u32', 'read_write', { shape: '[rows]' }),
     },
     uniforms: { rows: 'u32', segments: 'u32' },
-    grid: ({ rows }) => Math.ceil(rows / wg), gridDoc: `ceil(rows / ${wg})`,
+    grid: `[ceil(rows / ${wg})]`,
     body(k, { partMax, partArg, tokens }, { rows, segments: nseg }) {
       const row = k.let('row', k.globalId.x);
       k.if(row.lt(rows), () => {
@@ -268,7 +268,7 @@ export function samplingExp(g: Segments) {
       partSum: storage('f32', 'read_write', { shape: '[rows, segments]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    grid: '[segments, rows]',
     body(k, { logits, rowParams, partMax, partArg, probs, partSum }, { vocab, segments: nseg }) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const shM = k.shared('rowMax', 'f32', 1), shA = k.shared('rowArg', 'u32', 1);
@@ -316,7 +316,7 @@ export function samplingMask(g: Segments) {
       partSum: storage('f32', 'read_write', { shape: '[rows, segments]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    grid: '[segments, rows]',
     body(k, { probs, threshold, partSum }, { vocab, segments: nseg }) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const seg = k.let('seg', k.workgroupId.x), row = k.let('row', k.workgroupId.y);
@@ -349,7 +349,7 @@ export function samplingDraw(g: Segments) {
       tokens: storage('u32', 'read_write', { shape: '[rows]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows, segments: s }) => [s, rows], gridDoc: 'segments x rows',
+    grid: '[segments, rows]',
     body(k, { probs, partSum, rowInfo, tokens }, { vocab, segments: nseg }) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const shared = k.shared('rowState', 'f32', 4); // segment offset, total, target, row not finite

@@ -26,7 +26,7 @@ export function samplingThreshold(g: Segments) {
       threshold: storage('u32', 'read_write', { shape: '[rows]' }),
     },
     uniforms: { rows: 'u32', vocab: 'u32', segments: 'u32' },
-    grid: ({ rows }) => rows, gridDoc: 'rows',
+    grid: '[rows]',
     body(k, { probs, rowParams, rowInfo, threshold }, { vocab, segments: nseg }) {
       const hist = k.shared('hist', 'f32', 16 * wg);
       const digitTotal = k.shared('digitTotal', 'f32', 16);
