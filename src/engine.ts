@@ -5,7 +5,6 @@
 // leave at step boundaries; aborts, closes and errors take effect there too, and every request's
 // blocks are freed however it ends. One code path serves one request and many: LLM.generate is a
 // thin wrapper over an engine.
-import * as os from 'node:os';
 import { NO_TOKEN } from '../codegen/kernels/sampling.js';
 import type { Device } from './backend/device.js';
 import { type EngineToken, type FinishReason, RequestHandle, type RequestResult } from './engine/requestHandle.js';
@@ -17,6 +16,7 @@ import { BlockManager } from './kv/blockManager.js';
 import { LlamaForward } from './model/forward.js';
 import type { ModelSpec } from './model/spec.js';
 import type { ModelWeights } from './model/weights.js';
+import { platform } from './platform/index.js';
 import { Scheduler, type SchedulingMode, type StepPlan } from './sched/scheduler.js';
 import { DraftModelDrafter } from './spec/draftModel.js';
 import type { Drafter } from './spec/drafter.js';
@@ -151,7 +151,7 @@ export function kvBytesPerToken(spec: ModelSpec, kvDtype: 'f32' | 'f16'): number
 export function defaultKvMemory(dev: Device, need: number): number {
   // cpu: a quarter of the free memory. GPUs: a fixed budget (the Device interface reports no
   // free memory); pass kvMemory to use more.
-  const budget = dev.kind === 'cpu' ? os.freemem() / 4 : dev.kind === 'cuda' ? 8 * 2 ** 30 : 2 ** 30;
+  const budget = dev.kind === 'cpu' ? platform.freeMemory() / 4 : dev.kind === 'cuda' ? 8 * 2 ** 30 : 2 ** 30;
   return Math.min(need, budget);
 }
 

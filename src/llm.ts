@@ -2,7 +2,6 @@
 // through the model's engine (src/engine.ts): the same paged KV cache, ragged forward and
 // sampling kernels for one request as for many; every request's blocks are freed when it ends,
 // however it ends.
-import { fileURLToPath } from 'node:url';
 import type { BackendKind, Device } from './backend/device.js';
 import { createDevice } from './backend/index.js';
 import { createEngine, type Engine, EngineError, type EngineModel, type EngineOptions, type EngineRequest, type EngineToken, type RequestHandle } from './engine.js';
@@ -11,10 +10,11 @@ import { type LoadedModel, openModel } from './io/index.js';
 import type { ChatMessage, HfTokenizer } from './io/tokenizer.js';
 import type { ModelSpec } from './model/spec.js';
 import { freeWeights, type ModelWeights, type WeightFormat, uploadWeights } from './model/weights.js';
-import { readTuneCache } from './tune.js';
+import { platform } from './platform/index.js';
+import { readTuneCache } from './tuneCache.js';
 
 /** The model a fresh clone runs with no --model: brown-target, shipped in models/. */
-export const DEFAULT_MODEL = fileURLToPath(new URL('../models/brown-target', import.meta.url));
+export const DEFAULT_MODEL = platform.resolvePackagePath('../models/brown-target', import.meta.url);
 
 export type Quant = 'none' | 'f32' | 'f16' | 'int4-rtn';
 

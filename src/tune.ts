@@ -3,49 +3,14 @@
 // family and shape bucket. The runtime reads it when it builds its ops and falls back to the
 // defaults for anything not there.
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { BackendKind } from './backend/device.js';
 import { createDevice } from './backend/index.js';
 import { tunableFamilies, tuneFamily, type TuneShape } from './ops/tune.js';
+import { defaultTuneCachePath, parseCache, type TuneCacheFile } from './tuneCache.js';
 import { num, type ParsedArgs, rejectUnknown, str } from './util/args.js';
 
-export interface TuneCacheFile {
-  version: 1;
-  /** key (device|family|shape fields) → winning parameters. */
-  entries: Record<string, { winner: Record<string, unknown>; ms: number | null; measured: string }>;
-}
-
-/** KILN_TUNE_CACHE, else $XDG_CACHE_HOME/kiln/tune.json, else ~/.cache/kiln/tune.json. */
-export function defaultTuneCachePath(): string {
-  return process.env.KILN_TUNE_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'kiln', 'tune.json');
-}
-
-/** The cache as the runtime looks it up (key → winner); empty when the file does not exist. */
-export function readTuneCache(path = defaultTuneCachePath()): Record<string, Record<string, unknown>> {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    throw new Error(`variant cache ${path}: ${(e as Error).message}`);
-  }
-  const file = parseCache(text, path);
-  return Object.fromEntries(Object.entries(file.entries).map(([k, v]) => [k, v.winner]));
-}
-
-function parseCache(text: string, path: string): TuneCacheFile {
-  let j: unknown;
-  try { j = JSON.parse(text); } catch (e) { throw new Error(`variant cache ${path}: not JSON (${(e as Error).message}); delete it or run kiln tune again`); }
-  const f = j as TuneCacheFile;
-  if (!f || f.version !== 1 || typeof f.entries !== 'object' || f.entries === null) {
-    throw new Error(`variant cache ${path}: expected {"version": 1, "entries": {...}}`);
-  }
-  for (const [k, v] of Object.entries(f.entries)) {
-    if (!v || typeof v.winner !== 'object' || v.winner === null) throw new Error(`variant cache ${path}: entry '${k}' has no winner object`);
-  }
-  return f;
-}
+export { defaultTuneCachePath, readTuneCache, type TuneCacheFile } from './tuneCache.js';
 
 /** Parse "K=4096,N=4096,groupSize=128" (numbers where they look like numbers). */
 export function parseShape(s: string): TuneShape {

@@ -2,8 +2,7 @@
 // LlamaForCausalLM (Llama 2/3, SmolLM), MistralForCausalLM, Qwen2ForCausalLM.
 // Also checks a checkpoint's tensors against the spec (names, shapes, dtypes).
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { platform } from '../platform/index.js';
 import {
   allLinears, expectedDenseWeights, validateSpec, lmHeadLinear, LM_HEAD,
   type Architecture, type AwqConfig, type ModelSpec, type RopeScaling,
@@ -217,7 +216,7 @@ export function parseHfConfig(config: unknown, opts: ParseOptions = {}): ModelSp
 
 function readJson(file: string): unknown {
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
+    return JSON.parse(platform.files.readText(file));
   } catch (e) {
     throw new Error(`${file}: cannot read JSON (${(e as Error).message})`);
   }
@@ -225,10 +224,10 @@ function readJson(file: string): unknown {
 
 /** Reads dir/config.json and, if present, dir/generation_config.json. */
 export function loadHfConfig(dir: string): ModelSpec {
-  const configPath = path.join(dir, 'config.json');
-  if (!fs.existsSync(configPath)) throw new Error(`${dir}: no config.json`);
-  const genPath = path.join(dir, 'generation_config.json');
-  const generationConfig = fs.existsSync(genPath) ? readJson(genPath) : undefined;
+  const configPath = platform.files.join(dir, 'config.json');
+  if (!platform.files.exists(configPath)) throw new Error(`${dir}: no config.json`);
+  const genPath = platform.files.join(dir, 'generation_config.json');
+  const generationConfig = platform.files.exists(genPath) ? readJson(genPath) : undefined;
   return parseHfConfig(readJson(configPath), { generationConfig, source: configPath });
 }
 

@@ -1,7 +1,6 @@
 // Model loading: one entry point for Hugging Face directories and llama2.c checkpoints.
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { platform } from '../platform/index.js';
 import type { ModelSpec } from '../model/spec.js';
 import { loadHfConfig, validateWeights } from './hfConfig.js';
 import { openSafetensors, type TensorStore } from './safetensors.js';
@@ -30,8 +29,8 @@ export interface LoadedModel {
  * AWQ when config.json says so) or a llama2.c .bin checkpoint.
  */
 export function openModel(p: string, opts: { allowUnusedTensors?: boolean } = {}): LoadedModel {
-  if (!fs.existsSync(p)) throw new Error(`${p}: no such file or directory`);
-  if (!fs.statSync(p).isDirectory()) {
+  if (!platform.files.exists(p)) throw new Error(`${p}: no such file or directory`);
+  if (!platform.files.isDirectory(p)) {
     if (p.endsWith('.bin')) {
       const ckpt = loadLlama2c(p);
       return { source: p, format: 'llama2c', spec: ckpt.spec, weights: ckpt.weights, tokenizer: null };
@@ -42,7 +41,7 @@ export function openModel(p: string, opts: { allowUnusedTensors?: boolean } = {}
   const weights = openSafetensors(p);
   try {
     validateWeights(spec, weights, opts);
-    const tokenizer = fs.existsSync(path.join(p, 'tokenizer.json')) ? HfTokenizer.fromDir(p) : null;
+    const tokenizer = platform.files.exists(platform.files.join(p, 'tokenizer.json')) ? HfTokenizer.fromDir(p) : null;
     if (tokenizer) checkTokenizerVocab(tokenizer, spec);
     return { source: p, format: 'hf', spec, weights, tokenizer };
   } catch (e) {

@@ -7,7 +7,7 @@
 // Matrices are [out, in] as in Hugging Face, so tensors take HF names (w1 = gate, w3 = up,
 // w2 = down). q/k keep Meta's row order, hence RoPE on interleaved pairs.
 
-import * as fs from 'node:fs';
+import { platform } from '../platform/index.js';
 import type { ModelSpec } from '../model/spec.js';
 import { validateSpec, layerPrefix, EMBED, FINAL_NORM } from '../model/spec.js';
 import { memoryStore, type MemoryTensor, type TensorStore } from './safetensors.js';
@@ -135,6 +135,6 @@ export function parseLlama2c(bytes: Uint8Array, source = 'llama2.c checkpoint'):
 
 /** Reads a llama2.c checkpoint file. */
 export function loadLlama2c(filePath: string): Llama2cCheckpoint {
-  const b = fs.readFileSync(filePath);
+  const b = platform.files.readBytes(filePath);
   return parseLlama2c(new Uint8Array(b.buffer, b.byteOffset, b.byteLength), filePath);
 }

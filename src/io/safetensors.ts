@@ -3,8 +3,7 @@
 // so a checkpoint is never held in memory twice.
 
 import { f16BitsToF32 } from '../quant/f16.js';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { platform } from '../platform/index.js';
 
 /** The dtypes Kiln converts and feeds to kernels. */
 export type LoadableDtype = 'F32' | 'F16' | 'BF16' | 'I32';
@@ -51,8 +50,8 @@ export interface ByteSource {
 }
 
 export function fileSource(filePath: string): ByteSource {
-  const fd = fs.openSync(filePath, 'r');
-  const size = fs.fstatSync(fd).size;
+  const file = platform.files.open(filePath);
+  const size = file.size;
   let open = true;
   return {
     name: filePath,
@@ -63,14 +62,14 @@ export function fileSource(filePath: string): ByteSource {
       const out = new Uint8Array(length);
       let done = 0;
       while (done < length) {
-        const n = fs.readSync(fd, out, done, length - done, offset + done);
+        const n = file.readInto(out, done, length - done, offset + done);
         if (n === 0) throw new Error(`${filePath}: unexpected end of file at byte ${offset + done}`);
         done += n;
       }
       return out;
     },
     close() {
-      if (open) fs.closeSync(fd);
+      if (open) file.close();
       open = false;
     },
   };
@@ -218,21 +217,21 @@ export class ShardedSafetensors implements TensorStore {
     this.source = indexPath;
     let index: unknown;
     try {
-      index = JSON.parse(fs.readFileSync(indexPath, 'utf8'));
+      index = JSON.parse(platform.files.readText(indexPath));
     } catch (e) {
       throw new Error(`${indexPath}: not a readable JSON index (${(e as Error).message})`);
     }
     const map = (index as { weight_map?: unknown } | null)?.weight_map;
     if (typeof map !== 'object' || map === null) throw new Error(`${indexPath}: missing 'weight_map'`);
-    const dir = path.dirname(indexPath);
+    const dir = platform.files.dirname(indexPath);
     const byFile = new Map<string, SafetensorsFile>();
     try {
       for (const [name, file] of Object.entries(map as Record<string, unknown>)) {
         if (typeof file !== 'string') throw new Error(`${indexPath}: weight_map['${name}'] must be a file name`);
         let shard = byFile.get(file);
         if (!shard) {
-          const shardPath = path.join(dir, file);
-          if (!fs.existsSync(shardPath)) throw new Error(`${indexPath}: shard '${file}' (for tensor '${name}') does not exist`);
+          const shardPath = platform.files.join(dir, file);
+          if (!platform.files.exists(shardPath)) throw new Error(`${indexPath}: shard '${file}' (for tensor '${name}') does not exist`);
           shard = SafetensorsFile.open(shardPath);
           byFile.set(file, shard);
           this.shards.push(shard);
@@ -270,12 +269,12 @@ export class ShardedSafetensors implements TensorStore {
 
 /** Opens a .safetensors file, a model.safetensors.index.json, or a directory holding either. */
 export function openSafetensors(p: string): TensorStore {
-  if (!fs.existsSync(p)) throw new Error(`${p}: no such file or directory`);
-  if (fs.statSync(p).isDirectory()) {
-    const index = path.join(p, 'model.safetensors.index.json');
-    if (fs.existsSync(index)) return new ShardedSafetensors(index);
-    const single = path.join(p, 'model.safetensors');
-    if (fs.existsSync(single)) return SafetensorsFile.open(single);
+  if (!platform.files.exists(p)) throw new Error(`${p}: no such file or directory`);
+  if (platform.files.isDirectory(p)) {
+    const index = platform.files.join(p, 'model.safetensors.index.json');
+    if (platform.files.exists(index)) return new ShardedSafetensors(index);
+    const single = platform.files.join(p, 'model.safetensors');
+    if (platform.files.exists(single)) return SafetensorsFile.open(single);
     throw new Error(`${p}: contains neither model.safetensors nor model.safetensors.index.json`);
   }
   if (p.endsWith('.index.json')) return new ShardedSafetensors(p);

@@ -1,8 +1,7 @@
 // Tokenizers: Hugging Face tokenizer.json (through @huggingface/tokenizers), chat templates
 // (through @huggingface/jinja), streaming decode, and llama2.c's tokenizer.bin.
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { platform } from '../platform/index.js';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import type { ModelSpec } from '../model/spec.js';
@@ -65,19 +64,19 @@ export class HfTokenizer implements Decoder {
 
   /** Reads dir/tokenizer.json, dir/tokenizer_config.json and, if present, dir/chat_template.jinja. */
   static fromDir(dir: string): HfTokenizer {
-    const tjPath = path.join(dir, 'tokenizer.json');
-    if (!fs.existsSync(tjPath)) throw new Error(`${dir}: no tokenizer.json`);
+    const tjPath = platform.files.join(dir, 'tokenizer.json');
+    if (!platform.files.exists(tjPath)) throw new Error(`${dir}: no tokenizer.json`);
     const read = (p: string): unknown => {
       try {
-        return JSON.parse(fs.readFileSync(p, 'utf8'));
+        return JSON.parse(platform.files.readText(p));
       } catch (e) {
         throw new Error(`${p}: cannot read JSON (${(e as Error).message})`);
       }
     };
-    const cfgPath = path.join(dir, 'tokenizer_config.json');
-    const cfg = fs.existsSync(cfgPath) ? read(cfgPath) : {};
-    const jinjaPath = path.join(dir, 'chat_template.jinja');
-    const chatTemplate = fs.existsSync(jinjaPath) ? fs.readFileSync(jinjaPath, 'utf8') : undefined;
+    const cfgPath = platform.files.join(dir, 'tokenizer_config.json');
+    const cfg = platform.files.exists(cfgPath) ? read(cfgPath) : {};
+    const jinjaPath = platform.files.join(dir, 'chat_template.jinja');
+    const chatTemplate = platform.files.exists(jinjaPath) ? platform.files.readText(jinjaPath) : undefined;
     return new HfTokenizer(read(tjPath), cfg, { source: tjPath, chatTemplate });
   }
 
@@ -261,7 +260,7 @@ export class Llama2cTokenizer implements Decoder {
   }
 
   static load(filePath: string, vocabSize?: number): Llama2cTokenizer {
-    return new Llama2cTokenizer(new Uint8Array(fs.readFileSync(filePath)), { vocabSize, source: filePath });
+    return new Llama2cTokenizer(new Uint8Array(platform.files.readBytes(filePath)), { vocabSize, source: filePath });
   }
 
   get vocabSize(): number {

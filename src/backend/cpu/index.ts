@@ -1,8 +1,6 @@
 // The CPU device: kernels compiled to JavaScript by codegen/emit/js.ts, workgroups spread over
 // worker threads, buffers in SharedArrayBuffers. Launches run in order, one after another; errors
 // and checking-mode findings reject the next sync() or read() and leave the device usable.
-import { createHash } from 'node:crypto';
-import os from 'node:os';
 import type { Kernel } from '../../../codegen/dsl/builder.js';
 import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
 import type { KernelIR } from '../../../codegen/dsl/ir.js';
@@ -10,6 +8,7 @@ import { emitJS, emitProfiledJS, type ProfileSite } from '../../../codegen/emit/
 import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
 import type { Device, DeviceBuffer, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
+import { platform } from '../../platform/index.js';
 import { WorkerPool } from './pool.js';
 import { executeJob, type JobReply, type WorkerKernel } from './worker.js';
 
@@ -20,6 +19,7 @@ export const CPU_CAPS: Caps = {
   maxWorkgroupStorage: 65536,
   maxStorageBuffers: 32,
   maxInvocationsPerWorkgroup: 1024,
+  deviceFence: true,
 };
 
 /** Checking mode found problems in a launch: out-of-bounds accesses, races, divergent barriers. */
@@ -102,9 +102,10 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
 
   constructor(opts: DeviceOptions) {
     super();
-    const workers = opts.workers ?? os.availableParallelism();
+    const workers = opts.workers ?? (platform.sharedMemory ? platform.cpuCount() : 0);
     if (!Number.isInteger(workers) || workers < 0) throw new Error(`cpu device: workers must be a whole number ≥ 0, not ${workers}`);
-    this.check = opts.check ?? process.env.KILN_CHECK === '1';
+    if (workers > 0 && !platform.sharedMemory) throw new Error(`cpu device: workers = ${workers} needs SharedArrayBuffer, which this page lacks (it is not cross-origin isolated: serve it with COOP/COEP headers), so use workers: 0`);
+    this.check = opts.check ?? platform.env('KILN_CHECK') === '1';
     this.profiling = !!opts.profile;
     // Profiled launches run on the main thread, where their counts are read (no worker replies).
     this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers) : null;
@@ -112,7 +113,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     this.description = `cpu (${threads}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
-    this.profile = { software: true, parallelism: 1024 * os.availableParallelism() };
+    this.profile = { software: true, parallelism: 1024 * platform.cpuCount() };
   }
 
   protected usable(what: string): void {
@@ -120,7 +121,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   }
 
   protected allocBuffer(dtype: StorageType, length: number, label: string, bytes: number): CpuBuffer {
-    return new CpuBuffer(dtype, length, label, bytes, new SharedArrayBuffer(bytes));
+    return new CpuBuffer(dtype, length, label, bytes, platform.allocShared(bytes));
   }
 
   protected writeBuffer(b: CpuBuffer, data: HostArray<StorageType>, offset: number): void {
@@ -177,7 +178,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       const p = this.profiling ? emitProfiledJS(kernel.ir, { check: this.check }) : undefined;
       const source = p?.source ?? emitJS(kernel.ir, { check: this.check });
       const [x, y, z] = kernel.ir.workgroupSize;
-      c = { name: kernel.ir.name, source, ir: kernel.ir, key: createHash('sha1').update(source).digest('hex').slice(0, 20), invocations: x * y * z };
+      c = { name: kernel.ir.name, source, ir: kernel.ir, key: platform.contentKey(source), invocations: x * y * z };
       if (p) c.sites = p.sites;
       this.compiled.set(kernel, c);
     }
@@ -240,7 +241,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     const job = {
       key: c.key, uniforms, grid,
       buffers: bufs.map((b) => ({ sab: b.sab, dtype: b.dtype, length: b.length })),
-      counter: new SharedArrayBuffer(4),
+      counter: platform.allocShared(4),
       chunk: Math.max(1, Math.floor(total / Math.max(1, workers * 8))),
     };
     // Small launches run here rather than pay a round trip to the workers: judged by the time

@@ -1,11 +1,12 @@
-// A pool of worker threads that run launches. Each worker compiles a kernel's source once (cached by
-// its hash) and takes workgroups from a shared counter until none are left, so uneven workgroups
-// balance themselves. Workers are unreferenced while idle: an idle pool never keeps Node alive.
-import { Worker } from 'node:worker_threads';
+// A pool of workers that run launches (worker threads in Node, Web Workers in browsers: see
+// src/platform). Each worker compiles a kernel's source once (cached by its hash) and takes
+// workgroups from a shared counter until none are left, so uneven workgroups balance themselves.
+// Workers do not hold the host while idle: an idle pool never keeps Node alive.
+import { platform, type PlatformWorker } from '../../platform/index.js';
 import { type JobMessage, type JobReply, WORKER_SOURCE } from './worker.js';
 
 interface PoolWorker {
-  worker: Worker;
+  worker: PlatformWorker;
   /** Kernel keys this worker has compiled. */
   known: Set<string>;
   pending: Map<number, { resolve(r: JobReply): void }>;
@@ -19,24 +20,24 @@ export class WorkerPool {
   constructor(readonly size: number) {}
 
   private spawn(): PoolWorker {
-    // execArgv: [] so a worker never loads the parent's loaders (tsx, vitest): it runs plain JS.
-    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
-    worker.unref();
-    const pw: PoolWorker = { worker, known: new Set(), pending: new Map() };
-    worker.on('message', (r: JobReply) => {
-      const p = pw.pending.get(r.id);
-      pw.pending.delete(r.id);
-      if (pw.pending.size === 0) worker.unref();
-      p?.resolve(r);
-    });
+    const pending = new Map<number, { resolve(r: JobReply): void }>();
     const fail = (why: string) => {
       const i = this.workers.indexOf(pw);
       if (i >= 0) this.workers.splice(i, 1); // replaced on the next launch
-      for (const [id, p] of pw.pending) p.resolve({ id, findings: [], count: 0, error: why, busyMs: 0 });
-      pw.pending.clear();
+      for (const [id, p] of pending) p.resolve({ id, findings: [], count: 0, error: why, busyMs: 0 });
+      pending.clear();
     };
-    worker.on('error', (e) => fail(`worker thread failed: ${e instanceof Error ? e.message : String(e)}`));
-    worker.on('exit', (code) => fail(`worker thread exited (code ${code})`));
+    const worker = platform.startWorker(WORKER_SOURCE, {
+      message: (m) => {
+        const r = m as JobReply;
+        const p = pending.get(r.id);
+        pending.delete(r.id);
+        if (pending.size === 0) worker.hold(false);
+        p?.resolve(r);
+      },
+      error: fail,
+    });
+    const pw: PoolWorker = { worker, known: new Set(), pending };
     return pw;
   }
 
@@ -53,8 +54,8 @@ export class WorkerPool {
         pw.known.add(job.key);
       }
       pw.pending.set(id, { resolve });
-      pw.worker.ref();
-      pw.worker.postMessage(msg);
+      pw.worker.hold(true);
+      pw.worker.post(msg);
     })));
   }
 

@@ -93,19 +93,16 @@ export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>):
   return reply;
 }
 
-// The worker's program: executeJob's own text (whatever name a bundler gave it), called per message.
+// The worker's program: executeJob's own text (whatever name a bundler gave it) and the
+// `handle(job)` the platform's worker calls per message (src/platform: worker_threads or Web Workers).
 export const WORKER_SOURCE = `${KEEP_NAMES_SHIM}
 const executeJob = (${executeJob.toString()});
-import('node:worker_threads').then(({ parentPort }) => {
-  const kernels = new Map();
-  parentPort.on('message', (job) => {
-    let reply;
-    try {
-      reply = executeJob(job, kernels);
-    } catch (e) {
-      reply = { id: job.id, findings: [], count: 0, error: e instanceof Error ? e.message : String(e), busyMs: 0 };
-    }
-    parentPort.postMessage(reply);
-  });
-});
+const kernels = new Map();
+function handle(job) {
+  try {
+    return executeJob(job, kernels);
+  } catch (e) {
+    return { id: job.id, findings: [], count: 0, error: e instanceof Error ? e.message : String(e), busyMs: 0 };
+  }
+}
 `;

@@ -1,7 +1,6 @@
 // The WebGPU Device. Launches are recorded into the current pass (a list of commands) and encoded
 // into one command encoder when the pass is flushed by sync() or read(): no readback inside a pass.
 // Pipelines compile asynchronously from the first launch; a flush waits for the ones it needs.
-import os from 'node:os';
 import type { Kernel } from '../../../codegen/dsl/builder.js';
 import type { KernelIR } from '../../../codegen/dsl/ir.js';
 import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
@@ -9,6 +8,7 @@ import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
 import { type DeviceBuffer, type DeviceProfile, type HostArray, LaunchError } from '../device.js';
 import type { OpenedDevice } from './adapter.js';
 import { CHUNK_BYTES, PassUniforms, type UniformChunk, UniformPool } from './uniforms.js';
+import { platform } from '../../platform/index.js';
 
 const STORAGE = 0x80, COPY_SRC = 0x04, COPY_DST = 0x08, MAP_READ = 0x01, COMPUTE = 0x4, MAP_MODE_READ = 0x1;
 /** Bind groups kept per pipeline before the cache is dropped (keys contain buffer ids, never reused). */
@@ -89,7 +89,7 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
     this.caps = opened.caps;
     this.software = opened.software;
     // A software adapter runs workgroups on CPU cores (~16 of 64 invocations per core keep them busy).
-    this.profile = { software: opened.software, parallelism: opened.software ? 1024 * os.availableParallelism() : 65536 };
+    this.profile = { software: opened.software, parallelism: opened.software ? 1024 * platform.cpuCount() : 65536 };
     this.pool = new UniformPool(this.device, Math.max(16, this.limits.minUniformBufferOffsetAlignment));
     this.pass = this.newPass();
     this.device.lost.then((info) => {
