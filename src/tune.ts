@@ -3,7 +3,7 @@
 // family and shape bucket. The runtime reads it when it builds its ops and falls back to the
 // defaults for anything not there.
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import type { BackendKind } from './backend/device.js';
 import { createDevice } from './backend/index.js';
 import { tunableFamilies, tuneFamily, type TuneShape } from './ops/tune.js';

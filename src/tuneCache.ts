@@ -32,7 +32,7 @@ export function parseCache(text: string, path: string): TuneCacheFile {
   let j: unknown;
   try { j = JSON.parse(text); } catch (e) { throw new Error(`variant cache ${path}: not JSON (${(e as Error).message}); delete it or run kiln tune again`); }
   const f = j as TuneCacheFile;
-  if (!f || f.version !== 1 || typeof f.entries !== 'object' || f.entries === null) {
+  if (f?.version !== 1 || typeof f.entries !== 'object' || f.entries === null) {
     throw new Error(`variant cache ${path}: expected {"version": 1, "entries": {...}}`);
   }
   for (const [k, v] of Object.entries(f.entries)) {
