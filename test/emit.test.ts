@@ -13,13 +13,14 @@ import { walk } from '../codegen/dsl/walk.js';
 import { emitCUDA, emitWGSL } from '../codegen/emit/index.js';
 import { FAMILIES } from '../codegen/kernels/index.js';
 import { allKinds, awkwardNames } from './fixtures/allKinds.js';
+import { lastArrivalSum } from './fixtures/lastArrival.js';
 import { freshSeed, rng } from './util.js';
 
 // ---- the whole IR, as values; adding a kind to ir.ts without listing it here fails tsc ----------
 const EXPR_KINDS = ['const', 'var', 'uniform', 'builtin', 'load', 'bin', 'un', 'call', 'select', 'cast', 'bitcast',
   'pack2x16float', 'unpack2x16float', 'vec', 'swizzle', 'subgroup'] as const;
 const STMT_KINDS = ['let', 'assign', 'store', 'privateArray', 'if', 'for', 'while', 'break', 'continue', 'return',
-  'barrier', 'atomic'] as const;
+  'barrier', 'fence', 'atomic'] as const;
 const BIN_OPS = ['add', 'sub', 'mul', 'div', 'rem', 'lt', 'le', 'gt', 'ge', 'eq', 'ne', 'and', 'or', 'band', 'bor',
   'bxor', 'shl', 'shr'] as const;
 const UN_OPS = ['neg', 'not', 'bnot'] as const;
@@ -57,11 +58,13 @@ function usage(ir: KernelIR): Set<string> {
 
 const full = allKinds(CUDA_CAPS).ir; // f16 and subgroups
 const baseline = allKinds(BASELINE_CAPS).ir; // what compatibility mode can run
+// The device-scope fence exists only where caps.deviceFence (not WGSL): a kernel of its own.
+const fenced = lastArrivalSum(CUDA_CAPS).ir;
 
 describe('emitters cover the whole IR', () => {
   it('the all-kinds fixture uses every expression, statement, operator, function, builtin and atomic', () => {
     expect(listsAreExhaustive.every(Boolean)).toBe(true);
-    const seen = usage(full);
+    const seen = new Set([...usage(full), ...usage(fenced)]);
     const want = [
       ...EXPR_KINDS.map((k) => `expr:${k}`), ...STMT_KINDS.map((k) => `stmt:${k}`), ...BIN_OPS.map((o) => `bin:${o}`),
       ...UN_OPS.map((o) => `un:${o}`), ...MATH_FNS.map((f) => `call:${f}`), ...BUILTIN_NAMES.map((b) => `builtin:${b}`),
@@ -111,6 +114,13 @@ describe('emitters cover the whole IR', () => {
   it('CUDA prints each construct as expected', () => {
     const text = emitCUDA(full);
     expect(CUDA_EXPECT.filter((s) => !text.includes(s))).toEqual([]);
+  });
+  it('the last-arrival ticket is a fence, an atomic add and a reset on CUDA; WGSL and fenceless caps refuse it', () => {
+    const text = emitCUDA(fenced);
+    expect(text).toMatch(/__threadfence\(\);\s*\n\s*const u32 \w+ = atomicAdd\(&tickets\[/);
+    expect(text).toMatch(/if \(\w+_last\) \{\s*\n\s*__threadfence\(\);\s*\n\s*atomicStore\(&tickets\[/);
+    expect(() => emitWGSL(fenced)).toThrow(/WGSL has no device-scope fence/);
+    expect(() => lastArrivalSum(BASELINE_CAPS)).toThrow(/no device-scope fence \(caps.deviceFence\)/);
   });
   it('baseline WGSL enables nothing and CUDA emits only the prelude parts it uses', () => {
     const code = (text: string) => text.split('\n').filter((l) => !l.startsWith('//')).join('\n');

@@ -571,6 +571,27 @@ export class KernelBuilder {
   return(): void { this.emit({ k: 'return' }); }
   /** Workgroup barrier: memory and execution. Must be reached by every invocation of the workgroup. */
   barrier(): void { this.emit({ k: 'barrier' }); }
+  /** Device-scope memory fence (needs caps.deviceFence; WGSL has none). */
+  deviceFence(): void {
+    if (!this.caps.deviceFence) this.fail('deviceFence: this device has no device-scope fence (caps.deviceFence); plan a second launch instead');
+    this.emit({ k: 'fence' });
+  }
+  /**
+   * The "last arrival" ticket: fence this invocation's earlier global writes, then count it in
+   * `counter[i]`; true for the one invocation that arrives `count`-th, which then sees every
+   * counted invocation's writes and resets the counter to 0 for the next launch. Nobody waits.
+   * The counter buffer (u32, atomic) must start at 0.
+   */
+  lastArrival(counter: ArrayRef<'u32', true>, i: IndexVal, count: Val<'u32'> | number): Val<'bool'> {
+    this.deviceFence();
+    const old = this.atomicAdd(counter, i, 1);
+    const last = this.let(`${counter.name}_last`, old.add(1).eq(typeof count === 'number' ? this.u32(count) : count));
+    this.if(last, () => {
+      this.deviceFence();
+      this.atomicStore(counter, i, 0);
+    });
+    return last;
+  }
 
   // ---- atomics (return the old value) ----
   private atomic(op: AtomicOp, ref: ArrayRef<'u32' | 'i32', boolean>, i: IndexVal, v?: Val | number, cmp?: Val | number): Val<'u32' | 'i32'> {

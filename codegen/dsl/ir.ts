@@ -47,6 +47,8 @@ export type Stmt =
   | { k: 'while'; cond: Expr; body: Stmt[] }
   | { k: 'break' } | { k: 'continue' } | { k: 'return' }
   | { k: 'barrier' }
+  /** Device-scope memory fence: this invocation's earlier global writes are visible device-wide before its later ones. */
+  | { k: 'fence' }
   | {
       k: 'atomic'; op: AtomicOp; space: 'storage' | 'workgroup'; name: string; t: 'i32' | 'u32';
       index: Expr; value: Expr; compare?: Expr; result?: string; // result: a new immutable let with the old value

@@ -65,6 +65,12 @@ export interface Caps {
   /** Storage buffers one kernel may bind. */
   maxStorageBuffers: number;
   maxInvocationsPerWorkgroup: number;
+  /**
+   * A device-scope memory fence (CUDA `__threadfence`; the CPU executor's Atomics are sequentially
+   * consistent): lets the last workgroup to arrive finish a split reduction (KernelBuilder.lastArrival).
+   * WGSL has none, so WebGPU ops keep a second launch. Absent means no.
+   */
+  deviceFence?: boolean;
 }
 
 /** The baseline every backend meets: WebGPU compatibility mode on llvmpipe. */
@@ -85,4 +91,5 @@ export const CUDA_CAPS: Caps = {
   maxWorkgroupStorage: 48 * 1024,
   maxStorageBuffers: 64,
   maxInvocationsPerWorkgroup: 1024,
+  deviceFence: true,
 };

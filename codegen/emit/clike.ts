@@ -187,6 +187,7 @@ export abstract class CLikeEmitter {
   abstract store(s: StmtOf<'store'>): void;
   abstract privateArray(s: StmtOf<'privateArray'>): void;
   abstract barrier(): string;
+  abstract fence(): string;
   abstract atomic(s: StmtOf<'atomic'>): void;
   binary(e: Of<'bin'>): Code { return infix(e.op, this.code(e.a), this.code(e.b)); }
   unary(e: Of<'un'>): Code { return prefix(e.op === 'neg' ? '-' : e.op === 'not' ? '!' : '~', this.code(e.a)); }
@@ -241,6 +242,7 @@ export abstract class CLikeEmitter {
       case 'while': this.block(`while (${this.expr(s.cond)})`, s.body); break;
       case 'break': case 'continue': case 'return': this.line(`${s.k};`); break;
       case 'barrier': this.line(this.barrier()); break;
+      case 'fence': this.line(this.fence()); break;
       case 'atomic': this.atomic(s); break;
     }
   }

@@ -325,6 +325,7 @@ class CudaEmitter extends CLikeEmitter {
   }
   privateArray(s: StmtOf<'privateArray'>): void { this.line(`${s.t} ${this.id(s.name)}[${s.length}] = {}; // zeroed, as in WGSL`); }
   barrier(): string { return '__syncthreads();'; }
+  fence(): string { return '__threadfence();'; }
 
   atomic(s: StmtOf<'atomic'>): void {
     const keep = s.result !== undefined && this.readNames.has(s.result);

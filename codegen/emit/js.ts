@@ -232,6 +232,9 @@ class JsEmitter extends JsExpressions {
         return;
       case 'return': this.exit('return', out, ind); return;
       case 'atomic': this.atomic(s, out, ind); return;
+      // Atomics are sequentially consistent: plain writes before an Atomics operation are seen by
+      // a thread whose Atomics operation reads its result, so the fence itself emits nothing.
+      case 'fence': out.push(`${ind}// device-scope fence`); return;
       case 'barrier': case '$sg': case '$loop':
         return this.fail(`${s.k} in a per-invocation region`);
     }

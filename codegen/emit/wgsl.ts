@@ -112,6 +112,7 @@ class WgslEmitter extends CLikeEmitter {
   }
   privateArray(s: StmtOf<'privateArray'>): void { this.line(`var ${this.id(s.name)}: array<${s.t}, ${s.length}>;`); }
   barrier(): string { return 'workgroupBarrier();'; }
+  fence(): string { throw new Error(`kernel '${this.ir.name}': WGSL has no device-scope fence (the kernel was built for caps with deviceFence)`); }
 
   atomic(s: StmtOf<'atomic'>): void {
     const keep = s.result !== undefined && this.readNames.has(s.result);
