@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { check, generate, write } from '../codegen/cli.js';
-import type { AtomicOp, BinOp, Builtin, Expr, KernelIR, MathFn, Stmt, SubgroupOp, UnOp } from '../codegen/dsl/ir.js';
+import type { AtomicOp, BinOp, Builtin, Expr, KernelIR, LegalizedKind, MathFn, Stmt, SubgroupOp, UnOp } from '../codegen/dsl/ir.js';
 import { BASELINE_CAPS, CUDA_CAPS, isVec } from '../codegen/dsl/types.js';
 import { f16round, floatText } from '../codegen/emit/clike.js';
 import { walk } from '../codegen/dsl/walk.js';
@@ -32,7 +32,7 @@ const ATOMIC_OPS = ['add', 'max', 'min', 'exchange', 'compareExchange', 'load', 
 const SUBGROUP_OPS = ['shuffleXor', 'add', 'max', 'min', 'broadcast'] as const;
 type Exhaustive<All, Listed> = [Exclude<All, Listed>] extends [never] ? true : never;
 const listsAreExhaustive: [
-  Exhaustive<Expr['k'], (typeof EXPR_KINDS)[number]>, Exhaustive<Stmt['k'], (typeof STMT_KINDS)[number]>,
+  Exhaustive<Exclude<Expr['k'], LegalizedKind>, (typeof EXPR_KINDS)[number]>, Exhaustive<Stmt['k'], (typeof STMT_KINDS)[number]>,
   Exhaustive<BinOp, (typeof BIN_OPS)[number]>, Exhaustive<UnOp, (typeof UN_OPS)[number]>,
   Exhaustive<MathFn, (typeof MATH_FNS)[number]>, Exhaustive<Builtin, (typeof BUILTIN_NAMES)[number]>,
   Exhaustive<AtomicOp, (typeof ATOMIC_OPS)[number]>, Exhaustive<SubgroupOp, (typeof SUBGROUP_OPS)[number]>,

@@ -35,7 +35,14 @@ export type Expr =
   | { k: 'unpack2x16float'; t: 'vec2<f32>'; a: Expr }  // u32 -> vec2<f32>
   | { k: 'vec'; t: DType; args: Expr[] }
   | { k: 'swizzle'; t: DType; a: Expr; comps: string } // comps over 'xyzw'
-  | { k: 'subgroup'; t: DType; op: SubgroupOp; a: Expr; b?: Expr };
+  | { k: 'subgroup'; t: DType; op: SubgroupOp; a: Expr; b?: Expr }
+  // Made only by target legalization (codegen/emit/legalize.ts), never by the builder:
+  /** The scalar `body`, over `params`, applied to each component of `args` (vectors of t's width). */
+  | { k: 'lanes'; t: DType; params: { name: string; t: Scalar }[]; args: Expr[]; body: Expr }
+  /** A call to a function of the target by its name (C's fmodf). */
+  | { k: 'intrinsic'; t: DType; name: string; args: Expr[] };
+/** Expression kinds only legalization makes. */
+export type LegalizedKind = 'lanes' | 'intrinsic';
 
 export type Stmt =
   | { k: 'let'; name: string; t: DType; init: Expr; mutable: boolean }

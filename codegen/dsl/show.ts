@@ -22,5 +22,7 @@ export function show(e: Expr): string {
     case 'vec': return `${e.t}(${e.args.map(show).join(', ')})`;
     case 'swizzle': return `${show(e.a)}.${e.comps}`;
     case 'subgroup': return `subgroup_${e.op}(${show(e.a)}${e.b ? ', ' + show(e.b) : ''})`;
+    case 'lanes': return `lanes((${e.params.map((p) => p.name).join(', ')}) => ${show(e.body)}, ${e.args.map(show).join(', ')})`;
+    case 'intrinsic': return `${e.name}(${e.args.map(show).join(', ')})`;
   }
 }

@@ -16,6 +16,8 @@ export function mapExpr(e: Expr, f: (x: Expr) => Expr): Expr {
     case 'vec': return { ...e, args: e.args.map(f) };
     case 'select': return { ...e, cond: f(e.cond), a: f(e.a), b: f(e.b) };
     case 'subgroup': return { ...e, a: f(e.a), ...(e.b ? { b: f(e.b) } : {}) };
+    case 'lanes': return { ...e, args: e.args.map(f) }; // the body is its own scope, over the lane parameters
+    case 'intrinsic': return { ...e, args: e.args.map(f) };
   }
 }
 

@@ -4,6 +4,7 @@
 import type { BinOp, Builtin, BufferDecl, Expr, KernelIR, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, vecOf } from '../dsl/types.js';
 import { f16round } from '../dsl/f16.js';
+import { show } from '../dsl/show.js';
 import { walk } from '../dsl/walk.js';
 
 export { f16round };
@@ -212,8 +213,12 @@ export abstract class CLikeEmitter {
       case 'vec': return this.vec(e);
       case 'swizzle': return this.swizzle(e);
       case 'subgroup': return this.subgroup(e);
+      case 'lanes': return this.lanes(e);
+      case 'intrinsic': return callCode(e.name, e.args.map((a) => this.code(a)));
     }
   }
+  /** A lifted vector operation: only targets whose legalization lifts vectors print one. */
+  lanes(e: Of<'lanes'>): Code { throw new Error(`kernel '${this.ir.name}': this target has no lifted vector operations (${show(e)})`); }
   protected index(name: string, index: Expr): string { return `${this.id(name)}[${this.expr(index)}]`; }
   /** Evaluate `e` once into a new local when it is more than a name or a literal. */
   protected hoist(e: Expr, base: string): Expr {

@@ -4,6 +4,7 @@
 // uniforms as one struct of 4-byte scalars passed by value, omitted when there are none).
 import type { BufferDecl, Builtin, Expr, KernelIR, MathFn, Stmt } from '../dsl/ir.js';
 import { type DType, type Scalar, type VecStorageType, elemOf, isVec, widthOf } from '../dsl/types.js';
+import { CUDA_TARGET, legalize } from './legalize.js';
 import { BIN, BUILTINS, CLikeEmitter, type Code, P, atom, callCode, f16round, floatText, infix, postfix, ternary } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
@@ -139,12 +140,6 @@ const F32_FN: Record<Exclude<MathFn, 'clamp' | 'dot'>, string> = {
 };
 const ATOMIC_FN = { add: 'atomicAdd', max: 'atomicMax', min: 'atomicMin', exchange: 'atomicExch' } as const;
 const TYPE: Record<Scalar, string> = { f32: 'f32', f16: 'f16', i32: 'i32', u32: 'u32', bool: 'bool' };
-const LANES = ['a', 'b', 'c'];
-/** Whether a shift amount is visibly below 32 (a constant, x & c or x % c with small c). */
-function below32(e: Expr): boolean {
-  if (e.k === 'const') return true;
-  return e.k === 'bin' && e.b.k === 'const' && ((e.op === 'band' && (e.b.v as number) < 32) || (e.op === 'rem' && (e.b.v as number) <= 32));
-}
 
 class CudaEmitter extends CLikeEmitter {
   private readonly used = new Set<Part>(['base']);
@@ -204,32 +199,18 @@ class CudaEmitter extends CLikeEmitter {
     return atom(`atomicLoad(&${ref})`);
   }
 
-  /** A vector operation as its scalar form mapped over the components: vmap([](f32 a) {...}, v). */
-  private lift(e: Expr, args: Expr[]): Code {
+  /** A lifted vector operation (legalize.ts): vmap([](f32 a, f32 b) { ... }, x, y). */
+  override lanes(e: Of<'lanes'>): Code {
     this.need('vmap');
-    const params = args.map((a, i) => ({ k: 'var', t: elemOf(a.t), name: LANES[i]! }) as const);
-    const scalar = { ...e, t: elemOf(e.t) } as Expr;
-    const sub: Expr = e.k === 'bin' ? { ...scalar, a: params[0], b: params[1] } as Expr
-      : e.k === 'select' ? { ...scalar, cond: params[0], a: params[1], b: params[2] } as Expr
-        : e.k === 'call' ? { ...scalar, args: params } as Expr
-          : { ...scalar, a: params[0] } as Expr;
-    const lambda = `[](${params.map((p) => `${TYPE[p.t]} ${p.name}`).join(', ')}) { return ${this.expr(sub)}; }`;
-    return callCode('vmap', [atom(lambda), ...args.map((a) => this.code(a))]);
+    const lambda = `[](${e.params.map((p) => `${TYPE[p.t]} ${p.name}`).join(', ')}) { return ${this.expr(e.body)}; }`;
+    return callCode('vmap', [atom(lambda), ...e.args.map((a) => this.code(a))]);
   }
 
   override binary(e: Of<'bin'>): Code {
     if (isVec(e.a.t)) {
-      // % on floats is fmodf and shifts need their amount masked: those map the scalar form.
-      if (e.op === 'rem' || e.op === 'shl' || e.op === 'shr') return this.lift(e, [e.a, e.b]);
+      // The prelude's vector operators (legalization lifted %, shifts and the rest).
       this.need('arith');
       this.vecBinary.add(BIN[e.op].sym);
-      return super.binary(e);
-    }
-    if (e.op === 'rem' && (e.t === 'f32' || e.t === 'f16')) return this.floatCall(e.t, 'fmodf', [e.a, e.b]);
-    if ((e.op === 'shl' || e.op === 'shr') && !below32(e.b)) {
-      // WGSL shifts by the amount modulo 32; in C a shift by 32 or more is undefined.
-      const masked: Expr = { k: 'bin', t: 'u32', op: 'band', a: e.b, b: { k: 'const', t: 'u32', v: 31 } };
-      return infix(e.op, this.code(e.a), this.code(masked));
     }
     return super.binary(e);
   }
@@ -247,7 +228,6 @@ class CudaEmitter extends CLikeEmitter {
   }
   call(e: Of<'call'>): Code {
     if (e.fn === 'dot') { this.need('dot'); return callCode('dot', e.args.map((a) => this.code(a))); }
-    if (isVec(e.t)) return this.lift(e, e.args);
     const t = e.t as Scalar;
     const float = t === 'f32' || t === 'f16';
     if (e.fn === 'clamp') {
@@ -262,11 +242,9 @@ class CudaEmitter extends CLikeEmitter {
     return callCode(e.fn, e.args.map((a) => this.code(a))); // min, max on integers
   }
   select(e: Of<'select'>): Code {
-    if (isVec(e.cond.t)) return this.lift(e, [e.cond, e.a, e.b]);
     return ternary(this.code(e.cond), this.code(e.a), this.code(e.b));
   }
   cast(e: Of<'cast'>): Code {
-    if (isVec(e.t)) return this.lift(e, [e.a]);
     const to = e.t as Scalar, from = e.a.t as Scalar;
     const a = this.code(e.a);
     if (from === 'f16') {
@@ -399,5 +377,5 @@ class CudaEmitter extends CLikeEmitter {
 
 /** CUDA C++ source for one kernel (see the ABI above and in the file header). */
 export function emitCUDA(ir: KernelIR): string {
-  return new CudaEmitter(ir).emit();
+  return new CudaEmitter(legalize(ir, CUDA_TARGET)).emit();
 }

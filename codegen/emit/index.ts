@@ -2,3 +2,6 @@
 export { emitWGSL } from './wgsl.js';
 export { emitCUDA } from './cuda.js';
 export { emitJS } from './js.js';
+export {
+  CUDA_TARGET, type LegalizeTarget, WGSL_TARGET, expandLanes, legalize, legalizeExpr, legalizeStmts,
+} from './legalize.js';

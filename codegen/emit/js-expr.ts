@@ -7,6 +7,7 @@ import type { BinOp, Builtin, Expr, KernelIR, MathFn, UnOp } from '../dsl/ir.js'
 import { type DType, type Scalar, byteSize, elemOf, isVec, widthOf } from '../dsl/types.js';
 import { f16BitsToF32, f32ToF16Bits, roundToF16 } from '../dsl/f16.js';
 import { show } from '../dsl/show.js';
+import { expandLanes } from './legalize.js';
 
 export interface JsEmitOptions {
   /** Report out-of-bounds accesses, shared-memory races and divergent barriers into ctx. */
@@ -169,6 +170,9 @@ export abstract class JsExpressions {
         return [...e.comps].map((c) => a[XYZW.indexOf(c)]!);
       }
       case 'subgroup': return this.fail('subgroup operation left inside an expression');
+      // Vectors are already one expression per component here; nothing is lifted for JS.
+      case 'lanes': return this.ex(expandLanes(e));
+      case 'intrinsic': return this.fail(`target function ${e.name} (legalized for another target)`);
     }
   }
   protected sc(e: Expr): string { return this.ex(e)[0]!; }

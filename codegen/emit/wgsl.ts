@@ -1,7 +1,8 @@
 // KernelIR → WGSL, valid in WebGPU compatibility mode (no f16 or subgroups unless the kernel
 // uses them). The IR's type names and math function names are WGSL's own.
 import type { Builtin, Expr, KernelIR, Stmt } from '../dsl/ir.js';
-import { type DType, type Scalar, isVec } from '../dsl/types.js';
+import type { DType, Scalar } from '../dsl/types.js';
+import { WGSL_TARGET, legalize } from './legalize.js';
 import { BUILTINS, CLikeEmitter, bufferElem, type Code, P, atom, callCode, f16round, floatText, infix, postfix } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
@@ -75,11 +76,6 @@ class WgslEmitter extends CLikeEmitter {
   load(e: Of<'load'>): Code {
     const ref = this.index(e.name, e.index);
     return this.atomicArray(e.space, e.name) ? atom(`atomicLoad(&${ref})`) : atom(ref);
-  }
-  override binary(e: Of<'bin'>): Code {
-    // && and || take scalars only; vectors of bool use & and |.
-    if ((e.op === 'and' || e.op === 'or') && isVec(e.t)) return infix(e.op === 'and' ? 'band' : 'bor', this.code(e.a), this.code(e.b));
-    return super.binary(e);
   }
   call(e: Of<'call'>): Code { return callCode(e.fn, e.args.map((a) => this.code(a))); }
   select(e: Of<'select'>): Code { return callCode('select', [this.code(e.b), this.code(e.a), this.code(e.cond)]); }
@@ -172,5 +168,5 @@ class WgslEmitter extends CLikeEmitter {
 
 /** WGSL source for one kernel; the entry point is named after the kernel. */
 export function emitWGSL(ir: KernelIR): string {
-  return new WgslEmitter(ir).emit();
+  return new WgslEmitter(legalize(ir, WGSL_TARGET)).emit();
 }
