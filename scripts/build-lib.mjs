@@ -7,10 +7,11 @@
 // Runs as the package's `prepare` script (npm ci, npm install in a checkout, npm pack).
 //   node scripts/build-lib.mjs [--no-types]
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { builtinModules, createRequire } from 'node:module';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { browserBuildOptions } from './browser-build.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DIST = join(ROOT, 'dist');
@@ -102,6 +103,14 @@ const result = await esbuild.build({
   logLevel: 'warning',
   metafile: true,
 }).catch((e) => fail(`bundling failed (esbuild's messages are above): ${e.message.split('\n')[0]}`));
+const browserResult = await esbuild.build({ ...browserBuildOptions(ROOT), outdir: DIST })
+  .catch((e) => fail(`browser bundle failed (esbuild's messages are above): ${e.message.split('\n')[0]}`));
+for (const [path, out] of Object.entries(browserResult.metafile.outputs)) {
+  const nodeImport = out.imports.find((i) => i.external);
+  if (nodeImport) fail(`${path} imports '${nodeImport.path}': the browser build must be self-contained`);
+}
+// The page's HTML beside its script: the server and `kiln build-playground` serve them as index.html.
+copyFileSync(join(ROOT, 'src/playground/index.html'), join(DIST, 'playground.html'));
 const bundleMs = performance.now() - started;
 
 const outputs = Object.entries(result.metafile.outputs);
@@ -151,6 +160,6 @@ if (withTypes) {
     console.warn(`build-lib: warning: type errors, so dist/types may be inaccurate (npm run typecheck):\n${report.split('\n').slice(0, 5).join('\n')}`);
   }
 }
-const bytes = outputs.reduce((s, [, o]) => s + o.bytes, 0);
+const bytes = outputs.reduce((s, [, o]) => s + o.bytes, 0) + Object.values(browserResult.metafile.outputs).reduce((s, o) => s + o.bytes, 0);
 console.log(`build-lib: dist/ ${outputs.length} files, ${(bytes / 1024).toFixed(0)} KiB JS in ${bundleMs.toFixed(0)} ms`
   + (withTypes ? `; declarations in ${typesMs.toFixed(0)} ms` : '; no declarations (--no-types)'));

@@ -21,6 +21,7 @@ const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
       --group-size 128   --calib FILE (default ../shared/data/brown-calib.txt)   --samples 64 × --seq-len 256
       --device D   --force   (kiln quantize --help for all)
   kiln serve [--model DIR] [--port 8000]      OpenAI-compatible HTTP server (kiln serve --help for all)
+  kiln build-playground DIR [--model DIR]     the playground page (served by kiln serve at /) as static files
   kiln bench <name> [...]                     benchmarks (dsl, int4, attention, accept, generate, ...)
   kiln tune <kernel> --device D --shape ...   time kernel variants, write the variant cache
   kiln profile <family> [--shape K=..,N=..]   GPU memory-access model on the CPU: sectors, bank conflicts, occupancy
@@ -277,6 +278,7 @@ async function main(argv: string[]): Promise<void> {
     case 'quantize': { await (await import('./quant/quantize.js')).quantizeCommand(parseArgs(rest, ['force', 'help', 'paper-scales', 'no-clip', 'module-loss']), progressBar('quantizing')); return; }
     case 'tune': return (await import('./tune.js')).tuneCommand(parseArgs(rest, ['force']));
     case 'serve': return (await import('./server/command.js')).serveCommand(rest);
+    case 'build-playground': return (await import('./server/playground.js')).buildPlaygroundCommand(rest, DEFAULT_MODEL);
     case 'profile': return (await import('./profile.js')).profileCommand(rest);
     default: throw new Error(`kiln: unknown command '${cmd}'\n${HELP}`);
   }

@@ -142,6 +142,11 @@ export class LLM implements EngineModel {
 
 /** Load a model (HF directory, AWQ checkpoint or llama2.c .bin) onto a device. */
 export async function loadModel(path: string = DEFAULT_MODEL, opts: LoadOptions = {}): Promise<LLM> {
+  return loadOpenedModel(() => openModel(path, { allowUnusedTensors: opts.allowUnusedTensors }), opts);
+}
+
+/** loadModel over a model opened another way (the browser build opens fetched files). */
+export async function loadOpenedModel(open: () => LoadedModel | Promise<LoadedModel>, opts: LoadOptions = {}): Promise<LLM> {
   // Options first: nothing is created or allocated for a load that cannot succeed.
   const format = quantFormat(opts.quant ?? 'none');
   for (const name of ['numBlocks', 'maxBatchTokens', 'groupSize'] as const) {
@@ -155,7 +160,7 @@ export async function loadModel(path: string = DEFAULT_MODEL, opts: LoadOptions 
   let weights: ModelWeights | null = null;
   let llm: LLM | null = null;
   try {
-    files = openModel(path, { allowUnusedTensors: opts.allowUnusedTensors });
+    files = await open();
     const spec = files.spec;
     if (!opts.allowNonFinite) checkFiniteWeights(files.weights);
     const tuneCache = opts.tuneCache === false ? undefined : readTuneCache(opts.tuneCache);

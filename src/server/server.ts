@@ -11,6 +11,7 @@ import { ApiError } from './errors.js';
 import { type GenerationContext, handleGeneration } from './generation.js';
 import { ServerMetrics } from './metrics.js';
 import type { SamplingDefaults } from './params.js';
+import { isPlaygroundRoute, servePlayground } from './playground.js';
 
 export interface ServerOptions {
   /** The loaded model. */
@@ -35,6 +36,8 @@ export interface ServerOptions {
   shutdownGraceMs?: number;
   /** One line per request (default: none). */
   log?: (line: string) => void;
+  /** Serve the playground page at / and the model's files at /model/ (default true). */
+  playground?: boolean;
 }
 
 const ENDPOINTS: Record<string, string> = {
@@ -132,7 +135,7 @@ export class KilnServer {
     const t0 = performance.now();
     const url = new URL(req.url ?? '/', 'http://x');
     const route = url.pathname.replace(/\/+$/, '') || '/';
-    const endpoint = ENDPOINTS[route] ?? (route.startsWith('/v1/models/') ? 'models' : 'other');
+    const endpoint = ENDPOINTS[route] ?? (route.startsWith('/v1/models/') ? 'models' : this.opts.playground !== false && isPlaygroundRoute(route) ? 'playground' : 'other');
     let status: number;
     try {
       status = await this.route(req, res, route, endpoint, t0);
@@ -155,6 +158,12 @@ export class KilnServer {
     if (route === '/health') {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, route, 'GET');
       return json(res, this.draining ? 503 : 200, { status: this.draining ? 'shutting down' : 'ok' });
+    }
+    if (endpoint === 'playground') {
+      if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, route, 'GET');
+      // The page itself is public; the model's weights are not when an API key is set.
+      if (route.startsWith('/model/')) this.authorize(req);
+      return servePlayground(req, res, route, this.opts.llm.source);
     }
     this.authorize(req);
     if (endpoint === 'other') throw new ApiError(404, `no route ${method} ${route}`, 'not_found_error', null, 'not_found');
