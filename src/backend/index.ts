@@ -7,6 +7,11 @@ export * from './device.js';
 export interface DeviceOptions {
   /** cpu: worker threads (default: all cores). */
   workers?: number;
+  /**
+   * cpu: what runs the kernels — 'wasm' (generated WebAssembly, the default) or 'js' (generated
+   * JavaScript: the reference, and the only one with checking and profiling modes).
+   */
+  executor?: 'wasm' | 'js';
   /** cpu: report out-of-bounds accesses and shared-memory races (also env KILN_CHECK=1). */
   check?: boolean;
   /** cpu: profiling mode — a GPU memory-access model per launch (see takeLaunchProfiles in cpu/index.ts). */

@@ -1,16 +1,22 @@
-// The CPU device: kernels compiled to JavaScript by codegen/emit/js.ts, workgroups spread over
-// worker threads, buffers in SharedArrayBuffers. Launches run in order, one after another; errors
-// and checking-mode findings reject the next sync() or read() and leave the device usable.
+// The CPU device: kernels compiled to WebAssembly by codegen/emit/wasm.ts (the default executor)
+// or to JavaScript by codegen/emit/js.ts (the reference, with checking and profiling modes),
+// workgroups spread over worker threads, buffers in shared memory (one WebAssembly.Memory for the
+// wasm executor, a SharedArrayBuffer each for js). Launches run in order, one after another;
+// errors and checking-mode findings reject the next sync() or read() and leave the device usable.
 import type { Kernel } from '../../../codegen/dsl/builder.js';
 import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
 import type { KernelIR } from '../../../codegen/dsl/ir.js';
 import { emitJS, emitProfiledJS, type ProfileSite } from '../../../codegen/emit/js.js';
+import { KEEP_NAMES_SHIM } from '../../../codegen/emit/js-helpers.js';
+import { emitWasm, wasmMathImports } from '../../../codegen/emit/wasm.js';
+import { WasmHeap } from './heap.js';
+import { Wasm, type WasmModule } from './wasm-api.js';
 import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
 import type { Device, DeviceBuffer, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
 import { platform } from '../../platform/index.js';
 import { WorkerPool } from './pool.js';
-import { executeJob, type JobReply, type WorkerKernel } from './worker.js';
+import { executeJob, type JobReply, type WasmJob, type WorkerKernel } from './worker.js';
 
 export const CPU_CAPS: Caps = {
   f16: true,
@@ -40,9 +46,25 @@ export class KernelRunError extends Error {
 }
 
 class CpuBuffer extends BackendBuffer {
-  constructor(dtype: StorageType, length: number, label: string, bytes: number, readonly sab: SharedArrayBuffer) {
+  /** sab: the shared memory holding it, from byte `offset` (0 for the js executor's own buffers). */
+  constructor(dtype: StorageType, length: number, label: string, bytes: number, readonly sab: SharedArrayBuffer, readonly offset = 0) {
     super(dtype, length, label, bytes);
   }
+  bytesView(): Uint8Array { return new Uint8Array(this.sab, this.offset, this.bytes); }
+}
+
+/** The Math functions wasm kernels import, as a function body a thread runs (the JS executor's own). */
+const WASM_IMPORTS = `${KEEP_NAMES_SHIM}\nreturn (${wasmMathImports.toString()})();`;
+/** Bytes of the launch argument block (bindings' offsets and uniforms, 4 bytes each). */
+const ARG_BYTES = 4096;
+/** Whether the wasm executor is the default (until it passes the conformance suite: js). */
+const WASM_DEFAULT = false;
+
+/** A content key for module bytes (the platform hashes text). */
+function bytesKey(bytes: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 8192) s += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  return `wasm:${platform.contentKey(s)}`;
 }
 
 /** One static load/store site's counts over a launch (profiling mode). */
@@ -79,6 +101,8 @@ interface Compiled {
   sites?: ProfileSite[];
   /** Measured nanoseconds per workgroup (moving average), to decide where the next launch runs. */
   nsPerWorkgroup?: number;
+  /** The wasm executor: the compiled module and what a launch of it needs. */
+  wasm?: { module: WasmModule; scratchBytes: number; argWords: number };
 }
 /** Launches expected to finish faster than a round trip to the workers run on the main thread. */
 const INLINE_NS = 100_000;
@@ -99,6 +123,13 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private queued = 0;
   private error: Error | null = null;
   private destroyed = false;
+  /** 'wasm': kernels run as WebAssembly over `heap`; 'js': as generated JavaScript. */
+  readonly executor: 'wasm' | 'js';
+  private readonly heap: WasmHeap | null;
+  /** The wasm executor: each thread's scratch (slot 0: the main thread), their size, the argument block. */
+  private scratch: number[] = [];
+  private scratchSize = 0;
+  private args = 0;
 
   constructor(opts: DeviceOptions) {
     super();
@@ -107,10 +138,19 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     if (workers > 0 && !platform.sharedMemory) throw new Error(`cpu device: workers = ${workers} needs SharedArrayBuffer, which this page lacks (it is not cross-origin isolated: serve it with COOP/COEP headers), so use workers: 0`);
     this.check = opts.check ?? platform.env('KILN_CHECK') === '1';
     this.profiling = !!opts.profile;
+    const executor = opts.executor ?? platform.env('KILN_EXECUTOR') ?? (this.check || this.profiling || !platform.sharedMemory || !WASM_DEFAULT ? 'js' : 'wasm');
+    if (executor !== 'wasm' && executor !== 'js') throw new Error(`cpu device: executor must be 'wasm' or 'js', not '${executor}'`);
+    if (executor === 'wasm' && (this.check || this.profiling)) {
+      throw new Error(`cpu device: ${this.check ? 'checking' : 'profiling'} mode runs on the js executor, not wasm (leave executor out or pass 'js')`);
+    }
+    if (executor === 'wasm' && !platform.sharedMemory) throw new Error(`cpu device: the wasm executor needs shared memory, which this page lacks (it is not cross-origin isolated): use executor 'js'`);
+    this.executor = executor;
+    this.heap = executor === 'wasm' ? new WasmHeap() : null;
+    if (this.heap) this.args = this.heap.alloc(ARG_BYTES, 'launch arguments');
     // Profiled launches run on the main thread, where their counts are read (no worker replies).
     this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers) : null;
     const threads = this.pool ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
-    this.description = `cpu (${threads}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
+    this.description = `cpu (${threads}, ${executor}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
     this.profile = { software: true, parallelism: 1024 * platform.cpuCount() };
@@ -121,12 +161,14 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   }
 
   protected allocBuffer(dtype: StorageType, length: number, label: string, bytes: number): CpuBuffer {
-    return new CpuBuffer(dtype, length, label, bytes, platform.allocShared(bytes));
+    if (!this.heap) return new CpuBuffer(dtype, length, label, bytes, platform.allocShared(bytes));
+    const offset = this.heap.alloc(bytes, `buffer '${label}'`);
+    return new CpuBuffer(dtype, length, label, bytes, this.heap.sab, offset);
   }
 
   protected writeBuffer(b: CpuBuffer, data: HostArray<StorageType>, offset: number): void {
     // Ordered with the queue: right away when idle, else after the launches queued before it.
-    const into = new Uint8Array(b.sab, offset * byteSize(b.dtype), data.byteLength);
+    const into = new Uint8Array(b.sab, b.offset + offset * byteSize(b.dtype), data.byteLength);
     if (this.queued === 0) into.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     else {
       const copy = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
@@ -137,10 +179,15 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   protected async readBuffer<T extends StorageType>(b: CpuBuffer, dtype: T): Promise<HostArray<T>> {
     await this.settle();
     if (b.freed) throw new Error(`cpu read: buffer '${b.label}' was freed`);
-    return hostArray(dtype, b.sab.slice(0, b.length * byteSize(dtype)), b.length);
+    return hostArray(dtype, b.sab.slice(b.offset, b.offset + b.length * byteSize(dtype)), b.length);
   }
 
-  protected freeBuffer(): void { /* the SharedArrayBuffer goes with its last reference */ }
+  protected freeBuffer(b: CpuBuffer): void {
+    // js: the SharedArrayBuffer goes with its last reference. wasm: back to the heap once the
+    // launches queued before the free have run.
+    const heap = this.heap;
+    if (heap) this.enqueue(() => heap.release(b.offset, b.bytes));
+  }
 
   protected dispatch(kernel: Kernel, bufs: CpuBuffer[], uniforms: Record<string, number>, grid: [number, number, number]): void {
     const ir = kernel.ir;
@@ -157,7 +204,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     this.usable('copy');
     const d = this.own(dst, 'cpu copy'), s = this.own(src, 'cpu copy');
     checkCopy('cpu', d, s);
-    this.enqueue(() => { new Uint8Array(d.sab).set(new Uint8Array(s.sab)); });
+    this.enqueue(() => { d.bytesView().set(s.bytesView()); });
   }
 
   async sync(): Promise<void> {
@@ -174,6 +221,15 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
 
   private compile(kernel: Kernel): Compiled {
     let c = this.compiled.get(kernel);
+    if (!c && this.executor === 'wasm') {
+      const w = emitWasm(kernel.ir);
+      const [x, y, z] = kernel.ir.workgroupSize;
+      c = {
+        name: kernel.ir.name, source: '', ir: kernel.ir, key: bytesKey(w.bytes), invocations: x * y * z,
+        wasm: { module: new Wasm.Module(w.bytes), scratchBytes: w.scratchBytes, argWords: w.argWords },
+      };
+      this.compiled.set(kernel, c);
+    }
     if (!c) {
       const p = this.profiling ? emitProfiledJS(kernel.ir, { check: this.check }) : undefined;
       const source = p?.source ?? emitJS(kernel.ir, { check: this.check });
@@ -234,15 +290,33 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     c.nsPerWorkgroup = c.nsPerWorkgroup === undefined ? ns : 0.7 * c.nsPerWorkgroup + 0.3 * ns;
   }
 
+  /** The wasm executor: scratch for every thread, this launch's arguments written to memory. */
+  private wasmLaunch(c: Compiled, bufs: CpuBuffer[], uniforms: number[]): WasmJob {
+    const heap = this.heap!, w = c.wasm!;
+    if (w.scratchBytes > this.scratchSize) {
+      for (const at of this.scratch) heap.release(at, this.scratchSize);
+      this.scratchSize = Math.max(w.scratchBytes, 2 * this.scratchSize, 1 << 16);
+      this.scratch = Array.from({ length: (this.pool?.size ?? 0) + 1 }, () => heap.alloc(this.scratchSize, 'kernel scratch'));
+    }
+    if (4 * w.argWords > ARG_BYTES) throw new Error(`kernel '${c.name}': ${w.argWords} bindings and uniforms exceed the cpu device's ${ARG_BYTES / 4}`);
+    const sab = heap.sab, I = new Int32Array(sab, this.args, w.argWords), F = new Float32Array(sab, this.args, w.argWords);
+    bufs.forEach((b, i) => { I[i] = b.offset; });
+    c.ir.uniforms.forEach((u, j) => {
+      if (u.t === 'f32' || u.t === 'f16') F[bufs.length + j] = uniforms[j]!; else I[bufs.length + j] = uniforms[j]! | 0;
+    });
+    return { memory: heap.memory, module: w.module, args: this.args, scratch: this.scratch, imports: WASM_IMPORTS };
+  }
+
   private async execute(c: Compiled, bufs: CpuBuffer[], uniforms: number[], grid: [number, number, number]): Promise<void> {
     const total = grid[0] * grid[1] * grid[2];
     if (total === 0) return;
     const workers = this.pool ? Math.min(this.pool.size, total) : 0;
     const job = {
       key: c.key, uniforms, grid,
-      buffers: bufs.map((b) => ({ sab: b.sab, dtype: b.dtype, length: b.length })),
+      buffers: c.wasm ? [] : bufs.map((b) => ({ sab: b.sab, dtype: b.dtype, length: b.length })),
       counter: platform.allocShared(4),
       chunk: Math.max(1, Math.floor(total / Math.max(1, workers * 8))),
+      ...(c.wasm ? { wasm: this.wasmLaunch(c, bufs, uniforms) } : {}),
     };
     // Small launches run here rather than pay a round trip to the workers: judged by the time
     // this kernel took per workgroup so far, or before any measurement, by its invocations.
@@ -251,7 +325,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     let replies: JobReply[];
     if (inline) {
       const t0 = performance.now();
-      replies = [executeJob({ ...job, id: 0, source: c.source }, this.inlineKernels)];
+      replies = [executeJob({ ...job, id: 0, source: c.source, slot: 0 }, this.inlineKernels)];
       this.measured(c, performance.now() - t0, total);
     } else {
       replies = await this.pool!.run(job, c.source, workers);

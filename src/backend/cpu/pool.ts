@@ -46,12 +46,14 @@ export class WorkerPool {
     if (this.closed) throw new Error('the worker pool was shut down');
     while (this.workers.length < this.size) this.workers.push(this.spawn());
     const use = this.workers.slice(0, Math.max(1, Math.min(n, this.workers.length)));
-    return Promise.all(use.map((pw) => new Promise<JobReply>((resolve) => {
+    return Promise.all(use.map((pw, i) => new Promise<JobReply>((resolve) => {
       const id = this.nextId++;
-      const msg: JobMessage = { ...job, id };
+      const msg: JobMessage = { ...job, id, slot: i + 1 };
       if (!pw.known.has(job.key)) {
         msg.source = source;
         pw.known.add(job.key);
+      } else if (msg.wasm) {
+        msg.wasm = { ...msg.wasm, module: undefined, imports: undefined };
       }
       pw.pending.set(id, { resolve });
       pw.worker.hold(true);

@@ -2,6 +2,7 @@
 // neither tsx nor a file next to a bundle; their code is executeJob's text. The main thread calls
 // the same executeJob to run small launches inline.
 import { KEEP_NAMES_SHIM } from '../../../codegen/emit/js-helpers.js';
+import type { WasmMemory, WasmModule } from './wasm-api.js';
 
 /** Message for one launch on one worker (or inline). */
 export interface JobMessage {
@@ -17,6 +18,22 @@ export interface JobMessage {
   counter: SharedArrayBuffer;
   /** Workgroups taken from the counter at a time. */
   chunk: number;
+  /** The wasm executor's launch: its module runs over the shared memory (buffers unused then). */
+  wasm?: WasmJob;
+  /** Which thread of the launch this is (0 = the main thread): picks its scratch. */
+  slot?: number;
+}
+/** A wasm launch: run(start, end, nwgX, nwgY, nwgZ, args, scratch) of codegen/emit/wasm.ts. */
+export interface WasmJob {
+  memory: WasmMemory;
+  /** Sent the first time a thread sees the kernel's key. */
+  module?: WasmModule;
+  /** Byte offset of the launch's argument block. */
+  args: number;
+  /** Scratch byte offset per slot. */
+  scratch: number[];
+  /** A function body returning the Math imports (wasmMathImports' text), sent with the module. */
+  imports?: string;
 }
 export interface JobReply {
   id: number;
@@ -36,6 +53,8 @@ export interface KernelProfileCounts { totals: Float64Array; seen: (Uint8Array |
 export interface WorkerKernel {
   ctx: { findings: string[]; keys: Set<string>; count: number; limit: number; profile?: KernelProfileCounts };
   run?: (x: number, y: number, z: number, gx: number, gy: number, gz: number, bufs: ArrayBufferView[], uniforms: number[]) => void;
+  /** The wasm executor's entry: workgroups [start, end) (see codegen/emit/wasm.ts). */
+  wasmRun?: (start: number, end: number, gx: number, gy: number, gz: number, args: number, scratch: number) => void;
   compileError?: string;
 }
 
@@ -46,6 +65,21 @@ export interface WorkerKernel {
  */
 export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>): JobReply {
   let k = kernels.get(job.key);
+  const wasm = job.wasm;
+  if (!k && wasm) {
+    const ctx = { findings: [], keys: new Set<string>(), count: 0, limit: 20 };
+    if (!wasm.module || typeof wasm.imports !== 'string') throw new Error('kernel module was not sent to this thread');
+    try {
+      const m = new Function(wasm.imports)() as Record<string, (...a: number[]) => number>;
+      // A global lookup, not an import: this function's text runs in worker threads as it is.
+      const W = (globalThis as unknown as { WebAssembly: { Instance: new (m: WasmModule, i: object) => { exports: Record<string, unknown> } } }).WebAssembly;
+      const inst = new W.Instance(wasm.module, { env: { memory: wasm.memory }, m });
+      k = { ctx, wasmRun: inst.exports.run as WorkerKernel['wasmRun'] };
+    } catch (e) {
+      k = { ctx, compileError: 'while instantiating its WebAssembly: ' + (e instanceof Error ? e.message : String(e)) };
+    }
+    kernels.set(job.key, k);
+  }
   if (!k) {
     if (typeof job.source !== 'string') throw new Error('kernel source was not sent to this worker');
     const ctx = { findings: [], keys: new Set<string>(), count: 0, limit: 20 };
@@ -57,8 +91,30 @@ export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>):
     }
     kernels.set(job.key, k);
   }
+  if (k.compileError !== undefined) return { id: job.id, findings: [], count: 0, error: k.compileError, busyMs: 0 };
+  const wasmRun = k.wasmRun;
+  if (wasm && wasmRun) {
+    const [gx, gy, gz] = job.grid, total = gx * gy * gz, chunk = job.chunk;
+    const counter = new Int32Array(job.counter);
+    const scratch = wasm.scratch[job.slot ?? 0] ?? 0;
+    const t0 = performance.now();
+    let error: string | undefined;
+    let at = -1;
+    try {
+      for (;;) {
+        const start = Atomics.add(counter, 0, chunk);
+        if (start >= total) break;
+        at = start;
+        wasmRun(start, Math.min(total, start + chunk), gx, gy, gz, wasm.args, scratch);
+      }
+    } catch (e) {
+      Atomics.store(counter, 0, total);
+      error = 'in workgroups from ' + at + ': ' + (e instanceof Error ? e.message : String(e));
+    }
+    return { id: job.id, findings: [], count: 0, busyMs: performance.now() - t0, ...(error !== undefined ? { error } : {}) };
+  }
   const run = k.run;
-  if (k.compileError !== undefined || !run) return { id: job.id, findings: [], count: 0, error: k.compileError ?? 'no kernel', busyMs: 0 };
+  if (!run) return { id: job.id, findings: [], count: 0, error: 'no kernel', busyMs: 0 };
   const CTOR = { f32: Float32Array, f16: Uint16Array, i32: Int32Array, u32: Uint32Array };
   const bufs = job.buffers.map((b) => {
     const View: new (sab: SharedArrayBuffer, offset: number, length: number) => ArrayBufferView = CTOR[b.dtype];

@@ -1,0 +1,340 @@
+// Expressions for the WebAssembly emitter: every IR expression as stack code computing what the
+// JavaScript executor computes, bit for bit — native f32 arithmetic (IEEE, no implicit FMA: what
+// Math.fround after each JS operation gives), f16 as f32 rounded through its bits after each
+// operation, wrapping i32/u32, WGSL integer division, and the JS reference's f64 Math calls for
+// exp, log, sin, cos, tanh and pow (imported). A vector is computed one component at a time
+// (ex(e, c)); expressions are pure, so a component used twice is computed twice.
+import type { BinOp, Expr, KernelIR, MathFn, UnOp } from '../dsl/ir.js';
+import { roundToF16 } from '../dsl/f16.js';
+import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
+import { forEachExpr } from '../dsl/walk.js';
+import type { FnBuilder, Op, ValType } from './wasm-encode.js';
+import { FN, WASM_MATH, type WasmMath } from './wasm-helpers.js';
+
+export const XYZW = 'xyzw';
+/** Scalars live in wasm as f32 (f32, f16) or i32 (i32, u32, bool). */
+export const vt = (s: Scalar): ValType => (s === 'f32' || s === 'f16' ? 'f32' : 'i32');
+
+/** A private array: `scalar` ones (constant indices only) are one local per element. */
+export interface WasmPriv { t: Scalar; length: number; scalar: boolean; locals: number[]; offset: number }
+
+export abstract class WasmExpressions {
+  protected f!: FnBuilder;
+  protected readonly wg: [number, number, number];
+  protected readonly n: number;
+  protected readonly sg: number;
+  protected readonly vars = new Map<string, DType>();
+  protected readonly varLocals = new Map<string, number[]>();
+  protected readonly privs = new Map<string, WasmPriv>();
+  protected readonly bufIndex = new Map<string, number>();
+  protected bufBase: number[] = [];
+  protected uniLocal = new Map<string, number>();
+  protected sharedOffset = new Map<string, number>();
+  /** Per-invocation locals: the local index, its coordinates, global ids, the workgroup id. */
+  protected L = { li: 0, lx: 0, ly: 0, lz: 0, gx: 0, gy: 0, gz: 0, wgX: 0, wgY: 0, wgZ: 0, scratch: 0, ngx: 0, ngy: 0, ngz: 0, pbase: 0 };
+
+  constructor(protected readonly ir: KernelIR, subgroupSize: number) {
+    this.wg = ir.workgroupSize;
+    this.n = this.wg[0] * this.wg[1] * this.wg[2];
+    this.sg = subgroupSize;
+    ir.buffers.forEach((b, i) => this.bufIndex.set(b.name, i));
+  }
+
+  protected fail(msg: string): never {
+    throw new Error(`kernel '${this.ir.name}' (WebAssembly emitter): ${msg}`);
+  }
+
+  /** The locals of a variable (one per component), created on first use. */
+  protected varOf(name: string): number[] {
+    let l = this.varLocals.get(name);
+    if (!l) {
+      const t = this.vars.get(name) ?? this.fail(`unknown variable '${name}'`);
+      l = Array.from({ length: widthOf(t) }, () => this.f.local(vt(elemOf(t))));
+      this.varLocals.set(name, l);
+    }
+    return l;
+  }
+
+  protected f16round(): void { this.f.call(FN.f2h).call(FN.h2f); }
+  /** Round the f32 on the stack to t's precision (f16: through its bits; f32: already). */
+  protected round(t: Scalar): void { if (t === 'f16') this.f16round(); }
+
+  protected lit(s: Scalar, v: number | boolean): void {
+    const x = Number(v);
+    switch (s) {
+      case 'bool': this.f.i32(v ? 1 : 0); return;
+      case 'f32': this.f.f32(x); return;
+      case 'f16': this.f.f32(roundToF16(x)); return;
+      case 'i32': this.f.i32(x | 0); return;
+      case 'u32': this.f.i32(x >>> 0); return;
+    }
+  }
+
+  protected hasLoad(e: Expr): boolean {
+    let found = false;
+    forEachExpr(e, (x) => { if (x.k === 'load') found = true; });
+    return found;
+  }
+
+  /** Push component c of e. */
+  protected ex(e: Expr, c = 0): void {
+    const f = this.f;
+    switch (e.k) {
+      case 'const': this.lit(elemOf(e.t), e.v); return;
+      case 'var': f.get(this.varOf(e.name)[c] ?? this.fail(`component ${c} of '${e.name}'`)); return;
+      case 'uniform': f.get(this.uniLocal.get(e.name) ?? this.fail(`unknown uniform '${e.name}'`)); return;
+      case 'builtin': return this.builtin(e.name, c);
+      case 'load': return this.load(e, c);
+      case 'bin': {
+        const t = elemOf(e.a.t);
+        this.ex(e.a, c); this.ex(e.b, c);
+        return this.bin(e.op, t, e.b);
+      }
+      case 'un': this.ex(e.a, c); return this.un(e.op, elemOf(e.t));
+      case 'call': return this.call(e.fn, e.args, c);
+      case 'select': {
+        const ta = vt(elemOf(e.t)), cc = widthOf(e.cond.t) === 1 ? 0 : c;
+        if (this.hasLoad(e.a) || this.hasLoad(e.b)) {
+          // Only the chosen arm runs (its loads may be out of bounds where it is not chosen).
+          this.ex(e.cond, cc);
+          f.if('sel', ta); this.ex(e.a, c); f.else(); this.ex(e.b, c); f.end();
+        } else {
+          this.ex(e.a, c); this.ex(e.b, c); this.ex(e.cond, cc); f.op('select');
+        }
+        return;
+      }
+      case 'cast': this.ex(e.a, c); return this.cast(elemOf(e.a.t), elemOf(e.t));
+      case 'bitcast': return this.bitcast(e.a, e.t, c);
+      case 'pack2x16float':
+        this.ex(e.a, 0); f.call(FN.f2h);
+        this.ex(e.a, 1); f.call(FN.f2h).i32(16).op('i32.shl').op('i32.or');
+        return;
+      case 'unpack2x16float':
+        this.ex(e.a, 0);
+        if (c === 0) f.i32(65535).op('i32.and'); else f.i32(16).op('i32.shr_u');
+        f.call(FN.h2f);
+        return;
+      case 'vec': {
+        if (e.args.length === 1 && widthOf(e.args[0]!.t) === 1) return this.ex(e.args[0]!, 0);
+        let k = c;
+        for (const a of e.args) {
+          const w = widthOf(a.t);
+          if (k < w) return this.ex(a, k);
+          k -= w;
+        }
+        return this.fail(`${e.t} built from too few components`);
+      }
+      case 'swizzle': return this.ex(e.a, XYZW.indexOf(e.comps[c] ?? this.fail(`swizzle .${e.comps} has no component ${c}`)));
+      case 'subgroup': return this.fail('subgroup operation left inside an expression');
+    }
+  }
+
+  private builtin(name: Extract<Expr, { k: 'builtin' }>['name'], c: number): void {
+    const L = this.L, f = this.f;
+    switch (name) {
+      case 'globalId': f.get([L.gx, L.gy, L.gz][c]!); return;
+      case 'localId': f.get([L.lx, L.ly, L.lz][c]!); return;
+      case 'workgroupId': f.get([L.wgX, L.wgY, L.wgZ][c]!); return;
+      case 'numWorkgroups': f.get([L.ngx, L.ngy, L.ngz][c]!); return;
+      case 'localIndex': f.get(L.li); return;
+      case 'subgroupInvocationId': f.get(L.li).i32(this.sg - 1).op('i32.and'); return;
+      case 'subgroupSize': f.i32(this.sg); return;
+    }
+  }
+
+  protected bin(op: BinOp, t: Scalar, b: Expr): void {
+    const f = this.f;
+    const float = t === 'f32' || t === 'f16';
+    const CMP: Partial<Record<BinOp, [Op, Op, Op]>> = {
+      lt: ['f32.lt', 'i32.lt_s', 'i32.lt_u'], le: ['f32.le', 'i32.le_s', 'i32.le_u'], gt: ['f32.gt', 'i32.gt_s', 'i32.gt_u'],
+      ge: ['f32.ge', 'i32.ge_s', 'i32.ge_u'], eq: ['f32.eq', 'i32.eq', 'i32.eq'], ne: ['f32.ne', 'i32.ne', 'i32.ne'],
+    };
+    const cmp = CMP[op];
+    if (cmp) { f.op(float ? cmp[0] : t === 'u32' ? cmp[2] : cmp[1]); return; }
+    if (op === 'and' || op === 'or') { f.op(op === 'and' ? 'i32.and' : 'i32.or'); return; }
+    if (float) {
+      if (op === 'rem') {
+        // JS: Math.fround(a % b), fmod exact in f64. Through locals: both operands are on the stack.
+        const y = f.local('f32'), x = f.local('f32');
+        f.set(y).set(x).get(x).op('f64.promote_f32').get(y).op('f64.promote_f32').call(WASM_MATH.indexOf('fmod')).op('f32.demote_f64');
+      } else {
+        const o = ({ add: 'f32.add', sub: 'f32.sub', mul: 'f32.mul', div: 'f32.div' } as const)[op as 'add'];
+        if (!o) this.fail(`'${op}' on ${t}`);
+        f.op(o);
+      }
+      return this.round(t);
+    }
+    const u = t === 'u32';
+    const constDiv = b.k === 'const' && Number(b.v) !== 0 && (u || (Number(b.v) | 0) !== -1);
+    switch (op) {
+      case 'add': f.op('i32.add'); return;
+      case 'sub': f.op('i32.sub'); return;
+      case 'mul': f.op('i32.mul'); return;
+      case 'div': if (constDiv) f.op(u ? 'i32.div_u' : 'i32.div_s'); else f.call(u ? FN.udiv : FN.idiv); return;
+      case 'rem': if (constDiv) f.op(u ? 'i32.rem_u' : 'i32.rem_s'); else f.call(u ? FN.urem : FN.irem); return;
+      case 'band': f.op('i32.and'); return;
+      case 'bor': f.op('i32.or'); return;
+      case 'bxor': f.op('i32.xor'); return;
+      case 'shl': f.op('i32.shl'); return;
+      case 'shr': f.op(u ? 'i32.shr_u' : 'i32.shr_s'); return;
+      default: this.fail(`'${op}' on ${t}`);
+    }
+  }
+
+  protected un(op: UnOp, t: Scalar): void {
+    const f = this.f;
+    switch (op) {
+      case 'not': f.op('i32.eqz'); return;
+      case 'neg':
+        if (t === 'f32' || t === 'f16') f.op('f32.neg');
+        else { const x = f.local('i32'); f.set(x).i32(0).get(x).op('i32.sub'); }
+        return;
+      case 'bnot': f.i32(-1).op('i32.xor'); return;
+    }
+  }
+
+  /** min/max of the two i32 values on the stack (signed or unsigned). */
+  private intMinMax(max: boolean, u: boolean): void {
+    const f = this.f, b = f.local('i32'), a = f.local('i32');
+    f.set(b).set(a).get(a).get(b).get(a).get(b).op(max ? (u ? 'i32.gt_u' : 'i32.gt_s') : (u ? 'i32.lt_u' : 'i32.lt_s')).op('select');
+  }
+
+  protected call(fn: MathFn, args: Expr[], c: number): void {
+    const f = this.f, t = elemOf(args[0]!.t);
+    const float = t === 'f32' || t === 'f16';
+    const arg = (i: number, comp = c) => this.ex(args[i]!, comp);
+    const math = (name: WasmMath) => f.call(WASM_MATH.indexOf(name));
+    switch (fn) {
+      case 'exp': case 'log': case 'log2': case 'sin': case 'cos': case 'tanh':
+        arg(0); f.op('f64.promote_f32'); math(fn); f.op('f32.demote_f64'); return this.round(t);
+      case 'exp2': f.f64(2); arg(0); f.op('f64.promote_f32'); math('pow'); f.op('f32.demote_f64'); return this.round(t);
+      case 'pow': arg(0); f.op('f64.promote_f32'); arg(1); f.op('f64.promote_f32'); math('pow'); f.op('f32.demote_f64'); return this.round(t);
+      case 'sqrt': arg(0); f.op('f32.sqrt'); return this.round(t);
+      case 'inverseSqrt': f.f64(1); arg(0); f.op('f64.promote_f32').op('f64.sqrt').op('f64.div').op('f32.demote_f64'); return this.round(t);
+      case 'fma': // JS: Math.fround(a * b + c) in f64 (the product is exact there)
+        arg(0); f.op('f64.promote_f32'); arg(1); f.op('f64.promote_f32').op('f64.mul'); arg(2); f.op('f64.promote_f32').op('f64.add').op('f32.demote_f64');
+        return this.round(t);
+      case 'abs':
+        arg(0);
+        if (float) f.op('f32.abs');
+        else if (t === 'i32') { const x = f.local('i32'); f.set(x).i32(0).get(x).op('i32.sub').get(x).get(x).i32(0).op('i32.lt_s').op('select'); }
+        return;
+      case 'floor': arg(0); f.op('f32.floor'); return;
+      case 'ceil': arg(0); f.op('f32.ceil'); return;
+      case 'round': arg(0); f.op('f32.nearest'); return;
+      case 'min': case 'max':
+        arg(0); arg(1);
+        if (float) f.op(fn === 'min' ? 'f32.min' : 'f32.max'); else this.intMinMax(fn === 'max', t === 'u32');
+        return;
+      case 'clamp':
+        arg(0); arg(1);
+        if (float) f.op('f32.max'); else this.intMinMax(true, t === 'u32');
+        arg(2);
+        if (float) f.op('f32.min'); else this.intMinMax(false, t === 'u32');
+        return;
+      case 'dot': {
+        const w = widthOf(args[0]!.t);
+        for (let i = 0; i < w; i++) {
+          arg(0, i); arg(1, i); f.op('f32.mul'); this.round(t);
+          if (i > 0) { f.op('f32.add'); this.round(t); }
+        }
+        return;
+      }
+    }
+  }
+
+  protected cast(from: Scalar, to: Scalar): void {
+    const f = this.f;
+    if (from === to) return;
+    const ff = from === 'f32' || from === 'f16';
+    if (to === 'bool') { if (ff) f.f32(0).op('f32.ne'); else f.i32(0).op('i32.ne'); return; }
+    if (from === 'bool') { if (to === 'f32' || to === 'f16') f.op('f32.convert_i32_u'); return; }
+    switch (to) {
+      case 'f32': if (!ff) f.op(from === 'u32' ? 'f32.convert_i32_u' : 'f32.convert_i32_s'); return;
+      case 'f16': if (!ff) f.op(from === 'u32' ? 'f32.convert_i32_u' : 'f32.convert_i32_s'); this.f16round(); return;
+      case 'i32': if (ff) f.pre('i32.trunc_sat_f32_s'); return;
+      case 'u32': if (ff) f.pre('i32.trunc_sat_f32_u'); return;
+    }
+  }
+
+  /** Bits move through 32-bit words; f16 pairs pack the low half first. */
+  protected bitcast(a: Expr, to: DType, c: number): void {
+    const f = this.f;
+    const fe = elemOf(a.t), te = elemOf(to);
+    if (a.t === to) return this.ex(a, c);
+    const word = (w: number) => {
+      if (fe === 'f16') {
+        this.ex(a, 2 * w); f.call(FN.f2h);
+        this.ex(a, 2 * w + 1); f.call(FN.f2h).i32(16).op('i32.shl').op('i32.or');
+      } else {
+        this.ex(a, w);
+        if (fe === 'f32') f.op('i32.reinterpret_f32');
+      }
+    };
+    if (te === 'f16') {
+      word(c >> 1);
+      if (c & 1) f.i32(16).op('i32.shr_u'); else f.i32(65535).op('i32.and');
+      f.call(FN.h2f);
+      return;
+    }
+    word(c);
+    if (te === 'f32') f.op('f32.reinterpret_i32');
+  }
+
+  // ---- memory --------------------------------------------------------------------------------
+  protected buf(name: string) {
+    const i = this.bufIndex.get(name) ?? this.fail(`unknown storage buffer '${name}'`);
+    return { i, decl: this.ir.buffers[i]! };
+  }
+  protected priv(name: string): WasmPriv { return this.privs.get(name) ?? this.fail(`unknown private array '${name}'`); }
+
+  /** Push the address of element `index` of a storage buffer (times its vector width), scratch arrays. */
+  protected storageAddr(name: string, index: Expr): { op: 'f32' | 'i32' | 'f16'; } {
+    const { i, decl } = this.buf(name);
+    const f = this.f;
+    f.get(this.bufBase[i]!);
+    this.ex(index, 0);
+    const bytes = (decl.t === 'f16' ? 2 : 4) * decl.vec;
+    if (bytes > 1) f.i32(Math.log2(bytes)).op('i32.shl');
+    f.op('i32.add');
+    return { op: decl.t === 'f16' ? 'f16' : decl.t === 'f32' ? 'f32' : 'i32' };
+  }
+  protected workgroupAddr(name: string, index: Expr): number {
+    const off = this.sharedOffset.get(name) ?? this.fail(`unknown workgroup array '${name}'`);
+    this.f.get(this.L.scratch);
+    this.ex(index, 0);
+    this.f.i32(2).op('i32.shl').op('i32.add');
+    return off;
+  }
+  /** A non-scalar private array: its element's address (pbase: this invocation's base when spilled). */
+  protected privateAddr(p: WasmPriv, index: Expr, spilled: boolean): number {
+    this.f.get(this.L.scratch);
+    if (spilled) this.f.get(this.L.li).i32(p.length * 4).op('i32.mul').op('i32.add');
+    this.ex(index, 0);
+    this.f.i32(2).op('i32.shl').op('i32.add');
+    return p.offset;
+  }
+
+  protected abstract isSpilled(name: string): boolean;
+
+  protected load(e: Extract<Expr, { k: 'load' }>, c: number): void {
+    const f = this.f;
+    if (e.space === 'storage') {
+      const { decl } = this.buf(e.name);
+      const { op } = this.storageAddr(e.name, e.index);
+      if (op === 'f16') f.mem('i32.load16_u', 0).call(FN.h2f);
+      else f.mem(op === 'f32' ? 'f32.load' : 'i32.load', decl.vec > 1 ? c * 4 : 0);
+      return;
+    }
+    const t = elemOf(e.t);
+    if (e.space === 'workgroup') { const off = this.workgroupAddr(e.name, e.index); f.mem(vt(t) === 'f32' ? 'f32.load' : 'i32.load', off); return; }
+    const p = this.priv(e.name);
+    if (p.scalar) {
+      if (e.index.k !== 'const') this.fail(`private array '${e.name}' indexed by a non-constant`);
+      f.get(p.locals[Number(e.index.v)] ?? this.fail(`private array '${e.name}' index ${e.index.v} out of range`));
+      return;
+    }
+    const off = this.privateAddr(p, e.index, this.isSpilled(e.name));
+    f.mem(vt(p.t) === 'f32' ? 'f32.load' : 'i32.load', off);
+  }
+}
