@@ -15,6 +15,7 @@
 import { exp, kernel, storage } from '../dsl/index.js';
 import type { ArrayRef, BindingSpec, Caps, Kernel, KernelBuilder, Val, Var } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
+import { foldedFinish, fusionBindings, fusionParams, fusionTag, fusionUniforms, type GemvFusion, normPrologue } from './linearFusion.js';
 
 export type OutDtype = 'f32' | 'f16';
 
@@ -298,7 +299,7 @@ export function gemvVariantFits(v: GemvVariant, src: WeightSource, Nw: number, c
  * With `vec`, the kernel runs on the source's vector form (a unit of vec words, one load), and
  * writes its partials as vec4<f32>: the same f32 operations per column, so the same bits.
  */
-export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, caps: Caps) {
+export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, caps: Caps, fusion: GemvFusion = {}) {
   const { workgroupSize: wg } = v;
   const w = v.vec ?? 1, unrollK = v.unrollK ?? 1;
   if (w > 1 || unrollK > 1) checkGemvVariant(`gemv_${baseSrc.tag}`, v, baseSrc, 0, caps); // Nw is a launch uniform: checked by the op
@@ -307,9 +308,10 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
   const C = src.cols;
   // Whole vec4s of partials per unit: every unit starts at a multiple of C in a row of Nw.
   const partVec = w > 1 && C % 4 === 0;
-  return memoKernel(`gemv/${src.tag}/${rows}/${wg}/${units}/${unrollK}/${capsKey(caps)}`, () => kernel({
-    name: `gemv_${src.tag}_r${rows}${unrollK > 1 ? `_k${unrollK}` : ''}`,
-    params: { source: baseSrc.tag, rows, workgroupSize: wg, units: v.units, ...(w > 1 ? { vec: w } : {}), ...(unrollK > 1 ? { unrollK } : {}) },
+  const ftag = fusionTag(fusion); // linearFusion.ts: prologue/epilogue the GEMV takes over
+  return memoKernel(`gemv/${src.tag}/${rows}/${wg}/${units}/${unrollK}/${ftag}/${capsKey(caps)}`, () => kernel({
+    name: `gemv_${src.tag}_r${rows}${unrollK > 1 ? `_k${unrollK}` : ''}${ftag ? `_${ftag}` : ''}`,
+    params: { source: baseSrc.tag, rows, workgroupSize: wg, units: v.units, ...(w > 1 ? { vec: w } : {}), ...(unrollK > 1 ? { unrollK } : {}), ...fusionParams(fusion) },
     caps,
     workgroupSize: wg,
     bindings: {
@@ -318,13 +320,16 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
       part: partVec
         ? storage('f32', 'read_write', { vec: 4, shape: `[ceil(K / segLen), ${rows}, Nw]` })
         : storage('f32', 'read_write', { shape: `[ceil(K / segLen), ${rows}, Nw]` }),
+      ...fusionBindings(fusion),
     },
-    uniforms: { K: 'u32', Nw: 'u32', segLen: 'u32' },
+    uniforms: { K: 'u32', Nw: 'u32', segLen: 'u32', ...fusionUniforms(fusion) },
     grid: `[ceil(Nw / ${C * units * wg}), ceil(K / segLen)]`, // units of C columns, `units` per invocation
-    body(k, b, { K, Nw, segLen }) {
+    body(k, b, uniforms) {
+      const { K, Nw, segLen } = uniforms;
       const refs: Record<string, ArrayRef<any, boolean>> = b;
       const x = refs.x as ArrayRef<'f32', false>;
       const u = { K, Nw };
+      const normed = normPrologue(k, fusion, refs, rows, wg, K, uniforms); // before any return: it has barriers
       const nUnits = k.let('nUnits', Nw.add(C - 1).div(C));
       const u0 = k.let('u0', k.globalId.x.mul(units));
       k.if(u0.ge(nUnits), () => k.return());
@@ -353,7 +358,8 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
           });
           for (const [i, { kk, w }] of step.entries()) {
             for (let r = 0; r < rows; r++) {
-              const xv = k.let(`x${r}${tag(i)}`, x.at(r ? kk.add(K.mul(r)) : kk));
+              const xRaw = x.at(r ? kk.add(K.mul(r)) : kk);
+              const xv = k.let(`x${r}${tag(i)}`, normed ? normed(r, kk, xRaw) : xRaw);
               if (sx) sx[r]!.set(sx[r]!.add(xv));
               for (let j = 0; j < units; j++) {
                 for (let c = 0; c < C; c++) dst[r]![j]![c]!.set(k.call('fma', [xv, w[j]![c]!, dst[r]![j]![c]!]));
@@ -402,6 +408,7 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
         if (j) k.if(u0.add(j).lt(nUnits), store);
         else store();
       }
+      foldedFinish(k, fusion, refs, { rows, block: units * C, partVec, Nw }, uniforms);
     },
   }));
 }

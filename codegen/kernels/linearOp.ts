@@ -4,6 +4,7 @@
 import type { BindingSpec, Caps, Op, Plan, StorageType } from '../dsl/index.js';
 import { dims, op, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
+import type { DeviceClass } from './deviceProfile.js';
 import {
   checkGemmVariant, checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
   type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
@@ -51,6 +52,8 @@ export interface LinearOp extends Op<Record<string, BindingSpec>, { M: number }>
   readonly epilogue: Epilogue;
   readonly choice: LinearChoice;
   readonly source: WeightSource;
+  /** The device capabilities its kernels are built for. */
+  readonly caps: Caps;
   /** Every binding's expected dtype and shape for M rows (from the bindings' shapes, sizes M, K, N, Nw). */
   tensors(M: number): Record<string, TensorShape>;
   /** Bytes the op must move for M rows: weights once, activations, output (bandwidth floors). */
@@ -64,10 +67,12 @@ export interface LinearOpSpec {
   epilogue: Epilogue;
   caps?: Caps;
   source: WeightSource;
-  defaults: (K: number, Nw: number, caps: Caps, parallelism?: number) => LinearChoice;
+  defaults: (K: number, Nw: number, caps: Caps, parallelism?: number, deviceClass?: DeviceClass) => LinearChoice;
   choice?: LinearChoiceInput;
   /** Invocations the device wants in flight (sets the default split-K); from caps if absent. */
   parallelism?: number;
+  /** What runs the kernels (sets the default GEMV schedule); aheadOfTimeClass(caps) if absent. */
+  deviceClass?: DeviceClass;
 }
 
 export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {}): LinearChoice {
@@ -94,7 +99,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   const { name, K, N, epilogue: e, source: src } = spec;
   const caps = spec.caps ?? BASELINE_CAPS;
   const Nw = e.gateUp ? 2 * N : N;
-  const choice = resolveChoice(spec.defaults(K, Nw, caps, spec.parallelism), spec.choice);
+  const choice = resolveChoice(spec.defaults(K, Nw, caps, spec.parallelism, spec.deviceClass), spec.choice);
   checkSegmentLength(name, K, choice.segLen, src.granule);
   if (choice.gemv.length !== GEMV_MAX_ROWS) throw new Error(`${name}: choice.gemv needs ${GEMV_MAX_ROWS} variants (M = 1..${GEMV_MAX_ROWS})`);
   for (const v of choice.gemv) checkGemvVariant(name, v, src, Nw, caps);
@@ -138,5 +143,5 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
     return bytes;
   };
   const base = op(`${name}_K${K}_N${N}_${src.tag}_${epilogueTag(e)}`, bindings, plan);
-  return { ...base, K, N, Nw, epilogue: e, choice, source: src, tensors, bytesMoved };
+  return { ...base, K, N, Nw, epilogue: e, choice, source: src, caps, tensors, bytesMoved };
 }

@@ -30,6 +30,12 @@ export class Buffers {
 
   read<T extends StorageType>(b: DeviceBuffer<T>): Promise<HostArray<T>> { return this.dev.read(b); }
 
+  /** Free `b` with the others (a buffer allocated elsewhere, e.g. uploaded weights). */
+  adopt<T extends StorageType>(b: DeviceBuffer<T>): DeviceBuffer<T> {
+    this.owned.push(b);
+    return b;
+  }
+
   free(): void {
     for (const b of this.owned) this.dev.free(b);
     this.owned = [];
