@@ -1,0 +1,171 @@
+// Kiln in a real browser: headless Chromium (Debian's package, driven by puppeteer-core) opens the
+// playground page from a server on 127.0.0.1. In-page greedy generation of the golden prompt on
+// brown-target (WebGPU on SwiftShader, and the cpu device in Web Workers) gives PyTorch's greedy
+// ids, and the page's logits agree with Node's within the cross-backend tolerance; server mode
+// streams the same text; errors land in #output's data-error. The browser bundle is checked for
+// Node built-ins without a browser. Skipped, saying why, where Chromium is absent.
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { builtinModules } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type LLM, loadModel } from '../src/llm.js';
+import { type KilnServer, startServer } from '../src/server/index.js';
+import { buildPlayground } from '../src/server/playground.js';
+import { argmaxAgreement, BROWN_PROMPT, brown, brownDir, brownLogits, rowErrors } from './runtimeGolden.js';
+
+const ROOT = join(import.meta.dirname, '..');
+/** Where Chromium may be: KILN_CHROMIUM, else Debian's binary (not its shell wrapper), else others. */
+const CHROMIUM = [process.env.KILN_CHROMIUM, '/usr/lib/chromium/chromium', '/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']
+  .find((p): p is string => !!p && existsSync(p));
+type Puppeteer = typeof import('puppeteer-core');
+const puppeteer: Puppeteer | null = await import('puppeteer-core').then((m) => m.default as unknown as Puppeteer, () => null);
+const skipWhy = !CHROMIUM ? 'no Chromium (apt-get install chromium, or set KILN_CHROMIUM)' : !puppeteer ? 'puppeteer-core is not installed (npm install)' : '';
+if (skipWhy) console.log(`[browser] skipped: ${skipWhy}`);
+
+/** Cross-backend tolerance (DESIGN.md): norm-wise per logits row, and argmax where the margin exceeds it. */
+const ROW_TOL = 1e-4;
+const MARGIN = 1e-3;
+
+const target = brown.target;
+const promptLen = target.prompt_ids.length;
+const newIds = target.greedy_ids_fp32.slice(promptLen);
+
+describe('the browser bundle', () => {
+  it('imports no Node built-ins and bundles every dependency', async () => {
+    const esbuild = await import('esbuild');
+    const { browserBuildOptions } = (await import(pathToFileURL(join(ROOT, 'scripts/browser-build.mjs')).href)) as { browserBuildOptions(root: string): Record<string, unknown> };
+    // platform 'browser' with nothing external: esbuild itself fails on a Node built-in.
+    const r = await esbuild.build({ ...browserBuildOptions(ROOT), entryPoints: [join(ROOT, 'src/browser/index.ts')], entryNames: undefined, write: false, outdir: join(ROOT, 'dist') });
+    const out = r.metafile!.outputs;
+    expect(Object.values(out).flatMap((o) => o.imports.filter((i) => i.external).map((i) => i.path))).toEqual([]);
+    const inputs = Object.keys(r.metafile!.inputs);
+    expect(inputs.filter((p) => /src\/platform\/node\.ts|src\/backend\/cuda\//.test(p))).toEqual([]);
+    expect(inputs).toContain('src/platform/browser.ts');
+    // And in the text: no import, dynamic import or require of a built-in by a literal name.
+    const text = r.outputFiles!.map((f) => f.text).join('\n');
+    const names = builtinModules.filter((m) => !m.startsWith('_')).map((m) => m.replace(/[/]/g, '\\/'));
+    const literal = new RegExp(`(?:\\bfrom\\s*|\\bimport\\s*\\(\\s*|\\brequire\\s*\\(\\s*|^\\s*import\\s*)["'](?:node:[\\w/]+|(?:${names.join('|')}))["']`, 'm');
+    expect(literal.exec(text)?.[0] ?? null).toBeNull();
+  });
+});
+
+describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
+  let llm: LLM;
+  let server: KilnServer;
+  let browser: Awaited<ReturnType<Puppeteer['launch']>>;
+
+  beforeAll(async () => {
+    llm = await loadModel(brownDir('target'), { device: 'cpu' });
+    server = await startServer({ llm, port: 0 });
+    browser = await puppeteer!.launch({ executablePath: CHROMIUM!, headless: true, args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-dev-shm-usage'] });
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await server?.close(0);
+    await llm?.close();
+  });
+
+  /** Opens the page with these URL parameters (autorun=1) and waits for data-done or data-error. */
+  async function runPage(params: Record<string, string | number>) {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    const q = new URLSearchParams({ ...Object.fromEntries(Object.entries(params).map(([k, v]) => [k, String(v)])), autorun: '1' });
+    await page.goto(`${server.address.url}/?${q}`);
+    await page.waitForSelector('#output[data-done], #output[data-error]', { timeout: 110_000 });
+    const r = await page.evaluate(() => {
+      const o = document.getElementById('output')!;
+      return { text: o.textContent ?? '', done: o.dataset.done, error: o.dataset.error, ids: o.dataset.ids, isolated: crossOriginIsolated };
+    });
+    expect(errors, 'uncaught page errors').toEqual([]);
+    return { page, ...r };
+  }
+
+  const greedy = { prompt: BROWN_PROMPT, maxTokens: newIds.length, temperature: 0 };
+
+  it('mode=browser on WebGPU (SwiftShader): PyTorch greedy ids, and logits within the cross-backend tolerance of Node\'s', async () => {
+    const { page, done, error, ids, text, isolated } = await runPage({ ...greedy, mode: 'browser', device: 'webgpu' });
+    expect(error).toBeUndefined();
+    expect(done).toBe('1');
+    expect(isolated, 'COOP/COEP make the page cross-origin isolated').toBe(true);
+    expect(ids!.split(',').map(Number)).toEqual(newIds);
+    expect(text).toBe(llm.decode(target.greedy_ids_fp32).slice(llm.decode(target.prompt_ids).length));
+    const device = await page.evaluate(() => (window as unknown as { kilnPlayground: { llm: { device: { kind: string; description: string } } } }).kilnPlayground.llm.device.description);
+    console.log(`[browser] in-page device: ${device}`);
+    expect(device).toMatch(/swiftshader/i);
+    // Teacher-forced logits over the whole golden sequence, in the page and in Node (cpu).
+    const all = target.greedy_ids_fp32;
+    const inPage = new Float32Array(await page.evaluate(async (ids: number[]) => {
+      const { llm } = (window as unknown as { kilnPlayground: { llm: { logits(ids: number[]): Promise<Float32Array> } } }).kilnPlayground;
+      return Array.from(await llm.logits(ids));
+    }, all));
+    const node = await llm.logits(all);
+    const V = llm.spec.vocabSize;
+    const vsNode = Math.max(...rowErrors(inPage, node, V));
+    const vsTorch = Math.max(...rowErrors(inPage, brownLogits('target'), V));
+    console.log(`[browser] logits, worst row: ${vsNode.toExponential(2)} vs Node cpu, ${vsTorch.toExponential(2)} vs PyTorch`);
+    expect(vsNode).toBeLessThan(ROW_TOL);
+    expect(vsTorch).toBeLessThan(ROW_TOL);
+    expect(argmaxAgreement(inPage, node, V, MARGIN).mismatches).toEqual([]);
+    const shot = process.env.KILN_PLAYGROUND_SCREENSHOT;
+    if (shot) await page.screenshot({ path: shot as `${string}.png`, fullPage: true });
+    await page.close();
+  });
+
+  it('mode=browser on the cpu device (Web Workers over SharedArrayBuffer): the same greedy ids', async () => {
+    const { page, error, ids } = await runPage({ ...greedy, mode: 'browser', device: 'cpu' });
+    expect(error).toBeUndefined();
+    expect(ids!.split(',').map(Number)).toEqual(newIds);
+    const device = await page.evaluate(() => (window as unknown as { kilnPlayground: { llm: { device: { description: string } } } }).kilnPlayground.llm.device.description);
+    expect(device).toMatch(/worker/);
+    await page.close();
+  });
+
+  it('mode=server streams the same text through the OpenAI API', async () => {
+    const { page, done, error, text } = await runPage({ ...greedy, mode: 'server' });
+    expect(error).toBeUndefined();
+    expect(done).toBe('1');
+    expect(text).toBe(llm.decode(target.greedy_ids_fp32).slice(llm.decode(target.prompt_ids).length));
+    await page.close();
+  });
+
+  it('reports a bad model URL and a prompt too long in data-error', async () => {
+    const bad = await runPage({ ...greedy, mode: 'browser', model: '/no-such-model/' });
+    expect(bad.done).toBeUndefined();
+    expect(bad.error).toMatch(/no-such-model\/config\.json: HTTP 404/);
+    await bad.page.close();
+    const long = 'the jury '.repeat(400);
+    const tooLongHere = await runPage({ prompt: long, maxTokens: 4, temperature: 0, mode: 'browser', device: 'webgpu' });
+    expect(tooLongHere.error).toMatch(/the prompt has \d+ tokens; the model's context is 512/);
+    await tooLongHere.page.close();
+    const tooLongThere = await runPage({ prompt: long, maxTokens: 4, temperature: 0, mode: 'server' });
+    expect(tooLongThere.error).toMatch(/400: .*maximum context length is 512/);
+    await tooLongThere.page.close();
+  });
+
+  it('serves the page with COOP/COEP and content types, model files with ranges, and builds as static files', async () => {
+    const base = server.address.url;
+    const page = await fetch(`${base}/`);
+    expect(page.headers.get('content-type')).toMatch(/^text\/html/);
+    expect(page.headers.get('cross-origin-opener-policy')).toBe('same-origin');
+    expect(page.headers.get('cross-origin-embedder-policy')).toBe('require-corp');
+    expect((await fetch(`${base}/playground.js`)).headers.get('content-type')).toMatch(/^text\/javascript/);
+    const part = await fetch(`${base}/model/model.safetensors`, { headers: { Range: 'bytes=0-7' } });
+    expect(part.status).toBe(206);
+    expect(part.headers.get('content-range')).toMatch(/^bytes 0-7\/\d+$/);
+    const headerLen = new DataView(await part.arrayBuffer()).getBigUint64(0, true);
+    expect(headerLen > 0n && headerLen < 100_000n).toBe(true);
+    expect((await fetch(`${base}/model/model.safetensors`, { headers: { Range: 'bytes=99999999-' } })).status).toBe(416);
+    expect((await fetch(`${base}/model/../config.json`)).status).toBe(404);
+    const dir = mkdtempSync(join(tmpdir(), 'kiln-playground-'));
+    try {
+      await buildPlayground(dir, brownDir('target'));
+      expect(readdirSync(dir).sort()).toEqual(['_headers', 'index.html', 'model', 'playground.js']);
+      expect(readdirSync(join(dir, 'model'))).toContain('model.safetensors');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
