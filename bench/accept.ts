@@ -123,7 +123,7 @@ export async function main(args: string[]): Promise<void> {
     const dev = await openDevice(kind);
     if (typeof dev === 'string') { console.log(`\n## ${kind}: not available — ${dev}`); continue; }
     try {
-      const software = dev.kind === 'cpu' || /llvmpipe|lavapipe|swiftshader/i.test(dev.description);
+      const software = dev.profile.software;
       const B = software ? Math.max(1, Math.round(o.batch / o.scale)) : o.batch;
       const bw = await copyBandwidth(dev, software ? 4 << 20 : 64 << 20, o);
       console.log(`\n## ${dev.kind}: ${dev.description}`);

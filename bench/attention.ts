@@ -118,7 +118,7 @@ const fmt = (v: number, digits = 2) => (v >= 100 ? v.toFixed(0) : v.toFixed(digi
 const row = (cells: (string | number)[]) => console.log(`| ${cells.join(' | ')} |`);
 
 async function benchDevice(dev: Device, o: Options): Promise<void> {
-  const software = dev.kind === 'cpu' || /llvmpipe|lavapipe|swiftshader/i.test(dev.description);
+  const software = dev.profile.software;
   const s = software ? o.scale : 1;
   const bw = await copyBandwidth(dev, software ? 4 << 20 : 64 << 20, o);
   console.log(`\n## ${dev.kind}: ${dev.description}`);

@@ -126,7 +126,7 @@ export async function main(args: string[]): Promise<void> {
     }
     console.log(`${kind}: ${dev.description}`);
     try {
-      const copy = o.copy ? await copyBandwidth(dev, dev.kind === 'cpu' || /llvmpipe/.test(dev.description) ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;
+      const copy = o.copy ? await copyBandwidth(dev, dev.profile.software ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;
       if (o.llama3) {
         const spec = llama3Spec(o.layers);
         const t0 = performance.now();

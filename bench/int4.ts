@@ -101,7 +101,7 @@ async function openDevice(kind: BackendKind): Promise<Device | string> {
 const fmt = (v: number | undefined, digits = 2) => (v === undefined ? 'n/a' : v >= 100 ? v.toFixed(0) : v.toFixed(digits));
 
 async function benchDevice(dev: Device, o: Options): Promise<void> {
-  const software = dev.kind === 'cpu' || /llvmpipe|lavapipe|swiftshader/i.test(dev.description);
+  const software = dev.profile.software;
   const gemmScale = software ? o.scale : 1;
   const bw = await copyBandwidth(dev, software ? 4 << 20 : 64 << 20, o);
   console.log(`\n## ${dev.kind}: ${dev.description}`);

@@ -53,7 +53,7 @@ async function cells(dev: Device, T: number, o: Options): Promise<Cell[]> {
       bytes: 2 * T * (HQ + 2 * HK) * HD * 4 + T * (HQ + HK) * HD * 2 }); // read + write the row; cos/sin of T positions
 
     // The gather reads only T rows; software devices get a 16384-row table (llvmpipe binds ≤ 128 MiB).
-    const rows = /llvmpipe/.test(dev.description) || dev.kind === 'cpu' ? 16384 : V;
+    const rows = dev.profile.software ? 16384 : V;
     const words = (rows * D) / 2, tab = dev.alloc('u32', words); owned.push(tab);
     dev.write(tab, Uint32Array.from({ length: words }, (_, i) => (0x3c00 + (i % 64)) * 0x10001)); // finite halves
     const ids = u32(Uint32Array.from({ length: T }, (_, i) => (i * 7919) % rows));
@@ -78,7 +78,7 @@ export async function main(args: string[]): Promise<void> {
       throw e;
     }
     try {
-      const software = dev.kind === 'cpu' || /llvmpipe/.test(dev.description);
+      const software = dev.profile.software;
       const bw = await copyBandwidth(dev, software ? 4 << 20 : 64 << 20, o);
       console.log(`\n${kind}: ${dev.description} — copy ${bw.toFixed(1)} GB/s\n`);
       console.log('| kernel | tokens | µs | MB moved | GB/s | % of copy |');

@@ -4,6 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import { createDevice } from '../src/backend/index.js';
 import { LaunchError } from '../src/backend/device.js';
+import { aheadOfTimeClass, vendorClass } from '../codegen/kernels/deviceProfile.js';
+import { BASELINE_CAPS, CUDA_CAPS } from '../codegen/dsl/types.js';
 import { forEachBackend } from './backends.js';
 
 forEachBackend('device base', (dev) => {
@@ -42,9 +44,26 @@ forEachBackend('device base', (dev) => {
     for (const b of [src, dst, out, short]) dev.free(b);
   });
 
-  it('reports what it is: software or not, and the parallelism it wants', () => {
-    expect(dev.profile.parallelism).toBeGreaterThan(0);
-    if (dev.kind === 'cpu') expect(dev.profile.software).toBe(true);
+  it('reports what it is: CPU executor, software rasteriser or GPU, its vendor, and the parallelism it wants', () => {
+    const p = dev.profile;
+    expect(p.parallelism).toBeGreaterThan(0);
+    expect(p.software).toBe(p.deviceClass !== 'gpu');
+    if (dev.kind === 'cpu') expect([p.deviceClass, p.vendor]).toEqual(['cpu', 'cpu']);
+    if (dev.kind === 'cuda') expect([p.deviceClass, p.vendor]).toEqual(['gpu', 'nvidia']);
+    if (dev.kind === 'webgpu') {
+      expect(p.deviceClass).not.toBe('cpu');
+      if (p.deviceClass === 'software-gpu') expect(p.vendor).toBe('software');
+      // The adapter named here is an oracle for this test only; the backend reads the adapter's info fields.
+      if (/llvmpipe|swiftshader/i.test(dev.description)) expect(p.deviceClass).toBe('software-gpu');
+    }
+  });
+});
+
+describe('device profile', () => {
+  it('vendor classes from an API vendor field; the ahead-of-time class from the target caps', () => {
+    expect(['nvidia', 'AMD', 'intel', 'apple', 'arm', 'qualcomm', 'mesa', '', undefined].map(vendorClass))
+      .toEqual(['nvidia', 'amd', 'intel', 'apple', 'arm', 'qualcomm', 'unknown', 'unknown', 'unknown']);
+    expect([aheadOfTimeClass(CUDA_CAPS), aheadOfTimeClass(BASELINE_CAPS)]).toEqual(['gpu', 'software-gpu']);
   });
 });
 

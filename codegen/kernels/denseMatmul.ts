@@ -9,6 +9,7 @@ import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
   type WeightSource,
 } from './linearCommon.js';
+import type { DeviceClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 
 export type DenseWeightDtype = 'f32' | 'f16';
@@ -46,6 +47,8 @@ export interface DenseLinearConfig extends LinearEpilogue {
   choice?: LinearChoiceInput;
   /** Invocations the device wants in flight (default split-K); guessed from caps if absent. */
   parallelism?: number;
+  /** What runs the kernels (Device.profile.deviceClass); the dense defaults do not depend on it yet. */
+  deviceClass?: DeviceClass;
 }
 
 export function checkDenseConfig(c: DenseLinearConfig): void {
@@ -114,5 +117,6 @@ export function denseLinear(c: DenseLinearConfig): LinearOp {
     defaults: (K, Nw, caps, par) => defaultDenseChoice(K, Nw, dtype, caps, par),
     choice: c.choice,
     parallelism: c.parallelism,
+    deviceClass: c.deviceClass,
   });
 }

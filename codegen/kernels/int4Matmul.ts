@@ -13,6 +13,7 @@ import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
   parallelismOf, type WeightSource,
 } from './linearCommon.js';
+import { type DeviceClass, aheadOfTimeClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 
 export const INT4_GROUP_SIZES: readonly number[] = [32, 64, 128];
@@ -128,6 +129,8 @@ export interface Int4LinearConfig extends LinearEpilogue {
   choice?: LinearChoiceInput;
   /** Invocations the device wants in flight (default split-K); guessed from caps if absent. */
   parallelism?: number;
+  /** What runs the kernels (Device.profile.deviceClass; default GEMV schedule); aheadOfTimeClass(caps) if absent. */
+  deviceClass?: DeviceClass;
 }
 
 /** Throws naming the parameter when the configuration cannot be an AWQ GEMM layer. */
@@ -193,12 +196,13 @@ export function int4SegmentSpace(K: number, groupSize: number): number[] {
  * k by 8: a decode GEMV's time there is about (segment rows / rows in flight) × memory latency,
  * and nvcc keeps the 8 loads together without spilling (≤ 244 registers). The CPU executor, whose
  * caps look like a GPU's but whose host hint (linearHints) asks for far less, does not unroll (it
- * costs it 5–25 %). Devices without subgroups (llvmpipe, compatibility mode): 8-byte loads and k
- * unrolled by 4 (M ≤ 4) or 2, 1.2–1.65× faster than one word per invocation on llvmpipe.
+ * costs it 5–25 %). Software rasterisers (llvmpipe): 8-byte loads and k unrolled by 4 (M ≤ 4)
+ * or 2, 1.2–1.65× faster than one word per invocation on llvmpipe.
  */
-export function defaultInt4Gemv(M: number, Nw: number, caps: Caps, parallelism = parallelismOf(caps)): GemvVariant {
+export function defaultInt4Gemv(M: number, Nw: number, caps: Caps, parallelism = parallelismOf(caps),
+  deviceClass: DeviceClass = aheadOfTimeClass(caps)): GemvVariant {
   const v4 = Nw % 32 === 0, v2 = Nw % 16 === 0;
-  if (!caps.subgroups) return v2 ? { workgroupSize: 64, units: 2, vec: 2, unrollK: M <= 4 ? 4 : 2 } : { workgroupSize: 64, units: 1 };
+  if (deviceClass === 'software-gpu') return v2 ? { workgroupSize: 64, units: 2, vec: 2, unrollK: M <= 4 ? 4 : 2 } : { workgroupSize: 64, units: 1 };
   const k = parallelism >= 65536 ? { unrollK: 8 as const } : {};
   if (M <= 2 && v4) return { workgroupSize: 32, units: 4, vec: 4, ...k };
   if (M <= 4 && v2) return { workgroupSize: 64, units: 2, vec: 2, ...k };
@@ -206,9 +210,10 @@ export function defaultInt4Gemv(M: number, Nw: number, caps: Caps, parallelism =
 }
 
 /** Default variants for a shape and device: big tiles where the device allows. */
-export function defaultInt4Choice(K: number, Nw: number, groupSize: number, caps: Caps, parallelism?: number): LinearChoice {
+export function defaultInt4Choice(K: number, Nw: number, groupSize: number, caps: Caps, parallelism?: number,
+  deviceClass?: DeviceClass): LinearChoice {
   const big = caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256;
-  const gemv = Array.from({ length: GEMV_MAX_ROWS }, (_, i) => defaultInt4Gemv(i + 1, Nw, caps, parallelism));
+  const gemv = Array.from({ length: GEMV_MAX_ROWS }, (_, i) => defaultInt4Gemv(i + 1, Nw, caps, parallelism, deviceClass));
   return {
     // Split-K as for one word (8 columns) per invocation, whatever the schedule: numerics stay
     // what they were before vector loads, and the same for every M.
@@ -237,8 +242,9 @@ export function int4Linear(c: Int4LinearConfig): LinearOp {
     epilogue: e,
     caps: c.caps ?? BASELINE_CAPS,
     source: int4Source(g),
-    defaults: (K, Nw, caps, par) => defaultInt4Choice(K, Nw, g, caps, par),
+    defaults: (K, Nw, caps, par, cls) => defaultInt4Choice(K, Nw, g, caps, par, cls),
     choice: c.choice,
     parallelism: c.parallelism,
+    deviceClass: c.deviceClass,
   });
 }

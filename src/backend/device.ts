@@ -3,6 +3,7 @@
 import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../../codegen/dsl/builder.js';
 import type { Op } from '../../codegen/dsl/plan.js';
 import type { Caps, StorageType } from '../../codegen/dsl/types.js';
+import type { DeviceClass, VendorClass } from '../../codegen/kernels/deviceProfile.js';
 
 export type BackendKind = 'cpu' | 'webgpu' | 'cuda';
 
@@ -23,6 +24,10 @@ export interface DeviceBuffer<T extends StorageType = StorageType> {
 export interface DeviceProfile {
   /** Runs kernels on CPU cores (the CPU executor, a software rasteriser such as llvmpipe). */
   software: boolean;
+  /** What runs the kernels: the CPU executor, a software rasteriser or a hardware GPU (software: not 'gpu'). */
+  deviceClass: DeviceClass;
+  /** The GPU's maker, where the API says. */
+  vendor: VendorClass;
   /** Invocations the device wants in flight to be busy (sets default split factors). */
   parallelism: number;
 }

@@ -1,6 +1,7 @@
 // Host side of the linear layers: upload weights in the kernels' layout, and run a LinearOp after
 // checking every tensor against the shape the op expects — a wrong shape or dtype is reported
 // with the tensor's name and its expected shape before any device work.
+import type { DeviceClass } from '../../codegen/kernels/deviceProfile.js';
 import type { LinearChoiceInput, LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { type AwqTensors, checkAwqShape } from '../quant/awq.js';
@@ -101,8 +102,10 @@ export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: nu
  * executor, llvmpipe) want ~16 workgroups of 64 per core (so K is split when N is small); GPUs
  * tens of thousands.
  */
-export function linearHints(dev: Device): { caps: Device['caps']; parallelism: number; choice?: LinearChoiceInput } {
-  const hints = { caps: dev.caps, parallelism: dev.profile.parallelism };
+export function linearHints(dev: Device): {
+  caps: Device['caps']; parallelism: number; deviceClass: DeviceClass; choice?: LinearChoiceInput;
+} {
+  const hints = { caps: dev.caps, parallelism: dev.profile.parallelism, deviceClass: dev.profile.deviceClass };
   // The CPU executor reports GPU-sized limits, but small GEMM tiles run ~2x faster on it (measured
   // with src/ops/tune.ts); a tuned choice replaces this.
   if (dev.kind === 'cpu') return { ...hints, choice: { gemm: { tileM: 32, tileN: 32, tileK: 32, blockM: 2, blockN: 4 } } };

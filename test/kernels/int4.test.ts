@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { BASELINE_CAPS, type Caps, CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { denseSource } from '../../codegen/kernels/denseMatmul.js';
+import type { DeviceClass } from '../../codegen/kernels/deviceProfile.js';
 import { gemvVariantFits, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import type { LinearChoiceInput } from '../../codegen/kernels/linearOp.js';
 import { INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4Linear, int4Source } from '../../codegen/kernels/int4Matmul.js';
@@ -224,7 +225,7 @@ forEachBackend('int4Linear', (dev) => {
       expect(gemvVariantFits(v2, denseSource('f16'), 64, CUDA_CAPS)).toBe(false); // no vector form
       // Subgroup caps: 16-byte loads for M ≤ 2, 8-byte for M ≤ 4, where N allows; k unrolled
       // where the device wants GPU-scale parallelism. No subgroups: 8-byte loads, k unrolled.
-      const gemvs = (N: number, caps: Caps, o: { gateUp?: boolean; parallelism?: number } = {}) =>
+      const gemvs = (N: number, caps: Caps, o: { gateUp?: boolean; parallelism?: number; deviceClass?: DeviceClass } = {}) =>
         int4Linear({ K: 128, N, groupSize: 32, caps, ...o }).choice.gemv;
       const k = <V extends object>(v: V, unrollK: number) => ({ ...v, unrollK });
       expect(gemvs(64, CUDA_CAPS)).toEqual([k(v4, 8), k(v4, 8), k(v2, 8), k(v2, 8), k(s, 8), k(s, 8), k(s, 8), k(s, 8)]);
@@ -234,6 +235,11 @@ forEachBackend('int4Linear', (dev) => {
       expect(gemvs(40, CUDA_CAPS, { parallelism: 2048 })).toEqual(Array(8).fill(s));
       expect(gemvs(64, BASELINE_CAPS)).toEqual([...Array(4).fill(k(v2, 4)), ...Array(4).fill(k(v2, 2))]);
       expect(gemvs(40, BASELINE_CAPS)).toEqual(Array(8).fill(s));
+      // The schedule follows what runs the kernels (Device.profile), not the caps: a hardware GPU
+      // without subgroups gets the GPU schedule, a rasteriser with them the llvmpipe one.
+      expect(gemvs(64, BASELINE_CAPS, { deviceClass: 'gpu' })).toEqual([v4, v4, v2, v2, s, s, s, s]);
+      expect(gemvs(64, CUDA_CAPS, { deviceClass: 'software-gpu' })).toEqual([...Array(4).fill(k(v2, 4)), ...Array(4).fill(k(v2, 2))]);
+      expect(gemvs(64, CUDA_CAPS, { deviceClass: 'cpu', parallelism: 2048 })).toEqual([v4, v4, v2, v2, s, s, s, s]);
     });
 
     it('host tensors of the wrong size', () => {

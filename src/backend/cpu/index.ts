@@ -153,7 +153,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     this.description = `cpu (${threads}, ${executor}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
-    this.profile = { software: true, parallelism: 1024 * platform.cpuCount() };
+    this.profile = { software: true, deviceClass: 'cpu', vendor: 'cpu', parallelism: 1024 * platform.cpuCount() };
   }
 
   protected usable(what: string): void {

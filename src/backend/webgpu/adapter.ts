@@ -2,6 +2,7 @@
 // package (Dawn) in Node — a real GPU first, else Mesa llvmpipe through Dawn's OpenGL ES backend.
 import { BackendUnavailableError } from '../device.js';
 import type { Caps } from '../../../codegen/dsl/types.js';
+import { type VendorClass, vendorClass } from '../../../codegen/kernels/deviceProfile.js';
 
 export interface OpenedDevice {
   device: GPUDevice;
@@ -10,6 +11,7 @@ export interface OpenedDevice {
   instance: GPU;
   description: string;
   software: boolean;
+  vendor: VendorClass;
   caps: Caps;
 }
 
@@ -72,7 +74,8 @@ export async function openDevice(allowSoftware: boolean): Promise<OpenedDevice> 
     maxStorageBuffers: device.limits.maxStorageBuffersPerShaderStage,
     maxInvocationsPerWorkgroup: device.limits.maxComputeInvocationsPerWorkgroup,
   };
-  return { device, adapter, instance: picked.instance, description: `${name} via ${picked.via}`, software: isSoftware(adapter), caps };
+  return { device, adapter, instance: picked.instance, description: `${name} via ${picked.via}`, software: isSoftware(adapter),
+    vendor: isSoftware(adapter) ? 'software' : vendorClass(adapter.info.vendor), caps };
 }
 
 async function browserAdapter(gpu: GPU | undefined, allowSoftware: boolean): Promise<Picked> {

@@ -89,7 +89,7 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
     this.caps = opened.caps;
     this.software = opened.software;
     // A software adapter runs workgroups on CPU cores (~16 of 64 invocations per core keep them busy).
-    this.profile = { software: opened.software, parallelism: opened.software ? 1024 * platform.cpuCount() : 65536 };
+    this.profile = { software: opened.software, deviceClass: opened.software ? 'software-gpu' : 'gpu', vendor: opened.vendor, parallelism: opened.software ? 1024 * platform.cpuCount() : 65536 };
     this.pool = new UniformPool(this.device, Math.max(16, this.limits.minUniformBufferOffsetAlignment));
     this.pass = this.newPass();
     this.device.lost.then((info) => {

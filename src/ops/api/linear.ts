@@ -70,7 +70,7 @@ function linearOpFor(device: Device, w: LinearWeights, o: LinearOptions): Linear
   return ops.get(device, [w.kind, w.K, w.N, w.kind === 'int4' ? w.groupSize : w.dtype, epi, o.choice ?? null], () => {
     const hints = linearHints(device);
     const choice = o.choice ?? hints.choice;
-    const base = { K: w.K, N: w.N, caps: hints.caps, parallelism: hints.parallelism, ...(choice ? { choice } : {}), ...epi };
+    const base = { K: w.K, N: w.N, caps: hints.caps, parallelism: hints.parallelism, deviceClass: hints.deviceClass, ...(choice ? { choice } : {}), ...epi };
     return w.kind === 'int4' ? int4Linear({ ...base, groupSize: w.groupSize }) : denseLinear({ ...base, weight: w.dtype });
   });
 }
