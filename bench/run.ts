@@ -13,6 +13,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   serve: () => import('./serve.js'),
   pointwise: () => import('./pointwise.js'),
   'gpu-prep': () => import('./gpu/prep.js'),
+  browser: () => import('./browser.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -16,6 +16,12 @@ import { buildPlayground } from '../src/server/playground.js';
 import { argmaxAgreement, BROWN_PROMPT, brown, brownDir, brownLogits, rowErrors } from './runtimeGolden.js';
 
 const ROOT = join(import.meta.dirname, '..');
+/** What page.evaluate callbacks see (the project's tsconfig has no DOM types). */
+interface PageGlobals {
+  document: { getElementById(id: string): { textContent: string | null; dataset: Record<string, string | undefined> } | null };
+  crossOriginIsolated: boolean;
+  kilnPlayground: { llm: { device: { kind: string; description: string }; logits(ids: number[]): Promise<Float32Array> } };
+}
 /** Where Chromium may be: KILN_CHROMIUM, else Debian's binary (not its shell wrapper), else others. */
 const CHROMIUM = [process.env.KILN_CHROMIUM, '/usr/lib/chromium/chromium', '/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']
   .find((p): p is string => !!p && existsSync(p));
@@ -76,8 +82,9 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
     await page.goto(`${server.address.url}/?${q}`);
     await page.waitForSelector('#output[data-done], #output[data-error]', { timeout: 110_000 });
     const r = await page.evaluate(() => {
-      const o = document.getElementById('output')!;
-      return { text: o.textContent ?? '', done: o.dataset.done, error: o.dataset.error, ids: o.dataset.ids, isolated: crossOriginIsolated };
+      const w = globalThis as unknown as PageGlobals;
+      const o = w.document.getElementById('output')!;
+      return { text: o.textContent ?? '', done: o.dataset.done, error: o.dataset.error, ids: o.dataset.ids, isolated: w.crossOriginIsolated };
     });
     expect(errors, 'uncaught page errors').toEqual([]);
     return { page, ...r };
@@ -92,13 +99,13 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
     expect(isolated, 'COOP/COEP make the page cross-origin isolated').toBe(true);
     expect(ids!.split(',').map(Number)).toEqual(newIds);
     expect(text).toBe(llm.decode(target.greedy_ids_fp32).slice(llm.decode(target.prompt_ids).length));
-    const device = await page.evaluate(() => (window as unknown as { kilnPlayground: { llm: { device: { kind: string; description: string } } } }).kilnPlayground.llm.device.description);
+    const device = await page.evaluate(() => (globalThis as unknown as PageGlobals).kilnPlayground.llm.device.description);
     console.log(`[browser] in-page device: ${device}`);
     expect(device).toMatch(/swiftshader/i);
     // Teacher-forced logits over the whole golden sequence, in the page and in Node (cpu).
     const all = target.greedy_ids_fp32;
     const inPage = new Float32Array(await page.evaluate(async (ids: number[]) => {
-      const { llm } = (window as unknown as { kilnPlayground: { llm: { logits(ids: number[]): Promise<Float32Array> } } }).kilnPlayground;
+      const { llm } = (globalThis as unknown as PageGlobals).kilnPlayground;
       return Array.from(await llm.logits(ids));
     }, all));
     const node = await llm.logits(all);
@@ -118,7 +125,7 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
     const { page, error, ids } = await runPage({ ...greedy, mode: 'browser', device: 'cpu' });
     expect(error).toBeUndefined();
     expect(ids!.split(',').map(Number)).toEqual(newIds);
-    const device = await page.evaluate(() => (window as unknown as { kilnPlayground: { llm: { device: { description: string } } } }).kilnPlayground.llm.device.description);
+    const device = await page.evaluate(() => (globalThis as unknown as PageGlobals).kilnPlayground.llm.device.description);
     expect(device).toMatch(/worker/);
     await page.close();
   });
