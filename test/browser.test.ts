@@ -2,9 +2,12 @@
 // playground page from a server on 127.0.0.1. In-page greedy generation of the golden prompt on
 // brown-target (WebGPU on SwiftShader, and the cpu device in Web Workers) gives PyTorch's greedy
 // ids, and the page's logits agree with Node's within the cross-backend tolerance; server mode
-// streams the same text; errors land in #output's data-error. The browser bundle is checked for
+// streams the same text; errors land in #output's data-error; the static build runs on a host
+// without COOP/COEP (cpu on the main thread). The browser bundle is checked for
 // Node built-ins without a browser. Skipped, saying why, where Chromium is absent.
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { builtinModules } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LLM, loadModel } from '../src/llm.js';
 import { type KilnServer, startServer } from '../src/server/index.js';
-import { buildPlayground } from '../src/server/playground.js';
+import { buildPlayground, contentType } from '../src/server/playground.js';
 import { argmaxAgreement, BROWN_PROMPT, brown, brownDir, brownLogits, rowErrors } from './runtimeGolden.js';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -74,12 +77,12 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
   });
 
   /** Opens the page with these URL parameters (autorun=1) and waits for data-done or data-error. */
-  async function runPage(params: Record<string, string | number>) {
+  async function runPage(params: Record<string, string | number>, at = `${server.address.url}/`) {
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(String(e)));
     const q = new URLSearchParams({ ...Object.fromEntries(Object.entries(params).map(([k, v]) => [k, String(v)])), autorun: '1' });
-    await page.goto(`${server.address.url}/?${q}`);
+    await page.goto(`${at}?${q}`);
     await page.waitForSelector('#output[data-done], #output[data-error]', { timeout: 110_000 });
     const r = await page.evaluate(() => {
       const w = globalThis as unknown as PageGlobals;
@@ -152,7 +155,7 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
     await tooLongThere.page.close();
   });
 
-  it('serves the page with COOP/COEP and content types, model files with ranges, and builds as static files', async () => {
+  it('serves the page with COOP/COEP and content types, and model files with ranges', async () => {
     const base = server.address.url;
     const page = await fetch(`${base}/`);
     expect(page.headers.get('content-type')).toMatch(/^text\/html/);
@@ -166,12 +169,30 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
     expect(headerLen > 0n && headerLen < 100_000n).toBe(true);
     expect((await fetch(`${base}/model/model.safetensors`, { headers: { Range: 'bytes=99999999-' } })).status).toBe(416);
     expect((await fetch(`${base}/model/../config.json`)).status).toBe(404);
+  });
+
+  it('kiln build-playground output on a plain static host (no COOP/COEP): the cpu device runs on the main thread, same ids', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'kiln-playground-'));
+    // A static server that sends only content types: the page is not cross-origin isolated.
+    const host = createHttpServer((req, res) => {
+      const file = join(dir, decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname).replace(/^\/$/, '/index.html'));
+      if (!file.startsWith(dir) || !existsSync(file)) { res.writeHead(404).end(); return; }
+      res.writeHead(200, { 'Content-Type': contentType(file) }).end(readFileSync(file));
+    });
     try {
-      await buildPlayground(dir, brownDir('target'));
-      expect(readdirSync(dir).sort()).toEqual(['_headers', 'index.html', 'model', 'playground.js']);
-      expect(readdirSync(join(dir, 'model'))).toContain('model.safetensors');
+      const files = await buildPlayground(dir, brownDir('target'));
+      expect(files).toEqual(expect.arrayContaining(['index.html', 'playground.js', '_headers', 'model/config.json', 'model/model.safetensors', 'model/tokenizer.json']));
+      await new Promise<void>((r) => host.listen(0, '127.0.0.1', r));
+      const url = `http://127.0.0.1:${(host.address() as AddressInfo).port}/`;
+      const { page, error, ids, isolated } = await runPage({ ...greedy, mode: 'browser', device: 'cpu' }, url);
+      expect(error).toBeUndefined();
+      expect(isolated).toBe(false);
+      expect(ids!.split(',').map(Number)).toEqual(newIds);
+      const device = await page.evaluate(() => (globalThis as unknown as PageGlobals).kilnPlayground.llm.device.description);
+      expect(device).toMatch(/main thread/);
+      await page.close();
     } finally {
+      host.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
