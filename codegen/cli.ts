@@ -8,6 +8,7 @@ import { BASELINE_CAPS, CUDA_CAPS, type Caps } from './dsl/types.js';
 import { emitCUDA } from './emit/cuda.js';
 import { emitWGSL } from './emit/wgsl.js';
 import { FAMILIES, type KernelFamily, type KernelVariant } from './kernels/index.js';
+import { OP_FAMILIES, type OpFamily } from './kernels/registry.js';
 
 export type Target = 'wgsl' | 'cuda';
 interface TargetInfo { ext: string; caps: Caps; dir: string; emit: (k: Kernel<any, any>) => string }
@@ -23,7 +24,7 @@ const USAGE = `usage: kiln codegen [--target wgsl|cuda] [--out DIR] [--kernel NA
   (no options)     write every default variant: WGSL into shaders/, CUDA into cuda/ (stale files removed)
   --target T       only this target (default: both)
   --out DIR        write into DIR instead of shaders/ and cuda/
-  --kernel NAME    only this family (or variant label)
+  --kernel NAME    only this kernel family, op family (its kernel families) or variant label
   --params JSON    build the family named by --kernel with these compile-time parameters
   --check          write nothing; exit 1 if the files on disk differ from what would be generated`;
 
@@ -33,10 +34,12 @@ function selectFamilies(kernel: string | undefined): { families: KernelFamily[];
   if (!kernel) return { families: FAMILIES };
   const byFamily = FAMILIES.filter((f) => f.family === kernel);
   if (byFamily.length) return { families: byFamily };
+  const op = (OP_FAMILIES as Readonly<Record<string, OpFamily | undefined>>)[kernel];
+  if (op) return { families: FAMILIES.filter((f) => op.kernels.includes(f.family)) };
   // Not a family: perhaps one variant's label.
   const byLabel = FAMILIES.filter((f) => (Object.keys(TARGETS) as Target[]).some((t) => f.variants(TARGETS[t].caps).some((v) => v.label === kernel)));
   if (byLabel.length) return { families: byLabel, label: kernel };
-  throw new Error(`no kernel family or variant named '${kernel}'; families: ${FAMILIES.map((f) => f.family).join(', ')}`);
+  throw new Error(`no kernel family or variant named '${kernel}'; kernel families: ${FAMILIES.map((f) => f.family).join(', ')}; op families: ${Object.keys(OP_FAMILIES).join(', ')}`);
 }
 
 function slug(params: Record<string, unknown>): string {

@@ -15,6 +15,7 @@ import { emitCUDA } from '../codegen/emit/cuda.js';
 import { createCpuDevice, type LaunchProfile, takeLaunchProfiles } from './backend/cpu/index.js';
 import type { Device } from './backend/device.js';
 import { accept, awqWeights, denseWeights, linear, pagedAttention, rmsNorm, tensor } from './ops/index.js';
+import { OP_FAMILIES, type OpFamilyName } from '../codegen/kernels/registry.js';
 import { f32ToF16Bits } from './quant/f16.js';
 import { flag, parseArgs, rejectUnknown, str } from './util/args.js';
 
@@ -106,12 +107,9 @@ export function occupancy(threads: number, registers: number, sharedBytes: numbe
 
 // ---- families ---------------------------------------------------------------------------------
 type Shape = Record<string, number>;
-interface Family {
-  about: string;
-  defaults: Shape;
-  /** Run the op once on `dev` with random inputs (uploads are not launches: only the op is profiled). */
-  run(dev: Device, s: Shape, rand: () => number): Promise<void> | void;
-}
+/** Run the op once on `dev` with random inputs (uploads are not launches: only the op is profiled). */
+type Runner = (dev: Device, s: Shape, rand: () => number) => Promise<void> | void;
+interface Family { about: string; defaults: Shape; run: Runner }
 
 const f16Words = (n: number, rand: () => number) => {
   const w = new Uint32Array(Math.ceil(n / 2));
@@ -120,66 +118,55 @@ const f16Words = (n: number, rand: () => number) => {
 };
 const f32s = (n: number, rand: () => number, scale = 1) => Float32Array.from({ length: n }, () => (rand() - 0.5) * scale);
 
-export const FAMILIES: Record<string, Family> = {
-  int4Linear: {
-    about: 'INT4 AWQ linear (W4A16), M rows × K → N; default Llama-3-8B 4096×4096 at M = 1 (decode GEMV)',
-    defaults: { M: 1, K: 4096, N: 4096, G: 128 },
-    run(dev, { M, K, N, G }, rand) {
-      const words = (n: number) => Int32Array.from({ length: n }, () => (rand() * 2 ** 32) | 0);
-      const scales = Uint16Array.from({ length: (K! / G!) * N! }, () => f32ToF16Bits(0.01 + rand() * 0.01));
-      const w = awqWeights(dev, { K: K!, N: N!, groupSize: G!, qweight: words((K! * N!) / 8), qzeros: words(((K! / G!) * N!) / 8), scales });
-      linear(dev, w, tensor(dev, 'f32', [M!, K!], f32s(M! * K!, rand)));
-    },
+// What each family is and its sizes: the registry (codegen/kernels/registry.ts); here, how to run it.
+const RUNNERS: { [F in OpFamilyName]?: Runner } = {
+  int4Linear(dev, { M, K, N, groupSize: G }, rand) {
+    const words = (n: number) => Int32Array.from({ length: n }, () => (rand() * 2 ** 32) | 0);
+    const scales = Uint16Array.from({ length: (K! / G!) * N! }, () => f32ToF16Bits(0.01 + rand() * 0.01));
+    const w = awqWeights(dev, { K: K!, N: N!, groupSize: G!, qweight: words((K! * N!) / 8), qzeros: words(((K! / G!) * N!) / 8), scales });
+    linear(dev, w, tensor(dev, 'f32', [M!, K!], f32s(M! * K!, rand)));
   },
-  denseLinear: {
-    about: 'dense f16-weight linear, M rows × K → N; default 4096×4096 at M = 1',
-    defaults: { M: 1, K: 4096, N: 4096 },
-    run(dev, { M, K, N }, rand) {
-      const w = denseWeights(dev, { weight: f32s(K! * N!, rand, 0.1), K: K!, N: N!, dtype: 'f16' });
-      linear(dev, w, tensor(dev, 'f32', [M!, K!], f32s(M! * K!, rand)));
-    },
+  denseLinear(dev, { M, K, N }, rand) {
+    const w = denseWeights(dev, { weight: f32s(K! * N!, rand, 0.1), K: K!, N: N!, dtype: 'f16' });
+    linear(dev, w, tensor(dev, 'f32', [M!, K!], f32s(M! * K!, rand)));
   },
-  rmsNorm: {
-    about: 'RMSNorm of M rows of D; default M = 1, D = 4096',
-    defaults: { M: 1, D: 4096 },
-    run(dev, { M, D }, rand) {
-      rmsNorm(dev, tensor(dev, 'f32', [M!, D!], f32s(M! * D!, rand)), tensor(dev, 'f32', [D!], f32s(D!, rand)));
-    },
+  rmsNorm(dev, { M, D, fused }, rand) {
+    const residual = fused ? { residual: tensor(dev, 'f32', [M!, D!], f32s(M! * D!, rand)) } : {};
+    rmsNorm(dev, tensor(dev, 'f32', [M!, D!], f32s(M! * D!, rand)), tensor(dev, 'f32', [D!], f32s(D!, rand)), residual);
   },
-  pagedAttention: {
-    about: 'paged decode attention, f16 KV cache in blocks of 16: B sequences × 1 new token over C cached positions, H query / KV heads of dim D; default Llama-3-8B heads (32 / 8, D = 128), B = 1, C = 4096',
-    defaults: { B: 1, C: 4096, H: 32, KV: 8, D: 128 },
-    run(dev, { B, C, H, KV, D }, rand) {
-      const bs = 16, blocksPerSeq = Math.ceil((C! + 1) / bs), blocks = B! * blocksPerSeq;
-      const cache = () => tensor(dev, 'u32', [blocks, bs, KV!, D! / 2], f16Words(blocks * bs * KV! * D!, rand));
-      // Physical blocks shuffled, as a block manager hands them out after some churn.
-      const order = Array.from({ length: blocks }, (_, i) => i).sort(() => rand() - 0.5);
-      const seqs = Array.from({ length: B! }, (_, b) => ({
-        qStart: b, qLen: 1, ctxLen: C!, blockTable: order.slice(b * blocksPerSeq, (b + 1) * blocksPerSeq),
-      }));
-      pagedAttention(dev, tensor(dev, 'f32', [B!, H!, D!], f32s(B! * H! * D!, rand)), { k: cache(), v: cache(), kvDtype: 'f16' }, seqs);
-    },
+  pagedAttention(dev, { B, C, H, KV, D }, rand) {
+    const bs = 16, blocksPerSeq = Math.ceil((C! + 1) / bs), blocks = B! * blocksPerSeq;
+    const cache = () => tensor(dev, 'u32', [blocks, bs, KV!, D! / 2], f16Words(blocks * bs * KV! * D!, rand));
+    // Physical blocks shuffled, as a block manager hands them out after some churn.
+    const order = Array.from({ length: blocks }, (_, i) => i).sort(() => rand() - 0.5);
+    const seqs = Array.from({ length: B! }, (_, b) => ({
+      qStart: b, qLen: 1, ctxLen: C!, blockTable: order.slice(b * blocksPerSeq, (b + 1) * blocksPerSeq),
+    }));
+    pagedAttention(dev, tensor(dev, 'f32', [B!, H!, D!], f32s(B! * H! * D!, rand)), { k: cache(), v: cache(), kvDtype: 'f16' }, seqs);
   },
-  rejectionSampler: {
-    about: 'speculative acceptance (rejection sampling): B sequences × K drafts over a vocabulary of V; default B = 64, K = 5, V = 128256',
-    defaults: { B: 64, K: 5, V: 128256 },
-    run(dev, { B, K, V }, rand) {
-      const probs = (rows: number) => {
-        const p = new Float32Array(rows * V!);
-        for (let r = 0; r < rows; r++) {
-          let sum = 0;
-          for (let i = 0; i < V!; i++) sum += p[r * V! + i] = rand();
-          for (let i = 0; i < V!; i++) p[r * V! + i]! /= sum;
-        }
-        return p;
-      };
-      const seqs = Array.from({ length: B! }, (_, b) => ({
-        draftTokens: Array.from({ length: K! }, () => Math.floor(rand() * V!)), seed: b, position: 100,
-      }));
-      accept(dev, seqs, tensor(dev, 'f32', [B!, K!, V!], probs(B! * K!)), tensor(dev, 'f32', [B!, K! + 1, V!], probs(B! * (K! + 1))));
-    },
+  rejectionSampler(dev, { B, K, V }, rand) {
+    const probs = (rows: number) => {
+      const p = new Float32Array(rows * V!);
+      for (let r = 0; r < rows; r++) {
+        let sum = 0;
+        for (let i = 0; i < V!; i++) sum += p[r * V! + i] = rand();
+        for (let i = 0; i < V!; i++) p[r * V! + i]! /= sum;
+      }
+      return p;
+    };
+    const seqs = Array.from({ length: B! }, (_, b) => ({
+      draftTokens: Array.from({ length: K! }, () => Math.floor(rand() * V!)), seed: b, position: 100,
+    }));
+    accept(dev, seqs, tensor(dev, 'f32', [B!, K!, V!], probs(B! * K!)), tensor(dev, 'f32', [B!, K! + 1, V!], probs(B! * (K! + 1))));
   },
 };
+
+/** The profilable families: registry entries with a runner; their numeric sizes are the --shape keys. */
+export const FAMILIES: Record<string, Family> = Object.fromEntries((Object.keys(RUNNERS) as OpFamilyName[]).map((name) => {
+  const f = OP_FAMILIES[name];
+  const defaults = Object.fromEntries(Object.entries(f.sizes).filter((e): e is [string, number] => typeof e[1] === 'number'));
+  return [name, { about: f.about, defaults, run: RUNNERS[name]! }];
+}));
 
 // ---- the report ----------------------------------------------------------------------------
 export interface KernelReport {

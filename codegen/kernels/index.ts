@@ -26,6 +26,7 @@ export { ropeQkv } from './ropeQkv.js';
 export { embedding } from './embedding.js';
 export { siluMul, residualAdd, argmaxRows, f32ToF16, f16ToF32 } from './pointwise.js';
 export { vectorAdd, matmulTiled, reduce, softmax, scan };
+export { OP_FAMILIES, type OpFamily, type OpFamilyName } from './registry.js';
 
 export interface KernelVariant { label: string; kernel: Kernel<any, any> }
 export interface KernelFamily {

@@ -7,13 +7,14 @@
 // GEMV schedules are then tuned per row count and the GEMM tiling at the largest M, none of which
 // change results. Cache keys therefore hold the device, family and the weight's shape, never M.
 import { denseGemvSpace, denseLinear, DENSE_GEMM_SPACE, denseSegmentSpace, type DenseWeightDtype } from '../../codegen/kernels/denseMatmul.js';
-import { embedding, EMBEDDING_WORKGROUP_SIZES } from '../../codegen/kernels/embedding.js';
+import { embedding } from '../../codegen/kernels/embedding.js';
 import { int4Linear, INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4SegmentSpace } from '../../codegen/kernels/int4Matmul.js';
 import { checkGemmVariant, type GemmVariant, type GemvVariant, gemvVariantFits } from '../../codegen/kernels/linearCommon.js';
 import { GEMV_MAX_ROWS, type LinearChoiceInput, type LinearOp } from '../../codegen/kernels/linearOp.js';
-import { argmaxRows, POINTWISE_WORKGROUP_SIZES, siluMul } from '../../codegen/kernels/pointwise.js';
-import { rmsNorm, RMSNORM_WORKGROUP_SIZES } from '../../codegen/kernels/rmsNorm.js';
-import { rope, ROPE_WORKGROUP_SIZES, ropeTable } from '../../codegen/kernels/rope.js';
+import { argmaxRows, siluMul } from '../../codegen/kernels/pointwise.js';
+import { OP_FAMILIES, type OpFamily, type OpFamilyName, tuneSizes } from '../../codegen/kernels/registry.js';
+import { rmsNorm } from '../../codegen/kernels/rmsNorm.js';
+import { rope, ropeTable } from '../../codegen/kernels/rope.js';
 import type { Kernel } from '../../codegen/dsl/builder.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { timeLaunches } from '../backend/timing.js';
@@ -40,14 +41,9 @@ export interface TuneResult {
   timings: VariantTiming[];
 }
 
-interface Tunable {
-  /** Shape fields: required ones, and defaults for the rest. */
-  required: string[];
-  defaults: TuneShape;
-  /** The shape fields the winner is keyed by. */
-  keyFields: string[];
-  tune(dev: Device, shape: TuneShape, o: Required<TuneOptions>): Promise<{ winner: Record<string, unknown>; timings: VariantTiming[] }>;
-}
+/** How a family is tuned; what it takes (sizes, key fields, workgroup sizes) is its registry entry (OP_FAMILIES). */
+type Tuner = (dev: Device, shape: TuneShape, o: Required<TuneOptions>, workgroupSizes: readonly number[]) =>
+  Promise<{ winner: Record<string, unknown>; timings: VariantTiming[] }>;
 
 // ---- timing -----------------------------------------------------------------------------------
 
@@ -181,27 +177,16 @@ async function tuneWorkgroup(dev: Device, sizes: readonly number[], build: (wg: 
   } finally { scratch.free(); }
 }
 
-const TUNABLES: Record<string, Tunable> = {
-  int4Linear: {
-    required: ['K', 'N'], defaults: { groupSize: 128, M: '1,4,16,512' }, keyFields: ['K', 'N', 'groupSize'],
-    tune: (dev, s, o) => tuneLinear(dev, s, o, 'int4'),
-  },
-  denseLinear: {
-    required: ['K', 'N'], defaults: { weight: 'f16', M: '1,4,16,512' }, keyFields: ['K', 'N', 'weight'],
-    tune: (dev, s, o) => tuneLinear(dev, s, o, 'dense'),
-  },
-  rmsNorm: {
-    required: ['D'], defaults: { M: 16, fused: 0 }, keyFields: ['D', 'fused'],
-    tune: (dev, s, o) => tuneWorkgroup(dev, RMSNORM_WORKGROUP_SIZES, (wg) => rmsNorm({ fused: !!Number(s.fused), workgroupSize: wg, caps: dev.caps }), (sc) => {
+const TUNERS: { [F in OpFamilyName]?: Tuner } = {
+  int4Linear: (dev, s, o) => tuneLinear(dev, s, o, 'int4'),
+  denseLinear: (dev, s, o) => tuneLinear(dev, s, o, 'dense'),
+  rmsNorm: (dev, s, o, sizes) => tuneWorkgroup(dev, sizes, (wg) => rmsNorm({ fused: !!Number(s.fused), workgroupSize: wg, caps: dev.caps }), (sc) => {
       const M = Number(s.M), D = Number(s.D);
       const b: Record<string, DeviceBuffer> = { x: sc.f32(M * D, 1), w: sc.f32(D, 2), out: sc.f32(M * D, 3) };
       if (Number(s.fused)) b.residual = sc.f32(M * D, 4);
       return { bindings: b, uniforms: { M, D, eps: 1e-5 } };
     }, o),
-  },
-  rope: {
-    required: ['Hq', 'Hk', 'D'], defaults: { T: 16, layout: 'halves' }, keyFields: ['Hq', 'Hk', 'D', 'layout'],
-    tune: (dev, s, o) => tuneWorkgroup(dev, ROPE_WORKGROUP_SIZES, (wg) => rope({ layout: s.layout as 'halves', workgroupSize: wg, caps: dev.caps }), (sc) => {
+  rope: (dev, s, o, sizes) => tuneWorkgroup(dev, sizes, (wg) => rope({ layout: s.layout as 'halves', workgroupSize: wg, caps: dev.caps }), (sc) => {
       const [T, Hq, Hk, D] = [Number(s.T), Number(s.Hq), Number(s.Hk), Number(s.D)];
       const maxPos = 4096;
       const tb = sc.own(dev.alloc('f32', maxPos * D, 'tune.table'));
@@ -211,45 +196,41 @@ const TUNABLES: Record<string, Tunable> = {
         uniforms: { T, Hq, Hk, D, maxPos },
       };
     }, o),
-  },
-  embedding: {
-    required: ['D'], defaults: { T: 16, V: 32000, table: 'f16' }, keyFields: ['D', 'table'],
-    tune: (dev, s, o) => tuneWorkgroup(dev, EMBEDDING_WORKGROUP_SIZES, (wg) => embedding({ table: s.table as 'f16', workgroupSize: wg, caps: dev.caps }), (sc) => {
+  embedding: (dev, s, o, sizes) => tuneWorkgroup(dev, sizes, (wg) => embedding({ table: s.table as 'f16', workgroupSize: wg, caps: dev.caps }), (sc) => {
       const [T, V, D] = [Number(s.T), Number(s.V), Number(s.D)];
       const table = s.table === 'f16' ? sc.u32(new Uint32Array((V * D) / 2).fill(0x3c003c00)) : sc.f32(V * D, 1);
       return { bindings: { ids: sc.u32(Uint32Array.from({ length: T }, (_, i) => (i * 7919) % V)), table, out: sc.f32(T * D, 2) }, uniforms: { T, V, D } };
     }, o),
-  },
-  siluMul: {
-    required: ['n'], defaults: {}, keyFields: ['n'],
-    tune: (dev, s, o) => tuneWorkgroup(dev, POINTWISE_WORKGROUP_SIZES, (wg) => siluMul({ workgroupSize: wg, caps: dev.caps }), (sc) => {
+  siluMul: (dev, s, o, sizes) => tuneWorkgroup(dev, sizes, (wg) => siluMul({ workgroupSize: wg, caps: dev.caps }), (sc) => {
       const n = Number(s.n);
       return { bindings: { gate: sc.f32(n, 1), up: sc.f32(n, 2), out: sc.f32(n, 3) }, uniforms: { n } };
     }, o),
-  },
-  argmaxRows: {
-    required: ['N'], defaults: { M: 8 }, keyFields: ['N'],
-    tune: (dev, s, o) => tuneWorkgroup(dev, [64, 128, 256, 512, 1024], (wg) => argmaxRows({ workgroupSize: wg, caps: dev.caps }), (sc) => {
+  argmaxRows: (dev, s, o, sizes) => tuneWorkgroup(dev, sizes, (wg) => argmaxRows({ workgroupSize: wg, caps: dev.caps }), (sc) => {
       const [M, N] = [Number(s.M), Number(s.N)];
       return { bindings: { x: sc.f32(M * N, 1), out: sc.u32(new Uint32Array(M)) }, uniforms: { M, N } };
     }, o),
-  },
 };
 
 /** Families `kiln tune` accepts, with the shape fields each needs. */
 export function tunableFamilies(): { family: string; required: string[]; defaults: TuneShape }[] {
-  return Object.entries(TUNABLES).map(([family, t]) => ({ family, required: t.required, defaults: t.defaults }));
+  return tunableNames().map((family) => {
+    const f = OP_FAMILIES[family];
+    return { family, required: [...(f.tune?.required ?? [])], defaults: tuneSizes(f) };
+  });
 }
+const tunableNames = () => (Object.keys(OP_FAMILIES) as OpFamilyName[]).filter((f) => TUNERS[f] && OP_FAMILIES[f].tune);
 
+interface Tunable { tune: Tuner; required: readonly string[]; keyFields: readonly string[]; defaults: TuneShape; workgroupSizes: readonly number[] }
 function fullShape(family: string, shape: TuneShape): { t: Tunable; shape: TuneShape } {
-  const t = TUNABLES[family];
-  if (!t) throw new Error(`tune: unknown kernel family '${family}'; tunable: ${Object.keys(TUNABLES).join(', ')}`);
-  for (const f of t.required) {
-    if (shape[f] === undefined) throw new Error(`tune ${family}: shape needs '${f}' (required: ${t.required.join(', ')})`);
+  const f = (OP_FAMILIES as Readonly<Record<string, OpFamily | undefined>>)[family], tuner = TUNERS[family as OpFamilyName];
+  if (!f?.tune || !tuner) throw new Error(`tune: unknown kernel family '${family}'; tunable: ${tunableNames().join(', ')}`);
+  const t: Tunable = { tune: tuner, ...f.tune, defaults: tuneSizes(f), workgroupSizes: f.tune.workgroupSizes ?? [] };
+  for (const r of t.required) {
+    if (shape[r] === undefined) throw new Error(`tune ${family}: shape needs '${r}' (required: ${t.required.join(', ')})`);
   }
-  for (const f of Object.keys(shape)) {
-    if (!t.required.includes(f) && !(f in t.defaults)) {
-      throw new Error(`tune ${family}: unknown shape field '${f}' (fields: ${[...t.required, ...Object.keys(t.defaults)].join(', ')})`);
+  for (const k of Object.keys(shape)) {
+    if (!t.required.includes(k) && !(k in t.defaults)) {
+      throw new Error(`tune ${family}: unknown shape field '${k}' (fields: ${[...t.required, ...Object.keys(t.defaults)].join(', ')})`);
     }
   }
   return { t, shape: { ...t.defaults, ...shape } };
@@ -266,7 +247,7 @@ export async function tuneFamily(dev: Device, family: string, shape: TuneShape, 
   const { t, shape: s } = fullShape(family, shape);
   const o: Required<TuneOptions> = { reps: opts.reps ?? 5, samples: opts.samples ?? 3, log: opts.log ?? (() => {}) };
   o.log(`tune ${family} ${JSON.stringify(s)} on ${dev.description}`);
-  const { winner, timings } = await t.tune(dev, s, o);
+  const { winner, timings } = await t.tune(dev, s, o, t.workgroupSizes);
   return { family, device: dev.description, key: tuneCacheKey(dev.description, family, s), shape: s, winner, timings };
 }
 

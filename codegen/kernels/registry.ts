@@ -1,0 +1,95 @@
+// One declaration per op family: which kernel families make it up (FAMILIES, what `kiln codegen`
+// writes), its sizes with their defaults (what `kiln profile` runs and `kiln tune` starts from),
+// what tuning keys its cache by, and its tuning space where that is one list. `kiln codegen
+// --kernel`, `kiln tune` and `kiln profile` all read this table; the host-side runners (src/ops/
+// tune.ts, src/profile.ts) are keyed by its names and checked against it (test/registry.test.ts).
+import { EMBEDDING_WORKGROUP_SIZES } from './embedding.js';
+import { POINTWISE_WORKGROUP_SIZES } from './pointwise.js';
+import { RMSNORM_WORKGROUP_SIZES } from './rmsNorm.js';
+import { ROPE_WORKGROUP_SIZES } from './rope.js';
+
+export type Sizes = Readonly<Record<string, number | string>>;
+
+export interface OpFamily {
+  about: string;
+  /** Kernel families (codegen/kernels/index.ts FAMILIES) whose kernels the op launches. */
+  kernels: readonly string[];
+  /** The op's sizes with defaults (Llama-3-8B where it applies). */
+  sizes: Sizes;
+  /** `kiln tune`: sizes it must be given, the sizes its cache is keyed by (never M: batch
+   *  invariance), sizes that differ for tuning (the row counts to time), and the workgroup sizes
+   *  it races where the space is one list. */
+  tune?: { required: readonly string[]; keyFields: readonly string[]; sizes?: Sizes; workgroupSizes?: readonly number[] };
+}
+
+const DECLARED = {
+  int4Linear: {
+    about: 'INT4 AWQ linear (W4A16), M rows × K → N; default Llama-3-8B 4096×4096 at M = 1 (decode GEMV)',
+    kernels: ['linearGemv', 'linearGemm', 'linearFinish'],
+    sizes: { M: 1, K: 4096, N: 4096, groupSize: 128 },
+    tune: { required: ['K', 'N'], keyFields: ['K', 'N', 'groupSize'], sizes: { M: '1,4,16,512' } },
+  },
+  denseLinear: {
+    about: 'dense f16-weight linear, M rows × K → N; default 4096×4096 at M = 1',
+    kernels: ['linearGemv', 'linearGemm', 'linearFinish'],
+    sizes: { M: 1, K: 4096, N: 4096, weight: 'f16' },
+    tune: { required: ['K', 'N'], keyFields: ['K', 'N', 'weight'], sizes: { M: '1,4,16,512' } },
+  },
+  rmsNorm: {
+    about: 'RMSNorm of M rows of D (fused = 1: residual add first); default M = 1, D = 4096',
+    kernels: ['rmsNorm'],
+    sizes: { M: 1, D: 4096, fused: 0 },
+    tune: { required: ['D'], keyFields: ['D', 'fused'], sizes: { M: 16 }, workgroupSizes: RMSNORM_WORKGROUP_SIZES },
+  },
+  rope: {
+    about: 'RoPE on T tokens of Hq query and Hk KV heads of dim D',
+    kernels: ['rope'],
+    sizes: { T: 16, Hq: 32, Hk: 8, D: 128, layout: 'halves' },
+    tune: { required: ['Hq', 'Hk', 'D'], keyFields: ['Hq', 'Hk', 'D', 'layout'], workgroupSizes: ROPE_WORKGROUP_SIZES },
+  },
+  embedding: {
+    about: 'embedding gather of T tokens from a V × D table',
+    kernels: ['embedding'],
+    sizes: { T: 16, V: 32000, D: 4096, table: 'f16' },
+    tune: { required: ['D'], keyFields: ['D', 'table'], workgroupSizes: EMBEDDING_WORKGROUP_SIZES },
+  },
+  siluMul: {
+    about: 'SiLU(gate) · up over n elements',
+    kernels: ['pointwise'],
+    sizes: { n: 14336 },
+    tune: { required: ['n'], keyFields: ['n'], workgroupSizes: POINTWISE_WORKGROUP_SIZES },
+  },
+  argmaxRows: {
+    about: 'argmax of M rows of N',
+    kernels: ['pointwise'],
+    sizes: { M: 8, N: 128256 },
+    tune: { required: ['N'], keyFields: ['N'], workgroupSizes: [64, 128, 256, 512, 1024] },
+  },
+  pagedAttention: {
+    about: 'paged decode attention, f16 KV cache in blocks of 16: B sequences × 1 new token over C cached positions, H query / KV heads of dim D; default Llama-3-8B heads (32 / 8, D = 128), B = 1, C = 4096',
+    kernels: ['pagedAttention'],
+    sizes: { B: 1, C: 4096, H: 32, KV: 8, D: 128 },
+  },
+  rejectionSampler: {
+    about: 'speculative acceptance (rejection sampling): B sequences × K drafts over a vocabulary of V; default B = 64, K = 5, V = 128256',
+    kernels: ['acceptance'],
+    sizes: { B: 64, K: 5, V: 128256 },
+  },
+} as const satisfies Record<string, OpFamily>;
+
+export type OpFamilyName = keyof typeof DECLARED;
+export const OP_FAMILIES: Readonly<Record<OpFamilyName, OpFamily>> = DECLARED;
+
+/** The op family by name, or an error listing them. */
+export function opFamily(name: string, what: string): OpFamily {
+  const f = (OP_FAMILIES as Readonly<Record<string, OpFamily | undefined>>)[name];
+  if (!f) throw new Error(`${what}: unknown op family '${name}' (one of ${Object.keys(OP_FAMILIES).join(', ')})`);
+  return f;
+}
+
+/** The sizes tuning starts from: the op's defaults with the tuning ones over them, less those tuning must be given. */
+export function tuneSizes(f: OpFamily): Sizes {
+  const s: Record<string, number | string> = { ...f.sizes, ...f.tune?.sizes };
+  for (const r of f.tune?.required ?? []) delete s[r];
+  return s;
+}
