@@ -40,7 +40,8 @@ export const SERVE_HELP = `kiln serve — an OpenAI-compatible HTTP server (comp
 
   Requests that leave temperature/top_p/top_k out get the model's generation_config.json
   defaults, as Hugging Face does (do_sample false or absent: greedy).
-  Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics.
+  Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics;
+  GET / is the playground page (server or in-browser generation), GET /model/<file> the model's files for it.
 `;
 
 const OPTS = ['model', 'device', 'quant', 'group-size', 'kv', 'draft', 'spec-k', 'served-model-name', 'max-seqs', 'max-batched-tokens',
@@ -140,7 +141,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
   process.stderr.write(`kiln serve: ${server.modelName} (${llm.source}) · ${llm.weights.format}${llm.weights.groupSize ? ` g${llm.weights.groupSize}` : ''} · ${llm.device.description} (${why})\n`
     + `  engine: ${eo.scheduling}${eo.scheduling === 'static' ? ` (batches of ${eo.staticBatchSize})` : ''}, max ${eo.maxSeqs} seqs × ${eo.maxBatchedTokens} tokens per step, ${eo.kvBlocks} KV blocks${o.draft ? `, speculative ${o.draft} k=${o.specK}` : ''}${o.apiKey ? ', API key required' : ''}\n`
     + `  defaults: ${defaults.source ? `${defaults.temperature === 0 ? 'greedy' : `temperature ${defaults.temperature}`} (${defaults.source})` : 'temperature 0.8 (no generation_config.json)'}\n`
-    + `  ready in ${((performance.now() - t0) / 1000).toFixed(1)} s: listening on ${server.address.url}\n`);
+    + `  ready in ${((performance.now() - t0) / 1000).toFixed(1)} s: listening on ${server.address.url} (playground: ${server.address.url}/)\n`);
   await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (sig: string) => {
