@@ -234,7 +234,7 @@ describe('correct kernels report nothing', () => {
     process.env.KILN_CHECK = '1';
     try {
       const d = await createCpuDevice({ workers: 0 });
-      expect(d.description).toBe('cpu (main thread, checking)');
+      expect(d.description).toBe('cpu (main thread, js, checking)');
       await d.destroy();
     } finally {
       if (saved === undefined) delete process.env.KILN_CHECK; else process.env.KILN_CHECK = saved;

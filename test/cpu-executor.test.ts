@@ -1,6 +1,7 @@
 // The CPU executor: GPU semantics of the JS emitter (rounding, wrapping, f16, bit casts, barriers,
 // subgroups, atomics) and the device around it (workers, ordering, errors, launch validation).
 // Kernels are written here; references are independent (BigInt for integers, explicit rounding).
+// Every kernel run through exec() also runs on the wasm executor, which must give the same bits.
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   type Bindings, type Kernel, clamp, dot, fma, inverseSqrt, kernel, max, min, round, sqrt, storage,
@@ -13,13 +14,28 @@ import { createCpuDevice, CPU_CAPS, KernelRunError } from '../src/backend/cpu/in
 import { type Device, type DeviceBuffer, type HostArray, LaunchError } from '../src/backend/device.js';
 import { freshSeed, randomF32, rng } from './util.js';
 
-const dev = await createCpuDevice({ workers: 2, check: false });
-const devs: Device[] = [dev];
+const dev = await createCpuDevice({ workers: 2, check: false, executor: 'js' });
+const wasmDev = await createCpuDevice({ workers: 2, executor: 'wasm' });
+const devs: Device[] = [dev, wasmDev];
 afterAll(async () => { for (const d of devs) await d.destroy(); });
 
 type Data = Record<string, HostArray<StorageType>>;
-/** Upload `data` (one array per binding), launch once, read back every read_write binding. */
+/**
+ * Upload `data` (one array per binding), launch once, read back every read_write binding. On the
+ * js executor's `dev`, the same launch on the wasm executor must give the same bytes.
+ */
 async function exec(d: Device, k: Kernel<any, any>, data: Data, u: Record<string, number>): Promise<Data> {
+  const out = await execOn(d, k, data, u);
+  if (d === dev) {
+    const w = await execOn(wasmDev, k, data, u);
+    for (const [name, arr] of Object.entries(out)) {
+      const bytes = (a: HostArray<StorageType>) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+      expect(bytes(w[name]!), `kernel '${k.ir.name}', binding '${name}': wasm executor vs js`).toEqual(bytes(arr));
+    }
+  }
+  return out;
+}
+async function execOn(d: Device, k: Kernel<any, any>, data: Data, u: Record<string, number>): Promise<Data> {
   const bufs: Record<string, DeviceBuffer> = {};
   for (const [name, spec] of Object.entries(k.bindings as Bindings)) {
     const arr = data[name];
@@ -494,7 +510,7 @@ describe('workers', () => {
   });
 
   it('1 worker, 3 workers and the main thread give bit-identical results', async () => {
-    const [one, three, inline] = await Promise.all([1, 3, 0].map((workers) => createCpuDevice({ workers, check: false })));
+    const [one, three, inline] = await Promise.all([1, 3, 0].map((workers) => createCpuDevice({ workers, check: false, executor: 'js' })));
     devs.push(one!, three!, inline!);
     const mm = matmulTiled({ tileM: 32, tileN: 32, tileK: 8, blockM: 2, blockN: 2 });
     const r = rng(freshSeed('workers'));
@@ -504,8 +520,8 @@ describe('workers', () => {
     expect(outs[0]!.C!.some(Number.isNaN)).toBe(false);
     expect(outs[1]!.C).toEqual(outs[0]!.C);
     expect(outs[2]!.C).toEqual(outs[0]!.C);
-    expect(one!.description).toBe('cpu (1 worker)');
-    expect(inline!.description).toBe('cpu (main thread)');
+    expect(one!.description).toBe('cpu (1 worker, js)');
+    expect(inline!.description).toBe('cpu (main thread, js)');
   });
 });
 

@@ -262,4 +262,4 @@ forEachBackend('runtime bad input', (dev: Device) => {
       }
     });
   });
-});
+}, { cpuExecutors: 'default' });

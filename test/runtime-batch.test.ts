@@ -169,4 +169,4 @@ forEachBackend('runtime batch invariance', (dev: Device) => {
       });
     });
   }
-});
+}, { cpuExecutors: 'default' });

@@ -186,4 +186,4 @@ forEachBackend('runtime generation', (dev: Device) => {
       }
     });
   });
-});
+}, { cpuExecutors: 'default' });

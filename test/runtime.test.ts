@@ -166,7 +166,7 @@ forEachBackend('runtime on real models', (dev: Device) => {
       expect(worst).toBeLessThan(1e-4);
     });
   });
-});
+}, { cpuExecutors: 'default' });
 
 describe('every backend agrees with the cpu backend', () => {
   const devices = availableDevices();

@@ -57,8 +57,6 @@ class CpuBuffer extends BackendBuffer {
 const WASM_IMPORTS = `${KEEP_NAMES_SHIM}\nreturn (${wasmMathImports.toString()})();`;
 /** Bytes of the launch argument block (bindings' offsets and uniforms, 4 bytes each). */
 const ARG_BYTES = 4096;
-/** Whether the wasm executor is the default (until it passes the conformance suite: js). */
-const WASM_DEFAULT = false;
 
 /** A content key for module bytes (the platform hashes text). */
 function bytesKey(bytes: Uint8Array): string {
@@ -138,7 +136,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     if (workers > 0 && !platform.sharedMemory) throw new Error(`cpu device: workers = ${workers} needs SharedArrayBuffer, which this page lacks (it is not cross-origin isolated: serve it with COOP/COEP headers), so use workers: 0`);
     this.check = opts.check ?? platform.env('KILN_CHECK') === '1';
     this.profiling = !!opts.profile;
-    const executor = opts.executor ?? platform.env('KILN_EXECUTOR') ?? (this.check || this.profiling || !platform.sharedMemory || !WASM_DEFAULT ? 'js' : 'wasm');
+    const executor = opts.executor ?? platform.env('KILN_EXECUTOR') ?? (this.check || this.profiling || !platform.sharedMemory ? 'js' : 'wasm');
     if (executor !== 'wasm' && executor !== 'js') throw new Error(`cpu device: executor must be 'wasm' or 'js', not '${executor}'`);
     if (executor === 'wasm' && (this.check || this.profiling)) {
       throw new Error(`cpu device: ${this.check ? 'checking' : 'profiling'} mode runs on the js executor, not wasm (leave executor out or pass 'js')`);
