@@ -5,7 +5,7 @@
 // streams the same text; errors land in #output's data-error; the static build runs on a host
 // without COOP/COEP (cpu on the main thread). The browser bundle is checked for
 // Node built-ins without a browser. Skipped, saying why, where Chromium is absent.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { builtinModules } from 'node:module';
@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type DownloadProgress, loadModel as loadBrowserModel } from '../src/browser/index.js';
 import { type LLM, loadModel } from '../src/llm.js';
 import { type KilnServer, startServer } from '../src/server/index.js';
 import { buildPlayground, contentType } from '../src/server/playground.js';
@@ -60,20 +61,51 @@ describe('the browser bundle', () => {
   });
 });
 
+// One Node model (cpu) and one server for the whole file: the page's server mode, its model files,
+// and the reference logits.
+let llm: LLM;
+let server: KilnServer;
+beforeAll(async () => {
+  llm = await loadModel(brownDir('target'), { device: 'cpu' });
+  server = await startServer({ llm, port: 0 });
+});
+afterAll(async () => {
+  await server?.close(0);
+  await llm?.close();
+});
+
+describe('kiln/browser loadModel, run in Node', () => {
+  it('loads from File objects and from a URL (streamed, with progress), then generates PyTorch\'s greedy ids', async () => {
+    const dir = brownDir('target');
+    const files = readdirSync(dir).map((name) => ({ name, arrayBuffer: async () => { const b = readFileSync(join(dir, name)); return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer; } }));
+    const events: DownloadProgress[] = [];
+    for (const source of [files, `${server.address.url}/model/`]) {
+      events.length = 0;
+      const m = await loadBrowserModel(source, { device: 'cpu', onDownload: (p) => events.push({ ...p }) });
+      try {
+        const ids: number[] = [];
+        for await (const t of m.generate(target.prompt_ids, { maxTokens: newIds.length, temperature: 0 })) if (t.tokenId >= 0) ids.push(t.tokenId);
+        expect(ids).toEqual(newIds);
+      } finally {
+        await m.close();
+      }
+      const weights = events.filter((e) => e.file === 'model.safetensors');
+      const size = statSync(join(dir, 'model.safetensors')).size;
+      expect(weights.at(-1)).toEqual({ file: 'model.safetensors', loaded: size, total: size });
+      if (typeof source === 'string') expect(weights.length, 'progress while streaming').toBeGreaterThan(1);
+    }
+    await expect(loadBrowserModel(files.filter((f) => f.name !== 'model.safetensors'), { device: 'cpu' })).rejects.toThrow(/the files given have no model\.safetensors/);
+  });
+});
+
 describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
-  let llm: LLM;
-  let server: KilnServer;
   let browser: Awaited<ReturnType<Puppeteer['launch']>>;
 
   beforeAll(async () => {
-    llm = await loadModel(brownDir('target'), { device: 'cpu' });
-    server = await startServer({ llm, port: 0 });
     browser = await puppeteer!.launch({ executablePath: CHROMIUM!, headless: true, args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-dev-shm-usage'] });
   });
   afterAll(async () => {
     await browser?.close();
-    await server?.close(0);
-    await llm?.close();
   });
 
   /** Opens the page with these URL parameters (autorun=1) and waits for data-done or data-error. */
