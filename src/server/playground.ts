@@ -127,7 +127,8 @@ export function isPlaygroundRoute(route: string): boolean {
 export async function servePlayground(req: IncomingMessage, res: ServerResponse, route: string, modelSource: string): Promise<number> {
   if (route.startsWith('/model/')) {
     const modelDir = fs.existsSync(modelSource) && fs.statSync(modelSource).isDirectory() ? modelSource : null;
-    const name = decodeURIComponent(route.slice('/model/'.length));
+    let name = '';
+    try { name = decodeURIComponent(route.slice('/model/'.length)); } catch { /* malformed %-escape: no such file */ }
     const file = modelDir && servableModelFile(name) ? path.join(modelDir, name) : null;
     if (!file || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
       return send(res, 404, { 'Content-Type': 'text/plain; charset=utf-8' }, modelDir ? `the model folder has no ${name}\n` : 'the served model is not a folder the page can load\n');
