@@ -48,6 +48,7 @@ extern "C" __global__ void __launch_bounds__(64) attentionMerge(
   const u32 partBase = tiles[tileBase + 4u];
   const u32 tileChunks = tiles[tileBase + 5u];
   const u32 cLo = tiles[tileBase + 6u];
+  const u32 chunkLen = tiles[tileBase + 7u];
   const u32 h = workgroupId.y;
   const u32 numHeads = u.numKvHeads * 4u;
   if (tileChunks > 1u) {
@@ -55,8 +56,8 @@ extern "C" __global__ void __launch_bounds__(64) attentionMerge(
       const u32 i = e / 128u;
       const u32 d = e % 128u;
       const u32 kvEnd = pos0 + i + 1u;
-      const u32 cFirst = (u.window > 0u && kvEnd > u.window ? kvEnd - u.window : 0u) / 512u;
-      const u32 cLast = (kvEnd - 1u) / 512u;
+      const u32 cFirst = (u.window > 0u && kvEnd > u.window ? kvEnd - u.window : 0u) / chunkLen;
+      const u32 cLast = (kvEnd - 1u) / chunkLen;
       if (cFirst != cLast) {
         const u32 base = partBase + (i * numHeads + h) * tileChunks;
         f32 m = -3.402823466e38f;

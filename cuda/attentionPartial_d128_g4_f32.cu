@@ -15,7 +15,7 @@
 //   7: out f32[] read_write, shape [numTokens, numKvHeads * 4, 128]
 // uniforms: numTokens: u32 @0, numSeqs: u32 @4, numKvHeads: u32 @8, numBlocks: u32 @12, maxBlocksPerSeq: u32 @16, numTiles: u32 @20, maxTileChunks: u32 @24, partRows: u32 @28, window: u32 @32, scaleLog2: f32 @36
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 8, padded to 48 bytes)
-// workgroup arrays: qTile: f32[2048], kvTile: f32[8192], scores: f32[1024], rowMax: f32[16], rowSum: f32[16], rowScale: f32[64], rowFrom: u32[64], rowTo: u32[64]
+// workgroup arrays: qTile: f32[2064], kvTile: f32[8384], scores: f32[1040], rowMax: f32[16], rowSum: f32[16], rowScale: f32[64], rowFrom: u32[64], rowTo: u32[64]
 // CUDA ABI: extern "C" attentionPartial(const f32* q, const float4* kCache, const float4* vCache, const u32* blockTables, const u32* tiles, f32* partAcc, f32* partMl, f32* out, attentionPartial_Uniforms u (by value))
 //   attentionPartial_Uniforms: the uniforms above, 40 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
@@ -57,9 +57,9 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     f32* __restrict__ partMl,
     f32* __restrict__ out,
     const attentionPartial_Uniforms u) {
-  __shared__ f32 qTile[2048];
-  __shared__ f32 kvTile[8192];
-  __shared__ f32 scores[1024];
+  __shared__ f32 qTile[2064];
+  __shared__ f32 kvTile[8384];
+  __shared__ f32 scores[1040];
   __shared__ f32 rowMax[16];
   __shared__ f32 rowSum[16];
   __shared__ f32 rowScale[64];
@@ -78,6 +78,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 partBase = tiles[tileBase + 4u];
   const u32 tileChunks = tiles[tileBase + 5u];
   const u32 cLo = tiles[tileBase + 6u];
+  const u32 chunkLen = tiles[tileBase + 7u];
   if (z >= tileChunks) {
     return;
   }
@@ -85,12 +86,12 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 numHeads = u.numKvHeads * 4u;
   const u32 hiAll = pos0 + nTok;
   const u32 loAll = u.window > 0u && pos0 + 1u > u.window ? pos0 + 1u - u.window : 0u;
-  const u32 tFrom = max(chunk * 512u, loAll) / 16u * 16u;
-  const u32 tTo = min(chunk * 512u + 512u, hiAll);
+  const u32 tFrom = max(chunk * chunkLen, loAll) / 16u * 16u;
+  const u32 tTo = min(chunk * chunkLen + chunkLen, hiAll);
   for (u32 e = lid; e < 2048u; e += 256u) {
     const u32 ri = e / 128u / 4u;
     const u32 qi = ((qRow0 + min(ri, nTok - 1u)) * numHeads + kvh * 4u + e / 128u % 4u) * 128u + e % 128u;
-    qTile[e] = ri < nTok ? q[qi] : 0.0f;
+    qTile[e / 128u * 129u + e % 128u] = ri < nTok ? q[qi] : 0.0f;
   }
   if (lid < 16u) {
     rowMax[lid] = -3.402823466e38f;
@@ -116,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc0 = min(lp0, tTo - 1u);
     const u32 lb0 = blockTables[seq * u.maxBlocksPerSeq + lc0 / 16u];
     const u32 la0 = ((lb0 * 16u + lc0 % 16u) * u.numKvHeads + kvh) * 32u + lw0;
-    const vec4<f32> lv0 = fromNative(kCache[la0]);
+    const vec4<f32> lk0 = fromNative(kCache[la0]);
     const u32 le1 = lid + 256u;
     const u32 lt1 = le1 / 32u;
     const u32 lw1 = le1 % 32u;
@@ -125,7 +126,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc1 = min(lp1, tTo - 1u);
     const u32 lb1 = blockTables[seq * u.maxBlocksPerSeq + lc1 / 16u];
     const u32 la1 = ((lb1 * 16u + lc1 % 16u) * u.numKvHeads + kvh) * 32u + lw1;
-    const vec4<f32> lv1 = fromNative(kCache[la1]);
+    const vec4<f32> lk1 = fromNative(kCache[la1]);
     const u32 le2 = lid + 512u;
     const u32 lt2 = le2 / 32u;
     const u32 lw2 = le2 % 32u;
@@ -134,7 +135,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc2 = min(lp2, tTo - 1u);
     const u32 lb2 = blockTables[seq * u.maxBlocksPerSeq + lc2 / 16u];
     const u32 la2 = ((lb2 * 16u + lc2 % 16u) * u.numKvHeads + kvh) * 32u + lw2;
-    const vec4<f32> lv2 = fromNative(kCache[la2]);
+    const vec4<f32> lk2 = fromNative(kCache[la2]);
     const u32 le3 = lid + 768u;
     const u32 lt3 = le3 / 32u;
     const u32 lw3 = le3 % 32u;
@@ -143,27 +144,27 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc3 = min(lp3, tTo - 1u);
     const u32 lb3 = blockTables[seq * u.maxBlocksPerSeq + lc3 / 16u];
     const u32 la3 = ((lb3 * 16u + lc3 % 16u) * u.numKvHeads + kvh) * 32u + lw3;
-    const vec4<f32> lv3 = fromNative(kCache[la3]);
-    const u32 kvAt = lt0 * 128u + lw0 * 4u;
-    kvTile[kvAt] = lok0 ? lv0.x : 0.0f;
-    kvTile[kvAt + 1u] = lok0 ? lv0.y : 0.0f;
-    kvTile[kvAt + 2u] = lok0 ? lv0.z : 0.0f;
-    kvTile[kvAt + 3u] = lok0 ? lv0.w : 0.0f;
-    const u32 kvAt_1 = lt1 * 128u + lw1 * 4u;
-    kvTile[kvAt_1] = lok1 ? lv1.x : 0.0f;
-    kvTile[kvAt_1 + 1u] = lok1 ? lv1.y : 0.0f;
-    kvTile[kvAt_1 + 2u] = lok1 ? lv1.z : 0.0f;
-    kvTile[kvAt_1 + 3u] = lok1 ? lv1.w : 0.0f;
-    const u32 kvAt_2 = lt2 * 128u + lw2 * 4u;
-    kvTile[kvAt_2] = lok2 ? lv2.x : 0.0f;
-    kvTile[kvAt_2 + 1u] = lok2 ? lv2.y : 0.0f;
-    kvTile[kvAt_2 + 2u] = lok2 ? lv2.z : 0.0f;
-    kvTile[kvAt_2 + 3u] = lok2 ? lv2.w : 0.0f;
-    const u32 kvAt_3 = lt3 * 128u + lw3 * 4u;
-    kvTile[kvAt_3] = lok3 ? lv3.x : 0.0f;
-    kvTile[kvAt_3 + 1u] = lok3 ? lv3.y : 0.0f;
-    kvTile[kvAt_3 + 2u] = lok3 ? lv3.z : 0.0f;
-    kvTile[kvAt_3 + 3u] = lok3 ? lv3.w : 0.0f;
+    const vec4<f32> lk3 = fromNative(kCache[la3]);
+    const u32 kvAt = lt0 * 131u + (lw0 * 4u + ((lw0 * 4u) >> 5u) * 1u);
+    kvTile[kvAt] = lok0 ? lk0.x : 0.0f;
+    kvTile[kvAt + 1u] = lok0 ? lk0.y : 0.0f;
+    kvTile[kvAt + 2u] = lok0 ? lk0.z : 0.0f;
+    kvTile[kvAt + 3u] = lok0 ? lk0.w : 0.0f;
+    const u32 kvAt_1 = lt1 * 131u + (lw1 * 4u + ((lw1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_1] = lok1 ? lk1.x : 0.0f;
+    kvTile[kvAt_1 + 1u] = lok1 ? lk1.y : 0.0f;
+    kvTile[kvAt_1 + 2u] = lok1 ? lk1.z : 0.0f;
+    kvTile[kvAt_1 + 3u] = lok1 ? lk1.w : 0.0f;
+    const u32 kvAt_2 = lt2 * 131u + (lw2 * 4u + ((lw2 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_2] = lok2 ? lk2.x : 0.0f;
+    kvTile[kvAt_2 + 1u] = lok2 ? lk2.y : 0.0f;
+    kvTile[kvAt_2 + 2u] = lok2 ? lk2.z : 0.0f;
+    kvTile[kvAt_2 + 3u] = lok2 ? lk2.w : 0.0f;
+    const u32 kvAt_3 = lt3 * 131u + (lw3 * 4u + ((lw3 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_3] = lok3 ? lk3.x : 0.0f;
+    kvTile[kvAt_3 + 1u] = lok3 ? lk3.y : 0.0f;
+    kvTile[kvAt_3 + 2u] = lok3 ? lk3.z : 0.0f;
+    kvTile[kvAt_3 + 3u] = lok3 ? lk3.w : 0.0f;
     const u32 le4 = lid + 1024u;
     const u32 lt4 = le4 / 32u;
     const u32 lw4 = le4 % 32u;
@@ -172,7 +173,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc4 = min(lp4, tTo - 1u);
     const u32 lb4 = blockTables[seq * u.maxBlocksPerSeq + lc4 / 16u];
     const u32 la4 = ((lb4 * 16u + lc4 % 16u) * u.numKvHeads + kvh) * 32u + lw4;
-    const vec4<f32> lv4 = fromNative(kCache[la4]);
+    const vec4<f32> lk4 = fromNative(kCache[la4]);
     const u32 le5 = lid + 1280u;
     const u32 lt5 = le5 / 32u;
     const u32 lw5 = le5 % 32u;
@@ -181,7 +182,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc5 = min(lp5, tTo - 1u);
     const u32 lb5 = blockTables[seq * u.maxBlocksPerSeq + lc5 / 16u];
     const u32 la5 = ((lb5 * 16u + lc5 % 16u) * u.numKvHeads + kvh) * 32u + lw5;
-    const vec4<f32> lv5 = fromNative(kCache[la5]);
+    const vec4<f32> lk5 = fromNative(kCache[la5]);
     const u32 le6 = lid + 1536u;
     const u32 lt6 = le6 / 32u;
     const u32 lw6 = le6 % 32u;
@@ -190,7 +191,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc6 = min(lp6, tTo - 1u);
     const u32 lb6 = blockTables[seq * u.maxBlocksPerSeq + lc6 / 16u];
     const u32 la6 = ((lb6 * 16u + lc6 % 16u) * u.numKvHeads + kvh) * 32u + lw6;
-    const vec4<f32> lv6 = fromNative(kCache[la6]);
+    const vec4<f32> lk6 = fromNative(kCache[la6]);
     const u32 le7 = lid + 1792u;
     const u32 lt7 = le7 / 32u;
     const u32 lw7 = le7 % 32u;
@@ -199,27 +200,27 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc7 = min(lp7, tTo - 1u);
     const u32 lb7 = blockTables[seq * u.maxBlocksPerSeq + lc7 / 16u];
     const u32 la7 = ((lb7 * 16u + lc7 % 16u) * u.numKvHeads + kvh) * 32u + lw7;
-    const vec4<f32> lv7 = fromNative(kCache[la7]);
-    const u32 kvAt_4 = lt4 * 128u + lw4 * 4u;
-    kvTile[kvAt_4] = lok4 ? lv4.x : 0.0f;
-    kvTile[kvAt_4 + 1u] = lok4 ? lv4.y : 0.0f;
-    kvTile[kvAt_4 + 2u] = lok4 ? lv4.z : 0.0f;
-    kvTile[kvAt_4 + 3u] = lok4 ? lv4.w : 0.0f;
-    const u32 kvAt_5 = lt5 * 128u + lw5 * 4u;
-    kvTile[kvAt_5] = lok5 ? lv5.x : 0.0f;
-    kvTile[kvAt_5 + 1u] = lok5 ? lv5.y : 0.0f;
-    kvTile[kvAt_5 + 2u] = lok5 ? lv5.z : 0.0f;
-    kvTile[kvAt_5 + 3u] = lok5 ? lv5.w : 0.0f;
-    const u32 kvAt_6 = lt6 * 128u + lw6 * 4u;
-    kvTile[kvAt_6] = lok6 ? lv6.x : 0.0f;
-    kvTile[kvAt_6 + 1u] = lok6 ? lv6.y : 0.0f;
-    kvTile[kvAt_6 + 2u] = lok6 ? lv6.z : 0.0f;
-    kvTile[kvAt_6 + 3u] = lok6 ? lv6.w : 0.0f;
-    const u32 kvAt_7 = lt7 * 128u + lw7 * 4u;
-    kvTile[kvAt_7] = lok7 ? lv7.x : 0.0f;
-    kvTile[kvAt_7 + 1u] = lok7 ? lv7.y : 0.0f;
-    kvTile[kvAt_7 + 2u] = lok7 ? lv7.z : 0.0f;
-    kvTile[kvAt_7 + 3u] = lok7 ? lv7.w : 0.0f;
+    const vec4<f32> lk7 = fromNative(kCache[la7]);
+    const u32 kvAt_4 = lt4 * 131u + (lw4 * 4u + ((lw4 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_4] = lok4 ? lk4.x : 0.0f;
+    kvTile[kvAt_4 + 1u] = lok4 ? lk4.y : 0.0f;
+    kvTile[kvAt_4 + 2u] = lok4 ? lk4.z : 0.0f;
+    kvTile[kvAt_4 + 3u] = lok4 ? lk4.w : 0.0f;
+    const u32 kvAt_5 = lt5 * 131u + (lw5 * 4u + ((lw5 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_5] = lok5 ? lk5.x : 0.0f;
+    kvTile[kvAt_5 + 1u] = lok5 ? lk5.y : 0.0f;
+    kvTile[kvAt_5 + 2u] = lok5 ? lk5.z : 0.0f;
+    kvTile[kvAt_5 + 3u] = lok5 ? lk5.w : 0.0f;
+    const u32 kvAt_6 = lt6 * 131u + (lw6 * 4u + ((lw6 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_6] = lok6 ? lk6.x : 0.0f;
+    kvTile[kvAt_6 + 1u] = lok6 ? lk6.y : 0.0f;
+    kvTile[kvAt_6 + 2u] = lok6 ? lk6.z : 0.0f;
+    kvTile[kvAt_6 + 3u] = lok6 ? lk6.w : 0.0f;
+    const u32 kvAt_7 = lt7 * 131u + (lw7 * 4u + ((lw7 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_7] = lok7 ? lk7.x : 0.0f;
+    kvTile[kvAt_7 + 1u] = lok7 ? lk7.y : 0.0f;
+    kvTile[kvAt_7 + 2u] = lok7 ? lk7.z : 0.0f;
+    kvTile[kvAt_7 + 3u] = lok7 ? lk7.w : 0.0f;
     __syncthreads();
     for (u32 e_1 = lid; e_1 < 1024u; e_1 += 256u) {
       const u32 ri_1 = e_1 / 64u / 4u;
@@ -227,26 +228,26 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
       const u32 rEnd = pos0 + ri_1 + 1u;
       const u32 rLo = u.window > 0u && rEnd > u.window ? rEnd - u.window : 0u;
       if (ri_1 < nTok && spos >= rLo && spos < rEnd && spos < tTo) {
-        const u32 qBase = e_1 / 64u * 128u;
-        const u32 kBase = e_1 % 64u * 128u;
+        const u32 qBase = e_1 / 64u * 129u;
+        const u32 kBase = e_1 % 64u * 131u;
         f32 dot_ = 0.0f;
-        for (u32 d = 0u; d < 128u; d += 1u) {
-          dot_ = dot_ + qTile[qBase + d] * kvTile[kBase + d];
+        for (u32 c = 0u; c < 128u; c += 1u) {
+          dot_ = dot_ + qTile[qBase + c] * kvTile[kBase + (c + (c >> 5u) * 1u)];
         }
-        scores[e_1] = dot_ * u.scaleLog2;
+        scores[e_1 / 64u * 65u + e_1 % 64u] = dot_ * u.scaleLog2;
       }
     }
     __syncthreads();
     if (lid < 16u) {
       const u32 ri_2 = lid / 4u;
-      const u32 slot0 = lid * 4u + 0u;
+      const u32 slot0 = lid;
       const u32 bt0 = tb;
       const u32 rEnd_1 = pos0 + ri_2 + 1u;
       const u32 rLo_1 = u.window > 0u && rEnd_1 > u.window ? rEnd_1 - u.window : 0u;
       const u32 a = max(bt0, rLo_1);
       const u32 bEnd = min(min(bt0 + 16u, rEnd_1), tTo);
       if (ri_2 < nTok && a < bEnd) {
-        const u32 sBase = lid * 64u + 0u;
+        const u32 sBase = lid * 65u + 0u;
         const u32 from = a - bt0;
         const u32 to = bEnd - bt0;
         f32 mx = -3.402823466e38f;
@@ -271,12 +272,12 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
         rowFrom[slot0] = 0u;
         rowTo[slot0] = 0u;
       }
-      const u32 slot1 = lid * 4u + 1u;
+      const u32 slot1 = lid + 16u;
       const u32 bt1 = tb + 16u;
       const u32 a_1 = max(bt1, rLo_1);
       const u32 bEnd_1 = min(min(bt1 + 16u, rEnd_1), tTo);
       if (ri_2 < nTok && a_1 < bEnd_1) {
-        const u32 sBase_1 = lid * 64u + 16u;
+        const u32 sBase_1 = lid * 65u + 16u;
         const u32 from_1 = a_1 - bt1;
         const u32 to_1 = bEnd_1 - bt1;
         f32 mx_1 = -3.402823466e38f;
@@ -301,12 +302,12 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
         rowFrom[slot1] = 0u;
         rowTo[slot1] = 0u;
       }
-      const u32 slot2 = lid * 4u + 2u;
+      const u32 slot2 = lid + 32u;
       const u32 bt2 = tb + 32u;
       const u32 a_2 = max(bt2, rLo_1);
       const u32 bEnd_2 = min(min(bt2 + 16u, rEnd_1), tTo);
       if (ri_2 < nTok && a_2 < bEnd_2) {
-        const u32 sBase_2 = lid * 64u + 32u;
+        const u32 sBase_2 = lid * 65u + 32u;
         const u32 from_2 = a_2 - bt2;
         const u32 to_2 = bEnd_2 - bt2;
         f32 mx_2 = -3.402823466e38f;
@@ -331,12 +332,12 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
         rowFrom[slot2] = 0u;
         rowTo[slot2] = 0u;
       }
-      const u32 slot3 = lid * 4u + 3u;
+      const u32 slot3 = lid + 48u;
       const u32 bt3 = tb + 48u;
       const u32 a_3 = max(bt3, rLo_1);
       const u32 bEnd_3 = min(min(bt3 + 16u, rEnd_1), tTo);
       if (ri_2 < nTok && a_3 < bEnd_3) {
-        const u32 sBase_3 = lid * 64u + 48u;
+        const u32 sBase_3 = lid * 65u + 48u;
         const u32 from_3 = a_3 - bt3;
         const u32 to_3 = bEnd_3 - bt3;
         f32 mx_3 = -3.402823466e38f;
@@ -371,7 +372,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc0_1 = min(lp0_1, tTo - 1u);
     const u32 lb0_1 = blockTables[seq * u.maxBlocksPerSeq + lc0_1 / 16u];
     const u32 la0_1 = ((lb0_1 * 16u + lc0_1 % 16u) * u.numKvHeads + kvh) * 32u + lw0_1;
-    const vec4<f32> lv0_1 = fromNative(vCache[la0_1]);
+    const vec4<f32> lk0_1 = fromNative(vCache[la0_1]);
     const u32 le1_1 = lid + 256u;
     const u32 lt1_1 = le1_1 / 32u;
     const u32 lw1_1 = le1_1 % 32u;
@@ -380,7 +381,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc1_1 = min(lp1_1, tTo - 1u);
     const u32 lb1_1 = blockTables[seq * u.maxBlocksPerSeq + lc1_1 / 16u];
     const u32 la1_1 = ((lb1_1 * 16u + lc1_1 % 16u) * u.numKvHeads + kvh) * 32u + lw1_1;
-    const vec4<f32> lv1_1 = fromNative(vCache[la1_1]);
+    const vec4<f32> lk1_1 = fromNative(vCache[la1_1]);
     const u32 le2_1 = lid + 512u;
     const u32 lt2_1 = le2_1 / 32u;
     const u32 lw2_1 = le2_1 % 32u;
@@ -389,7 +390,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc2_1 = min(lp2_1, tTo - 1u);
     const u32 lb2_1 = blockTables[seq * u.maxBlocksPerSeq + lc2_1 / 16u];
     const u32 la2_1 = ((lb2_1 * 16u + lc2_1 % 16u) * u.numKvHeads + kvh) * 32u + lw2_1;
-    const vec4<f32> lv2_1 = fromNative(vCache[la2_1]);
+    const vec4<f32> lk2_1 = fromNative(vCache[la2_1]);
     const u32 le3_1 = lid + 768u;
     const u32 lt3_1 = le3_1 / 32u;
     const u32 lw3_1 = le3_1 % 32u;
@@ -398,27 +399,27 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc3_1 = min(lp3_1, tTo - 1u);
     const u32 lb3_1 = blockTables[seq * u.maxBlocksPerSeq + lc3_1 / 16u];
     const u32 la3_1 = ((lb3_1 * 16u + lc3_1 % 16u) * u.numKvHeads + kvh) * 32u + lw3_1;
-    const vec4<f32> lv3_1 = fromNative(vCache[la3_1]);
-    const u32 kvAt_8 = lt0_1 * 128u + lw0_1 * 4u;
-    kvTile[kvAt_8] = lok0_1 ? lv0_1.x : 0.0f;
-    kvTile[kvAt_8 + 1u] = lok0_1 ? lv0_1.y : 0.0f;
-    kvTile[kvAt_8 + 2u] = lok0_1 ? lv0_1.z : 0.0f;
-    kvTile[kvAt_8 + 3u] = lok0_1 ? lv0_1.w : 0.0f;
-    const u32 kvAt_9 = lt1_1 * 128u + lw1_1 * 4u;
-    kvTile[kvAt_9] = lok1_1 ? lv1_1.x : 0.0f;
-    kvTile[kvAt_9 + 1u] = lok1_1 ? lv1_1.y : 0.0f;
-    kvTile[kvAt_9 + 2u] = lok1_1 ? lv1_1.z : 0.0f;
-    kvTile[kvAt_9 + 3u] = lok1_1 ? lv1_1.w : 0.0f;
-    const u32 kvAt_10 = lt2_1 * 128u + lw2_1 * 4u;
-    kvTile[kvAt_10] = lok2_1 ? lv2_1.x : 0.0f;
-    kvTile[kvAt_10 + 1u] = lok2_1 ? lv2_1.y : 0.0f;
-    kvTile[kvAt_10 + 2u] = lok2_1 ? lv2_1.z : 0.0f;
-    kvTile[kvAt_10 + 3u] = lok2_1 ? lv2_1.w : 0.0f;
-    const u32 kvAt_11 = lt3_1 * 128u + lw3_1 * 4u;
-    kvTile[kvAt_11] = lok3_1 ? lv3_1.x : 0.0f;
-    kvTile[kvAt_11 + 1u] = lok3_1 ? lv3_1.y : 0.0f;
-    kvTile[kvAt_11 + 2u] = lok3_1 ? lv3_1.z : 0.0f;
-    kvTile[kvAt_11 + 3u] = lok3_1 ? lv3_1.w : 0.0f;
+    const vec4<f32> lk3_1 = fromNative(vCache[la3_1]);
+    const u32 kvAt_8 = lt0_1 * 131u + (lw0_1 * 4u + ((lw0_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_8] = lok0_1 ? lk0_1.x : 0.0f;
+    kvTile[kvAt_8 + 1u] = lok0_1 ? lk0_1.y : 0.0f;
+    kvTile[kvAt_8 + 2u] = lok0_1 ? lk0_1.z : 0.0f;
+    kvTile[kvAt_8 + 3u] = lok0_1 ? lk0_1.w : 0.0f;
+    const u32 kvAt_9 = lt1_1 * 131u + (lw1_1 * 4u + ((lw1_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_9] = lok1_1 ? lk1_1.x : 0.0f;
+    kvTile[kvAt_9 + 1u] = lok1_1 ? lk1_1.y : 0.0f;
+    kvTile[kvAt_9 + 2u] = lok1_1 ? lk1_1.z : 0.0f;
+    kvTile[kvAt_9 + 3u] = lok1_1 ? lk1_1.w : 0.0f;
+    const u32 kvAt_10 = lt2_1 * 131u + (lw2_1 * 4u + ((lw2_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_10] = lok2_1 ? lk2_1.x : 0.0f;
+    kvTile[kvAt_10 + 1u] = lok2_1 ? lk2_1.y : 0.0f;
+    kvTile[kvAt_10 + 2u] = lok2_1 ? lk2_1.z : 0.0f;
+    kvTile[kvAt_10 + 3u] = lok2_1 ? lk2_1.w : 0.0f;
+    const u32 kvAt_11 = lt3_1 * 131u + (lw3_1 * 4u + ((lw3_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_11] = lok3_1 ? lk3_1.x : 0.0f;
+    kvTile[kvAt_11 + 1u] = lok3_1 ? lk3_1.y : 0.0f;
+    kvTile[kvAt_11 + 2u] = lok3_1 ? lk3_1.z : 0.0f;
+    kvTile[kvAt_11 + 3u] = lok3_1 ? lk3_1.w : 0.0f;
     const u32 le4_1 = lid + 1024u;
     const u32 lt4_1 = le4_1 / 32u;
     const u32 lw4_1 = le4_1 % 32u;
@@ -427,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc4_1 = min(lp4_1, tTo - 1u);
     const u32 lb4_1 = blockTables[seq * u.maxBlocksPerSeq + lc4_1 / 16u];
     const u32 la4_1 = ((lb4_1 * 16u + lc4_1 % 16u) * u.numKvHeads + kvh) * 32u + lw4_1;
-    const vec4<f32> lv4_1 = fromNative(vCache[la4_1]);
+    const vec4<f32> lk4_1 = fromNative(vCache[la4_1]);
     const u32 le5_1 = lid + 1280u;
     const u32 lt5_1 = le5_1 / 32u;
     const u32 lw5_1 = le5_1 % 32u;
@@ -436,7 +437,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc5_1 = min(lp5_1, tTo - 1u);
     const u32 lb5_1 = blockTables[seq * u.maxBlocksPerSeq + lc5_1 / 16u];
     const u32 la5_1 = ((lb5_1 * 16u + lc5_1 % 16u) * u.numKvHeads + kvh) * 32u + lw5_1;
-    const vec4<f32> lv5_1 = fromNative(vCache[la5_1]);
+    const vec4<f32> lk5_1 = fromNative(vCache[la5_1]);
     const u32 le6_1 = lid + 1536u;
     const u32 lt6_1 = le6_1 / 32u;
     const u32 lw6_1 = le6_1 % 32u;
@@ -445,7 +446,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc6_1 = min(lp6_1, tTo - 1u);
     const u32 lb6_1 = blockTables[seq * u.maxBlocksPerSeq + lc6_1 / 16u];
     const u32 la6_1 = ((lb6_1 * 16u + lc6_1 % 16u) * u.numKvHeads + kvh) * 32u + lw6_1;
-    const vec4<f32> lv6_1 = fromNative(vCache[la6_1]);
+    const vec4<f32> lk6_1 = fromNative(vCache[la6_1]);
     const u32 le7_1 = lid + 1792u;
     const u32 lt7_1 = le7_1 / 32u;
     const u32 lw7_1 = le7_1 % 32u;
@@ -454,433 +455,441 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 lc7_1 = min(lp7_1, tTo - 1u);
     const u32 lb7_1 = blockTables[seq * u.maxBlocksPerSeq + lc7_1 / 16u];
     const u32 la7_1 = ((lb7_1 * 16u + lc7_1 % 16u) * u.numKvHeads + kvh) * 32u + lw7_1;
-    const vec4<f32> lv7_1 = fromNative(vCache[la7_1]);
-    const u32 kvAt_12 = lt4_1 * 128u + lw4_1 * 4u;
-    kvTile[kvAt_12] = lok4_1 ? lv4_1.x : 0.0f;
-    kvTile[kvAt_12 + 1u] = lok4_1 ? lv4_1.y : 0.0f;
-    kvTile[kvAt_12 + 2u] = lok4_1 ? lv4_1.z : 0.0f;
-    kvTile[kvAt_12 + 3u] = lok4_1 ? lv4_1.w : 0.0f;
-    const u32 kvAt_13 = lt5_1 * 128u + lw5_1 * 4u;
-    kvTile[kvAt_13] = lok5_1 ? lv5_1.x : 0.0f;
-    kvTile[kvAt_13 + 1u] = lok5_1 ? lv5_1.y : 0.0f;
-    kvTile[kvAt_13 + 2u] = lok5_1 ? lv5_1.z : 0.0f;
-    kvTile[kvAt_13 + 3u] = lok5_1 ? lv5_1.w : 0.0f;
-    const u32 kvAt_14 = lt6_1 * 128u + lw6_1 * 4u;
-    kvTile[kvAt_14] = lok6_1 ? lv6_1.x : 0.0f;
-    kvTile[kvAt_14 + 1u] = lok6_1 ? lv6_1.y : 0.0f;
-    kvTile[kvAt_14 + 2u] = lok6_1 ? lv6_1.z : 0.0f;
-    kvTile[kvAt_14 + 3u] = lok6_1 ? lv6_1.w : 0.0f;
-    const u32 kvAt_15 = lt7_1 * 128u + lw7_1 * 4u;
-    kvTile[kvAt_15] = lok7_1 ? lv7_1.x : 0.0f;
-    kvTile[kvAt_15 + 1u] = lok7_1 ? lv7_1.y : 0.0f;
-    kvTile[kvAt_15 + 2u] = lok7_1 ? lv7_1.z : 0.0f;
-    kvTile[kvAt_15 + 3u] = lok7_1 ? lv7_1.w : 0.0f;
+    const vec4<f32> lk7_1 = fromNative(vCache[la7_1]);
+    const u32 kvAt_12 = lt4_1 * 131u + (lw4_1 * 4u + ((lw4_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_12] = lok4_1 ? lk4_1.x : 0.0f;
+    kvTile[kvAt_12 + 1u] = lok4_1 ? lk4_1.y : 0.0f;
+    kvTile[kvAt_12 + 2u] = lok4_1 ? lk4_1.z : 0.0f;
+    kvTile[kvAt_12 + 3u] = lok4_1 ? lk4_1.w : 0.0f;
+    const u32 kvAt_13 = lt5_1 * 131u + (lw5_1 * 4u + ((lw5_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_13] = lok5_1 ? lk5_1.x : 0.0f;
+    kvTile[kvAt_13 + 1u] = lok5_1 ? lk5_1.y : 0.0f;
+    kvTile[kvAt_13 + 2u] = lok5_1 ? lk5_1.z : 0.0f;
+    kvTile[kvAt_13 + 3u] = lok5_1 ? lk5_1.w : 0.0f;
+    const u32 kvAt_14 = lt6_1 * 131u + (lw6_1 * 4u + ((lw6_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_14] = lok6_1 ? lk6_1.x : 0.0f;
+    kvTile[kvAt_14 + 1u] = lok6_1 ? lk6_1.y : 0.0f;
+    kvTile[kvAt_14 + 2u] = lok6_1 ? lk6_1.z : 0.0f;
+    kvTile[kvAt_14 + 3u] = lok6_1 ? lk6_1.w : 0.0f;
+    const u32 kvAt_15 = lt7_1 * 131u + (lw7_1 * 4u + ((lw7_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_15] = lok7_1 ? lk7_1.x : 0.0f;
+    kvTile[kvAt_15 + 1u] = lok7_1 ? lk7_1.y : 0.0f;
+    kvTile[kvAt_15 + 2u] = lok7_1 ? lk7_1.z : 0.0f;
+    kvTile[kvAt_15 + 3u] = lok7_1 ? lk7_1.w : 0.0f;
     __syncthreads();
     const u32 pe0 = lid + 0u;
     const u32 pr = pe0 / 128u;
     const u32 pd = pe0 % 128u;
-    const u32 ps0 = pr * 4u + 0u;
+    const u32 pvo = pd + (pd >> 5u) * 1u;
+    const u32 ps0 = pr;
     const u32 pa = rowFrom[ps0];
     const u32 pb = rowTo[ps0];
     if (pa < pb) {
       f32 pvs = 0.0f;
-      const u32 psb = pr * 64u + 0u;
-      const u32 pvb = pd;
+      const u32 psb = pr * 65u + 0u;
+      const u32 pvb = pvo;
       for (u32 tt = pa; tt < pb; tt += 1u) {
-        pvs = pvs + scores[psb + tt] * kvTile[tt * 128u + pvb];
+        pvs = pvs + scores[psb + tt] * kvTile[tt * 131u + pvb];
       }
       acc[0u] = acc[0u] * rowScale[ps0] + pvs;
     }
-    const u32 ps1 = pr * 4u + 1u;
+    const u32 ps1 = pr + 16u;
     const u32 pa_1 = rowFrom[ps1];
     const u32 pb_1 = rowTo[ps1];
     if (pa_1 < pb_1) {
       f32 pvs_1 = 0.0f;
-      const u32 psb_1 = pr * 64u + 16u;
-      const u32 pvb_1 = pd + 2048u;
+      const u32 psb_1 = pr * 65u + 16u;
+      const u32 pvb_1 = pvo + 2096u;
       for (u32 tt_1 = pa_1; tt_1 < pb_1; tt_1 += 1u) {
-        pvs_1 = pvs_1 + scores[psb_1 + tt_1] * kvTile[tt_1 * 128u + pvb_1];
+        pvs_1 = pvs_1 + scores[psb_1 + tt_1] * kvTile[tt_1 * 131u + pvb_1];
       }
       acc[0u] = acc[0u] * rowScale[ps1] + pvs_1;
     }
-    const u32 ps2 = pr * 4u + 2u;
+    const u32 ps2 = pr + 32u;
     const u32 pa_2 = rowFrom[ps2];
     const u32 pb_2 = rowTo[ps2];
     if (pa_2 < pb_2) {
       f32 pvs_2 = 0.0f;
-      const u32 psb_2 = pr * 64u + 32u;
-      const u32 pvb_2 = pd + 4096u;
+      const u32 psb_2 = pr * 65u + 32u;
+      const u32 pvb_2 = pvo + 4192u;
       for (u32 tt_2 = pa_2; tt_2 < pb_2; tt_2 += 1u) {
-        pvs_2 = pvs_2 + scores[psb_2 + tt_2] * kvTile[tt_2 * 128u + pvb_2];
+        pvs_2 = pvs_2 + scores[psb_2 + tt_2] * kvTile[tt_2 * 131u + pvb_2];
       }
       acc[0u] = acc[0u] * rowScale[ps2] + pvs_2;
     }
-    const u32 ps3 = pr * 4u + 3u;
+    const u32 ps3 = pr + 48u;
     const u32 pa_3 = rowFrom[ps3];
     const u32 pb_3 = rowTo[ps3];
     if (pa_3 < pb_3) {
       f32 pvs_3 = 0.0f;
-      const u32 psb_3 = pr * 64u + 48u;
-      const u32 pvb_3 = pd + 6144u;
+      const u32 psb_3 = pr * 65u + 48u;
+      const u32 pvb_3 = pvo + 6288u;
       for (u32 tt_3 = pa_3; tt_3 < pb_3; tt_3 += 1u) {
-        pvs_3 = pvs_3 + scores[psb_3 + tt_3] * kvTile[tt_3 * 128u + pvb_3];
+        pvs_3 = pvs_3 + scores[psb_3 + tt_3] * kvTile[tt_3 * 131u + pvb_3];
       }
       acc[0u] = acc[0u] * rowScale[ps3] + pvs_3;
     }
     const u32 pe1 = lid + 256u;
     const u32 pr_1 = pe1 / 128u;
     const u32 pd_1 = pe1 % 128u;
-    const u32 ps0_1 = pr_1 * 4u + 0u;
+    const u32 pvo_1 = pd_1 + (pd_1 >> 5u) * 1u;
+    const u32 ps0_1 = pr_1;
     const u32 pa_4 = rowFrom[ps0_1];
     const u32 pb_4 = rowTo[ps0_1];
     if (pa_4 < pb_4) {
       f32 pvs_4 = 0.0f;
-      const u32 psb_4 = pr_1 * 64u + 0u;
-      const u32 pvb_4 = pd_1;
+      const u32 psb_4 = pr_1 * 65u + 0u;
+      const u32 pvb_4 = pvo_1;
       for (u32 tt_4 = pa_4; tt_4 < pb_4; tt_4 += 1u) {
-        pvs_4 = pvs_4 + scores[psb_4 + tt_4] * kvTile[tt_4 * 128u + pvb_4];
+        pvs_4 = pvs_4 + scores[psb_4 + tt_4] * kvTile[tt_4 * 131u + pvb_4];
       }
       acc[1u] = acc[1u] * rowScale[ps0_1] + pvs_4;
     }
-    const u32 ps1_1 = pr_1 * 4u + 1u;
+    const u32 ps1_1 = pr_1 + 16u;
     const u32 pa_5 = rowFrom[ps1_1];
     const u32 pb_5 = rowTo[ps1_1];
     if (pa_5 < pb_5) {
       f32 pvs_5 = 0.0f;
-      const u32 psb_5 = pr_1 * 64u + 16u;
-      const u32 pvb_5 = pd_1 + 2048u;
+      const u32 psb_5 = pr_1 * 65u + 16u;
+      const u32 pvb_5 = pvo_1 + 2096u;
       for (u32 tt_5 = pa_5; tt_5 < pb_5; tt_5 += 1u) {
-        pvs_5 = pvs_5 + scores[psb_5 + tt_5] * kvTile[tt_5 * 128u + pvb_5];
+        pvs_5 = pvs_5 + scores[psb_5 + tt_5] * kvTile[tt_5 * 131u + pvb_5];
       }
       acc[1u] = acc[1u] * rowScale[ps1_1] + pvs_5;
     }
-    const u32 ps2_1 = pr_1 * 4u + 2u;
+    const u32 ps2_1 = pr_1 + 32u;
     const u32 pa_6 = rowFrom[ps2_1];
     const u32 pb_6 = rowTo[ps2_1];
     if (pa_6 < pb_6) {
       f32 pvs_6 = 0.0f;
-      const u32 psb_6 = pr_1 * 64u + 32u;
-      const u32 pvb_6 = pd_1 + 4096u;
+      const u32 psb_6 = pr_1 * 65u + 32u;
+      const u32 pvb_6 = pvo_1 + 4192u;
       for (u32 tt_6 = pa_6; tt_6 < pb_6; tt_6 += 1u) {
-        pvs_6 = pvs_6 + scores[psb_6 + tt_6] * kvTile[tt_6 * 128u + pvb_6];
+        pvs_6 = pvs_6 + scores[psb_6 + tt_6] * kvTile[tt_6 * 131u + pvb_6];
       }
       acc[1u] = acc[1u] * rowScale[ps2_1] + pvs_6;
     }
-    const u32 ps3_1 = pr_1 * 4u + 3u;
+    const u32 ps3_1 = pr_1 + 48u;
     const u32 pa_7 = rowFrom[ps3_1];
     const u32 pb_7 = rowTo[ps3_1];
     if (pa_7 < pb_7) {
       f32 pvs_7 = 0.0f;
-      const u32 psb_7 = pr_1 * 64u + 48u;
-      const u32 pvb_7 = pd_1 + 6144u;
+      const u32 psb_7 = pr_1 * 65u + 48u;
+      const u32 pvb_7 = pvo_1 + 6288u;
       for (u32 tt_7 = pa_7; tt_7 < pb_7; tt_7 += 1u) {
-        pvs_7 = pvs_7 + scores[psb_7 + tt_7] * kvTile[tt_7 * 128u + pvb_7];
+        pvs_7 = pvs_7 + scores[psb_7 + tt_7] * kvTile[tt_7 * 131u + pvb_7];
       }
       acc[1u] = acc[1u] * rowScale[ps3_1] + pvs_7;
     }
     const u32 pe2 = lid + 512u;
     const u32 pr_2 = pe2 / 128u;
     const u32 pd_2 = pe2 % 128u;
-    const u32 ps0_2 = pr_2 * 4u + 0u;
+    const u32 pvo_2 = pd_2 + (pd_2 >> 5u) * 1u;
+    const u32 ps0_2 = pr_2;
     const u32 pa_8 = rowFrom[ps0_2];
     const u32 pb_8 = rowTo[ps0_2];
     if (pa_8 < pb_8) {
       f32 pvs_8 = 0.0f;
-      const u32 psb_8 = pr_2 * 64u + 0u;
-      const u32 pvb_8 = pd_2;
+      const u32 psb_8 = pr_2 * 65u + 0u;
+      const u32 pvb_8 = pvo_2;
       for (u32 tt_8 = pa_8; tt_8 < pb_8; tt_8 += 1u) {
-        pvs_8 = pvs_8 + scores[psb_8 + tt_8] * kvTile[tt_8 * 128u + pvb_8];
+        pvs_8 = pvs_8 + scores[psb_8 + tt_8] * kvTile[tt_8 * 131u + pvb_8];
       }
       acc[2u] = acc[2u] * rowScale[ps0_2] + pvs_8;
     }
-    const u32 ps1_2 = pr_2 * 4u + 1u;
+    const u32 ps1_2 = pr_2 + 16u;
     const u32 pa_9 = rowFrom[ps1_2];
     const u32 pb_9 = rowTo[ps1_2];
     if (pa_9 < pb_9) {
       f32 pvs_9 = 0.0f;
-      const u32 psb_9 = pr_2 * 64u + 16u;
-      const u32 pvb_9 = pd_2 + 2048u;
+      const u32 psb_9 = pr_2 * 65u + 16u;
+      const u32 pvb_9 = pvo_2 + 2096u;
       for (u32 tt_9 = pa_9; tt_9 < pb_9; tt_9 += 1u) {
-        pvs_9 = pvs_9 + scores[psb_9 + tt_9] * kvTile[tt_9 * 128u + pvb_9];
+        pvs_9 = pvs_9 + scores[psb_9 + tt_9] * kvTile[tt_9 * 131u + pvb_9];
       }
       acc[2u] = acc[2u] * rowScale[ps1_2] + pvs_9;
     }
-    const u32 ps2_2 = pr_2 * 4u + 2u;
+    const u32 ps2_2 = pr_2 + 32u;
     const u32 pa_10 = rowFrom[ps2_2];
     const u32 pb_10 = rowTo[ps2_2];
     if (pa_10 < pb_10) {
       f32 pvs_10 = 0.0f;
-      const u32 psb_10 = pr_2 * 64u + 32u;
-      const u32 pvb_10 = pd_2 + 4096u;
+      const u32 psb_10 = pr_2 * 65u + 32u;
+      const u32 pvb_10 = pvo_2 + 4192u;
       for (u32 tt_10 = pa_10; tt_10 < pb_10; tt_10 += 1u) {
-        pvs_10 = pvs_10 + scores[psb_10 + tt_10] * kvTile[tt_10 * 128u + pvb_10];
+        pvs_10 = pvs_10 + scores[psb_10 + tt_10] * kvTile[tt_10 * 131u + pvb_10];
       }
       acc[2u] = acc[2u] * rowScale[ps2_2] + pvs_10;
     }
-    const u32 ps3_2 = pr_2 * 4u + 3u;
+    const u32 ps3_2 = pr_2 + 48u;
     const u32 pa_11 = rowFrom[ps3_2];
     const u32 pb_11 = rowTo[ps3_2];
     if (pa_11 < pb_11) {
       f32 pvs_11 = 0.0f;
-      const u32 psb_11 = pr_2 * 64u + 48u;
-      const u32 pvb_11 = pd_2 + 6144u;
+      const u32 psb_11 = pr_2 * 65u + 48u;
+      const u32 pvb_11 = pvo_2 + 6288u;
       for (u32 tt_11 = pa_11; tt_11 < pb_11; tt_11 += 1u) {
-        pvs_11 = pvs_11 + scores[psb_11 + tt_11] * kvTile[tt_11 * 128u + pvb_11];
+        pvs_11 = pvs_11 + scores[psb_11 + tt_11] * kvTile[tt_11 * 131u + pvb_11];
       }
       acc[2u] = acc[2u] * rowScale[ps3_2] + pvs_11;
     }
     const u32 pe3 = lid + 768u;
     const u32 pr_3 = pe3 / 128u;
     const u32 pd_3 = pe3 % 128u;
-    const u32 ps0_3 = pr_3 * 4u + 0u;
+    const u32 pvo_3 = pd_3 + (pd_3 >> 5u) * 1u;
+    const u32 ps0_3 = pr_3;
     const u32 pa_12 = rowFrom[ps0_3];
     const u32 pb_12 = rowTo[ps0_3];
     if (pa_12 < pb_12) {
       f32 pvs_12 = 0.0f;
-      const u32 psb_12 = pr_3 * 64u + 0u;
-      const u32 pvb_12 = pd_3;
+      const u32 psb_12 = pr_3 * 65u + 0u;
+      const u32 pvb_12 = pvo_3;
       for (u32 tt_12 = pa_12; tt_12 < pb_12; tt_12 += 1u) {
-        pvs_12 = pvs_12 + scores[psb_12 + tt_12] * kvTile[tt_12 * 128u + pvb_12];
+        pvs_12 = pvs_12 + scores[psb_12 + tt_12] * kvTile[tt_12 * 131u + pvb_12];
       }
       acc[3u] = acc[3u] * rowScale[ps0_3] + pvs_12;
     }
-    const u32 ps1_3 = pr_3 * 4u + 1u;
+    const u32 ps1_3 = pr_3 + 16u;
     const u32 pa_13 = rowFrom[ps1_3];
     const u32 pb_13 = rowTo[ps1_3];
     if (pa_13 < pb_13) {
       f32 pvs_13 = 0.0f;
-      const u32 psb_13 = pr_3 * 64u + 16u;
-      const u32 pvb_13 = pd_3 + 2048u;
+      const u32 psb_13 = pr_3 * 65u + 16u;
+      const u32 pvb_13 = pvo_3 + 2096u;
       for (u32 tt_13 = pa_13; tt_13 < pb_13; tt_13 += 1u) {
-        pvs_13 = pvs_13 + scores[psb_13 + tt_13] * kvTile[tt_13 * 128u + pvb_13];
+        pvs_13 = pvs_13 + scores[psb_13 + tt_13] * kvTile[tt_13 * 131u + pvb_13];
       }
       acc[3u] = acc[3u] * rowScale[ps1_3] + pvs_13;
     }
-    const u32 ps2_3 = pr_3 * 4u + 2u;
+    const u32 ps2_3 = pr_3 + 32u;
     const u32 pa_14 = rowFrom[ps2_3];
     const u32 pb_14 = rowTo[ps2_3];
     if (pa_14 < pb_14) {
       f32 pvs_14 = 0.0f;
-      const u32 psb_14 = pr_3 * 64u + 32u;
-      const u32 pvb_14 = pd_3 + 4096u;
+      const u32 psb_14 = pr_3 * 65u + 32u;
+      const u32 pvb_14 = pvo_3 + 4192u;
       for (u32 tt_14 = pa_14; tt_14 < pb_14; tt_14 += 1u) {
-        pvs_14 = pvs_14 + scores[psb_14 + tt_14] * kvTile[tt_14 * 128u + pvb_14];
+        pvs_14 = pvs_14 + scores[psb_14 + tt_14] * kvTile[tt_14 * 131u + pvb_14];
       }
       acc[3u] = acc[3u] * rowScale[ps2_3] + pvs_14;
     }
-    const u32 ps3_3 = pr_3 * 4u + 3u;
+    const u32 ps3_3 = pr_3 + 48u;
     const u32 pa_15 = rowFrom[ps3_3];
     const u32 pb_15 = rowTo[ps3_3];
     if (pa_15 < pb_15) {
       f32 pvs_15 = 0.0f;
-      const u32 psb_15 = pr_3 * 64u + 48u;
-      const u32 pvb_15 = pd_3 + 6144u;
+      const u32 psb_15 = pr_3 * 65u + 48u;
+      const u32 pvb_15 = pvo_3 + 6288u;
       for (u32 tt_15 = pa_15; tt_15 < pb_15; tt_15 += 1u) {
-        pvs_15 = pvs_15 + scores[psb_15 + tt_15] * kvTile[tt_15 * 128u + pvb_15];
+        pvs_15 = pvs_15 + scores[psb_15 + tt_15] * kvTile[tt_15 * 131u + pvb_15];
       }
       acc[3u] = acc[3u] * rowScale[ps3_3] + pvs_15;
     }
     const u32 pe4 = lid + 1024u;
     const u32 pr_4 = pe4 / 128u;
     const u32 pd_4 = pe4 % 128u;
-    const u32 ps0_4 = pr_4 * 4u + 0u;
+    const u32 pvo_4 = pd_4 + (pd_4 >> 5u) * 1u;
+    const u32 ps0_4 = pr_4;
     const u32 pa_16 = rowFrom[ps0_4];
     const u32 pb_16 = rowTo[ps0_4];
     if (pa_16 < pb_16) {
       f32 pvs_16 = 0.0f;
-      const u32 psb_16 = pr_4 * 64u + 0u;
-      const u32 pvb_16 = pd_4;
+      const u32 psb_16 = pr_4 * 65u + 0u;
+      const u32 pvb_16 = pvo_4;
       for (u32 tt_16 = pa_16; tt_16 < pb_16; tt_16 += 1u) {
-        pvs_16 = pvs_16 + scores[psb_16 + tt_16] * kvTile[tt_16 * 128u + pvb_16];
+        pvs_16 = pvs_16 + scores[psb_16 + tt_16] * kvTile[tt_16 * 131u + pvb_16];
       }
       acc[4u] = acc[4u] * rowScale[ps0_4] + pvs_16;
     }
-    const u32 ps1_4 = pr_4 * 4u + 1u;
+    const u32 ps1_4 = pr_4 + 16u;
     const u32 pa_17 = rowFrom[ps1_4];
     const u32 pb_17 = rowTo[ps1_4];
     if (pa_17 < pb_17) {
       f32 pvs_17 = 0.0f;
-      const u32 psb_17 = pr_4 * 64u + 16u;
-      const u32 pvb_17 = pd_4 + 2048u;
+      const u32 psb_17 = pr_4 * 65u + 16u;
+      const u32 pvb_17 = pvo_4 + 2096u;
       for (u32 tt_17 = pa_17; tt_17 < pb_17; tt_17 += 1u) {
-        pvs_17 = pvs_17 + scores[psb_17 + tt_17] * kvTile[tt_17 * 128u + pvb_17];
+        pvs_17 = pvs_17 + scores[psb_17 + tt_17] * kvTile[tt_17 * 131u + pvb_17];
       }
       acc[4u] = acc[4u] * rowScale[ps1_4] + pvs_17;
     }
-    const u32 ps2_4 = pr_4 * 4u + 2u;
+    const u32 ps2_4 = pr_4 + 32u;
     const u32 pa_18 = rowFrom[ps2_4];
     const u32 pb_18 = rowTo[ps2_4];
     if (pa_18 < pb_18) {
       f32 pvs_18 = 0.0f;
-      const u32 psb_18 = pr_4 * 64u + 32u;
-      const u32 pvb_18 = pd_4 + 4096u;
+      const u32 psb_18 = pr_4 * 65u + 32u;
+      const u32 pvb_18 = pvo_4 + 4192u;
       for (u32 tt_18 = pa_18; tt_18 < pb_18; tt_18 += 1u) {
-        pvs_18 = pvs_18 + scores[psb_18 + tt_18] * kvTile[tt_18 * 128u + pvb_18];
+        pvs_18 = pvs_18 + scores[psb_18 + tt_18] * kvTile[tt_18 * 131u + pvb_18];
       }
       acc[4u] = acc[4u] * rowScale[ps2_4] + pvs_18;
     }
-    const u32 ps3_4 = pr_4 * 4u + 3u;
+    const u32 ps3_4 = pr_4 + 48u;
     const u32 pa_19 = rowFrom[ps3_4];
     const u32 pb_19 = rowTo[ps3_4];
     if (pa_19 < pb_19) {
       f32 pvs_19 = 0.0f;
-      const u32 psb_19 = pr_4 * 64u + 48u;
-      const u32 pvb_19 = pd_4 + 6144u;
+      const u32 psb_19 = pr_4 * 65u + 48u;
+      const u32 pvb_19 = pvo_4 + 6288u;
       for (u32 tt_19 = pa_19; tt_19 < pb_19; tt_19 += 1u) {
-        pvs_19 = pvs_19 + scores[psb_19 + tt_19] * kvTile[tt_19 * 128u + pvb_19];
+        pvs_19 = pvs_19 + scores[psb_19 + tt_19] * kvTile[tt_19 * 131u + pvb_19];
       }
       acc[4u] = acc[4u] * rowScale[ps3_4] + pvs_19;
     }
     const u32 pe5 = lid + 1280u;
     const u32 pr_5 = pe5 / 128u;
     const u32 pd_5 = pe5 % 128u;
-    const u32 ps0_5 = pr_5 * 4u + 0u;
+    const u32 pvo_5 = pd_5 + (pd_5 >> 5u) * 1u;
+    const u32 ps0_5 = pr_5;
     const u32 pa_20 = rowFrom[ps0_5];
     const u32 pb_20 = rowTo[ps0_5];
     if (pa_20 < pb_20) {
       f32 pvs_20 = 0.0f;
-      const u32 psb_20 = pr_5 * 64u + 0u;
-      const u32 pvb_20 = pd_5;
+      const u32 psb_20 = pr_5 * 65u + 0u;
+      const u32 pvb_20 = pvo_5;
       for (u32 tt_20 = pa_20; tt_20 < pb_20; tt_20 += 1u) {
-        pvs_20 = pvs_20 + scores[psb_20 + tt_20] * kvTile[tt_20 * 128u + pvb_20];
+        pvs_20 = pvs_20 + scores[psb_20 + tt_20] * kvTile[tt_20 * 131u + pvb_20];
       }
       acc[5u] = acc[5u] * rowScale[ps0_5] + pvs_20;
     }
-    const u32 ps1_5 = pr_5 * 4u + 1u;
+    const u32 ps1_5 = pr_5 + 16u;
     const u32 pa_21 = rowFrom[ps1_5];
     const u32 pb_21 = rowTo[ps1_5];
     if (pa_21 < pb_21) {
       f32 pvs_21 = 0.0f;
-      const u32 psb_21 = pr_5 * 64u + 16u;
-      const u32 pvb_21 = pd_5 + 2048u;
+      const u32 psb_21 = pr_5 * 65u + 16u;
+      const u32 pvb_21 = pvo_5 + 2096u;
       for (u32 tt_21 = pa_21; tt_21 < pb_21; tt_21 += 1u) {
-        pvs_21 = pvs_21 + scores[psb_21 + tt_21] * kvTile[tt_21 * 128u + pvb_21];
+        pvs_21 = pvs_21 + scores[psb_21 + tt_21] * kvTile[tt_21 * 131u + pvb_21];
       }
       acc[5u] = acc[5u] * rowScale[ps1_5] + pvs_21;
     }
-    const u32 ps2_5 = pr_5 * 4u + 2u;
+    const u32 ps2_5 = pr_5 + 32u;
     const u32 pa_22 = rowFrom[ps2_5];
     const u32 pb_22 = rowTo[ps2_5];
     if (pa_22 < pb_22) {
       f32 pvs_22 = 0.0f;
-      const u32 psb_22 = pr_5 * 64u + 32u;
-      const u32 pvb_22 = pd_5 + 4096u;
+      const u32 psb_22 = pr_5 * 65u + 32u;
+      const u32 pvb_22 = pvo_5 + 4192u;
       for (u32 tt_22 = pa_22; tt_22 < pb_22; tt_22 += 1u) {
-        pvs_22 = pvs_22 + scores[psb_22 + tt_22] * kvTile[tt_22 * 128u + pvb_22];
+        pvs_22 = pvs_22 + scores[psb_22 + tt_22] * kvTile[tt_22 * 131u + pvb_22];
       }
       acc[5u] = acc[5u] * rowScale[ps2_5] + pvs_22;
     }
-    const u32 ps3_5 = pr_5 * 4u + 3u;
+    const u32 ps3_5 = pr_5 + 48u;
     const u32 pa_23 = rowFrom[ps3_5];
     const u32 pb_23 = rowTo[ps3_5];
     if (pa_23 < pb_23) {
       f32 pvs_23 = 0.0f;
-      const u32 psb_23 = pr_5 * 64u + 48u;
-      const u32 pvb_23 = pd_5 + 6144u;
+      const u32 psb_23 = pr_5 * 65u + 48u;
+      const u32 pvb_23 = pvo_5 + 6288u;
       for (u32 tt_23 = pa_23; tt_23 < pb_23; tt_23 += 1u) {
-        pvs_23 = pvs_23 + scores[psb_23 + tt_23] * kvTile[tt_23 * 128u + pvb_23];
+        pvs_23 = pvs_23 + scores[psb_23 + tt_23] * kvTile[tt_23 * 131u + pvb_23];
       }
       acc[5u] = acc[5u] * rowScale[ps3_5] + pvs_23;
     }
     const u32 pe6 = lid + 1536u;
     const u32 pr_6 = pe6 / 128u;
     const u32 pd_6 = pe6 % 128u;
-    const u32 ps0_6 = pr_6 * 4u + 0u;
+    const u32 pvo_6 = pd_6 + (pd_6 >> 5u) * 1u;
+    const u32 ps0_6 = pr_6;
     const u32 pa_24 = rowFrom[ps0_6];
     const u32 pb_24 = rowTo[ps0_6];
     if (pa_24 < pb_24) {
       f32 pvs_24 = 0.0f;
-      const u32 psb_24 = pr_6 * 64u + 0u;
-      const u32 pvb_24 = pd_6;
+      const u32 psb_24 = pr_6 * 65u + 0u;
+      const u32 pvb_24 = pvo_6;
       for (u32 tt_24 = pa_24; tt_24 < pb_24; tt_24 += 1u) {
-        pvs_24 = pvs_24 + scores[psb_24 + tt_24] * kvTile[tt_24 * 128u + pvb_24];
+        pvs_24 = pvs_24 + scores[psb_24 + tt_24] * kvTile[tt_24 * 131u + pvb_24];
       }
       acc[6u] = acc[6u] * rowScale[ps0_6] + pvs_24;
     }
-    const u32 ps1_6 = pr_6 * 4u + 1u;
+    const u32 ps1_6 = pr_6 + 16u;
     const u32 pa_25 = rowFrom[ps1_6];
     const u32 pb_25 = rowTo[ps1_6];
     if (pa_25 < pb_25) {
       f32 pvs_25 = 0.0f;
-      const u32 psb_25 = pr_6 * 64u + 16u;
-      const u32 pvb_25 = pd_6 + 2048u;
+      const u32 psb_25 = pr_6 * 65u + 16u;
+      const u32 pvb_25 = pvo_6 + 2096u;
       for (u32 tt_25 = pa_25; tt_25 < pb_25; tt_25 += 1u) {
-        pvs_25 = pvs_25 + scores[psb_25 + tt_25] * kvTile[tt_25 * 128u + pvb_25];
+        pvs_25 = pvs_25 + scores[psb_25 + tt_25] * kvTile[tt_25 * 131u + pvb_25];
       }
       acc[6u] = acc[6u] * rowScale[ps1_6] + pvs_25;
     }
-    const u32 ps2_6 = pr_6 * 4u + 2u;
+    const u32 ps2_6 = pr_6 + 32u;
     const u32 pa_26 = rowFrom[ps2_6];
     const u32 pb_26 = rowTo[ps2_6];
     if (pa_26 < pb_26) {
       f32 pvs_26 = 0.0f;
-      const u32 psb_26 = pr_6 * 64u + 32u;
-      const u32 pvb_26 = pd_6 + 4096u;
+      const u32 psb_26 = pr_6 * 65u + 32u;
+      const u32 pvb_26 = pvo_6 + 4192u;
       for (u32 tt_26 = pa_26; tt_26 < pb_26; tt_26 += 1u) {
-        pvs_26 = pvs_26 + scores[psb_26 + tt_26] * kvTile[tt_26 * 128u + pvb_26];
+        pvs_26 = pvs_26 + scores[psb_26 + tt_26] * kvTile[tt_26 * 131u + pvb_26];
       }
       acc[6u] = acc[6u] * rowScale[ps2_6] + pvs_26;
     }
-    const u32 ps3_6 = pr_6 * 4u + 3u;
+    const u32 ps3_6 = pr_6 + 48u;
     const u32 pa_27 = rowFrom[ps3_6];
     const u32 pb_27 = rowTo[ps3_6];
     if (pa_27 < pb_27) {
       f32 pvs_27 = 0.0f;
-      const u32 psb_27 = pr_6 * 64u + 48u;
-      const u32 pvb_27 = pd_6 + 6144u;
+      const u32 psb_27 = pr_6 * 65u + 48u;
+      const u32 pvb_27 = pvo_6 + 6288u;
       for (u32 tt_27 = pa_27; tt_27 < pb_27; tt_27 += 1u) {
-        pvs_27 = pvs_27 + scores[psb_27 + tt_27] * kvTile[tt_27 * 128u + pvb_27];
+        pvs_27 = pvs_27 + scores[psb_27 + tt_27] * kvTile[tt_27 * 131u + pvb_27];
       }
       acc[6u] = acc[6u] * rowScale[ps3_6] + pvs_27;
     }
     const u32 pe7 = lid + 1792u;
     const u32 pr_7 = pe7 / 128u;
     const u32 pd_7 = pe7 % 128u;
-    const u32 ps0_7 = pr_7 * 4u + 0u;
+    const u32 pvo_7 = pd_7 + (pd_7 >> 5u) * 1u;
+    const u32 ps0_7 = pr_7;
     const u32 pa_28 = rowFrom[ps0_7];
     const u32 pb_28 = rowTo[ps0_7];
     if (pa_28 < pb_28) {
       f32 pvs_28 = 0.0f;
-      const u32 psb_28 = pr_7 * 64u + 0u;
-      const u32 pvb_28 = pd_7;
+      const u32 psb_28 = pr_7 * 65u + 0u;
+      const u32 pvb_28 = pvo_7;
       for (u32 tt_28 = pa_28; tt_28 < pb_28; tt_28 += 1u) {
-        pvs_28 = pvs_28 + scores[psb_28 + tt_28] * kvTile[tt_28 * 128u + pvb_28];
+        pvs_28 = pvs_28 + scores[psb_28 + tt_28] * kvTile[tt_28 * 131u + pvb_28];
       }
       acc[7u] = acc[7u] * rowScale[ps0_7] + pvs_28;
     }
-    const u32 ps1_7 = pr_7 * 4u + 1u;
+    const u32 ps1_7 = pr_7 + 16u;
     const u32 pa_29 = rowFrom[ps1_7];
     const u32 pb_29 = rowTo[ps1_7];
     if (pa_29 < pb_29) {
       f32 pvs_29 = 0.0f;
-      const u32 psb_29 = pr_7 * 64u + 16u;
-      const u32 pvb_29 = pd_7 + 2048u;
+      const u32 psb_29 = pr_7 * 65u + 16u;
+      const u32 pvb_29 = pvo_7 + 2096u;
       for (u32 tt_29 = pa_29; tt_29 < pb_29; tt_29 += 1u) {
-        pvs_29 = pvs_29 + scores[psb_29 + tt_29] * kvTile[tt_29 * 128u + pvb_29];
+        pvs_29 = pvs_29 + scores[psb_29 + tt_29] * kvTile[tt_29 * 131u + pvb_29];
       }
       acc[7u] = acc[7u] * rowScale[ps1_7] + pvs_29;
     }
-    const u32 ps2_7 = pr_7 * 4u + 2u;
+    const u32 ps2_7 = pr_7 + 32u;
     const u32 pa_30 = rowFrom[ps2_7];
     const u32 pb_30 = rowTo[ps2_7];
     if (pa_30 < pb_30) {
       f32 pvs_30 = 0.0f;
-      const u32 psb_30 = pr_7 * 64u + 32u;
-      const u32 pvb_30 = pd_7 + 4096u;
+      const u32 psb_30 = pr_7 * 65u + 32u;
+      const u32 pvb_30 = pvo_7 + 4192u;
       for (u32 tt_30 = pa_30; tt_30 < pb_30; tt_30 += 1u) {
-        pvs_30 = pvs_30 + scores[psb_30 + tt_30] * kvTile[tt_30 * 128u + pvb_30];
+        pvs_30 = pvs_30 + scores[psb_30 + tt_30] * kvTile[tt_30 * 131u + pvb_30];
       }
       acc[7u] = acc[7u] * rowScale[ps2_7] + pvs_30;
     }
-    const u32 ps3_7 = pr_7 * 4u + 3u;
+    const u32 ps3_7 = pr_7 + 48u;
     const u32 pa_31 = rowFrom[ps3_7];
     const u32 pb_31 = rowTo[ps3_7];
     if (pa_31 < pb_31) {
       f32 pvs_31 = 0.0f;
-      const u32 psb_31 = pr_7 * 64u + 48u;
-      const u32 pvb_31 = pd_7 + 6144u;
+      const u32 psb_31 = pr_7 * 65u + 48u;
+      const u32 pvb_31 = pvo_7 + 6288u;
       for (u32 tt_31 = pa_31; tt_31 < pb_31; tt_31 += 1u) {
-        pvs_31 = pvs_31 + scores[psb_31 + tt_31] * kvTile[tt_31 * 128u + pvb_31];
+        pvs_31 = pvs_31 + scores[psb_31 + tt_31] * kvTile[tt_31 * 131u + pvb_31];
       }
       acc[7u] = acc[7u] * rowScale[ps3_7] + pvs_31;
     }
@@ -890,8 +899,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_3 = oe0 / 128u / 4u;
   const u32 rEnd_2 = pos0 + ri_3 + 1u;
   const u32 rLo_2 = u.window > 0u && rEnd_2 > u.window ? rEnd_2 - u.window : 0u;
-  const u32 cFirst = rLo_2 / 512u;
-  const u32 cLast = (rEnd_2 - 1u) / 512u;
+  const u32 cFirst = rLo_2 / chunkLen;
+  const u32 cLast = (rEnd_2 - 1u) / chunkLen;
   if (ri_3 < nTok && chunk >= cFirst && chunk <= cLast) {
     if (cFirst == cLast) {
       out[((qRow0 + ri_3) * numHeads + kvh * 4u + oe0 / 128u % 4u) * 128u + oe0 % 128u] = acc[0u] / rowSum[oe0 / 128u];
@@ -903,8 +912,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_4 = oe1 / 128u / 4u;
   const u32 rEnd_3 = pos0 + ri_4 + 1u;
   const u32 rLo_3 = u.window > 0u && rEnd_3 > u.window ? rEnd_3 - u.window : 0u;
-  const u32 cFirst_1 = rLo_3 / 512u;
-  const u32 cLast_1 = (rEnd_3 - 1u) / 512u;
+  const u32 cFirst_1 = rLo_3 / chunkLen;
+  const u32 cLast_1 = (rEnd_3 - 1u) / chunkLen;
   if (ri_4 < nTok && chunk >= cFirst_1 && chunk <= cLast_1) {
     if (cFirst_1 == cLast_1) {
       out[((qRow0 + ri_4) * numHeads + kvh * 4u + oe1 / 128u % 4u) * 128u + oe1 % 128u] = acc[1u] / rowSum[oe1 / 128u];
@@ -916,8 +925,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_5 = oe2 / 128u / 4u;
   const u32 rEnd_4 = pos0 + ri_5 + 1u;
   const u32 rLo_4 = u.window > 0u && rEnd_4 > u.window ? rEnd_4 - u.window : 0u;
-  const u32 cFirst_2 = rLo_4 / 512u;
-  const u32 cLast_2 = (rEnd_4 - 1u) / 512u;
+  const u32 cFirst_2 = rLo_4 / chunkLen;
+  const u32 cLast_2 = (rEnd_4 - 1u) / chunkLen;
   if (ri_5 < nTok && chunk >= cFirst_2 && chunk <= cLast_2) {
     if (cFirst_2 == cLast_2) {
       out[((qRow0 + ri_5) * numHeads + kvh * 4u + oe2 / 128u % 4u) * 128u + oe2 % 128u] = acc[2u] / rowSum[oe2 / 128u];
@@ -929,8 +938,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_6 = oe3 / 128u / 4u;
   const u32 rEnd_5 = pos0 + ri_6 + 1u;
   const u32 rLo_5 = u.window > 0u && rEnd_5 > u.window ? rEnd_5 - u.window : 0u;
-  const u32 cFirst_3 = rLo_5 / 512u;
-  const u32 cLast_3 = (rEnd_5 - 1u) / 512u;
+  const u32 cFirst_3 = rLo_5 / chunkLen;
+  const u32 cLast_3 = (rEnd_5 - 1u) / chunkLen;
   if (ri_6 < nTok && chunk >= cFirst_3 && chunk <= cLast_3) {
     if (cFirst_3 == cLast_3) {
       out[((qRow0 + ri_6) * numHeads + kvh * 4u + oe3 / 128u % 4u) * 128u + oe3 % 128u] = acc[3u] / rowSum[oe3 / 128u];
@@ -942,8 +951,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_7 = oe4 / 128u / 4u;
   const u32 rEnd_6 = pos0 + ri_7 + 1u;
   const u32 rLo_6 = u.window > 0u && rEnd_6 > u.window ? rEnd_6 - u.window : 0u;
-  const u32 cFirst_4 = rLo_6 / 512u;
-  const u32 cLast_4 = (rEnd_6 - 1u) / 512u;
+  const u32 cFirst_4 = rLo_6 / chunkLen;
+  const u32 cLast_4 = (rEnd_6 - 1u) / chunkLen;
   if (ri_7 < nTok && chunk >= cFirst_4 && chunk <= cLast_4) {
     if (cFirst_4 == cLast_4) {
       out[((qRow0 + ri_7) * numHeads + kvh * 4u + oe4 / 128u % 4u) * 128u + oe4 % 128u] = acc[4u] / rowSum[oe4 / 128u];
@@ -955,8 +964,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_8 = oe5 / 128u / 4u;
   const u32 rEnd_7 = pos0 + ri_8 + 1u;
   const u32 rLo_7 = u.window > 0u && rEnd_7 > u.window ? rEnd_7 - u.window : 0u;
-  const u32 cFirst_5 = rLo_7 / 512u;
-  const u32 cLast_5 = (rEnd_7 - 1u) / 512u;
+  const u32 cFirst_5 = rLo_7 / chunkLen;
+  const u32 cLast_5 = (rEnd_7 - 1u) / chunkLen;
   if (ri_8 < nTok && chunk >= cFirst_5 && chunk <= cLast_5) {
     if (cFirst_5 == cLast_5) {
       out[((qRow0 + ri_8) * numHeads + kvh * 4u + oe5 / 128u % 4u) * 128u + oe5 % 128u] = acc[5u] / rowSum[oe5 / 128u];
@@ -968,8 +977,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_9 = oe6 / 128u / 4u;
   const u32 rEnd_8 = pos0 + ri_9 + 1u;
   const u32 rLo_8 = u.window > 0u && rEnd_8 > u.window ? rEnd_8 - u.window : 0u;
-  const u32 cFirst_6 = rLo_8 / 512u;
-  const u32 cLast_6 = (rEnd_8 - 1u) / 512u;
+  const u32 cFirst_6 = rLo_8 / chunkLen;
+  const u32 cLast_6 = (rEnd_8 - 1u) / chunkLen;
   if (ri_9 < nTok && chunk >= cFirst_6 && chunk <= cLast_6) {
     if (cFirst_6 == cLast_6) {
       out[((qRow0 + ri_9) * numHeads + kvh * 4u + oe6 / 128u % 4u) * 128u + oe6 % 128u] = acc[6u] / rowSum[oe6 / 128u];
@@ -981,8 +990,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   const u32 ri_10 = oe7 / 128u / 4u;
   const u32 rEnd_9 = pos0 + ri_10 + 1u;
   const u32 rLo_9 = u.window > 0u && rEnd_9 > u.window ? rEnd_9 - u.window : 0u;
-  const u32 cFirst_7 = rLo_9 / 512u;
-  const u32 cLast_7 = (rEnd_9 - 1u) / 512u;
+  const u32 cFirst_7 = rLo_9 / chunkLen;
+  const u32 cLast_7 = (rEnd_9 - 1u) / chunkLen;
   if (ri_10 < nTok && chunk >= cFirst_7 && chunk <= cLast_7) {
     if (cFirst_7 == cLast_7) {
       out[((qRow0 + ri_10) * numHeads + kvh * 4u + oe7 / 128u % 4u) * 128u + oe7 % 128u] = acc[7u] / rowSum[oe7 / 128u];
@@ -994,8 +1003,8 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 ri_11 = lid / 4u;
     const u32 rEnd_10 = pos0 + ri_11 + 1u;
     const u32 rLo_10 = u.window > 0u && rEnd_10 > u.window ? rEnd_10 - u.window : 0u;
-    const u32 cFirst_8 = rLo_10 / 512u;
-    const u32 cLast_8 = (rEnd_10 - 1u) / 512u;
+    const u32 cFirst_8 = rLo_10 / chunkLen;
+    const u32 cLast_8 = (rEnd_10 - 1u) / chunkLen;
     if (ri_11 < nTok && chunk >= cFirst_8 && chunk <= cLast_8 && cFirst_8 != cLast_8) {
       partMl[(partBase + (ri_11 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u] = rowMax[lid];
       partMl[(partBase + (ri_11 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u + 1u] = rowSum[lid];

@@ -35,6 +35,7 @@ fn attentionMerge(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_
   let partBase: u32 = tiles[tileBase + 4u];
   let tileChunks: u32 = tiles[tileBase + 5u];
   let cLo: u32 = tiles[tileBase + 6u];
+  let chunkLen: u32 = tiles[tileBase + 7u];
   let h: u32 = workgroupId.y;
   let numHeads: u32 = u.numKvHeads * 4u;
   if (tileChunks > 1u) {
@@ -42,8 +43,8 @@ fn attentionMerge(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_
       let i: u32 = e / 128u;
       let d: u32 = e % 128u;
       let kvEnd: u32 = pos0 + i + 1u;
-      let cFirst: u32 = select(0u, kvEnd - u.window, u.window > 0u && kvEnd > u.window) / 512u;
-      let cLast: u32 = (kvEnd - 1u) / 512u;
+      let cFirst: u32 = select(0u, kvEnd - u.window, u.window > 0u && kvEnd > u.window) / chunkLen;
+      let cLast: u32 = (kvEnd - 1u) / chunkLen;
       if (cFirst != cLast) {
         let base: u32 = partBase + (i * numHeads + h) * tileChunks;
         var m: f32 = -3.402823466e38f;

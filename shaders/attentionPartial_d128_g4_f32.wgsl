@@ -15,7 +15,7 @@
 //   7: out f32[] read_write, shape [numTokens, numKvHeads * 4, 128]
 // uniforms: numTokens: u32 @0, numSeqs: u32 @4, numKvHeads: u32 @8, numBlocks: u32 @12, maxBlocksPerSeq: u32 @16, numTiles: u32 @20, maxTileChunks: u32 @24, partRows: u32 @28, window: u32 @32, scaleLog2: f32 @36
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 8, padded to 48 bytes)
-// workgroup arrays: qTile: f32[1536], kvTile: f32[2048], scores: f32[192], rowMax: f32[12], rowSum: f32[12], rowScale: f32[12], rowFrom: u32[12], rowTo: u32[12]
+// workgroup arrays: qTile: f32[1548], kvTile: f32[2096], scores: f32[204], rowMax: f32[12], rowSum: f32[12], rowScale: f32[12], rowFrom: u32[12], rowTo: u32[12]
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> kCache: array<vec4<f32>>;
@@ -40,9 +40,9 @@ struct attentionPartial_Uniforms {
 }
 @group(0) @binding(8) var<uniform> u: attentionPartial_Uniforms;
 
-var<workgroup> qTile: array<f32, 1536>;
-var<workgroup> kvTile: array<f32, 2048>;
-var<workgroup> scores: array<f32, 192>;
+var<workgroup> qTile: array<f32, 1548>;
+var<workgroup> kvTile: array<f32, 2096>;
+var<workgroup> scores: array<f32, 204>;
 var<workgroup> rowMax: array<f32, 12>;
 var<workgroup> rowSum: array<f32, 12>;
 var<workgroup> rowScale: array<f32, 12>;
@@ -62,6 +62,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let partBase: u32 = tiles[tileBase + 4u];
   let tileChunks: u32 = tiles[tileBase + 5u];
   let cLo: u32 = tiles[tileBase + 6u];
+  let chunkLen: u32 = tiles[tileBase + 7u];
   if (z >= tileChunks) {
     return;
   }
@@ -69,12 +70,12 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let numHeads: u32 = u.numKvHeads * 4u;
   let hiAll: u32 = pos0 + nTok;
   let loAll: u32 = select(0u, pos0 + 1u - u.window, u.window > 0u && pos0 + 1u > u.window);
-  let tFrom: u32 = max(chunk * 512u, loAll) / 16u * 16u;
-  let tTo: u32 = min(chunk * 512u + 512u, hiAll);
+  let tFrom: u32 = max(chunk * chunkLen, loAll) / 16u * 16u;
+  let tTo: u32 = min(chunk * chunkLen + chunkLen, hiAll);
   for (var e: u32 = lid; e < 1536u; e = e + 128u) {
     let ri: u32 = e / 128u / 4u;
     let qi: u32 = ((qRow0 + min(ri, nTok - 1u)) * numHeads + kvh * 4u + e / 128u % 4u) * 128u + e % 128u;
-    qTile[e] = select(0.0f, q[qi], ri < nTok);
+    qTile[e / 128u * 129u + e % 128u] = select(0.0f, q[qi], ri < nTok);
   }
   if (lid < 12u) {
     rowMax[lid] = -3.402823466e38f;
@@ -104,7 +105,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc0: u32 = min(lp0, tTo - 1u);
     let lb0: u32 = blockTables[seq * u.maxBlocksPerSeq + lc0 / 16u];
     let la0: u32 = ((lb0 * 16u + lc0 % 16u) * u.numKvHeads + kvh) * 32u + lw0;
-    let lv0: vec4<f32> = kCache[la0];
+    let lk0: vec4<f32> = kCache[la0];
     let le1: u32 = lid + 128u;
     let lt1: u32 = le1 / 32u;
     let lw1: u32 = le1 % 32u;
@@ -113,7 +114,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc1: u32 = min(lp1, tTo - 1u);
     let lb1: u32 = blockTables[seq * u.maxBlocksPerSeq + lc1 / 16u];
     let la1: u32 = ((lb1 * 16u + lc1 % 16u) * u.numKvHeads + kvh) * 32u + lw1;
-    let lv1: vec4<f32> = kCache[la1];
+    let lk1: vec4<f32> = kCache[la1];
     let le2: u32 = lid + 256u;
     let lt2: u32 = le2 / 32u;
     let lw2: u32 = le2 % 32u;
@@ -122,7 +123,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc2: u32 = min(lp2, tTo - 1u);
     let lb2: u32 = blockTables[seq * u.maxBlocksPerSeq + lc2 / 16u];
     let la2: u32 = ((lb2 * 16u + lc2 % 16u) * u.numKvHeads + kvh) * 32u + lw2;
-    let lv2: vec4<f32> = kCache[la2];
+    let lk2: vec4<f32> = kCache[la2];
     let le3: u32 = lid + 384u;
     let lt3: u32 = le3 / 32u;
     let lw3: u32 = le3 % 32u;
@@ -131,27 +132,27 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc3: u32 = min(lp3, tTo - 1u);
     let lb3: u32 = blockTables[seq * u.maxBlocksPerSeq + lc3 / 16u];
     let la3: u32 = ((lb3 * 16u + lc3 % 16u) * u.numKvHeads + kvh) * 32u + lw3;
-    let lv3: vec4<f32> = kCache[la3];
-    let kvAt: u32 = lt0 * 128u + lw0 * 4u;
-    kvTile[kvAt] = select(0.0f, lv0.x, lok0);
-    kvTile[kvAt + 1u] = select(0.0f, lv0.y, lok0);
-    kvTile[kvAt + 2u] = select(0.0f, lv0.z, lok0);
-    kvTile[kvAt + 3u] = select(0.0f, lv0.w, lok0);
-    let kvAt_1: u32 = lt1 * 128u + lw1 * 4u;
-    kvTile[kvAt_1] = select(0.0f, lv1.x, lok1);
-    kvTile[kvAt_1 + 1u] = select(0.0f, lv1.y, lok1);
-    kvTile[kvAt_1 + 2u] = select(0.0f, lv1.z, lok1);
-    kvTile[kvAt_1 + 3u] = select(0.0f, lv1.w, lok1);
-    let kvAt_2: u32 = lt2 * 128u + lw2 * 4u;
-    kvTile[kvAt_2] = select(0.0f, lv2.x, lok2);
-    kvTile[kvAt_2 + 1u] = select(0.0f, lv2.y, lok2);
-    kvTile[kvAt_2 + 2u] = select(0.0f, lv2.z, lok2);
-    kvTile[kvAt_2 + 3u] = select(0.0f, lv2.w, lok2);
-    let kvAt_3: u32 = lt3 * 128u + lw3 * 4u;
-    kvTile[kvAt_3] = select(0.0f, lv3.x, lok3);
-    kvTile[kvAt_3 + 1u] = select(0.0f, lv3.y, lok3);
-    kvTile[kvAt_3 + 2u] = select(0.0f, lv3.z, lok3);
-    kvTile[kvAt_3 + 3u] = select(0.0f, lv3.w, lok3);
+    let lk3: vec4<f32> = kCache[la3];
+    let kvAt: u32 = lt0 * 131u + (lw0 * 4u + ((lw0 * 4u) >> 5u) * 1u);
+    kvTile[kvAt] = select(0.0f, lk0.x, lok0);
+    kvTile[kvAt + 1u] = select(0.0f, lk0.y, lok0);
+    kvTile[kvAt + 2u] = select(0.0f, lk0.z, lok0);
+    kvTile[kvAt + 3u] = select(0.0f, lk0.w, lok0);
+    let kvAt_1: u32 = lt1 * 131u + (lw1 * 4u + ((lw1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_1] = select(0.0f, lk1.x, lok1);
+    kvTile[kvAt_1 + 1u] = select(0.0f, lk1.y, lok1);
+    kvTile[kvAt_1 + 2u] = select(0.0f, lk1.z, lok1);
+    kvTile[kvAt_1 + 3u] = select(0.0f, lk1.w, lok1);
+    let kvAt_2: u32 = lt2 * 131u + (lw2 * 4u + ((lw2 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_2] = select(0.0f, lk2.x, lok2);
+    kvTile[kvAt_2 + 1u] = select(0.0f, lk2.y, lok2);
+    kvTile[kvAt_2 + 2u] = select(0.0f, lk2.z, lok2);
+    kvTile[kvAt_2 + 3u] = select(0.0f, lk2.w, lok2);
+    let kvAt_3: u32 = lt3 * 131u + (lw3 * 4u + ((lw3 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_3] = select(0.0f, lk3.x, lok3);
+    kvTile[kvAt_3 + 1u] = select(0.0f, lk3.y, lok3);
+    kvTile[kvAt_3 + 2u] = select(0.0f, lk3.z, lok3);
+    kvTile[kvAt_3 + 3u] = select(0.0f, lk3.w, lok3);
     workgroupBarrier();
     for (var e_1: u32 = lid; e_1 < 192u; e_1 = e_1 + 128u) {
       let ri_1: u32 = e_1 / 16u / 4u;
@@ -159,26 +160,26 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
       let rEnd: u32 = pos0 + ri_1 + 1u;
       let rLo: u32 = select(0u, rEnd - u.window, u.window > 0u && rEnd > u.window);
       if (ri_1 < nTok && spos >= rLo && spos < rEnd && spos < tTo) {
-        let qBase: u32 = e_1 / 16u * 128u;
-        let kBase: u32 = e_1 % 16u * 128u;
+        let qBase: u32 = e_1 / 16u * 129u;
+        let kBase: u32 = e_1 % 16u * 131u;
         var dot_: f32 = 0.0f;
-        for (var d: u32 = 0u; d < 128u; d = d + 1u) {
-          dot_ = dot_ + qTile[qBase + d] * kvTile[kBase + d];
+        for (var c: u32 = 0u; c < 128u; c = c + 1u) {
+          dot_ = dot_ + qTile[qBase + c] * kvTile[kBase + (c + (c >> 5u) * 1u)];
         }
-        scores[e_1] = dot_ * u.scaleLog2;
+        scores[e_1 / 16u * 17u + e_1 % 16u] = dot_ * u.scaleLog2;
       }
     }
     workgroupBarrier();
     if (lid < 12u) {
       let ri_2: u32 = lid / 4u;
-      let slot0: u32 = lid * 1u + 0u;
+      let slot0: u32 = lid;
       let bt0: u32 = tb;
       let rEnd_1: u32 = pos0 + ri_2 + 1u;
       let rLo_1: u32 = select(0u, rEnd_1 - u.window, u.window > 0u && rEnd_1 > u.window);
       let a: u32 = max(bt0, rLo_1);
       let bEnd: u32 = min(min(bt0 + 16u, rEnd_1), tTo);
       if (ri_2 < nTok && a < bEnd) {
-        let sBase: u32 = lid * 16u + 0u;
+        let sBase: u32 = lid * 17u + 0u;
         let from_: u32 = a - bt0;
         let to: u32 = bEnd - bt0;
         var mx: f32 = -3.402823466e38f;
@@ -213,7 +214,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc0_1: u32 = min(lp0_1, tTo - 1u);
     let lb0_1: u32 = blockTables[seq * u.maxBlocksPerSeq + lc0_1 / 16u];
     let la0_1: u32 = ((lb0_1 * 16u + lc0_1 % 16u) * u.numKvHeads + kvh) * 32u + lw0_1;
-    let lv0_1: vec4<f32> = vCache[la0_1];
+    let lk0_1: vec4<f32> = vCache[la0_1];
     let le1_1: u32 = lid + 128u;
     let lt1_1: u32 = le1_1 / 32u;
     let lw1_1: u32 = le1_1 % 32u;
@@ -222,7 +223,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc1_1: u32 = min(lp1_1, tTo - 1u);
     let lb1_1: u32 = blockTables[seq * u.maxBlocksPerSeq + lc1_1 / 16u];
     let la1_1: u32 = ((lb1_1 * 16u + lc1_1 % 16u) * u.numKvHeads + kvh) * 32u + lw1_1;
-    let lv1_1: vec4<f32> = vCache[la1_1];
+    let lk1_1: vec4<f32> = vCache[la1_1];
     let le2_1: u32 = lid + 256u;
     let lt2_1: u32 = le2_1 / 32u;
     let lw2_1: u32 = le2_1 % 32u;
@@ -231,7 +232,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc2_1: u32 = min(lp2_1, tTo - 1u);
     let lb2_1: u32 = blockTables[seq * u.maxBlocksPerSeq + lc2_1 / 16u];
     let la2_1: u32 = ((lb2_1 * 16u + lc2_1 % 16u) * u.numKvHeads + kvh) * 32u + lw2_1;
-    let lv2_1: vec4<f32> = vCache[la2_1];
+    let lk2_1: vec4<f32> = vCache[la2_1];
     let le3_1: u32 = lid + 384u;
     let lt3_1: u32 = le3_1 / 32u;
     let lw3_1: u32 = le3_1 % 32u;
@@ -240,205 +241,217 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let lc3_1: u32 = min(lp3_1, tTo - 1u);
     let lb3_1: u32 = blockTables[seq * u.maxBlocksPerSeq + lc3_1 / 16u];
     let la3_1: u32 = ((lb3_1 * 16u + lc3_1 % 16u) * u.numKvHeads + kvh) * 32u + lw3_1;
-    let lv3_1: vec4<f32> = vCache[la3_1];
-    let kvAt_4: u32 = lt0_1 * 128u + lw0_1 * 4u;
-    kvTile[kvAt_4] = select(0.0f, lv0_1.x, lok0_1);
-    kvTile[kvAt_4 + 1u] = select(0.0f, lv0_1.y, lok0_1);
-    kvTile[kvAt_4 + 2u] = select(0.0f, lv0_1.z, lok0_1);
-    kvTile[kvAt_4 + 3u] = select(0.0f, lv0_1.w, lok0_1);
-    let kvAt_5: u32 = lt1_1 * 128u + lw1_1 * 4u;
-    kvTile[kvAt_5] = select(0.0f, lv1_1.x, lok1_1);
-    kvTile[kvAt_5 + 1u] = select(0.0f, lv1_1.y, lok1_1);
-    kvTile[kvAt_5 + 2u] = select(0.0f, lv1_1.z, lok1_1);
-    kvTile[kvAt_5 + 3u] = select(0.0f, lv1_1.w, lok1_1);
-    let kvAt_6: u32 = lt2_1 * 128u + lw2_1 * 4u;
-    kvTile[kvAt_6] = select(0.0f, lv2_1.x, lok2_1);
-    kvTile[kvAt_6 + 1u] = select(0.0f, lv2_1.y, lok2_1);
-    kvTile[kvAt_6 + 2u] = select(0.0f, lv2_1.z, lok2_1);
-    kvTile[kvAt_6 + 3u] = select(0.0f, lv2_1.w, lok2_1);
-    let kvAt_7: u32 = lt3_1 * 128u + lw3_1 * 4u;
-    kvTile[kvAt_7] = select(0.0f, lv3_1.x, lok3_1);
-    kvTile[kvAt_7 + 1u] = select(0.0f, lv3_1.y, lok3_1);
-    kvTile[kvAt_7 + 2u] = select(0.0f, lv3_1.z, lok3_1);
-    kvTile[kvAt_7 + 3u] = select(0.0f, lv3_1.w, lok3_1);
+    let lk3_1: vec4<f32> = vCache[la3_1];
+    let kvAt_4: u32 = lt0_1 * 131u + (lw0_1 * 4u + ((lw0_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_4] = select(0.0f, lk0_1.x, lok0_1);
+    kvTile[kvAt_4 + 1u] = select(0.0f, lk0_1.y, lok0_1);
+    kvTile[kvAt_4 + 2u] = select(0.0f, lk0_1.z, lok0_1);
+    kvTile[kvAt_4 + 3u] = select(0.0f, lk0_1.w, lok0_1);
+    let kvAt_5: u32 = lt1_1 * 131u + (lw1_1 * 4u + ((lw1_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_5] = select(0.0f, lk1_1.x, lok1_1);
+    kvTile[kvAt_5 + 1u] = select(0.0f, lk1_1.y, lok1_1);
+    kvTile[kvAt_5 + 2u] = select(0.0f, lk1_1.z, lok1_1);
+    kvTile[kvAt_5 + 3u] = select(0.0f, lk1_1.w, lok1_1);
+    let kvAt_6: u32 = lt2_1 * 131u + (lw2_1 * 4u + ((lw2_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_6] = select(0.0f, lk2_1.x, lok2_1);
+    kvTile[kvAt_6 + 1u] = select(0.0f, lk2_1.y, lok2_1);
+    kvTile[kvAt_6 + 2u] = select(0.0f, lk2_1.z, lok2_1);
+    kvTile[kvAt_6 + 3u] = select(0.0f, lk2_1.w, lok2_1);
+    let kvAt_7: u32 = lt3_1 * 131u + (lw3_1 * 4u + ((lw3_1 * 4u) >> 5u) * 1u);
+    kvTile[kvAt_7] = select(0.0f, lk3_1.x, lok3_1);
+    kvTile[kvAt_7 + 1u] = select(0.0f, lk3_1.y, lok3_1);
+    kvTile[kvAt_7 + 2u] = select(0.0f, lk3_1.z, lok3_1);
+    kvTile[kvAt_7 + 3u] = select(0.0f, lk3_1.w, lok3_1);
     workgroupBarrier();
     let pe0: u32 = lid + 0u;
     let pr: u32 = pe0 / 128u;
     let pd: u32 = pe0 % 128u;
-    let ps0: u32 = pr * 1u + 0u;
+    let pvo: u32 = pd + (pd >> 5u) * 1u;
+    let ps0: u32 = pr;
     let pa: u32 = rowFrom[ps0];
     let pb: u32 = rowTo[ps0];
     if (pa < pb) {
       var pvs: f32 = 0.0f;
-      let psb: u32 = pr * 16u + 0u;
-      let pvb: u32 = pd;
+      let psb: u32 = pr * 17u + 0u;
+      let pvb: u32 = pvo;
       for (var tt: u32 = pa; tt < pb; tt = tt + 1u) {
-        pvs = pvs + scores[psb + tt] * kvTile[tt * 128u + pvb];
+        pvs = pvs + scores[psb + tt] * kvTile[tt * 131u + pvb];
       }
       acc[0u] = acc[0u] * rowScale[ps0] + pvs;
     }
     let pe1: u32 = lid + 128u;
     let pr_1: u32 = pe1 / 128u;
     let pd_1: u32 = pe1 % 128u;
-    let ps0_1: u32 = pr_1 * 1u + 0u;
+    let pvo_1: u32 = pd_1 + (pd_1 >> 5u) * 1u;
+    let ps0_1: u32 = pr_1;
     let pa_1: u32 = rowFrom[ps0_1];
     let pb_1: u32 = rowTo[ps0_1];
     if (pa_1 < pb_1) {
       var pvs_1: f32 = 0.0f;
-      let psb_1: u32 = pr_1 * 16u + 0u;
-      let pvb_1: u32 = pd_1;
+      let psb_1: u32 = pr_1 * 17u + 0u;
+      let pvb_1: u32 = pvo_1;
       for (var tt_1: u32 = pa_1; tt_1 < pb_1; tt_1 = tt_1 + 1u) {
-        pvs_1 = pvs_1 + scores[psb_1 + tt_1] * kvTile[tt_1 * 128u + pvb_1];
+        pvs_1 = pvs_1 + scores[psb_1 + tt_1] * kvTile[tt_1 * 131u + pvb_1];
       }
       acc[1u] = acc[1u] * rowScale[ps0_1] + pvs_1;
     }
     let pe2: u32 = lid + 256u;
     let pr_2: u32 = pe2 / 128u;
     let pd_2: u32 = pe2 % 128u;
-    let ps0_2: u32 = pr_2 * 1u + 0u;
+    let pvo_2: u32 = pd_2 + (pd_2 >> 5u) * 1u;
+    let ps0_2: u32 = pr_2;
     let pa_2: u32 = rowFrom[ps0_2];
     let pb_2: u32 = rowTo[ps0_2];
     if (pa_2 < pb_2) {
       var pvs_2: f32 = 0.0f;
-      let psb_2: u32 = pr_2 * 16u + 0u;
-      let pvb_2: u32 = pd_2;
+      let psb_2: u32 = pr_2 * 17u + 0u;
+      let pvb_2: u32 = pvo_2;
       for (var tt_2: u32 = pa_2; tt_2 < pb_2; tt_2 = tt_2 + 1u) {
-        pvs_2 = pvs_2 + scores[psb_2 + tt_2] * kvTile[tt_2 * 128u + pvb_2];
+        pvs_2 = pvs_2 + scores[psb_2 + tt_2] * kvTile[tt_2 * 131u + pvb_2];
       }
       acc[2u] = acc[2u] * rowScale[ps0_2] + pvs_2;
     }
     let pe3: u32 = lid + 384u;
     let pr_3: u32 = pe3 / 128u;
     let pd_3: u32 = pe3 % 128u;
-    let ps0_3: u32 = pr_3 * 1u + 0u;
+    let pvo_3: u32 = pd_3 + (pd_3 >> 5u) * 1u;
+    let ps0_3: u32 = pr_3;
     let pa_3: u32 = rowFrom[ps0_3];
     let pb_3: u32 = rowTo[ps0_3];
     if (pa_3 < pb_3) {
       var pvs_3: f32 = 0.0f;
-      let psb_3: u32 = pr_3 * 16u + 0u;
-      let pvb_3: u32 = pd_3;
+      let psb_3: u32 = pr_3 * 17u + 0u;
+      let pvb_3: u32 = pvo_3;
       for (var tt_3: u32 = pa_3; tt_3 < pb_3; tt_3 = tt_3 + 1u) {
-        pvs_3 = pvs_3 + scores[psb_3 + tt_3] * kvTile[tt_3 * 128u + pvb_3];
+        pvs_3 = pvs_3 + scores[psb_3 + tt_3] * kvTile[tt_3 * 131u + pvb_3];
       }
       acc[3u] = acc[3u] * rowScale[ps0_3] + pvs_3;
     }
     let pe4: u32 = lid + 512u;
     let pr_4: u32 = pe4 / 128u;
     let pd_4: u32 = pe4 % 128u;
-    let ps0_4: u32 = pr_4 * 1u + 0u;
+    let pvo_4: u32 = pd_4 + (pd_4 >> 5u) * 1u;
+    let ps0_4: u32 = pr_4;
     let pa_4: u32 = rowFrom[ps0_4];
     let pb_4: u32 = rowTo[ps0_4];
     if (pa_4 < pb_4) {
       var pvs_4: f32 = 0.0f;
-      let psb_4: u32 = pr_4 * 16u + 0u;
-      let pvb_4: u32 = pd_4;
+      let psb_4: u32 = pr_4 * 17u + 0u;
+      let pvb_4: u32 = pvo_4;
       for (var tt_4: u32 = pa_4; tt_4 < pb_4; tt_4 = tt_4 + 1u) {
-        pvs_4 = pvs_4 + scores[psb_4 + tt_4] * kvTile[tt_4 * 128u + pvb_4];
+        pvs_4 = pvs_4 + scores[psb_4 + tt_4] * kvTile[tt_4 * 131u + pvb_4];
       }
       acc[4u] = acc[4u] * rowScale[ps0_4] + pvs_4;
     }
     let pe5: u32 = lid + 640u;
     let pr_5: u32 = pe5 / 128u;
     let pd_5: u32 = pe5 % 128u;
-    let ps0_5: u32 = pr_5 * 1u + 0u;
+    let pvo_5: u32 = pd_5 + (pd_5 >> 5u) * 1u;
+    let ps0_5: u32 = pr_5;
     let pa_5: u32 = rowFrom[ps0_5];
     let pb_5: u32 = rowTo[ps0_5];
     if (pa_5 < pb_5) {
       var pvs_5: f32 = 0.0f;
-      let psb_5: u32 = pr_5 * 16u + 0u;
-      let pvb_5: u32 = pd_5;
+      let psb_5: u32 = pr_5 * 17u + 0u;
+      let pvb_5: u32 = pvo_5;
       for (var tt_5: u32 = pa_5; tt_5 < pb_5; tt_5 = tt_5 + 1u) {
-        pvs_5 = pvs_5 + scores[psb_5 + tt_5] * kvTile[tt_5 * 128u + pvb_5];
+        pvs_5 = pvs_5 + scores[psb_5 + tt_5] * kvTile[tt_5 * 131u + pvb_5];
       }
       acc[5u] = acc[5u] * rowScale[ps0_5] + pvs_5;
     }
     let pe6: u32 = lid + 768u;
     let pr_6: u32 = pe6 / 128u;
     let pd_6: u32 = pe6 % 128u;
-    let ps0_6: u32 = pr_6 * 1u + 0u;
+    let pvo_6: u32 = pd_6 + (pd_6 >> 5u) * 1u;
+    let ps0_6: u32 = pr_6;
     let pa_6: u32 = rowFrom[ps0_6];
     let pb_6: u32 = rowTo[ps0_6];
     if (pa_6 < pb_6) {
       var pvs_6: f32 = 0.0f;
-      let psb_6: u32 = pr_6 * 16u + 0u;
-      let pvb_6: u32 = pd_6;
+      let psb_6: u32 = pr_6 * 17u + 0u;
+      let pvb_6: u32 = pvo_6;
       for (var tt_6: u32 = pa_6; tt_6 < pb_6; tt_6 = tt_6 + 1u) {
-        pvs_6 = pvs_6 + scores[psb_6 + tt_6] * kvTile[tt_6 * 128u + pvb_6];
+        pvs_6 = pvs_6 + scores[psb_6 + tt_6] * kvTile[tt_6 * 131u + pvb_6];
       }
       acc[6u] = acc[6u] * rowScale[ps0_6] + pvs_6;
     }
     let pe7: u32 = lid + 896u;
     let pr_7: u32 = pe7 / 128u;
     let pd_7: u32 = pe7 % 128u;
-    let ps0_7: u32 = pr_7 * 1u + 0u;
+    let pvo_7: u32 = pd_7 + (pd_7 >> 5u) * 1u;
+    let ps0_7: u32 = pr_7;
     let pa_7: u32 = rowFrom[ps0_7];
     let pb_7: u32 = rowTo[ps0_7];
     if (pa_7 < pb_7) {
       var pvs_7: f32 = 0.0f;
-      let psb_7: u32 = pr_7 * 16u + 0u;
-      let pvb_7: u32 = pd_7;
+      let psb_7: u32 = pr_7 * 17u + 0u;
+      let pvb_7: u32 = pvo_7;
       for (var tt_7: u32 = pa_7; tt_7 < pb_7; tt_7 = tt_7 + 1u) {
-        pvs_7 = pvs_7 + scores[psb_7 + tt_7] * kvTile[tt_7 * 128u + pvb_7];
+        pvs_7 = pvs_7 + scores[psb_7 + tt_7] * kvTile[tt_7 * 131u + pvb_7];
       }
       acc[7u] = acc[7u] * rowScale[ps0_7] + pvs_7;
     }
     let pe8: u32 = lid + 1024u;
     let pr_8: u32 = pe8 / 128u;
     let pd_8: u32 = pe8 % 128u;
-    let ps0_8: u32 = pr_8 * 1u + 0u;
+    let pvo_8: u32 = pd_8 + (pd_8 >> 5u) * 1u;
+    let ps0_8: u32 = pr_8;
     let pa_8: u32 = rowFrom[ps0_8];
     let pb_8: u32 = rowTo[ps0_8];
     if (pa_8 < pb_8) {
       var pvs_8: f32 = 0.0f;
-      let psb_8: u32 = pr_8 * 16u + 0u;
-      let pvb_8: u32 = pd_8;
+      let psb_8: u32 = pr_8 * 17u + 0u;
+      let pvb_8: u32 = pvo_8;
       for (var tt_8: u32 = pa_8; tt_8 < pb_8; tt_8 = tt_8 + 1u) {
-        pvs_8 = pvs_8 + scores[psb_8 + tt_8] * kvTile[tt_8 * 128u + pvb_8];
+        pvs_8 = pvs_8 + scores[psb_8 + tt_8] * kvTile[tt_8 * 131u + pvb_8];
       }
       acc[8u] = acc[8u] * rowScale[ps0_8] + pvs_8;
     }
     let pe9: u32 = lid + 1152u;
     let pr_9: u32 = pe9 / 128u;
     let pd_9: u32 = pe9 % 128u;
-    let ps0_9: u32 = pr_9 * 1u + 0u;
+    let pvo_9: u32 = pd_9 + (pd_9 >> 5u) * 1u;
+    let ps0_9: u32 = pr_9;
     let pa_9: u32 = rowFrom[ps0_9];
     let pb_9: u32 = rowTo[ps0_9];
     if (pa_9 < pb_9) {
       var pvs_9: f32 = 0.0f;
-      let psb_9: u32 = pr_9 * 16u + 0u;
-      let pvb_9: u32 = pd_9;
+      let psb_9: u32 = pr_9 * 17u + 0u;
+      let pvb_9: u32 = pvo_9;
       for (var tt_9: u32 = pa_9; tt_9 < pb_9; tt_9 = tt_9 + 1u) {
-        pvs_9 = pvs_9 + scores[psb_9 + tt_9] * kvTile[tt_9 * 128u + pvb_9];
+        pvs_9 = pvs_9 + scores[psb_9 + tt_9] * kvTile[tt_9 * 131u + pvb_9];
       }
       acc[9u] = acc[9u] * rowScale[ps0_9] + pvs_9;
     }
     let pe10: u32 = lid + 1280u;
     let pr_10: u32 = pe10 / 128u;
     let pd_10: u32 = pe10 % 128u;
-    let ps0_10: u32 = pr_10 * 1u + 0u;
+    let pvo_10: u32 = pd_10 + (pd_10 >> 5u) * 1u;
+    let ps0_10: u32 = pr_10;
     let pa_10: u32 = rowFrom[ps0_10];
     let pb_10: u32 = rowTo[ps0_10];
     if (pa_10 < pb_10) {
       var pvs_10: f32 = 0.0f;
-      let psb_10: u32 = pr_10 * 16u + 0u;
-      let pvb_10: u32 = pd_10;
+      let psb_10: u32 = pr_10 * 17u + 0u;
+      let pvb_10: u32 = pvo_10;
       for (var tt_10: u32 = pa_10; tt_10 < pb_10; tt_10 = tt_10 + 1u) {
-        pvs_10 = pvs_10 + scores[psb_10 + tt_10] * kvTile[tt_10 * 128u + pvb_10];
+        pvs_10 = pvs_10 + scores[psb_10 + tt_10] * kvTile[tt_10 * 131u + pvb_10];
       }
       acc[10u] = acc[10u] * rowScale[ps0_10] + pvs_10;
     }
     let pe11: u32 = lid + 1408u;
     let pr_11: u32 = pe11 / 128u;
     let pd_11: u32 = pe11 % 128u;
-    let ps0_11: u32 = pr_11 * 1u + 0u;
+    let pvo_11: u32 = pd_11 + (pd_11 >> 5u) * 1u;
+    let ps0_11: u32 = pr_11;
     let pa_11: u32 = rowFrom[ps0_11];
     let pb_11: u32 = rowTo[ps0_11];
     if (pa_11 < pb_11) {
       var pvs_11: f32 = 0.0f;
-      let psb_11: u32 = pr_11 * 16u + 0u;
-      let pvb_11: u32 = pd_11;
+      let psb_11: u32 = pr_11 * 17u + 0u;
+      let pvb_11: u32 = pvo_11;
       for (var tt_11: u32 = pa_11; tt_11 < pb_11; tt_11 = tt_11 + 1u) {
-        pvs_11 = pvs_11 + scores[psb_11 + tt_11] * kvTile[tt_11 * 128u + pvb_11];
+        pvs_11 = pvs_11 + scores[psb_11 + tt_11] * kvTile[tt_11 * 131u + pvb_11];
       }
       acc[11u] = acc[11u] * rowScale[ps0_11] + pvs_11;
     }
@@ -448,8 +461,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_3: u32 = oe0 / 128u / 4u;
   let rEnd_2: u32 = pos0 + ri_3 + 1u;
   let rLo_2: u32 = select(0u, rEnd_2 - u.window, u.window > 0u && rEnd_2 > u.window);
-  let cFirst: u32 = rLo_2 / 512u;
-  let cLast: u32 = (rEnd_2 - 1u) / 512u;
+  let cFirst: u32 = rLo_2 / chunkLen;
+  let cLast: u32 = (rEnd_2 - 1u) / chunkLen;
   if (ri_3 < nTok && chunk >= cFirst && chunk <= cLast) {
     if (cFirst == cLast) {
       out[((qRow0 + ri_3) * numHeads + kvh * 4u + oe0 / 128u % 4u) * 128u + oe0 % 128u] = acc[0u] / rowSum[oe0 / 128u];
@@ -461,8 +474,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_4: u32 = oe1 / 128u / 4u;
   let rEnd_3: u32 = pos0 + ri_4 + 1u;
   let rLo_3: u32 = select(0u, rEnd_3 - u.window, u.window > 0u && rEnd_3 > u.window);
-  let cFirst_1: u32 = rLo_3 / 512u;
-  let cLast_1: u32 = (rEnd_3 - 1u) / 512u;
+  let cFirst_1: u32 = rLo_3 / chunkLen;
+  let cLast_1: u32 = (rEnd_3 - 1u) / chunkLen;
   if (ri_4 < nTok && chunk >= cFirst_1 && chunk <= cLast_1) {
     if (cFirst_1 == cLast_1) {
       out[((qRow0 + ri_4) * numHeads + kvh * 4u + oe1 / 128u % 4u) * 128u + oe1 % 128u] = acc[1u] / rowSum[oe1 / 128u];
@@ -474,8 +487,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_5: u32 = oe2 / 128u / 4u;
   let rEnd_4: u32 = pos0 + ri_5 + 1u;
   let rLo_4: u32 = select(0u, rEnd_4 - u.window, u.window > 0u && rEnd_4 > u.window);
-  let cFirst_2: u32 = rLo_4 / 512u;
-  let cLast_2: u32 = (rEnd_4 - 1u) / 512u;
+  let cFirst_2: u32 = rLo_4 / chunkLen;
+  let cLast_2: u32 = (rEnd_4 - 1u) / chunkLen;
   if (ri_5 < nTok && chunk >= cFirst_2 && chunk <= cLast_2) {
     if (cFirst_2 == cLast_2) {
       out[((qRow0 + ri_5) * numHeads + kvh * 4u + oe2 / 128u % 4u) * 128u + oe2 % 128u] = acc[2u] / rowSum[oe2 / 128u];
@@ -487,8 +500,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_6: u32 = oe3 / 128u / 4u;
   let rEnd_5: u32 = pos0 + ri_6 + 1u;
   let rLo_5: u32 = select(0u, rEnd_5 - u.window, u.window > 0u && rEnd_5 > u.window);
-  let cFirst_3: u32 = rLo_5 / 512u;
-  let cLast_3: u32 = (rEnd_5 - 1u) / 512u;
+  let cFirst_3: u32 = rLo_5 / chunkLen;
+  let cLast_3: u32 = (rEnd_5 - 1u) / chunkLen;
   if (ri_6 < nTok && chunk >= cFirst_3 && chunk <= cLast_3) {
     if (cFirst_3 == cLast_3) {
       out[((qRow0 + ri_6) * numHeads + kvh * 4u + oe3 / 128u % 4u) * 128u + oe3 % 128u] = acc[3u] / rowSum[oe3 / 128u];
@@ -500,8 +513,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_7: u32 = oe4 / 128u / 4u;
   let rEnd_6: u32 = pos0 + ri_7 + 1u;
   let rLo_6: u32 = select(0u, rEnd_6 - u.window, u.window > 0u && rEnd_6 > u.window);
-  let cFirst_4: u32 = rLo_6 / 512u;
-  let cLast_4: u32 = (rEnd_6 - 1u) / 512u;
+  let cFirst_4: u32 = rLo_6 / chunkLen;
+  let cLast_4: u32 = (rEnd_6 - 1u) / chunkLen;
   if (ri_7 < nTok && chunk >= cFirst_4 && chunk <= cLast_4) {
     if (cFirst_4 == cLast_4) {
       out[((qRow0 + ri_7) * numHeads + kvh * 4u + oe4 / 128u % 4u) * 128u + oe4 % 128u] = acc[4u] / rowSum[oe4 / 128u];
@@ -513,8 +526,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_8: u32 = oe5 / 128u / 4u;
   let rEnd_7: u32 = pos0 + ri_8 + 1u;
   let rLo_7: u32 = select(0u, rEnd_7 - u.window, u.window > 0u && rEnd_7 > u.window);
-  let cFirst_5: u32 = rLo_7 / 512u;
-  let cLast_5: u32 = (rEnd_7 - 1u) / 512u;
+  let cFirst_5: u32 = rLo_7 / chunkLen;
+  let cLast_5: u32 = (rEnd_7 - 1u) / chunkLen;
   if (ri_8 < nTok && chunk >= cFirst_5 && chunk <= cLast_5) {
     if (cFirst_5 == cLast_5) {
       out[((qRow0 + ri_8) * numHeads + kvh * 4u + oe5 / 128u % 4u) * 128u + oe5 % 128u] = acc[5u] / rowSum[oe5 / 128u];
@@ -526,8 +539,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_9: u32 = oe6 / 128u / 4u;
   let rEnd_8: u32 = pos0 + ri_9 + 1u;
   let rLo_8: u32 = select(0u, rEnd_8 - u.window, u.window > 0u && rEnd_8 > u.window);
-  let cFirst_6: u32 = rLo_8 / 512u;
-  let cLast_6: u32 = (rEnd_8 - 1u) / 512u;
+  let cFirst_6: u32 = rLo_8 / chunkLen;
+  let cLast_6: u32 = (rEnd_8 - 1u) / chunkLen;
   if (ri_9 < nTok && chunk >= cFirst_6 && chunk <= cLast_6) {
     if (cFirst_6 == cLast_6) {
       out[((qRow0 + ri_9) * numHeads + kvh * 4u + oe6 / 128u % 4u) * 128u + oe6 % 128u] = acc[6u] / rowSum[oe6 / 128u];
@@ -539,8 +552,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_10: u32 = oe7 / 128u / 4u;
   let rEnd_9: u32 = pos0 + ri_10 + 1u;
   let rLo_9: u32 = select(0u, rEnd_9 - u.window, u.window > 0u && rEnd_9 > u.window);
-  let cFirst_7: u32 = rLo_9 / 512u;
-  let cLast_7: u32 = (rEnd_9 - 1u) / 512u;
+  let cFirst_7: u32 = rLo_9 / chunkLen;
+  let cLast_7: u32 = (rEnd_9 - 1u) / chunkLen;
   if (ri_10 < nTok && chunk >= cFirst_7 && chunk <= cLast_7) {
     if (cFirst_7 == cLast_7) {
       out[((qRow0 + ri_10) * numHeads + kvh * 4u + oe7 / 128u % 4u) * 128u + oe7 % 128u] = acc[7u] / rowSum[oe7 / 128u];
@@ -552,8 +565,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_11: u32 = oe8 / 128u / 4u;
   let rEnd_10: u32 = pos0 + ri_11 + 1u;
   let rLo_10: u32 = select(0u, rEnd_10 - u.window, u.window > 0u && rEnd_10 > u.window);
-  let cFirst_8: u32 = rLo_10 / 512u;
-  let cLast_8: u32 = (rEnd_10 - 1u) / 512u;
+  let cFirst_8: u32 = rLo_10 / chunkLen;
+  let cLast_8: u32 = (rEnd_10 - 1u) / chunkLen;
   if (ri_11 < nTok && chunk >= cFirst_8 && chunk <= cLast_8) {
     if (cFirst_8 == cLast_8) {
       out[((qRow0 + ri_11) * numHeads + kvh * 4u + oe8 / 128u % 4u) * 128u + oe8 % 128u] = acc[8u] / rowSum[oe8 / 128u];
@@ -565,8 +578,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_12: u32 = oe9 / 128u / 4u;
   let rEnd_11: u32 = pos0 + ri_12 + 1u;
   let rLo_11: u32 = select(0u, rEnd_11 - u.window, u.window > 0u && rEnd_11 > u.window);
-  let cFirst_9: u32 = rLo_11 / 512u;
-  let cLast_9: u32 = (rEnd_11 - 1u) / 512u;
+  let cFirst_9: u32 = rLo_11 / chunkLen;
+  let cLast_9: u32 = (rEnd_11 - 1u) / chunkLen;
   if (ri_12 < nTok && chunk >= cFirst_9 && chunk <= cLast_9) {
     if (cFirst_9 == cLast_9) {
       out[((qRow0 + ri_12) * numHeads + kvh * 4u + oe9 / 128u % 4u) * 128u + oe9 % 128u] = acc[9u] / rowSum[oe9 / 128u];
@@ -578,8 +591,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_13: u32 = oe10 / 128u / 4u;
   let rEnd_12: u32 = pos0 + ri_13 + 1u;
   let rLo_12: u32 = select(0u, rEnd_12 - u.window, u.window > 0u && rEnd_12 > u.window);
-  let cFirst_10: u32 = rLo_12 / 512u;
-  let cLast_10: u32 = (rEnd_12 - 1u) / 512u;
+  let cFirst_10: u32 = rLo_12 / chunkLen;
+  let cLast_10: u32 = (rEnd_12 - 1u) / chunkLen;
   if (ri_13 < nTok && chunk >= cFirst_10 && chunk <= cLast_10) {
     if (cFirst_10 == cLast_10) {
       out[((qRow0 + ri_13) * numHeads + kvh * 4u + oe10 / 128u % 4u) * 128u + oe10 % 128u] = acc[10u] / rowSum[oe10 / 128u];
@@ -591,8 +604,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
   let ri_14: u32 = oe11 / 128u / 4u;
   let rEnd_13: u32 = pos0 + ri_14 + 1u;
   let rLo_13: u32 = select(0u, rEnd_13 - u.window, u.window > 0u && rEnd_13 > u.window);
-  let cFirst_11: u32 = rLo_13 / 512u;
-  let cLast_11: u32 = (rEnd_13 - 1u) / 512u;
+  let cFirst_11: u32 = rLo_13 / chunkLen;
+  let cLast_11: u32 = (rEnd_13 - 1u) / chunkLen;
   if (ri_14 < nTok && chunk >= cFirst_11 && chunk <= cLast_11) {
     if (cFirst_11 == cLast_11) {
       out[((qRow0 + ri_14) * numHeads + kvh * 4u + oe11 / 128u % 4u) * 128u + oe11 % 128u] = acc[11u] / rowSum[oe11 / 128u];
@@ -604,8 +617,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let ri_15: u32 = lid / 4u;
     let rEnd_14: u32 = pos0 + ri_15 + 1u;
     let rLo_14: u32 = select(0u, rEnd_14 - u.window, u.window > 0u && rEnd_14 > u.window);
-    let cFirst_12: u32 = rLo_14 / 512u;
-    let cLast_12: u32 = (rEnd_14 - 1u) / 512u;
+    let cFirst_12: u32 = rLo_14 / chunkLen;
+    let cLast_12: u32 = (rEnd_14 - 1u) / chunkLen;
     if (ri_15 < nTok && chunk >= cFirst_12 && chunk <= cLast_12 && cFirst_12 != cLast_12) {
       partMl[(partBase + (ri_15 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u] = rowMax[lid];
       partMl[(partBase + (ri_15 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u + 1u] = rowSum[lid];

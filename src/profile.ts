@@ -207,7 +207,7 @@ export async function profileFamily(family: string, shape: Shape = {}, card: Car
   const dev = await createCpuDevice({ profile: true });
   // Choose variants as the CUDA device would: its caps and profile, not the CPU's.
   Object.assign(dev.caps, CUDA_CAPS);
-  (dev as { profile: Device['profile'] }).profile = { software: false, deviceClass: 'gpu', vendor: 'nvidia', parallelism: 65536 };
+  (dev as { profile: Device['profile'] }).profile = { software: false, deviceClass: 'gpu', vendor: 'nvidia', parallelism: 65536, multiprocessors: CARDS[card].sms };
   let launches: LaunchProfile[];
   try {
     let seed = (o.seed ?? 1) >>> 0;

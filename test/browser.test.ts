@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type DownloadProgress, loadModel as loadBrowserModel } from '../src/browser/index.js';
 import { type LLM, loadModel } from '../src/llm.js';
 import { type KilnServer, startServer } from '../src/server/index.js';
-import { buildPlayground, contentType } from '../src/server/playground.js';
+import { buildPlayground, buildPlaygroundCommand, contentType } from '../src/server/playground.js';
 import { argmaxAgreement, BROWN_PROMPT, brown, brownDir, brownLogits, rowErrors } from './runtimeGolden.js';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -95,6 +95,21 @@ describe('kiln/browser loadModel, run in Node', () => {
       if (typeof source === 'string') expect(weights.length, 'progress while streaming').toBeGreaterThan(1);
     }
     await expect(loadBrowserModel(files.filter((f) => f.name !== 'model.safetensors'), { device: 'cpu' })).rejects.toThrow(/the files given have no model\.safetensors/);
+  });
+});
+
+describe('kiln build-playground', () => {
+  it('refuses bad arguments, naming them, before writing anything', async () => {
+    await expect(buildPlaygroundCommand(['--bogus', 'x'], brownDir('target'))).rejects.toThrow(/unknown option '--bogus'/);
+    await expect(buildPlaygroundCommand([], brownDir('target'))).rejects.toThrow(/name the output directory/);
+    await expect(buildPlaygroundCommand(['a', 'b'], brownDir('target'))).rejects.toThrow(/one output directory, not 'a' and 'b'/);
+    const dir = mkdtempSync(join(tmpdir(), 'kiln-playground-'));
+    try {
+      await expect(buildPlaygroundCommand([dir, '--model', tmpdir()], brownDir('target'))).rejects.toThrow(/no config\.json/);
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -47,7 +47,7 @@ describe('decode buckets', () => {
     const maxPositions = 200, numBlocks = 64;
     const g: DecodeGeometry = {
       numKvHeads: 3, numHeads: 6, numBlocks, maxBlocksPerSeq: Math.ceil(maxPositions / c.blockSize),
-      maxChunks: maxDecodeChunks(maxPositions, c.chunkSize), window: 0, scale: 0.25,
+      maxChunks: maxDecodeChunks(maxPositions, c, 3), window: 0, scale: 0.25,
     };
     expect(g.maxChunks).toBe(7);
     const B = 8;
@@ -78,7 +78,7 @@ describe('decode buckets', () => {
           expect([...blockTables.subarray(i * g.maxBlocksPerSeq, i * g.maxBlocksPerSeq + seqs[i]!.blockTable.length)]).toEqual(seqs[i]!.blockTable);
         } else {
           // Padding: its own row, one token at position 0, one chunk; block table row of zeros.
-          expect([t[0], t[1], t[2], t[3], t[5], t[6], t[7]]).toEqual([i, i, 1, 0, 1, 0, 0]);
+          expect([t[0], t[1], t[2], t[3], t[5], t[6], t[7]]).toEqual([i, i, 1, 0, 1, 0, 1]);
           expect(blockTables.subarray(i * g.maxBlocksPerSeq, (i + 1) * g.maxBlocksPerSeq).every((x) => x === 0)).toBe(true);
         }
         // Rows the kernel may address: base + (head · chunks + z) for head < H, z < chunks.

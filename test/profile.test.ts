@@ -247,6 +247,17 @@ describe('kiln profile on real kernels', () => {
     expect(() => JSON.stringify({ kernels: r.kernels })).not.toThrow();
   });
 
+  it('pagedAttention (f16 KV, head_dim 128): every shared-memory site conflict-free, K/V loads coalesced, ≥ 2 workgroups per SM', async () => {
+    const r = await profileFamily('pagedAttention', { C: 600, H: 8, KV: 2 }, 'h200', { nvcc: false });
+    const partial = r.kernels.find((k) => k.name === 'attentionPartial')!;
+    const shared = partial.sites.filter((s) => s.space === 'shared' && s.requests > 0);
+    expect(shared.length).toBeGreaterThan(10);
+    for (const s of shared) expect(s.wavefronts, s.site).toBe(s.ideal_wavefronts);
+    for (const s of partial.sites.filter((x) => /^[kv]Cache#/.test(x.site) && x.requests > 0)) expect(s.sectors / s.ideal_sectors, s.site).toBeLessThanOrEqual(1.1);
+    // 600 positions over 2 KV heads: chunks of 64 (the smallest) give 2 × 10 workgroups.
+    expect(partial.grid).toEqual([1, 2, 10]);
+  });
+
   it('occupancy from registers, threads and shared memory (sm_90)', () => {
     expect(occupancy(32, 126, 0, 128, 132)).toMatchObject({ ctasPerSM: 16, limit: 'registers', occupancy: 0.25 });
     expect(occupancy(256, 32, 0, 1000, 132)).toMatchObject({ ctasPerSM: 8, occupancy: 1 });

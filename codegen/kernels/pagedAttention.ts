@@ -15,14 +15,18 @@
 //
 // Work: the host cuts each sequence's tokens into tiles of ≤ tileTokens consecutive tokens and
 // lists them in `tiles` (u32 × 8 each: seq, first q row, token count, position of the first
-// token, partial base, chunk count, first chunk, 0). One workgroup per (tile, KV head, chunk):
-// its rows are the tile's tokens × the group's query heads. The KV range is cut into chunks at
-// fixed multiples of chunkSize positions (split-KV, flash-decoding); a row whose range lies in
-// one chunk writes its output directly, others write (max, sum, acc) partials that a second
-// launch merges in chunk order. Within a chunk, KV is staged kvTile positions (1..4 cache blocks,
-// 16-byte loads where head_dim allows) per barrier step, and each row folds them in one cache
-// block at a time with an online softmax in f32 (base 2; the scale is folded with log2 e): the
-// same f32 operations whatever kvTile and the load width are.
+// token, partial base, chunk count, first chunk, chunk length). One workgroup per (tile, KV head,
+// chunk): its rows are the tile's tokens × the group's query heads. The KV range is cut into
+// chunks at fixed multiples of the tile's chunk length (split-KV, flash-decoding; the length
+// follows from the rows' own positions, rowChunkSize, so a lone long decode still fills the GPU);
+// a row whose range lies in one chunk writes its output directly, others write (max, sum, acc)
+// partials that a second launch merges in chunk order. Within a chunk, KV is staged kvTile
+// positions (1..4 cache blocks, 16-byte loads where head_dim allows; K and V by the same loads
+// into two tiles where memory allows) per barrier step, kept in the cache's format (f16 stays
+// packed), in rows padded and skewed so that no shared-memory access has a bank conflict
+// (sharedLayout.ts). Each row folds them in one cache block at a time with an online softmax in
+// f32 (base 2; the scale is folded with log2 e): the same f32 operations whatever kvTile, the
+// load width and the tile layout are.
 //
 // Determinism: every row's arithmetic — the chunks and tiles it visits, the order of every sum,
 // the direct-or-merged choice — follows from its own position and window alone. Tile partners,
@@ -34,6 +38,7 @@ import { BASELINE_CAPS } from '../dsl/types.js';
 import type { KernelFamily } from './index.js';
 import { kvAppendKernel } from './kvAppend.js';
 import { num, oneOf, optionalBool, optionalNums } from './params.js';
+import { type RowLayout, conflictFreeRows, rowOffset } from './sharedLayout.js';
 
 /** The head sizes the issue names (and the tests sweep). */
 export const HEAD_DIMS = [8, 16, 32, 64, 80, 96, 128] as const;
@@ -48,8 +53,16 @@ export interface PagedAttentionParams {
   kvDtype?: 'f32' | 'f16';
   /** Tokens per cache block (default 16). */
   blockSize?: number;
-  /** KV positions per split-KV chunk, a multiple of blockSize (default 512). */
+  /** KV positions per split-KV chunk, a multiple of blockSize (default 512); the most a row's chunk may be. */
   chunkSize?: number;
+  /**
+   * Workgroups one sequence's single-token step should spread over (numKvHeads × its chunks), so a
+   * lone long decode fills a GPU: 2 per multiprocessor. A row's chunk is then the largest of
+   * chunkSize, chunkSize / 2, … (down to kvTile) that reaches it at the row's own context length
+   * (rowChunkSize): a function of the row's position alone, never of the batch. 0 (default):
+   * every chunk is chunkSize.
+   */
+  targetCtas?: number;
   /** Query tokens per workgroup (default: 16 / groupSize, fewer if workgroup memory is short). */
   tileTokens?: number;
   /**
@@ -72,6 +85,48 @@ export interface AttentionConfig {
   tileTokens: number; rows: number; workgroupSize: number; caps: Caps;
   /** KV positions per barrier step (kvTile) and cache blocks in it (kvTile / blockSize). */
   kvTile: number; subBlocks: number; vecLoads: boolean;
+  /** Workgroups a lone sequence should launch (0: fixed chunks); see PagedAttentionParams. */
+  targetCtas: number;
+  /**
+   * Workgroup-memory layout of a staged K or V position (its words: f32, or f16 pairs kept packed
+   * as in the cache), padded and skewed so that the staging stores, the score reads (lane =
+   * position) and the PV reads (lane = head_dim element) are all free of bank conflicts.
+   */
+  kvLayout: RowLayout;
+  /** K and V staged in two tiles by the same loads (workgroup memory allowing), else one tile, K then V. */
+  splitKv: boolean;
+  /** Words between rows of the q tile and of the scores (odd: lanes walking a column hit every bank). */
+  qStride: number; scoreStride: number;
+}
+
+/** Words per staged position: f32 elements, or f16 pairs. */
+const kvWords = (D: number, f16: boolean) => (f16 ? D / 2 : D);
+
+const layoutMemo = new Map<string, RowLayout>();
+/** The staging layout for kvTile positions (see AttentionConfig.kvLayout): searched once per shape. */
+function kvRowLayout(D: number, f16: boolean, vw: number, KT: number, R: number): RowLayout {
+  const key = `${D}/${f16}/${vw}/${KT}/${R}`;
+  const known = layoutMemo.get(key);
+  if (known) return known;
+  const P = kvWords(D, f16), perPos = P / vw;
+  const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
+  // Warps whose patterns differ: shifting a warp's first item by a whole row (perPos loads, KT
+  // scores, D outputs) shifts every lane's address alike, so warps repeat with period n / gcd(n, 32).
+  const warps = (items: number, period: number) => Math.min(Math.ceil(items / 32), period / gcd(period, 32));
+  const lanes = (w0: number, items: number, at: (e: number) => number) => Array.from({ length: 32 }, (_, i) => (w0 + i < items ? at(w0 + i) : -1));
+  const { stride, skew } = conflictFreeRows(P, function* (l) {
+    // Staging stores: load e holds words [vw·(e % perPos), +vw) of position e / perPos; one store per word.
+    for (let j = 0; j < warps(KT * perPos, perPos); j++) {
+      for (let q = 0; q < vw; q++) yield lanes(32 * j, KT * perPos, (e) => Math.floor(e / perPos) * l.stride + rowOffset(l, (e % perPos) * vw + q));
+    }
+    // Scores: invocation e takes position e % KT and walks its words (each word shifts all lanes alike).
+    for (let j = 0; j < warps(R * KT, KT); j++) yield lanes(32 * j, R * KT, (e) => (e % KT) * l.stride);
+    // PV: invocation e takes element e % D of one position.
+    for (let j = 0; j < warps(R * D, D); j++) yield lanes(32 * j, R * D, (e) => rowOffset(l, f16 ? (e % D) >> 1 : e % D));
+  });
+  const layout = { stride, skew, words: P };
+  layoutMemo.set(key, layout);
+  return layout;
 }
 
 /** Validated parameters with defaults filled in. */
@@ -87,12 +142,22 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   if (!Number.isInteger(G) || G < 1 || G > 8) throw new Error(`pagedAttention: groupSize ${G} is not an integer in 1..8`);
   if (!Number.isInteger(BS) || BS < 1 || BS > 64) throw new Error(`pagedAttention: blockSize ${BS} is not in 1..64`);
   if (!Number.isInteger(C) || C < BS || C % BS) throw new Error(`pagedAttention: chunkSize ${C} is not a positive multiple of blockSize ${BS}`);
-  const vecUnit = kvDtype === 'f16' ? 8 : 4;
+  const targetCtas = p.targetCtas ?? 0;
+  if (!Number.isInteger(targetCtas) || targetCtas < 0) throw new Error(`pagedAttention: targetCtas ${targetCtas} is not a non-negative integer`);
+  const f16 = kvDtype === 'f16';
+  const vecUnit = f16 ? 8 : 4;
   const vecLoads = p.vecLoads ?? D % vecUnit === 0;
   if (vecLoads && D % vecUnit) throw new Error(`pagedAttention: vecLoads needs headDim ${D} to be a multiple of ${vecUnit} for ${kvDtype} KV`);
-  // Workgroup memory: q rows (R·D), one KV tile (KT·D), scores (R·KT), per row max and sum, and
-  // per row and cache block a scale and a range (3 words).
-  const maxRowsFor = (KT: number) => Math.floor((Math.floor(caps.maxWorkgroupStorage / 4) - KT * D) / (D + KT + 2 + 3 * (KT / BS)));
+  const vw = vecLoads ? 4 : 1;
+  // Workgroup memory: q rows (R·(D+1)), one or two KV tiles (KT padded rows), scores (R·(KT+1)),
+  // per row max and sum, and per row and cache block a scale and a range (3 words).
+  const layouts = new Map<number, RowLayout>();
+  const layoutFor = (KT: number) => {
+    if (!layouts.has(KT)) layouts.set(KT, kvRowLayout(D, f16, vw, KT, 16));
+    return layouts.get(KT)!;
+  };
+  const maxRowsFor = (KT: number, tiles = 1) =>
+    Math.floor((Math.floor(caps.maxWorkgroupStorage / 4) - tiles * KT * layoutFor(KT).stride) / (D + 1 + KT + 1 + 2 + 3 * (KT / BS)));
   // Default: about 16 rows (tokens × group). More rows share each KV tile among more queries
   // (prefill), but a decode tile has one token, so the rest would sit idle holding memory.
   const defaultTokens = (maxRows: number) => Math.max(1, Math.min(Math.floor(16 / G), Math.floor(maxRows / G)));
@@ -109,7 +174,30 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   const rows = tileTokens * G;
   // About 8 accumulators per invocation at most: more made ptxas spill at head_dim 128.
   const wg = p.workgroupSize ?? Math.min(caps.maxInvocationsPerWorkgroup, rows * D >= 2048 ? 256 : rows * D >= 512 ? 128 : 64);
-  return { headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads };
+  // Two tiles (K and V loaded together, one barrier fewer per step) when they fit with these rows
+  // and each invocation's share of a step stays within 4 vector loads per tile (registers).
+  const splitKv = maxRowsFor(KT, 2) >= rows && Math.ceil((KT * kvWords(D, f16)) / vw / wg) <= 4;
+  return {
+    headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads,
+    targetCtas, kvLayout: layoutFor(KT), splitKv, qStride: D + 1, scoreStride: KT + 1,
+  };
+}
+
+/**
+ * Split-KV chunk of a row whose attended range ends (exclusive) at kvEnd: chunkSize halved while
+ * numKvHeads × ⌈kvEnd / chunk⌉ stays under targetCtas and the half is still a multiple of kvTile.
+ * Non-decreasing in kvEnd, and a function of the row's own position only (batch invariance).
+ */
+export function rowChunkSize(c: Pick<AttentionConfig, 'chunkSize' | 'kvTile' | 'targetCtas'>, kvEnd: number, numKvHeads: number): number {
+  let C = c.chunkSize;
+  while (c.targetCtas > 0 && numKvHeads * Math.ceil(kvEnd / C) < c.targetCtas && C % 2 === 0 && (C / 2) % c.kvTile === 0) C /= 2;
+  return C;
+}
+/** The most chunks a single-token row at a position below maxPositions spans (grid and partial sizing). */
+export function maxRowChunks(c: Pick<AttentionConfig, 'chunkSize' | 'kvTile' | 'targetCtas'>, maxPositions: number, numKvHeads: number): number {
+  let most = 1;
+  for (let n = 1; n <= maxPositions; n++) most = Math.max(most, Math.ceil(n / rowChunkSize(c, n, numKvHeads)));
+  return most;
 }
 
 const headsShape = (c: AttentionConfig) => `[numTokens, numKvHeads * ${c.groupSize}, ${c.headDim}]`;
@@ -117,11 +205,11 @@ const cacheShape = (c: AttentionConfig) => `[numBlocks, ${c.blockSize}, numKvHea
 
 interface TileView {
   seq: Val<'u32'>; qRow0: Val<'u32'>; nTok: Val<'u32'>; pos0: Val<'u32'>; partBase: Val<'u32'>;
-  tileChunks: Val<'u32'>; cLo: Val<'u32'>;
+  tileChunks: Val<'u32'>; cLo: Val<'u32'>; chunkLen: Val<'u32'>;
 }
 function tileView(k: KernelBuilder, tiles: ArrayRef<'u32', boolean>, tile: Val<'u32'>, omit: (keyof TileView)[] = []): TileView {
   const base = k.let('tileBase', tile.mul(TILE_WORDS));
-  const names = ['seq', 'qRow0', 'nTok', 'pos0', 'partBase', 'tileChunks', 'cLo'] as const;
+  const names = ['seq', 'qRow0', 'nTok', 'pos0', 'partBase', 'tileChunks', 'cLo', 'chunkLen'] as const;
   const view = {} as TileView;
   // Words a kernel never reads get no local (an unused local is a compiler warning).
   names.forEach((name, i) => { if (!omit.includes(name)) view[name] = k.let(name, tiles.at(base.add(i))); });
@@ -134,15 +222,17 @@ function windowStart(k: KernelBuilder, kvEnd: Val<'u32'>, window: Val<'u32'>): V
 
 /** Pass 1: per (tile, KV head, chunk), online softmax over the chunk's KV tiles. */
 export function attentionPartial(c: AttentionConfig) {
-  const { headDim: D, groupSize: G, blockSize: BS, chunkSize: C, rows: R, workgroupSize: W, kvTile: KT, subBlocks: NB } = c;
+  const { headDim: D, groupSize: G, blockSize: BS, rows: R, workgroupSize: W, kvTile: KT, subBlocks: NB, kvLayout: L, qStride: QS, scoreStride: SS } = c;
   const f16 = c.kvDtype === 'f16';
   const npt = Math.ceil((R * D) / W);
   // K/V words per load: a vec4 (4 f32, or 4 u32 = 8 f16) or one scalar word.
   const vw = c.vecLoads ? 4 : 1;
+  const P = kvWords(D, f16);
+  const wordT = f16 ? 'u32' : 'f32';
   return kernel({
     name: 'attentionPartial',
     params: {
-      headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, chunkSize: C, tileTokens: c.tileTokens, workgroupSize: W,
+      headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, chunkSize: c.chunkSize, tileTokens: c.tileTokens, workgroupSize: W,
       kvTile: KT, vecLoads: c.vecLoads,
     },
     caps: c.caps,
@@ -163,11 +253,14 @@ export function attentionPartial(c: AttentionConfig) {
     },
     grid: '[numTiles, numKvHeads, maxTileChunks]',
     body(k, b, u) {
-      const qS = k.shared('qTile', 'f32', R * D);
-      const kvS = k.shared('kvTile', 'f32', KT * D);
-      const sS = k.shared('scores', 'f32', R * KT);
+      const qS = k.shared('qTile', 'f32', R * QS);
+      // K/V stay in the cache's format (f16 pairs packed in u32 words), padded per kvLayout.
+      const kS = k.shared(c.splitKv ? 'kTile' : 'kvTile', wordT, KT * L.stride);
+      const vS = c.splitKv ? k.shared('vTile', wordT, KT * L.stride) : kS;
+      const sS = k.shared('scores', 'f32', R * SS);
       const mS = k.shared('rowMax', 'f32', R), lS = k.shared('rowSum', 'f32', R);
-      // Per row and cache block of the step: the softmax rescale and the positions folded in.
+      // Per cache block of the step and row (block-major: a warp's rows are consecutive words): the
+      // softmax rescale and the positions folded in.
       const alphaS = k.shared('rowScale', 'f32', R * NB);
       const rowA = k.shared('rowFrom', 'u32', R * NB), rowB = k.shared('rowTo', 'u32', R * NB);
       const lid = k.let('lid', k.localIndex);
@@ -178,8 +271,8 @@ export function attentionPartial(c: AttentionConfig) {
       const H = k.let('numHeads', u.numKvHeads.mul(G));
       const hiAll = k.let('hiAll', t.pos0.add(t.nTok));
       const loAll = k.let('loAll', windowStart(k, t.pos0.add(1), u.window));
-      const tFrom = k.let('tFrom', max(chunk.mul(C), loAll).div(BS).mul(BS));
-      const tTo = k.let('tTo', min(chunk.mul(C).add(C), hiAll));
+      const tFrom = k.let('tFrom', max(chunk.mul(t.chunkLen), loAll).div(BS).mul(BS));
+      const tTo = k.let('tTo', min(chunk.mul(t.chunkLen).add(t.chunkLen), hiAll));
       // Row r = token i of the tile × query head g of the group.
       const row = (r: Val<'u32'>) => {
         const i = k.let('ri', r.div(G));
@@ -191,27 +284,30 @@ export function attentionPartial(c: AttentionConfig) {
           get lo() { return (lo ??= k.let('rLo', windowStart(k, this.kvEnd, u.window))); },
         };
       };
+      /** Word offset of word `w` (runtime) within a staged row: each 32-word segment skewed. */
+      const wordAt = (w: Val<'u32'>) => (L.skew ? w.add(w.shr(5).mul(L.skew)) : w);
 
       k.for('e', lid, k.u32(R * D), (e) => {
         const r = row(e.div(D));
         const qi = k.let('qi', t.qRow0.add(min(r.i, t.nTok.sub(1))).mul(H).add(kvh.mul(G)).add(r.g).mul(D).add(e.rem(D)));
-        qS.set(e, k.select(r.valid, b.q.at(qi), k.f32(0)));
+        qS.set(e.div(D).mul(QS).add(e.rem(D)), k.select(r.valid, b.q.at(qi), k.f32(0)));
       }, W);
       k.if(lid.lt(R), () => { mS.set(lid, -F32_MAX); lS.set(lid, 0); });
       const acc = k.privateArray('acc', 'f32', npt);
       for (let j = 0; j < npt; j++) acc.set(j, 0);
       k.barrier();
 
-      // Stage KT positions from tb of K or V into kvS (zero outside [loAll, min(hiAll, tTo))), a
-      // batch of loads issued before their stores. Positions past tTo read a clamped, valid
-      // address: their block-table entry may not exist.
-      const perPos = (f16 ? D / 2 : D) / vw; // loads per position
+      // Stage KT positions from tb of K and/or V into their tiles (zero outside [loAll, min(hiAll,
+      // tTo))), a batch of loads issued before their stores; each load's block-table lookup and
+      // address serve both caches. Positions past tTo read a clamped, valid address: their
+      // block-table entry may not exist.
+      const perPos = P / vw; // loads per position
       const total = KT * perPos, perInv = Math.ceil(total / W);
-      // At most 4 vector loads (16 words) in flight per invocation: 8 made ptxas spill at head_dim 128.
+      // At most 4 vector loads (16 words) per cache in flight per invocation: 8 made ptxas spill at head_dim 128.
       const inFlight = 16 / vw;
-      const loadTile = (cache: ArrayRef<DType, boolean>, tb: Val<'u32'>, vHi: Val<'u32'>) => {
+      const stage = (pairs: [ArrayRef<DType, boolean>, ArrayRef<'u32' | 'f32', true>][], tb: Val<'u32'>, vHi: Val<'u32'>) => {
         for (let j0 = 0; j0 < perInv; j0 += inFlight) {
-          const loads: { tt: Val<'u32'>; w: Val<'u32'>; ok: Val<'bool'>; v: Val }[] = [];
+          const loads: { tt: Val<'u32'>; w: Val<'u32'>; ok: Val<'bool'>; v: Val[] }[] = [];
           for (let j = j0; j < Math.min(perInv, j0 + inFlight); j++) {
             const e = k.let(`le${j}`, (j + 1) * W <= total ? lid.add(j * W) : min(lid.add(j * W), k.u32(total - 1)));
             const tt = k.let(`lt${j}`, e.div(perPos)), w = k.let(`lw${j}`, e.rem(perPos));
@@ -220,22 +316,18 @@ export function attentionPartial(c: AttentionConfig) {
             const posC = k.let(`lc${j}`, min(pos, tTo.sub(1)));
             const blk = k.let(`lb${j}`, b.blockTables.at(t.seq.mul(u.maxBlocksPerSeq).add(posC.div(BS))));
             const at = k.let(`la${j}`, blk.mul(BS).add(posC.rem(BS)).mul(u.numKvHeads).add(kvh).mul(perPos).add(w));
-            loads.push({ tt, w, ok, v: k.let(`lv${j}`, cache.at(at)) });
+            loads.push({ tt, w, ok, v: pairs.map(([cache], ci) => k.let(`l${'kv'[ci]}${j}`, cache.at(at))) });
           }
           loads.forEach(({ tt, w, ok, v }, i) => {
             const j = j0 + i;
             const store = () => {
-              const base = k.let('kvAt', tt.mul(D).add(w.mul(f16 ? 2 * vw : vw)));
-              for (let q = 0; q < vw; q++) {
-                const word = vw > 1 ? v.at(q) : v;
-                if (f16) {
-                  const h = k.let(`h${q}`, k.unpack2x16float(word as Val<'u32'>));
-                  kvS.set(base.add(2 * q), k.select(ok, h.x, k.f32(0)));
-                  kvS.set(base.add(2 * q + 1), k.select(ok, h.y, k.f32(0)));
-                } else {
-                  kvS.set(q ? base.add(q) : base, k.select(ok, word as Val<'f32'>, k.f32(0)));
+              const base = k.let('kvAt', tt.mul(L.stride).add(wordAt(w.mul(vw))));
+              pairs.forEach(([, dst], ci) => {
+                for (let q = 0; q < vw; q++) {
+                  const word = vw > 1 ? v[ci]!.at(q) : v[ci]!;
+                  dst.set(q ? base.add(q) : base, k.select(ok, word as Val<'u32' | 'f32'>, f16 ? k.u32(0) : k.f32(0)));
                 }
-              }
+              });
             };
             if ((j + 1) * W <= total) store(); else k.if(lid.add(j * W).lt(total), store);
           });
@@ -244,17 +336,28 @@ export function attentionPartial(c: AttentionConfig) {
 
       k.for('tb', tFrom, tTo, (tb) => {
         const vHi = k.let('vHi', min(min(tb.add(KT), hiAll), tTo));
-        loadTile(b.kCache, tb, vHi);
+        stage(c.splitKv ? [[b.kCache, kS], [b.vCache, vS]] : [[b.kCache, kS]], tb, vHi);
         k.barrier();
-        // Scores, base 2: s = (q · k) · scale · log2 e.
+        // Scores, base 2: s = (q · k) · scale · log2 e, summed over head_dim in order.
         k.for('e', lid, k.u32(R * KT), (e) => {
           const r = row(e.div(KT));
           const pos = k.let('spos', tb.add(e.rem(KT)));
           k.if(r.valid.and(pos.ge(r.lo)).and(pos.lt(r.kvEnd)).and(pos.lt(tTo)), () => {
-            const qBase = k.let('qBase', e.div(KT).mul(D)), kBase = k.let('kBase', e.rem(KT).mul(D));
+            const qBase = k.let('qBase', e.div(KT).mul(QS)), kBase = k.let('kBase', e.rem(KT).mul(L.stride));
             const dot = k.var('dot', 'f32', 0);
-            k.for('d', k.u32(0), k.u32(D), (d) => dot.set(dot.add(qS.at(qBase.add(d)).mul(kvS.at(kBase.add(d))))));
-            sS.set(e, dot.mul(u.scaleLog2));
+            // A constant trip count: nvcc unrolls it and folds the skew into each offset.
+            k.for('c', k.u32(0), k.u32(P), (cw) => {
+              const word = kS.at(kBase.add(wordAt(cw)));
+              if (f16) {
+                const h = k.let('kh', k.unpack2x16float(word as Val<'u32'>));
+                const qi = k.let('qw', qBase.add(cw.mul(2)));
+                dot.set(dot.add(qS.at(qi).mul(h.x)));
+                dot.set(dot.add(qS.at(qi.add(1)).mul(h.y)));
+              } else {
+                dot.set(dot.add(qS.at(qBase.add(cw)).mul(word as Val<'f32'>)));
+              }
+            });
+            sS.set(e.div(KT).mul(SS).add(e.rem(KT)), dot.mul(u.scaleLog2));
           });
         }, W);
         k.barrier();
@@ -263,11 +366,11 @@ export function attentionPartial(c: AttentionConfig) {
         k.if(lid.lt(R), () => {
           const r = row(lid);
           for (let nb = 0; nb < NB; nb++) {
-            const slot = k.let(`slot${nb}`, lid.mul(NB).add(nb));
+            const slot = k.let(`slot${nb}`, nb ? lid.add(nb * R) : lid);
             const bt = k.let(`bt${nb}`, nb ? tb.add(nb * BS) : tb);
             const a = k.let('a', max(bt, r.lo)), e = k.let('bEnd', min(min(bt.add(BS), r.kvEnd), tTo));
             k.if(r.valid.and(a.lt(e)), () => {
-              const sBase = k.let('sBase', lid.mul(KT).add(nb * BS));
+              const sBase = k.let('sBase', lid.mul(SS).add(nb * BS));
               const from = k.let('from', a.sub(bt)), to = k.let('to', e.sub(bt));
               const mx = k.var('mx', 'f32', -F32_MAX);
               k.for('p', from, to, (p) => mx.set(max(mx, sS.at(sBase.add(p)))));
@@ -289,20 +392,32 @@ export function attentionPartial(c: AttentionConfig) {
           }
         });
         k.barrier();
-        loadTile(b.vCache, tb, vHi);
-        k.barrier();
+        if (!c.splitKv) {
+          stage([[b.vCache, vS]], tb, vHi);
+          k.barrier();
+        }
         // Per cache block in order: acc = acc · alpha + Σ_t p_t · v_t over the row's positions.
         for (let j = 0; j < npt; j++) {
           const e = k.let(`pe${j}`, lid.add(j * W));
           const body = () => {
             const r = k.let('pr', e.div(D)), d = k.let('pd', e.rem(D));
+            const vOff = k.let('pvo', wordAt(f16 ? d.shr(1) : d));
+            const hi = f16 ? k.let('phi', d.band(1).eq(1)) : undefined;
             for (let nb = 0; nb < NB; nb++) {
-              const slot = k.let(`ps${nb}`, r.mul(NB).add(nb));
+              const slot = k.let(`ps${nb}`, nb ? r.add(nb * R) : r);
               const a = k.let('pa', rowA.at(slot)), bEnd = k.let('pb', rowB.at(slot));
               k.if(a.lt(bEnd), () => {
                 const s = k.var('pvs', 'f32', 0);
-                const sBase = k.let('psb', r.mul(KT).add(nb * BS)), vBase = k.let('pvb', nb ? d.add(nb * BS * D) : d);
-                k.for('tt', a, bEnd, (tt) => s.set(s.add(sS.at(sBase.add(tt)).mul(kvS.at(tt.mul(D).add(vBase))))));
+                const sBase = k.let('psb', r.mul(SS).add(nb * BS)), vBase = k.let('pvb', nb ? vOff.add(nb * BS * L.stride) : vOff);
+                k.for('tt', a, bEnd, (tt) => {
+                  const word = vS.at(tt.mul(L.stride).add(vBase));
+                  let v: Val<'f32'>;
+                  if (hi) {
+                    const h = k.let('vh', k.unpack2x16float(word as Val<'u32'>));
+                    v = k.select(hi, h.y, h.x);
+                  } else v = word as Val<'f32'>;
+                  s.set(s.add(sS.at(sBase.add(tt)).mul(v)));
+                });
                 acc.set(j, acc.at(j).mul(alphaS.at(slot)).add(s));
               });
             }
@@ -314,7 +429,7 @@ export function attentionPartial(c: AttentionConfig) {
 
       // Rows whose whole range is this one chunk finish here; the others leave partials.
       const rowChunks = (r: ReturnType<typeof row>) => ({
-        first: k.let('cFirst', r.lo.div(C)), last: k.let('cLast', r.kvEnd.sub(1).div(C)),
+        first: k.let('cFirst', r.lo.div(t.chunkLen)), last: k.let('cLast', r.kvEnd.sub(1).div(t.chunkLen)),
       });
       const partRow = (r: ReturnType<typeof row>) => t.partBase.add(r.i.mul(H).add(kvh.mul(G)).add(r.g).mul(t.tileChunks)).add(z);
       for (let j = 0; j < npt; j++) {
@@ -369,7 +484,7 @@ export function attentionMerge(c: AttentionConfig) {
         k.for('e', k.localIndex, t.nTok.mul(D), (e) => {
           const i = k.let('i', e.div(D)), d = k.let('d', e.rem(D));
           const kvEnd = k.let('kvEnd', t.pos0.add(i).add(1));
-          const first = k.let('cFirst', windowStart(k, kvEnd, u.window).div(C)), last = k.let('cLast', kvEnd.sub(1).div(C));
+          const first = k.let('cFirst', windowStart(k, kvEnd, u.window).div(t.chunkLen)), last = k.let('cLast', kvEnd.sub(1).div(t.chunkLen));
           k.if(first.ne(last), () => {
             const base = k.let('base', t.partBase.add(i.mul(H).add(h).mul(t.tileChunks)));
             const slot = (ch: Val<'u32'>) => base.add(ch.sub(t.cLo));

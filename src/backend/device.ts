@@ -30,6 +30,8 @@ export interface DeviceProfile {
   vendor: VendorClass;
   /** Invocations the device wants in flight to be busy (sets default split factors). */
   parallelism: number;
+  /** Multiprocessors (SMs) of a GPU, where the backend knows them: split-KV attention fills them. */
+  multiprocessors?: number;
 }
 
 /** A recorded sequence of launches (graphCapture): replay() queues all of them again with one call. */

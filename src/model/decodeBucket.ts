@@ -13,11 +13,11 @@
 // rows are bit-identical to the unpadded pass.
 //
 // Attention: a tile's chunk count depends on its context length, so the grid's chunk dimension is
-// set to the most chunks any decode token can have (ceil(maxPositions / chunkSize)); workgroups
+// set to the most chunks any decode token can have (maxRowChunks); workgroups
 // past a tile's own chunk count exit at once. Each tile gets a fixed region of the partials
 // (tile · numHeads · maxChunks rows), so partRows is a constant upper bound too.
-import { TILE_WORDS } from '../../codegen/kernels/pagedAttention.js';
-import type { AttentionSizes } from '../../codegen/kernels/pagedAttention.js';
+import { TILE_WORDS, maxRowChunks } from '../../codegen/kernels/pagedAttention.js';
+import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/pagedAttention.js';
 import type { PreparedAttention } from '../ops/attention.js';
 
 /** Bucket sizes for decode steps of at most `maxRows` sequences: powers of two, then maxRows. */
@@ -37,9 +37,9 @@ export function pickBucket(n: number, buckets: readonly number[]): number {
   return b;
 }
 
-/** The most split-KV chunks one decode token can span in a context of maxPositions. */
-export function maxDecodeChunks(maxPositions: number, chunkSize: number): number {
-  return Math.max(1, Math.ceil(maxPositions / chunkSize));
+/** The most split-KV chunks one decode token can span in a context of maxPositions (chunk lengths per rowChunkSize). */
+export function maxDecodeChunks(maxPositions: number, chunking: Pick<AttentionConfig, 'chunkSize' | 'kvTile' | 'targetCtas'>, numKvHeads: number): number {
+  return maxRowChunks(chunking, maxPositions, numKvHeads);
 }
 
 export interface DecodeGeometry {
@@ -48,7 +48,7 @@ export interface DecodeGeometry {
   numHeads: number;
   numBlocks: number;
   maxBlocksPerSeq: number;
-  /** maxDecodeChunks(maxPositions, chunkSize). */
+  /** maxDecodeChunks(maxPositions, attention config, numKvHeads). */
   maxChunks: number;
   window: number;
   scale: number;
@@ -89,8 +89,8 @@ export function padDecodeMetadata(prep: PreparedAttention, B: number, g: DecodeG
       if (tiles[w]! !== i || tiles[w + 1]! !== i || tiles[w + 2]! !== 1) throw new Error(`decode step: tile ${i} is not sequence ${i}'s single token`);
       if (chunks > g.maxChunks) throw new Error(`decode step: sequence ${i} spans ${chunks} KV chunks, more than the ${g.maxChunks} the bucket is sized for`);
     } else {
-      // seq i, q row i, one token at position 0, one chunk from chunk 0.
-      tiles.set([i, i, 1, 0, 0, 1, 0, 0], w);
+      // seq i, q row i, one token at position 0, one chunk from chunk 0 (of any positive length: 1).
+      tiles.set([i, i, 1, 0, 0, 1, 0, 1], w);
     }
     tiles[w + 4] = i * region;
   }

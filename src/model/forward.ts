@@ -15,7 +15,7 @@ import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer, DeviceGraph } from '../backend/device.js';
 import { runLinear } from '../ops/linear.js';
 import { cachedChoice } from '../ops/tune.js';
-import { checkSlots, prepareAttention } from '../ops/attention.js';
+import { attentionTargetCtas, checkSlots, prepareAttention } from '../ops/attention.js';
 import { type DecodeGeometry, decodeAttentionSizes, decodeBuckets, decodePartRows, maxDecodeChunks, padDecodeMetadata, pickBucket } from './decodeBucket.js';
 import { type ModelSpec, ropeFrequencies } from './spec.js';
 import type { DeviceLinear, LayerWeights, ModelWeights } from './weights.js';
@@ -161,7 +161,7 @@ export class LlamaForward {
       rope: ropeQkv({ layout, caps }),
       append: kvAppend({ headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
       attention: pagedAttention({
-        headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps,
+        headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps, targetCtas: attentionTargetCtas(dev),
         ...(opts.attentionChunkSize !== undefined ? { chunkSize: opts.attentionChunkSize } : {}),
       }),
     };
@@ -169,7 +169,7 @@ export class LlamaForward {
     this.buckets = decodeBuckets(Math.min(this.maxSeqs, this.maxBatchTokens));
     this.decodeGeometry = {
       numKvHeads: s.kvHeads, numHeads: s.heads, numBlocks: opts.numBlocks, maxBlocksPerSeq: this.maxBlocksPerSeq,
-      maxChunks: maxDecodeChunks(s.maxPositions, this.ops.attention.config.chunkSize),
+      maxChunks: maxDecodeChunks(s.maxPositions, this.ops.attention.config, s.kvHeads),
       window: s.slidingWindow ?? 0, scale: 1 / Math.sqrt(hd),
     };
     this.graphsEnabled = opts.decodeGraphs ?? true;

@@ -3,7 +3,7 @@
 // outside the cache, positions beyond the context limit, overlapping or missing rows — with an
 // error naming the sequence and field before anything is launched, and queues the ops.
 import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/pagedAttention.js';
-import { TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { TILE_WORDS, pagedAttention, rowChunkSize } from '../../codegen/kernels/pagedAttention.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import type { Device, DeviceBuffer, HostArray } from '../backend/device.js';
 import { uploadScratch } from '../backend/scratch.js';
@@ -49,9 +49,17 @@ function int(v: number, what: string, min = 0): void {
   if (!Number.isInteger(v) || v < min) throw new AttentionInputError(`${what} = ${v} must be an integer ≥ ${min}`);
 }
 
+/**
+ * Workgroups a lone sequence's decode should spread over on `dev` (PagedAttentionParams.targetCtas):
+ * two per multiprocessor on a GPU that reports them, 0 (fixed chunks) elsewhere.
+ */
+export function attentionTargetCtas(dev: Pick<Device, 'profile'>): number {
+  return dev.profile.software ? 0 : 2 * (dev.profile.multiprocessors ?? 0);
+}
+
 /** Validate the batch against the cache and build the op's metadata. */
 export function prepareAttention(c: AttentionConfig, batch: AttentionBatch, cache: CacheGeometry): PreparedAttention {
-  const { blockSize: BS, chunkSize: C, tileTokens: TQ } = c;
+  const { blockSize: BS, tileTokens: TQ } = c;
   int(batch.numTokens, 'attention: numTokens', 1);
   int(cache.numBlocks, 'attention: cache numBlocks', 1);
   int(cache.numKvHeads, 'attention: cache numKvHeads', 1);
@@ -94,14 +102,18 @@ export function prepareAttention(c: AttentionConfig, batch: AttentionBatch, cach
       if (owner[r]! >= 0) throw new AttentionInputError(`${what}: q row ${r} is also claimed by sequence ${owner[r]}`);
       owner[r] = si;
     }
-    for (let j0 = 0; j0 < s.qLen; j0 += TQ) {
-      const n = Math.min(TQ, s.qLen - j0), pos0 = s.ctxLen + j0;
+    // Tiles of ≤ TQ consecutive tokens that share a chunk length (it depends on the position).
+    for (let j0 = 0; j0 < s.qLen;) {
+      const pos0 = s.ctxLen + j0, C = rowChunkSize(c, pos0 + 1, cache.numKvHeads);
+      let n = 1;
+      while (n < TQ && j0 + n < s.qLen && rowChunkSize(c, pos0 + n + 1, cache.numKvHeads) === C) n++;
       const lo = window > 0 && pos0 + 1 > window ? pos0 + 1 - window : 0;
       const cLo = Math.floor(lo / C), cHi = Math.floor((pos0 + n - 1) / C);
       const chunks = cHi - cLo + 1;
-      tiles.push(si, s.qStart + j0, n, pos0, chunks > 1 ? partRows : 0, chunks, cLo, 0);
+      tiles.push(si, s.qStart + j0, n, pos0, chunks > 1 ? partRows : 0, chunks, cLo, C);
       if (chunks > 1) partRows += n * H * chunks;
       maxTileChunks = Math.max(maxTileChunks, chunks);
+      j0 += n;
     }
   });
   const numTiles = tiles.length / TILE_WORDS;

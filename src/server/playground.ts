@@ -145,6 +145,7 @@ export async function servePlayground(req: IncomingMessage, res: ServerResponse,
 
 /** `kiln build-playground DIR [--model DIR]`: the page as static files (with the model, if given). */
 export async function buildPlayground(outDir: string, modelDir: string | null): Promise<string[]> {
+  if (modelDir && !fs.existsSync(path.join(modelDir, 'config.json'))) throw new Error(`${modelDir}: no config.json (the page loads Hugging Face model folders)`);
   const assets = await playgroundAssets();
   fs.mkdirSync(outDir, { recursive: true });
   const written: string[] = [];
@@ -154,7 +155,6 @@ export async function buildPlayground(outDir: string, modelDir: string | null): 
   // Netlify / Cloudflare Pages read _headers; other hosts need the same two headers configured.
   write('_headers', `/*\n${Object.entries(ISOLATION_HEADERS).map(([k, v]) => `  ${k}: ${v}`).join('\n')}\n`);
   if (modelDir) {
-    if (!fs.existsSync(path.join(modelDir, 'config.json'))) throw new Error(`${modelDir}: no config.json (the page loads Hugging Face model folders)`);
     fs.mkdirSync(path.join(outDir, 'model'), { recursive: true });
     for (const f of fs.readdirSync(modelDir).filter(servableModelFile)) {
       fs.copyFileSync(path.join(modelDir, f), path.join(outDir, 'model', f));

@@ -4,7 +4,7 @@
 // prefill chunkings; KV append touching exactly its slots; bad batch descriptions rejected.
 import { describe, expect, it } from 'vitest';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
-import { attentionConfig, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { attentionConfig, maxRowChunks, pagedAttention, rowChunkSize } from '../../codegen/kernels/pagedAttention.js';
 import { BASELINE_CAPS, CUDA_CAPS } from '../../codegen/dsl/types.js';
 import type { Device } from '../../src/backend/device.js';
 import {
@@ -92,7 +92,7 @@ function reference(c: Case): Float64Array {
 }
 
 /** How the kernel stages K/V: positions per barrier step and 16-byte loads (defaults: by shape and caps). */
-interface Variant { kvTile?: number; vecLoads?: boolean }
+interface Variant { kvTile?: number; vecLoads?: boolean; targetCtas?: number }
 
 /** Fill the cache: context positions from the host, the new tokens through kvAppend; run attention. */
 async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: number, variant: Variant = {}): Promise<Float32Array> {
@@ -240,6 +240,26 @@ forEachBackend('paged attention', (dev) => {
     }, 180_000);
   }
 
+  it('chunk length from each row\'s position (targetCtas): within tolerance, rows bit-identical alone and in a mixed batch', async () => {
+    const r = rng(freshSeed('attention targetCtas'));
+    const shape: Shape = { headDim: 64, group: 4, kvHeads: 2, kvDtype: 'f16' };
+    // Sequence 0 is a prefill across a chunk-length change (2 KV heads, target 10 workgroups).
+    const variant = { targetCtas: 10 };
+    const cfg = attentionConfig({ headDim: 64, groupSize: 4, kvDtype: 'f16', caps: dev.caps, ...variant });
+    let change = 2;
+    while (rowChunkSize(cfg, change, 2) === rowChunkSize(cfg, 1, 2)) change++;
+    const mixed = makeCase(r, shape, [{ qLen: 9, ctxLen: change - 5 }, ...raggedSpec(r)]);
+    const out = await runCase(dev, mixed, 512, undefined, variant);
+    expect(rowErr(mixed, out, reference(mixed))).toBeLessThan(3e-3);
+    const rowLen = shape.kvHeads * shape.group * shape.headDim, s = mixed.seqs[0]!;
+    const alone: Case = {
+      ...mixed, numTokens: s.qLen, q: mixed.q.slice(s.qStart * rowLen, (s.qStart + s.qLen) * rowLen),
+      seqs: [{ ...s, qStart: 0 }], k: [mixed.k[0]!], v: [mixed.v[0]!],
+    };
+    const mine = new Uint32Array(out.slice(s.qStart * rowLen, (s.qStart + s.qLen) * rowLen).buffer);
+    expect(new Uint32Array((await runCase(dev, alone, 512, undefined, variant)).buffer)).toEqual(mine);
+  }, 120_000);
+
   for (const kvDtype of ['f32', 'f16'] as const) {
     it(`KV append (${kvDtype}) writes exactly the slots given and nothing else`, async () => {
       const r = rng(freshSeed(`kvAppend ${kvDtype}`));
@@ -304,6 +324,39 @@ describe('attention staging variant', () => {
   });
 });
 
+describe('attention split-KV chunk length', () => {
+  const c = attentionConfig({ headDim: 128, groupSize: 4, kvDtype: 'f16', caps: CUDA_CAPS, targetCtas: 264 });
+  it('a lone Llama-3-8B decode at 4,096 positions launches ≥ 2 workgroups per SM (132 SMs); long rows keep chunkSize', () => {
+    const C = rowChunkSize(c, 4097, 8);
+    expect(8 * Math.ceil(4097 / C)).toBeGreaterThanOrEqual(264);
+    expect(rowChunkSize(c, 40000, 8)).toBe(512);
+    expect(rowChunkSize({ ...c, targetCtas: 0 }, 100, 8)).toBe(512);
+  });
+  it('never shrinks as the position grows, never below kvTile; maxRowChunks is the most any row spans', () => {
+    let prev = 0, most = 0;
+    for (let n = 1; n <= 20000; n++) {
+      const C = rowChunkSize(c, n, 8);
+      expect(C).toBeGreaterThanOrEqual(prev);
+      expect(C % c.kvTile).toBe(0);
+      prev = C;
+      most = Math.max(most, Math.ceil(n / C));
+    }
+    expect(maxRowChunks(c, 20000, 8)).toBe(most);
+  });
+  it('prefill tiles are cut where the chunk length changes', () => {
+    const cfg = attentionConfig({ headDim: 64, groupSize: 1, targetCtas: 10 });
+    let change = 2;
+    while (rowChunkSize(cfg, change, 1) === rowChunkSize(cfg, 1, 1)) change++;
+    const blockTable = Array.from({ length: 100 }, (_, i) => i);
+    const p = prepareAttention(cfg, { numTokens: 16, seqs: [{ qStart: 0, qLen: 16, ctxLen: change - 8, blockTable }] }, { numBlocks: 100, numKvHeads: 1, maxBlocksPerSeq: 100 });
+    for (let t = 0; t < p.sizes.numTiles; t++) {
+      const [, , n, pos0, , , , len] = p.tiles.subarray(t * 8, t * 8 + 8);
+      for (let j = 0; j < n!; j++) expect(rowChunkSize(cfg, pos0! + j + 1, 1)).toBe(len);
+    }
+    expect(new Set(Array.from({ length: p.sizes.numTiles }, (_, t) => p.tiles[t * 8 + 7])).size).toBeGreaterThan(1);
+  });
+});
+
 describe('attention input validation', () => {
   const config = pagedAttention({ headDim: 64, groupSize: 4 }).config;
   const cache = { numBlocks: 10, numKvHeads: 2, maxBlocksPerSeq: 4 };
@@ -313,8 +366,8 @@ describe('attention input validation', () => {
     const p = prepareAttention(config, batch([seq(), seq({ qStart: 3, qLen: 5, ctxLen: 0, blockTable: [7] })]), cache);
     const tq = config.tileTokens; // sequence 1's 5 tokens span ⌈5 / tq⌉ tiles
     expect(p.sizes.numTiles).toBe(1 + Math.ceil(5 / tq));
-    expect(Array.from(p.tiles.subarray(0, 8))).toEqual([0, 0, 3, 20, 0, 1, 0, 0]);
-    expect(Array.from(p.tiles.subarray(8, 16))).toEqual([1, 3, Math.min(tq, 5), 0, 0, 1, 0, 0]);
+    expect(Array.from(p.tiles.subarray(0, 8))).toEqual([0, 0, 3, 20, 0, 1, 0, 512]);
+    expect(Array.from(p.tiles.subarray(8, 16))).toEqual([1, 3, Math.min(tq, 5), 0, 0, 1, 0, 512]);
   });
   it('rejects block tables outside the cache, positions beyond the limit, bad rows, naming the sequence', () => {
     expect(() => prepareAttention(config, batch([seq({ blockTable: [4, 10] })]), cache)).toThrow(/sequence 0: blockTable\[1\] = 10 points outside the cache/);

@@ -67,7 +67,7 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
     this.info = ctx.info();
     this.caps = cudaCaps(this.info);
     // Tens of thousands of threads in flight fill a GPU's SMs.
-    this.profile = { software: false, deviceClass: 'gpu', vendor: 'nvidia', parallelism: 65536 };
+    this.profile = { software: false, deviceClass: 'gpu', vendor: 'nvidia', parallelism: 65536, multiprocessors: this.info.multiprocessors };
     const gib = (this.info.totalMem / 2 ** 30).toFixed(0);
     const driver = `${Math.floor(this.info.driverVersion / 1000)}.${(this.info.driverVersion % 1000) / 10}`;
     this.description = `${this.info.name} (sm_${this.info.ccMajor}${this.info.ccMinor}, ${gib} GiB, ${this.info.multiprocessors} SMs) ` +

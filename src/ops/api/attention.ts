@@ -4,7 +4,7 @@
 import { pagedAttention as pagedAttentionOp } from '../../../codegen/kernels/pagedAttention.js';
 import { kvAppend as kvAppendOp } from '../../../codegen/kernels/kvAppend.js';
 import type { Device } from '../../backend/device.js';
-import { type RaggedSequence, runKvAppend, runPagedAttention, slotMapping } from '../attention.js';
+import { type RaggedSequence, attentionTargetCtas, runKvAppend, runPagedAttention, slotMapping } from '../attention.js';
 import { PerDevice } from './cache.js';
 import { expectTensor, type Tensor, tensor, TensorShapeError } from '../tensor.js';
 
@@ -61,7 +61,7 @@ export function pagedAttention(device: Device, q: Tensor, cache: KvCacheTensors,
   const qs = expectTensor('pagedAttention', 'q', q, 'f32', [null, null, c.headDim], '[T, numHeads, headDim]');
   const [T = 0, H = 0] = qs.shape;
   if (H % c.numKvHeads) throw new TensorShapeError(`pagedAttention: ${H} query heads are not a multiple of the cache's ${c.numKvHeads} KV heads`);
-  const p = { headDim: c.headDim, groupSize: H / c.numKvHeads, kvDtype: c.kvDtype, blockSize: c.blockSize };
+  const p = { headDim: c.headDim, groupSize: H / c.numKvHeads, kvDtype: c.kvDtype, blockSize: c.blockSize, targetCtas: attentionTargetCtas(device) };
   const op = attentionOps.get(device, p, () => pagedAttentionOp({ ...p, caps: device.caps }));
   const maxBlocksPerSeq = Math.max(1, ...seqs.map((s) => s.blockTable.length));
   const out = tensor(device, 'f32', [T, H, c.headDim], undefined, 'pagedAttention.out');
