@@ -10,7 +10,7 @@
 import type { BindingSpec, Op, Plan, PlanStep } from '../dsl/index.js';
 import { op, storage } from '../dsl/index.js';
 import { kvAppendKernel } from './kvAppend.js';
-import { epilogueBindings, gemmKernel, gemvKernel, linearFinishKernel, segmentCount } from './linearCommon.js';
+import { capsKey, epilogueBindings, gemmKernel, gemvKernel, linearFinishKernel, memoKernel, segmentCount } from './linearCommon.js';
 import { fusionBindings, type GemvFusion, type RopeAppendEpilogue } from './linearFusion.js';
 import { GEMV_MAX_ROWS, type LinearOp } from './linearOp.js';
 import { rmsNorm } from './rmsNorm.js';
@@ -88,7 +88,9 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
     temps.kNew = { t: 'f32', length: M * r.kvHeads * r.headDim };
     temps.vNew = { t: 'f32', length: M * r.kvHeads * r.headDim };
     const rope = ropeQkv({ layout: r.layout, caps: caps_ });
-    const append = kvAppendKernel({ headDim: r.headDim, kvDtype: r.kvDtype, blockSize: r.blockSize, caps: caps_ });
+    // The same kernel object every plan: a captured step's launches compare equal.
+    const append = memoKernel(`kvAppend/${r.headDim}/${r.kvDtype}/${r.blockSize}/${capsKey(caps_)}`,
+      () => kvAppendKernel({ headDim: r.headDim, kvDtype: r.kvDtype, blockSize: r.blockSize, caps: caps_ }));
     return [
       { kernel: rope, bind: { qkv: 'qkv', pos: 'pos', table: 'table', q: 'q', k: 'kNew', v: 'vNew' }, uniforms: { T: M, Hq: r.heads, Hk: r.kvHeads, D: r.headDim, maxPos } },
       { kernel: append, bind: { kNew: 'kNew', vNew: 'vNew', slots: 'slots', kCache: 'kCache', vCache: 'vCache' }, uniforms: { numTokens: M, numKvHeads: r.kvHeads, numBlocks } },

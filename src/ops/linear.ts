@@ -2,6 +2,7 @@
 // checking every tensor against the shape the op expects — a wrong shape or dtype is reported
 // with the tensor's name and its expected shape before any device work.
 import type { DeviceClass } from '../../codegen/kernels/deviceProfile.js';
+import type { FusedLinearOp } from '../../codegen/kernels/fusedLinear.js';
 import type { LinearChoiceInput, LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { type AwqTensors, checkAwqShape } from '../quant/awq.js';
@@ -15,11 +16,12 @@ export class LinearShapeError extends Error {}
 const EXACT = new Set(['qweight', 'qzeros', 'scales', 'w', 'bias']);
 
 /** Throws LinearShapeError naming the tensor and its expected shape. */
-export function checkLinearBindings(op: LinearOp, bindings: LinearBindings, M: number): void {
+export function checkLinearBindings(op: LinearOp, bindings: LinearBindings, M: number, notBound: readonly string[] = []): void {
   if (!Number.isInteger(M) || M < 1) throw new LinearShapeError(`${op.name}: M = ${M} is not a positive integer`);
   const want = op.tensors(M);
   const dims = `K = ${op.K}, N = ${op.N}, Nw = ${op.Nw}, M = ${M}`;
   for (const [name, t] of Object.entries(want)) {
+    if (notBound.includes(name)) continue;
     const buf = bindings[name];
     const expect = `${t.dtype} ${t.formula} = [${t.shape.join(', ')}] (${t.elements} elements; ${dims})`;
     if (!buf) throw new LinearShapeError(`${op.name}: tensor '${name}' is missing; expected ${expect}`);
@@ -36,6 +38,24 @@ export function checkLinearBindings(op: LinearOp, bindings: LinearBindings, M: n
 export function runLinear(dev: Device, op: LinearOp, bindings: LinearBindings, M: number): void {
   checkLinearBindings(op, bindings, M);
   dev.run(op, bindings, { M });
+}
+
+/**
+ * Validate, then queue a fused linear op (codegen/kernels/fusedLinear.ts): the linear's tensors as
+ * runLinear checks them (its output only where the op has one), the norm weights [K], the rest by
+ * the op's launches. Sizes: M, and with RoPE maxPos and numBlocks.
+ */
+export function runFusedLinear(dev: Device, op: FusedLinearOp, bindings: LinearBindings, sizes: Record<string, number> & { M: number }): void {
+  const { M } = sizes;
+  const linear: LinearBindings = {};
+  for (const name of Object.keys(op.linear.tensors(M))) if (bindings[name]) linear[name] = bindings[name];
+  // With RoPE the linear's output is the op's own scratch (q and the KV cache are the outputs).
+  checkLinearBindings(op.linear, linear, M, op.spec.rope ? ['out'] : []);
+  const normW = bindings.normW;
+  if (op.spec.norm && (!normW || normW.dtype !== 'f32' || normW.length !== op.linear.K)) {
+    throw new LinearShapeError(`${op.name}: tensor 'normW' ${normW ? `(buffer '${normW.label}') is ${normW.dtype} [${normW.length}]` : 'is missing'}; expected f32 [K] = [${op.linear.K}]`);
+  }
+  dev.run(op, bindings, sizes);
 }
 
 export interface Int4DeviceWeights {
