@@ -7,13 +7,12 @@
 // parameters follow from a PassLayout). Decode steps use fixed layouts per batch-size bucket
 // (decodeBucket.ts), so on CUDA each bucket's step is captured once as a graph and replayed.
 import { embedding } from '../../codegen/kernels/embedding.js';
-import { kvAppend } from '../../codegen/kernels/kvAppend.js';
+import { type FusedLinearOp, fusedLinear } from '../../codegen/kernels/fusedLinear.js';
 import { type AttentionSizes, TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';
-import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer, DeviceGraph } from '../backend/device.js';
-import { runLinear } from '../ops/linear.js';
+import { runFusedLinear } from '../ops/linear.js';
 import { cachedChoice } from '../ops/tune.js';
 import { attentionTargetCtas, checkSlots, prepareAttention } from '../ops/attention.js';
 import { type DecodeGeometry, decodeAttentionSizes, decodeBuckets, decodePartRows, maxDecodeChunks, padDecodeMetadata, pickBucket } from './decodeBucket.js';
@@ -64,6 +63,8 @@ export interface PassLayout {
   tiles: DeviceBuffer<'u32'>;
   /** Attention partials owned by the layout (decode buckets); else the device's shared scratch. */
   partials?: { acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> };
+  /** Logits rows are the activation rows 0..logitRows−1 in order (decode): no gather. */
+  identityRows?: boolean;
 }
 
 /** The activations of one pass (llama2.c's RunState), f32, sized for maxBatchTokens rows. */
@@ -72,20 +73,14 @@ interface Activations {
   x: DeviceBuffer<'f32'>;
   /** Residual stream after the attention block [T, D]. */
   x2: DeviceBuffer<'f32'>;
-  /** Normed input of a block [T, D]. */
-  h: DeviceBuffer<'f32'>;
-  /** [q | k | v] per token [T, (Hq + 2·Hk)·hd]. */
-  qkv: DeviceBuffer<'f32'>;
+  /** Rotated queries [T, Hq·hd] (K and V go straight into the cache). */
   q: DeviceBuffer<'f32'>;
-  k: DeviceBuffer<'f32'>;
-  v: DeviceBuffer<'f32'>;
   /** Attention output [T, Hq·hd]. */
   attn: DeviceBuffer<'f32'>;
   /** SiLU(gate)·up [T, ffn]. */
   ffn: DeviceBuffer<'f32'>;
-  /** Residual rows whose logits are asked for, then normed [R, D]. */
+  /** Residual rows whose logits are asked for [R, D]. */
   rowsX: DeviceBuffer<'f32'>;
-  rowsH: DeviceBuffer<'f32'>;
 }
 
 /** Per-token indices of one pass, written by upload(). */
@@ -133,6 +128,8 @@ export class LlamaForward {
    *  (a captured graph keeps their addresses). */
   private decodeBufs: { blockTables: DeviceBuffer<'u32'>; tiles: DeviceBuffer<'u32'>; acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> } | null = null;
   private readonly decodeLayouts = new Map<number, PassLayout>();
+  /** Each linear layer as a fused op (fusedLinear.ts): norm before, RoPE + KV append after QKV. */
+  private readonly fused = new Map<DeviceLinear, FusedLinearOp>();
   private readonly graphs = new Map<number, DeviceGraph>();
 
   constructor(readonly dev: Device, readonly spec: ModelSpec, readonly weights: ModelWeights, readonly opts: ForwardOptions) {
@@ -158,13 +155,21 @@ export class LlamaForward {
       embedWorkgroup: tunedWorkgroup('embedding', { D, table: weights.embed.dtype }),
       gather: embedding({ table: 'f32', caps, workgroupSize: tunedWorkgroup('embedding', { D, table: 'f32' }) }),
       norm: rmsNorm({ caps, workgroupSize: tunedWorkgroup('rmsNorm', { D }) ?? defaultRmsNormWorkgroup(D, caps) }),
-      rope: ropeQkv({ layout, caps }),
-      append: kvAppend({ headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize, caps }),
       attention: pagedAttention({
         headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps, targetCtas: attentionTargetCtas(dev),
         ...(opts.attentionChunkSize !== undefined ? { chunkSize: opts.attentionChunkSize } : {}),
       }),
     };
+    // The norms run as the next linear's prologue, in the norm kernel's order for this workgroup size.
+    const norm = { workgroupSize: this.ops.norm.ir.workgroupSize[0], eps: s.rmsNormEps };
+    const rope = { layout, heads: s.heads, kvHeads: s.kvHeads, headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize };
+    for (const w of weights.layers) {
+      this.fused.set(w.qkv, fusedLinear({ linear: w.qkv.op, norm, rope }));
+      this.fused.set(w.o, fusedLinear({ linear: w.o.op }));
+      this.fused.set(w.gateUp, fusedLinear({ linear: w.gateUp.op, norm }));
+      this.fused.set(w.down, fusedLinear({ linear: w.down.op }));
+    }
+    this.fused.set(weights.lmHead, fusedLinear({ linear: weights.lmHead.op, norm }));
     this.maxBlocksPerSeq = Math.ceil(s.maxPositions / this.blockSize);
     this.buckets = decodeBuckets(Math.min(this.maxSeqs, this.maxBatchTokens));
     this.decodeGeometry = {
@@ -188,12 +193,11 @@ export class LlamaForward {
       }
       const f32 = (name: string, n: number) => alloc('f32', n, name);
       this.act = {
-        x: f32('x', T * D), x2: f32('x2', T * D), h: f32('h', T * D),
-        qkv: f32('qkv', T * (s.heads + 2 * s.kvHeads) * hd),
-        q: f32('q', T * s.heads * hd), k: f32('k', T * s.kvHeads * hd), v: f32('v', T * s.kvHeads * hd),
+        x: f32('x', T * D), x2: f32('x2', T * D),
+        q: f32('q', T * s.heads * hd),
         attn: f32('attn', T * s.heads * hd),
         ffn: f32('ffn', T * s.ffn),
-        rowsX: f32('rowsX', T * D), rowsH: f32('rowsH', T * D),
+        rowsX: f32('rowsX', T * D),
       };
       this.idx = {
         ids: alloc('u32', T, 'ids'), pos: alloc('u32', T, 'positions'), rows: alloc('u32', T, 'logitRows'), slots: alloc('i32', T, 'slots'),
@@ -276,31 +280,27 @@ export class LlamaForward {
     for (let l = 0; l < s.layers; l++) {
       const w = this.layer(l);
       const kCache = this.cacheOf(this.kCache, l), vCache = this.cacheOf(this.vCache, l);
-      // Attention block: x2 = x + Wo · attention(rope(Wqkv · norm(x)))
-      this.norm(a.x, w.attnNorm, a.h, T);
-      this.linear(w.qkv, a.h, a.qkv, T);
-      dev.launch(this.ops.rope, { qkv: a.qkv, pos: idx.pos, table: this.ropeTable, q: a.q, k: a.k, v: a.v },
-        { T, Hq: s.heads, Hk: s.kvHeads, D: hd, maxPos: this.ropePositions });
-      dev.run(this.ops.append, { kNew: a.k, vNew: a.v, slots: idx.slots, kCache, vCache },
-        { numTokens: T, numKvHeads: s.kvHeads, numBlocks: this.opts.numBlocks });
+      // Attention block: x2 = x + Wo · attention(rope(Wqkv · norm(x))); the norm, RoPE and the
+      // KV append run inside the QKV op (one launch for decode rows where the device has a fence).
+      this.linear(w.qkv, a.x, { normW: w.attnNorm, pos: idx.pos, table: this.ropeTable, slots: idx.slots, q: a.q, kCache, vCache }, T,
+        { maxPos: this.ropePositions, numBlocks: this.opts.numBlocks });
       // Scratch the layout brings (decode buckets) replaces the device's shared scratch (runPlan).
       dev.run(this.ops.attention, {
         q: a.q, kCache, vCache, blockTables: L.blockTables, tiles: L.tiles, out: a.attn,
         ...(L.partials ? { partAcc: L.partials.acc, partMl: L.partials.ml } : {}),
       }, L.attention);
-      this.linear(w.o, a.attn, a.x2, T, a.x);
+      this.linear(w.o, a.attn, { out: a.x2, residual: a.x }, T);
       // FFN block: x = x2 + Wd · (SiLU(Wg · norm(x2)) ⊙ Wu · norm(x2))
-      this.norm(a.x2, w.ffnNorm, a.h, T);
-      this.linear(w.gateUp, a.h, a.ffn, T);
-      this.linear(w.down, a.ffn, a.x, T, a.x2);
+      this.linear(w.gateUp, a.x2, { normW: w.ffnNorm, out: a.ffn }, T);
+      this.linear(w.down, a.ffn, { out: a.x, residual: a.x2 }, T);
     }
 
     // Only the rows asked for go through the final norm and the classifier.
     const R = L.logitRows;
     if (!R || !this.logitsBuf) return;
-    dev.launch(this.ops.gather, { ids: idx.rows, table: a.x, out: a.rowsX }, { T: R, V: T, D: s.hidden });
-    this.norm(a.rowsX, this.weights.finalNorm, a.rowsH, R);
-    this.linear(this.weights.lmHead, a.rowsH, this.logitsBuf, R);
+    // Decode rows are the activation rows in order: the classifier reads them where they are.
+    if (!L.identityRows) dev.launch(this.ops.gather, { ids: idx.rows, table: a.x, out: a.rowsX }, { T: R, V: T, D: s.hidden });
+    this.linear(this.weights.lmHead, L.identityRows ? a.x : a.rowsX, { normW: this.weights.finalNorm, out: this.logitsBuf }, R);
   }
 
   /** The largest decode bucket (decodeBuckets always holds at least bucket 1). */
@@ -401,7 +401,7 @@ export class LlamaForward {
     let layout = this.decodeLayouts.get(B);
     if (!layout) {
       layout = {
-        tokens: B, logitRows: B, attention: decodeAttentionSizes(B, g),
+        tokens: B, logitRows: B, attention: decodeAttentionSizes(B, g), identityRows: true,
         blockTables: bufs.blockTables, tiles: bufs.tiles, partials: { acc: bufs.acc, ml: bufs.ml },
       };
       this.decodeLayouts.set(B, layout);
@@ -479,12 +479,11 @@ export class LlamaForward {
     return c;
   }
 
-  private norm(x: DeviceBuffer<'f32'>, w: DeviceBuffer<'f32'>, out: DeviceBuffer<'f32'>, M: number): void {
-    this.dev.launch(this.ops.norm, { x, w, out }, { M, D: this.spec.hidden, eps: this.spec.rmsNormEps });
-  }
-
-  private linear(lin: DeviceLinear, x: DeviceBuffer<'f32'>, out: DeviceBuffer<'f32'>, M: number, residual?: DeviceBuffer<'f32'>): void {
-    runLinear(this.dev, lin.op, { x, ...lin.weights, out, ...(residual ? { residual } : {}) }, M);
+  /** A linear layer as its fused op: x, the layer's weights, and what the op adds around it. */
+  private linear(lin: DeviceLinear, x: DeviceBuffer<'f32'>, more: Record<string, DeviceBuffer>, M: number, sizes: Record<string, number> = {}): void {
+    const op = this.fused.get(lin);
+    if (!op) throw new ForwardError(`no fused op for linear layer '${lin.op.name}'`);
+    runFusedLinear(this.dev, op, { x, ...lin.weights, ...more }, { ...sizes, M });
   }
 
   private ensure<T extends 'u32' | 'f32'>(buf: DeviceBuffer<T> | null, n: number, label: string, t: T = 'u32' as T): DeviceBuffer<T> {
