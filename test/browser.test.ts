@@ -24,7 +24,10 @@ const ROOT = join(import.meta.dirname, '..');
 interface PageGlobals {
   document: { getElementById(id: string): { textContent: string | null; dataset: Record<string, string | undefined> } | null };
   crossOriginIsolated: boolean;
-  kilnPlayground: { llm: { device: { kind: string; description: string }; logits(ids: number[]): Promise<Float32Array> } };
+  kilnPlayground: {
+    llm: { device: { kind: string; description: string } };
+    createEngine(llm: unknown, opts: { maxBatchedTokens: number }): { logits(ids: number[]): Promise<Float32Array>; close(): Promise<void> };
+  };
 }
 /** Where Chromium may be: KILN_CHROMIUM, else Debian's binary (not its shell wrapper), else others. */
 const CHROMIUM = [process.env.KILN_CHROMIUM, '/usr/lib/chromium/chromium', '/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']
@@ -154,9 +157,16 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
     expect(device).toMatch(/swiftshader/i);
     // Teacher-forced logits over the whole golden sequence, in the page and in Node (cpu).
     const all = target.greedy_ids_fp32;
+    // Prefill in chunks of 8 rows: the kernels decode compiled already (a 30-row chunk would
+    // compile the tiled-matmul pipelines, ~17 s on SwiftShader). Logits do not depend on chunking.
     const inPage = new Float32Array(await page.evaluate(async (ids: number[]) => {
-      const { llm } = (globalThis as unknown as PageGlobals).kilnPlayground;
-      return Array.from(await llm.logits(ids));
+      const { llm, createEngine } = (globalThis as unknown as PageGlobals).kilnPlayground;
+      const engine = createEngine(llm, { maxBatchedTokens: 8 });
+      try {
+        return Array.from(await engine.logits(ids));
+      } finally {
+        await engine.close();
+      }
     }, all));
     const node = await llm.logits(all);
     const V = llm.spec.vocabSize;

@@ -3,7 +3,7 @@
 // WebGPU, or the cpu device). For automated use, URL parameters fill the controls and autorun=1
 // runs once: the completion (without the prompt) goes into #output, which then gets data-done="1",
 // or data-error="message" on failure.
-import { cpuWorkersAvailable, type LLM, loadModel } from '../browser/index.js';
+import { cpuWorkersAvailable, createEngine, type LLM, loadModel } from '../browser/index.js';
 
 // The slice of the DOM used here (the project's tsconfig has no DOM types).
 interface El {
@@ -97,7 +97,8 @@ async function browserModel(s: Settings): Promise<LLM> {
     onUpload: (done, total) => { status.textContent = `uploading weights: ${done} of ${total} tensors`; },
   });
   loaded = { key, llm };
-  g.kilnPlayground = { llm };
+  // For scripts and tests driving the page: the loaded model, and engines over it.
+  g.kilnPlayground = { llm, createEngine };
   return llm;
 }
 
