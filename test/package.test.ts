@@ -200,6 +200,7 @@ describe.skipIf('missing' in npm)('the npm package, installed and used with plai
 
   it('ships dist/, the bin, models, generated kernels and the addon sources, and no TypeScript sources', () => {
     for (const f of ['dist/index.js', 'dist/dsl.js', 'dist/kernels.js', 'dist/emit.js', 'dist/ops.js', 'dist/cli.js', 'dist/codegen-cli.js',
+      'dist/browser.js', 'dist/playground.js', 'dist/playground.html', 'dist/types/src/browser/index.d.ts',
       'dist/types/src/index.d.ts', 'dist/types/codegen/dsl/index.d.ts', 'dist/types/src/ops/index.d.ts', 'bin/kiln.mjs', 'scripts/build-addon.mjs',
       'models/brown-target/model.safetensors', 'models/brown-target/tokenizer.json', 'shaders/vectorAdd.wgsl', 'cuda/vectorAdd.cu',
       'cuda/host/binding.gyp', 'cuda/host/addon.cc', 'README.md', 'package.json']) {
@@ -280,6 +281,13 @@ describe.skipIf('missing' in npm)('the npm package, installed and used with plai
     expect(readFileSync(join(out, 'vectorAdd.wgsl'), 'utf8')).toBe(generate('wgsl', { kernel: 'vectorAdd' }).get('vectorAdd.wgsl'));
     const help = run(join(project, 'node_modules', '.bin', 'kiln'), ['--help'], project);
     expect(ok(help, 'kiln --help')).toContain('kiln generate');
+  });
+
+  it('the installed package builds the playground page from dist/ (kiln build-playground, no sources)', () => {
+    const out = join(project, 'playground');
+    ok(run(join(project, 'node_modules', '.bin', 'kiln'), ['build-playground', out, '--no-model'], project), 'kiln build-playground');
+    expect(readdirSync(out).sort()).toEqual(['_headers', 'index.html', 'playground.js']);
+    expect(readFileSync(join(out, 'playground.js'), 'utf8')).toBe(readFileSync(join(installed, 'dist', 'playground.js'), 'utf8'));
   });
 
   it('the shipped declarations type-check a consumer and reject a launch missing a binding', () => {
