@@ -59,18 +59,18 @@ extern "C" __global__ void __launch_bounds__(64) attentionMerge(
       const u32 cFirst = (u.window > 0u && kvEnd > u.window ? kvEnd - u.window : 0u) / chunkLen;
       const u32 cLast = (kvEnd - 1u) / chunkLen;
       if (cFirst != cLast) {
-        const u32 base = partBase + (i * numHeads + h) * tileChunks;
+        const u32 base = partBase + (i * numHeads + h);
         f32 m = -3.402823466e38f;
         for (u32 c = cFirst; c < cLast + 1u; c += 1u) {
-          m = fmaxf(m, partMl[(base + (c - cLo)) * 2u]);
+          m = fmaxf(m, partMl[(base + (c - cLo) * (nTok * numHeads)) * 2u]);
         }
         f32 l = 0.0f;
         f32 accSum = 0.0f;
         for (u32 c_1 = cFirst; c_1 < cLast + 1u; c_1 += 1u) {
-          const f32 mc = partMl[(base + (c_1 - cLo)) * 2u];
+          const f32 mc = partMl[(base + (c_1 - cLo) * (nTok * numHeads)) * 2u];
           const f32 w = mc == m ? 1.0f : exp2f(mc - m);
-          l = l + partMl[(base + (c_1 - cLo)) * 2u + 1u] * w;
-          accSum = accSum + partAcc[(base + (c_1 - cLo)) * 128u + d] * w;
+          l = l + partMl[(base + (c_1 - cLo) * (nTok * numHeads)) * 2u + 1u] * w;
+          accSum = accSum + partAcc[(base + (c_1 - cLo) * (nTok * numHeads)) * 128u + d] * w;
         }
         out[((qRow0 + i) * numHeads + h) * 128u + d] = accSum / l;
       }

@@ -13,10 +13,11 @@
 //   5: partAcc f32[] read_write, shape [partRows, 128]
 //   6: partMl f32[] read_write, shape [partRows, 2]
 //   7: out f32[] read_write, shape [numTokens, numKvHeads * 4, 128]
+//   8: tickets atomic<u32>[] read_write, shape [numTiles, numKvHeads]
 // uniforms: numTokens: u32 @0, numSeqs: u32 @4, numKvHeads: u32 @8, numBlocks: u32 @12, maxBlocksPerSeq: u32 @16, numTiles: u32 @20, maxTileChunks: u32 @24, partRows: u32 @28, window: u32 @32, scaleLog2: f32 @36
-//   (4-byte scalars in this order; WGSL: one uniform block at binding 8, padded to 48 bytes)
+//   (4-byte scalars in this order; WGSL: one uniform block at binding 9, padded to 48 bytes)
 // workgroup arrays: qTile: f32[2064], kvTile: f32[8384], scores: f32[1040], rowMax: f32[16], rowSum: f32[16], rowScale: f32[64], rowFrom: u32[64], rowTo: u32[64]
-// CUDA ABI: extern "C" attentionPartial(const f32* q, const float4* kCache, const float4* vCache, const u32* blockTables, const u32* tiles, f32* partAcc, f32* partMl, f32* out, attentionPartial_Uniforms u (by value))
+// CUDA ABI: extern "C" attentionPartial(const f32* q, const float4* kCache, const float4* vCache, const u32* blockTables, const u32* tiles, f32* partAcc, f32* partMl, f32* out, u32* tickets, attentionPartial_Uniforms u (by value))
 //   attentionPartial_Uniforms: the uniforms above, 40 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
 
@@ -33,6 +34,10 @@ template <typename T> struct vec4 { T x, y, z, w; };
 // A vector binding is a pointer to CUDA's vector type (one 8- or 16-byte load or store per element).
 __device__ inline vec4<f32> fromNative(float4 v) { return {v.x, v.y, v.z, v.w}; }
 __device__ inline float4 toNative(vec4<f32> v) { return {v.x, v.y, v.z, v.w}; }
+
+// Relaxed atomic load and store of one 32-bit word (volatile: never cached or merged).
+template <typename T> __device__ inline T atomicLoad(const T* p) { return *(const volatile T*)p; }
+template <typename T> __device__ inline void atomicStore(T* p, T v) { *(volatile T*)p = v; }
 
 struct attentionPartial_Uniforms {
   u32 numTokens;
@@ -56,6 +61,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     f32* __restrict__ partAcc,
     f32* __restrict__ partMl,
     f32* __restrict__ out,
+    u32* __restrict__ tickets,
     const attentionPartial_Uniforms u) {
   __shared__ f32 qTile[2064];
   __shared__ f32 kvTile[8384];
@@ -905,7 +911,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst == cLast) {
       out[((qRow0 + ri_3) * numHeads + kvh * 4u + oe0 / 128u % 4u) * 128u + oe0 % 128u] = acc[0u] / rowSum[oe0 / 128u];
     } else {
-      partAcc[(partBase + (ri_3 * numHeads + kvh * 4u + oe0 / 128u % 4u) * tileChunks + z) * 128u + oe0 % 128u] = acc[0u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_3 * numHeads + kvh * 4u + oe0 / 128u % 4u)) * 128u + oe0 % 128u] = acc[0u];
     }
   }
   const u32 oe1 = lid + 256u;
@@ -918,7 +924,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst_1 == cLast_1) {
       out[((qRow0 + ri_4) * numHeads + kvh * 4u + oe1 / 128u % 4u) * 128u + oe1 % 128u] = acc[1u] / rowSum[oe1 / 128u];
     } else {
-      partAcc[(partBase + (ri_4 * numHeads + kvh * 4u + oe1 / 128u % 4u) * tileChunks + z) * 128u + oe1 % 128u] = acc[1u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_4 * numHeads + kvh * 4u + oe1 / 128u % 4u)) * 128u + oe1 % 128u] = acc[1u];
     }
   }
   const u32 oe2 = lid + 512u;
@@ -931,7 +937,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst_2 == cLast_2) {
       out[((qRow0 + ri_5) * numHeads + kvh * 4u + oe2 / 128u % 4u) * 128u + oe2 % 128u] = acc[2u] / rowSum[oe2 / 128u];
     } else {
-      partAcc[(partBase + (ri_5 * numHeads + kvh * 4u + oe2 / 128u % 4u) * tileChunks + z) * 128u + oe2 % 128u] = acc[2u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_5 * numHeads + kvh * 4u + oe2 / 128u % 4u)) * 128u + oe2 % 128u] = acc[2u];
     }
   }
   const u32 oe3 = lid + 768u;
@@ -944,7 +950,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst_3 == cLast_3) {
       out[((qRow0 + ri_6) * numHeads + kvh * 4u + oe3 / 128u % 4u) * 128u + oe3 % 128u] = acc[3u] / rowSum[oe3 / 128u];
     } else {
-      partAcc[(partBase + (ri_6 * numHeads + kvh * 4u + oe3 / 128u % 4u) * tileChunks + z) * 128u + oe3 % 128u] = acc[3u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_6 * numHeads + kvh * 4u + oe3 / 128u % 4u)) * 128u + oe3 % 128u] = acc[3u];
     }
   }
   const u32 oe4 = lid + 1024u;
@@ -957,7 +963,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst_4 == cLast_4) {
       out[((qRow0 + ri_7) * numHeads + kvh * 4u + oe4 / 128u % 4u) * 128u + oe4 % 128u] = acc[4u] / rowSum[oe4 / 128u];
     } else {
-      partAcc[(partBase + (ri_7 * numHeads + kvh * 4u + oe4 / 128u % 4u) * tileChunks + z) * 128u + oe4 % 128u] = acc[4u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_7 * numHeads + kvh * 4u + oe4 / 128u % 4u)) * 128u + oe4 % 128u] = acc[4u];
     }
   }
   const u32 oe5 = lid + 1280u;
@@ -970,7 +976,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst_5 == cLast_5) {
       out[((qRow0 + ri_8) * numHeads + kvh * 4u + oe5 / 128u % 4u) * 128u + oe5 % 128u] = acc[5u] / rowSum[oe5 / 128u];
     } else {
-      partAcc[(partBase + (ri_8 * numHeads + kvh * 4u + oe5 / 128u % 4u) * tileChunks + z) * 128u + oe5 % 128u] = acc[5u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_8 * numHeads + kvh * 4u + oe5 / 128u % 4u)) * 128u + oe5 % 128u] = acc[5u];
     }
   }
   const u32 oe6 = lid + 1536u;
@@ -983,7 +989,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst_6 == cLast_6) {
       out[((qRow0 + ri_9) * numHeads + kvh * 4u + oe6 / 128u % 4u) * 128u + oe6 % 128u] = acc[6u] / rowSum[oe6 / 128u];
     } else {
-      partAcc[(partBase + (ri_9 * numHeads + kvh * 4u + oe6 / 128u % 4u) * tileChunks + z) * 128u + oe6 % 128u] = acc[6u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_9 * numHeads + kvh * 4u + oe6 / 128u % 4u)) * 128u + oe6 % 128u] = acc[6u];
     }
   }
   const u32 oe7 = lid + 1792u;
@@ -996,7 +1002,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     if (cFirst_7 == cLast_7) {
       out[((qRow0 + ri_10) * numHeads + kvh * 4u + oe7 / 128u % 4u) * 128u + oe7 % 128u] = acc[7u] / rowSum[oe7 / 128u];
     } else {
-      partAcc[(partBase + (ri_10 * numHeads + kvh * 4u + oe7 / 128u % 4u) * tileChunks + z) * 128u + oe7 % 128u] = acc[7u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_10 * numHeads + kvh * 4u + oe7 / 128u % 4u)) * 128u + oe7 % 128u] = acc[7u];
     }
   }
   if (lid < 16u) {
@@ -1006,8 +1012,51 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 cFirst_8 = rLo_10 / chunkLen;
     const u32 cLast_8 = (rEnd_10 - 1u) / chunkLen;
     if (ri_11 < nTok && chunk >= cFirst_8 && chunk <= cLast_8 && cFirst_8 != cLast_8) {
-      partMl[(partBase + (ri_11 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u] = rowMax[lid];
-      partMl[(partBase + (ri_11 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u + 1u] = rowSum[lid];
+      partMl[(partBase + z * (nTok * numHeads) + (ri_11 * numHeads + kvh * 4u + lid % 4u)) * 2u] = rowMax[lid];
+      partMl[(partBase + z * (nTok * numHeads) + (ri_11 * numHeads + kvh * 4u + lid % 4u)) * 2u + 1u] = rowSum[lid];
+    }
+  }
+  if (tileChunks > 1u) {
+    __threadfence();
+    __syncthreads();
+    if (lid == 0u) {
+      __threadfence();
+      const u32 tickets_old = atomicAdd(&tickets[workgroupId.x * u.numKvHeads + kvh], 1u);
+      const bool tickets_last = tickets_old + 1u == tileChunks;
+      if (tickets_last) {
+        __threadfence();
+        atomicStore(&tickets[workgroupId.x * u.numKvHeads + kvh], 0u);
+      }
+      rowFrom[0u] = tickets_last ? 1u : 0u;
+    }
+    __syncthreads();
+    if (rowFrom[0u] == 1u) {
+      for (u32 mg = 0u; mg < 4u; mg += 1u) {
+        const u32 mh = kvh * 4u + mg;
+        for (u32 e_2 = lid; e_2 < nTok * 128u; e_2 += 256u) {
+          const u32 i = e_2 / 128u;
+          const u32 d = e_2 % 128u;
+          const u32 kvEnd = pos0 + i + 1u;
+          const u32 cFirst_9 = (u.window > 0u && kvEnd > u.window ? kvEnd - u.window : 0u) / chunkLen;
+          const u32 cLast_9 = (kvEnd - 1u) / chunkLen;
+          if (cFirst_9 != cLast_9) {
+            const u32 base = partBase + (i * numHeads + mh);
+            f32 m = -3.402823466e38f;
+            for (u32 c_1 = cFirst_9; c_1 < cLast_9 + 1u; c_1 += 1u) {
+              m = fmaxf(m, partMl[(base + (c_1 - cLo) * (nTok * numHeads)) * 2u]);
+            }
+            f32 l = 0.0f;
+            f32 accSum = 0.0f;
+            for (u32 c_2 = cFirst_9; c_2 < cLast_9 + 1u; c_2 += 1u) {
+              const f32 mc = partMl[(base + (c_2 - cLo) * (nTok * numHeads)) * 2u];
+              const f32 w = mc == m ? 1.0f : exp2f(mc - m);
+              l = l + partMl[(base + (c_2 - cLo) * (nTok * numHeads)) * 2u + 1u] * w;
+              accSum = accSum + partAcc[(base + (c_2 - cLo) * (nTok * numHeads)) * 128u + d] * w;
+            }
+            out[((qRow0 + i) * numHeads + mh) * 128u + d] = accSum / l;
+          }
+        }
+      }
     }
   }
 }

@@ -46,18 +46,18 @@ fn attentionMerge(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_
       let cFirst: u32 = select(0u, kvEnd - u.window, u.window > 0u && kvEnd > u.window) / chunkLen;
       let cLast: u32 = (kvEnd - 1u) / chunkLen;
       if (cFirst != cLast) {
-        let base: u32 = partBase + (i * numHeads + h) * tileChunks;
+        let base: u32 = partBase + (i * numHeads + h);
         var m: f32 = -3.402823466e38f;
         for (var c: u32 = cFirst; c < cLast + 1u; c = c + 1u) {
-          m = max(m, partMl[(base + (c - cLo)) * 2u]);
+          m = max(m, partMl[(base + (c - cLo) * (nTok * numHeads)) * 2u]);
         }
         var l: f32 = 0.0f;
         var accSum: f32 = 0.0f;
         for (var c_1: u32 = cFirst; c_1 < cLast + 1u; c_1 = c_1 + 1u) {
-          let mc: f32 = partMl[(base + (c_1 - cLo)) * 2u];
+          let mc: f32 = partMl[(base + (c_1 - cLo) * (nTok * numHeads)) * 2u];
           let w: f32 = select(exp2(mc - m), 1.0f, mc == m);
-          l = l + partMl[(base + (c_1 - cLo)) * 2u + 1u] * w;
-          accSum = accSum + partAcc[(base + (c_1 - cLo)) * 128u + d] * w;
+          l = l + partMl[(base + (c_1 - cLo) * (nTok * numHeads)) * 2u + 1u] * w;
+          accSum = accSum + partAcc[(base + (c_1 - cLo) * (nTok * numHeads)) * 128u + d] * w;
         }
         out[((qRow0 + i) * numHeads + h) * 128u + d] = accSum / l;
       }

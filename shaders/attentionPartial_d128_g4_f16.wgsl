@@ -334,7 +334,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst == cLast) {
       out[((qRow0 + ri_3) * numHeads + kvh * 4u + oe0 / 128u % 4u) * 128u + oe0 % 128u] = acc[0u] / rowSum[oe0 / 128u];
     } else {
-      partAcc[(partBase + (ri_3 * numHeads + kvh * 4u + oe0 / 128u % 4u) * tileChunks + z) * 128u + oe0 % 128u] = acc[0u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_3 * numHeads + kvh * 4u + oe0 / 128u % 4u)) * 128u + oe0 % 128u] = acc[0u];
     }
   }
   let oe1: u32 = lid + 256u;
@@ -347,7 +347,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_1 == cLast_1) {
       out[((qRow0 + ri_4) * numHeads + kvh * 4u + oe1 / 128u % 4u) * 128u + oe1 % 128u] = acc[1u] / rowSum[oe1 / 128u];
     } else {
-      partAcc[(partBase + (ri_4 * numHeads + kvh * 4u + oe1 / 128u % 4u) * tileChunks + z) * 128u + oe1 % 128u] = acc[1u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_4 * numHeads + kvh * 4u + oe1 / 128u % 4u)) * 128u + oe1 % 128u] = acc[1u];
     }
   }
   let oe2: u32 = lid + 512u;
@@ -360,7 +360,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_2 == cLast_2) {
       out[((qRow0 + ri_5) * numHeads + kvh * 4u + oe2 / 128u % 4u) * 128u + oe2 % 128u] = acc[2u] / rowSum[oe2 / 128u];
     } else {
-      partAcc[(partBase + (ri_5 * numHeads + kvh * 4u + oe2 / 128u % 4u) * tileChunks + z) * 128u + oe2 % 128u] = acc[2u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_5 * numHeads + kvh * 4u + oe2 / 128u % 4u)) * 128u + oe2 % 128u] = acc[2u];
     }
   }
   let oe3: u32 = lid + 768u;
@@ -373,7 +373,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_3 == cLast_3) {
       out[((qRow0 + ri_6) * numHeads + kvh * 4u + oe3 / 128u % 4u) * 128u + oe3 % 128u] = acc[3u] / rowSum[oe3 / 128u];
     } else {
-      partAcc[(partBase + (ri_6 * numHeads + kvh * 4u + oe3 / 128u % 4u) * tileChunks + z) * 128u + oe3 % 128u] = acc[3u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_6 * numHeads + kvh * 4u + oe3 / 128u % 4u)) * 128u + oe3 % 128u] = acc[3u];
     }
   }
   let oe4: u32 = lid + 1024u;
@@ -386,7 +386,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_4 == cLast_4) {
       out[((qRow0 + ri_7) * numHeads + kvh * 4u + oe4 / 128u % 4u) * 128u + oe4 % 128u] = acc[4u] / rowSum[oe4 / 128u];
     } else {
-      partAcc[(partBase + (ri_7 * numHeads + kvh * 4u + oe4 / 128u % 4u) * tileChunks + z) * 128u + oe4 % 128u] = acc[4u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_7 * numHeads + kvh * 4u + oe4 / 128u % 4u)) * 128u + oe4 % 128u] = acc[4u];
     }
   }
   let oe5: u32 = lid + 1280u;
@@ -399,7 +399,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_5 == cLast_5) {
       out[((qRow0 + ri_8) * numHeads + kvh * 4u + oe5 / 128u % 4u) * 128u + oe5 % 128u] = acc[5u] / rowSum[oe5 / 128u];
     } else {
-      partAcc[(partBase + (ri_8 * numHeads + kvh * 4u + oe5 / 128u % 4u) * tileChunks + z) * 128u + oe5 % 128u] = acc[5u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_8 * numHeads + kvh * 4u + oe5 / 128u % 4u)) * 128u + oe5 % 128u] = acc[5u];
     }
   }
   let oe6: u32 = lid + 1536u;
@@ -412,7 +412,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_6 == cLast_6) {
       out[((qRow0 + ri_9) * numHeads + kvh * 4u + oe6 / 128u % 4u) * 128u + oe6 % 128u] = acc[6u] / rowSum[oe6 / 128u];
     } else {
-      partAcc[(partBase + (ri_9 * numHeads + kvh * 4u + oe6 / 128u % 4u) * tileChunks + z) * 128u + oe6 % 128u] = acc[6u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_9 * numHeads + kvh * 4u + oe6 / 128u % 4u)) * 128u + oe6 % 128u] = acc[6u];
     }
   }
   let oe7: u32 = lid + 1792u;
@@ -425,7 +425,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_7 == cLast_7) {
       out[((qRow0 + ri_10) * numHeads + kvh * 4u + oe7 / 128u % 4u) * 128u + oe7 % 128u] = acc[7u] / rowSum[oe7 / 128u];
     } else {
-      partAcc[(partBase + (ri_10 * numHeads + kvh * 4u + oe7 / 128u % 4u) * tileChunks + z) * 128u + oe7 % 128u] = acc[7u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_10 * numHeads + kvh * 4u + oe7 / 128u % 4u)) * 128u + oe7 % 128u] = acc[7u];
     }
   }
   if (lid < 16u) {
@@ -435,8 +435,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let cFirst_8: u32 = rLo_10 / chunkLen;
     let cLast_8: u32 = (rEnd_10 - 1u) / chunkLen;
     if (ri_11 < nTok && chunk >= cFirst_8 && chunk <= cLast_8 && cFirst_8 != cLast_8) {
-      partMl[(partBase + (ri_11 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u] = rowMax[lid];
-      partMl[(partBase + (ri_11 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u + 1u] = rowSum[lid];
+      partMl[(partBase + z * (nTok * numHeads) + (ri_11 * numHeads + kvh * 4u + lid % 4u)) * 2u] = rowMax[lid];
+      partMl[(partBase + z * (nTok * numHeads) + (ri_11 * numHeads + kvh * 4u + lid % 4u)) * 2u + 1u] = rowSum[lid];
     }
   }
 }

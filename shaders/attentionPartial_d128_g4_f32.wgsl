@@ -467,7 +467,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst == cLast) {
       out[((qRow0 + ri_3) * numHeads + kvh * 4u + oe0 / 128u % 4u) * 128u + oe0 % 128u] = acc[0u] / rowSum[oe0 / 128u];
     } else {
-      partAcc[(partBase + (ri_3 * numHeads + kvh * 4u + oe0 / 128u % 4u) * tileChunks + z) * 128u + oe0 % 128u] = acc[0u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_3 * numHeads + kvh * 4u + oe0 / 128u % 4u)) * 128u + oe0 % 128u] = acc[0u];
     }
   }
   let oe1: u32 = lid + 128u;
@@ -480,7 +480,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_1 == cLast_1) {
       out[((qRow0 + ri_4) * numHeads + kvh * 4u + oe1 / 128u % 4u) * 128u + oe1 % 128u] = acc[1u] / rowSum[oe1 / 128u];
     } else {
-      partAcc[(partBase + (ri_4 * numHeads + kvh * 4u + oe1 / 128u % 4u) * tileChunks + z) * 128u + oe1 % 128u] = acc[1u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_4 * numHeads + kvh * 4u + oe1 / 128u % 4u)) * 128u + oe1 % 128u] = acc[1u];
     }
   }
   let oe2: u32 = lid + 256u;
@@ -493,7 +493,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_2 == cLast_2) {
       out[((qRow0 + ri_5) * numHeads + kvh * 4u + oe2 / 128u % 4u) * 128u + oe2 % 128u] = acc[2u] / rowSum[oe2 / 128u];
     } else {
-      partAcc[(partBase + (ri_5 * numHeads + kvh * 4u + oe2 / 128u % 4u) * tileChunks + z) * 128u + oe2 % 128u] = acc[2u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_5 * numHeads + kvh * 4u + oe2 / 128u % 4u)) * 128u + oe2 % 128u] = acc[2u];
     }
   }
   let oe3: u32 = lid + 384u;
@@ -506,7 +506,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_3 == cLast_3) {
       out[((qRow0 + ri_6) * numHeads + kvh * 4u + oe3 / 128u % 4u) * 128u + oe3 % 128u] = acc[3u] / rowSum[oe3 / 128u];
     } else {
-      partAcc[(partBase + (ri_6 * numHeads + kvh * 4u + oe3 / 128u % 4u) * tileChunks + z) * 128u + oe3 % 128u] = acc[3u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_6 * numHeads + kvh * 4u + oe3 / 128u % 4u)) * 128u + oe3 % 128u] = acc[3u];
     }
   }
   let oe4: u32 = lid + 512u;
@@ -519,7 +519,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_4 == cLast_4) {
       out[((qRow0 + ri_7) * numHeads + kvh * 4u + oe4 / 128u % 4u) * 128u + oe4 % 128u] = acc[4u] / rowSum[oe4 / 128u];
     } else {
-      partAcc[(partBase + (ri_7 * numHeads + kvh * 4u + oe4 / 128u % 4u) * tileChunks + z) * 128u + oe4 % 128u] = acc[4u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_7 * numHeads + kvh * 4u + oe4 / 128u % 4u)) * 128u + oe4 % 128u] = acc[4u];
     }
   }
   let oe5: u32 = lid + 640u;
@@ -532,7 +532,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_5 == cLast_5) {
       out[((qRow0 + ri_8) * numHeads + kvh * 4u + oe5 / 128u % 4u) * 128u + oe5 % 128u] = acc[5u] / rowSum[oe5 / 128u];
     } else {
-      partAcc[(partBase + (ri_8 * numHeads + kvh * 4u + oe5 / 128u % 4u) * tileChunks + z) * 128u + oe5 % 128u] = acc[5u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_8 * numHeads + kvh * 4u + oe5 / 128u % 4u)) * 128u + oe5 % 128u] = acc[5u];
     }
   }
   let oe6: u32 = lid + 768u;
@@ -545,7 +545,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_6 == cLast_6) {
       out[((qRow0 + ri_9) * numHeads + kvh * 4u + oe6 / 128u % 4u) * 128u + oe6 % 128u] = acc[6u] / rowSum[oe6 / 128u];
     } else {
-      partAcc[(partBase + (ri_9 * numHeads + kvh * 4u + oe6 / 128u % 4u) * tileChunks + z) * 128u + oe6 % 128u] = acc[6u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_9 * numHeads + kvh * 4u + oe6 / 128u % 4u)) * 128u + oe6 % 128u] = acc[6u];
     }
   }
   let oe7: u32 = lid + 896u;
@@ -558,7 +558,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_7 == cLast_7) {
       out[((qRow0 + ri_10) * numHeads + kvh * 4u + oe7 / 128u % 4u) * 128u + oe7 % 128u] = acc[7u] / rowSum[oe7 / 128u];
     } else {
-      partAcc[(partBase + (ri_10 * numHeads + kvh * 4u + oe7 / 128u % 4u) * tileChunks + z) * 128u + oe7 % 128u] = acc[7u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_10 * numHeads + kvh * 4u + oe7 / 128u % 4u)) * 128u + oe7 % 128u] = acc[7u];
     }
   }
   let oe8: u32 = lid + 1024u;
@@ -571,7 +571,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_8 == cLast_8) {
       out[((qRow0 + ri_11) * numHeads + kvh * 4u + oe8 / 128u % 4u) * 128u + oe8 % 128u] = acc[8u] / rowSum[oe8 / 128u];
     } else {
-      partAcc[(partBase + (ri_11 * numHeads + kvh * 4u + oe8 / 128u % 4u) * tileChunks + z) * 128u + oe8 % 128u] = acc[8u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_11 * numHeads + kvh * 4u + oe8 / 128u % 4u)) * 128u + oe8 % 128u] = acc[8u];
     }
   }
   let oe9: u32 = lid + 1152u;
@@ -584,7 +584,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_9 == cLast_9) {
       out[((qRow0 + ri_12) * numHeads + kvh * 4u + oe9 / 128u % 4u) * 128u + oe9 % 128u] = acc[9u] / rowSum[oe9 / 128u];
     } else {
-      partAcc[(partBase + (ri_12 * numHeads + kvh * 4u + oe9 / 128u % 4u) * tileChunks + z) * 128u + oe9 % 128u] = acc[9u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_12 * numHeads + kvh * 4u + oe9 / 128u % 4u)) * 128u + oe9 % 128u] = acc[9u];
     }
   }
   let oe10: u32 = lid + 1280u;
@@ -597,7 +597,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_10 == cLast_10) {
       out[((qRow0 + ri_13) * numHeads + kvh * 4u + oe10 / 128u % 4u) * 128u + oe10 % 128u] = acc[10u] / rowSum[oe10 / 128u];
     } else {
-      partAcc[(partBase + (ri_13 * numHeads + kvh * 4u + oe10 / 128u % 4u) * tileChunks + z) * 128u + oe10 % 128u] = acc[10u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_13 * numHeads + kvh * 4u + oe10 / 128u % 4u)) * 128u + oe10 % 128u] = acc[10u];
     }
   }
   let oe11: u32 = lid + 1408u;
@@ -610,7 +610,7 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     if (cFirst_11 == cLast_11) {
       out[((qRow0 + ri_14) * numHeads + kvh * 4u + oe11 / 128u % 4u) * 128u + oe11 % 128u] = acc[11u] / rowSum[oe11 / 128u];
     } else {
-      partAcc[(partBase + (ri_14 * numHeads + kvh * 4u + oe11 / 128u % 4u) * tileChunks + z) * 128u + oe11 % 128u] = acc[11u];
+      partAcc[(partBase + z * (nTok * numHeads) + (ri_14 * numHeads + kvh * 4u + oe11 / 128u % 4u)) * 128u + oe11 % 128u] = acc[11u];
     }
   }
   if (lid < 12u) {
@@ -620,8 +620,8 @@ fn attentionPartial(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(loca
     let cFirst_12: u32 = rLo_14 / chunkLen;
     let cLast_12: u32 = (rEnd_14 - 1u) / chunkLen;
     if (ri_15 < nTok && chunk >= cFirst_12 && chunk <= cLast_12 && cFirst_12 != cLast_12) {
-      partMl[(partBase + (ri_15 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u] = rowMax[lid];
-      partMl[(partBase + (ri_15 * numHeads + kvh * 4u + lid % 4u) * tileChunks + z) * 2u + 1u] = rowSum[lid];
+      partMl[(partBase + z * (nTok * numHeads) + (ri_15 * numHeads + kvh * 4u + lid % 4u)) * 2u] = rowMax[lid];
+      partMl[(partBase + z * (nTok * numHeads) + (ri_15 * numHeads + kvh * 4u + lid % 4u)) * 2u + 1u] = rowSum[lid];
     }
   }
 }

@@ -26,7 +26,11 @@ export interface FusedLinearSpec {
   rope?: RopeAppendEpilogue;
 }
 
-/** Sizes: M rows; with rope also maxPos (the rope table's positions) and numBlocks (the cache's). */
+/**
+ * Sizes: M rows; with rope also maxPos (the rope table's positions) and numBlocks (the cache's).
+ * maxRows (optional): the most rows any call will bring; scratch is sized for it at once, so it is
+ * never regrown (a captured graph keeps its addresses).
+ */
 export type FusedLinearSizes = Record<string, number> & { M: number };
 
 export interface FusedLinearOp extends Op<Record<string, BindingSpec>, FusedLinearSizes> {
@@ -83,10 +87,10 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
     return true;
   };
 
-  const ropeSteps = (M: number, maxPos: number, numBlocks: number, temps: Plan['temps']): PlanStep[] => {
+  const ropeSteps = (M: number, maxPos: number, numBlocks: number, temps: Plan['temps'], rowsCap: number): PlanStep[] => {
     if (!r) return [];
-    temps.kNew = { t: 'f32', length: M * r.kvHeads * r.headDim };
-    temps.vNew = { t: 'f32', length: M * r.kvHeads * r.headDim };
+    temps.kNew = { t: 'f32', length: rowsCap * r.kvHeads * r.headDim };
+    temps.vNew = { t: 'f32', length: rowsCap * r.kvHeads * r.headDim };
     const rope = ropeQkv({ layout: r.layout, caps: caps_ });
     // The same kernel object every plan: a captured step's launches compare equal.
     const append = memoKernel(`kvAppend/${r.headDim}/${r.kvDtype}/${r.blockSize}/${capsKey(caps_)}`,
@@ -107,7 +111,7 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
     const temps: Plan['temps'] = {};
     const steps: PlanStep[] = [];
     // Rows sized for the largest GEMV where the GEMV runs, so decode and verify share scratch.
-    const rowsCap = Math.max(M, GEMV_MAX_ROWS);
+    const rowsCap = Math.max(M, GEMV_MAX_ROWS, sizes.maxRows ?? 0);
     if (r) temps.qkv = { t: 'f32', length: rowsCap * N };
     const ropeUniforms: Record<string, number> = r ? { maxPos, numBlocks } : {};
     if (M <= GEMV_MAX_ROWS) {
@@ -133,18 +137,18 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
       const finish = linearFinishKernel({ epilogue: e, workgroupSize: l.choice.finishWorkgroupSize, caps: caps_ });
       steps.push({ kernel: gemv, bind: gemvBind, uniforms: gemvUniforms });
       steps.push({ kernel: finish, bind: { part: 'part', ...same(epiNames), out: outName }, uniforms: { M, N, S } });
-      steps.push(...ropeSteps(M, maxPos, numBlocks, temps));
+      steps.push(...ropeSteps(M, maxPos, numBlocks, temps, rowsCap));
       return { temps, steps };
     }
     let x = 'x';
     if (spec.norm) {
-      temps.normed = { t: 'f32', length: M * K };
+      temps.normed = { t: 'f32', length: rowsCap * K };
       steps.push({ kernel: rmsNorm({ caps: caps_, workgroupSize: spec.norm.workgroupSize }), bind: { x: 'x', w: 'normW', out: 'normed' }, uniforms: { M, D: K, eps: spec.norm.eps } });
       x = 'normed';
     }
     const gemm = gemmKernel(src, e, l.choice.gemm, caps_);
     steps.push({ kernel: gemm, bind: { x, ...same(weightNames), ...same(epiNames), out: outName }, uniforms: { M, K, N, Nw, segLen: l.choice.segLen } });
-    steps.push(...ropeSteps(M, maxPos, numBlocks, temps));
+    steps.push(...ropeSteps(M, maxPos, numBlocks, temps, rowsCap));
     return { temps, steps };
   };
   const base = op(name, bindings, plan);

@@ -246,6 +246,8 @@ export function attentionPartial(c: AttentionConfig) {
       partAcc: storage('f32', 'read_write', { shape: `[partRows, ${D}]` }),
       partMl: storage('f32', 'read_write', { shape: '[partRows, 2]' }),
       out: storage('f32', 'read_write', { shape: headsShape(c) }),
+      // Where the device has a fence, the last chunk of a (tile, KV head) to finish merges it.
+      ...(c.caps.deviceFence ? { tickets: storage('u32', 'read_write', { atomic: true, shape: '[numTiles, numKvHeads]' }) } : {}),
     },
     uniforms: {
       numTokens: 'u32', numSeqs: 'u32', numKvHeads: 'u32', numBlocks: 'u32', maxBlocksPerSeq: 'u32',
@@ -431,7 +433,8 @@ export function attentionPartial(c: AttentionConfig) {
       const rowChunks = (r: ReturnType<typeof row>) => ({
         first: k.let('cFirst', r.lo.div(t.chunkLen)), last: k.let('cLast', r.kvEnd.sub(1).div(t.chunkLen)),
       });
-      const partRow = (r: ReturnType<typeof row>) => t.partBase.add(r.i.mul(H).add(kvh.mul(G)).add(r.g).mul(t.tileChunks)).add(z);
+      // Partials chunk-major within the tile's region: a workgroup's rows are adjacent (coalesced).
+      const partRow = (r: ReturnType<typeof row>) => t.partBase.add(z.mul(t.nTok.mul(H))).add(r.i.mul(H).add(kvh.mul(G)).add(r.g));
       for (let j = 0; j < npt; j++) {
         const e = k.let(`oe${j}`, lid.add(j * W));
         const body = () => {
@@ -455,6 +458,24 @@ export function attentionPartial(c: AttentionConfig) {
           b.partMl.set(partRow(r).mul(2).add(1), lS.at(lid));
         });
       });
+      if (b.tickets) {
+        // Last-arrival merge (the merge kernel's arithmetic): every invocation fences its partials,
+        // invocation 0 takes the (tile, KV head)'s ticket, and the last of its chunks merges.
+        const tickets = b.tickets.writableRef();
+        const lastS = rowA; // free after the KV loop: its first word carries the verdict
+        k.if(t.tileChunks.gt(1), () => {
+          k.deviceFence();
+          k.barrier();
+          k.if(lid.eq(0), () => {
+            const last = k.lastArrival(tickets, k.workgroupId.x.mul(u.numKvHeads).add(kvh), t.tileChunks);
+            lastS.set(0, k.select(last, k.u32(1), k.u32(0)));
+          });
+          k.barrier();
+          k.if(lastS.at(0).eq(1), () => {
+            k.for('mg', k.u32(0), k.u32(G), (g) => mergeHead(k, D, b, t, k.let('mh', kvh.mul(G).add(g)), H, u.window, lid, W));
+          });
+        });
+      }
     },
   });
 }
@@ -480,29 +501,37 @@ export function attentionMerge(c: AttentionConfig) {
       const t = tileView(k, b.tiles, k.workgroupId.x, ['seq']);
       const h = k.let('h', k.workgroupId.y);
       const H = k.let('numHeads', u.numKvHeads.mul(c.groupSize));
-      k.if(t.tileChunks.gt(1), () => {
-        k.for('e', k.localIndex, t.nTok.mul(D), (e) => {
-          const i = k.let('i', e.div(D)), d = k.let('d', e.rem(D));
-          const kvEnd = k.let('kvEnd', t.pos0.add(i).add(1));
-          const first = k.let('cFirst', windowStart(k, kvEnd, u.window).div(t.chunkLen)), last = k.let('cLast', kvEnd.sub(1).div(t.chunkLen));
-          k.if(first.ne(last), () => {
-            const base = k.let('base', t.partBase.add(i.mul(H).add(h).mul(t.tileChunks)));
-            const slot = (ch: Val<'u32'>) => base.add(ch.sub(t.cLo));
-            const m = k.var('m', 'f32', -F32_MAX);
-            k.for('c', first, last.add(1), (ch) => m.set(max(m, b.partMl.at(slot(ch).mul(2)))));
-            const l = k.var('l', 'f32', 0), a = k.var('accSum', 'f32', 0);
-            k.for('c', first, last.add(1), (ch) => {
-              const mc = k.let('mc', b.partMl.at(slot(ch).mul(2)));
-              const w = k.let('w', k.select(mc.eq(m), k.f32(1), exp2(mc.sub(m))));
-              l.set(l.add(b.partMl.at(slot(ch).mul(2).add(1)).mul(w)));
-              a.set(a.add(b.partAcc.at(slot(ch).mul(D).add(d)).mul(w)));
-            });
-            b.out.set(t.qRow0.add(i).mul(H).add(h).mul(D).add(d), a.div(l));
-          });
-        }, 64);
-      });
+      k.if(t.tileChunks.gt(1), () => mergeHead(k, D, b, t, h, H, u.window, k.localIndex, W));
     },
   });
+}
+
+/**
+ * Query head h's multi-chunk rows of a tile: the partials of its chunks merged in chunk order,
+ * elements from `from` in steps of `step` (the merge kernel, or the last chunk's workgroup).
+ */
+function mergeHead(k: KernelBuilder, D: number,
+  b: { partAcc: ArrayRef<'f32', boolean>; partMl: ArrayRef<'f32', boolean>; out: ArrayRef<'f32', true> },
+  t: TileView, h: Val<'u32'>, H: Val<'u32'>, window: Val<'u32'>, from: Val<'u32'>, step: number): void {
+  k.for('e', from, t.nTok.mul(D), (e) => {
+    const i = k.let('i', e.div(D)), d = k.let('d', e.rem(D));
+    const kvEnd = k.let('kvEnd', t.pos0.add(i).add(1));
+    const first = k.let('cFirst', windowStart(k, kvEnd, window).div(t.chunkLen)), last = k.let('cLast', kvEnd.sub(1).div(t.chunkLen));
+    k.if(first.ne(last), () => {
+      const base = k.let('base', t.partBase.add(i.mul(H).add(h)));
+      const slot = (ch: Val<'u32'>) => base.add(ch.sub(t.cLo).mul(t.nTok.mul(H)));
+      const m = k.var('m', 'f32', -F32_MAX);
+      k.for('c', first, last.add(1), (ch) => m.set(max(m, b.partMl.at(slot(ch).mul(2)))));
+      const l = k.var('l', 'f32', 0), a = k.var('accSum', 'f32', 0);
+      k.for('c', first, last.add(1), (ch) => {
+        const mc = k.let('mc', b.partMl.at(slot(ch).mul(2)));
+        const w = k.let('w', k.select(mc.eq(m), k.f32(1), exp2(mc.sub(m))));
+        l.set(l.add(b.partMl.at(slot(ch).mul(2).add(1)).mul(w)));
+        a.set(a.add(b.partAcc.at(slot(ch).mul(D).add(d)).mul(w)));
+      });
+      b.out.set(t.qRow0.add(i).mul(H).add(h).mul(D).add(d), a.div(l));
+    });
+  }, step);
 }
 
 export type AttentionSizes = {
@@ -538,22 +567,28 @@ export function pagedAttention(p: PagedAttentionParams) {
     if (!(s.scale > 0) || !Number.isFinite(s.scale)) throw new Error(`op 'pagedAttention': scale = ${s.scale} must be positive and finite`);
     const partRows = Math.max(1, s.partRows);
     const uni = { ...s, partRows, scaleLog2: s.scale * Math.LOG2E };
+    const fold = !!c.caps.deviceFence; // the merge runs in the partial kernel's last arrivals
     const steps: Plan['steps'] = [{
       kernel: partial,
-      bind: { q: 'q', kCache: 'kCache', vCache: 'vCache', blockTables: 'blockTables', tiles: 'tiles', partAcc: 'partAcc', partMl: 'partMl', out: 'out' },
+      bind: {
+        q: 'q', kCache: 'kCache', vCache: 'vCache', blockTables: 'blockTables', tiles: 'tiles', partAcc: 'partAcc', partMl: 'partMl', out: 'out',
+        ...(fold ? { tickets: 'tickets' } : {}),
+      },
       uniforms: {
         numTokens: s.numTokens, numSeqs: s.numSeqs, numKvHeads: s.numKvHeads, numBlocks: s.numBlocks, maxBlocksPerSeq: s.maxBlocksPerSeq,
         numTiles: s.numTiles, maxTileChunks: s.maxTileChunks, partRows, window: s.window, scaleLog2: uni.scaleLog2,
       },
     }];
-    if (s.maxTileChunks > 1) {
+    if (s.maxTileChunks > 1 && !fold) {
       steps.push({
         kernel: merge,
         bind: { tiles: 'tiles', partAcc: 'partAcc', partMl: 'partMl', out: 'out' },
         uniforms: { numTokens: s.numTokens, numKvHeads: s.numKvHeads, numTiles: s.numTiles, partRows, window: s.window },
       });
     }
-    return { temps: { partAcc: { t: 'f32', length: partRows * c.headDim }, partMl: { t: 'f32', length: partRows * 2 } }, steps };
+    const temps: Plan['temps'] = { partAcc: { t: 'f32', length: partRows * c.headDim }, partMl: { t: 'f32', length: partRows * 2 } };
+    if (fold) temps.tickets = { t: 'u32', length: s.numTiles * s.numKvHeads };
+    return { temps, steps };
   });
   return Object.assign(o, { kernels: [partial, merge], config: c });
 }

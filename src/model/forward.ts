@@ -62,7 +62,7 @@ export interface PassLayout {
   blockTables: DeviceBuffer<'u32'>;
   tiles: DeviceBuffer<'u32'>;
   /** Attention partials owned by the layout (decode buckets); else the device's shared scratch. */
-  partials?: { acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> };
+  partials?: { acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'>; tickets: DeviceBuffer<'u32'> };
   /** Logits rows are the activation rows 0..logitRows−1 in order (decode): no gather. */
   identityRows?: boolean;
 }
@@ -126,7 +126,7 @@ export class LlamaForward {
   private readonly graphsEnabled: boolean;
   /** Metadata and attention scratch of decode steps, sized for the largest bucket, never regrown
    *  (a captured graph keeps their addresses). */
-  private decodeBufs: { blockTables: DeviceBuffer<'u32'>; tiles: DeviceBuffer<'u32'>; acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'> } | null = null;
+  private decodeBufs: { blockTables: DeviceBuffer<'u32'>; tiles: DeviceBuffer<'u32'>; acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'>; tickets: DeviceBuffer<'u32'> } | null = null;
   private readonly decodeLayouts = new Map<number, PassLayout>();
   /** Each linear layer as a fused op (fusedLinear.ts): norm before, RoPE + KV append after QKV. */
   private readonly fused = new Map<DeviceLinear, FusedLinearOp>();
@@ -288,6 +288,8 @@ export class LlamaForward {
       dev.run(this.ops.attention, {
         q: a.q, kCache, vCache, blockTables: L.blockTables, tiles: L.tiles, out: a.attn,
         ...(L.partials ? { partAcc: L.partials.acc, partMl: L.partials.ml } : {}),
+        // The last-arrival merge's tickets (devices with a fence), owned by the layout like the partials.
+        ...(L.partials && dev.caps.deviceFence ? { tickets: L.partials.tickets } : {}),
       }, L.attention);
       this.linear(w.o, a.attn, { out: a.x2, residual: a.x }, T);
       // FFN block: x = x2 + Wd · (SiLU(Wg · norm(x2)) ⊙ Wu · norm(x2))
@@ -402,7 +404,7 @@ export class LlamaForward {
     if (!layout) {
       layout = {
         tokens: B, logitRows: B, attention: decodeAttentionSizes(B, g), identityRows: true,
-        blockTables: bufs.blockTables, tiles: bufs.tiles, partials: { acc: bufs.acc, ml: bufs.ml },
+        blockTables: bufs.blockTables, tiles: bufs.tiles, partials: { acc: bufs.acc, ml: bufs.ml, tickets: bufs.tickets },
       };
       this.decodeLayouts.set(B, layout);
     }
@@ -425,6 +427,7 @@ export class LlamaForward {
         tiles: alloc('u32', top * TILE_WORDS, 'decode.attentionTiles'),
         acc: alloc('f32', partRows * this.spec.headDim, 'decode.attentionPartAcc'),
         ml: alloc('f32', partRows * 2, 'decode.attentionPartMl'),
+        tickets: alloc('u32', top * g.numKvHeads, 'decode.attentionTickets'),
       };
     } catch (e) {
       for (const b of made) this.dev.free(b);
@@ -483,7 +486,7 @@ export class LlamaForward {
   private linear(lin: DeviceLinear, x: DeviceBuffer<'f32'>, more: Record<string, DeviceBuffer>, M: number, sizes: Record<string, number> = {}): void {
     const op = this.fused.get(lin);
     if (!op) throw new ForwardError(`no fused op for linear layer '${lin.op.name}'`);
-    runFusedLinear(this.dev, op, { x, ...lin.weights, ...more }, { ...sizes, M });
+    runFusedLinear(this.dev, op, { x, ...lin.weights, ...more }, { ...sizes, M, maxRows: this.maxBatchTokens });
   }
 
   private ensure<T extends 'u32' | 'f32'>(buf: DeviceBuffer<T> | null, n: number, label: string, t: T = 'u32' as T): DeviceBuffer<T> {
