@@ -248,6 +248,11 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
       const device = await page.evaluate(() => (globalThis as unknown as PageGlobals).kilnPlayground.llm.device.description);
       expect(device).toMatch(/main thread/);
       await page.close();
+      // Opened without parameters, the page finds no API behind it and switches to this browser.
+      const plain = await browser.newPage();
+      await plain.goto(url);
+      await plain.waitForFunction(() => (globalThis as unknown as { document: { getElementById(id: string): { value: string } } }).document.getElementById('mode')!.value === 'browser', { timeout: 10_000 });
+      await plain.close();
     } finally {
       host.close();
       rmSync(dir, { recursive: true, force: true });

@@ -198,15 +198,27 @@ async function run(): Promise<void> {
   }
 }
 
-function applyUrlParams(): boolean {
+function applyUrlParams(): URLSearchParams {
   const params = new URLSearchParams(g.location.search);
   for (const f of FIELDS) {
     const v = params.get(f);
     if (v !== null) $(f).value = v;
   }
-  return params.get('autorun') === '1';
+  return params;
+}
+
+/** A static host (kiln build-playground) has no API: default to running in this browser there. */
+async function defaultMode(): Promise<void> {
+  try {
+    const r = await fetch(new URL('health', new URL('./', g.location.href)));
+    if (r.ok) return;
+  } catch { /* no server */ }
+  $('mode').value = 'browser';
+  status.textContent = 'no Kiln server behind this page: the model runs in this browser';
 }
 
 $('run').addEventListener('click', () => { void run(); });
 $('stop').addEventListener('click', () => stopRequested?.abort());
-if (applyUrlParams()) void run();
+const params = applyUrlParams();
+if (params.get('autorun') === '1') void run();
+else if (params.get('mode') === null) void defaultMode();
