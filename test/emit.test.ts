@@ -14,13 +14,14 @@ import { emitCUDA, emitWGSL } from '../codegen/emit/index.js';
 import { FAMILIES } from '../codegen/kernels/index.js';
 import { allKinds, awkwardNames } from './fixtures/allKinds.js';
 import { lastArrivalSum } from './fixtures/lastArrival.js';
+import { mmaTile } from './fixtures/mmaTile.js';
 import { freshSeed, rng } from './util.js';
 
 // ---- the whole IR, as values; adding a kind to ir.ts without listing it here fails tsc ----------
 const EXPR_KINDS = ['const', 'var', 'uniform', 'builtin', 'load', 'bin', 'un', 'call', 'select', 'cast', 'bitcast',
   'pack2x16float', 'unpack2x16float', 'vec', 'swizzle', 'subgroup'] as const;
 const STMT_KINDS = ['let', 'assign', 'store', 'privateArray', 'if', 'for', 'while', 'break', 'continue', 'return',
-  'barrier', 'fence', 'atomic'] as const;
+  'barrier', 'fence', 'atomic', 'mma'] as const;
 const BIN_OPS = ['add', 'sub', 'mul', 'div', 'rem', 'lt', 'le', 'gt', 'ge', 'eq', 'ne', 'and', 'or', 'band', 'bor',
   'bxor', 'shl', 'shr'] as const;
 const UN_OPS = ['neg', 'not', 'bnot'] as const;
@@ -60,11 +61,13 @@ const full = allKinds(CUDA_CAPS).ir; // f16 and subgroups
 const baseline = allKinds(BASELINE_CAPS).ir; // what compatibility mode can run
 // The device-scope fence exists only where caps.deviceFence (not WGSL): a kernel of its own.
 const fenced = lastArrivalSum(CUDA_CAPS).ir;
+// The tensor-core MMA node: a kernel of its own (test/kernels/mma.test.ts runs it).
+const mma = mmaTile(CUDA_CAPS).ir;
 
 describe('emitters cover the whole IR', () => {
   it('the all-kinds fixture uses every expression, statement, operator, function, builtin and atomic', () => {
     expect(listsAreExhaustive.every(Boolean)).toBe(true);
-    const seen = new Set([...usage(full), ...usage(fenced)]);
+    const seen = new Set([...usage(full), ...usage(fenced), ...usage(mma)]);
     const want = [
       ...EXPR_KINDS.map((k) => `expr:${k}`), ...STMT_KINDS.map((k) => `stmt:${k}`), ...BIN_OPS.map((o) => `bin:${o}`),
       ...UN_OPS.map((o) => `un:${o}`), ...MATH_FNS.map((f) => `call:${f}`), ...BUILTIN_NAMES.map((b) => `builtin:${b}`),

@@ -229,7 +229,9 @@ export function kernel<B extends Bindings, U extends Uniforms>(spec: KernelSpec<
     grid = (u) => toGrid(gridSpec(u));
   }
   spec.body(kb, refs as BufRefs<B>, uvals as UniformVals<U>);
-  const sharedBytes = kb.sharedDecls.reduce((s, d) => s + d.length * 4, 0);
+  if (kb.usesMma && invocations % 32) kb.fail(`mma needs whole warps: a workgroup of ${invocations} invocations is not a multiple of 32`);
+  // Targets without tensor cores trade mma fragments through workgroup memory (MMA_SCRATCH_WORDS per invocation).
+  const sharedBytes = kb.sharedDecls.reduce((s, d) => s + d.length * 4, 0) + (kb.usesMma ? invocations * 6 * 4 : 0);
   if (sharedBytes > kb.caps.maxWorkgroupStorage) {
     kb.fail(`workgroup arrays take ${sharedBytes} bytes, over the device limit ${kb.caps.maxWorkgroupStorage}`);
   }
@@ -252,6 +254,8 @@ export class KernelBuilder {
   readonly sharedDecls: SharedDecl[] = [];
   usesF16 = false;
   usesSubgroups = false;
+  /** Whether the body has an mma (targets without tensor cores then need workgroup scratch). */
+  usesMma = false;
   private subgroupsChecked = false;
   private readonly rawCaps: Caps;
 
@@ -504,6 +508,25 @@ export class KernelBuilder {
     const n = this.declare(name);
     this.sharedDecls.push({ name: n, t, length, atomic: !!opts.atomic });
     return new ArrayRef(n, t, 'workgroup', true, !!opts.atomic, length, this);
+  }
+  /**
+   * One warp-wide tensor-core product d = a·b + c: m16n8k16, f16 × f16 → f32, operands in CUDA's
+   * fragment layout (codegen/emit/mma.ts documents it and the accumulation order). Per invocation:
+   * a private u32[4] (8 f16 of A, two per word, low half first), b u32[2] (4 f16 of B), c and d
+   * f32[4] (d may be c). Every invocation of the workgroup must reach it together (uniform control
+   * flow; the workgroup a whole number of warps): targets without tensor cores trade fragments
+   * through workgroup memory between barriers.
+   */
+  mma(d: ArrayRef<'f32', true>, a: ArrayRef<'u32', boolean>, b: ArrayRef<'u32', boolean>, c: ArrayRef<'f32', boolean>): void {
+    const want = [[d, 'd', 'f32', 4], [a, 'a', 'u32', 4], [b, 'b', 'u32', 2], [c, 'c', 'f32', 4]] as const;
+    for (const [ref, role, t, n] of want) {
+      if (ref.kb !== this) this.fail(`mma: array '${ref.name}' belongs to kernel '${ref.kb.kernelName}'`);
+      if (ref.space !== 'private' || ref.t !== t || ref.length !== n) {
+        this.fail(`mma: operand ${role} '${ref.name}' must be a private ${t}[${n}] (a ${ref.space} ${ref.t}[${ref.length ?? '?'}])`);
+      }
+    }
+    this.usesMma = true;
+    this.emit({ k: 'mma', shape: 'm16n8k16', d: d.name, a: a.name, b: b.name, c: c.name });
   }
   /** A per-invocation array (registers when indexed with constants). */
   privateArray<T extends 'f32' | 'i32' | 'u32'>(name: string, t: T, length: number): ArrayRef<T, true> {

@@ -56,6 +56,11 @@ export type Stmt =
   | { k: 'barrier' }
   /** Device-scope memory fence: this invocation's earlier global writes are visible device-wide before its later ones. */
   | { k: 'fence' }
+  /**
+   * Warp-wide tensor-core product d = a·b + c (m16n8k16, f16 × f16 → f32) over private arrays in
+   * CUDA's fragment layout: a u32[4], b u32[2] (f16 pairs), c and d f32[4]. codegen/emit/mma.ts.
+   */
+  | { k: 'mma'; shape: 'm16n8k16'; d: string; a: string; b: string; c: string }
   | {
       k: 'atomic'; op: AtomicOp; space: 'storage' | 'workgroup'; name: string; t: 'i32' | 'u32';
       index: Expr; value: Expr; compare?: Expr; result?: string; // result: a new immutable let with the old value

@@ -44,7 +44,7 @@ export function stmtExprs(s: Stmt): Expr[] {
     case 'for': return [s.from, s.to, s.step];
     case 'while': return [s.cond];
     case 'atomic': return s.compare ? [s.index, s.value, s.compare] : [s.index, s.value];
-    case 'privateArray': case 'break': case 'continue': case 'return': case 'barrier': case 'fence': return [];
+    case 'privateArray': case 'break': case 'continue': case 'return': case 'barrier': case 'fence': case 'mma': return [];
   }
 }
 

@@ -189,6 +189,8 @@ export abstract class CLikeEmitter {
   abstract privateArray(s: StmtOf<'privateArray'>): void;
   abstract barrier(): string;
   abstract fence(): string;
+  /** A warp-wide tensor-core product (targets without one lower it first: emit/mma.ts). */
+  protected mma(s: StmtOf<'mma'>): void { throw new Error(`kernel '${this.ir.name}': mma reached an emitter that does not lower it (emit/mma.ts lowerMma)`); }
   abstract atomic(s: StmtOf<'atomic'>): void;
   binary(e: Of<'bin'>): Code { return infix(e.op, this.code(e.a), this.code(e.b)); }
   unary(e: Of<'un'>): Code { return prefix(e.op === 'neg' ? '-' : e.op === 'not' ? '!' : '~', this.code(e.a)); }
@@ -248,6 +250,7 @@ export abstract class CLikeEmitter {
       case 'break': case 'continue': case 'return': this.line(`${s.k};`); break;
       case 'barrier': this.line(this.barrier()); break;
       case 'fence': this.line(this.fence()); break;
+      case 'mma': this.mma(s); break;
       case 'atomic': this.atomic(s); break;
     }
   }

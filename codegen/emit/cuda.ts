@@ -304,6 +304,12 @@ class CudaEmitter extends CLikeEmitter {
   privateArray(s: StmtOf<'privateArray'>): void { this.line(`${s.t} ${this.id(s.name)}[${s.length}] = {}; // zeroed, as in WGSL`); }
   barrier(): string { return '__syncthreads();'; }
   fence(): string { return '__threadfence();'; }
+  protected override mma(s: StmtOf<'mma'>): void {
+    const [d, a, b, c] = [s.d, s.a, s.b, s.c].map((n) => this.id(n));
+    this.line('asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"');
+    this.line(`  : ${[0, 1, 2, 3].map((i) => `"=f"(${d}[${i}])`).join(', ')}`);
+    this.line(`  : ${[0, 1, 2, 3].map((i) => `"r"(${a}[${i}])`).join(', ')}, "r"(${b}[0]), "r"(${b}[1]), ${[0, 1, 2, 3].map((i) => `"f"(${c}[${i}])`).join(', ')});`);
+  }
 
   atomic(s: StmtOf<'atomic'>): void {
     const keep = s.result !== undefined && this.readNames.has(s.result);

@@ -24,13 +24,14 @@ import {
   type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
 } from './js-lower.js';
 import { CHECK_RUNTIME, PROFILE_RUNTIME, helperSource } from './js-runtime.js';
+import { lowerMma } from './mma.js';
 
 export type { JsEmitOptions, ProfileSite } from './js-expr.js';
 export { f16BitsToF32, f32ToF16Bits } from './js-expr.js';
 
 /** Source text of the workgroup function for `ir` (see the file header for how to call it). */
 export function emitJS(ir: KernelIR, opts: JsEmitOptions = {}): string {
-  return new JsEmitter(ir, opts).emit();
+  return new JsEmitter(lowerMma(ir), opts).emit();
 }
 
 /**
@@ -38,7 +39,7 @@ export function emitJS(ir: KernelIR, opts: JsEmitOptions = {}): string {
  * ctx.profile (see PROFILING in js-helpers.ts) and each workgroup adds its counts there.
  */
 export function emitProfiledJS(ir: KernelIR, opts: JsEmitOptions = {}): { source: string; sites: ProfileSite[] } {
-  const e = new JsEmitter(ir, { ...opts, profile: true });
+  const e = new JsEmitter(lowerMma(ir), { ...opts, profile: true });
   const source = e.emit();
   return { source, sites: e.sites };
 }

@@ -11,6 +11,7 @@
 // `args` holds the launch: each binding's byte offset, then each uniform (i32 / u32 / f32 bits).
 // The results equal the JavaScript executor's bit for bit (wasm-expr.ts says how).
 import type { Expr, KernelIR } from '../dsl/ir.js';
+import { lowerMma } from './mma.js';
 import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import { FnBuilder, encodeModule } from './wasm-encode.js';
@@ -38,7 +39,7 @@ export interface WasmEmitOptions {
 
 /** The WebAssembly module for `ir` (see the file header for its interface). */
 export function emitWasm(ir: KernelIR, opts: WasmEmitOptions = {}): WasmKernel {
-  return new WasmEmitter(ir, opts).emit();
+  return new WasmEmitter(lowerMma(ir), opts).emit(); // mma: the emulation emit/mma.ts defines
 }
 
 interface RegionCtx {

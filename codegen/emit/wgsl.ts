@@ -3,6 +3,7 @@
 import type { Builtin, Expr, KernelIR, Stmt } from '../dsl/ir.js';
 import type { DType, Scalar } from '../dsl/types.js';
 import { WGSL_TARGET, legalize } from './legalize.js';
+import { lowerMma } from './mma.js';
 import { BUILTINS, CLikeEmitter, bufferElem, type Code, P, atom, callCode, f16round, floatText, infix, postfix } from './clike.js';
 
 type Of<K extends Expr['k']> = Extract<Expr, { k: K }>;
@@ -168,5 +169,5 @@ class WgslEmitter extends CLikeEmitter {
 
 /** WGSL source for one kernel; the entry point is named after the kernel. */
 export function emitWGSL(ir: KernelIR): string {
-  return new WgslEmitter(legalize(ir, WGSL_TARGET)).emit();
+  return new WgslEmitter(legalize(lowerMma(ir), WGSL_TARGET)).emit();
 }
