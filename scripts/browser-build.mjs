@@ -4,7 +4,8 @@ import { join } from 'node:path';
 
 /** The browser build (`kiln/browser`, and the playground page's script): platform 'browser', every
  * dependency bundled, no Node built-ins (esbuild fails on one). src/platform/node.ts is swapped for
- * browser.ts, and the CUDA backend for a stub that says it is unavailable. */
+ * browser.ts, and the CUDA backend and Dawn (src/backend/webgpu/dawn.ts) for stubs that say they
+ * are unavailable. */
 export const BROWSER_ENTRIES = {
   browser: 'src/browser/index.ts',
   playground: 'src/playground/main.ts',
@@ -16,6 +17,7 @@ export function browserPlugin(ROOT) {
     setup(build) {
       build.onResolve({ filter: /^\.\/node\.js$/ }, (args) => (args.importer === join(ROOT, 'src/platform/index.ts') ? { path: join(ROOT, 'src/platform/browser.ts') } : undefined));
       build.onResolve({ filter: /^\.\/cuda\/index\.js$/ }, (args) => (args.importer === join(ROOT, 'src/backend/index.ts') ? { path: join(ROOT, 'src/browser/noCuda.ts') } : undefined));
+      build.onResolve({ filter: /^\.\/dawn\.js$/ }, (args) => (args.importer === join(ROOT, 'src/backend/webgpu/adapter.ts') ? { path: join(ROOT, 'src/browser/noDawn.ts') } : undefined));
     },
   };
 }

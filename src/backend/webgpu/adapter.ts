@@ -2,6 +2,7 @@
 // package (Dawn) in Node — a real GPU first, else Mesa llvmpipe through Dawn's OpenGL ES backend.
 import { BackendUnavailableError } from '../device.js';
 import type { Caps } from '../../../codegen/dsl/types.js';
+import { eglHint, loadDawn, useSurfacelessEgl } from './dawn.js';
 import { type VendorClass, vendorClass } from '../../../codegen/kernels/deviceProfile.js';
 
 export interface OpenedDevice {
@@ -96,9 +97,7 @@ async function browserAdapter(gpu: GPU | undefined, allowSoftware: boolean): Pro
 async function nodeAdapter(allowSoftware: boolean): Promise<Picked> {
   let create: (options: string[]) => GPU;
   try {
-    // A computed specifier keeps browser bundlers from following this Node-only native package.
-    const dawnPackage = 'webgpu';
-    ({ create } = (await import(dawnPackage)) as { create: typeof create });
+    create = await loadDawn();
   } catch (e) {
     throw unavailable(`the 'webgpu' package (Dawn for Node) could not be loaded: ${message(e)}`);
   }
@@ -119,7 +118,7 @@ async function nodeAdapter(allowSoftware: boolean): Promise<Picked> {
   if (!allowSoftware) throw unavailable(`${noGpu}; software adapters such as llvmpipe are used only with allowSoftware: true`);
 
   // 2. Mesa llvmpipe over EGL without a display, in WebGPU compatibility mode.
-  process.env.EGL_PLATFORM ??= 'surfaceless';
+  const eglPlatform = useSurfacelessEgl();
   let adapter: GPUAdapter | null = null;
   let failure = '';
   let instance: GPU | undefined;
@@ -130,29 +129,7 @@ async function nodeAdapter(allowSoftware: boolean): Promise<Picked> {
     failure = `: ${message(e)}`;
   }
   if (!adapter || !instance) {
-    throw unavailable(`${noGpu}, and Dawn's OpenGL ES backend (Mesa llvmpipe over EGL, EGL_PLATFORM=${process.env.EGL_PLATFORM}) found no adapter either${failure}. ${await eglHint()}`);
+    throw unavailable(`${noGpu}, and Dawn's OpenGL ES backend (Mesa llvmpipe over EGL, EGL_PLATFORM=${eglPlatform}) found no adapter either${failure}. ${await eglHint()}`);
   }
   return { instance, adapter, via: 'Dawn/OpenGL ES, compatibility mode' };
-}
-
-/** Which of the EGL/GLES/Mesa libraries llvmpipe needs are missing, with the Debian packages. */
-async function eglHint(): Promise<string> {
-  const packages = 'libegl1 libegl-mesa0 libgles2 libgl1-mesa-dri';
-  if (process.platform !== 'linux') return `llvmpipe needs Mesa's EGL and OpenGL ES (on Debian/Ubuntu: apt-get install ${packages}).`;
-  const fsModule = 'node:fs';
-  const { existsSync, readdirSync } = (await import(fsModule)) as typeof import('node:fs');
-  const triplet = process.arch === 'arm64' ? 'aarch64-linux-gnu' : 'x86_64-linux-gnu';
-  const dirs = [...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
-    `/usr/lib/${triplet}`, `/lib/${triplet}`, '/usr/lib64', '/lib64', '/usr/lib', '/lib'];
-  const has = (f: string) => dirs.some((d) => existsSync(`${d}/${f}`));
-  const driverPresent = dirs.some((d) => {
-    try { return readdirSync(`${d}/dri`).some((f) => f.endsWith('_dri.so')); } catch { return false; }
-  });
-  const missing = [
-    ['libEGL.so.1', 'libegl1'], ['libEGL_mesa.so.0', 'libegl-mesa0'], ['libGLESv2.so.2', 'libgles2'],
-  ].filter(([f]) => !has(f!)).map(([f, p]) => `${f} (${p})`);
-  if (!driverPresent) missing.push('the Mesa DRI drivers, dri/*_dri.so (libgl1-mesa-dri)');
-  return missing.length
-    ? `Missing: ${missing.join(', ')}. On Debian/Ubuntu: apt-get install ${packages}.`
-    : `The EGL and GLES libraries are present; check that Mesa's llvmpipe works (e.g. EGL_LOG_LEVEL=debug). Debian packages: ${packages}.`;
 }
