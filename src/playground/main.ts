@@ -133,7 +133,7 @@ async function runOnServer(s: Settings, ac: AbortController): Promise<void> {
   const res = await fetch(new URL('v1/completions', base), {
     method: 'POST', signal: ac.signal, headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({
-      prompt: s.prompt, max_tokens: s.maxTokens, temperature: s.temperature, top_p: s.topP, stream: true,
+      prompt: s.prompt, max_tokens: s.maxTokens, temperature: s.temperature, top_p: s.topP, stream: true, stream_options: { include_usage: true },
       ...(s.topK > 0 ? { top_k: s.topK } : {}), ...(s.seed !== undefined ? { seed: s.seed } : {}),
     }),
   });
@@ -158,8 +158,10 @@ async function runOnServer(s: Settings, ac: AbortController): Promise<void> {
         if (!line.startsWith('data:')) continue;
         const data = line.slice(5).trim();
         if (data === '[DONE]') continue;
-        const chunk = JSON.parse(data) as { choices?: { text?: string; finish_reason?: string | null }[]; error?: { message?: string } };
+        const chunk = JSON.parse(data) as { choices?: { text?: string; finish_reason?: string | null }[]; error?: { message?: string }; usage?: { completion_tokens?: number } };
         if (chunk.error) throw new Error(chunk.error.message ?? 'the server reported an error');
+        // The last chunk counts the tokens (a chunk of text may hold several, or wait for more).
+        if (typeof chunk.usage?.completion_tokens === 'number') meter.tokens = chunk.usage.completion_tokens;
         const c = chunk.choices?.[0];
         if (c?.text) { text += c.text; meter.token(); }
         if (c?.finish_reason) finish = c.finish_reason;
