@@ -8,7 +8,11 @@
 //   npm run bench -- generate --llama3-8b --backends cuda   Llama-3-8B shapes, random INT4 weights
 //                                                           built in memory (no download)
 // Options: --prompt N (prompt tokens, default 128) --decode N (default 64) --copy (measure copy
-// bandwidth: out = a + b, 3 × 4n bytes) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu).
+// bandwidth: out = a + b, 3 × 4n bytes) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu)
+// --executors wasm,js (the cpu device's executors to run, default wasm) --json (print
+// {"machine", "rows": [{backend, executor, model, weights, prefill_tok_s, decode_tok_s, launches_per_step}]}
+// instead of the table; progress goes to stderr).
+import os from 'node:os';
 import { BackendUnavailableError, type BackendKind, type Device } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { parseHfConfig } from '../src/io/hfConfig.js';
@@ -21,13 +25,17 @@ import { freeWeights, uploadWeights, type WeightFormat } from '../src/model/weig
 import { DEFAULT_MODEL } from '../src/llm.js';
 import { copyBandwidth } from './common.js';
 
+type Executor = 'wasm' | 'js';
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
-  copy: boolean; llama3: boolean; layers: number | null;
+  copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean;
 }
 
 function parse(args: string[]): Options {
-  const o: Options = { backends: ['cpu', 'webgpu', 'cuda'], formats: ['f16', 'int4'], model: DEFAULT_MODEL, prompt: 128, decode: 64, copy: false, llama3: false, layers: null };
+  const o: Options = {
+    backends: ['cpu', 'webgpu', 'cuda'], formats: ['f16', 'int4'], model: DEFAULT_MODEL, prompt: 128, decode: 64, copy: false, llama3: false, layers: null,
+    executors: ['wasm'], json: false,
+  };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => { const x = args[++i]; if (x === undefined) throw new Error(`${a} needs a value`); return x; };
     if (a === '--backends') o.backends = v().split(',') as BackendKind[];
@@ -38,6 +46,11 @@ function parse(args: string[]): Options {
     else if (a === '--copy') o.copy = true;
     else if (a === '--llama3-8b') { o.llama3 = true; o.formats = ['int4']; o.copy = true; }
     else if (a === '--synthetic-layers') o.layers = Number(v());
+    else if (a === '--executors') {
+      o.executors = v().split(',') as Executor[];
+      const bad = o.executors.find((x) => x !== 'wasm' && x !== 'js');
+      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm and/or js, not '${bad}'`);
+    } else if (a === '--json') o.json = true;
     else throw new Error(`bench generate: unknown option ${a}`);
   }
   return o;
@@ -78,9 +91,33 @@ function syntheticStore(spec: ModelSpec): TensorStore {
 }
 
 
-interface Row { backend: string; model: string; format: string; prefill: number; decode: number; bytes: number; copy: number | null }
+interface Row {
+  backend: string; executor: Executor | null; model: string; format: string; prefill: number; decode: number; bytes: number; copy: number | null;
+  /** Kernel launches per decode step (graph replays count the launches they hold). */
+  launches: number;
+}
 
-async function run(dev: Device, spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Options, promptIds: number[]): Promise<Row> {
+/** Counts the launches a device queues (directly, or by replaying a captured graph). */
+function countLaunches(dev: Device): { n: number } {
+  const counter = { n: 0 };
+  const launch = dev.launch.bind(dev);
+  dev.launch = ((...a: Parameters<Device['launch']>) => { counter.n++; launch(...a); }) as Device['launch'];
+  const capture = dev.captureGraph?.bind(dev);
+  if (capture) {
+    dev.captureGraph = (record) => {
+      const saved = counter.n;
+      const g = capture(record);
+      counter.n = saved; // recording is not running
+      const replay = g.replay.bind(g);
+      g.replay = () => { counter.n += g.launches; replay(); };
+      return g;
+    };
+  }
+  return counter;
+}
+
+async function run(dev: Device, spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Options, promptIds: number[], executor: Executor | null): Promise<Row> {
+  const counter = countLaunches(dev);
   const weights = uploadWeights(dev, spec, store, { format });
   const blockSize = 16;
   const numBlocks = Math.ceil((o.prompt + o.decode + 1) / blockSize) + 1;
@@ -96,19 +133,21 @@ async function run(dev: Device, spec: ModelSpec, store: TensorStore, format: Wei
       const prefillMs = performance.now() - t0;
       let tok = argmax(r.logits);
       const t1 = performance.now();
+      const launches0 = counter.n;
       for (let i = 0; i < o.decode; i++) {
         const pos = promptIds.length + i;
         const step = bm.append(0, [tok]); // before reading the block table: it may add a block
-        r = await fw.forward([{ tokens: [tok], ctxLen: pos, blockTable: bm.blockTable(0), slots: step, logits: 'last' }]);
+        // The engine's decode path: fixed-shape steps, replayed as a graph where the device records them.
+        r = await fw.decode([{ tokens: [tok], ctxLen: pos, blockTable: bm.blockTable(0), slots: step, logits: 'last' }]);
         tok = argmax(r.logits);
       }
       const decodeMs = performance.now() - t1;
       bm.free(0);
-      return { prefill: (promptIds.length / prefillMs) * 1000, decode: (o.decode / decodeMs) * 1000 };
+      return { prefill: (promptIds.length / prefillMs) * 1000, decode: (o.decode / decodeMs) * 1000, launches: (counter.n - launches0) / Math.max(1, o.decode) };
     };
     await once(); // compile every kernel and warm up
     const best = await once();
-    return { backend: dev.kind, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null };
+    return { backend: dev.kind, executor, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null };
   } finally {
     fw.destroy();
     freeWeights(dev, weights);
@@ -118,40 +157,54 @@ async function run(dev: Device, spec: ModelSpec, store: TensorStore, format: Wei
 export async function main(args: string[]): Promise<void> {
   const o = parse(args);
   const rows: Row[] = [];
-  for (const kind of o.backends) {
+  const log = o.json ? (m: string) => process.stderr.write(`${m}\n`) : (m: string) => console.log(m);
+  const runs = o.backends.flatMap((kind): [BackendKind, Executor | null][] => (kind === 'cpu' ? o.executors.map((x) => [kind, x]) : [[kind, null]]));
+  for (const [kind, executor] of runs) {
     let dev: Device;
-    try { dev = await createDevice(kind); } catch (e) {
-      if (e instanceof BackendUnavailableError) { console.log(`${kind}: skipped — ${e.reason}`); continue; }
+    try { dev = await createDevice(kind, executor ? { executor } : {}); } catch (e) {
+      if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
       throw e;
     }
-    console.log(`${kind}: ${dev.description}`);
+    log(`${kind}: ${dev.description}`);
     try {
       const copy = o.copy ? await copyBandwidth(dev, dev.profile.software ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;
       if (o.llama3) {
         const spec = llama3Spec(o.layers);
         const t0 = performance.now();
         const store = syntheticStore(spec);
-        console.log(`  synthetic ${spec.layers}-layer Llama-3-8B INT4 weights built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        log(`  synthetic ${spec.layers}-layer Llama-3-8B INT4 weights built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
         const prompt = Array.from({ length: o.prompt }, (_, i) => (i * 7919) % spec.vocabSize);
-        rows.push({ ...(await run(dev, spec, store, 'int4', `llama3-8b${o.layers ? ` (${o.layers} layers)` : ''}`, o, prompt)), copy });
+        rows.push({ ...(await run(dev, spec, store, 'int4', `llama3-8b${o.layers ? ` (${o.layers} layers)` : ''}`, o, prompt, executor)), copy });
       } else {
         const files = openModel(o.model);
         try {
           const text = 'The jury said that the city of Atlanta had been a good place to live, and that it would not be changed by anything the grand jury could find in its investigation of the primary election. ';
           let ids = files.tokenizer ? files.tokenizer.encode(text.repeat(20)) : [1];
           ids = ids.slice(0, o.prompt);
-          for (const f of o.formats) rows.push({ ...(await run(dev, files.spec, files.weights, f, o.model.split('/').pop()!, o, ids)), copy });
+          for (const f of o.formats) rows.push({ ...(await run(dev, files.spec, files.weights, f, o.model.split('/').pop()!, o, ids, executor)), copy });
         } finally { files.weights.close(); }
       }
     } finally {
       await dev.destroy();
     }
   }
+  if (o.json) {
+    const cpus = os.cpus();
+    const machine = `${cpus[0]?.model.trim() ?? 'unknown cpu'} × ${os.availableParallelism()}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`;
+    console.log(JSON.stringify({
+      machine,
+      rows: rows.map((r) => ({
+        backend: r.backend, executor: r.executor, model: r.model, weights: r.format,
+        prefill_tok_s: Number(r.prefill.toFixed(1)), decode_tok_s: Number(r.decode.toFixed(1)), launches_per_step: Number(r.launches.toFixed(1)),
+      })),
+    }, null, 2));
+    return;
+  }
   console.log(`\nprefill ${o.llama3 ? o.prompt : 'up to ' + o.prompt} tokens, decode ${o.decode} tokens, batch 1 (best of 2 runs after a warm-up)\n`);
-  console.log('| backend | model | weights | prefill tok/s | decode tok/s | weight MB/token | achieved GB/s | copy GB/s | % of floor |');
-  console.log('|---|---|---|---:|---:|---:|---:|---:|---:|');
+  console.log('| backend | executor | model | weights | prefill tok/s | decode tok/s | launches/step | weight MB/token | achieved GB/s | copy GB/s | % of floor |');
+  console.log('|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     const gbs = (r.bytes * r.decode) / 1e9;
-    console.log(`| ${r.backend} | ${r.model} | ${r.format} | ${r.prefill.toFixed(1)} | ${r.decode.toFixed(1)} | ${(r.bytes / 1e6).toFixed(2)} | ${gbs.toFixed(2)} | ${r.copy ? r.copy.toFixed(1) : '—'} | ${r.copy ? ((100 * gbs) / r.copy).toFixed(0) + '%' : '—'} |`);
+    console.log(`| ${r.backend} | ${r.executor ?? '—'} | ${r.model} | ${r.format} | ${r.prefill.toFixed(1)} | ${r.decode.toFixed(1)} | ${r.launches.toFixed(1)} | ${(r.bytes / 1e6).toFixed(2)} | ${gbs.toFixed(2)} | ${r.copy ? r.copy.toFixed(1) : '—'} | ${r.copy ? ((100 * gbs) / r.copy).toFixed(0) + '%' : '—'} |`);
   }
 }

@@ -102,6 +102,7 @@ export class FnBuilder {
     uleb(offset, this.code);
     return this;
   }
+  fence(): this { this.code.push(0xfe, 0x03, 0x00); return this; }
   call(fn: number): this { this.code.push(OP.call); uleb(fn, this.code); return this; }
   /** memory.fill (dst, value, n on the stack) and memory.copy (dst, src, n). */
   fill(): this { this.code.push(0xfc); uleb(11, this.code); this.code.push(0); return this; }

@@ -10,6 +10,7 @@ import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import type { FnBuilder, Op, ValType } from './wasm-encode.js';
 import { FN, WASM_MATH, type WasmMath } from './wasm-helpers.js';
+import { expandLanes } from './legalize.js';
 
 export const XYZW = 'xyzw';
 /** Scalars live in wasm as f32 (f32, f16) or i32 (i32, u32, bool). */
@@ -31,7 +32,13 @@ export abstract class WasmExpressions {
   protected uniLocal = new Map<string, number>();
   protected sharedOffset = new Map<string, number>();
   /** Per-invocation locals: the local index, its coordinates, global ids, the workgroup id. */
-  protected L = { li: 0, lx: 0, ly: 0, lz: 0, gx: 0, gy: 0, gz: 0, wgX: 0, wgY: 0, wgZ: 0, scratch: 0, ngx: 0, ngy: 0, ngz: 0, pbase: 0 };
+  protected L = { li: 0, lx: 0, ly: 0, lz: 0, gx: 0, gy: 0, gz: 0, wgX: 0, wgY: 0, wgZ: 0, scratch: 0, ngx: 0, ngy: 0, ngz: 0, f16: 0 };
+  /**
+   * Scalars that feed several components (an unpacked word, a splat), computed once per statement
+   * into a local: by node. Entries made inside a conditional arm are dropped when it closes.
+   */
+  private shared = new Map<Expr, number>();
+  private armKeys: Expr[][] = [];
 
   constructor(protected readonly ir: KernelIR, subgroupSize: number) {
     this.wg = ir.workgroupSize;
@@ -55,7 +62,25 @@ export abstract class WasmExpressions {
     return l;
   }
 
-  protected f16round(): void { this.f.call(FN.f2h).call(FN.h2f); }
+  protected f16round(): void { this.f.call(FN.f2h); this.h2f(); }
+  /** f16 bits on the stack → f32: the JS executor's own table (in memory at L.f16), so NaNs match too. */
+  protected h2f(): void { this.f.i32(2).op('i32.shl').get(this.L.f16).op('i32.add').mem('f32.load'); }
+
+  /** A new statement: nothing computed so far is reused. */
+  protected newStatement(): void { this.shared.clear(); this.armKeys = []; }
+  private openArm(): void { this.armKeys.push([]); }
+  private closeArm(): void { for (const k of this.armKeys.pop() ?? []) this.shared.delete(k); }
+  /** Push scalar e, computed at most once per statement. */
+  protected once(e: Expr): void {
+    if (e.k === 'const' || e.k === 'var' || e.k === 'uniform' || e.k === 'builtin') return this.ex(e, 0);
+    const l = this.shared.get(e);
+    if (l !== undefined) { this.f.get(l); return; }
+    const t = this.f.local(vt(elemOf(e.t)));
+    this.ex(e, 0);
+    this.f.tee(t);
+    this.shared.set(e, t);
+    this.armKeys[this.armKeys.length - 1]?.push(e);
+  }
   /** Round the f32 on the stack to t's precision (f16: through its bits; f32: already). */
   protected round(t: Scalar): void { if (t === 'f16') this.f16round(); }
 
@@ -97,7 +122,11 @@ export abstract class WasmExpressions {
         if (this.hasLoad(e.a) || this.hasLoad(e.b)) {
           // Only the chosen arm runs (its loads may be out of bounds where it is not chosen).
           this.ex(e.cond, cc);
-          f.if('sel', ta); this.ex(e.a, c); f.else(); this.ex(e.b, c); f.end();
+          f.if('sel', ta);
+          this.openArm(); this.ex(e.a, c); this.closeArm();
+          f.else();
+          this.openArm(); this.ex(e.b, c); this.closeArm();
+          f.end();
         } else {
           this.ex(e.a, c); this.ex(e.b, c); this.ex(e.cond, cc); f.op('select');
         }
@@ -110,12 +139,12 @@ export abstract class WasmExpressions {
         this.ex(e.a, 1); f.call(FN.f2h).i32(16).op('i32.shl').op('i32.or');
         return;
       case 'unpack2x16float':
-        this.ex(e.a, 0);
+        this.once(e.a);
         if (c === 0) f.i32(65535).op('i32.and'); else f.i32(16).op('i32.shr_u');
-        f.call(FN.h2f);
+        this.h2f();
         return;
       case 'vec': {
-        if (e.args.length === 1 && widthOf(e.args[0]!.t) === 1) return this.ex(e.args[0]!, 0);
+        if (e.args.length === 1 && widthOf(e.args[0]!.t) === 1) return this.once(e.args[0]!);
         let k = c;
         for (const a of e.args) {
           const w = widthOf(a.t);
@@ -126,6 +155,9 @@ export abstract class WasmExpressions {
       }
       case 'swizzle': return this.ex(e.a, XYZW.indexOf(e.comps[c] ?? this.fail(`swizzle .${e.comps} has no component ${c}`)));
       case 'subgroup': return this.fail('subgroup operation left inside an expression');
+      // One expression per component already: nothing is lifted for wasm.
+      case 'lanes': return this.ex(expandLanes(e), c);
+      case 'intrinsic': return this.fail(`target function ${e.name} (legalized for another target)`);
     }
   }
 
@@ -170,8 +202,8 @@ export abstract class WasmExpressions {
       case 'add': f.op('i32.add'); return;
       case 'sub': f.op('i32.sub'); return;
       case 'mul': f.op('i32.mul'); return;
-      case 'div': if (constDiv) f.op(u ? 'i32.div_u' : 'i32.div_s'); else f.call(u ? FN.udiv : FN.idiv); return;
-      case 'rem': if (constDiv) f.op(u ? 'i32.rem_u' : 'i32.rem_s'); else f.call(u ? FN.urem : FN.irem); return;
+      case 'div': if (constDiv) f.op(u ? 'i32.div_u' : 'i32.div_s'); else this.divide(u, false); return;
+      case 'rem': if (constDiv) f.op(u ? 'i32.rem_u' : 'i32.rem_s'); else this.divide(u, true); return;
       case 'band': f.op('i32.and'); return;
       case 'bor': f.op('i32.or'); return;
       case 'bxor': f.op('i32.xor'); return;
@@ -179,6 +211,25 @@ export abstract class WasmExpressions {
       case 'shr': f.op(u ? 'i32.shr_u' : 'i32.shr_s'); return;
       default: this.fail(`'${op}' on ${t}`);
     }
+  }
+
+  /**
+   * a / b or a % b (both on the stack) as WGSL defines them, without traps and without a call:
+   * x / 0 = x, x % 0 = 0, INT_MIN / -1 = INT_MIN (0 - a), x % -1 = 0 (wasm's rem_s already).
+   */
+  private divide(u: boolean, rem: boolean): void {
+    const f = this.f, b = f.local('i32'), a = f.local('i32');
+    f.set(b).set(a);
+    if (rem) { f.get(a).i32(1).get(b).get(b).op('i32.eqz').op('select').op(u ? 'i32.rem_u' : 'i32.rem_s'); return; }
+    if (u) {
+      f.get(a).get(a).i32(1).get(b).get(b).op('i32.eqz').op('select').op('i32.div_u').get(b).op('i32.eqz').op('select');
+      return;
+    }
+    // Divisor 0 or -1 → 1, then fix those two cases up: b == 0 gives a, b == -1 gives 0 - a.
+    const r = f.local('i32');
+    f.get(a).get(a).i32(1).get(b).get(b).op('i32.eqz').get(b).i32(-1).op('i32.eq').op('i32.or').op('select').op('i32.div_s');
+    f.get(b).op('i32.eqz').op('select').set(r);
+    f.i32(0).get(a).op('i32.sub').get(r).get(b).i32(-1).op('i32.eq').op('select');
   }
 
   protected un(op: UnOp, t: Scalar): void {
@@ -267,14 +318,14 @@ export abstract class WasmExpressions {
         this.ex(a, 2 * w); f.call(FN.f2h);
         this.ex(a, 2 * w + 1); f.call(FN.f2h).i32(16).op('i32.shl').op('i32.or');
       } else {
-        this.ex(a, w);
+        if (widthOf(a.t) === 1) this.once(a); else this.ex(a, w);
         if (fe === 'f32') f.op('i32.reinterpret_f32');
       }
     };
     if (te === 'f16') {
       word(c >> 1);
       if (c & 1) f.i32(16).op('i32.shr_u'); else f.i32(65535).op('i32.and');
-      f.call(FN.h2f);
+      this.h2f();
       return;
     }
     word(c);
@@ -322,7 +373,7 @@ export abstract class WasmExpressions {
     if (e.space === 'storage') {
       const { decl } = this.buf(e.name);
       const { op } = this.storageAddr(e.name, e.index);
-      if (op === 'f16') f.mem('i32.load16_u', 0).call(FN.h2f);
+      if (op === 'f16') { f.mem('i32.load16_u', 0); this.h2f(); }
       else f.mem(op === 'f32' ? 'f32.load' : 'i32.load', decl.vec > 1 ? c * 4 : 0);
       return;
     }

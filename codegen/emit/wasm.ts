@@ -8,7 +8,8 @@
 // locals that live across regions spilled to per-invocation arrays. What JS keeps in typed arrays
 // of its own (workgroup memory, masks, spills, private arrays indexed at run time, subgroup
 // operands) lives in `scratch`, a block of the shared memory that belongs to the calling thread.
-// `args` holds the launch: each binding's byte offset, then each uniform (i32 / u32 / f32 bits).
+// `args` holds the launch: each binding's byte offset, then each uniform (i32 / u32 / f32 bits),
+// then the offset of the f16 → f32 table (65536 f32: the JS executor's, codegen/dsl/f16.ts).
 // The results equal the JavaScript executor's bit for bit (wasm-expr.ts says how).
 import type { Expr, KernelIR } from '../dsl/ir.js';
 import { lowerMma } from './mma.js';
@@ -28,7 +29,7 @@ export interface WasmKernel {
   bytes: Uint8Array;
   /** Bytes of scratch one thread needs for this kernel (16-aligned). */
   scratchBytes: number;
-  /** 32-bit words of a launch's argument block: one per binding, then one per uniform. */
+  /** 32-bit words of a launch's argument block: one per binding, one per uniform, then the f16 table's offset. */
   argWords: number;
 }
 
@@ -136,6 +137,7 @@ class WasmEmitter extends WasmExpressions {
 
   private stmt(s: XStmt): void {
     const f = this.f;
+    this.newStatement();
     switch (s.k) {
       case 'let': this.setVar(s.name, s.init); this.declare(s.name); return;
       case 'assign': this.setVar(s.name, s.value); return;
@@ -165,10 +167,12 @@ class WasmEmitter extends WasmExpressions {
         this.ex(s.from, 0); f.set(v);
         const brk = this.label('brk'), top = this.label('top'), cont = this.label('cont');
         f.block(brk).loop(top);
+        this.newStatement();
         f.get(v); this.ex(s.to, 0); f.op(s.t === 'u32' ? 'i32.ge_u' : 'i32.ge_s').brIf(brk);
         f.block(cont);
         this.loopBody(s.body, brk, cont);
         f.end();
+        this.newStatement();
         f.get(v); this.ex(s.step, 0); f.op('i32.add').set(v);
         f.br(top).end().end();
         return;
@@ -190,6 +194,9 @@ class WasmEmitter extends WasmExpressions {
       }
       case 'return': this.exit('return'); return;
       case 'atomic': this.atomic(s); return;
+      // Device-scope fence: a sequentially consistent wasm fence (ordering this thread's stores
+      // before its later ones, as a GPU's fence before an atomic ticket does).
+      case 'fence': f.fence(); return;
       case 'barrier': case '$sg': case '$loop':
         return this.fail(`${s.k} in a per-invocation region`);
     }
@@ -358,6 +365,7 @@ class WasmEmitter extends WasmExpressions {
     this.invocationIds();
     for (const v of spilledHere) if (!use.declTop.has(v)) this.loadSpill(v);
     for (const it of r.items) {
+      this.newStatement();
       switch (it.k) {
         case 'stmt': this.stmt(it.s); break;
         case 'cond':
@@ -532,6 +540,8 @@ class WasmEmitter extends WasmExpressions {
     const nb = ir.buffers.length;
     this.bufBase.forEach((l, i) => f.get(5).mem('i32.load', 4 * i).set(l));
     ir.uniforms.forEach((u, j) => f.get(5).mem(vt(u.t) === 'f32' ? 'f32.load' : 'i32.load', 4 * (nb + j)).set(this.uniLocal.get(u.name)!));
+    L.f16 = f.local('i32');
+    f.get(5).mem('i32.load', 4 * (nb + ir.uniforms.length)).set(L.f16);
 
     // Workgroup memory first in scratch: zeroed per workgroup in one fill.
     for (const s of ir.shared) this.sharedOffset.set(s.name, this.alloc(s.length * 4));
@@ -572,6 +582,6 @@ class WasmEmitter extends WasmExpressions {
 
     const fns = [f, ...helperFunctions()];
     const bytes = encodeModule(MATH_IMPORTS, fns, { run: FN.run });
-    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length };
+    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length + 1 };
   }
 }

@@ -9,14 +9,16 @@ import type { KernelIR } from '../../../codegen/dsl/ir.js';
 import { emitJS, emitProfiledJS, type ProfileSite } from '../../../codegen/emit/js.js';
 import { KEEP_NAMES_SHIM } from '../../../codegen/emit/js-helpers.js';
 import { emitWasm, wasmMathImports } from '../../../codegen/emit/wasm.js';
+import { makeF16 } from '../../../codegen/dsl/f16.js';
 import { WasmHeap } from './heap.js';
-import { Wasm, type WasmModule } from './wasm-api.js';
+import { preferOptimizedWasm, Wasm, type WasmModule } from './wasm-api.js';
 import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
-import type { Device, DeviceBuffer, DeviceProfile, HostArray } from '../device.js';
+import type { Device, DeviceBuffer, DeviceGraph, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
 import { platform } from '../../platform/index.js';
 import { WorkerPool } from './pool.js';
-import { executeJob, type JobReply, type WasmJob, type WorkerKernel } from './worker.js';
+import { barriersBetween } from './graph.js';
+import { executeGraph, executeJob, type GraphStep, type JobReply, type WasmJob, type WorkerKernel } from './worker.js';
 
 export const CPU_CAPS: Caps = {
   f16: true,
@@ -128,6 +130,11 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private scratch: number[] = [];
   private scratchSize = 0;
   private args = 0;
+  private f16Table = 0;
+  /** While captureGraph records: the launches dispatched so far. */
+  private recording: { c: Compiled; bufs: CpuBuffer[]; uniforms: number[]; grid: [number, number, number] }[] | null = null;
+  private graphs = 0;
+  private readonly inlineGraphs = new Map<number, GraphStep[]>();
 
   constructor(opts: DeviceOptions) {
     super();
@@ -144,7 +151,13 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     if (executor === 'wasm' && !platform.sharedMemory) throw new Error(`cpu device: the wasm executor needs shared memory, which this page lacks (it is not cross-origin isolated): use executor 'js'`);
     this.executor = executor;
     this.heap = executor === 'wasm' ? new WasmHeap() : null;
-    if (this.heap) this.args = this.heap.alloc(ARG_BYTES, 'launch arguments');
+    if (this.heap) preferOptimizedWasm();
+    if (this.heap) {
+      this.args = this.heap.alloc(ARG_BYTES, 'launch arguments');
+      // wasm kernels convert f16 through the JS executor's own table (so results match bit for bit).
+      this.f16Table = this.heap.alloc(4 * 65536, 'f16 table');
+      new Float32Array(this.heap.sab, this.f16Table, 65536).set(makeF16().table);
+    }
     // Profiled launches run on the main thread, where their counts are read (no worker replies).
     this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers) : null;
     const threads = this.pool ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
@@ -164,7 +177,12 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     return new CpuBuffer(dtype, length, label, bytes, this.heap.sab, offset);
   }
 
+  private notRecording(what: string): void {
+    if (this.recording) throw new Error(`cpu ${what} during graph capture: only launches are recorded (write before captureGraph/replay instead)`);
+  }
+
   protected writeBuffer(b: CpuBuffer, data: HostArray<StorageType>, offset: number): void {
+    this.notRecording(`write to '${b.label}'`);
     // Ordered with the queue: right away when idle, else after the launches queued before it.
     const into = new Uint8Array(b.sab, b.offset + offset * byteSize(b.dtype), data.byteLength);
     if (this.queued === 0) into.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
@@ -175,6 +193,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   }
 
   protected async readBuffer<T extends StorageType>(b: CpuBuffer, dtype: T): Promise<HostArray<T>> {
+    this.notRecording(`read of '${b.label}'`);
     await this.settle();
     if (b.freed) throw new Error(`cpu read: buffer '${b.label}' was freed`);
     return hostArray(dtype, b.sab.slice(b.offset, b.offset + b.length * byteSize(dtype)), b.length);
@@ -194,6 +213,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       return d.t === 'u32' ? v >>> 0 : d.t === 'i32' ? v | 0 : Math.fround(v);
     });
     const c = this.compile(kernel);
+    if (this.recording) { this.recording.push({ c, bufs, uniforms: u, grid }); return; }
     this.enqueue(() => this.execute(c, bufs, u, grid));
   }
 
@@ -202,11 +222,13 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     this.usable('copy');
     const d = this.own(dst, 'cpu copy'), s = this.own(src, 'cpu copy');
     checkCopy('cpu', d, s);
+    this.notRecording(`copy to '${d.label}'`);
     this.enqueue(() => { d.bytesView().set(s.bytesView()); });
   }
 
   async sync(): Promise<void> {
     this.usable('sync');
+    this.notRecording('sync');
     await this.settle();
   }
 
@@ -289,20 +311,105 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   }
 
   /** The wasm executor: scratch for every thread, this launch's arguments written to memory. */
+  /** Every thread's scratch at least `bytes` (only between launches: it may move). */
+  private ensureScratch(bytes: number): void {
+    const heap = this.heap!;
+    if (bytes <= this.scratchSize) return;
+    for (const at of this.scratch) heap.release(at, this.scratchSize);
+    this.scratchSize = Math.max(bytes, 2 * this.scratchSize, 1 << 16);
+    this.scratch = Array.from({ length: (this.pool?.size ?? 0) + 1 }, () => heap.alloc(this.scratchSize, 'kernel scratch'));
+  }
+
   private wasmLaunch(c: Compiled, bufs: CpuBuffer[], uniforms: number[]): WasmJob {
+    this.ensureScratch(c.wasm!.scratchBytes);
+    this.writeArgs(this.args, c, bufs, uniforms);
+    return { memory: this.heap!.memory, module: c.wasm!.module, args: this.args, scratch: this.scratch, imports: WASM_IMPORTS };
+  }
+
+  /** A launch's argument block at `at`: binding offsets, uniforms, the f16 table. */
+  private writeArgs(at: number, c: Compiled, bufs: CpuBuffer[], uniforms: number[]): void {
     const heap = this.heap!, w = c.wasm!;
-    if (w.scratchBytes > this.scratchSize) {
-      for (const at of this.scratch) heap.release(at, this.scratchSize);
-      this.scratchSize = Math.max(w.scratchBytes, 2 * this.scratchSize, 1 << 16);
-      this.scratch = Array.from({ length: (this.pool?.size ?? 0) + 1 }, () => heap.alloc(this.scratchSize, 'kernel scratch'));
-    }
     if (4 * w.argWords > ARG_BYTES) throw new Error(`kernel '${c.name}': ${w.argWords} bindings and uniforms exceed the cpu device's ${ARG_BYTES / 4}`);
-    const sab = heap.sab, I = new Int32Array(sab, this.args, w.argWords), F = new Float32Array(sab, this.args, w.argWords);
+    const sab = heap.sab, I = new Int32Array(sab, at, w.argWords), F = new Float32Array(sab, at, w.argWords);
     bufs.forEach((b, i) => { I[i] = b.offset; });
     c.ir.uniforms.forEach((u, j) => {
       if (u.t === 'f32' || u.t === 'f16') F[bufs.length + j] = uniforms[j]!; else I[bufs.length + j] = uniforms[j]! | 0;
     });
-    return { memory: heap.memory, module: w.module, args: this.args, scratch: this.scratch, imports: WASM_IMPORTS };
+    I[bufs.length + c.ir.uniforms.length] = this.f16Table;
+  }
+
+  /**
+   * Records the launches `record` makes; replay() runs them again with the buffers and uniforms
+   * they saw. wasm: laid out once in memory, replayed with one message per worker (graph.ts). js:
+   * replay re-queues the recorded launches.
+   */
+  captureGraph(record: () => void): DeviceGraph {
+    this.usable('capture a graph');
+    if (this.recording) throw new Error('cpu captureGraph: a capture is already open');
+    this.recording = [];
+    let rec: NonNullable<typeof this.recording>;
+    try {
+      const r: unknown = record();
+      if (r instanceof Promise) throw new Error('cpu captureGraph: the recording function must be synchronous');
+    } finally {
+      rec = this.recording;
+      this.recording = null;
+    }
+    const launches = rec.filter((l) => l.grid[0] * l.grid[1] * l.grid[2] > 0);
+    let destroyed = false;
+    const live = (what: string) => {
+      this.usable(`${what} a graph`);
+      if (destroyed) throw new Error(`cpu graph: cannot ${what} it: it was destroyed`);
+    };
+    if (!this.heap) {
+      return {
+        launches: launches.length,
+        replay: () => { live('replay'); for (const l of launches) this.enqueue(() => this.execute(l.c, l.bufs, l.uniforms, l.grid)); },
+        destroy: () => { destroyed = true; },
+      };
+    }
+    const heap = this.heap, id = ++this.graphs, P = this.pool?.size ?? 1;
+    const barriers = barriersBetween(launches.map((l) => ({
+      bindings: l.bufs.map((b, i) => ({ offset: b.offset, bytes: b.bytes, writes: l.c.ir.buffers[i]!.access === 'read_write' })),
+    })));
+    const steps: GraphStep[] = launches.map((l, i) => {
+      const args = heap.alloc(4 * l.c.wasm!.argWords, 'graph arguments');
+      this.writeArgs(args, l.c, l.bufs, l.uniforms);
+      const total = l.grid[0] * l.grid[1] * l.grid[2];
+      return { key: l.c.key, name: l.c.name, args, grid: [...l.grid], chunk: Math.max(1, Math.floor(total / (P * 8))), barrier: barriers[i]! };
+    });
+    const control = heap.alloc(4 * (steps.length + 2), 'graph counters');
+    const modules = new Map(launches.map((l) => [l.c.key, l.c.wasm!.module] as const));
+    const scratchBytes = Math.max(0, ...launches.map((l) => l.c.wasm!.scratchBytes));
+    const sent = new Set<unknown>();
+    return {
+      launches: launches.length,
+      replay: () => {
+        live('replay');
+        this.enqueue(async () => {
+          this.ensureScratch(scratchBytes);
+          new Int32Array(heap.sab, control + 8, steps.length).fill(0);
+          const graph = { id, memory: heap.memory, control, scratch: this.scratch };
+          const replies = this.pool
+            ? await this.pool.runGraph(graph, steps, modules, WASM_IMPORTS, sent)
+            : [executeGraph({
+              id: 0, slot: 0,
+              graph: { ...graph, participants: 1, steps, imports: WASM_IMPORTS, modules: [...modules].map(([key, module]) => ({ key, module })) },
+            }, this.inlineKernels, this.inlineGraphs)];
+          const failed = replies.find((r) => r.error !== undefined);
+          if (failed) throw new KernelRunError(`graph of ${steps.length} launches`, failed.error!);
+        });
+      },
+      destroy: () => {
+        if (destroyed) return;
+        destroyed = true;
+        this.enqueue(() => {
+          steps.forEach((s, i) => heap.release(s.args, 4 * launches[i]!.c.wasm!.argWords));
+          heap.release(control, 4 * (steps.length + 2));
+          this.inlineGraphs.delete(id);
+        });
+      },
+    };
   }
 
   private async execute(c: Compiled, bufs: CpuBuffer[], uniforms: number[], grid: [number, number, number]): Promise<void> {

@@ -3,7 +3,8 @@
 // workgroups from a shared counter until none are left, so uneven workgroups balance themselves.
 // Workers do not hold the host while idle: an idle pool never keeps Node alive.
 import { platform, type PlatformWorker } from '../../platform/index.js';
-import { type JobMessage, type JobReply, WORKER_SOURCE } from './worker.js';
+import type { WasmModule } from './wasm-api.js';
+import { type GraphMessage, type GraphStep, type JobMessage, type JobReply, WORKER_SOURCE } from './worker.js';
 
 interface PoolWorker {
   worker: PlatformWorker;
@@ -54,6 +55,31 @@ export class WorkerPool {
         pw.known.add(job.key);
       } else if (msg.wasm) {
         msg.wasm = { ...msg.wasm, module: undefined, imports: undefined };
+      }
+      pw.pending.set(id, { resolve });
+      pw.worker.hold(true);
+      pw.worker.post(msg);
+    })));
+  }
+
+  /**
+   * Replay a recorded step on every worker (one message each): each gets, the first time, the
+   * steps and the modules it has not instantiated.
+   */
+  runGraph(graph: Omit<GraphMessage['graph'], 'participants' | 'modules' | 'imports' | 'steps'>, steps: GraphStep[],
+    modules: Map<string, WasmModule>, imports: string, sent: Set<unknown>): Promise<JobReply[]> {
+    if (this.closed) throw new Error('the worker pool was shut down');
+    while (this.workers.length < this.size) this.workers.push(this.spawn());
+    const use = this.workers;
+    return Promise.all(use.map((pw, i) => new Promise<JobReply>((resolve) => {
+      const id = this.nextId++;
+      const msg: GraphMessage = { id, slot: i + 1, graph: { ...graph, participants: use.length } };
+      if (!sent.has(pw)) {
+        sent.add(pw);
+        msg.graph.steps = steps;
+        msg.graph.imports = imports;
+        msg.graph.modules = [...modules].filter(([key]) => !pw.known.has(key)).map(([key, module]) => ({ key, module }));
+        for (const key of modules.keys()) pw.known.add(key);
       }
       pw.pending.set(id, { resolve });
       pw.worker.hold(true);

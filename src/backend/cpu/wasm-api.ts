@@ -9,3 +9,15 @@ interface WasmApi {
   Instance: new (m: WasmModule, imports: Record<string, Record<string, unknown>>) => WasmInstance;
 }
 export const Wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+/**
+ * V8 first compiles wasm with its baseline compiler and optimises hot functions later on
+ * background threads; a kernel's `run` is called a few times per launch, so on a busy machine the
+ * optimised code arrives late (measured: gemv 3× slower meanwhile). Node lets us ask for optimised
+ * code at compile time instead (process-wide; kernel modules are small). Elsewhere: nothing.
+ */
+export function preferOptimizedWasm(): void {
+  const proc = (globalThis as { process?: { getBuiltinModule?: (name: string) => unknown } }).process;
+  const v8 = proc?.getBuiltinModule?.('node:v8') as { setFlagsFromString(flags: string): void } | undefined;
+  v8?.setFlagsFromString('--no-wasm-dynamic-tiering');
+}

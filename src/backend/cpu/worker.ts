@@ -149,14 +149,111 @@ export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>):
   return reply;
 }
 
-// The worker's program: executeJob's own text (whatever name a bundler gave it) and the
-// `handle(job)` the platform's worker calls per message (src/platform: worker_threads or Web Workers).
+/** One launch of a recorded step (graph.ts): its kernel, argument block and grid. */
+export interface GraphStep {
+  key: string; name: string; args: number; grid: [number, number, number]; chunk: number;
+  /** Every thread waits here for the others before the next step (it depends on this one). */
+  barrier: boolean;
+}
+/** A replay of a recorded step sequence, on one thread of `participants`. */
+export interface GraphMessage {
+  id: number;
+  graph: {
+    id: number;
+    memory: WasmMemory;
+    /** Byte offset of the control words: [arrived, generation, one workgroup counter per step]. */
+    control: number;
+    participants: number;
+    scratch: number[];
+    /** Sent the first time a thread replays this graph. */
+    steps?: GraphStep[];
+    /** Modules of the kernels this thread has not instantiated yet, and the Math imports' body. */
+    modules?: { key: string; module: WasmModule }[];
+    imports?: string;
+  };
+  slot: number;
+}
+
+/**
+ * Replays a recorded step on this thread: for each launch, take workgroups from its counter until
+ * none are left, then (where the next launch depends on it) wait at a barrier for every other
+ * thread. Tiny launches thus run on whichever thread comes first. After an error the thread stops
+ * running kernels but keeps meeting the barriers, so the others finish. Self-contained (its text
+ * runs in worker threads).
+ */
+export function executeGraph(msg: GraphMessage, kernels: Map<string, WorkerKernel>, graphs: Map<number, GraphStep[]>): JobReply {
+  const g = msg.graph;
+  if (g.modules?.length) {
+    const W = (globalThis as unknown as { WebAssembly: { Instance: new (m: WasmModule, i: object) => { exports: Record<string, unknown> } } }).WebAssembly;
+    const m = new Function(g.imports ?? '')() as Record<string, (...a: number[]) => number>;
+    for (const { key, module } of g.modules) {
+      if (kernels.has(key)) continue;
+      const ctx = { findings: [], keys: new Set<string>(), count: 0, limit: 20 };
+      try {
+        kernels.set(key, { ctx, wasmRun: new W.Instance(module, { env: { memory: g.memory }, m }).exports.run as WorkerKernel['wasmRun'] });
+      } catch (e) {
+        kernels.set(key, { ctx, compileError: 'while instantiating its WebAssembly: ' + (e instanceof Error ? e.message : String(e)) });
+      }
+    }
+  }
+  if (g.steps) graphs.set(g.id, g.steps);
+  const steps = graphs.get(g.id);
+  if (!steps) return { id: msg.id, findings: [], count: 0, error: 'graph steps were not sent to this thread', busyMs: 0 };
+  const ctl = new Int32Array(g.memory.buffer, g.control, steps.length + 2);
+  const P = g.participants, scratch = g.scratch[msg.slot] ?? 0;
+  let error: string | undefined;
+  const t0 = performance.now();
+  for (let i = 0; i < steps.length; i++) {
+    const s = steps[i]!;
+    if (error === undefined) {
+      const k = kernels.get(s.key), run = k?.wasmRun;
+      const [gx, gy, gz] = s.grid, total = gx * gy * gz;
+      if (!run) {
+        error = k?.compileError ?? `kernel ${s.key} was not sent to this thread`;
+        Atomics.store(ctl, i + 2, total);
+      } else {
+        let at = -1;
+        try {
+          for (;;) {
+            const start = Atomics.add(ctl, i + 2, s.chunk);
+            if (start >= total) break;
+            at = start;
+            run(start, Math.min(total, start + s.chunk), gx, gy, gz, s.args, scratch);
+          }
+        } catch (e) {
+          Atomics.store(ctl, i + 2, total);
+          error = 'kernel ' + s.name + ' (step ' + i + '), workgroups from ' + at + ': ' + (e instanceof Error ? e.message : String(e));
+        }
+      }
+    }
+    if (s.barrier && P > 1) {
+      // Sense by generation: the last to arrive resets the count and starts the next generation.
+      const gen = Atomics.load(ctl, 1);
+      if (Atomics.add(ctl, 0, 1) === P - 1) {
+        Atomics.store(ctl, 0, 0);
+        Atomics.add(ctl, 1, 1);
+        Atomics.notify(ctl, 1);
+      } else {
+        let spins = 0;
+        while (Atomics.load(ctl, 1) === gen) {
+          if (++spins > 4000) Atomics.wait(ctl, 1, gen, 1);
+        }
+      }
+    }
+  }
+  return { id: msg.id, findings: [], count: 0, busyMs: performance.now() - t0, ...(error !== undefined ? { error } : {}) };
+}
+
+// The worker's program: executeJob's and executeGraph's own text (whatever names a bundler gave
+// them) and the `handle(message)` the platform's worker calls per message (src/platform:
+// worker_threads or Web Workers).
 export const WORKER_SOURCE = `${KEEP_NAMES_SHIM}
 const executeJob = (${executeJob.toString()});
-const kernels = new Map();
+const executeGraph = (${executeGraph.toString()});
+const kernels = new Map(), graphs = new Map();
 function handle(job) {
   try {
-    return executeJob(job, kernels);
+    return job.graph ? executeGraph(job, kernels, graphs) : executeJob(job, kernels);
   } catch (e) {
     return { id: job.id, findings: [], count: 0, error: e instanceof Error ? e.message : String(e), busyMs: 0 };
   }

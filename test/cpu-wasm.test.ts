@@ -1,0 +1,127 @@
+// The cpu device's wasm executor against its js executor (the reference): a whole model's logits
+// bit for bit, and step replay (captureGraph): where barriers go, recorded launch chains replayed
+// with fresh inputs, decode steps replayed with the plain forward's bits. Kernel-level conformance
+// runs in the kernel suites ('cpu' and 'cpu-js' in test/backends.ts) and test/cpu-executor.test.ts.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
+import { createCpuDevice } from '../src/backend/cpu/index.js';
+import { barriersBetween } from '../src/backend/cpu/graph.js';
+import type { Device } from '../src/backend/device.js';
+import { BlockManager } from '../src/kv/blockManager.js';
+import { type LLM, loadModel } from '../src/llm.js';
+import { LlamaForward, type SeqInput } from '../src/model/forward.js';
+import { brownDir } from './runtimeGolden.js';
+import { freshSeed, randomF32, rng } from './util.js';
+
+const wasm = await createCpuDevice({ workers: 2, executor: 'wasm' });
+const js = await createCpuDevice({ workers: 2, executor: 'js' });
+afterAll(async () => { await wasm.destroy(); await js.destroy(); });
+
+/** Where two f32 arrays first differ in their bits, or null. */
+function firstDiff(got: Float32Array, want: Float32Array): string | null {
+  if (got.length !== want.length) return `length ${got.length} vs ${want.length}`;
+  const a = new Uint32Array(got.buffer, got.byteOffset, got.length), b = new Uint32Array(want.buffer, want.byteOffset, want.length);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return `element ${i}: ${got[i]} vs ${want[i]}`;
+  return null;
+}
+
+describe('step replay: barriers', () => {
+  const at = (offset: number, writes: boolean) => ({ offset, bytes: 64, writes });
+  it('separate a launch from one whose output it reads or whose input it overwrites, and nothing else', () => {
+    expect(barriersBetween([
+      { bindings: [at(0, false), at(64, true)] },     // reads A, writes B
+      { bindings: [at(0, false), at(128, true)] },    // reads A, writes C: independent
+      { bindings: [at(64, false), at(192, true)] },   // reads B: after a barrier
+      { bindings: [at(256, false), at(64, true)] },   // writes B, which launch 3 read: barrier
+      { bindings: [at(320, false), at(384, true)] },  // independent of launch 4
+    ])).toEqual([false, true, true, false, false]);
+    // Overlap, not equality: a view that starts inside a written buffer conflicts.
+    expect(barriersBetween([{ bindings: [at(0, true)] }, { bindings: [{ offset: 32, bytes: 8, writes: false }] }])).toEqual([true, false]);
+  });
+});
+
+describe.each([['wasm', wasm], ['js', js]] as const)('step replay on the %s executor', (_name, dev: Device) => {
+  it('a recorded chain of dependent and independent launches replays with the inputs written before each replay', async () => {
+    const n = 1000, add = vectorAdd({ caps: dev.caps });
+    const a = dev.alloc('f32', n, 'a'), b = dev.alloc('f32', n, 'b');
+    const c = dev.alloc('f32', n, 'c'), d = dev.alloc('f32', n, 'd'), e = dev.alloc('f32', n, 'e');
+    try {
+      const graph = dev.captureGraph!(() => {
+        dev.launch(add, { a, b, out: c }, { n });       // c = a + b
+        dev.launch(add, { a: c, b, out: d }, { n });    // d = c + b (needs c)
+        dev.launch(add, { a, b: a, out: e }, { n });    // e = a + a (independent)
+        dev.launch(add, { a: d, b: e, out: c }, { n }); // c = d + e (overwrites c, which launch 2 read)
+      });
+      expect(graph.launches).toBe(4);
+      expect(() => dev.captureGraph!(() => { dev.write(a, new Float32Array(n)); })).toThrow(/during graph capture/);
+      const r = rng(freshSeed('cpu graph replay'));
+      for (let rep = 0; rep < 3; rep++) {
+        const A = randomF32(n, r), B = randomF32(n, r);
+        dev.write(a, A);
+        dev.write(b, B);
+        dev.write(c, new Float32Array(n).fill(Number.NaN));
+        graph.replay();
+        const got = await dev.read(c);
+        const f = Math.fround;
+        const want = A.map((x, i) => f(f(f(x + B[i]!) + B[i]!) + f(x + x)));
+        expect(firstDiff(got, want), `replay ${rep}`).toBeNull();
+      }
+      graph.destroy();
+      expect(() => graph.replay()).toThrow(/destroyed/);
+    } finally {
+      for (const x of [a, b, c, d, e]) dev.free(x);
+    }
+  });
+});
+
+describe.each([['f16 weights', {}], ['INT4 RTN g=64', { quant: 'int4-rtn', groupSize: 64 }]] as const)('brown-draft (%s) on the wasm and js executors', (_name, opts) => {
+  let onWasm: LLM, onJs: LLM;
+  const seed = freshSeed('wasm vs js model');
+  beforeAll(async () => {
+    onWasm = await loadModel(brownDir('draft'), { device: wasm, ...opts });
+    onJs = await loadModel(brownDir('draft'), { device: js, ...opts });
+  });
+  afterAll(async () => { await onWasm?.close(); await onJs?.close(); });
+
+  /** Prefill, then decode steps (plain forward or replayed decode graphs): every logits row. */
+  async function run(llm: LLM, dev: Device, graphs: boolean): Promise<Float32Array[]> {
+    const fw = new LlamaForward(dev, llm.spec, llm.weights, { numBlocks: 8, maxSeqs: 2, maxBatchTokens: 16, decodeGraphs: graphs });
+    const bm = new BlockManager(8, { prefixCaching: false });
+    const r = rng(seed);
+    const out: Float32Array[] = [];
+    try {
+      const input = (s: number, tokens: number[]): SeqInput => {
+        const ctxLen = bm.length(s);
+        return { tokens, ctxLen, blockTable: [], slots: bm.append(s, tokens), logits: 'last' };
+      };
+      const withTable = (s: number, q: SeqInput): SeqInput => ({ ...q, blockTable: bm.blockTable(s) });
+      for (const s of [0, 1]) {
+        bm.addSequence(s);
+        const q = input(s, Array.from({ length: 9 + 4 * s }, () => Math.floor(r() * llm.spec.vocabSize)));
+        out.push((await fw.forward([withTable(s, q)])).logits);
+      }
+      for (let step = 0; step < 4; step++) {
+        const batch = [0, 1].slice(0, 1 + (step % 2)).map((s) => withTable(s, input(s, [Math.floor(r() * llm.spec.vocabSize)])));
+        out.push((graphs ? await fw.decode(batch) : await fw.forward(batch)).logits);
+      }
+      if (graphs) expect(fw.capturedBuckets).toEqual([1, 2]);
+      return out;
+    } finally {
+      for (const s of [0, 1]) if (bm.has(s)) bm.free(s);
+      fw.destroy();
+    }
+  }
+
+  it('gives the js executor\'s logits bit for bit (prefill and decode), and replayed decode steps give the plain forward\'s', async () => {
+    const ref = await run(onJs, js, false);
+    const plain = await run(onWasm, wasm, false);
+    const replayed = await run(onWasm, wasm, true);
+    expect(ref.every((row) => row.every(Number.isFinite))).toBe(true);
+    ref.forEach((row, i) => {
+      expect(firstDiff(plain[i]!, row), `pass ${i}: wasm vs js`).toBeNull();
+      expect(firstDiff(replayed[i]!, row), `pass ${i}: wasm with decode graphs vs js`).toBeNull();
+    });
+    // The logits depend on the input: the comparison is not between constant rows.
+    expect(firstDiff(ref[0]!, ref[1]!)).not.toBeNull();
+  });
+});
