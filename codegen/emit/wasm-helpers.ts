@@ -1,7 +1,7 @@
-// The functions every WebAssembly kernel module carries besides its `run`: f16 conversions (the
-// bit-exact port of codegen/dsl/f16.ts makeF16), WGSL integer division, "is any invocation of this
-// mask active". And the Math functions a module imports, so that exp, log, sin, cos, tanh and pow
-// give the bits the JavaScript executor's Math calls give.
+// The functions every WebAssembly kernel module carries besides its `run`: f32 → f16 bits (the
+// bit-exact port of codegen/dsl/f16.ts makeF16's; f16 → f32 reads makeF16's table in memory) and
+// "is any invocation of this mask active". And the Math functions a module imports, so that exp,
+// log, sin, cos, tanh and pow give the bits the JavaScript executor's Math calls give.
 import { FnBuilder, type ImportFn } from './wasm-encode.js';
 
 /** Imported f64 functions, in import order (their function indices). */
@@ -14,7 +14,7 @@ export const MATH_IMPORTS: ImportFn[] = WASM_MATH.map((n) => ({
 /** Function indices: imports first, then run, then the helpers below. */
 export const FN = (() => {
   const base = WASM_MATH.length;
-  return { run: base, h2f: base + 1, f2h: base + 2, idiv: base + 3, irem: base + 4, udiv: base + 5, urem: base + 6, any: base + 7 };
+  return { run: base, f2h: base + 1, any: base + 2 };
 })();
 
 /**
@@ -26,24 +26,6 @@ export function wasmMathImports(): Record<string, (...a: number[]) => number> {
     exp: Math.exp, log: Math.log, log2: Math.log2, sin: Math.sin, cos: Math.cos, tanh: Math.tanh,
     pow: Math.pow, fmod: (a: number, b: number) => a % b,
   };
-}
-
-/** f16 bits (low 16 of an i32) → f32 value, exact. */
-function h2f(): FnBuilder {
-  const f = new FnBuilder(['i32'], ['f32']);
-  const e = f.local('i32'), m = f.local('i32'), s = f.local('i32');
-  f.get(0).i32(10).op('i32.shr_u').i32(31).op('i32.and').set(e);
-  f.get(0).i32(1023).op('i32.and').set(m);
-  f.get(0).i32(0x8000).op('i32.and').i32(16).op('i32.shl').set(s);
-  // Zero and subnormals: m · 2^-24 (exact), signed.
-  f.get(e).op('i32.eqz').if('sub');
-  f.get(m).op('f32.convert_i32_u').f32(5.9604644775390625e-8).op('f32.mul').op('i32.reinterpret_f32').get(s).op('i32.or').op('f32.reinterpret_i32').op('return');
-  f.end();
-  f.get(e).i32(31).op('i32.eq').if('inf');
-  f.get(s).i32(0x7f800000).op('i32.or').get(m).i32(13).op('i32.shl').op('i32.or').op('f32.reinterpret_i32').op('return');
-  f.end();
-  f.get(s).get(e).i32(112).op('i32.add').i32(23).op('i32.shl').op('i32.or').get(m).i32(13).op('i32.shl').op('i32.or').op('f32.reinterpret_i32');
-  return f;
 }
 
 /** f32 value → f16 bits, round to nearest even; overflow → ±Inf, NaN → quiet NaN (makeF16.bits). */
@@ -87,22 +69,6 @@ function f2h(): FnBuilder {
   return f;
 }
 
-/** WGSL integer division and remainder: x / 0 = x, x % 0 = 0, INT_MIN / -1 = INT_MIN (no traps). */
-function divide(kind: 'idiv' | 'irem' | 'udiv' | 'urem'): FnBuilder {
-  const f = new FnBuilder(['i32', 'i32'], ['i32']);
-  const rem = kind === 'irem' || kind === 'urem';
-  f.get(1).op('i32.eqz').if('zero');
-  if (rem) f.i32(0); else f.get(0);
-  f.op('return').end();
-  if (kind === 'idiv' || kind === 'irem') {
-    f.get(1).i32(-1).op('i32.eq').if('m1');
-    if (rem) f.i32(0); else f.i32(0).get(0).op('i32.sub');
-    f.op('return').end();
-  }
-  f.get(0).get(1).op(kind === 'idiv' ? 'i32.div_s' : kind === 'irem' ? 'i32.rem_s' : kind === 'udiv' ? 'i32.div_u' : 'i32.rem_u');
-  return f;
-}
-
 /** any(ptr, n): whether any of the n mask bytes at ptr is non-zero. */
 function any(): FnBuilder {
   const f = new FnBuilder(['i32', 'i32'], ['i32']);
@@ -118,5 +84,5 @@ function any(): FnBuilder {
 
 /** The helper functions, in FN order after run. */
 export function helperFunctions(): FnBuilder[] {
-  return [h2f(), f2h(), divide('idiv'), divide('irem'), divide('udiv'), divide('urem'), any()];
+  return [f2h(), any()];
 }
