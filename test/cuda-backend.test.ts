@@ -295,6 +295,8 @@ describe.skipIf(!toolchain || !nvcc || !existsSync(addonPath()))('cuda backend o
     expect(r.beforeReplayNaN).toBe(true);
     expect(r.replayErr).toBeLessThan(1e-6);
     expect(r.replayAfterDestroy).toBe('Error: CudaGraph.replay: the graph was destroyed');
+    expect(r.freeUnderGraph).toBe("Error: cuda free of 'sum': the buffer is used by 1 live captured graph (1 launches); destroy the graph before freeing or regrowing its buffers");
+    expect(r.freeDuringCapture).toBe("Error: cuda free of 'spare2': the buffer is used by the graph being captured; destroy the graph before freeing or regrowing its buffers");
     expect(r.memInfoDrop).toBe(4 << 20);
     expect(r.memInfoBack).toBe(true);
     expect(r.oom).toBe('Error: cuMemAlloc_v2 failed: CUDA_ERROR_OUT_OF_MEMORY (2): out of memory');

@@ -31,10 +31,13 @@ interface CompiledKernel {
 
 /** A captured sequence of launches; replay() queues all of them with one driver call. The launches
  *  keep the buffers and uniform values they were captured with: what changes per replay must live
- *  in device buffers that are written before replay(). */
+ *  in device buffers that are written before replay(). Those buffers cannot be freed (or regrown,
+ *  which frees) while the graph lives: the device refuses, naming the buffer. */
 export class CudaGraph implements DeviceGraph {
   private destroyed = false;
-  constructor(private readonly dev: CudaDevice, private readonly handle: bigint, readonly launches: number) {}
+  constructor(private readonly dev: CudaDevice, private readonly handle: bigint, readonly launches: number,
+    /** @internal The buffers its launches use (CudaDevice.free refuses them). */
+    readonly buffers: ReadonlySet<object>) {}
   replay(): void {
     if (this.destroyed) throw new Error('CudaGraph.replay: the graph was destroyed');
     this.dev.native('replay a graph').launchGraph(this.handle);
@@ -58,7 +61,7 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
   private bySource = new Map<string, CompiledKernel>();
   private modules: bigint[] = [];
   private graphs = new Set<CudaGraph>();
-  private capture: { launches: number; deferredFrees: CudaBuffer[] } | undefined;
+  private capture: { launches: number; deferredFrees: CudaBuffer[]; buffers: Set<object> } | undefined;
   private ctx: NativeContext | undefined;
 
   constructor(ctx: NativeContext, readonly compiler: CudaCompiler) {
@@ -101,6 +104,21 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
     return hostArray(dtype, bytes, b.length);
   }
 
+  /**
+   * Refuses a buffer that a live graph (or the capture in progress) launches with: a replay would
+   * read or write freed memory. Scratch that grows is freed and reallocated, so this also catches
+   * a regrow under a captured graph. Destroy the graph first.
+   */
+  override free(buf: DeviceBuffer): void {
+    const b = this.own(buf, 'cuda free');
+    const users = [...this.graphs].filter((g) => g.buffers.has(b));
+    if (users.length || this.capture?.buffers.has(b)) {
+      const by = users.length ? `${users.length} live captured graph${users.length > 1 ? 's' : ''} (${users.map((g) => `${g.launches} launches`).join(', ')})` : 'the graph being captured';
+      throw new Error(`cuda free of '${b.label}': the buffer is used by ${by}; destroy the graph before freeing or regrowing its buffers`);
+    }
+    super.free(buf);
+  }
+
   protected freeBuffer(b: CudaBuffer): void {
     // Freeing synchronizes, which a capture forbids: release it once the capture ends.
     if (this.capture) this.capture.deferredFrees.push(b);
@@ -112,6 +130,7 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
     const d = this.own(dst, 'cuda copy'), s = this.own(src, 'cuda copy');
     checkCopy('cuda', d, s);
     this.native('copy').copy(d.ptr, 0, s.ptr, 0, s.length * byteSize(s.dtype));
+    if (this.capture) this.capture.buffers.add(d).add(s);
   }
 
   private compiled(kernel: Kernel): CompiledKernel {
@@ -164,7 +183,10 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
     if (ck.uniformView) packUniformsInto(ir, uniforms, ck.uniformView);
     const [bx, by, bz] = ir.workgroupSize;
     this.native(`launch '${ir.name}'`).launch(ck.fn, grid[0], grid[1], grid[2], bx, by, bz, 0, ck.pointers, ck.uniforms);
-    if (this.capture) this.capture.launches++;
+    if (this.capture) {
+      this.capture.launches++;
+      for (const b of bufs) this.capture.buffers.add(b);
+    }
   }
 
   async sync(): Promise<void> {
@@ -184,7 +206,7 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
     const ctx = this.native('capture a graph');
     if (this.capture) throw new Error('cuda captureGraph: a capture is already open');
     ctx.beginCapture();
-    const capture = (this.capture = { launches: 0, deferredFrees: [] as CudaBuffer[] });
+    const capture = (this.capture = { launches: 0, deferredFrees: [] as CudaBuffer[], buffers: new Set<object>() });
     let handle: bigint;
     try {
       const r: unknown = record();
@@ -197,7 +219,7 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
       this.capture = undefined;
       for (const b of capture.deferredFrees) ctx.free(b.ptr);
     }
-    const graph = new CudaGraph(this, handle, capture.launches);
+    const graph = new CudaGraph(this, handle, capture.launches, capture.buffers);
     this.graphs.add(graph);
     return graph;
   }
