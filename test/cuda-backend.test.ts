@@ -13,7 +13,7 @@ import { CUDA_CAPS, type KernelIR, kernel, storage } from '../codegen/dsl/index.
 import { emitCUDA } from '../codegen/emit/cuda.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import { addonPath, loadAddon, loadAddonFrom } from '../src/backend/cuda/addon.js';
-import { CudaCompileError, type CudaCompiler, cudaIncludeDirs, findNvcc, nvccCompiler, withFallback } from '../src/backend/cuda/compile.js';
+import { CudaCompileError, type CudaCompiler, cudaIncludeDirs, findNvcc, nvccCompiler, nvrtcCandidates, withFallback } from '../src/backend/cuda/compile.js';
 import { createCudaDevice } from '../src/backend/cuda/index.js';
 import {
   checkGeometry, chooseTarget, cudaCaps, fillPointers, packUniforms, uniformStructBytes,
@@ -200,6 +200,16 @@ describe('cuda compiler fallback', () => {
     expect(() => c.compile('k', 'k', [9, 0])).toThrow(/^kernel 'k': NVRTC failed\n\nnvcc failed too: kernel 'k': nvcc failed$/);
     const d = withFallback(fake('nvrtc', () => new Error('no such architecture')), fake('nvcc', () => undefined));
     expect(() => d.compile('k', 'k', [9, 0])).toThrow('no such architecture');
+  });
+});
+
+describe('cuda NVRTC choice', () => {
+  const env = { CUDA_HOME: '/nonexistent-toolkit' };
+  it('tries the NVRTC of the driver\'s CUDA major version first and newer ones last', () => {
+    expect(nvrtcCandidates(env, 12080)).toEqual(['libnvrtc.so.12', 'libnvrtc.so', 'libnvrtc.so.11.2', 'libnvrtc.so.13']);
+    expect(nvrtcCandidates(env, 13000)).toEqual(['libnvrtc.so.13', 'libnvrtc.so', 'libnvrtc.so.12', 'libnvrtc.so.11.2']);
+    expect(nvrtcCandidates(env)).toEqual(['libnvrtc.so', 'libnvrtc.so.13', 'libnvrtc.so.12', 'libnvrtc.so.11.2']);
+    expect(nvrtcCandidates({ ...env, KILN_NVRTC: '/opt/x/libnvrtc.so.12' }, 13000)).toEqual(['/opt/x/libnvrtc.so.12']);
   });
 });
 

@@ -31,10 +31,22 @@ export function cudaRoots(env: Env = process.env): string[] {
   return [env.CUDA_HOME, env.CUDA_PATH, '/usr/local/cuda'].filter((d): d is string => !!d);
 }
 
-/** libnvrtc names and paths to try, most specific first ($KILN_NVRTC overrides). */
-export function nvrtcCandidates(env: Env = process.env): string[] {
+/**
+ * libnvrtc names and paths to try, most specific first ($KILN_NVRTC overrides). Given the driver's
+ * CUDA version (cuDriverGetVersion, e.g. 12080), the NVRTC of the driver's own major version comes
+ * first and those newer than the driver last: a driver loads modules only from a toolkit no newer
+ * than itself.
+ */
+export function nvrtcCandidates(env: Env = process.env, driverVersion?: number): string[] {
   if (env.KILN_NVRTC) return [env.KILN_NVRTC];
-  const names = ['libnvrtc.so', 'libnvrtc.so.13', 'libnvrtc.so.12', 'libnvrtc.so.11.2'];
+  const versioned = [13, 12, 11];
+  const major = driverVersion ? Math.floor(driverVersion / 1000) : undefined;
+  const order = major === undefined ? versioned
+    : [...versioned.filter((v) => v === major), ...versioned.filter((v) => v < major), ...versioned.filter((v) => v > major)];
+  const file = (v: number) => (v === 11 ? 'libnvrtc.so.11.2' : `libnvrtc.so.${v}`);
+  // Unversioned libnvrtc.so is whatever the toolkit links: after the driver's own, before the others.
+  const names = major === undefined ? ['libnvrtc.so', ...order.map(file)]
+    : [...order.filter((v) => v === major).map(file), 'libnvrtc.so', ...order.filter((v) => v !== major).map(file)];
   const paths = cudaRoots(env).flatMap((root) => ['lib64', 'lib'].flatMap((lib) => names.map((n) => join(root, lib, n))));
   return [...names, ...paths.filter((p) => existsSync(p))];
 }
@@ -81,8 +93,8 @@ function cached(
 }
 
 /** NVRTC through the addon, or why it is not there. */
-export function nvrtcCompiler(addon: KilnCudaAddon, env: Env = process.env): CudaCompiler | { reason: string } {
-  const st = addon.nvrtcLoad(nvrtcCandidates(env));
+export function nvrtcCompiler(addon: KilnCudaAddon, env: Env = process.env, driverVersion?: number): CudaCompiler | { reason: string } {
+  const st = addon.nvrtcLoad(nvrtcCandidates(env, driverVersion));
   if (!st.ok) return { reason: st.reason ?? 'NVRTC not found' };
   const version = st.version ? st.version.join('.') : '?';
   const includes = cudaIncludeDirs(env).map((d) => `--include-path=${d}`);
@@ -135,10 +147,10 @@ export function nvccCompiler(env: Env = process.env): CudaCompiler | { reason: s
 
 /** The compiler to use: $KILN_CUDA_COMPILER = nvrtc | nvcc forces one. By default NVRTC, with nvcc
  *  as a fallback when both exist (an NVRTC without cuda_fp16.h built in, say); else whichever exists. */
-export function selectCompiler(addon: KilnCudaAddon, env: Env = process.env): CudaCompiler | { reason: string } {
+export function selectCompiler(addon: KilnCudaAddon, env: Env = process.env, driverVersion?: number): CudaCompiler | { reason: string } {
   const force = env.KILN_CUDA_COMPILER;
   if (force && force !== 'nvrtc' && force !== 'nvcc') return { reason: `KILN_CUDA_COMPILER=${force}: use nvrtc or nvcc` };
-  const rtc = force === 'nvcc' ? { reason: 'not tried (KILN_CUDA_COMPILER=nvcc)' } : nvrtcCompiler(addon, env);
+  const rtc = force === 'nvcc' ? { reason: 'not tried (KILN_CUDA_COMPILER=nvcc)' } : nvrtcCompiler(addon, env, driverVersion);
   if (force === 'nvrtc') return rtc;
   const cc = nvccCompiler(env);
   if ('compile' in rtc && 'compile' in cc) return withFallback(rtc, cc);

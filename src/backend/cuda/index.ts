@@ -32,7 +32,7 @@ export async function createCudaDevice(_opts: DeviceOptions = {}): Promise<Devic
   if (!Number.isInteger(ordinal) || ordinal < 0 || ordinal >= st.deviceCount) {
     throw new BackendUnavailableError('cuda', `KILN_CUDA_DEVICE=${process.env.KILN_CUDA_DEVICE}: ${st.deviceCount} device(s) present`);
   }
-  const compiler = selectCompiler(a.addon);
+  const compiler = selectCompiler(a.addon, process.env, st.driverVersion);
   if ('reason' in compiler) throw new BackendUnavailableError('cuda', compiler.reason);
   return new CudaDevice(new a.addon.CudaContext(ordinal), compiler);
 }
