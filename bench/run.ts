@@ -8,6 +8,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   attention: () => import('./attention.js'),
   accept: () => import('./accept.js'),
   generate: () => import('./generate.js'),
+  launch: () => import('./launch.js'),
   engine: () => import('./engine.js'),
   spec: () => import('./spec.js'),
   serve: () => import('./serve.js'),

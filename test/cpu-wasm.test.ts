@@ -35,14 +35,21 @@ describe('step replay: barriers', () => {
       { bindings: [at(256, false), at(64, true)] },   // writes B, which launch 3 read: barrier
       { bindings: [at(320, false), at(384, true)] },  // independent of launch 4
     ])).toEqual([false, true, true, false, false]);
+    // Solo launches run in order on one thread: no barrier between them, one before a launch on every thread.
+    expect(barriersBetween([
+      { bindings: [at(0, false), at(64, true)], solo: true },
+      { bindings: [at(64, false), at(128, true)], solo: true },  // reads launch 1's output: same thread
+      { bindings: [at(128, false), at(192, true)] },             // reads launch 2's output: barrier
+      { bindings: [at(192, false), at(256, true)], solo: true }, // reads launch 3's: barrier
+    ])).toEqual([false, true, true, false]);
     // Overlap, not equality: a view that starts inside a written buffer conflicts.
     expect(barriersBetween([{ bindings: [at(0, true)] }, { bindings: [{ offset: 32, bytes: 8, writes: false }] }])).toEqual([true, false]);
   });
 });
 
 describe.each([['wasm', wasm], ['js', js]] as const)('step replay on the %s executor', (_name, dev: Device) => {
-  it('a recorded chain of dependent and independent launches replays with the inputs written before each replay', async () => {
-    const n = 1000, add = vectorAdd({ caps: dev.caps });
+  it.each([64, 3000])('a recorded chain of dependent and independent launches replays with the inputs written before each replay (n = %i)', async (n) => {
+    const add = vectorAdd({ caps: dev.caps });
     const a = dev.alloc('f32', n, 'a'), b = dev.alloc('f32', n, 'b');
     const c = dev.alloc('f32', n, 'c'), d = dev.alloc('f32', n, 'd'), e = dev.alloc('f32', n, 'e');
     try {

@@ -3,28 +3,39 @@
 // per launch — and replayed with one message per worker. Workers take workgroups from the
 // counters and meet at an Atomics barrier only where a launch depends on the ones before it.
 
-/** A recorded launch: its buffers (byte offsets in the shared memory, written or only read). */
+/**
+ * A recorded launch: its buffers (byte offsets in the shared memory, written or only read), and
+ * whether it is `solo`: small enough that one thread runs it whole (the first worker; the others
+ * skip it) rather than every thread meeting at a barrier around it.
+ */
 export interface RecordedLaunch {
   bindings: { offset: number; bytes: number; writes: boolean }[];
+  solo?: boolean;
 }
+
+type Spans = [number, number][];
+const overlaps = (set: Spans, at: number, bytes: number) => set.some(([o, n]) => at < o + n && o < at + bytes);
 
 /**
  * Where barriers go: after launch i when launch i + 1 reads or writes a buffer a launch since the
- * last barrier wrote, or writes one such a launch read. barriers[i] is for the gap after launch i
- * (the last is false: the replay's end waits for every thread anyway).
+ * last barrier wrote, or writes one such a launch read — except between solo launches, which one
+ * thread runs in order. barriers[i] is for the gap after launch i (the last is false: the replay's
+ * end waits for every thread anyway).
  */
 export function barriersBetween(launches: RecordedLaunch[]): boolean[] {
   const out = launches.map(() => false);
-  let reads: [number, number][] = [], writes: [number, number][] = [];
-  const overlaps = (set: [number, number][], at: number, bytes: number) => set.some(([o, n]) => at < o + n && o < at + bytes);
+  // Since the last barrier: what launches on every thread and what solo launches read and wrote.
+  let all = { reads: [] as Spans, writes: [] as Spans }, solo = { reads: [] as Spans, writes: [] as Spans };
   launches.forEach((l, i) => {
-    const conflict = l.bindings.some((b) => overlaps(writes, b.offset, b.bytes) || (b.writes && overlaps(reads, b.offset, b.bytes)));
+    const against = l.solo ? [all] : [all, solo];
+    const conflict = against.some((e) => l.bindings.some((b) => overlaps(e.writes, b.offset, b.bytes) || (b.writes && overlaps(e.reads, b.offset, b.bytes))));
     if (conflict && i > 0) {
       out[i - 1] = true;
-      reads = [];
-      writes = [];
+      all = { reads: [], writes: [] };
+      solo = { reads: [], writes: [] };
     }
-    for (const b of l.bindings) (b.writes ? writes : reads).push([b.offset, b.bytes]);
+    const into = l.solo ? solo : all;
+    for (const b of l.bindings) (b.writes ? into.writes : into.reads).push([b.offset, b.bytes]);
   });
   return out;
 }

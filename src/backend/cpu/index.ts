@@ -106,6 +106,8 @@ interface Compiled {
 }
 /** Launches expected to finish faster than a round trip to the workers run on the main thread. */
 const INLINE_NS = 100_000;
+/** In a replayed step, launches expected to take less than this run whole on one worker (no barrier around them). */
+const SOLO_NS = 20_000;
 
 class CpuDevice extends BaseDevice<CpuBuffer> {
   readonly kind = 'cpu' as const;
@@ -369,14 +371,20 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       };
     }
     const heap = this.heap, id = ++this.graphs, P = this.pool?.size ?? 1;
-    const barriers = barriersBetween(launches.map((l) => ({
-      bindings: l.bufs.map((b, i) => ({ offset: b.offset, bytes: b.bytes, writes: l.c.ir.buffers[i]!.access === 'read_write' })),
+    // Launches measured (or, unmeasured, sized) to take less than a barrier's worth run whole on one thread.
+    const solo = launches.map((l) => {
+      const total = l.grid[0] * l.grid[1] * l.grid[2], est = l.c.nsPerWorkgroup;
+      return total === 1 || (est === undefined ? total * l.c.invocations <= 256 : est * total < SOLO_NS);
+    });
+    const barriers = barriersBetween(launches.map((l, i) => ({
+      bindings: l.bufs.map((b, j) => ({ offset: b.offset, bytes: b.bytes, writes: l.c.ir.buffers[j]!.access === 'read_write' })),
+      solo: solo[i]!,
     })));
     const steps: GraphStep[] = launches.map((l, i) => {
       const args = heap.alloc(4 * l.c.wasm!.argWords, 'graph arguments');
       this.writeArgs(args, l.c, l.bufs, l.uniforms);
       const total = l.grid[0] * l.grid[1] * l.grid[2];
-      return { key: l.c.key, name: l.c.name, args, grid: [...l.grid], chunk: Math.max(1, Math.floor(total / (P * 8))), barrier: barriers[i]! };
+      return { key: l.c.key, name: l.c.name, args, grid: [...l.grid], chunk: Math.max(1, Math.floor(total / (P * 8))), barrier: barriers[i]!, solo: solo[i]! };
     });
     const control = heap.alloc(4 * (steps.length + 2), 'graph counters');
     const modules = new Map(launches.map((l) => [l.c.key, l.c.wasm!.module] as const));

@@ -154,6 +154,8 @@ export interface GraphStep {
   key: string; name: string; args: number; grid: [number, number, number]; chunk: number;
   /** Every thread waits here for the others before the next step (it depends on this one). */
   barrier: boolean;
+  /** Run whole by the first worker (slot 1, or the main thread alone); the others skip it. */
+  solo: boolean;
 }
 /** A replay of a recorded step sequence, on one thread of `participants`. */
 export interface GraphMessage {
@@ -205,7 +207,7 @@ export function executeGraph(msg: GraphMessage, kernels: Map<string, WorkerKerne
   const t0 = performance.now();
   for (let i = 0; i < steps.length; i++) {
     const s = steps[i]!;
-    if (error === undefined) {
+    if (error === undefined && (!s.solo || msg.slot <= 1)) {
       const k = kernels.get(s.key), run = k?.wasmRun;
       const [gx, gy, gz] = s.grid, total = gx * gy * gz;
       if (!run) {
