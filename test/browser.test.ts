@@ -181,8 +181,8 @@ describe.skipIf(!!skipWhy)('the playground in headless Chromium', () => {
     await page.close();
   });
 
-  it('mode=browser on the cpu device (Web Workers over SharedArrayBuffer): the same greedy ids', async () => {
-    const { page, error, ids } = await runPage({ ...greedy, mode: 'browser', device: 'cpu' });
+  it('mode=browser, device auto: only a software adapter here, so the cpu device (Web Workers over SharedArrayBuffer), the same greedy ids', async () => {
+    const { page, error, ids } = await runPage({ ...greedy, mode: 'browser', device: 'auto' });
     expect(error).toBeUndefined();
     expect(ids!.split(',').map(Number)).toEqual(newIds);
     const device = await page.evaluate(() => (globalThis as unknown as PageGlobals).kilnPlayground.llm.device.description);

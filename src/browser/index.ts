@@ -4,6 +4,7 @@
 // else on the main thread. The LLM it returns is Node's: generate / complete / chat / logits and
 // its engine.
 import type { Device } from '../backend/device.js';
+import { isSoftware } from '../backend/webgpu/adapter.js';
 import { type LLM, type LoadOptions, loadOpenedModel } from '../llm.js';
 import { platform } from '../platform/index.js';
 import { type DownloadProgress, fetchModel, type ModelSource } from './fetchModel.js';
@@ -17,7 +18,7 @@ export { fetchModel, type DownloadProgress, type FetchOptions, type FileLike, ty
 export type BrowserDevice = 'webgpu' | 'cpu' | 'auto';
 
 export interface BrowserLoadOptions extends Omit<LoadOptions, 'device' | 'tuneCache' | 'onProgress'> {
-  /** 'auto' (default): WebGPU when the browser has an adapter (software ones too), else cpu. */
+  /** 'auto' (default): WebGPU on a hardware adapter, else cpu; 'webgpu' takes a software adapter too. */
   device?: BrowserDevice | Device;
   /** Bytes downloaded per file (model.safetensors streams; total from Content-Length). */
   onDownload?: (p: DownloadProgress) => void;
@@ -30,14 +31,19 @@ export interface BrowserLoadOptions extends Omit<LoadOptions, 'device' | 'tuneCa
 /** Whether the cpu device gets Web Workers here (SharedArrayBuffer needs cross-origin isolation). */
 export const cpuWorkersAvailable = (): boolean => platform.sharedMemory;
 
-/** 'auto' → webgpu when navigator.gpu gives an adapter (software ones too), else cpu. */
+/**
+ * 'auto' → webgpu on a hardware adapter, else cpu — as createDevice('auto') in Node: a software
+ * adapter (SwiftShader) decodes several times slower than the cpu device (bench/notes/browser.md),
+ * so it is used only when asked for by name.
+ */
 async function pickDevice(kind: BrowserDevice): Promise<'webgpu' | 'cpu'> {
   if (kind === 'webgpu' || kind === 'cpu') return kind;
   if (kind !== 'auto') throw new Error(`device '${String(kind)}' is not webgpu, cpu or auto`);
   const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
   if (!gpu) return 'cpu';
   try {
-    return (await gpu.requestAdapter()) || (await gpu.requestAdapter({ featureLevel: 'compatibility' })) ? 'webgpu' : 'cpu';
+    const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+    return adapter && !isSoftware(adapter) ? 'webgpu' : 'cpu';
   } catch {
     return 'cpu';
   }

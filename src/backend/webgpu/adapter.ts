@@ -29,7 +29,7 @@ const SOFTWARE = /llvmpipe|lavapipe|softpipe|swiftshader|software|basic render/i
 const unavailable = (reason: string) => new BackendUnavailableError('webgpu', reason);
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
-function isSoftware(adapter: GPUAdapter): boolean {
+export function isSoftware(adapter: GPUAdapter): boolean {
   const i = adapter.info;
   return !!i.isFallbackAdapter || SOFTWARE.test(`${i.vendor} ${i.architecture} ${i.device} ${i.description}`);
 }
