@@ -9,6 +9,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   accept: () => import('./accept.js'),
   generate: () => import('./generate.js'),
   launch: () => import('./launch.js'),
+  simd: () => import('./simd.js'),
   engine: () => import('./engine.js'),
   spec: () => import('./spec.js'),
   serve: () => import('./serve.js'),

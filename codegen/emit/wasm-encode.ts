@@ -3,8 +3,13 @@
 // rather than binaryen (a 10+ MB dependency): the emitter already produces the structured code a
 // module needs, so encoding is a few hundred lines and nothing to optimise (V8's tiers do that).
 
-export type ValType = 'i32' | 'f32' | 'f64';
-const VT: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c };
+export type ValType = 'i32' | 'f32' | 'f64' | 'v128';
+const VT: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c, v128: 0x7b };
+
+/** SIMD128 opcodes (0xFD prefix) by name, the ones used. */
+export const SIMD = {
+  'f32x4.splat': 19, 'f32x4.extract_lane': 31, 'f32x4.add': 228, 'f32x4.mul': 230,
+} as const;
 
 /** Opcodes by name (single byte), the ones the emitter uses. */
 export const OP = {
@@ -100,6 +105,13 @@ export class FnBuilder {
     const align = /load8|store8/.test(o) ? 0 : /load16|store16/.test(o) ? 1 : 2;
     uleb(align, this.code);
     uleb(offset, this.code);
+    return this;
+  }
+  /** A SIMD128 instruction; extract_lane takes its lane. */
+  simd(o: keyof typeof SIMD, lane?: number): this {
+    this.code.push(0xfd);
+    uleb(SIMD[o], this.code);
+    if (lane !== undefined) this.code.push(lane);
     return this;
   }
   fence(): this { this.code.push(0xfe, 0x03, 0x00); return this; }
