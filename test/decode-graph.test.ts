@@ -11,6 +11,7 @@ import {
   decodeAttentionSizes, decodeBuckets, type DecodeGeometry, maxDecodeChunks, padDecodeMetadata, pickBucket,
 } from '../src/model/decodeBucket.js';
 import { ForwardError, LlamaForward, type SeqInput } from '../src/model/forward.js';
+import { GEMV_MAX_ROWS } from '../codegen/kernels/linearOp.js';
 import { attentionConfig, TILE_WORDS } from '../codegen/kernels/pagedAttention.js';
 import { prepareAttention } from '../src/ops/attention.js';
 import { forEachBackend } from './backends.js';
@@ -190,6 +191,14 @@ forEachBackend('fixed-shape decode steps', (base: Device) => {
           for (const s of steps.slice(1)) expect(s, `bucket ${B}: launches of a later step`).toEqual(steps[0]);
         }
         expect(stepLaunches.get(1)![0]).not.toEqual(stepLaunches.get(2)![0]);
+        // Issue 13's goal where the device has a device-scope fence: a GEMV-sized decode step is at
+        // most 5 launches per layer plus the classifier (norms, RoPE, KV append, split-K finishes,
+        // the attention merge and the embedding gather all folded; see test/launch-count.test.ts).
+        if (dev.caps.deviceFence) {
+          for (const [B, steps] of stepLaunches) {
+            if (B <= GEMV_MAX_ROWS) expect(steps[0]!.length, `bucket ${B}: launches per decode step`).toBeLessThanOrEqual(5 * llm.spec.layers + 1);
+          }
+        }
       });
 
       it('with graph capture, each bucket is captured once and replayed with the same bits', async () => {

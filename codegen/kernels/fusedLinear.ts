@@ -9,6 +9,7 @@
 //   larger M: rmsNorm, the tiled GEMM (+ ropeQkv and kvAppend).
 import type { BindingSpec, Op, Plan, PlanStep } from '../dsl/index.js';
 import { op, storage } from '../dsl/index.js';
+import { embedding } from './embedding.js';
 import { kvAppendKernel } from './kvAppend.js';
 import { capsKey, epilogueBindings, gemmKernel, gemvKernel, linearFinishKernel, memoKernel, segmentCount } from './linearCommon.js';
 import { fusionBindings, type GemvFusion, type RopeAppendEpilogue } from './linearFusion.js';
@@ -24,6 +25,11 @@ export interface FusedLinearSpec {
   norm?: { workgroupSize: number; eps: number };
   /** QKV projection: rotate q and k by `pos`, write q [M, heads·headDim] and append K/V at `slots`. */
   rope?: RopeAppendEpilogue;
+  /**
+   * Layer 0: x is the embedding of token `ids` from table `embed` (f32 [V, K] or f16 pairs
+   * [V, K/2]); the op writes those rows to x (the residual stream) as the embedding kernel would.
+   */
+  gather?: { table: 'f32' | 'f16'; vocab: number; workgroupSize?: number };
 }
 
 /**
@@ -52,15 +58,17 @@ function checkRope(name: string, l: LinearOp, r: RopeAppendEpilogue): void {
 
 export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
   const l = spec.linear, e = l.epilogue, src = l.source;
-  const name = `${l.name}${spec.norm ? `_norm${spec.norm.workgroupSize}` : ''}${spec.rope ? '_rope' : ''}`;
+  const name = `${l.name}${spec.gather ? '_embed' : ''}${spec.norm ? `_norm${spec.norm.workgroupSize}` : ''}${spec.rope ? '_rope' : ''}`;
   const r = spec.rope;
   if (r) checkRope(name, l, r);
   const { K, N, Nw } = l;
   const S = segmentCount(K, l.choice.segLen);
   const weightNames = Object.keys(src.bindings);
   const kvT = r?.kvDtype === 'f16' ? 'u32' : 'f32';
+  const g = spec.gather;
   const bindings: Record<string, BindingSpec> = {
-    x: storage('f32', 'read'),
+    x: storage('f32', g ? 'read_write' : 'read'),
+    ...(g ? { ids: storage('u32', 'read'), embed: storage(g.table === 'f16' ? 'u32' : 'f32', 'read') } : {}),
     ...src.bindings,
     ...(spec.norm ? { normW: storage('f32', 'read') } : {}),
     ...(e.bias ? { bias: storage('f32', 'read') } : {}),
@@ -101,6 +109,11 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
     ];
   };
 
+  const gatherStep = (M: number): PlanStep => {
+    const gk = embedding({ table: g!.table, caps: caps_, workgroupSize: g!.workgroupSize });
+    return { kernel: gk, bind: { ids: 'ids', table: 'embed', out: 'x' }, uniforms: { T: M, V: g!.vocab, D: K } };
+  };
+
   const plan = (sizes: FusedLinearSizes): Plan => {
     const M = sizes.M;
     if (!Number.isInteger(M) || M < 1) throw new Error(`${name}: M = ${M} is not a positive integer`);
@@ -120,10 +133,18 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
         ...(spec.norm ? { norm: { workgroupSize: spec.norm.workgroupSize } } : {}),
         ...(fold ? { finish: e, ...(r ? { rope: r } : {}) } : {}),
       };
+      // The gather too, where the kernel's buffers stay within the device's limit.
+      if (g && 2 + weightNames.length + Object.keys(fusionBindings({ ...fusion, gather: g.table })).length - 1 <= caps_.maxStorageBuffers) {
+        fusion.gather = g.table;
+      } else if (g) steps.push(gatherStep(M));
       const gemv = gemvKernel(src, M, l.choice.gemv[M - 1]!, caps_, fusion);
       temps.part = { t: 'f32', length: S * GEMV_MAX_ROWS * Nw };
-      const gemvBind: Record<string, string> = { ...same(['x', ...weightNames]), part: 'part', ...(spec.norm ? { normW: 'normW' } : {}) };
-      const gemvUniforms: Record<string, number> = { K, Nw, segLen: l.choice.segLen, ...(spec.norm ? { eps: spec.norm.eps } : {}) };
+      const gemvBind: Record<string, string> = {
+        ...same(['x', ...weightNames]), part: 'part', ...(spec.norm ? { normW: 'normW' } : {}), ...(fusion.gather ? same(['ids', 'embed']) : {}),
+      };
+      const gemvUniforms: Record<string, number> = {
+        K, Nw, segLen: l.choice.segLen, ...(spec.norm ? { eps: spec.norm.eps } : {}), ...(fusion.gather ? { V: g!.vocab, M } : {}),
+      };
       if (fold) {
         temps.tickets = { t: 'u32', length: Nw };
         if (r) temps.headTickets = { t: 'u32', length: r.heads + 2 * r.kvHeads };
@@ -140,6 +161,7 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
       steps.push(...ropeSteps(M, maxPos, numBlocks, temps, rowsCap));
       return { temps, steps };
     }
+    if (g) steps.push(gatherStep(M));
     let x = 'x';
     if (spec.norm) {
       temps.normed = { t: 'f32', length: rowsCap * K };

@@ -15,7 +15,7 @@
 import { exp, kernel, storage } from '../dsl/index.js';
 import type { ArrayRef, BindingSpec, Caps, Kernel, KernelBuilder, Val, Var } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
-import { foldedFinish, fusionBindings, fusionParams, fusionTag, fusionUniforms, type GemvFusion, normPrologue } from './linearFusion.js';
+import { foldedFinish, fusionBindings, fusionParams, fusionTag, fusionUniforms, type GemvFusion, normPrologue, xLoader } from './linearFusion.js';
 
 export type OutDtype = 'f32' | 'f16';
 
@@ -327,9 +327,9 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
     body(k, b, uniforms) {
       const { K, Nw, segLen } = uniforms;
       const refs: Record<string, ArrayRef<any, boolean>> = b;
-      const x = refs.x as ArrayRef<'f32', false>;
       const u = { K, Nw };
-      const normed = normPrologue(k, fusion, refs, rows, wg, K, uniforms); // before any return: it has barriers
+      const load = xLoader(k, fusion, refs, rows, wg, K, uniforms); // x, or gathered from the embedding table
+      const normed = normPrologue(k, fusion, refs, rows, wg, K, uniforms, load); // before any return: it has barriers
       const nUnits = k.let('nUnits', Nw.add(C - 1).div(C));
       const u0 = k.let('u0', k.globalId.x.mul(units));
       k.if(u0.ge(nUnits), () => k.return());
@@ -358,7 +358,7 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
           });
           for (const [i, { kk, w }] of step.entries()) {
             for (let r = 0; r < rows; r++) {
-              const xRaw = x.at(r ? kk.add(K.mul(r)) : kk);
+              const xRaw = load(r, kk);
               const xv = k.let(`x${r}${tag(i)}`, normed ? normed(r, kk, xRaw) : xRaw);
               if (sx) sx[r]!.set(sx[r]!.add(xv));
               for (let j = 0; j < units; j++) {

@@ -1,5 +1,8 @@
 // What the GEMV (linearCommon.ts gemvKernel) can take over from the launches around it, kept out
 // of its inner loop so that loop can be reworked independently:
+//   - the embedding gather (layer 0's QKV): x[r, k] read from the table row of token ids[r]
+//     (f16 unpacked exactly, as the embedding kernel does), and the gathered rows written to x
+//     for the residual stream, spread over every invocation of the launch;
 //   - an RMSNorm prologue: the row's inverse RMS computed once per workgroup, in exactly the
 //     rmsNorm kernel's order (lane sums strided by its workgroup size W, then its tree), and
 //     applied while loading x: x·inv·w, the same f32 operations as the norm kernel's output;
@@ -32,6 +35,8 @@ export interface RopeAppendEpilogue {
 
 /** What a GEMV takes over. `finish` needs caps.deviceFence; `rope` needs `finish`. */
 export interface GemvFusion {
+  /** x gathered from an embedding table (f32 [V, K], or f16 pairs [V, K/2]) at ids; x is written. */
+  gather?: 'f32' | 'f16';
   norm?: NormPrologue;
   finish?: Epilogue;
   rope?: RopeAppendEpilogue;
@@ -39,6 +44,7 @@ export interface GemvFusion {
 
 export function fusionTag(f: GemvFusion): string {
   return [
+    f.gather ? `embed${f.gather}` : '',
     f.norm ? `norm${f.norm.workgroupSize}` : '',
     f.finish ? `fin_${epilogueTag(f.finish)}` : '',
     f.rope ? `rope_${f.rope.layout}_${f.rope.heads}x${f.rope.kvHeads}x${f.rope.headDim}_kv${f.rope.kvDtype}_bs${f.rope.blockSize}` : '',
@@ -47,6 +53,7 @@ export function fusionTag(f: GemvFusion): string {
 
 export function fusionParams(f: GemvFusion): Record<string, unknown> {
   return {
+    ...(f.gather ? { gather: f.gather } : {}),
     ...(f.norm ? { normWorkgroupSize: f.norm.workgroupSize } : {}),
     ...(f.finish ? { finish: epilogueTag(f.finish) } : {}),
     ...(f.rope ? { rope: f.rope } : {}),
@@ -56,6 +63,11 @@ export function fusionParams(f: GemvFusion): Record<string, unknown> {
 /** Bindings a fused GEMV adds (its `part` stays the GEMV's own). */
 export function fusionBindings(f: GemvFusion): Record<string, BindingSpec> {
   const b: Record<string, BindingSpec> = {};
+  if (f.gather) {
+    b.x = storage('f32', 'read_write', { shape: '[M, K]' }); // replaces the GEMV's read-only x
+    b.ids = storage('u32', 'read', { shape: '[M]' });
+    b.embed = f.gather === 'f16' ? storage('u32', 'read', { shape: '[V, K / 2]' }) : storage('f32', 'read', { shape: '[V, K]' });
+  }
   if (f.norm) b.normW = storage('f32', 'read', { shape: '[K]' });
   if (f.finish) {
     b.tickets = storage('u32', 'read_write', { atomic: true });
@@ -80,10 +92,41 @@ export function fusionBindings(f: GemvFusion): Record<string, BindingSpec> {
 /** Uniforms a fused GEMV adds. */
 export function fusionUniforms(f: GemvFusion): Record<string, 'u32' | 'f32'> {
   return {
+    ...(f.gather ? { V: 'u32' as const } : {}),
     ...(f.norm ? { eps: 'f32' as const } : {}),
-    ...(f.finish ? { M: 'u32' as const, N: 'u32' as const } : {}),
+    ...(f.finish || f.gather ? { M: 'u32' as const } : {}),
+    ...(f.finish ? { N: 'u32' as const } : {}),
     ...(f.rope ? { maxPos: 'u32' as const, numBlocks: 'u32' as const } : {}),
   };
+}
+
+export type XLoad = (r: number, kk: Val<'u32'>) => Val<'f32'>;
+
+/**
+ * How the GEMV loads x[r, kk]: from x, or gathered from the embedding table — then also, before
+ * any invocation returns, the gathered rows are written to x, spread over the whole launch.
+ */
+export function xLoader(k: KernelBuilder, f: GemvFusion, refs: Record<string, ArrayRef<any, boolean>>, rows: number, wg: number,
+  K: Val<'u32'>, u: Record<string, Val<any>>): XLoad {
+  const x = refs.x as ArrayRef<'f32', boolean>;
+  if (!f.gather) return (r, kk) => x.at(r ? kk.add(K.mul(r)) : kk);
+  const V = u.V as Val<'u32'>;
+  const ids = refs.ids as ArrayRef<'u32', false>;
+  const id = Array.from({ length: rows }, (_, r) => k.let(`eid${r}`, ids.at(r)));
+  const nan = k.let('enan', k.bitcast('f32', k.u32(0x7fc00000)));
+  const load: XLoad = (r, kk) => {
+    const ok = id[r]!.lt(V);
+    if (f.gather === 'f32') return k.select(ok, (refs.embed as ArrayRef<'f32', false>).at(k.select(ok, id[r]!, k.u32(0)).mul(K).add(kk)), nan);
+    const word = (refs.embed as ArrayRef<'u32', false>).at(k.select(ok, id[r]!, k.u32(0)).mul(K).add(kk).div(2));
+    const pair = k.unpack2x16float(word);
+    return k.select(ok, k.select(kk.band(1).eq(1), pair.y, pair.x), nan);
+  };
+  // The residual stream: rows·K elements, one by one over every invocation of the launch.
+  const xw = x.writableRef();
+  const total = k.let('eTotal', k.numWorkgroups.x.mul(k.numWorkgroups.y).mul(wg));
+  const gid = k.let('eGid', k.workgroupId.y.mul(k.numWorkgroups.x).add(k.workgroupId.x).mul(wg).add(k.localIndex));
+  for (let r = 0; r < rows; r++) k.for(`ec${r}`, gid, K, (kk) => xw.set(r ? kk.add(K.mul(r)) : kk, load(r, kk)), total);
+  return load;
 }
 
 /**
@@ -91,10 +134,10 @@ export function fusionUniforms(f: GemvFusion): Record<string, 'u32' | 'f32'> {
  * the normed load of x[r, kk] (raw: the load of x), or undefined without a norm.
  */
 export function normPrologue(k: KernelBuilder, f: GemvFusion, refs: Record<string, ArrayRef<any, boolean>>, rows: number,
-  wg: number, K: Val<'u32'>, u: Record<string, Val<any>>): ((r: number, kk: Val<'u32'>, raw: Val<'f32'>) => Val<'f32'>) | undefined {
+  wg: number, K: Val<'u32'>, u: Record<string, Val<any>>, load: XLoad): ((r: number, kk: Val<'u32'>, raw: Val<'f32'>) => Val<'f32'>) | undefined {
   if (!f.norm) return undefined;
   const W = f.norm.workgroupSize;
-  const x = refs.x as ArrayRef<'f32', false>, w = refs.normW as ArrayRef<'f32', false>;
+  const w = refs.normW as ArrayRef<'f32', false>;
   const red = k.shared('normRed', 'f32', rows * W);
   const lid = k.let('nlid', k.localIndex);
   /** Lanes l = lid + i·wg of the norm's W lanes (those that exist). */
@@ -109,7 +152,7 @@ export function normPrologue(k: KernelBuilder, f: GemvFusion, refs: Record<strin
     eachLane((lane, i) => {
       const ss = k.var(`nss${r}_${i}`, 'f32', 0);
       k.for(`ni${r}_${i}`, lane, K, (j) => {
-        const v = k.let(`nv${r}_${i}`, x.at(r ? j.add(K.mul(r)) : j));
+        const v = k.let(`nv${r}_${i}`, load(r, j));
         ss.set(k.call('fma', [v, v, ss]));
       }, W);
       red.set(r ? lane.add(r * W) : lane, ss);

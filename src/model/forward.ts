@@ -163,8 +163,10 @@ export class LlamaForward {
     // The norms run as the next linear's prologue, in the norm kernel's order for this workgroup size.
     const norm = { workgroupSize: this.ops.norm.ir.workgroupSize[0], eps: s.rmsNormEps };
     const rope = { layout, heads: s.heads, kvHeads: s.kvHeads, headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize };
-    for (const w of weights.layers) {
-      this.fused.set(w.qkv, fusedLinear({ linear: w.qkv.op, norm, rope }));
+    // Layer 0's QKV op also gathers the token embeddings (and writes them to the residual stream).
+    const gather = { table: weights.embed.dtype, vocab: s.vocabSize, workgroupSize: this.ops.embedWorkgroup };
+    for (const [l, w] of weights.layers.entries()) {
+      this.fused.set(w.qkv, fusedLinear({ linear: w.qkv.op, norm, rope, ...(l === 0 ? { gather } : {}) }));
       this.fused.set(w.o, fusedLinear({ linear: w.o.op }));
       this.fused.set(w.gateUp, fusedLinear({ linear: w.gateUp.op, norm }));
       this.fused.set(w.down, fusedLinear({ linear: w.down.op }));
@@ -273,16 +275,15 @@ export class LlamaForward {
    * what a graph capture records. The data comes from the last upload.
    */
   launchAll(L: PassLayout): void {
-    const s = this.spec, dev = this.dev, a = this.act, idx = this.idx, hd = s.headDim, T = L.tokens;
-    // Token embeddings.
-    this.embed(idx.ids, a.x, T);
-
+    const s = this.spec, dev = this.dev, a = this.act, idx = this.idx, T = L.tokens;
     for (let l = 0; l < s.layers; l++) {
       const w = this.layer(l);
       const kCache = this.cacheOf(this.kCache, l), vCache = this.cacheOf(this.vCache, l);
       // Attention block: x2 = x + Wo · attention(rope(Wqkv · norm(x))); the norm, RoPE and the
       // KV append run inside the QKV op (one launch for decode rows where the device has a fence).
-      this.linear(w.qkv, a.x, { normW: w.attnNorm, pos: idx.pos, table: this.ropeTable, slots: idx.slots, q: a.q, kCache, vCache }, T,
+      // Layer 0 gathers x, the token embeddings, first (inside the same op).
+      const embed: Record<string, DeviceBuffer> = l === 0 ? { ids: idx.ids, embed: this.weights.embed.table } : {};
+      this.linear(w.qkv, a.x, { ...embed, normW: w.attnNorm, pos: idx.pos, table: this.ropeTable, slots: idx.slots, q: a.q, kCache, vCache }, T,
         { maxPos: this.ropePositions, numBlocks: this.opts.numBlocks });
       // Scratch the layout brings (decode buckets) replaces the device's shared scratch (runPlan).
       dev.run(this.ops.attention, {
@@ -461,13 +462,6 @@ export class LlamaForward {
       });
     });
     return { ids, pos, slots, rowsWanted, T };
-  }
-
-  /** Embedding rows of `ids` into `out` (f32 or packed-f16 table). */
-  private embed(ids: DeviceBuffer<'u32'>, out: DeviceBuffer<'f32'>, T: number): void {
-    const e = this.weights.embed, uniforms = { T, V: this.spec.vocabSize, D: this.spec.hidden };
-    if (e.dtype === 'f16') this.dev.launch(embedding({ table: 'f16', caps: this.dev.caps, workgroupSize: this.ops.embedWorkgroup }), { ids, table: e.table, out }, uniforms);
-    else this.dev.launch(embedding({ table: 'f32', caps: this.dev.caps, workgroupSize: this.ops.embedWorkgroup }), { ids, table: e.table, out }, uniforms);
   }
 
   private layer(l: number): LayerWeights {
