@@ -148,7 +148,8 @@ const rowErr = (c: Case, out: Float32Array, ref: Float64Array) => maxRowErr(out,
 forEachBackend('paged attention', (dev) => {
   for (const group of [1, 4, 8]) {
     for (const kvDtype of ['f32', 'f16'] as const) {
-      const tol = kvDtype === 'f16' ? 3e-3 : 1e-3;
+      // Measured 3.7e-7 (f32 KV), 2.8e-4 (f16 KV) (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure).
+      const tol = kvDtype === 'f16' ? 2.5e-3 : 3e-6;
       it(`ragged batch vs float64: GQA ${group}:1, head_dim 64, ${kvDtype} KV, every row within ${tol}`, async () => {
         const r = rng(freshSeed(`attention G${group} ${kvDtype}`));
         const c = makeCase(r, { headDim: 64, group, kvHeads: 2, kvDtype }, raggedSpec(r));
@@ -159,29 +160,30 @@ forEachBackend('paged attention', (dev) => {
     }
   }
 
-  it('sliding window (100 positions), GQA 4:1: within 1e-3', async () => {
+  it('sliding window (100 positions), GQA 4:1: within 2.5e-6', async () => {
     const r = rng(freshSeed('attention window'));
     const c = makeCase(r, { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32', window: 100 }, raggedSpec(r));
-    expect(rowErr(c, await runCase(dev, c, 128), reference(c))).toBeLessThan(1e-3);
+    expect(rowErr(c, await runCase(dev, c, 128), reference(c))).toBeLessThan(2.5e-6); // measured 2.6e-7
   }, 120_000);
 
   for (const headDim of [8, 16, 32, 80, 96, 128]) {
-    it(`head_dim ${headDim}, GQA 4:1, split and unsplit rows: within 1e-3`, async () => {
+    it(`head_dim ${headDim}, GQA 4:1, split and unsplit rows: within ${headDim === 128 ? 2e-3 : 2e-6}`, async () => {
       const r = rng(freshSeed(`attention D${headDim}`));
       const spec = [{ qLen: 5, ctxLen: Math.floor(r() * 200) }, { qLen: 1, ctxLen: 150 + Math.floor(r() * 100) }, { qLen: 1, ctxLen: 3 }];
       const c = makeCase(r, { headDim, group: 4, kvHeads: 1, kvDtype: headDim === 128 ? 'f16' : 'f32' }, spec);
-      expect(rowErr(c, await runCase(dev, c, 64), reference(c))).toBeLessThan(headDim === 128 ? 3e-3 : 1e-3);
+      // Measured 2.2e-7 (head dim 64), 2.3e-4 (128) (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure).
+      expect(rowErr(c, await runCase(dev, c, 64), reference(c))).toBeLessThan(headDim === 128 ? 2e-3 : 2e-6);
     }, 120_000);
   }
 
-  it('split-KV (chunks of 32, 64 and 512 positions) agrees with single pass (1024) within 1e-5', async () => {
+  it('split-KV (chunks of 32, 64 and 512 positions) agrees with single pass (1024) within 4e-7', async () => {
     const r = rng(freshSeed('attention split vs single'));
     const c = makeCase(r, { headDim: 32, group: 2, kvHeads: 2, kvDtype: 'f32' }, raggedSpec(r));
     const single = await runCase(dev, c, 1024);
-    expect(rowErr(c, single, reference(c))).toBeLessThan(1e-3);
+    expect(rowErr(c, single, reference(c))).toBeLessThan(3e-6); // measured 3.4e-7
     for (const chunk of [32, 64, 512]) {
       const split = await runCase(dev, c, chunk);
-      expect(relErr(split, single), `chunk ${chunk}`).toBeLessThan(1e-5);
+      expect(relErr(split, single), `chunk ${chunk}`).toBeLessThan(4e-7); // measured 4.7e-8
     }
   }, 120_000);
 
@@ -232,7 +234,8 @@ forEachBackend('paged attention', (dev) => {
       const r = rng(freshSeed(`attention staging D${shape.headDim} ${shape.kvDtype}`));
       const c = makeCase(r, shape, raggedSpec(r));
       const base = await runCase(dev, c, 80, 2, { kvTile: 16, vecLoads: false });
-      expect(rowErr(c, base, reference(c))).toBeLessThan(shape.kvDtype === 'f16' ? 3e-3 : 1e-3);
+      // Measured 2.7e-7 (f32 KV), 3.6e-4 (f16 KV) (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure).
+      expect(rowErr(c, base, reference(c))).toBeLessThan(shape.kvDtype === 'f16' ? 3e-3 : 2.5e-6);
       const bits = new Uint32Array(base.buffer);
       for (const v of variants) {
         expect(new Uint32Array((await runCase(dev, c, 80, 2, v)).buffer), JSON.stringify(v)).toEqual(bits);
@@ -250,7 +253,7 @@ forEachBackend('paged attention', (dev) => {
     while (rowChunkSize(cfg, change, 2) === rowChunkSize(cfg, 1, 2)) change++;
     const mixed = makeCase(r, shape, [{ qLen: 9, ctxLen: change - 5 }, ...raggedSpec(r)]);
     const out = await runCase(dev, mixed, 512, undefined, variant);
-    expect(rowErr(mixed, out, reference(mixed))).toBeLessThan(3e-3);
+    expect(rowErr(mixed, out, reference(mixed))).toBeLessThan(2.5e-3); // measured 2.7e-4
     const rowLen = shape.kvHeads * shape.group * shape.headDim, s = mixed.seqs[0]!;
     const alone: Case = {
       ...mixed, numTokens: s.qLen, q: mixed.q.slice(s.qStart * rowLen, (s.qStart + s.qLen) * rowLen),

@@ -39,7 +39,7 @@ forEachBackend('denseLinear', (dev) => {
             const op = denseLinear({ K, N, weight: dtype, caps: dev.caps });
             const inp = randomInputs(M, K, N, {}, r);
             const res = await runOp(dev, op, { w: wb }, inp, M);
-            expect(relErr(res.values, linearRef(inp.x, seen, M, K, N, {}))).toBeLessThan(1e-5);
+            expect(relErr(res.values, linearRef(inp.x, seen, M, K, N, {}))).toBeLessThan(2.5e-6); // measured 2.6e-7
           } finally { dev.free(wb); }
         });
       }
@@ -56,7 +56,8 @@ forEachBackend('denseLinear', (dev) => {
               const inp = randomInputs(M, K, N, e, r);
               const res = await runOp(dev, op, { w: wb }, inp, M);
               const ref = linearRef(inp.x, seen, M, K, N, e, inp.bias, inp.residual);
-              expect(relErr(res.values, ref)).toBeLessThan(e.out === 'f16' ? 2e-3 : 1e-5);
+              // Measured 4.4e-7 (f32 out), 2.2e-4 (f16 out) (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure).
+              expect(relErr(res.values, ref)).toBeLessThan(e.out === 'f16' ? 2e-3 : 4e-6);
             } finally { dev.free(wb); }
           });
         }
@@ -74,7 +75,7 @@ forEachBackend('denseLinear', (dev) => {
     try {
       const inp = randomInputs(M, K, N, {}, r);
       const res = await runOp(dev, denseLinear({ K, N, weight: 'f32', caps: dev.caps }), { w: wb }, inp, M);
-      expect(relErr(res.values, linearRef(inp.x, seen, M, K, N, {}))).toBeLessThan(1e-5);
+      expect(relErr(res.values, linearRef(inp.x, seen, M, K, N, {}))).toBeLessThan(1.5e-6); // measured 1.6e-7
     } finally { dev.free(wb); }
   });
 

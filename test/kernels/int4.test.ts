@@ -65,7 +65,7 @@ forEachBackend('int4Linear', (dev) => {
           const inp = randomInputs(M, K, N, {}, r);
           const res = await runOp(dev, op, weightsOf(w), inp, M);
           const ref = linearRef(inp.x, dequantizeAwq(awq), M, K, N, {});
-          expect(relErr(res.values, ref)).toBeLessThan(1e-4);
+          expect(relErr(res.values, ref)).toBeLessThan(4e-6); // measured 4.3e-7 (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure)
         } finally { freeWeights(dev, w); }
       });
     }
@@ -84,7 +84,8 @@ forEachBackend('int4Linear', (dev) => {
             const inp = randomInputs(M, K, N, e, r);
             const res = await runOp(dev, op, weightsOf(w), inp, M);
             const ref = linearRef(inp.x, dequantizeAwq(awq), M, K, N, e, inp.bias, inp.residual);
-            expect(relErr(res.values, ref)).toBeLessThan(e.out === 'f16' ? 2e-3 : 1e-4);
+            // Measured 4.8e-7 (f32 out), 2.2e-4 (f16 out) (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure).
+            expect(relErr(res.values, ref)).toBeLessThan(e.out === 'f16' ? 2e-3 : 4e-6);
           } finally { freeWeights(dev, w); }
         });
       }
@@ -161,7 +162,7 @@ forEachBackend('int4Linear', (dev) => {
           const wpr = e.out === 'f16' ? N / 2 : N;
           const full = await runOp(dev, op, weightsOf(w), inp, M);
           const ref = linearRef(inp.x, dequantizeAwq(awq), M, K, N, e, inp.bias, inp.residual);
-          expect(relErr(full.values, ref)).toBeLessThan(e.out === 'f16' ? 2e-3 : 1e-4);
+          expect(relErr(full.values, ref)).toBeLessThan(e.out === 'f16' ? 2e-3 : 2.5e-6); // measured 2.9e-7, 2.1e-4
           for (const [r0, rows] of [[0, 1], [0, 5], [129, 1], [122, 8], [40, 9]] as const) {
             const part = await runOp(dev, op, weightsOf(w), sliceRows(inp, r0, rows, K, N), rows);
             expect(firstDiff(part.bits, rowBits(full, r0, rows, wpr)), `rows ${r0}..${r0 + rows - 1} at M=${rows}`).toBe(-1);

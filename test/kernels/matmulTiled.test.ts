@@ -41,7 +41,7 @@ forEachBackend('matmulTiled', (dev) => {
           const C = bufs.output('f32', M * N, 'C');
           dev.launch(kernel, { A: bufs.input('f32', A, 'A'), B: bufs.input('f32', B, 'B'), C }, { M, N, K });
           const err = relErr(await bufs.read(C), matmulRef(A, B, M, N, K));
-          expect(err).toBeLessThan(1e-5);
+          expect(err).toBeLessThan(2e-6); // measured 2.1e-7 (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure)
         } finally { bufs.free(); }
       });
     }
@@ -58,7 +58,7 @@ forEachBackend('matmulTiled', (dev) => {
       try {
         const C = bufs.output('f32', M * N, 'C');
         dev.launch(matmulTiled({ ...tiling, caps: dev.caps }), { A: bufs.input('f32', A, 'A'), B: bufs.input('f32', B, 'B'), C }, { M, N, K });
-        expect(relErr(await bufs.read(C), matmulRef(A, B, M, N, K))).toBeLessThan(1e-5);
+        expect(relErr(await bufs.read(C), matmulRef(A, B, M, N, K))).toBeLessThan(1e-6); // measured 1.1e-7
       } finally { bufs.free(); }
     });
   }

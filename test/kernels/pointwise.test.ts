@@ -71,7 +71,7 @@ forEachBackend('pointwise', (dev) => {
               const inv = 1 / Math.sqrt(ss / D + eps);
               for (let d = 0; d < D; d++) ref[m * D + d] = src[m * D + d]! * inv * w[d]!;
             }
-            expect(maxRowErr(await bufs.read(out), ref, M, D)).toBeLessThan(1e-5);
+            expect(maxRowErr(await bufs.read(out), ref, M, D)).toBeLessThan(9e-7); // measured 9.3e-8 (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure)
           } finally { bufs.free(); }
         });
       }
@@ -104,8 +104,8 @@ forEachBackend('pointwise', (dev) => {
               const inv = refInvFreq(D, theta, sc);
               const qo = await bufs.read((inPlace ? qb : b.qOut) as typeof qb);
               const ko = await bufs.read((inPlace ? kb : b.kOut) as typeof kb);
-              expect(maxRowErr(qo, ropeRef(q, T, Hq, D, pos, inv, layout), T * Hq, D)).toBeLessThan(1e-5);
-              expect(maxRowErr(ko, ropeRef(k, T, Hk, D, pos, inv, layout), T * Hk, D)).toBeLessThan(1e-5);
+              expect(maxRowErr(qo, ropeRef(q, T, Hq, D, pos, inv, layout), T * Hq, D)).toBeLessThan(5e-7); // measured 5.2e-8
+              expect(maxRowErr(ko, ropeRef(k, T, Hk, D, pos, inv, layout), T * Hk, D)).toBeLessThan(5e-7);
               if (!inPlace) expect(Array.from(await bufs.read(qb))).toEqual(Array.from(q)); // input untouched
             } finally { bufs.free(); }
           });
@@ -149,8 +149,8 @@ forEachBackend('pointwise', (dev) => {
             return out;
           };
           const inv = refInvFreq(D, 10000, undefined);
-          expect(maxRowErr(await bufs.read(q), ropeRef(part(0, Hq), T, Hq, D, pos, inv, layout), T * Hq, D)).toBeLessThan(1e-5);
-          expect(maxRowErr(await bufs.read(k), ropeRef(part(Hq, Hk), T, Hk, D, pos, inv, layout), T * Hk, D)).toBeLessThan(1e-5);
+          expect(maxRowErr(await bufs.read(q), ropeRef(part(0, Hq), T, Hq, D, pos, inv, layout), T * Hq, D)).toBeLessThan(5e-7); // measured 5.6e-8
+          expect(maxRowErr(await bufs.read(k), ropeRef(part(Hq, Hk), T, Hk, D, pos, inv, layout), T * Hk, D)).toBeLessThan(5e-7);
           expect(Array.from(await bufs.read(v))).toEqual(Array.from(part(Hq + Hk, Hk)));
         } finally { bufs.free(); }
       });
@@ -191,7 +191,7 @@ forEachBackend('pointwise', (dev) => {
       const out = bufs.output('f32', n, 'out');
       dev.launch(siluMul({ caps: dev.caps }), { gate: bufs.input('f32', g, 'gate'), up: bufs.input('f32', u, 'up'), out }, { n });
       const ref = Array.from(g, (v, i) => (v / (1 + Math.exp(-v))) * u[i]!);
-      expect(relErr(await bufs.read(out), ref)).toBeLessThan(1e-5);
+      expect(relErr(await bufs.read(out), ref)).toBeLessThan(4.5e-7); // measured 4.8e-8
     } finally { bufs.free(); }
   });
 

@@ -23,13 +23,13 @@ forEachBackend('reduce', (dev) => {
   for (const subgroups of paths) {
     const path = subgroups ? `subgroup(${dev.caps.subgroupSize})` : 'shared tree';
     for (const n of SIZES) {
-      it(`sum, ${path}, n = ${n}: real values within 1e-5`, async () => {
+      it(`sum, ${path}, n = ${n}: real values within 5e-7`, async () => {
         const r = rng(freshSeed(`reduce sum ${path} n=${n}`));
         // Positive mean keeps the sum well away from 0, so the norm-wise error is meaningful.
         const x = randomF32(n, r, -0.5, 1);
         let ref = 0;
         for (const v of x) ref += v;
-        expect(relErr([await runReduce(dev, 'sum', subgroups, x)], [ref])).toBeLessThan(1e-5);
+        expect(relErr([await runReduce(dev, 'sum', subgroups, x)], [ref])).toBeLessThan(5e-7); // measured 2.1e-8 and 5.5e-8 in two runs (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure)
       });
       it(`sum, ${path}, n = ${n}: integer values exactly (no element dropped or doubled)`, async () => {
         const r = rng(freshSeed(`reduce sum-int ${path} n=${n}`));

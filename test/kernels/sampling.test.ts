@@ -143,7 +143,7 @@ forEachBackend('sampling', (dev) => {
       } finally { bufs.free(); }
     });
 
-    it(`log-softmax, ${label}, V = ${V}: within 1e-5 of float64 per row`, async () => {
+    it(`log-softmax, ${label}, V = ${V}: within 5e-7 of float64 per row`, async () => {
       const r = rng(freshSeed(`logSoftmax ${label}`));
       const rows = 5;
       const x = randomF32(rows * V, r, -20, 20);
@@ -156,7 +156,7 @@ forEachBackend('sampling', (dev) => {
           const xs = Array.from(x.subarray(row * V, (row + 1) * V));
           const m = Math.max(...xs);
           const lse = m + Math.log(xs.reduce((s, v) => s + Math.exp(v - m), 0));
-          expect(relErr(got.subarray(row * V, (row + 1) * V), xs.map((v) => v - lse))).toBeLessThan(1e-5);
+          expect(relErr(got.subarray(row * V, (row + 1) * V), xs.map((v) => v - lse))).toBeLessThan(5e-7); // measured 5.1e-8 (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure)
         }
       } finally { bufs.free(); }
     });
@@ -169,7 +169,7 @@ forEachBackend('sampling', (dev) => {
   ];
 
   for (const [label, params, V] of [['small segments', SMALL, 700], ['default segments', {}, 6000]] as const) {
-    it(`transformed probabilities, ${label}, V = ${V}: kept sets match float64, masked exactly 0, within 1e-5`, async () => {
+    it(`transformed probabilities, ${label}, V = ${V}: kept sets match float64, masked exactly 0, within 1.5e-6`, async () => {
       const r = rng(freshSeed(`sampling probs ${label}`));
       const reqs = CASES.map((c, i) => ({ ...c, seed: 7 + i, position: 100 + i }));
       const logits = tiedLogits(reqs.length, V, r);
@@ -183,7 +183,7 @@ forEachBackend('sampling', (dev) => {
         }
         // Tokens at a threshold within rounding ('either') may go either way: normalise the
         // reference over the set the kernel kept, which the lines above pinned everywhere else.
-        expect(relErr(got, renormalised(ref, got)), `row ${row}`).toBeLessThan(1e-5);
+        expect(relErr(got, renormalised(ref, got)), `row ${row}`).toBeLessThan(1.5e-6); // measured 1.9e-7
         expect(ref.keep[tokens[row]!], `row ${row}: sampled ${tokens[row]}`).not.toBe('out');
         expect(got[tokens[row]!]).toBeGreaterThan(0);
       });

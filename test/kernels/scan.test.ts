@@ -15,7 +15,7 @@ forEachBackend('scan', (dev) => {
   const scanSmallBlocks = scan({ t: 'u32', workgroupSize: 16, itemsPerThread: 2, caps: dev.caps });
 
   for (const n of SIZES) {
-    it(`f32, n = ${n}: norm-wise error < 1e-4`, async () => {
+    it(`f32, n = ${n}: norm-wise error < 2.5e-6`, async () => {
       const r = rng(freshSeed(`scan f32 n=${n}`));
       const x = randomF32(n, r);
       const ref = new Float64Array(n);
@@ -26,7 +26,7 @@ forEachBackend('scan', (dev) => {
         dev.run(scanF32, { x: bufs.input('f32', x, 'x'), out }, { n });
         const got = await bufs.read(out);
         expect(got[0]).toBe(0);
-        expect(relErr(got, ref)).toBeLessThan(1e-4);
+        expect(relErr(got, ref)).toBeLessThan(2.5e-6); // measured 3.0e-7 (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure)
       } finally { bufs.free(); }
     });
   }

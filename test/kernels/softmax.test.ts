@@ -39,7 +39,7 @@ forEachBackend('softmax', (dev) => {
         try {
           const y = bufs.output('f32', rows * cols, 'y');
           dev.launch(kernel, { x: bufs.input('f32', x, 'x'), y }, { rows, cols });
-          expect(maxRowErr(await bufs.read(y), softmaxRef(x, rows, cols), rows, cols)).toBeLessThan(1e-4);
+          expect(maxRowErr(await bufs.read(y), softmaxRef(x, rows, cols), rows, cols)).toBeLessThan(1e-6); // measured 1.0e-7 (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure)
         } finally { bufs.free(); }
       });
     }
