@@ -65,187 +65,189 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
     atomicStore(&firstRejected[0u], kSeq);
   }
   __syncthreads();
-  for (u32 i = localIndex; i < kSeq; i += 256u) {
-    const u32 x = min(draftTokens[seq * u.maxK + i], u.vocab - 1u);
-    const u32 acc0abh = (pos + i) >> 16u;
-    const u32 acc0abl = (pos + i) & 65535u;
-    const u32 acc0am1 = acc0abl * 53841u;
-    const u32 acc0am2 = acc0abh * 8019u;
-    const u32 acc0at = acc0abl * 8019u;
-    const u32 acc0amid = (acc0at >> 16u) + (acc0am1 & 65535u) + (acc0am2 & 65535u);
-    const u32 acc0ahi = acc0abh * 53841u + (acc0am1 >> 16u) + (acc0am2 >> 16u) + (acc0amid >> 16u);
-    const u32 acc0x2 = acc0ahi ^ 0u ^ 1802071150u;
-    const u32 acc1bbh = acc0x2 >> 16u;
-    const u32 acc1bbl = acc0x2 & 65535u;
-    const u32 acc1bm1 = acc1bbl * 52638u;
-    const u32 acc1bm2 = acc1bbh * 36183u;
-    const u32 acc1bt = acc1bbl * 36183u;
-    const u32 acc1bmid = (acc1bt >> 16u) + (acc1bm1 & 65535u) + (acc1bm2 & 65535u);
-    const u32 acc1bhi = acc1bbh * 52638u + (acc1bm1 >> 16u) + (acc1bm2 >> 16u) + (acc1bmid >> 16u);
-    const u32 acc0bbl = 0u & 65535u;
-    const u32 acc0bt = acc0bbl * 36183u;
-    const u32 acc0bm1 = acc0bbl * 52638u;
-    const u32 acc0bbh = 0u >> 16u;
-    const u32 acc0bm2 = acc0bbh * 36183u;
-    const u32 acc0bmid = (acc0bt >> 16u) + (acc0bm1 & 65535u) + (acc0bm2 & 65535u);
-    const u32 acc0blo = (acc0bmid << 16u) | (acc0bt & 65535u);
-    const u32 acc1k = seed + 2654435769u;
-    const u32 acc1x0 = acc1bhi ^ acc0blo ^ acc1k;
-    const u32 acc2abh = acc1x0 >> 16u;
-    const u32 acc2abl = acc1x0 & 65535u;
-    const u32 acc2am1 = acc2abl * 53841u;
-    const u32 acc2am2 = acc2abh * 8019u;
-    const u32 acc2at = acc2abl * 8019u;
-    const u32 acc2amid = (acc2at >> 16u) + (acc2am1 & 65535u) + (acc2am2 & 65535u);
-    const u32 acc2ahi = acc2abh * 53841u + (acc2am1 >> 16u) + (acc2am2 >> 16u) + (acc2amid >> 16u);
-    const u32 acc0bhi = acc0bbh * 52638u + (acc0bm1 >> 16u) + (acc0bm2 >> 16u) + (acc0bmid >> 16u);
-    const u32 acc0x0 = acc0bhi ^ 1u ^ seed;
-    const u32 acc1abl = acc0x0 & 65535u;
-    const u32 acc1at = acc1abl * 8019u;
-    const u32 acc1am1 = acc1abl * 53841u;
-    const u32 acc1abh = acc0x0 >> 16u;
-    const u32 acc1am2 = acc1abh * 8019u;
-    const u32 acc1amid = (acc1at >> 16u) + (acc1am1 & 65535u) + (acc1am2 & 65535u);
-    const u32 acc1alo = (acc1amid << 16u) | (acc1at & 65535u);
-    const u32 acc2x2 = acc2ahi ^ acc1alo ^ 3795372408u;
-    const u32 acc3bbh = acc2x2 >> 16u;
-    const u32 acc3bbl = acc2x2 & 65535u;
-    const u32 acc3bm1 = acc3bbl * 52638u;
-    const u32 acc3bm2 = acc3bbh * 36183u;
-    const u32 acc3bt = acc3bbl * 36183u;
-    const u32 acc3bmid = (acc3bt >> 16u) + (acc3bm1 & 65535u) + (acc3bm2 & 65535u);
-    const u32 acc3bhi = acc3bbh * 52638u + (acc3bm1 >> 16u) + (acc3bm2 >> 16u) + (acc3bmid >> 16u);
-    const u32 acc1ahi = acc1abh * 53841u + (acc1am1 >> 16u) + (acc1am2 >> 16u) + (acc1amid >> 16u);
-    const u32 acc0alo = (acc0amid << 16u) | (acc0at & 65535u);
-    const u32 acc1x2 = acc1ahi ^ acc0alo ^ 651238131u;
-    const u32 acc2bbl = acc1x2 & 65535u;
-    const u32 acc2bt = acc2bbl * 36183u;
-    const u32 acc2bm1 = acc2bbl * 52638u;
-    const u32 acc2bbh = acc1x2 >> 16u;
-    const u32 acc2bm2 = acc2bbh * 36183u;
-    const u32 acc2bmid = (acc2bt >> 16u) + (acc2bm1 & 65535u) + (acc2bm2 & 65535u);
-    const u32 acc2blo = (acc2bmid << 16u) | (acc2bt & 65535u);
-    const u32 acc3k = seed + 3668340011u;
-    const u32 acc3x0 = acc3bhi ^ acc2blo ^ acc3k;
-    const u32 acc4abh = acc3x0 >> 16u;
-    const u32 acc4abl = acc3x0 & 65535u;
-    const u32 acc4am1 = acc4abl * 53841u;
-    const u32 acc4am2 = acc4abh * 8019u;
-    const u32 acc4at = acc4abl * 8019u;
-    const u32 acc4amid = (acc4at >> 16u) + (acc4am1 & 65535u) + (acc4am2 & 65535u);
-    const u32 acc4ahi = acc4abh * 53841u + (acc4am1 >> 16u) + (acc4am2 >> 16u) + (acc4amid >> 16u);
-    const u32 acc2bhi = acc2bbh * 52638u + (acc2bm1 >> 16u) + (acc2bm2 >> 16u) + (acc2bmid >> 16u);
-    const u32 acc1blo = (acc1bmid << 16u) | (acc1bt & 65535u);
-    const u32 acc2k = seed + 1013904242u;
-    const u32 acc2x0 = acc2bhi ^ acc1blo ^ acc2k;
-    const u32 acc3abl = acc2x0 & 65535u;
-    const u32 acc3at = acc3abl * 8019u;
-    const u32 acc3am1 = acc3abl * 53841u;
-    const u32 acc3abh = acc2x0 >> 16u;
-    const u32 acc3am2 = acc3abh * 8019u;
-    const u32 acc3amid = (acc3at >> 16u) + (acc3am1 & 65535u) + (acc3am2 & 65535u);
-    const u32 acc3alo = (acc3amid << 16u) | (acc3at & 65535u);
-    const u32 acc4x2 = acc4ahi ^ acc3alo ^ 1493706370u;
-    const u32 acc5bbh = acc4x2 >> 16u;
-    const u32 acc5bbl = acc4x2 & 65535u;
-    const u32 acc5bm1 = acc5bbl * 52638u;
-    const u32 acc5bm2 = acc5bbh * 36183u;
-    const u32 acc5bt = acc5bbl * 36183u;
-    const u32 acc5bmid = (acc5bt >> 16u) + (acc5bm1 & 65535u) + (acc5bm2 & 65535u);
-    const u32 acc5bhi = acc5bbh * 52638u + (acc5bm1 >> 16u) + (acc5bm2 >> 16u) + (acc5bmid >> 16u);
-    const u32 acc3ahi = acc3abh * 53841u + (acc3am1 >> 16u) + (acc3am2 >> 16u) + (acc3amid >> 16u);
-    const u32 acc2alo = (acc2amid << 16u) | (acc2at & 65535u);
-    const u32 acc3x2 = acc3ahi ^ acc2alo ^ 2644539389u;
-    const u32 acc4bbl = acc3x2 & 65535u;
-    const u32 acc4bt = acc4bbl * 36183u;
-    const u32 acc4bm1 = acc4bbl * 52638u;
-    const u32 acc4bbh = acc3x2 >> 16u;
-    const u32 acc4bm2 = acc4bbh * 36183u;
-    const u32 acc4bmid = (acc4bt >> 16u) + (acc4bm1 & 65535u) + (acc4bm2 & 65535u);
-    const u32 acc4blo = (acc4bmid << 16u) | (acc4bt & 65535u);
-    const u32 acc5k = seed + 387276957u;
-    const u32 acc5x0 = acc5bhi ^ acc4blo ^ acc5k;
-    const u32 acc6abh = acc5x0 >> 16u;
-    const u32 acc6abl = acc5x0 & 65535u;
-    const u32 acc6am1 = acc6abl * 53841u;
-    const u32 acc6am2 = acc6abh * 8019u;
-    const u32 acc6at = acc6abl * 8019u;
-    const u32 acc6amid = (acc6at >> 16u) + (acc6am1 & 65535u) + (acc6am2 & 65535u);
-    const u32 acc6ahi = acc6abh * 53841u + (acc6am1 >> 16u) + (acc6am2 >> 16u) + (acc6amid >> 16u);
-    const u32 acc4bhi = acc4bbh * 52638u + (acc4bm1 >> 16u) + (acc4bm2 >> 16u) + (acc4bmid >> 16u);
-    const u32 acc3blo = (acc3bmid << 16u) | (acc3bt & 65535u);
-    const u32 acc4k = seed + 2027808484u;
-    const u32 acc4x0 = acc4bhi ^ acc3blo ^ acc4k;
-    const u32 acc5abl = acc4x0 & 65535u;
-    const u32 acc5at = acc5abl * 8019u;
-    const u32 acc5am1 = acc5abl * 53841u;
-    const u32 acc5abh = acc4x0 >> 16u;
-    const u32 acc5am2 = acc5abh * 8019u;
-    const u32 acc5amid = (acc5at >> 16u) + (acc5am1 & 65535u) + (acc5am2 & 65535u);
-    const u32 acc5alo = (acc5amid << 16u) | (acc5at & 65535u);
-    const u32 acc6x2 = acc6ahi ^ acc5alo ^ 3487007628u;
-    const u32 acc7bbh = acc6x2 >> 16u;
-    const u32 acc7bbl = acc6x2 & 65535u;
-    const u32 acc7bm1 = acc7bbl * 52638u;
-    const u32 acc7bm2 = acc7bbh * 36183u;
-    const u32 acc7bt = acc7bbl * 36183u;
-    const u32 acc7bmid = (acc7bt >> 16u) + (acc7bm1 & 65535u) + (acc7bm2 & 65535u);
-    const u32 acc7bhi = acc7bbh * 52638u + (acc7bm1 >> 16u) + (acc7bm2 >> 16u) + (acc7bmid >> 16u);
-    const u32 acc5ahi = acc5abh * 53841u + (acc5am1 >> 16u) + (acc5am2 >> 16u) + (acc5amid >> 16u);
-    const u32 acc4alo = (acc4amid << 16u) | (acc4at & 65535u);
-    const u32 acc5x2 = acc5ahi ^ acc4alo ^ 342873351u;
-    const u32 acc6bbl = acc5x2 & 65535u;
-    const u32 acc6bt = acc6bbl * 36183u;
-    const u32 acc6bm1 = acc6bbl * 52638u;
-    const u32 acc6bbh = acc5x2 >> 16u;
-    const u32 acc6bm2 = acc6bbh * 36183u;
-    const u32 acc6bmid = (acc6bt >> 16u) + (acc6bm1 & 65535u) + (acc6bm2 & 65535u);
-    const u32 acc6blo = (acc6bmid << 16u) | (acc6bt & 65535u);
-    const u32 acc7k = seed + 1401181199u;
-    const u32 acc7x0 = acc7bhi ^ acc6blo ^ acc7k;
-    const u32 acc8abh = acc7x0 >> 16u;
-    const u32 acc8abl = acc7x0 & 65535u;
-    const u32 acc8am1 = acc8abl * 53841u;
-    const u32 acc8am2 = acc8abh * 8019u;
-    const u32 acc8at = acc8abl * 8019u;
-    const u32 acc8amid = (acc8at >> 16u) + (acc8am1 & 65535u) + (acc8am2 & 65535u);
-    const u32 acc8ahi = acc8abh * 53841u + (acc8am1 >> 16u) + (acc8am2 >> 16u) + (acc8amid >> 16u);
-    const u32 acc6bhi = acc6bbh * 52638u + (acc6bm1 >> 16u) + (acc6bm2 >> 16u) + (acc6bmid >> 16u);
-    const u32 acc5blo = (acc5bmid << 16u) | (acc5bt & 65535u);
-    const u32 acc6k = seed + 3041712726u;
-    const u32 acc6x0 = acc6bhi ^ acc5blo ^ acc6k;
-    const u32 acc7abl = acc6x0 & 65535u;
-    const u32 acc7at = acc7abl * 8019u;
-    const u32 acc7am1 = acc7abl * 53841u;
-    const u32 acc7abh = acc6x0 >> 16u;
-    const u32 acc7am2 = acc7abh * 8019u;
-    const u32 acc7amid = (acc7at >> 16u) + (acc7am1 & 65535u) + (acc7am2 & 65535u);
-    const u32 acc7alo = (acc7amid << 16u) | (acc7at & 65535u);
-    const u32 acc8x2 = acc8ahi ^ acc7alo ^ 1185341590u;
-    const u32 acc9bbh = acc8x2 >> 16u;
-    const u32 acc9bbl = acc8x2 & 65535u;
-    const u32 acc9bm1 = acc9bbl * 52638u;
-    const u32 acc9bm2 = acc9bbh * 36183u;
-    const u32 acc9bt = acc9bbl * 36183u;
-    const u32 acc9bmid = (acc9bt >> 16u) + (acc9bm1 & 65535u) + (acc9bm2 & 65535u);
-    const u32 acc9bhi = acc9bbh * 52638u + (acc9bm1 >> 16u) + (acc9bm2 >> 16u) + (acc9bmid >> 16u);
-    const u32 acc7ahi = acc7abh * 53841u + (acc7am1 >> 16u) + (acc7am2 >> 16u) + (acc7amid >> 16u);
-    const u32 acc6alo = (acc6amid << 16u) | (acc6at & 65535u);
-    const u32 acc7x2 = acc7ahi ^ acc6alo ^ 2336174609u;
-    const u32 acc8bbl = acc7x2 & 65535u;
-    const u32 acc8bt = acc8bbl * 36183u;
-    const u32 acc8bm1 = acc8bbl * 52638u;
-    const u32 acc8bbh = acc7x2 >> 16u;
-    const u32 acc8bm2 = acc8bbh * 36183u;
-    const u32 acc8bmid = (acc8bt >> 16u) + (acc8bm1 & 65535u) + (acc8bm2 & 65535u);
-    const u32 acc8blo = (acc8bmid << 16u) | (acc8bt & 65535u);
-    const u32 acc9k = seed + 2415085441u;
-    const u32 acc9x0 = acc9bhi ^ acc8blo ^ acc9k;
-    const f32 accU = f32(acc9x0 >> 8u) * 5.9604645e-8f;
-    const f32 qx = draftProbs[(seq * u.maxK + i) * u.vocab + x];
-    const f32 px = targetProbs[(seq * (u.maxK + 1u) + i) * u.vocab + x];
-    if (!(accU * qx <= px)) {
-      atomicMin(&firstRejected[0u], i);
+  if (localIndex % 32u == 0u) {
+    for (u32 i = localIndex / 32u; i < kSeq; i += 8u) {
+      const u32 x = min(draftTokens[seq * u.maxK + i], u.vocab - 1u);
+      const u32 acc0abh = (pos + i) >> 16u;
+      const u32 acc0abl = (pos + i) & 65535u;
+      const u32 acc0am1 = acc0abl * 53841u;
+      const u32 acc0am2 = acc0abh * 8019u;
+      const u32 acc0at = acc0abl * 8019u;
+      const u32 acc0amid = (acc0at >> 16u) + (acc0am1 & 65535u) + (acc0am2 & 65535u);
+      const u32 acc0ahi = acc0abh * 53841u + (acc0am1 >> 16u) + (acc0am2 >> 16u) + (acc0amid >> 16u);
+      const u32 acc0x2 = acc0ahi ^ 0u ^ 1802071150u;
+      const u32 acc1bbh = acc0x2 >> 16u;
+      const u32 acc1bbl = acc0x2 & 65535u;
+      const u32 acc1bm1 = acc1bbl * 52638u;
+      const u32 acc1bm2 = acc1bbh * 36183u;
+      const u32 acc1bt = acc1bbl * 36183u;
+      const u32 acc1bmid = (acc1bt >> 16u) + (acc1bm1 & 65535u) + (acc1bm2 & 65535u);
+      const u32 acc1bhi = acc1bbh * 52638u + (acc1bm1 >> 16u) + (acc1bm2 >> 16u) + (acc1bmid >> 16u);
+      const u32 acc0bbl = 0u & 65535u;
+      const u32 acc0bt = acc0bbl * 36183u;
+      const u32 acc0bm1 = acc0bbl * 52638u;
+      const u32 acc0bbh = 0u >> 16u;
+      const u32 acc0bm2 = acc0bbh * 36183u;
+      const u32 acc0bmid = (acc0bt >> 16u) + (acc0bm1 & 65535u) + (acc0bm2 & 65535u);
+      const u32 acc0blo = (acc0bmid << 16u) | (acc0bt & 65535u);
+      const u32 acc1k = seed + 2654435769u;
+      const u32 acc1x0 = acc1bhi ^ acc0blo ^ acc1k;
+      const u32 acc2abh = acc1x0 >> 16u;
+      const u32 acc2abl = acc1x0 & 65535u;
+      const u32 acc2am1 = acc2abl * 53841u;
+      const u32 acc2am2 = acc2abh * 8019u;
+      const u32 acc2at = acc2abl * 8019u;
+      const u32 acc2amid = (acc2at >> 16u) + (acc2am1 & 65535u) + (acc2am2 & 65535u);
+      const u32 acc2ahi = acc2abh * 53841u + (acc2am1 >> 16u) + (acc2am2 >> 16u) + (acc2amid >> 16u);
+      const u32 acc0bhi = acc0bbh * 52638u + (acc0bm1 >> 16u) + (acc0bm2 >> 16u) + (acc0bmid >> 16u);
+      const u32 acc0x0 = acc0bhi ^ 1u ^ seed;
+      const u32 acc1abl = acc0x0 & 65535u;
+      const u32 acc1at = acc1abl * 8019u;
+      const u32 acc1am1 = acc1abl * 53841u;
+      const u32 acc1abh = acc0x0 >> 16u;
+      const u32 acc1am2 = acc1abh * 8019u;
+      const u32 acc1amid = (acc1at >> 16u) + (acc1am1 & 65535u) + (acc1am2 & 65535u);
+      const u32 acc1alo = (acc1amid << 16u) | (acc1at & 65535u);
+      const u32 acc2x2 = acc2ahi ^ acc1alo ^ 3795372408u;
+      const u32 acc3bbh = acc2x2 >> 16u;
+      const u32 acc3bbl = acc2x2 & 65535u;
+      const u32 acc3bm1 = acc3bbl * 52638u;
+      const u32 acc3bm2 = acc3bbh * 36183u;
+      const u32 acc3bt = acc3bbl * 36183u;
+      const u32 acc3bmid = (acc3bt >> 16u) + (acc3bm1 & 65535u) + (acc3bm2 & 65535u);
+      const u32 acc3bhi = acc3bbh * 52638u + (acc3bm1 >> 16u) + (acc3bm2 >> 16u) + (acc3bmid >> 16u);
+      const u32 acc1ahi = acc1abh * 53841u + (acc1am1 >> 16u) + (acc1am2 >> 16u) + (acc1amid >> 16u);
+      const u32 acc0alo = (acc0amid << 16u) | (acc0at & 65535u);
+      const u32 acc1x2 = acc1ahi ^ acc0alo ^ 651238131u;
+      const u32 acc2bbl = acc1x2 & 65535u;
+      const u32 acc2bt = acc2bbl * 36183u;
+      const u32 acc2bm1 = acc2bbl * 52638u;
+      const u32 acc2bbh = acc1x2 >> 16u;
+      const u32 acc2bm2 = acc2bbh * 36183u;
+      const u32 acc2bmid = (acc2bt >> 16u) + (acc2bm1 & 65535u) + (acc2bm2 & 65535u);
+      const u32 acc2blo = (acc2bmid << 16u) | (acc2bt & 65535u);
+      const u32 acc3k = seed + 3668340011u;
+      const u32 acc3x0 = acc3bhi ^ acc2blo ^ acc3k;
+      const u32 acc4abh = acc3x0 >> 16u;
+      const u32 acc4abl = acc3x0 & 65535u;
+      const u32 acc4am1 = acc4abl * 53841u;
+      const u32 acc4am2 = acc4abh * 8019u;
+      const u32 acc4at = acc4abl * 8019u;
+      const u32 acc4amid = (acc4at >> 16u) + (acc4am1 & 65535u) + (acc4am2 & 65535u);
+      const u32 acc4ahi = acc4abh * 53841u + (acc4am1 >> 16u) + (acc4am2 >> 16u) + (acc4amid >> 16u);
+      const u32 acc2bhi = acc2bbh * 52638u + (acc2bm1 >> 16u) + (acc2bm2 >> 16u) + (acc2bmid >> 16u);
+      const u32 acc1blo = (acc1bmid << 16u) | (acc1bt & 65535u);
+      const u32 acc2k = seed + 1013904242u;
+      const u32 acc2x0 = acc2bhi ^ acc1blo ^ acc2k;
+      const u32 acc3abl = acc2x0 & 65535u;
+      const u32 acc3at = acc3abl * 8019u;
+      const u32 acc3am1 = acc3abl * 53841u;
+      const u32 acc3abh = acc2x0 >> 16u;
+      const u32 acc3am2 = acc3abh * 8019u;
+      const u32 acc3amid = (acc3at >> 16u) + (acc3am1 & 65535u) + (acc3am2 & 65535u);
+      const u32 acc3alo = (acc3amid << 16u) | (acc3at & 65535u);
+      const u32 acc4x2 = acc4ahi ^ acc3alo ^ 1493706370u;
+      const u32 acc5bbh = acc4x2 >> 16u;
+      const u32 acc5bbl = acc4x2 & 65535u;
+      const u32 acc5bm1 = acc5bbl * 52638u;
+      const u32 acc5bm2 = acc5bbh * 36183u;
+      const u32 acc5bt = acc5bbl * 36183u;
+      const u32 acc5bmid = (acc5bt >> 16u) + (acc5bm1 & 65535u) + (acc5bm2 & 65535u);
+      const u32 acc5bhi = acc5bbh * 52638u + (acc5bm1 >> 16u) + (acc5bm2 >> 16u) + (acc5bmid >> 16u);
+      const u32 acc3ahi = acc3abh * 53841u + (acc3am1 >> 16u) + (acc3am2 >> 16u) + (acc3amid >> 16u);
+      const u32 acc2alo = (acc2amid << 16u) | (acc2at & 65535u);
+      const u32 acc3x2 = acc3ahi ^ acc2alo ^ 2644539389u;
+      const u32 acc4bbl = acc3x2 & 65535u;
+      const u32 acc4bt = acc4bbl * 36183u;
+      const u32 acc4bm1 = acc4bbl * 52638u;
+      const u32 acc4bbh = acc3x2 >> 16u;
+      const u32 acc4bm2 = acc4bbh * 36183u;
+      const u32 acc4bmid = (acc4bt >> 16u) + (acc4bm1 & 65535u) + (acc4bm2 & 65535u);
+      const u32 acc4blo = (acc4bmid << 16u) | (acc4bt & 65535u);
+      const u32 acc5k = seed + 387276957u;
+      const u32 acc5x0 = acc5bhi ^ acc4blo ^ acc5k;
+      const u32 acc6abh = acc5x0 >> 16u;
+      const u32 acc6abl = acc5x0 & 65535u;
+      const u32 acc6am1 = acc6abl * 53841u;
+      const u32 acc6am2 = acc6abh * 8019u;
+      const u32 acc6at = acc6abl * 8019u;
+      const u32 acc6amid = (acc6at >> 16u) + (acc6am1 & 65535u) + (acc6am2 & 65535u);
+      const u32 acc6ahi = acc6abh * 53841u + (acc6am1 >> 16u) + (acc6am2 >> 16u) + (acc6amid >> 16u);
+      const u32 acc4bhi = acc4bbh * 52638u + (acc4bm1 >> 16u) + (acc4bm2 >> 16u) + (acc4bmid >> 16u);
+      const u32 acc3blo = (acc3bmid << 16u) | (acc3bt & 65535u);
+      const u32 acc4k = seed + 2027808484u;
+      const u32 acc4x0 = acc4bhi ^ acc3blo ^ acc4k;
+      const u32 acc5abl = acc4x0 & 65535u;
+      const u32 acc5at = acc5abl * 8019u;
+      const u32 acc5am1 = acc5abl * 53841u;
+      const u32 acc5abh = acc4x0 >> 16u;
+      const u32 acc5am2 = acc5abh * 8019u;
+      const u32 acc5amid = (acc5at >> 16u) + (acc5am1 & 65535u) + (acc5am2 & 65535u);
+      const u32 acc5alo = (acc5amid << 16u) | (acc5at & 65535u);
+      const u32 acc6x2 = acc6ahi ^ acc5alo ^ 3487007628u;
+      const u32 acc7bbh = acc6x2 >> 16u;
+      const u32 acc7bbl = acc6x2 & 65535u;
+      const u32 acc7bm1 = acc7bbl * 52638u;
+      const u32 acc7bm2 = acc7bbh * 36183u;
+      const u32 acc7bt = acc7bbl * 36183u;
+      const u32 acc7bmid = (acc7bt >> 16u) + (acc7bm1 & 65535u) + (acc7bm2 & 65535u);
+      const u32 acc7bhi = acc7bbh * 52638u + (acc7bm1 >> 16u) + (acc7bm2 >> 16u) + (acc7bmid >> 16u);
+      const u32 acc5ahi = acc5abh * 53841u + (acc5am1 >> 16u) + (acc5am2 >> 16u) + (acc5amid >> 16u);
+      const u32 acc4alo = (acc4amid << 16u) | (acc4at & 65535u);
+      const u32 acc5x2 = acc5ahi ^ acc4alo ^ 342873351u;
+      const u32 acc6bbl = acc5x2 & 65535u;
+      const u32 acc6bt = acc6bbl * 36183u;
+      const u32 acc6bm1 = acc6bbl * 52638u;
+      const u32 acc6bbh = acc5x2 >> 16u;
+      const u32 acc6bm2 = acc6bbh * 36183u;
+      const u32 acc6bmid = (acc6bt >> 16u) + (acc6bm1 & 65535u) + (acc6bm2 & 65535u);
+      const u32 acc6blo = (acc6bmid << 16u) | (acc6bt & 65535u);
+      const u32 acc7k = seed + 1401181199u;
+      const u32 acc7x0 = acc7bhi ^ acc6blo ^ acc7k;
+      const u32 acc8abh = acc7x0 >> 16u;
+      const u32 acc8abl = acc7x0 & 65535u;
+      const u32 acc8am1 = acc8abl * 53841u;
+      const u32 acc8am2 = acc8abh * 8019u;
+      const u32 acc8at = acc8abl * 8019u;
+      const u32 acc8amid = (acc8at >> 16u) + (acc8am1 & 65535u) + (acc8am2 & 65535u);
+      const u32 acc8ahi = acc8abh * 53841u + (acc8am1 >> 16u) + (acc8am2 >> 16u) + (acc8amid >> 16u);
+      const u32 acc6bhi = acc6bbh * 52638u + (acc6bm1 >> 16u) + (acc6bm2 >> 16u) + (acc6bmid >> 16u);
+      const u32 acc5blo = (acc5bmid << 16u) | (acc5bt & 65535u);
+      const u32 acc6k = seed + 3041712726u;
+      const u32 acc6x0 = acc6bhi ^ acc5blo ^ acc6k;
+      const u32 acc7abl = acc6x0 & 65535u;
+      const u32 acc7at = acc7abl * 8019u;
+      const u32 acc7am1 = acc7abl * 53841u;
+      const u32 acc7abh = acc6x0 >> 16u;
+      const u32 acc7am2 = acc7abh * 8019u;
+      const u32 acc7amid = (acc7at >> 16u) + (acc7am1 & 65535u) + (acc7am2 & 65535u);
+      const u32 acc7alo = (acc7amid << 16u) | (acc7at & 65535u);
+      const u32 acc8x2 = acc8ahi ^ acc7alo ^ 1185341590u;
+      const u32 acc9bbh = acc8x2 >> 16u;
+      const u32 acc9bbl = acc8x2 & 65535u;
+      const u32 acc9bm1 = acc9bbl * 52638u;
+      const u32 acc9bm2 = acc9bbh * 36183u;
+      const u32 acc9bt = acc9bbl * 36183u;
+      const u32 acc9bmid = (acc9bt >> 16u) + (acc9bm1 & 65535u) + (acc9bm2 & 65535u);
+      const u32 acc9bhi = acc9bbh * 52638u + (acc9bm1 >> 16u) + (acc9bm2 >> 16u) + (acc9bmid >> 16u);
+      const u32 acc7ahi = acc7abh * 53841u + (acc7am1 >> 16u) + (acc7am2 >> 16u) + (acc7amid >> 16u);
+      const u32 acc6alo = (acc6amid << 16u) | (acc6at & 65535u);
+      const u32 acc7x2 = acc7ahi ^ acc6alo ^ 2336174609u;
+      const u32 acc8bbl = acc7x2 & 65535u;
+      const u32 acc8bt = acc8bbl * 36183u;
+      const u32 acc8bm1 = acc8bbl * 52638u;
+      const u32 acc8bbh = acc7x2 >> 16u;
+      const u32 acc8bm2 = acc8bbh * 36183u;
+      const u32 acc8bmid = (acc8bt >> 16u) + (acc8bm1 & 65535u) + (acc8bm2 & 65535u);
+      const u32 acc8blo = (acc8bmid << 16u) | (acc8bt & 65535u);
+      const u32 acc9k = seed + 2415085441u;
+      const u32 acc9x0 = acc9bhi ^ acc8blo ^ acc9k;
+      const f32 accU = f32(acc9x0 >> 8u) * 5.9604645e-8f;
+      const f32 qx = draftProbs[(seq * u.maxK + i) * u.vocab + x];
+      const f32 px = targetProbs[(seq * (u.maxK + 1u) + i) * u.vocab + x];
+      if (!(accU * qx <= px)) {
+        atomicMin(&firstRejected[0u], i);
+      }
     }
   }
   __syncthreads();
@@ -459,7 +461,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   const bool rejected = accepted < kSeq;
   const u32 qRow = (seq * u.maxK + min(accepted, u.maxK - 1u)) * u.vocab;
   f32 wW[16] = {}; // zeroed, as in WGSL
-  const u32 wFirst = seg * 4096u + localIndex * 16u;
+  const u32 wFirst = seg * 4096u + localIndex * 1u;
   f32 wSum = 0.0f;
   const u32 wI0 = wFirst + 0u;
   f32 wX0 = 0.0f;
@@ -470,7 +472,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[0u] = wX0;
   wSum = wSum + wX0;
-  const u32 wI1 = wFirst + 1u;
+  const u32 wI1 = wFirst + 256u;
   f32 wX1 = 0.0f;
   if (mine) {
     const u32 col_1 = min(wI1, u.vocab - 1u);
@@ -479,7 +481,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[1u] = wX1;
   wSum = wSum + wX1;
-  const u32 wI2 = wFirst + 2u;
+  const u32 wI2 = wFirst + 512u;
   f32 wX2 = 0.0f;
   if (mine) {
     const u32 col_2 = min(wI2, u.vocab - 1u);
@@ -488,7 +490,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[2u] = wX2;
   wSum = wSum + wX2;
-  const u32 wI3 = wFirst + 3u;
+  const u32 wI3 = wFirst + 768u;
   f32 wX3 = 0.0f;
   if (mine) {
     const u32 col_3 = min(wI3, u.vocab - 1u);
@@ -497,7 +499,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[3u] = wX3;
   wSum = wSum + wX3;
-  const u32 wI4 = wFirst + 4u;
+  const u32 wI4 = wFirst + 1024u;
   f32 wX4 = 0.0f;
   if (mine) {
     const u32 col_4 = min(wI4, u.vocab - 1u);
@@ -506,7 +508,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[4u] = wX4;
   wSum = wSum + wX4;
-  const u32 wI5 = wFirst + 5u;
+  const u32 wI5 = wFirst + 1280u;
   f32 wX5 = 0.0f;
   if (mine) {
     const u32 col_5 = min(wI5, u.vocab - 1u);
@@ -515,7 +517,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[5u] = wX5;
   wSum = wSum + wX5;
-  const u32 wI6 = wFirst + 6u;
+  const u32 wI6 = wFirst + 1536u;
   f32 wX6 = 0.0f;
   if (mine) {
     const u32 col_6 = min(wI6, u.vocab - 1u);
@@ -524,7 +526,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[6u] = wX6;
   wSum = wSum + wX6;
-  const u32 wI7 = wFirst + 7u;
+  const u32 wI7 = wFirst + 1792u;
   f32 wX7 = 0.0f;
   if (mine) {
     const u32 col_7 = min(wI7, u.vocab - 1u);
@@ -533,7 +535,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[7u] = wX7;
   wSum = wSum + wX7;
-  const u32 wI8 = wFirst + 8u;
+  const u32 wI8 = wFirst + 2048u;
   f32 wX8 = 0.0f;
   if (mine) {
     const u32 col_8 = min(wI8, u.vocab - 1u);
@@ -542,7 +544,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[8u] = wX8;
   wSum = wSum + wX8;
-  const u32 wI9 = wFirst + 9u;
+  const u32 wI9 = wFirst + 2304u;
   f32 wX9 = 0.0f;
   if (mine) {
     const u32 col_9 = min(wI9, u.vocab - 1u);
@@ -551,7 +553,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[9u] = wX9;
   wSum = wSum + wX9;
-  const u32 wI10 = wFirst + 10u;
+  const u32 wI10 = wFirst + 2560u;
   f32 wX10 = 0.0f;
   if (mine) {
     const u32 col_10 = min(wI10, u.vocab - 1u);
@@ -560,7 +562,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[10u] = wX10;
   wSum = wSum + wX10;
-  const u32 wI11 = wFirst + 11u;
+  const u32 wI11 = wFirst + 2816u;
   f32 wX11 = 0.0f;
   if (mine) {
     const u32 col_11 = min(wI11, u.vocab - 1u);
@@ -569,7 +571,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[11u] = wX11;
   wSum = wSum + wX11;
-  const u32 wI12 = wFirst + 12u;
+  const u32 wI12 = wFirst + 3072u;
   f32 wX12 = 0.0f;
   if (mine) {
     const u32 col_12 = min(wI12, u.vocab - 1u);
@@ -578,7 +580,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[12u] = wX12;
   wSum = wSum + wX12;
-  const u32 wI13 = wFirst + 13u;
+  const u32 wI13 = wFirst + 3328u;
   f32 wX13 = 0.0f;
   if (mine) {
     const u32 col_13 = min(wI13, u.vocab - 1u);
@@ -587,7 +589,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[13u] = wX13;
   wSum = wSum + wX13;
-  const u32 wI14 = wFirst + 14u;
+  const u32 wI14 = wFirst + 3584u;
   f32 wX14 = 0.0f;
   if (mine) {
     const u32 col_14 = min(wI14, u.vocab - 1u);
@@ -596,7 +598,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   }
   wW[14u] = wX14;
   wSum = wSum + wX14;
-  const u32 wI15 = wFirst + 15u;
+  const u32 wI15 = wFirst + 3840u;
   f32 wX15 = 0.0f;
   if (mine) {
     const u32 col_15 = min(wI15, u.vocab - 1u);
@@ -668,161 +670,161 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   findRun = findRun + findW0;
   const bool findPos0 = findW0 > 0.0f;
   if (findPos0 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 0u);
+    atomicMin(&cand[0u], localIndex * 16u + 0u);
     findFound = true;
   }
   if (findPos0) {
-    atomicMax(&cand[1u], wFirst + 0u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 0u + 1u);
   }
   const f32 findW1 = wW[1u];
   findRun = findRun + findW1;
   const bool findPos1 = findW1 > 0.0f;
   if (findPos1 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 1u);
+    atomicMin(&cand[0u], localIndex * 16u + 1u);
     findFound = true;
   }
   if (findPos1) {
-    atomicMax(&cand[1u], wFirst + 1u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 1u + 1u);
   }
   const f32 findW2 = wW[2u];
   findRun = findRun + findW2;
   const bool findPos2 = findW2 > 0.0f;
   if (findPos2 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 2u);
+    atomicMin(&cand[0u], localIndex * 16u + 2u);
     findFound = true;
   }
   if (findPos2) {
-    atomicMax(&cand[1u], wFirst + 2u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 2u + 1u);
   }
   const f32 findW3 = wW[3u];
   findRun = findRun + findW3;
   const bool findPos3 = findW3 > 0.0f;
   if (findPos3 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 3u);
+    atomicMin(&cand[0u], localIndex * 16u + 3u);
     findFound = true;
   }
   if (findPos3) {
-    atomicMax(&cand[1u], wFirst + 3u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 3u + 1u);
   }
   const f32 findW4 = wW[4u];
   findRun = findRun + findW4;
   const bool findPos4 = findW4 > 0.0f;
   if (findPos4 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 4u);
+    atomicMin(&cand[0u], localIndex * 16u + 4u);
     findFound = true;
   }
   if (findPos4) {
-    atomicMax(&cand[1u], wFirst + 4u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 4u + 1u);
   }
   const f32 findW5 = wW[5u];
   findRun = findRun + findW5;
   const bool findPos5 = findW5 > 0.0f;
   if (findPos5 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 5u);
+    atomicMin(&cand[0u], localIndex * 16u + 5u);
     findFound = true;
   }
   if (findPos5) {
-    atomicMax(&cand[1u], wFirst + 5u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 5u + 1u);
   }
   const f32 findW6 = wW[6u];
   findRun = findRun + findW6;
   const bool findPos6 = findW6 > 0.0f;
   if (findPos6 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 6u);
+    atomicMin(&cand[0u], localIndex * 16u + 6u);
     findFound = true;
   }
   if (findPos6) {
-    atomicMax(&cand[1u], wFirst + 6u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 6u + 1u);
   }
   const f32 findW7 = wW[7u];
   findRun = findRun + findW7;
   const bool findPos7 = findW7 > 0.0f;
   if (findPos7 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 7u);
+    atomicMin(&cand[0u], localIndex * 16u + 7u);
     findFound = true;
   }
   if (findPos7) {
-    atomicMax(&cand[1u], wFirst + 7u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 7u + 1u);
   }
   const f32 findW8 = wW[8u];
   findRun = findRun + findW8;
   const bool findPos8 = findW8 > 0.0f;
   if (findPos8 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 8u);
+    atomicMin(&cand[0u], localIndex * 16u + 8u);
     findFound = true;
   }
   if (findPos8) {
-    atomicMax(&cand[1u], wFirst + 8u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 8u + 1u);
   }
   const f32 findW9 = wW[9u];
   findRun = findRun + findW9;
   const bool findPos9 = findW9 > 0.0f;
   if (findPos9 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 9u);
+    atomicMin(&cand[0u], localIndex * 16u + 9u);
     findFound = true;
   }
   if (findPos9) {
-    atomicMax(&cand[1u], wFirst + 9u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 9u + 1u);
   }
   const f32 findW10 = wW[10u];
   findRun = findRun + findW10;
   const bool findPos10 = findW10 > 0.0f;
   if (findPos10 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 10u);
+    atomicMin(&cand[0u], localIndex * 16u + 10u);
     findFound = true;
   }
   if (findPos10) {
-    atomicMax(&cand[1u], wFirst + 10u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 10u + 1u);
   }
   const f32 findW11 = wW[11u];
   findRun = findRun + findW11;
   const bool findPos11 = findW11 > 0.0f;
   if (findPos11 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 11u);
+    atomicMin(&cand[0u], localIndex * 16u + 11u);
     findFound = true;
   }
   if (findPos11) {
-    atomicMax(&cand[1u], wFirst + 11u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 11u + 1u);
   }
   const f32 findW12 = wW[12u];
   findRun = findRun + findW12;
   const bool findPos12 = findW12 > 0.0f;
   if (findPos12 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 12u);
+    atomicMin(&cand[0u], localIndex * 16u + 12u);
     findFound = true;
   }
   if (findPos12) {
-    atomicMax(&cand[1u], wFirst + 12u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 12u + 1u);
   }
   const f32 findW13 = wW[13u];
   findRun = findRun + findW13;
   const bool findPos13 = findW13 > 0.0f;
   if (findPos13 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 13u);
+    atomicMin(&cand[0u], localIndex * 16u + 13u);
     findFound = true;
   }
   if (findPos13) {
-    atomicMax(&cand[1u], wFirst + 13u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 13u + 1u);
   }
   const f32 findW14 = wW[14u];
   findRun = findRun + findW14;
   const bool findPos14 = findW14 > 0.0f;
   if (findPos14 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 14u);
+    atomicMin(&cand[0u], localIndex * 16u + 14u);
     findFound = true;
   }
   if (findPos14) {
-    atomicMax(&cand[1u], wFirst + 14u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 14u + 1u);
   }
   const f32 findW15 = wW[15u];
   findRun = findRun + findW15;
   const bool findPos15 = findW15 > 0.0f;
   if (findPos15 && !findFound && off + (sumExcl + findRun) > target) {
-    atomicMin(&cand[0u], wFirst + 15u);
+    atomicMin(&cand[0u], localIndex * 16u + 15u);
     findFound = true;
   }
   if (findPos15) {
-    atomicMax(&cand[1u], wFirst + 15u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 15u + 1u);
   }
   __syncthreads();
   const u32 cand_old_32 = atomicLoad(&cand[0u]);
@@ -830,7 +832,8 @@ extern "C" __global__ void __launch_bounds__(256) acceptDraw(
   const u32 cand_old_33 = atomicLoad(&cand[1u]);
   const u32 findLast = cand_old_33;
   __syncthreads();
-  const u32 findPick = findCand != 4294967295u ? findCand : max(findLast, 1u) - 1u;
+  const u32 findRank = findCand != 4294967295u ? findCand : max(findLast, 1u) - 1u;
+  const u32 findPick = wFirst - localIndex + findRank % 16u * 256u + findRank / 16u;
   if (localIndex == 0u && mine) {
     tokens[seq * (u.maxK + 1u) + accepted] = findPick;
   }

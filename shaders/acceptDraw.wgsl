@@ -49,187 +49,189 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
     atomicStore(&firstRejected[0u], kSeq);
   }
   workgroupBarrier();
-  for (var i: u32 = localIndex; i < kSeq; i = i + 256u) {
-    let x: u32 = min(draftTokens[seq * u.maxK + i], u.vocab - 1u);
-    let acc0abh: u32 = (pos + i) >> 16u;
-    let acc0abl: u32 = (pos + i) & 65535u;
-    let acc0am1: u32 = acc0abl * 53841u;
-    let acc0am2: u32 = acc0abh * 8019u;
-    let acc0at: u32 = acc0abl * 8019u;
-    let acc0amid: u32 = (acc0at >> 16u) + (acc0am1 & 65535u) + (acc0am2 & 65535u);
-    let acc0ahi: u32 = acc0abh * 53841u + (acc0am1 >> 16u) + (acc0am2 >> 16u) + (acc0amid >> 16u);
-    let acc0x2: u32 = acc0ahi ^ 0u ^ 1802071150u;
-    let acc1bbh: u32 = acc0x2 >> 16u;
-    let acc1bbl: u32 = acc0x2 & 65535u;
-    let acc1bm1: u32 = acc1bbl * 52638u;
-    let acc1bm2: u32 = acc1bbh * 36183u;
-    let acc1bt: u32 = acc1bbl * 36183u;
-    let acc1bmid: u32 = (acc1bt >> 16u) + (acc1bm1 & 65535u) + (acc1bm2 & 65535u);
-    let acc1bhi: u32 = acc1bbh * 52638u + (acc1bm1 >> 16u) + (acc1bm2 >> 16u) + (acc1bmid >> 16u);
-    let acc0bbl: u32 = 0u & 65535u;
-    let acc0bt: u32 = acc0bbl * 36183u;
-    let acc0bm1: u32 = acc0bbl * 52638u;
-    let acc0bbh: u32 = 0u >> 16u;
-    let acc0bm2: u32 = acc0bbh * 36183u;
-    let acc0bmid: u32 = (acc0bt >> 16u) + (acc0bm1 & 65535u) + (acc0bm2 & 65535u);
-    let acc0blo: u32 = (acc0bmid << 16u) | (acc0bt & 65535u);
-    let acc1k: u32 = seed + 2654435769u;
-    let acc1x0: u32 = acc1bhi ^ acc0blo ^ acc1k;
-    let acc2abh: u32 = acc1x0 >> 16u;
-    let acc2abl: u32 = acc1x0 & 65535u;
-    let acc2am1: u32 = acc2abl * 53841u;
-    let acc2am2: u32 = acc2abh * 8019u;
-    let acc2at: u32 = acc2abl * 8019u;
-    let acc2amid: u32 = (acc2at >> 16u) + (acc2am1 & 65535u) + (acc2am2 & 65535u);
-    let acc2ahi: u32 = acc2abh * 53841u + (acc2am1 >> 16u) + (acc2am2 >> 16u) + (acc2amid >> 16u);
-    let acc0bhi: u32 = acc0bbh * 52638u + (acc0bm1 >> 16u) + (acc0bm2 >> 16u) + (acc0bmid >> 16u);
-    let acc0x0: u32 = acc0bhi ^ 1u ^ seed;
-    let acc1abl: u32 = acc0x0 & 65535u;
-    let acc1at: u32 = acc1abl * 8019u;
-    let acc1am1: u32 = acc1abl * 53841u;
-    let acc1abh: u32 = acc0x0 >> 16u;
-    let acc1am2: u32 = acc1abh * 8019u;
-    let acc1amid: u32 = (acc1at >> 16u) + (acc1am1 & 65535u) + (acc1am2 & 65535u);
-    let acc1alo: u32 = (acc1amid << 16u) | (acc1at & 65535u);
-    let acc2x2: u32 = acc2ahi ^ acc1alo ^ 3795372408u;
-    let acc3bbh: u32 = acc2x2 >> 16u;
-    let acc3bbl: u32 = acc2x2 & 65535u;
-    let acc3bm1: u32 = acc3bbl * 52638u;
-    let acc3bm2: u32 = acc3bbh * 36183u;
-    let acc3bt: u32 = acc3bbl * 36183u;
-    let acc3bmid: u32 = (acc3bt >> 16u) + (acc3bm1 & 65535u) + (acc3bm2 & 65535u);
-    let acc3bhi: u32 = acc3bbh * 52638u + (acc3bm1 >> 16u) + (acc3bm2 >> 16u) + (acc3bmid >> 16u);
-    let acc1ahi: u32 = acc1abh * 53841u + (acc1am1 >> 16u) + (acc1am2 >> 16u) + (acc1amid >> 16u);
-    let acc0alo: u32 = (acc0amid << 16u) | (acc0at & 65535u);
-    let acc1x2: u32 = acc1ahi ^ acc0alo ^ 651238131u;
-    let acc2bbl: u32 = acc1x2 & 65535u;
-    let acc2bt: u32 = acc2bbl * 36183u;
-    let acc2bm1: u32 = acc2bbl * 52638u;
-    let acc2bbh: u32 = acc1x2 >> 16u;
-    let acc2bm2: u32 = acc2bbh * 36183u;
-    let acc2bmid: u32 = (acc2bt >> 16u) + (acc2bm1 & 65535u) + (acc2bm2 & 65535u);
-    let acc2blo: u32 = (acc2bmid << 16u) | (acc2bt & 65535u);
-    let acc3k: u32 = seed + 3668340011u;
-    let acc3x0: u32 = acc3bhi ^ acc2blo ^ acc3k;
-    let acc4abh: u32 = acc3x0 >> 16u;
-    let acc4abl: u32 = acc3x0 & 65535u;
-    let acc4am1: u32 = acc4abl * 53841u;
-    let acc4am2: u32 = acc4abh * 8019u;
-    let acc4at: u32 = acc4abl * 8019u;
-    let acc4amid: u32 = (acc4at >> 16u) + (acc4am1 & 65535u) + (acc4am2 & 65535u);
-    let acc4ahi: u32 = acc4abh * 53841u + (acc4am1 >> 16u) + (acc4am2 >> 16u) + (acc4amid >> 16u);
-    let acc2bhi: u32 = acc2bbh * 52638u + (acc2bm1 >> 16u) + (acc2bm2 >> 16u) + (acc2bmid >> 16u);
-    let acc1blo: u32 = (acc1bmid << 16u) | (acc1bt & 65535u);
-    let acc2k: u32 = seed + 1013904242u;
-    let acc2x0: u32 = acc2bhi ^ acc1blo ^ acc2k;
-    let acc3abl: u32 = acc2x0 & 65535u;
-    let acc3at: u32 = acc3abl * 8019u;
-    let acc3am1: u32 = acc3abl * 53841u;
-    let acc3abh: u32 = acc2x0 >> 16u;
-    let acc3am2: u32 = acc3abh * 8019u;
-    let acc3amid: u32 = (acc3at >> 16u) + (acc3am1 & 65535u) + (acc3am2 & 65535u);
-    let acc3alo: u32 = (acc3amid << 16u) | (acc3at & 65535u);
-    let acc4x2: u32 = acc4ahi ^ acc3alo ^ 1493706370u;
-    let acc5bbh: u32 = acc4x2 >> 16u;
-    let acc5bbl: u32 = acc4x2 & 65535u;
-    let acc5bm1: u32 = acc5bbl * 52638u;
-    let acc5bm2: u32 = acc5bbh * 36183u;
-    let acc5bt: u32 = acc5bbl * 36183u;
-    let acc5bmid: u32 = (acc5bt >> 16u) + (acc5bm1 & 65535u) + (acc5bm2 & 65535u);
-    let acc5bhi: u32 = acc5bbh * 52638u + (acc5bm1 >> 16u) + (acc5bm2 >> 16u) + (acc5bmid >> 16u);
-    let acc3ahi: u32 = acc3abh * 53841u + (acc3am1 >> 16u) + (acc3am2 >> 16u) + (acc3amid >> 16u);
-    let acc2alo: u32 = (acc2amid << 16u) | (acc2at & 65535u);
-    let acc3x2: u32 = acc3ahi ^ acc2alo ^ 2644539389u;
-    let acc4bbl: u32 = acc3x2 & 65535u;
-    let acc4bt: u32 = acc4bbl * 36183u;
-    let acc4bm1: u32 = acc4bbl * 52638u;
-    let acc4bbh: u32 = acc3x2 >> 16u;
-    let acc4bm2: u32 = acc4bbh * 36183u;
-    let acc4bmid: u32 = (acc4bt >> 16u) + (acc4bm1 & 65535u) + (acc4bm2 & 65535u);
-    let acc4blo: u32 = (acc4bmid << 16u) | (acc4bt & 65535u);
-    let acc5k: u32 = seed + 387276957u;
-    let acc5x0: u32 = acc5bhi ^ acc4blo ^ acc5k;
-    let acc6abh: u32 = acc5x0 >> 16u;
-    let acc6abl: u32 = acc5x0 & 65535u;
-    let acc6am1: u32 = acc6abl * 53841u;
-    let acc6am2: u32 = acc6abh * 8019u;
-    let acc6at: u32 = acc6abl * 8019u;
-    let acc6amid: u32 = (acc6at >> 16u) + (acc6am1 & 65535u) + (acc6am2 & 65535u);
-    let acc6ahi: u32 = acc6abh * 53841u + (acc6am1 >> 16u) + (acc6am2 >> 16u) + (acc6amid >> 16u);
-    let acc4bhi: u32 = acc4bbh * 52638u + (acc4bm1 >> 16u) + (acc4bm2 >> 16u) + (acc4bmid >> 16u);
-    let acc3blo: u32 = (acc3bmid << 16u) | (acc3bt & 65535u);
-    let acc4k: u32 = seed + 2027808484u;
-    let acc4x0: u32 = acc4bhi ^ acc3blo ^ acc4k;
-    let acc5abl: u32 = acc4x0 & 65535u;
-    let acc5at: u32 = acc5abl * 8019u;
-    let acc5am1: u32 = acc5abl * 53841u;
-    let acc5abh: u32 = acc4x0 >> 16u;
-    let acc5am2: u32 = acc5abh * 8019u;
-    let acc5amid: u32 = (acc5at >> 16u) + (acc5am1 & 65535u) + (acc5am2 & 65535u);
-    let acc5alo: u32 = (acc5amid << 16u) | (acc5at & 65535u);
-    let acc6x2: u32 = acc6ahi ^ acc5alo ^ 3487007628u;
-    let acc7bbh: u32 = acc6x2 >> 16u;
-    let acc7bbl: u32 = acc6x2 & 65535u;
-    let acc7bm1: u32 = acc7bbl * 52638u;
-    let acc7bm2: u32 = acc7bbh * 36183u;
-    let acc7bt: u32 = acc7bbl * 36183u;
-    let acc7bmid: u32 = (acc7bt >> 16u) + (acc7bm1 & 65535u) + (acc7bm2 & 65535u);
-    let acc7bhi: u32 = acc7bbh * 52638u + (acc7bm1 >> 16u) + (acc7bm2 >> 16u) + (acc7bmid >> 16u);
-    let acc5ahi: u32 = acc5abh * 53841u + (acc5am1 >> 16u) + (acc5am2 >> 16u) + (acc5amid >> 16u);
-    let acc4alo: u32 = (acc4amid << 16u) | (acc4at & 65535u);
-    let acc5x2: u32 = acc5ahi ^ acc4alo ^ 342873351u;
-    let acc6bbl: u32 = acc5x2 & 65535u;
-    let acc6bt: u32 = acc6bbl * 36183u;
-    let acc6bm1: u32 = acc6bbl * 52638u;
-    let acc6bbh: u32 = acc5x2 >> 16u;
-    let acc6bm2: u32 = acc6bbh * 36183u;
-    let acc6bmid: u32 = (acc6bt >> 16u) + (acc6bm1 & 65535u) + (acc6bm2 & 65535u);
-    let acc6blo: u32 = (acc6bmid << 16u) | (acc6bt & 65535u);
-    let acc7k: u32 = seed + 1401181199u;
-    let acc7x0: u32 = acc7bhi ^ acc6blo ^ acc7k;
-    let acc8abh: u32 = acc7x0 >> 16u;
-    let acc8abl: u32 = acc7x0 & 65535u;
-    let acc8am1: u32 = acc8abl * 53841u;
-    let acc8am2: u32 = acc8abh * 8019u;
-    let acc8at: u32 = acc8abl * 8019u;
-    let acc8amid: u32 = (acc8at >> 16u) + (acc8am1 & 65535u) + (acc8am2 & 65535u);
-    let acc8ahi: u32 = acc8abh * 53841u + (acc8am1 >> 16u) + (acc8am2 >> 16u) + (acc8amid >> 16u);
-    let acc6bhi: u32 = acc6bbh * 52638u + (acc6bm1 >> 16u) + (acc6bm2 >> 16u) + (acc6bmid >> 16u);
-    let acc5blo: u32 = (acc5bmid << 16u) | (acc5bt & 65535u);
-    let acc6k: u32 = seed + 3041712726u;
-    let acc6x0: u32 = acc6bhi ^ acc5blo ^ acc6k;
-    let acc7abl: u32 = acc6x0 & 65535u;
-    let acc7at: u32 = acc7abl * 8019u;
-    let acc7am1: u32 = acc7abl * 53841u;
-    let acc7abh: u32 = acc6x0 >> 16u;
-    let acc7am2: u32 = acc7abh * 8019u;
-    let acc7amid: u32 = (acc7at >> 16u) + (acc7am1 & 65535u) + (acc7am2 & 65535u);
-    let acc7alo: u32 = (acc7amid << 16u) | (acc7at & 65535u);
-    let acc8x2: u32 = acc8ahi ^ acc7alo ^ 1185341590u;
-    let acc9bbh: u32 = acc8x2 >> 16u;
-    let acc9bbl: u32 = acc8x2 & 65535u;
-    let acc9bm1: u32 = acc9bbl * 52638u;
-    let acc9bm2: u32 = acc9bbh * 36183u;
-    let acc9bt: u32 = acc9bbl * 36183u;
-    let acc9bmid: u32 = (acc9bt >> 16u) + (acc9bm1 & 65535u) + (acc9bm2 & 65535u);
-    let acc9bhi: u32 = acc9bbh * 52638u + (acc9bm1 >> 16u) + (acc9bm2 >> 16u) + (acc9bmid >> 16u);
-    let acc7ahi: u32 = acc7abh * 53841u + (acc7am1 >> 16u) + (acc7am2 >> 16u) + (acc7amid >> 16u);
-    let acc6alo: u32 = (acc6amid << 16u) | (acc6at & 65535u);
-    let acc7x2: u32 = acc7ahi ^ acc6alo ^ 2336174609u;
-    let acc8bbl: u32 = acc7x2 & 65535u;
-    let acc8bt: u32 = acc8bbl * 36183u;
-    let acc8bm1: u32 = acc8bbl * 52638u;
-    let acc8bbh: u32 = acc7x2 >> 16u;
-    let acc8bm2: u32 = acc8bbh * 36183u;
-    let acc8bmid: u32 = (acc8bt >> 16u) + (acc8bm1 & 65535u) + (acc8bm2 & 65535u);
-    let acc8blo: u32 = (acc8bmid << 16u) | (acc8bt & 65535u);
-    let acc9k: u32 = seed + 2415085441u;
-    let acc9x0: u32 = acc9bhi ^ acc8blo ^ acc9k;
-    let accU: f32 = f32(acc9x0 >> 8u) * 5.9604645e-8f;
-    let qx: f32 = draftProbs[(seq * u.maxK + i) * u.vocab + x];
-    let px: f32 = targetProbs[(seq * (u.maxK + 1u) + i) * u.vocab + x];
-    if (!(accU * qx <= px)) {
-      atomicMin(&firstRejected[0u], i);
+  if (localIndex % 32u == 0u) {
+    for (var i: u32 = localIndex / 32u; i < kSeq; i = i + 8u) {
+      let x: u32 = min(draftTokens[seq * u.maxK + i], u.vocab - 1u);
+      let acc0abh: u32 = (pos + i) >> 16u;
+      let acc0abl: u32 = (pos + i) & 65535u;
+      let acc0am1: u32 = acc0abl * 53841u;
+      let acc0am2: u32 = acc0abh * 8019u;
+      let acc0at: u32 = acc0abl * 8019u;
+      let acc0amid: u32 = (acc0at >> 16u) + (acc0am1 & 65535u) + (acc0am2 & 65535u);
+      let acc0ahi: u32 = acc0abh * 53841u + (acc0am1 >> 16u) + (acc0am2 >> 16u) + (acc0amid >> 16u);
+      let acc0x2: u32 = acc0ahi ^ 0u ^ 1802071150u;
+      let acc1bbh: u32 = acc0x2 >> 16u;
+      let acc1bbl: u32 = acc0x2 & 65535u;
+      let acc1bm1: u32 = acc1bbl * 52638u;
+      let acc1bm2: u32 = acc1bbh * 36183u;
+      let acc1bt: u32 = acc1bbl * 36183u;
+      let acc1bmid: u32 = (acc1bt >> 16u) + (acc1bm1 & 65535u) + (acc1bm2 & 65535u);
+      let acc1bhi: u32 = acc1bbh * 52638u + (acc1bm1 >> 16u) + (acc1bm2 >> 16u) + (acc1bmid >> 16u);
+      let acc0bbl: u32 = 0u & 65535u;
+      let acc0bt: u32 = acc0bbl * 36183u;
+      let acc0bm1: u32 = acc0bbl * 52638u;
+      let acc0bbh: u32 = 0u >> 16u;
+      let acc0bm2: u32 = acc0bbh * 36183u;
+      let acc0bmid: u32 = (acc0bt >> 16u) + (acc0bm1 & 65535u) + (acc0bm2 & 65535u);
+      let acc0blo: u32 = (acc0bmid << 16u) | (acc0bt & 65535u);
+      let acc1k: u32 = seed + 2654435769u;
+      let acc1x0: u32 = acc1bhi ^ acc0blo ^ acc1k;
+      let acc2abh: u32 = acc1x0 >> 16u;
+      let acc2abl: u32 = acc1x0 & 65535u;
+      let acc2am1: u32 = acc2abl * 53841u;
+      let acc2am2: u32 = acc2abh * 8019u;
+      let acc2at: u32 = acc2abl * 8019u;
+      let acc2amid: u32 = (acc2at >> 16u) + (acc2am1 & 65535u) + (acc2am2 & 65535u);
+      let acc2ahi: u32 = acc2abh * 53841u + (acc2am1 >> 16u) + (acc2am2 >> 16u) + (acc2amid >> 16u);
+      let acc0bhi: u32 = acc0bbh * 52638u + (acc0bm1 >> 16u) + (acc0bm2 >> 16u) + (acc0bmid >> 16u);
+      let acc0x0: u32 = acc0bhi ^ 1u ^ seed;
+      let acc1abl: u32 = acc0x0 & 65535u;
+      let acc1at: u32 = acc1abl * 8019u;
+      let acc1am1: u32 = acc1abl * 53841u;
+      let acc1abh: u32 = acc0x0 >> 16u;
+      let acc1am2: u32 = acc1abh * 8019u;
+      let acc1amid: u32 = (acc1at >> 16u) + (acc1am1 & 65535u) + (acc1am2 & 65535u);
+      let acc1alo: u32 = (acc1amid << 16u) | (acc1at & 65535u);
+      let acc2x2: u32 = acc2ahi ^ acc1alo ^ 3795372408u;
+      let acc3bbh: u32 = acc2x2 >> 16u;
+      let acc3bbl: u32 = acc2x2 & 65535u;
+      let acc3bm1: u32 = acc3bbl * 52638u;
+      let acc3bm2: u32 = acc3bbh * 36183u;
+      let acc3bt: u32 = acc3bbl * 36183u;
+      let acc3bmid: u32 = (acc3bt >> 16u) + (acc3bm1 & 65535u) + (acc3bm2 & 65535u);
+      let acc3bhi: u32 = acc3bbh * 52638u + (acc3bm1 >> 16u) + (acc3bm2 >> 16u) + (acc3bmid >> 16u);
+      let acc1ahi: u32 = acc1abh * 53841u + (acc1am1 >> 16u) + (acc1am2 >> 16u) + (acc1amid >> 16u);
+      let acc0alo: u32 = (acc0amid << 16u) | (acc0at & 65535u);
+      let acc1x2: u32 = acc1ahi ^ acc0alo ^ 651238131u;
+      let acc2bbl: u32 = acc1x2 & 65535u;
+      let acc2bt: u32 = acc2bbl * 36183u;
+      let acc2bm1: u32 = acc2bbl * 52638u;
+      let acc2bbh: u32 = acc1x2 >> 16u;
+      let acc2bm2: u32 = acc2bbh * 36183u;
+      let acc2bmid: u32 = (acc2bt >> 16u) + (acc2bm1 & 65535u) + (acc2bm2 & 65535u);
+      let acc2blo: u32 = (acc2bmid << 16u) | (acc2bt & 65535u);
+      let acc3k: u32 = seed + 3668340011u;
+      let acc3x0: u32 = acc3bhi ^ acc2blo ^ acc3k;
+      let acc4abh: u32 = acc3x0 >> 16u;
+      let acc4abl: u32 = acc3x0 & 65535u;
+      let acc4am1: u32 = acc4abl * 53841u;
+      let acc4am2: u32 = acc4abh * 8019u;
+      let acc4at: u32 = acc4abl * 8019u;
+      let acc4amid: u32 = (acc4at >> 16u) + (acc4am1 & 65535u) + (acc4am2 & 65535u);
+      let acc4ahi: u32 = acc4abh * 53841u + (acc4am1 >> 16u) + (acc4am2 >> 16u) + (acc4amid >> 16u);
+      let acc2bhi: u32 = acc2bbh * 52638u + (acc2bm1 >> 16u) + (acc2bm2 >> 16u) + (acc2bmid >> 16u);
+      let acc1blo: u32 = (acc1bmid << 16u) | (acc1bt & 65535u);
+      let acc2k: u32 = seed + 1013904242u;
+      let acc2x0: u32 = acc2bhi ^ acc1blo ^ acc2k;
+      let acc3abl: u32 = acc2x0 & 65535u;
+      let acc3at: u32 = acc3abl * 8019u;
+      let acc3am1: u32 = acc3abl * 53841u;
+      let acc3abh: u32 = acc2x0 >> 16u;
+      let acc3am2: u32 = acc3abh * 8019u;
+      let acc3amid: u32 = (acc3at >> 16u) + (acc3am1 & 65535u) + (acc3am2 & 65535u);
+      let acc3alo: u32 = (acc3amid << 16u) | (acc3at & 65535u);
+      let acc4x2: u32 = acc4ahi ^ acc3alo ^ 1493706370u;
+      let acc5bbh: u32 = acc4x2 >> 16u;
+      let acc5bbl: u32 = acc4x2 & 65535u;
+      let acc5bm1: u32 = acc5bbl * 52638u;
+      let acc5bm2: u32 = acc5bbh * 36183u;
+      let acc5bt: u32 = acc5bbl * 36183u;
+      let acc5bmid: u32 = (acc5bt >> 16u) + (acc5bm1 & 65535u) + (acc5bm2 & 65535u);
+      let acc5bhi: u32 = acc5bbh * 52638u + (acc5bm1 >> 16u) + (acc5bm2 >> 16u) + (acc5bmid >> 16u);
+      let acc3ahi: u32 = acc3abh * 53841u + (acc3am1 >> 16u) + (acc3am2 >> 16u) + (acc3amid >> 16u);
+      let acc2alo: u32 = (acc2amid << 16u) | (acc2at & 65535u);
+      let acc3x2: u32 = acc3ahi ^ acc2alo ^ 2644539389u;
+      let acc4bbl: u32 = acc3x2 & 65535u;
+      let acc4bt: u32 = acc4bbl * 36183u;
+      let acc4bm1: u32 = acc4bbl * 52638u;
+      let acc4bbh: u32 = acc3x2 >> 16u;
+      let acc4bm2: u32 = acc4bbh * 36183u;
+      let acc4bmid: u32 = (acc4bt >> 16u) + (acc4bm1 & 65535u) + (acc4bm2 & 65535u);
+      let acc4blo: u32 = (acc4bmid << 16u) | (acc4bt & 65535u);
+      let acc5k: u32 = seed + 387276957u;
+      let acc5x0: u32 = acc5bhi ^ acc4blo ^ acc5k;
+      let acc6abh: u32 = acc5x0 >> 16u;
+      let acc6abl: u32 = acc5x0 & 65535u;
+      let acc6am1: u32 = acc6abl * 53841u;
+      let acc6am2: u32 = acc6abh * 8019u;
+      let acc6at: u32 = acc6abl * 8019u;
+      let acc6amid: u32 = (acc6at >> 16u) + (acc6am1 & 65535u) + (acc6am2 & 65535u);
+      let acc6ahi: u32 = acc6abh * 53841u + (acc6am1 >> 16u) + (acc6am2 >> 16u) + (acc6amid >> 16u);
+      let acc4bhi: u32 = acc4bbh * 52638u + (acc4bm1 >> 16u) + (acc4bm2 >> 16u) + (acc4bmid >> 16u);
+      let acc3blo: u32 = (acc3bmid << 16u) | (acc3bt & 65535u);
+      let acc4k: u32 = seed + 2027808484u;
+      let acc4x0: u32 = acc4bhi ^ acc3blo ^ acc4k;
+      let acc5abl: u32 = acc4x0 & 65535u;
+      let acc5at: u32 = acc5abl * 8019u;
+      let acc5am1: u32 = acc5abl * 53841u;
+      let acc5abh: u32 = acc4x0 >> 16u;
+      let acc5am2: u32 = acc5abh * 8019u;
+      let acc5amid: u32 = (acc5at >> 16u) + (acc5am1 & 65535u) + (acc5am2 & 65535u);
+      let acc5alo: u32 = (acc5amid << 16u) | (acc5at & 65535u);
+      let acc6x2: u32 = acc6ahi ^ acc5alo ^ 3487007628u;
+      let acc7bbh: u32 = acc6x2 >> 16u;
+      let acc7bbl: u32 = acc6x2 & 65535u;
+      let acc7bm1: u32 = acc7bbl * 52638u;
+      let acc7bm2: u32 = acc7bbh * 36183u;
+      let acc7bt: u32 = acc7bbl * 36183u;
+      let acc7bmid: u32 = (acc7bt >> 16u) + (acc7bm1 & 65535u) + (acc7bm2 & 65535u);
+      let acc7bhi: u32 = acc7bbh * 52638u + (acc7bm1 >> 16u) + (acc7bm2 >> 16u) + (acc7bmid >> 16u);
+      let acc5ahi: u32 = acc5abh * 53841u + (acc5am1 >> 16u) + (acc5am2 >> 16u) + (acc5amid >> 16u);
+      let acc4alo: u32 = (acc4amid << 16u) | (acc4at & 65535u);
+      let acc5x2: u32 = acc5ahi ^ acc4alo ^ 342873351u;
+      let acc6bbl: u32 = acc5x2 & 65535u;
+      let acc6bt: u32 = acc6bbl * 36183u;
+      let acc6bm1: u32 = acc6bbl * 52638u;
+      let acc6bbh: u32 = acc5x2 >> 16u;
+      let acc6bm2: u32 = acc6bbh * 36183u;
+      let acc6bmid: u32 = (acc6bt >> 16u) + (acc6bm1 & 65535u) + (acc6bm2 & 65535u);
+      let acc6blo: u32 = (acc6bmid << 16u) | (acc6bt & 65535u);
+      let acc7k: u32 = seed + 1401181199u;
+      let acc7x0: u32 = acc7bhi ^ acc6blo ^ acc7k;
+      let acc8abh: u32 = acc7x0 >> 16u;
+      let acc8abl: u32 = acc7x0 & 65535u;
+      let acc8am1: u32 = acc8abl * 53841u;
+      let acc8am2: u32 = acc8abh * 8019u;
+      let acc8at: u32 = acc8abl * 8019u;
+      let acc8amid: u32 = (acc8at >> 16u) + (acc8am1 & 65535u) + (acc8am2 & 65535u);
+      let acc8ahi: u32 = acc8abh * 53841u + (acc8am1 >> 16u) + (acc8am2 >> 16u) + (acc8amid >> 16u);
+      let acc6bhi: u32 = acc6bbh * 52638u + (acc6bm1 >> 16u) + (acc6bm2 >> 16u) + (acc6bmid >> 16u);
+      let acc5blo: u32 = (acc5bmid << 16u) | (acc5bt & 65535u);
+      let acc6k: u32 = seed + 3041712726u;
+      let acc6x0: u32 = acc6bhi ^ acc5blo ^ acc6k;
+      let acc7abl: u32 = acc6x0 & 65535u;
+      let acc7at: u32 = acc7abl * 8019u;
+      let acc7am1: u32 = acc7abl * 53841u;
+      let acc7abh: u32 = acc6x0 >> 16u;
+      let acc7am2: u32 = acc7abh * 8019u;
+      let acc7amid: u32 = (acc7at >> 16u) + (acc7am1 & 65535u) + (acc7am2 & 65535u);
+      let acc7alo: u32 = (acc7amid << 16u) | (acc7at & 65535u);
+      let acc8x2: u32 = acc8ahi ^ acc7alo ^ 1185341590u;
+      let acc9bbh: u32 = acc8x2 >> 16u;
+      let acc9bbl: u32 = acc8x2 & 65535u;
+      let acc9bm1: u32 = acc9bbl * 52638u;
+      let acc9bm2: u32 = acc9bbh * 36183u;
+      let acc9bt: u32 = acc9bbl * 36183u;
+      let acc9bmid: u32 = (acc9bt >> 16u) + (acc9bm1 & 65535u) + (acc9bm2 & 65535u);
+      let acc9bhi: u32 = acc9bbh * 52638u + (acc9bm1 >> 16u) + (acc9bm2 >> 16u) + (acc9bmid >> 16u);
+      let acc7ahi: u32 = acc7abh * 53841u + (acc7am1 >> 16u) + (acc7am2 >> 16u) + (acc7amid >> 16u);
+      let acc6alo: u32 = (acc6amid << 16u) | (acc6at & 65535u);
+      let acc7x2: u32 = acc7ahi ^ acc6alo ^ 2336174609u;
+      let acc8bbl: u32 = acc7x2 & 65535u;
+      let acc8bt: u32 = acc8bbl * 36183u;
+      let acc8bm1: u32 = acc8bbl * 52638u;
+      let acc8bbh: u32 = acc7x2 >> 16u;
+      let acc8bm2: u32 = acc8bbh * 36183u;
+      let acc8bmid: u32 = (acc8bt >> 16u) + (acc8bm1 & 65535u) + (acc8bm2 & 65535u);
+      let acc8blo: u32 = (acc8bmid << 16u) | (acc8bt & 65535u);
+      let acc9k: u32 = seed + 2415085441u;
+      let acc9x0: u32 = acc9bhi ^ acc8blo ^ acc9k;
+      let accU: f32 = f32(acc9x0 >> 8u) * 5.9604645e-8f;
+      let qx: f32 = draftProbs[(seq * u.maxK + i) * u.vocab + x];
+      let px: f32 = targetProbs[(seq * (u.maxK + 1u) + i) * u.vocab + x];
+      if (!(accU * qx <= px)) {
+        atomicMin(&firstRejected[0u], i);
+      }
     }
   }
   workgroupBarrier();
@@ -443,7 +445,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   let rejected: bool = accepted < kSeq;
   let qRow: u32 = (seq * u.maxK + min(accepted, u.maxK - 1u)) * u.vocab;
   var wW: array<f32, 16>;
-  let wFirst: u32 = seg * 4096u + localIndex * 16u;
+  let wFirst: u32 = seg * 4096u + localIndex * 1u;
   var wSum: f32 = 0.0f;
   let wI0: u32 = wFirst + 0u;
   var wX0: f32 = 0.0f;
@@ -454,7 +456,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[0u] = wX0;
   wSum = wSum + wX0;
-  let wI1: u32 = wFirst + 1u;
+  let wI1: u32 = wFirst + 256u;
   var wX1: f32 = 0.0f;
   if (mine) {
     let col_1: u32 = min(wI1, u.vocab - 1u);
@@ -463,7 +465,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[1u] = wX1;
   wSum = wSum + wX1;
-  let wI2: u32 = wFirst + 2u;
+  let wI2: u32 = wFirst + 512u;
   var wX2: f32 = 0.0f;
   if (mine) {
     let col_2: u32 = min(wI2, u.vocab - 1u);
@@ -472,7 +474,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[2u] = wX2;
   wSum = wSum + wX2;
-  let wI3: u32 = wFirst + 3u;
+  let wI3: u32 = wFirst + 768u;
   var wX3: f32 = 0.0f;
   if (mine) {
     let col_3: u32 = min(wI3, u.vocab - 1u);
@@ -481,7 +483,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[3u] = wX3;
   wSum = wSum + wX3;
-  let wI4: u32 = wFirst + 4u;
+  let wI4: u32 = wFirst + 1024u;
   var wX4: f32 = 0.0f;
   if (mine) {
     let col_4: u32 = min(wI4, u.vocab - 1u);
@@ -490,7 +492,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[4u] = wX4;
   wSum = wSum + wX4;
-  let wI5: u32 = wFirst + 5u;
+  let wI5: u32 = wFirst + 1280u;
   var wX5: f32 = 0.0f;
   if (mine) {
     let col_5: u32 = min(wI5, u.vocab - 1u);
@@ -499,7 +501,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[5u] = wX5;
   wSum = wSum + wX5;
-  let wI6: u32 = wFirst + 6u;
+  let wI6: u32 = wFirst + 1536u;
   var wX6: f32 = 0.0f;
   if (mine) {
     let col_6: u32 = min(wI6, u.vocab - 1u);
@@ -508,7 +510,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[6u] = wX6;
   wSum = wSum + wX6;
-  let wI7: u32 = wFirst + 7u;
+  let wI7: u32 = wFirst + 1792u;
   var wX7: f32 = 0.0f;
   if (mine) {
     let col_7: u32 = min(wI7, u.vocab - 1u);
@@ -517,7 +519,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[7u] = wX7;
   wSum = wSum + wX7;
-  let wI8: u32 = wFirst + 8u;
+  let wI8: u32 = wFirst + 2048u;
   var wX8: f32 = 0.0f;
   if (mine) {
     let col_8: u32 = min(wI8, u.vocab - 1u);
@@ -526,7 +528,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[8u] = wX8;
   wSum = wSum + wX8;
-  let wI9: u32 = wFirst + 9u;
+  let wI9: u32 = wFirst + 2304u;
   var wX9: f32 = 0.0f;
   if (mine) {
     let col_9: u32 = min(wI9, u.vocab - 1u);
@@ -535,7 +537,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[9u] = wX9;
   wSum = wSum + wX9;
-  let wI10: u32 = wFirst + 10u;
+  let wI10: u32 = wFirst + 2560u;
   var wX10: f32 = 0.0f;
   if (mine) {
     let col_10: u32 = min(wI10, u.vocab - 1u);
@@ -544,7 +546,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[10u] = wX10;
   wSum = wSum + wX10;
-  let wI11: u32 = wFirst + 11u;
+  let wI11: u32 = wFirst + 2816u;
   var wX11: f32 = 0.0f;
   if (mine) {
     let col_11: u32 = min(wI11, u.vocab - 1u);
@@ -553,7 +555,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[11u] = wX11;
   wSum = wSum + wX11;
-  let wI12: u32 = wFirst + 12u;
+  let wI12: u32 = wFirst + 3072u;
   var wX12: f32 = 0.0f;
   if (mine) {
     let col_12: u32 = min(wI12, u.vocab - 1u);
@@ -562,7 +564,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[12u] = wX12;
   wSum = wSum + wX12;
-  let wI13: u32 = wFirst + 13u;
+  let wI13: u32 = wFirst + 3328u;
   var wX13: f32 = 0.0f;
   if (mine) {
     let col_13: u32 = min(wI13, u.vocab - 1u);
@@ -571,7 +573,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[13u] = wX13;
   wSum = wSum + wX13;
-  let wI14: u32 = wFirst + 14u;
+  let wI14: u32 = wFirst + 3584u;
   var wX14: f32 = 0.0f;
   if (mine) {
     let col_14: u32 = min(wI14, u.vocab - 1u);
@@ -580,7 +582,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   }
   wW[14u] = wX14;
   wSum = wSum + wX14;
-  let wI15: u32 = wFirst + 15u;
+  let wI15: u32 = wFirst + 3840u;
   var wX15: f32 = 0.0f;
   if (mine) {
     let col_15: u32 = min(wI15, u.vocab - 1u);
@@ -652,161 +654,161 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   findRun = findRun + findW0;
   let findPos0: bool = findW0 > 0.0f;
   if (findPos0 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 0u);
+    atomicMin(&cand[0u], localIndex * 16u + 0u);
     findFound = true;
   }
   if (findPos0) {
-    atomicMax(&cand[1u], wFirst + 0u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 0u + 1u);
   }
   let findW1: f32 = wW[1u];
   findRun = findRun + findW1;
   let findPos1: bool = findW1 > 0.0f;
   if (findPos1 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 1u);
+    atomicMin(&cand[0u], localIndex * 16u + 1u);
     findFound = true;
   }
   if (findPos1) {
-    atomicMax(&cand[1u], wFirst + 1u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 1u + 1u);
   }
   let findW2: f32 = wW[2u];
   findRun = findRun + findW2;
   let findPos2: bool = findW2 > 0.0f;
   if (findPos2 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 2u);
+    atomicMin(&cand[0u], localIndex * 16u + 2u);
     findFound = true;
   }
   if (findPos2) {
-    atomicMax(&cand[1u], wFirst + 2u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 2u + 1u);
   }
   let findW3: f32 = wW[3u];
   findRun = findRun + findW3;
   let findPos3: bool = findW3 > 0.0f;
   if (findPos3 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 3u);
+    atomicMin(&cand[0u], localIndex * 16u + 3u);
     findFound = true;
   }
   if (findPos3) {
-    atomicMax(&cand[1u], wFirst + 3u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 3u + 1u);
   }
   let findW4: f32 = wW[4u];
   findRun = findRun + findW4;
   let findPos4: bool = findW4 > 0.0f;
   if (findPos4 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 4u);
+    atomicMin(&cand[0u], localIndex * 16u + 4u);
     findFound = true;
   }
   if (findPos4) {
-    atomicMax(&cand[1u], wFirst + 4u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 4u + 1u);
   }
   let findW5: f32 = wW[5u];
   findRun = findRun + findW5;
   let findPos5: bool = findW5 > 0.0f;
   if (findPos5 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 5u);
+    atomicMin(&cand[0u], localIndex * 16u + 5u);
     findFound = true;
   }
   if (findPos5) {
-    atomicMax(&cand[1u], wFirst + 5u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 5u + 1u);
   }
   let findW6: f32 = wW[6u];
   findRun = findRun + findW6;
   let findPos6: bool = findW6 > 0.0f;
   if (findPos6 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 6u);
+    atomicMin(&cand[0u], localIndex * 16u + 6u);
     findFound = true;
   }
   if (findPos6) {
-    atomicMax(&cand[1u], wFirst + 6u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 6u + 1u);
   }
   let findW7: f32 = wW[7u];
   findRun = findRun + findW7;
   let findPos7: bool = findW7 > 0.0f;
   if (findPos7 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 7u);
+    atomicMin(&cand[0u], localIndex * 16u + 7u);
     findFound = true;
   }
   if (findPos7) {
-    atomicMax(&cand[1u], wFirst + 7u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 7u + 1u);
   }
   let findW8: f32 = wW[8u];
   findRun = findRun + findW8;
   let findPos8: bool = findW8 > 0.0f;
   if (findPos8 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 8u);
+    atomicMin(&cand[0u], localIndex * 16u + 8u);
     findFound = true;
   }
   if (findPos8) {
-    atomicMax(&cand[1u], wFirst + 8u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 8u + 1u);
   }
   let findW9: f32 = wW[9u];
   findRun = findRun + findW9;
   let findPos9: bool = findW9 > 0.0f;
   if (findPos9 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 9u);
+    atomicMin(&cand[0u], localIndex * 16u + 9u);
     findFound = true;
   }
   if (findPos9) {
-    atomicMax(&cand[1u], wFirst + 9u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 9u + 1u);
   }
   let findW10: f32 = wW[10u];
   findRun = findRun + findW10;
   let findPos10: bool = findW10 > 0.0f;
   if (findPos10 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 10u);
+    atomicMin(&cand[0u], localIndex * 16u + 10u);
     findFound = true;
   }
   if (findPos10) {
-    atomicMax(&cand[1u], wFirst + 10u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 10u + 1u);
   }
   let findW11: f32 = wW[11u];
   findRun = findRun + findW11;
   let findPos11: bool = findW11 > 0.0f;
   if (findPos11 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 11u);
+    atomicMin(&cand[0u], localIndex * 16u + 11u);
     findFound = true;
   }
   if (findPos11) {
-    atomicMax(&cand[1u], wFirst + 11u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 11u + 1u);
   }
   let findW12: f32 = wW[12u];
   findRun = findRun + findW12;
   let findPos12: bool = findW12 > 0.0f;
   if (findPos12 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 12u);
+    atomicMin(&cand[0u], localIndex * 16u + 12u);
     findFound = true;
   }
   if (findPos12) {
-    atomicMax(&cand[1u], wFirst + 12u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 12u + 1u);
   }
   let findW13: f32 = wW[13u];
   findRun = findRun + findW13;
   let findPos13: bool = findW13 > 0.0f;
   if (findPos13 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 13u);
+    atomicMin(&cand[0u], localIndex * 16u + 13u);
     findFound = true;
   }
   if (findPos13) {
-    atomicMax(&cand[1u], wFirst + 13u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 13u + 1u);
   }
   let findW14: f32 = wW[14u];
   findRun = findRun + findW14;
   let findPos14: bool = findW14 > 0.0f;
   if (findPos14 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 14u);
+    atomicMin(&cand[0u], localIndex * 16u + 14u);
     findFound = true;
   }
   if (findPos14) {
-    atomicMax(&cand[1u], wFirst + 14u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 14u + 1u);
   }
   let findW15: f32 = wW[15u];
   findRun = findRun + findW15;
   let findPos15: bool = findW15 > 0.0f;
   if (findPos15 && !findFound && off + (sumExcl + findRun) > target_) {
-    atomicMin(&cand[0u], wFirst + 15u);
+    atomicMin(&cand[0u], localIndex * 16u + 15u);
     findFound = true;
   }
   if (findPos15) {
-    atomicMax(&cand[1u], wFirst + 15u + 1u);
+    atomicMax(&cand[1u], localIndex * 16u + 15u + 1u);
   }
   workgroupBarrier();
   let cand_old_32: u32 = atomicLoad(&cand[0u]);
@@ -814,7 +816,8 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
   let cand_old_33: u32 = atomicLoad(&cand[1u]);
   let findLast: u32 = cand_old_33;
   workgroupBarrier();
-  let findPick: u32 = select(max(findLast, 1u) - 1u, findCand, findCand != 4294967295u);
+  let findRank: u32 = select(max(findLast, 1u) - 1u, findCand, findCand != 4294967295u);
+  let findPick: u32 = wFirst - localIndex + findRank % 16u * 256u + findRank / 16u;
   if (localIndex == 0u && mine) {
     tokens[seq * (u.maxK + 1u) + accepted] = findPick;
   }

@@ -34,6 +34,10 @@ import {
 
 const UNIFORMS = { seqs: 'u32', vocab: 'u32', maxK: 'u32', segments: 'u32' } as const;
 
+/** Lanes between the invocations that handle one item each (a draft, an output slot): one per
+ *  32-lane warp, so each such load is a request of its own (the memory model's warps). */
+const warpLanes = (wg: number) => Math.min(32, wg);
+
 interface SeqView {
   seq: Val<'u32'>; kSeq: Val<'u32'>; seed: Val<'u32'>; pos: Val<'u32'>;
 }
@@ -48,19 +52,22 @@ function seqView(k: KernelBuilder, seqInfo: ArrayRef<'u32', boolean>, seq: Val<'
 
 /** The accepted count a = the first rejected draft (k if none). Drafts are tested in parallel —
  *  two dependent loads each, not 2k in a row — and the first rejection is an atomic min. Every
- *  launch that needs a recomputes it with this same code, so all agree. */
+ *  launch that needs a recomputes it with this same code, so all agree. Draft i is tested by the
+ *  first lane of warp i (warpLanes apart): its gathers at random tokens are one sector per request,
+ *  not one per draft in a shared request. */
 function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<'u32', boolean>; draftProbs: ArrayRef<'f32', boolean>;
   targetProbs: ArrayRef<'f32', boolean> }, vocab: Val<'u32'>, maxK: Val<'u32'>, wg: number): Val<'u32'> {
   const first = k.shared('firstRejected', 'u32', 1, { atomic: true });
   k.if(k.localIndex.eq(0), () => k.atomicStore(first, 0, s.kSeq));
   k.barrier();
-  k.for('i', k.localIndex, s.kSeq, (i) => {
+  const apart = warpLanes(wg);
+  k.if(k.localIndex.rem(apart).eq(0), () => k.for('i', k.localIndex.div(apart), s.kSeq, (i) => {
     const x = k.let('x', min(b.draftTokens.at(s.seq.mul(maxK).add(i)), vocab.sub(1)));
     const u = randomUniform(k, s.seed, s.pos.add(i), STREAM_ACCEPT, 'acc');
     const qx = k.let('qx', b.draftProbs.at(s.seq.mul(maxK).add(i).mul(vocab).add(x)));
     const px = k.let('px', b.targetProbs.at(s.seq.mul(maxK.add(1)).add(i).mul(vocab).add(x)));
     k.if(u.mul(qx).le(px).not(), () => { k.atomicMin(first, 0, i); });
-  }, wg);
+  }, wg / apart));
   k.barrier();
   return k.let('accepted', k.atomicLoad(first, 0));
 }
@@ -85,6 +92,31 @@ function extraWeight(k: KernelBuilder, b: { draftProbs: ArrayRef<'f32', boolean>
   };
 }
 
+/**
+ * This invocation's sums of both candidate weightings of the extra token over its entries of the
+ * segment — the residual max(0, p_a − q_a) (p_k after no rejection) and p_a — from one read of p_a
+ * and q_a. Entries and order as loadWeights with g.interleaved (t + j·wg, j ascending), so the
+ * sums are bit-identical to what acceptDraw's loadWeights sums.
+ */
+function bothSums(k: KernelBuilder, g: Segments, b: { draftProbs: ArrayRef<'f32', boolean>; targetProbs: ArrayRef<'f32', boolean> },
+  s: SeqView, a: Val<'u32'>, segBase: Val<'u32'>, vocab: Val<'u32'>, maxK: Val<'u32'>): { resid: Val<'f32'>; target: Val<'f32'> } {
+  const pRow = k.let('pRow', s.seq.mul(maxK.add(1)).add(a).mul(vocab));
+  const qRow = k.let('qRow', s.seq.mul(maxK).add(min(a, maxK.sub(1))).mul(vocab));
+  const rejected = k.let('rejected', a.lt(s.kSeq));
+  const first = k.let('first', segBase.add(k.localIndex));
+  const resid = k.var('rSum', 'f32', 0), target = k.var('tSum', 'f32', 0);
+  for (let j = 0; j < g.items; j++) {
+    const i = k.let(`i${j}`, first.add(j * g.wg));
+    const ok = k.let(`ok${j}`, i.lt(vocab));
+    const c = k.let(`col${j}`, min(i, vocab.sub(1)));
+    const pv = k.let(`pv${j}`, b.targetProbs.at(pRow.add(c)));
+    const qv = k.let(`qv${j}`, b.draftProbs.at(qRow.add(c)));
+    resid.set(resid.add(k.select(ok, k.select(rejected, max(pv.sub(qv), 0), pv), k.f32(0))));
+    target.set(target.add(k.select(ok, pv, k.f32(0))));
+  }
+  return { resid, target };
+}
+
 /** Pass 1: accepted count and drafts out; per-segment sums of the extra token's weights. */
 export function acceptResidualSums(g: Segments) {
   return kernel({
@@ -107,10 +139,9 @@ export function acceptResidualSums(g: Segments) {
       const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
       const a = acceptedCount(k, s, b, vocab, maxK, g.wg);
       const segBase = k.let('segBase', seg.mul(g.seg));
-      const resid = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, false), 'r', false);
-      const target = loadWeights(k, g, segBase, vocab, extraWeight(k, b, s, a, vocab, maxK, true), 't', false);
-      const [, totalR] = workgroupScan(k, resid.sum, sa, sb, g.wg, 'sumR', 'total');
-      const [, totalT] = workgroupScan(k, target.sum, sa, sb, g.wg, 'sumT', 'total');
+      const sums = bothSums(k, g, b, s, a, segBase, vocab, maxK);
+      const [, totalR] = workgroupScan(k, sums.resid, sa, sb, g.wg, 'sumR', 'total');
+      const [, totalT] = workgroupScan(k, sums.target, sa, sb, g.wg, 'sumT', 'total');
       const lid = k.localIndex;
       k.if(lid.eq(0), () => {
         b.partResid.set(s.seq.mul(nseg).add(seg), totalR);
@@ -118,10 +149,11 @@ export function acceptResidualSums(g: Segments) {
       });
       k.if(seg.eq(0), () => {
         k.if(lid.eq(0), () => b.accepted.set(s.seq, a));
-        k.for('t', lid, maxK.add(1), (t) => {
+        const apart = warpLanes(g.wg);
+        k.if(lid.rem(apart).eq(0), () => k.for('t', lid.div(apart), maxK.add(1), (t) => {
           const d = k.let('d', b.draftTokens.at(s.seq.mul(maxK).add(min(t, maxK.sub(1)))));
           b.tokens.set(s.seq.mul(maxK.add(1)).add(t), k.select(t.lt(a), d, k.u32(NO_TOKEN)));
-        }, g.wg);
+        }, g.wg / apart));
       });
     },
   });
@@ -250,7 +282,7 @@ function checkSizes(name: string, s: { seqs: number; vocab: number; maxK: number
 /** Rejection sampling. Sizes: seqs, vocab, maxK (≥ 1; the allocated draft slots per sequence).
  *  src/ops/sampling.ts validates inputs (k ≤ maxK, probabilities) before launching. */
 export function rejectionSampler(p: SegmentParams = {}) {
-  const g = segments(p);
+  const g: Segments = { ...segments(p), interleaved: true };
   const k1 = acceptResidualSums(g), k2 = acceptDraw(g);
   const o = op('rejectionSampler', {
     draftTokens: storage('u32', 'read'),

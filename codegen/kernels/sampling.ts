@@ -29,7 +29,12 @@ export interface SegmentParams {
   items?: number;
   caps?: Caps;
 }
-export interface Segments { wg: number; items: number; seg: number; caps: Caps }
+export interface Segments {
+  wg: number; items: number; seg: number; caps: Caps;
+  /** loadWeights/segmentSearch ownership: invocation t owns entries t + j·wg of its segment
+   *  (neighbouring invocations read neighbouring words: coalesced), not [t·items, (t+1)·items). */
+  interleaved?: boolean;
+}
 export function segments(p: SegmentParams): Segments {
   const wg = p.workgroupSize ?? 256, items = p.items ?? 16;
   if (!Number.isInteger(wg) || wg < 1 || wg & (wg - 1)) throw new Error(`sampling: workgroupSize ${wg} is not a power of two`);
@@ -106,8 +111,9 @@ export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32'
   return [excl, total];
 }
 
-/** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment, held
- *  in registers. `weight(i, inRange)` gives the weight of vocabulary entry i (0 outside V). */
+/** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment (or,
+ *  g.interleaved, t + j·wg), held in registers, summed in j order. `weight(i, inRange)` gives the
+ *  weight of vocabulary entry i (0 outside V). */
 export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
   weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep?: true,
   active?: Val<'bool'>): { w: ArrayRef<'f32', true>; first: Val<'u32'>; sum: Val<'f32'> };
@@ -120,10 +126,10 @@ export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, 
   // keep = false: only the sum is wanted, the weights are not held. active: where false, nothing
   // is read and every weight is 0 (a workgroup whose result will not be used saves the traffic).
   const w = keep ? k.privateArray(`${tag}W`, 'f32', g.items) : null;
-  const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.items)));
+  const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.interleaved ? 1 : g.items)));
   const sum = k.var(`${tag}Sum`, 'f32', 0);
   for (let j = 0; j < g.items; j++) {
-    const i = k.let(`${tag}I${j}`, first.add(j));
+    const i = k.let(`${tag}I${j}`, first.add(g.interleaved ? j * g.wg : j));
     let x: Val<'f32'>;
     if (active) {
       const v = k.var(`${tag}X${j}`, 'f32', 0);
@@ -142,7 +148,9 @@ export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, 
  * sum: monotone, and ending at the segment total, so exactly one segment (segOffset ≤ target <
  * segOffset + total) holds the crossing. Only entries of positive weight qualify; a rounding
  * corner case without any falls back to the last positive entry. Returns the chosen index (valid
- * in the one segment whose caller knows it holds the crossing).
+ * in the one segment whose caller knows it holds the crossing). Interleaved ownership: "first" and
+ * "last" are in the summation order (t, j), so the atomics compare ranks t·items + j, mapped back to
+ * the entry t + j·wg at the end.
  */
 export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'f32', true>; first: Val<'u32'> },
   excl: Val<'f32'>, segOffset: Val<'f32'>, target: Val<'f32'>, cand: ArrayRef<'u32', true>, tag: string): Val<'u32'> {
@@ -155,7 +163,7 @@ export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'
     const x = k.let(`${tag}W${j}`, ws.w.at(j));
     run.set(run.add(x));
     const pos = k.let(`${tag}Pos${j}`, x.gt(0));
-    const i = ws.first.add(j);
+    const i = g.interleaved ? lid.mul(g.items).add(j) : ws.first.add(j);
     k.if(pos.and(found.not()).and(segOffset.add(excl.add(run)).gt(target)), () => {
       k.atomicMin(cand, 0, i);
       k.assign(found, true);
@@ -166,7 +174,10 @@ export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'
   const c = k.let(`${tag}Cand`, k.atomicLoad(cand, 0));
   const last = k.let(`${tag}Last`, k.atomicLoad(cand, 1));
   k.barrier();
-  return k.let(`${tag}Pick`, k.select(c.ne(NO_TOKEN), c, max(last, 1).sub(1)));
+  const pick = k.select(c.ne(NO_TOKEN), c, max(last, 1).sub(1));
+  if (!g.interleaved) return k.let(`${tag}Pick`, pick);
+  const rank = k.let(`${tag}Rank`, pick);
+  return k.let(`${tag}Pick`, ws.first.sub(lid).add(rank.rem(g.items).mul(g.wg)).add(rank.div(g.items)));
 }
 
 /** Thread 0 sums partials [base, base + n) in order; returns [sum of the first `upTo`, total]. */

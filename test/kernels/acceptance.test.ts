@@ -46,7 +46,7 @@ function segmentTotals(w: Float32Array, g: Geometry): { threadSums: number[][]; 
   for (let base = 0; base < w.length; base += g.seg) {
     const ts = Array.from({ length: g.wg }, (_, t) => {
       let s = 0;
-      for (let j = 0; j < g.items; j++) s = f(s + (w[base + t * g.items + j] ?? 0));
+      for (let j = 0; j < g.items; j++) s = f(s + (w[base + t + j * g.wg] ?? 0)); // invocation t owns t + j·wg
       return s;
     });
     let cur = ts.slice(); // Hillis–Steele, as workgroupScan
@@ -77,7 +77,7 @@ function mirrorAccept(g: Geometry, seq: { k: number; seed: number; pos: number; 
         const excl = t > 0 ? seg.threadSums[s]![t - 1]! : 0;
         let run = 0;
         for (let j = 0; j < g.items; j++) {
-          const i = s * g.seg + t * g.items + j;
+          const i = s * g.seg + t + j * g.wg;
           const x = i < V ? w[i]! : 0;
           run = f(run + x);
           if (x > 0 && cand < 0 && f(off + f(excl + run)) > target) cand = i;
