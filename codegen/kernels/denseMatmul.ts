@@ -2,7 +2,7 @@
 // weight [K, Nw] (input-major, as the INT4 layout; loaders transpose torch's [N, K] once) in f32,
 // or f16 packed two per u32 word [K, Nw/2] (even column in the low half).
 // Entry point: denseLinear(config) → LinearOp (GEMV for M ≤ 8, tiled GEMM above).
-import type { ArrayRef, Caps } from '../dsl/index.js';
+import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
@@ -34,6 +34,29 @@ export function denseSource(dtype: DenseWeightDtype): WeightSource {
     values(k, refs, row, unit, tag) {
       const pair = k.let(`wp${tag}`, k.unpack2x16float((refs.w as ArrayRef<'u32', false>).at(row.add(unit))));
       return [pair.x, pair.y];
+    },
+    vectorized: (width) => denseF16VectorSource(width),
+  };
+}
+
+/**
+ * The f16 source read `w` words (2w columns) of a row with one 8- or 16-byte load; columns come
+ * out in the scalar source's order (word j → columns 2j, 2j + 1), so the GEMV's arithmetic and
+ * bits are those of the scalar source. Rows must hold whole vectors (Nw a multiple of 2w).
+ */
+function denseF16VectorSource(w: 2 | 4): WeightSource {
+  return {
+    tag: `f16v${w}`,
+    cols: 2 * w,
+    granule: K_GRANULE,
+    bindings: { w: storage('u32', 'read', { vec: w, shape: '[K, Nw / 2]' }) },
+    row: (k, u, kk) => kk.mul(u.Nw.div(2 * w)),
+    values(k, refs, row, unit, tag) {
+      const words = k.let(`wq${tag}`, (refs.w as ArrayRef<'vec4<u32>', false>).at(row.add(unit)));
+      return Array.from({ length: w }, (_, j) => {
+        const pair = k.let(`wp${tag}_${j}`, k.unpack2x16float(words.at(j) as Val<'u32'>));
+        return [pair.x, pair.y];
+      }).flat();
     },
   };
 }
@@ -89,8 +112,11 @@ export function denseSegmentSpace(K: number): number[] {
 
 export function defaultDenseChoice(K: number, Nw: number, dtype: DenseWeightDtype, caps: Caps, parallelism?: number): LinearChoice {
   const big = caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256;
-  // 8 columns per invocation, as the INT4 GEMV (one word), so the two compare like for like.
-  const gemv: GemvVariant = { workgroupSize: 64, units: dtype === 'f32' ? 8 : 4 };
+  // 8 columns per invocation, as the INT4 GEMV (one word), so the two compare like for like. f16:
+  // one 16-byte load per row where rows hold whole vec4s (Nw % 8 = 0: every Llama width, lm_head
+  // 128256 too), else two 8-byte ones (Nw % 4 = 0), else 4-byte words — never a clamped tail.
+  const f16Vec = Nw % 8 === 0 ? { vec: 4 as const } : Nw % 4 === 0 ? { vec: 2 as const } : {};
+  const gemv: GemvVariant = { workgroupSize: 64, units: dtype === 'f32' ? 8 : 4, ...(dtype === 'f16' ? f16Vec : {}) };
   return {
     segLen: defaultSegmentLength(K, Nw, 8, K_GRANULE, caps, parallelism),
     gemv: Array.from({ length: GEMV_MAX_ROWS }, () => gemv),
