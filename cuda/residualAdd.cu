@@ -3,7 +3,7 @@
 // params: {"workgroupSize":256,"inPlace":false}
 // caps: f16=true subgroups=true subgroupSize=32 maxWorkgroupStorage=49152 maxStorageBuffers=64 maxInvocationsPerWorkgroup=1024 deviceFence=true
 // workgroup size: 256 x 1 x 1 (256 invocations)
-// launch: ceil(n / 256) spread over x, y ≤ 65535 workgroups
+// launch: min(max(1, ceil(n / 256)), 65535) x ceil(max(1, ceil(n / 256)) / 65535) workgroups
 // bindings:
 //   0: a f32[] read, shape [n]
 //   1: b f32[] read, shape [n]

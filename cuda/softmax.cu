@@ -3,7 +3,7 @@
 // params: {"workgroupSize":256,"path":"subgroup32"}
 // caps: f16=true subgroups=true subgroupSize=32 maxWorkgroupStorage=49152 maxStorageBuffers=64 maxInvocationsPerWorkgroup=1024 deviceFence=true
 // workgroup size: 256 x 1 x 1 (256 invocations)
-// launch: rows workgroups
+// launch: min(cols, 1) * rows workgroups
 // bindings:
 //   0: x f32[] read, shape [rows, cols]
 //   1: y f32[] read_write, shape [rows, cols]

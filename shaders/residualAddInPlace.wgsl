@@ -3,7 +3,7 @@
 // params: {"workgroupSize":256,"inPlace":true}
 // caps: f16=false subgroups=false subgroupSize=0 maxWorkgroupStorage=16384 maxStorageBuffers=8 maxInvocationsPerWorkgroup=256
 // workgroup size: 256 x 1 x 1 (256 invocations)
-// launch: ceil(n / 256) spread over x, y ≤ 65535 workgroups
+// launch: min(max(1, ceil(n / 256)), 65535) x ceil(max(1, ceil(n / 256)) / 65535) workgroups
 // bindings:
 //   0: a f32[] read_write, shape [n]
 //   1: b f32[] read, shape [n]

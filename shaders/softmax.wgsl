@@ -3,7 +3,7 @@
 // params: {"workgroupSize":256,"path":"shared"}
 // caps: f16=false subgroups=false subgroupSize=0 maxWorkgroupStorage=16384 maxStorageBuffers=8 maxInvocationsPerWorkgroup=256
 // workgroup size: 256 x 1 x 1 (256 invocations)
-// launch: rows workgroups
+// launch: min(cols, 1) * rows workgroups
 // bindings:
 //   0: x f32[] read, shape [rows, cols]
 //   1: y f32[] read_write, shape [rows, cols]

@@ -2,7 +2,7 @@
 // rows, and f16 <-> f32 conversion (f16 as packed u32 words, each word written by one invocation).
 // Elementwise kernels index a flat range spread over a 2-D grid (WebGPU caps a grid dimension at
 // 65535 workgroups).
-import type { Caps, Grid, KernelBuilder, Val } from '../dsl/index.js';
+import type { Caps, KernelBuilder, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { capsKey, memoKernel, silu } from './linearCommon.js';
@@ -10,9 +10,10 @@ import { capsKey, memoKernel, silu } from './linearCommon.js';
 export const POINTWISE_WORKGROUP_SIZES: readonly number[] = [64, 128, 256];
 const MAX_GRID = 65535;
 
-function flatGrid(items: number, wg: number): Grid {
-  const groups = Math.max(1, Math.ceil(items / wg));
-  return [Math.min(groups, MAX_GRID), Math.ceil(groups / MAX_GRID)];
+/** ceil(n / perGroup) workgroups (at least 1) spread over x, then y: launches and headers read this one text. */
+function flatGrid(perGroup: number): string {
+  const groups = `max(1, ceil(n / ${perGroup}))`;
+  return `[min(${groups}, ${MAX_GRID}), ceil(${groups} / ${MAX_GRID})]`;
 }
 function flatIndex(k: KernelBuilder, wg: number): Val<'u32'> {
   return k.let('gi', k.workgroupId.y.mul(k.numWorkgroups.x).add(k.workgroupId.x).mul(wg).add(k.localIndex));
@@ -34,8 +35,7 @@ export function siluMul(p: PointwiseParams = {}) {
       out: storage('f32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => flatGrid(n, wg),
-    gridDoc: `ceil(n / ${wg}) spread over x, y ≤ 65535`,
+    grid: flatGrid(wg),
     body(k, { gate, up, out }, { n }) {
       const i = flatIndex(k, wg);
       k.if(i.lt(n), () => out.set(i, silu(k, gate.at(i)).mul(up.at(i))));
@@ -58,8 +58,7 @@ export function residualAdd(p: PointwiseParams & { inPlace?: boolean } = {}) {
       ...(inPlace ? {} : { out: storage('f32', 'read_write', len) }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => flatGrid(n, wg),
-    gridDoc: `ceil(n / ${wg}) spread over x, y ≤ 65535`,
+    grid: flatGrid(wg),
     body(k, refs, { n }) {
       // In place, a is read_write and takes the sum; otherwise out does.
       const dst = inPlace ? refs.a.writableRef() : refs.out?.writableRef() ?? k.fail("binding 'out' is missing");
@@ -131,8 +130,7 @@ export function f32ToF16(p: PointwiseParams = {}) {
       out: storage('u32', 'read_write', { shape: `[ceil(n / 2)]` }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => flatGrid(Math.ceil(n / 2), wg),
-    gridDoc: `ceil(n / ${2 * wg}) spread over x, y ≤ 65535`,
+    grid: flatGrid(2 * wg),
     body(k, { x, out }, { n }) {
       const w = flatIndex(k, wg);
       const i = k.let('i', w.mul(2));
@@ -158,8 +156,7 @@ export function f16ToF32(p: PointwiseParams = {}) {
       out: storage('f32', 'read_write', { shape: '[n]' }),
     },
     uniforms: { n: 'u32' },
-    grid: ({ n }) => flatGrid(Math.ceil(n / 2), wg),
-    gridDoc: `ceil(n / ${2 * wg}) spread over x, y ≤ 65535`,
+    grid: flatGrid(2 * wg),
     body(k, { x, out }, { n }) {
       const w = flatIndex(k, wg);
       const i = k.let('i', w.mul(2));

@@ -29,8 +29,7 @@ export function softmax(p: SoftmaxParams = {}) {
     },
     uniforms: { rows: 'u32', cols: 'u32' },
     // An empty row has no softmax: launch nothing rather than read x[-1].
-    grid: ({ rows, cols }) => (cols === 0 ? 0 : rows),
-    gridDoc: 'rows',
+    grid: '[min(cols, 1) * rows]', // no workgroups for empty rows
     body(k, { x, y }, { cols }) {
       const sg = useSubgroupPath(k, p.subgroups);
       const scratch = k.shared('scratch', 'f32', reduceScratchLength(wg, sg ? subgroupSize : 0));
