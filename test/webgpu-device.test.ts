@@ -285,5 +285,19 @@ if (typeof opened === 'string') {
       expect(() => dev.launch(big, { x }, { g: dev.limits.maxComputeWorkgroupsPerDimension + 1 })).toThrow(/'hugeGrid'.*exceeds/);
       dev.free(x);
     });
+
+    it('a captured graph owns its buffers until destroyed: freeing one is refused, as are copies and syncs inside a capture', async () => {
+      const x = dev.alloc('f32', 64, 'graphX');
+      const g = dev.captureGraph(() => {
+        dev.launch(fillSlice, { out: x }, { start: 0, count: 64, value: 1 });
+        expect(() => dev.copy(x, x)).toThrow(/during graph capture/);
+      });
+      await expect(dev.sync()).resolves.toBeUndefined();
+      expect(() => dev.free(x)).toThrow(/'graphX'.*used by 1 live captured graph/);
+      g.replay();
+      expect((await dev.read(x))[63]).toBe(64);
+      g.destroy();
+      dev.free(x);
+    });
   });
 }

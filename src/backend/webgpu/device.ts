@@ -1,11 +1,14 @@
 // The WebGPU Device. Launches are recorded into the current pass (a list of commands) and encoded
 // into one command encoder when the pass is flushed by sync() or read(): no readback inside a pass.
 // Pipelines compile asynchronously from the first launch; a flush waits for the ones it needs.
+// captureGraph records a launch sequence once — pipelines, bind groups, and uniforms in chunks the
+// graph owns (uploaded once) — and replay() appends those commands to the current pass: no
+// validation, planning, uniform packing or bind-group lookup per launch, one submit per step.
 import type { Kernel } from '../../../codegen/dsl/builder.js';
 import type { KernelIR } from '../../../codegen/dsl/ir.js';
 import { byteSize, type Caps, type StorageType } from '../../../codegen/dsl/types.js';
 import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
-import { type DeviceBuffer, type DeviceProfile, type HostArray, LaunchError } from '../device.js';
+import { type DeviceBuffer, type DeviceGraph, type DeviceProfile, type HostArray, LaunchError } from '../device.js';
 import type { OpenedDevice } from './adapter.js';
 import { CHUNK_BYTES, PassUniforms, type UniformChunk, UniformPool } from './uniforms.js';
 import { platform } from '../../platform/index.js';
@@ -39,7 +42,24 @@ type Command =
   | { k: 'write'; gpu: GPUBuffer; byteOffset: number; data: Uint8Array }
   | { k: 'copy'; src: GPUBuffer; dst: GPUBuffer; bytes: number };
 
-interface Pass { commands: Command[]; uniforms: PassUniforms; toDestroy: GPUBuffer[] }
+interface Pass { commands: Command[]; uniforms: PassUniforms; toDestroy: GPUBuffer[]; onSubmitted: (() => void)[] }
+
+/** A launch sequence recorded once (WebGPUDevice.captureGraph) and appended to passes on replay. */
+class WebGPUGraph implements DeviceGraph {
+  private destroyed = false;
+  constructor(private readonly owner: WebGPUDevice, readonly commands: Command[], readonly uniforms: PassUniforms,
+    readonly buffers: Set<WebGPUBuffer>) {}
+  get launches(): number { return this.commands.length; }
+  replay(): void {
+    if (this.destroyed) throw new Error('webgpu graph: replay after destroy');
+    this.owner.replayGraph(this);
+  }
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.owner.forgetGraph(this);
+  }
+}
 
 // Sets one 16-bit half of a u32 word: f16 writes that start or end inside a word another
 // element shares go through this, ordered with the launches around them.
@@ -78,6 +98,9 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
   private lost: Error | undefined;
   private uncaptured: Error[] = [];
   private destroyed = false;
+  /** The capture in progress: launches go here instead of the pass. */
+  private capture: { commands: Command[]; uniforms: PassUniforms; buffers: Set<WebGPUBuffer> } | undefined;
+  private readonly graphs = new Set<WebGPUGraph>();
 
   constructor(opened: OpenedDevice, private readonly emit: EmitWGSL) {
     super();
@@ -104,7 +127,7 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
   /** Launches and writes recorded in the current pass, not yet submitted. */
   get queued(): number { return this.pass.commands.length; }
 
-  private newPass(): Pass { return { commands: [], uniforms: new PassUniforms(this.pool), toDestroy: [] }; }
+  private newPass(): Pass { return { commands: [], uniforms: new PassUniforms(this.pool), toDestroy: [], onSubmitted: [] }; }
 
   protected usable(what = 'use it'): void {
     if (this.destroyed) throw new Error(`webgpu device: cannot ${what}: the device was destroyed`);
@@ -131,6 +154,7 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
   }
 
   protected writeBuffer(b: WebGPUBuffer, data: HostArray<StorageType>, offset: number): void {
+    if (this.capture) throw new Error(`webgpu write to '${b.label}' during graph capture: write before captureGraph/replay instead`);
     if (data.length === 0) return;
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     if (b.dtype !== 'f16' || !(data instanceof Uint16Array)) return this.enqueueWrite(b.gpu, offset * 4, bytes);
@@ -160,6 +184,7 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
   /** Device-side copy of a whole buffer, recorded in the current pass. */
   copy<T extends StorageType>(dst: DeviceBuffer<T>, src: DeviceBuffer<T>): void {
     this.usable('copy');
+    if (this.capture) throw new Error('webgpu copy during graph capture');
     const d = this.own(dst, 'webgpu copy'), s = this.own(src, 'webgpu copy');
     checkCopy('webgpu', d, s);
     this.pass.commands.push({ k: 'copy', src: s.gpu, dst: d.gpu, bytes: Math.min(s.bytes, d.bytes) });
@@ -209,10 +234,12 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
     fill: (chunk: UniformChunk, at: number) => void): void {
     let chunk: UniformChunk | undefined;
     let offset = 0;
+    const target = this.capture ?? this.pass;
     if (c.uniformBytes) {
-      ({ chunk, offset } = this.pass.uniforms.slot(c.uniformBytes));
+      ({ chunk, offset } = target.uniforms.slot(c.uniformBytes));
       fill(chunk, offset / 4);
     }
+    if (this.capture) for (const b of bufs) this.capture.buffers.add(b);
     let key = chunk ? `${chunk.id}` : '';
     for (const b of bufs) key += `,${b.id}`;
     let group = c.bindGroups.get(key);
@@ -223,7 +250,61 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
       group = this.device.createBindGroup({ label: c.name, layout: c.layout, entries });
       c.bindGroups.set(key, group);
     }
-    this.pass.commands.push({ k: 'dispatch', c, group, offset, grid });
+    target.commands.push({ k: 'dispatch', c, group, offset, grid });
+  }
+
+  /**
+   * Record the launches `record` queues (synchronously; no write, read, copy or sync inside) as a
+   * graph instead of running them. The graph keeps its bind groups and its uniform data (uploaded
+   * now); replay() appends its commands to the current pass.
+   */
+  captureGraph(record: () => void): DeviceGraph {
+    this.usable('capture a graph');
+    if (this.capture) throw new Error('webgpu captureGraph: a capture is already open');
+    const capture = (this.capture = { commands: [] as Command[], uniforms: new PassUniforms(this.pool), buffers: new Set<WebGPUBuffer>() });
+    try {
+      const r: unknown = record();
+      if (r instanceof Promise) throw new Error('webgpu captureGraph: the recording function must be synchronous');
+    } catch (e) {
+      capture.uniforms.release();
+      throw e;
+    } finally {
+      this.capture = undefined;
+    }
+    // The graph's uniform chunks are its own from now on: written once, never handed out again
+    // until it is destroyed (queue writes run before any later submit).
+    capture.uniforms.upload(this.device.queue);
+    const graph = new WebGPUGraph(this, capture.commands, capture.uniforms, capture.buffers);
+    this.graphs.add(graph);
+    return graph;
+  }
+
+  /** @internal WebGPUGraph.replay: its commands, in order, at the end of the current pass. */
+  replayGraph(g: WebGPUGraph): void {
+    this.usable('replay a graph');
+    if (this.capture) throw new Error('webgpu graph replay during a capture');
+    for (const b of g.buffers) if (b.freed) throw new LaunchError(`webgpu graph replay: buffer '${b.label}' was freed`);
+    for (const cmd of g.commands) this.pass.commands.push(cmd);
+  }
+
+  /** @internal WebGPUGraph.destroy: its uniform chunks go back to the pool after the work queued so far. */
+  forgetGraph(g: WebGPUGraph): void {
+    if (!this.graphs.delete(g)) return;
+    if (this.destroyed) return;
+    // Passes already recorded may still hold its commands: release after they are submitted.
+    const release = () => g.uniforms.release();
+    if (this.pass.commands.length || this.unsubmitted) this.pass.onSubmitted.push(release);
+    else release();
+  }
+
+  /** Refuses a buffer a live graph (or the capture in progress) launches with: destroy the graph first. */
+  override free(buf: DeviceBuffer): void {
+    const b = this.own(buf, 'webgpu free');
+    const users = [...this.graphs].filter((g) => g.buffers.has(b)).length;
+    if (users || this.capture?.buffers.has(b)) {
+      throw new Error(`webgpu free of '${b.label}': the buffer is used by ${users ? `${users} live captured graph${users > 1 ? 's' : ''}` : 'the graph being captured'}; destroy the graph before freeing or regrowing its buffers`);
+    }
+    super.free(buf);
   }
 
   private compiledFor(kernel: Kernel): Compiled {
@@ -352,6 +433,7 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
       if (!submitted) this.unsubmitted--;
       pass.uniforms.release();
       for (const g of pass.toDestroy) g.destroy();
+      for (const f of pass.onSubmitted) f();
     }
   }
 
@@ -362,12 +444,14 @@ export class WebGPUDevice extends BaseDevice<WebGPUBuffer> {
 
   async sync(): Promise<void> {
     this.usable();
+    if (this.capture) throw new Error('webgpu sync during graph capture');
     await this.flush();
     await this.device.queue.onSubmittedWorkDone();
     this.takeUncaptured();
   }
 
   protected async readBuffer<T extends StorageType>(b: WebGPUBuffer, dtype: T): Promise<HostArray<T>> {
+    if (this.capture) throw new Error(`webgpu read of '${b.label}' during graph capture`);
     const staging = this.takeStaging(b.bytes);
     let mapped = false;
     try {
