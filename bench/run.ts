@@ -16,6 +16,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   pointwise: () => import('./pointwise.js'),
   'gpu-prep': () => import('./gpu/prep.js'),
   browser: () => import('./browser.js'),
+  'decode-steps': () => import('./decodeSteps.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);

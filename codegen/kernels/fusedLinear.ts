@@ -66,10 +66,14 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
   const weightNames = Object.keys(src.bindings);
   const kvT = r?.kvDtype === 'f16' ? 'u32' : 'f32';
   const g = spec.gather;
+  // Op-level bindings carry no shapes: the sizes (M, …) do not name the kernels' uniforms (K, Nw);
+  // every launch checks its own shapes, and runFusedLinear the linear's tensors.
+  const shapeless = (b: Record<string, BindingSpec>) =>
+    Object.fromEntries(Object.entries(b).map(([n, s]) => [n, storage(s.t, s.access, s.atomic ? { atomic: true } : {})]));
   const bindings: Record<string, BindingSpec> = {
     x: storage('f32', g ? 'read_write' : 'read'),
     ...(g ? { ids: storage('u32', 'read'), embed: storage(g.table === 'f16' ? 'u32' : 'f32', 'read') } : {}),
-    ...src.bindings,
+    ...shapeless(src.bindings),
     ...(spec.norm ? { normW: storage('f32', 'read') } : {}),
     ...(e.bias ? { bias: storage('f32', 'read') } : {}),
     ...(e.residual ? { residual: storage('f32', 'read') } : {}),
@@ -78,7 +82,7 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
           pos: storage('u32', 'read'), table: storage('f32', 'read'), slots: storage('i32', 'read'),
           q: storage('f32', 'read_write'), kCache: storage(kvT, 'read_write'), vCache: storage(kvT, 'read_write'),
         }
-      : { out: epilogueBindings(e).out! }),
+      : shapeless({ out: epilogueBindings(e).out! })),
   };
   const same = (names: string[]) => Object.fromEntries(names.map((n) => [n, n]));
   const epiNames = [...(e.bias ? ['bias'] : []), ...(e.residual ? ['residual'] : [])];
