@@ -16,12 +16,22 @@ export class WasmHeap {
   private free: [number, number][] = [];
   private top = ALIGN; // offset 0 stays unused: a zero offset is never a live buffer
 
+  /** The whole memory now (covering every allocation so far), and word views of it. */
+  sab!: SharedArrayBuffer;
+  i32!: Int32Array;
+  f32!: Float32Array;
+
   constructor(initialBytes = 16 << 20) {
     this.memory = new Wasm.Memory({ initial: Math.ceil(initialBytes / PAGE), maximum: MAX_PAGES, shared: true });
+    this.refresh();
   }
 
-  /** The whole memory now (a SharedArrayBuffer covering every allocation made so far). */
-  get sab(): SharedArrayBuffer { return this.memory.buffer as unknown as SharedArrayBuffer; }
+  /** Only alloc grows the memory, so the views are renewed there (memory.buffer is not free to read). */
+  private refresh(): void {
+    this.sab = this.memory.buffer as unknown as SharedArrayBuffer;
+    this.i32 = new Int32Array(this.sab);
+    this.f32 = new Float32Array(this.sab);
+  }
 
   /** `bytes` zeroed bytes, 64-aligned: their offset. */
   alloc(bytes: number, what: string): number {
@@ -35,8 +45,11 @@ export class WasmHeap {
     }
     const off = this.top, end = off + size;
     if (end > MAX_PAGES * PAGE) throw new Error(`cpu device (wasm executor): cannot allocate ${bytes} bytes for ${what}: the 4 GiB memory is full`);
-    const have = this.memory.buffer.byteLength;
-    if (end > have) this.memory.grow(Math.max(Math.ceil((end - have) / PAGE), Math.min(Math.ceil(have / PAGE / 4), MAX_PAGES - have / PAGE)));
+    const have = this.sab.byteLength;
+    if (end > have) {
+      this.memory.grow(Math.max(Math.ceil((end - have) / PAGE), Math.min(Math.ceil(have / PAGE / 4), MAX_PAGES - have / PAGE)));
+      this.refresh();
+    }
     this.top = end;
     return off; // fresh pages are zero
   }

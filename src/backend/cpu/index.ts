@@ -332,12 +332,14 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private writeArgs(at: number, c: Compiled, bufs: CpuBuffer[], uniforms: number[]): void {
     const heap = this.heap!, w = c.wasm!;
     if (4 * w.argWords > ARG_BYTES) throw new Error(`kernel '${c.name}': ${w.argWords} bindings and uniforms exceed the cpu device's ${ARG_BYTES / 4}`);
-    const sab = heap.sab, I = new Int32Array(sab, at, w.argWords), F = new Float32Array(sab, at, w.argWords);
-    bufs.forEach((b, i) => { I[i] = b.offset; });
-    c.ir.uniforms.forEach((u, j) => {
-      if (u.t === 'f32' || u.t === 'f16') F[bufs.length + j] = uniforms[j]!; else I[bufs.length + j] = uniforms[j]! | 0;
-    });
-    I[bufs.length + c.ir.uniforms.length] = this.f16Table;
+    const I = heap.i32, F = heap.f32, w0 = at >> 2;
+    for (let i = 0; i < bufs.length; i++) I[w0 + i] = bufs[i]!.offset;
+    const us = c.ir.uniforms;
+    for (let j = 0; j < us.length; j++) {
+      const t = us[j]!.t;
+      if (t === 'f32' || t === 'f16') F[w0 + bufs.length + j] = uniforms[j]!; else I[w0 + bufs.length + j] = uniforms[j]! | 0;
+    }
+    I[w0 + bufs.length + us.length] = this.f16Table;
   }
 
   /**
@@ -396,7 +398,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
         live('replay');
         this.enqueue(async () => {
           this.ensureScratch(scratchBytes);
-          new Int32Array(heap.sab, control + 8, steps.length).fill(0);
+          heap.i32.fill(0, (control >> 2) + 2, (control >> 2) + 2 + steps.length);
           const graph = { id, memory: heap.memory, control, scratch: this.scratch };
           const replies = this.pool
             ? await this.pool.runGraph(graph, steps, modules, WASM_IMPORTS, sent)
