@@ -1,6 +1,7 @@
 // What the device base gives every backend alike: shapes carried by buffers, one wording for bad
 // arguments, ownership by device, byte accounting in whole words, and the optional device-side copy.
 import { describe, expect, it } from 'vitest';
+import { argmax } from '../codegen/kernels/sampling.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import { createDevice } from '../src/backend/index.js';
 import { LaunchError } from '../src/backend/device.js';
@@ -42,6 +43,16 @@ forEachBackend('device base', (dev) => {
     const short = dev.alloc('f32', 5, 'short');
     expect(() => dev.copy?.(short, src)).toThrow(/copy: 'src' \(f32\[6\]\) does not match 'short' \(f32\[5\]\)/);
     for (const b of [src, dst, out, short]) dev.free(b);
+  });
+
+  it('an op checks each buffer against its binding shape over the op sizes, before any launch', () => {
+    const x = dev.alloc('f32', 3 * 10 - 1, 'short'), tokens = dev.alloc('u32', 3, 'tokens');
+    expect(() => dev.run(argmax(), { x, tokens }, { rows: 3, vocab: 10 }))
+      .toThrow(/op 'argmax': buffer 'short' bound to 'x' has 29 elements, the op needs 30 = f32 \[rows, vocab\] with rows = 3, vocab = 10/);
+    expect(() => dev.run(argmax(), { x, tokens }, { rows: 3 } as { rows: number; vocab: number }))
+      .toThrow(/op 'argmax': binding 'x': shape \[rows, vocab\]: 'vocab' is not given/);
+    dev.free(x);
+    dev.free(tokens);
   });
 
   it('reports what it is: CPU executor, software rasteriser or GPU, its vendor, and the parallelism it wants', () => {

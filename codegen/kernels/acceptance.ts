@@ -285,12 +285,12 @@ export function rejectionSampler(p: SegmentParams = {}) {
   const g: Segments = { ...segments(p), interleaved: true };
   const k1 = acceptResidualSums(g), k2 = acceptDraw(g);
   const o = op('rejectionSampler', {
-    draftTokens: storage('u32', 'read'),
-    draftProbs: storage('f32', 'read'),
-    targetProbs: storage('f32', 'read'),
-    seqInfo: storage('u32', 'read'),
-    accepted: storage('u32', 'read_write'),
-    tokens: storage('u32', 'read_write'),
+    draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
+    draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]' }),
+    targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]' }),
+    seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+    accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
+    tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
   }, (s: { seqs: number; vocab: number; maxK: number }): Plan => {
     checkSizes('rejectionSampler', s);
     const u = { ...s, segments: segmentCount(g, s.vocab) };
@@ -313,11 +313,11 @@ export function greedyAcceptance(p: SegmentParams = {}) {
   const g = segments(p);
   const k1 = greedyArgmaxSegments(g), k2 = greedyAccept(g);
   const o = op('greedyAcceptance', {
-    draftTokens: storage('u32', 'read'),
-    targetScores: storage('f32', 'read'),
-    seqInfo: storage('u32', 'read'),
-    accepted: storage('u32', 'read_write'),
-    tokens: storage('u32', 'read_write'),
+    draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
+    targetScores: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]' }),
+    seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+    accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
+    tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
   }, (s: { seqs: number; vocab: number; maxK: number }): Plan => {
     checkSizes('greedyAcceptance', s);
     const u = { ...s, segments: segmentCount(g, s.vocab) };

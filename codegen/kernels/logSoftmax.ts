@@ -77,7 +77,7 @@ export function logSoftmax(p: SegmentParams = {}) {
       }
     },
   });
-  const o = op('logSoftmax', { x: storage('f32', 'read'), out: storage('f32', 'read_write') },
+  const o = op('logSoftmax', { x: storage('f32', 'read', { shape: '[rows, vocab]' }), out: storage('f32', 'read_write', { shape: '[rows, vocab]' }) },
     (s: { rows: number; vocab: number }): Plan => {
       checkSizes('logSoftmax', s, ['rows', 'vocab']);
       const u = { rows: s.rows, vocab: s.vocab, segments: segmentCount(g, s.vocab) };

@@ -429,11 +429,11 @@ export function sampling(p: SegmentParams & {
   const kPass = samplingThresholdPass(tg), kSingle = samplingThreshold(tg);
   const kMask = samplingMask(g), kDraw = samplingDraw(g);
   const o = op('sampling', {
-    logits: storage('f32', 'read'),
-    rowParams: storage('f32', 'read'),
-    rowInfo: storage('u32', 'read'),
-    probs: storage('f32', 'read_write'),
-    tokens: storage('u32', 'read_write'),
+    logits: storage('f32', 'read', { shape: '[rows, vocab]' }),
+    rowParams: storage('f32', 'read', { shape: '[rows, 4]' }),
+    rowInfo: storage('u32', 'read', { shape: '[rows, 4]' }),
+    probs: storage('f32', 'read_write', { shape: '[rows, vocab]' }),
+    tokens: storage('u32', 'read_write', { shape: '[rows]' }),
   }, (s: { rows: number; vocab: number; filters: number }): Plan => {
     checkSizes('sampling', s, ['rows', 'vocab']);
     const nseg = segmentCount(g, s.vocab);
@@ -472,7 +472,7 @@ export function sampling(p: SegmentParams & {
 export function argmax(p: SegmentParams = {}) {
   const g = segments(p);
   const kMax = segmentArgmax(g), kMerge = argmaxMerge(g);
-  const o = op('argmax', { x: storage('f32', 'read'), tokens: storage('u32', 'read_write') },
+  const o = op('argmax', { x: storage('f32', 'read', { shape: '[rows, vocab]' }), tokens: storage('u32', 'read_write', { shape: '[rows]' }) },
     (s: { rows: number; vocab: number }): Plan => {
       checkSizes('argmax', s, ['rows', 'vocab']);
       const u = { rows: s.rows, vocab: s.vocab, segments: segmentCount(g, s.vocab) };

@@ -4,6 +4,7 @@ import type { BindingSpec } from '../../codegen/dsl/builder.js';
 import type { Op } from '../../codegen/dsl/plan.js';
 import { type Device, type DeviceBuffer, LaunchError } from './device.js';
 import { scratchBuffer } from './scratch.js';
+import { checkBindingShape } from './validate.js';
 
 export function runPlan<B extends Record<string, BindingSpec>, S extends Record<string, number>>(
   dev: Device, op: Op<B, S>, bindings: Record<string, DeviceBuffer>, sizes: S,
@@ -12,6 +13,7 @@ export function runPlan<B extends Record<string, BindingSpec>, S extends Record<
     const buf = bindings[b];
     if (!buf) throw new LaunchError(`op '${op.name}': binding '${b}' (${spec.t}) is missing`);
     if (buf.dtype !== spec.t) throw new LaunchError(`op '${op.name}': binding '${b}' expects ${spec.t} but buffer '${buf.label}' holds ${buf.dtype}`);
+    checkBindingShape(`op '${op.name}'`, 'the op', b, spec, buf, sizes);
   }
   const plan = op.plan(sizes);
   const temps: Record<string, DeviceBuffer> = {};

@@ -11,6 +11,26 @@ function parsedShape(text: string): Dims {
   return d;
 }
 
+/**
+ * A buffer bound to a binding with a shape holds at least the shape's elements for these sizes
+ * (a kernel's uniforms, or an op's sizes). `owner` and `who` word the error: "kernel 'x'", "the launch".
+ */
+export function checkBindingShape(owner: string, who: string, b: string, spec: Bindings[string], buf: DeviceBuffer,
+  sizes: Readonly<Record<string, number>>): void {
+  if (!spec.shape) return;
+  const shape = parsedShape(spec.shape);
+  let need: number;
+  try {
+    need = shape.elements(sizes);
+  } catch (e) {
+    throw new LaunchError(`${owner}: binding '${b}': ${(e as Error).message}`, { cause: e });
+  }
+  if (buf.length < need) {
+    const given = shape.names.map((u) => `${u} = ${sizes[u]}`).join(', ');
+    throw new LaunchError(`${owner}: buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, ${who} needs ${need} = ${spec.t} ${spec.shape} with ${given}`);
+  }
+}
+
 export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBuffer | undefined>, uniforms: Record<string, number>): void {
   const name = kernel.ir.name;
   for (const [b, spec] of Object.entries(kernel.bindings as Bindings)) {
@@ -34,18 +54,7 @@ export function validateLaunch(kernel: Kernel, bindings: Record<string, DeviceBu
   }
   for (const [b, spec] of Object.entries(kernel.bindings as Bindings)) {
     const buf = bindings[b];
-    if (!spec.shape || !buf) continue;
-    const shape = parsedShape(spec.shape);
-    let need: number;
-    try {
-      need = shape.elements(uniforms);
-    } catch (e) {
-      throw new LaunchError(`kernel '${name}': binding '${b}': ${(e as Error).message}`, { cause: e });
-    }
-    if (buf.length < need) {
-      const given = shape.names.map((u) => `${u} = ${uniforms[u]}`).join(', ');
-      throw new LaunchError(`kernel '${name}': buffer '${buf.label}' bound to '${b}' has ${buf.length} elements, the launch needs ${need} = ${spec.t} ${spec.shape} with ${given}`);
-    }
+    if (buf) checkBindingShape(`kernel '${name}'`, 'the launch', b, spec, buf, uniforms);
   }
   let grid: [number, number, number];
   try {
