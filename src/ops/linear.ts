@@ -52,7 +52,7 @@ export function runFusedLinear(dev: Device, op: FusedLinearOp, bindings: LinearB
   // With RoPE the linear's output is the op's own scratch (q and the KV cache are the outputs).
   checkLinearBindings(op.linear, linear, M, op.spec.rope ? ['out'] : []);
   const normW = bindings.normW;
-  if (op.spec.norm && (!normW || normW.dtype !== 'f32' || normW.length !== op.linear.K)) {
+  if (op.spec.norm && (normW?.dtype !== 'f32' || normW.length !== op.linear.K)) {
     throw new LinearShapeError(`${op.name}: tensor 'normW' ${normW ? `(buffer '${normW.label}') is ${normW.dtype} [${normW.length}]` : 'is missing'}; expected f32 [K] = [${op.linear.K}]`);
   }
   dev.run(op, bindings, sizes);

@@ -14,7 +14,7 @@ import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.
 import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
-import { linearHints, runLinear, uploadDense, uploadInt4 } from '../../src/ops/linear.js';
+import { linearHints, runFusedLinear, runLinear, uploadDense, uploadInt4 } from '../../src/ops/linear.js';
 import { f32ArrayToF16, packF16Pairs } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
@@ -108,6 +108,19 @@ forEachBackend('fused linear', (dev) => {
         } finally { bufs.free(); }
       });
     }
+  });
+
+  it('a wrong tensor is named before any launch', () => {
+    const bufs = new Buffers(dev);
+    try {
+      const { op, weights } = layer(dev, bufs, 'int4', 64, 32, {}, rng(1));
+      const fused = fusedLinear({ linear: op, norm: { workgroupSize: normWg(64), eps: EPS } });
+      const x = bufs.output('f32', 64, 'x'), out = bufs.output('f32', 32, 'out');
+      expect(() => runFusedLinear(dev, fused, { x, ...weights, out }, { M: 1 })).toThrow(/tensor 'normW' is missing; expected f32 \[K\] = \[64\]/);
+      const normW = bufs.output('f32', 63, 'normW');
+      expect(() => runFusedLinear(dev, fused, { x, ...weights, normW, out }, { M: 1 })).toThrow(/'normW' \(buffer 'normW'\) is f32 \[63\]/);
+      expect(() => runFusedLinear(dev, fused, { x, ...weights, normW, out }, { M: 2 })).toThrow(/tensor 'x' \(buffer 'x'\) has 64 elements; expected f32 \[M, K\]/);
+    } finally { bufs.free(); }
   });
 
   describe('QKV projection with RoPE and the KV-cache append', () => {
