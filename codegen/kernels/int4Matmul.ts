@@ -20,8 +20,25 @@ export const INT4_GROUP_SIZES: readonly number[] = [32, 64, 128];
 /** Nibble holding column offset j of a word: the inverse of AutoAWQ's order [0,2,4,6,1,3,5,7]. */
 const NIBBLE_OF_COLUMN: readonly number[] = [0, 4, 1, 5, 2, 6, 3, 7];
 
+/**
+ * How a nibble becomes a number. 'convert': shift, mask, integer → float per nibble. 'magic' (the
+ * Marlin / FasterTransformer trick): one and/or per nibble pair makes two f16 of value 1024 + q —
+ * bits 0x6400 | q, exact since f16 has 10 mantissa bits — then 1024 is subtracted (exact):
+ * nibbles i and i + 4 of a word (bits 4i and 4i + 16) are columns 2i and 2i + 1 in AutoAWQ's
+ * order, so each pair is two adjacent columns. Plain bit operations on every target, no integer →
+ * float conversion; the same values, so the same bits downstream.
+ */
+export type Int4Dequant = 'convert' | 'magic';
+
 /** The 8 values of a packed word, by column offset, as f32. */
-function unpackNibbles(k: KernelBuilder, word: Val<'u32'>): Val<'f32'>[] {
+function unpackNibbles(k: KernelBuilder, word: Val<'u32'>, dequant: Int4Dequant = 'convert'): Val<'f32'>[] {
+  if (dequant === 'magic') {
+    return [0, 1, 2, 3].flatMap((i) => {
+      const bits = (i ? word.shr(4 * i) : word).band(0x000f000f).bor(0x64006400);
+      const pair = k.unpack2x16float(bits);
+      return [pair.x.sub(1024), pair.y.sub(1024)];
+    });
+  }
   return NIBBLE_OF_COLUMN.map((nib) => {
     const sh = nib * 4;
     const bits = sh === 0 ? word.band(15) : sh === 28 ? word.shr(28) : word.shr(sh).band(15);
@@ -44,10 +61,12 @@ const QWEIGHT = '[K, Nw / 8]';
 const qzerosShape = (g: number) => `[K / ${g}, Nw / 8]`;
 const scalesShape = (g: number) => `[K / ${g}, Nw / 2]`;
 
-export function int4Source(groupSize: number): WeightSource {
+/** The AutoAWQ source; `dequant` per Int4Dequant (tag int4g{g}, or int4g{g}m for 'magic'). */
+export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert'): WeightSource {
   const g = groupSize;
+  const unpack = (k: KernelBuilder, word: Val<'u32'>) => unpackNibbles(k, word, dequant);
   return {
-    tag: `int4g${g}`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}`,
     cols: 8,
     granule: g,
     bindings: {
@@ -55,17 +74,17 @@ export function int4Source(groupSize: number): WeightSource {
       qzeros: storage('u32', 'read', { shape: qzerosShape(g) }),
       scales: storage('u32', 'read', { shape: scalesShape(g) }),
     },
-    vectorized: (width) => int4VectorSource(g, width),
+    vectorized: (width) => int4VectorSource(g, width, dequant),
     row: (k, u, kk) => kk.mul(u.Nw.div(8)),
     values(k, refs, row, unit, tag) {
       const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit)));
-      return unpackNibbles(k, qw);
+      return unpack(k, qw);
     },
     group: {
       size: g,
       params(k, refs, u, grp, unit, tag) {
         const zw = k.let(`zw${tag}`, (refs.qzeros as ArrayRef<'u32', false>).at(grp.mul(u.Nw.div(8)).add(unit)));
-        const z = unpackNibbles(k, zw).map((v, j) => k.let(`z${tag}_${j}`, v));
+        const z = unpack(k, zw).map((v, j) => k.let(`z${tag}_${j}`, v));
         const sBase = k.let(`sb${tag}`, grp.mul(u.Nw.div(2)).add(unit.mul(4)));
         const s = unpackScales(k, refs.scales as ArrayRef<'u32', false>, sBase, tag).map((v, j) => k.let(`s${tag}_${j}`, v));
         return { z, s };
@@ -80,11 +99,11 @@ export function int4Source(groupSize: number): WeightSource {
  * vec4<u32> loads (scales are always read as vec4: a row of Nw/2 words holds Nw/8 of them).
  * Columns come out in the scalar source's order (word j of the unit → columns 8j..8j+7).
  */
-function int4VectorSource(g: number, w: 2 | 4): WeightSource {
+function int4VectorSource(g: number, w: 2 | 4, dequant: Int4Dequant): WeightSource {
   const words = (k: KernelBuilder, v: Val<'vec2<u32>'> | Val<'vec4<u32>'>) =>
-    Array.from({ length: w }, (_, j) => unpackNibbles(k, v.at(j) as Val<'u32'>)).flat();
+    Array.from({ length: w }, (_, j) => unpackNibbles(k, v.at(j) as Val<'u32'>, dequant)).flat();
   return {
-    tag: `int4g${g}v${w}`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}v${w}`,
     cols: 8 * w,
     granule: g,
     bindings: {
@@ -234,14 +253,16 @@ export function int4Linear(c: Int4LinearConfig): LinearOp {
   checkInt4Config(c);
   const e = fullEpilogue(c);
   if (e.out === 'f16' && c.N % 2) throw new Error(`int4Linear: N = ${c.N} must be even for f16 output`);
-  const g = c.groupSize;
+  const g = c.groupSize, caps = c.caps ?? BASELINE_CAPS;
   return linearOp({
     name: 'int4Linear',
     K: c.K,
     N: c.N,
     epilogue: e,
-    caps: c.caps ?? BASELINE_CAPS,
-    source: int4Source(g),
+    caps,
+    // GPUs take the magic-number dequant (no integer → float conversions); the CPU executor and
+    // software rasterisers keep shift / convert, cheaper there (f16 unpacking is a table lookup).
+    source: int4Source(g, (c.deviceClass ?? aheadOfTimeClass(caps)) === 'gpu' ? 'magic' : 'convert'),
     defaults: (K, Nw, caps, par, cls) => defaultInt4Choice(K, Nw, g, caps, par, cls),
     choice: c.choice,
     parallelism: c.parallelism,

@@ -201,6 +201,23 @@ forEachBackend('int4Linear', (dev) => {
     } finally { freeWeights(dev, w); }
   });
 
+  it('the magic-number dequant (GPUs) gives the bits of shift / convert, GEMV and GEMM', async () => {
+    const [K, N, g] = [256, 64, 32];
+    const r = rng(freshSeed('int4 magic dequant'));
+    const awq = randomAwq(K, N, g, r);
+    const w = uploadInt4(dev, awq, 'w');
+    try {
+      const inp = randomInputs(12, K, N, {}, r);
+      const gemv = { workgroupSize: 32, units: 4, vec: 4 as const };
+      for (const M of [2, 12]) {
+        const op = (deviceClass: 'gpu' | 'cpu') => int4Linear({ K, N, groupSize: g, caps: dev.caps, deviceClass, choice: { segLen: 128, gemv } });
+        const magic = op('gpu'), plain = op('cpu');
+        expect([magic.source.tag, plain.source.tag]).toEqual(['int4g32m', 'int4g32']);
+        expect(firstDiff((await runOp(dev, magic, weightsOf(w), inp, M)).bits, (await runOp(dev, plain, weightsOf(w), inp, M)).bits), `M=${M}`).toBe(-1);
+      }
+    } finally { freeWeights(dev, w); }
+  });
+
   describe('bad input is refused before launch, naming the tensor and its shape', () => {
     it('configuration: K not a multiple of g, N not a multiple of 8, unknown group size', () => {
       expect(() => int4Linear({ K: 100, N: 32, groupSize: 32 })).toThrow(/K = 100 is not a multiple of groupSize 32/);
@@ -223,7 +240,9 @@ forEachBackend('int4Linear', (dev) => {
       expect(gemvVariantFits(v4, int4Source(32), 64, CUDA_CAPS)).toBe(true);
       expect(gemvVariantFits({ ...s, unrollK: 2 }, int4Source(32), 64, CUDA_CAPS)).toBe(true);
       expect(gemvVariantFits({ ...s, unrollK: 2 }, denseSource('f16'), 64, CUDA_CAPS)).toBe(false); // no groups: K need not divide
-      expect(gemvVariantFits(v2, denseSource('f16'), 64, CUDA_CAPS)).toBe(false); // no vector form
+      expect(gemvVariantFits(v2, denseSource('f16'), 64, CUDA_CAPS)).toBe(true); // dense f16 has a vector form too
+      expect(gemvVariantFits(v4, denseSource('f16'), 36, CUDA_CAPS)).toBe(false); // 18 words a row: not whole vec4s
+      expect(gemvVariantFits(v2, denseSource('f32'), 64, CUDA_CAPS)).toBe(false); // no vector form
       // Subgroup caps: 16-byte loads for M ≤ 2, 8-byte for M ≤ 4, where N allows; k unrolled
       // where the device wants GPU-scale parallelism. No subgroups: 8-byte loads, k unrolled.
       const gemvs = (N: number, caps: Caps, o: { gateUp?: boolean; parallelism?: number; deviceClass?: DeviceClass } = {}) =>
