@@ -153,7 +153,11 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     if (executor === 'wasm' && !platform.sharedMemory) throw new Error(`cpu device: the wasm executor needs shared memory, which this page lacks (it is not cross-origin isolated): use executor 'js'`);
     this.executor = executor;
     this.heap = executor === 'wasm' ? new WasmHeap() : null;
-    if (this.heap) preferOptimizedWasm();
+    // Optimised code at compile time (wasm-api.ts says why); KILN_WASM_TIERING=dynamic leaves V8's
+    // lazy tier-up on (compiles less up front; measured no faster on the kernel suites).
+    const tiering = platform.env('KILN_WASM_TIERING') ?? 'eager';
+    if (tiering !== 'eager' && tiering !== 'dynamic') throw new Error(`cpu device: KILN_WASM_TIERING must be 'eager' or 'dynamic', not '${tiering}'`);
+    if (this.heap && tiering === 'eager') preferOptimizedWasm();
     if (this.heap) {
       this.args = this.heap.alloc(ARG_BYTES, 'launch arguments');
       // wasm kernels convert f16 through the JS executor's own table (so results match bit for bit).
