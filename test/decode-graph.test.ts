@@ -226,4 +226,4 @@ forEachBackend('fixed-shape decode steps', (base: Device) => {
       });
     });
   }
-});
+}, { cpuExecutors: 'default' });

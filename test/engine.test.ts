@@ -207,7 +207,7 @@ forEachBackend('engine', (dev: Device) => {
       await e.close();
     }
   });
-});
+}, { cpuExecutors: 'default' });
 
 describe('non-finite weights', () => {
   let dir: string;

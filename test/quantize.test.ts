@@ -191,7 +191,7 @@ forEachBackend('kiln quantize: the AWQ checkpoint loads into the INT4 kernels', 
       await rtn.close();
     }
   });
-});
+}, { cpuExecutors: 'default' });
 
 // ---------------------------------------------------------------------------------------------
 // A synthetic Qwen2 in f32: q/k/v biases, intermediate size 96 (32 divides it, 64 does not), and a

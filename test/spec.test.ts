@@ -143,4 +143,4 @@ forEachBackend('speculative decoding', (dev: Device) => {
     expect(() => createEngine(target, { speculative: { drafter: other as unknown as LLM } })).toThrow(/other-model has a vocabulary of 4096 tokens, the target .* 2048: a draft model must share the target's tokenizer/);
     expect(() => createEngine(target, { speculative: { drafter: 'ngram', k: 0 } })).toThrow(EngineError);
   });
-});
+}, { cpuExecutors: 'default' });
