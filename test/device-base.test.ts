@@ -1,6 +1,7 @@
 // What the device base gives every backend alike: shapes carried by buffers, one wording for bad
 // arguments, ownership by device, byte accounting in whole words, and the optional device-side copy.
 import { describe, expect, it } from 'vitest';
+import { denseLinear } from '../codegen/kernels/denseMatmul.js';
 import { argmax } from '../codegen/kernels/sampling.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import { createDevice } from '../src/backend/index.js';
@@ -49,8 +50,12 @@ forEachBackend('device base', (dev) => {
     const x = dev.alloc('f32', 3 * 10 - 1, 'short'), tokens = dev.alloc('u32', 3, 'tokens');
     expect(() => dev.run(argmax(), { x, tokens }, { rows: 3, vocab: 10 }))
       .toThrow(/op 'argmax': buffer 'short' bound to 'x' has 29 elements, the op needs 30 = f32 \[rows, vocab\] with rows = 3, vocab = 10/);
-    expect(() => dev.run(argmax(), { x, tokens }, { rows: 3 } as { rows: number; vocab: number }))
-      .toThrow(/op 'argmax': binding 'x': shape \[rows, vocab\]: 'vocab' is not given/);
+    // A linear op's shapes use the K, N it was built for beside the run's M.
+    const lin = denseLinear({ K: 8, N: 4, weight: 'f32' });
+    const w = dev.alloc('f32', 8 * 4, 'w'), xs = dev.alloc('f32', 2 * 8 - 1, 'xShort'), out = dev.alloc('f32', 2 * 4, 'out');
+    expect(() => dev.run(lin, { x: xs, w, out }, { M: 2 }))
+      .toThrow(/buffer 'xShort' bound to 'x' has 15 elements, the op needs 16 = f32 \[M, K\] with M = 2, K = 8/);
+    for (const b of [w, xs, out]) dev.free(b);
     dev.free(x);
     dev.free(tokens);
   });

@@ -17,6 +17,9 @@ export interface Plan {
 export interface Op<B extends Record<string, BindingSpec> = Record<string, BindingSpec>, S extends Record<string, number> = Record<string, number>> {
   readonly name: string;
   readonly bindings: B;
+  /** Sizes fixed when the op was built (a linear layer's K, N, Nw), which binding shapes may use
+   *  beside the sizes each run passes. */
+  readonly fixedSizes?: Readonly<Record<string, number>>;
   /** The launches for these problem sizes. */
   plan(sizes: S): Plan;
 }

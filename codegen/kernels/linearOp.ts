@@ -143,5 +143,5 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
     return bytes;
   };
   const base = op(`${name}_K${K}_N${N}_${src.tag}_${epilogueTag(e)}`, bindings, plan);
-  return { ...base, K, N, Nw, epilogue: e, choice, source: src, caps, tensors, bytesMoved };
+  return { ...base, fixedSizes: { K, N, Nw }, K, N, Nw, epilogue: e, choice, source: src, caps, tensors, bytesMoved };
 }
