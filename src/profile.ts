@@ -194,7 +194,11 @@ export interface KernelReport {
   roofline_us: number;
 }
 
-export interface ProfileReport { family: string; shape: Shape; card: CardName; kernels: KernelReport[]; note?: string }
+export interface ProfileReport {
+  family: string; shape: Shape; card: CardName; kernels: KernelReport[]; note?: string;
+  /** The family's default variant on the modelled device (registry chooser, CUDA caps, a GPU profile). */
+  variant: Record<string, unknown>;
+}
 
 /** Profile one op of `family` at `shape` (defaults filled in) for `card`. */
 export async function profileFamily(family: string, shape: Shape = {}, card: CardName = 'h200', o: { nvcc?: boolean; seed?: number } = {}): Promise<ProfileReport> {
@@ -237,7 +241,9 @@ export async function profileFamily(family: string, shape: Shape = {}, card: Car
       roofline_us: (l.dramBytes / c.bandwidth) * 1e6,
     };
   });
-  return { family, shape: s, card, kernels };
+  const variant = OP_FAMILIES[family as OpFamilyName].defaults({ ...OP_FAMILIES[family as OpFamilyName].sizes, ...s },
+    { caps: CUDA_CAPS, parallelism: dev.profile.parallelism, deviceClass: dev.profile.deviceClass });
+  return { family, shape: s, card, kernels, variant };
 }
 
 const fmtBytes = (b: number) => (b >= 1e6 ? `${(b / 1e6).toFixed(2)} MB` : b >= 1e3 ? `${(b / 1e3).toFixed(1)} KB` : `${b} B`);
@@ -248,6 +254,7 @@ export function formatReport(r: ProfileReport): string {
   const c = CARDS[r.card];
   const out = [`kiln profile ${r.family} ${Object.entries(r.shape).map(([k, v]) => `${k}=${v}`).join(',')} — model for ${c.name} (${c.bandwidth / 1e12} TB/s, ${c.sms} SMs); counted on the CPU executor`];
   if (r.note) out.push(r.note);
+  out.push(`default variant: ${JSON.stringify(r.variant)}`);
   let total = 0;
   for (const k of r.kernels) {
     total += k.roofline_us;

@@ -3,7 +3,8 @@
 // (`kiln codegen --kernel`, `kiln tune`, `kiln profile`) accept exactly its names.
 import { describe, expect, it } from 'vitest';
 import { generate } from '../codegen/cli.js';
-import { FAMILIES } from '../codegen/kernels/index.js';
+import { CUDA_CAPS } from '../codegen/dsl/types.js';
+import { FAMILIES, denseLinear, int4Linear } from '../codegen/kernels/index.js';
 import { OP_FAMILIES, opFamily, tuneSizes } from '../codegen/kernels/registry.js';
 import { tunableFamilies, tuneCacheKey } from '../src/ops/tune.js';
 import { FAMILIES as PROFILED } from '../src/profile.js';
@@ -41,6 +42,16 @@ describe('op family registry', () => {
       for (const [k, v] of Object.entries(p.defaults)) expect(f.sizes[k], `${name}.${k}`).toBe(v);
     }
     expect(Object.keys(PROFILED)).toEqual(expect.arrayContaining(['int4Linear', 'pagedAttention', 'rejectionSampler']));
+  });
+
+  it('each family’s default chooser is what its op runs without a tuned choice', () => {
+    const h = { caps: CUDA_CAPS, parallelism: 65536, deviceClass: 'gpu' as const };
+    const sizes = { ...OP_FAMILIES.int4Linear.sizes, K: 2048, N: 1024 };
+    expect(OP_FAMILIES.int4Linear.defaults(sizes, h)).toEqual({ ...int4Linear({ K: 2048, N: 1024, groupSize: 128, ...h }).choice });
+    expect(OP_FAMILIES.denseLinear.defaults(OP_FAMILIES.denseLinear.sizes, h))
+      .toEqual({ ...denseLinear({ K: 4096, N: 4096, weight: 'f16', ...h }).choice });
+    expect(OP_FAMILIES.rejectionSampler.defaults({}, h)).toEqual({ workgroupSize: 256, items: 16 });
+    for (const f of Object.values(OP_FAMILIES)) expect(typeof f.defaults(f.sizes, h)).toBe('object');
   });
 
   it('kiln codegen --kernel takes an op family: its kernel families’ variants', () => {
