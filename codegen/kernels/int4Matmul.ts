@@ -75,6 +75,7 @@ export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert'):
       scales: storage('u32', 'read', { shape: scalesShape(g) }),
     },
     vectorized: (width) => int4VectorSource(g, width, dequant),
+    narrowed: () => int4PairSource(g, dequant),
     row: (k, u, kk) => kk.mul(u.Nw.div(8)),
     values(k, refs, row, unit, tag) {
       const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit)));
@@ -88,6 +89,48 @@ export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert'):
         const sBase = k.let(`sb${tag}`, grp.mul(u.Nw.div(2)).add(unit.mul(4)));
         const s = unpackScales(k, refs.scales as ArrayRef<'u32', false>, sBase, tag).map((v, j) => k.let(`s${tag}_${j}`, v));
         return { z, s };
+      },
+    },
+  };
+}
+
+/** The two values of nibble pair `pair` (nibbles pair and pair + 4: columns 2·pair, 2·pair + 1) of a word. */
+function unpackPair(k: KernelBuilder, word: Val<'u32'>, pair: Val<'u32'>, dequant: Int4Dequant): Val<'f32'>[] {
+  const bits = k.let('nib', word.shr(pair.mul(4)).band(0x000f000f));
+  if (dequant === 'magic') {
+    const v = k.unpack2x16float(bits.bor(0x64006400));
+    return [v.x.sub(1024), v.y.sub(1024)];
+  }
+  return [k.f32(bits.band(15)), k.f32(bits.shr(16))];
+}
+
+/**
+ * The INT4 source in units of one nibble pair (2 adjacent columns, a quarter word): unit u is pair
+ * u & 3 of word u >> 2; its two scales are one f16 pair, so a warp's scale loads are lane-
+ * contiguous words. Four invocations share each weight word (one sector per warp request).
+ */
+function int4PairSource(g: number, dequant: Int4Dequant): WeightSource {
+  return {
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}p`,
+    cols: 2,
+    granule: g,
+    bindings: {
+      qweight: storage('u32', 'read', { shape: QWEIGHT }),
+      qzeros: storage('u32', 'read', { shape: qzerosShape(g) }),
+      scales: storage('u32', 'read', { shape: scalesShape(g) }),
+    },
+    row: (k, u, kk) => kk.mul(u.Nw.div(8)),
+    values(k, refs, row, unit, tag) {
+      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit.shr(2))));
+      return unpackPair(k, qw, unit.band(3), dequant);
+    },
+    group: {
+      size: g,
+      params(k, refs, u, grp, unit, tag) {
+        const zw = k.let(`zw${tag}`, (refs.qzeros as ArrayRef<'u32', false>).at(grp.mul(u.Nw.div(8)).add(unit.shr(2))));
+        const z = unpackPair(k, zw, unit.band(3), dequant).map((v, j) => k.let(`z${tag}_${j}`, v));
+        const sp = k.let(`sp${tag}`, k.unpack2x16float((refs.scales as ArrayRef<'u32', false>).at(grp.mul(u.Nw.div(2)).add(unit))));
+        return { z, s: [k.let(`s${tag}_0`, sp.x), k.let(`s${tag}_1`, sp.y)] };
       },
     },
   };
@@ -173,6 +216,9 @@ export const INT4_GEMV_SPACE: GemvVariant[] = [32, 64, 128, 256].flatMap((workgr
   ...[1, 2, 4].map((units) => ({ workgroupSize, units })),
   { workgroupSize, units: 2, vec: 2 as const },
   { workgroupSize, units: 4, vec: 4 as const },
+  // Nibble pairs (2 columns) per invocation: 4× the invocations, for GPUs short of warps.
+  { workgroupSize, units: 1, narrow: true },
+  ...(workgroupSize >= 128 ? [{ workgroupSize, units: 1, narrow: true, unrollK: 8 as const }] : []),
   ...(workgroupSize <= 64 ? [
     { workgroupSize, units: 1, unrollK: 2 as const },
     { workgroupSize, units: 2, vec: 2 as const, unrollK: 2 as const },
@@ -223,6 +269,10 @@ export function defaultInt4Gemv(M: number, Nw: number, caps: Caps, parallelism =
   const v4 = Nw % 32 === 0, v2 = Nw % 16 === 0;
   if (deviceClass === 'software-gpu') return v2 ? { workgroupSize: 64, units: 2, vec: 2, unrollK: M <= 4 ? 4 : 2 } : { workgroupSize: 64, units: 1 };
   const k = parallelism >= 65536 ? { unrollK: 8 as const } : {};
+  // GPUs at decode sizes: one nibble pair per invocation in 256-invocation workgroups — Llama-3-8B's
+  // 4096² layer then launches 15.5 warps per SM (one word per invocation: 3.9; four: 0.97), and
+  // the scale loads are lane-contiguous words. Same per-column arithmetic, so the same bits.
+  if (deviceClass === 'gpu' && parallelism >= 65536 && M <= 4) return { workgroupSize: 256, units: 1, narrow: true, unrollK: 8 };
   if (M <= 2 && v4) return { workgroupSize: 32, units: 4, vec: 4, ...k };
   if (M <= 4 && v2) return { workgroupSize: 64, units: 2, vec: 2, ...k };
   return { workgroupSize: 64, units: 1, ...k };

@@ -223,6 +223,11 @@ export interface WeightSource {
    * bindings. Rows of Nw columns must hold whole vectors (Nw a multiple of cols·width).
    */
   vectorized?(width: 2 | 4): WeightSource;
+  /**
+   * The same weights in units of 2 columns (an INT4 nibble pair: a quarter word), so a GEMV can
+   * spread a row over 4× the invocations (GemvVariant.narrow); same values, same order per column.
+   */
+  narrowed?(): WeightSource;
   /** Grouped affine weights (INT4): W[k, n] = (q − z)·s with z, s per `size` rows. */
   group?: {
     size: number;
@@ -265,6 +270,11 @@ export interface GemvVariant {
    * order, so the same bits.
    */
   unrollK?: 1 | 2 | 4 | 8;
+  /**
+   * Run on the source's narrowed form (units of 2 columns; INT4 only): 4× the invocations of one
+   * word per invocation, for GPUs whose grid would otherwise leave SMs short of warps. Not with vec.
+   */
+  narrow?: boolean;
 }
 
 /** Throws naming the variant and what is wrong when it cannot run for this source, Nw and device. */
@@ -280,6 +290,7 @@ export function checkGemvVariant(what: string, v: GemvVariant, src: WeightSource
   if (un !== 1 && un !== 2 && un !== 4 && un !== 8) throw bad(`has unrollK = ${String(un)}, not 1, 2, 4 or 8`);
   if (un > 1 && !src.group) throw bad(`unrolls k but weight source '${src.tag}' has no groups (K need not be a multiple of ${un})`);
   if (un > 1 && src.group!.size % un) throw bad(`unrolls k by ${un}, which does not divide the group size ${src.group!.size}`);
+  if (v.narrow && (w > 1 || !src.narrowed)) throw bad(w > 1 ? 'is narrow and loads vectors' : `is narrow but weight source '${src.tag}' has no narrowed form`);
   if (w === 1) return;
   if (v.units % w) throw bad(`loads ${w} units per vector but has units = ${v.units}, not a multiple of ${w}`);
   if (!src.vectorized) throw bad(`loads vectors but weight source '${src.tag}' has no vector form`);
@@ -302,23 +313,26 @@ export function gemvVariantFits(v: GemvVariant, src: WeightSource, Nw: number, c
 export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, caps: Caps, fusion: GemvFusion = {}) {
   const { workgroupSize: wg } = v;
   const w = v.vec ?? 1, unrollK = v.unrollK ?? 1;
-  if (w > 1 || unrollK > 1) checkGemvVariant(`gemv_${baseSrc.tag}`, v, baseSrc, 0, caps); // Nw is a launch uniform: checked by the op
-  const src = w > 1 ? baseSrc.vectorized!(w as 2 | 4) : baseSrc;
+  if (w > 1 || unrollK > 1 || v.narrow) checkGemvVariant(`gemv_${baseSrc.tag}`, v, baseSrc, 0, caps); // Nw is a launch uniform: checked by the op
+  const src = w > 1 ? baseSrc.vectorized!(w as 2 | 4) : v.narrow ? baseSrc.narrowed!() : baseSrc;
   const units = v.units / w;
   const C = src.cols;
   // Whole vec4s of partials per unit: every unit starts at a multiple of C in a row of Nw.
   const partVec = w > 1 && C % 4 === 0;
+  // Nibble-pair units: one vec2 of partials each (lane-contiguous stores), where no folded finish
+  // reads them back (it reads words or vec4s).
+  const partPair = !partVec && !!v.narrow && C === 2 && !fusion.finish;
   const ftag = fusionTag(fusion); // linearFusion.ts: prologue/epilogue the GEMV takes over
   return memoKernel(`gemv/${src.tag}/${rows}/${wg}/${units}/${unrollK}/${ftag}/${capsKey(caps)}`, () => kernel({
     name: `gemv_${src.tag}_r${rows}${unrollK > 1 ? `_k${unrollK}` : ''}${ftag ? `_${ftag}` : ''}`,
-    params: { source: baseSrc.tag, rows, workgroupSize: wg, units: v.units, ...(w > 1 ? { vec: w } : {}), ...(unrollK > 1 ? { unrollK } : {}), ...fusionParams(fusion) },
+    params: { source: baseSrc.tag, rows, workgroupSize: wg, units: v.units, ...(w > 1 ? { vec: w } : {}), ...(v.narrow ? { narrow: true } : {}), ...(unrollK > 1 ? { unrollK } : {}), ...fusionParams(fusion) },
     caps,
     workgroupSize: wg,
     bindings: {
       x: storage('f32', 'read', { shape: `[${rows}, K]` }),
       ...src.bindings,
-      part: partVec
-        ? storage('f32', 'read_write', { vec: 4, shape: `[ceil(K / segLen), ${rows}, Nw]` })
+      part: partVec || partPair
+        ? storage('f32', 'read_write', { vec: partVec ? 4 : 2, shape: `[ceil(K / segLen), ${rows}, Nw]` })
         : storage('f32', 'read_write', { shape: `[ceil(K / segLen), ${rows}, Nw]` }),
       ...fusionBindings(fusion),
     },
@@ -397,6 +411,11 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
               for (let c = 0; c < C; c += 4) {
                 part.set(c ? base.add(c / 4) : base, k.vec('vec4<f32>', ...acc[r]![j]!.slice(c, c + 4)));
               }
+              continue;
+            }
+            if (partPair) {
+              const part = refs.part as ArrayRef<'vec2<f32>', true>;
+              part.set(k.let(`pbase${r}_${j}`, seg.mul(rows).add(r).mul(Nw.div(2)).add(u0.add(j))), k.vec('vec2<f32>', acc[r]![j]![0]!, acc[r]![j]![1]!));
               continue;
             }
             const part = refs.part as ArrayRef<'f32', true>;

@@ -27,11 +27,13 @@ const EPS = 1e-5;
 type Weights = Record<string, DeviceBuffer>;
 
 /** An INT4 (g = 32) or dense f32 layer with its weights on the device (dense: W kept for the reference). */
-function layer(dev: Device, bufs: Buffers, kind: 'int4' | 'f32', K: number, N: number, e: LinearEpilogue, r: () => number) {
+function layer(dev: Device, bufs: Buffers, kind: 'int4' | 'f32', K: number, N: number, e: LinearEpilogue, r: () => number, narrow = false) {
   const hints = linearHints(dev);
   const Nw = e.gateUp ? 2 * N : N;
   if (kind === 'int4') {
-    const op = int4Linear({ K, N, groupSize: 32, ...e, ...hints });
+    // narrow: the GPUs' decode schedule (nibble pairs per invocation), whatever this device is.
+    const choice = narrow ? { choice: { gemv: { workgroupSize: 256, units: 1, narrow: true, unrollK: 8 as const } } } : {};
+    const op = int4Linear({ K, N, groupSize: 32, ...e, ...hints, ...choice });
     const w = uploadInt4(dev, randomAwq(K, Nw, 32, r), 'w');
     for (const b of [w.qweight, w.qzeros, w.scales]) bufs.adopt(b);
     return { op, weights: { qweight: w.qweight, qzeros: w.qzeros, scales: w.scales } as Weights, W: undefined };
@@ -53,19 +55,20 @@ forEachBackend('fused linear', (dev) => {
   const normWg = (K: number) => defaultRmsNormWorkgroup(K, dev.caps);
 
   describe('RMSNorm prologue and folded finish', () => {
-    const cases: { kind: 'int4' | 'f32'; K: number; N: number; e: LinearEpilogue; norm: boolean }[] = [
+    const cases: { kind: 'int4' | 'f32'; K: number; N: number; e: LinearEpilogue; norm: boolean; narrow?: boolean }[] = [
       { kind: 'int4', K: 256, N: 96, e: {}, norm: true },
+      { kind: 'int4', K: 128, N: 64, e: { gateUp: true, residual: true }, norm: true, narrow: true },
       { kind: 'int4', K: 128, N: 64, e: { gateUp: true }, norm: true },
       { kind: 'int4', K: 192, N: 80, e: { residual: true }, norm: false },
       { kind: 'f32', K: 96, N: 40, e: { bias: true, gateUp: true }, norm: true },
       { kind: 'f32', K: 64, N: 48, e: { residual: true, out: 'f16' }, norm: false },
     ];
     for (const c of cases) {
-      it(`${c.kind} K = ${c.K}, N = ${c.N}, ${JSON.stringify(c.e)}${c.norm ? ', normed' : ''}: the separate launches' bits for M = ${ROWS.join(', ')}`, async () => {
+      it(`${c.kind} K = ${c.K}, N = ${c.N}, ${JSON.stringify(c.e)}${c.norm ? ', normed' : ''}${c.narrow ? ', nibble-pair GEMV' : ''}: the separate launches' bits for M = ${ROWS.join(', ')}`, async () => {
         const r = rng(freshSeed(`fusion ${c.kind} ${c.K} ${c.N} ${JSON.stringify(c.e)}`));
         const bufs = new Buffers(dev);
         try {
-          const { op, weights, W } = layer(dev, bufs, c.kind, c.K, c.N, c.e, r);
+          const { op, weights, W } = layer(dev, bufs, c.kind, c.K, c.N, c.e, r, c.narrow);
           const fused = fusedLinear({ linear: op, ...(c.norm ? { norm: { workgroupSize: normWg(c.K), eps: EPS } } : {}) });
           const Mmax = Math.max(...ROWS), K = c.K, N = c.N, Nw = op.Nw;
           const x = bufs.input('f32', randomF32(Mmax * K, r, -2, 2), 'x');
