@@ -9,7 +9,8 @@
 //                                                           built in memory (no download)
 // Options: --prompt N (prompt tokens, default 128) --decode N (default 64) --copy (measure copy
 // bandwidth: out = a + b, 3 × 4n bytes) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu)
-// --executors wasm,js (the cpu device's executors to run, default wasm) --json (print
+// --executors wasm,js (the cpu device's executors to run, default wasm) --rounds N (timed runs per
+// device, interleaved across devices; default 2) --json (print
 // {"machine", "rows": [{backend, executor, model, weights, prefill_tok_s, decode_tok_s, launches_per_step}]}
 // instead of the table; progress goes to stderr).
 import os from 'node:os';
@@ -28,13 +29,13 @@ import { copyBandwidth } from './common.js';
 type Executor = 'wasm' | 'js';
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
-  copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean;
+  copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean; rounds: number;
 }
 
 function parse(args: string[]): Options {
   const o: Options = {
     backends: ['cpu', 'webgpu', 'cuda'], formats: ['f16', 'int4'], model: DEFAULT_MODEL, prompt: 128, decode: 64, copy: false, llama3: false, layers: null,
-    executors: ['wasm'], json: false,
+    executors: ['wasm'], json: false, rounds: 2,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => { const x = args[++i]; if (x === undefined) throw new Error(`${a} needs a value`); return x; };
@@ -51,6 +52,7 @@ function parse(args: string[]): Options {
       const bad = o.executors.find((x) => x !== 'wasm' && x !== 'js');
       if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm and/or js, not '${bad}'`);
     } else if (a === '--json') o.json = true;
+    else if (a === '--rounds') o.rounds = Number(v());
     else throw new Error(`bench generate: unknown option ${a}`);
   }
   return o;
@@ -116,16 +118,22 @@ function countLaunches(dev: Device): { n: number } {
   return counter;
 }
 
-async function run(dev: Device, spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Options, promptIds: number[], executor: Executor | null): Promise<Row> {
-  const counter = countLaunches(dev);
+interface Prepared {
+  once(): Promise<{ prefill: number; decode: number; launches: number }>;
+  row(best: { prefill: number; decode: number; launches: number }): Row;
+  close(): void;
+}
+
+/** A model on one device, ready to run `once()`: prefill the prompt, then decode greedily. */
+function prepare(dev: Device, spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Options, promptIds: number[], executor: Executor | null, counter: { n: number }): Prepared {
   const weights = uploadWeights(dev, spec, store, { format });
   const blockSize = 16;
   const numBlocks = Math.ceil((o.prompt + o.decode + 1) / blockSize) + 1;
   const fw = new LlamaForward(dev, spec, weights, { numBlocks, blockSize, maxBatchTokens: Math.max(o.prompt, 1), kvDtype: dev.kind === 'cuda' ? 'f16' : 'f32' });
   const bm = new BlockManager(numBlocks, { blockSize, prefixCaching: false });
-  try {
-    const argmax = (row: Float32Array) => { let b = 0; for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i; return b; };
-    const once = async () => {
+  const argmax = (row: Float32Array) => { let b = 0; for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i; return b; };
+  return {
+    async once() {
       bm.addSequence(0);
       const t0 = performance.now();
       const slots = bm.append(0, promptIds);
@@ -144,49 +152,73 @@ async function run(dev: Device, spec: ModelSpec, store: TensorStore, format: Wei
       const decodeMs = performance.now() - t1;
       bm.free(0);
       return { prefill: (promptIds.length / prefillMs) * 1000, decode: (o.decode / decodeMs) * 1000, launches: (counter.n - launches0) / Math.max(1, o.decode) };
-    };
-    await once(); // compile every kernel and warm up
-    const best = await once();
-    return { backend: dev.kind, executor, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null };
+    },
+    row: (best) => ({ backend: dev.kind, executor, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null }),
+    close() { fw.destroy(); freeWeights(dev, weights); },
+  };
+}
+
+/**
+ * Each model and format on every device, their runs interleaved (device A, B, A, B, …) after a
+ * warm-up each, best per device: on a shared machine the load changes from second to second, and
+ * interleaving gives every device the same chances.
+ */
+async function runInterleaved(devs: Dev[], spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Options, prompt: number[]): Promise<Row[]> {
+  const prepared = devs.map((d) => prepare(d.dev, spec, store, format, label, o, prompt, d.executor, d.counter));
+  try {
+    for (const p of prepared) await p.once(); // compile every kernel, capture the decode graphs
+    const best = prepared.map(() => ({ prefill: 0, decode: 0, launches: 0 }));
+    for (let r = 0; r < o.rounds; r++) {
+      for (const [i, p] of prepared.entries()) {
+        const x = await p.once(), b = best[i]!;
+        b.prefill = Math.max(b.prefill, x.prefill);
+        b.decode = Math.max(b.decode, x.decode);
+        b.launches = x.launches;
+      }
+    }
+    return prepared.map((p, i) => ({ ...p.row(best[i]!), copy: devs[i]!.copy }));
   } finally {
-    fw.destroy();
-    freeWeights(dev, weights);
+    for (const p of prepared) p.close();
   }
 }
+
+interface Dev { dev: Device; executor: Executor | null; counter: { n: number }; copy: number | null }
 
 export async function main(args: string[]): Promise<void> {
   const o = parse(args);
   const rows: Row[] = [];
   const log = o.json ? (m: string) => process.stderr.write(`${m}\n`) : (m: string) => console.log(m);
   const runs = o.backends.flatMap((kind): [BackendKind, Executor | null][] => (kind === 'cpu' ? o.executors.map((x) => [kind, x]) : [[kind, null]]));
-  for (const [kind, executor] of runs) {
-    let dev: Device;
-    try { dev = await createDevice(kind, executor ? { executor } : {}); } catch (e) {
-      if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
-      throw e;
-    }
-    log(`${kind}: ${dev.description}`);
-    try {
-      const copy = o.copy ? await copyBandwidth(dev, dev.profile.software ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;
-      if (o.llama3) {
-        const spec = llama3Spec(o.layers);
-        const t0 = performance.now();
-        const store = syntheticStore(spec);
-        log(`  synthetic ${spec.layers}-layer Llama-3-8B INT4 weights built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-        const prompt = Array.from({ length: o.prompt }, (_, i) => (i * 7919) % spec.vocabSize);
-        rows.push({ ...(await run(dev, spec, store, 'int4', `llama3-8b${o.layers ? ` (${o.layers} layers)` : ''}`, o, prompt, executor)), copy });
-      } else {
-        const files = openModel(o.model);
-        try {
-          const text = 'The jury said that the city of Atlanta had been a good place to live, and that it would not be changed by anything the grand jury could find in its investigation of the primary election. ';
-          let ids = files.tokenizer ? files.tokenizer.encode(text.repeat(20)) : [1];
-          ids = ids.slice(0, o.prompt);
-          for (const f of o.formats) rows.push({ ...(await run(dev, files.spec, files.weights, f, o.model.split('/').pop()!, o, ids, executor)), copy });
-        } finally { files.weights.close(); }
+  const devs: Dev[] = [];
+  try {
+    for (const [kind, executor] of runs) {
+      let dev: Device;
+      try { dev = await createDevice(kind, executor ? { executor } : {}); } catch (e) {
+        if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
+        throw e;
       }
-    } finally {
-      await dev.destroy();
+      log(`${kind}: ${dev.description}`);
+      const copy = o.copy ? await copyBandwidth(dev, dev.profile.software ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;
+      devs.push({ dev, executor, counter: countLaunches(dev), copy });
     }
+    if (o.llama3) {
+      const spec = llama3Spec(o.layers);
+      const t0 = performance.now();
+      const store = syntheticStore(spec);
+      log(`  synthetic ${spec.layers}-layer Llama-3-8B INT4 weights built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      const prompt = Array.from({ length: o.prompt }, (_, i) => (i * 7919) % spec.vocabSize);
+      rows.push(...(await runInterleaved(devs, spec, store, 'int4', `llama3-8b${o.layers ? ` (${o.layers} layers)` : ''}`, o, prompt)));
+    } else {
+      const files = openModel(o.model);
+      try {
+        const text = 'The jury said that the city of Atlanta had been a good place to live, and that it would not be changed by anything the grand jury could find in its investigation of the primary election. ';
+        let ids = files.tokenizer ? files.tokenizer.encode(text.repeat(20)) : [1];
+        ids = ids.slice(0, o.prompt);
+        for (const f of o.formats) rows.push(...(await runInterleaved(devs, files.spec, files.weights, f, o.model.split('/').pop()!, o, ids)));
+      } finally { files.weights.close(); }
+    }
+  } finally {
+    for (const d of devs) await d.dev.destroy();
   }
   if (o.json) {
     const cpus = os.cpus();
@@ -200,7 +232,7 @@ export async function main(args: string[]): Promise<void> {
     }, null, 2));
     return;
   }
-  console.log(`\nprefill ${o.llama3 ? o.prompt : 'up to ' + o.prompt} tokens, decode ${o.decode} tokens, batch 1 (best of 2 runs after a warm-up)\n`);
+  console.log(`\nprefill ${o.llama3 ? o.prompt : 'up to ' + o.prompt} tokens, decode ${o.decode} tokens, batch 1 (best of ${o.rounds} runs after a warm-up, the devices' runs interleaved)\n`);
   console.log('| backend | executor | model | weights | prefill tok/s | decode tok/s | launches/step | weight MB/token | achieved GB/s | copy GB/s | % of floor |');
   console.log('|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
