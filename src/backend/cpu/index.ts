@@ -103,6 +103,8 @@ interface Compiled {
   nsPerWorkgroup?: number;
   /** The wasm executor: the compiled module and what a launch of it needs. */
   wasm?: { module: WasmModule; scratchBytes: number; argWords: number };
+  /** Whether it has run once (its first time is not measured). */
+  ran?: boolean;
 }
 /** Launches expected to finish faster than a round trip to the workers run on the main thread. */
 const INLINE_NS = 100_000;
@@ -312,6 +314,9 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   }
 
   private measured(c: Compiled, ms: number, workgroups: number): void {
+    // A wasm kernel's first run includes compiling its code (V8 compiles functions on first call):
+    // not what later runs cost.
+    if (c.wasm && !c.ran) { c.ran = true; return; }
     const ns = (ms * 1e6) / workgroups;
     c.nsPerWorkgroup = c.nsPerWorkgroup === undefined ? ns : 0.7 * c.nsPerWorkgroup + 0.3 * ns;
   }
