@@ -305,6 +305,9 @@ describe.skipIf(!toolchain || !nvcc || !existsSync(addonPath()))('cuda backend o
     expect(r.beforeReplayNaN).toBe(true);
     expect(r.replayErr).toBeLessThan(1e-6);
     expect(r.replayAfterDestroy).toBe('Error: CudaGraph.replay: the graph was destroyed');
+    expect(r.graphTimes).toEqual([0.25, 0.25, 0.25]);
+    expect(r.flushLast).toBe(0x02020202); // rep 2's memset byte
+    expect(r.flushInGraph).toBe("Error: CudaGraph.time: the flush buffer 'sum' is used by a captured graph; flush with a buffer of its own");
     expect(r.freeUnderGraph).toBe("Error: cuda free of 'sum': the buffer is used by 1 live captured graph (1 launches); destroy the graph before freeing or regrowing its buffers");
     expect(r.freeDuringCapture).toBe("Error: cuda free of 'spare2': the buffer is used by the graph being captured; destroy the graph before freeing or regrowing its buffers");
     expect(r.memInfoDrop).toBe(4 << 20);

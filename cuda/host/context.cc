@@ -200,6 +200,7 @@ Napi::Function CudaContext::Define(Napi::Env env) {
     InstanceMethod<&CudaContext::AbortCapture>("abortCapture"),
     InstanceMethod<&CudaContext::LaunchGraph>("launchGraph"),
     InstanceMethod<&CudaContext::DestroyGraph>("destroyGraph"),
+    InstanceMethod<&CudaContext::TimeGraph>("timeGraph"),
     InstanceMethod<&CudaContext::Destroy>("destroy"),
   });
 }
@@ -578,6 +579,44 @@ Napi::Value CudaContext::DestroyGraph(const Napi::CallbackInfo& info) {
   // A replay still in flight finishes first: the driver frees the graph when it completes.
   check(env, "cuGraphExecDestroy", cuda().cuGraphExecDestroy(g));
   return env.Undefined();
+}
+
+// timeGraph(graph, reps, flushPtr, flushBytes): per rep, a memset of flushBytes at flushPtr (when
+// non-zero: it evicts the L2 so each replay reads from DRAM), then the graph between two timing
+// events. Waits for the last one (blocking the calling thread: benchmarks only) and returns each
+// replay's milliseconds. Its events never outlive the call.
+Napi::Value CudaContext::TimeGraph(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceState& s = live(env, "timeGraph");
+  auto g = reinterpret_cast<CUgraphExec>(static_cast<uintptr_t>(toU64(env, info[0], "graph handle")));
+  if (!s.graphs.count(g)) throw Napi::Error::New(env, "timeGraph: unknown graph handle (destroyed?)");
+  if (s.capturing) throw Napi::Error::New(env, "timeGraph during a graph capture");
+  size_t reps = toSize(env, info[1], "reps");
+  if (reps < 1 || reps > 100000) throw Napi::RangeError::New(env, "timeGraph: reps must be 1..100000");
+  CUdeviceptr flush = toU64(env, info[2], "flush pointer");
+  size_t flushBytes = toSize(env, info[3], "flush bytes");
+  if (flushBytes && flushBytes > allocBytes(env, flush)) throw Napi::RangeError::New(env, "timeGraph: the flush overruns its allocation");
+  const CudaApi& api = cuda();
+  std::vector<CUevent> ev(2 * reps, nullptr);
+  CUresult r = CUDA_SUCCESS;
+  const char* call = "cuEventCreate";
+  for (size_t i = 0; i < ev.size() && r == CUDA_SUCCESS; i++) r = api.cuEventCreate(&ev[i], 0);
+  for (size_t i = 0; i < reps && r == CUDA_SUCCESS; i++) {
+    if (flushBytes && (r = api.cuMemsetD8Async(flush, static_cast<unsigned char>(i & 0xff), flushBytes, s.stream))) { call = "cuMemsetD8Async"; break; }
+    if ((r = api.cuEventRecord(ev[2 * i], s.stream))) { call = "cuEventRecord"; break; }
+    if ((r = api.cuGraphLaunch(g, s.stream))) { call = "cuGraphLaunch"; break; }
+    if ((r = api.cuEventRecord(ev[2 * i + 1], s.stream))) { call = "cuEventRecord"; break; }
+  }
+  if (r == CUDA_SUCCESS && (r = api.cuEventSynchronize(ev.back()))) call = "cuEventSynchronize";
+  Napi::Array out = Napi::Array::New(env, reps);
+  for (size_t i = 0; i < reps && r == CUDA_SUCCESS; i++) {
+    float ms = 0;
+    if ((r = api.cuEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]))) { call = "cuEventElapsedTime"; break; }
+    out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, ms));
+  }
+  for (CUevent e : ev) if (e) api.cuEventDestroy_v2(e);
+  check(env, call, r);
+  return out;
 }
 
 // Frees every allocation, module and graph, and releases the context. Waits still in flight keep

@@ -77,6 +77,7 @@ class CudaContext : public Napi::ObjectWrap<CudaContext> {
   Napi::Value AbortCapture(const Napi::CallbackInfo& info);
   Napi::Value LaunchGraph(const Napi::CallbackInfo& info);
   Napi::Value DestroyGraph(const Napi::CallbackInfo& info);
+  Napi::Value TimeGraph(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
   Napi::Value Wait(Napi::Env env, CUdeviceptr src, size_t bytes);
 };

@@ -99,6 +99,7 @@ constexpr CUstreamCaptureMode CU_STREAM_CAPTURE_MODE_RELAXED = 2;
   X(cuEventRecord, CUresult, (CUevent hEvent, CUstream hStream))                                    \
   X(cuEventSynchronize, CUresult, (CUevent hEvent))                                                 \
   X(cuEventDestroy_v2, CUresult, (CUevent hEvent))                                                  \
+  X(cuEventElapsedTime, CUresult, (float* pMilliseconds, CUevent hStart, CUevent hEnd))             \
   X(cuStreamBeginCapture_v2, CUresult, (CUstream hStream, CUstreamCaptureMode mode))                \
   X(cuStreamEndCapture, CUresult, (CUstream hStream, CUgraph* phGraph))                             \
   X(cuGraphInstantiateWithFlags, CUresult,                                                          \

@@ -53,6 +53,8 @@ export interface NativeContext {
   abortCapture(): void;
   launchGraph(graph: bigint): void;
   destroyGraph(graph: bigint): void;
+  /** Milliseconds of each of `reps` replays by timing events, each after a memset of `flushBytes` at `flush` (0: none); blocks. */
+  timeGraph(graph: bigint, reps: number, flush: bigint, flushBytes: number): number[];
   destroy(): void;
 }
 

@@ -42,6 +42,16 @@ export class CudaGraph implements DeviceGraph {
     if (this.destroyed) throw new Error('CudaGraph.replay: the graph was destroyed');
     this.dev.native('replay a graph').launchGraph(this.handle);
   }
+  /**
+   * Milliseconds of each of `reps` replays, by CUDA events around each one (kernel time, not the
+   * host's). With `flush`, the whole buffer is overwritten before each replay: size it past the L2
+   * (≥ 2 × 50 MB on H100/H200) and every replay reads its inputs from DRAM, as a decode step does.
+   * Waits for the replays (blocking): for benchmarks.
+   */
+  time(reps: number, flush?: DeviceBuffer): number[] {
+    if (this.destroyed) throw new Error('CudaGraph.time: the graph was destroyed');
+    return this.dev.timeGraphReplays(this.handle, reps, flush);
+  }
   /** Frees the graph; a replay still running finishes first. */
   destroy(): void {
     if (this.destroyed) return;
@@ -222,6 +232,16 @@ export class CudaDevice extends BaseDevice<CudaBuffer> {
     const graph = new CudaGraph(this, handle, capture.launches, capture.buffers);
     this.graphs.add(graph);
     return graph;
+  }
+
+  /** @internal CudaGraph.time: the replays' event timings, each after a flush of `flush`. */
+  timeGraphReplays(handle: bigint, reps: number, flush?: DeviceBuffer): number[] {
+    if (!Number.isInteger(reps) || reps < 1) throw new Error(`CudaGraph.time: reps = ${reps} must be a positive integer`);
+    const b = flush ? this.own(flush, 'CudaGraph.time flush') : undefined;
+    if (b && this.graphs.size && [...this.graphs].some((g) => g.buffers.has(b))) {
+      throw new Error(`CudaGraph.time: the flush buffer '${b.label}' is used by a captured graph; flush with a buffer of its own`);
+    }
+    return this.native('time a graph').timeGraph(handle, reps, b?.ptr ?? 0n, b?.bytes ?? 0);
   }
 
   /** @internal CudaGraph.destroy bookkeeping. */
