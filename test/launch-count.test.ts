@@ -89,11 +89,13 @@ describe('Llama-3-8B INT4 decode launches (recorded, not run)', () => {
       expect(names[0]).toMatch(/embedf16_norm\d+_fin_f32_rope/);
     });
   }
-  it('without one (WebGPU): the finishes and the attention merge are launches of their own, the norms still folded', () => {
+  it('without one (WebGPU): the finishes and the attention merge are launches of their own (RoPE and the append ride in QKV\'s), the norms still folded', () => {
     const names = decodeStepLaunches({ ...BASELINE_CAPS, maxStorageBuffers: 10, maxWorkgroupStorage: 49152, maxInvocationsPerWorkgroup: 1024 }, 1, 4000);
     console.log(`Llama-3-8B INT4 decode step (1 × context 4000), no device fence: ${names.length} launches`);
     expect(names.filter((x) => x.startsWith('rmsNorm') || x.startsWith('embedding'))).toEqual([]);
-    expect(names.filter((x) => x.startsWith('linearFinish')).length).toBe(4 * layers + 1);
+    expect(names.filter((x) => x.startsWith('linearFinish')).length).toBe(3 * layers + 1);
+    expect(names.filter((x) => x.startsWith('ropeFinish')).length).toBe(layers);
     expect(names.filter((x) => x.startsWith('attentionMerge')).length).toBe(layers);
+    expect(names.length).toBe(10 * layers + 2);
   });
 });

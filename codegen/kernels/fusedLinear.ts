@@ -5,7 +5,7 @@
 //   M ≤ GEMV_MAX_ROWS with a device-scope fence (CUDA, cpu): one launch, the GEMV with the norm
 //     as its prologue and the split-K finish, RoPE and the append folded into its last arrivals;
 //   M ≤ GEMV_MAX_ROWS without (WebGPU): the GEMV with the norm prologue, then the finish kernel
-//     (+ ropeQkv and kvAppend);
+//     (for QKV: the finish with RoPE and the append, ropeFinish.ts);
 //   larger M: rmsNorm, the tiled GEMM (+ ropeQkv and kvAppend).
 import type { BindingSpec, Op, Plan, PlanStep } from '../dsl/index.js';
 import { op, storage } from '../dsl/index.js';
@@ -15,6 +15,7 @@ import { capsKey, epilogueBindings, gemmKernel, gemvKernel, linearFinishKernel, 
 import { fusionBindings, type GemvFusion, type RopeAppendEpilogue } from './linearFusion.js';
 import { GEMV_MAX_ROWS, type LinearOp } from './linearOp.js';
 import { rmsNorm } from './rmsNorm.js';
+import { ropeFinishKernel } from './ropeFinish.js';
 import { ropeQkv } from './ropeQkv.js';
 
 export type { RopeAppendEpilogue } from './linearFusion.js';
@@ -159,8 +160,15 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
         steps.push({ kernel: gemv, bind, uniforms: { ...gemvUniforms, M, N, ...ropeUniforms } });
         return { temps, steps };
       }
-      const finish = linearFinishKernel({ epilogue: e, workgroupSize: l.choice.finishWorkgroupSize, caps: caps_ });
       steps.push({ kernel: gemv, bind: gemvBind, uniforms: gemvUniforms });
+      if (r && 7 + (e.bias ? 1 : 0) <= caps_.maxStorageBuffers) {
+        // No fence: the finish, RoPE and the append still one launch (a pair of elements each).
+        const rf = ropeFinishKernel(e, r, caps_, l.choice.finishWorkgroupSize);
+        const bind: Record<string, string> = { part: 'part', ...same(epiNames), ...same(['pos', 'table', 'slots', 'q', 'kCache', 'vCache']) };
+        steps.push({ kernel: rf, bind, uniforms: { M, N, S, maxPos, numBlocks } });
+        return { temps, steps };
+      }
+      const finish = linearFinishKernel({ epilogue: e, workgroupSize: l.choice.finishWorkgroupSize, caps: caps_ });
       steps.push({ kernel: finish, bind: { part: 'part', ...same(epiNames), out: outName }, uniforms: { M, N, S } });
       steps.push(...ropeSteps(M, maxPos, numBlocks, temps, rowsCap));
       return { temps, steps };
