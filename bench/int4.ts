@@ -26,7 +26,8 @@ import { GEMV_MAX_ROWS, type LinearOp } from '../codegen/kernels/linearOp.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { linearHints, uploadDense, uploadInt4 } from '../src/ops/linear.js';
-import { copyBandwidth, randomF32, timeLaunches } from './common.js';
+import { timeOnDevice } from '../src/backend/timing.js';
+import { copyBandwidth, randomF32 } from './common.js';
 
 interface Options {
   backends: BackendKind[]; scale: number; ms: number[]; shapes: [number, number][]; group: number;
@@ -131,7 +132,9 @@ async function benchDevice(dev: Device, o: Options): Promise<void> {
         try {
           for (const l of ls) {
             const op = l.op(M);
-            const ms = await timeLaunches(dev, () => dev.run(op, { ...l.weights, x, out: y } as never, { M }), o);
+            // On CUDA: CUDA events over a graph of `reps` launches, the L2 flushed before each replay.
+            const { ms } = await timeOnDevice(dev, () => dev.run(op, { ...l.weights, x, out: y } as never, { M }),
+              { launches: o.reps, reps: o.samples, samples: o.samples, flushBytes: software ? 0 : 256 << 20 });
             times.set(l.name, ms);
             rows.push([l.name, ms, op.bytesMoved(M)]);
           }

@@ -39,6 +39,8 @@ export interface DeviceGraph {
   /** Launches recorded. */
   readonly launches: number;
   replay(): void;
+  /** Device milliseconds of each of `reps` replays (CUDA events), each after overwriting `flush` (an L2 flush). */
+  time?(reps: number, flush?: DeviceBuffer): number[];
   destroy(): void;
 }
 
