@@ -24,8 +24,9 @@
 import { pagedAttention } from '../codegen/kernels/pagedAttention.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
-import { type RaggedSequence, prepareAttention } from '../src/ops/attention.js';
-import { copyBandwidth, randomF32, timeLaunches } from './common.js';
+import { type RaggedSequence, attentionTargetCtas, prepareAttention } from '../src/ops/attention.js';
+import { timeOnDevice } from '../src/backend/timing.js';
+import { copyBandwidth, randomF32 } from './common.js';
 
 const HEAD_DIM = 128, HEADS = 32, KV_HEADS = 8, BLOCK = 16;
 
@@ -77,7 +78,10 @@ function fill(dev: Device, buf: DeviceBuffer<'f32' | 'u32'>, seed: number): void
 
 /** Time one batch of sequences (each: qLen new tokens after ctxLen cached) on fresh buffers. */
 async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctxLen: number }[], o: Options, staging: Staging): Promise<number> {
-  const op = pagedAttention({ headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps, ...STAGINGS[staging] });
+  const op = pagedAttention({
+    headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps,
+    targetCtas: attentionTargetCtas(dev), ...STAGINGS[staging],
+  });
   const blocksPer = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / BLOCK));
   const numBlocks = blocksPer.reduce((a, b) => a + b, 0);
   let next = 0, row = 0;
@@ -103,7 +107,8 @@ async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctx
     dev.write(tiles, prep.tiles);
     dev.write(blockTables, prep.blockTables);
     const bound = { q, kCache, vCache, blockTables, tiles, out } as never;
-    return await timeLaunches(dev, () => dev.run(op, bound, prep.sizes), o);
+    // On CUDA: CUDA events over a graph of `reps` launches, the L2 flushed before each replay.
+    return (await timeOnDevice(dev, () => dev.run(op, bound, prep.sizes), { launches: o.reps, reps: o.samples, samples: o.samples, flushBytes: dev.profile.software ? 0 : 256 << 20 })).ms;
   } finally { for (const b of bufs) dev.free(b); }
 }
 
