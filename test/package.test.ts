@@ -266,7 +266,7 @@ describe.skipIf('missing' in npm)('the npm package, installed and used with plai
     expect(Number(m?.[1])).toBeLessThan(1e-5);
     expect(Number(m?.[2])).toBeCloseTo(1, 2);
     // The kernel factories README's table names, from kiln/kernels.
-    const names = ['int4Linear', 'denseLinear', 'pagedAttention', 'kvAppend', 'sampling', 'argmax', 'logSoftmax', 'rejectionSampler',
+    const names = ['int4Linear', 'denseLinear', 'fusedLinear', 'pagedAttention', 'kvAppend', 'sampling', 'argmax', 'logSoftmax', 'rejectionSampler',
       'greedyAcceptance', 'rmsNorm', 'rope', 'ropeQkv', 'embedding', 'siluMul', 'residualAdd', 'argmaxRows', 'f32ToF16', 'f16ToF32',
       'vectorAdd', 'matmulTiled', 'reduce', 'softmax', 'scan'];
     writeFileSync(join(project, 'names.mjs'), `import * as k from 'kiln/kernels';\nconsole.log(JSON.stringify(${JSON.stringify(names)}.filter((n) => typeof k[n] !== 'function')));\n`);

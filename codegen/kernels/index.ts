@@ -15,6 +15,7 @@ import { SAMPLING_FAMILIES } from './acceptance.js';
 export { int4Linear } from './int4Matmul.js';
 export { denseLinear } from './denseMatmul.js';
 export type { LinearOp, LinearChoice, LinearChoiceInput } from './linearOp.js';
+export { fusedLinear, type FusedLinearOp, type FusedLinearSpec, type RopeAppendEpilogue } from './fusedLinear.js';
 export { pagedAttention, type PagedAttentionParams } from './pagedAttention.js';
 export { kvAppend } from './kvAppend.js';
 export { sampling, argmax } from './sampling.js';
