@@ -3,8 +3,9 @@
 // with fresh inputs, decode steps replayed with the plain forward's bits. Kernel-level conformance
 // runs in the kernel suites ('cpu' and 'cpu-js' in test/backends.ts) and test/cpu-executor.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { kernel, storage } from '../codegen/dsl/index.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
-import { createCpuDevice } from '../src/backend/cpu/index.js';
+import { createCpuDevice, KernelRunError } from '../src/backend/cpu/index.js';
 import { barriersBetween } from '../src/backend/cpu/graph.js';
 import type { Device } from '../src/backend/device.js';
 import { BlockManager } from '../src/kv/blockManager.js';
@@ -77,6 +78,47 @@ describe.each([['wasm', wasm], ['js', js]] as const)('step replay on the %s exec
       expect(() => graph.replay()).toThrow(/destroyed/);
     } finally {
       for (const x of [a, b, c, d, e]) dev.free(x);
+    }
+  });
+});
+
+describe('wasm executor errors', () => {
+  // 2 GiB past the buffer, far past the end of the memory (it holds little here): the store traps.
+  const wild = kernel({
+    name: 'wildStore', workgroupSize: 64, grid: () => 4,
+    bindings: { out: storage('f32', 'read_write') }, uniforms: {},
+    body(k, { out }) { out.set(k.globalId.x.add(0x20000000), 1); },
+  });
+  it('a trapping kernel rejects sync() naming it, queued or replayed in a graph, and the device stays usable', async () => {
+    const out = wasm.alloc('f32', 256, 'out');
+    try {
+      wasm.launch(wild, { out }, {});
+      const e = await wasm.sync().catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(KernelRunError);
+      expect(String(e)).toMatch(/kernel 'wildStore' failed on the cpu device .*out of bounds/);
+      // In a replayed step: the other launches' threads are not left waiting at a barrier.
+      const a = wasm.alloc('f32', 64, 'a');
+      const add = vectorAdd({ caps: wasm.caps });
+      wasm.write(a, new Float32Array(64).fill(2));
+      const g = wasm.captureGraph!(() => {
+        wasm.launch(add, { a, b: a, out: a }, { n: 64 });
+        wasm.launch(wild, { out }, {});
+        wasm.launch(add, { a, b: a, out: a }, { n: 64 });
+      });
+      g.replay();
+      const e2 = await wasm.sync().catch((x: unknown) => x);
+      expect(e2).toBeInstanceOf(KernelRunError);
+      expect(String(e2)).toMatch(/wildStore/);
+      await wasm.sync(); // reported once
+      g.destroy();
+      wasm.free(a);
+      const c = wasm.alloc('f32', 64, 'c');
+      wasm.write(c, new Float32Array(64).fill(1.5));
+      wasm.launch(add, { a: c, b: c, out: c }, { n: 64 });
+      expect(Array.from(await wasm.read(c))).toEqual(new Array(64).fill(3));
+      wasm.free(c);
+    } finally {
+      wasm.free(out);
     }
   });
 });
