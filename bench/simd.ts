@@ -1,10 +1,20 @@
 // `npm run bench -- simd`: the cpu's arithmetic peak as WebAssembly reaches it, for the floor in
 // bench/notes/cpu.md (FLOPs per token ÷ this): f32x4 multiply-adds (SIMD128) and scalar f32
 // multiply-adds, 8 independent chains each, in a module built with the kernel emitter's encoder,
-// on one thread. Multiply by the cores for the machine.
+// on one thread. Multiply by the cores for the machine. And the f16 GEMV's core as the wasm
+// executor runs it bit-exactly: f16 weights (two per word) through the f16 → f32 table in
+// memory, `fma` in f64 then rounded to f32, 8 accumulators — ns per weight, best of 30.
 //
 //   npm run bench -- simd [--iterations 20000000]
+import { makeF16 } from '../codegen/dsl/f16.js';
 import { FnBuilder, encodeModule } from '../codegen/emit/wasm-encode.js';
+
+type WasmApi = {
+  Memory: new (d: object) => { buffer: ArrayBuffer };
+  Module: new (b: Uint8Array) => unknown;
+  Instance: new (m: unknown, i: object) => { exports: Record<string, unknown> };
+};
+const W = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
 type Kernel = (n: number) => number;
 
@@ -27,10 +37,39 @@ function module(simd: boolean): Kernel {
   f.get(acc[0]!);
   if (simd) f.simd('f32x4.extract_lane', 0);
   for (const x of acc.slice(1)) { f.get(x); if (simd) f.simd('f32x4.extract_lane', 0); f.op('f32.add'); }
-  const W = (globalThis as unknown as { WebAssembly: { Memory: new (d: object) => unknown; Module: new (b: Uint8Array) => unknown; Instance: new (m: unknown, i: object) => { exports: Record<string, unknown> } } }).WebAssembly;
   const memory = new W.Memory({ initial: 1, maximum: 65536, shared: true });
   const m2 = new W.Module(encodeModule([], [f], { run: 0 }));
   return new W.Instance(m2, { env: { memory } }).exports.run as Kernel;
+}
+
+/** run(n): n words (2n f16 weights at WORDS) × 0.5 into 8 accumulators, as the GEMV's inner loop. */
+function gemvCore(): { run: Kernel; words: number } {
+  const TABLE = 0, WORDS = 1 << 20, NW = 1 << 19;
+  const memory = new W.Memory({ initial: 64, maximum: 65536, shared: true });
+  new Float32Array(memory.buffer, TABLE, 65536).set(makeF16().table);
+  const F = makeF16(), words = new Uint32Array(memory.buffer, WORDS, NW);
+  let s = 12345;
+  const rnd = () => { s = (Math.imul(s, 1103515245) + 12345) >>> 0; return s / 2 ** 32 - 0.5; };
+  for (let i = 0; i < NW; i++) words[i] = (F.bits(rnd() * 0.1) | (F.bits(rnd() * 0.1) << 16)) >>> 0;
+  const f = new FnBuilder(['i32'], ['f32']);
+  const i = f.local('i32'), x = f.local('i32'), acc = Array.from({ length: 8 }, () => f.local('f32'));
+  f.block('done').loop('top');
+  f.get(i).get(0).op('i32.ge_u').brIf('done');
+  for (let j = 0; j < 4; j++) {
+    f.get(i).i32(j).op('i32.add').i32(2).op('i32.shl').mem('i32.load', WORDS).set(x);
+    for (const half of [0, 1]) {
+      const a = acc[2 * j + half]!;
+      f.f64(0.5).get(x);
+      if (half) f.i32(16).op('i32.shr_u'); else f.i32(65535).op('i32.and');
+      f.i32(2).op('i32.shl').mem('f32.load', TABLE).op('f64.promote_f32').op('f64.mul');
+      f.get(a).op('f64.promote_f32').op('f64.add').op('f32.demote_f64').set(a);
+    }
+  }
+  f.get(i).i32(4).op('i32.add').set(i).br('top').end().end(); // i counts words: 4 per step
+  f.get(acc[0]!);
+  for (const a of acc.slice(1)) f.get(a).op('f32.add');
+  const m = new W.Module(encodeModule([], [f], { run: 0 }));
+  return { run: new W.Instance(m, { env: { memory } }).exports.run as Kernel, words: NW };
 }
 
 export async function main(args: string[]): Promise<void> {
@@ -53,4 +92,13 @@ export async function main(args: string[]): Promise<void> {
     }
     console.log(`| ${simd ? 'f32x4 mul + add (SIMD128)' : 'scalar f32 mul + add'} | ${best.toFixed(1)} |`);
   }
+  const core = gemvCore();
+  core.run(1 << 12);
+  let ns = Number.POSITIVE_INFINITY;
+  for (let r = 0; r < 30; r++) {
+    const t0 = performance.now();
+    core.run(core.words);
+    ns = Math.min(ns, ((performance.now() - t0) * 1e6) / (2 * core.words));
+  }
+  console.log(`| f16 GEMV core, bit-exact (table, f64 fma): ${ns.toFixed(2)} ns per weight | ${(2 / ns).toFixed(1)} |`);
 }
