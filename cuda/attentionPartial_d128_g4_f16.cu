@@ -16,7 +16,7 @@
 //   8: tickets atomic<u32>[] read_write, shape [numTiles, numKvHeads]
 // uniforms: numTokens: u32 @0, numSeqs: u32 @4, numKvHeads: u32 @8, numBlocks: u32 @12, maxBlocksPerSeq: u32 @16, numTiles: u32 @20, maxTileChunks: u32 @24, partRows: u32 @28, window: u32 @32, scaleLog2: f32 @36
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 9, padded to 48 bytes)
-// workgroup arrays: qTile: f32[2064], kTile: u32[4288], vTile: u32[4288], scores: f32[1040], rowMax: f32[16], rowSum: f32[16], rowScale: f32[64], rowFrom: u32[64], rowTo: u32[64]
+// workgroup arrays: qTile: f32[2064], kTile: u32[4288], vTile: u32[4288], scores: f32[1280], rowMax: f32[16], rowSum: f32[16], rowScale: f32[64], rowFrom: u32[64], rowTo: u32[64]
 // CUDA ABI: extern "C" attentionPartial(const f32* q, const uint4* kCache, const uint4* vCache, const u32* blockTables, const u32* tiles, f32* partAcc, f32* partMl, f32* out, u32* tickets, attentionPartial_Uniforms u (by value))
 //   attentionPartial_Uniforms: the uniforms above, 40 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
@@ -60,7 +60,7 @@ struct attentionPartial_Uniforms {
   f32 scaleLog2;
 };
 
-extern "C" __global__ void __launch_bounds__(256) attentionPartial(
+extern "C" __global__ void __launch_bounds__(256, 2) attentionPartial(
     const f32* __restrict__ q,
     const uint4* __restrict__ kCache,
     const uint4* __restrict__ vCache,
@@ -74,7 +74,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
   __shared__ f32 qTile[2064];
   __shared__ u32 kTile[4288];
   __shared__ u32 vTile[4288];
-  __shared__ f32 scores[1040];
+  __shared__ f32 scores[1280];
   __shared__ f32 rowMax[16];
   __shared__ f32 rowSum[16];
   __shared__ f32 rowScale[64];
@@ -216,134 +216,73 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
           dot_ = dot_ + qTile[qw] * kh.x;
           dot_ = dot_ + qTile[qw + 1u] * kh.y;
         }
-        scores[e_1 / 64u * 65u + e_1 % 64u] = dot_ * u.scaleLog2;
+        scores[e_1 / 64u * 80u + e_1 % 64u] = dot_ * u.scaleLog2;
       }
     }
     __syncthreads();
-    if (lid < 16u) {
-      const u32 ri_2 = lid / 4u;
-      const u32 slot0 = lid;
-      const u32 bt0 = tb;
+    const u32 smRow0 = (lid >> 5u) * 2u + ((lid & 31u) >> 4u) + 0u;
+    const bool smOk0 = smRow0 < 16u;
+    const u32 smRc0 = min(smRow0, 15u);
+    const u32 smPos0 = lid & 15u;
+    const u32 ri_2 = smRc0 / 4u;
+    const bool wfirst = smPos0 == 0u;
+    f32 wm = -3.402823466e38f;
+    f32 wl = 0.0f;
+    if (wfirst) {
+      wm = rowMax[smRc0];
+      wl = rowSum[smRc0];
+    }
+    const f32 smmax8 = fmaxf(wm, __shfl_xor_sync(0xffffffffu, wm, 8u));
+    const f32 smmax4 = fmaxf(smmax8, __shfl_xor_sync(0xffffffffu, smmax8, 4u));
+    const f32 smmax2 = fmaxf(smmax4, __shfl_xor_sync(0xffffffffu, smmax4, 2u));
+    const f32 smmax1 = fmaxf(smmax2, __shfl_xor_sync(0xffffffffu, smmax2, 1u));
+    wm = smmax1;
+    const f32 smadd8 = wl + __shfl_xor_sync(0xffffffffu, wl, 8u);
+    const f32 smadd4 = smadd8 + __shfl_xor_sync(0xffffffffu, smadd8, 4u);
+    const f32 smadd2 = smadd4 + __shfl_xor_sync(0xffffffffu, smadd4, 2u);
+    const f32 smadd1 = smadd2 + __shfl_xor_sync(0xffffffffu, smadd2, 1u);
+    wl = smadd1;
+    for (u32 wnb = 0u; wnb < 4u; wnb += 1u) {
+      const u32 wbt = tb + wnb * 16u;
       const u32 rEnd_1 = pos0 + ri_2 + 1u;
       const u32 rLo_1 = u.window > 0u && rEnd_1 > u.window ? rEnd_1 - u.window : 0u;
-      const u32 a = max(bt0, rLo_1);
-      const u32 bEnd = min(min(bt0 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a < bEnd) {
-        const u32 sBase = lid * 65u + 0u;
-        const u32 from = a - bt0;
-        const u32 to = bEnd - bt0;
-        f32 mx = -3.402823466e38f;
-        for (u32 p = from; p < to; p += 1u) {
-          mx = fmaxf(mx, scores[sBase + p]);
-        }
-        const f32 mOld = rowMax[lid];
-        const f32 mNew = fmaxf(mOld, mx);
-        const f32 alpha = mNew == mOld ? 1.0f : exp2f(mOld - mNew);
-        f32 psum = 0.0f;
-        for (u32 p_1 = from; p_1 < to; p_1 += 1u) {
-          const f32 pv = exp2f(scores[sBase + p_1] - mNew);
-          scores[sBase + p_1] = pv;
-          psum = psum + pv;
-        }
-        rowSum[lid] = rowSum[lid] * alpha + psum;
-        rowMax[lid] = mNew;
-        rowScale[slot0] = alpha;
-        rowFrom[slot0] = from;
-        rowTo[slot0] = to;
-      } else {
-        rowFrom[slot0] = 0u;
-        rowTo[slot0] = 0u;
+      const u32 wa = max(wbt, rLo_1);
+      const u32 wEnd = min(min(wbt + 16u, rEnd_1), tTo);
+      const u32 wpos = wbt + smPos0;
+      const bool wlive = smOk0 && ri_2 < nTok && wpos >= wa && wpos < wEnd;
+      const u32 wat = smRc0 * 80u + wnb * 16u + smPos0;
+      f32 ws = -3.402823466e38f;
+      if (wlive) {
+        ws = scores[wat];
       }
-      const u32 slot1 = lid + 16u;
-      const u32 bt1 = tb + 16u;
-      const u32 a_1 = max(bt1, rLo_1);
-      const u32 bEnd_1 = min(min(bt1 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a_1 < bEnd_1) {
-        const u32 sBase_1 = lid * 65u + 16u;
-        const u32 from_1 = a_1 - bt1;
-        const u32 to_1 = bEnd_1 - bt1;
-        f32 mx_1 = -3.402823466e38f;
-        for (u32 p_2 = from_1; p_2 < to_1; p_2 += 1u) {
-          mx_1 = fmaxf(mx_1, scores[sBase_1 + p_2]);
-        }
-        const f32 mOld_1 = rowMax[lid];
-        const f32 mNew_1 = fmaxf(mOld_1, mx_1);
-        const f32 alpha_1 = mNew_1 == mOld_1 ? 1.0f : exp2f(mOld_1 - mNew_1);
-        f32 psum_1 = 0.0f;
-        for (u32 p_3 = from_1; p_3 < to_1; p_3 += 1u) {
-          const f32 pv_1 = exp2f(scores[sBase_1 + p_3] - mNew_1);
-          scores[sBase_1 + p_3] = pv_1;
-          psum_1 = psum_1 + pv_1;
-        }
-        rowSum[lid] = rowSum[lid] * alpha_1 + psum_1;
-        rowMax[lid] = mNew_1;
-        rowScale[slot1] = alpha_1;
-        rowFrom[slot1] = from_1;
-        rowTo[slot1] = to_1;
-      } else {
-        rowFrom[slot1] = 0u;
-        rowTo[slot1] = 0u;
+      const f32 smmax8_1 = fmaxf(ws, __shfl_xor_sync(0xffffffffu, ws, 8u));
+      const f32 smmax4_1 = fmaxf(smmax8_1, __shfl_xor_sync(0xffffffffu, smmax8_1, 4u));
+      const f32 smmax2_1 = fmaxf(smmax4_1, __shfl_xor_sync(0xffffffffu, smmax4_1, 2u));
+      const f32 smmax1_1 = fmaxf(smmax2_1, __shfl_xor_sync(0xffffffffu, smmax2_1, 1u));
+      const f32 wmNew = fmaxf(wm, smmax1_1);
+      const f32 walpha = wmNew == wm ? 1.0f : exp2f(wm - wmNew);
+      f32 wpv = 0.0f;
+      if (wlive) {
+        wpv = exp2f(ws - wmNew);
+        scores[wat] = wpv;
       }
-      const u32 slot2 = lid + 32u;
-      const u32 bt2 = tb + 32u;
-      const u32 a_2 = max(bt2, rLo_1);
-      const u32 bEnd_2 = min(min(bt2 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a_2 < bEnd_2) {
-        const u32 sBase_2 = lid * 65u + 32u;
-        const u32 from_2 = a_2 - bt2;
-        const u32 to_2 = bEnd_2 - bt2;
-        f32 mx_2 = -3.402823466e38f;
-        for (u32 p_4 = from_2; p_4 < to_2; p_4 += 1u) {
-          mx_2 = fmaxf(mx_2, scores[sBase_2 + p_4]);
-        }
-        const f32 mOld_2 = rowMax[lid];
-        const f32 mNew_2 = fmaxf(mOld_2, mx_2);
-        const f32 alpha_2 = mNew_2 == mOld_2 ? 1.0f : exp2f(mOld_2 - mNew_2);
-        f32 psum_2 = 0.0f;
-        for (u32 p_5 = from_2; p_5 < to_2; p_5 += 1u) {
-          const f32 pv_2 = exp2f(scores[sBase_2 + p_5] - mNew_2);
-          scores[sBase_2 + p_5] = pv_2;
-          psum_2 = psum_2 + pv_2;
-        }
-        rowSum[lid] = rowSum[lid] * alpha_2 + psum_2;
-        rowMax[lid] = mNew_2;
-        rowScale[slot2] = alpha_2;
-        rowFrom[slot2] = from_2;
-        rowTo[slot2] = to_2;
-      } else {
-        rowFrom[slot2] = 0u;
-        rowTo[slot2] = 0u;
+      const f32 smadd8_1 = wpv + __shfl_xor_sync(0xffffffffu, wpv, 8u);
+      const f32 smadd4_1 = smadd8_1 + __shfl_xor_sync(0xffffffffu, smadd8_1, 4u);
+      const f32 smadd2_1 = smadd4_1 + __shfl_xor_sync(0xffffffffu, smadd4_1, 2u);
+      const f32 smadd1_1 = smadd2_1 + __shfl_xor_sync(0xffffffffu, smadd2_1, 1u);
+      wl = wl * walpha + smadd1_1;
+      wm = wmNew;
+      if (wfirst && smOk0) {
+        const u32 wslot = smRc0 + wnb * 16u;
+        const bool wany = ri_2 < nTok && wa < wEnd;
+        rowScale[wslot] = walpha;
+        rowFrom[wslot] = wany ? wa - wbt : 0u;
+        rowTo[wslot] = wany ? wEnd - wbt : 0u;
       }
-      const u32 slot3 = lid + 48u;
-      const u32 bt3 = tb + 48u;
-      const u32 a_3 = max(bt3, rLo_1);
-      const u32 bEnd_3 = min(min(bt3 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a_3 < bEnd_3) {
-        const u32 sBase_3 = lid * 65u + 48u;
-        const u32 from_3 = a_3 - bt3;
-        const u32 to_3 = bEnd_3 - bt3;
-        f32 mx_3 = -3.402823466e38f;
-        for (u32 p_6 = from_3; p_6 < to_3; p_6 += 1u) {
-          mx_3 = fmaxf(mx_3, scores[sBase_3 + p_6]);
-        }
-        const f32 mOld_3 = rowMax[lid];
-        const f32 mNew_3 = fmaxf(mOld_3, mx_3);
-        const f32 alpha_3 = mNew_3 == mOld_3 ? 1.0f : exp2f(mOld_3 - mNew_3);
-        f32 psum_3 = 0.0f;
-        for (u32 p_7 = from_3; p_7 < to_3; p_7 += 1u) {
-          const f32 pv_3 = exp2f(scores[sBase_3 + p_7] - mNew_3);
-          scores[sBase_3 + p_7] = pv_3;
-          psum_3 = psum_3 + pv_3;
-        }
-        rowSum[lid] = rowSum[lid] * alpha_3 + psum_3;
-        rowMax[lid] = mNew_3;
-        rowScale[slot3] = alpha_3;
-        rowFrom[slot3] = from_3;
-        rowTo[slot3] = to_3;
-      } else {
-        rowFrom[slot3] = 0u;
-        rowTo[slot3] = 0u;
-      }
+    }
+    if (wfirst && smOk0) {
+      rowMax[smRc0] = wm;
+      rowSum[smRc0] = wl;
     }
     __syncthreads();
     const u32 pe0 = lid + 0u;
@@ -356,7 +295,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb = rowTo[ps0];
     if (pa < pb) {
       f32 pvs = 0.0f;
-      const u32 psb = pr * 65u + 0u;
+      const u32 psb = pr * 80u + 0u;
       const u32 pvb = pvo;
       for (u32 tt = pa; tt < pb; tt += 1u) {
         const vec2<f32> vh = unpack2x16float(vTile[tt * 67u + pvb]);
@@ -369,7 +308,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_1 = rowTo[ps1];
     if (pa_1 < pb_1) {
       f32 pvs_1 = 0.0f;
-      const u32 psb_1 = pr * 65u + 16u;
+      const u32 psb_1 = pr * 80u + 16u;
       const u32 pvb_1 = pvo + 1072u;
       for (u32 tt_1 = pa_1; tt_1 < pb_1; tt_1 += 1u) {
         const vec2<f32> vh_1 = unpack2x16float(vTile[tt_1 * 67u + pvb_1]);
@@ -382,7 +321,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_2 = rowTo[ps2];
     if (pa_2 < pb_2) {
       f32 pvs_2 = 0.0f;
-      const u32 psb_2 = pr * 65u + 32u;
+      const u32 psb_2 = pr * 80u + 32u;
       const u32 pvb_2 = pvo + 2144u;
       for (u32 tt_2 = pa_2; tt_2 < pb_2; tt_2 += 1u) {
         const vec2<f32> vh_2 = unpack2x16float(vTile[tt_2 * 67u + pvb_2]);
@@ -395,7 +334,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_3 = rowTo[ps3];
     if (pa_3 < pb_3) {
       f32 pvs_3 = 0.0f;
-      const u32 psb_3 = pr * 65u + 48u;
+      const u32 psb_3 = pr * 80u + 48u;
       const u32 pvb_3 = pvo + 3216u;
       for (u32 tt_3 = pa_3; tt_3 < pb_3; tt_3 += 1u) {
         const vec2<f32> vh_3 = unpack2x16float(vTile[tt_3 * 67u + pvb_3]);
@@ -413,7 +352,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_4 = rowTo[ps0_1];
     if (pa_4 < pb_4) {
       f32 pvs_4 = 0.0f;
-      const u32 psb_4 = pr_1 * 65u + 0u;
+      const u32 psb_4 = pr_1 * 80u + 0u;
       const u32 pvb_4 = pvo_1;
       for (u32 tt_4 = pa_4; tt_4 < pb_4; tt_4 += 1u) {
         const vec2<f32> vh_4 = unpack2x16float(vTile[tt_4 * 67u + pvb_4]);
@@ -426,7 +365,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_5 = rowTo[ps1_1];
     if (pa_5 < pb_5) {
       f32 pvs_5 = 0.0f;
-      const u32 psb_5 = pr_1 * 65u + 16u;
+      const u32 psb_5 = pr_1 * 80u + 16u;
       const u32 pvb_5 = pvo_1 + 1072u;
       for (u32 tt_5 = pa_5; tt_5 < pb_5; tt_5 += 1u) {
         const vec2<f32> vh_5 = unpack2x16float(vTile[tt_5 * 67u + pvb_5]);
@@ -439,7 +378,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_6 = rowTo[ps2_1];
     if (pa_6 < pb_6) {
       f32 pvs_6 = 0.0f;
-      const u32 psb_6 = pr_1 * 65u + 32u;
+      const u32 psb_6 = pr_1 * 80u + 32u;
       const u32 pvb_6 = pvo_1 + 2144u;
       for (u32 tt_6 = pa_6; tt_6 < pb_6; tt_6 += 1u) {
         const vec2<f32> vh_6 = unpack2x16float(vTile[tt_6 * 67u + pvb_6]);
@@ -452,7 +391,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_7 = rowTo[ps3_1];
     if (pa_7 < pb_7) {
       f32 pvs_7 = 0.0f;
-      const u32 psb_7 = pr_1 * 65u + 48u;
+      const u32 psb_7 = pr_1 * 80u + 48u;
       const u32 pvb_7 = pvo_1 + 3216u;
       for (u32 tt_7 = pa_7; tt_7 < pb_7; tt_7 += 1u) {
         const vec2<f32> vh_7 = unpack2x16float(vTile[tt_7 * 67u + pvb_7]);
@@ -470,7 +409,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_8 = rowTo[ps0_2];
     if (pa_8 < pb_8) {
       f32 pvs_8 = 0.0f;
-      const u32 psb_8 = pr_2 * 65u + 0u;
+      const u32 psb_8 = pr_2 * 80u + 0u;
       const u32 pvb_8 = pvo_2;
       for (u32 tt_8 = pa_8; tt_8 < pb_8; tt_8 += 1u) {
         const vec2<f32> vh_8 = unpack2x16float(vTile[tt_8 * 67u + pvb_8]);
@@ -483,7 +422,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_9 = rowTo[ps1_2];
     if (pa_9 < pb_9) {
       f32 pvs_9 = 0.0f;
-      const u32 psb_9 = pr_2 * 65u + 16u;
+      const u32 psb_9 = pr_2 * 80u + 16u;
       const u32 pvb_9 = pvo_2 + 1072u;
       for (u32 tt_9 = pa_9; tt_9 < pb_9; tt_9 += 1u) {
         const vec2<f32> vh_9 = unpack2x16float(vTile[tt_9 * 67u + pvb_9]);
@@ -496,7 +435,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_10 = rowTo[ps2_2];
     if (pa_10 < pb_10) {
       f32 pvs_10 = 0.0f;
-      const u32 psb_10 = pr_2 * 65u + 32u;
+      const u32 psb_10 = pr_2 * 80u + 32u;
       const u32 pvb_10 = pvo_2 + 2144u;
       for (u32 tt_10 = pa_10; tt_10 < pb_10; tt_10 += 1u) {
         const vec2<f32> vh_10 = unpack2x16float(vTile[tt_10 * 67u + pvb_10]);
@@ -509,7 +448,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_11 = rowTo[ps3_2];
     if (pa_11 < pb_11) {
       f32 pvs_11 = 0.0f;
-      const u32 psb_11 = pr_2 * 65u + 48u;
+      const u32 psb_11 = pr_2 * 80u + 48u;
       const u32 pvb_11 = pvo_2 + 3216u;
       for (u32 tt_11 = pa_11; tt_11 < pb_11; tt_11 += 1u) {
         const vec2<f32> vh_11 = unpack2x16float(vTile[tt_11 * 67u + pvb_11]);
@@ -527,7 +466,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_12 = rowTo[ps0_3];
     if (pa_12 < pb_12) {
       f32 pvs_12 = 0.0f;
-      const u32 psb_12 = pr_3 * 65u + 0u;
+      const u32 psb_12 = pr_3 * 80u + 0u;
       const u32 pvb_12 = pvo_3;
       for (u32 tt_12 = pa_12; tt_12 < pb_12; tt_12 += 1u) {
         const vec2<f32> vh_12 = unpack2x16float(vTile[tt_12 * 67u + pvb_12]);
@@ -540,7 +479,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_13 = rowTo[ps1_3];
     if (pa_13 < pb_13) {
       f32 pvs_13 = 0.0f;
-      const u32 psb_13 = pr_3 * 65u + 16u;
+      const u32 psb_13 = pr_3 * 80u + 16u;
       const u32 pvb_13 = pvo_3 + 1072u;
       for (u32 tt_13 = pa_13; tt_13 < pb_13; tt_13 += 1u) {
         const vec2<f32> vh_13 = unpack2x16float(vTile[tt_13 * 67u + pvb_13]);
@@ -553,7 +492,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_14 = rowTo[ps2_3];
     if (pa_14 < pb_14) {
       f32 pvs_14 = 0.0f;
-      const u32 psb_14 = pr_3 * 65u + 32u;
+      const u32 psb_14 = pr_3 * 80u + 32u;
       const u32 pvb_14 = pvo_3 + 2144u;
       for (u32 tt_14 = pa_14; tt_14 < pb_14; tt_14 += 1u) {
         const vec2<f32> vh_14 = unpack2x16float(vTile[tt_14 * 67u + pvb_14]);
@@ -566,7 +505,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_15 = rowTo[ps3_3];
     if (pa_15 < pb_15) {
       f32 pvs_15 = 0.0f;
-      const u32 psb_15 = pr_3 * 65u + 48u;
+      const u32 psb_15 = pr_3 * 80u + 48u;
       const u32 pvb_15 = pvo_3 + 3216u;
       for (u32 tt_15 = pa_15; tt_15 < pb_15; tt_15 += 1u) {
         const vec2<f32> vh_15 = unpack2x16float(vTile[tt_15 * 67u + pvb_15]);
@@ -584,7 +523,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_16 = rowTo[ps0_4];
     if (pa_16 < pb_16) {
       f32 pvs_16 = 0.0f;
-      const u32 psb_16 = pr_4 * 65u + 0u;
+      const u32 psb_16 = pr_4 * 80u + 0u;
       const u32 pvb_16 = pvo_4;
       for (u32 tt_16 = pa_16; tt_16 < pb_16; tt_16 += 1u) {
         const vec2<f32> vh_16 = unpack2x16float(vTile[tt_16 * 67u + pvb_16]);
@@ -597,7 +536,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_17 = rowTo[ps1_4];
     if (pa_17 < pb_17) {
       f32 pvs_17 = 0.0f;
-      const u32 psb_17 = pr_4 * 65u + 16u;
+      const u32 psb_17 = pr_4 * 80u + 16u;
       const u32 pvb_17 = pvo_4 + 1072u;
       for (u32 tt_17 = pa_17; tt_17 < pb_17; tt_17 += 1u) {
         const vec2<f32> vh_17 = unpack2x16float(vTile[tt_17 * 67u + pvb_17]);
@@ -610,7 +549,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_18 = rowTo[ps2_4];
     if (pa_18 < pb_18) {
       f32 pvs_18 = 0.0f;
-      const u32 psb_18 = pr_4 * 65u + 32u;
+      const u32 psb_18 = pr_4 * 80u + 32u;
       const u32 pvb_18 = pvo_4 + 2144u;
       for (u32 tt_18 = pa_18; tt_18 < pb_18; tt_18 += 1u) {
         const vec2<f32> vh_18 = unpack2x16float(vTile[tt_18 * 67u + pvb_18]);
@@ -623,7 +562,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_19 = rowTo[ps3_4];
     if (pa_19 < pb_19) {
       f32 pvs_19 = 0.0f;
-      const u32 psb_19 = pr_4 * 65u + 48u;
+      const u32 psb_19 = pr_4 * 80u + 48u;
       const u32 pvb_19 = pvo_4 + 3216u;
       for (u32 tt_19 = pa_19; tt_19 < pb_19; tt_19 += 1u) {
         const vec2<f32> vh_19 = unpack2x16float(vTile[tt_19 * 67u + pvb_19]);
@@ -641,7 +580,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_20 = rowTo[ps0_5];
     if (pa_20 < pb_20) {
       f32 pvs_20 = 0.0f;
-      const u32 psb_20 = pr_5 * 65u + 0u;
+      const u32 psb_20 = pr_5 * 80u + 0u;
       const u32 pvb_20 = pvo_5;
       for (u32 tt_20 = pa_20; tt_20 < pb_20; tt_20 += 1u) {
         const vec2<f32> vh_20 = unpack2x16float(vTile[tt_20 * 67u + pvb_20]);
@@ -654,7 +593,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_21 = rowTo[ps1_5];
     if (pa_21 < pb_21) {
       f32 pvs_21 = 0.0f;
-      const u32 psb_21 = pr_5 * 65u + 16u;
+      const u32 psb_21 = pr_5 * 80u + 16u;
       const u32 pvb_21 = pvo_5 + 1072u;
       for (u32 tt_21 = pa_21; tt_21 < pb_21; tt_21 += 1u) {
         const vec2<f32> vh_21 = unpack2x16float(vTile[tt_21 * 67u + pvb_21]);
@@ -667,7 +606,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_22 = rowTo[ps2_5];
     if (pa_22 < pb_22) {
       f32 pvs_22 = 0.0f;
-      const u32 psb_22 = pr_5 * 65u + 32u;
+      const u32 psb_22 = pr_5 * 80u + 32u;
       const u32 pvb_22 = pvo_5 + 2144u;
       for (u32 tt_22 = pa_22; tt_22 < pb_22; tt_22 += 1u) {
         const vec2<f32> vh_22 = unpack2x16float(vTile[tt_22 * 67u + pvb_22]);
@@ -680,7 +619,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_23 = rowTo[ps3_5];
     if (pa_23 < pb_23) {
       f32 pvs_23 = 0.0f;
-      const u32 psb_23 = pr_5 * 65u + 48u;
+      const u32 psb_23 = pr_5 * 80u + 48u;
       const u32 pvb_23 = pvo_5 + 3216u;
       for (u32 tt_23 = pa_23; tt_23 < pb_23; tt_23 += 1u) {
         const vec2<f32> vh_23 = unpack2x16float(vTile[tt_23 * 67u + pvb_23]);
@@ -698,7 +637,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_24 = rowTo[ps0_6];
     if (pa_24 < pb_24) {
       f32 pvs_24 = 0.0f;
-      const u32 psb_24 = pr_6 * 65u + 0u;
+      const u32 psb_24 = pr_6 * 80u + 0u;
       const u32 pvb_24 = pvo_6;
       for (u32 tt_24 = pa_24; tt_24 < pb_24; tt_24 += 1u) {
         const vec2<f32> vh_24 = unpack2x16float(vTile[tt_24 * 67u + pvb_24]);
@@ -711,7 +650,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_25 = rowTo[ps1_6];
     if (pa_25 < pb_25) {
       f32 pvs_25 = 0.0f;
-      const u32 psb_25 = pr_6 * 65u + 16u;
+      const u32 psb_25 = pr_6 * 80u + 16u;
       const u32 pvb_25 = pvo_6 + 1072u;
       for (u32 tt_25 = pa_25; tt_25 < pb_25; tt_25 += 1u) {
         const vec2<f32> vh_25 = unpack2x16float(vTile[tt_25 * 67u + pvb_25]);
@@ -724,7 +663,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_26 = rowTo[ps2_6];
     if (pa_26 < pb_26) {
       f32 pvs_26 = 0.0f;
-      const u32 psb_26 = pr_6 * 65u + 32u;
+      const u32 psb_26 = pr_6 * 80u + 32u;
       const u32 pvb_26 = pvo_6 + 2144u;
       for (u32 tt_26 = pa_26; tt_26 < pb_26; tt_26 += 1u) {
         const vec2<f32> vh_26 = unpack2x16float(vTile[tt_26 * 67u + pvb_26]);
@@ -737,7 +676,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_27 = rowTo[ps3_6];
     if (pa_27 < pb_27) {
       f32 pvs_27 = 0.0f;
-      const u32 psb_27 = pr_6 * 65u + 48u;
+      const u32 psb_27 = pr_6 * 80u + 48u;
       const u32 pvb_27 = pvo_6 + 3216u;
       for (u32 tt_27 = pa_27; tt_27 < pb_27; tt_27 += 1u) {
         const vec2<f32> vh_27 = unpack2x16float(vTile[tt_27 * 67u + pvb_27]);
@@ -755,7 +694,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_28 = rowTo[ps0_7];
     if (pa_28 < pb_28) {
       f32 pvs_28 = 0.0f;
-      const u32 psb_28 = pr_7 * 65u + 0u;
+      const u32 psb_28 = pr_7 * 80u + 0u;
       const u32 pvb_28 = pvo_7;
       for (u32 tt_28 = pa_28; tt_28 < pb_28; tt_28 += 1u) {
         const vec2<f32> vh_28 = unpack2x16float(vTile[tt_28 * 67u + pvb_28]);
@@ -768,7 +707,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_29 = rowTo[ps1_7];
     if (pa_29 < pb_29) {
       f32 pvs_29 = 0.0f;
-      const u32 psb_29 = pr_7 * 65u + 16u;
+      const u32 psb_29 = pr_7 * 80u + 16u;
       const u32 pvb_29 = pvo_7 + 1072u;
       for (u32 tt_29 = pa_29; tt_29 < pb_29; tt_29 += 1u) {
         const vec2<f32> vh_29 = unpack2x16float(vTile[tt_29 * 67u + pvb_29]);
@@ -781,7 +720,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_30 = rowTo[ps2_7];
     if (pa_30 < pb_30) {
       f32 pvs_30 = 0.0f;
-      const u32 psb_30 = pr_7 * 65u + 32u;
+      const u32 psb_30 = pr_7 * 80u + 32u;
       const u32 pvb_30 = pvo_7 + 2144u;
       for (u32 tt_30 = pa_30; tt_30 < pb_30; tt_30 += 1u) {
         const vec2<f32> vh_30 = unpack2x16float(vTile[tt_30 * 67u + pvb_30]);
@@ -794,7 +733,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_31 = rowTo[ps3_7];
     if (pa_31 < pb_31) {
       f32 pvs_31 = 0.0f;
-      const u32 psb_31 = pr_7 * 65u + 48u;
+      const u32 psb_31 = pr_7 * 80u + 48u;
       const u32 pvb_31 = pvo_7 + 3216u;
       for (u32 tt_31 = pa_31; tt_31 < pb_31; tt_31 += 1u) {
         const vec2<f32> vh_31 = unpack2x16float(vTile[tt_31 * 67u + pvb_31]);

@@ -16,7 +16,7 @@
 //   8: tickets atomic<u32>[] read_write, shape [numTiles, numKvHeads]
 // uniforms: numTokens: u32 @0, numSeqs: u32 @4, numKvHeads: u32 @8, numBlocks: u32 @12, maxBlocksPerSeq: u32 @16, numTiles: u32 @20, maxTileChunks: u32 @24, partRows: u32 @28, window: u32 @32, scaleLog2: f32 @36
 //   (4-byte scalars in this order; WGSL: one uniform block at binding 9, padded to 48 bytes)
-// workgroup arrays: qTile: f32[2064], kvTile: f32[8384], scores: f32[1040], rowMax: f32[16], rowSum: f32[16], rowScale: f32[64], rowFrom: u32[64], rowTo: u32[64]
+// workgroup arrays: qTile: f32[2064], kvTile: f32[8384], scores: f32[1280], rowMax: f32[16], rowSum: f32[16], rowScale: f32[64], rowFrom: u32[64], rowTo: u32[64]
 // CUDA ABI: extern "C" attentionPartial(const f32* q, const float4* kCache, const float4* vCache, const u32* blockTables, const u32* tiles, f32* partAcc, f32* partMl, f32* out, u32* tickets, attentionPartial_Uniforms u (by value))
 //   attentionPartial_Uniforms: the uniforms above, 40 bytes, no padding
 //   blockDim = 256 x 1 x 1, gridDim = the launch above, no dynamic shared memory
@@ -52,7 +52,7 @@ struct attentionPartial_Uniforms {
   f32 scaleLog2;
 };
 
-extern "C" __global__ void __launch_bounds__(256) attentionPartial(
+extern "C" __global__ void __launch_bounds__(256, 2) attentionPartial(
     const f32* __restrict__ q,
     const float4* __restrict__ kCache,
     const float4* __restrict__ vCache,
@@ -65,7 +65,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const attentionPartial_Uniforms u) {
   __shared__ f32 qTile[2064];
   __shared__ f32 kvTile[8384];
-  __shared__ f32 scores[1040];
+  __shared__ f32 scores[1280];
   __shared__ f32 rowMax[16];
   __shared__ f32 rowSum[16];
   __shared__ f32 rowScale[64];
@@ -240,134 +240,73 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
         for (u32 c = 0u; c < 128u; c += 1u) {
           dot_ = dot_ + qTile[qBase + c] * kvTile[kBase + (c + (c >> 5u) * 1u)];
         }
-        scores[e_1 / 64u * 65u + e_1 % 64u] = dot_ * u.scaleLog2;
+        scores[e_1 / 64u * 80u + e_1 % 64u] = dot_ * u.scaleLog2;
       }
     }
     __syncthreads();
-    if (lid < 16u) {
-      const u32 ri_2 = lid / 4u;
-      const u32 slot0 = lid;
-      const u32 bt0 = tb;
+    const u32 smRow0 = (lid >> 5u) * 2u + ((lid & 31u) >> 4u) + 0u;
+    const bool smOk0 = smRow0 < 16u;
+    const u32 smRc0 = min(smRow0, 15u);
+    const u32 smPos0 = lid & 15u;
+    const u32 ri_2 = smRc0 / 4u;
+    const bool wfirst = smPos0 == 0u;
+    f32 wm = -3.402823466e38f;
+    f32 wl = 0.0f;
+    if (wfirst) {
+      wm = rowMax[smRc0];
+      wl = rowSum[smRc0];
+    }
+    const f32 smmax8 = fmaxf(wm, __shfl_xor_sync(0xffffffffu, wm, 8u));
+    const f32 smmax4 = fmaxf(smmax8, __shfl_xor_sync(0xffffffffu, smmax8, 4u));
+    const f32 smmax2 = fmaxf(smmax4, __shfl_xor_sync(0xffffffffu, smmax4, 2u));
+    const f32 smmax1 = fmaxf(smmax2, __shfl_xor_sync(0xffffffffu, smmax2, 1u));
+    wm = smmax1;
+    const f32 smadd8 = wl + __shfl_xor_sync(0xffffffffu, wl, 8u);
+    const f32 smadd4 = smadd8 + __shfl_xor_sync(0xffffffffu, smadd8, 4u);
+    const f32 smadd2 = smadd4 + __shfl_xor_sync(0xffffffffu, smadd4, 2u);
+    const f32 smadd1 = smadd2 + __shfl_xor_sync(0xffffffffu, smadd2, 1u);
+    wl = smadd1;
+    for (u32 wnb = 0u; wnb < 4u; wnb += 1u) {
+      const u32 wbt = tb + wnb * 16u;
       const u32 rEnd_1 = pos0 + ri_2 + 1u;
       const u32 rLo_1 = u.window > 0u && rEnd_1 > u.window ? rEnd_1 - u.window : 0u;
-      const u32 a = max(bt0, rLo_1);
-      const u32 bEnd = min(min(bt0 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a < bEnd) {
-        const u32 sBase = lid * 65u + 0u;
-        const u32 from = a - bt0;
-        const u32 to = bEnd - bt0;
-        f32 mx = -3.402823466e38f;
-        for (u32 p = from; p < to; p += 1u) {
-          mx = fmaxf(mx, scores[sBase + p]);
-        }
-        const f32 mOld = rowMax[lid];
-        const f32 mNew = fmaxf(mOld, mx);
-        const f32 alpha = mNew == mOld ? 1.0f : exp2f(mOld - mNew);
-        f32 psum = 0.0f;
-        for (u32 p_1 = from; p_1 < to; p_1 += 1u) {
-          const f32 pv = exp2f(scores[sBase + p_1] - mNew);
-          scores[sBase + p_1] = pv;
-          psum = psum + pv;
-        }
-        rowSum[lid] = rowSum[lid] * alpha + psum;
-        rowMax[lid] = mNew;
-        rowScale[slot0] = alpha;
-        rowFrom[slot0] = from;
-        rowTo[slot0] = to;
-      } else {
-        rowFrom[slot0] = 0u;
-        rowTo[slot0] = 0u;
+      const u32 wa = max(wbt, rLo_1);
+      const u32 wEnd = min(min(wbt + 16u, rEnd_1), tTo);
+      const u32 wpos = wbt + smPos0;
+      const bool wlive = smOk0 && ri_2 < nTok && wpos >= wa && wpos < wEnd;
+      const u32 wat = smRc0 * 80u + wnb * 16u + smPos0;
+      f32 ws = -3.402823466e38f;
+      if (wlive) {
+        ws = scores[wat];
       }
-      const u32 slot1 = lid + 16u;
-      const u32 bt1 = tb + 16u;
-      const u32 a_1 = max(bt1, rLo_1);
-      const u32 bEnd_1 = min(min(bt1 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a_1 < bEnd_1) {
-        const u32 sBase_1 = lid * 65u + 16u;
-        const u32 from_1 = a_1 - bt1;
-        const u32 to_1 = bEnd_1 - bt1;
-        f32 mx_1 = -3.402823466e38f;
-        for (u32 p_2 = from_1; p_2 < to_1; p_2 += 1u) {
-          mx_1 = fmaxf(mx_1, scores[sBase_1 + p_2]);
-        }
-        const f32 mOld_1 = rowMax[lid];
-        const f32 mNew_1 = fmaxf(mOld_1, mx_1);
-        const f32 alpha_1 = mNew_1 == mOld_1 ? 1.0f : exp2f(mOld_1 - mNew_1);
-        f32 psum_1 = 0.0f;
-        for (u32 p_3 = from_1; p_3 < to_1; p_3 += 1u) {
-          const f32 pv_1 = exp2f(scores[sBase_1 + p_3] - mNew_1);
-          scores[sBase_1 + p_3] = pv_1;
-          psum_1 = psum_1 + pv_1;
-        }
-        rowSum[lid] = rowSum[lid] * alpha_1 + psum_1;
-        rowMax[lid] = mNew_1;
-        rowScale[slot1] = alpha_1;
-        rowFrom[slot1] = from_1;
-        rowTo[slot1] = to_1;
-      } else {
-        rowFrom[slot1] = 0u;
-        rowTo[slot1] = 0u;
+      const f32 smmax8_1 = fmaxf(ws, __shfl_xor_sync(0xffffffffu, ws, 8u));
+      const f32 smmax4_1 = fmaxf(smmax8_1, __shfl_xor_sync(0xffffffffu, smmax8_1, 4u));
+      const f32 smmax2_1 = fmaxf(smmax4_1, __shfl_xor_sync(0xffffffffu, smmax4_1, 2u));
+      const f32 smmax1_1 = fmaxf(smmax2_1, __shfl_xor_sync(0xffffffffu, smmax2_1, 1u));
+      const f32 wmNew = fmaxf(wm, smmax1_1);
+      const f32 walpha = wmNew == wm ? 1.0f : exp2f(wm - wmNew);
+      f32 wpv = 0.0f;
+      if (wlive) {
+        wpv = exp2f(ws - wmNew);
+        scores[wat] = wpv;
       }
-      const u32 slot2 = lid + 32u;
-      const u32 bt2 = tb + 32u;
-      const u32 a_2 = max(bt2, rLo_1);
-      const u32 bEnd_2 = min(min(bt2 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a_2 < bEnd_2) {
-        const u32 sBase_2 = lid * 65u + 32u;
-        const u32 from_2 = a_2 - bt2;
-        const u32 to_2 = bEnd_2 - bt2;
-        f32 mx_2 = -3.402823466e38f;
-        for (u32 p_4 = from_2; p_4 < to_2; p_4 += 1u) {
-          mx_2 = fmaxf(mx_2, scores[sBase_2 + p_4]);
-        }
-        const f32 mOld_2 = rowMax[lid];
-        const f32 mNew_2 = fmaxf(mOld_2, mx_2);
-        const f32 alpha_2 = mNew_2 == mOld_2 ? 1.0f : exp2f(mOld_2 - mNew_2);
-        f32 psum_2 = 0.0f;
-        for (u32 p_5 = from_2; p_5 < to_2; p_5 += 1u) {
-          const f32 pv_2 = exp2f(scores[sBase_2 + p_5] - mNew_2);
-          scores[sBase_2 + p_5] = pv_2;
-          psum_2 = psum_2 + pv_2;
-        }
-        rowSum[lid] = rowSum[lid] * alpha_2 + psum_2;
-        rowMax[lid] = mNew_2;
-        rowScale[slot2] = alpha_2;
-        rowFrom[slot2] = from_2;
-        rowTo[slot2] = to_2;
-      } else {
-        rowFrom[slot2] = 0u;
-        rowTo[slot2] = 0u;
+      const f32 smadd8_1 = wpv + __shfl_xor_sync(0xffffffffu, wpv, 8u);
+      const f32 smadd4_1 = smadd8_1 + __shfl_xor_sync(0xffffffffu, smadd8_1, 4u);
+      const f32 smadd2_1 = smadd4_1 + __shfl_xor_sync(0xffffffffu, smadd4_1, 2u);
+      const f32 smadd1_1 = smadd2_1 + __shfl_xor_sync(0xffffffffu, smadd2_1, 1u);
+      wl = wl * walpha + smadd1_1;
+      wm = wmNew;
+      if (wfirst && smOk0) {
+        const u32 wslot = smRc0 + wnb * 16u;
+        const bool wany = ri_2 < nTok && wa < wEnd;
+        rowScale[wslot] = walpha;
+        rowFrom[wslot] = wany ? wa - wbt : 0u;
+        rowTo[wslot] = wany ? wEnd - wbt : 0u;
       }
-      const u32 slot3 = lid + 48u;
-      const u32 bt3 = tb + 48u;
-      const u32 a_3 = max(bt3, rLo_1);
-      const u32 bEnd_3 = min(min(bt3 + 16u, rEnd_1), tTo);
-      if (ri_2 < nTok && a_3 < bEnd_3) {
-        const u32 sBase_3 = lid * 65u + 48u;
-        const u32 from_3 = a_3 - bt3;
-        const u32 to_3 = bEnd_3 - bt3;
-        f32 mx_3 = -3.402823466e38f;
-        for (u32 p_6 = from_3; p_6 < to_3; p_6 += 1u) {
-          mx_3 = fmaxf(mx_3, scores[sBase_3 + p_6]);
-        }
-        const f32 mOld_3 = rowMax[lid];
-        const f32 mNew_3 = fmaxf(mOld_3, mx_3);
-        const f32 alpha_3 = mNew_3 == mOld_3 ? 1.0f : exp2f(mOld_3 - mNew_3);
-        f32 psum_3 = 0.0f;
-        for (u32 p_7 = from_3; p_7 < to_3; p_7 += 1u) {
-          const f32 pv_3 = exp2f(scores[sBase_3 + p_7] - mNew_3);
-          scores[sBase_3 + p_7] = pv_3;
-          psum_3 = psum_3 + pv_3;
-        }
-        rowSum[lid] = rowSum[lid] * alpha_3 + psum_3;
-        rowMax[lid] = mNew_3;
-        rowScale[slot3] = alpha_3;
-        rowFrom[slot3] = from_3;
-        rowTo[slot3] = to_3;
-      } else {
-        rowFrom[slot3] = 0u;
-        rowTo[slot3] = 0u;
-      }
+    }
+    if (wfirst && smOk0) {
+      rowMax[smRc0] = wm;
+      rowSum[smRc0] = wl;
     }
     __syncthreads();
     const u32 le0_1 = lid + 0u;
@@ -492,7 +431,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb = rowTo[ps0];
     if (pa < pb) {
       f32 pvs = 0.0f;
-      const u32 psb = pr * 65u + 0u;
+      const u32 psb = pr * 80u + 0u;
       const u32 pvb = pvo;
       for (u32 tt = pa; tt < pb; tt += 1u) {
         pvs = pvs + scores[psb + tt] * kvTile[tt * 131u + pvb];
@@ -504,7 +443,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_1 = rowTo[ps1];
     if (pa_1 < pb_1) {
       f32 pvs_1 = 0.0f;
-      const u32 psb_1 = pr * 65u + 16u;
+      const u32 psb_1 = pr * 80u + 16u;
       const u32 pvb_1 = pvo + 2096u;
       for (u32 tt_1 = pa_1; tt_1 < pb_1; tt_1 += 1u) {
         pvs_1 = pvs_1 + scores[psb_1 + tt_1] * kvTile[tt_1 * 131u + pvb_1];
@@ -516,7 +455,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_2 = rowTo[ps2];
     if (pa_2 < pb_2) {
       f32 pvs_2 = 0.0f;
-      const u32 psb_2 = pr * 65u + 32u;
+      const u32 psb_2 = pr * 80u + 32u;
       const u32 pvb_2 = pvo + 4192u;
       for (u32 tt_2 = pa_2; tt_2 < pb_2; tt_2 += 1u) {
         pvs_2 = pvs_2 + scores[psb_2 + tt_2] * kvTile[tt_2 * 131u + pvb_2];
@@ -528,7 +467,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_3 = rowTo[ps3];
     if (pa_3 < pb_3) {
       f32 pvs_3 = 0.0f;
-      const u32 psb_3 = pr * 65u + 48u;
+      const u32 psb_3 = pr * 80u + 48u;
       const u32 pvb_3 = pvo + 6288u;
       for (u32 tt_3 = pa_3; tt_3 < pb_3; tt_3 += 1u) {
         pvs_3 = pvs_3 + scores[psb_3 + tt_3] * kvTile[tt_3 * 131u + pvb_3];
@@ -544,7 +483,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_4 = rowTo[ps0_1];
     if (pa_4 < pb_4) {
       f32 pvs_4 = 0.0f;
-      const u32 psb_4 = pr_1 * 65u + 0u;
+      const u32 psb_4 = pr_1 * 80u + 0u;
       const u32 pvb_4 = pvo_1;
       for (u32 tt_4 = pa_4; tt_4 < pb_4; tt_4 += 1u) {
         pvs_4 = pvs_4 + scores[psb_4 + tt_4] * kvTile[tt_4 * 131u + pvb_4];
@@ -556,7 +495,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_5 = rowTo[ps1_1];
     if (pa_5 < pb_5) {
       f32 pvs_5 = 0.0f;
-      const u32 psb_5 = pr_1 * 65u + 16u;
+      const u32 psb_5 = pr_1 * 80u + 16u;
       const u32 pvb_5 = pvo_1 + 2096u;
       for (u32 tt_5 = pa_5; tt_5 < pb_5; tt_5 += 1u) {
         pvs_5 = pvs_5 + scores[psb_5 + tt_5] * kvTile[tt_5 * 131u + pvb_5];
@@ -568,7 +507,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_6 = rowTo[ps2_1];
     if (pa_6 < pb_6) {
       f32 pvs_6 = 0.0f;
-      const u32 psb_6 = pr_1 * 65u + 32u;
+      const u32 psb_6 = pr_1 * 80u + 32u;
       const u32 pvb_6 = pvo_1 + 4192u;
       for (u32 tt_6 = pa_6; tt_6 < pb_6; tt_6 += 1u) {
         pvs_6 = pvs_6 + scores[psb_6 + tt_6] * kvTile[tt_6 * 131u + pvb_6];
@@ -580,7 +519,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_7 = rowTo[ps3_1];
     if (pa_7 < pb_7) {
       f32 pvs_7 = 0.0f;
-      const u32 psb_7 = pr_1 * 65u + 48u;
+      const u32 psb_7 = pr_1 * 80u + 48u;
       const u32 pvb_7 = pvo_1 + 6288u;
       for (u32 tt_7 = pa_7; tt_7 < pb_7; tt_7 += 1u) {
         pvs_7 = pvs_7 + scores[psb_7 + tt_7] * kvTile[tt_7 * 131u + pvb_7];
@@ -596,7 +535,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_8 = rowTo[ps0_2];
     if (pa_8 < pb_8) {
       f32 pvs_8 = 0.0f;
-      const u32 psb_8 = pr_2 * 65u + 0u;
+      const u32 psb_8 = pr_2 * 80u + 0u;
       const u32 pvb_8 = pvo_2;
       for (u32 tt_8 = pa_8; tt_8 < pb_8; tt_8 += 1u) {
         pvs_8 = pvs_8 + scores[psb_8 + tt_8] * kvTile[tt_8 * 131u + pvb_8];
@@ -608,7 +547,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_9 = rowTo[ps1_2];
     if (pa_9 < pb_9) {
       f32 pvs_9 = 0.0f;
-      const u32 psb_9 = pr_2 * 65u + 16u;
+      const u32 psb_9 = pr_2 * 80u + 16u;
       const u32 pvb_9 = pvo_2 + 2096u;
       for (u32 tt_9 = pa_9; tt_9 < pb_9; tt_9 += 1u) {
         pvs_9 = pvs_9 + scores[psb_9 + tt_9] * kvTile[tt_9 * 131u + pvb_9];
@@ -620,7 +559,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_10 = rowTo[ps2_2];
     if (pa_10 < pb_10) {
       f32 pvs_10 = 0.0f;
-      const u32 psb_10 = pr_2 * 65u + 32u;
+      const u32 psb_10 = pr_2 * 80u + 32u;
       const u32 pvb_10 = pvo_2 + 4192u;
       for (u32 tt_10 = pa_10; tt_10 < pb_10; tt_10 += 1u) {
         pvs_10 = pvs_10 + scores[psb_10 + tt_10] * kvTile[tt_10 * 131u + pvb_10];
@@ -632,7 +571,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_11 = rowTo[ps3_2];
     if (pa_11 < pb_11) {
       f32 pvs_11 = 0.0f;
-      const u32 psb_11 = pr_2 * 65u + 48u;
+      const u32 psb_11 = pr_2 * 80u + 48u;
       const u32 pvb_11 = pvo_2 + 6288u;
       for (u32 tt_11 = pa_11; tt_11 < pb_11; tt_11 += 1u) {
         pvs_11 = pvs_11 + scores[psb_11 + tt_11] * kvTile[tt_11 * 131u + pvb_11];
@@ -648,7 +587,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_12 = rowTo[ps0_3];
     if (pa_12 < pb_12) {
       f32 pvs_12 = 0.0f;
-      const u32 psb_12 = pr_3 * 65u + 0u;
+      const u32 psb_12 = pr_3 * 80u + 0u;
       const u32 pvb_12 = pvo_3;
       for (u32 tt_12 = pa_12; tt_12 < pb_12; tt_12 += 1u) {
         pvs_12 = pvs_12 + scores[psb_12 + tt_12] * kvTile[tt_12 * 131u + pvb_12];
@@ -660,7 +599,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_13 = rowTo[ps1_3];
     if (pa_13 < pb_13) {
       f32 pvs_13 = 0.0f;
-      const u32 psb_13 = pr_3 * 65u + 16u;
+      const u32 psb_13 = pr_3 * 80u + 16u;
       const u32 pvb_13 = pvo_3 + 2096u;
       for (u32 tt_13 = pa_13; tt_13 < pb_13; tt_13 += 1u) {
         pvs_13 = pvs_13 + scores[psb_13 + tt_13] * kvTile[tt_13 * 131u + pvb_13];
@@ -672,7 +611,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_14 = rowTo[ps2_3];
     if (pa_14 < pb_14) {
       f32 pvs_14 = 0.0f;
-      const u32 psb_14 = pr_3 * 65u + 32u;
+      const u32 psb_14 = pr_3 * 80u + 32u;
       const u32 pvb_14 = pvo_3 + 4192u;
       for (u32 tt_14 = pa_14; tt_14 < pb_14; tt_14 += 1u) {
         pvs_14 = pvs_14 + scores[psb_14 + tt_14] * kvTile[tt_14 * 131u + pvb_14];
@@ -684,7 +623,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_15 = rowTo[ps3_3];
     if (pa_15 < pb_15) {
       f32 pvs_15 = 0.0f;
-      const u32 psb_15 = pr_3 * 65u + 48u;
+      const u32 psb_15 = pr_3 * 80u + 48u;
       const u32 pvb_15 = pvo_3 + 6288u;
       for (u32 tt_15 = pa_15; tt_15 < pb_15; tt_15 += 1u) {
         pvs_15 = pvs_15 + scores[psb_15 + tt_15] * kvTile[tt_15 * 131u + pvb_15];
@@ -700,7 +639,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_16 = rowTo[ps0_4];
     if (pa_16 < pb_16) {
       f32 pvs_16 = 0.0f;
-      const u32 psb_16 = pr_4 * 65u + 0u;
+      const u32 psb_16 = pr_4 * 80u + 0u;
       const u32 pvb_16 = pvo_4;
       for (u32 tt_16 = pa_16; tt_16 < pb_16; tt_16 += 1u) {
         pvs_16 = pvs_16 + scores[psb_16 + tt_16] * kvTile[tt_16 * 131u + pvb_16];
@@ -712,7 +651,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_17 = rowTo[ps1_4];
     if (pa_17 < pb_17) {
       f32 pvs_17 = 0.0f;
-      const u32 psb_17 = pr_4 * 65u + 16u;
+      const u32 psb_17 = pr_4 * 80u + 16u;
       const u32 pvb_17 = pvo_4 + 2096u;
       for (u32 tt_17 = pa_17; tt_17 < pb_17; tt_17 += 1u) {
         pvs_17 = pvs_17 + scores[psb_17 + tt_17] * kvTile[tt_17 * 131u + pvb_17];
@@ -724,7 +663,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_18 = rowTo[ps2_4];
     if (pa_18 < pb_18) {
       f32 pvs_18 = 0.0f;
-      const u32 psb_18 = pr_4 * 65u + 32u;
+      const u32 psb_18 = pr_4 * 80u + 32u;
       const u32 pvb_18 = pvo_4 + 4192u;
       for (u32 tt_18 = pa_18; tt_18 < pb_18; tt_18 += 1u) {
         pvs_18 = pvs_18 + scores[psb_18 + tt_18] * kvTile[tt_18 * 131u + pvb_18];
@@ -736,7 +675,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_19 = rowTo[ps3_4];
     if (pa_19 < pb_19) {
       f32 pvs_19 = 0.0f;
-      const u32 psb_19 = pr_4 * 65u + 48u;
+      const u32 psb_19 = pr_4 * 80u + 48u;
       const u32 pvb_19 = pvo_4 + 6288u;
       for (u32 tt_19 = pa_19; tt_19 < pb_19; tt_19 += 1u) {
         pvs_19 = pvs_19 + scores[psb_19 + tt_19] * kvTile[tt_19 * 131u + pvb_19];
@@ -752,7 +691,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_20 = rowTo[ps0_5];
     if (pa_20 < pb_20) {
       f32 pvs_20 = 0.0f;
-      const u32 psb_20 = pr_5 * 65u + 0u;
+      const u32 psb_20 = pr_5 * 80u + 0u;
       const u32 pvb_20 = pvo_5;
       for (u32 tt_20 = pa_20; tt_20 < pb_20; tt_20 += 1u) {
         pvs_20 = pvs_20 + scores[psb_20 + tt_20] * kvTile[tt_20 * 131u + pvb_20];
@@ -764,7 +703,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_21 = rowTo[ps1_5];
     if (pa_21 < pb_21) {
       f32 pvs_21 = 0.0f;
-      const u32 psb_21 = pr_5 * 65u + 16u;
+      const u32 psb_21 = pr_5 * 80u + 16u;
       const u32 pvb_21 = pvo_5 + 2096u;
       for (u32 tt_21 = pa_21; tt_21 < pb_21; tt_21 += 1u) {
         pvs_21 = pvs_21 + scores[psb_21 + tt_21] * kvTile[tt_21 * 131u + pvb_21];
@@ -776,7 +715,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_22 = rowTo[ps2_5];
     if (pa_22 < pb_22) {
       f32 pvs_22 = 0.0f;
-      const u32 psb_22 = pr_5 * 65u + 32u;
+      const u32 psb_22 = pr_5 * 80u + 32u;
       const u32 pvb_22 = pvo_5 + 4192u;
       for (u32 tt_22 = pa_22; tt_22 < pb_22; tt_22 += 1u) {
         pvs_22 = pvs_22 + scores[psb_22 + tt_22] * kvTile[tt_22 * 131u + pvb_22];
@@ -788,7 +727,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_23 = rowTo[ps3_5];
     if (pa_23 < pb_23) {
       f32 pvs_23 = 0.0f;
-      const u32 psb_23 = pr_5 * 65u + 48u;
+      const u32 psb_23 = pr_5 * 80u + 48u;
       const u32 pvb_23 = pvo_5 + 6288u;
       for (u32 tt_23 = pa_23; tt_23 < pb_23; tt_23 += 1u) {
         pvs_23 = pvs_23 + scores[psb_23 + tt_23] * kvTile[tt_23 * 131u + pvb_23];
@@ -804,7 +743,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_24 = rowTo[ps0_6];
     if (pa_24 < pb_24) {
       f32 pvs_24 = 0.0f;
-      const u32 psb_24 = pr_6 * 65u + 0u;
+      const u32 psb_24 = pr_6 * 80u + 0u;
       const u32 pvb_24 = pvo_6;
       for (u32 tt_24 = pa_24; tt_24 < pb_24; tt_24 += 1u) {
         pvs_24 = pvs_24 + scores[psb_24 + tt_24] * kvTile[tt_24 * 131u + pvb_24];
@@ -816,7 +755,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_25 = rowTo[ps1_6];
     if (pa_25 < pb_25) {
       f32 pvs_25 = 0.0f;
-      const u32 psb_25 = pr_6 * 65u + 16u;
+      const u32 psb_25 = pr_6 * 80u + 16u;
       const u32 pvb_25 = pvo_6 + 2096u;
       for (u32 tt_25 = pa_25; tt_25 < pb_25; tt_25 += 1u) {
         pvs_25 = pvs_25 + scores[psb_25 + tt_25] * kvTile[tt_25 * 131u + pvb_25];
@@ -828,7 +767,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_26 = rowTo[ps2_6];
     if (pa_26 < pb_26) {
       f32 pvs_26 = 0.0f;
-      const u32 psb_26 = pr_6 * 65u + 32u;
+      const u32 psb_26 = pr_6 * 80u + 32u;
       const u32 pvb_26 = pvo_6 + 4192u;
       for (u32 tt_26 = pa_26; tt_26 < pb_26; tt_26 += 1u) {
         pvs_26 = pvs_26 + scores[psb_26 + tt_26] * kvTile[tt_26 * 131u + pvb_26];
@@ -840,7 +779,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_27 = rowTo[ps3_6];
     if (pa_27 < pb_27) {
       f32 pvs_27 = 0.0f;
-      const u32 psb_27 = pr_6 * 65u + 48u;
+      const u32 psb_27 = pr_6 * 80u + 48u;
       const u32 pvb_27 = pvo_6 + 6288u;
       for (u32 tt_27 = pa_27; tt_27 < pb_27; tt_27 += 1u) {
         pvs_27 = pvs_27 + scores[psb_27 + tt_27] * kvTile[tt_27 * 131u + pvb_27];
@@ -856,7 +795,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_28 = rowTo[ps0_7];
     if (pa_28 < pb_28) {
       f32 pvs_28 = 0.0f;
-      const u32 psb_28 = pr_7 * 65u + 0u;
+      const u32 psb_28 = pr_7 * 80u + 0u;
       const u32 pvb_28 = pvo_7;
       for (u32 tt_28 = pa_28; tt_28 < pb_28; tt_28 += 1u) {
         pvs_28 = pvs_28 + scores[psb_28 + tt_28] * kvTile[tt_28 * 131u + pvb_28];
@@ -868,7 +807,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_29 = rowTo[ps1_7];
     if (pa_29 < pb_29) {
       f32 pvs_29 = 0.0f;
-      const u32 psb_29 = pr_7 * 65u + 16u;
+      const u32 psb_29 = pr_7 * 80u + 16u;
       const u32 pvb_29 = pvo_7 + 2096u;
       for (u32 tt_29 = pa_29; tt_29 < pb_29; tt_29 += 1u) {
         pvs_29 = pvs_29 + scores[psb_29 + tt_29] * kvTile[tt_29 * 131u + pvb_29];
@@ -880,7 +819,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_30 = rowTo[ps2_7];
     if (pa_30 < pb_30) {
       f32 pvs_30 = 0.0f;
-      const u32 psb_30 = pr_7 * 65u + 32u;
+      const u32 psb_30 = pr_7 * 80u + 32u;
       const u32 pvb_30 = pvo_7 + 4192u;
       for (u32 tt_30 = pa_30; tt_30 < pb_30; tt_30 += 1u) {
         pvs_30 = pvs_30 + scores[psb_30 + tt_30] * kvTile[tt_30 * 131u + pvb_30];
@@ -892,7 +831,7 @@ extern "C" __global__ void __launch_bounds__(256) attentionPartial(
     const u32 pb_31 = rowTo[ps3_7];
     if (pa_31 < pb_31) {
       f32 pvs_31 = 0.0f;
-      const u32 psb_31 = pr_7 * 65u + 48u;
+      const u32 psb_31 = pr_7 * 80u + 48u;
       const u32 pvb_31 = pvo_7 + 6288u;
       for (u32 tt_31 = pa_31; tt_31 < pb_31; tt_31 += 1u) {
         pvs_31 = pvs_31 + scores[psb_31 + tt_31] * kvTile[tt_31 * 131u + pvb_31];

@@ -151,6 +151,12 @@ export interface KernelSpec<B extends Bindings, U extends Uniforms> {
   grid: string | ((u: UniformValues<U>) => Grid);
   /** How a grid function follows from the sizes, for generated-file headers (derived from a text grid). */
   gridDoc?: string;
+  /**
+   * Workgroups per multiprocessor the kernel is meant to run at (a register budget hint: CUDA's
+   * second `__launch_bounds__` argument; other targets ignore it). Without it ptxas picks a
+   * register count of its own, and may spill below what the occupancy needs.
+   */
+  minWorkgroupsPerSM?: number;
   body: (k: KernelBuilder, b: BufRefs<B>, u: UniformVals<U>) => void;
 }
 
@@ -235,7 +241,10 @@ export function kernel<B extends Bindings, U extends Uniforms>(spec: KernelSpec<
   if (sharedBytes > kb.caps.maxWorkgroupStorage) {
     kb.fail(`workgroup arrays take ${sharedBytes} bytes, over the device limit ${kb.caps.maxWorkgroupStorage}`);
   }
+  const minWg = spec.minWorkgroupsPerSM;
+  if (minWg !== undefined && (!Number.isInteger(minWg) || minWg < 1 || minWg > 32)) kb.fail(`minWorkgroupsPerSM ${minWg} is not an integer in 1..32`);
   const ir: KernelIR = {
+    ...(minWg !== undefined ? { minWorkgroupsPerSM: minWg } : {}),
     name: spec.name, params: spec.params ?? {}, caps: kb.caps, workgroupSize: wg, buffers, uniforms,
     shared: kb.sharedDecls, body: kb.root, usesF16: kb.usesF16 || buffers.some((b) => b.t === 'f16'),
     usesSubgroups: kb.usesSubgroups, gridDoc,

@@ -91,6 +91,8 @@ export interface KernelIR {
   /** Whether the body uses f16 arithmetic or f16 buffers (WGSL `enable f16`). */
   usesF16: boolean;
   usesSubgroups: boolean;
+  /** Workgroups per multiprocessor the kernel is built for (CUDA __launch_bounds__'s second argument). */
+  minWorkgroupsPerSM?: number;
   /** Human-readable launch geometry for headers, e.g. "ceil(n / 256) x 1 x 1". */
   gridDoc: string;
 }

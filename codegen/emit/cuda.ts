@@ -369,7 +369,8 @@ class CudaEmitter extends CLikeEmitter {
       out.push(p === 'arith' ? vectorOperators(this.vecBinary, this.vecUnary) : p === 'native' ? nativeConversions(this.nativeUsed) : PRELUDE[p], '');
     }
     if (ir.uniforms.length) out.push(`struct ${this.uniformStruct} {`, ...ir.uniforms.map((u) => `  ${TYPE[u.t]} ${this.id(u.name)};`), '};', '');
-    const head = `extern "C" __global__ void __launch_bounds__(${threads}) ${ir.name}`;
+    const bounds = ir.minWorkgroupsPerSM ? `${threads}, ${ir.minWorkgroupsPerSM}` : `${threads}`;
+    const head = `extern "C" __global__ void __launch_bounds__(${bounds}) ${ir.name}`;
     out.push(params.length ? `${head}(\n${params.map((p) => `    ${p}`).join(',\n')}) {` : `${head}() {`);
     for (const s of ir.shared) out.push(`  __shared__ ${TYPE[s.t]} ${this.id(s.name)}[${s.length}];`);
     for (const b of BUILTINS) {

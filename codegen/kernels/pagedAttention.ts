@@ -97,6 +97,13 @@ export interface AttentionConfig {
   splitKv: boolean;
   /** Words between rows of the q tile and of the scores (odd: lanes walking a column hit every bank). */
   qStride: number; scoreStride: number;
+  /**
+   * Online softmax per warp, in registers: each half-warp takes one row, a lane per position of a
+   * 16-position cache block, max and sum by subgroup shuffles (where the device has 32-wide
+   * subgroups and blocks of 16); else one invocation per row. The row's running max and sum stay
+   * in the lanes' registers across steps. Score rows are then 16 banks apart (stride ≡ 16 mod 32).
+   */
+  warpSoftmax: boolean;
 }
 
 /** Words per staged position: f32 elements, or f16 pairs. */
@@ -156,8 +163,11 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
     if (!layouts.has(KT)) layouts.set(KT, kvRowLayout(D, f16, vw, KT, 16));
     return layouts.get(KT)!;
   };
+  const warpSoftmax = caps.subgroups && caps.subgroupSize === 32 && BS === 16;
+  // Score row stride: odd for one invocation per row; 16 mod 32 for two half-warp rows at once.
+  const scoreStride = (KT: number) => (warpSoftmax ? KT + 1 + ((16 - ((KT + 1) % 32)) + 32) % 32 : KT + 1);
   const maxRowsFor = (KT: number, tiles = 1) =>
-    Math.floor((Math.floor(caps.maxWorkgroupStorage / 4) - tiles * KT * layoutFor(KT).stride) / (D + 1 + KT + 1 + 2 + 3 * (KT / BS)));
+    Math.floor((Math.floor(caps.maxWorkgroupStorage / 4) - tiles * KT * layoutFor(KT).stride) / (D + 1 + scoreStride(KT) + 2 + 3 * (KT / BS)));
   // Default: about 16 rows (tokens × group). More rows share each KV tile among more queries
   // (prefill), but a decode tile has one token, so the rest would sit idle holding memory.
   const defaultTokens = (maxRows: number) => Math.max(1, Math.min(Math.floor(16 / G), Math.floor(maxRows / G)));
@@ -179,7 +189,7 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   const splitKv = maxRowsFor(KT, 2) >= rows && Math.ceil((KT * kvWords(D, f16)) / vw / wg) <= 4;
   return {
     headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads,
-    targetCtas, kvLayout: layoutFor(KT), splitKv, qStride: D + 1, scoreStride: KT + 1,
+    targetCtas, kvLayout: layoutFor(KT), splitKv, qStride: D + 1, scoreStride: scoreStride(KT), warpSoftmax: warpSoftmax && wg % 32 === 0,
   };
 }
 
@@ -237,6 +247,9 @@ export function attentionPartial(c: AttentionConfig) {
     },
     caps: c.caps,
     workgroupSize: W,
+    // Two workgroups per SM, what the split-KV grid gives a decode: a register budget ptxas keeps
+    // without spilling (left to itself it chose 80 registers and spilled the per-warp softmax).
+    ...(c.warpSoftmax ? { minWorkgroupsPerSM: 2 } : {}),
     bindings: {
       q: storage('f32', 'read', { shape: headsShape(c) }),
       kCache: storage(f16 ? 'u32' : 'f32', 'read', { vec: vw, shape: cacheShape(c) }),
@@ -297,6 +310,18 @@ export function attentionPartial(c: AttentionConfig) {
       k.if(lid.lt(R), () => { mS.set(lid, -F32_MAX); lS.set(lid, 0); });
       const acc = k.privateArray('acc', 'f32', npt);
       for (let j = 0; j < npt; j++) acc.set(j, 0);
+      // Per-warp softmax (c.warpSoftmax): half-warp h of warp w takes row 2w + h (+ 2·warps per
+      // pass); its running max and sum live in every lane of the half, across steps.
+      const warpSm = c.warpSoftmax && k.caps.subgroups;
+      const passes = Math.ceil(R / (2 * (W / 32)));
+      // Nothing of it lives through the staging loads (ptxas spilled when the running max and sum
+      // stayed in registers across steps): each step the half's first lane reads them from
+      // workgroup memory and the half shares them by shuffles; that lane writes them back.
+      const sm = warpSm ? Array.from({ length: passes }, (_, ps) => ps) : undefined;
+      const smRow = (ps: number) => {
+        const rr = k.let(`smRow${ps}`, lid.shr(5).mul(2).add(lid.band(31).shr(4)).add(ps * 2 * (W / 32)));
+        return { ok: k.let(`smOk${ps}`, rr.lt(R)), rc: k.let(`smRc${ps}`, min(rr, k.u32(R - 1))), p16: k.let(`smPos${ps}`, lid.band(15)) };
+      };
       k.barrier();
 
       // Stage KT positions from tb of K and/or V into their tiles (zero outside [loAll, min(hiAll,
@@ -363,9 +388,54 @@ export function attentionPartial(c: AttentionConfig) {
           });
         }, W);
         k.barrier();
-        // Online softmax, one invocation per row, one cache block at a time (the same f32
-        // operations whatever KT is), over the row's positions in the block.
-        k.if(lid.lt(R), () => {
+        // Online softmax, one cache block at a time (the same f32 operations whatever KT is), over
+        // the row's positions in the block: per warp (lanes = positions) or one invocation per row.
+        if (sm) {
+          const half = (v: Val<'f32'>, op: 'max' | 'add') => {
+            let x = v;
+            for (const m of [8, 4, 2, 1]) {
+              const o = k.subgroupShuffleXor(x, m);
+              x = k.let(`sm${op}${m}`, op === 'max' ? max(x, o) : x.add(o));
+            }
+            return x;
+          };
+          sm.forEach((ps) => {
+            const { ok, rc, p16 } = smRow(ps);
+            const r = row(rc);
+            const first = k.let('wfirst', p16.eq(0));
+            // The row's max and sum so far, read by the half's first lane and shared (max of the
+            // max with −F32_MAX and sum of the sum with zeros: exact).
+            const m = k.var('wm', 'f32', -F32_MAX), l = k.var('wl', 'f32', 0);
+            k.if(first, () => { m.set(mS.at(rc)); l.set(lS.at(rc)); });
+            m.set(half(m, 'max'));
+            l.set(half(l, 'add'));
+            // A loop, not unrolled: the shuffles' live values stay few (ptxas spilled when unrolled).
+            k.for('wnb', k.u32(0), k.u32(NB), (nb) => {
+              const bt = k.let('wbt', tb.add(nb.mul(BS)));
+              const a = k.let('wa', max(bt, r.lo)), e = k.let('wEnd', min(min(bt.add(BS), r.kvEnd), tTo));
+              const pos = k.let('wpos', bt.add(p16));
+              const live = k.let('wlive', ok.and(r.valid).and(pos.ge(a)).and(pos.lt(e)));
+              const at = k.let('wat', rc.mul(SS).add(nb.mul(BS)).add(p16));
+              const s = k.var('ws', 'f32', -F32_MAX);
+              k.if(live, () => s.set(sS.at(at)));
+              const mNew = k.let('wmNew', max(m, half(s, 'max')));
+              const alpha = k.let('walpha', k.select(mNew.eq(m), k.f32(1), exp2(m.sub(mNew))));
+              const pv = k.var('wpv', 'f32', 0);
+              k.if(live, () => { pv.set(exp2(s.sub(mNew))); sS.set(at, pv); });
+              // Every lane of the half holds the same sum (x + y = y + x at each butterfly step).
+              l.set(l.mul(alpha).add(half(pv, 'add')));
+              m.set(mNew);
+              k.if(first.and(ok), () => {
+                const slot = k.let('wslot', rc.add(nb.mul(R)));
+                const any = k.let('wany', r.valid.and(a.lt(e)));
+                alphaS.set(slot, alpha);
+                rowA.set(slot, k.select(any, a.sub(bt), k.u32(0)));
+                rowB.set(slot, k.select(any, e.sub(bt), k.u32(0)));
+              });
+            });
+            k.if(first.and(ok), () => { mS.set(rc, m); lS.set(rc, l); });
+          });
+        } else k.if(lid.lt(R), () => {
           const r = row(lid);
           for (let nb = 0; nb < NB; nb++) {
             const slot = k.let(`slot${nb}`, nb ? lid.add(nb * R) : lid);

@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import { attentionConfig, maxRowChunks, pagedAttention, rowChunkSize } from '../../codegen/kernels/pagedAttention.js';
 import { BASELINE_CAPS, CUDA_CAPS } from '../../codegen/dsl/types.js';
+import { emitCUDA } from '../../codegen/emit/cuda.js';
 import type { Device } from '../../src/backend/device.js';
 import {
   AttentionInputError, type AttentionBatch, type RaggedSequence, checkSlots, prepareAttention, runKvAppend, runPagedAttention, slotMapping,
@@ -305,6 +306,13 @@ forEachBackend('paged attention', (dev) => {
 });
 
 describe('attention staging variant', () => {
+  it('per-warp softmax where subgroups are 32 wide (2 workgroups per SM asked of ptxas), one invocation per row elsewhere', () => {
+    const cuda = pagedAttention({ headDim: 128, groupSize: 4, kvDtype: 'f16', caps: CUDA_CAPS });
+    expect([cuda.config.warpSoftmax, cuda.config.scoreStride % 32]).toEqual([true, 16]);
+    expect(emitCUDA(cuda.kernels[0]!.ir)).toContain('__launch_bounds__(256, 2) attentionPartial');
+    const base = attentionConfig({ headDim: 128, groupSize: 4, caps: BASELINE_CAPS });
+    expect([base.warpSoftmax, base.scoreStride % 2]).toEqual([false, 1]);
+  });
   it('loads vectors when head_dim allows (4 | D for f32, 8 | D for f16), else scalars; rejects vecLoads otherwise', () => {
     expect(attentionConfig({ headDim: 128, groupSize: 4 }).vecLoads).toBe(true);
     expect(attentionConfig({ headDim: 36, groupSize: 4 }).vecLoads).toBe(true);
