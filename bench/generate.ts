@@ -1,5 +1,7 @@
 // `npm run bench -- generate`: end-to-end prefill and decode tokens/s, batch 1, per backend and
-// weight format, side by side in one run. Decode is memory-bound: next to tokens/s the table
+// weight format, side by side in one run. A decode step is timed as serving runs it: the
+// fixed-shape decode step (a replayed CUDA graph where the device captures them), greedy argmax on
+// the device, and the token id (4 bytes) read back — no logits readback. Decode is memory-bound: next to tokens/s the table
 // shows the weight bytes one token reads and the GB/s that implies, and (with --copy) the
 // device's measured copy bandwidth, whose ratio is the floor: tokens/s ≤ copy GB/s ÷ bytes/token.
 //
@@ -24,6 +26,7 @@ import { LlamaForward } from '../src/model/forward.js';
 import { allLinears, EMBED, FINAL_NORM, LM_HEAD, layerPrefix, type ModelSpec } from '../src/model/spec.js';
 import { freeWeights, uploadWeights, type WeightFormat } from '../src/model/weights.js';
 import { DEFAULT_MODEL } from '../src/llm.js';
+import { argmax as argmaxKernel } from '../codegen/kernels/sampling.js';
 import { copyBandwidth } from './common.js';
 
 type Executor = 'wasm' | 'js';
@@ -132,12 +135,16 @@ function prepare(dev: Device, spec: ModelSpec, store: TensorStore, format: Weigh
   const fw = new LlamaForward(dev, spec, weights, { numBlocks, blockSize, maxBatchTokens: Math.max(o.prompt, 1), kvDtype: dev.kind === 'cuda' ? 'f16' : 'f32' });
   const bm = new BlockManager(numBlocks, { blockSize, prefixCaching: false });
   const argmax = (row: Float32Array) => { let b = 0; for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i; return b; };
+  // Decode as a serving step does: the fixed-shape decode step (a replayed graph where the device
+  // records them), greedy argmax on the device, and only the token id read back.
+  const argmaxOp = argmaxKernel({ caps: dev.caps });
+  const tokenBuf = dev.alloc('u32', 1, 'bench.token');
   return {
     async once() {
       bm.addSequence(0);
       const t0 = performance.now();
       const slots = bm.append(0, promptIds);
-      let r = await fw.forward([{ tokens: promptIds, ctxLen: 0, blockTable: bm.blockTable(0), slots, logits: 'last' }]);
+      const r = await fw.forward([{ tokens: promptIds, ctxLen: 0, blockTable: bm.blockTable(0), slots, logits: 'last' }]);
       const prefillMs = performance.now() - t0;
       let tok = argmax(r.logits);
       const t1 = performance.now();
@@ -145,16 +152,16 @@ function prepare(dev: Device, spec: ModelSpec, store: TensorStore, format: Weigh
       for (let i = 0; i < o.decode; i++) {
         const pos = promptIds.length + i;
         const step = bm.append(0, [tok]); // before reading the block table: it may add a block
-        // The engine's decode path: fixed-shape steps, replayed as a graph where the device records them.
-        r = await fw.decode([{ tokens: [tok], ctxLen: pos, blockTable: bm.blockTable(0), slots: step, logits: 'last' }]);
-        tok = argmax(r.logits);
+        fw.decodeStep([{ tokens: [tok], ctxLen: pos, blockTable: bm.blockTable(0), slots: step, logits: 'last' }]);
+        dev.run(argmaxOp, { x: fw.logitsBuffer, tokens: tokenBuf }, { rows: 1, vocab: spec.vocabSize });
+        tok = (await dev.read(tokenBuf))[0]!;
       }
       const decodeMs = performance.now() - t1;
       bm.free(0);
       return { prefill: (promptIds.length / prefillMs) * 1000, decode: (o.decode / decodeMs) * 1000, launches: (counter.n - launches0) / Math.max(1, o.decode) };
     },
     row: (best) => ({ backend: dev.kind, executor, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null }),
-    close() { fw.destroy(); freeWeights(dev, weights); },
+    close() { fw.destroy(); dev.free(tokenBuf); freeWeights(dev, weights); },
   };
 }
 

@@ -170,7 +170,10 @@ export async function prepare(argv = []) {
       'catch (e) { console.error(e); process.exit(1); }\n');
     entryPoints[name] = `kiln-entry:${name}`;
     // Only CUDA is worth timing there; benches that choose devices by --backends get told so.
-    benches[b] = { bundle: `${name}.mjs`, args: /--backends\b/.test(readFileSync(file, 'utf8')) ? ['--backends', 'cuda'] : [] };
+    // generate: the decode-step graph on Llama-3-8B shapes (random INT4 weights; 8 of the 32 layers
+    // keep the weight build inside the phase's limit — per-layer time is what it measures).
+    const extra = b === 'generate' ? ['--llama3-8b', '--synthetic-layers', '8', '--rounds', '1'] : [];
+    benches[b] = { bundle: `${name}.mjs`, args: /--backends\b/.test(readFileSync(file, 'utf8')) ? ['--backends', 'cuda', ...extra] : extra };
   }
   entries.set('cuda-check', `import { main } from ${js(join(ROOT, 'bench/gpu/cuda-check.ts'))};\n` +
     'try { process.exit(await main(process.argv.slice(2))); } catch (e) { console.error(e); process.exit(1); }\n');

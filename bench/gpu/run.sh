@@ -28,7 +28,7 @@ GPU_DIR=$ROOT/.devkit/gpu
 # The limits add up to the default budget less the reserve (450 − 15), so no phase is squeezed by
 # the ones before it; with the machine's start (1–2 min) one full run stays under 10 of the
 # session's 15 device minutes, leaving room for one targeted rerun. run.sh checks the sum.
-PHASE_TABLE="env:10 addon:40 probe:20 compile:60 conformance:120 bench-int4:45 bench-attention:40 torch:45 bench-accept:20 bench-generate:35"
+PHASE_TABLE="env:10 addon:40 probe:20 compile:60 conformance:105 bench-int4:45 bench-attention:40 torch:45 bench-accept:20 bench-generate:50"
 RESERVE=15
 DEFAULT_BUDGET=450
 phase_sum() { local s=0 p; for p in $PHASE_TABLE; do s=$((s + ${p##*:})); done; echo "$s"; }
