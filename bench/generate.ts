@@ -11,7 +11,8 @@
 //                                                           built in memory (no download)
 // Options: --prompt N (prompt tokens, default 128) --decode N (default 64) --copy (measure copy
 // bandwidth: out = a + b, 3 × 4n bytes) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu)
-// --executors wasm,js (the cpu device's executors to run, default wasm) --rounds N (timed runs per
+// --executors wasm,js (the cpu device's executors to run, default wasm) --workers 1,2 (cpu worker
+// threads, one device per count; default all cores) --rounds N (timed runs per
 // device, interleaved across devices; default 2) --json (print
 // {"machine", "rows": [{backend, executor, model, weights, prefill_tok_s, decode_tok_s, launches_per_step}]}
 // instead of the table; progress goes to stderr).
@@ -33,12 +34,13 @@ type Executor = 'wasm' | 'js';
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
   copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean; rounds: number;
+  workers: number[] | null;
 }
 
 function parse(args: string[]): Options {
   const o: Options = {
     backends: ['cpu', 'webgpu', 'cuda'], formats: ['f16', 'int4'], model: DEFAULT_MODEL, prompt: 128, decode: 64, copy: false, llama3: false, layers: null,
-    executors: ['wasm'], json: false, rounds: 2,
+    executors: ['wasm'], json: false, rounds: 2, workers: null,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => { const x = args[++i]; if (x === undefined) throw new Error(`${a} needs a value`); return x; };
@@ -56,6 +58,7 @@ function parse(args: string[]): Options {
       if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm and/or js, not '${bad}'`);
     } else if (a === '--json') o.json = true;
     else if (a === '--rounds') o.rounds = Number(v());
+    else if (a === '--workers') o.workers = v().split(',').map(Number);
     else throw new Error(`bench generate: unknown option ${a}`);
   }
   return o;
@@ -97,7 +100,7 @@ function syntheticStore(spec: ModelSpec): TensorStore {
 
 
 interface Row {
-  backend: string; executor: Executor | null; model: string; format: string; prefill: number; decode: number; bytes: number; copy: number | null;
+  backend: string; executor: Executor | null; device: string; model: string; format: string; prefill: number; decode: number; bytes: number; copy: number | null;
   /** Kernel launches per decode step (graph replays count the launches they hold). */
   launches: number;
 }
@@ -160,7 +163,7 @@ function prepare(dev: Device, spec: ModelSpec, store: TensorStore, format: Weigh
       bm.free(0);
       return { prefill: (promptIds.length / prefillMs) * 1000, decode: (o.decode / decodeMs) * 1000, launches: (counter.n - launches0) / Math.max(1, o.decode) };
     },
-    row: (best) => ({ backend: dev.kind, executor, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null }),
+    row: (best) => ({ backend: dev.kind, executor, device: dev.description, model: label, format: format + (weights.groupSize ? ` g${weights.groupSize}` : ''), ...best, bytes: weights.bytesPerToken, copy: null }),
     close() { fw.destroy(); dev.free(tokenBuf); freeWeights(dev, weights); },
   };
 }
@@ -195,12 +198,14 @@ export async function main(args: string[]): Promise<void> {
   const o = parse(args);
   const rows: Row[] = [];
   const log = o.json ? (m: string) => process.stderr.write(`${m}\n`) : (m: string) => console.log(m);
-  const runs = o.backends.flatMap((kind): [BackendKind, Executor | null][] => (kind === 'cpu' ? o.executors.map((x) => [kind, x]) : [[kind, null]]));
+  const runs = o.backends.flatMap((kind): [BackendKind, Executor | null, number | undefined][] => (kind === 'cpu'
+    ? o.executors.flatMap((x) => (o.workers ?? [undefined]).map((w): [BackendKind, Executor, number | undefined] => [kind, x, w]))
+    : [[kind, null, undefined]]));
   const devs: Dev[] = [];
   try {
-    for (const [kind, executor] of runs) {
+    for (const [kind, executor, workers] of runs) {
       let dev: Device;
-      try { dev = await createDevice(kind, executor ? { executor } : {}); } catch (e) {
+      try { dev = await createDevice(kind, { ...(executor ? { executor } : {}), ...(workers !== undefined ? { workers } : {}) }); } catch (e) {
         if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
         throw e;
       }
@@ -233,17 +238,17 @@ export async function main(args: string[]): Promise<void> {
     console.log(JSON.stringify({
       machine,
       rows: rows.map((r) => ({
-        backend: r.backend, executor: r.executor, model: r.model, weights: r.format,
+        backend: r.backend, executor: r.executor, device: r.device, model: r.model, weights: r.format,
         prefill_tok_s: Number(r.prefill.toFixed(1)), decode_tok_s: Number(r.decode.toFixed(1)), launches_per_step: Number(r.launches.toFixed(1)),
       })),
     }, null, 2));
     return;
   }
   console.log(`\nprefill ${o.llama3 ? o.prompt : 'up to ' + o.prompt} tokens, decode ${o.decode} tokens, batch 1 (best of ${o.rounds} runs after a warm-up, the devices' runs interleaved)\n`);
-  console.log('| backend | executor | model | weights | prefill tok/s | decode tok/s | launches/step | weight MB/token | achieved GB/s | copy GB/s | % of floor |');
-  console.log('|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|');
+  console.log('| backend | executor | device | model | weights | prefill tok/s | decode tok/s | launches/step | weight MB/token | achieved GB/s | copy GB/s | % of floor |');
+  console.log('|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     const gbs = (r.bytes * r.decode) / 1e9;
-    console.log(`| ${r.backend} | ${r.executor ?? '—'} | ${r.model} | ${r.format} | ${r.prefill.toFixed(1)} | ${r.decode.toFixed(1)} | ${r.launches.toFixed(1)} | ${(r.bytes / 1e6).toFixed(2)} | ${gbs.toFixed(2)} | ${r.copy ? r.copy.toFixed(1) : '—'} | ${r.copy ? ((100 * gbs) / r.copy).toFixed(0) + '%' : '—'} |`);
+    console.log(`| ${r.backend} | ${r.executor ?? '—'} | ${r.device} | ${r.model} | ${r.format} | ${r.prefill.toFixed(1)} | ${r.decode.toFixed(1)} | ${r.launches.toFixed(1)} | ${(r.bytes / 1e6).toFixed(2)} | ${gbs.toFixed(2)} | ${r.copy ? r.copy.toFixed(1) : '—'} | ${r.copy ? ((100 * gbs) / r.copy).toFixed(0) + '%' : '—'} |`);
   }
 }
