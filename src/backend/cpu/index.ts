@@ -397,7 +397,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       const total = l.grid[0] * l.grid[1] * l.grid[2];
       return { key: l.c.key, name: l.c.name, args, grid: [...l.grid], chunk: Math.max(1, Math.floor(total / (P * 8))), barrier: barriers[i]!, solo: solo[i]! };
     });
-    const control = heap.alloc(4 * (steps.length + 2), 'graph counters');
+    const control = heap.alloc(4 * (2 * steps.length + 2), 'graph counters');
     const modules = new Map(launches.map((l) => [l.c.key, l.c.wasm!.module] as const));
     const scratchBytes = Math.max(0, ...launches.map((l) => l.c.wasm!.scratchBytes));
     const sent = new Set<unknown>();
@@ -407,13 +407,13 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
         live('replay');
         this.enqueue(async () => {
           this.ensureScratch(scratchBytes);
-          heap.i32.fill(0, (control >> 2) + 2, (control >> 2) + 2 + steps.length);
+          heap.i32.fill(0, control >> 2, (control >> 2) + 2 + 2 * steps.length);
           const graph = { id, memory: heap.memory, control, scratch: this.scratch };
           const replies = this.pool
             ? await this.pool.runGraph(graph, steps, modules, WASM_IMPORTS, sent)
             : [executeGraph({
               id: 0, slot: 0,
-              graph: { ...graph, participants: 1, steps, imports: WASM_IMPORTS, modules: [...modules].map(([key, module]) => ({ key, module })) },
+              graph: { ...graph, steps, imports: WASM_IMPORTS, modules: [...modules].map(([key, module]) => ({ key, module })) },
             }, this.inlineKernels, this.inlineGraphs)];
           const failed = replies.find((r) => r.error !== undefined);
           if (failed) throw new KernelRunError(`graph of ${steps.length} launches`, failed.error!);
@@ -424,7 +424,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
         destroyed = true;
         this.enqueue(() => {
           steps.forEach((s, i) => heap.release(s.args, 4 * launches[i]!.c.wasm!.argWords));
-          heap.release(control, 4 * (steps.length + 2));
+          heap.release(control, 4 * (2 * steps.length + 2));
           this.inlineGraphs.delete(id);
         });
       },

@@ -66,14 +66,14 @@ export class WorkerPool {
    * Replay a recorded step on every worker (one message each): each gets, the first time, the
    * steps and the modules it has not instantiated.
    */
-  runGraph(graph: Omit<GraphMessage['graph'], 'participants' | 'modules' | 'imports' | 'steps'>, steps: GraphStep[],
+  runGraph(graph: Omit<GraphMessage['graph'], 'modules' | 'imports' | 'steps'>, steps: GraphStep[],
     modules: Map<string, WasmModule>, imports: string, sent: Set<unknown>): Promise<JobReply[]> {
     if (this.closed) throw new Error('the worker pool was shut down');
     while (this.workers.length < this.size) this.workers.push(this.spawn());
     const use = this.workers;
     return Promise.all(use.map((pw, i) => new Promise<JobReply>((resolve) => {
       const id = this.nextId++;
-      const msg: GraphMessage = { id, slot: i + 1, graph: { ...graph, participants: use.length } };
+      const msg: GraphMessage = { id, slot: i + 1, graph: { ...graph } };
       if (!sent.has(pw)) {
         sent.add(pw);
         msg.graph.steps = steps;

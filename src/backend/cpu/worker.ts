@@ -152,20 +152,19 @@ export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>):
 /** One launch of a recorded step (graph.ts): its kernel, argument block and grid. */
 export interface GraphStep {
   key: string; name: string; args: number; grid: [number, number, number]; chunk: number;
-  /** Every thread waits here for the others before the next step (it depends on this one). */
+  /** The next step depends on this one or earlier ones: wait until their workgroups are done. */
   barrier: boolean;
   /** Run whole by the first worker (slot 1, or the main thread alone); the others skip it. */
   solo: boolean;
 }
-/** A replay of a recorded step sequence, on one thread of `participants`. */
+/** A replay of a recorded step sequence, on one thread (`slot`: 0 the main thread alone, 1.. workers). */
 export interface GraphMessage {
   id: number;
   graph: {
     id: number;
     memory: WasmMemory;
-    /** Byte offset of the control words: [arrived, generation, one workgroup counter per step]. */
+    /** Byte offset of the control words: [abort, unused, workgroups taken per step, done per step]. */
     control: number;
-    participants: number;
     scratch: number[];
     /** Sent the first time a thread replays this graph. */
     steps?: GraphStep[];
@@ -178,10 +177,10 @@ export interface GraphMessage {
 
 /**
  * Replays a recorded step on this thread: for each launch, take workgroups from its counter until
- * none are left, then (where the next launch depends on it) wait at a barrier for every other
- * thread. Tiny launches thus run on whichever thread comes first. After an error the thread stops
- * running kernels but keeps meeting the barriers, so the others finish. Self-contained (its text
- * runs in worker threads).
+ * none are left; where the next launch depends on earlier ones, wait until their workgroups are
+ * done (counted per launch as they finish). Solo launches run on the first worker only. After an
+ * error an abort word stops every thread from running or waiting. Self-contained (its text runs in
+ * worker threads).
  */
 export function executeGraph(msg: GraphMessage, kernels: Map<string, WorkerKernel>, graphs: Map<number, GraphStep[]>): JobReply {
   const g = msg.graph;
@@ -201,46 +200,47 @@ export function executeGraph(msg: GraphMessage, kernels: Map<string, WorkerKerne
   if (g.steps) graphs.set(g.id, g.steps);
   const steps = graphs.get(g.id);
   if (!steps) return { id: msg.id, findings: [], count: 0, error: 'graph steps were not sent to this thread', busyMs: 0 };
-  const ctl = new Int32Array(g.memory.buffer, g.control, steps.length + 2);
-  const P = g.participants, scratch = g.scratch[msg.slot] ?? 0;
+  // Control words: [abort, unused, workgroups taken per step…, workgroups done per step…].
+  const n = steps.length, ctl = new Int32Array(g.memory.buffer, g.control, 2 + 2 * n);
+  const scratch = g.scratch[msg.slot] ?? 0;
   let error: string | undefined;
+  let epoch = 0; // first step since the last dependency point
   const t0 = performance.now();
-  for (let i = 0; i < steps.length; i++) {
+  for (let i = 0; i < n; i++) {
     const s = steps[i]!;
-    if (error === undefined && (!s.solo || msg.slot <= 1)) {
+    const [gx, gy, gz] = s.grid, total = gx * gy * gz;
+    if (Atomics.load(ctl, 0) === 0 && (!s.solo || msg.slot <= 1)) {
       const k = kernels.get(s.key), run = k?.wasmRun;
-      const [gx, gy, gz] = s.grid, total = gx * gy * gz;
-      if (!run) {
-        error = k?.compileError ?? `kernel ${s.key} was not sent to this thread`;
-        Atomics.store(ctl, i + 2, total);
-      } else {
-        let at = -1;
-        try {
-          for (;;) {
-            const start = Atomics.add(ctl, i + 2, s.chunk);
-            if (start >= total) break;
-            at = start;
-            run(start, Math.min(total, start + s.chunk), gx, gy, gz, s.args, scratch);
-          }
-        } catch (e) {
-          Atomics.store(ctl, i + 2, total);
-          error = 'kernel ' + s.name + ' (step ' + i + '), workgroups from ' + at + ': ' + (e instanceof Error ? e.message : String(e));
+      let at = -1;
+      try {
+        if (!run) throw new Error(k?.compileError ?? `kernel ${s.key} was not sent to this thread`);
+        for (;;) {
+          const start = Atomics.add(ctl, 2 + i, s.chunk);
+          if (start >= total) break;
+          at = start;
+          const end = Math.min(total, start + s.chunk);
+          run(start, end, gx, gy, gz, s.args, scratch);
+          if (Atomics.add(ctl, 2 + n + i, end - start) + end - start === total) Atomics.notify(ctl, 2 + n + i);
         }
+      } catch (e) {
+        error = 'kernel ' + s.name + ' (step ' + i + '), workgroups from ' + at + ': ' + (e instanceof Error ? e.message : String(e));
+        Atomics.store(ctl, 0, 1); // nobody waits for work that will not be done
+        for (let j = 0; j < n; j++) Atomics.notify(ctl, 2 + n + j);
       }
     }
-    if (s.barrier && P > 1) {
-      // Sense by generation: the last to arrive resets the count and starts the next generation.
-      const gen = Atomics.load(ctl, 1);
-      if (Atomics.add(ctl, 0, 1) === P - 1) {
-        Atomics.store(ctl, 0, 0);
-        Atomics.add(ctl, 1, 1);
-        Atomics.notify(ctl, 1);
-      } else {
+    if (s.barrier) {
+      // The next step depends on this epoch's: wait until their workgroups are done (not until
+      // every thread arrives — a thread that is not running holds nothing up unless it holds work).
+      for (let j = epoch; j <= i; j++) {
+        const tj = steps[j]!.grid[0] * steps[j]!.grid[1] * steps[j]!.grid[2];
         let spins = 0;
-        while (Atomics.load(ctl, 1) === gen) {
-          if (++spins > 4000) Atomics.wait(ctl, 1, gen, 1);
+        for (;;) {
+          const done = Atomics.load(ctl, 2 + n + j);
+          if (done >= tj || Atomics.load(ctl, 0) !== 0) break;
+          if (++spins > 4000) Atomics.wait(ctl, 2 + n + j, done, 1);
         }
       }
+      epoch = i + 1;
     }
   }
   return { id: msg.id, findings: [], count: 0, busyMs: performance.now() - t0, ...(error !== undefined ? { error } : {}) };
