@@ -22,7 +22,7 @@
 // accepted u32 [seqs] = a and tokens u32 [seqs, maxK + 1] = the a accepted drafts, the extra
 // token, then NO_TOKEN. Launch: vocabulary segments × sequences, two passes.
 import { kernel, max, min, op, storage } from '../dsl/index.js';
-import type { ArrayRef, Kernel, KernelBuilder, Plan, Val } from '../dsl/index.js';
+import type { ArrayRef, DType, Kernel, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import type { KernelFamily } from './index.js';
 import { copyRows } from './copyRows.js';
 import { logSoftmax } from './logSoftmax.js';
@@ -50,13 +50,30 @@ function seqView(k: KernelBuilder, seqInfo: ArrayRef<'u32', boolean>, seq: Val<'
   };
 }
 
+/** Entry i of a probability buffer, however the kernel binds it. */
+type Gather = (i: Val<'u32'>) => Val<'f32'>;
+/** The kernel's view of draftProbs / targetProbs: f32 words, or 16-byte vectors (chunks of 4). */
+function probs(k: KernelBuilder, g: Segments, b: { draftProbs: ArrayRef<DType, boolean>; targetProbs: ArrayRef<DType, boolean> }) {
+  if (g.chunk !== 4) {
+    const q = b.draftProbs.typed('f32'), p = b.targetProbs.typed('f32');
+    return { scalar: { draftProbs: q, targetProbs: p }, vec: null, gather: { draftProbs: (i: Val<'u32'>) => q.at(i), targetProbs: (i: Val<'u32'>) => p.at(i) } };
+  }
+  const q4 = b.draftProbs.typed('vec4<f32>'), p4 = b.targetProbs.typed('vec4<f32>');
+  // A gather at a random entry: its vector, then the component (one 16-byte load, one sector).
+  const at = (r: ArrayRef<'vec4<f32>', boolean>) => (i: Val<'u32'>) => {
+    const v = r.at(i.div(4)), c = i.rem(4);
+    return k.select(c.eq(0), v.x, k.select(c.eq(1), v.y, k.select(c.eq(2), v.z, v.w)));
+  };
+  return { scalar: null, vec: { draftProbs4: q4, targetProbs4: p4 }, gather: { draftProbs: at(q4), targetProbs: at(p4) } };
+}
+
 /** The accepted count a = the first rejected draft (k if none). Drafts are tested in parallel —
  *  two dependent loads each, not 2k in a row — and the first rejection is an atomic min. Every
  *  launch that needs a recomputes it with this same code, so all agree. Draft i is tested by the
  *  first lane of warp i (warpLanes apart): its gathers at random tokens are one sector per request,
  *  not one per draft in a shared request. */
-function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<'u32', boolean>; draftProbs: ArrayRef<'f32', boolean>;
-  targetProbs: ArrayRef<'f32', boolean> }, vocab: Val<'u32'>, maxK: Val<'u32'>, wg: number): Val<'u32'> {
+function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<'u32', boolean>; draftProbs: Gather; targetProbs: Gather },
+  vocab: Val<'u32'>, maxK: Val<'u32'>, wg: number): Val<'u32'> {
   const first = k.shared('firstRejected', 'u32', 1, { atomic: true });
   k.if(k.localIndex.eq(0), () => k.atomicStore(first, 0, s.kSeq));
   k.barrier();
@@ -64,8 +81,8 @@ function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<
   k.if(k.localIndex.rem(apart).eq(0), () => k.for('i', k.localIndex.div(apart), s.kSeq, (i) => {
     const x = k.let('x', min(b.draftTokens.at(s.seq.mul(maxK).add(i)), vocab.sub(1)));
     const u = randomUniform(k, s.seed, s.pos.add(i), STREAM_ACCEPT, 'acc');
-    const qx = k.let('qx', b.draftProbs.at(s.seq.mul(maxK).add(i).mul(vocab).add(x)));
-    const px = k.let('px', b.targetProbs.at(s.seq.mul(maxK.add(1)).add(i).mul(vocab).add(x)));
+    const qx = k.let('qx', b.draftProbs(s.seq.mul(maxK).add(i).mul(vocab).add(x)));
+    const px = k.let('px', b.targetProbs(s.seq.mul(maxK.add(1)).add(i).mul(vocab).add(x)));
     k.if(u.mul(qx).le(px).not(), () => { k.atomicMin(first, 0, i); });
   }, wg / apart));
   k.barrier();
@@ -117,14 +134,74 @@ function bothSums(k: KernelBuilder, g: Segments, b: { draftProbs: ArrayRef<'f32'
   return { resid, target };
 }
 
+type Vec4Probs = { draftProbs4: ArrayRef<'vec4<f32>', boolean>; targetProbs4: ArrayRef<'vec4<f32>', boolean> };
+
+/** Rows of p_a and q_a in 16-byte vectors, and this invocation's first entry (chunks of 4: Segments.chunk). */
+function vecRows(k: KernelBuilder, s: SeqView, a: Val<'u32'>, segBase: Val<'u32'>, vocab: Val<'u32'>, maxK: Val<'u32'>, tag: string) {
+  return {
+    pRow4: k.let(`${tag}PRow4`, s.seq.mul(maxK.add(1)).add(a).mul(vocab).div(4)),
+    qRow4: k.let(`${tag}QRow4`, s.seq.mul(maxK).add(min(a, maxK.sub(1))).mul(vocab).div(4)),
+    first: k.let(`${tag}First`, segBase.add(k.localIndex.mul(4))),
+  };
+}
+/** The weight of one entry from its p and q (the residual unless useResid is false), 0 outside V. */
+const entryWeight = (k: KernelBuilder, ok: Val<'bool'>, useResid: Val<'bool'>, pv: Val<'f32'>, qv: Val<'f32'>) =>
+  k.select(ok, k.select(useResid, max(pv.sub(qv), 0), pv), k.f32(0));
+
+/** bothSums with 16-byte loads: invocation t owns the chunks j·wg + t (entries 4·chunk .. + 3),
+ *  summed in the order loadWeights4 sums them. vocab % 4 == 0, so a chunk is wholly in or out. */
+function bothSums4(k: KernelBuilder, g: Segments, b: Vec4Probs, s: SeqView, a: Val<'u32'>, segBase: Val<'u32'>,
+  vocab: Val<'u32'>, maxK: Val<'u32'>): { resid: Val<'f32'>; target: Val<'f32'> } {
+  const { pRow4, qRow4, first } = vecRows(k, s, a, segBase, vocab, maxK, 'v');
+  const rejected = k.let('rejected', a.lt(s.kSeq));
+  const resid = k.var('rSum', 'f32', 0), target = k.var('tSum', 'f32', 0);
+  for (let c = 0; c < g.items / 4; c++) {
+    const i = k.let(`i${c}`, first.add(4 * c * g.wg));
+    const ok = k.let(`ok${c}`, i.lt(vocab));
+    const col4 = k.let(`col${c}`, min(i, vocab.sub(4)).div(4));
+    const p4 = k.let(`p${c}`, b.targetProbs4.at(pRow4.add(col4)));
+    const q4 = k.let(`q${c}`, b.draftProbs4.at(qRow4.add(col4)));
+    for (let l = 0; l < 4; l++) {
+      resid.set(resid.add(entryWeight(k, ok, rejected, p4.at(l), q4.at(l))));
+      target.set(target.add(k.select(ok, p4.at(l), k.f32(0))));
+    }
+  }
+  return { resid, target };
+}
+
+/** loadWeights for acceptDraw with 16-byte loads (Segments.chunk = 4): the extra token's weights
+ *  (residual, or p_a where useP), only read where `active`. */
+function loadWeights4(k: KernelBuilder, g: Segments, b: Vec4Probs, s: SeqView, a: Val<'u32'>, segBase: Val<'u32'>,
+  vocab: Val<'u32'>, maxK: Val<'u32'>, useP: Val<'bool'>, active: Val<'bool'>) {
+  const { pRow4, qRow4, first } = vecRows(k, s, a, segBase, vocab, maxK, 'w');
+  const useResid = k.let('useResid', a.lt(s.kSeq).and(useP.not()));
+  const w = k.privateArray('wW', 'f32', g.items);
+  const sum = k.var('wSum', 'f32', 0);
+  for (let c = 0; c < g.items / 4; c++) {
+    const i = k.let(`wI${c}`, first.add(4 * c * g.wg));
+    const ok = k.let(`wOk${c}`, i.lt(vocab));
+    const col4 = k.let(`wCol${c}`, min(i, vocab.sub(4)).div(4));
+    const p4 = k.var(`wP${c}`, 'vec4<f32>', 0), q4 = k.var(`wQ${c}`, 'vec4<f32>', 0);
+    k.if(active, () => { p4.set(b.targetProbs4.at(pRow4.add(col4))); q4.set(b.draftProbs4.at(qRow4.add(col4))); });
+    for (let l = 0; l < 4; l++) {
+      const x = k.let(`wX${4 * c + l}`, entryWeight(k, ok, useResid, p4.at(l), q4.at(l)));
+      w.set(4 * c + l, x);
+      sum.set(sum.add(x));
+    }
+  }
+  return { w, first, sum };
+}
+
 /** Pass 1: accepted count and drafts out; per-segment sums of the extra token's weights. */
 export function acceptResidualSums(g: Segments) {
   return kernel({
-    name: 'acceptResidualSums', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    name: g.chunk === 4 ? 'acceptResidualSums4' : 'acceptResidualSums', params: { workgroupSize: g.wg, items: g.items, chunk: g.chunk ?? g.items },
+    caps: g.caps, workgroupSize: g.wg,
     bindings: {
       draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
-      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]' }),
-      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]' }),
+      // Chunks of 4 (vocab % 4 == 0): the rows as 16-byte vectors.
+      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
+      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
       seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
       accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
       tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
@@ -137,9 +214,10 @@ export function acceptResidualSums(g: Segments) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
       const seg = k.let('seg', k.workgroupId.x);
       const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
-      const a = acceptedCount(k, s, b, vocab, maxK, g.wg);
+      const pr = probs(k, g, b);
+      const a = acceptedCount(k, s, { draftTokens: b.draftTokens, ...pr.gather }, vocab, maxK, g.wg);
       const segBase = k.let('segBase', seg.mul(g.seg));
-      const sums = bothSums(k, g, b, s, a, segBase, vocab, maxK);
+      const sums = pr.vec ? bothSums4(k, g, pr.vec, s, a, segBase, vocab, maxK) : bothSums(k, g, pr.scalar, s, a, segBase, vocab, maxK);
       const [, totalR] = workgroupScan(k, sums.resid, sa, sb, g.wg, 'sumR', 'total');
       const [, totalT] = workgroupScan(k, sums.target, sa, sb, g.wg, 'sumT', 'total');
       const lid = k.localIndex;
@@ -162,11 +240,13 @@ export function acceptResidualSums(g: Segments) {
 /** Pass 2: draw the extra token with u(seed, position + a, STREAM_SAMPLE). */
 export function acceptDraw(g: Segments) {
   return kernel({
-    name: 'acceptDraw', params: { workgroupSize: g.wg, items: g.items }, caps: g.caps, workgroupSize: g.wg,
+    name: g.chunk === 4 ? 'acceptDraw4' : 'acceptDraw', params: { workgroupSize: g.wg, items: g.items, chunk: g.chunk ?? g.items },
+    caps: g.caps, workgroupSize: g.wg,
     bindings: {
       draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
-      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]' }),
-      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]' }),
+      // Chunks of 4 (vocab % 4 == 0): the rows as 16-byte vectors.
+      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
+      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
       seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
       partResid: storage('f32', 'read', { shape: '[seqs, segments]' }),
       partTarget: storage('f32', 'read', { shape: '[seqs, segments]' }),
@@ -180,7 +260,8 @@ export function acceptDraw(g: Segments) {
       const cand = k.shared('cand', 'u32', 2, { atomic: true });
       const seg = k.let('seg', k.workgroupId.x);
       const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
-      const a = acceptedCount(k, s, b, vocab, maxK, g.wg);
+      const pr = probs(k, g, b);
+      const a = acceptedCount(k, s, { draftTokens: b.draftTokens, ...pr.gather }, vocab, maxK, g.wg);
       k.if(k.localIndex.eq(0), () => {
         const base = k.let('base', s.seq.mul(nseg));
         const [beforeR, totalR] = mergeSums(k, b.partResid, base, nseg, seg, 'zr');
@@ -197,7 +278,8 @@ export function acceptDraw(g: Segments) {
       const mine = k.let('mine', off.le(target).and(target.lt(off.add(rowState.at(2)))));
       const useP = k.let('usePAll', rowState.at(3).gt(0));
       // Only the segment holding the target reads p_a and q_a again.
-      const ws = loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, b, s, a, vocab, maxK, useP), 'w', true, mine);
+      const ws = pr.vec ? loadWeights4(k, g, pr.vec, s, a, seg.mul(g.seg), vocab, maxK, useP, mine)
+        : loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, pr.scalar, s, a, vocab, maxK, useP), 'w', true, mine);
       const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'excl');
       const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
       k.if(k.localIndex.eq(0).and(mine), () => b.tokens.set(s.seq.mul(maxK.add(1)).add(a), pick));
@@ -282,8 +364,12 @@ function checkSizes(name: string, s: { seqs: number; vocab: number; maxK: number
 /** Rejection sampling. Sizes: seqs, vocab, maxK (≥ 1; the allocated draft slots per sequence).
  *  src/ops/sampling.ts validates inputs (k ≤ maxK, probabilities) before launching. */
 export function rejectionSampler(p: SegmentParams = {}) {
-  const g: Segments = { ...segments(p), interleaved: true };
+  // Lane-contiguous ownership: 16-byte vectors where every row starts on one (vocab % 4 == 0 and
+  // whole chunks per invocation), else single words. The two orders differ, each exact.
+  const g: Segments = { ...segments(p), chunk: 1 };
+  const g4: Segments | null = g.items % 4 === 0 ? { ...g, chunk: 4 } : null;
   const k1 = acceptResidualSums(g), k2 = acceptDraw(g);
+  const k14 = g4 && acceptResidualSums(g4), k24 = g4 && acceptDraw(g4);
   const o = op('rejectionSampler', {
     draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
     draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]' }),
@@ -296,15 +382,16 @@ export function rejectionSampler(p: SegmentParams = {}) {
     const u = { ...s, segments: segmentCount(g, s.vocab) };
     const n = s.seqs * u.segments;
     const common = { draftTokens: 'draftTokens', draftProbs: 'draftProbs', targetProbs: 'targetProbs', seqInfo: 'seqInfo', partResid: 'partResid', partTarget: 'partTarget' };
+    const vec = k14 && k24 && s.vocab % 4 === 0;
     return {
       temps: { partResid: { t: 'f32', length: n }, partTarget: { t: 'f32', length: n } },
       steps: [
-        { kernel: k1, bind: { ...common, accepted: 'accepted', tokens: 'tokens' }, uniforms: u },
-        { kernel: k2, bind: { ...common, tokens: 'tokens' }, uniforms: u },
+        { kernel: vec ? k14 : k1, bind: { ...common, accepted: 'accepted', tokens: 'tokens' }, uniforms: u },
+        { kernel: vec ? k24 : k2, bind: { ...common, tokens: 'tokens' }, uniforms: u },
       ],
     };
   });
-  return Object.assign(o, { kernels: [k1, k2], segments: g });
+  return Object.assign(o, { kernels: [k1, k2, ...(k14 && k24 ? [k14, k24] : [])], segments: g });
 }
 
 /** Greedy acceptance on the target's scores (logits or probabilities; only their order counts).

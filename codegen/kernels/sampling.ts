@@ -31,9 +31,10 @@ export interface SegmentParams {
 }
 export interface Segments {
   wg: number; items: number; seg: number; caps: Caps;
-  /** loadWeights/segmentSearch ownership: invocation t owns entries t + j·wg of its segment
-   *  (neighbouring invocations read neighbouring words: coalesced), not [t·items, (t+1)·items). */
-  interleaved?: boolean;
+  /** loadWeights/segmentSearch ownership in chunks of `chunk` entries: invocation t owns entries
+   *  chunk·(⌊j/chunk⌋·wg + t) + j mod chunk of its segment (1: t + j·wg; 4: one 16-byte vector per
+   *  chunk), so neighbouring invocations read neighbouring words. Absent: [t·items, (t+1)·items). */
+  chunk?: 1 | 4;
 }
 export function segments(p: SegmentParams): Segments {
   const wg = p.workgroupSize ?? 256, items = p.items ?? 16;
@@ -111,8 +112,14 @@ export function workgroupScan(k: KernelBuilder, v: Val<'f32'>, a: ArrayRef<'f32'
   return [excl, total];
 }
 
-/** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment (or,
- *  g.interleaved, t + j·wg), held in registers, summed in j order. `weight(i, inRange)` gives the
+/** Offset of an invocation's j-th entry from its first (chunked ownership: see Segments.chunk). */
+export function ownedOffset(g: Segments, j: number): number {
+  if (!g.chunk) return j;
+  return g.chunk * Math.floor(j / g.chunk) * g.wg + (j % g.chunk);
+}
+
+/** Segment-local weights: invocation t owns entries [t·items, (t+1)·items) of the segment (or in
+ *  chunks, g.chunk), held in registers, summed in j order. `weight(i, inRange)` gives the
  *  weight of vocabulary entry i (0 outside V). */
 export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, vocab: Val<'u32'>,
   weight: (i: Val<'u32'>, inRange: Val<'bool'>) => Val<'f32'>, tag: string, keep?: true,
@@ -126,10 +133,10 @@ export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, 
   // keep = false: only the sum is wanted, the weights are not held. active: where false, nothing
   // is read and every weight is 0 (a workgroup whose result will not be used saves the traffic).
   const w = keep ? k.privateArray(`${tag}W`, 'f32', g.items) : null;
-  const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.interleaved ? 1 : g.items)));
+  const first = k.let(`${tag}First`, segBase.add(k.localIndex.mul(g.chunk ?? g.items)));
   const sum = k.var(`${tag}Sum`, 'f32', 0);
   for (let j = 0; j < g.items; j++) {
-    const i = k.let(`${tag}I${j}`, first.add(g.interleaved ? j * g.wg : j));
+    const i = k.let(`${tag}I${j}`, first.add(ownedOffset(g, j)));
     let x: Val<'f32'>;
     if (active) {
       const v = k.var(`${tag}X${j}`, 'f32', 0);
@@ -148,9 +155,9 @@ export function loadWeights(k: KernelBuilder, g: Segments, segBase: Val<'u32'>, 
  * sum: monotone, and ending at the segment total, so exactly one segment (segOffset ≤ target <
  * segOffset + total) holds the crossing. Only entries of positive weight qualify; a rounding
  * corner case without any falls back to the last positive entry. Returns the chosen index (valid
- * in the one segment whose caller knows it holds the crossing). Interleaved ownership: "first" and
+ * in the one segment whose caller knows it holds the crossing). Chunked ownership: "first" and
  * "last" are in the summation order (t, j), so the atomics compare ranks t·items + j, mapped back to
- * the entry t + j·wg at the end.
+ * the entry at the end.
  */
 export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'f32', true>; first: Val<'u32'> },
   excl: Val<'f32'>, segOffset: Val<'f32'>, target: Val<'f32'>, cand: ArrayRef<'u32', true>, tag: string): Val<'u32'> {
@@ -163,7 +170,7 @@ export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'
     const x = k.let(`${tag}W${j}`, ws.w.at(j));
     run.set(run.add(x));
     const pos = k.let(`${tag}Pos${j}`, x.gt(0));
-    const i = g.interleaved ? lid.mul(g.items).add(j) : ws.first.add(j);
+    const i = g.chunk ? lid.mul(g.items).add(j) : ws.first.add(j);
     k.if(pos.and(found.not()).and(segOffset.add(excl.add(run)).gt(target)), () => {
       k.atomicMin(cand, 0, i);
       k.assign(found, true);
@@ -175,9 +182,12 @@ export function segmentSearch(k: KernelBuilder, g: Segments, ws: { w: ArrayRef<'
   const last = k.let(`${tag}Last`, k.atomicLoad(cand, 1));
   k.barrier();
   const pick = k.select(c.ne(NO_TOKEN), c, max(last, 1).sub(1));
-  if (!g.interleaved) return k.let(`${tag}Pick`, pick);
+  if (!g.chunk) return k.let(`${tag}Pick`, pick);
   const rank = k.let(`${tag}Rank`, pick);
-  return k.let(`${tag}Pick`, ws.first.sub(lid).add(rank.rem(g.items).mul(g.wg)).add(rank.div(g.items)));
+  if (g.chunk === 1) return k.let(`${tag}Pick`, ws.first.sub(lid).add(rank.rem(g.items).mul(g.wg)).add(rank.div(g.items)));
+  const j = k.let(`${tag}J`, rank.rem(g.items));
+  const chunkIndex = j.div(g.chunk).mul(g.wg).add(rank.div(g.items));
+  return k.let(`${tag}Pick`, ws.first.sub(lid.mul(g.chunk)).add(chunkIndex.mul(g.chunk)).add(j.rem(g.chunk)));
 }
 
 /** Thread 0 sums partials [base, base + n) in order; returns [sum of the first `upTo`, total]. */

@@ -41,12 +41,15 @@ const tv = (a: ArrayLike<number>, b: ArrayLike<number>) => {
 
 // ---- exact mirror of acceptResidualSums + acceptDraw ------------------------------------------
 interface Geometry { wg: number; items: number; seg: number }
-function segmentTotals(w: Float32Array, g: Geometry): { threadSums: number[][]; totals: number[] } {
+/** Invocation t's j-th entry of a segment: chunks of 4 (16-byte loads) where V % 4 == 0, else t + j·wg. */
+const owned = (g: Geometry, chunk: number, t: number, j: number) => chunk * (Math.floor(j / chunk) * g.wg + t) + (j % chunk);
+const chunkFor = (g: Geometry, V: number) => (V % 4 === 0 && g.items % 4 === 0 ? 4 : 1);
+function segmentTotals(w: Float32Array, g: Geometry, chunk: number): { threadSums: number[][]; totals: number[] } {
   const threadSums: number[][] = [], totals: number[] = [];
   for (let base = 0; base < w.length; base += g.seg) {
     const ts = Array.from({ length: g.wg }, (_, t) => {
       let s = 0;
-      for (let j = 0; j < g.items; j++) s = f(s + (w[base + t + j * g.wg] ?? 0)); // invocation t owns t + j·wg
+      for (let j = 0; j < g.items; j++) s = f(s + (w[base + owned(g, chunk, t, j)] ?? 0));
       return s;
     });
     let cur = ts.slice(); // Hillis–Steele, as workgroupScan
@@ -64,9 +67,10 @@ function mirrorAccept(g: Geometry, seq: { k: number; seed: number; pos: number; 
   }
   const V = p[0]!.length;
   const resid = Float32Array.from(p[a]!, (v, i) => (a < seq.k ? Math.max(f(v - q[a]![i]!), 0) : v));
-  let w: Float32Array = resid, seg = segmentTotals(resid, g);
+  const chunk = chunkFor(g, V);
+  let w: Float32Array = resid, seg = segmentTotals(resid, g, chunk);
   let total = seg.totals.reduce((s, v) => f(s + v), 0);
-  if (!(total > 0)) { w = p[a]!; seg = segmentTotals(w, g); total = seg.totals.reduce((s, v) => f(s + v), 0); }
+  if (!(total > 0)) { w = p[a]!; seg = segmentTotals(w, g, chunk); total = seg.totals.reduce((s, v) => f(s + v), 0); }
   const target = f(randomUniformRef(seq.seed, seq.pos + a, STREAM_SAMPLE) * total);
   let off = 0;
   for (let s = 0; s < seg.totals.length; s++) {
@@ -77,7 +81,7 @@ function mirrorAccept(g: Geometry, seq: { k: number; seed: number; pos: number; 
         const excl = t > 0 ? seg.threadSums[s]![t - 1]! : 0;
         let run = 0;
         for (let j = 0; j < g.items; j++) {
-          const i = s * g.seg + t + j * g.wg;
+          const i = s * g.seg + owned(g, chunk, t, j);
           const x = i < V ? w[i]! : 0;
           run = f(run + x);
           if (x > 0 && cand < 0 && f(off + f(excl + run)) > target) cand = i;
@@ -129,7 +133,8 @@ async function runBatch(dev: Device, o: ReturnType<typeof rejectionSampler>, b: 
 }
 
 const SMALL = { workgroupSize: 32, items: 4 };
-const CONFIGS = [['small segments', SMALL, 1000], ['default segments', {}, 5000]] as const;
+// V % 4 == 0: 16-byte chunks per invocation; 1002: single words (the other ownership order).
+const CONFIGS = [['small segments', SMALL, 1000], ['default segments', {}, 5000], ['small segments, words', SMALL, 1002]] as const;
 
 // ---- the losslessness statistic ---------------------------------------------------------------
 // Power: the subtlest wrong rule below (a rejection resampled from p instead of the residual)
