@@ -319,9 +319,8 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
   const C = src.cols;
   // Whole vec4s of partials per unit: every unit starts at a multiple of C in a row of Nw.
   const partVec = w > 1 && C % 4 === 0;
-  // Nibble-pair units: one vec2 of partials each (lane-contiguous stores), where no folded finish
-  // reads them back (it reads words or vec4s).
-  const partPair = !partVec && !!v.narrow && C === 2 && !fusion.finish;
+  // Nibble-pair units: one vec2 of partials each (lane-contiguous stores).
+  const partPair = !partVec && !!v.narrow && C === 2;
   const ftag = fusionTag(fusion); // linearFusion.ts: prologue/epilogue the GEMV takes over
   return memoKernel(`gemv/${src.tag}/${rows}/${wg}/${units}/${unrollK}/${ftag}/${capsKey(caps)}`, () => kernel({
     name: `gemv_${src.tag}_r${rows}${unrollK > 1 ? `_k${unrollK}` : ''}${ftag ? `_${ftag}` : ''}`,
@@ -427,7 +426,7 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
         if (j) k.if(u0.add(j).lt(nUnits), store);
         else store();
       }
-      foldedFinish(k, fusion, refs, { rows, block: units * C, partVec, Nw }, uniforms);
+      foldedFinish(k, fusion, refs, { rows, block: units * C, partVec, partPair, Nw }, uniforms);
     },
   }));
 }

@@ -179,6 +179,8 @@ export interface FinishContext {
   block: number;
   /** Partials are bound as vec4<f32>. */
   partVec: boolean;
+  /** Partials are bound as vec2<f32> (a nibble-pair GEMV: 2 columns per invocation). */
+  partPair?: boolean;
   Nw: Val<'u32'>;
 }
 
@@ -190,7 +192,7 @@ export function foldedFinish(k: KernelBuilder, f: GemvFusion, refs: Record<strin
   u: Record<string, Val<any>>): void {
   const e = f.finish;
   if (!e) return;
-  const { rows, block: B, partVec, Nw } = c;
+  const { rows, block: B, partVec, partPair, Nw } = c;
   const N = u.N as Val<'u32'>;
   const S = k.let('fS', k.numWorkgroups.y);
   const tickets = (refs.tickets as ArrayRef<'u32', boolean>).writableRef();
@@ -205,9 +207,10 @@ export function foldedFinish(k: KernelBuilder, f: GemvFusion, refs: Record<strin
     };
     const ob = k.let('fob', tb.mul(B));
     // Columns per step: a vec4 of partials, or an f16 output pair, or one column.
-    const P = partVec ? 4 : e.out === 'f16' ? 2 : 1;
+    const P = partVec ? 4 : partPair || e.out === 'f16' ? 2 : 1;
     const partF = refs.part as ArrayRef<'f32', boolean>;
     const partV = refs.part as ArrayRef<'vec4<f32>', boolean>;
+    const partV2 = refs.part as ArrayRef<'vec2<f32>', boolean>;
     for (let r = 0; r < rows; r++) {
       k.for(`fi${r}`, k.u32(0), k.u32(B), (i) => {
         const n = k.let(`fn${r}`, ob.add(i));
@@ -216,9 +219,9 @@ export function foldedFinish(k: KernelBuilder, f: GemvFusion, refs: Record<strin
             const t = Array.from({ length: P }, (_, p) => k.var(`f${tag}${r}_${p}`, 'f32', 0));
             k.for(`fs${tag}${r}`, k.u32(0), S, (s) => {
               const at = k.let(`fat${tag}${r}`, s.mul(rows).add(r).mul(Nw).add(col));
-              if (partVec) {
-                const v = k.let(`fv${tag}${r}`, partV.at(at.div(4)));
-                t.forEach((tp, p) => tp.set(tp.add(v.at(p))));
+              if (partVec || partPair) {
+                const v = k.let(`fv${tag}${r}`, partVec ? partV.at(at.div(4)) : partV2.at(at.div(2)));
+                t.forEach((tp, p) => tp.set(tp.add(v.at(p) as Val<'f32'>)));
               } else {
                 t.forEach((tp, p) => tp.set(tp.add(partF.at(p ? at.add(p) : at))));
               }
