@@ -50,7 +50,7 @@ function denseF16VectorSource(w: 2 | 4): WeightSource {
     cols: 2 * w,
     granule: K_GRANULE,
     bindings: { w: storage('u32', 'read', { vec: w, shape: '[K, Nw / 2]' }) },
-    row: (k, u, kk) => kk.mul(u.Nw.div(2 * w)),
+    row: (_k, u, kk) => kk.mul(u.Nw.div(2 * w)),
     values(k, refs, row, unit, tag) {
       const words = k.let(`wq${tag}`, (refs.w as ArrayRef<'vec4<u32>', false>).at(row.add(unit)));
       return Array.from({ length: w }, (_, j) => {

@@ -119,7 +119,7 @@ function int4PairSource(g: number, dequant: Int4Dequant): WeightSource {
       qzeros: storage('u32', 'read', { shape: qzerosShape(g) }),
       scales: storage('u32', 'read', { shape: scalesShape(g) }),
     },
-    row: (k, u, kk) => kk.mul(u.Nw.div(8)),
+    row: (_k, u, kk) => kk.mul(u.Nw.div(8)),
     values(k, refs, row, unit, tag) {
       const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit.shr(2))));
       return unpackPair(k, qw, unit.band(3), dequant);
