@@ -114,7 +114,6 @@ export class FnBuilder {
     if (lane !== undefined) this.code.push(lane);
     return this;
   }
-  fence(): this { this.code.push(0xfe, 0x03, 0x00); return this; }
   call(fn: number): this { this.code.push(OP.call); uleb(fn, this.code); return this; }
   /** memory.fill (dst, value, n on the stack) and memory.copy (dst, src, n). */
   fill(): this { this.code.push(0xfc); uleb(11, this.code); this.code.push(0); return this; }

@@ -194,9 +194,10 @@ class WasmEmitter extends WasmExpressions {
       }
       case 'return': this.exit('return'); return;
       case 'atomic': this.atomic(s); return;
-      // Device-scope fence: a sequentially consistent wasm fence (ordering this thread's stores
-      // before its later ones, as a GPU's fence before an atomic ticket does).
-      case 'fence': f.fence(); return;
+      // As in the JS executor: wasm atomics are sequentially consistent, so plain writes before an
+      // atomic operation are seen by a thread whose atomic operation reads its result; the fence
+      // itself emits nothing (an atomic.fence cost 4.5 % of a decode step: x86 mfence).
+      case 'fence': return;
       case 'barrier': case '$sg': case '$loop':
         return this.fail(`${s.k} in a per-invocation region`);
     }
