@@ -60,7 +60,8 @@ export const platform: Platform = {
   contentKey,
   sharedMemory: sharing,
   // Without cross-origin isolation there is no SharedArrayBuffer: plain memory, used on the main
-  // thread only (the cpu device then runs no workers).
+  // thread only (the cpu device then runs no workers). The cast says so to the types: nothing
+  // shares it, so nothing relies on it being shared.
   allocShared: (bytes) => (sharing ? new SharedArrayBuffer(bytes) : (new ArrayBuffer(bytes) as unknown as SharedArrayBuffer)),
   startWorker,
   resolvePackagePath: (relative, moduleUrl) => new URL(relative, moduleUrl).href,

@@ -20,6 +20,8 @@ interface Doc {
   getElementById(id: string): El | null;
   createElement(tag: string): El;
 }
+// The one cast here: the page's globals, typed by the slices above (the project's type libraries
+// have no DOM, and the page uses a handful of its members).
 const g = globalThis as unknown as { document: Doc; location: { search: string; href: string }; kilnPlayground?: unknown };
 const doc = g.document;
 const $ = (id: string): El => {

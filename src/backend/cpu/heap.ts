@@ -4,14 +4,14 @@
 // up to 4 GiB. Growing a shared memory keeps earlier SharedArrayBuffers valid for the bytes they
 // covered, so a buffer keeps the one it was allocated in.
 
-import { Wasm, type WasmMemory } from './wasm-api.js';
+import { Wasm, type WasmSharedMemory } from './wasm-api.js';
 
 const PAGE = 65536;
 const ALIGN = 64;
 const MAX_PAGES = 65536;
 
 export class WasmHeap {
-  readonly memory: WasmMemory;
+  readonly memory: WasmSharedMemory;
   /** Free blocks [offset, bytes], sorted by offset, never adjacent. */
   private free: [number, number][] = [];
   private top = ALIGN; // offset 0 stays unused: a zero offset is never a live buffer
@@ -28,7 +28,7 @@ export class WasmHeap {
 
   /** Only alloc grows the memory, so the views are renewed there (memory.buffer is not free to read). */
   private refresh(): void {
-    this.sab = this.memory.buffer as unknown as SharedArrayBuffer;
+    this.sab = this.memory.buffer;
     this.i32 = new Int32Array(this.sab);
     this.f32 = new Float32Array(this.sab);
   }

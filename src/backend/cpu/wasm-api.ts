@@ -1,14 +1,19 @@
-// The slice of the WebAssembly JS API the cpu device uses, typed here: the project's type
-// libraries (ES2022, no DOM) leave WebAssembly's classes undeclared.
+// The slice of the WebAssembly JS API the cpu device uses, declared here as the global it is:
+// the project's type libraries (ES2022, no DOM) leave WebAssembly's classes undeclared.
 export interface WasmMemory { readonly buffer: ArrayBuffer | SharedArrayBuffer; grow(pages: number): number }
+/** A memory made with `shared: true`: its buffer is a SharedArrayBuffer. */
+export interface WasmSharedMemory extends WasmMemory { readonly buffer: SharedArrayBuffer }
 export interface WasmModule { readonly __wasmModule?: never }
 export interface WasmInstance { readonly exports: Record<string, unknown> }
 interface WasmApi {
-  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => WasmMemory;
+  Memory: new (d: { initial: number; maximum: number; shared: true }) => WasmSharedMemory;
   Module: new (bytes: Uint8Array) => WasmModule;
   Instance: new (m: WasmModule, imports: Record<string, Record<string, unknown>>) => WasmInstance;
 }
-export const Wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+declare global {
+  var WebAssembly: WasmApi;
+}
+export const Wasm: WasmApi = globalThis.WebAssembly;
 
 /**
  * V8 first compiles wasm with its baseline compiler and optimises hot functions later on

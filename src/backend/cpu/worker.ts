@@ -72,7 +72,7 @@ export function executeJob(job: JobMessage, kernels: Map<string, WorkerKernel>):
     try {
       const m = new Function(wasm.imports)() as Record<string, (...a: number[]) => number>;
       // A global lookup, not an import: this function's text runs in worker threads as it is.
-      const W = (globalThis as unknown as { WebAssembly: { Instance: new (m: WasmModule, i: object) => { exports: Record<string, unknown> } } }).WebAssembly;
+      const W = globalThis.WebAssembly;
       const inst = new W.Instance(wasm.module, { env: { memory: wasm.memory }, m });
       k = { ctx, wasmRun: inst.exports.run as WorkerKernel['wasmRun'] };
     } catch (e) {
@@ -185,7 +185,7 @@ export interface GraphMessage {
 export function executeGraph(msg: GraphMessage, kernels: Map<string, WorkerKernel>, graphs: Map<number, GraphStep[]>): JobReply {
   const g = msg.graph;
   if (g.modules?.length) {
-    const W = (globalThis as unknown as { WebAssembly: { Instance: new (m: WasmModule, i: object) => { exports: Record<string, unknown> } } }).WebAssembly;
+    const W = globalThis.WebAssembly;
     const m = new Function(g.imports ?? '')() as Record<string, (...a: number[]) => number>;
     for (const { key, module } of g.modules) {
       if (kernels.has(key)) continue;
