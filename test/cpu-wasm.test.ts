@@ -80,6 +80,25 @@ describe.each([['wasm', wasm], ['js', js]] as const)('step replay on the %s exec
       for (const x of [a, b, c, d, e]) dev.free(x);
     }
   });
+
+  it('refuses to free a buffer a live graph or the capture in progress uses, and frees it once the graph is destroyed', async () => {
+    const add = vectorAdd({ caps: dev.caps }), n = 64;
+    const a = dev.alloc('f32', n, 'a'), out = dev.alloc('f32', n, 'out'), spare = dev.alloc('f32', n, 'spare');
+    const graph = dev.captureGraph!(() => {
+      dev.launch(add, { a, b: a, out }, { n });
+      expect(() => dev.free(a)).toThrow("cpu free of 'a': the buffer is used by the graph being captured; destroy the graph before freeing or regrowing its buffers");
+    });
+    expect(() => dev.free(out)).toThrow("cpu free of 'out': the buffer is used by 1 live captured graph (1 launches); destroy the graph before freeing or regrowing its buffers");
+    dev.free(spare); // not in the graph
+    // The refused buffers are intact and the graph still replays with them.
+    const A = randomF32(n, rng(freshSeed('cpu graph free')));
+    dev.write(a, A);
+    graph.replay();
+    expect(firstDiff(await dev.read(out), A.map((x) => Math.fround(x + x)))).toBeNull();
+    graph.destroy();
+    dev.free(a);
+    dev.free(out);
+  });
 });
 
 describe('wasm executor errors', () => {

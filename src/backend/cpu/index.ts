@@ -138,6 +138,8 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   /** While captureGraph records: the launches dispatched so far. */
   private recording: { c: Compiled; bufs: CpuBuffer[]; uniforms: number[]; grid: [number, number, number] }[] | null = null;
   private graphs = 0;
+  /** Captured graphs not yet destroyed, each with the buffers its launches use (free() refuses those). */
+  private readonly liveGraphs = new Set<{ launches: number; buffers: Set<CpuBuffer> }>();
   private readonly inlineGraphs = new Map<number, GraphStep[]>();
 
   constructor(opts: DeviceOptions) {
@@ -205,6 +207,21 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     await this.settle();
     if (b.freed) throw new Error(`cpu read: buffer '${b.label}' was freed`);
     return hostArray(dtype, b.sab.slice(b.offset, b.offset + b.length * byteSize(dtype)), b.length);
+  }
+
+  /**
+   * Refuses a buffer that a live graph (or the capture in progress) launches with: a replay would
+   * read or write memory the heap has handed to another buffer. Scratch that grows is freed and
+   * reallocated, so this also catches a regrow under a captured graph. Destroy the graph first.
+   */
+  override free(buf: DeviceBuffer): void {
+    const b = this.own(buf, 'cpu free');
+    const users = [...this.liveGraphs].filter((g) => g.buffers.has(b));
+    if (users.length || this.recording?.some((l) => l.bufs.includes(b))) {
+      const by = users.length ? `${users.length} live captured graph${users.length > 1 ? 's' : ''} (${users.map((g) => `${g.launches} launches`).join(', ')})` : 'the graph being captured';
+      throw new Error(`cpu free of '${b.label}': the buffer is used by ${by}; destroy the graph before freeing or regrowing its buffers`);
+    }
+    super.free(buf);
   }
 
   protected freeBuffer(b: CpuBuffer): void {
@@ -370,6 +387,8 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     }
     const launches = rec.filter((l) => l.grid[0] * l.grid[1] * l.grid[2] > 0);
     let destroyed = false;
+    const users = { launches: launches.length, buffers: new Set(launches.flatMap((l) => l.bufs)) };
+    this.liveGraphs.add(users);
     const live = (what: string) => {
       this.usable(`${what} a graph`);
       if (destroyed) throw new Error(`cpu graph: cannot ${what} it: it was destroyed`);
@@ -378,7 +397,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       return {
         launches: launches.length,
         replay: () => { live('replay'); for (const l of launches) this.enqueue(() => this.execute(l.c, l.bufs, l.uniforms, l.grid)); },
-        destroy: () => { destroyed = true; },
+        destroy: () => { destroyed = true; this.liveGraphs.delete(users); },
       };
     }
     const heap = this.heap, id = ++this.graphs, P = this.pool?.size ?? 1;
@@ -422,6 +441,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       destroy: () => {
         if (destroyed) return;
         destroyed = true;
+        this.liveGraphs.delete(users);
         this.enqueue(() => {
           steps.forEach((s, i) => heap.release(s.args, 4 * launches[i]!.c.wasm!.argWords));
           heap.release(control, 4 * (2 * steps.length + 2));
