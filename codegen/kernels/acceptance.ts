@@ -192,17 +192,75 @@ function loadWeights4(k: KernelBuilder, g: Segments, b: Vec4Probs, s: SeqView, a
   return { w, first, sum };
 }
 
+type AcceptBindings = {
+  draftTokens: ArrayRef<'u32', boolean>; draftProbs: ArrayRef<DType, boolean>; targetProbs: ArrayRef<DType, boolean>;
+  seqInfo: ArrayRef<'u32', boolean>;
+};
+/** The bindings both passes (and the one-launch kernel) share. */
+function acceptBindings(g: Segments) {
+  return {
+    draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
+    // Chunks of 4 (vocab % 4 == 0): the rows as 16-byte vectors.
+    draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
+    targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
+    seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+  };
+}
+
+/** Pass 1's work in a (segment, sequence) workgroup: a, the segment's two sums into partResid /
+ *  partTarget, and (segment 0) accepted and the token slots — the accepted drafts, NO_TOKEN from a on. */
+function residualSums(k: KernelBuilder, g: Segments, b: AcceptBindings & {
+  accepted: ArrayRef<'u32', true>; tokens: ArrayRef<'u32', true>; partResid: ArrayRef<'f32', true>; partTarget: ArrayRef<'f32', true>;
+}, u: { vocab: Val<'u32'>; maxK: Val<'u32'>; segments: Val<'u32'> }, sa: ArrayRef<'f32', true>, sb: ArrayRef<'f32', true>) {
+  const { vocab, maxK, segments: nseg } = u;
+  const seg = k.let('seg', k.workgroupId.x);
+  const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
+  const pr = probs(k, g, b);
+  const a = acceptedCount(k, s, { draftTokens: b.draftTokens, ...pr.gather }, vocab, maxK, g.wg);
+  const segBase = k.let('segBase', seg.mul(g.seg));
+  const sums = pr.vec ? bothSums4(k, g, pr.vec, s, a, segBase, vocab, maxK) : bothSums(k, g, pr.scalar, s, a, segBase, vocab, maxK);
+  const [, totalR] = workgroupScan(k, sums.resid, sa, sb, g.wg, 'sumR', 'total');
+  const [, totalT] = workgroupScan(k, sums.target, sa, sb, g.wg, 'sumT', 'total');
+  const lid = k.localIndex;
+  k.if(lid.eq(0), () => {
+    b.partResid.set(s.seq.mul(nseg).add(seg), totalR);
+    b.partTarget.set(s.seq.mul(nseg).add(seg), totalT);
+  });
+  k.if(seg.eq(0), () => {
+    k.if(lid.eq(0), () => b.accepted.set(s.seq, a));
+    const apart = warpLanes(g.wg);
+    k.if(lid.rem(apart).eq(0), () => k.for('t', lid.div(apart), maxK.add(1), (t) => {
+      const d = k.let('d', b.draftTokens.at(s.seq.mul(maxK).add(min(t, maxK.sub(1)))));
+      b.tokens.set(s.seq.mul(maxK.add(1)).add(t), k.select(t.lt(a), d, k.u32(NO_TOKEN)));
+    }, g.wg / apart));
+  });
+  return { s, pr, a };
+}
+
+/** Where the extra token is drawn, as every invocation reads it from workgroup memory: the
+ *  segment's offset in the CDF, the target u·Σ and whether p_a stands in for a residual summing to 0. */
+interface DrawState { off: Val<'f32'>; target: Val<'f32'>; useP: Val<'bool'> }
+
+/** The draw inside segment `seg` of sequence s, by the whole workgroup: where `mine` (the segment
+ *  holds the target), read p_a and q_a again, scan and search, and write token slot a. */
+function drawInSegment(k: KernelBuilder, g: Segments, pr: ReturnType<typeof probs>, b: { tokens: ArrayRef<'u32', true> },
+  s: SeqView, a: Val<'u32'>, seg: Val<'u32'>, st: DrawState, mine: Val<'bool'>, vocab: Val<'u32'>, maxK: Val<'u32'>,
+  sh: { sa: ArrayRef<'f32', true>; sb: ArrayRef<'f32', true>; cand: ArrayRef<'u32', true> }): void {
+  const { sa, sb, cand } = sh;
+  const ws = pr.vec ? loadWeights4(k, g, pr.vec, s, a, seg.mul(g.seg), vocab, maxK, st.useP, mine)
+    : loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, pr.scalar!, s, a, vocab, maxK, st.useP), 'w', true, mine);
+  const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'excl');
+  const pick = segmentSearch(k, g, ws, excl, st.off, st.target, cand, 'find');
+  k.if(k.localIndex.eq(0).and(mine), () => b.tokens.set(s.seq.mul(maxK.add(1)).add(a), pick));
+}
+
 /** Pass 1: accepted count and drafts out; per-segment sums of the extra token's weights. */
 export function acceptResidualSums(g: Segments) {
   return kernel({
     name: g.chunk === 4 ? 'acceptResidualSums4' : 'acceptResidualSums', params: { workgroupSize: g.wg, items: g.items, chunk: g.chunk ?? g.items },
     caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
-      // Chunks of 4 (vocab % 4 == 0): the rows as 16-byte vectors.
-      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
-      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
-      seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+      ...acceptBindings(g),
       accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
       tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
       partResid: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
@@ -210,29 +268,9 @@ export function acceptResidualSums(g: Segments) {
     },
     uniforms: UNIFORMS,
     grid: '[segments, seqs]',
-    body(k, b, { vocab, maxK, segments: nseg }) {
+    body(k, b, u) {
       const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
-      const seg = k.let('seg', k.workgroupId.x);
-      const s = seqView(k, b.seqInfo, k.let('seq', k.workgroupId.y));
-      const pr = probs(k, g, b);
-      const a = acceptedCount(k, s, { draftTokens: b.draftTokens, ...pr.gather }, vocab, maxK, g.wg);
-      const segBase = k.let('segBase', seg.mul(g.seg));
-      const sums = pr.vec ? bothSums4(k, g, pr.vec, s, a, segBase, vocab, maxK) : bothSums(k, g, pr.scalar, s, a, segBase, vocab, maxK);
-      const [, totalR] = workgroupScan(k, sums.resid, sa, sb, g.wg, 'sumR', 'total');
-      const [, totalT] = workgroupScan(k, sums.target, sa, sb, g.wg, 'sumT', 'total');
-      const lid = k.localIndex;
-      k.if(lid.eq(0), () => {
-        b.partResid.set(s.seq.mul(nseg).add(seg), totalR);
-        b.partTarget.set(s.seq.mul(nseg).add(seg), totalT);
-      });
-      k.if(seg.eq(0), () => {
-        k.if(lid.eq(0), () => b.accepted.set(s.seq, a));
-        const apart = warpLanes(g.wg);
-        k.if(lid.rem(apart).eq(0), () => k.for('t', lid.div(apart), maxK.add(1), (t) => {
-          const d = k.let('d', b.draftTokens.at(s.seq.mul(maxK).add(min(t, maxK.sub(1)))));
-          b.tokens.set(s.seq.mul(maxK.add(1)).add(t), k.select(t.lt(a), d, k.u32(NO_TOKEN)));
-        }, g.wg / apart));
-      });
+      residualSums(k, g, b, u, sa, sb);
     },
   });
 }
@@ -243,11 +281,7 @@ export function acceptDraw(g: Segments) {
     name: g.chunk === 4 ? 'acceptDraw4' : 'acceptDraw', params: { workgroupSize: g.wg, items: g.items, chunk: g.chunk ?? g.items },
     caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
-      // Chunks of 4 (vocab % 4 == 0): the rows as 16-byte vectors.
-      draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
-      targetProbs: storage('f32', 'read', { shape: '[seqs, maxK + 1, vocab]', vec: g.chunk === 4 ? 4 : 1 }),
-      seqInfo: storage('u32', 'read', { shape: '[seqs, 4]' }),
+      ...acceptBindings(g),
       partResid: storage('f32', 'read', { shape: '[seqs, segments]' }),
       partTarget: storage('f32', 'read', { shape: '[seqs, segments]' }),
       tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
@@ -275,14 +309,88 @@ export function acceptDraw(g: Segments) {
       });
       k.barrier();
       const off = k.let('off', rowState.at(0)), target = k.let('target', rowState.at(1));
-      const mine = k.let('mine', off.le(target).and(target.lt(off.add(rowState.at(2)))));
-      const useP = k.let('usePAll', rowState.at(3).gt(0));
       // Only the segment holding the target reads p_a and q_a again.
-      const ws = pr.vec ? loadWeights4(k, g, pr.vec, s, a, seg.mul(g.seg), vocab, maxK, useP, mine)
-        : loadWeights(k, g, seg.mul(g.seg), vocab, extraWeight(k, pr.scalar, s, a, vocab, maxK, useP), 'w', true, mine);
-      const [excl] = workgroupScan(k, ws.sum, sa, sb, g.wg, 'sum', 'excl');
-      const pick = segmentSearch(k, g, ws, excl, off, target, cand, 'find');
-      k.if(k.localIndex.eq(0).and(mine), () => b.tokens.set(s.seq.mul(maxK.add(1)).add(a), pick));
+      const mine = k.let('mine', off.le(target).and(target.lt(off.add(rowState.at(2)))));
+      const st: DrawState = { off, target, useP: k.let('usePAll', rowState.at(3).gt(0)) };
+      drawInSegment(k, g, pr, b, s, a, seg, st, mine, vocab, maxK, { sa, sb, cand });
+    },
+  });
+}
+
+/**
+ * Both passes in one launch, on devices with a device-scope fence (caps.deviceFence): every
+ * workgroup does pass 1's work, then takes its sequence's ticket; the last of the sequence's
+ * segments to arrive merges the partial sums and draws the extra token (pass 2's arithmetic, in
+ * the same order: the results are bit-identical to the two launches). It holds the sequence's
+ * partials in workgroup memory, so it needs segments ≤ wg (V ≤ wg·seg: 1M entries at the default
+ * geometry); the plan keeps two launches beyond that. The merge is thread 0's sequential sum (the
+ * order both plans and the test's mirror use) over workgroup memory, filled by one parallel load.
+ * tickets u32 [seqs] start at 0 and are left at 0.
+ */
+export function acceptSumsDraw(g: Segments) {
+  return kernel({
+    name: g.chunk === 4 ? 'acceptSumsDraw4' : 'acceptSumsDraw', params: { workgroupSize: g.wg, items: g.items, chunk: g.chunk ?? g.items },
+    caps: g.caps, workgroupSize: g.wg,
+    bindings: {
+      ...acceptBindings(g),
+      accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
+      tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
+      partResid: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
+      partTarget: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
+      tickets: storage('u32', 'read_write', { atomic: true, shape: '[seqs]' }),
+    },
+    uniforms: UNIFORMS,
+    grid: '[segments, seqs]',
+    body(k, b, un) {
+      const { vocab, maxK, segments: nseg } = un;
+      const sa = k.shared('scanA', 'f32', g.wg), sb = k.shared('scanB', 'f32', g.wg);
+      const rowState = k.shared('rowState', 'f32', 3); // offset, target, use p_a
+      const verdict = k.shared('verdict', 'u32', 2); // last to arrive; the segment holding the target
+      const cand = k.shared('cand', 'u32', 2, { atomic: true });
+      const { s, pr, a } = residualSums(k, g, b, un, sa, sb);
+      const lid = k.localIndex;
+      // Every invocation's writes (partials, token slots) fenced before invocation 0 takes the ticket.
+      k.deviceFence();
+      k.barrier();
+      k.if(lid.eq(0), () => {
+        const last = k.lastArrival(b.tickets, s.seq, nseg);
+        verdict.set(0, k.select(last, k.u32(1), k.u32(0)));
+      });
+      k.barrier();
+      k.if(verdict.at(0).eq(1), () => {
+        // The sequence's partials into workgroup memory (one load each, in parallel).
+        const base = k.let('base', s.seq.mul(nseg));
+        k.if(lid.lt(nseg), () => {
+          sa.set(lid, b.partResid.at(base.add(lid)));
+          sb.set(lid, b.partTarget.at(base.add(lid)));
+        });
+        k.barrier();
+        k.if(lid.eq(0), () => {
+          // The totals in segment order (mergeSums' order), then the segment whose CDF interval
+          // [before, before + weight) holds the target — the test pass 2 makes in each segment.
+          const totalR = k.var('totalR', 'f32', 0), totalT = k.var('totalT', 'f32', 0);
+          k.for('zs', k.u32(0), nseg, (z) => { totalR.set(totalR.add(sa.at(z))); totalT.set(totalT.add(sb.at(z))); });
+          const useP = k.let('useP', totalR.gt(0).not());
+          const uni = randomUniform(k, s.seed, s.pos.add(a), STREAM_SAMPLE, 'draw');
+          const target = k.let('drawTarget', uni.mul(k.select(useP, totalT, totalR)));
+          const before = k.var('before', 'f32', 0);
+          const hit = k.var('hit', nseg), hitOff = k.var('hitOff', 'f32', 0);
+          k.for('hs', k.u32(0), nseg, (z) => {
+            const w = k.let('segW', k.select(useP, sb.at(z), sa.at(z)));
+            const next = k.let('next', before.add(w));
+            k.if(before.le(target).and(target.lt(next)), () => { hit.set(z); hitOff.set(before); k.break(); });
+            before.set(next);
+          });
+          rowState.set(0, hitOff);
+          rowState.set(1, target);
+          rowState.set(2, k.select(useP, k.f32(1), 0));
+          verdict.set(1, hit);
+        });
+        k.barrier();
+        const st: DrawState = { off: k.let('off', rowState.at(0)), target: k.let('target', rowState.at(1)), useP: k.let('usePAll', rowState.at(2).gt(0)) };
+        const hitSeg = k.let('hitSeg', verdict.at(1));
+        drawInSegment(k, g, pr, b, s, a, hitSeg, st, k.let('mine', hitSeg.lt(nseg)), vocab, maxK, { sa, sb, cand });
+      });
     },
   });
 }
@@ -362,14 +470,18 @@ function checkSizes(name: string, s: { seqs: number; vocab: number; maxK: number
 }
 
 /** Rejection sampling. Sizes: seqs, vocab, maxK (≥ 1; the allocated draft slots per sequence).
- *  src/ops/sampling.ts validates inputs (k ≤ maxK, probabilities) before launching. */
-export function rejectionSampler(p: SegmentParams = {}) {
+ *  src/ops/sampling.ts validates inputs (k ≤ maxK, probabilities) before launching. One launch
+ *  (acceptSumsDraw) where the device has a device-scope fence and segments ≤ workgroup size, two
+ *  otherwise; `oneLaunch: false` forces the two (the test compares both plans). */
+export function rejectionSampler(p: SegmentParams & { oneLaunch?: boolean } = {}) {
   // Lane-contiguous ownership: 16-byte vectors where every row starts on one (vocab % 4 == 0 and
   // whole chunks per invocation), else single words. The two orders differ, each exact.
   const g: Segments = { ...segments(p), chunk: 1 };
   const g4: Segments | null = g.items % 4 === 0 ? { ...g, chunk: 4 } : null;
   const k1 = acceptResidualSums(g), k2 = acceptDraw(g);
   const k14 = g4 && acceptResidualSums(g4), k24 = g4 && acceptDraw(g4);
+  const fold = (p.oneLaunch ?? true) && !!g.caps.deviceFence;
+  const kf = fold ? acceptSumsDraw(g) : null, kf4 = fold && g4 ? acceptSumsDraw(g4) : null;
   const o = op('rejectionSampler', {
     draftTokens: storage('u32', 'read', { shape: '[seqs, maxK]' }),
     draftProbs: storage('f32', 'read', { shape: '[seqs, maxK, vocab]' }),
@@ -382,16 +494,24 @@ export function rejectionSampler(p: SegmentParams = {}) {
     const u = { ...s, segments: segmentCount(g, s.vocab) };
     const n = s.seqs * u.segments;
     const common = { draftTokens: 'draftTokens', draftProbs: 'draftProbs', targetProbs: 'targetProbs', seqInfo: 'seqInfo', partResid: 'partResid', partTarget: 'partTarget' };
-    const vec = k14 && k24 && s.vocab % 4 === 0;
+    const vec = !!g4 && s.vocab % 4 === 0;
+    const temps: Plan['temps'] = { partResid: { t: 'f32', length: n }, partTarget: { t: 'f32', length: n } };
+    // The last arrival holds a sequence's partials in workgroup memory: one launch up to wg segments.
+    const one = vec ? kf4 : kf;
+    if (one && u.segments <= g.wg) {
+      temps.tickets = { t: 'u32', length: s.seqs };
+      return { temps, steps: [{ kernel: one, bind: { ...common, accepted: 'accepted', tokens: 'tokens', tickets: 'tickets' }, uniforms: u }] };
+    }
     return {
-      temps: { partResid: { t: 'f32', length: n }, partTarget: { t: 'f32', length: n } },
+      temps,
       steps: [
-        { kernel: vec ? k14 : k1, bind: { ...common, accepted: 'accepted', tokens: 'tokens' }, uniforms: u },
-        { kernel: vec ? k24 : k2, bind: { ...common, tokens: 'tokens' }, uniforms: u },
+        { kernel: vec ? k14! : k1, bind: { ...common, accepted: 'accepted', tokens: 'tokens' }, uniforms: u },
+        { kernel: vec ? k24! : k2, bind: { ...common, tokens: 'tokens' }, uniforms: u },
       ],
     };
   });
-  return Object.assign(o, { kernels: [k1, k2, ...(k14 && k24 ? [k14, k24] : [])], segments: g });
+  const kernels = [k1, k2, ...(k14 && k24 ? [k14, k24] : []), ...(kf ? [kf] : []), ...(kf4 ? [kf4] : [])];
+  return Object.assign(o, { kernels, segments: g });
 }
 
 /** Greedy acceptance on the target's scores (logits or probabilities; only their order counts).

@@ -179,6 +179,32 @@ forEachBackend('token acceptance', (dev) => {
     });
   }
 
+  // One launch (the last segment of a sequence to arrive draws for it) where the device has a
+  // fence: the same tokens as the two launches and the mirror, twice (the second run relies on the
+  // first leaving every ticket at 0). V = 4000 at small segments is 32 segments = the workgroup
+  // size, the most one launch takes; 4100 (33) falls back to two launches.
+  it.skipIf(!dev.caps.deviceFence)('rejection sampling in one launch: bit-identical to two launches and the mirror, twice', async () => {
+    const r = rng(freshSeed('acceptance one launch'));
+    for (const [params, V, launches] of [[SMALL, 4000, 1], [SMALL, 1002, 1], [{}, 5000, 1], [SMALL, 4100, 2]] as const) {
+      const one = rejectionSampler({ ...params, caps: dev.caps }), two = rejectionSampler({ ...params, caps: dev.caps, oneLaunch: false });
+      const sizes = { seqs: 48, vocab: V, maxK: 4 };
+      expect(one.plan(sizes).steps.length, `V = ${V}: launches`).toBe(launches);
+      expect(two.plan(sizes).steps.length).toBe(2);
+      for (let run = 0; run < 2; run++) {
+        const b = randomBatch(r, sizes.seqs, sizes.maxK, V);
+        const want = mirrorBatch(one.segments, b);
+        const [got1, got2] = [await runBatch(dev, one, b), await runBatch(dev, two, b)];
+        expect(got1.accepted, `V = ${V}, run ${run}: accepted, one launch vs two`).toEqual(got2.accepted);
+        expect(got1.tokens, `V = ${V}, run ${run}: tokens, one launch vs two`).toEqual(got2.tokens);
+        b.seqs.forEach((s, i) => {
+          const a = want[i]!.a;
+          expect(Array.from(got1.tokens.subarray(i * (b.maxK + 1), (i + 1) * (b.maxK + 1))), `V = ${V}, run ${run}, sequence ${i}`)
+            .toEqual([...Array.from(s.draftTokens).slice(0, a), want[i]!.token, ...new Array(b.maxK - a).fill(NO_TOKEN)]);
+        });
+      }
+    }
+  });
+
   for (const V of [10, 50]) it(`rejection sampling is lossless: ${TRIALS} trials, V = ${V}, k = ${K}; the accepted count as expected`, async () => {
     const r = rng(20231113 + V); // fixed: a statistical test with a wide margin
     const B = 20_000, launches = TRIALS / B;
