@@ -1,12 +1,13 @@
 // `npm run bench -- accept`: token acceptance for speculative decoding, per backend, for a batch
 // of B sequences with k drafts each at vocabulary sizes V (default B 64, k 5, V 32000 and 128256):
-//   rejection — the rejection sampler (2 launches): accepted count + the residual/bonus draw;
+//   rejection — the rejection sampler: accepted count + the residual/bonus draw; one launch where
+//               the device has a fence (timed beside the two-launch plan there), two elsewhere;
 //   greedy    — greedy acceptance on the target's scores (2 launches);
 //   sampling  — for scale: the sampling op turning B·(k+1) rows of logits into transformed
 //               probabilities + a draw (temperature, top-k 50, top-p 0.9), as a verify step needs;
 //               (split) with the threshold search over (segment, row), (single) one workgroup per row.
 // Time per call, and effective GB/s over the bytes each must read at least: rejection one pass
-// over p_a and q_a per sequence (B·2·V·4; its second pass re-reads a single segment, the draft
+// over p_a and q_a per sequence (B·2·V·4; its draw re-reads a single segment, the draft
 // lookups are negligible); greedy the
 // k + 1 score rows once; sampling its rows about 7 times (max, exp, threshold passes ≈ 16 over the
 // kept row, mask, draw) — reported over one pass, so read it as a floor. Next to copy bandwidth.
@@ -80,10 +81,15 @@ async function benchVocab(dev: Device, B: number, K: number, V: number, bw: numb
     const accepted = alloc('u32', B, 'accepted'), tokens = alloc('u32', B * (K + 1), 'tokens');
     const sizes = { seqs: B, vocab: V, maxK: K };
 
-    const rej = rejectionSampler({ caps: dev.caps });
-    const msR = await timeLaunches(dev, () => dev.run(rej, { draftTokens: dt, draftProbs: q, targetProbs: p, seqInfo: si, accepted, tokens }, sizes), o);
+    // One launch where the device has a fence (the last segment of a sequence draws), and the two
+    // launches next to it there for comparison; two launches only elsewhere.
     const bytesR = B * 2 * V * 4;
-    row(['rejection', B, K, V, fmt(msR * 1000, 1), fmt(bytesR / msR / 1e6), `${fmt((100 * bytesR) / msR / 1e6 / bw, 1)}%`]);
+    for (const oneLaunch of dev.caps.deviceFence ? [true, false] : [false]) {
+      const rej = rejectionSampler({ caps: dev.caps, oneLaunch });
+      const launches = rej.plan(sizes).steps.length;
+      const msR = await timeLaunches(dev, () => dev.run(rej, { draftTokens: dt, draftProbs: q, targetProbs: p, seqInfo: si, accepted, tokens }, sizes), o);
+      row([`rejection (${launches} launch${launches > 1 ? 'es' : ''})`, B, K, V, fmt(msR * 1000, 1), fmt(bytesR / msR / 1e6), `${fmt((100 * bytesR) / msR / 1e6 / bw, 1)}%`]);
+    }
 
     const greedy = greedyAcceptance({ caps: dev.caps });
     const msG = await timeLaunches(dev, () => dev.run(greedy, { draftTokens: dt, targetScores: p, seqInfo: si, accepted, tokens }, sizes), o);

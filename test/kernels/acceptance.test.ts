@@ -183,7 +183,7 @@ forEachBackend('token acceptance', (dev) => {
   // fence: the same tokens as the two launches and the mirror, twice (the second run relies on the
   // first leaving every ticket at 0). V = 4000 at small segments is 32 segments = the workgroup
   // size, the most one launch takes; 4100 (33) falls back to two launches.
-  it.skipIf(!dev.caps.deviceFence)('rejection sampling in one launch: bit-identical to two launches and the mirror, twice', async () => {
+  it.skipIf(!dev.caps.deviceFence)(`rejection sampling in one launch: bit-identical to two launches and the mirror, twice${dev.caps.deviceFence ? '' : ' (skipped: needs a device-scope fence, caps.deviceFence)'}`, async () => {
     const r = rng(freshSeed('acceptance one launch'));
     for (const [params, V, launches] of [[SMALL, 4000, 1], [SMALL, 1002, 1], [{}, 5000, 1], [SMALL, 4100, 2]] as const) {
       const one = rejectionSampler({ ...params, caps: dev.caps }), two = rejectionSampler({ ...params, caps: dev.caps, oneLaunch: false });
