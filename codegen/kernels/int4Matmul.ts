@@ -269,10 +269,11 @@ export function defaultInt4Gemv(M: number, Nw: number, caps: Caps, parallelism =
   const v4 = Nw % 32 === 0, v2 = Nw % 16 === 0;
   if (deviceClass === 'software-gpu') return v2 ? { workgroupSize: 64, units: 2, vec: 2, unrollK: M <= 4 ? 4 : 2 } : { workgroupSize: 64, units: 1 };
   const k = parallelism >= 65536 ? { unrollK: 8 as const } : {};
-  // GPUs at decode sizes: one nibble pair per invocation in 256-invocation workgroups — Llama-3-8B's
-  // 4096² layer then launches 15.5 warps per SM (one word per invocation: 3.9; four: 0.97), and
-  // the scale loads are lane-contiguous words. Same per-column arithmetic, so the same bits.
-  if (deviceClass === 'gpu' && parallelism >= 65536 && M <= 4) return { workgroupSize: 256, units: 1, narrow: true, unrollK: 8 };
+  // GPUs, every GEMV row count: one nibble pair per invocation in 256-invocation workgroups —
+  // Llama-3-8B's 4096² layer then launches 15.5 warps per SM (one word per invocation: 3.9; four:
+  // 0.97), the scale loads are lane-contiguous words, and registers stay low (ptxas, M = 8: 80
+  // against 254 for one word per invocation). Same per-column arithmetic, so the same bits.
+  if (deviceClass === 'gpu' && parallelism >= 65536) return { workgroupSize: 256, units: 1, narrow: true, unrollK: 8 };
   if (M <= 2 && v4) return { workgroupSize: 32, units: 4, vec: 4, ...k };
   if (M <= 4 && v2) return { workgroupSize: 64, units: 2, vec: 2, ...k };
   return { workgroupSize: 64, units: 1, ...k };

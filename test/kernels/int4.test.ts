@@ -248,9 +248,9 @@ forEachBackend('int4Linear', (dev) => {
       const gemvs = (N: number, caps: Caps, o: { gateUp?: boolean; parallelism?: number; deviceClass?: DeviceClass } = {}) =>
         int4Linear({ K: 128, N, groupSize: 32, caps, ...o }).choice.gemv;
       const k = <V extends object>(v: V, unrollK: number) => ({ ...v, unrollK });
-      // A GPU at GPU-scale parallelism: nibble pairs in 256-invocation workgroups up to M = 4 (for warps per SM).
+      // A GPU at GPU-scale parallelism: nibble pairs in 256-invocation workgroups at every M (for warps per SM).
       const pair = { workgroupSize: 256, units: 1, narrow: true, unrollK: 8 };
-      expect(gemvs(64, CUDA_CAPS)).toEqual([pair, pair, pair, pair, k(s, 8), k(s, 8), k(s, 8), k(s, 8)]);
+      expect(gemvs(64, CUDA_CAPS)).toEqual(Array(8).fill(pair));
       expect(gemvs(64, CUDA_CAPS, { deviceClass: 'cpu' })).toEqual([k(v4, 8), k(v4, 8), k(v2, 8), k(v2, 8), k(s, 8), k(s, 8), k(s, 8), k(s, 8)]);
       expect(gemvs(64, CUDA_CAPS, { parallelism: 2048 })).toEqual([v4, v4, v2, v2, s, s, s, s]);
       expect(gemvs(48, CUDA_CAPS, { parallelism: 2048 })).toEqual([v2, v2, v2, v2, s, s, s, s]);
