@@ -5,6 +5,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { kernel, storage } from '../codegen/dsl/index.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
+import { denseSource } from '../codegen/kernels/denseMatmul.js';
+import { gemvKernel } from '../codegen/kernels/linearCommon.js';
+import { emitWasm } from '../codegen/emit/wasm.js';
 import { createCpuDevice, KernelRunError } from '../src/backend/cpu/index.js';
 import { barriersBetween } from '../src/backend/cpu/graph.js';
 import type { Device } from '../src/backend/device.js';
@@ -98,6 +101,60 @@ describe.each([['wasm', wasm], ['js', js]] as const)('step replay on the %s exec
     graph.destroy();
     dev.free(a);
     dev.free(out);
+  });
+});
+
+describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
+  // Per invocation: 5 accumulators over a loop of `steps` k (the 5th stays scalar), one pair with
+  // two different x, a `continue` and a `break` (both must leave the packed pair intact), and one
+  // accumulator also read elsewhere in the loop (not packed). Magnitudes spread so that f64 and
+  // f32 rounding orders would disagree.
+  const accs = kernel({
+    name: 'fmaAccumulators', workgroupSize: 32, grid: (u) => Math.ceil(u.n / 32),
+    bindings: { x: storage('f32', 'read'), w: storage('f32', 'read'), out: storage('f32', 'read_write') },
+    uniforms: { n: 'u32', steps: 'u32', stopAt: 'u32' },
+    body(k, { x, w, out }, { n, steps, stopAt }) {
+      const i = k.let('i', k.globalId.x);
+      k.if(i.ge(n), () => k.return());
+      const a = [0, 1, 2, 3, 4].map((j) => k.var(`a${j}`, 'f32', 0));
+      const b0 = k.var('b0', 'f32', 0), b1 = k.var('b1', 'f32', 0), seen = k.var('seen', 'f32', 0);
+      k.for('s', k.u32(0), steps, (s) => {
+        k.if(s.eq(stopAt), () => k.break());
+        k.if(s.eq(3), () => k.continue());
+        const xs = k.let('xs', x.at(s));
+        const xt = k.let('xt', x.at(s.add(1)));
+        const ws = [0, 1, 2, 3, 4].map((j) => k.let(`w${j}`, w.at(s.mul(5).add(j).add(i))));
+        for (let j = 0; j < 5; j++) a[j]!.set(k.call('fma', [xs, ws[j]!, a[j]!]));
+        b0.set(k.call('fma', [xs, ws[0]!, b0]));
+        b1.set(k.call('fma', [xt, ws[1]!, b1]));
+        seen.set(k.call('fma', [xt, ws[2]!, seen]));
+        k.if(seen.gt(1e30), () => seen.set(0)); // reads `seen` elsewhere: stays scalar
+      });
+      [...a, b0, b1, seen].forEach((v, j) => out.set(i.mul(8).add(j), v));
+    },
+  });
+
+  it('are used (this kernel and the dense f16 GEMV) and give the js executor\'s bits', async () => {
+    expect(emitWasm(accs.ir).simdPairs).toBe(3);
+    expect(emitWasm(accs.ir, { simd: false }).simdPairs).toBe(0);
+    const gemv = gemvKernel(denseSource('f16'), 1, { workgroupSize: 64, units: 4, vec: 4 }, wasm.caps);
+    expect(emitWasm(gemv.ir).simdPairs).toBe(4);
+    const r = rng(freshSeed('wasm simd fma pairs'));
+    const n = 40, steps = 37;
+    const spread = (m: number) => Float32Array.from(randomF32(m, r), (v, j) => v * 2 ** ((j % 9) * 4 - 16));
+    const X = spread(steps + 1), W = spread(5 * steps + n + 8);
+    for (const stopAt of [steps + 1, 20]) {
+      const got = await Promise.all([wasm, js].map(async (dev) => {
+        const x = dev.alloc('f32', X.length, 'x'), w = dev.alloc('f32', W.length, 'w'), out = dev.alloc('f32', 8 * n, 'out');
+        try {
+          dev.write(x, X); dev.write(w, W); dev.write(out, new Float32Array(8 * n).fill(Number.NaN));
+          dev.launch(accs, { x, w, out }, { n, steps, stopAt });
+          return await dev.read(out);
+        } finally { for (const b of [x, w, out]) dev.free(b); }
+      }));
+      expect(got[1]!.every(Number.isFinite)).toBe(true);
+      expect(firstDiff(got[0]!, got[1]!), `stopAt ${stopAt}`).toBeNull();
+    }
   });
 });
 

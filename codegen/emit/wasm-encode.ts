@@ -8,7 +8,9 @@ const VT: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c, v128: 0x7
 
 /** SIMD128 opcodes (0xFD prefix) by name, the ones used. */
 export const SIMD = {
-  'f32x4.splat': 19, 'f32x4.extract_lane': 31, 'f32x4.add': 228, 'f32x4.mul': 230,
+  'f32x4.splat': 19, 'f64x2.splat': 20, 'f32x4.extract_lane': 31, 'f64x2.extract_lane': 33, 'f64x2.replace_lane': 34,
+  'f32x4.demote_f64x2_zero': 94, 'f64x2.promote_low_f32x4': 95,
+  'f32x4.add': 228, 'f32x4.mul': 230, 'f64x2.add': 240, 'f64x2.mul': 242,
 } as const;
 
 /** Opcodes by name (single byte), the ones the emitter uses. */

@@ -17,6 +17,7 @@ import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import { FnBuilder, encodeModule } from './wasm-encode.js';
 import { WasmExpressions, vt } from './wasm-expr.js';
+import { type FmaPair, fmaPairs } from './wasm-simd.js';
 import { FN, MATH_IMPORTS, helperFunctions } from './wasm-helpers.js';
 import {
   type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
@@ -31,11 +32,15 @@ export interface WasmKernel {
   scratchBytes: number;
   /** 32-bit words of a launch's argument block: one per binding, one per uniform, then the f16 table's offset. */
   argWords: number;
+  /** fma accumulator pairs the module carries in f64x2 registers through their loops (wasm-simd.ts). */
+  simdPairs: number;
 }
 
 export interface WasmEmitOptions {
   /** Emulated subgroup size (default: the kernel's caps.subgroupSize, else 32), as the JS emitter. */
   subgroupSize?: number;
+  /** Carry fma accumulator pairs in f64x2 registers (wasm-simd.ts; default true): same bits either way. */
+  simd?: boolean;
 }
 
 /** The WebAssembly module for `ir` (see the file header for its interface). */
@@ -65,10 +70,14 @@ class WasmEmitter extends WasmExpressions {
   private rc!: RegionCtx;
   private usesLocalId = false;
   private usesGlobalId = false;
+  /** Accumulator pairs carried in f64x2 registers (wasm-simd.ts), for the module's report. */
+  private packedPairs = 0;
+  private readonly simd: boolean;
 
   constructor(ir: KernelIR, opts: WasmEmitOptions) {
     const sg = opts.subgroupSize ?? (ir.caps.subgroupSize > 0 ? ir.caps.subgroupSize : 32);
     super(ir, sg);
+    this.simd = opts.simd ?? true;
     if (!(sg >= 1 && sg <= 128 && (sg & (sg - 1)) === 0)) this.fail(`emulated subgroup size ${sg} is not a power of two up to 128`);
     this.body = new SubgroupHoister().stmts(ir.body);
     this.collectDecls(this.body);
@@ -165,16 +174,24 @@ class WasmEmitter extends WasmExpressions {
       case 'for': {
         const [v] = this.varOf(s.name) as [number];
         this.ex(s.from, 0); f.set(v);
+        const packed = this.packPairs(s);
         const brk = this.label('brk'), top = this.label('top'), cont = this.label('cont');
         f.block(brk).loop(top);
         this.newStatement();
         f.get(v); this.ex(s.to, 0); f.op(s.t === 'u32' ? 'i32.ge_u' : 'i32.ge_s').brIf(brk);
         f.block(cont);
-        this.loopBody(s.body, brk, cont);
+        if (packed.length) {
+          this.rc.loops.push({ brk, cont });
+          this.rc.blocks++;
+          this.packedBody(s.body, packed);
+          this.rc.blocks--;
+          this.rc.loops.pop();
+        } else this.loopBody(s.body, brk, cont);
         f.end();
         this.newStatement();
         f.get(v); this.ex(s.step, 0); f.op('i32.add').set(v);
         f.br(top).end().end();
+        this.unpackPairs(packed);
         return;
       }
       case 'while': {
@@ -202,6 +219,44 @@ class WasmEmitter extends WasmExpressions {
         return this.fail(`${s.k} in a per-invocation region`);
     }
   }
+  // ---- SIMD128: fma accumulators carried in pairs through a loop (wasm-simd.ts says why) ------
+  /** The loop's packable accumulator pairs, each loaded into a v128 (f64x2) before the loop. */
+  private packPairs(loop: Extract<XStmt, { k: 'for' }>): { pair: FmaPair; v: number }[] {
+    const f = this.f;
+    if (!this.simd) return [];
+    return fmaPairs(loop, (n) => this.vars.get(n) === 'f32').map((pair) => {
+      const v = f.local('v128');
+      const [a, b] = pair.acc.map((n) => this.varOf(n)[0]!) as [number, number];
+      f.get(a).op('f64.promote_f32').simd('f64x2.splat').get(b).op('f64.promote_f32').simd('f64x2.replace_lane', 1).set(v);
+      this.packedPairs++;
+      return { pair, v };
+    });
+  }
+  /** f64x2 of two f32 expressions (one splat when both are the same variable). */
+  private f64Pair([a, b]: [Expr, Expr]): void {
+    this.ex(a, 0); this.f.op('f64.promote_f32').simd('f64x2.splat');
+    if (a.k === 'var' && b.k === 'var' && a.name === b.name) return;
+    this.ex(b, 0); this.f.op('f64.promote_f32').simd('f64x2.replace_lane', 1);
+  }
+  /** The loop body, each packed pair's two statements as one f64x2 multiply-add rounded to f32. */
+  private packedBody(body: XStmt[], packed: { pair: FmaPair; v: number }[]): void {
+    const first = new Map(packed.map((p) => [p.pair.at[0], p] as const));
+    for (let i = 0; i < body.length; i++) {
+      const p = first.get(i);
+      if (!p) { this.stmt(body[i]!); continue; }
+      this.newStatement();
+      this.f64Pair(p.pair.x);
+      this.f64Pair(p.pair.w);
+      this.f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
+      i++; // the pair's second statement
+    }
+  }
+  private unpackPairs(packed: { pair: FmaPair; v: number }[]): void {
+    for (const { pair, v } of packed) {
+      pair.acc.forEach((n, lane) => { this.f.get(v).simd('f64x2.extract_lane', lane).op('f32.demote_f64').set(this.varOf(n)[0]!); });
+    }
+  }
+
   private block(body: XStmt[]): void {
     this.rc.blocks++;
     this.stmts(body);
@@ -583,6 +638,6 @@ class WasmEmitter extends WasmExpressions {
 
     const fns = [f, ...helperFunctions()];
     const bytes = encodeModule(MATH_IMPORTS, fns, { run: FN.run });
-    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length + 1 };
+    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length + 1, simdPairs: this.packedPairs };
   }
 }

@@ -135,6 +135,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private scratchSize = 0;
   private args = 0;
   private f16Table = 0;
+  private readonly wasmSimd: boolean;
   /** While captureGraph records: the launches dispatched so far. */
   private recording: { c: Compiled; bufs: CpuBuffer[]; uniforms: number[]; grid: [number, number, number] }[] | null = null;
   private graphs = 0;
@@ -162,6 +163,10 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     const tiering = platform.env('KILN_WASM_TIERING') ?? 'eager';
     if (tiering !== 'eager' && tiering !== 'dynamic') throw new Error(`cpu device: KILN_WASM_TIERING must be 'eager' or 'dynamic', not '${tiering}'`);
     if (this.heap && tiering === 'eager') preferOptimizedWasm();
+    // KILN_WASM_SIMD=0: scalar code only (the SIMD128 paths give the same bits; this is for A/B timing).
+    const simd = platform.env('KILN_WASM_SIMD') ?? '1';
+    if (simd !== '0' && simd !== '1') throw new Error(`cpu device: KILN_WASM_SIMD must be '0' or '1', not '${simd}'`);
+    this.wasmSimd = simd === '1';
     if (this.heap) {
       this.args = this.heap.alloc(ARG_BYTES, 'launch arguments');
       // wasm kernels convert f16 through the JS executor's own table (so results match bit for bit).
@@ -267,7 +272,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private compile(kernel: Kernel): Compiled {
     let c = this.compiled.get(kernel);
     if (!c && this.executor === 'wasm') {
-      const w = emitWasm(kernel.ir);
+      const w = emitWasm(kernel.ir, { simd: this.wasmSimd });
       const [x, y, z] = kernel.ir.workgroupSize;
       c = {
         name: kernel.ir.name, source: '', ir: kernel.ir, key: bytesKey(w.bytes), invocations: x * y * z,

@@ -1,0 +1,82 @@
+// Where the WebAssembly emitter uses SIMD128: accumulators of a loop that only ever take
+// `acc = fma(x, w, acc)` are carried two to a v128 (f64x2) through the loop.
+//
+// Why this and why f64x2: the JS reference computes fma(a, b, c) as Math.fround(a * b + c) in f64
+// (the product of two f32 is exact there, the sum is rounded to f64, then to f32). f32x4 cannot
+// give those bits; f64x2 can, lane by lane: f64x2.mul, f64x2.add, then f32x4.demote_f64x2_zero
+// (round to f32) and f64x2.promote_low_f32x4 back, exactly the scalar promote / mul / add /
+// demote. Carrying the pair in one register through the loop is what saves work: the scalar code
+// promotes and demotes every accumulator every iteration, the packed code does it once per pair.
+// GEMV partial sums (dense f16, INT4 group sums) are such accumulators: 8 per invocation.
+import type { Expr } from '../dsl/ir.js';
+import type { XStmt } from './js-lower.js';
+
+/** One packed pair: statement indices in the loop body and the two `fma` assignments' parts. */
+export interface FmaPair {
+  at: [number, number];
+  acc: [string, string];
+  x: [Expr, Expr];
+  w: [Expr, Expr];
+}
+
+/** Every variable name an IR node mentions (read, assigned, declared), memoised by node. */
+function namesIn(node: unknown, memo: Map<object, Set<string>>): Set<string> {
+  if (node === null || typeof node !== 'object') return EMPTY;
+  const hit = memo.get(node);
+  if (hit) return hit;
+  const out = new Set<string>();
+  const o = node as Record<string, unknown>;
+  if (typeof o.k === 'string' && typeof o.name === 'string' && ['var', 'assign', 'let', 'for', '$sg', 'privateArray'].includes(o.k)) out.add(o.name);
+  if (o.k === 'atomic' && typeof o.result === 'string') out.add(o.result);
+  for (const v of Array.isArray(node) ? node : Object.values(o)) for (const n of namesIn(v, memo)) out.add(n);
+  memo.set(node, out);
+  return out;
+}
+const EMPTY = new Set<string>();
+
+/** `name = fma(x, w, name)` over f32 with x and w plain variables other than `name`: its parts. */
+function fmaAccumulate(s: XStmt, isF32: (name: string) => boolean): { acc: string; x: Expr; w: Expr } | null {
+  if (s.k !== 'assign' || !isF32(s.name)) return null;
+  const v = s.value;
+  if (v.k !== 'call' || v.fn !== 'fma' || v.t !== 'f32' || v.args.length !== 3) return null;
+  const [x, w, a] = v.args as [Expr, Expr, Expr];
+  const plain = (e: Expr) => e.k === 'var' && e.t === 'f32' && e.name !== s.name;
+  if (a.k !== 'var' || a.name !== s.name || !plain(x) || !plain(w)) return null;
+  return { acc: s.name, x, w };
+}
+
+/**
+ * Pairs of adjacent `acc = fma(x, w, acc)` statements at the top of a `for` body whose
+ * accumulators appear nowhere else in the loop (not in its bounds, its other statements, nor as
+ * the other's x or w), so they can live packed from before the loop to after it. A loop that can
+ * `return` out of its middle is left alone (the accumulators would not be unpacked).
+ */
+export function fmaPairs(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): FmaPair[] {
+  const body = loop.body, memo = new Map<object, Set<string>>();
+  if (hasReturn(body)) return [];
+  const cands = body.map((s) => fmaAccumulate(s, isF32));
+  // How many statements (and bounds) mention each name; a candidate's own statement mentions it once.
+  const mentions = new Map<string, number>();
+  for (const part of [loop.from, loop.to, loop.step, ...body]) for (const n of namesIn(part, memo)) mentions.set(n, (mentions.get(n) ?? 0) + 1);
+  const ok = (i: number) => {
+    const c = cands[i];
+    return !!c && mentions.get(c.acc) === 1;
+  };
+  const pairs: FmaPair[] = [];
+  for (let i = 0; i + 1 < body.length; i++) {
+    if (!ok(i) || !ok(i + 1)) continue;
+    const a = cands[i]!, b = cands[i + 1]!;
+    // The second's operands are read one statement early: the first must not be one of them.
+    if ([b.x, b.w].some((e) => e.k === 'var' && e.name === a.acc)) continue;
+    pairs.push({ at: [i, i + 1], acc: [a.acc, b.acc], x: [a.x, b.x], w: [a.w, b.w] });
+    i++;
+  }
+  return pairs;
+}
+
+function hasReturn(ss: XStmt[]): boolean {
+  return ss.some((s) => s.k === 'return'
+    || (s.k === 'if' && (hasReturn(s.then) || hasReturn(s.else)))
+    || ((s.k === 'for' || s.k === 'while') && hasReturn(s.body))
+    || (s.k === '$loop' && (hasReturn(s.pre) || hasReturn(s.body) || hasReturn(s.post))));
+}
