@@ -496,7 +496,9 @@ extern "C" __global__ void __launch_bounds__(256) acceptSumsDraw(
       }
     }
   }
-  __threadfence();
+  if (seg == 0u) {
+    __threadfence();
+  }
   __syncthreads();
   if (localIndex == 0u) {
     __threadfence();

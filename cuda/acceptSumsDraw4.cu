@@ -440,7 +440,9 @@ extern "C" __global__ void __launch_bounds__(256) acceptSumsDraw4(
       }
     }
   }
-  __threadfence();
+  if (seg == 0u) {
+    __threadfence();
+  }
   __syncthreads();
   if (localIndex == 0u) {
     __threadfence();

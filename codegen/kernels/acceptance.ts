@@ -234,7 +234,7 @@ function residualSums(k: KernelBuilder, g: Segments, b: AcceptBindings & {
       b.tokens.set(s.seq.mul(maxK.add(1)).add(t), k.select(t.lt(a), d, k.u32(NO_TOKEN)));
     }, g.wg / apart));
   });
-  return { s, pr, a };
+  return { s, pr, a, seg };
 }
 
 /** Where the extra token is drawn, as every invocation reads it from workgroup memory: the
@@ -347,10 +347,11 @@ export function acceptSumsDraw(g: Segments) {
       const rowState = k.shared('rowState', 'f32', 3); // offset, target, use p_a
       const verdict = k.shared('verdict', 'u32', 2); // last to arrive; the segment holding the target
       const cand = k.shared('cand', 'u32', 2, { atomic: true });
-      const { s, pr, a } = residualSums(k, g, b, un, sa, sb);
+      const { s, pr, a, seg } = residualSums(k, g, b, un, sa, sb);
       const lid = k.localIndex;
-      // Every invocation's writes (partials, token slots) fenced before invocation 0 takes the ticket.
-      k.deviceFence();
+      // Writes fenced before invocation 0 takes the ticket: its own partials by lastArrival's fence,
+      // segment 0's token slots (other lanes) here. Other segments skip a fence per invocation.
+      k.if(seg.eq(0), () => k.deviceFence());
       k.barrier();
       k.if(lid.eq(0), () => {
         const last = k.lastArrival(b.tickets, s.seq, nseg);
