@@ -11,7 +11,8 @@
 //                                                           built in memory (no download)
 // Options: --prompt N (prompt tokens, default 128) --decode N (default 64) --copy (measure copy
 // bandwidth: out = a + b, 3 × 4n bytes) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu)
-// --executors wasm,js (the cpu device's executors to run, default wasm) --workers 1,2 (cpu worker
+// --executors wasm,js (the cpu device's executors to run, default wasm; wasm-scalar: wasm with
+// KILN_WASM_SIMD=0, for SIMD128 A/B in one run) --workers 1,2 (cpu worker
 // threads, one device per count; default all cores) --rounds N (timed runs per
 // device, interleaved across devices; default 2) --json (print
 // {"machine", "rows": [{backend, executor, model, weights, prefill_tok_s, decode_tok_s, launches_per_step}]}
@@ -30,7 +31,7 @@ import { DEFAULT_MODEL } from '../src/llm.js';
 import { argmax as argmaxKernel } from '../codegen/kernels/sampling.js';
 import { copyBandwidth } from './common.js';
 
-type Executor = 'wasm' | 'js';
+type Executor = 'wasm' | 'wasm-scalar' | 'js';
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
   copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean; rounds: number;
@@ -54,8 +55,8 @@ function parse(args: string[]): Options {
     else if (a === '--synthetic-layers') o.layers = Number(v());
     else if (a === '--executors') {
       o.executors = v().split(',') as Executor[];
-      const bad = o.executors.find((x) => x !== 'wasm' && x !== 'js');
-      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm and/or js, not '${bad}'`);
+      const bad = o.executors.find((x) => x !== 'wasm' && x !== 'wasm-scalar' && x !== 'js');
+      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm, wasm-scalar and/or js, not '${bad}'`);
     } else if (a === '--json') o.json = true;
     else if (a === '--rounds') o.rounds = Number(v());
     else if (a === '--workers') o.workers = v().split(',').map(Number);
@@ -205,9 +206,14 @@ export async function main(args: string[]): Promise<void> {
   try {
     for (const [kind, executor, workers] of runs) {
       let dev: Device;
-      try { dev = await createDevice(kind, { ...(executor ? { executor } : {}), ...(workers !== undefined ? { workers } : {}) }); } catch (e) {
+      // wasm-scalar: the device reads KILN_WASM_SIMD when it is created.
+      const simdEnv = process.env.KILN_WASM_SIMD;
+      if (executor === 'wasm-scalar') process.env.KILN_WASM_SIMD = '0';
+      try { dev = await createDevice(kind, { ...(executor ? { executor: executor === 'wasm-scalar' ? 'wasm' : executor } : {}), ...(workers !== undefined ? { workers } : {}) }); } catch (e) {
         if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
         throw e;
+      } finally {
+        if (simdEnv === undefined) delete process.env.KILN_WASM_SIMD; else process.env.KILN_WASM_SIMD = simdEnv;
       }
       log(`${kind}: ${dev.description}`);
       const copy = o.copy ? await copyBandwidth(dev, dev.profile.software ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;

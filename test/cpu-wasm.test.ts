@@ -8,6 +8,9 @@ import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import { denseSource } from '../codegen/kernels/denseMatmul.js';
 import { gemvKernel } from '../codegen/kernels/linearCommon.js';
 import { emitWasm } from '../codegen/emit/wasm.js';
+import { FnBuilder, encodeModule } from '../codegen/emit/wasm-encode.js';
+import { f16x4ToF32 } from '../codegen/emit/wasm-simd.js';
+import { makeF16 } from '../codegen/dsl/f16.js';
 import { createCpuDevice, KernelRunError } from '../src/backend/cpu/index.js';
 import { barriersBetween } from '../src/backend/cpu/graph.js';
 import type { Device } from '../src/backend/device.js';
@@ -155,6 +158,23 @@ describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
       expect(got[1]!.every(Number.isFinite)).toBe(true);
       expect(firstDiff(got[0]!, got[1]!), `stopAt ${stopAt}`).toBeNull();
     }
+  });
+});
+
+describe('SIMD128: f16 → f32 conversion of four words at once', () => {
+  it('gives the f16 table\'s bits for every f16 (NaNs and subnormals included)', () => {
+    // conv(h): i32x4.splat(h) converted, lane 2 as bits.
+    const fb = new FnBuilder(['i32'], ['i32']);
+    const tmp = fb.local('v128');
+    fb.get(0).simd('i32x4.splat');
+    f16x4ToF32(fb, tmp);
+    fb.simd('f32x4.extract_lane', 2).op('i32.reinterpret_f32');
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
+    const conv = new WebAssembly.Instance(new WebAssembly.Module(encodeModule([], [fb], { conv: 0 })), { env: { memory } }).exports.conv as (h: number) => number;
+    const table = new Uint32Array(makeF16().table.buffer);
+    const wrong: string[] = [];
+    for (let h = 0; h < 65536; h++) if (conv(h) >>> 0 !== table[h]) wrong.push(`0x${h.toString(16)}`);
+    expect(wrong.slice(0, 5), `${wrong.length} wrong`).toEqual([]);
   });
 });
 

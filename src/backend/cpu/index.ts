@@ -176,7 +176,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     // Profiled launches run on the main thread, where their counts are read (no worker replies).
     this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers) : null;
     const threads = this.pool ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
-    this.description = `cpu (${threads}, ${executor}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
+    this.description = `cpu (${threads}, ${executor}${this.heap && !this.wasmSimd ? ' without SIMD' : ''}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
     this.profile = { software: true, deviceClass: 'cpu', vendor: 'cpu', parallelism: 1024 * platform.cpuCount() };
