@@ -8,6 +8,11 @@
 //   npm run bench -- simd [--iterations 20000000]
 import { makeF16 } from '../codegen/dsl/f16.js';
 import { FnBuilder, encodeModule } from '../codegen/emit/wasm-encode.js';
+import { defaultDenseChoice, denseSource } from '../codegen/kernels/denseMatmul.js';
+import { defaultInt4Gemv, int4Source } from '../codegen/kernels/int4Matmul.js';
+import { gemvKernel } from '../codegen/kernels/linearCommon.js';
+import { createCpuDevice } from '../src/backend/cpu/index.js';
+import type { Device, DeviceBuffer } from '../src/backend/device.js';
 
 type WasmApi = {
   Memory: new (d: object) => { buffer: ArrayBuffer };
@@ -101,4 +106,56 @@ export async function main(args: string[]): Promise<void> {
     ns = Math.min(ns, ((performance.now() - t0) * 1e6) / (2 * core.words));
   }
   console.log(`| f16 GEMV core, bit-exact (table, f64 fma): ${ns.toFixed(2)} ns per weight | ${(2 / ns).toFixed(1)} |`);
+  await gemvKernels();
+}
+
+/**
+ * The decode GEMVs as the cpu device's wasm executor runs them, one thread (workers 0), with and
+ * without its SIMD128 paths (KILN_WASM_SIMD, read when a device is created): µs per launch,
+ * minimum over interleaved launches, brown-target's shapes (K 256; N 1536 gate/up, 2048 lm_head).
+ */
+async function gemvKernels(): Promise<void> {
+  const saved = process.env.KILN_WASM_SIMD;
+  const devs: Device[] = [];
+  for (const simd of ['1', '0']) {
+    process.env.KILN_WASM_SIMD = simd;
+    devs.push(await createCpuDevice({ workers: 0, executor: 'wasm' }));
+  }
+  if (saved === undefined) delete process.env.KILN_WASM_SIMD; else process.env.KILN_WASM_SIMD = saved;
+  console.log('\n| kernel (one thread, wasm) | K × N | SIMD128 µs | scalar µs | scalar / SIMD |');
+  console.log('|---|---|---:|---:|---:|');
+  try {
+    for (const [name, source, v] of [
+      ['dense f16 GEMV', denseSource('f16'), defaultDenseChoice(256, 2048, 'f16', devs[0]!.caps).gemv[0]!],
+      ['INT4 g128 GEMV', int4Source(128), defaultInt4Gemv(1, 2048, devs[0]!.caps, undefined, 'cpu')],
+    ] as const) {
+      for (const N of [1536, 2048]) {
+        const K = 256, kern = gemvKernel(source, 1, v, devs[0]!.caps);
+        const us = [Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY];
+        const bufs = devs.map((dev) => {
+          const b: Record<string, DeviceBuffer> = {};
+          for (const d of kern.ir.buffers) {
+            const n = d.name === 'x' ? K : d.name === 'part' ? N : K * N; // generous: covers every weight binding
+            const words = new Uint32Array(n * (d.vec ?? 1));
+            for (let i = 0; i < words.length; i++) words[i] = (Math.random() * 0x3bff) | ((Math.random() * 0x3bff) << 16);
+            b[d.name] = dev.alloc(d.t === 'f32' ? 'f32' : 'u32', n * (d.vec ?? 1), d.name);
+            dev.write(b[d.name]!, d.t === 'f32' ? new Float32Array(words.length).fill(0.5) : words);
+          }
+          return b;
+        });
+        for (let r = 0; r < 60; r++) {
+          for (let i = 0; i < 2; i++) {
+            const t0 = performance.now();
+            devs[i]!.launch(kern, bufs[i]! as never, { K, Nw: N, segLen: K } as never);
+            await devs[i]!.sync();
+            us[i] = Math.min(us[i]!, (performance.now() - t0) * 1000);
+          }
+        }
+        devs.forEach((dev, i) => { for (const b of Object.values(bufs[i]!)) dev.free(b); });
+        console.log(`| ${name} | ${K} × ${N} | ${us[0]!.toFixed(0)} | ${us[1]!.toFixed(0)} | ${(us[1]! / us[0]!).toFixed(2)} |`);
+      }
+    }
+  } finally {
+    for (const d of devs) await d.destroy();
+  }
 }

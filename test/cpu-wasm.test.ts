@@ -7,10 +7,8 @@ import { kernel, storage } from '../codegen/dsl/index.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import { denseSource } from '../codegen/kernels/denseMatmul.js';
 import { gemvKernel } from '../codegen/kernels/linearCommon.js';
+import { int4Source } from '../codegen/kernels/int4Matmul.js';
 import { emitWasm } from '../codegen/emit/wasm.js';
-import { FnBuilder, encodeModule } from '../codegen/emit/wasm-encode.js';
-import { f16x4ToF32 } from '../codegen/emit/wasm-simd.js';
-import { makeF16 } from '../codegen/dsl/f16.js';
 import { createCpuDevice, KernelRunError } from '../src/backend/cpu/index.js';
 import { barriersBetween } from '../src/backend/cpu/graph.js';
 import type { Device } from '../src/backend/device.js';
@@ -108,10 +106,10 @@ describe.each([['wasm', wasm], ['js', js]] as const)('step replay on the %s exec
 });
 
 describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
-  // Per invocation: 5 accumulators over a loop of `steps` k (the 5th stays scalar), one pair with
-  // two different x, a `continue` and a `break` (both must leave the packed pair intact), and one
-  // accumulator also read elsewhere in the loop (not packed). Magnitudes spread so that f64 and
-  // f32 rounding orders would disagree.
+  // Per invocation over a loop of `steps` k: four accumulators updated twice per iteration (as a
+  // k-unrolled GEMV does: two pairs of two steps), a pair with two different x, one left over
+  // (scalar), one also read elsewhere in the loop (not packed); a `continue` and a `break` must
+  // leave the packed pairs intact. Magnitudes spread so that f64 and f32 rounding would disagree.
   const accs = kernel({
     name: 'fmaAccumulators', workgroupSize: 32, grid: (u) => Math.ceil(u.n / 32),
     bindings: { x: storage('f32', 'read'), w: storage('f32', 'read'), out: storage('f32', 'read_write') },
@@ -119,21 +117,23 @@ describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
     body(k, { x, w, out }, { n, steps, stopAt }) {
       const i = k.let('i', k.globalId.x);
       k.if(i.ge(n), () => k.return());
-      const a = [0, 1, 2, 3, 4].map((j) => k.var(`a${j}`, 'f32', 0));
-      const b0 = k.var('b0', 'f32', 0), b1 = k.var('b1', 'f32', 0), seen = k.var('seen', 'f32', 0);
+      const a = [0, 1, 2, 3].map((j) => k.var(`a${j}`, 'f32', 0));
+      const b0 = k.var('b0', 'f32', 0), b1 = k.var('b1', 'f32', 0), c = k.var('c', 'f32', 0), seen = k.var('seen', 'f32', 0);
       k.for('s', k.u32(0), steps, (s) => {
         k.if(s.eq(stopAt), () => k.break());
         k.if(s.eq(3), () => k.continue());
         const xs = k.let('xs', x.at(s));
         const xt = k.let('xt', x.at(s.add(1)));
         const ws = [0, 1, 2, 3, 4].map((j) => k.let(`w${j}`, w.at(s.mul(5).add(j).add(i))));
-        for (let j = 0; j < 5; j++) a[j]!.set(k.call('fma', [xs, ws[j]!, a[j]!]));
-        b0.set(k.call('fma', [xs, ws[0]!, b0]));
-        b1.set(k.call('fma', [xt, ws[1]!, b1]));
+        for (let j = 0; j < 4; j++) a[j]!.set(k.call('fma', [xs, ws[j]!, a[j]!]));
+        for (let j = 0; j < 4; j++) a[j]!.set(k.call('fma', [xt, ws[j + 1]!, a[j]!]));
+        b0.set(k.call('fma', [xs, ws[4]!, b0]));
+        b1.set(k.call('fma', [xt, ws[0]!, b1]));
+        c.set(k.call('fma', [xs, ws[1]!, c]));
         seen.set(k.call('fma', [xt, ws[2]!, seen]));
         k.if(seen.gt(1e30), () => seen.set(0)); // reads `seen` elsewhere: stays scalar
       });
-      [...a, b0, b1, seen].forEach((v, j) => out.set(i.mul(8).add(j), v));
+      [...a, b0, b1, c, seen].forEach((v, j) => out.set(i.mul(8).add(j), v));
     },
   });
 
@@ -142,6 +142,8 @@ describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
     expect(emitWasm(accs.ir, { simd: false }).simdPairs).toBe(0);
     const gemv = gemvKernel(denseSource('f16'), 1, { workgroupSize: 64, units: 4, vec: 4 }, wasm.caps);
     expect(emitWasm(gemv.ir).simdPairs).toBe(4);
+    const int4 = gemvKernel(int4Source(128), 1, { workgroupSize: 32, units: 4, vec: 4, unrollK: 8 }, wasm.caps);
+    expect(emitWasm(int4.ir).simdPairs).toBe(16); // 32 group sums, each updated 8 times per iteration
     const r = rng(freshSeed('wasm simd fma pairs'));
     const n = 40, steps = 37;
     const spread = (m: number) => Float32Array.from(randomF32(m, r), (v, j) => v * 2 ** ((j % 9) * 4 - 16));
@@ -158,23 +160,6 @@ describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
       expect(got[1]!.every(Number.isFinite)).toBe(true);
       expect(firstDiff(got[0]!, got[1]!), `stopAt ${stopAt}`).toBeNull();
     }
-  });
-});
-
-describe('SIMD128: f16 → f32 conversion of four words at once', () => {
-  it('gives the f16 table\'s bits for every f16 (NaNs and subnormals included)', () => {
-    // conv(h): i32x4.splat(h) converted, lane 2 as bits.
-    const fb = new FnBuilder(['i32'], ['i32']);
-    const tmp = fb.local('v128');
-    fb.get(0).simd('i32x4.splat');
-    f16x4ToF32(fb, tmp);
-    fb.simd('f32x4.extract_lane', 2).op('i32.reinterpret_f32');
-    const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
-    const conv = new WebAssembly.Instance(new WebAssembly.Module(encodeModule([], [fb], { conv: 0 })), { env: { memory } }).exports.conv as (h: number) => number;
-    const table = new Uint32Array(makeF16().table.buffer);
-    const wrong: string[] = [];
-    for (let h = 0; h < 65536; h++) if (conv(h) >>> 0 !== table[h]) wrong.push(`0x${h.toString(16)}`);
-    expect(wrong.slice(0, 5), `${wrong.length} wrong`).toEqual([]);
   });
 });
 

@@ -8,11 +8,9 @@ const VT: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c, v128: 0x7
 
 /** SIMD128 opcodes (0xFD prefix) by name, the ones used. */
 export const SIMD = {
-  'f32x4.splat': 19, 'f64x2.splat': 20, 'f32x4.extract_lane': 31, 'f64x2.extract_lane': 33, 'f64x2.replace_lane': 34,
+  'f32x4.splat': 19, 'f64x2.splat': 20, 'f32x4.extract_lane': 31, 'f32x4.replace_lane': 32, 'f64x2.extract_lane': 33, 'f64x2.replace_lane': 34,
   'f32x4.demote_f64x2_zero': 94, 'f64x2.promote_low_f32x4': 95,
   'f32x4.add': 228, 'f32x4.mul': 230, 'f64x2.add': 240, 'f64x2.mul': 242,
-  'i32x4.splat': 17, 'i32x4.replace_lane': 28, 'i32x4.gt_s': 59, 'i32x4.extend_low_i16x8_u': 169, 'i32x4.extend_high_i16x8_u': 170,
-  'i32x4.shl': 171, 'v128.and': 78, 'v128.or': 80, 'v128.bitselect': 82,
 } as const;
 
 /** Opcodes by name (single byte), the ones the emitter uses. */
@@ -116,18 +114,6 @@ export class FnBuilder {
     this.code.push(0xfd);
     uleb(SIMD[o], this.code);
     if (lane !== undefined) this.code.push(lane);
-    return this;
-  }
-  /** v128.const of four i32 lanes. */
-  v128(lanes: [number, number, number, number]): this {
-    this.code.push(0xfd); uleb(12, this.code);
-    for (const v of lanes) for (let b = 0; b < 4; b++) this.code.push((v >>> (8 * b)) & 0xff);
-    return this;
-  }
-  /** i8x16.shuffle of the two v128 on the stack by 16 byte indices (0..31). */
-  shuffle(bytes: number[]): this {
-    this.code.push(0xfd); uleb(13, this.code);
-    for (const b of bytes) this.code.push(b);
     return this;
   }
   call(fn: number): this { this.code.push(OP.call); uleb(fn, this.code); return this; }

@@ -10,14 +10,15 @@
 // GEMV partial sums (dense f16, INT4 group sums) are such accumulators: 8 per invocation.
 import type { Expr } from '../dsl/ir.js';
 import type { XStmt } from './js-lower.js';
-import type { FnBuilder } from './wasm-encode.js';
 
-/** One packed pair: statement indices in the loop body and the two `fma` assignments' parts. */
+/**
+ * One packed pair of accumulators and its updates in the loop body: each step is two adjacent
+ * statements `acc[0] = fma(x[0], w[0], acc[0])`, `acc[1] = fma(x[1], w[1], acc[1])` (a body
+ * unrolled over k updates each accumulator several times).
+ */
 export interface FmaPair {
-  at: [number, number];
   acc: [string, string];
-  x: [Expr, Expr];
-  w: [Expr, Expr];
+  steps: { at: [number, number]; x: [Expr, Expr]; w: [Expr, Expr] }[];
 }
 
 /** Every variable name an IR node mentions (read, assigned, declared), memoised by node. */
@@ -47,32 +48,44 @@ function fmaAccumulate(s: XStmt, isF32: (name: string) => boolean): { acc: strin
 }
 
 /**
- * Pairs of adjacent `acc = fma(x, w, acc)` statements at the top of a `for` body whose
- * accumulators appear nowhere else in the loop (not in its bounds, its other statements, nor as
- * the other's x or w), so they can live packed from before the loop to after it. A loop that can
- * `return` out of its middle is left alone (the accumulators would not be unpacked).
+ * Accumulator pairs of a `for` body: accumulators mentioned in the loop (bounds and body) only by
+ * their own `acc = fma(x, w, acc)` statements, each of those adjacent to one of its partner's
+ * (always the same partner), so that the pair can live packed from before the loop to after it.
+ * A loop that can `return` out of its middle is left alone (the pair would not be unpacked).
  */
 export function fmaPairs(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): FmaPair[] {
   const body = loop.body, memo = new Map<object, Set<string>>();
   if (hasReturn(body)) return [];
   const cands = body.map((s) => fmaAccumulate(s, isF32));
-  // How many statements (and bounds) mention each name; a candidate's own statement mentions it once.
-  const mentions = new Map<string, number>();
+  // Statements (and bounds) mentioning each name, and each candidate accumulator's own statements.
+  const mentions = new Map<string, number>(), own = new Map<string, number>();
   for (const part of [loop.from, loop.to, loop.step, ...body]) for (const n of namesIn(part, memo)) mentions.set(n, (mentions.get(n) ?? 0) + 1);
-  const ok = (i: number) => {
-    const c = cands[i];
-    return !!c && mentions.get(c.acc) === 1;
-  };
-  const pairs: FmaPair[] = [];
+  for (const c of cands) if (c) own.set(c.acc, (own.get(c.acc) ?? 0) + 1);
+  const alone = (acc: string) => mentions.get(acc) === own.get(acc);
+  const partner = new Map<string, string | null>(); // null: cannot be packed
+  const steps: [number, number][] = [];
   for (let i = 0; i + 1 < body.length; i++) {
-    if (!ok(i) || !ok(i + 1)) continue;
-    const a = cands[i]!, b = cands[i + 1]!;
-    // The second's operands are read one statement early: the first must not be one of them.
-    if ([b.x, b.w].some((e) => e.k === 'var' && e.name === a.acc)) continue;
-    pairs.push({ at: [i, i + 1], acc: [a.acc, b.acc], x: [a.x, b.x], w: [a.w, b.w] });
+    const a = cands[i], b = cands[i + 1];
+    if (!a || !b || a.acc === b.acc || !alone(a.acc) || !alone(b.acc)) continue;
+    for (const [p, q] of [[a.acc, b.acc], [b.acc, a.acc]] as const) {
+      partner.set(p, partner.has(p) && partner.get(p) !== q ? null : q);
+    }
+    steps.push([i, i + 1]);
     i++;
   }
-  return pairs;
+  // Keep pairs whose every statement is in one of their steps.
+  const counted = new Map<string, number>();
+  for (const [i] of steps) counted.set(cands[i]!.acc, (counted.get(cands[i]!.acc) ?? 0) + 1);
+  const pairs = new Map<string, FmaPair>();
+  for (const [i, j] of steps) {
+    const a = cands[i]!, b = cands[j]!;
+    if (partner.get(a.acc) !== b.acc || partner.get(b.acc) !== a.acc) continue;
+    if (counted.get(a.acc) !== own.get(a.acc) || own.get(a.acc) !== own.get(b.acc)) continue;
+    let p = pairs.get(a.acc);
+    if (!p) pairs.set(a.acc, (p = { acc: [a.acc, b.acc], steps: [] }));
+    p.steps.push({ at: [i, j], x: [a.x, b.x], w: [a.w, b.w] });
+  }
+  return [...pairs.values()];
 }
 
 function hasReturn(ss: XStmt[]): boolean {
@@ -80,80 +93,4 @@ function hasReturn(ss: XStmt[]): boolean {
     || (s.k === 'if' && (hasReturn(s.then) || hasReturn(s.else)))
     || ((s.k === 'for' || s.k === 'while') && hasReturn(s.body))
     || (s.k === '$loop' && (hasReturn(s.pre) || hasReturn(s.body) || hasReturn(s.post))));
-}
-
-/**
- * Where a pair's two weights come from: `p = unpack2x16float(q.c)` with `w0 = p.x`, `w1 = p.y`,
- * and q a vec4<u32> let of the loop body — then all four words of q are converted from f16 at
- * once (f16x8ToF32 below) and the pair takes its word's two values, with no table lookups.
- */
-export interface HalfSource { q: string; word: number }
-
-export function halfSource(pair: FmaPair, lets: Map<string, Expr>): HalfSource | null {
-  const comp = (e: Expr, want: string) => {
-    if (e.k !== 'var') return null;
-    const init = lets.get(e.name);
-    return init?.k === 'swizzle' && init.comps === want && init.a.k === 'var' ? init.a.name : null;
-  };
-  const p = comp(pair.w[0], 'x');
-  if (!p || comp(pair.w[1], 'y') !== p) return null;
-  const unpack = lets.get(p);
-  if (unpack?.k !== 'unpack2x16float' || unpack.a.k !== 'swizzle' || unpack.a.comps.length !== 1 || unpack.a.a.k !== 'var') return null;
-  const q = unpack.a.a;
-  if (q.t !== 'vec4<u32>' || !lets.has(q.name)) return null;
-  return { q: q.name, word: 'xyzw'.indexOf(unpack.a.comps) };
-}
-
-/**
- * Statements of the loop body that need not run once the pairs are packed: each pair's second
- * statement, and lets nothing left reads (the scalar f16 lookups a converted pair replaced).
- * `uses[i]`: the names packed pair i still reads (its x, and its w or its q).
- */
-export function skippedStatements(body: XStmt[], pairs: FmaPair[], uses: string[][], bounds: Expr[]): Set<number> {
-  const memo = new Map<object, Set<string>>();
-  const skip = new Set(pairs.map((p) => p.at[1]));
-  const replaced = new Map(pairs.map((p, i) => [p.at[0], uses[i]!] as const));
-  for (let changed = true; changed;) {
-    changed = false;
-    const read = new Set<string>();
-    for (const b of bounds) for (const n of namesIn(b, memo)) read.add(n);
-    body.forEach((s, i) => {
-      if (skip.has(i)) return;
-      const names = replaced.get(i) ?? (s.k === 'let' ? namesIn(s.init, memo) : namesIn(s, memo));
-      for (const n of names) read.add(n);
-    });
-    body.forEach((s, i) => {
-      if (!skip.has(i) && s.k === 'let' && !s.mutable && !read.has(s.name)) { skip.add(i); changed = true; }
-    });
-  }
-  return skip;
-}
-
-/** The loop body's immutable lets (name → init); a name declared twice is left out. */
-export function bodyLets(body: XStmt[]): Map<string, Expr> {
-  const out = new Map<string, Expr>(), twice = new Set<string>();
-  for (const s of body) {
-    if (s.k !== 'let') continue;
-    if (out.has(s.name) || s.mutable) twice.add(s.name);
-    out.set(s.name, s.init);
-  }
-  for (const n of twice) out.delete(n);
-  return out;
-}
-
-/**
- * i32x4 of four f16 bit patterns (0..65535) on the stack → f32x4 of their values, with the bits
- * of makeF16's table (codegen/dsl/f16.ts) for every input: the magnitude shifted into an f32's
- * place and scaled by 2^112 is exact for normals and subnormals alike; ±Inf and NaN (the table
- * holds the quiet NaN 0x7fc00000, signed) are selected in; then the sign. `h`: a v128 local.
- */
-export function f16x4ToF32(f: FnBuilder, h: number): void {
-  const k = (v: number) => f.v128([v, v, v, v]);
-  f.set(h);
-  f.get(h); k(0x8000); f.simd('v128.and').i32(16).simd('i32x4.shl'); // sign
-  f.get(h); k(0x7fff); f.simd('v128.and').set(h); // h: magnitude
-  k(0x7f800000); f.get(h); k(0x7c00); f.simd('i32x4.gt_s'); k(0x400000); f.simd('v128.and').simd('v128.or'); // ±Inf / NaN
-  f.get(h).i32(13).simd('i32x4.shl'); k(0x77800000); f.simd('f32x4.mul'); // finite: exact
-  f.get(h); k(0x7bff); f.simd('i32x4.gt_s'); // exponent all ones
-  f.simd('v128.bitselect').simd('v128.or');
 }

@@ -17,12 +17,7 @@ import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import { FnBuilder, encodeModule } from './wasm-encode.js';
 import { WasmExpressions, vt } from './wasm-expr.js';
-import { type FmaPair, type HalfSource, bodyLets, f16x4ToF32, fmaPairs, halfSource, skippedStatements } from './wasm-simd.js';
-
-/** v128 locals of a vec4<u32> let's words converted from f16: words x, y → lo; z, w → hi. */
-interface Words { lo: number; hi: number; tmp: number; first: number }
-/** A packed pair: its f64x2 local, and where its weights come from when they are f16 halves. */
-interface Packed { pair: FmaPair; v: number; half: (HalfSource & { words: Words }) | null }
+import { type FmaPair, fmaPairs } from './wasm-simd.js';
 import { FN, MATH_IMPORTS, helperFunctions } from './wasm-helpers.js';
 import {
   type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
@@ -179,7 +174,7 @@ class WasmEmitter extends WasmExpressions {
       case 'for': {
         const [v] = this.varOf(s.name) as [number];
         this.ex(s.from, 0); f.set(v);
-        const { packed, skip } = this.packPairs(s);
+        const packed = this.packPairs(s);
         const brk = this.label('brk'), top = this.label('top'), cont = this.label('cont');
         f.block(brk).loop(top);
         this.newStatement();
@@ -188,7 +183,7 @@ class WasmEmitter extends WasmExpressions {
         if (packed.length) {
           this.rc.loops.push({ brk, cont });
           this.rc.blocks++;
-          this.packedBody(s.body, packed, skip);
+          this.packedBody(s.body, packed);
           this.rc.blocks--;
           this.rc.loops.pop();
         } else this.loopBody(s.body, brk, cont);
@@ -225,61 +220,38 @@ class WasmEmitter extends WasmExpressions {
     }
   }
   // ---- SIMD128: fma accumulators carried in pairs through a loop (wasm-simd.ts says why) ------
-  /**
-   * The loop's packable accumulator pairs, each loaded into a v128 (f64x2) before the loop, and
-   * the body statements the packed loop skips. Pairs whose weights are the two halves of a word of
-   * a vec4<u32> let take them from one f16 → f32 conversion of all four words per iteration.
-   */
-  private packPairs(loop: Extract<XStmt, { k: 'for' }>): { packed: Packed[]; skip: Set<number> } {
+  /** The loop's packable accumulator pairs, each loaded into a v128 (f64x2) before the loop. */
+  private packPairs(loop: Extract<XStmt, { k: 'for' }>): { pair: FmaPair; v: number }[] {
     const f = this.f;
-    const pairs = this.simd ? fmaPairs(loop, (n) => this.vars.get(n) === 'f32') : [];
-    if (!pairs.length) return { packed: [], skip: new Set() };
-    const lets = bodyLets(loop.body), words = new Map<string, Words>();
-    const packed = pairs.map((pair): Packed => {
+    if (!this.simd) return [];
+    return fmaPairs(loop, (n) => this.vars.get(n) === 'f32').map((pair) => {
       const v = f.local('v128');
       const [a, b] = pair.acc.map((n) => this.varOf(n)[0]!) as [number, number];
       f.get(a).op('f64.promote_f32').simd('f64x2.splat').get(b).op('f64.promote_f32').simd('f64x2.replace_lane', 1).set(v);
       this.packedPairs++;
-      let half = halfSource(pair, lets);
-      if (half && loop.body.findIndex((st) => st.k === 'let' && st.name === half!.q) > pair.at[0]) half = null;
-      if (half && !words.has(half.q)) words.set(half.q, { lo: f.local('v128'), hi: f.local('v128'), tmp: f.local('v128'), first: pair.at[0] });
-      return { pair, v, half: half ? { ...half, words: words.get(half.q)! } : null };
+      return { pair, v };
     });
-    const uses = packed.map((p) => [...p.pair.x, ...(p.half ? [] : p.pair.w)].flatMap((e) => (e.k === 'var' ? [e.name] : [])).concat(p.half ? [p.half.q] : []));
-    return { packed, skip: skippedStatements(loop.body, pairs, uses, [loop.to, loop.step]) };
   }
   /** f64x2 of two f32 expressions (one splat when both are the same variable). */
   private f64Pair([a, b]: [Expr, Expr]): void {
-    this.ex(a, 0); this.f.op('f64.promote_f32').simd('f64x2.splat');
-    if (a.k === 'var' && b.k === 'var' && a.name === b.name) return;
-    this.ex(b, 0); this.f.op('f64.promote_f32').simd('f64x2.replace_lane', 1);
+    this.ex(a, 0); this.f.simd('f32x4.splat');
+    if (!(a.k === 'var' && b.k === 'var' && a.name === b.name)) { this.ex(b, 0); this.f.simd('f32x4.replace_lane', 1); }
+    this.f.simd('f64x2.promote_low_f32x4');
   }
-  /** The loop body with each packed pair's two statements as one f64x2 multiply-add rounded to f32. */
-  private packedBody(body: XStmt[], packed: Packed[], skip: Set<number>): void {
-    const f = this.f, first = new Map(packed.map((p) => [p.pair.at[0], p] as const));
+  /** The loop body, each packed pair's two statements as one f64x2 multiply-add rounded to f32. */
+  private packedBody(body: XStmt[], packed: { pair: FmaPair; v: number }[]): void {
+    const steps = new Map(packed.flatMap(({ pair, v }) => pair.steps.map((st) => [st.at[0], { st, v }] as const)));
     for (let i = 0; i < body.length; i++) {
-      const p = first.get(i);
-      if (!p) { if (!skip.has(i)) this.stmt(body[i]!); continue; }
+      const p = steps.get(i);
+      if (!p) { this.stmt(body[i]!); continue; }
       this.newStatement();
-      this.f64Pair(p.pair.x);
-      if (p.half) {
-        const { q, word, words: wl } = p.half;
-        if (wl.first === i) { // this iteration's four words, converted once
-          const ql = this.varOf(q);
-          f.get(ql[0]!).simd('i32x4.splat');
-          for (let c = 1; c < 4; c++) f.get(ql[c]!).simd('i32x4.replace_lane', c);
-          f.tee(wl.tmp).simd('i32x4.extend_low_i16x8_u'); f16x4ToF32(f, wl.lo); f.set(wl.lo);
-          f.get(wl.tmp).simd('i32x4.extend_high_i16x8_u'); f16x4ToF32(f, wl.hi); f.set(wl.hi);
-        }
-        const from = word < 2 ? wl.lo : wl.hi;
-        f.get(from);
-        if (word % 2) f.get(from).shuffle([8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15]);
-        f.simd('f64x2.promote_low_f32x4');
-      } else this.f64Pair(p.pair.w);
-      f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
+      this.f64Pair(p.st.x);
+      this.f64Pair(p.st.w);
+      this.f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
+      i++; // the step's second statement
     }
   }
-  private unpackPairs(packed: Packed[]): void {
+  private unpackPairs(packed: { pair: FmaPair; v: number }[]): void {
     for (const { pair, v } of packed) {
       pair.acc.forEach((n, lane) => { this.f.get(v).simd('f64x2.extract_lane', lane).op('f32.demote_f64').set(this.varOf(n)[0]!); });
     }
