@@ -10,6 +10,7 @@
 // GEMV partial sums (dense f16, INT4 group sums) are such accumulators: 8 per invocation.
 import type { Expr } from '../dsl/ir.js';
 import type { XStmt } from './js-lower.js';
+import type { FnBuilder } from './wasm-encode.js';
 
 /**
  * One packed pair of accumulators and its updates in the loop body: each step is two adjacent
@@ -93,4 +94,56 @@ function hasReturn(ss: XStmt[]): boolean {
     || (s.k === 'if' && (hasReturn(s.then) || hasReturn(s.else)))
     || ((s.k === 'for' || s.k === 'while') && hasReturn(s.body))
     || (s.k === '$loop' && (hasReturn(s.pre) || hasReturn(s.body) || hasReturn(s.post))));
+}
+
+// ---- emission ------------------------------------------------------------------------------
+
+/** The emitter's parts the packing uses: its function, scalar expressions, statements. */
+export interface PackHost {
+  f: FnBuilder;
+  /** Push scalar expression e. */
+  ex(e: Expr): void;
+  /** The local of a scalar variable. */
+  local(name: string): number;
+  stmt(s: XStmt): void;
+  newStatement(): void;
+}
+export interface Packed { pair: FmaPair; v: number }
+
+/** The loop's packable pairs, each loaded into a v128 local (f64x2) before the loop. */
+export function packAccumulators(h: PackHost, loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): Packed[] {
+  return fmaPairs(loop, isF32).map((pair) => {
+    const v = h.f.local('v128');
+    const [a, b] = pair.acc.map((n) => h.local(n)) as [number, number];
+    h.f.get(a).op('f64.promote_f32').simd('f64x2.splat').get(b).op('f64.promote_f32').simd('f64x2.replace_lane', 1).set(v);
+    return { pair, v };
+  });
+}
+
+/** f64x2 of two f32 expressions (one splat when both are the same variable). */
+function f64Pair(h: PackHost, [a, b]: [Expr, Expr]): void {
+  h.ex(a); h.f.simd('f32x4.splat');
+  if (!(a.k === 'var' && b.k === 'var' && a.name === b.name)) { h.ex(b); h.f.simd('f32x4.replace_lane', 1); }
+  h.f.simd('f64x2.promote_low_f32x4');
+}
+
+/** The loop body, each packed step's two statements as one f64x2 multiply-add rounded to f32. */
+export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): void {
+  const steps = new Map(packed.flatMap(({ pair, v }) => pair.steps.map((st) => [st.at[0], { st, v }] as const)));
+  for (let i = 0; i < body.length; i++) {
+    const p = steps.get(i);
+    if (!p) { h.stmt(body[i]!); continue; }
+    h.newStatement();
+    f64Pair(h, p.st.x);
+    f64Pair(h, p.st.w);
+    h.f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
+    i++; // the step's second statement
+  }
+}
+
+/** After the loop: each pair back into its two f32 variables (exact: the lanes hold f32 values). */
+export function unpackAccumulators(h: PackHost, packed: Packed[]): void {
+  for (const { pair, v } of packed) {
+    pair.acc.forEach((n, lane) => { h.f.get(v).simd('f64x2.extract_lane', lane).op('f32.demote_f64').set(h.local(n)); });
+  }
 }

@@ -17,7 +17,7 @@ import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import { FnBuilder, encodeModule } from './wasm-encode.js';
 import { WasmExpressions, vt } from './wasm-expr.js';
-import { type FmaPair, fmaPairs } from './wasm-simd.js';
+import { type PackHost, packAccumulators, packedLoopBody, unpackAccumulators } from './wasm-simd.js';
 import { FN, MATH_IMPORTS, helperFunctions } from './wasm-helpers.js';
 import {
   type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
@@ -174,7 +174,8 @@ class WasmEmitter extends WasmExpressions {
       case 'for': {
         const [v] = this.varOf(s.name) as [number];
         this.ex(s.from, 0); f.set(v);
-        const packed = this.packPairs(s);
+        const packed = this.simd ? packAccumulators(this.packHost(), s, (n) => this.vars.get(n) === 'f32') : [];
+        this.packedPairs += packed.length;
         const brk = this.label('brk'), top = this.label('top'), cont = this.label('cont');
         f.block(brk).loop(top);
         this.newStatement();
@@ -183,7 +184,7 @@ class WasmEmitter extends WasmExpressions {
         if (packed.length) {
           this.rc.loops.push({ brk, cont });
           this.rc.blocks++;
-          this.packedBody(s.body, packed);
+          packedLoopBody(this.packHost(), s.body, packed);
           this.rc.blocks--;
           this.rc.loops.pop();
         } else this.loopBody(s.body, brk, cont);
@@ -191,7 +192,7 @@ class WasmEmitter extends WasmExpressions {
         this.newStatement();
         f.get(v); this.ex(s.step, 0); f.op('i32.add').set(v);
         f.br(top).end().end();
-        this.unpackPairs(packed);
+        unpackAccumulators(this.packHost(), packed);
         return;
       }
       case 'while': {
@@ -219,42 +220,9 @@ class WasmEmitter extends WasmExpressions {
         return this.fail(`${s.k} in a per-invocation region`);
     }
   }
-  // ---- SIMD128: fma accumulators carried in pairs through a loop (wasm-simd.ts says why) ------
-  /** The loop's packable accumulator pairs, each loaded into a v128 (f64x2) before the loop. */
-  private packPairs(loop: Extract<XStmt, { k: 'for' }>): { pair: FmaPair; v: number }[] {
-    const f = this.f;
-    if (!this.simd) return [];
-    return fmaPairs(loop, (n) => this.vars.get(n) === 'f32').map((pair) => {
-      const v = f.local('v128');
-      const [a, b] = pair.acc.map((n) => this.varOf(n)[0]!) as [number, number];
-      f.get(a).op('f64.promote_f32').simd('f64x2.splat').get(b).op('f64.promote_f32').simd('f64x2.replace_lane', 1).set(v);
-      this.packedPairs++;
-      return { pair, v };
-    });
-  }
-  /** f64x2 of two f32 expressions (one splat when both are the same variable). */
-  private f64Pair([a, b]: [Expr, Expr]): void {
-    this.ex(a, 0); this.f.simd('f32x4.splat');
-    if (!(a.k === 'var' && b.k === 'var' && a.name === b.name)) { this.ex(b, 0); this.f.simd('f32x4.replace_lane', 1); }
-    this.f.simd('f64x2.promote_low_f32x4');
-  }
-  /** The loop body, each packed pair's two statements as one f64x2 multiply-add rounded to f32. */
-  private packedBody(body: XStmt[], packed: { pair: FmaPair; v: number }[]): void {
-    const steps = new Map(packed.flatMap(({ pair, v }) => pair.steps.map((st) => [st.at[0], { st, v }] as const)));
-    for (let i = 0; i < body.length; i++) {
-      const p = steps.get(i);
-      if (!p) { this.stmt(body[i]!); continue; }
-      this.newStatement();
-      this.f64Pair(p.st.x);
-      this.f64Pair(p.st.w);
-      this.f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
-      i++; // the step's second statement
-    }
-  }
-  private unpackPairs(packed: { pair: FmaPair; v: number }[]): void {
-    for (const { pair, v } of packed) {
-      pair.acc.forEach((n, lane) => { this.f.get(v).simd('f64x2.extract_lane', lane).op('f32.demote_f64').set(this.varOf(n)[0]!); });
-    }
+  /** What the SIMD128 accumulator packing (wasm-simd.ts) emits through. */
+  private packHost(): PackHost {
+    return { f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.varOf(n)[0]!, stmt: (st) => this.stmt(st), newStatement: () => this.newStatement() };
   }
 
   private block(body: XStmt[]): void {
