@@ -122,12 +122,12 @@ async function gemvKernels(): Promise<void> {
     devs.push(await createCpuDevice({ workers: 0, executor: 'wasm' }));
   }
   if (saved === undefined) delete process.env.KILN_WASM_SIMD; else process.env.KILN_WASM_SIMD = saved;
-  console.log('\n| kernel (one thread, wasm) | K × N | SIMD128 µs | scalar µs | scalar / SIMD |');
+  console.log('\n| kernel (one thread, wasm; the variant the cpu device picks) | K × N | SIMD128 µs | scalar µs | scalar / SIMD |');
   console.log('|---|---|---:|---:|---:|');
   try {
     for (const [name, source, v] of [
-      ['dense f16 GEMV', denseSource('f16'), defaultDenseChoice(256, 2048, 'f16', devs[0]!.caps).gemv[0]!],
-      ['INT4 g128 GEMV', int4Source(128), defaultInt4Gemv(1, 2048, devs[0]!.caps, undefined, 'cpu')],
+      ['dense f16 GEMV', denseSource('f16'), defaultDenseChoice(256, 2048, 'f16', devs[0]!.caps, devs[0]!.profile.parallelism).gemv[0]!],
+      ['INT4 g128 GEMV', int4Source(128), defaultInt4Gemv(1, 2048, devs[0]!.caps, devs[0]!.profile.parallelism, 'cpu')],
     ] as const) {
       for (const N of [1536, 2048]) {
         const K = 256, kern = gemvKernel(source, 1, v, devs[0]!.caps);
@@ -152,7 +152,7 @@ async function gemvKernels(): Promise<void> {
           }
         }
         devs.forEach((dev, i) => { for (const b of Object.values(bufs[i]!)) dev.free(b); });
-        console.log(`| ${name} | ${K} × ${N} | ${us[0]!.toFixed(0)} | ${us[1]!.toFixed(0)} | ${(us[1]! / us[0]!).toFixed(2)} |`);
+        console.log(`| ${name} ${JSON.stringify(v).replace(/[{}"]/g, '')} | ${K} × ${N} | ${us[0]!.toFixed(0)} | ${us[1]!.toFixed(0)} | ${(us[1]! / us[0]!).toFixed(2)} |`);
       }
     }
   } finally {
