@@ -454,6 +454,12 @@ export class KernelBuilder {
     if (e.t !== 'u32') this.fail(`unpack2x16float needs u32, not ${e.t}`, e);
     return new Val({ k: 'unpack2x16float', t: 'vec2<f32>', a: e }, this);
   }
+  /** INT4 magic-number dequant of the nibbles at bits 0–3 and 16–19: two f16 of value 1024 + q, as unpack2x16float reads them. */
+  nibblePairF16(word: Val<'u32'>): Val<'u32'> {
+    const e = this.own(word);
+    if (e.t !== 'u32') this.fail(`nibblePairF16 needs u32, not ${e.t}`, e);
+    return new Val({ k: 'nibblePairF16', t: 'u32', a: e }, this);
+  }
   f32(a: Val | number): Val<'f32'> { return this.cast('f32', a); }
   f16(a: Val | number): Val<'f16'> { return this.cast('f16', a); }
   i32(a: Val | number): Val<'i32'> { return this.cast('i32', a); }

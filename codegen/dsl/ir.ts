@@ -33,6 +33,12 @@ export type Expr =
   | { k: 'bitcast'; t: DType; a: Expr }
   | { k: 'pack2x16float'; t: 'u32'; a: Expr }          // vec2<f32> -> u32 (x in low half)
   | { k: 'unpack2x16float'; t: 'vec2<f32>'; a: Expr }  // u32 -> vec2<f32>
+  /**
+   * INT4 magic-number dequant: the nibbles at bits 0–3 and 16–19 of `a` as the bits of two f16 of
+   * value 1024 + q, `(a & 0x000F000F) | 0x64006400` (x in the low half, as unpack2x16float reads
+   * it). One LOP3 on CUDA; plain and/or elsewhere (legalize.ts expandNibblePair).
+   */
+  | { k: 'nibblePairF16'; t: 'u32'; a: Expr }
   | { k: 'vec'; t: DType; args: Expr[] }
   | { k: 'swizzle'; t: DType; a: Expr; comps: string } // comps over 'xyzw'
   | { k: 'subgroup'; t: DType; op: SubgroupOp; a: Expr; b?: Expr }

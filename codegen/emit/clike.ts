@@ -6,6 +6,7 @@ import { type DType, type Scalar, vecOf } from '../dsl/types.js';
 import { f16round } from '../dsl/f16.js';
 import { show } from '../dsl/show.js';
 import { walk } from '../dsl/walk.js';
+import { expandNibblePair } from './legalize.js';
 
 export { f16round };
 
@@ -195,6 +196,8 @@ export abstract class CLikeEmitter {
   binary(e: Of<'bin'>): Code { return infix(e.op, this.code(e.a), this.code(e.b)); }
   unary(e: Of<'un'>): Code { return prefix(e.op === 'neg' ? '-' : e.op === 'not' ? '!' : '~', this.code(e.a)); }
   pack(e: Of<'pack2x16float'> | Of<'unpack2x16float'>): Code { return callCode(e.k, [this.code(e.a)]); }
+  /** The magic-number nibble pair; plain and/or unless the target has a better instruction (CUDA: LOP3). */
+  nibblePair(e: Of<'nibblePairF16'>): Code { return this.code(expandNibblePair(e)); }
 
   // ---- expressions ----
   expr(e: Expr): string { return this.code(e).s; }
@@ -212,6 +215,7 @@ export abstract class CLikeEmitter {
       case 'cast': return this.cast(e);
       case 'bitcast': return this.bitcast(e);
       case 'pack2x16float': case 'unpack2x16float': return this.pack(e);
+      case 'nibblePairF16': return this.nibblePair(e);
       case 'vec': return this.vec(e);
       case 'swizzle': return this.swizzle(e);
       case 'subgroup': return this.subgroup(e);

@@ -129,3 +129,9 @@ export function expandLanes(e: Of<'lanes'>): Expr {
   });
   return { k: 'vec', t: e.t, args: comps };
 }
+
+/** The magic-number nibble pair as plain bit operations: (a & 0x000F000F) | 0x64006400. */
+export function expandNibblePair(e: Of<'nibblePairF16'>): Expr {
+  const u32 = (v: number): Expr => ({ k: 'const', t: 'u32', v });
+  return { k: 'bin', t: 'u32', op: 'bor', a: { k: 'bin', t: 'u32', op: 'band', a: e.a, b: u32(0x000f000f) }, b: u32(0x64006400) };
+}
