@@ -71,6 +71,12 @@ export interface Caps {
    * WGSL has none, so WebGPU ops keep a second launch. Absent means no.
    */
   deviceFence?: boolean;
+  /**
+   * Tensor cores that run k.mma natively (CUDA sm_80+: mma.sync m16n8k16). Every target runs k.mma
+   * (others through the emulation in codegen/emit/mma.ts); this says it is fast, so ops choose MMA
+   * paths by it (the linear op at M ≤ 64). Absent means no.
+   */
+  tensorCores?: boolean;
 }
 
 /** The baseline every backend meets: WebGPU compatibility mode on llvmpipe. */
@@ -92,4 +98,5 @@ export const CUDA_CAPS: Caps = {
   maxStorageBuffers: 64,
   maxInvocationsPerWorkgroup: 1024,
   deviceFence: true,
+  tensorCores: true,
 };

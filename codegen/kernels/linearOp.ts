@@ -9,6 +9,7 @@ import {
   checkGemmVariant, checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
   type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
 } from './linearCommon.js';
+import { int4MmaGroupSize, int4MmaKernel, int4MmaUnfit, MMA_MAX_ROWS } from './int4Mma.js';
 
 /** Decode and speculative verification run the GEMV path up to this many rows. */
 export const GEMV_MAX_ROWS = 8;
@@ -24,6 +25,12 @@ export interface LinearChoice {
   gemv: GemvVariant[];
   gemm: GemmVariant;
   finishWorkgroupSize: number;
+  /**
+   * M up to which the tensor-core MMA path runs (codegen/kernels/int4Mma.ts; 0: never). Absent:
+   * MMA_MAX_ROWS where caps.tensorCores and the source has an MMA kernel, else 0. Setting it forces
+   * the path anywhere (k.mma is emulated off CUDA), as the tests do.
+   */
+  mmaMaxRows?: number;
 }
 export interface LinearChoiceInput {
   segLen?: number;
@@ -31,6 +38,7 @@ export interface LinearChoiceInput {
   gemv?: GemvVariant | GemvVariant[];
   gemm?: GemmVariant;
   finishWorkgroupSize?: number;
+  mmaMaxRows?: number;
 }
 
 /** A tensor the op binds, for given sizes: read from its binding's declared shape (the kernels' own). */
@@ -84,7 +92,20 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
     gemv,
     gemm: c.gemm ?? defaults.gemm,
     finishWorkgroupSize: c.finishWorkgroupSize ?? defaults.finishWorkgroupSize,
+    ...(c.mmaMaxRows ?? defaults.mmaMaxRows) !== undefined ? { mmaMaxRows: c.mmaMaxRows ?? defaults.mmaMaxRows } : {},
   };
+}
+
+/** Rows the MMA path takes for this op (see LinearChoice.mmaMaxRows); a forced misfit throws. */
+function mmaRowsOf(name: string, K: number, N: number, src: WeightSource, caps: Caps, forced: number | undefined): number {
+  const g = int4MmaGroupSize(src);
+  const unfit = g === undefined ? `the ${src.tag} source has no MMA kernel` : int4MmaUnfit(K, N, g);
+  if (forced === undefined) return caps.tensorCores && !unfit ? MMA_MAX_ROWS : 0;
+  if (!Number.isInteger(forced) || forced < 0 || forced > MMA_MAX_ROWS) {
+    throw new Error(`${name}: choice.mmaMaxRows = ${forced} is not an integer in 0..${MMA_MAX_ROWS}`);
+  }
+  if (forced > 0 && unfit) throw new Error(`${name}: choice.mmaMaxRows = ${forced} but ${unfit}`);
+  return forced;
 }
 
 /** A binding's tensor for these sizes, from its declared shape. */
@@ -105,6 +126,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   for (const v of choice.gemv) checkGemvVariant(name, v, src, Nw, caps);
   checkGemmVariant(name, choice.gemm, src, e, caps);
   const S = segmentCount(K, choice.segLen);
+  const mmaRows = mmaRowsOf(name, K, N, src, caps, choice.mmaMaxRows);
   const weightNames = Object.keys(src.bindings);
   const bindings: Record<string, BindingSpec> = {
     x: storage('f32', 'read', { shape: '[M, K]' }),
@@ -116,6 +138,14 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
 
   const plan = ({ M }: { M: number }): Plan => {
     if (!Number.isInteger(M) || M < 1) throw new Error(`${name}: M = ${M} is not a positive integer`);
+    // Tensor cores: one launch for every M up to mmaRows, rows padded to 16 (batch-invariant).
+    if (M <= mmaRows) {
+      const mma = int4MmaKernel({ groupSize: int4MmaGroupSize(src)!, epilogue: e, caps });
+      return {
+        temps: {},
+        steps: [{ kernel: mma, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw } }],
+      };
+    }
     if (M <= GEMV_MAX_ROWS) {
       const gemv = gemvKernel(src, M, choice.gemv[M - 1]!, caps);
       const finish = linearFinishKernel({ epilogue: e, workgroupSize: choice.finishWorkgroupSize, caps });

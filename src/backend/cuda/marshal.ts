@@ -105,5 +105,6 @@ export function cudaCaps(d: CudaLimits): Caps {
     subgroupSize: d.warpSize,
     maxInvocationsPerWorkgroup: Math.min(CUDA_CAPS.maxInvocationsPerWorkgroup, d.maxThreadsPerBlock),
     maxWorkgroupStorage: Math.min(CUDA_CAPS.maxWorkgroupStorage, d.maxSharedPerBlock),
+    tensorCores: d.ccMajor >= 8, // mma.sync m16n8k16 with f32 accumulators: sm_80 and later
   };
 }

@@ -1,0 +1,161 @@
+// INT4 linear layer (AutoAWQ layout, W = (q − z)·s, group size g) on the tensor-core MMA node
+// (k.mma, m16n8k16 f16 × f16 → f32): the linear op's path on devices with tensor cores for
+// M = 1..MMA_MAX_ROWS. Rows are padded to 16 (rows past M are zeros, never stored), so a row's
+// arithmetic never depends on the batch: results are batch-invariant.
+//
+// Numerics (per output [m, n]): activations are rounded to f16 on load (as tensor cores take them);
+// B holds q − z, an integer in [−15, 15] and so exact in f16. Per group of g rows, from +0,
+//   a_grp = mma over k in steps of 16 of f16(x[m, k])·(q − z)[k, n]      (f32 accumulate)
+//   acc   = fma(a_grp, s[grp, n], acc)                                     groups in order
+// so the weights enter exactly and the scale once per group (as the GEMV's applyGroup does).
+// Then the linear op's shared epilogue (linearCommon: bias, SiLU(gate)·up, residual, f32/f16 out).
+//
+// Workgroup: WARPS = 4 warps, each TILES = 2 tiles of 16 rows × 8 columns (with gateUp as many
+// again for the up columns N + c, through their own accumulators): 16 rows × 64 columns. Per 16 of
+// K the workgroup stages its 16 × 8 qweight words (per half) in workgroup memory, one word per
+// invocation — each warp reads 4 whole rows of 32 bytes, one sector each — and builds the B
+// fragments from there (a lane's B column sits in one word: reading it from global memory directly
+// costs 4 sectors per 16 useful bytes).
+// Needs K a multiple of g (g ≥ 16) and N a multiple of 8 (AutoAWQ packs 8 columns per word).
+import type { Caps, Val } from '../dsl/index.js';
+import { kernel, storage } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+import {
+  capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, memoKernel, storeOutput,
+  type WeightSource,
+} from './linearCommon.js';
+
+/** The MMA path takes every M from 1 to this on devices with tensor cores (as Marlin pads to 16). */
+export const MMA_MAX_ROWS = 64;
+const WARPS = 4;
+const TILES = 2;
+/** Output columns per workgroup; its qweight words per row. */
+const COLS = 8 * TILES * WARPS, WORDS = COLS / 8;
+
+/** The group size when `src` is the AutoAWQ INT4 source this kernel reads, else undefined. */
+export function int4MmaGroupSize(src: WeightSource): number | undefined {
+  if (!src.group || !('qweight' in src.bindings && 'qzeros' in src.bindings && 'scales' in src.bindings)) return undefined;
+  return src.group.size;
+}
+
+/** Why the MMA kernel cannot run these sizes, or undefined when it can. */
+export function int4MmaUnfit(K: number, N: number, g: number): string | undefined {
+  if (g % 16) return `group size ${g} is not a multiple of 16 (one mma step)`;
+  if (K % g) return `K = ${K} is not a multiple of the group size ${g}`;
+  if (N % 8) return `N = ${N} is not a multiple of 8 (one mma tile)`;
+  return undefined;
+}
+
+export interface Int4MmaParams { groupSize: number; epilogue: Epilogue; caps?: Caps }
+
+export function int4MmaKernel(p: Int4MmaParams) {
+  const g = p.groupSize, e = p.epilogue, caps = p.caps ?? BASELINE_CAPS;
+  if (!Number.isInteger(g) || g < 16 || g % 16) throw new Error(`int4Mma: group size ${g} is not a positive multiple of 16`);
+  return memoKernel(`int4Mma/${g}/${epilogueTag(e)}/${capsKey(caps)}`, () => kernel({
+    name: `int4Mma_g${g}_${epilogueTag(e)}`,
+    params: { groupSize: g, ...e },
+    caps,
+    workgroupSize: 32 * WARPS,
+    bindings: {
+      x: storage('f32', 'read', { shape: '[M, K]' }),
+      qweight: storage('u32', 'read', { shape: '[K, Nw / 8]' }),
+      qzeros: storage('u32', 'read', { shape: `[K / ${g}, Nw / 8]` }),
+      scales: storage('u32', 'read', { shape: `[K / ${g}, Nw / 2]` }),
+      ...epilogueBindings(e),
+    },
+    uniforms: { M: 'u32', K: 'u32', N: 'u32', Nw: 'u32' },
+    grid: `[ceil(N / ${COLS}), ceil(M / 16)]`,
+    body(k, refs, { M, K, N, Nw }) {
+      const { x, qweight, qzeros, scales } = refs;
+      const epi = epilogueRefs(k, refs);
+      const lid = k.let('lid', k.localIndex);
+      const lane = k.let('lane', lid.band(31)), warp = k.let('warp', lid.shr(5));
+      const gq = k.let('gq', lane.shr(2)), t = k.let('t', lane.band(3));
+      const row0 = k.let('row0', k.workgroupId.y.mul(16));
+      const wgCol = k.let('wgCol', k.workgroupId.x.mul(COLS));
+      const wordCols = k.let('wordCols', Nw.div(8));
+      const halves = e.gateUp ? 2 : 1;
+      // Staging: invocation lid loads word lid & 7 of row lid >> 3 of the tile (zero past N).
+      const sRow = k.let('sRow', lid.shr(3)), sWord = k.let('sWord', wgCol.shr(3).add(lid.band(WORDS - 1)));
+      const sOk = k.let('sOk', sWord.lt(N.div(8)));
+      const sq = Array.from({ length: halves }, (_, h) => k.shared(`sq${h}`, 'u32', 16 * WORDS));
+      // Column offset j of a word sits in nibble (j >> 1) | ((j & 1) << 2) (AutoAWQ's order).
+      const nibShift = k.let('nibShift', gq.shr(1).bor(gq.band(1).shl(2)).mul(4));
+      const nib = (word: Val<'u32'>) => word.shr(nibShift).band(15);
+      const fa = k.privateArray('fa', 'u32', 4);
+      const fb = k.privateArray('fb', 'u32', 2);
+      const tiles = Array.from({ length: TILES * halves }, (_, i) => ({
+        j: i % TILES, h: Math.floor(i / TILES),
+        grp: k.privateArray(`ga${i}`, 'f32', 4), acc: k.privateArray(`acc${i}`, 'f32', 4),
+      }));
+      for (const tl of tiles) for (let i = 0; i < 4; i++) tl.acc.set(i, 0);
+      /** Tile j's first output column; this lane's B column is it + gq (word tileWord). */
+      const tileCol = Array.from({ length: TILES }, (_, j) => k.let(`tc${j}`, wgCol.add(warp.mul(8 * TILES)).add(8 * j)));
+      const tileOk = tileCol.map((c, j) => k.let(`tok${j}`, c.lt(N)));
+      const tileWord = Array.from({ length: TILES }, (_, j) => k.let(`tw${j}`, warp.mul(TILES).add(j)));
+      const rLo = k.let('rLo', row0.add(gq)), rHi = k.let('rHi', rLo.add(8));
+      const okLo = k.let('okLo', rLo.lt(M)), okHi = k.let('okHi', rHi.lt(M));
+      const xLo = k.let('xLo', k.select(okLo, rLo, k.u32(0)).mul(K)), xHi = k.let('xHi', k.select(okHi, rHi, k.u32(0)).mul(K));
+      /** x[r, kk], x[r, kk + 1] as an f16 pair; zeros on padding rows. */
+      const xPair = (ok: Val<'bool'>, base: Val<'u32'>, kk: Val<'u32'>, tag: string) => {
+        const at = k.let(`xa${tag}`, base.add(kk));
+        return k.pack2x16float(k.vec('vec2<f32>', k.select(ok, x.at(at), k.f32(0)), k.select(ok, x.at(at.add(1)), k.f32(0))));
+      };
+      k.for('grp', k.u32(0), K.div(g), (grp) => {
+        // This lane's zero points (its B column of each tile) and scales (its C columns 2t, 2t + 1).
+        const zs = tiles.map((tl, i) => {
+          const c = k.let(`zc${i}`, k.select(tileOk[tl.j]!, tileCol[tl.j]!, k.u32(0)).add(tl.h ? N : k.u32(0)));
+          const z = k.let(`z${i}`, k.f32(nib(qzeros.at(grp.mul(wordCols).add(c.shr(3))))));
+          const sc = k.let(`sc${i}`, k.unpack2x16float(scales.at(grp.mul(Nw.div(2)).add(c.add(t.mul(2)).shr(1)))));
+          return { z, sc };
+        });
+        for (const tl of tiles) for (let i = 0; i < 4; i++) tl.grp.set(i, 0);
+        const kBase = k.let('kBase', grp.mul(g));
+        k.for('kk', k.u32(0), k.u32(g), (kk) => {
+          const k0 = k.let('k0', kBase.add(kk));
+          for (let h = 0; h < halves; h++) {
+            const w = k.let(`sw${h}`, h ? sWord.add(N.div(8)) : sWord);
+            sq[h]!.set(lid, k.select(sOk, qweight.at(k0.add(sRow).mul(wordCols).add(k.select(sOk, w, k.u32(0)))), k.u32(0)));
+          }
+          k.barrier();
+          const ka = k.let('ka', k0.add(t.mul(2))), kb = k.let('kb', ka.add(8));
+          fa.set(0, xPair(okLo, xLo, ka, '0'));
+          fa.set(1, xPair(okHi, xHi, ka, '1'));
+          fa.set(2, xPair(okLo, xLo, kb, '2'));
+          fa.set(3, xPair(okHi, xHi, kb, '3'));
+          tiles.forEach((tl, i) => {
+            /** (q − z) at tile rows r, r + 1 of this lane's B column as an f16 pair (exact). */
+            const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(r.mul(WORDS).add(tileWord[tl.j]!)))).sub(zs[i]!.z);
+            const bPair = (r: Val<'u32'>) => k.pack2x16float(k.vec('vec2<f32>', q(r), q(r.add(1))));
+            const r0 = k.let(`br${i}`, t.mul(2));
+            fb.set(0, bPair(r0));
+            fb.set(1, bPair(r0.add(8)));
+            k.mma(tl.grp, fa, fb, tl.grp);
+          });
+          k.barrier(); // the tile is read before the next one is staged
+        }, 16);
+        tiles.forEach((tl, i) => {
+          const sc = zs[i]!.sc;
+          for (let c = 0; c < 4; c++) tl.acc.set(c, k.call<'f32'>('fma', [tl.grp.at(c), c & 1 ? sc.y : sc.x, tl.acc.at(c)]));
+        });
+      });
+      // C layout: [0], [1] = row g, columns 2t, 2t + 1; [2], [3] = row g + 8.
+      for (let j = 0; j < TILES; j++) {
+        const gate = tiles[j]!.acc, up = e.gateUp ? tiles[TILES + j]!.acc : undefined;
+        const n = k.let(`nOut${j}`, tileCol[j]!.add(t.mul(2)));
+        for (const [r, ok, i] of [[rLo, okLo, 0], [rHi, okHi, 2]] as const) {
+          k.if(ok.and(tileOk[j]!), () => {
+            const vals = [i, i + 1].map((c) => k.let(`v${j}_${c}`, epilogueValue(k, e, epi, N, r, n.add(c - i), gate.at(c), up?.at(c))));
+            storeOutput(k, e, epi, N, r, n, vals);
+          });
+        }
+      }
+    },
+  }));
+}
+
+/** The kernel for a linear op's source, or undefined when the source is not INT4 AutoAWQ. */
+export function int4MmaFor(src: WeightSource, e: Epilogue, caps: Caps) {
+  const g = int4MmaGroupSize(src);
+  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, epilogue: e, caps });
+}

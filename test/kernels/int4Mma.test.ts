@@ -1,0 +1,98 @@
+// The INT4 linear op's tensor-core MMA path (codegen/kernels/int4Mma.ts), forced through the
+// linear op on every backend (k.mma is emulated off CUDA): float64 reference of f16(x)·W for
+// M = 1, 5, 16, 17, 64 with the epilogues, row bits independent of M, the chooser (tensor cores
+// only, M ≤ 64), and ptxas on sm_90a.
+import { describe, expect, it } from 'vitest';
+import { BASELINE_CAPS, CUDA_CAPS } from '../../codegen/dsl/types.js';
+import { emitCUDA } from '../../codegen/emit/cuda.js';
+import { denseLinear } from '../../codegen/kernels/denseMatmul.js';
+import { int4MmaKernel, MMA_MAX_ROWS } from '../../codegen/kernels/int4Mma.js';
+import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
+import { fullEpilogue, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import type { Device, DeviceBuffer } from '../../src/backend/device.js';
+import { uploadInt4 } from '../../src/ops/linear.js';
+import { dequantizeAwq } from '../../src/quant/awq.js';
+import { f16BitsToF32, f32ToF16Bits } from '../../src/quant/f16.js';
+import { ptxasReport } from '../../src/profile.js';
+import { forEachBackend } from '../backends.js';
+import { freshSeed, relErr, rng } from '../util.js';
+import { firstDiff, linearRef, randomAwq, randomInputs, rowBits, runOp } from './linearRef.js';
+
+const K = 256, g = 64;
+const toF16 = (v: number) => f16BitsToF32(f32ToF16Bits(v));
+
+/** Plain f32 output, and every epilogue at once with f16 output. */
+const EPILOGUES: { e: LinearEpilogue; N: number; tol: number }[] = [
+  { e: {}, N: 40, tol: 1e-5 },
+  { e: { bias: true, gateUp: true, residual: true, out: 'f16' }, N: 24, tol: 2e-3 },
+];
+
+async function withWeights<T>(dev: Device, Nw: number, seed: number,
+  body: (w: Record<string, DeviceBuffer>, W: Float64Array, r: () => number) => Promise<T>): Promise<T> {
+  const r = rng(seed);
+  const awq = randomAwq(K, Nw, g, r);
+  const up = uploadInt4(dev, awq, 'mma');
+  try {
+    return await body({ qweight: up.qweight, qzeros: up.qzeros, scales: up.scales }, dequantizeAwq(awq), r);
+  } finally { for (const b of [up.qweight, up.qzeros, up.scales]) dev.free(b); }
+}
+
+forEachBackend('int4 MMA linear', (dev) => {
+  for (const { e, N, tol } of EPILOGUES) {
+    const tag = JSON.stringify(e);
+    it(`${tag}, K = ${K}, N = ${N}, g = ${g}: M = 1, 5, 16, 17, 64 within ${tol} of float64 (x rounded to f16)`, async () => {
+      const Nw = e.gateUp ? 2 * N : N;
+      const op = int4Linear({ K, N, groupSize: g, ...e, caps: dev.caps, choice: { mmaMaxRows: MMA_MAX_ROWS } });
+      await withWeights(dev, Nw, freshSeed(`int4 mma ${tag}`), async (w, W, r) => {
+        for (const M of [1, 5, 16, 17, 64]) {
+          const inp = randomInputs(M, K, N, e, r);
+          const got = await runOp(dev, op, w, inp, M);
+          const ref = linearRef(Float32Array.from(inp.x, toF16), W, M, K, N, e, inp.bias, inp.residual);
+          expect(got.values.every(Number.isFinite), `M = ${M}: every output written`).toBe(true);
+          expect(relErr(got.values, ref), `M = ${M}`).toBeLessThan(tol);
+        }
+      });
+    });
+  }
+
+  it('row bits are the same for M = 1 and M = 37 (padding rows never reach a real row)', async () => {
+    const e: LinearEpilogue = { bias: true, residual: true }, N = 32;
+    const op = int4Linear({ K, N, groupSize: g, ...e, caps: dev.caps, choice: { mmaMaxRows: MMA_MAX_ROWS } });
+    await withWeights(dev, N, freshSeed('int4 mma rows'), async (w, _W, r) => {
+      const inp = randomInputs(37, K, N, e, r);
+      const all = await runOp(dev, op, w, inp, 37);
+      for (const row of [0, 20, 36]) {
+        const one = await runOp(dev, op, w, {
+          x: inp.x.slice(row * K, (row + 1) * K), bias: inp.bias, residual: inp.residual!.slice(row * N, (row + 1) * N),
+        }, 1);
+        expect(firstDiff(rowBits(all, row, 1, N), one.bits), `row ${row}`).toBe(-1);
+      }
+    });
+  });
+});
+
+describe('int4 MMA path: chooser and CUDA', () => {
+  const stepsOf = (caps: typeof CUDA_CAPS, M: number, N = 64) =>
+    int4Linear({ K, N, groupSize: g, caps }).plan({ M }).steps.map((s) => s.kernel.ir.name);
+
+  it('the linear op takes it at every M up to 64 where caps have tensor cores, never elsewhere', () => {
+    for (const M of [1, 8, 17, 64]) expect(stepsOf(CUDA_CAPS, M), `M = ${M}`).toEqual([expect.stringMatching(/^int4Mma_/)]);
+    expect(stepsOf(CUDA_CAPS, 65).some((n) => n.startsWith('int4Mma'))).toBe(false);
+    for (const M of [1, 17, 64]) expect(stepsOf(BASELINE_CAPS, M).some((n) => n.startsWith('int4Mma')), `M = ${M}`).toBe(false);
+    // A source without an MMA kernel (dense f32) keeps its GEMV / GEMM; forcing it is refused.
+    expect(denseLinear({ K, N: 64, weight: 'f32', caps: CUDA_CAPS }).plan({ M: 4 }).steps[0]!.kernel.ir.name).not.toMatch(/^int4Mma/);
+    expect(() => denseLinear({ K, N: 64, weight: 'f32', caps: CUDA_CAPS, choice: { mmaMaxRows: 64 } }))
+      .toThrow(/mmaMaxRows = 64 but the f32 source has no MMA kernel/);
+    expect(() => int4Linear({ K, N: 64, groupSize: g, caps: CUDA_CAPS, choice: { mmaMaxRows: 65 } })).toThrow(/mmaMaxRows = 65 is not an integer in 0\.\.64/);
+  });
+
+  it('mma.sync per 16 of K per 8-column tile (2 tiles a warp; 4 with gateUp), and ptxas (sm_90a) takes every epilogue with no spills', (ctx) => {
+    for (const e of EPILOGUES.map((c) => fullEpilogue(c.e))) {
+      const ir = int4MmaKernel({ groupSize: 128, epilogue: e, caps: CUDA_CAPS }).ir;
+      expect(emitCUDA(ir).match(/mma\.sync\.aligned\.m16n8k16/g)).toHaveLength(e.gateUp ? 4 : 2);
+      const r = ptxasReport(ir);
+      if (typeof r === 'string') { ctx.skip(`no ptxas verdict: ${r}`); return; }
+      expect([r.spillStores, r.spillLoads], JSON.stringify(e)).toEqual([0, 0]);
+    }
+  });
+});
