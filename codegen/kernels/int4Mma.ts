@@ -10,12 +10,16 @@
 // so the weights enter exactly and the scale once per group (as the GEMV's applyGroup does).
 // Then the linear op's shared epilogue (linearCommon: bias, SiLU(gate)·up, residual, f32/f16 out).
 //
-// Workgroup: WARPS = 4 warps, each TILES = 2 tiles of 16 rows × 8 columns (with gateUp as many
-// again for the up columns N + c, through their own accumulators): 16 rows × 64 columns. Per 16 of
-// K the workgroup stages its 16 × 8 qweight words (per half) in workgroup memory, one word per
-// invocation — each warp reads 4 whole rows of 32 bytes, one sector each — and builds the B
-// fragments from there (a lane's B column sits in one word: reading it from global memory directly
-// costs 4 sectors per 16 useful bytes).
+// Workgroup: split × COL_WARPS (4) warps. Each column warp has TILES = 2 tiles of 16 rows × 8
+// columns (with gateUp as many again for the up columns N + c, through their own accumulators):
+// 16 rows × 64 columns per workgroup. Split-K inside the workgroup: the `split` warp sets take
+// groups split_i, split_i + split, … (each its own sum, in order), then split set 0 adds the others'
+// sums in order 1, 2, … through workgroup memory — fixed by (K, g) alone (int4MmaSplit), never M,
+// so rows stay batch-invariant; it gives N/16 · split warps (Llama-3-8B 4096²: 1024, 7.8 per SM).
+// Per 16 of K each split set stages its 16 × 8 qweight words (per half) in workgroup memory, one
+// word per invocation — each warp reads 4 whole rows of 32 bytes, one sector each — and builds the
+// B fragments from there (a lane's B column sits in one word: reading it from global memory
+// directly costs 4 sectors per 16 useful bytes).
 // Needs K a multiple of g (g ≥ 16) and N a multiple of 8 (AutoAWQ packs 8 columns per word).
 import type { Caps, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
@@ -27,10 +31,16 @@ import {
 
 /** The MMA path takes every M from 1 to this on devices with tensor cores (as Marlin pads to 16). */
 export const MMA_MAX_ROWS = 64;
-const WARPS = 4;
+const COL_WARPS = 4;
 const TILES = 2;
-/** Output columns per workgroup; its qweight words per row. */
-const COLS = 8 * TILES * WARPS, WORDS = COLS / 8;
+/** Output columns per workgroup; its qweight words per row; invocations per split set. */
+const COLS = 8 * TILES * COL_WARPS, WORDS = COLS / 8, SET = 32 * COL_WARPS;
+export const INT4_MMA_SPLITS: readonly number[] = [1, 2, 4];
+
+/** The split-K for K and group size g: the largest of 4, 2, 1 dividing the group count. */
+export function int4MmaSplit(K: number, g: number): number {
+  return [4, 2, 1].find((s) => (K / g) % s === 0)!;
+}
 
 /** The group size when `src` is the AutoAWQ INT4 source this kernel reads, else undefined. */
 export function int4MmaGroupSize(src: WeightSource): number | undefined {
@@ -46,16 +56,24 @@ export function int4MmaUnfit(K: number, N: number, g: number): string | undefine
   return undefined;
 }
 
-export interface Int4MmaParams { groupSize: number; epilogue: Epilogue; caps?: Caps }
+export interface Int4MmaParams {
+  groupSize: number;
+  epilogue: Epilogue;
+  /** Split-K warp sets (1, 2 or 4); the group count K / g must be a multiple (int4MmaSplit). */
+  split?: number;
+  caps?: Caps;
+}
 
 export function int4MmaKernel(p: Int4MmaParams) {
   const g = p.groupSize, e = p.epilogue, caps = p.caps ?? BASELINE_CAPS;
+  const S = p.split ?? 1;
   if (!Number.isInteger(g) || g < 16 || g % 16) throw new Error(`int4Mma: group size ${g} is not a positive multiple of 16`);
-  return memoKernel(`int4Mma/${g}/${epilogueTag(e)}/${capsKey(caps)}`, () => kernel({
-    name: `int4Mma_g${g}_${epilogueTag(e)}`,
-    params: { groupSize: g, ...e },
+  if (!INT4_MMA_SPLITS.includes(S)) throw new Error(`int4Mma: split ${S} is not one of ${INT4_MMA_SPLITS.join(', ')}`);
+  return memoKernel(`int4Mma/${g}/${S}/${epilogueTag(e)}/${capsKey(caps)}`, () => kernel({
+    name: `int4Mma_g${g}_s${S}_${epilogueTag(e)}`,
+    params: { groupSize: g, split: S, ...e },
     caps,
-    workgroupSize: 32 * WARPS,
+    workgroupSize: SET * S,
     bindings: {
       x: storage('f32', 'read', { shape: '[M, K]' }),
       qweight: storage('u32', 'read', { shape: '[K, Nw / 8]' }),
@@ -69,16 +87,18 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const { x, qweight, qzeros, scales } = refs;
       const epi = epilogueRefs(k, refs);
       const lid = k.let('lid', k.localIndex);
-      const lane = k.let('lane', lid.band(31)), warp = k.let('warp', lid.shr(5));
+      const lane = k.let('lane', lid.band(31)), warp = k.let('warp', lid.shr(5).band(COL_WARPS - 1));
+      const set = k.let('set', lid.shr(5).div(COL_WARPS)), sl = k.let('sl', lid.band(SET - 1));
       const gq = k.let('gq', lane.shr(2)), t = k.let('t', lane.band(3));
       const row0 = k.let('row0', k.workgroupId.y.mul(16));
       const wgCol = k.let('wgCol', k.workgroupId.x.mul(COLS));
       const wordCols = k.let('wordCols', Nw.div(8));
       const halves = e.gateUp ? 2 : 1;
-      // Staging: invocation lid loads word lid & 7 of row lid >> 3 of the tile (zero past N).
-      const sRow = k.let('sRow', lid.shr(3)), sWord = k.let('sWord', wgCol.shr(3).add(lid.band(WORDS - 1)));
+      // Staging: invocation sl of a set loads word sl & 7 of row sl >> 3 of its tile (zero past N).
+      const sRow = k.let('sRow', sl.shr(3)), sWord = k.let('sWord', wgCol.shr(3).add(sl.band(WORDS - 1)));
       const sOk = k.let('sOk', sWord.lt(N.div(8)));
-      const sq = Array.from({ length: halves }, (_, h) => k.shared(`sq${h}`, 'u32', 16 * WORDS));
+      const sq = Array.from({ length: halves }, (_, h) => k.shared(`sq${h}`, 'u32', 16 * WORDS * S));
+      const sqSet = k.let('sqSet', set.mul(16 * WORDS));
       // Column offset j of a word sits in nibble (j >> 1) | ((j & 1) << 2) (AutoAWQ's order).
       const nibShift = k.let('nibShift', gq.shr(1).bor(gq.band(1).shl(2)).mul(4));
       const nib = (word: Val<'u32'>) => word.shr(nibShift).band(15);
@@ -101,7 +121,8 @@ export function int4MmaKernel(p: Int4MmaParams) {
         const at = k.let(`xa${tag}`, base.add(kk));
         return k.pack2x16float(k.vec('vec2<f32>', k.select(ok, x.at(at), k.f32(0)), k.select(ok, x.at(at.add(1)), k.f32(0))));
       };
-      k.for('grp', k.u32(0), K.div(g), (grp) => {
+      k.for('gi', k.u32(0), K.div(g * S), (gi) => {
+        const grp = k.let('grp', gi.mul(S).add(set));
         // This lane's zero points (its B column of each tile) and scales (its C columns 2t, 2t + 1).
         const zs = tiles.map((tl, i) => {
           const c = k.let(`zc${i}`, k.select(tileOk[tl.j]!, tileCol[tl.j]!, k.u32(0)).add(tl.h ? N : k.u32(0)));
@@ -125,7 +146,7 @@ export function int4MmaKernel(p: Int4MmaParams) {
           fa.set(3, xPair(okHi, xHi, kb, '3'));
           tiles.forEach((tl, i) => {
             /** (q − z) at tile rows r, r + 1 of this lane's B column as an f16 pair (exact). */
-            const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(r.mul(WORDS).add(tileWord[tl.j]!)))).sub(zs[i]!.z);
+            const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqSet.add(r.mul(WORDS)).add(tileWord[tl.j]!)))).sub(zs[i]!.z);
             const bPair = (r: Val<'u32'>) => k.pack2x16float(k.vec('vec2<f32>', q(r), q(r.add(1))));
             const r0 = k.let(`br${i}`, t.mul(2));
             fb.set(0, bPair(r0));
@@ -139,12 +160,28 @@ export function int4MmaKernel(p: Int4MmaParams) {
           for (let c = 0; c < 4; c++) tl.acc.set(c, k.call<'f32'>('fma', [tl.grp.at(c), c & 1 ? sc.y : sc.x, tl.acc.at(c)]));
         });
       });
-      // C layout: [0], [1] = row g, columns 2t, 2t + 1; [2], [3] = row g + 8.
+      if (S > 1) {
+        // Sets 1.. hand their sums to set 0 (lane-contiguous: conflict-free), which adds them in order.
+        const per = 4 * tiles.length;
+        const red = k.shared('red', 'f32', (S - 1) * per * SET);
+        const at = (s: Val<'u32'> | number, i: number, c: number) => (typeof s === 'number' ? k.u32(s) : s).sub(1).mul(per * SET).add((i * 4 + c) * SET).add(sl);
+        k.if(set.gt(0), () => {
+          tiles.forEach((tl, i) => { for (let c = 0; c < 4; c++) red.set(at(set, i, c), tl.acc.at(c)); });
+        });
+        k.barrier();
+        k.if(set.eq(0), () => {
+          for (let s2 = 1; s2 < S; s2++) {
+            tiles.forEach((tl, i) => { for (let c = 0; c < 4; c++) tl.acc.set(c, tl.acc.at(c).add(red.at(at(s2, i, c)))); });
+          }
+        });
+      }
+      // C layout: [0], [1] = row g, columns 2t, 2t + 1; [2], [3] = row g + 8. Set 0 stores.
+      const mine = k.let('mine', set.eq(0));
       for (let j = 0; j < TILES; j++) {
         const gate = tiles[j]!.acc, up = e.gateUp ? tiles[TILES + j]!.acc : undefined;
         const n = k.let(`nOut${j}`, tileCol[j]!.add(t.mul(2)));
         for (const [r, ok, i] of [[rLo, okLo, 0], [rHi, okHi, 2]] as const) {
-          k.if(ok.and(tileOk[j]!), () => {
+          k.if(ok.and(tileOk[j]!).and(mine), () => {
             const vals = [i, i + 1].map((c) => k.let(`v${j}_${c}`, epilogueValue(k, e, epi, N, r, n.add(c - i), gate.at(c), up?.at(c))));
             storeOutput(k, e, epi, N, r, n, vals);
           });
@@ -155,7 +192,7 @@ export function int4MmaKernel(p: Int4MmaParams) {
 }
 
 /** The kernel for a linear op's source, or undefined when the source is not INT4 AutoAWQ. */
-export function int4MmaFor(src: WeightSource, e: Epilogue, caps: Caps) {
+export function int4MmaFor(src: WeightSource, K: number, e: Epilogue, caps: Caps) {
   const g = int4MmaGroupSize(src);
-  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, epilogue: e, caps });
+  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, split: int4MmaSplit(K, g), epilogue: e, caps });
 }

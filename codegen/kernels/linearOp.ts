@@ -9,7 +9,7 @@ import {
   checkGemmVariant, checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
   type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
 } from './linearCommon.js';
-import { int4MmaGroupSize, int4MmaKernel, int4MmaUnfit, MMA_MAX_ROWS } from './int4Mma.js';
+import { int4MmaFor, int4MmaGroupSize, int4MmaUnfit, MMA_MAX_ROWS } from './int4Mma.js';
 
 /** Decode and speculative verification run the GEMV path up to this many rows. */
 export const GEMV_MAX_ROWS = 8;
@@ -140,7 +140,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
     if (!Number.isInteger(M) || M < 1) throw new Error(`${name}: M = ${M} is not a positive integer`);
     // Tensor cores: one launch for every M up to mmaRows, rows padded to 16 (batch-invariant).
     if (M <= mmaRows) {
-      const mma = int4MmaKernel({ groupSize: int4MmaGroupSize(src)!, epilogue: e, caps });
+      const mma = int4MmaFor(src, K, e, caps)!;
       return {
         temps: {},
         steps: [{ kernel: mma, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw } }],

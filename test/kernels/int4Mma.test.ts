@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { BASELINE_CAPS, CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { emitCUDA } from '../../codegen/emit/cuda.js';
 import { denseLinear } from '../../codegen/kernels/denseMatmul.js';
-import { int4MmaKernel, MMA_MAX_ROWS } from '../../codegen/kernels/int4Mma.js';
+import { int4MmaKernel, int4MmaSplit, MMA_MAX_ROWS } from '../../codegen/kernels/int4Mma.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
 import { fullEpilogue, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
@@ -18,16 +18,15 @@ import { forEachBackend } from '../backends.js';
 import { freshSeed, relErr, rng } from '../util.js';
 import { firstDiff, linearRef, randomAwq, randomInputs, rowBits, runOp } from './linearRef.js';
 
-const K = 256, g = 64;
 const toF16 = (v: number) => f16BitsToF32(f32ToF16Bits(v));
 
-/** Plain f32 output, and every epilogue at once with f16 output. */
-const EPILOGUES: { e: LinearEpilogue; N: number; tol: number }[] = [
-  { e: {}, N: 40, tol: 1e-5 },
-  { e: { bias: true, gateUp: true, residual: true, out: 'f16' }, N: 24, tol: 2e-3 },
+/** Plain f32 output with split-K 4 (4 groups), every epilogue at once with f16 output and no split (3 groups). */
+const EPILOGUES: { e: LinearEpilogue; K: number; N: number; g: number; tol: number }[] = [
+  { e: {}, K: 256, N: 40, g: 64, tol: 1e-5 },
+  { e: { bias: true, gateUp: true, residual: true, out: 'f16' }, K: 192, N: 24, g: 64, tol: 2e-3 },
 ];
 
-async function withWeights<T>(dev: Device, Nw: number, seed: number,
+async function withWeights<T>(dev: Device, K: number, Nw: number, g: number, seed: number,
   body: (w: Record<string, DeviceBuffer>, W: Float64Array, r: () => number) => Promise<T>): Promise<T> {
   const r = rng(seed);
   const awq = randomAwq(K, Nw, g, r);
@@ -38,12 +37,12 @@ async function withWeights<T>(dev: Device, Nw: number, seed: number,
 }
 
 forEachBackend('int4 MMA linear', (dev) => {
-  for (const { e, N, tol } of EPILOGUES) {
+  for (const { e, K, N, g, tol } of EPILOGUES) {
     const tag = JSON.stringify(e);
-    it(`${tag}, K = ${K}, N = ${N}, g = ${g}: M = 1, 5, 16, 17, 64 within ${tol} of float64 (x rounded to f16)`, async () => {
+    it(`${tag}, K = ${K}, N = ${N}, g = ${g} (split-K ${int4MmaSplit(K, g)}): M = 1, 5, 16, 17, 64 within ${tol} of float64 (x rounded to f16)`, async () => {
       const Nw = e.gateUp ? 2 * N : N;
       const op = int4Linear({ K, N, groupSize: g, ...e, caps: dev.caps, choice: { mmaMaxRows: MMA_MAX_ROWS } });
-      await withWeights(dev, Nw, freshSeed(`int4 mma ${tag}`), async (w, W, r) => {
+      await withWeights(dev, K, Nw, g, freshSeed(`int4 mma ${tag}`), async (w, W, r) => {
         for (const M of [1, 5, 16, 17, 64]) {
           const inp = randomInputs(M, K, N, e, r);
           const got = await runOp(dev, op, w, inp, M);
@@ -55,10 +54,10 @@ forEachBackend('int4 MMA linear', (dev) => {
     });
   }
 
-  it('row bits are the same for M = 1 and M = 37 (padding rows never reach a real row)', async () => {
-    const e: LinearEpilogue = { bias: true, residual: true }, N = 32;
+  it('row bits are the same for M = 1 and M = 37 (padding rows never reach a real row; split-K 2)', async () => {
+    const e: LinearEpilogue = { bias: true, residual: true }, K = 256, N = 32, g = 128;
     const op = int4Linear({ K, N, groupSize: g, ...e, caps: dev.caps, choice: { mmaMaxRows: MMA_MAX_ROWS } });
-    await withWeights(dev, N, freshSeed('int4 mma rows'), async (w, _W, r) => {
+    await withWeights(dev, K, N, g, freshSeed('int4 mma rows'), async (w, _W, r) => {
       const inp = randomInputs(37, K, N, e, r);
       const all = await runOp(dev, op, w, inp, 37);
       for (const row of [0, 20, 36]) {
@@ -72,6 +71,7 @@ forEachBackend('int4 MMA linear', (dev) => {
 });
 
 describe('int4 MMA path: chooser and CUDA', () => {
+  const K = 256, g = 64;
   const stepsOf = (caps: typeof CUDA_CAPS, M: number, N = 64) =>
     int4Linear({ K, N, groupSize: g, caps }).plan({ M }).steps.map((s) => s.kernel.ir.name);
 
@@ -88,7 +88,7 @@ describe('int4 MMA path: chooser and CUDA', () => {
 
   it('mma.sync per 16 of K per 8-column tile (2 tiles a warp; 4 with gateUp), and ptxas (sm_90a) takes every epilogue with no spills', (ctx) => {
     for (const e of EPILOGUES.map((c) => fullEpilogue(c.e))) {
-      const ir = int4MmaKernel({ groupSize: 128, epilogue: e, caps: CUDA_CAPS }).ir;
+      const ir = int4MmaKernel({ groupSize: 128, split: 4, epilogue: e, caps: CUDA_CAPS }).ir;
       expect(emitCUDA(ir).match(/mma\.sync\.aligned\.m16n8k16/g)).toHaveLength(e.gateUp ? 4 : 2);
       const r = ptxasReport(ir);
       if (typeof r === 'string') { ctx.skip(`no ptxas verdict: ${r}`); return; }
