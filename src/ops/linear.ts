@@ -127,7 +127,9 @@ export function linearHints(dev: Device): {
 } {
   const hints = { caps: dev.caps, parallelism: dev.profile.parallelism, deviceClass: dev.profile.deviceClass };
   // The CPU executor reports GPU-sized limits, but small GEMM tiles run ~2x faster on it (measured
-  // with src/ops/tune.ts); a tuned choice replaces this.
-  if (dev.kind === 'cpu') return { ...hints, choice: { gemm: { tileM: 32, tileN: 32, tileK: 32, blockM: 2, blockN: 4 } } };
+  // with src/ops/tune.ts); a tuned choice replaces this. 16 rows per tile: the GEMM computes whole
+  // tiles, so a 9–16-row decode step (the engine's batches past GEMV_MAX_ROWS) with 32-row tiles
+  // paid for 32 rows — 16-row tiles cost 0.6–0.7× at 16 rows (bench/notes/cpu.md, 2026-12-06).
+  if (dev.kind === 'cpu') return { ...hints, choice: { gemm: { tileM: 16, tileN: 32, tileK: 32, blockM: 4, blockN: 8 } } };
   return hints;
 }
