@@ -460,6 +460,12 @@ export class KernelBuilder {
     if (e.t !== 'u32') this.fail(`nibblePairF16 needs u32, not ${e.t}`, e);
     return new Val({ k: 'nibblePairF16', t: 'u32', a: e }, this);
   }
+  /** The values q (0..15, as f32) of the same nibble pair: x from bits 0–3, y from bits 16–19 (nibblePairF16 − 1024, exact). */
+  nibblePairValues(word: Val<'u32'>): Val<'vec2<f32>'> {
+    const e = this.own(word);
+    if (e.t !== 'u32') this.fail(`nibblePairValues needs u32, not ${e.t}`, e);
+    return new Val({ k: 'nibblePairValues', t: 'vec2<f32>', a: e }, this);
+  }
   f32(a: Val | number): Val<'f32'> { return this.cast('f32', a); }
   f16(a: Val | number): Val<'f16'> { return this.cast('f16', a); }
   i32(a: Val | number): Val<'i32'> { return this.cast('i32', a); }

@@ -39,6 +39,12 @@ export type Expr =
    * it). One LOP3 on CUDA; plain and/or elsewhere (legalize.ts expandNibblePair).
    */
   | { k: 'nibblePairF16'; t: 'u32'; a: Expr }
+  /**
+   * The values q of the same nibble pair, (x, y) = (bits 0–3, bits 16–19): the magic pair minus
+   * 1024, exact. CUDA: LOP3, one HSUB2 on the f16 pair, two conversions; elsewhere
+   * unpack2x16float(nibblePairF16(a)) − 1024 (legalize.ts expandNibbleValues).
+   */
+  | { k: 'nibblePairValues'; t: 'vec2<f32>'; a: Expr }
   | { k: 'vec'; t: DType; args: Expr[] }
   | { k: 'swizzle'; t: DType; a: Expr; comps: string } // comps over 'xyzw'
   | { k: 'subgroup'; t: DType; op: SubgroupOp; a: Expr; b?: Expr }

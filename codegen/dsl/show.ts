@@ -18,7 +18,7 @@ export function show(e: Expr): string {
     case 'select': return `(${show(e.cond)} ? ${show(e.a)} : ${show(e.b)})`;
     case 'cast': return `${e.t}(${show(e.a)})`;
     case 'bitcast': return `bitcast<${e.t}>(${show(e.a)})`;
-    case 'pack2x16float': case 'unpack2x16float': case 'nibblePairF16': return `${e.k}(${show(e.a)})`;
+    case 'pack2x16float': case 'unpack2x16float': case 'nibblePairF16': case 'nibblePairValues': return `${e.k}(${show(e.a)})`;
     case 'vec': return `${e.t}(${e.args.map(show).join(', ')})`;
     case 'swizzle': return `${show(e.a)}.${e.comps}`;
     case 'subgroup': return `subgroup_${e.op}(${show(e.a)}${e.b ? ', ' + show(e.b) : ''})`;

@@ -12,7 +12,7 @@ export function mapExpr(e: Expr, f: (x: Expr) => Expr): Expr {
     case 'un': case 'cast': case 'bitcast': case 'swizzle': return { ...e, a: f(e.a) };
     case 'pack2x16float': return { ...e, a: f(e.a) };
     case 'unpack2x16float': return { ...e, a: f(e.a) };
-    case 'nibblePairF16': return { ...e, a: f(e.a) };
+    case 'nibblePairF16': case 'nibblePairValues': return { ...e, a: f(e.a) };
     case 'call': return { ...e, args: e.args.map(f) };
     case 'vec': return { ...e, args: e.args.map(f) };
     case 'select': return { ...e, cond: f(e.cond), a: f(e.a), b: f(e.b) };

@@ -6,7 +6,7 @@ import { type DType, type Scalar, vecOf } from '../dsl/types.js';
 import { f16round } from '../dsl/f16.js';
 import { show } from '../dsl/show.js';
 import { walk } from '../dsl/walk.js';
-import { expandNibblePair } from './legalize.js';
+import { expandNibblePair, expandNibbleValues } from './legalize.js';
 
 export { f16round };
 
@@ -198,6 +198,8 @@ export abstract class CLikeEmitter {
   pack(e: Of<'pack2x16float'> | Of<'unpack2x16float'>): Code { return callCode(e.k, [this.code(e.a)]); }
   /** The magic-number nibble pair; plain and/or unless the target has a better instruction (CUDA: LOP3). */
   nibblePair(e: Of<'nibblePairF16'>): Code { return this.code(expandNibblePair(e)); }
+  /** The nibble pair's values; the portable form unless the target has f16 pair arithmetic (CUDA: HSUB2). */
+  nibbleValues(e: Of<'nibblePairValues'>): Code { return this.code(expandNibbleValues(e)); }
 
   // ---- expressions ----
   expr(e: Expr): string { return this.code(e).s; }
@@ -216,6 +218,7 @@ export abstract class CLikeEmitter {
       case 'bitcast': return this.bitcast(e);
       case 'pack2x16float': case 'unpack2x16float': return this.pack(e);
       case 'nibblePairF16': return this.nibblePair(e);
+      case 'nibblePairValues': return this.nibbleValues(e);
       case 'vec': return this.vec(e);
       case 'swizzle': return this.swizzle(e);
       case 'subgroup': return this.subgroup(e);

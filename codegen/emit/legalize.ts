@@ -135,3 +135,9 @@ export function expandNibblePair(e: Of<'nibblePairF16'>): Expr {
   const u32 = (v: number): Expr => ({ k: 'const', t: 'u32', v });
   return { k: 'bin', t: 'u32', op: 'bor', a: { k: 'bin', t: 'u32', op: 'band', a: e.a, b: u32(0x000f000f) }, b: u32(0x64006400) };
 }
+
+/** The nibble pair's values in plain operations: unpack2x16float(nibblePairF16(a)) − 1024 (exact). */
+export function expandNibbleValues(e: Of<'nibblePairValues'>): Expr {
+  const unpacked: Expr = { k: 'unpack2x16float', t: 'vec2<f32>', a: { k: 'nibblePairF16', t: 'u32', a: e.a } };
+  return { k: 'bin', t: 'vec2<f32>', op: 'sub', a: unpacked, b: { k: 'vec', t: 'vec2<f32>', args: [{ k: 'const', t: 'f32', v: 1024 }] } };
+}

@@ -10,7 +10,7 @@ import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import type { FnBuilder, Op, ValType } from './wasm-encode.js';
 import { FN, WASM_MATH, type WasmMath } from './wasm-helpers.js';
-import { expandLanes, expandNibblePair } from './legalize.js';
+import { expandLanes, expandNibblePair, expandNibbleValues } from './legalize.js';
 
 export const XYZW = 'xyzw';
 /** Scalars live in wasm as f32 (f32, f16) or i32 (i32, u32, bool). */
@@ -144,6 +144,7 @@ export abstract class WasmExpressions {
         this.h2f();
         return;
       case 'nibblePairF16': return this.ex(expandNibblePair(e), c);
+      case 'nibblePairValues': return this.ex(expandNibbleValues(e), c);
       case 'vec': {
         if (e.args.length === 1 && widthOf(e.args[0]!.t) === 1) return this.once(e.args[0]!);
         let k = c;

@@ -23,8 +23,8 @@ const NIBBLE_OF_COLUMN: readonly number[] = [0, 4, 1, 5, 2, 6, 3, 7];
 /**
  * How a nibble becomes a number. 'convert': shift, mask, integer → float per nibble. 'magic' (the
  * Marlin / FasterTransformer trick): one and/or per nibble pair makes two f16 of value 1024 + q —
- * bits 0x6400 | q, exact since f16 has 10 mantissa bits; the DSL's nibblePairF16, one LOP3 on CUDA —
- * then 1024 is subtracted (exact):
+ * bits 0x6400 | q, exact since f16 has 10 mantissa bits — then 1024 is subtracted (exact); the DSL's
+ * nibblePairValues (CUDA: one LOP3 and one HSUB2 per pair):
  * nibbles i and i + 4 of a word (bits 4i and 4i + 16) are columns 2i and 2i + 1 in AutoAWQ's
  * order, so each pair is two adjacent columns. Plain bit operations on every target, no integer →
  * float conversion; the same values, so the same bits downstream.
@@ -35,8 +35,8 @@ export type Int4Dequant = 'convert' | 'magic';
 function unpackNibbles(k: KernelBuilder, word: Val<'u32'>, dequant: Int4Dequant = 'convert'): Val<'f32'>[] {
   if (dequant === 'magic') {
     return [0, 1, 2, 3].flatMap((i) => {
-      const pair = k.unpack2x16float(k.nibblePairF16(i ? word.shr(4 * i) : word));
-      return [pair.x.sub(1024), pair.y.sub(1024)];
+      const pair = k.let(`nv${i}`, k.nibblePairValues(i ? word.shr(4 * i) : word));
+      return [pair.x, pair.y];
     });
   }
   return NIBBLE_OF_COLUMN.map((nib) => {
@@ -97,8 +97,8 @@ export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert'):
 /** The two values of nibble pair `pair` (nibbles pair and pair + 4: columns 2·pair, 2·pair + 1) of a word. */
 function unpackPair(k: KernelBuilder, word: Val<'u32'>, pair: Val<'u32'>, dequant: Int4Dequant): Val<'f32'>[] {
   if (dequant === 'magic') {
-    const v = k.unpack2x16float(k.nibblePairF16(k.let('nib', word.shr(pair.mul(4)))));
-    return [v.x.sub(1024), v.y.sub(1024)];
+    const v = k.let('nv', k.nibblePairValues(word.shr(pair.mul(4))));
+    return [v.x, v.y];
   }
   const bits = k.let('nib', word.shr(pair.mul(4)).band(0x000f000f));
   return [k.f32(bits.band(15)), k.f32(bits.shr(16))];

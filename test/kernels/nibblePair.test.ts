@@ -1,5 +1,6 @@
-// The DSL's INT4 magic-number dequant intrinsic, nibblePairF16: for every word and each of its four
-// nibble pairs (i, i + 4), the f16-pair bits 0x6400 | q and, unpacked, the values 1024 + q, checked
+// The DSL's INT4 magic-number dequant intrinsics: for every word and each of its four nibble pairs
+// (i, i + 4), nibblePairF16's f16-pair bits 0x6400 | q and, unpacked, the values 1024 + q, and
+// nibblePairValues' q, checked
 // exactly against the nibbles read on the host with shifts and masks. Random words (every nibble
 // value occurs), the pair index varying per invocation, outputs poisoned.
 import { expect, it } from 'vitest';
@@ -10,7 +11,7 @@ import { Buffers } from './buffers.js';
 
 const WG = 64;
 
-/** Invocation i, word w = words[i >> 2], pair p = i & 3: bits[i] = nibblePairF16(w >> 4p), lo/hi[i] its two values. */
+/** Invocation i, word w = words[i >> 2], pair p = i & 3: bits[i] = nibblePairF16(w >> 4p), lo/hi[i] its two values, q[2i], q[2i + 1] nibblePairValues(w >> 4p). */
 function nibblePairs(caps: Caps) {
   return kernel({
     name: 'nibblePairs',
@@ -21,10 +22,11 @@ function nibblePairs(caps: Caps) {
       bits: storage('u32', 'read_write', { shape: '[n, 4]' }),
       lo: storage('f32', 'read_write', { shape: '[n, 4]' }),
       hi: storage('f32', 'read_write', { shape: '[n, 4]' }),
+      q: storage('f32', 'read_write', { shape: '[n, 8]' }),
     },
     uniforms: { n: 'u32' },
     grid: ({ n }) => Math.ceil((4 * n) / WG),
-    body(k, { words, bits, lo, hi }, { n }) {
+    body(k, { words, bits, lo, hi, q }, { n }) {
       const i = k.let('i', k.globalId.x);
       k.if(i.ge(n.mul(4)), () => k.return());
       const pair = k.let('pair', k.nibblePairF16(words.at(i.shr(2)).shr(i.band(3).mul(4))));
@@ -32,12 +34,15 @@ function nibblePairs(caps: Caps) {
       const v = k.let('v', k.unpack2x16float(pair));
       lo.set(i, v.x);
       hi.set(i, v.y);
+      const qv = k.let('qv', k.nibblePairValues(words.at(i.shr(2)).shr(i.band(3).mul(4))));
+      q.set(i.mul(2), qv.x);
+      q.set(i.mul(2).add(1), qv.y);
     },
   });
 }
 
-forEachBackend('nibblePairF16 (INT4 magic-number dequant)', (dev) => {
-  it('gives 0x6400 | q for nibbles i and i + 4, i.e. f16 values 1024 + q, exactly', async () => {
+forEachBackend('nibblePairF16 / nibblePairValues (INT4 magic-number dequant)', (dev) => {
+  it('give 0x6400 | q for nibbles i and i + 4 (f16 values 1024 + q), and q, exactly', async () => {
     const n = 301;
     const r = rng(freshSeed('nibblePairF16'));
     const words = Uint32Array.from({ length: n }, () => (r() * 2 ** 32) >>> 0);
@@ -46,15 +51,17 @@ forEachBackend('nibblePairF16 (INT4 magic-number dequant)', (dev) => {
       const bits = bufs.output('u32', 4 * n, 'bits');
       const lo = bufs.output('f32', 4 * n, 'lo');
       const hi = bufs.output('f32', 4 * n, 'hi');
-      dev.launch(nibblePairs(dev.caps), { words: bufs.input('u32', words, 'words'), bits, lo, hi }, { n });
-      const [gb, gl, gh] = [await bufs.read(bits), await bufs.read(lo), await bufs.read(hi)];
+      const q = bufs.output('f32', 8 * n, 'q');
+      dev.launch(nibblePairs(dev.caps), { words: bufs.input('u32', words, 'words'), bits, lo, hi, q }, { n });
+      const [gb, gl, gh, gq] = [await bufs.read(bits), await bufs.read(lo), await bufs.read(hi), await bufs.read(q)];
       const bad: string[] = [];
       for (let i = 0; i < 4 * n && bad.length < 10; i++) {
         const w = words[i >> 2]!, p = i & 3;
         const qLo = (w >>> (4 * p)) & 15, qHi = (w >>> (4 * p + 16)) & 15;
         const want = ((0x6400 | qHi) * 65536 + (0x6400 | qLo)) >>> 0;
-        if (gb[i] !== want || gl[i] !== 1024 + qLo || gh[i] !== 1024 + qHi) {
-          bad.push(`word ${i >> 2} (0x${w.toString(16)}) pair ${p}: got 0x${gb[i]?.toString(16)} ${gl[i]} ${gh[i]}, want 0x${want.toString(16)} ${1024 + qLo} ${1024 + qHi}`);
+        // Object.is: q = 0 must come out +0, as 1024 − 1024 does.
+        if (gb[i] !== want || gl[i] !== 1024 + qLo || gh[i] !== 1024 + qHi || !Object.is(gq[2 * i], qLo) || !Object.is(gq[2 * i + 1], qHi)) {
+          bad.push(`word ${i >> 2} (0x${w.toString(16)}) pair ${p}: got 0x${gb[i]?.toString(16)} ${gl[i]} ${gh[i]} q ${gq[2 * i]} ${gq[2 * i + 1]}, want 0x${want.toString(16)} ${1024 + qLo} ${1024 + qHi} q ${qLo} ${qHi}`);
         }
       }
       expect(bad).toEqual([]);
