@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BASELINE_CAPS, CUDA_CAPS } from '../codegen/dsl/types.js';
 import { emitCUDA } from '../codegen/emit/cuda.js';
+import { defaultInt4Gemv, int4Source } from '../codegen/kernels/int4Matmul.js';
+import { gemvKernel } from '../codegen/kernels/linearCommon.js';
 import { allKinds, awkwardNames } from './fixtures/allKinds.js';
 import { semantics } from './fixtures/semantics.js';
 
@@ -76,6 +78,9 @@ if (!version) {
       ['allKinds (baseline caps)', emitCUDA(allKinds(BASELINE_CAPS).ir)],
       ['awkwardNames', emitCUDA(awkwardNames(CUDA_CAPS).ir)],
       ['semantics', emitCUDA(semantics(CUDA_CAPS).ir)],
+      // The INT4 GEMV the runtime builds on a GPU (magic dequant: inline lop3, HSUB2); cuda/ holds the convert variant.
+      ...[1, 8].map((M): [string, string] => [`int4 GEMV, magic dequant, GPU default, M = ${M}`,
+        emitCUDA(gemvKernel(int4Source(128, 'magic'), M, defaultInt4Gemv(M, 4096, CUDA_CAPS, 65536, 'gpu'), CUDA_CAPS).ir)]),
     ];
     fixtures.forEach(([name, text], i) => {
       const path = join(tmp, `fixture${i}.cu`);
