@@ -75,7 +75,8 @@ export function int4MmaKernel(p: Int4MmaParams) {
     caps,
     workgroupSize: SET * S,
     bindings: {
-      x: storage('f32', 'read', { shape: '[M, K]' }),
+      // Pairs along k (one 8-byte load per A word; K is even).
+      x: storage('f32', 'read', { shape: '[M, K]', vec: 2 }),
       qweight: storage('u32', 'read', { shape: '[K, Nw / 8]' }),
       qzeros: storage('u32', 'read', { shape: `[K / ${g}, Nw / 8]` }),
       scales: storage('u32', 'read', { shape: `[K / ${g}, Nw / 2]` }),
@@ -99,6 +100,10 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const sOk = k.let('sOk', sWord.lt(N.div(8)));
       const sq = Array.from({ length: halves }, (_, h) => k.shared(`sq${h}`, 'u32', 16 * WORDS * S));
       const sqSet = k.let('sqSet', set.mul(16 * WORDS));
+      // Word w of tile row r sits at r·8 + (w ^ ((r >> 2) & 1)): the B reads (rows 2t + c for t = 0..3,
+      // one word) then hit 4 different banks (unswizzled, rows 0 and 4 share one: 2-way conflicts).
+      const swz = (r: Val<'u32'>) => r.shr(2).band(1);
+      const sqStore = k.let('sqStore', sqSet.add(sRow.mul(WORDS)).add(sl.band(WORDS - 1).bxor(swz(sRow))));
       // Column offset j of a word sits in nibble (j >> 1) | ((j & 1) << 2) (AutoAWQ's order).
       const nibShift = k.let('nibShift', gq.shr(1).bor(gq.band(1).shl(2)).mul(4));
       const nib = (word: Val<'u32'>) => word.shr(nibShift).band(15);
@@ -118,8 +123,8 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const xLo = k.let('xLo', k.select(okLo, rLo, k.u32(0)).mul(K)), xHi = k.let('xHi', k.select(okHi, rHi, k.u32(0)).mul(K));
       /** x[r, kk], x[r, kk + 1] as an f16 pair; zeros on padding rows. */
       const xPair = (ok: Val<'bool'>, base: Val<'u32'>, kk: Val<'u32'>, tag: string) => {
-        const at = k.let(`xa${tag}`, base.add(kk));
-        return k.pack2x16float(k.vec('vec2<f32>', k.select(ok, x.at(at), k.f32(0)), k.select(ok, x.at(at.add(1)), k.f32(0))));
+        const v = k.let(`xv${tag}`, x.at(base.add(kk).shr(1)));
+        return k.pack2x16float(k.vec('vec2<f32>', k.select(ok, v.x, k.f32(0)), k.select(ok, v.y, k.f32(0))));
       };
       k.for('gi', k.u32(0), K.div(g * S), (gi) => {
         const grp = k.let('grp', gi.mul(S).add(set));
@@ -136,7 +141,7 @@ export function int4MmaKernel(p: Int4MmaParams) {
           const k0 = k.let('k0', kBase.add(kk));
           for (let h = 0; h < halves; h++) {
             const w = k.let(`sw${h}`, h ? sWord.add(N.div(8)) : sWord);
-            sq[h]!.set(lid, k.select(sOk, qweight.at(k0.add(sRow).mul(wordCols).add(k.select(sOk, w, k.u32(0)))), k.u32(0)));
+            sq[h]!.set(sqStore, k.select(sOk, qweight.at(k0.add(sRow).mul(wordCols).add(k.select(sOk, w, k.u32(0)))), k.u32(0)));
           }
           k.barrier();
           const ka = k.let('ka', k0.add(t.mul(2))), kb = k.let('kb', ka.add(8));
@@ -146,7 +151,7 @@ export function int4MmaKernel(p: Int4MmaParams) {
           fa.set(3, xPair(okHi, xHi, kb, '3'));
           tiles.forEach((tl, i) => {
             /** (q − z) at tile rows r, r + 1 of this lane's B column as an f16 pair (exact). */
-            const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqSet.add(r.mul(WORDS)).add(tileWord[tl.j]!)))).sub(zs[i]!.z);
+            const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqSet.add(r.mul(WORDS)).add(tileWord[tl.j]!.bxor(swz(r)))))).sub(zs[i]!.z);
             const bPair = (r: Val<'u32'>) => k.pack2x16float(k.vec('vec2<f32>', q(r), q(r.add(1))));
             const r0 = k.let(`br${i}`, t.mul(2));
             fb.set(0, bPair(r0));
