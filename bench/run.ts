@@ -10,6 +10,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   generate: () => import('./generate.js'),
   launch: () => import('./launch.js'),
   simd: () => import('./simd.js'),
+  'gemm-tiles': () => import('./gemmTiles.js'),
   engine: () => import('./engine.js'),
   spec: () => import('./spec.js'),
   serve: () => import('./serve.js'),
