@@ -62,6 +62,8 @@ export interface LinearOp extends Op<Record<string, BindingSpec>, { M: number }>
   readonly source: WeightSource;
   /** The device capabilities its kernels are built for. */
   readonly caps: Caps;
+  /** M up to which plan() runs the tensor-core MMA kernel (0: never); see LinearChoice.mmaMaxRows. */
+  readonly mmaRows: number;
   /** Every binding's expected dtype and shape for M rows (from the bindings' shapes, sizes M, K, N, Nw). */
   tensors(M: number): Record<string, TensorShape>;
   /** Bytes the op must move for M rows: weights once, activations, output (bandwidth floors). */
@@ -173,5 +175,5 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
     return bytes;
   };
   const base = op(`${name}_K${K}_N${N}_${src.tag}_${epilogueTag(e)}`, bindings, plan);
-  return { ...base, fixedSizes: { K, N, Nw }, K, N, Nw, epilogue: e, choice, source: src, caps, tensors, bytesMoved };
+  return { ...base, fixedSizes: { K, N, Nw }, K, N, Nw, epilogue: e, choice, source: src, caps, mmaRows, tensors, bytesMoved };
 }

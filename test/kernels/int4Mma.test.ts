@@ -76,6 +76,7 @@ describe('int4 MMA path: chooser and CUDA', () => {
     int4Linear({ K, N, groupSize: g, caps }).plan({ M }).steps.map((s) => s.kernel.ir.name);
 
   it('the linear op takes it at every M up to 64 where caps have tensor cores, never elsewhere', () => {
+    expect([int4Linear({ K, N: 64, groupSize: g, caps: CUDA_CAPS }).mmaRows, int4Linear({ K, N: 64, groupSize: g, caps: BASELINE_CAPS }).mmaRows]).toEqual([64, 0]);
     for (const M of [1, 8, 17, 64]) expect(stepsOf(CUDA_CAPS, M), `M = ${M}`).toEqual([expect.stringMatching(/^int4Mma_/)]);
     expect(stepsOf(CUDA_CAPS, 65).some((n) => n.startsWith('int4Mma'))).toBe(false);
     for (const M of [1, 17, 64]) expect(stepsOf(BASELINE_CAPS, M).some((n) => n.startsWith('int4Mma')), `M = ${M}`).toBe(false);
