@@ -26,9 +26,11 @@ export interface LinearChoice {
   gemm: GemmVariant;
   finishWorkgroupSize: number;
   /**
-   * M up to which the tensor-core MMA path runs (codegen/kernels/int4Mma.ts; 0: never). Absent:
-   * MMA_MAX_ROWS where caps.tensorCores and the source has an MMA kernel, else 0. Setting it forces
-   * the path anywhere (k.mma is emulated off CUDA), as the tests do.
+   * M up to which the tensor-core MMA path runs (codegen/kernels/int4Mma.ts; 0: never). Absent: 0
+   * — opt-in until the fused decode ops (fusedLinear.ts) take it too: they run the GEMV at M <= 8,
+   * so MMA for the plain linears at M 9..64 alone would give a row other bits (x rounded to f16)
+   * as the batch crosses 8, against DESIGN's batch invariance. Setting it (<= MMA_MAX_ROWS, where
+   * the source has an MMA kernel) forces the path anywhere (k.mma is emulated off CUDA).
    */
   mmaMaxRows?: number;
 }
@@ -102,7 +104,7 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
 function mmaRowsOf(name: string, K: number, N: number, src: WeightSource, caps: Caps, forced: number | undefined): number {
   const g = int4MmaGroupSize(src);
   const unfit = g === undefined ? `the ${src.tag} source has no MMA kernel` : int4MmaUnfit(K, N, g);
-  if (forced === undefined) return caps.tensorCores && !unfit ? MMA_MAX_ROWS : 0;
+  if (forced === undefined) return 0;
   if (!Number.isInteger(forced) || forced < 0 || forced > MMA_MAX_ROWS) {
     throw new Error(`${name}: choice.mmaMaxRows = ${forced} is not an integer in 0..${MMA_MAX_ROWS}`);
   }

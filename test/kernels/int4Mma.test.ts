@@ -76,14 +76,18 @@ forEachBackend('int4 MMA linear', (dev) => {
 
 describe('int4 MMA path: chooser and CUDA', () => {
   const K = 256, g = 64;
-  const stepsOf = (caps: typeof CUDA_CAPS, M: number, N = 64) =>
-    int4Linear({ K, N, groupSize: g, caps }).plan({ M }).steps.map((s) => s.kernel.ir.name);
+  const stepsOf = (caps: typeof CUDA_CAPS, M: number, mmaMaxRows?: number) =>
+    int4Linear({ K, N: 64, groupSize: g, caps, ...(mmaMaxRows === undefined ? {} : { choice: { mmaMaxRows } }) })
+      .plan({ M }).steps.map((s) => s.kernel.ir.name);
+  const usesMma = (names: string[]) => names.some((n) => n.startsWith('int4Mma'));
 
-  it('the linear op takes it at every M up to 64 where caps have tensor cores, never elsewhere', () => {
-    expect([int4Linear({ K, N: 64, groupSize: g, caps: CUDA_CAPS }).mmaRows, int4Linear({ K, N: 64, groupSize: g, caps: BASELINE_CAPS }).mmaRows]).toEqual([64, 0]);
-    for (const M of [1, 8, 17, 64]) expect(stepsOf(CUDA_CAPS, M), `M = ${M}`).toEqual([expect.stringMatching(/^int4Mma_/)]);
-    expect(stepsOf(CUDA_CAPS, 65).some((n) => n.startsWith('int4Mma'))).toBe(false);
-    for (const M of [1, 17, 64]) expect(stepsOf(BASELINE_CAPS, M).some((n) => n.startsWith('int4Mma')), `M = ${M}`).toBe(false);
+  it('the linear op takes it at every M up to mmaMaxRows when asked, never by default', () => {
+    // Opt-in everywhere (linearOp.ts says why): CUDA's caps alone do not turn it on.
+    for (const M of [1, 17, 64]) expect(usesMma(stepsOf(CUDA_CAPS, M)), `M = ${M}`).toBe(false);
+    for (const M of [1, 8, 17, 64]) expect(stepsOf(CUDA_CAPS, M, 64), `M = ${M}`).toEqual([expect.stringMatching(/^int4Mma_/)]);
+    expect(usesMma(stepsOf(CUDA_CAPS, 65, 64))).toBe(false);
+    expect(usesMma(stepsOf(CUDA_CAPS, 17, 16))).toBe(false);
+    for (const M of [1, 17, 64]) expect(usesMma(stepsOf(BASELINE_CAPS, M)), `M = ${M}`).toBe(false);
     // A source without an MMA kernel (dense f32) keeps its GEMV / GEMM; forcing it is refused.
     expect(denseLinear({ K, N: 64, weight: 'f32', caps: CUDA_CAPS }).plan({ M: 4 }).steps[0]!.kernel.ir.name).not.toMatch(/^int4Mma/);
     expect(() => denseLinear({ K, N: 64, weight: 'f32', caps: CUDA_CAPS, choice: { mmaMaxRows: 64 } }))
