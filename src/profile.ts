@@ -14,6 +14,7 @@ import { CUDA_CAPS } from '../codegen/dsl/types.js';
 import { emitCUDA } from '../codegen/emit/cuda.js';
 import { createCpuDevice, type LaunchProfile, takeLaunchProfiles } from './backend/cpu/index.js';
 import type { Device } from './backend/device.js';
+import { CUDA_SEMANTIC_FLAGS } from './backend/cuda/compile.js';
 import { accept, awqWeights, denseWeights, linear, pagedAttention, rmsNorm, tensor } from './ops/index.js';
 import { OP_FAMILIES, type OpFamilyName } from '../codegen/kernels/registry.js';
 import { f32ToF16Bits } from './quant/f16.js';
@@ -51,7 +52,7 @@ export function parsePtxas(log: string): Map<string, PtxasReport> {
 
 const NVCC = process.env.NVCC ?? 'nvcc';
 // The flags test/cuda-compile.test.ts compiles every generated kernel with.
-const NVCC_FLAGS = ['-cubin', '-gencode=arch=compute_90a,code=sm_90a', '-Xptxas', '-v'];
+const NVCC_FLAGS = ['-cubin', '-gencode=arch=compute_90a,code=sm_90a', ...CUDA_SEMANTIC_FLAGS, '-Xptxas', '-v'];
 const CACHE_DIR = process.env.KILN_NVCC_CACHE ?? join(homedir(), '.cache', 'kiln', 'nvcc-profile');
 
 /** ptxas's figures for the kernel's CUDA, or the reason there are none (no nvcc, a compile error). */

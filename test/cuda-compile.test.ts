@@ -13,6 +13,7 @@ import { defaultInt4Gemv, int4Source } from '../codegen/kernels/int4Matmul.js';
 import { gemvKernel } from '../codegen/kernels/linearCommon.js';
 import { allKinds, awkwardNames } from './fixtures/allKinds.js';
 import { semantics } from './fixtures/semantics.js';
+import { CUDA_SEMANTIC_FLAGS } from '../src/backend/cuda/compile.js';
 
 const NVCC = process.env.NVCC ?? 'nvcc';
 const ARCH = '-gencode=arch=compute_90a,code=sm_90a';
@@ -45,7 +46,7 @@ function parsePtxas(log: string): EntryReport[] {
 interface Compiled { status: number | null; log: string }
 function runNvcc(source: string, out: string): Promise<Compiled> {
   return new Promise((done) => {
-    execFile(NVCC, ['-cubin', ARCH, '-Xptxas', '-v', '-o', out, source], { encoding: 'utf8' }, (err, stdout, stderr) => {
+    execFile(NVCC, ['-cubin', ARCH, ...CUDA_SEMANTIC_FLAGS, '-Xptxas', '-v', '-o', out, source], { encoding: 'utf8' }, (err, stdout, stderr) => {
       done({ status: err ? (typeof err.code === 'number' ? err.code : 1) : 0, log: `${stdout}${stderr}` });
     });
   });
@@ -56,7 +57,7 @@ function runNvcc(source: string, out: string): Promise<Compiled> {
 // unchanged kernel is not recompiled on the next run. A changed kernel, flag or nvcc misses.
 const CACHE_DIR = process.env.KILN_NVCC_TEST_CACHE ?? join(homedir(), '.cache', 'kiln', 'nvcc-test');
 async function compile(source: string, out: string, compiler: string): Promise<Compiled> {
-  const key = createHash('sha256').update(`${compiler}\n${ARCH} -Xptxas -v\n`).update(readFileSync(source)).digest('hex');
+  const key = createHash('sha256').update(`${compiler}\n${ARCH} ${CUDA_SEMANTIC_FLAGS.join(' ')} -Xptxas -v\n`).update(readFileSync(source)).digest('hex');
   const file = join(CACHE_DIR, `${key}.json`);
   if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as Compiled;
   const r = await runNvcc(source, out);

@@ -12,6 +12,14 @@ import { chooseTarget } from './marshal.js';
 
 export class CudaCompileError extends Error {}
 
+/**
+ * Flags every CUDA compile of a generated kernel takes (NVRTC, nvcc, the tests, kiln profile).
+ * `--fmad=false`: the DSL's `a * b + c` is two roundings on every target (the CPU executor and
+ * WGSL print it so); letting nvcc contract it into an FMA would make a row's bits depend on which
+ * kernel (GEMV, GEMM, fused) computed it. Explicit `fma` stays fused.
+ */
+export const CUDA_SEMANTIC_FLAGS = ['--fmad=false'];
+
 /** A cubin (cubin: true) or NUL-terminated PTX for the driver to JIT. */
 export interface ModuleImage { image: Uint8Array; arch: string; cubin: boolean; cached: boolean }
 
@@ -102,7 +110,7 @@ export function nvrtcCompiler(addon: KilnCudaAddon, env: Env = process.env, driv
     description: `NVRTC ${version} (${st.path})`,
     version: [st.version?.[0] ?? 0, st.version?.[1] ?? 0],
     compile: cached(`nvrtc ${version}`, cacheDir(env), (cc) => chooseTarget(cc[0], cc[1], st.archs ?? []), (source, label, arch, cubin) => {
-      const options = [`--gpu-architecture=${arch}`, '--std=c++17', '-default-device', ...includes];
+      const options = [`--gpu-architecture=${arch}`, '--std=c++17', '-default-device', ...CUDA_SEMANTIC_FLAGS, ...includes];
       const r = addon.nvrtcCompile(source, `${label}.cu`, options, cubin);
       if (!r.ok || !r.image) throw new CudaCompileError(`kernel '${label}': NVRTC failed (${r.error ?? 'no image'})\n${r.log}`);
       return cubin ? r.image : withNul(r.image);
@@ -130,7 +138,7 @@ export function nvccCompiler(env: Env = process.env): CudaCompiler | { reason: s
         const src = join(dir, `${label.replace(/[^A-Za-z0-9_.-]/g, '_')}.cu`);
         const out = join(dir, cubin ? 'kernel.cubin' : 'kernel.ptx');
         writeFileSync(src, source);
-        const r = spawnSync(nvcc, [cubin ? '-cubin' : '-ptx', `-arch=${arch}`, '-std=c++17', '-o', out, src], {
+        const r = spawnSync(nvcc, [cubin ? '-cubin' : '-ptx', `-arch=${arch}`, '-std=c++17', ...CUDA_SEMANTIC_FLAGS, '-o', out, src], {
           encoding: 'utf8', timeout: 300_000,
         });
         if (r.status !== 0) {
