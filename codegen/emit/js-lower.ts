@@ -2,7 +2,7 @@
 // kernel body cut at its sync points (barriers, subgroup operations) into regions — runs of
 // per-invocation statements — under workgroup-level control flow over invocation masks.
 import type { Expr, Stmt, SubgroupOp } from '../dsl/ir.js';
-import type { Scalar } from '../dsl/types.js';
+import type { DType, Scalar } from '../dsl/types.js';
 import { forEachExpr, mapExpr } from '../dsl/walk.js';
 
 export type SgStmt = { k: '$sg'; name: string; t: Scalar; op: SubgroupOp; a: Expr; b?: Expr };
@@ -227,4 +227,49 @@ export function regionsOf(nodes: Wg[], acc: Region[] = []): Region[] {
     else if (n.k === 'loop') { regionsOf(n.pre, acc); regionsOf(n.body, acc); regionsOf(n.post, acc); }
   }
   return acc;
+}
+
+/** What a lowered body declares: the JS and WebAssembly emitters size their locals from it. */
+export interface LoweredDecls {
+  /** Type of every let, loop counter, hoisted subgroup result and atomic result. */
+  vars: Map<string, DType>;
+  /** Private arrays in declaration order; `scalar` when indexed only by constants (and short),
+   *  so that each element can be a local of its own. */
+  privateArrays: { name: string; t: Scalar; length: number; scalar: boolean }[];
+}
+
+/** One walk over a lowered body for both CPU emitters; `onExpr` sees every expression too. */
+export function collectLoweredDecls(list: XStmt[], onExpr?: (e: Expr) => void): LoweredDecls {
+  const vars = new Map<string, DType>();
+  const arrays: { name: string; t: Scalar; length: number }[] = [];
+  const nonConst = new Set<string>();
+  const visitExpr = (e: Expr) => forEachExpr(e, (x) => {
+    if (x.k === 'load' && x.space === 'private' && x.index.k !== 'const') nonConst.add(x.name);
+    onExpr?.(x);
+  });
+  const visit = (ss: XStmt[]) => {
+    for (const s of ss) {
+      switch (s.k) {
+        case 'let': vars.set(s.name, s.t); visitExpr(s.init); break;
+        case 'assign': visitExpr(s.value); break;
+        case 'store':
+          visitExpr(s.index); visitExpr(s.value);
+          if (s.space === 'private' && s.index.k !== 'const') nonConst.add(s.name);
+          break;
+        case 'privateArray': arrays.push({ name: s.name, t: s.t, length: s.length }); break;
+        case 'if': visitExpr(s.cond); visit(s.then); visit(s.else); break;
+        case 'for': vars.set(s.name, s.t); visitExpr(s.from); visitExpr(s.to); visitExpr(s.step); visit(s.body); break;
+        case 'while': visitExpr(s.cond); visit(s.body); break;
+        case '$loop': visit(s.pre); visitExpr(s.cond); visit(s.body); visit(s.post); break;
+        case '$sg': vars.set(s.name, s.t); visitExpr(s.a); if (s.b) visitExpr(s.b); break;
+        case 'atomic':
+          if (s.result) vars.set(s.result, s.t);
+          visitExpr(s.index); visitExpr(s.value); if (s.compare) visitExpr(s.compare);
+          break;
+        default: break;
+      }
+    }
+  };
+  visit(list);
+  return { vars, privateArrays: arrays.map((a) => ({ ...a, scalar: !nonConst.has(a.name) && a.length <= 256 })) };
 }

@@ -16,12 +16,11 @@
 // keys: Set<string>, count: number, limit: number }.
 import type { Expr, KernelIR } from '../dsl/ir.js';
 import { type DType, elemOf, isVec, widthOf } from '../dsl/types.js';
-import { forEachExpr } from '../dsl/walk.js';
 import {
   JsExpressions, type JsEmitOptions, KIND, type ProfileSite, SHARED_ARRAY, SPILL_ARRAY, XYZW, bare, jsId,
 } from './js-expr.js';
 import {
-  type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
+  type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, collectLoweredDecls, isSync, regionUse, regionsOf,
 } from './js-lower.js';
 import { CHECK_RUNTIME, PROFILE_RUNTIME, helperSource } from './js-runtime.js';
 import { lowerMma } from './mma.js';
@@ -80,38 +79,10 @@ class JsEmitter extends JsExpressions {
 
   // ---- declarations --------------------------------------------------------------------------
   private collectDecls(list: XStmt[]): void {
-    const nonConst = new Set<string>();
-    const visitExpr = (e: Expr) => forEachExpr(e, (x) => {
-      if (x.k === 'load' && x.space === 'private' && x.index.k !== 'const') nonConst.add(x.name);
-    });
-    const visit = (ss: XStmt[]) => {
-      for (const s of ss) {
-        switch (s.k) {
-          case 'let': this.vars.set(s.name, s.t); visitExpr(s.init); break;
-          case 'assign': visitExpr(s.value); break;
-          case 'store':
-            visitExpr(s.index); visitExpr(s.value);
-            if (s.space === 'private' && s.index.k !== 'const') nonConst.add(s.name);
-            break;
-          case 'privateArray':
-            this.privs.set(s.name, { name: s.name, js: jsId(s.name), t: s.t, length: s.length, scalar: true, id: this.privs.size });
-            break;
-          case 'if': visitExpr(s.cond); visit(s.then); visit(s.else); break;
-          case 'for': this.vars.set(s.name, s.t); visitExpr(s.from); visitExpr(s.to); visitExpr(s.step); visit(s.body); break;
-          case 'while': visitExpr(s.cond); visit(s.body); break;
-          case '$loop': visit(s.pre); visitExpr(s.cond); visit(s.body); visit(s.post); break;
-          case '$sg': this.vars.set(s.name, s.t); visitExpr(s.a); if (s.b) visitExpr(s.b); break;
-          case 'atomic':
-            if (s.result) this.vars.set(s.result, s.t);
-            visitExpr(s.index); visitExpr(s.value); if (s.compare) visitExpr(s.compare);
-            break;
-          default: break;
-        }
-      }
-    };
-    visit(list);
-    // Private arrays indexed only by constants become one local per element.
-    for (const [name, p] of this.privs) p.scalar = !nonConst.has(name) && p.length <= 256;
+    const d = collectLoweredDecls(list);
+    for (const [name, t] of d.vars) this.vars.set(name, t);
+    // Private arrays indexed only by constants become one local per element (scalar).
+    for (const a of d.privateArrays) this.privs.set(a.name, { name: a.name, js: jsId(a.name), t: a.t, length: a.length, scalar: a.scalar, id: this.privs.size });
   }
 
   // ---- statements inside a region (per invocation) --------------------------------------------

@@ -14,13 +14,12 @@
 import type { Expr, KernelIR } from '../dsl/ir.js';
 import { lowerMma } from './mma.js';
 import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
-import { forEachExpr } from '../dsl/walk.js';
 import { FnBuilder, encodeModule } from './wasm-encode.js';
 import { WasmExpressions, vt } from './wasm-expr.js';
 import { type PackHost, packAccumulators, packedLoopBody, unpackAccumulators } from './wasm-simd.js';
 import { FN, MATH_IMPORTS, helperFunctions } from './wasm-helpers.js';
 import {
-  type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, isSync, regionUse, regionsOf,
+  type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, collectLoweredDecls, isSync, regionUse, regionsOf,
 } from './js-lower.js';
 
 export { wasmMathImports, WASM_MATH } from './wasm-helpers.js';
@@ -93,39 +92,14 @@ class WasmEmitter extends WasmExpressions {
   protected isSpilled(name: string): boolean { return this.spilled.has(name); }
 
   private collectDecls(list: XStmt[]): void {
-    const nonConst = new Set<string>();
-    const visitExpr = (e: Expr) => forEachExpr(e, (x) => {
-      if (x.k === 'load' && x.space === 'private' && x.index.k !== 'const') nonConst.add(x.name);
+    const d = collectLoweredDecls(list, (x) => {
       if (x.k === 'builtin') {
         if (x.name === 'localId') this.usesLocalId = true;
         if (x.name === 'globalId') this.usesGlobalId = true;
       }
     });
-    const visit = (ss: XStmt[]) => {
-      for (const s of ss) {
-        switch (s.k) {
-          case 'let': this.vars.set(s.name, s.t); visitExpr(s.init); break;
-          case 'assign': visitExpr(s.value); break;
-          case 'store':
-            visitExpr(s.index); visitExpr(s.value);
-            if (s.space === 'private' && s.index.k !== 'const') nonConst.add(s.name);
-            break;
-          case 'privateArray': this.privs.set(s.name, { t: s.t, length: s.length, scalar: true, locals: [], offset: -1 }); break;
-          case 'if': visitExpr(s.cond); visit(s.then); visit(s.else); break;
-          case 'for': this.vars.set(s.name, s.t); visitExpr(s.from); visitExpr(s.to); visitExpr(s.step); visit(s.body); break;
-          case 'while': visitExpr(s.cond); visit(s.body); break;
-          case '$loop': visit(s.pre); visitExpr(s.cond); visit(s.body); visit(s.post); break;
-          case '$sg': this.vars.set(s.name, s.t); visitExpr(s.a); if (s.b) visitExpr(s.b); break;
-          case 'atomic':
-            if (s.result) this.vars.set(s.result, s.t);
-            visitExpr(s.index); visitExpr(s.value); if (s.compare) visitExpr(s.compare);
-            break;
-          default: break;
-        }
-      }
-    };
-    visit(list);
-    for (const [name, p] of this.privs) p.scalar = !nonConst.has(name) && p.length <= 256;
+    for (const [name, t] of d.vars) this.vars.set(name, t);
+    for (const a of d.privateArrays) this.privs.set(a.name, { t: a.t, length: a.length, scalar: a.scalar, locals: [], offset: -1 });
   }
 
   // ---- per-invocation statements ----------------------------------------------------------------
