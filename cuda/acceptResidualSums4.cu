@@ -249,7 +249,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptResidualSums4(
       const f32 accU = f32(acc9x0 >> 8u) * 5.9604645e-8f;
       const f32 qx = ((seq * u.maxK + i) * u.vocab + x) % 4u == 0u ? fromNative(draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u]).x : (((seq * u.maxK + i) * u.vocab + x) % 4u == 1u ? fromNative(draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u]).y : (((seq * u.maxK + i) * u.vocab + x) % 4u == 2u ? fromNative(draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u]).z : fromNative(draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u]).w));
       const f32 px = ((seq * (u.maxK + 1u) + i) * u.vocab + x) % 4u == 0u ? fromNative(targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u]).x : (((seq * (u.maxK + 1u) + i) * u.vocab + x) % 4u == 1u ? fromNative(targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u]).y : (((seq * (u.maxK + 1u) + i) * u.vocab + x) % 4u == 2u ? fromNative(targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u]).z : fromNative(targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u]).w));
-      if (!(accU * qx <= px)) {
+      if (!(accU * qx < px)) {
         atomicMin(&firstRejected[0u], i);
       }
     }

@@ -250,7 +250,7 @@ extern "C" __global__ void __launch_bounds__(256) acceptSumsDraw(
       const f32 accU = f32(acc9x0 >> 8u) * 5.9604645e-8f;
       const f32 qx = draftProbs[(seq * u.maxK + i) * u.vocab + x];
       const f32 px = targetProbs[(seq * (u.maxK + 1u) + i) * u.vocab + x];
-      if (!(accU * qx <= px)) {
+      if (!(accU * qx < px)) {
         atomicMin(&firstRejected[0u], i);
       }
     }

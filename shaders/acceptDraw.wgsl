@@ -229,7 +229,7 @@ fn acceptDraw(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_invo
       let accU: f32 = f32(acc9x0 >> 8u) * 5.9604645e-8f;
       let qx: f32 = draftProbs[(seq * u.maxK + i) * u.vocab + x];
       let px: f32 = targetProbs[(seq * (u.maxK + 1u) + i) * u.vocab + x];
-      if (!(accU * qx <= px)) {
+      if (!(accU * qx < px)) {
         atomicMin(&firstRejected[0u], i);
       }
     }

@@ -229,7 +229,7 @@ fn acceptDraw4(@builtin(workgroup_id) workgroupId: vec3<u32>, @builtin(local_inv
       let accU: f32 = f32(acc9x0 >> 8u) * 5.9604645e-8f;
       let qx: f32 = select(select(select(draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u].w, draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u].z, ((seq * u.maxK + i) * u.vocab + x) % 4u == 2u), draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u].y, ((seq * u.maxK + i) * u.vocab + x) % 4u == 1u), draftProbs[((seq * u.maxK + i) * u.vocab + x) / 4u].x, ((seq * u.maxK + i) * u.vocab + x) % 4u == 0u);
       let px: f32 = select(select(select(targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u].w, targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u].z, ((seq * (u.maxK + 1u) + i) * u.vocab + x) % 4u == 2u), targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u].y, ((seq * (u.maxK + 1u) + i) * u.vocab + x) % 4u == 1u), targetProbs[((seq * (u.maxK + 1u) + i) * u.vocab + x) / 4u].x, ((seq * (u.maxK + 1u) + i) * u.vocab + x) % 4u == 0u);
-      if (!(accU * qx <= px)) {
+      if (!(accU * qx < px)) {
         atomicMin(&firstRejected[0u], i);
       }
     }

@@ -2,8 +2,9 @@
 // of draft tokens (padded to maxK).
 //
 // Rejection sampling (Leviathan et al. 2023; Chen et al. 2023): draft token x_i (drawn from q_i)
-// is accepted when u_i·q_i(x_i) ≤ p_i(x_i) — the comparison min(1, p/q) > u without a division,
-// so it rounds the same on every backend. a = the first rejected index (k if none). One more
+// is accepted when u_i·q_i(x_i) < p_i(x_i) — the comparison min(1, p/q) > u without a division,
+// so it rounds the same on every backend. Strict: u = 0 happens (u = n·2⁻²⁴), and a token the
+// target gives p = 0 must never be accepted; p ≥ q still always accepts (u < 1). a = the first rejected index (k if none). One more
 // token follows: drawn from max(0, p_a − q_a) at a rejection (never normalised: u·Σ is compared
 // with prefix sums), or from p_k (the bonus) when all k were accepted. Emitted tokens are then
 // distributed exactly as the target's. u_i comes from (seed, position + i, STREAM_ACCEPT); the
@@ -83,7 +84,7 @@ function acceptedCount(k: KernelBuilder, s: SeqView, b: { draftTokens: ArrayRef<
     const u = randomUniform(k, s.seed, s.pos.add(i), STREAM_ACCEPT, 'acc');
     const qx = k.let('qx', b.draftProbs(s.seq.mul(maxK).add(i).mul(vocab).add(x)));
     const px = k.let('px', b.targetProbs(s.seq.mul(maxK.add(1)).add(i).mul(vocab).add(x)));
-    k.if(u.mul(qx).le(px).not(), () => { k.atomicMin(first, 0, i); });
+    k.if(u.mul(qx).lt(px).not(), () => { k.atomicMin(first, 0, i); });
   }, wg / apart));
   k.barrier();
   return k.let('accepted', k.atomicLoad(first, 0));

@@ -63,7 +63,7 @@ function mirrorAccept(g: Geometry, seq: { k: number; seed: number; pos: number; 
   let a = seq.k;
   for (let i = 0; i < seq.k; i++) {
     const x = seq.drafts[i]!;
-    if (!(f(randomUniformRef(seq.seed, seq.pos + i, STREAM_ACCEPT) * q[i]![x]!) <= p[i]![x]!)) { a = i; break; }
+    if (!(f(randomUniformRef(seq.seed, seq.pos + i, STREAM_ACCEPT) * q[i]![x]!) < p[i]![x]!)) { a = i; break; }
   }
   const V = p[0]!.length;
   const resid = Float32Array.from(p[a]!, (v, i) => (a < seq.k ? Math.max(f(v - q[a]![i]!), 0) : v));
@@ -205,6 +205,23 @@ forEachBackend('token acceptance', (dev) => {
     }
   });
 
+  // The rule is strict (u·q < p): a token the target gives p = 0 is never accepted — not where the
+  // draft's own q is 0 too (u·0 ≤ 0 would always accept it), nor where u happens to be 0.
+  it('a draft token with target probability 0 is never accepted, whatever its draft probability', async () => {
+    const V = 8, maxK = 1, x = 3, nSeq = 32;
+    const q = new Float32Array(nSeq * maxK * V), pr = new Float32Array(nSeq * (maxK + 1) * V);
+    const seqs: DraftSequence[] = [];
+    for (let s = 0; s < nSeq; s++) {
+      // Half one-hot on x (an n-gram drafter's q), half with q(x) = 0.
+      for (let v = 0; v < V; v++) q[s * V + v] = s % 2 ? (v === x ? 1 : 0) : (v === x ? 0 : 1 / 7);
+      for (let j = 0; j <= maxK; j++) for (let v = 0; v < V; v++) pr[(s * 2 + j) * V + v] = v === x ? 0 : 1 / 7;
+      seqs.push({ draftTokens: [x], seed: 1000 + s, position: 7 * s });
+    }
+    const got = await runBatch(dev, rejectionSampler({ ...SMALL, caps: dev.caps }), { seqs, q, p: pr, maxK, V });
+    expect(Array.from(got.accepted)).toEqual(new Array(nSeq).fill(0));
+    for (let s = 0; s < nSeq; s++) expect(got.tokens[s * 2], `sequence ${s}: the token drawn instead`).not.toBe(x);
+  });
+
   for (const V of [10, 50]) it(`rejection sampling is lossless: ${TRIALS} trials, V = ${V}, k = ${K}; the accepted count as expected`, async () => {
     const r = rng(20231113 + V); // fixed: a statistical test with a wide margin
     const B = 20_000, launches = TRIALS / B;
@@ -320,7 +337,7 @@ describe('the losslessness statistic can fail', () => {
       const rz = resid.reduce((s, v) => s + v, 0);
       for (let t = 0; t < TRIALS; t++) {
         const x = draw(q, r());
-        const ok = rule === 'always-accept' || r() * q[x]! <= p[x]!;
+        const ok = rule === 'always-accept' || r() * q[x]! < p[x]!;
         e.first[ok ? x : rule === 'correct' ? draw(resid.map((v) => v / rz), r()) : draw(p, r())]!++;
       }
       return e;
