@@ -11,6 +11,14 @@ export function lcg(seed: number): () => number {
   return () => { a = (Math.imul(a, 1664525) + 1013904223) >>> 0; return a / 4294967296; };
 }
 
+/** n random 32-bit words (packed INT4 weights, zero points): the same LCG's states. */
+export function randomWords(n: number, seed: number): Int32Array {
+  const out = new Int32Array(n);
+  let a = seed >>> 0;
+  for (let i = 0; i < n; i++) { a = (Math.imul(a, 1664525) + 1013904223) >>> 0; out[i] = a | 0; }
+  return out;
+}
+
 /** n values uniform in [−amp, amp). */
 export function randomF32(n: number, seed: number, amp: number): Float32Array {
   const r = lcg(seed);

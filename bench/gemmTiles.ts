@@ -15,7 +15,7 @@ import type { BackendKind, DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { timeOnDevice } from '../src/backend/timing.js';
 import { linearHints, uploadDense, uploadInt4 } from '../src/ops/linear.js';
-import { randomF32 } from './common.js';
+import { randomF32, randomWords } from './common.js';
 
 interface Options { device: BackendKind; shapes: [number, number][]; ms: number[]; tiles: GemmVariant[]; rounds: number; group: number }
 
@@ -50,13 +50,6 @@ function parse(args: string[]): Options {
   const small = o.ms.filter((m) => m <= GEMV_MAX_ROWS);
   if (small.length) throw new Error(`gemm-tiles --ms: ${small.join(', ')} run the GEMV (M ≤ ${GEMV_MAX_ROWS}), not the GEMM`);
   return o;
-}
-
-function randomWords(n: number, seed: number): Int32Array {
-  const out = new Int32Array(n);
-  let a = seed >>> 0;
-  for (let i = 0; i < n; i++) { a = (Math.imul(a, 1664525) + 1013904223) >>> 0; out[i] = a | 0; }
-  return out;
 }
 
 const tileName = (v: GemmVariant) => `${v.tileM}x${v.tileN}x${v.tileK}/${v.blockM}x${v.blockN}`;

@@ -27,7 +27,7 @@ import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuff
 import { createDevice } from '../src/backend/index.js';
 import { linearHints, uploadDense, uploadInt4 } from '../src/ops/linear.js';
 import { timeOnDevice } from '../src/backend/timing.js';
-import { copyBandwidth, randomF32 } from './common.js';
+import { copyBandwidth, randomF32, randomWords } from './common.js';
 
 interface Options {
   backends: BackendKind[]; scale: number; ms: number[]; shapes: [number, number][]; group: number;
@@ -56,15 +56,6 @@ function parseArgs(args: string[]): Options {
   for (const b of o.backends) if (!['cpu', 'webgpu', 'cuda'].includes(b)) throw new Error(`--backends: unknown backend '${b}'`);
   return o;
 }
-
-
-function randomWords(n: number, seed: number): Int32Array {
-  const out = new Int32Array(n);
-  let a = seed >>> 0;
-  for (let i = 0; i < n; i++) { a = (Math.imul(a, 1664525) + 1013904223) >>> 0; out[i] = a | 0; }
-  return out;
-}
-
 
 interface Layer { name: string; op: (M: number) => LinearOp; weights: Record<string, DeviceBuffer>; free(): void }
 

@@ -26,6 +26,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { HfTokenizer } from '../src/io/tokenizer.js';
 import { DEFAULT_MODEL } from '../src/llm.js';
+import { lcg } from './common.js';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const CLI = path.join(ROOT, 'src/cli.ts');
@@ -67,11 +68,6 @@ function parse(args: string[]): Options {
   if (!o.configs.length) throw new Error('bench serve: --configs is empty');
   if (o.maxSeqs !== undefined && (!Number.isInteger(o.maxSeqs) || o.maxSeqs < 1)) throw new Error(`bench serve: --max-seqs ${o.maxSeqs} must be a positive integer`);
   return o;
-}
-
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s / 2 ** 32; };
 }
 
 interface Req { prompt: string; maxTokens: number; seed: number }

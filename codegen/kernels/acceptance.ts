@@ -208,6 +208,18 @@ function acceptBindings(g: Segments) {
   };
 }
 
+/** Pass 1's bindings (its outputs: the accepted count, token slots and per-segment sums), which
+ *  the one-launch kernel has too. */
+function passOneBindings(g: Segments) {
+  return {
+    ...acceptBindings(g),
+    accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
+    tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
+    partResid: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
+    partTarget: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
+  };
+}
+
 /** Pass 1's work in a (segment, sequence) workgroup: a, the segment's two sums into partResid /
  *  partTarget, and (segment 0) accepted and the token slots — the accepted drafts, NO_TOKEN from a on. */
 function residualSums(k: KernelBuilder, g: Segments, b: AcceptBindings & {
@@ -261,11 +273,7 @@ export function acceptResidualSums(g: Segments) {
     name: g.chunk === 4 ? 'acceptResidualSums4' : 'acceptResidualSums', params: { workgroupSize: g.wg, items: g.items, chunk: g.chunk ?? g.items },
     caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      ...acceptBindings(g),
-      accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
-      tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
-      partResid: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
-      partTarget: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
+      ...passOneBindings(g),
     },
     uniforms: UNIFORMS,
     grid: '[segments, seqs]',
@@ -333,11 +341,7 @@ export function acceptSumsDraw(g: Segments) {
     name: g.chunk === 4 ? 'acceptSumsDraw4' : 'acceptSumsDraw', params: { workgroupSize: g.wg, items: g.items, chunk: g.chunk ?? g.items },
     caps: g.caps, workgroupSize: g.wg,
     bindings: {
-      ...acceptBindings(g),
-      accepted: storage('u32', 'read_write', { shape: '[seqs]' }),
-      tokens: storage('u32', 'read_write', { shape: '[seqs, maxK + 1]' }),
-      partResid: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
-      partTarget: storage('f32', 'read_write', { shape: '[seqs, segments]' }),
+      ...passOneBindings(g),
       tickets: storage('u32', 'read_write', { atomic: true, shape: '[seqs]' }),
     },
     uniforms: UNIFORMS,

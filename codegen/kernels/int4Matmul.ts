@@ -61,6 +61,15 @@ const QWEIGHT = '[K, Nw / 8]';
 const qzerosShape = (g: number) => `[K / ${g}, Nw / 8]`;
 const scalesShape = (g: number) => `[K / ${g}, Nw / 2]`;
 
+/** The AutoAWQ tensors as stored, read a word at a time (the scalar and nibble-pair sources). */
+function int4WordBindings(g: number) {
+  return {
+    qweight: storage('u32', 'read', { shape: QWEIGHT }),
+    qzeros: storage('u32', 'read', { shape: qzerosShape(g) }),
+    scales: storage('u32', 'read', { shape: scalesShape(g) }),
+  };
+}
+
 /** The AutoAWQ source; `dequant` per Int4Dequant (tag int4g{g}, or int4g{g}m for 'magic'). */
 export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert'): WeightSource {
   const g = groupSize;
@@ -69,11 +78,7 @@ export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert'):
     tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}`,
     cols: 8,
     granule: g,
-    bindings: {
-      qweight: storage('u32', 'read', { shape: QWEIGHT }),
-      qzeros: storage('u32', 'read', { shape: qzerosShape(g) }),
-      scales: storage('u32', 'read', { shape: scalesShape(g) }),
-    },
+    bindings: int4WordBindings(g),
     vectorized: (width) => int4VectorSource(g, width, dequant),
     narrowed: () => int4PairSource(g, dequant),
     row: (k, u, kk) => kk.mul(u.Nw.div(8)),
@@ -114,11 +119,7 @@ function int4PairSource(g: number, dequant: Int4Dequant): WeightSource {
     tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}p`,
     cols: 2,
     granule: g,
-    bindings: {
-      qweight: storage('u32', 'read', { shape: QWEIGHT }),
-      qzeros: storage('u32', 'read', { shape: qzerosShape(g) }),
-      scales: storage('u32', 'read', { shape: scalesShape(g) }),
-    },
+    bindings: int4WordBindings(g),
     row: (_k, u, kk) => kk.mul(u.Nw.div(8)),
     values(k, refs, row, unit, tag) {
       const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit.shr(2))));
