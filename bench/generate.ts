@@ -12,7 +12,8 @@
 // Options: --prompt N (prompt tokens, default 128) --decode N (default 64) --copy (measure copy
 // bandwidth: out = a + b, 3 × 4n bytes) --synthetic-layers N (fewer layers for the synthetic model, e.g. on cpu)
 // --executors wasm,js (the cpu device's executors to run, default wasm; wasm-scalar: wasm with
-// KILN_WASM_SIMD=0, for SIMD128 A/B in one run) --workers 1,2 (cpu worker
+// KILN_WASM_SIMD=0, for SIMD128 A/B in one run; wasm-rows: wasm with KILN_WEIGHT_LAYOUT=rows, the
+// weights in checkpoint order instead of strips) --workers 1,2 (cpu worker
 // threads, one device per count; default all cores) --rounds N (timed runs per
 // device, interleaved across devices; default 2) --json (print
 // {"machine", "rows": [{backend, executor, model, weights, prefill_tok_s, decode_tok_s, launches_per_step}]}
@@ -31,7 +32,7 @@ import { DEFAULT_MODEL } from '../src/llm.js';
 import { argmax as argmaxKernel } from '../codegen/kernels/sampling.js';
 import { copyBandwidth } from './common.js';
 
-type Executor = 'wasm' | 'wasm-scalar' | 'js';
+type Executor = 'wasm' | 'wasm-scalar' | 'wasm-rows' | 'js';
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
   copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean; rounds: number;
@@ -55,8 +56,8 @@ function parse(args: string[]): Options {
     else if (a === '--synthetic-layers') o.layers = Number(v());
     else if (a === '--executors') {
       o.executors = v().split(',') as Executor[];
-      const bad = o.executors.find((x) => x !== 'wasm' && x !== 'wasm-scalar' && x !== 'js');
-      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm, wasm-scalar and/or js, not '${bad}'`);
+      const bad = o.executors.find((x) => x !== 'wasm' && x !== 'wasm-scalar' && x !== 'wasm-rows' && x !== 'js');
+      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm, wasm-scalar, wasm-rows and/or js, not '${bad}'`);
     } else if (a === '--json') o.json = true;
     else if (a === '--rounds') o.rounds = Number(v());
     else if (a === '--workers') o.workers = v().split(',').map(Number);
@@ -206,14 +207,15 @@ export async function main(args: string[]): Promise<void> {
   try {
     for (const [kind, executor, workers] of runs) {
       let dev: Device;
-      // wasm-scalar: the device reads KILN_WASM_SIMD when it is created.
-      const simdEnv = process.env.KILN_WASM_SIMD;
+      // wasm-scalar, wasm-rows: the device reads KILN_WASM_SIMD and KILN_WEIGHT_LAYOUT when it is created.
+      const saved = { KILN_WASM_SIMD: process.env.KILN_WASM_SIMD, KILN_WEIGHT_LAYOUT: process.env.KILN_WEIGHT_LAYOUT };
       if (executor === 'wasm-scalar') process.env.KILN_WASM_SIMD = '0';
-      try { dev = await createDevice(kind, { ...(executor ? { executor: executor === 'wasm-scalar' ? 'wasm' : executor } : {}), ...(workers !== undefined ? { workers } : {}) }); } catch (e) {
+      if (executor === 'wasm-rows') process.env.KILN_WEIGHT_LAYOUT = 'rows';
+      try { dev = await createDevice(kind, { ...(executor ? { executor: executor === 'js' ? 'js' : 'wasm' } : {}), ...(workers !== undefined ? { workers } : {}) }); } catch (e) {
         if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
         throw e;
       } finally {
-        if (simdEnv === undefined) delete process.env.KILN_WASM_SIMD; else process.env.KILN_WASM_SIMD = simdEnv;
+        for (const [name, v] of Object.entries(saved)) if (v === undefined) delete process.env[name]; else process.env[name] = v;
       }
       log(`${kind}: ${dev.description}`);
       const copy = o.copy ? await copyBandwidth(dev, dev.profile.software ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;

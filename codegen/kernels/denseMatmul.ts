@@ -7,35 +7,38 @@ import { storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
-  type WeightSource,
+  rowIndex, stripsFit, unitIndex, type WeightLayout, type WeightSource,
 } from './linearCommon.js';
 import type { DeviceClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 
 export type DenseWeightDtype = 'f32' | 'f16';
 
-export function denseSource(dtype: DenseWeightDtype): WeightSource {
+export function denseSource(dtype: DenseWeightDtype, layout: WeightLayout = 'rows'): WeightSource {
+  const lt = layout === 'strips' ? 's' : '';
   if (dtype === 'f32') {
     return {
-      tag: 'f32',
+      tag: `f32${lt}`,
       cols: 1,
       granule: K_GRANULE,
+      layout,
       bindings: { w: storage('f32', 'read', { shape: '[K, Nw]' }) },
-      row: (k, u, kk) => kk.mul(u.Nw),
-      values: (k, refs, row, unit) => [(refs.w as ArrayRef<'f32', false>).at(row.add(unit))],
+      row: (k, u, kk) => rowIndex(layout, kk, () => u.Nw, 1),
+      values: (k, refs, row, unit, _tag, u) => [(refs.w as ArrayRef<'f32', false>).at(unitIndex(layout, u, row, unit, 1))],
     };
   }
   return {
-    tag: 'f16',
+    tag: `f16${lt}`,
     cols: 2,
     granule: K_GRANULE,
+    layout,
     bindings: { w: storage('u32', 'read', { shape: '[K, Nw / 2]' }) },
-    row: (k, u, kk) => kk.mul(u.Nw.div(2)),
-    values(k, refs, row, unit, tag) {
-      const pair = k.let(`wp${tag}`, k.unpack2x16float((refs.w as ArrayRef<'u32', false>).at(row.add(unit))));
+    row: (k, u, kk) => rowIndex(layout, kk, () => u.Nw.div(2), 1),
+    values(k, refs, row, unit, tag, u) {
+      const pair = k.let(`wp${tag}`, k.unpack2x16float((refs.w as ArrayRef<'u32', false>).at(unitIndex(layout, u, row, unit, 1))));
       return [pair.x, pair.y];
     },
-    vectorized: (width) => denseF16VectorSource(width),
+    vectorized: (width) => denseF16VectorSource(width, layout),
   };
 }
 
@@ -44,15 +47,16 @@ export function denseSource(dtype: DenseWeightDtype): WeightSource {
  * out in the scalar source's order (word j → columns 2j, 2j + 1), so the GEMV's arithmetic and
  * bits are those of the scalar source. Rows must hold whole vectors (Nw a multiple of 2w).
  */
-function denseF16VectorSource(w: 2 | 4): WeightSource {
+function denseF16VectorSource(w: 2 | 4, layout: WeightLayout): WeightSource {
   return {
-    tag: `f16v${w}`,
+    tag: `f16v${w}${layout === 'strips' ? 's' : ''}`,
     cols: 2 * w,
     granule: K_GRANULE,
+    layout,
     bindings: { w: storage('u32', 'read', { vec: w, shape: '[K, Nw / 2]' }) },
-    row: (_k, u, kk) => kk.mul(u.Nw.div(2 * w)),
-    values(k, refs, row, unit, tag) {
-      const words = k.let(`wq${tag}`, (refs.w as ArrayRef<'vec4<u32>', false>).at(row.add(unit)));
+    row: (_k, u, kk) => rowIndex(layout, kk, () => u.Nw.div(2 * w), w),
+    values(k, refs, row, unit, tag, u) {
+      const words = k.let(`wq${tag}`, (refs.w as ArrayRef<'vec4<u32>', false>).at(unitIndex(layout, u, row, unit, w)));
       return Array.from({ length: w }, (_, j) => {
         const pair = k.let(`wp${tag}_${j}`, k.unpack2x16float(words.at(j) as Val<'u32'>));
         return [pair.x, pair.y];
@@ -72,6 +76,13 @@ export interface DenseLinearConfig extends LinearEpilogue {
   parallelism?: number;
   /** What runs the kernels (Device.profile.deviceClass); the dense defaults do not depend on it yet. */
   deviceClass?: DeviceClass;
+  /** 'strips' where rows cut into whole strips (denseWeightLayout), else 'rows'; default 'rows'. */
+  weightLayout?: WeightLayout;
+}
+
+/** The layout a dense op with this config uses: 'strips' only where asked and the rows fit. */
+export function denseWeightLayout(weight: DenseWeightDtype, Nw: number, asked: WeightLayout = 'rows'): WeightLayout {
+  return asked === 'strips' && stripsFit(weight === 'f32' ? Nw : Nw / 2) ? 'strips' : 'rows';
 }
 
 export function checkDenseConfig(c: DenseLinearConfig): void {
@@ -139,7 +150,7 @@ export function denseLinear(c: DenseLinearConfig): LinearOp {
     N: c.N,
     epilogue: e,
     caps: c.caps ?? BASELINE_CAPS,
-    source: denseSource(dtype),
+    source: denseSource(dtype, denseWeightLayout(dtype, c.gateUp ? 2 * c.N : c.N, c.weightLayout)),
     defaults: (K, Nw, caps, par) => defaultDenseChoice(K, Nw, dtype, caps, par),
     choice: c.choice,
     parallelism: c.parallelism,

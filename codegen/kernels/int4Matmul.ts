@@ -11,7 +11,7 @@ import { storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
-  parallelismOf, type WeightSource,
+  parallelismOf, rowIndex, stripsFit, unitIndex, type WeightLayout, type WeightSource,
 } from './linearCommon.js';
 import { type DeviceClass, aheadOfTimeClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
@@ -71,19 +71,20 @@ function int4WordBindings(g: number) {
 }
 
 /** The AutoAWQ source; `dequant` per Int4Dequant (tag int4g{g}, or int4g{g}m for 'magic'). */
-export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert'): WeightSource {
+export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert', layout: WeightLayout = 'rows'): WeightSource {
   const g = groupSize;
   const unpack = (k: KernelBuilder, word: Val<'u32'>) => unpackNibbles(k, word, dequant);
   return {
-    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}${layout === 'strips' ? 's' : ''}`,
     cols: 8,
     granule: g,
+    layout,
     bindings: int4WordBindings(g),
-    vectorized: (width) => int4VectorSource(g, width, dequant),
-    narrowed: () => int4PairSource(g, dequant),
-    row: (k, u, kk) => kk.mul(u.Nw.div(8)),
-    values(k, refs, row, unit, tag) {
-      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit)));
+    vectorized: (width) => int4VectorSource(g, width, dequant, layout),
+    narrowed: () => int4PairSource(g, dequant, layout),
+    row: (k, u, kk) => rowIndex(layout, kk, () => u.Nw.div(8), 1),
+    values(k, refs, row, unit, tag, u) {
+      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(unitIndex(layout, u, row, unit, 1)));
       return unpack(k, qw);
     },
     group: {
@@ -114,15 +115,16 @@ function unpackPair(k: KernelBuilder, word: Val<'u32'>, pair: Val<'u32'>, dequan
  * u & 3 of word u >> 2; its two scales are one f16 pair, so a warp's scale loads are lane-
  * contiguous words. Four invocations share each weight word (one sector per warp request).
  */
-function int4PairSource(g: number, dequant: Int4Dequant): WeightSource {
+function int4PairSource(g: number, dequant: Int4Dequant, layout: WeightLayout): WeightSource {
   return {
-    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}p`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}p${layout === 'strips' ? 's' : ''}`,
     cols: 2,
     granule: g,
+    layout,
     bindings: int4WordBindings(g),
-    row: (_k, u, kk) => kk.mul(u.Nw.div(8)),
-    values(k, refs, row, unit, tag) {
-      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(row.add(unit.shr(2))));
+    row: (_k, u, kk) => rowIndex(layout, kk, () => u.Nw.div(8), 1),
+    values(k, refs, row, unit, tag, u) {
+      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'u32', false>).at(unitIndex(layout, u, row, unit.shr(2), 1)));
       return unpackPair(k, qw, unit.band(3), dequant);
     },
     group: {
@@ -143,21 +145,22 @@ function int4PairSource(g: number, dequant: Int4Dequant): WeightSource {
  * vec4<u32> loads (scales are always read as vec4: a row of Nw/2 words holds Nw/8 of them).
  * Columns come out in the scalar source's order (word j of the unit → columns 8j..8j+7).
  */
-function int4VectorSource(g: number, w: 2 | 4, dequant: Int4Dequant): WeightSource {
+function int4VectorSource(g: number, w: 2 | 4, dequant: Int4Dequant, layout: WeightLayout): WeightSource {
   const words = (k: KernelBuilder, v: Val<'vec2<u32>'> | Val<'vec4<u32>'>) =>
     Array.from({ length: w }, (_, j) => unpackNibbles(k, v.at(j) as Val<'u32'>, dequant)).flat();
   return {
-    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}v${w}`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}v${w}${layout === 'strips' ? 's' : ''}`,
     cols: 8 * w,
     granule: g,
+    layout,
     bindings: {
       qweight: storage('u32', 'read', { vec: w, shape: QWEIGHT }),
       qzeros: storage('u32', 'read', { vec: w, shape: qzerosShape(g) }),
       scales: storage('u32', 'read', { vec: 4, shape: scalesShape(g) }),
     },
-    row: (k, u, kk) => kk.mul(u.Nw.div(8 * w)),
-    values(k, refs, row, unit, tag) {
-      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'vec4<u32>', false>).at(row.add(unit)));
+    row: (k, u, kk) => rowIndex(layout, kk, () => u.Nw.div(8 * w), w),
+    values(k, refs, row, unit, tag, u) {
+      const qw = k.let(`qw${tag}`, (refs.qweight as ArrayRef<'vec4<u32>', false>).at(unitIndex(layout, u, row, unit, w)));
       return words(k, qw);
     },
     group: {
@@ -194,6 +197,13 @@ export interface Int4LinearConfig extends LinearEpilogue {
   parallelism?: number;
   /** What runs the kernels (Device.profile.deviceClass; default GEMV schedule); aheadOfTimeClass(caps) if absent. */
   deviceClass?: DeviceClass;
+  /** qweight's layout: 'strips' where rows cut into whole strips (int4WeightLayout), else 'rows'; default 'rows'. */
+  weightLayout?: WeightLayout;
+}
+
+/** The qweight layout an INT4 op with this config uses: 'strips' only where asked and the rows fit. */
+export function int4WeightLayout(Nw: number, asked: WeightLayout = 'rows'): WeightLayout {
+  return asked === 'strips' && stripsFit(Nw / 8) ? 'strips' : 'rows';
 }
 
 /** Throws naming the parameter when the configuration cannot be an AWQ GEMM layer. */
@@ -314,7 +324,8 @@ export function int4Linear(c: Int4LinearConfig): LinearOp {
     caps,
     // GPUs take the magic-number dequant (no integer → float conversions); the CPU executor and
     // software rasterisers keep shift / convert, cheaper there (f16 unpacking is a table lookup).
-    source: int4Source(g, (c.deviceClass ?? aheadOfTimeClass(caps)) === 'gpu' ? 'magic' : 'convert'),
+    source: int4Source(g, (c.deviceClass ?? aheadOfTimeClass(caps)) === 'gpu' ? 'magic' : 'convert',
+      int4WeightLayout(c.gateUp ? 2 * c.N : c.N, c.weightLayout)),
     defaults: (K, Nw, caps, par, cls) => defaultInt4Choice(K, Nw, g, caps, par, cls),
     choice: c.choice,
     parallelism: c.parallelism,

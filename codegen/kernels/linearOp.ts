@@ -109,6 +109,7 @@ function mmaRowsOf(name: string, K: number, N: number, src: WeightSource, caps: 
     throw new Error(`${name}: choice.mmaMaxRows = ${forced} is not an integer in 0..${MMA_MAX_ROWS}`);
   }
   if (forced > 0 && unfit) throw new Error(`${name}: choice.mmaMaxRows = ${forced} but ${unfit}`);
+  if (forced > 0 && src.layout !== 'rows') throw new Error(`${name}: choice.mmaMaxRows = ${forced} but the MMA kernel reads weights in the 'rows' layout, not '${src.layout}' (weightLayout)`);
   return forced;
 }
 

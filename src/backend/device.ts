@@ -4,6 +4,7 @@ import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../
 import type { Op } from '../../codegen/dsl/plan.js';
 import type { Caps, StorageType } from '../../codegen/dsl/types.js';
 import type { DeviceClass, VendorClass } from '../../codegen/kernels/deviceProfile.js';
+import type { WeightLayout } from '../../codegen/kernels/linearCommon.js';
 
 export type BackendKind = 'cpu' | 'webgpu' | 'cuda';
 
@@ -32,6 +33,11 @@ export interface DeviceProfile {
   parallelism: number;
   /** Multiprocessors (SMs) of a GPU, where the backend knows them: split-KV attention fills them. */
   multiprocessors?: number;
+  /**
+   * How linear weights should lie in its memory (codegen/kernels/linearCommon.ts WeightLayout):
+   * 'strips' on the cpu device, where one invocation streams its columns down K; else 'rows'.
+   */
+  weightLayout?: WeightLayout;
 }
 
 /** A recorded sequence of launches (graphCapture): replay() queues all of them again with one call. */

@@ -4,7 +4,7 @@
 // RTN at load time). Embeddings and lm_head stay unquantized, as in AutoAWQ.
 import { denseLinear } from '../../codegen/kernels/denseMatmul.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
-import type { LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import { type LinearEpilogue, toWeightLayout } from '../../codegen/kernels/linearCommon.js';
 import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { dequantizeAwq, isAwqQuantized, loadAwqLinear } from '../io/awq.js';
@@ -131,7 +131,7 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
       const t = concatAwq(parts.map((p) => (awq ? loadAwqLinear(store, p, g) : quantizeRtnInt4(readFloat32(store, `${p.name}.weight`), K, p.N, g, 'NK'))));
       op = int4Linear({ K, N: outN, groupSize: g, ...hints, ...tuned('int4Linear', { K, N, groupSize: g }), ...epi });
       weights = {
-        qweight: upU32(new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length), `${label}.qweight`),
+        qweight: upU32(toWeightLayout(op.source.layout, new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length), K, N / 8), `${label}.qweight`),
         qzeros: upU32(new Uint32Array(t.qzeros.buffer, t.qzeros.byteOffset, t.qzeros.length), `${label}.qzeros`),
         scales: upU32(packF16Pairs(t.scales), `${label}.scales`),
       };
@@ -145,7 +145,8 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
       }
       const kn = transpose(nk, N, K);
       op = denseLinear({ K, N: outN, weight: fmt, ...hints, ...tuned('denseLinear', { K, N, weight: fmt }), ...epi });
-      weights = { w: fmt === 'f32' ? upF32(kn, `${label}.w`) : upU32(packF16Pairs(f32ArrayToF16(kn)), `${label}.w`) };
+      const layout = op.source.layout;
+      weights = { w: fmt === 'f32' ? upF32(toWeightLayout(layout, kn, K, N), `${label}.w`) : upU32(toWeightLayout(layout, packF16Pairs(f32ArrayToF16(kn)), K, N / 2), `${label}.w`) };
     }
     if (epi.bias) {
       const b = new Float32Array(N);

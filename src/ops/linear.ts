@@ -3,6 +3,7 @@
 // with the tensor's name and its expected shape before any device work.
 import type { DeviceClass } from '../../codegen/kernels/deviceProfile.js';
 import type { FusedLinearOp } from '../../codegen/kernels/fusedLinear.js';
+import { toWeightLayout, type WeightLayout } from '../../codegen/kernels/linearCommon.js';
 import type { LinearChoiceInput, LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { type AwqTensors, checkAwqShape } from '../quant/awq.js';
@@ -72,8 +73,11 @@ function expectLength(what: string, name: string, got: number, shape: number[], 
   if (got !== n) throw new LinearShapeError(`${what}: '${name}' has ${got} elements; expected ${formula} = [${shape.join(', ')}] (${n})`);
 }
 
-/** Check AutoAWQ tensors on the host, then upload them as the kernels bind them (same bits). */
-export function uploadInt4(dev: Device, t: AwqTensors, label = 'int4'): Int4DeviceWeights {
+/**
+ * Check AutoAWQ tensors on the host, then upload them as the kernels bind them (same bits);
+ * qweight in `weightLayout` (the op's: `op.source.layout`; int4WeightLayout decides it).
+ */
+export function uploadInt4(dev: Device, t: AwqTensors, label = 'int4', weightLayout: WeightLayout = 'rows'): Int4DeviceWeights {
   const { K, N, groupSize: g } = t;
   checkAwqShape(K, N, g, `uploadInt4 '${label}'`);
   const what = `uploadInt4 '${label}' (K = ${K}, N = ${N}, g = ${g})`;
@@ -87,7 +91,7 @@ export function uploadInt4(dev: Device, t: AwqTensors, label = 'int4'): Int4Devi
   };
   return {
     K, N, groupSize: g,
-    qweight: put('qweight', new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length)),
+    qweight: put('qweight', toWeightLayout(weightLayout, new Uint32Array(t.qweight.buffer, t.qweight.byteOffset, t.qweight.length), K, N / 8)),
     qzeros: put('qzeros', new Uint32Array(t.qzeros.buffer, t.qzeros.byteOffset, t.qzeros.length)),
     scales: put('scales', packF16Pairs(t.scales)),
   };
@@ -95,10 +99,11 @@ export function uploadInt4(dev: Device, t: AwqTensors, label = 'int4'): Int4Devi
 
 /**
  * Upload a dense weight for denseLinear: [K, Nw] input-major (layout 'KN'), or torch's [Nw, K]
- * ('NK', transposed here once), as f32 or as f16 pairs [K, Nw/2].
+ * ('NK', transposed here once), as f32 or as f16 pairs [K, Nw/2]; in memory as `weightLayout`
+ * (the op's: `op.source.layout`; denseWeightLayout decides it).
  */
 export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: number, dtype: 'f32' | 'f16',
-  layout: 'KN' | 'NK', label = 'dense'): DeviceBuffer<'f32'> | DeviceBuffer<'u32'> {
+  layout: 'KN' | 'NK', label = 'dense', weightLayout: WeightLayout = 'rows'): DeviceBuffer<'f32'> | DeviceBuffer<'u32'> {
   const what = `uploadDense '${label}' (K = ${K}, N = ${Nw})`;
   expectLength(what, 'w', w.length, layout === 'KN' ? [K, Nw] : [Nw, K], layout === 'KN' ? '[K, N]' : '[N, K]');
   if (dtype === 'f16' && Nw % 2) throw new LinearShapeError(`${what}: f16 weights need an even N (two columns per u32 word: [K, N/2])`);
@@ -107,10 +112,10 @@ export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: nu
   else for (let n = 0; n < Nw; n++) for (let k = 0; k < K; k++) kn[k * Nw + n] = w[n * K + k]!;
   if (dtype === 'f32') {
     const b = dev.alloc('f32', kn.length, `${label}.w`);
-    dev.write(b, kn);
+    dev.write(b, toWeightLayout(weightLayout, kn, K, Nw));
     return b;
   }
-  const words = packF16Pairs(f32ArrayToF16(kn));
+  const words = toWeightLayout(weightLayout, packF16Pairs(f32ArrayToF16(kn)), K, Nw / 2);
   const b = dev.alloc('u32', words.length, `${label}.w`);
   dev.write(b, words);
   return b;
@@ -123,13 +128,16 @@ export function uploadDense(dev: Device, w: ArrayLike<number>, K: number, Nw: nu
  * tens of thousands.
  */
 export function linearHints(dev: Device): {
-  caps: Device['caps']; parallelism: number; deviceClass: DeviceClass; choice?: LinearChoiceInput;
+  caps: Device['caps']; parallelism: number; deviceClass: DeviceClass; choice?: LinearChoiceInput; weightLayout?: WeightLayout;
 } {
   const hints = { caps: dev.caps, parallelism: dev.profile.parallelism, deviceClass: dev.profile.deviceClass };
   // The CPU executor reports GPU-sized limits, but small GEMM tiles run ~2x faster on it (measured
   // with src/ops/tune.ts); a tuned choice replaces this. 16 rows per tile: the GEMM computes whole
   // tiles, so a 9–16-row decode step (the engine's batches past GEMV_MAX_ROWS) with 32-row tiles
   // paid for 32 rows — 16-row tiles cost 0.6–0.7× at 16 rows (bench/notes/cpu.md, 2026-12-06).
-  if (dev.kind === 'cpu') return { ...hints, choice: { gemm: { tileM: 16, tileN: 32, tileK: 32, blockM: 4, blockN: 8 } } };
-  return hints;
+  // The device's weight layout (the cpu device: column strips, so that each invocation's weight
+  // reads are one sequential stream; bench/notes/cpu.md "Weight strips").
+  const layout = dev.profile.weightLayout ? { weightLayout: dev.profile.weightLayout } : {};
+  if (dev.kind === 'cpu') return { ...hints, ...layout, choice: { gemm: { tileM: 16, tileN: 32, tileK: 32, blockM: 4, blockN: 8 } } };
+  return { ...hints, ...layout };
 }

@@ -6,9 +6,9 @@
 // (K, N) — at M = 1, where decoding spends its time — and kept for every M (batch invariance);
 // GEMV schedules are then tuned per row count and the GEMM tiling at the largest M, none of which
 // change results. Cache keys therefore hold the device, family and the weight's shape, never M.
-import { denseGemvSpace, denseLinear, DENSE_GEMM_SPACE, denseSegmentSpace, type DenseWeightDtype } from '../../codegen/kernels/denseMatmul.js';
+import { denseGemvSpace, denseLinear, DENSE_GEMM_SPACE, denseSegmentSpace, type DenseWeightDtype, denseWeightLayout } from '../../codegen/kernels/denseMatmul.js';
 import { embedding } from '../../codegen/kernels/embedding.js';
-import { int4Linear, INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4SegmentSpace } from '../../codegen/kernels/int4Matmul.js';
+import { int4Linear, INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4SegmentSpace, int4WeightLayout } from '../../codegen/kernels/int4Matmul.js';
 import { checkGemmVariant, type GemmVariant, type GemvVariant, gemvVariantFits } from '../../codegen/kernels/linearCommon.js';
 import { GEMV_MAX_ROWS, type LinearChoiceInput, type LinearOp } from '../../codegen/kernels/linearOp.js';
 import { argmaxRows, siluMul } from '../../codegen/kernels/pointwise.js';
@@ -118,10 +118,10 @@ async function tuneLinear(dev: Device, shape: TuneShape, o: Required<TuneOptions
   try {
     let weights: Record<string, DeviceBuffer>;
     if (kind === 'int4') {
-      const w = uploadInt4(dev, quantizeRtnInt4(randomData(K * N, 1, -0.05, 0.05), K, N, g, 'KN'), 'tune');
+      const w = uploadInt4(dev, quantizeRtnInt4(randomData(K * N, 1, -0.05, 0.05), K, N, g, 'KN'), 'tune', int4WeightLayout(N, hints.weightLayout));
       weights = { qweight: scratch.own(w.qweight), qzeros: scratch.own(w.qzeros), scales: scratch.own(w.scales) };
     } else {
-      weights = { w: scratch.own(uploadDense(dev, randomData(K * N, 1, -0.05, 0.05), K, N, dtype, 'KN', 'tune')) };
+      weights = { w: scratch.own(uploadDense(dev, randomData(K * N, 1, -0.05, 0.05), K, N, dtype, 'KN', 'tune', denseWeightLayout(dtype, N, hints.weightLayout))) };
     }
     const maxM = Math.max(...Ms);
     const x = scratch.f32(maxM * K, 2), out = scratch.f32(maxM * N, 3);

@@ -92,8 +92,8 @@ function reference(c: Case): Float64Array {
   return out;
 }
 
-/** How the kernel stages K/V: positions per barrier step and 16-byte loads (defaults: by shape and caps). */
-interface Variant { kvTile?: number; vecLoads?: boolean; targetCtas?: number }
+/** How the kernel stages K/V: positions per barrier step and 16-byte loads (defaults: by shape and caps); tokens per tile and invocations. */
+interface Variant { kvTile?: number; vecLoads?: boolean; targetCtas?: number; tileTokens?: number; workgroupSize?: number }
 
 /** Fill the cache: context positions from the host, the new tokens through kvAppend; run attention. */
 async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: number, variant: Variant = {}): Promise<Float32Array> {
@@ -226,8 +226,9 @@ forEachBackend('paged attention', (dev) => {
   // positions one cache block at a time whatever the step. Chunks of 80 positions make 32- and
   // 64-position steps straddle chunk ends; the window makes rows start mid-block.
   const stagings: { shape: Shape; variants: Variant[] }[] = [
-    { shape: { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32', window: 70 }, variants: [{ kvTile: 32 }, { kvTile: 64, vecLoads: true }, { kvTile: 48, vecLoads: false }] },
-    { shape: { headDim: 64, group: 2, kvHeads: 2, kvDtype: 'f16' }, variants: [{ kvTile: 32, vecLoads: true }, { kvTile: 16, vecLoads: true }, { kvTile: 32, vecLoads: false }] },
+    // tileTokens 1 in workgroups of 32: the cpu device's decode attention (src/model/forward.ts).
+    { shape: { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32', window: 70 }, variants: [{ kvTile: 32 }, { kvTile: 64, vecLoads: true }, { kvTile: 48, vecLoads: false }, { tileTokens: 1, workgroupSize: 32, kvTile: 64 }] },
+    { shape: { headDim: 64, group: 2, kvHeads: 2, kvDtype: 'f16' }, variants: [{ kvTile: 32, vecLoads: true }, { kvTile: 16, vecLoads: true }, { kvTile: 32, vecLoads: false }, { tileTokens: 1, workgroupSize: 32 }] },
     { shape: { headDim: 12, group: 1, kvHeads: 3, kvDtype: 'f16' }, variants: [{ kvTile: 64 }] }, // 12 % 8: scalar loads only
   ];
   for (const { shape, variants } of stagings) {

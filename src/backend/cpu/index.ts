@@ -179,7 +179,10 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     this.description = `cpu (${threads}, ${executor}${this.heap && !this.wasmSimd ? ' without SIMD' : ''}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
-    this.profile = { software: true, deviceClass: 'cpu', vendor: 'cpu', parallelism: 1024 * platform.cpuCount() };
+    // KILN_WEIGHT_LAYOUT=rows: weights in checkpoint order (the strips give the same bits; A/B timing).
+    const layout = platform.env('KILN_WEIGHT_LAYOUT') ?? 'strips';
+    if (layout !== 'rows' && layout !== 'strips') throw new Error(`cpu device: KILN_WEIGHT_LAYOUT must be 'rows' or 'strips', not '${layout}'`);
+    this.profile = { software: true, deviceClass: 'cpu', vendor: 'cpu', parallelism: 1024 * platform.cpuCount(), weightLayout: layout };
   }
 
   protected usable(what: string): void {

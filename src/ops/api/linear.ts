@@ -1,7 +1,8 @@
 // Linear layers on tensors: weights uploaded once in the kernels' layout (AutoAWQ INT4 exactly as
 // stored, or dense f32/f16), then `linear(device, weights, x)` → y = x·W (+ bias, + residual).
-import { denseLinear, type DenseWeightDtype } from '../../../codegen/kernels/denseMatmul.js';
-import { int4Linear } from '../../../codegen/kernels/int4Matmul.js';
+import { denseLinear, type DenseWeightDtype, denseWeightLayout } from '../../../codegen/kernels/denseMatmul.js';
+import { int4Linear, int4WeightLayout } from '../../../codegen/kernels/int4Matmul.js';
+import type { WeightLayout } from '../../../codegen/kernels/linearCommon.js';
 import type { LinearChoiceInput, LinearOp } from '../../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../../backend/device.js';
 import type { AwqTensors } from '../../quant/awq.js';
@@ -15,6 +16,8 @@ export interface AwqWeights {
   K: number;
   N: number;
   groupSize: number;
+  /** How qweight lies in device memory (the device's choice: 'strips' on the cpu device). */
+  layout: WeightLayout;
   qweight: DeviceBuffer<'u32'>;
   qzeros: DeviceBuffer<'u32'>;
   scales: DeviceBuffer<'u32'>;
@@ -26,6 +29,8 @@ export interface DenseWeights {
   K: number;
   N: number;
   dtype: DenseWeightDtype;
+  /** How w lies in device memory (the device's choice: 'strips' on the cpu device). */
+  layout: WeightLayout;
   w: DeviceBuffer<'f32'> | DeviceBuffer<'u32'>;
 }
 
@@ -37,14 +42,16 @@ export type LinearWeights = AwqWeights | DenseWeights;
  */
 export function denseWeights(device: Device, w: { weight: ArrayLike<number>; K: number; N: number; dtype?: DenseWeightDtype; layout?: 'KN' | 'NK'; label?: string }): DenseWeights {
   const dtype = w.dtype ?? 'f32';
-  const buf = uploadDense(device, w.weight, w.K, w.N, dtype, w.layout ?? 'KN', w.label ?? 'dense');
-  return { kind: 'dense', K: w.K, N: w.N, dtype, w: buf };
+  const layout = denseWeightLayout(dtype, w.N, linearHints(device).weightLayout);
+  const buf = uploadDense(device, w.weight, w.K, w.N, dtype, w.layout ?? 'KN', w.label ?? 'dense', layout);
+  return { kind: 'dense', K: w.K, N: w.N, dtype, layout, w: buf };
 }
 
 /** Upload AutoAWQ GEMM tensors exactly as a checkpoint stores them (scales: f16 bits). */
 export function awqWeights(device: Device, t: AwqTensors & { label?: string }): AwqWeights {
-  const up = uploadInt4(device, t, t.label ?? 'awq');
-  return { kind: 'int4', K: up.K, N: up.N, groupSize: up.groupSize, qweight: up.qweight, qzeros: up.qzeros, scales: up.scales };
+  const layout = int4WeightLayout(t.N, linearHints(device).weightLayout);
+  const up = uploadInt4(device, t, t.label ?? 'awq', layout);
+  return { kind: 'int4', K: up.K, N: up.N, groupSize: up.groupSize, layout, qweight: up.qweight, qzeros: up.qzeros, scales: up.scales };
 }
 
 /** Free the device buffers of uploaded weights. */
@@ -67,10 +74,10 @@ const ops = new PerDevice<LinearOp>();
 /** The op for these weights on this device (built once: kernels compile once per device). */
 function linearOpFor(device: Device, w: LinearWeights, o: LinearOptions): LinearOp {
   const epi = { bias: !!o.bias, residual: !!o.residual };
-  return ops.get(device, [w.kind, w.K, w.N, w.kind === 'int4' ? w.groupSize : w.dtype, epi, o.choice ?? null], () => {
+  return ops.get(device, [w.kind, w.K, w.N, w.kind === 'int4' ? w.groupSize : w.dtype, w.layout, epi, o.choice ?? null], () => {
     const hints = linearHints(device);
     const choice = o.choice ?? hints.choice;
-    const base = { K: w.K, N: w.N, caps: hints.caps, parallelism: hints.parallelism, deviceClass: hints.deviceClass, ...(choice ? { choice } : {}), ...epi };
+    const base = { K: w.K, N: w.N, caps: hints.caps, parallelism: hints.parallelism, deviceClass: hints.deviceClass, weightLayout: w.layout, ...(choice ? { choice } : {}), ...epi };
     return w.kind === 'int4' ? int4Linear({ ...base, groupSize: w.groupSize }) : denseLinear({ ...base, weight: w.dtype });
   });
 }
