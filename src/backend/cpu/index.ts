@@ -409,10 +409,13 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       };
     }
     const heap = this.heap, id = ++this.graphs, P = this.pool?.size ?? 1;
-    // Launches measured (or, unmeasured, sized) to take less than a barrier's worth run whole on one thread.
+    // Launches measured to take less than a barrier's worth run whole on one thread. Unmeasured
+    // ones (a decode step's kernels are often captured before they ever ran timed) are shared:
+    // a needless barrier costs ~2 µs, a wrong solo the whole launch on one thread while the others
+    // wait — sized by invocations, a 2-workgroup GEMV walking K looked tiny (bench/notes/cpu.md).
     const solo = launches.map((l) => {
       const total = l.grid[0] * l.grid[1] * l.grid[2], est = l.c.nsPerWorkgroup;
-      return total === 1 || (est === undefined ? total * l.c.invocations <= 256 : est * total < SOLO_NS);
+      return total === 1 || (est !== undefined && est * total < SOLO_NS);
     });
     const barriers = barriersBetween(launches.map((l, i) => ({
       bindings: l.bufs.map((b, j) => ({ offset: b.offset, bytes: b.bytes, writes: l.c.ir.buffers[j]!.access === 'read_write' })),
