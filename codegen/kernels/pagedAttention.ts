@@ -37,6 +37,7 @@ import type { ArrayRef, Caps, DType, KernelBuilder, Plan, Val } from '../dsl/ind
 import { BASELINE_CAPS } from '../dsl/types.js';
 import type { KernelFamily } from './index.js';
 import { kvAppendKernel } from './kvAppend.js';
+import { kvPipeline } from './kvPipeline.js';
 import { num, oneOf, optionalBool, optionalNums } from './params.js';
 import { type RowLayout, conflictFreeRows, rowOffset } from './sharedLayout.js';
 
@@ -76,6 +77,12 @@ export interface PagedAttentionParams {
    * or % 8 == 0 (f16). Default: whenever headDim allows. Results do not depend on it.
    */
   vecLoads?: boolean;
+  /**
+   * Double-buffer the K/V staging in registers (kvPipeline.ts): the next step's block-table lookups
+   * and loads are issued before the current step's compute. Needs K and V in two tiles (splitKv);
+   * default: whenever they are. Results do not depend on it.
+   */
+  prefetch?: boolean;
   workgroupSize?: number;
   caps?: Caps;
 }
@@ -95,6 +102,8 @@ export interface AttentionConfig {
   kvLayout: RowLayout;
   /** K and V staged in two tiles by the same loads (workgroup memory allowing), else one tile, K then V. */
   splitKv: boolean;
+  /** Next step's K/V loads issued into registers before this step's compute (kvPipeline.ts). */
+  prefetch: boolean;
   /** Words between rows of the q tile and of the scores (odd: lanes walking a column hit every bank). */
   qStride: number; scoreStride: number;
   /**
@@ -187,9 +196,11 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   // Two tiles (K and V loaded together, one barrier fewer per step) when they fit with these rows
   // and each invocation's share of a step stays within 4 vector loads per tile (registers).
   const splitKv = maxRowsFor(KT, 2) >= rows && Math.ceil((KT * kvWords(D, f16)) / vw / wg) <= 4;
+  const prefetch = p.prefetch ?? splitKv;
+  if (prefetch && !splitKv) throw new Error(`pagedAttention: prefetch needs K and V in two tiles, which headDim ${D} with ${rows} rows and kvTile ${KT} leaves no workgroup memory for`);
   return {
     headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads,
-    targetCtas, kvLayout: layoutFor(KT), splitKv, qStride: D + 1, scoreStride: scoreStride(KT), warpSoftmax: warpSoftmax && wg % 32 === 0,
+    targetCtas, kvLayout: layoutFor(KT), splitKv, prefetch, qStride: D + 1, scoreStride: scoreStride(KT), warpSoftmax: warpSoftmax && wg % 32 === 0,
   };
 }
 
@@ -243,7 +254,7 @@ export function attentionPartial(c: AttentionConfig) {
     name: 'attentionPartial',
     params: {
       headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, chunkSize: c.chunkSize, tileTokens: c.tileTokens, workgroupSize: W,
-      kvTile: KT, vecLoads: c.vecLoads,
+      kvTile: KT, vecLoads: c.vecLoads, prefetch: c.prefetch,
     },
     caps: c.caps,
     workgroupSize: W,
@@ -360,143 +371,160 @@ export function attentionPartial(c: AttentionConfig) {
           });
         }
       };
+      const pipe = c.prefetch ? kvPipeline(k, {
+        c, W, vw, perPos, total, lid, tFrom, tTo, hiAll, loAll, wordAt, kS, vS,
+        kCache: b.kCache, vCache: b.vCache, blockTable: (pos) => b.blockTables.at(t.seq.mul(u.maxBlocksPerSeq).add(pos.div(BS))),
+        cacheRow: (blk, pos) => blk.mul(BS).add(pos.rem(BS)).mul(u.numKvHeads).add(kvh),
+      }) : undefined;
 
       k.for('tb', tFrom, tTo, (tb) => {
         const vHi = k.let('vHi', min(min(tb.add(KT), hiAll), tTo));
-        stage(c.splitKv ? [[b.kCache, kS], [b.vCache, vS]] : [[b.kCache, kS]], tb, vHi);
-        k.barrier();
-        // Scores, base 2: s = (q · k) · scale · log2 e, summed over head_dim in order.
-        k.for('e', lid, k.u32(R * KT), (e) => {
-          const r = row(e.div(KT));
-          const pos = k.let('spos', tb.add(e.rem(KT)));
-          k.if(r.valid.and(pos.ge(r.lo)).and(pos.lt(r.kvEnd)).and(pos.lt(tTo)), () => {
-            const qBase = k.let('qBase', e.div(KT).mul(QS)), kBase = k.let('kBase', e.rem(KT).mul(L.stride));
-            const dot = k.var('dot', 'f32', 0);
-            // A constant trip count: nvcc unrolls it and folds the skew into each offset.
-            k.for('c', k.u32(0), k.u32(P), (cw) => {
-              const word = kS.at(kBase.add(wordAt(cw)));
-              if (f16) {
-                const h = k.let('kh', k.unpack2x16float(word as Val<'u32'>));
-                const qi = k.let('qw', qBase.add(cw.mul(2)));
-                dot.set(dot.add(qS.at(qi).mul(h.x)));
-                dot.set(dot.add(qS.at(qi.add(1)).mul(h.y)));
-              } else {
-                dot.set(dot.add(qS.at(qBase.add(cw)).mul(word as Val<'f32'>)));
+        const scores = () => {
+          // Scores, base 2: s = (q · k) · scale · log2 e, summed over head_dim in order.
+          k.for('e', lid, k.u32(R * KT), (e) => {
+            const r = row(e.div(KT));
+            const pos = k.let('spos', tb.add(e.rem(KT)));
+            k.if(r.valid.and(pos.ge(r.lo)).and(pos.lt(r.kvEnd)).and(pos.lt(tTo)), () => {
+              const qBase = k.let('qBase', e.div(KT).mul(QS)), kBase = k.let('kBase', e.rem(KT).mul(L.stride));
+              const dot = k.var('dot', 'f32', 0);
+              // A constant trip count: nvcc unrolls it and folds the skew into each offset.
+              k.for('c', k.u32(0), k.u32(P), (cw) => {
+                const word = kS.at(kBase.add(wordAt(cw)));
+                if (f16) {
+                  const h = k.let('kh', k.unpack2x16float(word as Val<'u32'>));
+                  const qi = k.let('qw', qBase.add(cw.mul(2)));
+                  dot.set(dot.add(qS.at(qi).mul(h.x)));
+                  dot.set(dot.add(qS.at(qi.add(1)).mul(h.y)));
+                } else {
+                  dot.set(dot.add(qS.at(qBase.add(cw)).mul(word as Val<'f32'>)));
+                }
+              });
+              sS.set(e.div(KT).mul(SS).add(e.rem(KT)), dot.mul(u.scaleLog2));
+            });
+          }, W);
+        };
+        const softmax = () => {
+          // Online softmax, one cache block at a time (the same f32 operations whatever KT is), over
+          // the row's positions in the block: per warp (lanes = positions) or one invocation per row.
+          if (sm) {
+            const half = (v: Val<'f32'>, op: 'max' | 'add') => {
+              let x = v;
+              for (const m of [8, 4, 2, 1]) {
+                const o = k.subgroupShuffleXor(x, m);
+                x = k.let(`sm${op}${m}`, op === 'max' ? max(x, o) : x.add(o));
               }
+              return x;
+            };
+            sm.forEach((ps) => {
+              const { ok, rc, p16 } = smRow(ps);
+              const r = row(rc);
+              const first = k.let('wfirst', p16.eq(0));
+              // The row's max and sum so far, read by the half's first lane and shared (max of the
+              // max with −F32_MAX and sum of the sum with zeros: exact).
+              const m = k.var('wm', 'f32', -F32_MAX), l = k.var('wl', 'f32', 0);
+              k.if(first, () => { m.set(mS.at(rc)); l.set(lS.at(rc)); });
+              m.set(half(m, 'max'));
+              l.set(half(l, 'add'));
+              // A loop, not unrolled: the shuffles' live values stay few (ptxas spilled when unrolled).
+              k.for('wnb', k.u32(0), k.u32(NB), (nb) => {
+                const bt = k.let('wbt', tb.add(nb.mul(BS)));
+                const a = k.let('wa', max(bt, r.lo)), e = k.let('wEnd', min(min(bt.add(BS), r.kvEnd), tTo));
+                const pos = k.let('wpos', bt.add(p16));
+                const live = k.let('wlive', ok.and(r.valid).and(pos.ge(a)).and(pos.lt(e)));
+                const at = k.let('wat', rc.mul(SS).add(nb.mul(BS)).add(p16));
+                const s = k.var('ws', 'f32', -F32_MAX);
+                k.if(live, () => s.set(sS.at(at)));
+                const mNew = k.let('wmNew', max(m, half(s, 'max')));
+                const alpha = k.let('walpha', k.select(mNew.eq(m), k.f32(1), exp2(m.sub(mNew))));
+                const pv = k.var('wpv', 'f32', 0);
+                k.if(live, () => { pv.set(exp2(s.sub(mNew))); sS.set(at, pv); });
+                // Every lane of the half holds the same sum (x + y = y + x at each butterfly step).
+                l.set(l.mul(alpha).add(half(pv, 'add')));
+                m.set(mNew);
+                k.if(first.and(ok), () => {
+                  const slot = k.let('wslot', rc.add(nb.mul(R)));
+                  const any = k.let('wany', r.valid.and(a.lt(e)));
+                  alphaS.set(slot, alpha);
+                  rowA.set(slot, k.select(any, a.sub(bt), k.u32(0)));
+                  rowB.set(slot, k.select(any, e.sub(bt), k.u32(0)));
+                });
+              });
+              k.if(first.and(ok), () => { mS.set(rc, m); lS.set(rc, l); });
             });
-            sS.set(e.div(KT).mul(SS).add(e.rem(KT)), dot.mul(u.scaleLog2));
-          });
-        }, W);
-        k.barrier();
-        // Online softmax, one cache block at a time (the same f32 operations whatever KT is), over
-        // the row's positions in the block: per warp (lanes = positions) or one invocation per row.
-        if (sm) {
-          const half = (v: Val<'f32'>, op: 'max' | 'add') => {
-            let x = v;
-            for (const m of [8, 4, 2, 1]) {
-              const o = k.subgroupShuffleXor(x, m);
-              x = k.let(`sm${op}${m}`, op === 'max' ? max(x, o) : x.add(o));
-            }
-            return x;
-          };
-          sm.forEach((ps) => {
-            const { ok, rc, p16 } = smRow(ps);
-            const r = row(rc);
-            const first = k.let('wfirst', p16.eq(0));
-            // The row's max and sum so far, read by the half's first lane and shared (max of the
-            // max with −F32_MAX and sum of the sum with zeros: exact).
-            const m = k.var('wm', 'f32', -F32_MAX), l = k.var('wl', 'f32', 0);
-            k.if(first, () => { m.set(mS.at(rc)); l.set(lS.at(rc)); });
-            m.set(half(m, 'max'));
-            l.set(half(l, 'add'));
-            // A loop, not unrolled: the shuffles' live values stay few (ptxas spilled when unrolled).
-            k.for('wnb', k.u32(0), k.u32(NB), (nb) => {
-              const bt = k.let('wbt', tb.add(nb.mul(BS)));
-              const a = k.let('wa', max(bt, r.lo)), e = k.let('wEnd', min(min(bt.add(BS), r.kvEnd), tTo));
-              const pos = k.let('wpos', bt.add(p16));
-              const live = k.let('wlive', ok.and(r.valid).and(pos.ge(a)).and(pos.lt(e)));
-              const at = k.let('wat', rc.mul(SS).add(nb.mul(BS)).add(p16));
-              const s = k.var('ws', 'f32', -F32_MAX);
-              k.if(live, () => s.set(sS.at(at)));
-              const mNew = k.let('wmNew', max(m, half(s, 'max')));
-              const alpha = k.let('walpha', k.select(mNew.eq(m), k.f32(1), exp2(m.sub(mNew))));
-              const pv = k.var('wpv', 'f32', 0);
-              k.if(live, () => { pv.set(exp2(s.sub(mNew))); sS.set(at, pv); });
-              // Every lane of the half holds the same sum (x + y = y + x at each butterfly step).
-              l.set(l.mul(alpha).add(half(pv, 'add')));
-              m.set(mNew);
-              k.if(first.and(ok), () => {
-                const slot = k.let('wslot', rc.add(nb.mul(R)));
-                const any = k.let('wany', r.valid.and(a.lt(e)));
+          } else k.if(lid.lt(R), () => {
+            const r = row(lid);
+            for (let nb = 0; nb < NB; nb++) {
+              const slot = k.let(`slot${nb}`, nb ? lid.add(nb * R) : lid);
+              const bt = k.let(`bt${nb}`, nb ? tb.add(nb * BS) : tb);
+              const a = k.let('a', max(bt, r.lo)), e = k.let('bEnd', min(min(bt.add(BS), r.kvEnd), tTo));
+              k.if(r.valid.and(a.lt(e)), () => {
+                const sBase = k.let('sBase', lid.mul(SS).add(nb * BS));
+                const from = k.let('from', a.sub(bt)), to = k.let('to', e.sub(bt));
+                const mx = k.var('mx', 'f32', -F32_MAX);
+                k.for('p', from, to, (p) => mx.set(max(mx, sS.at(sBase.add(p)))));
+                const mOld = k.let('mOld', mS.at(lid));
+                const mNew = k.let('mNew', max(mOld, mx));
+                const alpha = k.let('alpha', k.select(mNew.eq(mOld), k.f32(1), exp2(mOld.sub(mNew))));
+                const sum = k.var('psum', 'f32', 0);
+                k.for('p', from, to, (p) => {
+                  const pv = k.let('pv', exp2(sS.at(sBase.add(p)).sub(mNew)));
+                  sS.set(sBase.add(p), pv);
+                  sum.set(sum.add(pv));
+                });
+                lS.set(lid, lS.at(lid).mul(alpha).add(sum));
+                mS.set(lid, mNew);
                 alphaS.set(slot, alpha);
-                rowA.set(slot, k.select(any, a.sub(bt), k.u32(0)));
-                rowB.set(slot, k.select(any, e.sub(bt), k.u32(0)));
-              });
-            });
-            k.if(first.and(ok), () => { mS.set(rc, m); lS.set(rc, l); });
+                rowA.set(slot, from);
+                rowB.set(slot, to);
+              }, () => { rowA.set(slot, 0); rowB.set(slot, 0); });
+            }
           });
-        } else k.if(lid.lt(R), () => {
-          const r = row(lid);
-          for (let nb = 0; nb < NB; nb++) {
-            const slot = k.let(`slot${nb}`, nb ? lid.add(nb * R) : lid);
-            const bt = k.let(`bt${nb}`, nb ? tb.add(nb * BS) : tb);
-            const a = k.let('a', max(bt, r.lo)), e = k.let('bEnd', min(min(bt.add(BS), r.kvEnd), tTo));
-            k.if(r.valid.and(a.lt(e)), () => {
-              const sBase = k.let('sBase', lid.mul(SS).add(nb * BS));
-              const from = k.let('from', a.sub(bt)), to = k.let('to', e.sub(bt));
-              const mx = k.var('mx', 'f32', -F32_MAX);
-              k.for('p', from, to, (p) => mx.set(max(mx, sS.at(sBase.add(p)))));
-              const mOld = k.let('mOld', mS.at(lid));
-              const mNew = k.let('mNew', max(mOld, mx));
-              const alpha = k.let('alpha', k.select(mNew.eq(mOld), k.f32(1), exp2(mOld.sub(mNew))));
-              const sum = k.var('psum', 'f32', 0);
-              k.for('p', from, to, (p) => {
-                const pv = k.let('pv', exp2(sS.at(sBase.add(p)).sub(mNew)));
-                sS.set(sBase.add(p), pv);
-                sum.set(sum.add(pv));
-              });
-              lS.set(lid, lS.at(lid).mul(alpha).add(sum));
-              mS.set(lid, mNew);
-              alphaS.set(slot, alpha);
-              rowA.set(slot, from);
-              rowB.set(slot, to);
-            }, () => { rowA.set(slot, 0); rowB.set(slot, 0); });
+        };
+        const pv = () => {
+          // Per cache block in order: acc = acc · alpha + Σ_t p_t · v_t over the row's positions.
+          for (let j = 0; j < npt; j++) {
+            const e = k.let(`pe${j}`, lid.add(j * W));
+            const body = () => {
+              const r = k.let('pr', e.div(D)), d = k.let('pd', e.rem(D));
+              const vOff = k.let('pvo', wordAt(f16 ? d.shr(1) : d));
+              const hi = f16 ? k.let('phi', d.band(1).eq(1)) : undefined;
+              for (let nb = 0; nb < NB; nb++) {
+                const slot = k.let(`ps${nb}`, nb ? r.add(nb * R) : r);
+                const a = k.let('pa', rowA.at(slot)), bEnd = k.let('pb', rowB.at(slot));
+                k.if(a.lt(bEnd), () => {
+                  const s = k.var('pvs', 'f32', 0);
+                  const sBase = k.let('psb', r.mul(SS).add(nb * BS)), vBase = k.let('pvb', nb ? vOff.add(nb * BS * L.stride) : vOff);
+                  k.for('tt', a, bEnd, (tt) => {
+                    const word = vS.at(tt.mul(L.stride).add(vBase));
+                    let v: Val<'f32'>;
+                    if (hi) {
+                      const h = k.let('vh', k.unpack2x16float(word as Val<'u32'>));
+                      v = k.select(hi, h.y, h.x);
+                    } else v = word as Val<'f32'>;
+                    s.set(s.add(sS.at(sBase.add(tt)).mul(v)));
+                  });
+                  acc.set(j, acc.at(j).mul(alphaS.at(slot)).add(s));
+                });
+              }
+            };
+            if ((j + 1) * W <= R * D) body(); else k.if(e.lt(R * D), body);
           }
-        });
-        k.barrier();
-        if (!c.splitKv) {
-          stage([[b.vCache, vS]], tb, vHi);
+        };
+        if (pipe) pipe.step(tb, vHi, scores, softmax, pv);
+        else {
+          stage(c.splitKv ? [[b.kCache, kS], [b.vCache, vS]] : [[b.kCache, kS]], tb, vHi);
+          k.barrier();
+          scores();
+          k.barrier();
+          softmax();
+          k.barrier();
+          if (!c.splitKv) {
+            stage([[b.vCache, vS]], tb, vHi);
+            k.barrier();
+          }
+          pv();
           k.barrier();
         }
-        // Per cache block in order: acc = acc · alpha + Σ_t p_t · v_t over the row's positions.
-        for (let j = 0; j < npt; j++) {
-          const e = k.let(`pe${j}`, lid.add(j * W));
-          const body = () => {
-            const r = k.let('pr', e.div(D)), d = k.let('pd', e.rem(D));
-            const vOff = k.let('pvo', wordAt(f16 ? d.shr(1) : d));
-            const hi = f16 ? k.let('phi', d.band(1).eq(1)) : undefined;
-            for (let nb = 0; nb < NB; nb++) {
-              const slot = k.let(`ps${nb}`, nb ? r.add(nb * R) : r);
-              const a = k.let('pa', rowA.at(slot)), bEnd = k.let('pb', rowB.at(slot));
-              k.if(a.lt(bEnd), () => {
-                const s = k.var('pvs', 'f32', 0);
-                const sBase = k.let('psb', r.mul(SS).add(nb * BS)), vBase = k.let('pvb', nb ? vOff.add(nb * BS * L.stride) : vOff);
-                k.for('tt', a, bEnd, (tt) => {
-                  const word = vS.at(tt.mul(L.stride).add(vBase));
-                  let v: Val<'f32'>;
-                  if (hi) {
-                    const h = k.let('vh', k.unpack2x16float(word as Val<'u32'>));
-                    v = k.select(hi, h.y, h.x);
-                  } else v = word as Val<'f32'>;
-                  s.set(s.add(sS.at(sBase.add(tt)).mul(v)));
-                });
-                acc.set(j, acc.at(j).mul(alphaS.at(slot)).add(s));
-              });
-            }
-          };
-          if ((j + 1) * W <= R * D) body(); else k.if(e.lt(R * D), body);
-        }
-        k.barrier();
       }, KT);
 
       // Rows whose whole range is this one chunk finish here; the others leave partials.
@@ -675,7 +703,7 @@ export const ATTENTION_FAMILIES: KernelFamily[] = [
     }),
     build: (p, caps) => pagedAttention({
       headDim: num(p, 'headDim'), groupSize: num(p, 'groupSize'), kvDtype: oneOf(p, 'kvDtype', ['f32', 'f16'], 'f32'),
-      ...optionalNums(p, ['blockSize', 'chunkSize', 'tileTokens', 'kvTile', 'workgroupSize']), vecLoads: optionalBool(p, 'vecLoads'), caps,
+      ...optionalNums(p, ['blockSize', 'chunkSize', 'tileTokens', 'kvTile', 'workgroupSize']), vecLoads: optionalBool(p, 'vecLoads'), prefetch: optionalBool(p, 'prefetch'), caps,
     }).kernels[0]!,
   },
   {

@@ -93,7 +93,7 @@ function reference(c: Case): Float64Array {
 }
 
 /** How the kernel stages K/V: positions per barrier step and 16-byte loads (defaults: by shape and caps); tokens per tile and invocations. */
-interface Variant { kvTile?: number; vecLoads?: boolean; targetCtas?: number; tileTokens?: number; workgroupSize?: number }
+interface Variant { kvTile?: number; vecLoads?: boolean; prefetch?: boolean; targetCtas?: number; tileTokens?: number; workgroupSize?: number }
 
 /** Fill the cache: context positions from the host, the new tokens through kvAppend; run attention. */
 async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: number, variant: Variant = {}): Promise<Float32Array> {
@@ -228,7 +228,8 @@ forEachBackend('paged attention', (dev) => {
   const stagings: { shape: Shape; variants: Variant[] }[] = [
     // tileTokens 1 in workgroups of 32: the cpu device's decode attention (src/model/forward.ts).
     { shape: { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32', window: 70 }, variants: [{ kvTile: 32 }, { kvTile: 64, vecLoads: true }, { kvTile: 48, vecLoads: false }, { tileTokens: 1, workgroupSize: 32, kvTile: 64 }] },
-    { shape: { headDim: 64, group: 2, kvHeads: 2, kvDtype: 'f16' }, variants: [{ kvTile: 32, vecLoads: true }, { kvTile: 16, vecLoads: true }, { kvTile: 32, vecLoads: false }, { tileTokens: 1, workgroupSize: 32 }] },
+    // K/V in two tiles here on every device: the register-pipelined staging (prefetch) against the plain one.
+    { shape: { headDim: 64, group: 2, kvHeads: 2, kvDtype: 'f16' }, variants: [{ kvTile: 32, vecLoads: true }, { kvTile: 32, vecLoads: true, prefetch: false }, { kvTile: 16, vecLoads: true }, { kvTile: 32, vecLoads: false }, { tileTokens: 1, workgroupSize: 32 }] },
     { shape: { headDim: 12, group: 1, kvHeads: 3, kvDtype: 'f16' }, variants: [{ kvTile: 64 }] }, // 12 % 8: scalar loads only
   ];
   for (const { shape, variants } of stagings) {
@@ -239,6 +240,8 @@ forEachBackend('paged attention', (dev) => {
       // Measured 2.7e-7 (f32 KV), 3.6e-4 (f16 KV) (max measured on cpu, cpu-js and llvmpipe; bound ≤ 10×; re-derive with test/measure).
       expect(rowErr(c, base, reference(c))).toBeLessThan(shape.kvDtype === 'f16' ? 3e-3 : 2.5e-6);
       const bits = new Uint32Array(base.buffer);
+      const pipelined = variants.map((v) => attentionConfig({ headDim: shape.headDim, groupSize: shape.group, kvDtype: shape.kvDtype, chunkSize: 80, tileTokens: 2, caps: dev.caps, ...v }).prefetch);
+      if (shape.headDim === 64) expect(new Set(pipelined)).toEqual(new Set([true, false]));
       for (const v of variants) {
         expect(new Uint32Array((await runCase(dev, c, 80, 2, v)).buffer), JSON.stringify(v)).toEqual(bits);
       }
