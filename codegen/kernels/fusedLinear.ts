@@ -7,6 +7,9 @@
 //   M ≤ GEMV_MAX_ROWS without (WebGPU): the GEMV with the norm prologue, then the finish kernel
 //     (for QKV: the finish with RoPE and the append, ropeFinish.ts);
 //   larger M: rmsNorm, the tiled GEMM (+ ropeQkv and kvAppend).
+// Where the linear takes the tensor-core MMA path (M ≤ linear.mmaRows, int4Mma.ts), the MMA kernel
+// takes the norm, the gather and (with a fence) RoPE and the append (mmaFusion.ts): one launch;
+// without a fence, then ropeQkv and kvAppend. Its split-K stays inside a workgroup: no finish.
 import type { BindingSpec, Op, Plan, PlanStep } from '../dsl/index.js';
 import { op, storage } from '../dsl/index.js';
 import { embedding } from './embedding.js';
@@ -14,6 +17,8 @@ import { kvAppendKernel } from './kvAppend.js';
 import { capsKey, epilogueBindings, gemmKernel, gemvKernel, linearFinishKernel, memoKernel, segmentCount } from './linearCommon.js';
 import { fusionBindings, type GemvFusion, type RopeAppendEpilogue } from './linearFusion.js';
 import { GEMV_MAX_ROWS, type LinearOp } from './linearOp.js';
+import { int4MmaFor } from './int4Mma.js';
+import { type MmaFusion, mmaHeadTickets } from './mmaFusion.js';
 import { rmsNorm } from './rmsNorm.js';
 import { ropeFinishKernel } from './ropeFinish.js';
 import { ropeQkv } from './ropeQkv.js';
@@ -92,6 +97,7 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
   const caps_ = l.caps;
 
   const folds = (M: number): boolean => {
+    if (M <= l.mmaRows) return !r || !!caps_.deviceFence;
     if (!caps_.deviceFence || M > GEMV_MAX_ROWS) return false;
     const v = l.choice.gemv[M - 1]!;
     const B = v.units * src.cols;
@@ -132,10 +138,13 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
     const rowsCap = Math.max(M, GEMV_MAX_ROWS, sizes.maxRows ?? 0);
     if (r) temps.qkv = { t: 'f32', length: rowsCap * N };
     const ropeUniforms: Record<string, number> = r ? { maxPos, numBlocks } : {};
+    if (M <= l.mmaRows) return mmaPlan(M, temps, steps, rowsCap, maxPos, numBlocks);
     if (M <= GEMV_MAX_ROWS) {
       const fold = folds(M);
+      // The CPU executor stages the normed x in workgroup memory where it fits (NormPrologue.stagedK).
+      const staged = !!spec.norm && l.deviceClass === 'cpu' && 4 * M * (K + spec.norm.workgroupSize) <= caps_.maxWorkgroupStorage;
       const fusion: GemvFusion = {
-        ...(spec.norm ? { norm: { workgroupSize: spec.norm.workgroupSize } } : {}),
+        ...(spec.norm ? { norm: { workgroupSize: spec.norm.workgroupSize, ...(staged ? { stagedK: K } : {}) } } : {}),
         ...(fold ? { finish: e, ...(r ? { rope: r } : {}) } : {}),
       };
       // The gather too, where the kernel's buffers stay within the device's limit.
@@ -183,6 +192,32 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
     const gemm = gemmKernel(src, e, l.choice.gemm, caps_);
     steps.push({ kernel: gemm, bind: { x, ...same(weightNames), ...same(epiNames), out: outName }, uniforms: { M, K, N, Nw, segLen: l.choice.segLen } });
     steps.push(...ropeSteps(M, maxPos, numBlocks, temps, rowsCap));
+    return { temps, steps };
+  };
+  /** The MMA path: one launch with the norm, gather and (with a fence) RoPE + append folded in. */
+  const mmaPlan = (M: number, temps: Plan['temps'], steps: PlanStep[], rowsCap: number, maxPos: number, numBlocks: number): Plan => {
+    const fusion: MmaFusion = {
+      ...(spec.norm ? { norm: { workgroupSize: spec.norm.workgroupSize } } : {}),
+      ...(r && caps_.deviceFence ? { rope: r } : {}),
+    };
+    let kern = int4MmaFor(src, K, e, caps_, g ? { ...fusion, gather: g.table } : fusion)!;
+    // The gather too, where the kernel's buffers stay within the device's limit.
+    if (g && kern.ir.buffers.length > caps_.maxStorageBuffers) kern = int4MmaFor(src, K, e, caps_, fusion)!;
+    const gathers = !!g && !!kern.ir.params.gather;
+    if (g && !gathers) steps.push(gatherStep(M));
+    const bind: Record<string, string> = { ...same(['x', ...weightNames, ...epiNames]), out: outName };
+    if (spec.norm) bind.normW = 'normW';
+    if (gathers) Object.assign(bind, same(['ids', 'embed']));
+    if (fusion.rope) {
+      // One ticket per head per 16-row block, sized for the most rows the path takes (never regrown).
+      temps.mmaHeadTickets = { t: 'u32', length: mmaHeadTickets(fusion.rope, l.mmaRows) };
+      Object.assign(bind, same(['pos', 'table', 'slots', 'q', 'kCache', 'vCache']), { headTickets: 'mmaHeadTickets' });
+    }
+    const uniforms: Record<string, number> = {
+      M, K, N, Nw, ...(spec.norm ? { eps: spec.norm.eps } : {}), ...(gathers ? { V: g!.vocab } : {}), ...(fusion.rope ? { maxPos, numBlocks } : {}),
+    };
+    steps.push({ kernel: kern, bind, uniforms });
+    if (r && !fusion.rope) steps.push(...ropeSteps(M, maxPos, numBlocks, temps, rowsCap));
     return { temps, steps };
   };
   const base = op(name, bindings, plan);

@@ -28,6 +28,7 @@ import {
   capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, memoKernel, storeOutput,
   type WeightSource,
 } from './linearCommon.js';
+import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
 
 /** The MMA path takes every M from 1 to this on devices with tensor cores (as Marlin pads to 16). */
 export const MMA_MAX_ROWS = 64;
@@ -61,17 +62,22 @@ export interface Int4MmaParams {
   epilogue: Epilogue;
   /** Split-K warp sets (1, 2 or 4); the group count K / g must be a multiple (int4MmaSplit). */
   split?: number;
+  /** Launches folded in (mmaFusion.ts): embedding gather, RMSNorm prologue, RoPE + KV append. */
+  fusion?: MmaFusion;
   caps?: Caps;
 }
 
 export function int4MmaKernel(p: Int4MmaParams) {
   const g = p.groupSize, e = p.epilogue, caps = p.caps ?? BASELINE_CAPS;
   const S = p.split ?? 1;
+  const f = p.fusion ?? {};
+  const ft = mmaFusionTag(f);
   if (!Number.isInteger(g) || g < 16 || g % 16) throw new Error(`int4Mma: group size ${g} is not a positive multiple of 16`);
   if (!INT4_MMA_SPLITS.includes(S)) throw new Error(`int4Mma: split ${S} is not one of ${INT4_MMA_SPLITS.join(', ')}`);
-  return memoKernel(`int4Mma/${g}/${S}/${epilogueTag(e)}/${capsKey(caps)}`, () => kernel({
-    name: `int4Mma_g${g}_s${S}_${epilogueTag(e)}`,
-    params: { groupSize: g, split: S, ...e },
+  if (f.rope && !caps.deviceFence) throw new Error('int4Mma: the RoPE epilogue needs caps.deviceFence (the last workgroup of a head finishes it)');
+  return memoKernel(`int4Mma/${g}/${S}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
+    name: `int4Mma_g${g}_s${S}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
+    params: { groupSize: g, split: S, ...e, ...mmaFusionParams(f) },
     caps,
     workgroupSize: SET * S,
     bindings: {
@@ -81,11 +87,13 @@ export function int4MmaKernel(p: Int4MmaParams) {
       qzeros: storage('u32', 'read', { shape: `[K / ${g}, Nw / 8]` }),
       scales: storage('u32', 'read', { shape: `[K / ${g}, Nw / 2]` }),
       ...epilogueBindings(e),
+      ...mmaFusionBindings(f),
     },
-    uniforms: { M: 'u32', K: 'u32', N: 'u32', Nw: 'u32' },
+    uniforms: { M: 'u32', K: 'u32', N: 'u32', Nw: 'u32', ...mmaFusionUniforms(f) },
     grid: `[ceil(N / ${COLS}), ceil(M / 16)]`,
-    body(k, refs, { M, K, N, Nw }) {
-      const { x, qweight, qzeros, scales } = refs;
+    body(k, refs, uniforms) {
+      const { M, K, N, Nw } = uniforms;
+      const { qweight, qzeros, scales } = refs;
       const epi = epilogueRefs(k, refs);
       const lid = k.let('lid', k.localIndex);
       const lane = k.let('lane', lid.band(31)), warp = k.let('warp', lid.shr(5).band(COL_WARPS - 1));
@@ -120,12 +128,9 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const tileWord = Array.from({ length: TILES }, (_, j) => k.let(`tw${j}`, warp.mul(TILES).add(j)));
       const rLo = k.let('rLo', row0.add(gq)), rHi = k.let('rHi', rLo.add(8));
       const okLo = k.let('okLo', rLo.lt(M)), okHi = k.let('okHi', rHi.lt(M));
-      const xLo = k.let('xLo', k.select(okLo, rLo, k.u32(0)).mul(K)), xHi = k.let('xHi', k.select(okHi, rHi, k.u32(0)).mul(K));
-      /** x[r, kk], x[r, kk + 1] as an f16 pair; zeros on padding rows. */
-      const xPair = (ok: Val<'bool'>, base: Val<'u32'>, kk: Val<'u32'>, tag: string) => {
-        const v = k.let(`xv${tag}`, x.at(base.add(kk).shr(1)));
-        return k.pack2x16float(k.vec('vec2<f32>', k.select(ok, v.x, k.f32(0)), k.select(ok, v.y, k.f32(0))));
-      };
+      // x (gathered, normed where fused; zeros on padding rows), rounded to f16 pairs.
+      const xSrc = mmaXSource(k, f, refs, { row0, M, K, wg: SET * S, lid }, uniforms);
+      const xPair = (ok: Val<'bool'>, row: Val<'u32'>, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(ok, row, kk, tag));
       k.for('gi', k.u32(0), K.div(g * S), (gi) => {
         const grp = k.let('grp', gi.mul(S).add(set));
         // This lane's zero points (its B column of each tile) and scales (its C columns 2t, 2t + 1).
@@ -145,10 +150,10 @@ export function int4MmaKernel(p: Int4MmaParams) {
           }
           k.barrier();
           const ka = k.let('ka', k0.add(t.mul(2))), kb = k.let('kb', ka.add(8));
-          fa.set(0, xPair(okLo, xLo, ka, '0'));
-          fa.set(1, xPair(okHi, xHi, ka, '1'));
-          fa.set(2, xPair(okLo, xLo, kb, '2'));
-          fa.set(3, xPair(okHi, xHi, kb, '3'));
+          fa.set(0, xPair(okLo, rLo, ka, '0'));
+          fa.set(1, xPair(okHi, rHi, ka, '1'));
+          fa.set(2, xPair(okLo, rLo, kb, '2'));
+          fa.set(3, xPair(okHi, rHi, kb, '3'));
           tiles.forEach((tl, i) => {
             /** (q − z) at tile rows r, r + 1 of this lane's B column as an f16 pair (exact). */
             const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqSet.add(r.mul(WORDS)).add(tileWord[tl.j]!.bxor(swz(r)))))).sub(zs[i]!.z);
@@ -192,12 +197,13 @@ export function int4MmaKernel(p: Int4MmaParams) {
           });
         }
       }
+      if (f.rope) mmaRopeAppend(k, f.rope, refs, { row0, M, K, wg: SET * S, lid, N, wgCol, cols: COLS }, uniforms);
     },
   }));
 }
 
 /** The kernel for a linear op's source, or undefined when the source is not INT4 AutoAWQ. */
-export function int4MmaFor(src: WeightSource, K: number, e: Epilogue, caps: Caps) {
+export function int4MmaFor(src: WeightSource, K: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
   const g = int4MmaGroupSize(src);
-  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, split: int4MmaSplit(K, g), epilogue: e, caps });
+  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, split: int4MmaSplit(K, g), epilogue: e, caps, ...(fusion ? { fusion } : {}) });
 }

@@ -1,0 +1,271 @@
+// What the tensor-core MMA linear kernels (int4Mma.ts) take over from the launches around them,
+// so a fused decode op on the MMA path is one launch, with the separate launches' bits:
+//   - the embedding gather (layer 0's QKV): x[r, k] read from the table row of token ids[r] (f16
+//     unpacked exactly, as the embedding kernel does; an id ≥ V gives NaN) and the gathered rows
+//     written to x for the residual stream, spread over every invocation of the launch;
+//   - an RMSNorm prologue for the workgroup's 16 rows: each row's sum of squares in exactly the
+//     rmsNorm kernel's order (lane sums strided by its workgroup size W, then its tree) and x·inv·w
+//     applied while loading the A fragments — the norm kernel's f32 operations — before x is
+//     rounded to f16, as the unfused op rounds the norm kernel's output;
+//   - RoPE and the KV-cache append as the QKV projection's epilogue (needs caps.deviceFence): a
+//     workgroup, after storing its 16 rows × 64 columns to the `out` (qkv) scratch, takes one
+//     ticket per head its columns touch (per 16-row block); the last workgroup of a head to arrive
+//     rotates it (ropeQkv's operations) and writes q, or the rows' K/V cache slots (kvAppend's
+//     layout, f16 packed as it packs), spread over its invocations.
+// Split-K needs no finish here: int4Mma splits K between warps of one workgroup.
+import type { ArrayRef, BindingSpec, KernelBuilder, Val } from '../dsl/index.js';
+import { inverseSqrt, storage } from '../dsl/index.js';
+import type { NormPrologue, RopeAppendEpilogue } from './linearFusion.js';
+import { ropeCosSin } from './rope.js';
+
+/** What an MMA linear kernel takes over. `rope` needs caps.deviceFence (the op checks). */
+export interface MmaFusion {
+  gather?: 'f32' | 'f16';
+  norm?: NormPrologue;
+  rope?: RopeAppendEpilogue;
+}
+
+export function mmaFusionTag(f: MmaFusion): string {
+  return [
+    f.gather ? `embed${f.gather}` : '',
+    f.norm ? `norm${f.norm.workgroupSize}` : '',
+    f.rope ? `rope_${f.rope.layout}_${f.rope.heads}x${f.rope.kvHeads}x${f.rope.headDim}_kv${f.rope.kvDtype}_bs${f.rope.blockSize}` : '',
+  ].filter(Boolean).join('_');
+}
+
+export function mmaFusionParams(f: MmaFusion): Record<string, unknown> {
+  return {
+    ...(f.gather ? { gather: f.gather } : {}),
+    ...(f.norm ? { normWorkgroupSize: f.norm.workgroupSize } : {}),
+    ...(f.rope ? { rope: f.rope } : {}),
+  };
+}
+
+/** Bindings a fused MMA kernel adds or replaces (x becomes read_write with gather). */
+export function mmaFusionBindings(f: MmaFusion): Record<string, BindingSpec> {
+  const b: Record<string, BindingSpec> = {};
+  if (f.gather) {
+    b.x = storage('f32', 'read_write', { shape: '[M, K]', vec: 2 });
+    b.ids = storage('u32', 'read', { shape: '[M]' });
+    b.embed = f.gather === 'f16' ? storage('u32', 'read', { shape: '[V, K / 2]' }) : storage('f32', 'read', { shape: '[V, K]', vec: 2 });
+  }
+  if (f.norm) b.normW = storage('f32', 'read', { shape: '[K]', vec: 2 });
+  if (f.rope) {
+    const r = f.rope, f16 = r.kvDtype === 'f16', perPos = f16 ? r.headDim / 2 : r.headDim, cacheT = f16 ? 'u32' : 'f32';
+    b.headTickets = storage('u32', 'read_write', { atomic: true });
+    b.pos = storage('u32', 'read', { shape: '[M]' });
+    b.table = storage('f32', 'read', { shape: `[maxPos, ${r.headDim}]` });
+    b.slots = storage('i32', 'read', { shape: '[M]' });
+    b.q = storage('f32', 'read_write', { shape: `[M, ${r.heads * r.headDim}]` });
+    b.kCache = storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` });
+    b.vCache = storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` });
+  }
+  return b;
+}
+
+export function mmaFusionUniforms(f: MmaFusion): Record<string, 'u32' | 'f32'> {
+  return {
+    ...(f.gather ? { V: 'u32' as const } : {}),
+    ...(f.norm ? { eps: 'f32' as const } : {}),
+    ...(f.rope ? { maxPos: 'u32' as const, numBlocks: 'u32' as const } : {}),
+  };
+}
+
+/** Head tickets a fused QKV MMA op needs for up to `rows` rows: one per head per 16-row block. */
+export function mmaHeadTickets(r: RopeAppendEpilogue, rows: number): number {
+  return Math.ceil(rows / 16) * (r.heads + 2 * r.kvHeads);
+}
+
+export interface MmaRows {
+  /** The workgroup's first row (16 per workgroup). */
+  row0: Val<'u32'>;
+  M: Val<'u32'>;
+  K: Val<'u32'>;
+  /** Invocations per workgroup. */
+  wg: number;
+  lid: Val<'u32'>;
+}
+
+/** x[row, kk], x[row, kk + 1] as f32 (kk even), before rounding to f16; `ok` false gives zeros. */
+export type MmaXPair = (ok: Val<'bool'>, row: Val<'u32'>, kk: Val<'u32'>, tag: string) => Val<'vec2<f32>'>;
+
+/**
+ * The A operand's source: x, or gathered from the embedding table (then the gathered rows are
+ * also written to x), normed if asked. Runs the gather's write and the norm's reduction here,
+ * before the main loop (every invocation: the norm has barriers).
+ */
+export function mmaXSource(k: KernelBuilder, f: MmaFusion, refs: Record<string, ArrayRef<any, boolean>>, p: MmaRows,
+  u: Record<string, Val<any>>): MmaXPair {
+  const { row0, M, K, wg, lid } = p;
+  const x = refs.x as ArrayRef<'vec2<f32>', boolean>;
+  /** Raw pair of row `row` (in bounds) at even kk. */
+  let raw: (row: Val<'u32'>, kk: Val<'u32'>, tag: string) => Val<'vec2<f32>'> = (row, kk) => x.at(row.mul(K).add(kk).shr(1));
+  if (f.gather) {
+    const V = u.V as Val<'u32'>;
+    const ids = refs.ids as ArrayRef<'u32', false>;
+    const nan = k.let('enan', k.bitcast('f32', k.u32(0x7fc00000)));
+    raw = (row, kk, tag) => {
+      const id = k.let(`eid${tag}`, ids.at(row));
+      const ok = k.let(`eok${tag}`, id.lt(V));
+      const at = k.let(`eat${tag}`, k.select(ok, id, k.u32(0)).mul(K).add(kk).shr(1));
+      const pair = f.gather === 'f16'
+        ? k.unpack2x16float((refs.embed as ArrayRef<'u32', false>).at(at))
+        : (refs.embed as ArrayRef<'vec2<f32>', false>).at(at);
+      return k.vec('vec2<f32>', k.select(ok, pair.x, nan), k.select(ok, pair.y, nan));
+    };
+    // The residual stream: M·K/2 pairs, spread over every invocation of the launch.
+    const xw = x.writableRef();
+    const total = k.let('eTotal', k.numWorkgroups.x.mul(k.numWorkgroups.y).mul(wg));
+    const gid = k.let('eGid', k.workgroupId.y.mul(k.numWorkgroups.x).add(k.workgroupId.x).mul(wg).add(lid));
+    const halfK = k.let('eHalfK', K.shr(1));
+    k.for('ep', gid, M.mul(halfK), (e) => {
+      const row = k.let('erow', e.div(halfK));
+      xw.set(e, raw(row, e.sub(row.mul(halfK)).shl(1), 'w'));
+    }, total);
+  }
+  const zero = k.vec('vec2<f32>', k.f32(0), k.f32(0));
+  if (!f.norm) {
+    return (ok, row, kk, tag) => {
+      const v = k.let(`xv${tag}`, raw(k.select(ok, row, k.u32(0)), kk, tag));
+      return k.select(ok, v, zero);
+    };
+  }
+  // Sum of squares of the 16 rows, lane l of W summing k = l, l + W, … (rmsNorm's order).
+  const W = f.norm.workgroupSize;
+  const red = k.shared('normRed', 'f32', 16 * W);
+  k.for('nItem', lid, k.u32(16 * W), (item) => {
+    const r = k.let('nr', item.div(W)), lane = k.let('nl', item.band(W - 1));
+    const row = k.let('nrow', row0.add(r));
+    const ss = k.var('nss', 'f32', 0);
+    k.if(row.lt(M), () => {
+      k.for('nk', lane, K, (j) => {
+        const pair = raw(row, j.band(~1 >>> 0), 'n');
+        const v = k.let('nv', k.select(j.band(1).eq(1), pair.y, pair.x));
+        ss.set(k.call('fma', [v, v, ss]));
+      }, W);
+    });
+    red.set(item, ss);
+  }, wg);
+  k.barrier();
+  for (let s = W / 2; s >= 1; s /= 2) {
+    // Every row's lanes below s: 16·s items.
+    k.for(`nt${s}`, lid, k.u32(16 * s), (item) => {
+      const at = k.let(`nat${s}`, item.div(s).mul(W).add(item.band(s - 1)));
+      red.set(at, red.at(at).add(red.at(at.add(s))));
+    }, wg);
+    k.barrier();
+  }
+  const eps = u.eps as Val<'f32'>;
+  const w = refs.normW as ArrayRef<'vec2<f32>', false>;
+  return (ok, row, kk, tag) => {
+    const r = k.let(`nrr${tag}`, row.sub(row0).band(15));
+    const inv = k.let(`ninv${tag}`, inverseSqrt(red.at(r.mul(W)).div(k.f32(K)).add(eps)));
+    const v = k.let(`xv${tag}`, raw(k.select(ok, row, k.u32(0)), kk, tag));
+    const wv = k.let(`nw${tag}`, w.at(kk.shr(1)));
+    return k.select(ok, k.vec('vec2<f32>', v.x.mul(inv).mul(wv.x), v.y.mul(inv).mul(wv.y)), zero);
+  };
+}
+
+export interface MmaRopeContext extends MmaRows {
+  N: Val<'u32'>;
+  /** The workgroup's first output column and its column count (a constant). */
+  wgCol: Val<'u32'>;
+  cols: number;
+}
+
+/**
+ * After the workgroup stored its rows of columns [wgCol, wgCol + cols) to `out` (the qkv
+ * scratch): a ticket per head those columns touch; the last workgroup of a head rotates (q, k) or
+ * copies (v) it for the workgroup's rows and writes q or the K/V cache slots (slot −1: padding).
+ */
+export function mmaRopeAppend(k: KernelBuilder, r: RopeAppendEpilogue, refs: Record<string, ArrayRef<any, boolean>>,
+  c: MmaRopeContext, u: Record<string, Val<any>>): void {
+  const { row0, M, wg, lid, N, wgCol, cols } = c;
+  const hd = r.headDim, half = hd / 2, f16 = r.kvDtype === 'f16', perPos = f16 ? hd / 2 : hd;
+  const H = r.heads + 2 * r.kvHeads;
+  const qkv = refs.out as ArrayRef<'f32', boolean>;
+  const tickets = (refs.headTickets as ArrayRef<'u32', boolean>).writableRef();
+  const pos = refs.pos as ArrayRef<'u32', false>, table = refs.table as ArrayRef<'f32', false>;
+  const slots = refs.slots as ArrayRef<'i32', false>;
+  const q = (refs.q as ArrayRef<'f32', boolean>).writableRef();
+  const maxPos = u.maxPos as Val<'u32'>;
+  // Heads a workgroup's columns can touch: at most this many (a constant), from head h0.
+  const spans = Math.ceil((cols - 1) / hd) + 1;
+  const h0 = k.let('rh0', wgCol.div(hd));
+  const hEnd = k.let('rh1', k.call<'u32'>('min', [wgCol.add(cols), N]).sub(1).div(hd).add(1));
+  const flags = k.shared('ropeLast', 'u32', spans);
+  // Release: every invocation's stores, then one ticket per head for the workgroup.
+  k.deviceFence();
+  k.barrier();
+  k.if(lid.eq(0), () => {
+    for (let j = 0; j < spans; j++) {
+      const h = k.let(`rth${j}`, h0.add(j));
+      const flag = k.var(`rtf${j}`, 'u32', 0);
+      k.if(h.lt(hEnd), () => {
+        // Workgroups (blocks of `cols` columns) that intersect head h, each counted once.
+        const count = k.let(`rtc${j}`, h.add(1).mul(hd).sub(1).div(cols).sub(h.mul(hd).div(cols)).add(1));
+        const t = k.let(`rtt${j}`, k.workgroupId.y.mul(H).add(h));
+        const old = k.atomicAdd(tickets, t, 1);
+        k.if(old.add(1).eq(count), () => {
+          flag.set(1);
+          k.atomicStore(tickets, t, 0);
+        });
+      });
+      flags.set(j, flag);
+    }
+  });
+  k.barrier();
+  for (let j = 0; j < spans; j++) {
+    const h = k.let(`rh${j}`, h0.add(j));
+    k.if(flags.at(j).eq(1), () => {
+      k.deviceFence(); // acquire: the head's other workgroups' columns
+      const isQ = k.let(`risQ${j}`, h.lt(r.heads)), isK = k.let(`risK${j}`, h.lt(r.heads + r.kvHeads));
+      /** Element e of row `row`'s head h, rotated (ropeQkv's operations) or as is (v). */
+      const value = (row: Val<'u32'>, p: Val<'u32'>, e: Val<'u32'>, rotate: boolean, tag: string): Val<'f32'> => {
+        const src = k.let(`rsrc${tag}`, N.mul(row).add(h.mul(hd)));
+        if (!rotate) return qkv.at(src.add(e));
+        const second = r.layout === 'halves' ? e.ge(half) : e.rem(2).eq(1);
+        const i = k.let(`ri${tag}`, r.layout === 'halves' ? k.select(second, e.sub(half), e) : e.div(2));
+        const [i0, i1] = r.layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
+        const x0 = k.let(`rx0${tag}`, qkv.at(src.add(i0))), x1 = k.let(`rx1${tag}`, qkv.at(src.add(i1)));
+        const [cs, sn] = ropeCosSin(k, table, p, i, k.u32(half), maxPos);
+        const y0 = k.let(`ry0${tag}`, x0.mul(cs).sub(x1.mul(sn)));
+        const y1 = k.let(`ry1${tag}`, x1.mul(cs).add(x0.mul(sn)));
+        return k.select(second, y1, y0);
+      };
+      /** Items (row of 16, element or word e) spread over the workgroup, rows below M only. */
+      const each = (per: number, body: (row: Val<'u32'>, e: Val<'u32'>) => void, tag: string) => {
+        k.for(`rit${tag}`, lid, k.u32(16 * per), (item) => {
+          const row = k.let(`rrow${tag}`, row0.add(item.div(per)));
+          k.if(row.lt(M), () => body(row, k.let(`re${tag}`, item.rem(per))));
+        }, wg);
+      };
+      k.if(isQ, () => {
+        each(hd, (row, e) => {
+          const p = k.let(`rpq${j}`, pos.at(row));
+          q.set(row.mul(r.heads).add(h).mul(hd).add(e), value(row, p, e, true, `q${j}`));
+        }, `q${j}`);
+      }, () => {
+        each(perPos, (row, wd) => {
+          const slot = k.let(`rslot${j}`, slots.at(row));
+          k.if(slot.ge(0), () => {
+            const p = k.let(`rpk${j}`, pos.at(row));
+            const kvh = k.let(`rkvh${j}`, k.select(isK, h.sub(r.heads), h.sub(r.heads + r.kvHeads)));
+            const dst = k.let(`rdst${j}`, k.u32(slot).mul(r.kvHeads * perPos).add(kvh.mul(perPos)).add(wd));
+            const write = (cacheName: 'kCache' | 'vCache', rotate: boolean) => {
+              const tag = `${cacheName[0]}${j}`;
+              if (f16) {
+                const e0 = k.let(`re0${tag}`, wd.mul(2));
+                const pair = k.vec('vec2<f32>', value(row, p, e0, rotate, `${tag}a`), value(row, p, e0.add(1), rotate, `${tag}b`));
+                (refs[cacheName] as ArrayRef<'u32', boolean>).writableRef().set(dst, k.pack2x16float(pair));
+              } else {
+                (refs[cacheName] as ArrayRef<'f32', boolean>).writableRef().set(dst, value(row, p, wd, rotate, tag));
+              }
+            };
+            k.if(isK, () => write('kCache', true), () => write('vCache', false));
+          });
+        }, `kv${j}`);
+      });
+    });
+  }
+}

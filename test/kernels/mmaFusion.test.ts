@@ -1,0 +1,151 @@
+// Fused linear ops on the tensor-core MMA path (fusedLinear.ts → int4Mma.ts with mmaFusion.ts),
+// forced on every backend (k.mma is emulated off CUDA): the RMSNorm prologue, gate/up and the
+// residual, and the QKV projection's RoPE + KV append (gathered embeddings in layer 0) give the
+// separate launches' bits (rmsNorm → int4Mma → ropeQkv → kvAppend) at M = 1, 17, 37; the rows of
+// the M = 37 run equal M = 1 runs of the same rows; float64 reference of norm → linear.
+import { describe, expect, it } from 'vitest';
+import { embedding } from '../../codegen/kernels/embedding.js';
+import { fusedLinear, type RopeAppendEpilogue } from '../../codegen/kernels/fusedLinear.js';
+import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
+import { kvAppend } from '../../codegen/kernels/kvAppend.js';
+import type { LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
+import { ropeTable } from '../../codegen/kernels/rope.js';
+import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
+import type { Device, DeviceBuffer } from '../../src/backend/device.js';
+import { linearHints, runLinear, uploadInt4 } from '../../src/ops/linear.js';
+import { dequantizeAwq } from '../../src/quant/awq.js';
+import { f16BitsToF32, f32ArrayToF16, f32ToF16Bits, packF16Pairs } from '../../src/quant/f16.js';
+import { forEachBackend } from '../backends.js';
+import { freshSeed, randomF32, relErr, rng } from '../util.js';
+import { Buffers } from './buffers.js';
+import { firstDiff, linearRef, randomAwq } from './linearRef.js';
+
+const ROWS = [1, 17, 37];
+const EPS = 1e-5;
+const G = 32;
+
+async function bits(dev: Device, b: DeviceBuffer, words?: number): Promise<Uint32Array> {
+  const v = await dev.read(b);
+  const u = new Uint32Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength));
+  return words === undefined ? u : u.subarray(0, words);
+}
+
+/** An INT4 layer forced onto the MMA path, its weights on the device; W dequantized for references. */
+function mmaLayer(dev: Device, bufs: Buffers, K: number, N: number, e: LinearEpilogue, r: () => number, fence: boolean) {
+  const hints = { ...linearHints(dev), ...(fence ? {} : { caps: { ...dev.caps, deviceFence: false } }) };
+  const op = int4Linear({ K, N, groupSize: G, ...e, ...hints, weightLayout: 'rows', choice: { mmaMaxRows: 64 } });
+  const awq = randomAwq(K, op.Nw, G, r);
+  const w = uploadInt4(dev, awq, 'w');
+  for (const b of [w.qweight, w.qzeros, w.scales]) bufs.adopt(b);
+  return { op, weights: { qweight: w.qweight, qzeros: w.qzeros, scales: w.scales }, W: dequantizeAwq(awq) };
+}
+
+forEachBackend('fused linear on the MMA path', (dev) => {
+  const normWg = (K: number) => defaultRmsNormWorkgroup(K, dev.caps);
+  const fences = dev.caps.deviceFence ? [true, false] : [false];
+
+  it(`RMSNorm prologue, gate/up and residual: the separate launches' bits at M = ${ROWS.join(', ')}, rows independent of M, float64 reference`, async () => {
+    const r = rng(freshSeed('mma fusion norm gateUp'));
+    const bufs = new Buffers(dev);
+    try {
+      const K = 64, N = 40, e: LinearEpilogue = { gateUp: true, residual: true }; // split-K 2; fits WebGPU's 32 KB
+      const { op, weights, W } = mmaLayer(dev, bufs, K, N, e, r, true);
+      const fused = fusedLinear({ linear: op, norm: { workgroupSize: normWg(K), eps: EPS } });
+      const Mmax = Math.max(...ROWS);
+      const x = bufs.input('f32', randomF32(Mmax * K, r, -2, 2), 'x');
+      const normW = bufs.input('f32', randomF32(K, r, 0.5, 1.5), 'normW');
+      const residual = bufs.input('f32', randomF32(Mmax * N, r), 'residual');
+      const [outA, outB, h] = [bufs.output('f32', Mmax * N, 'outA'), bufs.output('f32', Mmax * N, 'outB'), bufs.output('f32', Mmax * K, 'h')];
+      const byM = new Map<number, Uint32Array>();
+      for (const M of ROWS) {
+        bufs.poison(outA);
+        bufs.poison(outB);
+        dev.launch(rmsNorm({ caps: dev.caps, workgroupSize: normWg(K) }), { x, w: normW, out: h }, { M, D: K, eps: EPS });
+        runLinear(dev, op, { x: h, ...weights, residual, out: outA } as never, M);
+        expect(fused.plan({ M }).steps.map((s) => s.kernel.ir.name), `M = ${M}: one launch`).toEqual([expect.stringMatching(/^int4Mma_.*_norm\d+$/)]);
+        dev.run(fused, { x, ...weights, normW, residual, out: outB } as never, { M });
+        const a = await bits(dev, outA, M * N), b = await bits(dev, outB, M * N);
+        expect(firstDiff(b, a), `M = ${M}: first differing word`).toBe(-1);
+        byM.set(M, b);
+        // float64: norm, x rounded to f16 (as the tensor cores take it), the layer, SiLU·mul, residual.
+        const xs = (await dev.read(x)).subarray(0, M * K), nw = await dev.read(normW);
+        const xn = new Float32Array(M * K);
+        for (let m = 0; m < M; m++) {
+          let ss = 0;
+          for (let k = 0; k < K; k++) ss += xs[m * K + k]! ** 2;
+          const inv = 1 / Math.sqrt(ss / K + EPS);
+          for (let k = 0; k < K; k++) xn[m * K + k] = f16BitsToF32(f32ToF16Bits(xs[m * K + k]! * inv * nw[k]!));
+        }
+        const want = linearRef(xn, W, M, K, N, e, undefined, (await dev.read(residual)).subarray(0, M * N));
+        expect(relErr((await dev.read(outB)).subarray(0, M * N), want), `M = ${M}: against float64`).toBeLessThan(2e-3);
+      }
+      // Row r of the M = 37 run is row r of every other run that has it (M = 1: row 0; M = 17: rows 0..16).
+      const all = byM.get(37)!;
+      expect(firstDiff(all.subarray(0, N), byM.get(1)!), 'row 0: M = 37 against M = 1').toBe(-1);
+      expect(firstDiff(all.subarray(0, 17 * N), byM.get(17)!), 'rows 0..16: M = 37 against M = 17').toBe(-1);
+      for (const row of [36]) {
+        const xr = bufs.input('f32', (await dev.read(x)).slice(row * K, (row + 1) * K), `x${row}`);
+        const rr = bufs.input('f32', (await dev.read(residual)).slice(row * N, (row + 1) * N), `res${row}`);
+        bufs.poison(outB);
+        dev.run(fused, { x: xr, ...weights, normW, residual: rr, out: outB } as never, { M: 1 });
+        expect(firstDiff(await bits(dev, outB, N), all.subarray(row * N, (row + 1) * N)), `row ${row}: M = 1 against M = 37`).toBe(-1);
+      }
+    } finally { bufs.free(); }
+  });
+
+  describe('QKV projection with RoPE and the KV-cache append', () => {
+    // The second case is layer 0's (x gathered from an f16 table) with a head across two workgroups.
+    const cases: (RopeAppendEpilogue & { K: number; gather?: boolean })[] = [
+      { K: 128, layout: 'halves', heads: 4, kvHeads: 2, headDim: 16, kvDtype: 'f32', blockSize: 4 },
+      { K: 96, layout: 'interleaved', heads: 3, kvHeads: 1, headDim: 24, kvDtype: 'f16', blockSize: 8, gather: true },
+    ];
+    for (const c of cases) for (const fence of fences) {
+      it(`${c.layout}, ${c.heads}/${c.kvHeads} heads of ${c.headDim}, ${c.kvDtype} KV${c.gather ? ', x gathered' : ''}${fence ? '' : ', no fence'}: q and the cache have the separate launches' bits`, async () => {
+        const r = rng(freshSeed(`mma fusion rope ${c.layout}`));
+        const bufs = new Buffers(dev);
+        try {
+          const N = (c.heads + 2 * c.kvHeads) * c.headDim, K = c.K, V = 50, maxPos = 64, numBlocks = 16;
+          const { op, weights } = mmaLayer(dev, bufs, K, N, {}, r, fence);
+          const rope: RopeAppendEpilogue = { layout: c.layout, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, kvDtype: c.kvDtype, blockSize: c.blockSize };
+          const fused = fusedLinear({ linear: op, norm: { workgroupSize: normWg(K), eps: EPS }, rope, ...(c.gather ? { gather: { table: 'f16', vocab: V } } : {}) });
+          const Mmax = Math.max(...ROWS), perPos = c.kvDtype === 'f16' ? c.headDim / 2 : c.headDim;
+          const cacheLen = numBlocks * c.blockSize * c.kvHeads * perPos;
+          const x = bufs.input('f32', randomF32(Mmax * K, r, -2, 2), 'x');
+          const embed = bufs.input('u32', packF16Pairs(f32ArrayToF16(randomF32(V * K, r, -2, 2))), 'embed');
+          const ids = bufs.input('u32', Uint32Array.from({ length: Mmax }, () => Math.floor(r() * V)), 'ids');
+          const xB = bufs.output('f32', Mmax * K, 'xB');
+          const normW = bufs.input('f32', randomF32(K, r, 0.5, 1.5), 'normW');
+          const table = bufs.input('f32', ropeTable({ headDim: c.headDim, theta: 10000 }, maxPos), 'table');
+          const pos = bufs.input('u32', Uint32Array.from({ length: Mmax }, () => Math.floor(r() * maxPos)), 'pos');
+          const order = [...Array(numBlocks * c.blockSize).keys()].sort(() => r() - 0.5);
+          const slots = bufs.input('i32', Int32Array.from({ length: Mmax }, (_, i) => (i === 3 ? -1 : order[i]!)), 'slots');
+          const cacheT = c.kvDtype === 'f16' ? 'u32' : 'f32';
+          const [kA, vA, kB, vB] = ['kA', 'vA', 'kB', 'vB'].map((l) => bufs.output(cacheT, cacheLen, l));
+          const qLen = Mmax * c.heads * c.headDim;
+          const qA = bufs.output('f32', qLen, 'qA'), qB = bufs.output('f32', qLen, 'qB');
+          const h = bufs.output('f32', Mmax * K, 'h'), qkv = bufs.output('f32', Mmax * N, 'qkv');
+          const kNew = bufs.output('f32', Mmax * c.kvHeads * c.headDim, 'kNew'), vNew = bufs.output('f32', Mmax * c.kvHeads * c.headDim, 'vNew');
+          for (const M of ROWS) {
+            for (const b of [kA!, vA!, kB!, vB!, qA, qB, xB]) bufs.poison(b as DeviceBuffer<'f32'>);
+            if (c.gather) dev.launch(embedding({ table: 'f16', caps: dev.caps }), { ids, table: embed, out: x }, { T: M, V, D: K });
+            dev.launch(rmsNorm({ caps: dev.caps, workgroupSize: normWg(K) }), { x, w: normW, out: h }, { M, D: K, eps: EPS });
+            runLinear(dev, op, { x: h, ...weights, out: qkv } as never, M);
+            dev.launch(ropeQkv({ layout: c.layout, caps: dev.caps }), { qkv, pos, table, q: qA, k: kNew, v: vNew }, { T: M, Hq: c.heads, Hk: c.kvHeads, D: c.headDim, maxPos });
+            dev.run(kvAppend({ headDim: c.headDim, kvDtype: c.kvDtype, blockSize: c.blockSize, caps: dev.caps }),
+              { kNew, vNew, slots, kCache: kA, vCache: vA } as never, { numTokens: M, numKvHeads: c.kvHeads, numBlocks });
+            expect(fused.plan({ M, maxPos, numBlocks }).steps.length, `M = ${M}: launches`).toBe(fence ? 1 : 3);
+            const xIn = c.gather ? { x: xB, ids, embed } : { x };
+            dev.run(fused, { ...xIn, ...weights, normW, pos, table, slots, q: qB, kCache: kB, vCache: vB } as never, { M, maxPos, numBlocks });
+            if (c.gather) expect(firstDiff(await bits(dev, xB, M * K), await bits(dev, x, M * K)), `M = ${M}: gathered x`).toBe(-1);
+            expect(firstDiff(await bits(dev, qB, M * c.heads * c.headDim), await bits(dev, qA, M * c.heads * c.headDim)), `M = ${M}: q`).toBe(-1);
+            expect(firstDiff(await bits(dev, kB!), await bits(dev, kA!)), `M = ${M}: K cache`).toBe(-1);
+            expect(firstDiff(await bits(dev, vB!), await bits(dev, vA!)), `M = ${M}: V cache`).toBe(-1);
+            const written = [...await bits(dev, kB!)].filter((w) => w !== 0xdeadbeef && !Number.isNaN(new Float32Array(new Uint32Array([w]).buffer)[0])).length;
+            expect(written, `M = ${M}: words appended`).toBe((M > 3 ? M - 1 : M) * c.kvHeads * perPos);
+          }
+        } finally { bufs.free(); }
+      });
+    }
+  });
+});
