@@ -7,8 +7,8 @@
 //   npm run bench -- gemm-tiles [--device cpu] [--shapes 256x1536,768x256] [--ms 9,16,64]
 //     [--tiles 16x32x32/4x8,32x32x32/2x4] (tileM x tileN x tileK / blockM x blockN; first = baseline)
 //     [--rounds 3] [--group 128]
-import { denseLinear } from '../codegen/kernels/denseMatmul.js';
-import { int4Linear } from '../codegen/kernels/int4Matmul.js';
+import { denseLinear, denseWeightLayout } from '../codegen/kernels/denseMatmul.js';
+import { int4Linear, int4WeightLayout } from '../codegen/kernels/int4Matmul.js';
 import type { GemmVariant } from '../codegen/kernels/linearCommon.js';
 import { GEMV_MAX_ROWS } from '../codegen/kernels/linearOp.js';
 import type { BackendKind, DeviceBuffer } from '../src/backend/device.js';
@@ -67,8 +67,8 @@ export async function main(args: string[]): Promise<void> {
       const q = uploadInt4(dev, {
         K, N, groupSize: g, qweight: randomWords((K * N) / 8, 1), qzeros: randomWords(((K / g) * N) / 8, 2),
         scales: Uint16Array.from({ length: (K / g) * N }, (_, i) => 0x1c00 + (i % 512)),
-      }, 'int4');
-      const wf = uploadDense(dev, randomF32(K * N, 4, 0.05), K, N, 'f16', 'KN', 'f16');
+      }, 'int4', int4WeightLayout(N, hints.weightLayout));
+      const wf = uploadDense(dev, randomF32(K * N, 4, 0.05), K, N, 'f16', 'KN', 'f16', denseWeightLayout('f16', N, hints.weightLayout));
       const layers: [string, (gemm: GemmVariant) => ReturnType<typeof denseLinear>, Record<string, DeviceBuffer>][] = [
         ['f16', (gemm) => denseLinear({ K, N, weight: 'f16', ...hints, choice: { gemm } }), { w: wf }],
         [`int4 g${g}`, (gemm) => int4Linear({ K, N, groupSize: g, ...hints, choice: { gemm } }), { qweight: q.qweight, qzeros: q.qzeros, scales: q.scales }],

@@ -20,8 +20,8 @@
 // torch baselines on the H200 (cuBLAS fp16, torch's _weight_int4pack_mm) come from a separate
 // Python script on the same shapes; see bench/notes/int4.md.
 import os from 'node:os';
-import { denseLinear } from '../codegen/kernels/denseMatmul.js';
-import { int4Linear } from '../codegen/kernels/int4Matmul.js';
+import { denseLinear, denseWeightLayout } from '../codegen/kernels/denseMatmul.js';
+import { int4Linear, int4WeightLayout } from '../codegen/kernels/int4Matmul.js';
 import { GEMV_MAX_ROWS, type LinearOp } from '../codegen/kernels/linearOp.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
@@ -66,7 +66,7 @@ function layers(dev: Device, K: number, N: number, o: Options): Layer[] {
   const w4 = uploadInt4(dev, {
     K, N, groupSize: g, qweight: randomWords((K * N) / 8, 1), qzeros: randomWords(((K / g) * N) / 8, 2),
     scales: Uint16Array.from({ length: (K / g) * N }, (_, i) => 0x1c00 + (i % 512)), // ~0.004..0.008
-  }, 'int4');
+  }, 'int4', int4WeightLayout(N, hints.weightLayout));
   const int4 = int4Linear({ K, N, groupSize: g, ...hints });
   out.push({ name: `int4 g${g}`, op: () => int4, weights: { qweight: w4.qweight, qzeros: w4.qzeros, scales: w4.scales }, free: () => { dev.free(w4.qweight); dev.free(w4.qzeros); dev.free(w4.scales); } });
   if (o.dense) {
@@ -75,7 +75,7 @@ function layers(dev: Device, K: number, N: number, o: Options): Layer[] {
       const bytes = K * N * (dtype === 'f32' ? 4 : 2);
       if (bytes > maxBinding) continue; // reported as n/a
       const data = randomF32(K * N, dtype === 'f32' ? 3 : 4, 0.05);
-      const wb = uploadDense(dev, data, K, N, dtype, 'KN', dtype);
+      const wb = uploadDense(dev, data, K, N, dtype, 'KN', dtype, denseWeightLayout(dtype, N, hints.weightLayout));
       const op = denseLinear({ K, N, weight: dtype, ...hints });
       out.push({ name: `dense ${dtype}`, op: () => op, weights: { w: wb }, free: () => dev.free(wb) });
     }

@@ -421,8 +421,7 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
           });
           for (const [i, { kk, w }] of step.entries()) {
             for (let r = 0; r < rows; r++) {
-              const xRaw = load(r, kk);
-              const xv = k.let(`x${r}${tag(i)}`, normed ? normed(r, kk, xRaw) : xRaw);
+              const xv = k.let(`x${r}${tag(i)}`, normed ? normed(r, kk, () => load(r, kk)) : load(r, kk));
               if (sx) sx[r]!.set(sx[r]!.add(xv));
               for (let j = 0; j < units; j++) {
                 for (let c = 0; c < C; c++) dst[r]![j]![c]!.set(k.call('fma', [xv, w[j]![c]!, dst[r]![j]![c]!]));

@@ -20,8 +20,14 @@ import { inverseSqrt, storage } from '../dsl/index.js';
 import { type Epilogue, type EpilogueRefs, epilogueTag, epilogueValue, storeOutput } from './linearCommon.js';
 import { ropeCosSin, type RopeLayout } from './rope.js';
 
-/** RMSNorm prologue: the norm kernel's workgroup size (its reduction order) and eps. */
-export interface NormPrologue { workgroupSize: number }
+/**
+ * RMSNorm prologue: the norm kernel's workgroup size (its reduction order) and eps. `stagedK`:
+ * write the normed x (K = stagedK values per row) to workgroup memory once, so that the main loop
+ * reads one value per k instead of loading x and normW and multiplying per invocation — the same
+ * f32 operations, so the same bits. The CPU executor's choice (1.3–1.5× on the decode GEMVs,
+ * bench/notes/cpu.md); GPUs keep the per-k form (x·inv·w in registers, no workgroup memory).
+ */
+export interface NormPrologue { workgroupSize: number; stagedK?: number }
 
 /** RoPE + KV append epilogue of a fused QKV projection. */
 export interface RopeAppendEpilogue {
@@ -45,7 +51,7 @@ export interface GemvFusion {
 export function fusionTag(f: GemvFusion): string {
   return [
     f.gather ? `embed${f.gather}` : '',
-    f.norm ? `norm${f.norm.workgroupSize}` : '',
+    f.norm ? `norm${f.norm.workgroupSize}${f.norm.stagedK ? `s${f.norm.stagedK}` : ''}` : '',
     f.finish ? `fin_${epilogueTag(f.finish)}` : '',
     f.rope ? `rope_${f.rope.layout}_${f.rope.heads}x${f.rope.kvHeads}x${f.rope.headDim}_kv${f.rope.kvDtype}_bs${f.rope.blockSize}` : '',
   ].filter(Boolean).join('_');
@@ -54,7 +60,7 @@ export function fusionTag(f: GemvFusion): string {
 export function fusionParams(f: GemvFusion): Record<string, unknown> {
   return {
     ...(f.gather ? { gather: f.gather } : {}),
-    ...(f.norm ? { normWorkgroupSize: f.norm.workgroupSize } : {}),
+    ...(f.norm ? { normWorkgroupSize: f.norm.workgroupSize, ...(f.norm.stagedK ? { normStagedK: f.norm.stagedK } : {}) } : {}),
     ...(f.finish ? { finish: epilogueTag(f.finish) } : {}),
     ...(f.rope ? { rope: f.rope } : {}),
   };
@@ -134,7 +140,7 @@ export function xLoader(k: KernelBuilder, f: GemvFusion, refs: Record<string, Ar
  * the normed load of x[r, kk] (raw: the load of x), or undefined without a norm.
  */
 export function normPrologue(k: KernelBuilder, f: GemvFusion, refs: Record<string, ArrayRef<any, boolean>>, rows: number,
-  wg: number, K: Val<'u32'>, u: Record<string, Val<any>>, load: XLoad): ((r: number, kk: Val<'u32'>, raw: Val<'f32'>) => Val<'f32'>) | undefined {
+  wg: number, K: Val<'u32'>, u: Record<string, Val<any>>, load: XLoad): ((r: number, kk: Val<'u32'>, raw: () => Val<'f32'>) => Val<'f32'>) | undefined {
   if (!f.norm) return undefined;
   const W = f.norm.workgroupSize;
   const w = refs.normW as ArrayRef<'f32', false>;
@@ -170,7 +176,16 @@ export function normPrologue(k: KernelBuilder, f: GemvFusion, refs: Record<strin
   }
   const eps = u.eps as Val<'f32'>;
   const inv = Array.from({ length: rows }, (_, r) => k.let(`ninv${r}`, inverseSqrt(red.at(r * W).div(k.f32(K)).add(eps))));
-  return (r, kk, raw) => raw.mul(inv[r]!).mul(w.at(kk));
+  const KS = f.norm.stagedK;
+  if (KS) {
+    const xs = k.shared('normX', 'f32', rows * KS);
+    for (let r = 0; r < rows; r++) {
+      k.for(`nx${r}`, lid, k.call<'u32'>('min', [K, k.u32(KS)]), (j) => xs.set(r ? j.add(r * KS) : j, load(r, j).mul(inv[r]!).mul(w.at(j))), wg);
+    }
+    k.barrier();
+    return (r, kk) => xs.at(r ? kk.add(r * KS) : kk);
+  }
+  return (r, kk, raw) => raw().mul(inv[r]!).mul(w.at(kk));
 }
 
 export interface FinishContext {

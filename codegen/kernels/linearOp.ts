@@ -66,6 +66,8 @@ export interface LinearOp extends Op<Record<string, BindingSpec>, { M: number }>
   readonly caps: Caps;
   /** M up to which plan() runs the tensor-core MMA kernel (0: never); see LinearChoice.mmaMaxRows. */
   readonly mmaRows: number;
+  /** What runs the kernels, where the caller said (fused ops pick CPU-executor schedules by it). */
+  readonly deviceClass?: DeviceClass;
   /** Every binding's expected dtype and shape for M rows (from the bindings' shapes, sizes M, K, N, Nw). */
   tensors(M: number): Record<string, TensorShape>;
   /** Bytes the op must move for M rows: weights once, activations, output (bandwidth floors). */
@@ -178,5 +180,5 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
     return bytes;
   };
   const base = op(`${name}_K${K}_N${N}_${src.tag}_${epilogueTag(e)}`, bindings, plan);
-  return { ...base, fixedSizes: { K, N, Nw }, K, N, Nw, epilogue: e, choice, source: src, caps, mmaRows, tensors, bytesMoved };
+  return { ...base, fixedSizes: { K, N, Nw }, K, N, Nw, epilogue: e, choice, source: src, caps, mmaRows, tensors, bytesMoved, ...(spec.deviceClass ? { deviceClass: spec.deviceClass } : {}) };
 }

@@ -36,13 +36,13 @@ function layer(dev: Device, bufs: Buffers, kind: 'int4' | 'f32', K: number, N: n
     // narrow: the GPUs' decode schedule (nibble pairs per invocation), whatever this device is.
     const choice = narrow ? { choice: { gemv: { workgroupSize: 256, units: 1, narrow: true, unrollK: 8 as const } } } : {};
     const op = int4Linear({ K, N, groupSize: 32, ...e, ...hints, ...choice });
-    const w = uploadInt4(dev, randomAwq(K, Nw, 32, r), 'w');
+    const w = uploadInt4(dev, randomAwq(K, Nw, 32, r), 'w', op.source.layout); // the device's layout (cpu: strips)
     for (const b of [w.qweight, w.qzeros, w.scales]) bufs.adopt(b);
     return { op, weights: { qweight: w.qweight, qzeros: w.qzeros, scales: w.scales } as Weights, W: undefined };
   }
   const op = denseLinear({ K, N, weight: 'f32', ...e, ...hints });
   const W = randomF32(K * Nw, r, -0.2, 0.2);
-  const w = uploadDense(dev, W, K, Nw, 'f32', 'KN', 'w');
+  const w = uploadDense(dev, W, K, Nw, 'f32', 'KN', 'w', op.source.layout);
   bufs.adopt(w);
   return { op, weights: { w } as Weights, W };
 }
