@@ -25,17 +25,14 @@ import type { Caps, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
-  capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, memoKernel, storeOutput,
-  type WeightSource,
+  capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel, type WeightSource,
 } from './linearCommon.js';
+import { COL_WARPS, MMA_COLS, MMA_SET, mmaStoreTiles, mmaSumSets, TILES } from './mmaCommon.js';
 import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
 
-/** The MMA path takes every M from 1 to this on devices with tensor cores (as Marlin pads to 16). */
-export const MMA_MAX_ROWS = 64;
-const COL_WARPS = 4;
-const TILES = 2;
+export { MMA_MAX_ROWS } from './mmaCommon.js';
 /** Output columns per workgroup; its qweight words per row; invocations per split set. */
-const COLS = 8 * TILES * COL_WARPS, WORDS = COLS / 8, SET = 32 * COL_WARPS;
+const COLS = MMA_COLS, WORDS = COLS / 8, SET = MMA_SET;
 export const INT4_MMA_SPLITS: readonly number[] = [1, 2, 4];
 
 /** The split-K for K and group size g: the largest of 4, 2, 1 dividing the group count. */
@@ -170,33 +167,10 @@ export function int4MmaKernel(p: Int4MmaParams) {
           for (let c = 0; c < 4; c++) tl.acc.set(c, k.call<'f32'>('fma', [tl.grp.at(c), c & 1 ? sc.y : sc.x, tl.acc.at(c)]));
         });
       });
-      if (S > 1) {
-        // Sets 1.. hand their sums to set 0 (lane-contiguous: conflict-free), which adds them in order.
-        const per = 4 * tiles.length;
-        const red = k.shared('red', 'f32', (S - 1) * per * SET);
-        const at = (s: Val<'u32'> | number, i: number, c: number) => (typeof s === 'number' ? k.u32(s) : s).sub(1).mul(per * SET).add((i * 4 + c) * SET).add(sl);
-        k.if(set.gt(0), () => {
-          tiles.forEach((tl, i) => { for (let c = 0; c < 4; c++) red.set(at(set, i, c), tl.acc.at(c)); });
-        });
-        k.barrier();
-        k.if(set.eq(0), () => {
-          for (let s2 = 1; s2 < S; s2++) {
-            tiles.forEach((tl, i) => { for (let c = 0; c < 4; c++) tl.acc.set(c, tl.acc.at(c).add(red.at(at(s2, i, c)))); });
-          }
-        });
-      }
-      // C layout: [0], [1] = row g, columns 2t, 2t + 1; [2], [3] = row g + 8. Set 0 stores.
-      const mine = k.let('mine', set.eq(0));
-      for (let j = 0; j < TILES; j++) {
-        const gate = tiles[j]!.acc, up = e.gateUp ? tiles[TILES + j]!.acc : undefined;
-        const n = k.let(`nOut${j}`, tileCol[j]!.add(t.mul(2)));
-        for (const [r, ok, i] of [[rLo, okLo, 0], [rHi, okHi, 2]] as const) {
-          k.if(ok.and(tileOk[j]!).and(mine), () => {
-            const vals = [i, i + 1].map((c) => k.let(`v${j}_${c}`, epilogueValue(k, e, epi, N, r, n.add(c - i), gate.at(c), up?.at(c))));
-            storeOutput(k, e, epi, N, r, n, vals);
-          });
-        }
-      }
+      mmaSumSets(k, tiles.map((tl) => tl.acc), S, set, sl);
+      mmaStoreTiles(k, e, epi, N, { rLo, rHi, okLo, okHi, t, mine: k.let('mine', set.eq(0)) }, tileCol.map((col, j) => ({
+        col, ok: tileOk[j]!, gate: tiles[j]!.acc, ...(e.gateUp ? { up: tiles[TILES + j]!.acc } : {}),
+      })));
       if (f.rope) mmaRopeAppend(k, f.rope, refs, { row0, M, K, wg: SET * S, lid, N, wgCol, cols: COLS }, uniforms);
     },
   }));
