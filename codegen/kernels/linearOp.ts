@@ -9,7 +9,8 @@ import {
   checkGemmVariant, checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
   type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
 } from './linearCommon.js';
-import { int4MmaFor, int4MmaGroupSize, int4MmaUnfit, MMA_MAX_ROWS } from './int4Mma.js';
+import { MMA_MAX_ROWS } from './mmaCommon.js';
+import { mmaKernelFor, mmaUnfit } from './mmaLinear.js';
 
 /** Decode and speculative verification run the GEMV path up to this many rows. */
 export const GEMV_MAX_ROWS = 8;
@@ -104,8 +105,7 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
 
 /** Rows the MMA path takes for this op (see LinearChoice.mmaMaxRows); a forced misfit throws. */
 function mmaRowsOf(name: string, K: number, N: number, src: WeightSource, caps: Caps, forced: number | undefined): number {
-  const g = int4MmaGroupSize(src);
-  const unfit = g === undefined ? `the ${src.tag} source has no MMA kernel` : int4MmaUnfit(K, N, g);
+  const unfit = mmaUnfit(src, K, N);
   if (forced === undefined) return 0;
   if (!Number.isInteger(forced) || forced < 0 || forced > MMA_MAX_ROWS) {
     throw new Error(`${name}: choice.mmaMaxRows = ${forced} is not an integer in 0..${MMA_MAX_ROWS}`);
@@ -147,7 +147,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
     if (!Number.isInteger(M) || M < 1) throw new Error(`${name}: M = ${M} is not a positive integer`);
     // Tensor cores: one launch for every M up to mmaRows, rows padded to 16 (batch-invariant).
     if (M <= mmaRows) {
-      const mma = int4MmaFor(src, K, e, caps)!;
+      const mma = mmaKernelFor(src, K, e, caps);
       return {
         temps: {},
         steps: [{ kernel: mma, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw } }],

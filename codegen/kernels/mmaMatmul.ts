@@ -1,6 +1,7 @@
-// out[M, N] = f16(x)[M, K] · w[K, N] through the tensor-core MMA node (k.mma, m16n8k16): the
-// building block of an MMA GEMM path. Rows are padded to 16 (rows past M are zeros and never
-// stored), so a row's arithmetic — each output summed over k in the same order, whatever M — never
+// Dense f16 matmul on the tensor-core MMA node (k.mma, m16n8k16): mmaMatmul, the plain building
+// block (out[M, N] = f16(x)[M, K] · w[K, N], no epilogues), and below it denseMmaKernel, the dense
+// f16 linear layer's MMA path with the epilogues and fusions. Rows are padded to 16 (rows past M
+// are zeros and never stored), so a row's arithmetic — each output summed over k in the same order, whatever M — never
 // depends on the batch. Activations are rounded to f16 on load (as tensor cores take them); w is
 // f16 packed two columns per u32 word [K, N/2] (the dense f16 layout), re-paired along k for the
 // B fragment (exact: f16 → f32 → f16).
@@ -8,7 +9,11 @@
 // Workgroup: 4 warps, each one 16 × 8 output tile: 16 rows × 32 columns per workgroup; K in steps
 // of 16 (K a multiple of 16, N of 8).
 import { kernel, storage } from '../dsl/index.js';
-import type { Caps, Val } from '../dsl/index.js';
+import type { ArrayRef, Caps, Val } from '../dsl/index.js';
+import { BASELINE_CAPS } from '../dsl/types.js';
+import { capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel, type WeightSource } from './linearCommon.js';
+import { COL_WARPS, MMA_COLS, MMA_SET, mmaStoreTiles, mmaSumSets, TILES } from './mmaCommon.js';
+import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
 
 export interface MmaMatmulParams { caps?: Caps }
 
@@ -71,4 +76,122 @@ export function mmaMatmul(p: MmaMatmulParams = {}) {
       }
     },
   });
+}
+
+// ---- the dense f16 linear layer on the MMA node -----------------------------------------------
+//
+// y = f16(x)·W (+ bias) (→ SiLU(gate)·up) (+ residual) for W f16 packed two columns per word
+// [K, Nw/2] (the dense f16 source, 'rows' layout): the linear op's path on devices with tensor
+// cores for M = 1..MMA_MAX_ROWS (lm_head, dense models), with int4Mma's geometry and fusions.
+// Numerics per output [m, n]: K in chunks of 16; split set i (of S, int4Mma's warp sets) sums
+// chunks i, i + S, … in order through the mma (f32 accumulate, from +0), then set 0 adds the sets'
+// sums in order 1, 2, …; S is the largest of 4, 2, 1 dividing K/16 — a function of K alone, never
+// M, so rows are batch-invariant. Then the shared epilogue (linearCommon).
+// B fragments are read from global memory: a lane's column sits in one half of a word, so a warp
+// request covers 4 rows × 16 bytes (the neighbouring tile's request reads the other 16 of each
+// 32-byte sector: 2× the ideal sectors per request, the same DRAM bytes).
+
+export const DENSE_MMA_SPLITS: readonly number[] = [1, 2, 4];
+
+/** The split-K for K (a multiple of 16): the largest of 4, 2, 1 dividing K / 16. */
+export function denseMmaSplit(K: number): number {
+  return [4, 2, 1].find((s) => (K / 16) % s === 0)!;
+}
+
+/** Why the dense MMA kernel cannot run these sizes, or undefined when it can. */
+export function denseMmaUnfit(K: number, N: number): string | undefined {
+  if (K % 16) return `K = ${K} is not a multiple of 16 (one mma step)`;
+  if (N % 2) return `N = ${N} is not even (two f16 columns per word)`;
+  return undefined;
+}
+
+export interface DenseMmaParams {
+  epilogue: Epilogue;
+  split?: number;
+  fusion?: MmaFusion;
+  caps?: Caps;
+}
+
+export function denseMmaKernel(p: DenseMmaParams) {
+  const e = p.epilogue, caps = p.caps ?? BASELINE_CAPS, S = p.split ?? 1, f = p.fusion ?? {};
+  const ft = mmaFusionTag(f);
+  if (!DENSE_MMA_SPLITS.includes(S)) throw new Error(`denseMma: split ${S} is not one of ${DENSE_MMA_SPLITS.join(', ')}`);
+  if (f.rope && !caps.deviceFence) throw new Error('denseMma: the RoPE epilogue needs caps.deviceFence (the last workgroup of a head finishes it)');
+  return memoKernel(`denseMma/${S}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
+    name: `denseMma_f16_s${S}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
+    params: { weight: 'f16', split: S, ...e, ...mmaFusionParams(f) },
+    caps,
+    workgroupSize: MMA_SET * S,
+    bindings: {
+      x: storage('f32', 'read', { shape: '[M, K]', vec: 2 }),
+      w: storage('u32', 'read', { shape: '[K, Nw / 2]' }),
+      ...epilogueBindings(e),
+      ...mmaFusionBindings(f),
+    },
+    uniforms: { M: 'u32', K: 'u32', N: 'u32', Nw: 'u32', ...mmaFusionUniforms(f) },
+    grid: `[ceil(N / ${MMA_COLS}), ceil(M / 16)]`,
+    body(k, refs, uniforms) {
+      const { M, K, N, Nw } = uniforms;
+      const w = refs.w as ArrayRef<'u32', false>;
+      const epi = epilogueRefs(k, refs);
+      const lid = k.let('lid', k.localIndex);
+      const lane = k.let('lane', lid.band(31)), warp = k.let('warp', lid.shr(5).band(COL_WARPS - 1));
+      const set = k.let('set', lid.shr(5).div(COL_WARPS)), sl = k.let('sl', lid.band(MMA_SET - 1));
+      const gq = k.let('gq', lane.shr(2)), t = k.let('t', lane.band(3));
+      const row0 = k.let('row0', k.workgroupId.y.mul(16));
+      const wgCol = k.let('wgCol', k.workgroupId.x.mul(MMA_COLS));
+      const halves = e.gateUp ? 2 : 1;
+      const rLo = k.let('rLo', row0.add(gq)), rHi = k.let('rHi', rLo.add(8));
+      const okLo = k.let('okLo', rLo.lt(M)), okHi = k.let('okHi', rHi.lt(M));
+      const xSrc = mmaXSource(k, f, refs, { row0, M, K, wg: MMA_SET * S, lid }, uniforms);
+      const xPair = (ok: Val<'bool'>, row: Val<'u32'>, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(ok, row, kk, tag));
+      const tileCol = Array.from({ length: TILES }, (_, j) => k.let(`tc${j}`, wgCol.add(warp.mul(8 * TILES)).add(8 * j)));
+      const tileOk = tileCol.map((c, j) => k.let(`tok${j}`, c.lt(N)));
+      const wordsPerRow = k.let('wpr', Nw.div(2));
+      // This lane's B column of each tile (gate, then up: N + column), clamped to 0 past N.
+      const tiles = Array.from({ length: TILES * halves }, (_, i) => {
+        const j = i % TILES, h = Math.floor(i / TILES);
+        const c = k.let(`bc${i}`, tileCol[j]!.add(gq));
+        const ok = k.let(`bok${i}`, c.lt(N));
+        const col = k.let(`bcol${i}`, k.select(ok, c, k.u32(0)).add(h ? N : k.u32(0)));
+        return { ok, word: k.let(`bw${i}`, col.shr(1)), odd: k.let(`bodd${i}`, col.band(1).eq(1)), acc: k.privateArray(`acc${i}`, 'f32', 4) };
+      });
+      for (const tl of tiles) for (let i = 0; i < 4; i++) tl.acc.set(i, 0);
+      const fa = k.privateArray('fa', 'u32', 4), fb = k.privateArray('fb', 'u32', 2);
+      k.for('ci', k.u32(0), K.div(16 * S), (ci) => {
+        const k0 = k.let('k0', ci.mul(S).add(set).mul(16));
+        const ka = k.let('ka', k0.add(t.mul(2))), kb = k.let('kb', ka.add(8));
+        fa.set(0, xPair(okLo, rLo, ka, '0'));
+        fa.set(1, xPair(okHi, rHi, ka, '1'));
+        fa.set(2, xPair(okLo, rLo, kb, '2'));
+        fa.set(3, xPair(okHi, rHi, kb, '3'));
+        tiles.forEach((tl, i) => {
+          /** W[kk, col] as f32 (exact from f16), zero past N. */
+          const wv = (kk: Val<'u32'>, tag: string) => {
+            const pair = k.let(`wp${i}${tag}`, k.unpack2x16float(w.at(kk.mul(wordsPerRow).add(tl.word))));
+            return k.select(tl.ok, k.select(tl.odd, pair.y, pair.x), k.f32(0));
+          };
+          fb.set(0, k.pack2x16float(k.vec('vec2<f32>', wv(ka, 'a'), wv(ka.add(1), 'b'))));
+          fb.set(1, k.pack2x16float(k.vec('vec2<f32>', wv(kb, 'c'), wv(kb.add(1), 'd'))));
+          k.mma(tl.acc, fa, fb, tl.acc);
+        });
+      });
+      mmaSumSets(k, tiles.map((tl) => tl.acc), S, set, sl);
+      mmaStoreTiles(k, e, epi, N, { rLo, rHi, okLo, okHi, t, mine: k.let('mine', set.eq(0)) }, tileCol.map((col, j) => ({
+        col, ok: tileOk[j]!, gate: tiles[j]!.acc, ...(e.gateUp ? { up: tiles[TILES + j]!.acc } : {}),
+      })));
+      if (f.rope) mmaRopeAppend(k, f.rope, refs, { row0, M, K, wg: MMA_SET * S, lid, N, wgCol, cols: MMA_COLS }, uniforms);
+    },
+  }));
+}
+
+/** The kernel for a dense f16 source ('rows' layout), or undefined for any other source. */
+export function denseMmaFor(src: WeightSource, K: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
+  if (!isDenseF16Rows(src)) return undefined;
+  return denseMmaKernel({ epilogue: e, split: denseMmaSplit(K), caps, ...(fusion ? { fusion } : {}) });
+}
+
+/** Whether `src` is the dense f16 source (one u32 word of two f16 per unit, weight binding `w`). */
+export function isDenseF16Rows(src: WeightSource): boolean {
+  return !src.group && src.cols === 2 && 'w' in src.bindings && src.bindings.w!.t === 'u32' && src.layout === 'rows';
 }
