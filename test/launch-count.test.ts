@@ -79,14 +79,17 @@ describe('Llama-3-8B INT4 decode launches (recorded, not run)', () => {
     it(`with a device fence (CUDA caps): 5 per layer, 5 · 32 + 1 per token, ${n} sequence${n > 1 ? 's' : ''} at context ${ctxLen}`, () => {
       const names = decodeStepLaunches({ ...CUDA_CAPS }, n, ctxLen);
       console.log(`Llama-3-8B INT4 decode step (${n} × context ${ctxLen}), CUDA caps: ${names.length} launches`);
-      // Everything but the classifier (the dense f16 GEMV) belongs to a layer.
-      const inLayers = names.filter((x) => !x.startsWith('gemv_f16'));
+      // Everything but the classifier (the dense f16 linear, on the MMA path) belongs to a layer.
+      expect(names.at(-1)).toMatch(/^denseMma_f16_.*_norm\d+$/);
+      const inLayers = names.slice(0, -1);
       expect(inLayers.length / layers).toBeLessThanOrEqual(5);
       expect(names.length).toBeLessThanOrEqual(5 * layers + 1);
-      // A layer: QKV (embedding in layer 0; norm, RoPE, KV append folded), attention (merge folded),
-      // o (finish and residual folded), gate/up (norm folded), down.
-      expect(names.slice(0, 5).map((x) => x.replace(/_.*/, ''))).toEqual(['gemv', 'attentionPartial', 'gemv', 'gemv', 'gemv']);
-      expect(names[0]).toMatch(/embedf16_norm\d+_fin_f32_rope/);
+      // A layer, every linear on the tensor-core MMA path (tensorCores caps, M ≤ 64): QKV (embedding
+      // in layer 0; norm, RoPE, KV append folded), attention (merge folded), o (residual), gate/up
+      // (norm folded), down (residual).
+      expect(names.slice(0, 5).map((x) => x.replace(/_.*/, ''))).toEqual(['int4Mma', 'attentionPartial', 'int4Mma', 'int4Mma', 'int4Mma']);
+      expect(names[0]).toMatch(/^int4Mma_.*_embedf16_norm\d+_rope/);
+      expect(names[3]).toMatch(/^int4Mma_.*_gateup_f32_norm\d+$/);
     });
   }
   it('without one (WebGPU): the finishes and the attention merge are launches of their own (RoPE and the append ride in QKV\'s), the norms still folded', () => {

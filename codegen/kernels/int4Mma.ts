@@ -27,8 +27,8 @@ import { BASELINE_CAPS } from '../dsl/types.js';
 import {
   capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel, type WeightSource,
 } from './linearCommon.js';
-import { COL_WARPS, MMA_COLS, MMA_SET, mmaStoreTiles, mmaSumSets, TILES } from './mmaCommon.js';
-import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
+import { COL_WARPS, MMA_COLS, MMA_SET, mmaScratch, mmaStoreTiles, mmaSumScratch, mmaSumSets, TILES } from './mmaCommon.js';
+import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaNormScratch, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
 
 export { MMA_MAX_ROWS } from './mmaCommon.js';
 /** Output columns per workgroup; its qweight words per row; invocations per split set. */
@@ -126,8 +126,9 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const rLo = k.let('rLo', row0.add(gq)), rHi = k.let('rHi', rLo.add(8));
       const okLo = k.let('okLo', rLo.lt(M)), okHi = k.let('okHi', rHi.lt(M));
       // x (gathered, normed where fused; zeros on padding rows), rounded to f16 pairs.
-      const xSrc = mmaXSource(k, f, refs, { row0, M, K, wg: SET * S, lid }, uniforms);
-      const xPair = (ok: Val<'bool'>, row: Val<'u32'>, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(ok, row, kk, tag));
+      const scratch = mmaScratch(k, [mmaNormScratch(f), mmaSumScratch(TILES * halves, S)]);
+      const xSrc = mmaXSource(k, f, refs, { row0, rLo, rHi, okLo, okHi, M, K, wg: SET * S, lid }, uniforms, scratch);
+      const xPair = (hi: boolean, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(hi, kk, tag));
       k.for('gi', k.u32(0), K.div(g * S), (gi) => {
         const grp = k.let('grp', gi.mul(S).add(set));
         // This lane's zero points (its B column of each tile) and scales (its C columns 2t, 2t + 1).
@@ -147,10 +148,10 @@ export function int4MmaKernel(p: Int4MmaParams) {
           }
           k.barrier();
           const ka = k.let('ka', k0.add(t.mul(2))), kb = k.let('kb', ka.add(8));
-          fa.set(0, xPair(okLo, rLo, ka, '0'));
-          fa.set(1, xPair(okHi, rHi, ka, '1'));
-          fa.set(2, xPair(okLo, rLo, kb, '2'));
-          fa.set(3, xPair(okHi, rHi, kb, '3'));
+          fa.set(0, xPair(false, ka, '0'));
+          fa.set(1, xPair(true, ka, '1'));
+          fa.set(2, xPair(false, kb, '2'));
+          fa.set(3, xPair(true, kb, '3'));
           tiles.forEach((tl, i) => {
             /** (q − z) at tile rows r, r + 1 of this lane's B column as an f16 pair (exact). */
             const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqSet.add(r.mul(WORDS)).add(tileWord[tl.j]!.bxor(swz(r)))))).sub(zs[i]!.z);
@@ -167,7 +168,7 @@ export function int4MmaKernel(p: Int4MmaParams) {
           for (let c = 0; c < 4; c++) tl.acc.set(c, k.call<'f32'>('fma', [tl.grp.at(c), c & 1 ? sc.y : sc.x, tl.acc.at(c)]));
         });
       });
-      mmaSumSets(k, tiles.map((tl) => tl.acc), S, set, sl);
+      mmaSumSets(k, tiles.map((tl) => tl.acc), S, set, sl, scratch);
       mmaStoreTiles(k, e, epi, N, { rLo, rHi, okLo, okHi, t, mine: k.let('mine', set.eq(0)) }, tileCol.map((col, j) => ({
         col, ok: tileOk[j]!, gate: tiles[j]!.acc, ...(e.gateUp ? { up: tiles[TILES + j]!.acc } : {}),
       })));

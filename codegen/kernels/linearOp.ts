@@ -27,11 +27,12 @@ export interface LinearChoice {
   gemm: GemmVariant;
   finishWorkgroupSize: number;
   /**
-   * M up to which the tensor-core MMA path runs (codegen/kernels/int4Mma.ts; 0: never). Absent: 0
-   * — opt-in until the fused decode ops (fusedLinear.ts) take it too: they run the GEMV at M <= 8,
-   * so MMA for the plain linears at M 9..64 alone would give a row other bits (x rounded to f16)
-   * as the batch crosses 8, against DESIGN's batch invariance. Setting it (<= MMA_MAX_ROWS, where
-   * the source has an MMA kernel) forces the path anywhere (k.mma is emulated off CUDA).
+   * M up to which the tensor-core MMA path runs (int4Mma.ts, the dense f16 one in mmaMatmul.ts;
+   * 0: never). Absent: MMA_MAX_ROWS (64) where caps.tensorCores (CUDA) and the source has an MMA
+   * kernel (INT4, dense f16, 'rows' layout), else 0 — the fused ops (fusedLinear.ts) take the same
+   * kernel, so a row's bits do not change with the batch from 1 to 64 rows (past 64: the tiled
+   * GEMM, f32 x: other bits). Setting it (<= MMA_MAX_ROWS, where the source has an MMA kernel)
+   * forces the path anywhere (k.mma is emulated off CUDA); 0 turns it off.
    */
   mmaMaxRows?: number;
 }
@@ -106,7 +107,8 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
 /** Rows the MMA path takes for this op (see LinearChoice.mmaMaxRows); a forced misfit throws. */
 function mmaRowsOf(name: string, K: number, N: number, src: WeightSource, caps: Caps, forced: number | undefined): number {
   const unfit = mmaUnfit(src, K, N);
-  if (forced === undefined) return 0;
+  // Default: every M up to MMA_MAX_ROWS where the device has tensor cores and the source a kernel.
+  if (forced === undefined) return caps.tensorCores && !unfit ? MMA_MAX_ROWS : 0;
   if (!Number.isInteger(forced) || forced < 0 || forced > MMA_MAX_ROWS) {
     throw new Error(`${name}: choice.mmaMaxRows = ${forced} is not an integer in 0..${MMA_MAX_ROWS}`);
   }

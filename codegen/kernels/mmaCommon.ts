@@ -12,14 +12,29 @@ export const TILES = 2;
 /** Output columns per workgroup; invocations per split set. */
 export const MMA_COLS = 8 * TILES * COL_WARPS, MMA_SET = 32 * COL_WARPS;
 
+/** Workgroup words mmaSumSets needs for `tiles` accumulators of 4 and split S. */
+export function mmaSumScratch(tiles: number, S: number): number {
+  return (S - 1) * 4 * tiles * MMA_SET;
+}
+
+/**
+ * One workgroup scratch for the phases that need one in turn (the norm prologue's reduction,
+ * then the split-K sum): the larger of their sizes, or undefined when neither needs any.
+ */
+export function mmaScratch(k: KernelBuilder, words: number[]): ArrayRef<'f32', true> | undefined {
+  const n = Math.max(0, ...words);
+  return n ? k.shared('red', 'f32', n) : undefined;
+}
+
 /**
  * Split sets 1.. hand their accumulators to set 0 (lane-contiguous: conflict-free), which adds
  * them in order 1, 2, … — an order fixed by the split alone, never by M.
  */
-export function mmaSumSets(k: KernelBuilder, accs: ArrayRef<'f32', true>[], S: number, set: Val<'u32'>, sl: Val<'u32'>): void {
+export function mmaSumSets(k: KernelBuilder, accs: ArrayRef<'f32', true>[], S: number, set: Val<'u32'>, sl: Val<'u32'>,
+  red: ArrayRef<'f32', true> | undefined): void {
   if (S <= 1) return;
   const per = 4 * accs.length;
-  const red = k.shared('red', 'f32', (S - 1) * per * MMA_SET);
+  if (!red) return k.fail('mmaSumSets: no scratch (mmaScratch with mmaSumScratch words)');
   const at = (s: Val<'u32'> | number, i: number, c: number) => (typeof s === 'number' ? k.u32(s) : s).sub(1).mul(per * MMA_SET).add((i * 4 + c) * MMA_SET).add(sl);
   k.if(set.gt(0), () => {
     accs.forEach((acc, i) => { for (let c = 0; c < 4; c++) red.set(at(set, i, c), acc.at(c)); });

@@ -79,6 +79,11 @@ export function mmaHeadTickets(r: RopeAppendEpilogue, rows: number): number {
 export interface MmaRows {
   /** The workgroup's first row (16 per workgroup). */
   row0: Val<'u32'>;
+  /** This lane's A rows (g, g + 8 of the tile) and whether they exist (< M). */
+  rLo: Val<'u32'>;
+  rHi: Val<'u32'>;
+  okLo: Val<'bool'>;
+  okHi: Val<'bool'>;
   M: Val<'u32'>;
   K: Val<'u32'>;
   /** Invocations per workgroup. */
@@ -86,8 +91,14 @@ export interface MmaRows {
   lid: Val<'u32'>;
 }
 
-/** x[row, kk], x[row, kk + 1] as f32 (kk even), before rounding to f16; `ok` false gives zeros. */
-export type MmaXPair = (ok: Val<'bool'>, row: Val<'u32'>, kk: Val<'u32'>, tag: string) => Val<'vec2<f32>'>;
+/** x[r, kk], x[r, kk + 1] (kk even) of the lane's row r = rLo (hi false) or rHi, as f32 before
+ *  rounding to f16; zeros on padding rows. */
+export type MmaXPair = (hi: boolean, kk: Val<'u32'>, tag: string) => Val<'vec2<f32>'>;
+
+/** Workgroup words the norm prologue needs (its reduction; free again once it returns). */
+export function mmaNormScratch(f: MmaFusion): number {
+  return f.norm ? 16 * f.norm.workgroupSize : 0;
+}
 
 /**
  * The A operand's source: x, or gathered from the embedding table (then the gathered rows are
@@ -95,8 +106,8 @@ export type MmaXPair = (ok: Val<'bool'>, row: Val<'u32'>, kk: Val<'u32'>, tag: s
  * before the main loop (every invocation: the norm has barriers).
  */
 export function mmaXSource(k: KernelBuilder, f: MmaFusion, refs: Record<string, ArrayRef<any, boolean>>, p: MmaRows,
-  u: Record<string, Val<any>>): MmaXPair {
-  const { row0, M, K, wg, lid } = p;
+  u: Record<string, Val<any>>, scratch?: ArrayRef<'f32', true>): MmaXPair {
+  const { row0, M, K, wg, lid, rLo, rHi, okLo, okHi } = p;
   const x = refs.x as ArrayRef<'vec2<f32>', boolean>;
   /** Raw pair of row `row` (in bounds) at even kk. */
   let raw: (row: Val<'u32'>, kk: Val<'u32'>, tag: string) => Val<'vec2<f32>'> = (row, kk) => x.at(row.mul(K).add(kk).shr(1));
@@ -124,15 +135,16 @@ export function mmaXSource(k: KernelBuilder, f: MmaFusion, refs: Record<string, 
     }, total);
   }
   const zero = k.vec('vec2<f32>', k.f32(0), k.f32(0));
+  const xLo = k.let('xrLo', k.select(okLo, rLo, k.u32(0))), xHi = k.let('xrHi', k.select(okHi, rHi, k.u32(0)));
   if (!f.norm) {
-    return (ok, row, kk, tag) => {
-      const v = k.let(`xv${tag}`, raw(k.select(ok, row, k.u32(0)), kk, tag));
-      return k.select(ok, v, zero);
+    return (hi, kk, tag) => {
+      const v = k.let(`xv${tag}`, raw(hi ? xHi : xLo, kk, tag));
+      return k.select(hi ? okHi : okLo, v, zero);
     };
   }
   // Sum of squares of the 16 rows, lane l of W summing k = l, l + W, … (rmsNorm's order).
   const W = f.norm.workgroupSize;
-  const red = k.shared('normRed', 'f32', 16 * W);
+  const red = scratch ?? k.fail('mmaXSource: the norm prologue needs a workgroup scratch of mmaNormScratch words');
   k.for('nItem', lid, k.u32(16 * W), (item) => {
     const r = k.let('nr', item.div(W)), lane = k.let('nl', item.band(W - 1));
     const row = k.let('nrow', row0.add(r));
@@ -157,16 +169,19 @@ export function mmaXSource(k: KernelBuilder, f: MmaFusion, refs: Record<string, 
   }
   const eps = u.eps as Val<'f32'>;
   const w = refs.normW as ArrayRef<'vec2<f32>', false>;
-  return (ok, row, kk, tag) => {
-    const r = k.let(`nrr${tag}`, row.sub(row0).band(15));
-    const inv = k.let(`ninv${tag}`, inverseSqrt(red.at(r.mul(W)).div(k.f32(K)).add(eps)));
-    const v = k.let(`xv${tag}`, raw(k.select(ok, row, k.u32(0)), kk, tag));
+  // The lane's two rows' inverse RMS (rows g and g + 8 of the tile), in registers.
+  const invOf = (r: Val<'u32'>, tag: string) => k.let(`ninv${tag}`, inverseSqrt(red.at(r.sub(row0).mul(W)).div(k.f32(K)).add(eps)));
+  const invLo = invOf(rLo, 'Lo'), invHi = invOf(rHi, 'Hi');
+  k.barrier(); // the scratch is free again (the split-K sum reuses it)
+  return (hi, kk, tag) => {
+    const inv = hi ? invHi : invLo;
+    const v = k.let(`xv${tag}`, raw(hi ? xHi : xLo, kk, tag));
     const wv = k.let(`nw${tag}`, w.at(kk.shr(1)));
-    return k.select(ok, k.vec('vec2<f32>', v.x.mul(inv).mul(wv.x), v.y.mul(inv).mul(wv.y)), zero);
+    return k.select(hi ? okHi : okLo, k.vec('vec2<f32>', v.x.mul(inv).mul(wv.x), v.y.mul(inv).mul(wv.y)), zero);
   };
 }
 
-export interface MmaRopeContext extends MmaRows {
+export interface MmaRopeContext extends Pick<MmaRows, 'row0' | 'M' | 'K' | 'wg' | 'lid'> {
   N: Val<'u32'>;
   /** The workgroup's first output column and its column count (a constant). */
   wgCol: Val<'u32'>;

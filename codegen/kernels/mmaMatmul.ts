@@ -12,8 +12,8 @@ import { kernel, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel, type WeightSource } from './linearCommon.js';
-import { COL_WARPS, MMA_COLS, MMA_SET, mmaStoreTiles, mmaSumSets, TILES } from './mmaCommon.js';
-import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
+import { COL_WARPS, MMA_COLS, MMA_SET, mmaScratch, mmaStoreTiles, mmaSumScratch, mmaSumSets, TILES } from './mmaCommon.js';
+import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaNormScratch, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
 
 export interface MmaMatmulParams { caps?: Caps }
 
@@ -143,8 +143,9 @@ export function denseMmaKernel(p: DenseMmaParams) {
       const halves = e.gateUp ? 2 : 1;
       const rLo = k.let('rLo', row0.add(gq)), rHi = k.let('rHi', rLo.add(8));
       const okLo = k.let('okLo', rLo.lt(M)), okHi = k.let('okHi', rHi.lt(M));
-      const xSrc = mmaXSource(k, f, refs, { row0, M, K, wg: MMA_SET * S, lid }, uniforms);
-      const xPair = (ok: Val<'bool'>, row: Val<'u32'>, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(ok, row, kk, tag));
+      const scratch = mmaScratch(k, [mmaNormScratch(f), mmaSumScratch(TILES * halves, S)]);
+      const xSrc = mmaXSource(k, f, refs, { row0, rLo, rHi, okLo, okHi, M, K, wg: MMA_SET * S, lid }, uniforms, scratch);
+      const xPair = (hi: boolean, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(hi, kk, tag));
       const tileCol = Array.from({ length: TILES }, (_, j) => k.let(`tc${j}`, wgCol.add(warp.mul(8 * TILES)).add(8 * j)));
       const tileOk = tileCol.map((c, j) => k.let(`tok${j}`, c.lt(N)));
       const wordsPerRow = k.let('wpr', Nw.div(2));
@@ -161,10 +162,10 @@ export function denseMmaKernel(p: DenseMmaParams) {
       k.for('ci', k.u32(0), K.div(16 * S), (ci) => {
         const k0 = k.let('k0', ci.mul(S).add(set).mul(16));
         const ka = k.let('ka', k0.add(t.mul(2))), kb = k.let('kb', ka.add(8));
-        fa.set(0, xPair(okLo, rLo, ka, '0'));
-        fa.set(1, xPair(okHi, rHi, ka, '1'));
-        fa.set(2, xPair(okLo, rLo, kb, '2'));
-        fa.set(3, xPair(okHi, rHi, kb, '3'));
+        fa.set(0, xPair(false, ka, '0'));
+        fa.set(1, xPair(true, ka, '1'));
+        fa.set(2, xPair(false, kb, '2'));
+        fa.set(3, xPair(true, kb, '3'));
         tiles.forEach((tl, i) => {
           /** W[kk, col] as f32 (exact from f16), zero past N. */
           const wv = (kk: Val<'u32'>, tag: string) => {
@@ -176,7 +177,7 @@ export function denseMmaKernel(p: DenseMmaParams) {
           k.mma(tl.acc, fa, fb, tl.acc);
         });
       });
-      mmaSumSets(k, tiles.map((tl) => tl.acc), S, set, sl);
+      mmaSumSets(k, tiles.map((tl) => tl.acc), S, set, sl, scratch);
       mmaStoreTiles(k, e, epi, N, { rLo, rHi, okLo, okHi, t, mine: k.let('mine', set.eq(0)) }, tileCol.map((col, j) => ({
         col, ok: tileOk[j]!, gate: tiles[j]!.acc, ...(e.gateUp ? { up: tiles[TILES + j]!.acc } : {}),
       })));

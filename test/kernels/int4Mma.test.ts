@@ -81,9 +81,10 @@ describe('int4 MMA path: chooser and CUDA', () => {
       .plan({ M }).steps.map((s) => s.kernel.ir.name);
   const usesMma = (names: string[]) => names.some((n) => n.startsWith('int4Mma'));
 
-  it('the linear op takes it at every M up to mmaMaxRows when asked, never by default', () => {
-    // Opt-in everywhere (linearOp.ts says why): CUDA's caps alone do not turn it on.
-    for (const M of [1, 17, 64]) expect(usesMma(stepsOf(CUDA_CAPS, M)), `M = ${M}`).toBe(false);
+  it('the linear op takes it at every M up to 64 by default where the caps have tensor cores (else never), or up to mmaMaxRows when asked', () => {
+    for (const M of [1, 8, 17, 64]) expect(stepsOf(CUDA_CAPS, M), `M = ${M}`).toEqual([expect.stringMatching(/^int4Mma_/)]);
+    expect(usesMma(stepsOf(CUDA_CAPS, 65))).toBe(false);
+    expect(usesMma(stepsOf(CUDA_CAPS, 1, 0)), 'mmaMaxRows = 0 turns it off').toBe(false);
     for (const M of [1, 8, 17, 64]) expect(stepsOf(CUDA_CAPS, M, 64), `M = ${M}`).toEqual([expect.stringMatching(/^int4Mma_/)]);
     expect(usesMma(stepsOf(CUDA_CAPS, 65, 64))).toBe(false);
     expect(usesMma(stepsOf(CUDA_CAPS, 17, 16))).toBe(false);
