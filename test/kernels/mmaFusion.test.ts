@@ -4,16 +4,20 @@
 // separate launches' bits (rmsNorm → int4Mma → ropeQkv → kvAppend) at M = 1, 17, 37; the rows of
 // the M = 37 run equal M = 1 runs of the same rows; float64 reference of norm → linear.
 import { describe, expect, it } from 'vitest';
+import { CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { embedding } from '../../codegen/kernels/embedding.js';
 import { fusedLinear, type RopeAppendEpilogue } from '../../codegen/kernels/fusedLinear.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
+import { int4MmaKernel } from '../../codegen/kernels/int4Mma.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
-import type { LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import { fullEpilogue, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import { denseMmaKernel } from '../../codegen/kernels/mmaMatmul.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
 import { linearHints, runLinear, uploadInt4 } from '../../src/ops/linear.js';
+import { ptxasReport } from '../../src/profile.js';
 import { dequantizeAwq } from '../../src/quant/awq.js';
 import { f16BitsToF32, f32ArrayToF16, f32ToF16Bits, packF16Pairs } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
@@ -146,6 +150,26 @@ forEachBackend('fused linear on the MMA path', (dev) => {
           }
         } finally { bufs.free(); }
       });
+    }
+  });
+});
+
+describe('fused MMA kernels at Llama-3-8B shapes: CUDA', () => {
+  // What LlamaForward builds on CUDA (int4 g = 128, K = 4096: split-K 4; norm workgroup 256).
+  const norm = { workgroupSize: 256 };
+  const rope: RopeAppendEpilogue = { layout: 'halves', heads: 32, kvHeads: 8, headDim: 128, kvDtype: 'f16', blockSize: 16 };
+  const kernels = () => [
+    int4MmaKernel({ groupSize: 128, split: 4, epilogue: fullEpilogue({}), fusion: { gather: 'f16', norm, rope }, caps: CUDA_CAPS }),
+    int4MmaKernel({ groupSize: 128, split: 4, epilogue: fullEpilogue({ gateUp: true }), fusion: { norm }, caps: CUDA_CAPS }),
+    int4MmaKernel({ groupSize: 128, split: 4, epilogue: fullEpilogue({ residual: true }), caps: CUDA_CAPS }),
+    denseMmaKernel({ epilogue: fullEpilogue({}), split: 4, fusion: { norm }, caps: CUDA_CAPS }),
+  ];
+  it('QKV (gather, norm, RoPE + append), gate/up (norm), o/down (residual), lm_head (norm): ptxas (sm_90a) with no spills', (ctx) => {
+    for (const kern of kernels()) {
+      const r = ptxasReport(kern.ir);
+      if (typeof r === 'string') { ctx.skip(`no ptxas verdict: ${r}`); return; }
+      console.log(`${kern.ir.name}: ${r.registers} registers, ${r.spillStores}/${r.spillLoads} spill stores/loads`);
+      expect([r.spillStores, r.spillLoads], kern.ir.name).toEqual([0, 0]);
     }
   });
 });
