@@ -4,6 +4,7 @@
 // error naming the sequence and field before anything is launched, and queues the ops.
 import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/pagedAttention.js';
 import { TILE_WORDS, pagedAttention, rowChunkSize } from '../../codegen/kernels/pagedAttention.js';
+import type { attentionRows } from '../../codegen/kernels/attentionRows.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import type { Device, DeviceBuffer, HostArray } from '../backend/device.js';
 import { uploadScratch } from '../backend/scratch.js';
@@ -57,8 +58,14 @@ export function attentionTargetCtas(dev: Pick<Device, 'profile'>): number {
   return dev.profile.software ? 0 : 2 * (dev.profile.multiprocessors ?? 0);
 }
 
+/**
+ * What tiling the batch needs from an attention op's config: pagedAttention's AttentionConfig,
+ * or attentionRows' (whose one chunk spans any context).
+ */
+export type AttentionTiling = Pick<AttentionConfig, 'headDim' | 'groupSize' | 'blockSize' | 'tileTokens' | 'chunkSize' | 'kvTile' | 'targetCtas'>;
+
 /** Validate the batch against the cache and build the op's metadata. */
-export function prepareAttention(c: AttentionConfig, batch: AttentionBatch, cache: CacheGeometry): PreparedAttention {
+export function prepareAttention(c: AttentionTiling, batch: AttentionBatch, cache: CacheGeometry): PreparedAttention {
   const { blockSize: BS, tileTokens: TQ } = c;
   int(batch.numTokens, 'attention: numTokens', 1);
   int(cache.numBlocks, 'attention: cache numBlocks', 1);
@@ -156,7 +163,8 @@ export function checkSlots(slots: Int32Array, numBlocks: number, blockSize: numb
   });
 }
 
-type PagedAttentionOp = ReturnType<typeof pagedAttention>;
+/** Either attention op: they share bindings, sizes and the tiles prepareAttention builds from their config. */
+type PagedAttentionOp = ReturnType<typeof pagedAttention> | ReturnType<typeof attentionRows>;
 type KvAppendOp = ReturnType<typeof kvAppend>;
 
 /** Metadata uploads reuse per-device scratch buffers (grown 2× to settle quickly). */
