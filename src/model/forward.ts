@@ -8,7 +8,8 @@
 // (decodeBucket.ts), so on CUDA each bucket's step is captured once as a graph and replayed.
 import { embedding } from '../../codegen/kernels/embedding.js';
 import { type FusedLinearOp, fusedLinear } from '../../codegen/kernels/fusedLinear.js';
-import { type AttentionSizes, attentionConfig, TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { type AttentionSizes, TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { attentionRows } from '../../codegen/kernels/attentionRows.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';
 import type { Device, DeviceBuffer, DeviceGraph } from '../backend/device.js';
@@ -41,7 +42,7 @@ export interface ForwardOptions {
   maxBatchTokens?: number;
   /** Most sequences one pass may carry. */
   maxSeqs?: number;
-  /** KV positions per split-KV chunk of attention (default: the kernel's, 512). */
+  /** KV positions per split-KV chunk of pagedAttention (default: the kernel's, 512); the cpu device's attentionRows has one chunk per row. */
   attentionChunkSize?: number;
   /** Capture decode steps as graphs on devices that can (default true). */
   decodeGraphs?: boolean;
@@ -65,8 +66,6 @@ export interface PassLayout {
   partials?: { acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'>; tickets: DeviceBuffer<'u32'> };
   /** Logits rows are the activation rows 0..logitRows−1 in order (decode): no gather. */
   identityRows?: boolean;
-  /** One token per sequence (a decode bucket): the decode attention op runs, where there is one. */
-  decode?: boolean;
 }
 
 /** The activations of one pass (llama2.c's RunState), f32, sized for maxBatchTokens rows. */
@@ -161,13 +160,13 @@ export class LlamaForward {
       embedWorkgroup: tunedWorkgroup('embedding', { D, table: weights.embed.dtype }),
       gather: embedding({ table: 'f32', caps, workgroupSize: tunedWorkgroup('embedding', { D, table: 'f32' }) }),
       norm: rmsNorm({ caps, workgroupSize: tunedWorkgroup('rmsNorm', { D }) ?? defaultRmsNormWorkgroup(D, caps) }),
-      attention: pagedAttention(attentionParams),
-      // Decode steps (one token per sequence) on the cpu device: one query token per workgroup of
-      // 32 (the default holds 16 rows for prefill tiles; the CPU executor runs every invocation of
-      // every region, idle or not: 2.7× faster per decode launch, bench/notes/cpu.md). A row's bits
-      // do not depend on the tile or workgroup size (test/kernels/attention.test.ts), nor on which
-      // op ran it; the same chunk geometry (kvTile, chunkSize) keeps the decode partials' shapes.
-      decodeAttention: dev.profile.deviceClass === 'cpu' ? pagedAttention({ ...attentionParams, tileTokens: 1, workgroupSize: 32, kvTile: attentionConfig(attentionParams).kvTile }) : undefined,
+      // The cpu device runs attentionRows for every launch — prefill, decode, verify — so a row's
+      // bits never depend on which kind of pass it came in: one invocation per row in locals, no
+      // barriers (the CPU executor runs each barrier region over every invocation), one chunk per
+      // row. GPUs keep pagedAttention (split-KV chunks; the decode buckets own its partials).
+      attention: dev.profile.deviceClass === 'cpu'
+        ? attentionRows({ headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps })
+        : pagedAttention(attentionParams),
     };
     // The norms run as the next linear's prologue, in the norm kernel's order for this workgroup size.
     const norm = { workgroupSize: this.ops.norm.ir.workgroupSize[0], eps: s.rmsNormEps };
@@ -294,8 +293,9 @@ export class LlamaForward {
       const embed: Record<string, DeviceBuffer> = l === 0 ? { ids: idx.ids, embed: this.weights.embed.table } : {};
       this.linear(w.qkv, a.x, { ...embed, normW: w.attnNorm, pos: idx.pos, table: this.ropeTable, slots: idx.slots, q: a.q, kCache, vCache }, T,
         { maxPos: this.ropePositions, numBlocks: this.opts.numBlocks });
-      // Scratch the layout brings (decode buckets) replaces the device's shared scratch (runPlan).
-      dev.run(L.decode && this.ops.decodeAttention ? this.ops.decodeAttention : this.ops.attention, {
+      // Scratch the layout brings (decode buckets) replaces the device's shared scratch (runPlan);
+      // attentionRows takes no partials and ignores them.
+      dev.run(this.ops.attention, {
         q: a.q, kCache, vCache, blockTables: L.blockTables, tiles: L.tiles, out: a.attn,
         ...(L.partials ? { partAcc: L.partials.acc, partMl: L.partials.ml } : {}),
         // The last-arrival merge's tickets (devices with a fence), owned by the layout like the partials.
@@ -413,7 +413,7 @@ export class LlamaForward {
     let layout = this.decodeLayouts.get(B);
     if (!layout) {
       layout = {
-        tokens: B, logitRows: B, attention: decodeAttentionSizes(B, g), identityRows: true, decode: true,
+        tokens: B, logitRows: B, attention: decodeAttentionSizes(B, g), identityRows: true,
         blockTables: bufs.blockTables, tiles: bufs.tiles, partials: { acc: bufs.acc, ml: bufs.ml, tickets: bufs.tickets },
       };
       this.decodeLayouts.set(B, layout);
