@@ -18,6 +18,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   'gpu-prep': () => import('./gpu/prep.js'),
   browser: () => import('./browser.js'),
   'decode-steps': () => import('./decodeSteps.js'),
+  'cpu-attention': () => import('./cpuAttention.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);
