@@ -1,6 +1,7 @@
 // `npm run bench -- cpu-attention`: the cpu device's attention, old against new, side by side in one
 // process: pagedAttention as the forward ran it on cpu before attentionRows (decode steps: one token
-// per workgroup of 32; prefill: the default tiles) and attentionRows, at brown-target's heads
+// per workgroup of 32; prefill: the default tiles) and attentionRows with one query head per
+// invocation and with its default (headsPerInvocation: both heads of a KV head), at brown-target's heads
 // (head_dim 32, 8 query / 4 KV heads), one layer's launch. Cells: decode batches at a context, and
 // one prefill of L tokens over an empty cache. The variants' samples are interleaved (A, B, A, B…)
 // and each keeps its best, on one thread (workers 0) and on the worker pool.
@@ -108,7 +109,7 @@ export async function main(args: string[]): Promise<void> {
     try {
       for (const kv of o.kv) {
         const params = { headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, caps: dev.caps };
-        const rowsOp = attentionRows(params);
+        const rowsOp = attentionRows(params), rowsOneHead = attentionRows({ ...params, headsPerInvocation: 1 });
         // What src/model/forward.ts ran on cpu before attentionRows.
         const pagedDecode = pagedAttention({ ...params, tileTokens: 1, workgroupSize: 32, kvTile: attentionConfig(params).kvTile });
         const pagedPrefill = pagedAttention(params);
@@ -117,10 +118,10 @@ export async function main(args: string[]): Promise<void> {
           ...o.prefill.map((L) => ({ label: `prefill ${L} tokens`, seqs: [{ qLen: L, ctxLen: 0 }], old: pagedPrefill })),
         ];
         for (const cell of cells) {
-          const { launchers, free } = makeCell(dev, kv, cell.seqs, [cell.old, rowsOp]);
+          const { launchers, free } = makeCell(dev, kv, cell.seqs, [cell.old, rowsOneHead, rowsOp]);
           try {
-            const [old, fresh] = await timeInterleaved(dev, launchers, o.rounds, cell.label.startsWith('prefill') ? Math.max(1, Math.floor(o.reps / 10)) : o.reps);
-            rows.push(`| ${workers ? `${workers} workers` : 'main thread'} | ${kv} | ${cell.label} | ${old!.toFixed(1)} | ${fresh!.toFixed(1)} | ${(old! / fresh!).toFixed(2)} |`);
+            const [old, one, fresh] = await timeInterleaved(dev, launchers, o.rounds, cell.label.startsWith('prefill') ? Math.max(1, Math.floor(o.reps / 10)) : o.reps);
+            rows.push(`| ${workers ? `${workers} workers` : 'main thread'} | ${kv} | ${cell.label} | ${old!.toFixed(1)} | ${one!.toFixed(1)} | ${fresh!.toFixed(1)} | ${(old! / fresh!).toFixed(2)} |`);
             console.error(rows.at(-1));
           } finally { free(); }
         }
@@ -128,7 +129,7 @@ export async function main(args: string[]): Promise<void> {
     } finally { dev.destroy(); }
   }
   console.log(`\ncpu attention, one layer's launch (head_dim 32, 8 query / 4 KV heads, blocks of 16), µs per launch, best of ${o.rounds} interleaved rounds (${started} UTC)\n`);
-  console.log('| threads | KV | cell | pagedAttention (cpu before) | attentionRows | old / new |');
-  console.log('|---|---|---|---:|---:|---:|');
+  console.log('| threads | KV | cell | pagedAttention (cpu before) | attentionRows, 1 head per invocation | attentionRows (default) | old / new |');
+  console.log('|---|---|---|---:|---:|---:|---:|');
   for (const r of rows) console.log(r);
 }

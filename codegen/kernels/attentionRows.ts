@@ -4,10 +4,11 @@
 //
 // On the CPU executor every barrier region loops over all of a workgroup's invocations, so
 // pagedAttention's shared-memory staging, per-warp softmax and split-KV merge cost more than the
-// arithmetic. Here one workgroup takes a (tile, KV head) and one invocation a row (a token of the
-// tile × a query head of the GQA group); the row walks its positions [window start, own
-// position] in order, one cache block at a time, with an online softmax and its head_dim
-// accumulators in private memory (locals on the CPU executor). No workgroup memory, no barriers,
+// arithmetic. Here one workgroup takes a (tile, KV head) and one invocation a token of the tile
+// for one or more query heads of the GQA group (headsPerInvocation: they share each K/V load);
+// each row (token × head) walks its positions [window start, own position] in order, one cache
+// block at a time, with an online softmax and its head_dim accumulators in private memory
+// (locals on the CPU executor). No workgroup memory, no barriers,
 // no partials: the config's chunkSize is larger than any context, so prepareAttention gives every
 // row a single chunk (partRows 0) and the partial/merge bindings of pagedAttention are not needed.
 //
@@ -33,8 +34,14 @@ export interface AttentionRowsParams {
   kvDtype?: 'f32' | 'f16';
   /** Tokens per cache block (default 16). */
   blockSize?: number;
-  /** Query tokens per workgroup (default ⌊16 / groupSize⌋, at least 1): one invocation per row. */
+  /** Query tokens per workgroup (default ⌊16 / groupSize⌋, at least 1). */
   tileTokens?: number;
+  /**
+   * Query heads of the group one invocation takes (a divisor of groupSize; default the largest
+   * with headsPerInvocation · headDim ≤ 64): they share each K/V load and f16 unpack, and their
+   * dot products are independent chains. Results do not depend on it.
+   */
+  headsPerInvocation?: number;
   caps?: Caps;
 }
 
@@ -48,7 +55,7 @@ export interface AttentionRowsConfig {
   chunkSize: number;
   /** Fixed chunks (no targetCtas shrinking); kvTile = blockSize only so rowChunkSize can run. */
   kvTile: number; targetCtas: 0;
-  tileTokens: number; rows: number; workgroupSize: number; caps: Caps;
+  tileTokens: number; rows: number; headsPerInvocation: number; workgroupSize: number; caps: Caps;
 }
 
 export function attentionRowsConfig(p: AttentionRowsParams): AttentionRowsConfig {
@@ -60,14 +67,16 @@ export function attentionRowsConfig(p: AttentionRowsParams): AttentionRowsConfig
   }
   if (!Number.isInteger(G) || G < 1 || G > 8) throw new Error(`attentionRows: groupSize ${G} is not an integer in 1..8`);
   if (!Number.isInteger(BS) || BS < 1 || BS > 64) throw new Error(`attentionRows: blockSize ${BS} is not in 1..64`);
+  const hpi = p.headsPerInvocation ?? Math.max(...Array.from({ length: G }, (_, j) => j + 1).filter((n) => G % n === 0 && (n === 1 || n * D <= 64)));
+  if (!Number.isInteger(hpi) || hpi < 1 || G % hpi) throw new Error(`attentionRows: headsPerInvocation ${hpi} does not divide groupSize ${G}`);
   const tileTokens = p.tileTokens ?? Math.max(1, Math.floor(16 / G));
-  const rows = tileTokens * G;
-  if (!Number.isInteger(tileTokens) || tileTokens < 1 || rows > caps.maxInvocationsPerWorkgroup) {
-    throw new Error(`attentionRows: tileTokens ${tileTokens} × group ${G} rows must be a positive integer count within ${caps.maxInvocationsPerWorkgroup} invocations`);
+  const rows = tileTokens * G, wg = rows / hpi;
+  if (!Number.isInteger(tileTokens) || tileTokens < 1 || wg > caps.maxInvocationsPerWorkgroup) {
+    throw new Error(`attentionRows: tileTokens ${tileTokens} must be a positive integer whose ${wg} invocations fit the device's ${caps.maxInvocationsPerWorkgroup}`);
   }
   return {
     headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: BS * Math.floor(2 ** 31 / BS), kvTile: BS, targetCtas: 0,
-    tileTokens, rows, workgroupSize: rows, caps,
+    tileTokens, rows, headsPerInvocation: hpi, workgroupSize: wg, caps,
   };
 }
 
@@ -86,19 +95,21 @@ function blockSum(k: KernelBuilder, lanes: Val<'f32'>[]): Val<'f32'> {
   return v[0]!;
 }
 
-/** One workgroup per (tile, KV head), one invocation per row; see the file comment. */
+/** One workgroup per (tile, KV head), one invocation per token × headsPerInvocation heads; see the file comment. */
 export function attentionRowsKernel(c: AttentionRowsConfig) {
-  const { headDim: D, groupSize: G, blockSize: BS, rows: R } = c;
+  const { headDim: D, groupSize: G, blockSize: BS, headsPerInvocation: HI } = c;
   const f16 = c.kvDtype === 'f16';
   const P = f16 ? D / 2 : D; // words per (position, KV head)
+  const GI = G / HI; // invocations per token
   const wordT = f16 ? 'u32' : 'f32';
   const cacheShape = `[numBlocks, ${BS}, numKvHeads, ${P}]`;
   const headsShape = `[numTokens, numKvHeads * ${G}, ${D}]`;
+  const heads = Array.from({ length: HI }, (_, j) => j);
   return kernel({
     name: 'attentionRows',
-    params: { headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, tileTokens: c.tileTokens },
+    params: { headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, tileTokens: c.tileTokens, headsPerInvocation: HI },
     caps: c.caps,
-    workgroupSize: R,
+    workgroupSize: c.workgroupSize,
     bindings: {
       q: storage('f32', 'read', { shape: headsShape }),
       kCache: storage(wordT, 'read', { shape: cacheShape }),
@@ -118,21 +129,23 @@ export function attentionRowsKernel(c: AttentionRowsConfig) {
       // Tile words (pagedAttention.ts TILE_WORDS): seq, first q row, token count, first position; the chunk words are unused.
       const seq = k.let('seq', b.tiles.at(tileBase)), qRow0 = k.let('qRow0', b.tiles.at(tileBase.add(1)));
       const nTok = k.let('nTok', b.tiles.at(tileBase.add(2))), pos0 = k.let('pos0', b.tiles.at(tileBase.add(3)));
-      const i = k.let('i', lid.div(G));
+      const i = k.let('i', GI > 1 ? lid.div(GI) : lid);
       k.if(i.ge(nTok), () => k.return());
       const kvh = k.let('kvh', k.workgroupId.y);
       const H = k.let('numHeads', u.numKvHeads.mul(G));
-      const qBase = k.let('qBase', qRow0.add(i).mul(H).add(kvh.mul(G)).add(lid.rem(G)).mul(D));
+      // Row of head j: q/out elements from qBase + j·D (the invocation's heads are adjacent).
+      const firstHead = GI > 1 ? kvh.mul(G).add(lid.rem(GI).mul(HI)) : kvh.mul(G);
+      const qBase = k.let('qBase', qRow0.add(i).mul(H).add(firstHead).mul(D));
       const kvEnd = k.let('kvEnd', pos0.add(i).add(1));
       const lo = k.let('lo', k.select(u.window.gt(0).and(kvEnd.gt(u.window)), kvEnd.sub(u.window), k.u32(0)));
       const tableRow = k.let('tableRow', seq.mul(u.maxBlocksPerSeq));
 
-      // Constant indices only: these live in locals (registers) on every target.
-      const qv = k.privateArray('qv', 'f32', D), acc = k.privateArray('acc', 'f32', D), pvSum = k.privateArray('pvSum', 'f32', D);
-      for (let d = 0; d < D; d++) { qv.set(d, b.q.at(qBase.add(d))); acc.set(d, 0); }
-      // The block's scores, then its exp2(s − mNew), by position in the block.
-      const probs = k.privateArray('probs', 'f32', BS);
-      const m = k.var('m', 'f32', -F32_MAX), l = k.var('l', 'f32', 0);
+      // Constant indices only ([head j][d] at j·D + d): these live in locals (registers) on every target.
+      const qv = k.privateArray('qv', 'f32', HI * D), acc = k.privateArray('acc', 'f32', HI * D), pvSum = k.privateArray('pvSum', 'f32', HI * D);
+      for (let e = 0; e < HI * D; e++) { qv.set(e, b.q.at(qBase.add(e))); acc.set(e, 0); }
+      // Per head, the block's scores, then its exp2(s − mNew), by position in the block: [j][position] at j·BS + position.
+      const probs = k.privateArray('probs', 'f32', HI * BS);
+      const m = heads.map((j) => k.var(`m${j}`, 'f32', -F32_MAX)), l = heads.map((j) => k.var(`l${j}`, 'f32', 0));
 
       /** Each f32 element d of a position's K or V row at word offset `at` (f16 words unpacked in pairs). */
       const elements = (cache: ArrayRef<'f32' | 'u32', boolean>, at: Val<'u32'>, use: (d: number, v: Val<'f32'>) => void) => {
@@ -145,35 +158,41 @@ export function attentionRowsKernel(c: AttentionRowsConfig) {
           } else use(w, word as Val<'f32'>);
         }
       };
+      const slot = (j: number, pos: Val<'u32'>) => (j ? pos.add(j * BS) : pos);
 
       k.for('bt', lo.div(BS).mul(BS), kvEnd, (bt) => {
         const blk = k.let('blk', b.blockTables.at(tableRow.add(bt.div(BS))));
         const from = k.let('from', max(bt, lo).sub(bt)), to = k.let('to', min(bt.add(BS), kvEnd).sub(bt));
-        const rowAt = (j: Val<'u32'>) => k.let('rowAt', blk.mul(BS).add(j).mul(u.numKvHeads).add(kvh).mul(P));
+        const rowAt = (pos: Val<'u32'>) => k.let('rowAt', blk.mul(BS).add(pos).mul(u.numKvHeads).add(kvh).mul(P));
         // Scores, base 2: s = (q · k) · scale · log2 e, summed over head_dim in order.
-        const mx = k.var('mx', 'f32', -F32_MAX);
-        k.for('j', from, to, (j) => {
-          const dot = k.var('dot', 'f32', 0);
-          elements(b.kCache, rowAt(j), (d, kd) => dot.set(dot.add(qv.at(d).mul(kd))));
-          const s = k.let('s', dot.mul(u.scaleLog2));
-          probs.set(j, s);
-          mx.set(max(mx, s));
+        const mx = heads.map((j) => k.var(`mx${j}`, 'f32', -F32_MAX));
+        k.for('pos', from, to, (pos) => {
+          const dot = heads.map((j) => k.var(`dot${j}`, 'f32', 0));
+          elements(b.kCache, rowAt(pos), (d, kd) => heads.forEach((j) => dot[j]!.set(dot[j]!.add(qv.at(j * D + d).mul(kd)))));
+          heads.forEach((j) => {
+            const s = k.let(`s${j}`, dot[j]!.mul(u.scaleLog2));
+            probs.set(slot(j, pos), s);
+            mx[j]!.set(max(mx[j]!, s));
+          });
         });
-        const mNew = k.let('mNew', max(m, mx));
-        const alpha = k.let('alpha', k.select(mNew.eq(m), k.f32(1), exp2(m.sub(mNew))));
-        k.for('j', from, to, (j) => probs.set(j, exp2(probs.at(j).sub(mNew))));
-        const lanes = Array.from({ length: BS }, (_, j) => k.let(`lane${j}`, k.select(to.gt(j).and(from.le(j)), probs.at(j), k.f32(0))));
-        l.set(l.mul(alpha).add(blockSum(k, lanes)));
-        m.set(mNew);
-        // acc = acc · alpha + Σ_j p_j · v_j, the sum in position order.
-        for (let d = 0; d < D; d++) pvSum.set(d, 0);
-        k.for('j', from, to, (j) => {
-          const p = k.let('p', probs.at(j));
-          elements(b.vCache, rowAt(j), (d, vd) => pvSum.set(d, pvSum.at(d).add(p.mul(vd))));
+        const alpha = heads.map((j) => {
+          const mNew = k.let(`mNew${j}`, max(m[j]!, mx[j]!));
+          const a = k.let(`alpha${j}`, k.select(mNew.eq(m[j]!), k.f32(1), exp2(m[j]!.sub(mNew))));
+          k.for('pos', from, to, (pos) => probs.set(slot(j, pos), exp2(probs.at(slot(j, pos)).sub(mNew))));
+          const lanes = Array.from({ length: BS }, (_, p) => k.let(`lane${p}`, k.select(to.gt(p).and(from.le(p)), probs.at(j * BS + p), k.f32(0))));
+          l[j]!.set(l[j]!.mul(a).add(blockSum(k, lanes)));
+          m[j]!.set(mNew);
+          return a;
         });
-        for (let d = 0; d < D; d++) acc.set(d, acc.at(d).mul(alpha).add(pvSum.at(d)));
+        // acc = acc · alpha + Σ_pos p · v, the sum in position order.
+        for (let e = 0; e < HI * D; e++) pvSum.set(e, 0);
+        k.for('pos', from, to, (pos) => {
+          const p = heads.map((j) => k.let(`p${j}`, probs.at(slot(j, pos))));
+          elements(b.vCache, rowAt(pos), (d, vd) => heads.forEach((j) => pvSum.set(j * D + d, pvSum.at(j * D + d).add(p[j]!.mul(vd)))));
+        });
+        heads.forEach((j) => { for (let d = 0; d < D; d++) acc.set(j * D + d, acc.at(j * D + d).mul(alpha[j]!).add(pvSum.at(j * D + d))); });
       }, BS);
-      for (let d = 0; d < D; d++) b.out.set(qBase.add(d), acc.at(d).div(l));
+      heads.forEach((j) => { for (let d = 0; d < D; d++) b.out.set(qBase.add(j * D + d), acc.at(j * D + d).div(l[j]!)); });
     },
   });
 }

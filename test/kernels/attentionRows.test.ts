@@ -2,7 +2,7 @@
 // crossing cache blocks, random non-contiguous block tables, GQA 1..8, head_dim 8..128, f32 and
 // f16 KV, sliding windows) against a float64 reference on the values the cache holds; a
 // sequence's rows bit-identical alone, in a mixed batch, chunked as a prefill and token by token,
-// whatever the tile size; the same bits as pagedAttention where that one sums per warp.
+// whatever the tile size and heads per invocation; the same bits as pagedAttention where that one sums per warp.
 import { describe, expect, it } from 'vitest';
 import { attentionRows, attentionRowsConfig } from '../../codegen/kernels/attentionRows.js';
 import { attentionConfig, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
@@ -72,7 +72,7 @@ function reference(c: Case): Float64Array {
   return out;
 }
 
-type Kernel = { kind: 'rows'; tileTokens?: number } | { kind: 'paged'; chunkSize: number };
+type Kernel = { kind: 'rows'; tileTokens?: number; headsPerInvocation?: number } | { kind: 'paged'; chunkSize: number };
 
 /** Write every position's K/V into its cache slot (unwritten words poisoned), run the op, read out (poisoned first). */
 async function runCase(dev: Device, c: Case, kern: Kernel = { kind: 'rows' }): Promise<Float32Array> {
@@ -92,7 +92,7 @@ async function runCase(dev: Device, c: Case, kern: Kernel = { kind: 'rows' }): P
     const kCache = cache(k, 'kCache'), vCache = cache(v, 'vCache');
     const out = bufs.output('f32', c.numTokens * KVH * G * D, 'out');
     const params = { headDim: D, groupSize: G, kvDtype, blockSize: BS, caps: dev.caps };
-    const o = kern.kind === 'rows' ? attentionRows({ ...params, tileTokens: kern.tileTokens }) : pagedAttention({ ...params, chunkSize: kern.chunkSize });
+    const o = kern.kind === 'rows' ? attentionRows({ ...params, tileTokens: kern.tileTokens, headsPerInvocation: kern.headsPerInvocation }) : pagedAttention({ ...params, chunkSize: kern.chunkSize });
     runPagedAttention(dev, o, { q: bufs.input('f32', c.q, 'q'), kCache, vCache, out },
       { numTokens: c.numTokens, seqs: c.seqs, window: c.shape.window }, { numBlocks: c.numBlocks, numKvHeads: KVH, maxBlocksPerSeq: c.maxBlocksPerSeq });
     return await bufs.read(out);
@@ -128,7 +128,7 @@ forEachBackend('attentionRows', (dev) => {
   }
 
   for (const kvDtype of ['f32', 'f16'] as const) {
-    it(`${kvDtype} KV: a sequence's rows are bit-identical alone, in a mixed batch, chunked as a prefill, token by token, at any tile size`, async () => {
+    it(`${kvDtype} KV: a sequence's rows are bit-identical alone, in a mixed batch, chunked as a prefill, token by token, at any tile size and heads per invocation`, async () => {
       const r = rng(freshSeed(`attentionRows batch invariance ${kvDtype}`));
       const shape: Shape = { headDim: 32, group: 4, kvHeads: 2, kvDtype, window: 40 };
       // The sequence under test is sequence 0: 7 new tokens after 45 cached ones (crossing a block end).
@@ -144,7 +144,9 @@ forEachBackend('attentionRows', (dev) => {
           seqs: [{ ...s, qStart: 0, qLen, ctxLen: s.ctxLen + qFrom }], k: [mixed.k[0]!.slice(0, kvLen)], v: [mixed.v[0]!.slice(0, kvLen)],
         };
       };
-      for (const tileTokens of [1, 3, 8]) expect(rowsOf(only(0, 7), await runCase(dev, only(0, 7), { kind: 'rows', tileTokens })), `alone, tiles of ${tileTokens}`).toEqual(mine);
+      for (const v of [{ tileTokens: 1 }, { tileTokens: 3, headsPerInvocation: 1 }, { tileTokens: 8, headsPerInvocation: 4 }]) {
+        expect(rowsOf(only(0, 7), await runCase(dev, only(0, 7), { kind: 'rows', ...v })), `alone, ${JSON.stringify(v)}`).toEqual(mine);
+      }
       const parts = [rowsOf(only(0, 3), await runCase(dev, only(0, 3), { kind: 'rows', tileTokens: 2 })), rowsOf(only(3, 4), await runCase(dev, only(3, 4)))];
       expect(Uint32Array.from([...parts[0]!, ...parts[1]!]), 'prefill chunked 3 + 4').toEqual(mine);
       for (let j = 0; j < 7; j++) expect(rowsOf(only(j, 1), await runCase(dev, only(j, 1))), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
@@ -171,7 +173,9 @@ describe('attentionRows config', () => {
     const c = attentionRowsConfig({ headDim: 32, groupSize: 2 });
     expect(c.chunkSize % c.blockSize).toBe(0);
     expect(c.chunkSize).toBeGreaterThanOrEqual(2 ** 30);
-    expect(c.rows).toBe(16);
+    expect([c.rows, c.headsPerInvocation, c.workgroupSize]).toEqual([16, 2, 8]); // 2 heads × 32 ≤ 64
+    expect(attentionRowsConfig({ headDim: 128, groupSize: 4 }).headsPerInvocation).toBe(1);
+    expect(() => attentionRowsConfig({ headDim: 32, groupSize: 4, headsPerInvocation: 3 })).toThrow(/headsPerInvocation 3 does not divide groupSize 4/);
     expect(() => attentionRowsConfig({ headDim: 33, groupSize: 2, kvDtype: 'f16' })).toThrow(/headDim 33 .* even for f16/);
     expect(() => attentionRowsConfig({ headDim: 32, groupSize: 9 })).toThrow(/groupSize 9/);
     expect(() => attentionRowsConfig({ headDim: 32, groupSize: 2, tileTokens: 0 })).toThrow(/tileTokens 0/);
