@@ -236,8 +236,9 @@ export function kernel<B extends Bindings, U extends Uniforms>(spec: KernelSpec<
   }
   spec.body(kb, refs as BufRefs<B>, uvals as UniformVals<U>);
   if (kb.usesMma && invocations % 32) kb.fail(`mma needs whole warps: a workgroup of ${invocations} invocations is not a multiple of 32`);
-  // Targets without tensor cores trade mma fragments through workgroup memory (MMA_SCRATCH_WORDS per invocation).
-  const sharedBytes = kb.sharedDecls.reduce((s, d) => s + d.length * 4, 0) + (kb.usesMma ? invocations * 6 * 4 : 0);
+  // Targets without tensor cores trade mma fragments through workgroup memory (MMA_SCRATCH_WORDS per
+  // invocation); with them (CUDA: mma.sync from registers) the fragments take none.
+  const sharedBytes = kb.sharedDecls.reduce((s, d) => s + d.length * 4, 0) + (kb.usesMma && !kb.caps.tensorCores ? invocations * 6 * 4 : 0);
   if (sharedBytes > kb.caps.maxWorkgroupStorage) {
     kb.fail(`workgroup arrays take ${sharedBytes} bytes, over the device limit ${kb.caps.maxWorkgroupStorage}`);
   }

@@ -33,11 +33,18 @@ import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFu
 export { MMA_MAX_ROWS } from './mmaCommon.js';
 /** Output columns per workgroup; its qweight words per row; invocations per split set. */
 const COLS = MMA_COLS, WORDS = COLS / 8, SET = MMA_SET;
-export const INT4_MMA_SPLITS: readonly number[] = [1, 2, 4];
+export const INT4_MMA_SPLITS: readonly number[] = [1, 2, 4, 8];
 
-/** The split-K for K and group size g: the largest of 4, 2, 1 dividing the group count. */
-export function int4MmaSplit(K: number, g: number): number {
-  return [4, 2, 1].find((s) => (K / g) % s === 0)!;
+/**
+ * The split-K for K and group size g: the largest of 4, 2, 1 dividing the group count — or 8 where
+ * it divides, the device has tensor cores and 1024-invocation workgroups, and the epilogue is not
+ * gate/up (its 4 tiles a warp would need 56 KB of workgroup memory for the sums): Llama-3-8B's
+ * N = 4096 layers then launch 15.5 warps per SM instead of 7.8. A function of K, g, the epilogue and
+ * the device, never of M.
+ */
+export function int4MmaSplit(K: number, g: number, e?: Epilogue, caps?: Caps): number {
+  const wide = !!caps?.tensorCores && caps.maxInvocationsPerWorkgroup >= 8 * SET && !!e && !e.gateUp;
+  return [...(wide ? [8] : []), 4, 2, 1].find((s) => (K / g) % s === 0)!;
 }
 
 /** The group size when `src` is the AutoAWQ INT4 source this kernel reads, else undefined. */
@@ -57,7 +64,7 @@ export function int4MmaUnfit(K: number, N: number, g: number): string | undefine
 export interface Int4MmaParams {
   groupSize: number;
   epilogue: Epilogue;
-  /** Split-K warp sets (1, 2 or 4); the group count K / g must be a multiple (int4MmaSplit). */
+  /** Split-K warp sets (1, 2, 4 or 8); the group count K / g must be a multiple (int4MmaSplit). */
   split?: number;
   /** Launches folded in (mmaFusion.ts): embedding gather, RMSNorm prologue, RoPE + KV append. */
   fusion?: MmaFusion;
@@ -180,5 +187,5 @@ export function int4MmaKernel(p: Int4MmaParams) {
 /** The kernel for a linear op's source, or undefined when the source is not INT4 AutoAWQ. */
 export function int4MmaFor(src: WeightSource, K: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
   const g = int4MmaGroupSize(src);
-  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, split: int4MmaSplit(K, g), epilogue: e, caps, ...(fusion ? { fusion } : {}) });
+  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, split: int4MmaSplit(K, g, e, caps), epilogue: e, caps, ...(fusion ? { fusion } : {}) });
 }

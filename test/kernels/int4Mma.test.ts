@@ -72,9 +72,42 @@ forEachBackend('int4 MMA linear', (dev) => {
       }
     });
   });
+
+  it('split-K 8 (CUDA\'s choice for long K, 1024 invocations): M = 1, 17 within 1e-5 of float64; row 16 of M = 17 equals M = 1', async (ctx) => {
+    const K = 256, N = 40, g = 32, e = fullEpilogue({ residual: true });
+    let kern: ReturnType<typeof int4MmaKernel>;
+    try { kern = int4MmaKernel({ groupSize: g, split: 8, epilogue: e, caps: dev.caps }); } catch (err) {
+      ctx.skip(`this device cannot hold a 1024-invocation MMA workgroup with its fragment scratch: ${(err as Error).message}`);
+      return;
+    }
+    await withWeights(dev, K, N, g, freshSeed('int4 mma split 8'), async (w, W, r) => {
+      const inp = randomInputs(17, K, N, e, r);
+      const run = async (x: Float32Array, residual: Float32Array, M: number) => {
+        const xb = dev.alloc('f32', M * K, 'x'), rb = dev.alloc('f32', M * N, 'residual'), out = dev.alloc('f32', M * N, 'out');
+        try {
+          dev.write(xb, x);
+          dev.write(rb, residual);
+          dev.write(out, new Float32Array(M * N).fill(Number.NaN));
+          dev.launch(kern, { x: xb, ...w, residual: rb, out } as never, { M, K, N, Nw: N });
+          return await dev.read(out);
+        } finally { for (const b of [xb, rb, out]) dev.free(b); }
+      };
+      const all = await run(inp.x, inp.residual!, 17);
+      const ref = linearRef(Float32Array.from(inp.x, toF16), W, 17, K, N, e, undefined, inp.residual);
+      expect(relErr(all, ref)).toBeLessThan(1e-5);
+      const one = await run(inp.x.slice(16 * K, 17 * K), inp.residual!.slice(16 * N, 17 * N), 1);
+      expect(firstDiff(new Uint32Array(one.buffer, one.byteOffset, N), new Uint32Array(all.buffer, all.byteOffset + 16 * N * 4, N)), 'row 16').toBe(-1);
+    });
+  });
 });
 
 describe('int4 MMA path: chooser and CUDA', () => {
+  it('split-K: 8 for long K where the caps have tensor cores and 1024 invocations (not gate/up: its sums would not fit), else 4, 2, 1', () => {
+    const plain = fullEpilogue({}), gateUp = fullEpilogue({ gateUp: true });
+    expect([int4MmaSplit(4096, 128, plain, CUDA_CAPS), int4MmaSplit(14336, 128, plain, CUDA_CAPS), int4MmaSplit(4096, 128, gateUp, CUDA_CAPS)]).toEqual([8, 8, 4]);
+    expect([int4MmaSplit(4096, 128, plain, BASELINE_CAPS), int4MmaSplit(4096, 128), int4MmaSplit(384, 128, plain, CUDA_CAPS)]).toEqual([4, 4, 1]);
+  });
+
   const K = 256, g = 64;
   const stepsOf = (caps: typeof CUDA_CAPS, M: number, mmaMaxRows?: number) =>
     int4Linear({ K, N: 64, groupSize: g, caps, ...(mmaMaxRows === undefined ? {} : { choice: { mmaMaxRows } }) })

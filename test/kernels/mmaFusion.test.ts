@@ -8,7 +8,7 @@ import { CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { embedding } from '../../codegen/kernels/embedding.js';
 import { fusedLinear, type RopeAppendEpilogue } from '../../codegen/kernels/fusedLinear.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
-import { int4MmaKernel } from '../../codegen/kernels/int4Mma.js';
+import { int4MmaKernel, int4MmaSplit } from '../../codegen/kernels/int4Mma.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import { fullEpilogue, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import { denseMmaKernel } from '../../codegen/kernels/mmaMatmul.js';
@@ -155,13 +155,12 @@ forEachBackend('fused linear on the MMA path', (dev) => {
 });
 
 describe('fused MMA kernels at Llama-3-8B shapes: CUDA', () => {
-  // What LlamaForward builds on CUDA (int4 g = 128, K = 4096: split-K 4; norm workgroup 256).
+  // What LlamaForward builds on CUDA (int4 g = 128, K = 4096: split-K 8, gate/up 4; norm workgroup 256).
   const norm = { workgroupSize: 256 };
   const rope: RopeAppendEpilogue = { layout: 'halves', heads: 32, kvHeads: 8, headDim: 128, kvDtype: 'f16', blockSize: 16 };
   const kernels = () => [
-    int4MmaKernel({ groupSize: 128, split: 4, epilogue: fullEpilogue({}), fusion: { gather: 'f16', norm, rope }, caps: CUDA_CAPS }),
-    int4MmaKernel({ groupSize: 128, split: 4, epilogue: fullEpilogue({ gateUp: true }), fusion: { norm }, caps: CUDA_CAPS }),
-    int4MmaKernel({ groupSize: 128, split: 4, epilogue: fullEpilogue({ residual: true }), caps: CUDA_CAPS }),
+    ...[{ e: {}, fusion: { gather: 'f16' as const, norm, rope } }, { e: { gateUp: true }, fusion: { norm } }, { e: { residual: true }, fusion: {} }].map(({ e, fusion }) =>
+      int4MmaKernel({ groupSize: 128, split: int4MmaSplit(4096, 128, fullEpilogue(e), CUDA_CAPS), epilogue: fullEpilogue(e), fusion, caps: CUDA_CAPS })),
     denseMmaKernel({ epilogue: fullEpilogue({}), split: 4, fusion: { norm }, caps: CUDA_CAPS }),
   ];
   it('QKV (gather, norm, RoPE + append), gate/up (norm), o/down (residual), lm_head (norm): ptxas (sm_90a) with no spills', (ctx) => {
