@@ -1,8 +1,8 @@
 // Fused linear ops on the tensor-core MMA path (fusedLinear.ts → int4Mma.ts with mmaFusion.ts),
 // forced on every backend (k.mma is emulated off CUDA): the RMSNorm prologue, gate/up and the
 // residual, and the QKV projection's RoPE + KV append (gathered embeddings in layer 0) give the
-// separate launches' bits (rmsNorm → int4Mma → ropeQkv → kvAppend) at M = 1, 17, 37; the rows of
-// the M = 37 run equal M = 1 runs of the same rows; float64 reference of norm → linear.
+// separate launches' bits (rmsNorm → int4Mma → ropeQkv → kvAppend) at M = 1 and 37; rows 0 and 36
+// of the M = 37 run equal M = 1 runs of the same rows; float64 reference of norm → linear.
 import { describe, expect, it } from 'vitest';
 import { CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { embedding } from '../../codegen/kernels/embedding.js';
@@ -25,7 +25,7 @@ import { freshSeed, randomF32, relErr, rng } from '../util.js';
 import { Buffers } from './buffers.js';
 import { firstDiff, linearRef, randomAwq } from './linearRef.js';
 
-const ROWS = [1, 17, 37];
+const ROWS = [1, 37]; // 37: three 16-row blocks, the last padded
 const EPS = 1e-5;
 const G = 32;
 
@@ -84,10 +84,9 @@ forEachBackend('fused linear on the MMA path', (dev) => {
         const want = linearRef(xn, W, M, K, N, e, undefined, (await dev.read(residual)).subarray(0, M * N));
         expect(relErr((await dev.read(outB)).subarray(0, M * N), want), `M = ${M}: against float64`).toBeLessThan(2e-3);
       }
-      // Row r of the M = 37 run is row r of every other run that has it (M = 1: row 0; M = 17: rows 0..16).
+      // Rows of the M = 37 run equal M = 1 runs of the same rows (row 0: the run above).
       const all = byM.get(37)!;
       expect(firstDiff(all.subarray(0, N), byM.get(1)!), 'row 0: M = 37 against M = 1').toBe(-1);
-      expect(firstDiff(all.subarray(0, 17 * N), byM.get(17)!), 'rows 0..16: M = 37 against M = 17').toBe(-1);
       for (const row of [36]) {
         const xr = bufs.input('f32', (await dev.read(x)).slice(row * K, (row + 1) * K), `x${row}`);
         const rr = bufs.input('f32', (await dev.read(residual)).slice(row * N, (row + 1) * N), `res${row}`);
