@@ -13,6 +13,9 @@ export const SIMD = {
   'f32x4.add': 228, 'f32x4.mul': 230, 'f64x2.add': 240, 'f64x2.mul': 242,
 } as const;
 
+/** SIMD128 loads (0xFD prefix, then a memarg), the ones used. */
+export const SIMD_MEM = { 'v128.load32_splat': 0x09, 'v128.load64_zero': 0x5d } as const;
+
 /** Opcodes by name (single byte), the ones the emitter uses. */
 export const OP = {
   unreachable: 0x00, block: 0x02, loop: 0x03, if: 0x04, else: 0x05, end: 0x0b, br: 0x0c, br_if: 0x0d, return: 0x0f,
@@ -105,6 +108,14 @@ export class FnBuilder {
   mem(o: Op | keyof typeof PREFIXED, offset = 0): this {
     if (o in PREFIXED) this.pre(o as keyof typeof PREFIXED); else this.op(o as Op);
     const align = /load8|store8/.test(o) ? 0 : /load16|store16/.test(o) ? 1 : 2;
+    uleb(align, this.code);
+    uleb(offset, this.code);
+    return this;
+  }
+  /** A SIMD128 memory instruction (align: log2 of the alignment the address guarantees). */
+  simdMem(o: keyof typeof SIMD_MEM, offset: number, align: number): this {
+    this.code.push(0xfd);
+    uleb(SIMD_MEM[o], this.code);
     uleb(align, this.code);
     uleb(offset, this.code);
     return this;

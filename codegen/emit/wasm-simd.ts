@@ -107,6 +107,10 @@ export interface PackHost {
   local(name: string): number;
   stmt(s: XStmt): void;
   newStatement(): void;
+  /** Push the address of a workgroup array's element; returns the static offset to load at. */
+  workgroupAddr(name: string, index: Expr): number;
+  /** Immutable lets emitted so far (before the loop): their initialisers, to compare indices. */
+  lets: ReadonlyMap<string, Expr>;
 }
 export interface Packed { pair: FmaPair; v: number }
 
@@ -127,15 +131,133 @@ function f64Pair(h: PackHost, [a, b]: [Expr, Expr]): void {
   h.f.simd('f64x2.promote_low_f32x4');
 }
 
+// ---- operands straight from workgroup memory -----------------------------------------------
+// A tiled GEMM's packed steps take x (one value for both lanes) and w (two adjacent columns) from
+// lets that load a workgroup array. Loading the pair with one v128.load32_splat / load64_zero
+// instead of two f32 loads and lane inserts moves the work from the shuffle port to the load
+// ports (a GEMM-shaped wasm loop: 12.3 → 17.2 GFLOP/s; the tiled GEMM 1.10×, bench/notes/cpu.md); the same values, so
+// the same bits. Conditions: the lets are immutable, in this loop body, read by packed steps only,
+// the array is never stored to in the body, and the two indices are the same affine form but for
+// a constant differing by one (lets resolved through their initialisers).
+
+type Affine = { terms: string; c: number };
+/** e as (its non-constant part, canonical; its constant), resolving immutable lets. */
+function affine(e: Expr, lets: ReadonlyMap<string, Expr>, depth = 0): Affine {
+  if (depth > 32) return { terms: JSON.stringify(e), c: 0 };
+  if (e.k === 'const' && typeof e.v === 'number' && (e.t === 'u32' || e.t === 'i32')) return { terms: '', c: e.v };
+  if (e.k === 'var') {
+    const d = lets.get(e.name);
+    return d ? affine(d, lets, depth + 1) : { terms: `v:${e.name}`, c: 0 };
+  }
+  if (e.k === 'bin' && e.op === 'add' && (e.t === 'u32' || e.t === 'i32')) {
+    const a = affine(e.a, lets, depth + 1), b = affine(e.b, lets, depth + 1);
+    return { terms: [a.terms, b.terms].filter(Boolean).sort().join(' + '), c: a.c + b.c };
+  }
+  const resolve = (x: Expr): unknown => (x.k === 'var' && lets.has(x.name) ? resolve(lets.get(x.name)!) : x.k === 'bin' ? { ...x, a: resolve(x.a), b: resolve(x.b) } : x);
+  return { terms: JSON.stringify(resolve(e)), c: 0 };
+}
+
+interface OperandLoads {
+  /** Let statements (body index) whose loads the packed steps take over: not emitted. */
+  skip: Set<number>;
+  /** Per step (body index of its first statement): how to push each operand pair. */
+  x: Map<number, Operand>;
+  w: Map<number, Operand>;
+}
+/** A vector operand: its array and index, and a key equal for equal loads within an iteration. */
+interface Operand { name: string; index: Expr; key: string }
+
+function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string, Expr>): OperandLoads {
+  const none: OperandLoads = { skip: new Set(), x: new Map(), w: new Map() };
+  const lets = new Map(outer);
+  const loadLet = new Map<string, { at: number; name: string; index: Expr }>();
+  const stored = new Set<string>(), assigned = new Set<string>();
+  const walk = (ss: XStmt[], top: boolean) => ss.forEach((s, i) => {
+    if (s.k === 'store' && s.space === 'workgroup') stored.add(s.name);
+    if (s.k === 'assign' || s.k === 'for') assigned.add(s.name);
+    if (s.k === 'atomic') stored.add(s.name);
+    if (top && s.k === 'let' && !s.mutable) {
+      lets.set(s.name, s.init);
+      if (s.init.k === 'load' && s.init.space === 'workgroup' && s.init.t === 'f32') loadLet.set(s.name, { at: i, name: s.init.name, index: s.init.index });
+    }
+    if (s.k === 'if') { walk(s.then, false); walk(s.else, false); }
+    if (s.k === 'for' || s.k === 'while') walk(s.body, false);
+    if (s.k === '$loop') { walk(s.pre, false); walk(s.body, false); walk(s.post, false); }
+  });
+  walk(body, true);
+  if (!loadLet.size) return none;
+  // An index read at the packed step must mean what it meant at its let: no variable it
+  // depends on (through lets) may be assigned in the body.
+  const dependsOnAssigned = (e: Expr, depth = 0): boolean => {
+    if (depth > 32) return true;
+    if (e.k === 'var') return assigned.has(e.name) || (lets.has(e.name) && dependsOnAssigned(lets.get(e.name)!, depth + 1));
+    return Object.values(e).some((v) => v !== null && typeof v === 'object' && 'k' in (v as object) && dependsOnAssigned(v as Expr, depth + 1))
+      || (e.k === 'call' && e.args.some((a) => dependsOnAssigned(a, depth + 1)));
+  };
+  for (const [name, l] of [...loadLet]) if (dependsOnAssigned(l.index)) loadLet.delete(name);
+  if (!loadLet.size) return none;
+  // Reads of each variable anywhere in the body, and those the packed steps make.
+  const reads = new Map<string, number>();
+  const countReads = (node: unknown): void => {
+    if (node === null || typeof node !== 'object') return;
+    const o = node as Record<string, unknown>;
+    if (o.k === 'var' && typeof o.name === 'string') reads.set(o.name, (reads.get(o.name) ?? 0) + 1);
+    for (const v of Array.isArray(node) ? node : Object.values(o)) countReads(v);
+  };
+  countReads(body);
+  const out: OperandLoads = { skip: new Set(), x: new Map(), w: new Map() };
+  const varName = (e: Expr): string | undefined => (e.k === 'var' ? e.name : undefined);
+  const claim = new Map<string, number>(); // let name → reads served by vector loads
+  for (const { pair } of packed) {
+    for (const st of pair.steps) {
+      const [xa, xb] = st.x.map(varName) as [string | undefined, string | undefined];
+      const [wa, wb] = st.w.map(varName) as [string | undefined, string | undefined];
+      const la = xa !== undefined ? loadLet.get(xa) : undefined;
+      if (la && xa !== undefined && xb === xa && !stored.has(la.name)) {
+        const a = affine(la.index, lets);
+        out.x.set(st.at[0], { name: la.name, index: la.index, key: `x ${la.name} ${a.terms} ${a.c}` });
+        claim.set(xa, (claim.get(xa) ?? 0) + 2);
+      }
+      const wA = wa !== undefined ? loadLet.get(wa) : undefined, wB = wb !== undefined ? loadLet.get(wb) : undefined;
+      if (wA && wB && wa !== undefined && wb !== undefined && wa !== wb && wA.name === wB.name && !stored.has(wA.name)) {
+        const ia = affine(wA.index, lets), ib = affine(wB.index, lets);
+        if (ia.terms === ib.terms && ib.c === ia.c + 1) {
+          out.w.set(st.at[0], { name: wA.name, index: wA.index, key: `w ${wA.name} ${ia.terms} ${ia.c}` });
+          for (const n of [wa, wb]) claim.set(n, (claim.get(n) ?? 0) + 1);
+        }
+      }
+    }
+  }
+  // A let is not emitted when every read of it is a packed operand served by a vector load.
+  for (const [name, n] of claim) if (reads.get(name) === n) out.skip.add(loadLet.get(name)!.at);
+  return out;
+}
+
+/** Push an operand pair as f64x2: loaded at its first use in the iteration, then from its local. */
+function vectorOperand(h: PackHost, o: Operand, load: 'v128.load32_splat' | 'v128.load64_zero', cache: Map<string, number>): void {
+  const known = cache.get(o.key);
+  if (known !== undefined) { h.f.get(known); return; }
+  const v = h.f.local('v128');
+  const off = h.workgroupAddr(o.name, o.index);
+  h.f.simdMem(load, off, 2).simd('f64x2.promote_low_f32x4').tee(v);
+  cache.set(o.key, v);
+}
+
 /** The loop body, each packed step's two statements as one f64x2 multiply-add rounded to f32. */
 export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): void {
   const steps = new Map(packed.flatMap(({ pair, v }) => pair.steps.map((st) => [st.at[0], { st, v }] as const)));
+  const ops = operandLoads(body, packed, h.lets);
+  const cache = new Map<string, number>(); // operand key → v128 local, loaded at its first use this iteration
   for (let i = 0; i < body.length; i++) {
+    if (ops.skip.has(i)) continue;
     const p = steps.get(i);
     if (!p) { h.stmt(body[i]!); continue; }
     h.newStatement();
-    f64Pair(h, p.st.x);
-    f64Pair(h, p.st.w);
+    const vx = ops.x.get(i), vw = ops.w.get(i);
+    if (vx) vectorOperand(h, vx, 'v128.load32_splat', cache);
+    else f64Pair(h, p.st.x);
+    if (vw) vectorOperand(h, vw, 'v128.load64_zero', cache);
+    else f64Pair(h, p.st.w);
     h.f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
     i++; // the step's second statement
   }

@@ -63,6 +63,8 @@ class WasmEmitter extends WasmExpressions {
   private scratchTop = 0;
   private readonly maskOffset = new Map<string, number>();
   private readonly spillOffset = new Map<string, number>();
+  /** Immutable lets emitted so far, by name (kernel-unique): their initialisers (wasm-simd.ts). */
+  private readonly lets = new Map<string, Expr>();
   private readonly sgOffset = new Map<number, { v: number; l: number }>();
   private sgTmp = -1;
   private labels = 0;
@@ -122,7 +124,10 @@ class WasmEmitter extends WasmExpressions {
     const f = this.f;
     this.newStatement();
     switch (s.k) {
-      case 'let': this.setVar(s.name, s.init); this.declare(s.name); return;
+      case 'let':
+        this.setVar(s.name, s.init); this.declare(s.name);
+        if (!s.mutable) this.lets.set(s.name, s.init);
+        return;
       case 'assign': this.setVar(s.name, s.value); return;
       case 'store': return this.store(s);
       case 'privateArray': {
@@ -196,7 +201,10 @@ class WasmEmitter extends WasmExpressions {
   }
   /** What the SIMD128 accumulator packing (wasm-simd.ts) emits through. */
   private packHost(): PackHost {
-    return { f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.varOf(n)[0]!, stmt: (st) => this.stmt(st), newStatement: () => this.newStatement() };
+    return {
+      f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.varOf(n)[0]!, stmt: (st) => this.stmt(st), newStatement: () => this.newStatement(),
+      workgroupAddr: (name, index) => this.workgroupAddr(name, index), lets: this.lets,
+    };
   }
 
   private block(body: XStmt[]): void {
