@@ -163,6 +163,65 @@ describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
   });
 });
 
+describe('SIMD128: packed operands loaded straight from workgroup memory', () => {
+  // x and w staged in workgroup memory, then per invocation a loop of packed pairs: x from one
+  // let (a splat load), w from lets at adjacent indices (one 8-byte load), w at indices 2 apart
+  // (two scalar loads: not adjacent), an adjacent w pair whose first let is also read elsewhere
+  // (the vector load, and the let kept), and an adjacent pair indexed by a variable the loop
+  // assigns between the lets and the pair (must stay scalar: the index means something else by
+  // then). Every variant must give the js executor's bits.
+  const staged = kernel({
+    name: 'stagedOperands', workgroupSize: 16, grid: () => [1, 1, 1],
+    bindings: { x: storage('f32', 'read'), w: storage('f32', 'read'), out: storage('f32', 'read_write') },
+    uniforms: { steps: 'u32' },
+    body(k, { x, w, out }, { steps }) {
+      const xs = k.shared('xs', 'f32', 64), ws = k.shared('ws', 'f32', 256);
+      const li = k.let('li', k.localIndex);
+      k.for('e', li, k.u32(64), (e) => xs.set(e, x.at(e)), 16);
+      k.for('f', li, k.u32(256), (f) => ws.set(f, w.at(f)), 16);
+      k.barrier();
+      const acc = [0, 1, 2, 3, 4, 5, 6, 7].map((j) => k.var(`acc${j}`, 'f32', 0));
+      const other = k.var('other', 'f32', 0), o = k.var('o', 'u32', 0);
+      const base = k.let('base', li.mul(8));
+      k.for('s', k.u32(0), steps, (s) => {
+        const xv = k.let('xv', xs.at(s));
+        const row = k.let('row', s.mul(16));
+        const w0 = k.let('w0', ws.at(row.add(base.rem(16)))), w1 = k.let('w1', ws.at(row.add(base.rem(16)).add(1)));
+        const w2 = k.let('w2', ws.at(row.add(2))), w3 = k.let('w3', ws.at(row.add(4)));
+        const w4 = k.let('w4', ws.at(row.add(5))), w5 = k.let('w5', ws.at(row.add(6)));
+        const w6 = k.let('w6', ws.at(o.add(row))), w7 = k.let('w7', ws.at(o.add(row).add(1)));
+        o.set(o.add(1).rem(8));
+        other.set(other.add(w4));
+        acc[0]!.set(k.call('fma', [xv, w0, acc[0]!])); acc[1]!.set(k.call('fma', [xv, w1, acc[1]!]));
+        acc[2]!.set(k.call('fma', [xv, w2, acc[2]!])); acc[3]!.set(k.call('fma', [xv, w3, acc[3]!]));
+        acc[4]!.set(k.call('fma', [xv, w4, acc[4]!])); acc[5]!.set(k.call('fma', [xv, w5, acc[5]!]));
+        acc[6]!.set(k.call('fma', [xv, w6, acc[6]!])); acc[7]!.set(k.call('fma', [xv, w7, acc[7]!]));
+      });
+      [...acc, other].forEach((v, j) => out.set(li.mul(9).add(j), v));
+    },
+  });
+
+  it('where x is one let and w two adjacent ones, and gives the js executor\'s bits everywhere', async () => {
+    const m = emitWasm(staged.ir);
+    expect(m.simdPairs).toBe(4);
+    // x (one load for all four pairs), w0/w1 and w4/w5; w2/w3 are 2 apart and w6/w7's index moves.
+    expect(m.vectorOperands).toBe(3);
+    const r = rng(freshSeed('wasm staged operands'));
+    const spread = (n: number) => Float32Array.from(randomF32(n, r), (v, j) => v * 2 ** ((j % 7) * 4 - 12));
+    const X = spread(64), W = spread(256), steps = 3;
+    const got = await Promise.all([wasm, js].map(async (dev) => {
+      const x = dev.alloc('f32', 64, 'x'), w = dev.alloc('f32', 256, 'w'), out = dev.alloc('f32', 16 * 9, 'out');
+      try {
+        dev.write(x, X); dev.write(w, W); dev.write(out, new Float32Array(16 * 9).fill(Number.NaN));
+        dev.launch(staged, { x, w, out }, { steps });
+        return await dev.read(out);
+      } finally { for (const b of [x, w, out]) dev.free(b); }
+    }));
+    expect(got[1]!.every(Number.isFinite)).toBe(true);
+    expect(firstDiff(got[0]!, got[1]!)).toBeNull();
+  });
+});
+
 describe('wasm executor errors', () => {
   // 2 GiB past the buffer, far past the end of the memory (it holds little here): the store traps.
   const wild = kernel({

@@ -243,8 +243,11 @@ function vectorOperand(h: PackHost, o: Operand, load: 'v128.load32_splat' | 'v12
   cache.set(o.key, v);
 }
 
-/** The loop body, each packed step's two statements as one f64x2 multiply-add rounded to f32. */
-export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): void {
+/**
+ * The loop body, each packed step's two statements as one f64x2 multiply-add rounded to f32.
+ * Returns how many distinct operand pairs it loads as vectors.
+ */
+export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): number {
   const steps = new Map(packed.flatMap(({ pair, v }) => pair.steps.map((st) => [st.at[0], { st, v }] as const)));
   const ops = operandLoads(body, packed, h.lets);
   const cache = new Map<string, number>(); // operand key → v128 local, loaded at its first use this iteration
@@ -261,6 +264,7 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): vo
     h.f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
     i++; // the step's second statement
   }
+  return cache.size;
 }
 
 /** After the loop: each pair back into its two f32 variables (exact: the lanes hold f32 values). */

@@ -33,6 +33,8 @@ export interface WasmKernel {
   argWords: number;
   /** fma accumulator pairs the module carries in f64x2 registers through their loops (wasm-simd.ts). */
   simdPairs: number;
+  /** Distinct operand pairs those loops load straight from workgroup memory (wasm-simd.ts). */
+  vectorOperands: number;
 }
 
 export interface WasmEmitOptions {
@@ -73,6 +75,7 @@ class WasmEmitter extends WasmExpressions {
   private usesGlobalId = false;
   /** Accumulator pairs carried in f64x2 registers (wasm-simd.ts), for the module's report. */
   private packedPairs = 0;
+  private vectorOperands = 0;
   private readonly simd: boolean;
 
   constructor(ir: KernelIR, opts: WasmEmitOptions) {
@@ -163,7 +166,7 @@ class WasmEmitter extends WasmExpressions {
         if (packed.length) {
           this.rc.loops.push({ brk, cont });
           this.rc.blocks++;
-          packedLoopBody(this.packHost(), s.body, packed);
+          this.vectorOperands += packedLoopBody(this.packHost(), s.body, packed);
           this.rc.blocks--;
           this.rc.loops.pop();
         } else this.loopBody(s.body, brk, cont);
@@ -588,6 +591,6 @@ class WasmEmitter extends WasmExpressions {
 
     const fns = [f, ...helperFunctions()];
     const bytes = encodeModule(MATH_IMPORTS, fns, { run: FN.run });
-    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length + 1, simdPairs: this.packedPairs };
+    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length + 1, simdPairs: this.packedPairs, vectorOperands: this.vectorOperands };
   }
 }
