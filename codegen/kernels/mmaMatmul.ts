@@ -11,8 +11,8 @@
 import { kernel, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
-import { capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel, type WeightSource } from './linearCommon.js';
-import { COL_WARPS, MMA_COLS, MMA_SET, mmaScratch, mmaStoreTiles, mmaSumScratch, mmaSumSets, TILES } from './mmaCommon.js';
+import { capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, memoKernel, storeOutput, type WeightSource } from './linearCommon.js';
+import { COL_WARPS, MMA_COLS, MMA_SET, mmaScratch, mmaSumScratch, mmaSumSets, TILES } from './mmaCommon.js';
 import { type MmaFusion, mmaFusionBindings, mmaFusionParams, mmaFusionTag, mmaFusionUniforms, mmaNormScratch, mmaRopeAppend, mmaXSource } from './mmaFusion.js';
 
 export interface MmaMatmulParams { caps?: Caps }
@@ -87,15 +87,21 @@ export function mmaMatmul(p: MmaMatmulParams = {}) {
 // chunks i, i + S, … in order through the mma (f32 accumulate, from +0), then set 0 adds the sets'
 // sums in order 1, 2, …; S is the largest of 4, 2, 1 dividing K/16 — a function of K alone, never
 // M, so rows are batch-invariant. Then the shared epilogue (linearCommon).
-// B fragments are read from global memory: a lane's column sits in one half of a word, so a warp
-// request covers 4 rows × 16 bytes (the neighbouring tile's request reads the other 16 of each
-// 32-byte sector: 2× the ideal sectors per request, the same DRAM bytes).
+// B fragments are read from global memory, one word (two columns) per k row per lane for both of
+// the warp's tiles: tile 0 takes the low (even) and tile 1 the high (odd) column of each of the
+// warp's 8 words, so a warp request is 4 rows × 32 bytes, one sector each; a lane then holds the 4
+// adjacent output columns 4t..4t + 3 of its rows (tile 0, 1, 0, 1 in CUDA's C layout).
 
-export const DENSE_MMA_SPLITS: readonly number[] = [1, 2, 4];
+export const DENSE_MMA_SPLITS: readonly number[] = [1, 2, 4, 8];
 
-/** The split-K for K (a multiple of 16): the largest of 4, 2, 1 dividing K / 16. */
-export function denseMmaSplit(K: number): number {
-  return [4, 2, 1].find((s) => (K / 16) % s === 0)!;
+/**
+ * The split-K for K (a multiple of 16): the largest of 4, 2, 1 dividing K / 16 — or 8, as for
+ * int4Mma (int4MmaSplit), on tensor-core devices with 1024-invocation workgroups, not for gate/up.
+ * A function of K, the epilogue and the device, never of M.
+ */
+export function denseMmaSplit(K: number, e?: Epilogue, caps?: Caps): number {
+  const wide = !!caps?.tensorCores && caps.maxInvocationsPerWorkgroup >= 8 * MMA_SET && !!e && !e.gateUp;
+  return [...(wide ? [8] : []), 4, 2, 1].find((s) => (K / 16) % s === 0)!;
 }
 
 /** Why the dense MMA kernel cannot run these sizes, or undefined when it can. */
@@ -116,6 +122,7 @@ export function denseMmaKernel(p: DenseMmaParams) {
   const e = p.epilogue, caps = p.caps ?? BASELINE_CAPS, S = p.split ?? 1, f = p.fusion ?? {};
   const ft = mmaFusionTag(f);
   if (!DENSE_MMA_SPLITS.includes(S)) throw new Error(`denseMma: split ${S} is not one of ${DENSE_MMA_SPLITS.join(', ')}`);
+  if (TILES !== 2) throw new Error('denseMma: the B loads pair tile 0 and 1 in one word (TILES = 2)');
   if (f.rope && !caps.deviceFence) throw new Error('denseMma: the RoPE epilogue needs caps.deviceFence (the last workgroup of a head finishes it)');
   return memoKernel(`denseMma/${S}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
     name: `denseMma_f16_s${S}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
@@ -146,17 +153,14 @@ export function denseMmaKernel(p: DenseMmaParams) {
       const scratch = mmaScratch(k, [mmaNormScratch(f), mmaSumScratch(TILES * halves, S)]);
       const xSrc = mmaXSource(k, f, refs, { row0, rLo, rHi, okLo, okHi, M, K, wg: MMA_SET * S, lid }, uniforms, scratch);
       const xPair = (hi: boolean, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(hi, kk, tag));
-      const tileCol = Array.from({ length: TILES }, (_, j) => k.let(`tc${j}`, wgCol.add(warp.mul(8 * TILES)).add(8 * j)));
-      const tileOk = tileCol.map((c, j) => k.let(`tok${j}`, c.lt(N)));
+      // The warp's 16 columns from wBase: word wBase/2 + gq holds tile 0's column gq (low half) and
+      // tile 1's (high half). N is even, so a word is in range whole or not at all.
+      const wBase = k.let('wBase', wgCol.add(warp.mul(8 * TILES)));
       const wordsPerRow = k.let('wpr', Nw.div(2));
-      // This lane's B column of each tile (gate, then up: N + column), clamped to 0 past N.
-      const tiles = Array.from({ length: TILES * halves }, (_, i) => {
-        const j = i % TILES, h = Math.floor(i / TILES);
-        const c = k.let(`bc${i}`, tileCol[j]!.add(gq));
-        const ok = k.let(`bok${i}`, c.lt(N));
-        const col = k.let(`bcol${i}`, k.select(ok, c, k.u32(0)).add(h ? N : k.u32(0)));
-        return { ok, word: k.let(`bw${i}`, col.shr(1)), odd: k.let(`bodd${i}`, col.band(1).eq(1)), acc: k.privateArray(`acc${i}`, 'f32', 4) };
-      });
+      const bWord = k.let('bWord', wBase.shr(1).add(gq));
+      const bOk = k.let('bOk', bWord.lt(N.shr(1)));
+      const halvesWord = Array.from({ length: halves }, (_, h) => k.let(`bw${h}`, k.select(bOk, bWord, k.u32(0)).add(h ? N.shr(1) : k.u32(0))));
+      const tiles = Array.from({ length: TILES * halves }, (_, i) => ({ j: i % TILES, h: Math.floor(i / TILES), acc: k.privateArray(`acc${i}`, 'f32', 4) }));
       for (const tl of tiles) for (let i = 0; i < 4; i++) tl.acc.set(i, 0);
       const fa = k.privateArray('fa', 'u32', 4), fb = k.privateArray('fb', 'u32', 2);
       k.for('ci', k.u32(0), K.div(16 * S), (ci) => {
@@ -166,21 +170,35 @@ export function denseMmaKernel(p: DenseMmaParams) {
         fa.set(1, xPair(true, ka, '1'));
         fa.set(2, xPair(false, kb, '2'));
         fa.set(3, xPair(true, kb, '3'));
-        tiles.forEach((tl, i) => {
-          /** W[kk, col] as f32 (exact from f16), zero past N. */
-          const wv = (kk: Val<'u32'>, tag: string) => {
-            const pair = k.let(`wp${i}${tag}`, k.unpack2x16float(w.at(kk.mul(wordsPerRow).add(tl.word))));
-            return k.select(tl.ok, k.select(tl.odd, pair.y, pair.x), k.f32(0));
-          };
-          fb.set(0, k.pack2x16float(k.vec('vec2<f32>', wv(ka, 'a'), wv(ka.add(1), 'b'))));
-          fb.set(1, k.pack2x16float(k.vec('vec2<f32>', wv(kb, 'c'), wv(kb.add(1), 'd'))));
-          k.mma(tl.acc, fa, fb, tl.acc);
-        });
+        for (let h = 0; h < halves; h++) {
+          /** Row kk's word of this lane (columns of tile 0, 1), as f32 (exact from f16); zeros past N. */
+          const rowsOf = [ka, ka.add(1), kb, kb.add(1)].map((kk, r) => {
+            const v = k.let(`wp${h}_${r}`, k.unpack2x16float(w.at(kk.mul(wordsPerRow).add(halvesWord[h]!))));
+            return k.let(`wv${h}_${r}`, k.select(bOk, v, k.vec('vec2<f32>', k.f32(0), k.f32(0))));
+          });
+          tiles.filter((tl) => tl.h === h).forEach((tl) => {
+            const pick = (v: Val<'vec2<f32>'>) => (tl.j ? v.y : v.x);
+            fb.set(0, k.pack2x16float(k.vec('vec2<f32>', pick(rowsOf[0]!), pick(rowsOf[1]!))));
+            fb.set(1, k.pack2x16float(k.vec('vec2<f32>', pick(rowsOf[2]!), pick(rowsOf[3]!))));
+            k.mma(tl.acc, fa, fb, tl.acc);
+          });
+        }
       });
       mmaSumSets(k, tiles.map((tl) => tl.acc), S, set, sl, scratch);
-      mmaStoreTiles(k, e, epi, N, { rLo, rHi, okLo, okHi, t, mine: k.let('mine', set.eq(0)) }, tileCol.map((col, j) => ({
-        col, ok: tileOk[j]!, gate: tiles[j]!.acc, ...(e.gateUp ? { up: tiles[TILES + j]!.acc } : {}),
-      })));
+      // Row g (C[0], C[1]) and g + 8 (C[2], C[3]): columns wBase + 4t + 0..3 = tile 0, 1, 0, 1 of
+      // C[i] and C[i + 1]; stored as two pairs, each where it lies within N.
+      const mine = k.let('mine', set.eq(0));
+      const n0 = k.let('nOut', wBase.add(t.mul(4)));
+      const gate = [tiles[0]!.acc, tiles[1]!.acc], up = e.gateUp ? [tiles[2]!.acc, tiles[3]!.acc] : undefined;
+      for (const [r, ok, i] of [[rLo, okLo, 0], [rHi, okHi, 2]] as const) {
+        for (let p = 0; p < 2; p++) {
+          const n = k.let(`nOut${i}_${p}`, n0.add(2 * p));
+          k.if(ok.and(n.lt(N)).and(mine), () => {
+            const vals = [0, 1].map((j) => k.let(`v${i}_${p}_${j}`, epilogueValue(k, e, epi, N, r, n.add(j), gate[j]!.at(i + p), up?.[j]!.at(i + p))));
+            storeOutput(k, e, epi, N, r, n, vals);
+          });
+        }
+      }
       if (f.rope) mmaRopeAppend(k, f.rope, refs, { row0, M, K, wg: MMA_SET * S, lid, N, wgCol, cols: MMA_COLS }, uniforms);
     },
   }));
@@ -189,7 +207,7 @@ export function denseMmaKernel(p: DenseMmaParams) {
 /** The kernel for a dense f16 source ('rows' layout), or undefined for any other source. */
 export function denseMmaFor(src: WeightSource, K: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
   if (!isDenseF16Rows(src)) return undefined;
-  return denseMmaKernel({ epilogue: e, split: denseMmaSplit(K), caps, ...(fusion ? { fusion } : {}) });
+  return denseMmaKernel({ epilogue: e, split: denseMmaSplit(K, e, caps), caps, ...(fusion ? { fusion } : {}) });
 }
 
 /** Whether `src` is the dense f16 source (one u32 word of two f16 per unit, weight binding `w`). */

@@ -53,6 +53,31 @@ forEachBackend('dense f16 MMA linear', (dev) => {
     });
   }
 
+  it('split-K 8 (CUDA\'s choice for N = 4096 layers): M = 1, 17 within 1e-5 of float64; row 16 of M = 17 equals M = 1', async (ctx) => {
+    const K = 128, N = 40, e = fullEpilogue({ residual: true });
+    let kern: ReturnType<typeof denseMmaKernel>;
+    try { kern = denseMmaKernel({ epilogue: e, split: 8, caps: dev.caps }); } catch (err) {
+      ctx.skip(`this device cannot hold a 1024-invocation MMA workgroup with its fragment scratch: ${(err as Error).message}`);
+      return;
+    }
+    const r = rng(freshSeed('dense mma split 8'));
+    const W = Float64Array.from(randomF32(K * N, r, -0.5, 0.5), toF16);
+    const bufs = new Buffers(dev);
+    try {
+      const w = bufs.adopt(uploadDense(dev, W, K, N, 'f16', 'KN', 'w'));
+      const x = randomF32(17 * K, r), res = randomF32(17 * N, r);
+      const run = async (xs: Float32Array, rs: Float32Array, M: number) => {
+        const out = bufs.output('f32', M * N, `out${M}`);
+        dev.launch(kern, { x: bufs.input('f32', xs, `x${M}`), w, residual: bufs.input('f32', rs, `r${M}`), out } as never, { M, K, N, Nw: N });
+        return dev.read(out);
+      };
+      const all = await run(x, res, 17);
+      expect(relErr(all, linearRef(Float32Array.from(x, toF16), W, 17, K, N, e, undefined, res))).toBeLessThan(1e-5);
+      const one = await run(x.slice(16 * K), res.slice(16 * N), 1);
+      expect(firstDiff(new Uint32Array(one.buffer, one.byteOffset, N), new Uint32Array(all.buffer, all.byteOffset + 16 * N * 4, N)), 'row 16').toBe(-1);
+    } finally { bufs.free(); }
+  });
+
   it('lm_head: the fused op with its RMSNorm prologue has rmsNorm → linear\'s bits (M = 1, 37)', async () => {
     const r = rng(freshSeed('dense mma lm_head'));
     const K = 64, N = 80, EPS = 1e-5, normWg = defaultRmsNormWorkgroup(K, dev.caps);
@@ -78,10 +103,15 @@ forEachBackend('dense f16 MMA linear', (dev) => {
   });
 });
 
-describe('dense f16 MMA: CUDA', () => {
+describe('dense f16 MMA: split-K and CUDA', () => {
+  it('split-K: 8 where K/16 allows on tensor-core caps with 1024 invocations (not gate/up), else 4, 2, 1', () => {
+    const plain = fullEpilogue({});
+    expect([denseMmaSplit(4096, plain, CUDA_CAPS), denseMmaSplit(4096, fullEpilogue({ gateUp: true }), CUDA_CAPS), denseMmaSplit(4096), denseMmaSplit(48, plain, CUDA_CAPS)]).toEqual([8, 4, 4, 1]);
+  });
+
   it('mma.sync per 16 of K per tile, and ptxas (sm_90a) takes every epilogue with no spills', (ctx) => {
     for (const e of CASES.map((c) => fullEpilogue(c.e))) {
-      const ir = denseMmaKernel({ epilogue: e, split: 4, caps: CUDA_CAPS }).ir;
+      const ir = denseMmaKernel({ epilogue: e, split: denseMmaSplit(4096, e, CUDA_CAPS), caps: CUDA_CAPS }).ir;
       expect(emitCUDA(ir).match(/mma\.sync\.aligned\.m16n8k16/g)).toHaveLength(e.gateUp ? 4 : 2);
       const rep = ptxasReport(ir);
       if (typeof rep === 'string') { ctx.skip(`no ptxas verdict: ${rep}`); return; }

@@ -11,7 +11,7 @@ import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
 import { int4MmaKernel, int4MmaSplit } from '../../codegen/kernels/int4Mma.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import { fullEpilogue, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
-import { denseMmaKernel } from '../../codegen/kernels/mmaMatmul.js';
+import { denseMmaKernel, denseMmaSplit } from '../../codegen/kernels/mmaMatmul.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
@@ -154,13 +154,13 @@ forEachBackend('fused linear on the MMA path', (dev) => {
 });
 
 describe('fused MMA kernels at Llama-3-8B shapes: CUDA', () => {
-  // What LlamaForward builds on CUDA (int4 g = 128, K = 4096: split-K 8, gate/up 4; norm workgroup 256).
+  // What LlamaForward builds on CUDA (int4 g = 128, K = 4096: split-K 8, gate/up 4; lm_head split-K 8; norm workgroup 256).
   const norm = { workgroupSize: 256 };
   const rope: RopeAppendEpilogue = { layout: 'halves', heads: 32, kvHeads: 8, headDim: 128, kvDtype: 'f16', blockSize: 16 };
   const kernels = () => [
     ...[{ e: {}, fusion: { gather: 'f16' as const, norm, rope } }, { e: { gateUp: true }, fusion: { norm } }, { e: { residual: true }, fusion: {} }].map(({ e, fusion }) =>
       int4MmaKernel({ groupSize: 128, split: int4MmaSplit(4096, 128, fullEpilogue(e), CUDA_CAPS), epilogue: fullEpilogue(e), fusion, caps: CUDA_CAPS })),
-    denseMmaKernel({ epilogue: fullEpilogue({}), split: 4, fusion: { norm }, caps: CUDA_CAPS }),
+    denseMmaKernel({ epilogue: fullEpilogue({}), split: denseMmaSplit(4096, fullEpilogue({}), CUDA_CAPS), fusion: { norm }, caps: CUDA_CAPS }),
   ];
   it('QKV (gather, norm, RoPE + append), gate/up (norm), o/down (residual), lm_head (norm): ptxas (sm_90a) with no spills', (ctx) => {
     for (const kern of kernels()) {
