@@ -194,7 +194,7 @@ export function denseMmaKernel(p: DenseMmaParams) {
         for (let p = 0; p < 2; p++) {
           const n = k.let(`nOut${i}_${p}`, n0.add(2 * p));
           k.if(ok.and(n.lt(N)).and(mine), () => {
-            const vals = [0, 1].map((j) => k.let(`v${i}_${p}_${j}`, epilogueValue(k, e, epi, N, r, n.add(j), gate[j]!.at(i + p), up?.[j]!.at(i + p))));
+            const vals = [0, 1].map((j) => k.let(`v${i}_${p}_${j}`, epilogueValue(k, e, epi, N, r, n.add(j), gate[j]!.at(i + p), up ? up[j]!.at(i + p) : undefined)));
             storeOutput(k, e, epi, N, r, n, vals);
           });
         }
