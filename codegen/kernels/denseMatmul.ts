@@ -7,8 +7,9 @@ import { storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
-  rowIndex, stripsFit, unitIndex, type WeightLayout, type WeightSource,
+  type WeightSource,
 } from './linearCommon.js';
+import { rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
 import type { DeviceClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 

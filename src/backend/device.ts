@@ -4,7 +4,7 @@ import type { BindingSpec, Bindings, Kernel, Uniforms, UniformValues } from '../
 import type { Op } from '../../codegen/dsl/plan.js';
 import type { Caps, StorageType } from '../../codegen/dsl/types.js';
 import type { DeviceClass, VendorClass } from '../../codegen/kernels/deviceProfile.js';
-import type { WeightLayout } from '../../codegen/kernels/linearCommon.js';
+import type { WeightLayout } from '../../codegen/kernels/weightLayout.js';
 
 export type BackendKind = 'cpu' | 'webgpu' | 'cuda';
 

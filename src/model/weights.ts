@@ -4,7 +4,8 @@
 // RTN at load time). Embeddings and lm_head stay unquantized, as in AutoAWQ.
 import { denseLinear } from '../../codegen/kernels/denseMatmul.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
-import { type LinearEpilogue, toWeightLayout } from '../../codegen/kernels/linearCommon.js';
+import type { LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import { toWeightLayout } from '../../codegen/kernels/weightLayout.js';
 import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { dequantizeAwq, isAwqQuantized, loadAwqLinear } from '../io/awq.js';

@@ -3,7 +3,7 @@
 // with the tensor's name and its expected shape before any device work.
 import type { DeviceClass } from '../../codegen/kernels/deviceProfile.js';
 import type { FusedLinearOp } from '../../codegen/kernels/fusedLinear.js';
-import { toWeightLayout, type WeightLayout } from '../../codegen/kernels/linearCommon.js';
+import { toWeightLayout, type WeightLayout } from '../../codegen/kernels/weightLayout.js';
 import type { LinearChoiceInput, LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { type AwqTensors, checkAwqShape } from '../quant/awq.js';

@@ -6,7 +6,8 @@
 import { describe, expect, it } from 'vitest';
 import { denseLinear, type DenseWeightDtype, denseWeightLayout } from '../../codegen/kernels/denseMatmul.js';
 import { int4Linear, int4WeightLayout } from '../../codegen/kernels/int4Matmul.js';
-import { type GemvVariant, type LinearEpilogue, STRIP_WORDS, toWeightLayout, type WeightLayout } from '../../codegen/kernels/linearCommon.js';
+import type { GemvVariant, LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
+import { STRIP_WORDS, toWeightLayout, type WeightLayout } from '../../codegen/kernels/weightLayout.js';
 import type { LinearChoiceInput } from '../../codegen/kernels/linearOp.js';
 import type { DeviceBuffer } from '../../src/backend/device.js';
 import { uploadDense, uploadInt4 } from '../../src/ops/linear.js';

@@ -2,7 +2,7 @@
 // stored, or dense f32/f16), then `linear(device, weights, x)` → y = x·W (+ bias, + residual).
 import { denseLinear, type DenseWeightDtype, denseWeightLayout } from '../../../codegen/kernels/denseMatmul.js';
 import { int4Linear, int4WeightLayout } from '../../../codegen/kernels/int4Matmul.js';
-import type { WeightLayout } from '../../../codegen/kernels/linearCommon.js';
+import type { WeightLayout } from '../../../codegen/kernels/weightLayout.js';
 import type { LinearChoiceInput, LinearOp } from '../../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../../backend/device.js';
 import type { AwqTensors } from '../../quant/awq.js';
