@@ -228,6 +228,7 @@ export function mmaRopeAppend(k: KernelBuilder, r: RopeAppendEpilogue, refs: Rec
       });
       flags.set(j, flag);
     }
+    k.deviceFence(); // acquire on the ticket taker's side too (the invocations fence again below)
   });
   k.barrier();
   for (let j = 0; j < spans; j++) {
