@@ -125,9 +125,12 @@ async function tuneLinear(dev: Device, shape: TuneShape, o: Required<TuneOptions
     }
     const maxM = Math.max(...Ms);
     const x = scratch.f32(maxM * K, 2), out = scratch.f32(maxM * N, 3);
-    const make = (choice: LinearChoiceInput): LinearOp => kind === 'int4'
-      ? int4Linear({ K, N, groupSize: g, ...hints, choice })
-      : denseLinear({ K, N, weight: dtype, ...hints, choice });
+    // The GEMV / GEMM variants are what is raced: the MMA path (CUDA's default at M <= 64, no
+    // variants of its own yet) is off here, or every race would time the same MMA kernel.
+    const make = (c: LinearChoiceInput): LinearOp => {
+      const choice = { mmaMaxRows: 0, ...c };
+      return kind === 'int4' ? int4Linear({ K, N, groupSize: g, ...hints, choice }) : denseLinear({ K, N, weight: dtype, ...hints, choice });
+    };
     const launcher = (choice: LinearChoiceInput, M: number) => {
       const op = make(choice);
       return () => dev.run(op, { ...weights, x, out }, { M });
