@@ -252,7 +252,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attentionPartial(
     const bool wfirst = smPos0 == 0u;
     f32 wm = -3.402823466e38f;
     f32 wl = 0.0f;
-    if (wfirst) {
+    if (wfirst && smOk0) {
       wm = rowMax[smRc0];
       wl = rowSum[smRc0];
     }

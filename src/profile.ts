@@ -135,15 +135,15 @@ const RUNNERS: { [F in OpFamilyName]?: Runner } = {
     const residual = fused ? { residual: tensor(dev, 'f32', [M!, D!], f32s(M! * D!, rand)) } : {};
     rmsNorm(dev, tensor(dev, 'f32', [M!, D!], f32s(M! * D!, rand)), tensor(dev, 'f32', [D!], f32s(D!, rand)), residual);
   },
-  pagedAttention(dev, { B, C, H, KV, D }, rand) {
-    const bs = 16, blocksPerSeq = Math.ceil((C! + 1) / bs), blocks = B! * blocksPerSeq;
+  pagedAttention(dev, { B, Q, C, H, KV, D }, rand) {
+    const bs = 16, blocksPerSeq = Math.ceil((C! + Q!) / bs), blocks = B! * blocksPerSeq;
     const cache = () => tensor(dev, 'u32', [blocks, bs, KV!, D! / 2], f16Words(blocks * bs * KV! * D!, rand));
     // Physical blocks shuffled, as a block manager hands them out after some churn.
     const order = Array.from({ length: blocks }, (_, i) => i).sort(() => rand() - 0.5);
     const seqs = Array.from({ length: B! }, (_, b) => ({
-      qStart: b, qLen: 1, ctxLen: C!, blockTable: order.slice(b * blocksPerSeq, (b + 1) * blocksPerSeq),
+      qStart: b * Q!, qLen: Q!, ctxLen: C!, blockTable: order.slice(b * blocksPerSeq, (b + 1) * blocksPerSeq),
     }));
-    pagedAttention(dev, tensor(dev, 'f32', [B!, H!, D!], f32s(B! * H! * D!, rand)), { k: cache(), v: cache(), kvDtype: 'f16' }, seqs);
+    pagedAttention(dev, tensor(dev, 'f32', [B! * Q!, H!, D!], f32s(B! * Q! * H! * D!, rand)), { k: cache(), v: cache(), kvDtype: 'f16' }, seqs);
   },
   rejectionSampler(dev, { B, K, V }, rand) {
     const probs = (rows: number) => {

@@ -250,7 +250,9 @@ describe('kiln profile on real kernels', () => {
   it('pagedAttention (f16 KV, head_dim 128): every shared-memory site conflict-free, K/V loads coalesced, ≥ 2 workgroups per SM', async () => {
     const r = await profileFamily('pagedAttention', { C: 600, H: 8, KV: 2 }, 'h200', { nvcc: false });
     const partial = r.kernels.find((k) => k.name === 'attentionPartial')!;
-    const shared = partial.sites.filter((s) => s.space === 'shared' && s.requests > 0);
+    // CUDA's default here is the MMA path; mmaFragA/B are the CPU emulation's fragment exchange
+    // (codegen/emit/mma.ts), which CUDA does not have (mma.sync reads registers).
+    const shared = partial.sites.filter((s) => s.space === 'shared' && s.requests > 0 && !/^mmaFrag[AB]#/.test(s.site));
     expect(shared.length).toBeGreaterThan(10);
     for (const s of shared) expect(s.wavefronts, s.site).toBe(s.ideal_wavefronts);
     for (const s of partial.sites.filter((x) => /^[kv]Cache#/.test(x.site) && x.requests > 0)) expect(s.sectors / s.ideal_sectors, s.site).toBeLessThanOrEqual(1.1);

@@ -38,6 +38,7 @@ import { BASELINE_CAPS } from '../dsl/types.js';
 import type { KernelFamily } from './index.js';
 import { kvAppendKernel } from './kvAppend.js';
 import { kvPipeline } from './kvPipeline.js';
+import { mmaAttention, mmaExchangeWords } from './attentionMma.js';
 import { num, oneOf, optionalBool, optionalNums } from './params.js';
 import { type RowLayout, conflictFreeRows, rowOffset } from './sharedLayout.js';
 
@@ -83,6 +84,13 @@ export interface PagedAttentionParams {
    * default: whenever they are. Results do not depend on it.
    */
   prefetch?: boolean;
+  /**
+   * Scores and PV on the tensor-core MMA node (attentionMma.ts): rows padded to 16, Q and P rounded
+   * to f16. Needs f16 KV, headDim % 16 == 0 and blocks of 16. Default: where the device has tensor
+   * cores (caps.tensorCores) and the shape allows — per device, never per batch, so a row's bits do
+   * not depend on what else runs.
+   */
+  mma?: boolean;
   workgroupSize?: number;
   caps?: Caps;
 }
@@ -104,6 +112,8 @@ export interface AttentionConfig {
   splitKv: boolean;
   /** Next step's K/V loads issued into registers before this step's compute (kvPipeline.ts). */
   prefetch: boolean;
+  /** Scores and PV by k.mma (attentionMma.ts); q then never goes through workgroup memory. */
+  mma: boolean;
   /** Words between rows of the q tile and of the scores (odd: lanes walking a column hit every bank). */
   qStride: number; scoreStride: number;
   /**
@@ -120,8 +130,8 @@ const kvWords = (D: number, f16: boolean) => (f16 ? D / 2 : D);
 
 const layoutMemo = new Map<string, RowLayout>();
 /** The staging layout for kvTile positions (see AttentionConfig.kvLayout): searched once per shape. */
-function kvRowLayout(D: number, f16: boolean, vw: number, KT: number, R: number): RowLayout {
-  const key = `${D}/${f16}/${vw}/${KT}/${R}`;
+function kvRowLayout(D: number, f16: boolean, vw: number, KT: number, R: number, mma = false): RowLayout {
+  const key = `${D}/${f16}/${vw}/${KT}/${R}/${mma}`;
   const known = layoutMemo.get(key);
   if (known) return known;
   const P = kvWords(D, f16), perPos = P / vw;
@@ -134,6 +144,17 @@ function kvRowLayout(D: number, f16: boolean, vw: number, KT: number, R: number)
     // Staging stores: load e holds words [vw·(e % perPos), +vw) of position e / perPos; one store per word.
     for (let j = 0; j < warps(KT * perPos, perPos); j++) {
       for (let q = 0; q < vw; q++) yield lanes(32 * j, KT * perPos, (e) => Math.floor(e / perPos) * l.stride + rowOffset(l, (e % perPos) * vw + q));
+    }
+    if (mma) {
+      // MMA fragments (lane = 4g + t; attentionMma.ts): K's B reads word ks + (P/8)·(t + 4j) of
+      // position g (k-steps strided over head_dim); V's read word 4·tile + g/2 of positions 2t (+ 1).
+      for (const ks of [0, P / 8 - 1]) {
+        for (const j of [0, 1]) yield Array.from({ length: 32 }, (_, ln) => (ln >> 2) * l.stride + rowOffset(l, ks + (P / 8) * ((ln & 3) + 4 * j)));
+      }
+      for (let seg = 0; seg < P; seg += 32) {
+        for (const dr of [0, 1]) yield Array.from({ length: 32 }, (_, ln) => (2 * (ln & 3) + dr) * l.stride + rowOffset(l, seg + (ln >> 3)));
+      }
+      return;
     }
     // Scores: invocation e takes position e % KT and walks its words (each word shifts all lanes alike).
     for (let j = 0; j < warps(R * KT, KT); j++) yield lanes(32 * j, R * KT, (e) => (e % KT) * l.stride);
@@ -175,6 +196,34 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   const warpSoftmax = caps.subgroups && caps.subgroupSize === 32 && BS === 16;
   // Score row stride: odd for one invocation per row; 16 mod 32 for two half-warp rows at once.
   const scoreStride = (KT: number) => (warpSoftmax ? KT + 1 + ((16 - ((KT + 1) % 32)) + 32) % 32 : KT + 1);
+  const mmaFits = f16 && D % 16 === 0 && BS === 16;
+  const mma = p.mma ?? (!!caps.tensorCores && mmaFits);
+  if (mma) {
+    if (!mmaFits) throw new Error(`pagedAttention: the MMA path needs f16 KV, headDim a multiple of 16 and blocks of 16 (headDim ${D}, ${kvDtype} KV, blockSize ${BS})`);
+    const tileTokens = p.tileTokens ?? Math.floor(16 / G), rows = tileTokens * G;
+    if (!Number.isInteger(tileTokens) || tileTokens < 1 || rows > 16) throw new Error(`pagedAttention: tileTokens ${tileTokens} × group ${G} rows exceed the MMA's 16`);
+    // Two KV tiles, the scores, per-row state, and the fragment scratch of targets without tensor cores.
+    // Score rows ≡ 16 mod 32 words apart with ≥ 10 words of padding (see scoreRow in attentionPartial).
+    const mmaScoreStride = (KT: number) => KT + 1 + ((16 - ((KT + 1) % 32)) + 32) % 32;
+    const tile = (KT: number) => KT * kvRowLayout(D, f16, vw, KT, 16, true).stride;
+    // q and the outputs pass through the K tile, or through an array of their own where it is smaller.
+    const words = (KT: number, wg: number) => 2 * tile(KT) + (tile(KT) >= mmaExchangeWords(D) ? 0 : mmaExchangeWords(D)) + rows * mmaScoreStride(KT) + 2 * rows + 3 * rows * (KT / BS) + 6 * wg;
+    const fitsWith = (KT: number, wg: number) => words(KT, wg) * 4 <= caps.maxWorkgroupStorage;
+    const deepest = (wg: number) => p.kvTile ?? [64, 32, 16].find((n) => C % n === 0 && fitsWith(n, wg)) ?? BS;
+    // Default: 8 warps (one 8-position score tile and two head_dim column tiles each; ptxas keeps
+    // 128 registers for 2 workgroups per SM without spilling) unless that makes the KV step shallower.
+    const wg = p.workgroupSize ?? (caps.maxInvocationsPerWorkgroup >= 256 && fitsWith(deepest(256), 256) && deepest(256) >= deepest(128) ? 256 : 128);
+    if (!Number.isInteger(wg) || wg < 32 || wg % 32 || wg > caps.maxInvocationsPerWorkgroup) throw new Error(`pagedAttention: workgroupSize ${wg} is not whole warps (the MMA path)`);
+    const fits = (KT: number) => fitsWith(KT, wg);
+    const KT = deepest(wg);
+    if (!Number.isInteger(KT) || KT < BS || KT % BS || KT > 64) throw new Error(`pagedAttention: kvTile ${KT} is not a multiple of blockSize ${BS} in ${BS}..64`);
+    if (!fits(KT)) throw new Error(`pagedAttention: headDim ${D} with kvTile ${KT} does not fit ${caps.maxWorkgroupStorage} bytes of workgroup memory (the MMA path)`);
+    return {
+      headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads,
+      targetCtas, kvLayout: kvRowLayout(D, f16, vw, KT, 16, true), splitKv: true, prefetch: p.prefetch ?? true, mma: true, qStride: D + 1,
+      scoreStride: mmaScoreStride(KT), warpSoftmax,
+    };
+  }
   const maxRowsFor = (KT: number, tiles = 1) =>
     Math.floor((Math.floor(caps.maxWorkgroupStorage / 4) - tiles * KT * layoutFor(KT).stride) / (D + 1 + scoreStride(KT) + 2 + 3 * (KT / BS)));
   // Default: about 16 rows (tokens × group). More rows share each KV tile among more queries
@@ -200,7 +249,7 @@ export function attentionConfig(p: PagedAttentionParams): AttentionConfig {
   if (prefetch && !splitKv) throw new Error(`pagedAttention: prefetch needs K and V in two tiles, which headDim ${D} with ${rows} rows and kvTile ${KT} leaves no workgroup memory for`);
   return {
     headDim: D, groupSize: G, kvDtype, blockSize: BS, chunkSize: C, tileTokens, rows, workgroupSize: wg, caps, kvTile: KT, subBlocks: KT / BS, vecLoads,
-    targetCtas, kvLayout: layoutFor(KT), splitKv, prefetch, qStride: D + 1, scoreStride: scoreStride(KT), warpSoftmax: warpSoftmax && wg % 32 === 0,
+    targetCtas, kvLayout: layoutFor(KT), splitKv, prefetch, mma: false, qStride: D + 1, scoreStride: scoreStride(KT), warpSoftmax: warpSoftmax && wg % 32 === 0,
   };
 }
 
@@ -254,7 +303,7 @@ export function attentionPartial(c: AttentionConfig) {
     name: 'attentionPartial',
     params: {
       headDim: D, groupSize: G, kvDtype: c.kvDtype, blockSize: BS, chunkSize: c.chunkSize, tileTokens: c.tileTokens, workgroupSize: W,
-      kvTile: KT, vecLoads: c.vecLoads, prefetch: c.prefetch,
+      kvTile: KT, vecLoads: c.vecLoads, prefetch: c.prefetch, ...(c.mma ? { mma: true } : {}),
     },
     caps: c.caps,
     workgroupSize: W,
@@ -279,11 +328,16 @@ export function attentionPartial(c: AttentionConfig) {
     },
     grid: '[numTiles, numKvHeads, maxTileChunks]',
     body(k, b, u) {
-      const qS = k.shared('qTile', 'f32', R * QS);
+      // The MMA path reads q straight into A fragments: no q tile.
+      const qS = c.mma ? undefined : k.shared('qTile', 'f32', R * QS);
       // K/V stay in the cache's format (f16 pairs packed in u32 words), padded per kvLayout.
       const kS = k.shared(c.splitKv ? 'kTile' : 'kvTile', wordT, KT * L.stride);
       const vS = c.splitKv ? k.shared('vTile', wordT, KT * L.stride) : kS;
       const sS = k.shared('scores', 'f32', R * SS);
+      // Score row r's first word. The MMA path's fragments (lane 4g + t: row g, words 2t, 2t + 1)
+      // need rows 0..7 on banks {0, 1, 8, 9, 16, 17, 24, 25} apart (SS ≡ 16 mod 32 gives 0, 16):
+      // rows shifted by bits 1 and 2 of r, within the row padding.
+      const scoreRow = (r: Val<'u32'>) => (c.mma ? r.mul(SS).add(r.shr(1).band(1)).add(r.shr(2).band(1).mul(8)) : r.mul(SS));
       const mS = k.shared('rowMax', 'f32', R), lS = k.shared('rowSum', 'f32', R);
       // Per cache block of the step and row (block-major: a warp's rows are consecutive words): the
       // softmax rescale and the positions folded in.
@@ -313,14 +367,24 @@ export function attentionPartial(c: AttentionConfig) {
       /** Word offset of word `w` (runtime) within a staged row: each 32-word segment skewed. */
       const wordAt = (w: Val<'u32'>) => (L.skew ? w.add(w.shr(5).mul(L.skew)) : w);
 
-      k.for('e', lid, k.u32(R * D), (e) => {
-        const r = row(e.div(D));
-        const qi = k.let('qi', t.qRow0.add(min(r.i, t.nTok.sub(1))).mul(H).add(kvh.mul(G)).add(r.g).mul(D).add(e.rem(D)));
-        qS.set(e.div(D).mul(QS).add(e.rem(D)), k.select(r.valid, b.q.at(qi), k.f32(0)));
-      }, W);
+      /** Element d of q for tile row r (clamped to the tile's tokens; callers zero invalid rows). */
+      const qAt = (r: ReturnType<typeof row>, d: Val<'u32'>) => b.q.at(k.let('qi', t.qRow0.add(min(r.i, t.nTok.sub(1))).mul(H).add(kvh.mul(G)).add(r.g).mul(D).add(d)));
+      if (qS) {
+        k.for('e', lid, k.u32(R * D), (e) => {
+          const r = row(e.div(D));
+          qS.set(e.div(D).mul(QS).add(e.rem(D)), k.select(r.valid, qAt(r, e.rem(D)), k.f32(0)));
+        }, W);
+      }
       k.if(lid.lt(R), () => { mS.set(lid, -F32_MAX); lS.set(lid, 0); });
-      const acc = k.privateArray('acc', 'f32', npt);
-      for (let j = 0; j < npt; j++) acc.set(j, 0);
+      // The scalar path's accumulators: element lid + j·W of the rows (the MMA path keeps its own).
+      const acc = c.mma ? undefined : k.privateArray('acc', 'f32', npt);
+      if (acc) for (let j = 0; j < npt; j++) acc.set(j, 0);
+      const xWords = c.mma ? mmaExchangeWords(D) : 0;
+      const mm = c.mma ? mmaAttention(k, {
+        c, lid, kS, vS, xS: KT * L.stride >= xWords ? kS : k.shared('exchange', wordT, xWords), sS, alphaS, rowA, rowB, scaleLog2: u.scaleLog2, wordAt, scoreRow,
+        rowLive: (r) => r.lt(R).and(r.div(G).lt(t.nTok)),
+        qAt: (r, ok, d) => k.select(ok, qAt(row(min(r, k.u32(R - 1))), d), k.f32(0)),
+      }) : undefined;
       // Per-warp softmax (c.warpSoftmax): half-warp h of warp w takes row 2w + h (+ 2·warps per
       // pass); its running max and sum live in every lane of the half, across steps.
       const warpSm = c.warpSoftmax && k.caps.subgroups;
@@ -380,6 +444,8 @@ export function attentionPartial(c: AttentionConfig) {
       k.for('tb', tFrom, tTo, (tb) => {
         const vHi = k.let('vHi', min(min(tb.add(KT), hiAll), tTo));
         const scores = () => {
+          if (mm) return mm.scores();
+          const qRows = qS!;
           // Scores, base 2: s = (q · k) · scale · log2 e, summed over head_dim in order.
           k.for('e', lid, k.u32(R * KT), (e) => {
             const r = row(e.div(KT));
@@ -393,10 +459,10 @@ export function attentionPartial(c: AttentionConfig) {
                 if (f16) {
                   const h = k.let('kh', k.unpack2x16float(word as Val<'u32'>));
                   const qi = k.let('qw', qBase.add(cw.mul(2)));
-                  dot.set(dot.add(qS.at(qi).mul(h.x)));
-                  dot.set(dot.add(qS.at(qi.add(1)).mul(h.y)));
+                  dot.set(dot.add(qRows.at(qi).mul(h.x)));
+                  dot.set(dot.add(qRows.at(qi.add(1)).mul(h.y)));
                 } else {
-                  dot.set(dot.add(qS.at(qBase.add(cw)).mul(word as Val<'f32'>)));
+                  dot.set(dot.add(qRows.at(qBase.add(cw)).mul(word as Val<'f32'>)));
                 }
               });
               sS.set(e.div(KT).mul(SS).add(e.rem(KT)), dot.mul(u.scaleLog2));
@@ -420,9 +486,10 @@ export function attentionPartial(c: AttentionConfig) {
               const r = row(rc);
               const first = k.let('wfirst', p16.eq(0));
               // The row's max and sum so far, read by the half's first lane and shared (max of the
-              // max with −F32_MAX and sum of the sum with zeros: exact).
+              // max with −F32_MAX and sum of the sum with zeros: exact). Halves past the rows
+              // (clamped to the last) read nothing: that row's own half writes it meanwhile.
               const m = k.var('wm', 'f32', -F32_MAX), l = k.var('wl', 'f32', 0);
-              k.if(first, () => { m.set(mS.at(rc)); l.set(lS.at(rc)); });
+              k.if(first.and(ok), () => { m.set(mS.at(rc)); l.set(lS.at(rc)); });
               m.set(half(m, 'max'));
               l.set(half(l, 'add'));
               // A loop, not unrolled: the shuffles' live values stay few (ptxas spilled when unrolled).
@@ -431,7 +498,7 @@ export function attentionPartial(c: AttentionConfig) {
                 const a = k.let('wa', max(bt, r.lo)), e = k.let('wEnd', min(min(bt.add(BS), r.kvEnd), tTo));
                 const pos = k.let('wpos', bt.add(p16));
                 const live = k.let('wlive', ok.and(r.valid).and(pos.ge(a)).and(pos.lt(e)));
-                const at = k.let('wat', rc.mul(SS).add(nb.mul(BS)).add(p16));
+                const at = k.let('wat', scoreRow(rc).add(nb.mul(BS)).add(p16));
                 const s = k.var('ws', 'f32', -F32_MAX);
                 k.if(live, () => s.set(sS.at(at)));
                 const mNew = k.let('wmNew', max(m, half(s, 'max')));
@@ -458,7 +525,7 @@ export function attentionPartial(c: AttentionConfig) {
               const bt = k.let(`bt${nb}`, nb ? tb.add(nb * BS) : tb);
               const a = k.let('a', max(bt, r.lo)), e = k.let('bEnd', min(min(bt.add(BS), r.kvEnd), tTo));
               k.if(r.valid.and(a.lt(e)), () => {
-                const sBase = k.let('sBase', lid.mul(SS).add(nb * BS));
+                const sBase = k.let('sBase', scoreRow(lid).add(nb * BS));
                 const from = k.let('from', a.sub(bt)), to = k.let('to', e.sub(bt));
                 const mx = k.var('mx', 'f32', -F32_MAX);
                 k.for('p', from, to, (p) => mx.set(max(mx, sS.at(sBase.add(p)))));
@@ -481,6 +548,7 @@ export function attentionPartial(c: AttentionConfig) {
           });
         };
         const pv = () => {
+          if (mm) return mm.pv();
           // Per cache block in order: acc = acc · alpha + Σ_t p_t · v_t over the row's positions.
           for (let j = 0; j < npt; j++) {
             const e = k.let(`pe${j}`, lid.add(j * W));
@@ -503,7 +571,7 @@ export function attentionPartial(c: AttentionConfig) {
                     } else v = word as Val<'f32'>;
                     s.set(s.add(sS.at(sBase.add(tt)).mul(v)));
                   });
-                  acc.set(j, acc.at(j).mul(alphaS.at(slot)).add(s));
+                  acc!.set(j, acc!.at(j).mul(alphaS.at(slot)).add(s));
                 });
               }
             };
@@ -533,20 +601,24 @@ export function attentionPartial(c: AttentionConfig) {
       });
       // Partials chunk-major within the tile's region: a workgroup's rows are adjacent (coalesced).
       const partRow = (r: ReturnType<typeof row>) => t.partBase.add(z.mul(t.nTok.mul(H))).add(r.i.mul(H).add(kvh.mul(G)).add(r.g));
-      for (let j = 0; j < npt; j++) {
-        const e = k.let(`oe${j}`, lid.add(j * W));
-        const body = () => {
-          const r = row(e.div(D));
-          const rc = rowChunks(r);
-          const d = e.rem(D);
-          k.if(r.valid.and(chunk.ge(rc.first)).and(chunk.le(rc.last)), () => {
-            k.if(rc.first.eq(rc.last), () => {
-              const oi = t.qRow0.add(r.i).mul(H).add(kvh.mul(G)).add(r.g).mul(D).add(d);
-              b.out.set(oi, acc.at(j).div(lS.at(e.div(D))));
-            }, () => b.partAcc.set(partRow(r).mul(D).add(d), acc.at(j)));
-          });
-        };
-        if ((j + 1) * W <= R * D) body(); else k.if(e.lt(R * D), body);
+      /** Tile row rr's element d: the output where its range is this chunk alone, else a partial. */
+      const writeOut = (rr: Val<'u32'>, d: Val<'u32'>, v: Val<'f32'>) => {
+        const r = row(rr);
+        const rc = rowChunks(r);
+        k.if(r.valid.and(chunk.ge(rc.first)).and(chunk.le(rc.last)), () => {
+          k.if(rc.first.eq(rc.last), () => {
+            const oi = t.qRow0.add(r.i).mul(H).add(kvh.mul(G)).add(r.g).mul(D).add(d);
+            b.out.set(oi, v.div(lS.at(rr)));
+          }, () => b.partAcc.set(partRow(r).mul(D).add(d), v));
+        });
+      };
+      if (mm) mm.outputs(writeOut);
+      else {
+        for (let j = 0; j < npt; j++) {
+          const e = k.let(`oe${j}`, lid.add(j * W));
+          const body = () => writeOut(e.div(D), e.rem(D), acc!.at(j));
+          if ((j + 1) * W <= R * D) body(); else k.if(e.lt(R * D), body);
+        }
       }
       k.if(lid.lt(R), () => {
         const r = row(lid);

@@ -13,6 +13,7 @@ import { POINTWISE_WORKGROUP_SIZES, argmaxRows, siluMul } from './pointwise.js';
 import { RMSNORM_WORKGROUP_SIZES, defaultRmsNormWorkgroup } from './rmsNorm.js';
 import { ROPE_WORKGROUP_SIZES, rope } from './rope.js';
 import { rejectionSampler } from './acceptance.js';
+import { attentionConfig } from './pagedAttention.js';
 
 export type Sizes = Readonly<Record<string, number | string>>;
 /** What a default chooser may know about the device: its caps and profile (src/backend Device.profile). */
@@ -83,10 +84,11 @@ const DECLARED = {
     tune: { required: ['N'], keyFields: ['N'], workgroupSizes: [64, 128, 256, 512, 1024] },
   },
   pagedAttention: {
-    about: 'paged decode attention, f16 KV cache in blocks of 16: B sequences × 1 new token over C cached positions, H query / KV heads of dim D; default Llama-3-8B heads (32 / 8, D = 128), B = 1, C = 4096',
+    about: 'paged attention, f16 KV cache in blocks of 16: B sequences × Q new tokens (1: decode; more: a prefill chunk) after C cached positions, H query / KV heads of dim D; default Llama-3-8B heads (32 / 8, D = 128), B = 1, Q = 1, C = 4096',
     kernels: ['pagedAttention'],
-    sizes: { B: 1, C: 4096, H: 32, KV: 8, D: 128 },
-    defaults: () => ({}), // chosen per batch by src/ops/attention.ts (chunk length from each row's context)
+    sizes: { B: 1, Q: 1, C: 4096, H: 32, KV: 8, D: 128 },
+    // The path (MMA or scalar) is the device's; chunk lengths follow each row's context (src/ops/attention.ts).
+    defaults: (s, h) => ({ mma: attentionConfig({ headDim: n(s.D), groupSize: n(s.H) / n(s.KV), kvDtype: 'f16', caps: h.caps }).mma }),
   },
   rejectionSampler: {
     about: 'speculative acceptance (rejection sampling): B sequences × K drafts over a vocabulary of V; default B = 64, K = 5, V = 128256',

@@ -93,7 +93,7 @@ function reference(c: Case): Float64Array {
 }
 
 /** How the kernel stages K/V: positions per barrier step and 16-byte loads (defaults: by shape and caps); tokens per tile and invocations. */
-interface Variant { kvTile?: number; vecLoads?: boolean; prefetch?: boolean; targetCtas?: number; tileTokens?: number; workgroupSize?: number }
+interface Variant { kvTile?: number; vecLoads?: boolean; prefetch?: boolean; mma?: boolean; targetCtas?: number; tileTokens?: number; workgroupSize?: number }
 
 /** Fill the cache: context positions from the host, the new tokens through kvAppend; run attention. */
 async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: number, variant: Variant = {}): Promise<Float32Array> {
@@ -188,15 +188,20 @@ forEachBackend('paged attention', (dev) => {
     }
   }, 120_000);
 
-  it('a sequence\'s rows are bit-identical alone, in a mixed batch, chunked as a prefill, or token by token', async () => {
-    const r = rng(freshSeed('attention batch invariance'));
-    const shape: Shape = { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32' };
-    // The sequence under test is sequence 0: 7 new tokens after 530 cached ones (two chunks).
-    const mixed = makeCase(r, shape, [{ qLen: 7, ctxLen: 530 }, ...raggedSpec(r)]);
+  // The scalar path, and the MMA path forced (the emulation runs it on every backend; slow on
+  // llvmpipe, so a smaller batch and chunks of 64 to still span three chunks).
+  const smallSpec = (r: () => number) => [{ qLen: 5, ctxLen: Math.floor(r() * 60) }, { qLen: 1, ctxLen: 90 }, { qLen: 1, ctxLen: 0 }];
+  for (const { path, variant, shape, ctx, chunk, others } of [
+    { path: '', variant: {}, shape: { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32' }, ctx: 530, chunk: undefined, others: raggedSpec },
+    { path: ' (MMA path)', variant: { mma: true }, shape: { headDim: 32, group: 4, kvHeads: 1, kvDtype: 'f16' }, ctx: 130, chunk: 64, others: smallSpec },
+  ] as { path: string; variant: Variant; shape: Shape; ctx: number; chunk?: number; others: typeof raggedSpec }[]) it(`a sequence's rows are bit-identical alone, in a mixed batch, chunked as a prefill, or token by token${path}`, async () => {
+    const r = rng(freshSeed(`attention batch invariance${path}`));
+    // The sequence under test is sequence 0: 7 new tokens after ctx cached ones (several chunks).
+    const mixed = makeCase(r, shape, [{ qLen: 7, ctxLen: ctx }, ...others(r)]);
     const H = shape.kvHeads * shape.group, rowLen = H * shape.headDim;
     const rowsOf = (c: Case, out: Float32Array, si: number, from = 0, n = c.seqs[si]!.qLen) =>
       new Uint32Array(out.slice((c.seqs[si]!.qStart + from) * rowLen, (c.seqs[si]!.qStart + from + n) * rowLen).buffer);
-    const mine = rowsOf(mixed, await runCase(dev, mixed), 0);
+    const mine = rowsOf(mixed, await runCase(dev, mixed, chunk, undefined, variant), 0);
     // Alone: the same K/V, q and block table, nothing else in the batch.
     const only = (qFrom: number, qLen: number): Case => {
       const s = mixed.seqs[0]!;
@@ -208,17 +213,34 @@ forEachBackend('paged attention', (dev) => {
       };
     };
     const alone = only(0, 7);
-    expect(rowsOf(alone, await runCase(dev, alone), 0)).toEqual(mine);
+    expect(rowsOf(alone, await runCase(dev, alone, chunk, undefined, variant), 0)).toEqual(mine);
     // Prefill chunked 3 + 4, with other tile sizes, then decode-style one token at a time.
     const parts: Uint32Array[] = [];
     for (const [from, n] of [[0, 3], [3, 4]] as const) {
       const c = only(from, n);
-      parts.push(rowsOf(c, await runCase(dev, c, undefined, 2), 0));
+      parts.push(rowsOf(c, await runCase(dev, c, chunk, 2, variant), 0));
     }
     expect(Uint32Array.from([...parts[0]!, ...parts[1]!])).toEqual(mine);
     for (let j = 0; j < 7; j++) {
       const c = only(j, 1);
-      expect(rowsOf(c, await runCase(dev, c), 0), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
+      expect(rowsOf(c, await runCase(dev, c, chunk, undefined, variant), 0), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
+    }
+  }, 180_000);
+
+  // The MMA path (Q and P rounded to f16, tensor-core sums), forced: every row within tolerance of
+  // float64, and its staging (positions per step, register prefetch) changes no bit.
+  it('MMA path (forced), ragged batch vs float64: GQA 8:1 (2 tokens × 8 heads fill the 16 rows), head_dim 32, f16 KV; staging changes no bit', async () => {
+    const r = rng(freshSeed('attention mma G8'));
+    // Prefills (21 and 5 tokens), decodes at 0 and 150 positions; chunks of 64: direct rows and merges.
+    const spec = [{ qLen: 21, ctxLen: 40 + Math.floor(r() * 40) }, { qLen: 1, ctxLen: 0 }, { qLen: 1, ctxLen: 150 }, { qLen: 5, ctxLen: 0 }, { qLen: 3, ctxLen: 33 }];
+    const c = makeCase(r, { headDim: 32, group: 8, kvHeads: 1, kvDtype: 'f16' }, spec);
+    const out = await runCase(dev, c, 64, undefined, { mma: true });
+    expect(out.every(Number.isFinite)).toBe(true);
+    // Measured 3.4e-4 to 4.4e-4 on cpu (three seeds); bound ~10×.
+    expect(rowErr(c, out, reference(c))).toBeLessThan(4e-3);
+    const bits = new Uint32Array(out.buffer);
+    for (const v of [{ mma: true, kvTile: 16, prefetch: false }]) {
+      expect(new Uint32Array((await runCase(dev, c, 64, undefined, v)).buffer), JSON.stringify(v)).toEqual(bits);
     }
   }, 180_000);
 
@@ -311,11 +333,27 @@ forEachBackend('paged attention', (dev) => {
 
 describe('attention staging variant', () => {
   it('per-warp softmax where subgroups are 32 wide (2 workgroups per SM asked of ptxas), one invocation per row elsewhere', () => {
-    const cuda = pagedAttention({ headDim: 128, groupSize: 4, kvDtype: 'f16', caps: CUDA_CAPS });
+    const cuda = pagedAttention({ headDim: 128, groupSize: 4, kvDtype: 'f16', caps: CUDA_CAPS, mma: false });
     expect([cuda.config.warpSoftmax, cuda.config.scoreStride % 32]).toEqual([true, 16]);
     expect(emitCUDA(cuda.kernels[0]!.ir)).toContain('__launch_bounds__(256, 2) attentionPartial');
     const base = attentionConfig({ headDim: 128, groupSize: 4, caps: BASELINE_CAPS });
     expect([base.warpSoftmax, base.scoreStride % 2]).toEqual([false, 1]);
+  });
+  it('the MMA path is chosen per device: tensor cores and f16 KV (every row, decode too); rejected where the shape does not fit', () => {
+    const cuda = pagedAttention({ headDim: 128, groupSize: 4, kvDtype: 'f16', caps: CUDA_CAPS });
+    expect([cuda.config.mma, cuda.config.rows, cuda.config.kvTile, cuda.config.prefetch]).toEqual([true, 16, 64, true]);
+    const src = emitCUDA(cuda.kernels[0]!.ir);
+    expect(src).toContain('mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32');
+    expect(src).toContain('__launch_bounds__(256, 2) attentionPartial');
+    expect(attentionConfig({ headDim: 128, groupSize: 4, kvDtype: 'f32', caps: CUDA_CAPS }).mma).toBe(false);
+    // Forced anywhere (what the kernel tests run): the kernel has the mma node, the scalar path none.
+    const hasMma = (mma: boolean) => JSON.stringify(pagedAttention({ headDim: 32, groupSize: 8, kvDtype: 'f16', mma }).kernels[0]!.ir.body).includes('"k":"mma"');
+    expect([hasMma(true), hasMma(false)]).toEqual([true, false]);
+    expect(attentionConfig({ headDim: 128, groupSize: 4, kvDtype: 'f16', caps: BASELINE_CAPS }).mma).toBe(false);
+    expect(attentionConfig({ headDim: 64, groupSize: 8, kvDtype: 'f16', mma: true, caps: CUDA_CAPS }).tileTokens).toBe(2);
+    expect(() => attentionConfig({ headDim: 64, groupSize: 4, mma: true })).toThrow(/MMA path needs f16 KV, headDim a multiple of 16/);
+    expect(() => attentionConfig({ headDim: 40, groupSize: 4, kvDtype: 'f16', mma: true })).toThrow(/headDim 40/);
+    expect(() => attentionConfig({ headDim: 64, groupSize: 4, kvDtype: 'f16', mma: true, tileTokens: 5 })).toThrow(/exceed the MMA's 16/);
   });
   it('loads vectors when head_dim allows (4 | D for f32, 8 | D for f16), else scalars; rejects vecLoads otherwise', () => {
     expect(attentionConfig({ headDim: 128, groupSize: 4 }).vecLoads).toBe(true);
