@@ -775,7 +775,7 @@ export const ATTENTION_FAMILIES: KernelFamily[] = [
     }),
     build: (p, caps) => pagedAttention({
       headDim: num(p, 'headDim'), groupSize: num(p, 'groupSize'), kvDtype: oneOf(p, 'kvDtype', ['f32', 'f16'], 'f32'),
-      ...optionalNums(p, ['blockSize', 'chunkSize', 'tileTokens', 'kvTile', 'workgroupSize']), vecLoads: optionalBool(p, 'vecLoads'), prefetch: optionalBool(p, 'prefetch'), caps,
+      ...optionalNums(p, ['blockSize', 'chunkSize', 'tileTokens', 'kvTile', 'workgroupSize']), vecLoads: optionalBool(p, 'vecLoads'), prefetch: optionalBool(p, 'prefetch'), mma: optionalBool(p, 'mma'), caps,
     }).kernels[0]!,
   },
   {
