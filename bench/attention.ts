@@ -20,7 +20,10 @@
 //   --staging default,scalar16   K/V staging variants, side by side: default (vector loads, the
 //                                deepest kvTile the device's workgroup memory allows), scalar16
 //                                (4-byte loads, one 16-position block per step: the original),
-//                                vec16 (vector loads, 16-position steps)
+//                                vec16 (vector loads, 16-position steps), noprefetch (default
+//                                without the register double-buffering), scalar (no MMA: the
+//                                scalar dot products where the device has tensor cores), mma
+//                                (forced; f16 KV only — f32 cells run the default)
 import { pagedAttention } from '../codegen/kernels/pagedAttention.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
@@ -34,7 +37,12 @@ interface Options {
   backends: BackendKind[]; kv: ('f32' | 'f16')[]; batches: number[]; contexts: number[]; prefill: number[];
   scale: number; chunk: number; reps: number; samples: number; staging: Staging[];
 }
-const STAGINGS = { default: {}, scalar16: { vecLoads: false, kvTile: 16 }, vec16: { kvTile: 16 } } as const;
+const STAGINGS = {
+  default: {}, scalar16: { vecLoads: false, kvTile: 16, mma: false }, vec16: { kvTile: 16, mma: false },
+  noprefetch: { prefetch: false }, scalar: { mma: false }, mma: { mma: true },
+} as const;
+/** A staging's op parameters for a KV type (the MMA path needs f16 KV). */
+const stagingParams = (st: Staging, kv: 'f32' | 'f16') => (st === 'mma' && kv !== 'f16' ? {} : STAGINGS[st]);
 type Staging = keyof typeof STAGINGS;
 
 function parseArgs(args: string[]): Options {
@@ -80,7 +88,7 @@ function fill(dev: Device, buf: DeviceBuffer<'f32' | 'u32'>, seed: number): void
 async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctxLen: number }[], o: Options, staging: Staging): Promise<number> {
   const op = pagedAttention({
     headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps,
-    targetCtas: attentionTargetCtas(dev), ...STAGINGS[staging],
+    targetCtas: attentionTargetCtas(dev), ...stagingParams(staging, kv),
   });
   const blocksPer = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / BLOCK));
   const numBlocks = blocksPer.reduce((a, b) => a + b, 0);
@@ -131,8 +139,9 @@ async function benchDevice(dev: Device, o: Options): Promise<void> {
   console.log(`heads: ${HEADS} query, ${KV_HEADS} KV (GQA ${HEADS / KV_HEADS}:1), head_dim ${HEAD_DIM}, block ${BLOCK}, split-KV chunk ${o.chunk}`);
   if (s > 1) console.log(`software device: batch, contexts and prefill lengths ÷ ${s} (--scale 1 for full size)`);
   for (const st of o.staging) {
-    const cfg = (kv: 'f32' | 'f16') => pagedAttention({ headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps, ...STAGINGS[st] }).config;
-    console.log(`staging ${st}: ${o.kv.map((kv) => `${kv} kvTile ${cfg(kv).kvTile}, ${cfg(kv).vecLoads ? '16-byte' : '4-byte'} loads`).join('; ')}`);
+    const cfg = (kv: 'f32' | 'f16') => pagedAttention({ headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps, ...stagingParams(st, kv) }).config;
+    const about = (kv: 'f32' | 'f16') => { const c = cfg(kv); return `${kv} kvTile ${c.kvTile}, ${c.vecLoads ? '16-byte' : '4-byte'} loads${c.prefetch ? ', prefetch' : ''}${c.mma ? ', MMA' : ''}`; };
+    console.log(`staging ${st}: ${o.kv.map(about).join('; ')}`);
   }
   console.log('\n### decode (one new token per sequence)\n');
   row(['KV', 'staging', 'batch', 'context', 'ms', 'KV MB read', 'GB/s', '% of copy']);
