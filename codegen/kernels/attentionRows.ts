@@ -51,7 +51,7 @@ export interface AttentionRowsParams {
  */
 export interface AttentionRowsConfig {
   headDim: number; groupSize: number; kvDtype: 'f32' | 'f16'; blockSize: number;
-  /** A multiple of blockSize above any position a u32 can hold in a tile word (≤ 2^31). */
+  /** A multiple of blockSize just under 2^31: beyond any context, and it fits the tile's u32 chunk word. */
   chunkSize: number;
   /** Fixed chunks (no targetCtas shrinking); kvTile = blockSize only so rowChunkSize can run. */
   kvTile: number; targetCtas: 0;
