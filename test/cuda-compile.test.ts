@@ -86,7 +86,7 @@ if (!version) {
         emitCUDA(gemvKernel(int4Source(128, 'magic'), M, defaultInt4Gemv(M, 4096, CUDA_CAPS, 65536, 'gpu'), CUDA_CAPS).ir)]),
       // The tensor-core linears the runtime takes on CUDA at M ≤ 64 (Llama-3-8B's fused QKV and lm_head).
       ['int4 MMA, QKV with gather, norm, RoPE + append', emitCUDA(int4MmaKernel({
-        groupSize: 128, split: 8, epilogue: fullEpilogue({}), caps: CUDA_CAPS,
+        groupSize: 128, split: 8, epilogue: fullEpilogue({}), caps: CUDA_CAPS, vec4: true,
         fusion: { gather: 'f16', norm: { workgroupSize: 256 }, rope: { layout: 'halves', heads: 32, kvHeads: 8, headDim: 128, kvDtype: 'f16', blockSize: 16 } },
       }).ir)],
       ['dense f16 MMA, lm_head with norm', emitCUDA(denseMmaKernel({ epilogue: fullEpilogue({}), split: 8, fusion: { norm: { workgroupSize: 256 } }, caps: CUDA_CAPS }).ir)],

@@ -200,9 +200,9 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
       ...(spec.norm ? { norm: { workgroupSize: spec.norm.workgroupSize } } : {}),
       ...(r && caps_.deviceFence ? { rope: r } : {}),
     };
-    let kern = mmaKernelFor(src, K, e, caps_, g ? { ...fusion, gather: g.table } : fusion);
+    let kern = mmaKernelFor(src, K, N, e, caps_, g ? { ...fusion, gather: g.table } : fusion);
     // The gather too, where the kernel's buffers stay within the device's limit.
-    if (g && kern.ir.buffers.length > caps_.maxStorageBuffers) kern = mmaKernelFor(src, K, e, caps_, fusion);
+    if (g && kern.ir.buffers.length > caps_.maxStorageBuffers) kern = mmaKernelFor(src, K, N, e, caps_, fusion);
     const gathers = !!g && !!kern.ir.params.gather;
     if (g && !gathers) steps.push(gatherStep(M));
     const bind: Record<string, string> = { ...same(['x', ...weightNames, ...epiNames]), out: outName };

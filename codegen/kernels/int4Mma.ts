@@ -19,14 +19,17 @@
 // 4096² on CUDA, split 8: 2048, 15.5 per SM on 132 SMs).
 // Fused ops (fusedLinear.ts) add an RMSNorm prologue, the embedding gather and RoPE + KV append
 // (mmaFusion.ts); the norm's reduction and the split sums share one workgroup array (mmaCommon.ts).
-// Per 16 of K each split set stages its 16 × 8 qweight words (per half) in workgroup memory, one
-// word per invocation — each warp reads 4 whole rows of 32 bytes, one sector each — and builds the
-// B fragments from there (a lane's B column sits in one word: reading it from global memory
+// Per `steps` mma steps (int4MmaSteps: 64 of K where g and workgroup memory allow) each split set
+// stages its 16·steps × 8 qweight words (per half) in workgroup memory between two barriers, one
+// vec4<u32> load per invocation where N is a multiple of 32 (4 consecutive words of a row: a warp
+// reads 16 whole rows of 32 bytes, one sector each), else `steps` word loads; then builds the B
+// fragments from there (a lane's B column sits in one word: reading it from global memory
 // directly costs 4 sectors per 16 useful bytes).
 // Needs K a multiple of g (g ≥ 16) and N a multiple of 8 (AutoAWQ packs 8 columns per word).
-import type { Caps, Val } from '../dsl/index.js';
+import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
+import { MMA_SCRATCH_WORDS } from '../emit/mma.js';
 import {
   capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel, type WeightSource,
 } from './linearCommon.js';
@@ -50,6 +53,17 @@ export function int4MmaSplit(K: number, g: number, e?: Epilogue, caps?: Caps): n
   return [...(wide ? [8] : []), 4, 2, 1].find((s) => (K / g) % s === 0)!;
 }
 
+/**
+ * Mma steps (16 of K each) staged per barrier pair: the largest of 4, 2, 1 dividing g/16 whose
+ * qweight tiles fit the device's workgroup memory beside `otherWords` (the scratch, and on devices
+ * without tensor cores the emulation's fragment exchange). Only the staging changes with it, never
+ * the arithmetic or its order: bits are the same for every value.
+ */
+export function int4MmaSteps(g: number, S: number, halves: number, otherWords: number, caps: Caps, maxSteps = 4): number {
+  const fits = (T: number) => (halves * 16 * T * WORDS * S + otherWords + 64) * 4 <= caps.maxWorkgroupStorage;
+  return [4, 2, 1].find((T) => T <= maxSteps && (g / 16) % T === 0 && fits(T)) ?? 1;
+}
+
 /** The group size when `src` is the AutoAWQ INT4 source this kernel reads, else undefined. */
 export function int4MmaGroupSize(src: WeightSource): number | undefined {
   if (!src.group || !('qweight' in src.bindings && 'qzeros' in src.bindings && 'scales' in src.bindings)) return undefined;
@@ -71,6 +85,10 @@ export interface Int4MmaParams {
   split?: number;
   /** Launches folded in (mmaFusion.ts): embedding gather, RMSNorm prologue, RoPE + KV append. */
   fusion?: MmaFusion;
+  /** Stage qweight with one vec4<u32> load per invocation (needs N a multiple of 32; int4MmaFor). */
+  vec4?: boolean;
+  /** Mma steps staged per barrier pair (1, 2 or 4, dividing g/16); default int4MmaSteps. */
+  steps?: number;
   caps?: Caps;
 }
 
@@ -79,18 +97,19 @@ export function int4MmaKernel(p: Int4MmaParams) {
   const S = p.split ?? 1;
   const f = p.fusion ?? {};
   const ft = mmaFusionTag(f);
+  const v4 = !!p.vec4;
   if (!Number.isInteger(g) || g < 16 || g % 16) throw new Error(`int4Mma: group size ${g} is not a positive multiple of 16`);
   if (!INT4_MMA_SPLITS.includes(S)) throw new Error(`int4Mma: split ${S} is not one of ${INT4_MMA_SPLITS.join(', ')}`);
   if (f.rope && !caps.deviceFence) throw new Error('int4Mma: the RoPE epilogue needs caps.deviceFence (the last workgroup of a head finishes it)');
-  return memoKernel(`int4Mma/${g}/${S}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
-    name: `int4Mma_g${g}_s${S}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
-    params: { groupSize: g, split: S, ...e, ...mmaFusionParams(f) },
+  return memoKernel(`int4Mma/${g}/${S}/${v4 ? 'v4' : 'v1'}/${p.steps ?? ''}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
+    name: `int4Mma_g${g}_s${S}${v4 ? '_v4' : ''}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
+    params: { groupSize: g, split: S, vec4: v4, ...e, ...mmaFusionParams(f) },
     caps,
     workgroupSize: SET * S,
     bindings: {
       // Pairs along k (one 8-byte load per A word; K is even).
       x: storage('f32', 'read', { shape: '[M, K]', vec: 2 }),
-      qweight: storage('u32', 'read', { shape: '[K, Nw / 8]' }),
+      qweight: storage('u32', 'read', { shape: '[K, Nw / 8]', ...(v4 ? { vec: 4 } : {}) }),
       qzeros: storage('u32', 'read', { shape: `[K / ${g}, Nw / 8]` }),
       scales: storage('u32', 'read', { shape: `[K / ${g}, Nw / 2]` }),
       ...epilogueBindings(e),
@@ -110,15 +129,49 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const wgCol = k.let('wgCol', k.workgroupId.x.mul(COLS));
       const wordCols = k.let('wordCols', Nw.div(8));
       const halves = e.gateUp ? 2 : 1;
-      // Staging: invocation sl of a set loads word sl & 7 of row sl >> 3 of its tile (zero past N).
-      const sRow = k.let('sRow', sl.shr(3)), sWord = k.let('sWord', wgCol.shr(3).add(sl.band(WORDS - 1)));
-      const sOk = k.let('sOk', sWord.lt(N.div(8)));
-      const sq = Array.from({ length: halves }, (_, h) => k.shared(`sq${h}`, 'u32', 16 * WORDS * S));
-      const sqSet = k.let('sqSet', set.mul(16 * WORDS));
-      // Word w of tile row r sits at r·8 + (w ^ ((r >> 2) & 1)): the B reads (rows 2t + c for t = 0..3,
-      // one word) then hit 4 different banks (unswizzled, rows 0 and 4 share one: 2-way conflicts).
-      const swz = (r: Val<'u32'>) => r.shr(2).band(1);
-      const sqStore = k.let('sqStore', sqSet.add(sRow.mul(WORDS)).add(sl.band(WORDS - 1).bxor(swz(sRow))));
+      const scratch = mmaScratch(k, [mmaNormScratch(f), mmaSumScratch(TILES * halves, S)]);
+      // A normed or gathered x at 1024 invocations (64 registers a thread): 2 steps, as nvcc's
+      // unrolled 4 spill there (ptxas sm_90a: 152 B with vec4 staging; bench/notes/int4.md).
+      const tight = SET * S >= 1024 && !!(f.norm || f.gather);
+      const T = p.steps ?? int4MmaSteps(g, S, halves, (scratch?.length ?? 0) + (caps.tensorCores ? 0 : MMA_SCRATCH_WORDS * SET * S), caps, tight ? 2 : 4);
+      if (![1, 2, 4].includes(T) || (g / 16) % T) k.fail(`int4Mma: steps ${T} is not 1, 2 or 4 dividing g/16 = ${g / 16}`);
+      const stageWords = 16 * T * WORDS;
+      const sq = Array.from({ length: halves }, (_, h) => k.shared(`sq${h}`, 'u32', stageWords * S));
+      const sqSet = k.let('sqSet', set.mul(stageWords));
+      // Word w of staged row r sits at r·8 + (w ^ ((r >> 2) & 3)): the B reads (rows 2t + c for
+      // t = 0..3, one word) hit 4 banks, and the staging stores (a warp: 16 rows × 2 quads, or 4
+      // rows × 8 words) 32 (unswizzled, rows r and r + 4 share banks: 2- and 4-way conflicts).
+      const swz = (r: Val<'u32'>) => r.shr(2).band(3);
+      const sqAt = (r: Val<'u32'>, w: Val<'u32'>) => sqSet.add(r.mul(WORDS)).add(w.bxor(swz(r)));
+      const wordsN = k.let('wordsN', N.div(8));
+      /** Stages rows k0 .. k0 + 16·T of this set's columns (zero past N). */
+      const stage = (k0: Val<'u32'>) => {
+        if (v4) {
+          // Invocation sl < 32·T loads words 4q..4q+3 (q = sl & 1) of row sl >> 1: whole quads, as N % 32 == 0.
+          const qweight4 = qweight as unknown as ArrayRef<'vec4<u32>', false>;
+          const body = () => {
+            const vRow = k.let('vRow', sl.shr(1)), vWord = k.let('vWord', sl.band(1).mul(4));
+            const vCol = k.let('vCol', wgCol.shr(3).add(vWord)), vOk = k.let('vOk', vCol.lt(wordsN));
+            for (let h = 0; h < halves; h++) {
+              const at = k.let(`vAt${h}`, k0.add(vRow).mul(wordCols.div(4)).add((h ? vCol.add(wordsN) : vCol).div(4)));
+              const v = k.let(`vq${h}`, qweight4.at(k.select(vOk, at, k.u32(0))));
+              for (let j = 0; j < 4; j++) sq[h]!.set(sqAt(vRow, vWord.add(j)), k.select(vOk, v.at(j) as Val<'u32'>, k.u32(0)));
+            }
+          };
+          if (T === 4) body(); else k.if(sl.lt(32 * T), body);
+          return;
+        }
+        // One word per invocation per 16 rows: word sl & 7 of rows 16i + (sl >> 3).
+        const sWord = k.let('sWord', sl.band(WORDS - 1)), sCol = k.let('sCol', wgCol.shr(3).add(sWord));
+        const sOk = k.let('sOk', sCol.lt(wordsN));
+        for (let i = 0; i < T; i++) {
+          const r = k.let(`sRow${i}`, sl.shr(3).add(16 * i));
+          for (let h = 0; h < halves; h++) {
+            const w = h ? sCol.add(wordsN) : sCol;
+            sq[h]!.set(sqAt(r, sWord), k.select(sOk, qweight.at(k0.add(r).mul(wordCols).add(k.select(sOk, w, k.u32(0)))), k.u32(0)));
+          }
+        }
+      };
       // Column offset j of a word sits in nibble (j >> 1) | ((j & 1) << 2) (AutoAWQ's order).
       const nibShift = k.let('nibShift', gq.shr(1).bor(gq.band(1).shl(2)).mul(4));
       const nib = (word: Val<'u32'>) => word.shr(nibShift).band(15);
@@ -136,7 +189,6 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const rLo = k.let('rLo', row0.add(gq)), rHi = k.let('rHi', rLo.add(8));
       const okLo = k.let('okLo', rLo.lt(M)), okHi = k.let('okHi', rHi.lt(M));
       // x (gathered, normed where fused; zeros on padding rows), rounded to f16 pairs.
-      const scratch = mmaScratch(k, [mmaNormScratch(f), mmaSumScratch(TILES * halves, S)]);
       const xSrc = mmaXSource(k, f, refs, { row0, rLo, rHi, okLo, okHi, M, K, wg: SET * S, lid }, uniforms, scratch);
       const xPair = (hi: boolean, kk: Val<'u32'>, tag: string) => k.pack2x16float(xSrc(hi, kk, tag));
       k.for('gi', k.u32(0), K.div(g * S), (gi) => {
@@ -151,28 +203,28 @@ export function int4MmaKernel(p: Int4MmaParams) {
         for (const tl of tiles) for (let i = 0; i < 4; i++) tl.grp.set(i, 0);
         const kBase = k.let('kBase', grp.mul(g));
         k.for('kk', k.u32(0), k.u32(g), (kk) => {
-          const k0 = k.let('k0', kBase.add(kk));
-          for (let h = 0; h < halves; h++) {
-            const w = k.let(`sw${h}`, h ? sWord.add(N.div(8)) : sWord);
-            sq[h]!.set(sqStore, k.select(sOk, qweight.at(k0.add(sRow).mul(wordCols).add(k.select(sOk, w, k.u32(0)))), k.u32(0)));
-          }
+          const kStage = k.let('kStage', kBase.add(kk));
+          stage(kStage);
           k.barrier();
-          const ka = k.let('ka', k0.add(t.mul(2))), kb = k.let('kb', ka.add(8));
-          fa.set(0, xPair(false, ka, '0'));
-          fa.set(1, xPair(true, ka, '1'));
-          fa.set(2, xPair(false, kb, '2'));
-          fa.set(3, xPair(true, kb, '3'));
-          tiles.forEach((tl, i) => {
-            /** (q − z) at tile rows r, r + 1 of this lane's B column as an f16 pair (exact). */
-            const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqSet.add(r.mul(WORDS)).add(tileWord[tl.j]!.bxor(swz(r)))))).sub(zs[i]!.z);
-            const bPair = (r: Val<'u32'>) => k.pack2x16float(k.vec('vec2<f32>', q(r), q(r.add(1))));
-            const r0 = k.let(`br${i}`, t.mul(2));
-            fb.set(0, bPair(r0));
-            fb.set(1, bPair(r0.add(8)));
-            k.mma(tl.grp, fa, fb, tl.grp);
+          k.for('st', k.u32(0), k.u32(T), (st) => {
+            const rb = k.let('rb', st.mul(16));
+            const ka = k.let('ka', kStage.add(rb).add(t.mul(2))), kb = k.let('kb', ka.add(8));
+            fa.set(0, xPair(false, ka, '0'));
+            fa.set(1, xPair(true, ka, '1'));
+            fa.set(2, xPair(false, kb, '2'));
+            fa.set(3, xPair(true, kb, '3'));
+            tiles.forEach((tl, i) => {
+              /** (q − z) at staged rows r, r + 1 of this lane's B column as an f16 pair (exact). */
+              const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqAt(r, tileWord[tl.j]!)))).sub(zs[i]!.z);
+              const bPair = (r: Val<'u32'>) => k.pack2x16float(k.vec('vec2<f32>', q(r), q(r.add(1))));
+              const r0 = k.let(`br${i}`, rb.add(t.mul(2)));
+              fb.set(0, bPair(r0));
+              fb.set(1, bPair(r0.add(8)));
+              k.mma(tl.grp, fa, fb, tl.grp);
+            });
           });
-          k.barrier(); // the tile is read before the next one is staged
-        }, 16);
+          k.barrier(); // the tiles are read before the next ones are staged
+        }, 16 * T);
         tiles.forEach((tl, i) => {
           const sc = zs[i]!.sc;
           for (let c = 0; c < 4; c++) tl.acc.set(c, k.call<'f32'>('fma', [tl.grp.at(c), c & 1 ? sc.y : sc.x, tl.acc.at(c)]));
@@ -188,7 +240,9 @@ export function int4MmaKernel(p: Int4MmaParams) {
 }
 
 /** The kernel for a linear op's source, or undefined when the source is not INT4 AutoAWQ. */
-export function int4MmaFor(src: WeightSource, K: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
+export function int4MmaFor(src: WeightSource, K: number, N: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
   const g = int4MmaGroupSize(src);
-  return g === undefined ? undefined : int4MmaKernel({ groupSize: g, split: int4MmaSplit(K, g, e, caps), epilogue: e, caps, ...(fusion ? { fusion } : {}) });
+  return g === undefined ? undefined : int4MmaKernel({
+    groupSize: g, split: int4MmaSplit(K, g, e, caps), epilogue: e, caps, vec4: N % 32 === 0, ...(fusion ? { fusion } : {}),
+  });
 }

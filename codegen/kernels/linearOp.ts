@@ -149,7 +149,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
     if (!Number.isInteger(M) || M < 1) throw new Error(`${name}: M = ${M} is not a positive integer`);
     // Tensor cores: one launch for every M up to mmaRows, rows padded to 16 (batch-invariant).
     if (M <= mmaRows) {
-      const mma = mmaKernelFor(src, K, e, caps);
+      const mma = mmaKernelFor(src, K, N, e, caps);
       return {
         temps: {},
         steps: [{ kernel: mma, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw } }],

@@ -16,9 +16,9 @@ export function mmaUnfit(src: WeightSource, K: number, N: number): string | unde
   return `the ${src.tag} source has no MMA kernel`;
 }
 
-/** The MMA kernel for a source (check mmaUnfit first), with the fusions asked. */
-export function mmaKernelFor(src: WeightSource, K: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
-  const kern = int4MmaFor(src, K, e, caps, fusion) ?? denseMmaFor(src, K, e, caps, fusion);
-  if (!kern) throw new Error(`mma: ${mmaUnfit(src, K, 0) ?? `no MMA kernel for the ${src.tag} source`}`);
+/** The MMA kernel for a source (check mmaUnfit first), with the fusions asked. N picks int4Mma's staging loads. */
+export function mmaKernelFor(src: WeightSource, K: number, N: number, e: Epilogue, caps: Caps, fusion?: MmaFusion) {
+  const kern = int4MmaFor(src, K, N, e, caps, fusion) ?? denseMmaFor(src, K, e, caps, fusion);
+  if (!kern) throw new Error(`mma: ${mmaUnfit(src, K, N) ?? `no MMA kernel for the ${src.tag} source`}`);
   return kern;
 }

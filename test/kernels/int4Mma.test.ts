@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { BASELINE_CAPS, CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { emitCUDA } from '../../codegen/emit/cuda.js';
 import { denseLinear } from '../../codegen/kernels/denseMatmul.js';
-import { int4MmaKernel, int4MmaSplit, MMA_MAX_ROWS } from '../../codegen/kernels/int4Mma.js';
+import { int4MmaKernel, int4MmaSplit, int4MmaSteps, MMA_MAX_ROWS } from '../../codegen/kernels/int4Mma.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
 import { fullEpilogue, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
@@ -28,6 +28,9 @@ const ROWS_CASE = { e: { bias: true, residual: true } as LinearEpilogue, K: 256,
 const EPILOGUES: { e: LinearEpilogue; K: number; N: number; g: number; tol: number }[] = [
   ROWS_CASE,
   { e: { bias: true, gateUp: true, residual: true, out: 'f16' }, K: 192, N: 24, g: 64, tol: 2e-3 },
+  // N % 32 == 0: qweight staged by vec4 loads, 2 mma steps per stage (g = 32), words 12..15 of the
+  // second workgroup past N.
+  { e: { residual: true }, K: 256, N: 96, g: 32, tol: 1e-5 },
 ];
 
 async function withWeights<T>(dev: Device, K: number, Nw: number, g: number, seed: number,
@@ -46,6 +49,7 @@ forEachBackend('int4 MMA linear', (dev) => {
     it(`${tag}, K = ${K}, N = ${N}, g = ${g} (split-K ${int4MmaSplit(K, g)}): M = 1, 5, 16, 17, 64 within ${tol} of float64 (x rounded to f16)`, async () => {
       const Nw = e.gateUp ? 2 * N : N;
       const op = int4Linear({ K, N, groupSize: g, ...e, caps: dev.caps, choice: { mmaMaxRows: MMA_MAX_ROWS } });
+      expect(op.plan({ M: 1 }).steps[0]!.kernel.ir.name.includes('_v4_'), 'vec4 staging exactly where N % 32 == 0').toBe(N % 32 === 0);
       await withWeights(dev, K, Nw, g, freshSeed(`int4 mma ${tag}`), async (w, W, r) => {
         for (const M of [1, 5, 16, 17, 64]) {
           const inp = randomInputs(M, K, N, e, r);
@@ -129,13 +133,21 @@ describe('int4 MMA path: chooser and CUDA', () => {
     expect(() => int4Linear({ K, N: 64, groupSize: g, caps: CUDA_CAPS, choice: { mmaMaxRows: 65 } })).toThrow(/mmaMaxRows = 65 is not an integer in 0\.\.64/);
   });
 
-  it('mma.sync per 16 of K per 8-column tile (2 tiles a warp; 4 with gateUp), and ptxas (sm_90a) takes every epilogue with no spills', (ctx) => {
+  it('mma.sync per 16 of K per 8-column tile (2 tiles a warp; 4 with gateUp), and ptxas (sm_90a) takes every epilogue, word and vec4 staging, with no spills', (ctx) => {
     for (const e of EPILOGUES.map((c) => fullEpilogue(c.e))) {
-      const ir = int4MmaKernel({ groupSize: 128, split: 4, epilogue: e, caps: CUDA_CAPS }).ir;
-      expect(emitCUDA(ir).match(/mma\.sync\.aligned\.m16n8k16/g)).toHaveLength(e.gateUp ? 4 : 2);
-      const r = ptxasReport(ir);
-      if (typeof r === 'string') { ctx.skip(`no ptxas verdict: ${r}`); return; }
-      expect([r.spillStores, r.spillLoads], JSON.stringify(e)).toEqual([0, 0]);
+      for (const vec4 of [false, true]) {
+        const ir = int4MmaKernel({ groupSize: 128, split: 4, epilogue: e, caps: CUDA_CAPS, vec4 }).ir;
+        expect(emitCUDA(ir).match(/mma\.sync\.aligned\.m16n8k16/g)).toHaveLength(e.gateUp ? 4 : 2);
+        const r = ptxasReport(ir);
+        if (typeof r === 'string') { ctx.skip(`no ptxas verdict: ${r}`); return; }
+        expect([r.spillStores, r.spillLoads], `${JSON.stringify(e)}, vec4 ${vec4}`).toEqual([0, 0]);
+      }
     }
+  });
+
+  it('stages 4 mma steps (64 of K) per barrier pair where g and workgroup memory allow, else 2 or 1', () => {
+    expect([int4MmaSteps(128, 8, 1, 0, CUDA_CAPS), int4MmaSteps(32, 8, 1, 0, CUDA_CAPS), int4MmaSteps(16, 8, 1, 0, CUDA_CAPS)]).toEqual([4, 2, 1]);
+    // 16 KB: split 4 beside 2048 words of scratch leaves room for 2 steps' tiles, not 4.
+    expect(int4MmaSteps(128, 4, 1, 2048, BASELINE_CAPS)).toBe(2);
   });
 });

@@ -154,12 +154,12 @@ forEachBackend('fused linear on the MMA path', (dev) => {
 });
 
 describe('fused MMA kernels at Llama-3-8B shapes: CUDA', () => {
-  // What LlamaForward builds on CUDA (int4 g = 128, K = 4096: split-K 8, gate/up 4; lm_head split-K 8; norm workgroup 256).
+  // What LlamaForward builds on CUDA (int4 g = 128, K = 4096: split-K 8, gate/up 4, vec4 staging; lm_head split-K 8; norm workgroup 256).
   const norm = { workgroupSize: 256 };
   const rope: RopeAppendEpilogue = { layout: 'halves', heads: 32, kvHeads: 8, headDim: 128, kvDtype: 'f16', blockSize: 16 };
   const kernels = () => [
     ...[{ e: {}, fusion: { gather: 'f16' as const, norm, rope } }, { e: { gateUp: true }, fusion: { norm } }, { e: { residual: true }, fusion: {} }].map(({ e, fusion }) =>
-      int4MmaKernel({ groupSize: 128, split: int4MmaSplit(4096, 128, fullEpilogue(e), CUDA_CAPS), epilogue: fullEpilogue(e), fusion, caps: CUDA_CAPS })),
+      int4MmaKernel({ groupSize: 128, split: int4MmaSplit(4096, 128, fullEpilogue(e), CUDA_CAPS), epilogue: fullEpilogue(e), fusion, caps: CUDA_CAPS, vec4: true })),
     denseMmaKernel({ epilogue: fullEpilogue({}), split: denseMmaSplit(4096, fullEpilogue({}), CUDA_CAPS), fusion: { norm }, caps: CUDA_CAPS }),
   ];
   it('QKV (gather, norm, RoPE + append), gate/up (norm), o/down (residual), lm_head (norm): ptxas (sm_90a) with no spills', (ctx) => {
