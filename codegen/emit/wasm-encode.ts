@@ -34,6 +34,7 @@ export const OP = {
   'f64.sqrt': 0x9f, 'f64.add': 0xa0, 'f64.sub': 0xa1, 'f64.mul': 0xa2, 'f64.div': 0xa3,
   'f32.convert_i32_s': 0xb2, 'f32.convert_i32_u': 0xb3, 'f32.demote_f64': 0xb6, 'f64.promote_f32': 0xbb,
   'i32.reinterpret_f32': 0xbc, 'f32.reinterpret_i32': 0xbe,
+  'i32.wrap_i64': 0xa7, 'i64.reinterpret_f64': 0xbd,
 } as const;
 export type Op = keyof typeof OP;
 

@@ -10,7 +10,7 @@ import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { forEachExpr } from '../dsl/walk.js';
 import type { FnBuilder, Op, ValType } from './wasm-encode.js';
 import { FN, WASM_MATH, type WasmMath } from './wasm-helpers.js';
-import { expandLanes, expandNibblePair, expandNibbleValues } from './legalize.js';
+import { expandLanes, expandNibblePair, expandNibbleValues, expandSub2x16float } from './legalize.js';
 
 export const XYZW = 'xyzw';
 /** Scalars live in wasm as f32 (f32, f16) or i32 (i32, u32, bool). */
@@ -145,6 +145,7 @@ export abstract class WasmExpressions {
         return;
       case 'nibblePairF16': return this.ex(expandNibblePair(e), c);
       case 'nibblePairValues': return this.ex(expandNibbleValues(e), c);
+      case 'sub2x16float': return this.ex(expandSub2x16float(e), c);
       case 'vec': {
         if (e.args.length === 1 && widthOf(e.args[0]!.t) === 1) return this.once(e.args[0]!);
         let k = c;
@@ -260,7 +261,7 @@ export abstract class WasmExpressions {
     switch (fn) {
       case 'exp': case 'log': case 'log2': case 'sin': case 'cos': case 'tanh':
         arg(0); f.op('f64.promote_f32'); math(fn); f.op('f32.demote_f64'); return this.round(t);
-      case 'exp2': f.f64(2); arg(0); f.op('f64.promote_f32'); math('pow'); f.op('f32.demote_f64'); return this.round(t);
+      case 'exp2': arg(0); f.call(FN.exp2); return this.round(t); // Math.pow(2, x)'s bits (wasm-helpers.ts)
       case 'pow': arg(0); f.op('f64.promote_f32'); arg(1); f.op('f64.promote_f32'); math('pow'); f.op('f32.demote_f64'); return this.round(t);
       case 'sqrt': arg(0); f.op('f32.sqrt'); return this.round(t);
       case 'inverseSqrt': f.f64(1); arg(0); f.op('f64.promote_f32').op('f64.sqrt').op('f64.div').op('f32.demote_f64'); return this.round(t);

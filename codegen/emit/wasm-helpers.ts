@@ -1,7 +1,8 @@
 // The functions every WebAssembly kernel module carries besides its `run`: f32 → f16 bits (the
 // bit-exact port of codegen/dsl/f16.ts makeF16's; f16 → f32 reads makeF16's table in memory) and
 // "is any invocation of this mask active". And the Math functions a module imports, so that exp,
-// log, sin, cos, tanh and pow give the bits the JavaScript executor's Math calls give.
+// log, sin, cos, tanh and pow give the bits the JavaScript executor's Math calls give — exp2 is
+// computed here instead (exp2Helper), checked against Math.pow over every f32 input it computes.
 import { FnBuilder, type ImportFn } from './wasm-encode.js';
 
 /** Imported f64 functions, in import order (their function indices). */
@@ -14,7 +15,7 @@ export const MATH_IMPORTS: ImportFn[] = WASM_MATH.map((n) => ({
 /** Function indices: imports first, then run, then the helpers below. */
 export const FN = (() => {
   const base = WASM_MATH.length;
-  return { run: base, f2h: base + 1, any: base + 2 };
+  return { run: base, f2h: base + 1, any: base + 2, exp2: base + 3 };
 })();
 
 /**
@@ -82,7 +83,42 @@ function any(): FnBuilder {
   return f;
 }
 
+/**
+ * exp2(x) for f32 x with the bits of the JS executor's Math.fround(Math.pow(2, x)), without
+ * leaving wasm in nearly every case (the imported call is ~50 ns: most of an attention kernel's
+ * time). For −126 < x < 127.5: n = nearest(x), f = x − n (exact, |f| ≤ ½), 2^f by its Taylor
+ * series to degree 12 in f64 (relative error < 2^−50 with Horner's roundings), times 2^n (exact);
+ * the f32 rounding of that is the f32 rounding of the exact 2^x unless 2^x lies within 2^−40 of
+ * a rounding boundary (an f32 midpoint), and there — about one input in 65,000 — and outside the
+ * range it calls Math.pow as before. Checked against Math.fround(Math.pow(2, x)) for every f32 x
+ * in the range (`npm run check:exp2`, scripts/check-exp2.ts: all 2,247,819,264 identical, 2026-12-07)
+ * and on samples in test/cpu-wasm.test.ts.
+ */
+export function exp2Helper(): FnBuilder {
+  const f = new FnBuilder(['f32'], ['f32']);
+  const n = f.local('f32'), p = f.local('f64'), d = f.local('f64'), tail = f.local('i32');
+  const slow = () => { f.f64(2).get(0).op('f64.promote_f32').call(WASM_MATH.indexOf('pow')).op('f32.demote_f64').op('return'); };
+  // Outside (−126, 127.5) (NaN included: both comparisons false) take Math.pow.
+  f.get(0).f32(-126).op('f32.gt').get(0).f32(127.5).op('f32.lt').op('i32.and').op('i32.eqz').if('range');
+  slow();
+  f.end();
+  f.get(0).op('f32.nearest').set(n);
+  f.get(0).op('f64.promote_f32').get(n).op('f64.promote_f32').op('f64.sub').set(d);
+  // Horner: Σ (ln 2)^k / k! · d^k, k = 12 … 0.
+  const c = Array.from({ length: 13 }, (_, k) => { let v = 1; for (let i = 1; i <= k; i++) v = (v * Math.LN2) / i; return v; });
+  f.f64(c[12]!);
+  for (let k = 11; k >= 0; k--) f.get(d).op('f64.mul').f64(c[k]!).op('f64.add');
+  // × 2^n, n in [−126, 127]: an f32 power of two, exact.
+  f.get(n).pre('i32.trunc_sat_f32_s').i32(127).op('i32.add').i32(23).op('i32.shl').op('f32.reinterpret_i32').op('f64.promote_f32').op('f64.mul').set(p);
+  // The 29 bits f32 rounding drops: within 2^12 of the midpoint 2^28, take Math.pow.
+  f.get(p).op('i64.reinterpret_f64').op('i32.wrap_i64').i32(0x1fffffff).op('i32.and').i32(0x10000000 - 0x1000).op('i32.sub').i32(0x2000).op('i32.lt_u').if('near');
+  slow();
+  f.end();
+  f.get(p).op('f32.demote_f64');
+  return f;
+}
+
 /** The helper functions, in FN order after run. */
 export function helperFunctions(): FnBuilder[] {
-  return [f2h(), any()];
+  return [f2h(), any(), exp2Helper()];
 }
