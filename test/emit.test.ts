@@ -19,7 +19,7 @@ import { freshSeed, rng } from './util.js';
 
 // ---- the whole IR, as values; adding a kind to ir.ts without listing it here fails tsc ----------
 const EXPR_KINDS = ['const', 'var', 'uniform', 'builtin', 'load', 'bin', 'un', 'call', 'select', 'cast', 'bitcast',
-  'pack2x16float', 'unpack2x16float', 'nibblePairF16', 'nibblePairValues', 'vec', 'swizzle', 'subgroup'] as const;
+  'pack2x16float', 'unpack2x16float', 'nibblePairF16', 'nibblePairValues', 'sub2x16float', 'vec', 'swizzle', 'subgroup'] as const;
 const STMT_KINDS = ['let', 'assign', 'store', 'privateArray', 'if', 'for', 'while', 'break', 'continue', 'return',
   'barrier', 'fence', 'atomic', 'mma'] as const;
 const BIN_OPS = ['add', 'sub', 'mul', 'div', 'rem', 'lt', 'le', 'gt', 'ge', 'eq', 'ne', 'and', 'or', 'band', 'bor',

@@ -467,6 +467,12 @@ export class KernelBuilder {
     if (e.t !== 'u32') this.fail(`nibblePairValues needs u32, not ${e.t}`, e);
     return new Val({ k: 'nibblePairValues', t: 'vec2<f32>', a: e }, this);
   }
+  /** a − b on two packed f16 pairs (x in the low half), each half rounded once to f16 (CUDA: HSUB2). */
+  sub2x16float(a: Val<'u32'>, b: Val<'u32'>): Val<'u32'> {
+    const ea = this.own(a), eb = this.own(b);
+    for (const e of [ea, eb]) if (e.t !== 'u32') this.fail(`sub2x16float needs u32 pairs, not ${e.t}`, e);
+    return new Val({ k: 'sub2x16float', t: 'u32', a: ea, b: eb }, this);
+  }
   f32(a: Val | number): Val<'f32'> { return this.cast('f32', a); }
   f16(a: Val | number): Val<'f16'> { return this.cast('f16', a); }
   i32(a: Val | number): Val<'i32'> { return this.cast('i32', a); }

@@ -45,6 +45,14 @@ export type Expr =
    * unpack2x16float(nibblePairF16(a)) − 1024 (legalize.ts expandNibbleValues).
    */
   | { k: 'nibblePairValues'; t: 'vec2<f32>'; a: Expr }
+  /**
+   * The f16 pair difference a − b of two packed pairs (unpack2x16float's layout: x in the low
+   * half), each half rounded once to f16. CUDA: one HSUB2; elsewhere
+   * pack2x16float(unpack2x16float(a) − unpack2x16float(b)) (legalize.ts expandSub2x16float: the
+   * f32 difference of two f16 rounds to the same f16, as 24 ≥ 2·11 + 2 bits make double rounding
+   * harmless). The INT4 MMA kernel's (1024 + q) − (1024 + z).
+   */
+  | { k: 'sub2x16float'; t: 'u32'; a: Expr; b: Expr }
   | { k: 'vec'; t: DType; args: Expr[] }
   | { k: 'swizzle'; t: DType; a: Expr; comps: string } // comps over 'xyzw'
   | { k: 'subgroup'; t: DType; op: SubgroupOp; a: Expr; b?: Expr }

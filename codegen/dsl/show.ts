@@ -19,6 +19,7 @@ export function show(e: Expr): string {
     case 'cast': return `${e.t}(${show(e.a)})`;
     case 'bitcast': return `bitcast<${e.t}>(${show(e.a)})`;
     case 'pack2x16float': case 'unpack2x16float': case 'nibblePairF16': case 'nibblePairValues': return `${e.k}(${show(e.a)})`;
+    case 'sub2x16float': return `sub2x16float(${show(e.a)}, ${show(e.b)})`;
     case 'vec': return `${e.t}(${e.args.map(show).join(', ')})`;
     case 'swizzle': return `${show(e.a)}.${e.comps}`;
     case 'subgroup': return `subgroup_${e.op}(${show(e.a)}${e.b ? ', ' + show(e.b) : ''})`;

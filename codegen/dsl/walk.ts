@@ -13,6 +13,7 @@ export function mapExpr(e: Expr, f: (x: Expr) => Expr): Expr {
     case 'pack2x16float': return { ...e, a: f(e.a) };
     case 'unpack2x16float': return { ...e, a: f(e.a) };
     case 'nibblePairF16': case 'nibblePairValues': return { ...e, a: f(e.a) };
+    case 'sub2x16float': return { ...e, a: f(e.a), b: f(e.b) };
     case 'call': return { ...e, args: e.args.map(f) };
     case 'vec': return { ...e, args: e.args.map(f) };
     case 'select': return { ...e, cond: f(e.cond), a: f(e.a), b: f(e.b) };

@@ -6,7 +6,7 @@ import { type DType, type Scalar, vecOf } from '../dsl/types.js';
 import { f16round } from '../dsl/f16.js';
 import { show } from '../dsl/show.js';
 import { walk } from '../dsl/walk.js';
-import { expandNibblePair, expandNibbleValues } from './legalize.js';
+import { expandNibblePair, expandNibbleValues, expandSub2x16float } from './legalize.js';
 
 export { f16round };
 
@@ -200,6 +200,8 @@ export abstract class CLikeEmitter {
   nibblePair(e: Of<'nibblePairF16'>): Code { return this.code(expandNibblePair(e)); }
   /** The nibble pair's values; the portable form unless the target has f16 pair arithmetic (CUDA: HSUB2). */
   nibbleValues(e: Of<'nibblePairValues'>): Code { return this.code(expandNibbleValues(e)); }
+  /** The f16 pair difference; the portable form unless the target has f16 pair arithmetic (CUDA: HSUB2). */
+  sub2x16(e: Of<'sub2x16float'>): Code { return this.code(expandSub2x16float(e)); }
 
   // ---- expressions ----
   expr(e: Expr): string { return this.code(e).s; }
@@ -219,6 +221,7 @@ export abstract class CLikeEmitter {
       case 'pack2x16float': case 'unpack2x16float': return this.pack(e);
       case 'nibblePairF16': return this.nibblePair(e);
       case 'nibblePairValues': return this.nibbleValues(e);
+      case 'sub2x16float': return this.sub2x16(e);
       case 'vec': return this.vec(e);
       case 'swizzle': return this.swizzle(e);
       case 'subgroup': return this.subgroup(e);

@@ -77,6 +77,16 @@ __device__ inline vec2<f32> nibblePairValues(u32 w) {
   const float2 q = __half22float2(__hsub2(pair, __halves2half2(__ushort_as_half((unsigned short)0x6400), __ushort_as_half((unsigned short)0x6400))));
   return {q.x, q.y};
 }`,
+  sub2x16: `// a − b on two packed f16 pairs in one HSUB2 (x in the low half, as pack2x16float).
+__device__ inline u32 sub2x16float(u32 a, u32 b) {
+  __half2 x, y;
+  __builtin_memcpy(&x, &a, sizeof(x));
+  __builtin_memcpy(&y, &b, sizeof(y));
+  const __half2 d = __hsub2(x, y);
+  u32 r;
+  __builtin_memcpy(&r, &d, sizeof(r));
+  return r;
+}`,
   atomicAccess: `// Relaxed atomic load and store of one 32-bit word (volatile: never cached or merged).
 template <typename T> __device__ inline T atomicLoad(const T* p) { return *(const volatile T*)p; }
 template <typename T> __device__ inline void atomicStore(T* p, T v) { *(volatile T*)p = v; }`,
@@ -142,7 +152,7 @@ const RESERVED = new Set((
   'this thread_local throw true try typedef typeid typename union unsigned using virtual void volatile wchar_t ' +
   'while xor xor_eq restrict threadIdx blockIdx blockDim gridDim warpSize ' +
   'f32 f16 i32 u32 vec2 vec3 vec4 vmap splat2 splat3 splat4 vcat comp swizzle dot bitcast pack2x16float ' +
-  'unpack2x16float nibblePairF16 nibblePairValues atomicLoad atomicStore maxOf minOf subgroupAdd subgroupMax subgroupMin fromNative toNative ' +
+  'unpack2x16float nibblePairF16 nibblePairValues sub2x16float atomicLoad atomicStore maxOf minOf subgroupAdd subgroupMax subgroupMin fromNative toNative ' +
   'float2 float4 int2 int4 uint2 uint4 ' +
   'expf exp2f logf log2f sqrtf rsqrtf fabsf floorf ceilf rintf sinf cosf tanhf fminf fmaxf fmaf powf fmodf min ' +
   'max abs atomicAdd atomicMax atomicMin atomicExch atomicCAS'
@@ -276,6 +286,7 @@ class CudaEmitter extends CLikeEmitter {
   bitcast(e: Of<'bitcast'>): Code { this.need('bitcast'); return callCode(`bitcast<${this.type(e.t)}>`, [this.code(e.a)]); }
   override pack(e: Of<'pack2x16float'> | Of<'unpack2x16float'>): Code { this.need('pack'); return super.pack(e); }
   override nibblePair(e: Of<'nibblePairF16'>): Code { this.need('nibblePair'); return callCode('nibblePairF16', [this.code(e.a)]); }
+  override sub2x16(e: Of<'sub2x16float'>): Code { this.need('sub2x16'); return callCode('sub2x16float', [this.code(e.a), this.code(e.b)]); }
   override nibbleValues(e: Of<'nibblePairValues'>): Code {
     this.need('nibblePair'); this.need('nibbleValues');
     return callCode('nibblePairValues', [this.code(e.a)]);

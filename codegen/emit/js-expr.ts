@@ -7,7 +7,7 @@ import type { BinOp, Builtin, Expr, KernelIR, MathFn, UnOp } from '../dsl/ir.js'
 import { type DType, type Scalar, byteSize, elemOf, isVec, widthOf } from '../dsl/types.js';
 import { f16BitsToF32, f32ToF16Bits, roundToF16 } from '../dsl/f16.js';
 import { show } from '../dsl/show.js';
-import { expandLanes, expandNibblePair, expandNibbleValues } from './legalize.js';
+import { expandLanes, expandNibblePair, expandNibbleValues, expandSub2x16float } from './legalize.js';
 
 export interface JsEmitOptions {
   /** Report out-of-bounds accesses, shared-memory races and divergent barriers into ctx. */
@@ -159,6 +159,7 @@ export abstract class JsExpressions {
       }
       case 'nibblePairF16': return this.ex(expandNibblePair(e));
       case 'nibblePairValues': return this.ex(expandNibbleValues(e));
+      case 'sub2x16float': return this.ex(expandSub2x16float(e));
       case 'vec': {
         const parts = e.args.flatMap((a) => this.ex(a));
         const w = widthOf(e.t);

@@ -136,6 +136,12 @@ export function expandNibblePair(e: Of<'nibblePairF16'>): Expr {
   return { k: 'bin', t: 'u32', op: 'bor', a: { k: 'bin', t: 'u32', op: 'band', a: e.a, b: u32(0x000f000f) }, b: u32(0x64006400) };
 }
 
+/** The f16 pair difference in portable operations: pack2x16float(unpack2x16float(a) − unpack2x16float(b)). */
+export function expandSub2x16float(e: Of<'sub2x16float'>): Expr {
+  const un = (x: Expr): Expr => ({ k: 'unpack2x16float', t: 'vec2<f32>', a: x });
+  return { k: 'pack2x16float', t: 'u32', a: { k: 'bin', t: 'vec2<f32>', op: 'sub', a: un(e.a), b: un(e.b) } };
+}
+
 /** The nibble pair's values in plain operations: unpack2x16float(nibblePairF16(a)) − 1024 (exact). */
 export function expandNibbleValues(e: Of<'nibblePairValues'>): Expr {
   const unpacked: Expr = { k: 'unpack2x16float', t: 'vec2<f32>', a: { k: 'nibblePairF16', t: 'u32', a: e.a } };

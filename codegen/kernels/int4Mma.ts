@@ -30,6 +30,7 @@ import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { MMA_SCRATCH_WORDS } from '../emit/mma.js';
+import type { Int4Dequant } from './int4Matmul.js';
 import {
   capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel, type WeightSource,
 } from './linearCommon.js';
@@ -87,6 +88,11 @@ export interface Int4MmaParams {
   fusion?: MmaFusion;
   /** Stage qweight with one vec4<u32> load per invocation (needs N a multiple of 32; int4MmaFor). */
   vec4?: boolean;
+  /**
+   * B fragments by the magic number (default: nibblePairF16, one f16 pair subtraction) or by
+   * 'convert' (int → f32, − z, pack): the same f16 values, so the same bits (kept for that test).
+   */
+  dequant?: Int4Dequant;
   /** Mma steps staged per barrier pair (1, 2 or 4, dividing g/16); default int4MmaSteps. */
   steps?: number;
   caps?: Caps;
@@ -97,13 +103,13 @@ export function int4MmaKernel(p: Int4MmaParams) {
   const S = p.split ?? 1;
   const f = p.fusion ?? {};
   const ft = mmaFusionTag(f);
-  const v4 = !!p.vec4;
+  const v4 = !!p.vec4, magic = (p.dequant ?? 'magic') === 'magic';
   if (!Number.isInteger(g) || g < 16 || g % 16) throw new Error(`int4Mma: group size ${g} is not a positive multiple of 16`);
   if (!INT4_MMA_SPLITS.includes(S)) throw new Error(`int4Mma: split ${S} is not one of ${INT4_MMA_SPLITS.join(', ')}`);
   if (f.rope && !caps.deviceFence) throw new Error('int4Mma: the RoPE epilogue needs caps.deviceFence (the last workgroup of a head finishes it)');
-  return memoKernel(`int4Mma/${g}/${S}/${v4 ? 'v4' : 'v1'}/${p.steps ?? ''}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
-    name: `int4Mma_g${g}_s${S}${v4 ? '_v4' : ''}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
-    params: { groupSize: g, split: S, vec4: v4, ...e, ...mmaFusionParams(f) },
+  return memoKernel(`int4Mma/${g}/${S}/${v4 ? 'v4' : 'v1'}/${p.steps ?? ''}/${magic ? '' : 'cvt'}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
+    name: `int4Mma_g${g}_s${S}${v4 ? '_v4' : ''}${magic ? '' : '_cvt'}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
+    params: { groupSize: g, split: S, vec4: v4, dequant: magic ? 'magic' : 'convert', ...e, ...mmaFusionParams(f) },
     caps,
     workgroupSize: SET * S,
     bindings: {
@@ -196,7 +202,9 @@ export function int4MmaKernel(p: Int4MmaParams) {
         // This lane's zero points (its B column of each tile) and scales (its C columns 2t, 2t + 1).
         const zs = tiles.map((tl, i) => {
           const c = k.let(`zc${i}`, k.select(tileOk[tl.j]!, tileCol[tl.j]!, k.u32(0)).add(tl.h ? N : k.u32(0)));
-          const z = k.let(`z${i}`, k.f32(nib(qzeros.at(grp.mul(wordCols).add(c.shr(3))))));
+          // The zero point as the f16 pair (1024 + z, 1024 + z): what the B pairs subtract.
+          const zn = k.let(`zn${i}`, nib(qzeros.at(grp.mul(wordCols).add(c.shr(3)))));
+          const z = k.let(`z${i}`, magic ? k.nibblePairF16(zn.bor(zn.shl(16))) : zn);
           const sc = k.let(`sc${i}`, k.unpack2x16float(scales.at(grp.mul(Nw.div(2)).add(c.add(t.mul(2)).shr(1)))));
           return { z, sc };
         });
@@ -214,9 +222,17 @@ export function int4MmaKernel(p: Int4MmaParams) {
             fa.set(2, xPair(false, kb, '2'));
             fa.set(3, xPair(true, kb, '3'));
             tiles.forEach((tl, i) => {
-              /** (q − z) at staged rows r, r + 1 of this lane's B column as an f16 pair (exact). */
-              const q = (r: Val<'u32'>) => k.f32(nib(sq[tl.h]!.at(sqAt(r, tileWord[tl.j]!)))).sub(zs[i]!.z);
-              const bPair = (r: Val<'u32'>) => k.pack2x16float(k.vec('vec2<f32>', q(r), q(r.add(1))));
+              /**
+               * (q − z) at staged rows r, r + 1 of this lane's B column as an f16 pair, by the magic
+               * number: the two nibbles to bits 0–3 and 16–19 (what a PRMT/LOP3 does), 1024 + q as f16
+               * (nibblePairF16), minus 1024 + z in one f16 pair subtraction — exact, q − z ∈ [−15, 15].
+               */
+              const word = (rr: Val<'u32'>) => sq[tl.h]!.at(sqAt(rr, tileWord[tl.j]!)).shr(nibShift);
+              const bPair = (r: Val<'u32'>) => {
+                if (magic) return k.sub2x16float(k.nibblePairF16(word(r).band(15).bor(word(r.add(1)).shl(16))), zs[i]!.z);
+                const q = (rr: Val<'u32'>) => k.f32(word(rr).band(15)).sub(k.f32(zs[i]!.z));
+                return k.pack2x16float(k.vec('vec2<f32>', q(r), q(r.add(1))));
+              };
               const r0 = k.let(`br${i}`, rb.add(t.mul(2)));
               fb.set(0, bPair(r0));
               fb.set(1, bPair(r0.add(8)));

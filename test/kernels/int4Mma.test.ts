@@ -103,6 +103,36 @@ forEachBackend('int4 MMA linear', (dev) => {
       expect(firstDiff(new Uint32Array(one.buffer, one.byteOffset, N), new Uint32Array(all.buffer, all.byteOffset + 16 * N * 4, N)), 'row 16').toBe(-1);
     });
   });
+
+  it('magic-number B fragments (nibblePairF16, f16 pair subtraction) give the bits of int → f32, − z, pack (M = 17, vec4 staging, f16 out)', async () => {
+    const cases = [{ e: fullEpilogue({ bias: true, out: 'f16' }), K: 96, N: 64, g: 32, vec4: true }];
+    for (const { e, K, N, g, vec4 } of cases) {
+      const Nw = e.gateUp ? 2 * N : N, M = 17;
+      const build = (dequant: 'magic' | 'convert') =>
+        int4MmaKernel({ groupSize: g, split: int4MmaSplit(K, g, e, dev.caps), epilogue: e, caps: dev.caps, vec4, dequant });
+      const magic = build('magic'), convert = build('convert');
+      await withWeights(dev, K, Nw, g, freshSeed('int4 mma magic'), async (w, _W, r) => {
+        const inp = randomInputs(M, K, N, e, r);
+        const run = async (kern: typeof magic) => {
+          const bufs: DeviceBuffer[] = [];
+          const put = (name: string, data: Float32Array) => { const b = dev.alloc('f32', data.length, name); bufs.push(b); dev.write(b, data); return b; };
+          try {
+            const out = e.out === 'f16' ? dev.alloc('u32', M * N / 2, 'out') : dev.alloc('f32', M * N, 'out');
+            bufs.push(out);
+            dev.write(out, e.out === 'f16' ? new Uint32Array(M * N / 2).fill(0x7e007e00) : new Float32Array(M * N).fill(Number.NaN));
+            dev.launch(kern, {
+              x: put('x', inp.x), ...w, ...(e.bias ? { bias: put('bias', inp.bias!) } : {}), ...(e.residual ? { residual: put('residual', inp.residual!) } : {}), out,
+            } as never, { M, K, N, Nw });
+            const got = await dev.read(out);
+            return new Uint32Array(got.buffer, got.byteOffset, got.byteLength / 4);
+          } finally { for (const b of bufs) dev.free(b); }
+        };
+        const [a, b] = [await run(magic), await run(convert)];
+        expect(a.some((v) => v !== 0x7fc00000 && v !== 0x7e007e00), 'outputs written').toBe(true);
+        expect(firstDiff(a, b), `${magic.ir.name} against ${convert.ir.name}`).toBe(-1);
+      });
+    }
+  });
 });
 
 describe('int4 MMA path: chooser and CUDA', () => {

@@ -2,9 +2,12 @@
 // (i, i + 4), nibblePairF16's f16-pair bits 0x6400 | q and, unpacked, the values 1024 + q, and
 // nibblePairValues' q, checked
 // exactly against the nibbles read on the host with shifts and masks. Random words (every nibble
-// value occurs), the pair index varying per invocation, outputs poisoned.
+// value occurs), the pair index varying per invocation, outputs poisoned. sub2x16float (the f16
+// pair difference int4Mma takes (1024 + q) − (1024 + z) with): bits against the float64
+// difference rounded once to f16, on random f16 pairs and on every magic pair difference.
 import { expect, it } from 'vitest';
 import { type Caps, kernel, storage } from '../../codegen/dsl/index.js';
+import { f16BitsToF32, f32ToF16Bits } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, rng } from '../util.js';
 import { Buffers } from './buffers.js';
@@ -40,6 +43,54 @@ function nibblePairs(caps: Caps) {
     },
   });
 }
+
+/** diff[i] = sub2x16float(a[i], b[i]). */
+function pairDifferences(caps: Caps) {
+  return kernel({
+    name: 'pairDifferences',
+    caps,
+    workgroupSize: WG,
+    bindings: {
+      a: storage('u32', 'read', { shape: '[n]' }),
+      b: storage('u32', 'read', { shape: '[n]' }),
+      diff: storage('u32', 'read_write', { shape: '[n]' }),
+    },
+    uniforms: { n: 'u32' },
+    grid: ({ n }) => Math.ceil(n / WG),
+    body(k, { a, b, diff }, { n }) {
+      const i = k.let('i', k.globalId.x);
+      k.if(i.ge(n), () => k.return());
+      diff.set(i, k.sub2x16float(a.at(i), b.at(i)));
+    },
+  });
+}
+
+forEachBackend('sub2x16float (f16 pair difference)', (dev) => {
+  it('rounds each half\'s difference once to f16: random normal f16 pairs and (1024 + q) − (1024 + z) for every q, z', async () => {
+    const r = rng(freshSeed('sub2x16float'));
+    // Exponents −4..10: differences are 0 or at least 2^−14 (no f16 subnormals, which some targets flush).
+    const half = () => f32ToF16Bits((r() < 0.5 ? -1 : 1) * (1 + r()) * 2 ** Math.floor(r() * 15 - 4));
+    const pairs: [number, number][] = Array.from({ length: 300 }, () => [half() | (half() << 16), half() | (half() << 16)]);
+    pairs.push([half() * 65537, 0], [0x3c00 * 65537, 0x3c00 * 65537]); // x − 0; 1 − 1 = +0
+    for (let q = 0; q < 16; q++) for (let z = 0; z < 16; z++) pairs.push([(0x6400 | q) * 65537, ((0x6400 | z) | ((0x6400 | (15 - z)) << 16)) >>> 0]);
+    const n = pairs.length;
+    const bufs = new Buffers(dev);
+    try {
+      const diff = bufs.output('u32', n, 'diff');
+      dev.launch(pairDifferences(dev.caps), {
+        a: bufs.input('u32', Uint32Array.from(pairs, (p) => p[0] >>> 0), 'a'), b: bufs.input('u32', Uint32Array.from(pairs, (p) => p[1] >>> 0), 'b'), diff,
+      }, { n });
+      const got = await bufs.read(diff);
+      const bad: string[] = [];
+      pairs.forEach(([a, b], i) => {
+        const h = (w: number, s: number) => f16BitsToF32((w >>> s) & 0xffff);
+        const want = ((f32ToF16Bits(h(a, 16) - h(b, 16)) << 16) | f32ToF16Bits(h(a, 0) - h(b, 0))) >>> 0;
+        if (got[i] !== want && bad.length < 10) bad.push(`pair ${i}: 0x${(a >>> 0).toString(16)} − 0x${(b >>> 0).toString(16)} gave 0x${got[i]?.toString(16)}, want 0x${want.toString(16)}`);
+      });
+      expect(bad).toEqual([]);
+    } finally { bufs.free(); }
+  });
+});
 
 forEachBackend('nibblePairF16 / nibblePairValues (INT4 magic-number dequant)', (dev) => {
   it('give 0x6400 | q for nibbles i and i + 4 (f16 values 1024 + q), and q, exactly', async () => {
