@@ -10,9 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BASELINE_CAPS, CUDA_CAPS } from '../codegen/dsl/types.js';
 import { emitCUDA } from '../codegen/emit/cuda.js';
 import { defaultInt4Gemv, int4Source } from '../codegen/kernels/int4Matmul.js';
-import { fullEpilogue, gemvKernel } from '../codegen/kernels/linearCommon.js';
-import { int4MmaKernel } from '../codegen/kernels/int4Mma.js';
-import { denseMmaKernel } from '../codegen/kernels/mmaMatmul.js';
+import { gemvKernel } from '../codegen/kernels/linearCommon.js';
 import { allKinds, awkwardNames } from './fixtures/allKinds.js';
 import { semantics } from './fixtures/semantics.js';
 import { CUDA_SEMANTIC_FLAGS } from '../src/backend/cuda/compile.js';
@@ -84,12 +82,7 @@ if (!version) {
       // The INT4 GEMV the runtime builds on a GPU (magic dequant: inline lop3, HSUB2); cuda/ holds the convert variant.
       ...[1, 8].map((M): [string, string] => [`int4 GEMV, magic dequant, GPU default, M = ${M}`,
         emitCUDA(gemvKernel(int4Source(128, 'magic'), M, defaultInt4Gemv(M, 4096, CUDA_CAPS, 65536, 'gpu'), CUDA_CAPS).ir)]),
-      // The tensor-core linears the runtime takes on CUDA at M ≤ 64 (Llama-3-8B's fused QKV and lm_head).
-      ['int4 MMA, QKV with gather, norm, RoPE + append', emitCUDA(int4MmaKernel({
-        groupSize: 128, split: 8, epilogue: fullEpilogue({}), caps: CUDA_CAPS, vec4: true,
-        fusion: { gather: 'f16', norm: { workgroupSize: 256 }, rope: { layout: 'halves', heads: 32, kvHeads: 8, headDim: 128, kvDtype: 'f16', blockSize: 16 } },
-      }).ir)],
-      ['dense f16 MMA, lm_head with norm', emitCUDA(denseMmaKernel({ epilogue: fullEpilogue({}), split: 8, fusion: { norm: { workgroupSize: 256 } }, caps: CUDA_CAPS }).ir)],
+      // The tensor-core linears (int4Mma, denseMma) are generated files in cuda/ (codegen/kernels/mmaFamilies.ts).
     ];
     fixtures.forEach(([name, text], i) => {
       const path = join(tmp, `fixture${i}.cu`);

@@ -10,6 +10,7 @@ import { softmax } from './softmax.js';
 import { TRANSFORMER_FAMILIES } from './transformerFamilies.js';
 import { ATTENTION_FAMILIES } from './pagedAttention.js';
 import { SAMPLING_FAMILIES } from './acceptance.js';
+import { MMA_FAMILIES } from './mmaFamilies.js';
 
 // Every kernel factory, by the names README's kernel-library table uses.
 export { int4Linear } from './int4Matmul.js';
@@ -54,6 +55,7 @@ export const FAMILIES: KernelFamily[] = [
     variants: (caps) => (['f32', 'u32'] as const).flatMap((t) => scan({ t, caps }).kernels.map((kernel) => ({ label: kernel.ir.name, kernel }))),
   },
   ...TRANSFORMER_FAMILIES,
+  ...MMA_FAMILIES,
   ...ATTENTION_FAMILIES,
   ...SAMPLING_FAMILIES,
 ];

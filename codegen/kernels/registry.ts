@@ -35,15 +35,15 @@ export interface OpFamily {
 
 const DECLARED = {
   int4Linear: {
-    about: 'INT4 AWQ linear (W4A16), M rows × K → N; default Llama-3-8B 4096×4096 at M = 1 (decode GEMV)',
-    kernels: ['linearGemv', 'linearGemm', 'linearFinish'],
+    about: 'INT4 AWQ linear (W4A16), M rows × K → N; default Llama-3-8B 4096×4096 at M = 1 (decode: tensor-core MMA where the device has tensor cores, else the GEMV)',
+    kernels: ['linearGemv', 'linearGemm', 'linearFinish', 'linearMma'],
     sizes: { M: 1, K: 4096, N: 4096, groupSize: 128 },
     defaults: (s, h) => ({ ...defaultInt4Choice(n(s.K), n(s.N), n(s.groupSize), h.caps, h.parallelism, h.deviceClass) }),
     tune: { required: ['K', 'N'], keyFields: ['K', 'N', 'groupSize'], sizes: { M: '1,4,16,512' } },
   },
   denseLinear: {
-    about: 'dense f16-weight linear, M rows × K → N; default 4096×4096 at M = 1',
-    kernels: ['linearGemv', 'linearGemm', 'linearFinish'],
+    about: 'dense f16-weight linear, M rows × K → N; default 4096×4096 at M = 1 (tensor-core MMA at M ≤ 64 where the device has tensor cores)',
+    kernels: ['linearGemv', 'linearGemm', 'linearFinish', 'linearMma'],
     sizes: { M: 1, K: 4096, N: 4096, weight: 'f16' },
     defaults: (s, h) => ({ ...defaultDenseChoice(n(s.K), n(s.N), s.weight as DenseWeightDtype, h.caps, h.parallelism) }),
     tune: { required: ['K', 'N'], keyFields: ['K', 'N', 'weight'], sizes: { M: '1,4,16,512' } },
