@@ -500,37 +500,6 @@ extern "C" __global__ void __launch_bounds__(256, 2) attentionPartial(
       rowMax[smRc0] = wm;
       rowSum[smRc0] = wl;
     }
-    if (more) {
-      const u32 pEnd = min(min(nextTb + 64u, hiAll), tTo);
-      const u32 pPos_8 = nextTb + ptt0;
-      const bool pOk_8 = pPos_8 >= loAll && pPos_8 < pEnd;
-      const u32 pAt_8 = ptt0 * 67u + (pw0 * 4u + ((pw0 * 4u) >> 5u) * 2u);
-      kTile[pAt_8] = pOk_8 ? pk0.x : 0u;
-      kTile[pAt_8 + 1u] = pOk_8 ? pk0.y : 0u;
-      kTile[pAt_8 + 2u] = pOk_8 ? pk0.z : 0u;
-      kTile[pAt_8 + 3u] = pOk_8 ? pk0.w : 0u;
-      const u32 pPos_9 = nextTb + ptt1;
-      const bool pOk_9 = pPos_9 >= loAll && pPos_9 < pEnd;
-      const u32 pAt_9 = ptt1 * 67u + (pw1 * 4u + ((pw1 * 4u) >> 5u) * 2u);
-      kTile[pAt_9] = pOk_9 ? pk1.x : 0u;
-      kTile[pAt_9 + 1u] = pOk_9 ? pk1.y : 0u;
-      kTile[pAt_9 + 2u] = pOk_9 ? pk1.z : 0u;
-      kTile[pAt_9 + 3u] = pOk_9 ? pk1.w : 0u;
-      const u32 pPos_10 = nextTb + ptt2;
-      const bool pOk_10 = pPos_10 >= loAll && pPos_10 < pEnd;
-      const u32 pAt_10 = ptt2 * 67u + (pw2 * 4u + ((pw2 * 4u) >> 5u) * 2u);
-      kTile[pAt_10] = pOk_10 ? pk2.x : 0u;
-      kTile[pAt_10 + 1u] = pOk_10 ? pk2.y : 0u;
-      kTile[pAt_10 + 2u] = pOk_10 ? pk2.z : 0u;
-      kTile[pAt_10 + 3u] = pOk_10 ? pk2.w : 0u;
-      const u32 pPos_11 = nextTb + ptt3;
-      const bool pOk_11 = pPos_11 >= loAll && pPos_11 < pEnd;
-      const u32 pAt_11 = ptt3 * 67u + (pw3 * 4u + ((pw3 * 4u) >> 5u) * 2u);
-      kTile[pAt_11] = pOk_11 ? pk3.x : 0u;
-      kTile[pAt_11 + 1u] = pOk_11 ? pk3.y : 0u;
-      kTile[pAt_11 + 2u] = pOk_11 ? pk3.z : 0u;
-      kTile[pAt_11 + 3u] = pOk_11 ? pk3.w : 0u;
-    }
     __syncthreads();
     const u32 mvw0 = min(mWarp * 2u + 0u, 15u) * 4u + (mG >> 1u) + ((min(mWarp * 2u + 0u, 15u) * 4u + (mG >> 1u)) >> 5u) * 2u;
     const u32 mvw1 = min(mWarp * 2u + 1u, 15u) * 4u + (mG >> 1u) + ((min(mWarp * 2u + 1u, 15u) * 4u + (mG >> 1u)) >> 5u) * 2u;
@@ -720,6 +689,35 @@ extern "C" __global__ void __launch_bounds__(256, 2) attentionPartial(
       : "=f"(mO1[0]), "=f"(mO1[1]), "=f"(mO1[2]), "=f"(mO1[3])
       : "r"(mPa[0]), "r"(mPa[1]), "r"(mPa[2]), "r"(mPa[3]), "r"(mB[0]), "r"(mB[1]), "f"(mO1[0]), "f"(mO1[1]), "f"(mO1[2]), "f"(mO1[3]));
     if (more) {
+      const u32 pEnd = min(min(nextTb + 64u, hiAll), tTo);
+      const u32 pPos_8 = nextTb + ptt0;
+      const bool pOk_8 = pPos_8 >= loAll && pPos_8 < pEnd;
+      const u32 pAt_8 = ptt0 * 67u + (pw0 * 4u + ((pw0 * 4u) >> 5u) * 2u);
+      kTile[pAt_8] = pOk_8 ? pk0.x : 0u;
+      kTile[pAt_8 + 1u] = pOk_8 ? pk0.y : 0u;
+      kTile[pAt_8 + 2u] = pOk_8 ? pk0.z : 0u;
+      kTile[pAt_8 + 3u] = pOk_8 ? pk0.w : 0u;
+      const u32 pPos_9 = nextTb + ptt1;
+      const bool pOk_9 = pPos_9 >= loAll && pPos_9 < pEnd;
+      const u32 pAt_9 = ptt1 * 67u + (pw1 * 4u + ((pw1 * 4u) >> 5u) * 2u);
+      kTile[pAt_9] = pOk_9 ? pk1.x : 0u;
+      kTile[pAt_9 + 1u] = pOk_9 ? pk1.y : 0u;
+      kTile[pAt_9 + 2u] = pOk_9 ? pk1.z : 0u;
+      kTile[pAt_9 + 3u] = pOk_9 ? pk1.w : 0u;
+      const u32 pPos_10 = nextTb + ptt2;
+      const bool pOk_10 = pPos_10 >= loAll && pPos_10 < pEnd;
+      const u32 pAt_10 = ptt2 * 67u + (pw2 * 4u + ((pw2 * 4u) >> 5u) * 2u);
+      kTile[pAt_10] = pOk_10 ? pk2.x : 0u;
+      kTile[pAt_10 + 1u] = pOk_10 ? pk2.y : 0u;
+      kTile[pAt_10 + 2u] = pOk_10 ? pk2.z : 0u;
+      kTile[pAt_10 + 3u] = pOk_10 ? pk2.w : 0u;
+      const u32 pPos_11 = nextTb + ptt3;
+      const bool pOk_11 = pPos_11 >= loAll && pPos_11 < pEnd;
+      const u32 pAt_11 = ptt3 * 67u + (pw3 * 4u + ((pw3 * 4u) >> 5u) * 2u);
+      kTile[pAt_11] = pOk_11 ? pk3.x : 0u;
+      kTile[pAt_11 + 1u] = pOk_11 ? pk3.y : 0u;
+      kTile[pAt_11 + 2u] = pOk_11 ? pk3.z : 0u;
+      kTile[pAt_11 + 3u] = pOk_11 ? pk3.w : 0u;
       pv0 = fromNative(vCache[pAddr0]);
       pv1 = fromNative(vCache[pAddr1]);
       pv2 = fromNative(vCache[pAddr2]);

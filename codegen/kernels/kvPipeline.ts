@@ -6,13 +6,15 @@
 //   scores(n) reads kTile          — V(n) loads (issued after PV(n−1)) are in flight
 //   store V(n) → vTile; barrier
 //   lookups + K(n+1) loads         — kTile is free: scores(n) are done
-//   softmax(n); store K(n+1) → kTile; barrier
-//   PV(n) reads vTile; V(n+1) loads at the addresses K(n+1) used; barrier
+//   softmax(n); barrier
+//   PV(n) reads vTile              — K(n+1) loads in flight
+//   store K(n+1) → kTile; V(n+1) loads at the addresses K(n+1) used; barrier
 //
 // Three barriers per step instead of four, one block-table lookup per load serving both caches
-// (addresses kept in registers between the K and V loads), and a load's registers live across one
-// light phase only (scores or softmax), never across the PV accumulators. The arithmetic is that
-// of the unpipelined staging — only when loads are issued moves — so results are bit-identical.
+// (addresses kept in registers between the K and V loads); K's latency hides behind the softmax
+// and PV phases, V's behind the barrier and the next scores. ptxas keeps it without spills at
+// head_dim 128 (the K registers live across PV). The arithmetic is that of the unpipelined
+// staging — only when loads are issued moves — so results are bit-identical.
 import { min } from '../dsl/index.js';
 import type { ArrayRef, DType, KernelBuilder, Val, Var } from '../dsl/index.js';
 import type { AttentionConfig } from './pagedAttention.js';
@@ -82,10 +84,12 @@ export function kvPipeline(k: KernelBuilder, p: KvPipelineInputs): KvPipeline {
       const next = k.let('nextTb', tb.add(KT)), more = k.let('more', next.lt(p.tTo));
       k.if(more, () => slots.forEach((s) => { at[s.j]!.set(address(next, s)); kR[s.j]!.set(p.kCache.at(at[s.j]!)); }));
       softmax();
-      k.if(more, () => store(p.kS, kR, next, k.let('pEnd', stepEnd(next))));
       k.barrier();
       pv();
-      k.if(more, () => slots.forEach((s) => vR[s.j]!.set(p.vCache.at(at[s.j]!))));
+      k.if(more, () => {
+        store(p.kS, kR, next, k.let('pEnd', stepEnd(next)));
+        slots.forEach((s) => vR[s.j]!.set(p.vCache.at(at[s.j]!)));
+      });
       k.barrier();
     },
   };
