@@ -11,6 +11,7 @@ import { int4Source } from '../codegen/kernels/int4Matmul.js';
 import { emitWasm } from '../codegen/emit/wasm.js';
 import { createCpuDevice, KernelRunError } from '../src/backend/cpu/index.js';
 import { barriersBetween } from '../src/backend/cpu/graph.js';
+import { WasmHeap } from '../src/backend/cpu/heap.js';
 import type { Device } from '../src/backend/device.js';
 import { BlockManager } from '../src/kv/blockManager.js';
 import { type LLM, loadModel } from '../src/llm.js';
@@ -219,6 +220,32 @@ describe('SIMD128: packed operands loaded straight from workgroup memory', () =>
     }));
     expect(got[1]!.every(Number.isFinite)).toBe(true);
     expect(firstDiff(got[0]!, got[1]!)).toBeNull();
+  });
+});
+
+describe('the wasm heap', () => {
+  // Releasing the topmost block lowers the top; the next allocation there must not see its bytes
+  // (found when a 4 MB buffer written by a launch and freed left its data under a model's weights,
+  // KV cache and last-arrival tickets, which start at zero).
+  it('hands out zeroed bytes, also where a released block at the top was', () => {
+    const h = new WasmHeap(1 << 20);
+    const a = h.alloc(5000, 'a');
+    new Uint8Array(h.sab, a, 5000).fill(0xab);
+    h.release(a, 5000);
+    const b = h.alloc(3000, 'b'), c = h.alloc(3000, 'c');
+    expect(b).toBe(a); // back at the same place: the test means something
+    expect(new Uint8Array(h.sab, b, 3000).every((x) => x === 0)).toBe(true);
+    expect(new Uint8Array(h.sab, c, 3000).every((x) => x === 0)).toBe(true);
+  });
+  it('a freed buffer\'s bytes do not show in the next buffer (device level)', async () => {
+    const x = wasm.alloc('u32', 1 << 16, 'dirty');
+    wasm.write(x, new Uint32Array(1 << 16).fill(0xdeadbeef));
+    await wasm.sync();
+    wasm.free(x);
+    const y = wasm.alloc('u32', 1 << 16, 'clean');
+    try {
+      expect((await wasm.read(y)).every((v) => v === 0)).toBe(true);
+    } finally { wasm.free(y); }
   });
 });
 

@@ -15,6 +15,8 @@ export class WasmHeap {
   /** Free blocks [offset, bytes], sorted by offset, never adjacent. */
   private free: [number, number][] = [];
   private top = ALIGN; // offset 0 stays unused: a zero offset is never a live buffer
+  /** The highest `top` so far: memory below it may hold a released block's bytes. */
+  private used = ALIGN;
 
   /** The whole memory now (covering every allocation so far), and word views of it. */
   sab!: SharedArrayBuffer;
@@ -51,7 +53,11 @@ export class WasmHeap {
       this.refresh();
     }
     this.top = end;
-    return off; // fresh pages are zero
+    // Below the high-water mark the bytes are a released block's (release lowers `top`), not fresh
+    // pages: zero them, as the free-list path does (buffers, KV caches and tickets start at zero).
+    if (off < this.used) new Uint8Array(this.sab, off, Math.min(end, this.used) - off).fill(0);
+    this.used = Math.max(this.used, end);
+    return off;
   }
 
   /** Returns a block (its offset and the byte count it was allocated with). */
