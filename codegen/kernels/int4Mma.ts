@@ -4,7 +4,9 @@
 // arithmetic never depends on the batch: results are batch-invariant.
 //
 // Numerics (per output [m, n]): activations are rounded to f16 on load (as tensor cores take them);
-// B holds q − z, an integer in [−15, 15] and so exact in f16. Per group of g rows, from +0,
+// B holds q − z, an integer in [−15, 15] and so exact in f16, built by the magic number (nibbles to
+// bits 0–3 / 16–19, nibblePairF16, minus the (1024 + z) pair by sub2x16float: LOP3 + HSUB2 on CUDA).
+// Per group of g rows, from +0,
 //   a_grp = mma over k in steps of 16 of f16(x[m, k])·(q − z)[k, n]      (f32 accumulate)
 //   acc   = fma(a_grp, s[grp, n], acc)                                     groups in order
 // so the weights enter exactly and the scale once per group (as the GEMV's applyGroup does).
