@@ -109,9 +109,15 @@ export function int4MmaKernel(p: Int4MmaParams) {
   if (!Number.isInteger(g) || g < 16 || g % 16) throw new Error(`int4Mma: group size ${g} is not a positive multiple of 16`);
   if (!INT4_MMA_SPLITS.includes(S)) throw new Error(`int4Mma: split ${S} is not one of ${INT4_MMA_SPLITS.join(', ')}`);
   if (f.rope && !caps.deviceFence) throw new Error('int4Mma: the RoPE epilogue needs caps.deviceFence (the last workgroup of a head finishes it)');
-  return memoKernel(`int4Mma/${g}/${S}/${v4 ? 'v4' : 'v1'}/${p.steps ?? ''}/${magic ? '' : 'cvt'}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
+  const halves = e.gateUp ? 2 : 1;
+  // A normed or gathered x at 1024 invocations (64 registers a thread): 2 steps, as nvcc's
+  // unrolled 4 spill there (ptxas sm_90a: 152 B with vec4 staging; bench/notes/int4.md).
+  const tight = SET * S >= 1024 && !!(f.norm || f.gather);
+  const scratchWords = Math.max(0, mmaNormScratch(f), mmaSumScratch(TILES * halves, S));
+  const T = p.steps ?? int4MmaSteps(g, S, halves, scratchWords + (caps.tensorCores ? 0 : MMA_SCRATCH_WORDS * SET * S), caps, tight ? 2 : 4);
+  return memoKernel(`int4Mma/${g}/${S}/${v4 ? 'v4' : 'v1'}/${T}/${magic ? '' : 'cvt'}/${epilogueTag(e)}/${ft}/${capsKey(caps)}`, () => kernel({
     name: `int4Mma_g${g}_s${S}${v4 ? '_v4' : ''}${magic ? '' : '_cvt'}_${epilogueTag(e)}${ft ? `_${ft}` : ''}`,
-    params: { groupSize: g, split: S, vec4: v4, dequant: magic ? 'magic' : 'convert', ...e, ...mmaFusionParams(f) },
+    params: { groupSize: g, split: S, vec4: v4, steps: T, dequant: magic ? 'magic' : 'convert', ...e, ...mmaFusionParams(f) },
     caps,
     workgroupSize: SET * S,
     bindings: {
@@ -136,12 +142,7 @@ export function int4MmaKernel(p: Int4MmaParams) {
       const row0 = k.let('row0', k.workgroupId.y.mul(16));
       const wgCol = k.let('wgCol', k.workgroupId.x.mul(COLS));
       const wordCols = k.let('wordCols', Nw.div(8));
-      const halves = e.gateUp ? 2 : 1;
       const scratch = mmaScratch(k, [mmaNormScratch(f), mmaSumScratch(TILES * halves, S)]);
-      // A normed or gathered x at 1024 invocations (64 registers a thread): 2 steps, as nvcc's
-      // unrolled 4 spill there (ptxas sm_90a: 152 B with vec4 staging; bench/notes/int4.md).
-      const tight = SET * S >= 1024 && !!(f.norm || f.gather);
-      const T = p.steps ?? int4MmaSteps(g, S, halves, (scratch?.length ?? 0) + (caps.tensorCores ? 0 : MMA_SCRATCH_WORDS * SET * S), caps, tight ? 2 : 4);
       if (![1, 2, 4].includes(T) || (g / 16) % T) k.fail(`int4Mma: steps ${T} is not 1, 2 or 4 dividing g/16 = ${g / 16}`);
       const stageWords = 16 * T * WORDS;
       const sq = Array.from({ length: halves }, (_, h) => k.shared(`sq${h}`, 'u32', stageWords * S));
