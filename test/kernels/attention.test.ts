@@ -249,7 +249,7 @@ forEachBackend('paged attention', (dev) => {
   // positions one cache block at a time whatever the step. Chunks of 80 positions make 32- and
   // 64-position steps straddle chunk ends; the window makes rows start mid-block.
   const stagings: { shape: Shape; variants: Variant[] }[] = [
-    // tileTokens 1 in workgroups of 32: the cpu device's decode attention (src/model/forward.ts).
+    // tileTokens 1 in workgroups of 32: one token per workgroup.
     { shape: { headDim: 32, group: 4, kvHeads: 2, kvDtype: 'f32', window: 70 }, variants: [{ kvTile: 32 }, { kvTile: 64, vecLoads: true }, { kvTile: 48, vecLoads: false }, { tileTokens: 1, workgroupSize: 32, kvTile: 64 }] },
     // K/V in two tiles here on every device: the register-pipelined staging (prefetch) against the plain one.
     { shape: { headDim: 64, group: 2, kvHeads: 2, kvDtype: 'f16' }, variants: [{ kvTile: 32, vecLoads: true }, { kvTile: 32, vecLoads: true, prefetch: false }, { kvTile: 16, vecLoads: true }, { kvTile: 32, vecLoads: false }, { tileTokens: 1, workgroupSize: 32 }] },
