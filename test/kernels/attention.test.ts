@@ -13,9 +13,8 @@ import {
 } from '../../src/ops/attention.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
+import { BS, type Case, type CaseSpec, makeCase, reference, type Shape, seq0Alone, seq0RowBits } from './attentionCases.js';
 import { Buffers, maxRowErr } from './buffers.js';
-
-const BS = 16;
 
 // ---- f16 bits (round to nearest even), for writing packed caches from the host ----------------
 const f32v = new Float32Array(1), u32v = new Uint32Array(f32v.buffer);
@@ -35,61 +34,6 @@ function halfBits(x: number): number {
 function halfValue(h: number): number {
   const e = (h >> 10) & 31, m = h & 1023, s = h & 0x8000 ? -1 : 1;
   return e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? Number.NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
-}
-
-// ---- a ragged batch with its cache, and the float64 reference ---------------------------------
-interface Shape { headDim: number; group: number; kvHeads: number; kvDtype: 'f32' | 'f16'; window?: number }
-interface Case {
-  shape: Shape; seqs: RaggedSequence[]; numTokens: number; numBlocks: number; maxBlocksPerSeq: number;
-  /** Per sequence: K and V at every position [pos][kvHead][d] (context and new tokens). */
-  k: Float32Array[]; v: Float32Array[]; q: Float32Array;
-}
-function makeCase(r: () => number, shape: Shape, spec: { qLen: number; ctxLen: number }[], spareBlocks = 7): Case {
-  const rowKV = shape.kvHeads * shape.headDim, H = shape.kvHeads * shape.group;
-  const needs = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / BS));
-  const numBlocks = needs.reduce((a, b) => a + b, 0) + spareBlocks;
-  const perm = Array.from({ length: numBlocks }, (_, i) => i);
-  for (let i = numBlocks - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [perm[i], perm[j]] = [perm[j]!, perm[i]!]; }
-  const order = spec.map((_, i) => i).sort(() => r() - 0.5); // q rows not in sequence order
-  const qStart = new Array<number>(spec.length);
-  let row = 0, used = 0;
-  for (const i of order) { qStart[i] = row; row += spec[i]!.qLen; }
-  const seqs = spec.map((s, i) => {
-    const table = perm.slice(used, used + needs[i]!);
-    used += needs[i]!;
-    return { qStart: qStart[i]!, qLen: s.qLen, ctxLen: s.ctxLen, blockTable: table };
-  });
-  return {
-    shape, seqs, numTokens: row, numBlocks, maxBlocksPerSeq: Math.max(...needs) + 1,
-    k: spec.map((s) => randomF32((s.ctxLen + s.qLen) * rowKV, r)),
-    v: spec.map((s) => randomF32((s.ctxLen + s.qLen) * rowKV, r)),
-    q: randomF32(row * H * shape.headDim, r),
-  };
-}
-
-function reference(c: Case): Float64Array {
-  const { headDim: D, group: G, kvHeads: KVH, window = 0 } = c.shape;
-  const H = KVH * G, scale = 1 / Math.sqrt(D);
-  const out = new Float64Array(c.numTokens * H * D);
-  c.seqs.forEach((s, si) => {
-    for (let j = 0; j < s.qLen; j++) {
-      const end = s.ctxLen + j + 1, lo = window > 0 ? Math.max(0, end - window) : 0;
-      for (let h = 0; h < H; h++) {
-        const kvh = Math.floor(h / G), qo = ((s.qStart + j) * H + h) * D;
-        const sc: number[] = [];
-        for (let p = lo; p < end; p++) {
-          let dot = 0;
-          for (let d = 0; d < D; d++) dot += c.q[qo + d]! * c.k[si]![(p * KVH + kvh) * D + d]!;
-          sc.push(dot * scale);
-        }
-        const m = Math.max(...sc), w = sc.map((x) => Math.exp(x - m)), z = w.reduce((a, b) => a + b, 0);
-        for (let p = lo; p < end; p++) {
-          for (let d = 0; d < D; d++) out[qo + d]! += (w[p - lo]! / z) * c.v[si]![(p * KVH + kvh) * D + d]!;
-        }
-      }
-    }
-  });
-  return out;
 }
 
 /** How the kernel stages K/V: positions per barrier step and 16-byte loads (defaults: by shape and caps); tokens per tile and invocations. */
@@ -137,7 +81,7 @@ async function runCase(dev: Device, c: Case, chunkSize?: number, tileTokens?: nu
 }
 
 /** q_len mix of 1, 5 and 37; contexts 0..600 including 0, one prefill across the 512 boundary. */
-function raggedSpec(r: () => number): { qLen: number; ctxLen: number }[] {
+function raggedSpec(r: () => number): CaseSpec {
   const ctx = () => Math.floor(r() * 601);
   return [
     { qLen: 37, ctxLen: 480 + Math.floor(r() * 30) }, { qLen: 1, ctxLen: 0 }, { qLen: 5, ctxLen: ctx() },
@@ -203,32 +147,22 @@ forEachBackend('paged attention', (dev) => {
     const r = rng(freshSeed(`attention batch invariance${path}`));
     // The sequence under test is sequence 0: 7 new tokens after ctx cached ones (several chunks).
     const mixed = makeCase(r, shape, [{ qLen: 7, ctxLen: ctx }, ...others(r)]);
-    const H = shape.kvHeads * shape.group, rowLen = H * shape.headDim;
-    const rowsOf = (c: Case, out: Float32Array, si: number, from = 0, n = c.seqs[si]!.qLen) =>
-      new Uint32Array(out.slice((c.seqs[si]!.qStart + from) * rowLen, (c.seqs[si]!.qStart + from + n) * rowLen).buffer);
-    const mine = rowsOf(mixed, await runCase(dev, mixed, chunk, undefined, variant), 0);
+    const rowLen = shape.kvHeads * shape.group * shape.headDim;
+    const mine = seq0RowBits(mixed, await runCase(dev, mixed, chunk, undefined, variant));
     // Alone: the same K/V, q and block table, nothing else in the batch.
-    const only = (qFrom: number, qLen: number): Case => {
-      const s = mixed.seqs[0]!;
-      return {
-        ...mixed, numTokens: qLen, q: mixed.q.slice((s.qStart + qFrom) * rowLen, (s.qStart + qFrom + qLen) * rowLen),
-        seqs: [{ ...s, qStart: 0, qLen, ctxLen: s.ctxLen + qFrom }],
-        k: [mixed.k[0]!.slice(0, (s.ctxLen + qFrom + qLen) * shape.kvHeads * shape.headDim)],
-        v: [mixed.v[0]!.slice(0, (s.ctxLen + qFrom + qLen) * shape.kvHeads * shape.headDim)],
-      };
-    };
+    const only = (qFrom: number, qLen: number) => seq0Alone(mixed, qFrom, qLen);
     const alone = only(0, 7);
-    expect(rowsOf(alone, await runCase(dev, alone, chunk, undefined, variant), 0)).toEqual(mine);
+    expect(seq0RowBits(alone, await runCase(dev, alone, chunk, undefined, variant))).toEqual(mine);
     // Prefill chunked 3 + 4, with other tile sizes (and staging), then decode-style one token at a time.
     const parts: Uint32Array[] = [];
     for (const [from, n] of [[0, 3], [3, 4]] as const) {
       const c = only(from, n);
-      parts.push(rowsOf(c, await runCase(dev, c, chunk, undefined, split), 0));
+      parts.push(seq0RowBits(c, await runCase(dev, c, chunk, undefined, split)));
     }
     expect(Uint32Array.from([...parts[0]!, ...parts[1]!])).toEqual(mine);
     for (let j = 0; j < 7; j++) {
       const c = only(j, 1);
-      expect(rowsOf(c, await runCase(dev, c, chunk, undefined, variant), 0), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
+      expect(seq0RowBits(c, await runCase(dev, c, chunk, undefined, variant)), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
     }
   }, 180_000);
 
@@ -282,13 +216,8 @@ forEachBackend('paged attention', (dev) => {
     const mixed = makeCase(r, shape, [{ qLen: 9, ctxLen: change - 5 }, ...raggedSpec(r)]);
     const out = await runCase(dev, mixed, 512, undefined, variant);
     expect(rowErr(mixed, out, reference(mixed))).toBeLessThan(2.5e-3); // measured 2.7e-4
-    const rowLen = shape.kvHeads * shape.group * shape.headDim, s = mixed.seqs[0]!;
-    const alone: Case = {
-      ...mixed, numTokens: s.qLen, q: mixed.q.slice(s.qStart * rowLen, (s.qStart + s.qLen) * rowLen),
-      seqs: [{ ...s, qStart: 0 }], k: [mixed.k[0]!], v: [mixed.v[0]!],
-    };
-    const mine = new Uint32Array(out.slice(s.qStart * rowLen, (s.qStart + s.qLen) * rowLen).buffer);
-    expect(new Uint32Array((await runCase(dev, alone, 512, undefined, variant)).buffer)).toEqual(mine);
+    const alone = seq0Alone(mixed, 0, mixed.seqs[0]!.qLen);
+    expect(seq0RowBits(alone, await runCase(dev, alone, 512, undefined, variant))).toEqual(seq0RowBits(mixed, out));
   }, 120_000);
 
   for (const kvDtype of ['f32', 'f16'] as const) {

@@ -6,71 +6,15 @@
 import { describe, expect, it } from 'vitest';
 import { attentionRows, attentionRowsConfig } from '../../codegen/kernels/attentionRows.js';
 import { attentionConfig, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
-import { f16BitsToF32, f32ArrayToF16, packF16Pairs } from '../../codegen/dsl/f16.js';
+import { f32ArrayToF16, packF16Pairs } from '../../codegen/dsl/f16.js';
 import type { Device } from '../../src/backend/device.js';
-import { type RaggedSequence, runPagedAttention } from '../../src/ops/attention.js';
+import { runPagedAttention } from '../../src/ops/attention.js';
 import { forEachBackend } from '../backends.js';
-import { freshSeed, randomF32, rng } from '../util.js';
+import { freshSeed, rng } from '../util.js';
+import { BS, type Case, type CaseSpec, makeCase, reference, type Shape, seq0Alone, seq0RowBits } from './attentionCases.js';
 import { Buffers, maxRowErr } from './buffers.js';
 
-const BS = 16;
-
-interface Shape { headDim: number; group: number; kvHeads: number; kvDtype: 'f32' | 'f16'; window?: number }
-interface Case {
-  shape: Shape; seqs: RaggedSequence[]; numTokens: number; numBlocks: number; maxBlocksPerSeq: number;
-  /** Per sequence: K and V at every position [pos][kvHead][d], as the cache holds them (f16-rounded for f16 KV). */
-  k: Float32Array[]; v: Float32Array[]; q: Float32Array;
-}
-
-const roundF16 = (a: Float32Array) => Float32Array.from(f32ArrayToF16(a), f16BitsToF32);
-
-function makeCase(r: () => number, shape: Shape, spec: { qLen: number; ctxLen: number }[]): Case {
-  const rowKV = shape.kvHeads * shape.headDim, H = shape.kvHeads * shape.group;
-  const needs = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / BS));
-  const numBlocks = needs.reduce((a, b) => a + b, 0) + 3;
-  const perm = Array.from({ length: numBlocks }, (_, i) => i);
-  for (let i = numBlocks - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [perm[i], perm[j]] = [perm[j]!, perm[i]!]; }
-  const order = spec.map((_, i) => i).sort(() => r() - 0.5); // q rows not in sequence order
-  const qStart = new Array<number>(spec.length);
-  let row = 0, used = 0;
-  for (const i of order) { qStart[i] = row; row += spec[i]!.qLen; }
-  const seqs = spec.map((s, i) => {
-    const table = perm.slice(used, used + needs[i]!);
-    used += needs[i]!;
-    return { qStart: qStart[i]!, qLen: s.qLen, ctxLen: s.ctxLen, blockTable: table };
-  });
-  const kv = (n: number) => (shape.kvDtype === 'f16' ? roundF16(randomF32(n, r)) : randomF32(n, r));
-  return {
-    shape, seqs, numTokens: row, numBlocks, maxBlocksPerSeq: Math.max(...needs) + 1,
-    k: spec.map((s) => kv((s.ctxLen + s.qLen) * rowKV)), v: spec.map((s) => kv((s.ctxLen + s.qLen) * rowKV)),
-    q: randomF32(row * H * shape.headDim, r),
-  };
-}
-
-function reference(c: Case): Float64Array {
-  const { headDim: D, group: G, kvHeads: KVH, window = 0 } = c.shape;
-  const H = KVH * G, scale = 1 / Math.sqrt(D);
-  const out = new Float64Array(c.numTokens * H * D);
-  c.seqs.forEach((s, si) => {
-    for (let j = 0; j < s.qLen; j++) {
-      const end = s.ctxLen + j + 1, lo = window > 0 ? Math.max(0, end - window) : 0;
-      for (let h = 0; h < H; h++) {
-        const kvh = Math.floor(h / G), qo = ((s.qStart + j) * H + h) * D;
-        const sc: number[] = [];
-        for (let p = lo; p < end; p++) {
-          let dot = 0;
-          for (let d = 0; d < D; d++) dot += c.q[qo + d]! * c.k[si]![(p * KVH + kvh) * D + d]!;
-          sc.push(dot * scale);
-        }
-        const m = Math.max(...sc), w = sc.map((x) => Math.exp(x - m)), z = w.reduce((a, b) => a + b, 0);
-        for (let p = lo; p < end; p++) {
-          for (let d = 0; d < D; d++) out[qo + d]! += (w[p - lo]! / z) * c.v[si]![(p * KVH + kvh) * D + d]!;
-        }
-      }
-    }
-  });
-  return out;
-}
+const rowsCase = (r: () => number, shape: Shape, spec: CaseSpec) => makeCase(r, shape, spec, { spareBlocks: 3, kvAsCached: true });
 
 type Kernel = { kind: 'rows'; tileTokens?: number; headsPerInvocation?: number } | { kind: 'paged'; chunkSize: number };
 
@@ -100,7 +44,7 @@ async function runCase(dev: Device, c: Case, kern: Kernel = { kind: 'rows' }): P
 }
 
 /** Prefills (37 and 5 tokens), decodes and an empty context; contexts up to ~300, crossing blocks. */
-function raggedSpec(r: () => number): { qLen: number; ctxLen: number }[] {
+function raggedSpec(r: () => number): CaseSpec {
   const ctx = () => Math.floor(r() * 300);
   return [{ qLen: 37, ctxLen: ctx() }, { qLen: 1, ctxLen: 0 }, { qLen: 5, ctxLen: ctx() }, { qLen: 1, ctxLen: ctx() }, { qLen: 5, ctxLen: 0 }, { qLen: 1, ctxLen: 17 }];
 }
@@ -119,7 +63,7 @@ forEachBackend('attentionRows', (dev) => {
     const label = `head_dim ${shape.headDim}, GQA ${shape.group}:1, ${shape.kvDtype} KV${shape.window ? `, window ${shape.window}` : ''}`;
     it(`ragged batch vs float64: ${label}, every row within 2e-6`, async () => {
       const r = rng(freshSeed(`attentionRows ${label}`));
-      const c = makeCase(r, shape, raggedSpec(r));
+      const c = rowsCase(r, shape, raggedSpec(r));
       const out = await runCase(dev, c);
       expect(out.every(Number.isFinite)).toBe(true);
       // Measured ≤ 3.0e-7 over these shapes (cpu, llvmpipe; window 1: exactly 0): the reference reads the values the cache holds.
@@ -132,24 +76,16 @@ forEachBackend('attentionRows', (dev) => {
       const r = rng(freshSeed(`attentionRows batch invariance ${kvDtype}`));
       const shape: Shape = { headDim: 32, group: 4, kvHeads: 2, kvDtype, window: 40 };
       // The sequence under test is sequence 0: 7 new tokens after 45 cached ones (crossing a block end).
-      const mixed = makeCase(r, shape, [{ qLen: 7, ctxLen: 45 }, ...raggedSpec(r)]);
+      const mixed = rowsCase(r, shape, [{ qLen: 7, ctxLen: 45 }, ...raggedSpec(r)]);
       const rowLen = shape.kvHeads * shape.group * shape.headDim;
-      const rowsOf = (c: Case, out: Float32Array, from = 0, n = c.seqs[0]!.qLen) =>
-        new Uint32Array(out.slice((c.seqs[0]!.qStart + from) * rowLen, (c.seqs[0]!.qStart + from + n) * rowLen).buffer);
-      const mine = rowsOf(mixed, await runCase(dev, mixed));
-      const only = (qFrom: number, qLen: number): Case => {
-        const s = mixed.seqs[0]!, kvLen = (s.ctxLen + qFrom + qLen) * shape.kvHeads * shape.headDim;
-        return {
-          ...mixed, numTokens: qLen, q: mixed.q.slice((s.qStart + qFrom) * rowLen, (s.qStart + qFrom + qLen) * rowLen),
-          seqs: [{ ...s, qStart: 0, qLen, ctxLen: s.ctxLen + qFrom }], k: [mixed.k[0]!.slice(0, kvLen)], v: [mixed.v[0]!.slice(0, kvLen)],
-        };
-      };
+      const mine = seq0RowBits(mixed, await runCase(dev, mixed));
+      const only = (qFrom: number, qLen: number) => seq0Alone(mixed, qFrom, qLen);
       for (const v of [{ tileTokens: 1 }, { tileTokens: 3, headsPerInvocation: 1 }, { tileTokens: 8, headsPerInvocation: 4 }]) {
-        expect(rowsOf(only(0, 7), await runCase(dev, only(0, 7), { kind: 'rows', ...v })), `alone, ${JSON.stringify(v)}`).toEqual(mine);
+        expect(seq0RowBits(only(0, 7), await runCase(dev, only(0, 7), { kind: 'rows', ...v })), `alone, ${JSON.stringify(v)}`).toEqual(mine);
       }
-      const parts = [rowsOf(only(0, 3), await runCase(dev, only(0, 3), { kind: 'rows', tileTokens: 2 })), rowsOf(only(3, 4), await runCase(dev, only(3, 4)))];
+      const parts = [seq0RowBits(only(0, 3), await runCase(dev, only(0, 3), { kind: 'rows', tileTokens: 2 })), seq0RowBits(only(3, 4), await runCase(dev, only(3, 4)))];
       expect(Uint32Array.from([...parts[0]!, ...parts[1]!]), 'prefill chunked 3 + 4').toEqual(mine);
-      for (let j = 0; j < 7; j++) expect(rowsOf(only(j, 1), await runCase(dev, only(j, 1))), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
+      for (let j = 0; j < 7; j++) expect(seq0RowBits(only(j, 1), await runCase(dev, only(j, 1))), `token ${j} as a decode`).toEqual(mine.slice(j * rowLen, (j + 1) * rowLen));
     }, 180_000);
   }
 
@@ -161,7 +97,7 @@ forEachBackend('attentionRows', (dev) => {
     if (!warp) ctx.skip();
     const r = rng(freshSeed('attentionRows vs pagedAttention'));
     for (const shape of [shapes[1]!, { headDim: 64, group: 4, kvHeads: 2, kvDtype: 'f32', window: 50 } as Shape]) {
-      const c = makeCase(r, shape, raggedSpec(r));
+      const c = rowsCase(r, shape, raggedSpec(r));
       const paged = await runCase(dev, c, { kind: 'paged', chunkSize: 512 });
       expect(new Uint32Array((await runCase(dev, c)).buffer), `${shape.headDim} ${shape.kvDtype}`).toEqual(new Uint32Array(paged.buffer));
     }
