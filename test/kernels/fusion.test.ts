@@ -4,22 +4,18 @@
 // the normed layer, so the comparison is not between two equally wrong paths.
 import { describe, expect, it } from 'vitest';
 import { denseLinear } from '../../codegen/kernels/denseMatmul.js';
-import { fusedLinear, type RopeAppendEpilogue } from '../../codegen/kernels/fusedLinear.js';
+import { fusedLinear, } from '../../codegen/kernels/fusedLinear.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
-import { embedding } from '../../codegen/kernels/embedding.js';
-import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import type { LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
-import { ropeTable } from '../../codegen/kernels/rope.js';
-import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
 import { linearHints, runFusedLinear, runLinear, uploadDense, uploadInt4 } from '../../src/ops/linear.js';
-import { f32ArrayToF16, packF16Pairs } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
 import { Buffers } from './buffers.js';
 import { firstDiff, linearRef, randomAwq } from './linearRef.js';
+import { checkRopeFusion, type RopeFusionCase } from './ropeFusionCheck.js';
 
 const ROWS = [1, 3, 8, 10];
 const EPS = 1e-5;
@@ -130,7 +126,7 @@ forEachBackend('fused linear', (dev) => {
 
   describe('QKV projection with RoPE and the KV-cache append', () => {
     // The second case is layer 0's: x gathered from an f16 embedding table inside the op.
-    const cases: (RopeAppendEpilogue & { K: number; gather?: boolean })[] = [
+    const cases: RopeFusionCase[] = [
       { K: 128, layout: 'halves', heads: 4, kvHeads: 2, headDim: 16, kvDtype: 'f32', blockSize: 4 },
       { K: 96, layout: 'interleaved', heads: 3, kvHeads: 1, headDim: 24, kvDtype: 'f16', blockSize: 8, gather: true },
     ];
@@ -141,49 +137,9 @@ forEachBackend('fused linear', (dev) => {
         try {
           const N = (c.heads + 2 * c.kvHeads) * c.headDim, K = c.K;
           const { op, weights } = layer(dev, bufs, 'int4', K, N, {}, r, false, fence);
-          const rope: RopeAppendEpilogue = { layout: c.layout, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, kvDtype: c.kvDtype, blockSize: c.blockSize };
-          const V = 50;
-          const fused = fusedLinear({ linear: op, norm: { workgroupSize: normWg(K), eps: EPS }, rope, ...(c.gather ? { gather: { table: 'f16', vocab: V } } : {}) });
-          const Mmax = Math.max(...ROWS), maxPos = 64, numBlocks = 16;
-          const perPos = c.kvDtype === 'f16' ? c.headDim / 2 : c.headDim;
-          const cacheLen = numBlocks * c.blockSize * c.kvHeads * perPos;
-          const x = bufs.input('f32', randomF32(Mmax * K, r, -2, 2), 'x');
-          // f16 embedding table [V, K/2] words (random f16 values in ±2), and the rows' token ids.
-          const embed = bufs.input('u32', packF16Pairs(f32ArrayToF16(randomF32(V * K, r, -2, 2))), 'embed');
-          const ids = bufs.input('u32', Uint32Array.from({ length: Mmax }, () => Math.floor(r() * V)), 'ids');
-          const xB = bufs.output('f32', Mmax * K, 'xB');
-          const normW = bufs.input('f32', randomF32(K, r, 0.5, 1.5), 'normW');
-          const table = bufs.input('f32', ropeTable({ headDim: c.headDim, theta: 10000 }, maxPos), 'table');
-          const pos = bufs.input('u32', Uint32Array.from({ length: Mmax }, () => Math.floor(r() * maxPos)), 'pos');
-          // Distinct slots, the last row padding (−1: not appended).
-          const order = [...Array(numBlocks * c.blockSize).keys()].sort(() => r() - 0.5);
-          const slots = bufs.input('i32', Int32Array.from({ length: Mmax }, (_, i) => (i === 3 ? -1 : order[i]!)), 'slots');
-          const cacheT = c.kvDtype === 'f16' ? 'u32' : 'f32';
-          const mk = (label: string) => bufs.output(cacheT, cacheLen, label);
-          const [kA, vA, kB, vB] = [mk('kA'), mk('vA'), mk('kB'), mk('vB')];
-          const qA = bufs.output('f32', Mmax * c.heads * c.headDim, 'qA'), qB = bufs.output('f32', Mmax * c.heads * c.headDim, 'qB');
-          const h = bufs.output('f32', Mmax * K, 'h'), qkv = bufs.output('f32', Mmax * N, 'qkv');
-          const kNew = bufs.output('f32', Mmax * c.kvHeads * c.headDim, 'kNew'), vNew = bufs.output('f32', Mmax * c.kvHeads * c.headDim, 'vNew');
-          for (const M of ROWS) {
-            for (const b of [kA, vA, kB, vB, qA, qB, xB]) bufs.poison(b as DeviceBuffer<'f32'>);
-            if (c.gather) dev.launch(embedding({ table: 'f16', caps: dev.caps }), { ids, table: embed, out: x }, { T: M, V, D: K });
-            dev.launch(rmsNorm({ caps: dev.caps, workgroupSize: normWg(K) }), { x, w: normW, out: h }, { M, D: K, eps: EPS });
-            runLinear(dev, op as LinearOp, { x: h, ...weights, out: qkv } as never, M);
-            dev.launch(ropeQkv({ layout: c.layout, caps: dev.caps }), { qkv, pos, table, q: qA, k: kNew, v: vNew }, { T: M, Hq: c.heads, Hk: c.kvHeads, D: c.headDim, maxPos });
-            dev.run(kvAppend({ headDim: c.headDim, kvDtype: c.kvDtype, blockSize: c.blockSize, caps: dev.caps }),
-              { kNew, vNew, slots, kCache: kA, vCache: vA } as never, { numTokens: M, numKvHeads: c.kvHeads, numBlocks });
-            if (M <= 8) expect(fused.plan({ M, maxPos, numBlocks }).steps.length, `M = ${M}: launches (the finish, RoPE and append in one without a fence)`).toBe(fence ? 1 : 2);
-            const xIn = c.gather ? { x: xB, ids, embed } : { x };
-            dev.run(fused, { ...xIn, ...weights, normW, pos, table, slots, q: qB, kCache: kB, vCache: vB } as never, { M, maxPos, numBlocks });
-            if (c.gather) expect(firstDiff((await bits(dev, xB)).subarray(0, M * K), (await bits(dev, x)).subarray(0, M * K)), `M = ${M}: gathered x`).toBe(-1);
-            const q0 = (await bits(dev, qA)).subarray(0, M * c.heads * c.headDim), q1 = (await bits(dev, qB)).subarray(0, M * c.heads * c.headDim);
-            expect(firstDiff(q1, q0), `M = ${M}: q`).toBe(-1);
-            expect(firstDiff(await bits(dev, kB), await bits(dev, kA)), `M = ${M}: K cache (untouched slots stay poisoned in both)`).toBe(-1);
-            expect(firstDiff(await bits(dev, vB), await bits(dev, vA)), `M = ${M}: V cache`).toBe(-1);
-            // Not a comparison of two empty caches: M rows (less the padding) were appended.
-            const written = [...await bits(dev, kB)].filter((w) => w !== 0xdeadbeef && !Number.isNaN(new Float32Array(new Uint32Array([w]).buffer)[0])).length;
-            expect(written, `M = ${M}: words appended`).toBe((M > 3 ? M - 1 : M) * c.kvHeads * perPos);
-          }
+          // Up to 8 rows: one launch with the fence; without it two, the finish, RoPE and append in the second.
+          const launches = (M: number) => (M <= 8 ? (fence ? 1 : 2) : undefined);
+          await checkRopeFusion(dev, bufs, r, c, { op: op as LinearOp, weights, normWorkgroup: normWg(K), eps: EPS, rows: ROWS, launches });
         } finally { bufs.free(); }
       });
     }

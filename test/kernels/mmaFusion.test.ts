@@ -5,25 +5,22 @@
 // of the M = 37 run equal M = 1 runs of the same rows; float64 reference of norm → linear.
 import { describe, expect, it } from 'vitest';
 import { CUDA_CAPS } from '../../codegen/dsl/types.js';
-import { embedding } from '../../codegen/kernels/embedding.js';
 import { fusedLinear, type RopeAppendEpilogue } from '../../codegen/kernels/fusedLinear.js';
 import { int4Linear } from '../../codegen/kernels/int4Matmul.js';
 import { int4MmaKernel, int4MmaSplit } from '../../codegen/kernels/int4Mma.js';
-import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import { fullEpilogue, type LinearEpilogue } from '../../codegen/kernels/linearCommon.js';
 import { denseMmaKernel, denseMmaSplit } from '../../codegen/kernels/mmaMatmul.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
-import { ropeTable } from '../../codegen/kernels/rope.js';
-import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';
 import type { Device, DeviceBuffer } from '../../src/backend/device.js';
 import { linearHints, runLinear, uploadInt4 } from '../../src/ops/linear.js';
 import { ptxasReport } from '../../src/profile.js';
 import { dequantizeAwq } from '../../src/quant/awq.js';
-import { f16BitsToF32, f32ArrayToF16, f32ToF16Bits, packF16Pairs } from '../../src/quant/f16.js';
+import { f16BitsToF32, f32ToF16Bits, } from '../../src/quant/f16.js';
 import { forEachBackend } from '../backends.js';
 import { freshSeed, randomF32, relErr, rng } from '../util.js';
 import { Buffers } from './buffers.js';
 import { firstDiff, linearRef, randomAwq } from './linearRef.js';
+import { checkRopeFusion, type RopeFusionCase } from './ropeFusionCheck.js';
 
 const ROWS = [1, 37]; // 37: three 16-row blocks, the last padded
 const EPS = 1e-5;
@@ -99,7 +96,7 @@ forEachBackend('fused linear on the MMA path', (dev) => {
 
   describe('QKV projection with RoPE and the KV-cache append', () => {
     // The second case is layer 0's (x gathered from an f16 table) with a head across two workgroups.
-    const cases: (RopeAppendEpilogue & { K: number; gather?: boolean })[] = [
+    const cases: RopeFusionCase[] = [
       { K: 128, layout: 'halves', heads: 4, kvHeads: 2, headDim: 16, kvDtype: 'f32', blockSize: 4 },
       { K: 96, layout: 'interleaved', heads: 3, kvHeads: 1, headDim: 24, kvDtype: 'f16', blockSize: 8, gather: true },
     ];
@@ -108,45 +105,9 @@ forEachBackend('fused linear on the MMA path', (dev) => {
         const r = rng(freshSeed(`mma fusion rope ${c.layout}`));
         const bufs = new Buffers(dev);
         try {
-          const N = (c.heads + 2 * c.kvHeads) * c.headDim, K = c.K, V = 50, maxPos = 64, numBlocks = 16;
+          const N = (c.heads + 2 * c.kvHeads) * c.headDim, K = c.K;
           const { op, weights } = mmaLayer(dev, bufs, K, N, {}, r, fence);
-          const rope: RopeAppendEpilogue = { layout: c.layout, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, kvDtype: c.kvDtype, blockSize: c.blockSize };
-          const fused = fusedLinear({ linear: op, norm: { workgroupSize: normWg(K), eps: EPS }, rope, ...(c.gather ? { gather: { table: 'f16', vocab: V } } : {}) });
-          const Mmax = Math.max(...ROWS), perPos = c.kvDtype === 'f16' ? c.headDim / 2 : c.headDim;
-          const cacheLen = numBlocks * c.blockSize * c.kvHeads * perPos;
-          const x = bufs.input('f32', randomF32(Mmax * K, r, -2, 2), 'x');
-          const embed = bufs.input('u32', packF16Pairs(f32ArrayToF16(randomF32(V * K, r, -2, 2))), 'embed');
-          const ids = bufs.input('u32', Uint32Array.from({ length: Mmax }, () => Math.floor(r() * V)), 'ids');
-          const xB = bufs.output('f32', Mmax * K, 'xB');
-          const normW = bufs.input('f32', randomF32(K, r, 0.5, 1.5), 'normW');
-          const table = bufs.input('f32', ropeTable({ headDim: c.headDim, theta: 10000 }, maxPos), 'table');
-          const pos = bufs.input('u32', Uint32Array.from({ length: Mmax }, () => Math.floor(r() * maxPos)), 'pos');
-          const order = [...Array(numBlocks * c.blockSize).keys()].sort(() => r() - 0.5);
-          const slots = bufs.input('i32', Int32Array.from({ length: Mmax }, (_, i) => (i === 3 ? -1 : order[i]!)), 'slots');
-          const cacheT = c.kvDtype === 'f16' ? 'u32' : 'f32';
-          const [kA, vA, kB, vB] = ['kA', 'vA', 'kB', 'vB'].map((l) => bufs.output(cacheT, cacheLen, l));
-          const qLen = Mmax * c.heads * c.headDim;
-          const qA = bufs.output('f32', qLen, 'qA'), qB = bufs.output('f32', qLen, 'qB');
-          const h = bufs.output('f32', Mmax * K, 'h'), qkv = bufs.output('f32', Mmax * N, 'qkv');
-          const kNew = bufs.output('f32', Mmax * c.kvHeads * c.headDim, 'kNew'), vNew = bufs.output('f32', Mmax * c.kvHeads * c.headDim, 'vNew');
-          for (const M of ROWS) {
-            for (const b of [kA!, vA!, kB!, vB!, qA, qB, xB]) bufs.poison(b as DeviceBuffer<'f32'>);
-            if (c.gather) dev.launch(embedding({ table: 'f16', caps: dev.caps }), { ids, table: embed, out: x }, { T: M, V, D: K });
-            dev.launch(rmsNorm({ caps: dev.caps, workgroupSize: normWg(K) }), { x, w: normW, out: h }, { M, D: K, eps: EPS });
-            runLinear(dev, op, { x: h, ...weights, out: qkv } as never, M);
-            dev.launch(ropeQkv({ layout: c.layout, caps: dev.caps }), { qkv, pos, table, q: qA, k: kNew, v: vNew }, { T: M, Hq: c.heads, Hk: c.kvHeads, D: c.headDim, maxPos });
-            dev.run(kvAppend({ headDim: c.headDim, kvDtype: c.kvDtype, blockSize: c.blockSize, caps: dev.caps }),
-              { kNew, vNew, slots, kCache: kA, vCache: vA } as never, { numTokens: M, numKvHeads: c.kvHeads, numBlocks });
-            expect(fused.plan({ M, maxPos, numBlocks }).steps.length, `M = ${M}: launches`).toBe(fence ? 1 : 3);
-            const xIn = c.gather ? { x: xB, ids, embed } : { x };
-            dev.run(fused, { ...xIn, ...weights, normW, pos, table, slots, q: qB, kCache: kB, vCache: vB } as never, { M, maxPos, numBlocks });
-            if (c.gather) expect(firstDiff(await bits(dev, xB, M * K), await bits(dev, x, M * K)), `M = ${M}: gathered x`).toBe(-1);
-            expect(firstDiff(await bits(dev, qB, M * c.heads * c.headDim), await bits(dev, qA, M * c.heads * c.headDim)), `M = ${M}: q`).toBe(-1);
-            expect(firstDiff(await bits(dev, kB!), await bits(dev, kA!)), `M = ${M}: K cache`).toBe(-1);
-            expect(firstDiff(await bits(dev, vB!), await bits(dev, vA!)), `M = ${M}: V cache`).toBe(-1);
-            const written = [...await bits(dev, kB!)].filter((w) => w !== 0xdeadbeef && !Number.isNaN(new Float32Array(new Uint32Array([w]).buffer)[0])).length;
-            expect(written, `M = ${M}: words appended`).toBe((M > 3 ? M - 1 : M) * c.kvHeads * perPos);
-          }
+          await checkRopeFusion(dev, bufs, r, c, { op, weights, normWorkgroup: normWg(K), eps: EPS, rows: ROWS, launches: () => (fence ? 1 : 3) });
         } finally { bufs.free(); }
       });
     }
