@@ -39,6 +39,41 @@ export interface RopeAppendEpilogue {
   blockSize: number;
 }
 
+export function ropeAppendTag(r: RopeAppendEpilogue): string {
+  return `rope_${r.layout}_${r.heads}x${r.kvHeads}x${r.headDim}_kv${r.kvDtype}_bs${r.blockSize}`;
+}
+
+/** Bindings the RoPE + KV-append epilogue adds (GEMV and MMA alike). */
+export function ropeAppendBindings(r: RopeAppendEpilogue): Record<string, BindingSpec> {
+  const f16 = r.kvDtype === 'f16', perPos = f16 ? r.headDim / 2 : r.headDim, cacheT = f16 ? 'u32' : 'f32';
+  return {
+    headTickets: storage('u32', 'read_write', { atomic: true }),
+    pos: storage('u32', 'read', { shape: '[M]' }),
+    table: storage('f32', 'read', { shape: `[maxPos, ${r.headDim}]` }),
+    slots: storage('i32', 'read', { shape: '[M]' }),
+    q: storage('f32', 'read_write', { shape: `[M, ${r.heads * r.headDim}]` }),
+    kCache: storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` }),
+    vCache: storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` }),
+  };
+}
+
+/**
+ * Element e of a head whose values start at qkv[src], rotated to position p: ropeQkv's
+ * operations in its order, for either layout.
+ */
+export function ropeRotated(k: KernelBuilder, r: RopeAppendEpilogue, qkv: ArrayRef<'f32', boolean>, table: ArrayRef<'f32', false>,
+  maxPos: Val<'u32'>, src: Val<'u32'>, p: Val<'u32'>, e: Val<'u32'>, tag: string): Val<'f32'> {
+  const half = r.headDim / 2;
+  const second = r.layout === 'halves' ? e.ge(half) : e.rem(2).eq(1);
+  const i = k.let(`ri${tag}`, r.layout === 'halves' ? k.select(second, e.sub(half), e) : e.div(2));
+  const [i0, i1] = r.layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
+  const x0 = k.let(`rx0${tag}`, qkv.at(src.add(i0))), x1 = k.let(`rx1${tag}`, qkv.at(src.add(i1)));
+  const [c, s] = ropeCosSin(k, table, p, i, k.u32(half), maxPos);
+  const y0 = k.let(`ry0${tag}`, x0.mul(c).sub(x1.mul(s)));
+  const y1 = k.let(`ry1${tag}`, x1.mul(c).add(x0.mul(s)));
+  return k.select(second, y1, y0);
+}
+
 /** What a GEMV takes over. `finish` needs caps.deviceFence; `rope` needs `finish`. */
 export interface GemvFusion {
   /** x gathered from an embedding table (f32 [V, K], or f16 pairs [V, K/2]) at ids; x is written. */
@@ -53,7 +88,7 @@ export function fusionTag(f: GemvFusion): string {
     f.gather ? `embed${f.gather}` : '',
     f.norm ? `norm${f.norm.workgroupSize}${f.norm.stagedK ? `s${f.norm.stagedK}` : ''}` : '',
     f.finish ? `fin_${epilogueTag(f.finish)}` : '',
-    f.rope ? `rope_${f.rope.layout}_${f.rope.heads}x${f.rope.kvHeads}x${f.rope.headDim}_kv${f.rope.kvDtype}_bs${f.rope.blockSize}` : '',
+    f.rope ? ropeAppendTag(f.rope) : '',
   ].filter(Boolean).join('_');
 }
 
@@ -66,15 +101,25 @@ export function fusionParams(f: GemvFusion): Record<string, unknown> {
   };
 }
 
+/**
+ * Bindings of the embedding gather (x, which it writes, replacing the linear kernel's read-only
+ * x; ids; the table) and of the norm prologue's weight. `vec` 2: f32 read as pairs (the MMA path).
+ */
+export function gatherNormBindings(f: Pick<GemvFusion, 'gather' | 'norm'>, vec?: 2): Record<string, BindingSpec> {
+  const b: Record<string, BindingSpec> = {};
+  const v = vec ? { vec } : {};
+  if (f.gather) {
+    b.x = storage('f32', 'read_write', { shape: '[M, K]', ...v });
+    b.ids = storage('u32', 'read', { shape: '[M]' });
+    b.embed = f.gather === 'f16' ? storage('u32', 'read', { shape: '[V, K / 2]' }) : storage('f32', 'read', { shape: '[V, K]', ...v });
+  }
+  if (f.norm) b.normW = storage('f32', 'read', { shape: '[K]', ...v });
+  return b;
+}
+
 /** Bindings a fused GEMV adds (its `part` stays the GEMV's own). */
 export function fusionBindings(f: GemvFusion): Record<string, BindingSpec> {
-  const b: Record<string, BindingSpec> = {};
-  if (f.gather) {
-    b.x = storage('f32', 'read_write', { shape: '[M, K]' }); // replaces the GEMV's read-only x
-    b.ids = storage('u32', 'read', { shape: '[M]' });
-    b.embed = f.gather === 'f16' ? storage('u32', 'read', { shape: '[V, K / 2]' }) : storage('f32', 'read', { shape: '[V, K]' });
-  }
-  if (f.norm) b.normW = storage('f32', 'read', { shape: '[K]' });
+  const b = gatherNormBindings(f);
   if (f.finish) {
     b.tickets = storage('u32', 'read_write', { atomic: true });
     const e = f.finish;
@@ -82,16 +127,7 @@ export function fusionBindings(f: GemvFusion): Record<string, BindingSpec> {
     if (e.residual) b.residual = storage('f32', 'read', { shape: '[M, N]' });
     b.out = e.out === 'f16' ? storage('u32', 'read_write', { shape: '[M, N / 2]' }) : storage('f32', 'read_write', { shape: '[M, N]' });
   }
-  if (f.rope) {
-    const r = f.rope, f16 = r.kvDtype === 'f16', perPos = f16 ? r.headDim / 2 : r.headDim, cacheT = f16 ? 'u32' : 'f32';
-    b.headTickets = storage('u32', 'read_write', { atomic: true });
-    b.pos = storage('u32', 'read', { shape: '[M]' });
-    b.table = storage('f32', 'read', { shape: `[maxPos, ${r.headDim}]` });
-    b.slots = storage('i32', 'read', { shape: '[M]' });
-    b.q = storage('f32', 'read_write', { shape: `[M, ${r.heads * r.headDim}]` });
-    b.kCache = storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` });
-    b.vCache = storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` });
-  }
+  if (f.rope) Object.assign(b, ropeAppendBindings(f.rope));
   return b;
 }
 
@@ -265,7 +301,7 @@ export function foldedFinish(k: KernelBuilder, f: GemvFusion, refs: Record<strin
  */
 function ropeAppend(k: KernelBuilder, r: RopeAppendEpilogue, refs: Record<string, ArrayRef<any, boolean>>, rows: number,
   ob: Val<'u32'>, B: number, N: Val<'u32'>, u: Record<string, Val<any>>): void {
-  const hd = r.headDim, half = hd / 2, f16 = r.kvDtype === 'f16', perPos = f16 ? hd / 2 : hd;
+  const hd = r.headDim, f16 = r.kvDtype === 'f16', perPos = f16 ? hd / 2 : hd;
   const qkv = refs.out as ArrayRef<'f32', boolean>;
   const headTickets = (refs.headTickets as ArrayRef<'u32', boolean>).writableRef();
   const pos = refs.pos as ArrayRef<'u32', false>, table = refs.table as ArrayRef<'f32', false>;
@@ -283,17 +319,8 @@ function ropeAppend(k: KernelBuilder, r: RopeAppendEpilogue, refs: Record<string
       for (let row = 0; row < rows; row++) {
         const src = k.let(`rsrc${row}`, N.mul(row).add(h.mul(hd)));
         const p = k.let(`rp${row}`, pos.at(row));
-        /** Element e of the head rotated (ropeQkv's operations), or as is (v). */
-        const rotated = (e: Val<'u32'>, tag: string): Val<'f32'> => {
-          const second = r.layout === 'halves' ? e.ge(half) : e.rem(2).eq(1);
-          const i = k.let(`ri${tag}`, r.layout === 'halves' ? k.select(second, e.sub(half), e) : e.div(2));
-          const [i0, i1] = r.layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
-          const x0 = k.let(`rx0${tag}`, qkv.at(src.add(i0))), x1 = k.let(`rx1${tag}`, qkv.at(src.add(i1)));
-          const [c, s] = ropeCosSin(k, table, p, i, k.u32(half), maxPos);
-          const y0 = k.let(`ry0${tag}`, x0.mul(c).sub(x1.mul(s)));
-          const y1 = k.let(`ry1${tag}`, x1.mul(c).add(x0.mul(s)));
-          return k.select(second, y1, y0);
-        };
+        /** Element e of the head rotated (ropeQkv's operations). */
+        const rotated = (e: Val<'u32'>, tag: string) => ropeRotated(k, r, qkv, table, maxPos, src, p, e, tag);
         k.if(isQ, () => {
           const dst = k.let(`rq${row}`, k.u32(row).mul(r.heads).add(h).mul(hd));
           k.for(`re${row}`, k.u32(0), k.u32(hd), (e) => q.set(dst.add(e), rotated(e, `q${row}`)));

@@ -14,9 +14,8 @@
 //     layout, f16 packed as it packs), spread over its invocations.
 // Split-K needs no finish here: int4Mma splits K between warps of one workgroup.
 import type { ArrayRef, BindingSpec, KernelBuilder, Val } from '../dsl/index.js';
-import { inverseSqrt, storage } from '../dsl/index.js';
-import type { NormPrologue, RopeAppendEpilogue } from './linearFusion.js';
-import { ropeCosSin } from './rope.js';
+import { inverseSqrt } from '../dsl/index.js';
+import { gatherNormBindings, type NormPrologue, type RopeAppendEpilogue, ropeAppendBindings, ropeAppendTag, ropeRotated } from './linearFusion.js';
 
 /** What an MMA linear kernel takes over. `rope` needs caps.deviceFence (the op checks). */
 export interface MmaFusion {
@@ -29,7 +28,7 @@ export function mmaFusionTag(f: MmaFusion): string {
   return [
     f.gather ? `embed${f.gather}` : '',
     f.norm ? `norm${f.norm.workgroupSize}` : '',
-    f.rope ? `rope_${f.rope.layout}_${f.rope.heads}x${f.rope.kvHeads}x${f.rope.headDim}_kv${f.rope.kvDtype}_bs${f.rope.blockSize}` : '',
+    f.rope ? ropeAppendTag(f.rope) : '',
   ].filter(Boolean).join('_');
 }
 
@@ -43,23 +42,8 @@ export function mmaFusionParams(f: MmaFusion): Record<string, unknown> {
 
 /** Bindings a fused MMA kernel adds or replaces (x becomes read_write with gather). */
 export function mmaFusionBindings(f: MmaFusion): Record<string, BindingSpec> {
-  const b: Record<string, BindingSpec> = {};
-  if (f.gather) {
-    b.x = storage('f32', 'read_write', { shape: '[M, K]', vec: 2 });
-    b.ids = storage('u32', 'read', { shape: '[M]' });
-    b.embed = f.gather === 'f16' ? storage('u32', 'read', { shape: '[V, K / 2]' }) : storage('f32', 'read', { shape: '[V, K]', vec: 2 });
-  }
-  if (f.norm) b.normW = storage('f32', 'read', { shape: '[K]', vec: 2 });
-  if (f.rope) {
-    const r = f.rope, f16 = r.kvDtype === 'f16', perPos = f16 ? r.headDim / 2 : r.headDim, cacheT = f16 ? 'u32' : 'f32';
-    b.headTickets = storage('u32', 'read_write', { atomic: true });
-    b.pos = storage('u32', 'read', { shape: '[M]' });
-    b.table = storage('f32', 'read', { shape: `[maxPos, ${r.headDim}]` });
-    b.slots = storage('i32', 'read', { shape: '[M]' });
-    b.q = storage('f32', 'read_write', { shape: `[M, ${r.heads * r.headDim}]` });
-    b.kCache = storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` });
-    b.vCache = storage(cacheT, 'read_write', { shape: `[numBlocks, ${r.blockSize}, ${r.kvHeads * perPos}]` });
-  }
+  const b = gatherNormBindings(f, 2);
+  if (f.rope) Object.assign(b, ropeAppendBindings(f.rope));
   return b;
 }
 
@@ -196,7 +180,7 @@ export interface MmaRopeContext extends Pick<MmaRows, 'row0' | 'M' | 'K' | 'wg' 
 export function mmaRopeAppend(k: KernelBuilder, r: RopeAppendEpilogue, refs: Record<string, ArrayRef<any, boolean>>,
   c: MmaRopeContext, u: Record<string, Val<any>>): void {
   const { row0, M, wg, lid, N, wgCol, cols } = c;
-  const hd = r.headDim, half = hd / 2, f16 = r.kvDtype === 'f16', perPos = f16 ? hd / 2 : hd;
+  const hd = r.headDim, f16 = r.kvDtype === 'f16', perPos = f16 ? hd / 2 : hd;
   const H = r.heads + 2 * r.kvHeads;
   const qkv = refs.out as ArrayRef<'f32', boolean>;
   const tickets = (refs.headTickets as ArrayRef<'u32', boolean>).writableRef();
@@ -239,15 +223,7 @@ export function mmaRopeAppend(k: KernelBuilder, r: RopeAppendEpilogue, refs: Rec
       /** Element e of row `row`'s head h, rotated (ropeQkv's operations) or as is (v). */
       const value = (row: Val<'u32'>, p: Val<'u32'>, e: Val<'u32'>, rotate: boolean, tag: string): Val<'f32'> => {
         const src = k.let(`rsrc${tag}`, N.mul(row).add(h.mul(hd)));
-        if (!rotate) return qkv.at(src.add(e));
-        const second = r.layout === 'halves' ? e.ge(half) : e.rem(2).eq(1);
-        const i = k.let(`ri${tag}`, r.layout === 'halves' ? k.select(second, e.sub(half), e) : e.div(2));
-        const [i0, i1] = r.layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
-        const x0 = k.let(`rx0${tag}`, qkv.at(src.add(i0))), x1 = k.let(`rx1${tag}`, qkv.at(src.add(i1)));
-        const [cs, sn] = ropeCosSin(k, table, p, i, k.u32(half), maxPos);
-        const y0 = k.let(`ry0${tag}`, x0.mul(cs).sub(x1.mul(sn)));
-        const y1 = k.let(`ry1${tag}`, x1.mul(cs).add(x0.mul(sn)));
-        return k.select(second, y1, y0);
+        return rotate ? ropeRotated(k, r, qkv, table, maxPos, src, p, e, tag) : qkv.at(src.add(e));
       };
       /** Items (row of 16, element or word e) spread over the workgroup, rows below M only. */
       const each = (per: number, body: (row: Val<'u32'>, e: Val<'u32'>) => void, tag: string) => {
