@@ -22,6 +22,7 @@
 import { exp2, kernel, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
+import { attentionOpBindings, checkAttentionSizes } from './attentionOp.js';
 import { type AttentionSizes, TILE_WORDS } from './pagedAttention.js';
 
 const F32_MAX = 3.4028234663852886e38;
@@ -205,21 +206,9 @@ export function attentionRowsKernel(c: AttentionRowsConfig) {
 export function attentionRows(p: AttentionRowsParams) {
   const c = attentionRowsConfig(p);
   const kern = attentionRowsKernel(c);
-  const kvT = c.kvDtype === 'f16' ? 'u32' : 'f32';
-  const o = op('attentionRows', {
-    q: storage('f32', 'read'),
-    kCache: storage(kvT, 'read'),
-    vCache: storage(kvT, 'read'),
-    blockTables: storage('u32', 'read'),
-    tiles: storage('u32', 'read'),
-    out: storage('f32', 'read_write'),
-  }, (s: AttentionSizes): Plan => {
-    for (const key of ['numTokens', 'numSeqs', 'numKvHeads', 'numBlocks', 'maxBlocksPerSeq', 'numTiles'] as const) {
-      if (!Number.isInteger(s[key]) || s[key] < 1) throw new Error(`op 'attentionRows': size ${key} = ${s[key]} must be a positive integer`);
-    }
+  const o = op('attentionRows', attentionOpBindings(c.kvDtype), (s: AttentionSizes): Plan => {
+    checkAttentionSizes('attentionRows', s, ['numTokens', 'numSeqs', 'numKvHeads', 'numBlocks', 'maxBlocksPerSeq', 'numTiles']);
     if (s.maxTileChunks !== 1) throw new Error(`op 'attentionRows': maxTileChunks = ${s.maxTileChunks}; tiles must come from prepareAttention with this op's config (one chunk per row)`);
-    if (!Number.isInteger(s.window) || s.window < 0) throw new Error(`op 'attentionRows': window = ${s.window} must be a non-negative integer`);
-    if (!(s.scale > 0) || !Number.isFinite(s.scale)) throw new Error(`op 'attentionRows': scale = ${s.scale} must be positive and finite`);
     return {
       temps: {},
       steps: [{

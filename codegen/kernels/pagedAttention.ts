@@ -39,6 +39,7 @@ import type { KernelFamily } from './index.js';
 import { kvAppendKernel } from './kvAppend.js';
 import { kvPipeline } from './kvPipeline.js';
 import { mmaAttention, mmaExchangeWords } from './attentionMma.js';
+import { attentionOpBindings, checkAttentionSizes } from './attentionOp.js';
 import { num, oneOf, optionalBool, optionalNums } from './params.js';
 import { type RowLayout, conflictFreeRows, rowOffset } from './sharedLayout.js';
 
@@ -720,21 +721,9 @@ export type AttentionSizes = {
 export function pagedAttention(p: PagedAttentionParams) {
   const c = attentionConfig(p);
   const partial = attentionPartial(c), merge = attentionMerge(c);
-  const kvT = c.kvDtype === 'f16' ? 'u32' : 'f32';
-  const o = op('pagedAttention', {
-    q: storage('f32', 'read'),
-    kCache: storage(kvT, 'read'),
-    vCache: storage(kvT, 'read'),
-    blockTables: storage('u32', 'read'),
-    tiles: storage('u32', 'read'),
-    out: storage('f32', 'read_write'),
-  }, (s: AttentionSizes): Plan => {
-    for (const key of ['numTokens', 'numSeqs', 'numKvHeads', 'numBlocks', 'maxBlocksPerSeq', 'numTiles', 'maxTileChunks'] as const) {
-      if (!Number.isInteger(s[key]) || s[key] < 1) throw new Error(`op 'pagedAttention': size ${key} = ${s[key]} must be a positive integer`);
-    }
+  const o = op('pagedAttention', attentionOpBindings(c.kvDtype), (s: AttentionSizes): Plan => {
+    checkAttentionSizes('pagedAttention', s, ['numTokens', 'numSeqs', 'numKvHeads', 'numBlocks', 'maxBlocksPerSeq', 'numTiles', 'maxTileChunks']);
     if (!Number.isInteger(s.partRows) || s.partRows < 0) throw new Error(`op 'pagedAttention': size partRows = ${s.partRows} must be a non-negative integer`);
-    if (!Number.isInteger(s.window) || s.window < 0) throw new Error(`op 'pagedAttention': window = ${s.window} must be a non-negative integer`);
-    if (!(s.scale > 0) || !Number.isFinite(s.scale)) throw new Error(`op 'pagedAttention': scale = ${s.scale} must be positive and finite`);
     const partRows = Math.max(1, s.partRows);
     const uni = { ...s, partRows, scaleLog2: s.scale * Math.LOG2E };
     const fold = !!c.caps.deviceFence; // the merge runs in the partial kernel's last arrivals
