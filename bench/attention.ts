@@ -27,9 +27,9 @@
 import { pagedAttention } from '../codegen/kernels/pagedAttention.js';
 import { BackendUnavailableError, type BackendKind, type Device, type DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
-import { type RaggedSequence, attentionTargetCtas, prepareAttention } from '../src/ops/attention.js';
+import { attentionTargetCtas, prepareAttention } from '../src/ops/attention.js';
 import { timeOnDevice } from '../src/backend/timing.js';
-import { copyBandwidth, randomF32 } from './common.js';
+import { contiguousBatch, copyBandwidth, randomF32 } from './common.js';
 
 const HEAD_DIM = 128, HEADS = 32, KV_HEADS = 8, BLOCK = 16;
 
@@ -90,16 +90,8 @@ async function runCell(dev: Device, kv: 'f32' | 'f16', spec: { qLen: number; ctx
     headDim: HEAD_DIM, groupSize: HEADS / KV_HEADS, kvDtype: kv, blockSize: BLOCK, chunkSize: o.chunk, caps: dev.caps,
     targetCtas: attentionTargetCtas(dev), ...stagingParams(staging, kv),
   });
-  const blocksPer = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / BLOCK));
-  const numBlocks = blocksPer.reduce((a, b) => a + b, 0);
-  let next = 0, row = 0;
-  const seqs: RaggedSequence[] = spec.map((s, i) => {
-    const table = Array.from({ length: blocksPer[i]! }, () => next++);
-    const seq = { qStart: row, qLen: s.qLen, ctxLen: s.ctxLen, blockTable: table };
-    row += s.qLen;
-    return seq;
-  });
-  const cache = { numBlocks, numKvHeads: KV_HEADS, maxBlocksPerSeq: Math.max(...blocksPer) };
+  const { seqs, numTokens: row, numBlocks, maxBlocksPerSeq } = contiguousBatch(spec, BLOCK);
+  const cache = { numBlocks, numKvHeads: KV_HEADS, maxBlocksPerSeq };
   const prep = prepareAttention(op.config, { numTokens: row, seqs }, cache);
   const words = numBlocks * BLOCK * KV_HEADS * HEAD_DIM / (kv === 'f16' ? 2 : 1);
   const dt = kv === 'f16' ? 'u32' : 'f32';

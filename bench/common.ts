@@ -1,6 +1,7 @@
-// Helpers every benchmark shares: launch timing, the copy-bandwidth roofline, seeded inputs.
+// Helpers every benchmark shares: launch timing, the copy-bandwidth roofline, seeded inputs, ragged attention batches.
 import { residualAdd } from '../codegen/kernels/pointwise.js';
 import type { Device } from '../src/backend/device.js';
+import type { RaggedSequence } from '../src/ops/attention.js';
 import { timeLaunches } from '../src/backend/timing.js';
 
 export { timeLaunches };
@@ -40,4 +41,17 @@ export async function copyBandwidth(dev: Device, n: number, o: { reps: number; s
     const ms = await timeLaunches(dev, () => dev.launch(kern, { a, b, out: c }, { n }), o);
     return (3 * n * 4) / ms / 1e6;
   } finally { dev.free(a); dev.free(b); dev.free(c); }
+}
+
+/** A ragged attention batch on a fresh cache: each sequence's q rows after the previous one's, its blocks the next unused ones in order. */
+export function contiguousBatch(spec: { qLen: number; ctxLen: number }[], blockSize: number) {
+  const blocksPer = spec.map((s) => Math.ceil((s.ctxLen + s.qLen) / blockSize));
+  let next = 0, row = 0;
+  const seqs: RaggedSequence[] = spec.map((s, i) => {
+    const table = Array.from({ length: blocksPer[i]! }, () => next++);
+    const seq = { qStart: row, qLen: s.qLen, ctxLen: s.ctxLen, blockTable: table };
+    row += s.qLen;
+    return seq;
+  });
+  return { seqs, numTokens: row, numBlocks: next, maxBlocksPerSeq: Math.max(...blocksPer) };
 }

@@ -16,8 +16,8 @@ import { attentionRows } from '../codegen/kernels/attentionRows.js';
 import { attentionConfig, pagedAttention } from '../codegen/kernels/pagedAttention.js';
 import type { Device, DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
-import { type RaggedSequence, prepareAttention } from '../src/ops/attention.js';
-import { lcg, randomF32 } from './common.js';
+import { prepareAttention } from '../src/ops/attention.js';
+import { contiguousBatch, lcg, randomF32 } from './common.js';
 
 const HEAD_DIM = 32, HEADS = 8, KV_HEADS = 4, BLOCK = 16;
 
@@ -51,16 +51,7 @@ type AnyAttention = ReturnType<typeof pagedAttention> | ReturnType<typeof attent
 /** One cell on one device: a random cache and q, both ops' metadata uploaded once; returns a launcher per op. */
 function makeCell(dev: Device, kv: 'f32' | 'f16', seqs: { qLen: number; ctxLen: number }[], ops: AnyAttention[]) {
   const r = lcg(12345);
-  const blocksPer = seqs.map((s) => Math.ceil((s.ctxLen + s.qLen) / BLOCK));
-  const numBlocks = blocksPer.reduce((a, b) => a + b, 0), maxBlocksPerSeq = Math.max(...blocksPer);
-  const numTokens = seqs.reduce((n, s) => n + s.qLen, 0);
-  let next = 0, row = 0;
-  const ragged: RaggedSequence[] = seqs.map((s, i) => {
-    const table = Array.from({ length: blocksPer[i]! }, () => next++);
-    const q = { qStart: row, qLen: s.qLen, ctxLen: s.ctxLen, blockTable: table };
-    row += s.qLen;
-    return q;
-  });
+  const { seqs: ragged, numTokens, numBlocks, maxBlocksPerSeq } = contiguousBatch(seqs, BLOCK);
   const words = numBlocks * BLOCK * KV_HEADS * (kv === 'f16' ? HEAD_DIM / 2 : HEAD_DIM);
   const owned: DeviceBuffer[] = [];
   const put = <T extends 'f32' | 'u32'>(t: T, data: Float32Array | Uint32Array, label: string) => {
