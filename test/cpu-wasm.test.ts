@@ -3,7 +3,7 @@
 // with fresh inputs, decode steps replayed with the plain forward's bits. Kernel-level conformance
 // runs in the kernel suites ('cpu' and 'cpu-js' in test/backends.ts) and test/cpu-executor.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exp2, kernel, storage } from '../codegen/dsl/index.js';
+import { exp, exp2, kernel, storage } from '../codegen/dsl/index.js';
 import { vectorAdd } from '../codegen/kernels/vectorAdd.js';
 import { denseSource } from '../codegen/kernels/denseMatmul.js';
 import { gemvKernel } from '../codegen/kernels/linearCommon.js';
@@ -249,29 +249,39 @@ describe('the wasm heap', () => {
   });
 });
 
-describe('exp2 inside wasm', () => {
-  // The wasm executor computes exp2 itself (wasm-helpers.ts exp2Helper) and calls Math.pow only
-  // outside (−126, 127.5) or next to an f32 rounding boundary; scripts/check-exp2.ts checks every
-  // f32 input of that range. Here: 2^20 random bit patterns of the range, its edges, integers,
-  // inputs next to known midpoint cases' neighbourhood (tiny f), and the specials.
-  const exp2Kernel = kernel({
-    name: 'exp2All', workgroupSize: 64, grid: (u) => Math.ceil(u.n / 64),
+describe.each([
+  // biome-ignore lint/style/useExponentiationOperator: the JS executor calls Math.pow: that call is the reference
+  ['exp2', exp2, (v: number) => Math.pow(2, v), -126, 127.5],
+  ['exp', exp, Math.exp, -87, 88],
+] as const)('%s inside wasm', (name, fn, ref, lo, hi) => {
+  // The wasm executor computes exp2 and exp itself (wasm-helpers.ts exp2Helper, expHelper) and
+  // calls Math only outside (lo, hi) or next to an f32 rounding boundary; scripts/check-exp.ts
+  // checks every f32 input of those ranges. Here: 2^20 random inputs of the range, its edges,
+  // integers, tiny inputs and the specials, on both executors.
+  const all = kernel({
+    name: `${name}All`, workgroupSize: 64, grid: (u) => Math.ceil(u.n / 64),
     bindings: { x: storage('f32', 'read'), out: storage('f32', 'read_write') },
     uniforms: { n: 'u32' },
     body(k, { x, out }, { n }) {
       const i = k.let('i', k.globalId.x);
       k.if(i.ge(n), () => k.return());
-      out.set(i, exp2(x.at(i)));
+      out.set(i, fn(x.at(i)));
     },
   });
-  it('gives Math.fround(Math.pow(2, x)) bit for bit', async () => {
-    const r = rng(freshSeed('wasm exp2'));
+  it(`gives Math's bits (Math.fround of the f64 result) bit for bit`, async () => {
+    const r = rng(freshSeed(`wasm ${name}`));
     const n = 1 << 20;
     const bits = new Uint32Array(n + 64);
     const f = new Float32Array(2), u = new Uint32Array(f.buffer);
-    f[0] = 127.5; f[1] = -126;
-    for (let j = 0; j < n; j++) bits[j] = r() < 0.5 ? Math.floor(r() * u[0]!) : 0x80000000 + Math.floor(r() * (u[1]! - 0x80000000));
-    const special = [0, -0, 1, -1, 0.5, -0.5, 1e-30, -1e-30, 126, -125, 127, 127.49999, 127.5, 128, 129, -126, -126.00001, -149, -150, -151,
+    f[0] = hi; f[1] = lo;
+    // A third uniform in bit pattern (every binade), two thirds uniform in value (large |x|, where
+    // an error in the exponent's scaling would show).
+    const X0 = new Float32Array(bits.buffer);
+    for (let j = 0; j < n; j++) {
+      if (j % 3 === 0) bits[j] = r() < 0.5 ? Math.floor(r() * u[0]!) : 0x80000000 + Math.floor(r() * (u[1]! - 0x80000000));
+      else X0[j] = lo + (hi - lo) * r();
+    }
+    const special = [0, -0, 1, -1, 0.5, -0.5, 1e-30, -1e-30, lo, hi, lo - 1e-4, hi - 1e-4, lo + 1, hi - 1, -149, -150, -151, 88.7, 89, -103.9, -104,
       Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, Number.NaN, 3.4e38, -3.4e38];
     const X = new Float32Array(bits.buffer);
     special.forEach((v, j) => { X[n + j] = v; });
@@ -280,12 +290,11 @@ describe('exp2 inside wasm', () => {
       const x = dev.alloc('f32', total, 'x'), out = dev.alloc('f32', total, 'out');
       try {
         dev.write(x, X.subarray(0, total)); dev.write(out, new Float32Array(total).fill(Number.NaN));
-        dev.launch(exp2Kernel, { x, out }, { n: total });
+        dev.launch(all, { x, out }, { n: total });
         return await dev.read(out);
       } finally { dev.free(x); dev.free(out); }
     }));
-    // biome-ignore lint/style/useExponentiationOperator: the JS executor calls Math.pow: that call is the reference
-    const want = Float32Array.from(X.subarray(0, total), (v) => Math.pow(2, v));
+    const want = Float32Array.from(X.subarray(0, total), ref);
     expect(firstDiff(got[1]!, want), 'js executor').toBeNull();
     expect(firstDiff(got[0]!, want), 'wasm executor').toBeNull();
   });

@@ -259,7 +259,8 @@ export abstract class WasmExpressions {
     const arg = (i: number, comp = c) => this.ex(args[i]!, comp);
     const math = (name: WasmMath) => f.call(WASM_MATH.indexOf(name));
     switch (fn) {
-      case 'exp': case 'log': case 'log2': case 'sin': case 'cos': case 'tanh':
+      case 'exp': arg(0); f.call(FN.exp); return this.round(t); // Math.exp(x)'s bits (wasm-helpers.ts)
+      case 'log': case 'log2': case 'sin': case 'cos': case 'tanh':
         arg(0); f.op('f64.promote_f32'); math(fn); f.op('f32.demote_f64'); return this.round(t);
       case 'exp2': arg(0); f.call(FN.exp2); return this.round(t); // Math.pow(2, x)'s bits (wasm-helpers.ts)
       case 'pow': arg(0); f.op('f64.promote_f32'); arg(1); f.op('f64.promote_f32'); math('pow'); f.op('f32.demote_f64'); return this.round(t);

@@ -15,7 +15,7 @@ export const MATH_IMPORTS: ImportFn[] = WASM_MATH.map((n) => ({
 /** Function indices: imports first, then run, then the helpers below. */
 export const FN = (() => {
   const base = WASM_MATH.length;
-  return { run: base, f2h: base + 1, any: base + 2, exp2: base + 3 };
+  return { run: base, f2h: base + 1, any: base + 2, exp2: base + 3, exp: base + 4 };
 })();
 
 /**
@@ -91,26 +91,49 @@ function any(): FnBuilder {
  * the f32 rounding of that is the f32 rounding of the exact 2^x unless 2^x lies within 2^−40 of
  * a rounding boundary (an f32 midpoint), and there — about one input in 65,000 — and outside the
  * range it calls Math.pow as before. Checked against Math.fround(Math.pow(2, x)) for every f32 x
- * in the range (`npm run check:exp2`, scripts/check-exp2.ts: all 2,247,819,264 identical, 2026-12-07)
+ * in the range (`npm run check:exp`, scripts/check-exp.ts: all 2,247,819,264 identical, 2026-12-07)
  * and on samples in test/cpu-wasm.test.ts.
  */
 export function exp2Helper(): FnBuilder {
+  return powerOfTwoHelper('exp2');
+}
+
+/**
+ * exp(x) for f32 x with the bits of Math.fround(Math.exp(x)), as exp2Helper: for −87 < x < 88,
+ * t = x·log2 e in f64 (its rounding moves the result by < 2^−46 relative), then 2^t as there, with
+ * the same guard band and Math.exp outside it and the range. Checked for every f32 x of the range
+ * (`npm run check:exp`: all 2,237,530,112 identical, 2026-12-07).
+ */
+export function expHelper(): FnBuilder {
+  return powerOfTwoHelper('exp');
+}
+
+/** 2^x (exp2) or e^x (exp) of an f32: the shared body of exp2Helper and expHelper. */
+function powerOfTwoHelper(kind: 'exp2' | 'exp'): FnBuilder {
   const f = new FnBuilder(['f32'], ['f32']);
-  const n = f.local('f32'), p = f.local('f64'), d = f.local('f64'), tail = f.local('i32');
-  const slow = () => { f.f64(2).get(0).op('f64.promote_f32').call(WASM_MATH.indexOf('pow')).op('f32.demote_f64').op('return'); };
-  // Outside (−126, 127.5) (NaN included: both comparisons false) take Math.pow.
-  f.get(0).f32(-126).op('f32.gt').get(0).f32(127.5).op('f32.lt').op('i32.and').op('i32.eqz').if('range');
+  const n = f.local('f64'), p = f.local('f64'), d = f.local('f64'), t = f.local('f64');
+  const [lo, hi] = kind === 'exp2' ? [-126, 127.5] : [-87, 88];
+  const slow = () => {
+    if (kind === 'exp2') f.f64(2).get(0).op('f64.promote_f32').call(WASM_MATH.indexOf('pow'));
+    else f.get(0).op('f64.promote_f32').call(WASM_MATH.indexOf('exp'));
+    f.op('f32.demote_f64').op('return');
+  };
+  // Outside (lo, hi) (NaN included: both comparisons false) take Math's function.
+  f.get(0).f32(lo).op('f32.gt').get(0).f32(hi).op('f32.lt').op('i32.and').op('i32.eqz').if('range');
   slow();
   f.end();
-  f.get(0).op('f32.nearest').set(n);
-  f.get(0).op('f64.promote_f32').get(n).op('f64.promote_f32').op('f64.sub').set(d);
+  f.get(0).op('f64.promote_f32');
+  if (kind === 'exp') f.f64(Math.LOG2E).op('f64.mul');
+  f.set(t);
+  f.get(t).op('f64.nearest').set(n);
+  f.get(t).get(n).op('f64.sub').set(d);
   // Horner: Σ (ln 2)^k / k! · d^k, k = 12 … 0.
   const c = Array.from({ length: 13 }, (_, k) => { let v = 1; for (let i = 1; i <= k; i++) v = (v * Math.LN2) / i; return v; });
   f.f64(c[12]!);
   for (let k = 11; k >= 0; k--) f.get(d).op('f64.mul').f64(c[k]!).op('f64.add');
   // × 2^n, n in [−126, 127]: an f32 power of two, exact.
-  f.get(n).pre('i32.trunc_sat_f32_s').i32(127).op('i32.add').i32(23).op('i32.shl').op('f32.reinterpret_i32').op('f64.promote_f32').op('f64.mul').set(p);
-  // The 29 bits f32 rounding drops: within 2^12 of the midpoint 2^28, take Math.pow.
+  f.get(n).op('f32.demote_f64').pre('i32.trunc_sat_f32_s').i32(127).op('i32.add').i32(23).op('i32.shl').op('f32.reinterpret_i32').op('f64.promote_f32').op('f64.mul').set(p);
+  // The 29 bits f32 rounding drops: within 2^12 of the midpoint 2^28, take Math's function.
   f.get(p).op('i64.reinterpret_f64').op('i32.wrap_i64').i32(0x1fffffff).op('i32.and').i32(0x10000000 - 0x1000).op('i32.sub').i32(0x2000).op('i32.lt_u').if('near');
   slow();
   f.end();
@@ -120,5 +143,5 @@ export function exp2Helper(): FnBuilder {
 
 /** The helper functions, in FN order after run. */
 export function helperFunctions(): FnBuilder[] {
-  return [f2h(), any(), exp2Helper()];
+  return [f2h(), any(), exp2Helper(), expHelper()];
 }
