@@ -9,14 +9,14 @@ import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
   type WeightSource,
 } from './linearCommon.js';
-import { rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
+import { layoutTag, rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
 import type { DeviceClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 
 export type DenseWeightDtype = 'f32' | 'f16';
 
 export function denseSource(dtype: DenseWeightDtype, layout: WeightLayout = 'rows'): WeightSource {
-  const lt = layout === 'strips' ? 's' : '';
+  const lt = layoutTag(layout);
   if (dtype === 'f32') {
     return {
       tag: `f32${lt}`,
@@ -50,7 +50,7 @@ export function denseSource(dtype: DenseWeightDtype, layout: WeightLayout = 'row
  */
 function denseF16VectorSource(w: 2 | 4, layout: WeightLayout): WeightSource {
   return {
-    tag: `f16v${w}${layout === 'strips' ? 's' : ''}`,
+    tag: `f16v${w}${layoutTag(layout)}`,
     cols: 2 * w,
     granule: K_GRANULE,
     layout,

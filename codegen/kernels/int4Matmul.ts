@@ -13,7 +13,7 @@ import {
   defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
   parallelismOf, type WeightSource,
 } from './linearCommon.js';
-import { rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
+import { layoutTag, rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
 import { type DeviceClass, aheadOfTimeClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
 
@@ -76,7 +76,7 @@ export function int4Source(groupSize: number, dequant: Int4Dequant = 'convert', 
   const g = groupSize;
   const unpack = (k: KernelBuilder, word: Val<'u32'>) => unpackNibbles(k, word, dequant);
   return {
-    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}${layout === 'strips' ? 's' : ''}`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}${layoutTag(layout)}`,
     cols: 8,
     granule: g,
     layout,
@@ -118,7 +118,7 @@ function unpackPair(k: KernelBuilder, word: Val<'u32'>, pair: Val<'u32'>, dequan
  */
 function int4PairSource(g: number, dequant: Int4Dequant, layout: WeightLayout): WeightSource {
   return {
-    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}p${layout === 'strips' ? 's' : ''}`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}p${layoutTag(layout)}`,
     cols: 2,
     granule: g,
     layout,
@@ -150,7 +150,7 @@ function int4VectorSource(g: number, w: 2 | 4, dequant: Int4Dequant, layout: Wei
   const words = (k: KernelBuilder, v: Val<'vec2<u32>'> | Val<'vec4<u32>'>) =>
     Array.from({ length: w }, (_, j) => unpackNibbles(k, v.at(j) as Val<'u32'>, dequant)).flat();
   return {
-    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}v${w}${layout === 'strips' ? 's' : ''}`,
+    tag: `int4g${g}${dequant === 'magic' ? 'm' : ''}v${w}${layoutTag(layout)}`,
     cols: 8 * w,
     granule: g,
     layout,

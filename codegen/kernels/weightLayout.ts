@@ -15,6 +15,11 @@ interface LayoutUniforms { K: Val<'u32'>; Nw: Val<'u32'> }
  * arithmetic: results are bit-identical; only the addresses change.
  */
 export type WeightLayout = 'rows' | 'strips';
+
+/** The kernel-name fragment of a source in `layout` ('s' for strips), so the two never share a kernel. */
+export function layoutTag(layout: WeightLayout): string {
+  return layout === 'strips' ? 's' : '';
+}
 export const STRIP_WORDS = 4;
 
 /** Whether rows of `rowWords` words cut into whole strips (else the op keeps 'rows'). */
