@@ -9,6 +9,7 @@
 // promotes and demotes every accumulator every iteration, the packed code does it once per pair.
 // GEMV partial sums (dense f16, INT4 group sums) are such accumulators: 8 per invocation.
 import type { Expr } from '../dsl/ir.js';
+import { forEachExpr } from '../dsl/walk.js';
 import type { XStmt } from './js-lower.js';
 import type { FnBuilder } from './wasm-encode.js';
 
@@ -190,9 +191,11 @@ function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string
   // depends on (through lets) may be assigned in the body.
   const dependsOnAssigned = (e: Expr, depth = 0): boolean => {
     if (depth > 32) return true;
-    if (e.k === 'var') return assigned.has(e.name) || (lets.has(e.name) && dependsOnAssigned(lets.get(e.name)!, depth + 1));
-    return Object.values(e).some((v) => v !== null && typeof v === 'object' && 'k' in (v as object) && dependsOnAssigned(v as Expr, depth + 1))
-      || (e.k === 'call' && e.args.some((a) => dependsOnAssigned(a, depth + 1)));
+    let hit = false;
+    forEachExpr(e, (x) => {
+      if (!hit && x.k === 'var') hit = assigned.has(x.name) || (lets.has(x.name) && dependsOnAssigned(lets.get(x.name)!, depth + 1));
+    });
+    return hit;
   };
   for (const [name, l] of [...loadLet]) if (dependsOnAssigned(l.index)) loadLet.delete(name);
   if (!loadLet.size) return none;
