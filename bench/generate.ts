@@ -32,7 +32,7 @@ import { DEFAULT_MODEL } from '../src/llm.js';
 import { argmax as argmaxKernel } from '../codegen/kernels/sampling.js';
 import { copyBandwidth } from './common.js';
 
-type Executor = 'wasm' | 'wasm-scalar' | 'wasm-rows' | 'js';
+export type Executor = 'wasm' | 'wasm-scalar' | 'wasm-rows' | 'js';
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
   copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean; rounds: number;
@@ -101,14 +101,14 @@ function syntheticStore(spec: ModelSpec): TensorStore {
 }
 
 
-interface Row {
+export interface Row {
   backend: string; executor: Executor | null; device: string; model: string; format: string; prefill: number; decode: number; bytes: number; copy: number | null;
   /** Kernel launches per decode step (graph replays count the launches they hold). */
   launches: number;
 }
 
 /** Counts the launches a device queues (directly, or by replaying a captured graph). */
-function countLaunches(dev: Device): { n: number } {
+export function countLaunches(dev: Device): { n: number } {
   const counter = { n: 0 };
   const launch = dev.launch.bind(dev);
   dev.launch = ((...a: Parameters<Device['launch']>) => { counter.n++; launch(...a); }) as Device['launch'];
@@ -126,14 +126,14 @@ function countLaunches(dev: Device): { n: number } {
   return counter;
 }
 
-interface Prepared {
+export interface Prepared {
   once(): Promise<{ prefill: number; decode: number; launches: number }>;
   row(best: { prefill: number; decode: number; launches: number }): Row;
   close(): void;
 }
 
 /** A model on one device, ready to run `once()`: prefill the prompt, then decode greedily. */
-function prepare(dev: Device, spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Options, promptIds: number[], executor: Executor | null, counter: { n: number }): Prepared {
+export function prepare(dev: Device, spec: ModelSpec, store: TensorStore, format: WeightFormat, label: string, o: Pick<Options, 'prompt' | 'decode'>, promptIds: number[], executor: Executor | null, counter: { n: number }): Prepared {
   const weights = uploadWeights(dev, spec, store, { format });
   const blockSize = 16;
   const numBlocks = Math.ceil((o.prompt + o.decode + 1) / blockSize) + 1;
@@ -194,6 +194,9 @@ async function runInterleaved(devs: Dev[], spec: ModelSpec, store: TensorStore, 
   }
 }
 
+/** The prompt text (repeated to the prompt length) every end-to-end benchmark feeds. */
+export const PROMPT_TEXT = 'The jury said that the city of Atlanta had been a good place to live, and that it would not be changed by anything the grand jury could find in its investigation of the primary election. ';
+
 interface Dev { dev: Device; executor: Executor | null; counter: { n: number }; copy: number | null }
 
 export async function main(args: string[]): Promise<void> {
@@ -231,8 +234,7 @@ export async function main(args: string[]): Promise<void> {
     } else {
       const files = openModel(o.model);
       try {
-        const text = 'The jury said that the city of Atlanta had been a good place to live, and that it would not be changed by anything the grand jury could find in its investigation of the primary election. ';
-        let ids = files.tokenizer ? files.tokenizer.encode(text.repeat(20)) : [1];
+        let ids = files.tokenizer ? files.tokenizer.encode(PROMPT_TEXT.repeat(20)) : [1];
         ids = ids.slice(0, o.prompt);
         for (const f of o.formats) rows.push(...(await runInterleaved(devs, files.spec, files.weights, f, o.model.split('/').pop()!, o, ids)));
       } finally { files.weights.close(); }

@@ -19,6 +19,7 @@ const BENCHES: Record<string, () => Promise<Bench>> = {
   browser: () => import('./browser.js'),
   'decode-steps': () => import('./decodeSteps.js'),
   'cpu-attention': () => import('./cpuAttention.js'),
+  llamacpp: () => import('./llamacpp.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);
