@@ -124,7 +124,7 @@ export async function main(args: string[]): Promise<void> {
   const dev = await createDevice('cpu', { executor: 'wasm', ...(o.workers ? { workers: o.workers } : {}) });
   const kiln = prepare(dev, files.spec, files.weights, 'f16', label, o, ids, 'wasm', countLaunches(dev));
   try {
-    console.log(`llama.cpp: ${path.relative(process.cwd(), addon)} (node-llama-cpp ${LLAMACPP_VERSION}), ${llama.describe()}`);
+    console.log(`llama.cpp: ${path.relative(process.cwd(), addon)} (node-llama-cpp ${LLAMACPP_VERSION}), ${llama.describe()}, CPU backend ${llama.cpuBackend ?? 'unknown'}`);
     console.log(`  ${llama.systemInfo.trim()}`);
     console.log(`kiln: ${dev.description}`);
     const sessions: LlamaSession[] = [];

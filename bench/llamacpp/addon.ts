@@ -90,9 +90,19 @@ export interface LlamaSession {
 export interface LlamaCpp {
   readonly addonFile: string;
   readonly systemInfo: string;
+  /** The ggml CPU backend library picked for this CPU (e.g. libggml-cpu-zen4.so); null where it cannot be told. */
+  readonly cpuBackend: string | null;
   describe(): string;
   session(threads: number, maxBatch: number): Promise<LlamaSession>;
   close(): Promise<void>;
+}
+
+/** Which ggml-cpu variant the loader mapped into this process (Linux: /proc/self/maps). */
+function loadedCpuBackend(): string | null {
+  try {
+    const m = /libggml-cpu-[\w-]+\.(so|dylib|dll)/.exec(fs.readFileSync('/proc/self/maps', 'utf8'));
+    return m ? m[0] : null;
+  } catch { return null; }
 }
 
 /** Loads the addon and a GGUF model (all layers on the CPU). */
@@ -108,6 +118,7 @@ export async function loadLlamaCpp(addonFile: string, ggufPath: string, contextS
   return {
     addonFile,
     systemInfo: binding.systemInfo(),
+    cpuBackend: loadedCpuBackend(),
     describe: () => model.getModelDescription(),
     async session(threads, maxBatch) {
       const ctx = new binding.AddonContext(model, { contextSize, batchSize: maxBatch, sequences: 1, threads });
