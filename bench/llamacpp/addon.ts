@@ -24,8 +24,12 @@ export function platformPackage(): string | null {
   return p ? `@node-llama-cpp/${p}` : null;
 }
 
+function installArgs(prefix: string): string[] {
+  return ['install', '--prefix', prefix, '--no-save', '--no-package-lock', `${platformPackage() ?? '@node-llama-cpp/<platform>'}@${LLAMACPP_VERSION}`];
+}
+
 export function installCommand(): string {
-  return `npm install --prefix ${path.relative(process.cwd(), CACHE_DIR) || '.'} --no-save --no-package-lock ${platformPackage() ?? '@node-llama-cpp/<platform>'}@${LLAMACPP_VERSION}`;
+  return ['npm', ...installArgs(path.relative(process.cwd(), CACHE_DIR) || '.')].join(' ');
 }
 
 /** The addon file: KILN_LLAMACPP_ADDON if set, else the cached install; null if neither exists. */
@@ -50,8 +54,7 @@ export function findAddon(): string | null {
 export function install(): void {
   if (!platformPackage()) throw new Error(`llama.cpp: node-llama-cpp publishes no prebuilt binary for ${process.platform}-${process.arch}`);
   fs.mkdirSync(CACHE_DIR, { recursive: true });
-  const [cmd, ...args] = installCommand().split(' ');
-  const r = spawnSync(cmd!, args, { stdio: 'inherit', shell: process.platform === 'win32' });
+  const r = spawnSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', installArgs(CACHE_DIR), { stdio: 'inherit', shell: process.platform === 'win32' });
   if (r.status !== 0) throw new Error(`llama.cpp: '${installCommand()}' failed (exit ${r.status})`);
 }
 
@@ -107,7 +110,12 @@ function loadedCpuBackend(): string | null {
 
 /** Loads the addon and a GGUF model (all layers on the CPU). */
 export async function loadLlamaCpp(addonFile: string, ggufPath: string, contextSize: number): Promise<LlamaCpp> {
-  const binding = createRequire(import.meta.url)(addonFile) as Binding;
+  let binding: Binding;
+  try {
+    binding = createRequire(import.meta.url)(addonFile) as Binding;
+  } catch (e) {
+    throw new Error(`llama.cpp: could not load ${addonFile} (${(e as Error).message}); reinstall with: ${installCommand()}`);
+  }
   binding.setLogger((level, msg) => { if (level <= LOG_WARN) process.stderr.write(`llama.cpp: ${msg}`); });
   binding.setLoggerLogLevel(LOG_WARN);
   binding.loadBackends(path.dirname(addonFile)); // the ggml-cpu-<feature level> libraries sit beside the addon
