@@ -106,11 +106,12 @@ describe.each([['wasm', wasm], ['js', js]] as const)('step replay on the %s exec
   });
 });
 
-describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
+describe('SIMD128: fma accumulators carried in f32x4 groups', () => {
   // Per invocation over a loop of `steps` k: four accumulators updated twice per iteration (as a
-  // k-unrolled GEMV does: two pairs of two steps), a pair with two different x, one left over
-  // (scalar), one also read elsewhere in the loop (not packed); a `continue` and a `break` must
-  // leave the packed pairs intact. Magnitudes spread so that f64 and f32 rounding would disagree.
+  // k-unrolled GEMV does: a group of four, two steps), a pair with two different x (a group of
+  // two), one left over (scalar), one also read elsewhere in the loop (not packed); a `continue`
+  // and a `break` must leave the packed groups intact. Magnitudes spread so that f64 and f32
+  // rounding would disagree.
   const accs = kernel({
     name: 'fmaAccumulators', workgroupSize: 32, grid: (u) => Math.ceil(u.n / 32),
     bindings: { x: storage('f32', 'read'), w: storage('f32', 'read'), out: storage('f32', 'read_write') },
@@ -139,12 +140,13 @@ describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
   });
 
   it('are used (this kernel and the dense f16 GEMV) and give the js executor\'s bits', async () => {
-    expect(emitWasm(accs.ir).simdPairs).toBe(3);
-    expect(emitWasm(accs.ir, { simd: false }).simdPairs).toBe(0);
+    expect(emitWasm(accs.ir, { fusedMadd: true }).simdGroups).toBe(2);
+    expect(emitWasm(accs.ir, { fusedMadd: true, simd: false }).simdGroups).toBe(0);
+    expect(emitWasm(accs.ir).simdGroups).toBe(0); // no fused multiply-add: no packing
     const gemv = gemvKernel(denseSource('f16'), 1, { workgroupSize: 64, units: 4, vec: 4 }, wasm.caps);
-    expect(emitWasm(gemv.ir).simdPairs).toBe(4);
+    expect(emitWasm(gemv.ir, { fusedMadd: true }).simdGroups).toBe(2); // 8 accumulators
     const int4 = gemvKernel(int4Source(128), 1, { workgroupSize: 32, units: 4, vec: 4, unrollK: 8 }, wasm.caps);
-    expect(emitWasm(int4.ir).simdPairs).toBe(16); // 32 group sums, each updated 8 times per iteration
+    expect(emitWasm(int4.ir, { fusedMadd: true }).simdGroups).toBe(8); // 32 group sums, each updated 8 times per iteration
     const r = rng(freshSeed('wasm simd fma pairs'));
     const n = 40, steps = 37;
     const spread = (m: number) => Float32Array.from(randomF32(m, r), (v, j) => v * 2 ** ((j % 9) * 4 - 16));
@@ -165,12 +167,12 @@ describe('SIMD128: fma accumulators carried in f64x2 pairs', () => {
 });
 
 describe('SIMD128: packed operands loaded straight from workgroup memory', () => {
-  // x and w staged in workgroup memory, then per invocation a loop of packed pairs: x from one
-  // let (a splat load), w from lets at adjacent indices (one 8-byte load), w at indices 2 apart
-  // (two scalar loads: not adjacent), an adjacent w pair whose first let is also read elsewhere
-  // (the vector load, and the let kept), and an adjacent pair indexed by a variable the loop
-  // assigns between the lets and the pair (must stay scalar: the index means something else by
-  // then). Every variant must give the js executor's bits.
+  // x and w staged in workgroup memory, then per invocation a loop of packed groups: x from one
+  // let (a splat load); w from lets at adjacent indices (one 16-byte load), one of them also read
+  // elsewhere (the vector load, and the let kept); w at indices 2 apart (scalar loads: not
+  // adjacent); w indexed by a variable the loop assigns between the lets and the group (must stay
+  // scalar: the index means something else by then); and a group of two adjacent (one 8-byte
+  // load). Every variant must give the js executor's bits.
   const staged = kernel({
     name: 'stagedOperands', workgroupSize: 16, grid: () => [1, 1, 1],
     bindings: { x: storage('f32', 'read'), w: storage('f32', 'read'), out: storage('f32', 'read_write') },
@@ -181,39 +183,39 @@ describe('SIMD128: packed operands loaded straight from workgroup memory', () =>
       k.for('e', li, k.u32(64), (e) => xs.set(e, x.at(e)), 16);
       k.for('f', li, k.u32(256), (f) => ws.set(f, w.at(f)), 16);
       k.barrier();
-      const acc = [0, 1, 2, 3, 4, 5, 6, 7].map((j) => k.var(`acc${j}`, 'f32', 0));
+      const acc = Array.from({ length: 14 }, (_, j) => k.var(`acc${j}`, 'f32', 0));
       const other = k.var('other', 'f32', 0), o = k.var('o', 'u32', 0);
       const base = k.let('base', li.mul(8));
       k.for('s', k.u32(0), steps, (s) => {
         const xv = k.let('xv', xs.at(s));
         const row = k.let('row', s.mul(16));
-        const w0 = k.let('w0', ws.at(row.add(base.rem(16)))), w1 = k.let('w1', ws.at(row.add(base.rem(16)).add(1)));
-        const w2 = k.let('w2', ws.at(row.add(2))), w3 = k.let('w3', ws.at(row.add(4)));
-        const w4 = k.let('w4', ws.at(row.add(5))), w5 = k.let('w5', ws.at(row.add(6)));
-        const w6 = k.let('w6', ws.at(o.add(row))), w7 = k.let('w7', ws.at(o.add(row).add(1)));
+        const at = (j: number, index: typeof row) => k.let(`w${j}`, ws.at(index));
+        const wv = [
+          ...[0, 1, 2, 3].map((j) => at(j, row.add(base.rem(16)).add(j))), // adjacent
+          ...[0, 1, 2, 3].map((j) => at(4 + j, row.add(2 * j))), // 2 apart
+          ...[0, 1, 2, 3].map((j) => at(8 + j, o.add(row).add(j))), // o moves below
+          ...[0, 1].map((j) => at(12 + j, row.add(12 + j))), // a group of two
+        ];
         o.set(o.add(1).rem(8));
-        other.set(other.add(w4));
-        acc[0]!.set(k.call('fma', [xv, w0, acc[0]!])); acc[1]!.set(k.call('fma', [xv, w1, acc[1]!]));
-        acc[2]!.set(k.call('fma', [xv, w2, acc[2]!])); acc[3]!.set(k.call('fma', [xv, w3, acc[3]!]));
-        acc[4]!.set(k.call('fma', [xv, w4, acc[4]!])); acc[5]!.set(k.call('fma', [xv, w5, acc[5]!]));
-        acc[6]!.set(k.call('fma', [xv, w6, acc[6]!])); acc[7]!.set(k.call('fma', [xv, w7, acc[7]!]));
+        other.set(other.add(wv[0]!));
+        wv.forEach((wj, j) => acc[j]!.set(k.call('fma', [xv, wj, acc[j]!])));
       });
-      [...acc, other].forEach((v, j) => out.set(li.mul(9).add(j), v));
+      [...acc, other].forEach((v, j) => out.set(li.mul(15).add(j), v));
     },
   });
 
-  it('where x is one let and w two adjacent ones, and gives the js executor\'s bits everywhere', async () => {
-    const m = emitWasm(staged.ir);
-    expect(m.simdPairs).toBe(4);
-    // x (one load for all four pairs), w0/w1 and w4/w5; w2/w3 are 2 apart and w6/w7's index moves.
+  it('where x is one let and w adjacent ones, and gives the js executor\'s bits everywhere', async () => {
+    const m = emitWasm(staged.ir, { fusedMadd: true });
+    expect(m.simdGroups).toBe(4);
+    // x (one load for all four groups), w0..w3 and w12/w13; w4..w7 are 2 apart and w8..w11's index moves.
     expect(m.vectorOperands).toBe(3);
     const r = rng(freshSeed('wasm staged operands'));
     const spread = (n: number) => Float32Array.from(randomF32(n, r), (v, j) => v * 2 ** ((j % 7) * 4 - 12));
     const X = spread(64), W = spread(256), steps = 3;
     const got = await Promise.all([wasm, js].map(async (dev) => {
-      const x = dev.alloc('f32', 64, 'x'), w = dev.alloc('f32', 256, 'w'), out = dev.alloc('f32', 16 * 9, 'out');
+      const x = dev.alloc('f32', 64, 'x'), w = dev.alloc('f32', 256, 'w'), out = dev.alloc('f32', 16 * 15, 'out');
       try {
-        dev.write(x, X); dev.write(w, W); dev.write(out, new Float32Array(16 * 9).fill(Number.NaN));
+        dev.write(x, X); dev.write(w, W); dev.write(out, new Float32Array(16 * 15).fill(Number.NaN));
         dev.launch(staged, { x, w, out }, { steps });
         return await dev.read(out);
       } finally { for (const b of [x, w, out]) dev.free(b); }

@@ -290,7 +290,7 @@ export abstract class JsExpressions {
       case 'exp2': return this.round(t, `Math.pow(2, ${a})`);
       case 'inverseSqrt': return this.round(t, `1 / Math.sqrt(${a})`);
       case 'pow': return this.round(t, `Math.pow(${a}, ${b})`);
-      case 'fma': return this.round(t, `${a} * ${b} + ${c}`);
+      case 'fma': return t === 'f16' ? this.round(t, `${this.h('fmaf', '$fmaf')}(${a}, ${b}, ${c})`) : `${this.h('fmaf', '$fmaf')}(${a}, ${b}, ${c})`;
       case 'abs': return float ? `Math.abs(${a})` : t === 'i32' ? `(Math.abs(${a}) | 0)` : a!;
       case 'floor': case 'ceil': return `Math.${fn}(${a})`;
       case 'round': return `${this.h('roundEven', '$roundEven')}(${a})`;

@@ -11,10 +11,12 @@ export const SIMD = {
   'f32x4.splat': 19, 'f64x2.splat': 20, 'f32x4.extract_lane': 31, 'f32x4.replace_lane': 32, 'f64x2.extract_lane': 33, 'f64x2.replace_lane': 34,
   'f32x4.demote_f64x2_zero': 94, 'f64x2.promote_low_f32x4': 95,
   'f32x4.add': 228, 'f32x4.mul': 230, 'f64x2.add': 240, 'f64x2.mul': 242,
+  // Relaxed SIMD: a * b + c, fused or not as the host decides (used only where it was found fused).
+  'f32x4.relaxed_madd': 261,
 } as const;
 
 /** SIMD128 loads (0xFD prefix, then a memarg), the ones used. */
-export const SIMD_MEM = { 'v128.load32_splat': 0x09, 'v128.load64_zero': 0x5d } as const;
+export const SIMD_MEM = { 'v128.load': 0x00, 'v128.load32_splat': 0x09, 'v128.load64_zero': 0x5d } as const;
 
 /** Opcodes by name (single byte), the ones the emitter uses. */
 export const OP = {
@@ -31,7 +33,8 @@ export const OP = {
   'i32.and': 0x71, 'i32.or': 0x72, 'i32.xor': 0x73, 'i32.shl': 0x74, 'i32.shr_s': 0x75, 'i32.shr_u': 0x76,
   'f32.abs': 0x8b, 'f32.neg': 0x8c, 'f32.ceil': 0x8d, 'f32.floor': 0x8e, 'f32.nearest': 0x90, 'f32.sqrt': 0x91,
   'f32.add': 0x92, 'f32.sub': 0x93, 'f32.mul': 0x94, 'f32.div': 0x95, 'f32.min': 0x96, 'f32.max': 0x97,
-  'f64.nearest': 0x9e, 'f64.sqrt': 0x9f, 'f64.add': 0xa0, 'f64.sub': 0xa1, 'f64.mul': 0xa2, 'f64.div': 0xa3,
+  'f64.eq': 0x61, 'f64.ne': 0x62, 'f64.gt': 0x64,
+  'f64.abs': 0x99, 'f64.nearest': 0x9e, 'f64.sqrt': 0x9f, 'f64.add': 0xa0, 'f64.sub': 0xa1, 'f64.mul': 0xa2, 'f64.div': 0xa3, 'f64.min': 0xa4, 'f64.max': 0xa5, 'f64.copysign': 0xa6,
   'f32.convert_i32_s': 0xb2, 'f32.convert_i32_u': 0xb3, 'f32.demote_f64': 0xb6, 'f64.promote_f32': 0xbb,
   'i32.reinterpret_f32': 0xbc, 'f32.reinterpret_i32': 0xbe,
   'i32.wrap_i64': 0xa7, 'i64.reinterpret_f64': 0xbd,

@@ -40,7 +40,14 @@ export abstract class WasmExpressions {
   private shared = new Map<Expr, number>();
   private armKeys: Expr[][] = [];
 
-  constructor(protected readonly ir: KernelIR, subgroupSize: number) {
+  /**
+   * fma as the host's f32x4.relaxed_madd (relaxed SIMD), which the caller found to be fused,
+   * i.e. correctly rounded; otherwise through the exact helper (wasm-helpers.ts fmaHelper).
+   */
+  protected readonly fusedMadd: boolean;
+
+  constructor(protected readonly ir: KernelIR, subgroupSize: number, fusedMadd = false) {
+    this.fusedMadd = fusedMadd;
     this.wg = ir.workgroupSize;
     this.n = this.wg[0] * this.wg[1] * this.wg[2];
     this.sg = subgroupSize;
@@ -253,6 +260,35 @@ export abstract class WasmExpressions {
     f.set(b).set(a).get(a).get(b).get(a).get(b).op(max ? (u ? 'i32.gt_u' : 'i32.gt_s') : (u ? 'i32.lt_u' : 'i32.lt_s')).op('select');
   }
 
+  private fmaTemps?: { a: number; b: number; c: number; p: number; s: number; q: number; r: number };
+  /**
+   * Correctly rounded fma without a fused multiply-add: s = a·b + c in f64 (the product is exact)
+   * rounded to f32, which is right unless s lies exactly halfway between two f32 values (its 29
+   * bits below f32 precision are 1000…0) or the result is not a normal f32 (the halfway points sit
+   * elsewhere there). In those cases s is still right when it is exact (TwoSum's error term is 0:
+   * the common case, with low-precision weights); otherwise the exact helper (wasm-helpers.ts).
+   */
+  private exactFma(pushArgs: () => void): void {
+    const f = this.f;
+    const t = (this.fmaTemps ??= {
+      a: f.local('f32'), b: f.local('f32'), c: f.local('f32'), p: f.local('f64'), s: f.local('f64'), q: f.local('f64'), r: f.local('f32'),
+    });
+    pushArgs();
+    f.set(t.c).set(t.b).set(t.a);
+    f.get(t.a).op('f64.promote_f32').get(t.b).op('f64.promote_f32').op('f64.mul').tee(t.p).get(t.c).op('f64.promote_f32').op('f64.add').tee(t.s);
+    f.op('f32.demote_f64').set(t.r);
+    f.get(t.s).op('i64.reinterpret_f64').op('i32.wrap_i64').i32(0x1fffffff).op('i32.and').i32(0x10000000).op('i32.eq');
+    f.get(t.r).op('f32.abs').f32(2 ** -126).op('f32.le').get(t.s).f64(0).op('f64.ne').op('i32.and').op('i32.or');
+    f.if(this.fmaLabel(), 'f32');
+    // TwoSum: q = s − p, e = (p − (s − q)) + (c − q).
+    f.get(t.s).get(t.p).op('f64.sub').set(t.q);
+    f.get(t.p).get(t.s).get(t.q).op('f64.sub').op('f64.sub').get(t.c).op('f64.promote_f32').get(t.q).op('f64.sub').op('f64.add').f64(0).op('f64.eq');
+    f.if(this.fmaLabel(), 'f32').get(t.r).else().get(t.a).get(t.b).get(t.c).call(FN.fma).end();
+    f.else().get(t.r).end();
+  }
+  private fmaLabels = 0;
+  private fmaLabel(): string { return `fma${++this.fmaLabels}`; }
+
   protected call(fn: MathFn, args: Expr[], c: number): void {
     const f = this.f, t = elemOf(args[0]!.t);
     const float = t === 'f32' || t === 'f16';
@@ -266,8 +302,11 @@ export abstract class WasmExpressions {
       case 'pow': arg(0); f.op('f64.promote_f32'); arg(1); f.op('f64.promote_f32'); math('pow'); f.op('f32.demote_f64'); return this.round(t);
       case 'sqrt': arg(0); f.op('f32.sqrt'); return this.round(t);
       case 'inverseSqrt': f.f64(1); arg(0); f.op('f64.promote_f32').op('f64.sqrt').op('f64.div').op('f32.demote_f64'); return this.round(t);
-      case 'fma': // JS: Math.fround(a * b + c) in f64 (the product is exact there)
-        arg(0); f.op('f64.promote_f32'); arg(1); f.op('f64.promote_f32').op('f64.mul'); arg(2); f.op('f64.promote_f32').op('f64.add').op('f32.demote_f64');
+      case 'fma': // correctly rounded, as the JS executor's $fmaf
+        if (this.fusedMadd) {
+          arg(0); f.simd('f32x4.splat'); arg(1); f.simd('f32x4.splat'); arg(2); f.simd('f32x4.splat');
+          f.simd('f32x4.relaxed_madd').simd('f32x4.extract_lane', 0);
+        } else this.exactFma(() => { arg(0); arg(1); arg(2); });
         return this.round(t);
       case 'abs':
         arg(0);

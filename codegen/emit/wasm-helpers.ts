@@ -15,7 +15,7 @@ export const MATH_IMPORTS: ImportFn[] = WASM_MATH.map((n) => ({
 /** Function indices: imports first, then run, then the helpers below. */
 export const FN = (() => {
   const base = WASM_MATH.length;
-  return { run: base, f2h: base + 1, any: base + 2, exp2: base + 3, exp: base + 4 };
+  return { run: base, f2h: base + 1, any: base + 2, exp2: base + 3, exp: base + 4, fma: base + 5 };
 })();
 
 /**
@@ -141,7 +141,47 @@ function powerOfTwoHelper(kind: 'exp2' | 'exp'): FnBuilder {
   return f;
 }
 
+/**
+ * fma(a, b, c) of f32 values correctly rounded (one rounding), as the JavaScript executor's $fmaf
+ * (js-helpers.ts says why it is exact), for hosts whose relaxed multiply-add is not fused: a * b
+ * is exact in f64; s = a * b + c is rounded to f32 unless it lies exactly halfway between two f32
+ * values, where TwoSum's error term picks the side.
+ */
+function fmaHelper(): FnBuilder {
+  const f = new FnBuilder(['f32', 'f32', 'f32'], ['f32']);
+  const p = f.local('f64'), s = f.local('f64'), rd = f.local('f64'), o = f.local('f64'), q = f.local('f64'), e = f.local('f64');
+  const r = f.local('f32');
+  f.get(0).op('f64.promote_f32').get(1).op('f64.promote_f32').op('f64.mul').set(p);
+  f.get(p).get(2).op('f64.promote_f32').op('f64.add').set(s);
+  f.get(s).op('f32.demote_f64').set(r);
+  f.get(r).op('f64.promote_f32').tee(rd);
+  // Exact in f32 (infinities too), or NaN: r.
+  f.get(s).op('f64.eq').get(s).get(s).op('f64.ne').op('i32.or').if('exact');
+  f.get(r).op('return');
+  f.end();
+  f.get(r).op('f32.abs').f32(Infinity).op('f32.eq').if('big');
+  // Past the largest f32: halfway only at ±(2^128 − 2^103), the other side ±(2^128 − 2^104).
+  f.get(s).op('f64.abs').f64(3.4028235677973366e38).op('f64.ne').if('notHalf');
+  f.get(r).op('return');
+  f.end();
+  f.f64(3.4028234663852886e38).get(s).op('f64.copysign').set(o);
+  f.else();
+  f.get(rd).get(s).get(rd).op('f64.sub').f64(2).op('f64.mul').op('f64.add').tee(o);
+  f.get(o).op('f32.demote_f64').op('f64.promote_f32').op('f64.ne').if('notHalf');
+  f.get(r).op('return');
+  f.end();
+  f.end();
+  // Halfway: the exact sum is s + e (TwoSum).
+  f.get(s).get(p).op('f64.sub').set(q);
+  f.get(p).get(s).get(q).op('f64.sub').op('f64.sub').get(2).op('f64.promote_f32').get(q).op('f64.sub').op('f64.add').set(e);
+  f.get(e).f64(0).op('f64.eq').if('tie');
+  f.get(r).op('return');
+  f.end();
+  f.get(rd).get(o).op('f64.max').get(rd).get(o).op('f64.min').get(e).f64(0).op('f64.gt').op('select').op('f32.demote_f64');
+  return f;
+}
+
 /** The helper functions, in FN order after run. */
 export function helperFunctions(): FnBuilder[] {
-  return [f2h(), any(), exp2Helper(), expHelper()];
+  return [f2h(), any(), exp2Helper(), expHelper(), fmaHelper()];
 }

@@ -1,26 +1,26 @@
 // Where the WebAssembly emitter uses SIMD128: accumulators of a loop that only ever take
-// `acc = fma(x, w, acc)` are carried two to a v128 (f64x2) through the loop.
+// `acc = fma(x, w, acc)` are carried four (or two) to a v128 (f32x4) through the loop, each update
+// one f32x4.relaxed_madd.
 //
-// Why this and why f64x2: the JS reference computes fma(a, b, c) as Math.fround(a * b + c) in f64
-// (the product of two f32 is exact there, the sum is rounded to f64, then to f32). f32x4 cannot
-// give those bits; f64x2 can, lane by lane: f64x2.mul, f64x2.add, then f32x4.demote_f64x2_zero
-// (round to f32) and f64x2.promote_low_f32x4 back, exactly the scalar promote / mul / add /
-// demote. Carrying the pair in one register through the loop is what saves work: the scalar code
-// promotes and demotes every accumulator every iteration, the packed code does it once per pair.
-// GEMV partial sums (dense f16, INT4 group sums) are such accumulators: 8 per invocation.
+// Why this is exact: the reference `fma` is the correctly rounded one (the JS executor's $fmaf,
+// CUDA's fmaf), and relaxed_madd is either that or mul-then-add, as the host decides. The cpu
+// device uses this only where it found the host's relaxed_madd fused (src/backend/cpu/wasm-api.ts
+// hostFusedMadd), so every lane is the reference's fma: the same bits as scalar code, at four
+// multiply-adds per instruction. GEMV partial sums (dense f16, INT4 group sums) and the tiled
+// GEMM's register block are such accumulators.
 import type { Expr } from '../dsl/ir.js';
 import { forEachExpr } from '../dsl/walk.js';
 import type { XStmt } from './js-lower.js';
 import type { FnBuilder } from './wasm-encode.js';
 
 /**
- * One packed pair of accumulators and its updates in the loop body: each step is two adjacent
- * statements `acc[0] = fma(x[0], w[0], acc[0])`, `acc[1] = fma(x[1], w[1], acc[1])` (a body
- * unrolled over k updates each accumulator several times).
+ * One packed group of two or four accumulators and its updates in the loop body: each step is
+ * adjacent statements `acc[0] = fma(x[0], w[0], acc[0])`, `acc[1] = …`, one per accumulator in
+ * lane order (a body unrolled over k updates each accumulator several times).
  */
-export interface FmaPair {
-  acc: [string, string];
-  steps: { at: [number, number]; x: [Expr, Expr]; w: [Expr, Expr] }[];
+export interface FmaGroup {
+  acc: string[];
+  steps: { at: number[]; x: Expr[]; w: Expr[] }[];
 }
 
 /** Every variable name an IR node mentions (read, assigned, declared), memoised by node. */
@@ -39,7 +39,7 @@ function namesIn(node: unknown, memo: Map<object, Set<string>>): Set<string> {
 const EMPTY = new Set<string>();
 
 /** `name = fma(x, w, name)` over f32 with x and w plain variables other than `name`: its parts. */
-function fmaAccumulate(s: XStmt, isF32: (name: string) => boolean): { acc: string; x: Expr; w: Expr } | null {
+function fmaAccumulate(s: XStmt, isF32: (name: string) => boolean): Update | null {
   if (s.k !== 'assign' || !isF32(s.name)) return null;
   const v = s.value;
   if (v.k !== 'call' || v.fn !== 'fma' || v.t !== 'f32' || v.args.length !== 3) return null;
@@ -49,13 +49,16 @@ function fmaAccumulate(s: XStmt, isF32: (name: string) => boolean): { acc: strin
   return { acc: s.name, x, w };
 }
 
+type Update = { acc: string; x: Expr; w: Expr };
+
 /**
- * Accumulator pairs of a `for` body: accumulators mentioned in the loop (bounds and body) only by
- * their own `acc = fma(x, w, acc)` statements, each of those adjacent to one of its partner's
- * (always the same partner), so that the pair can live packed from before the loop to after it.
- * A loop that can `return` out of its middle is left alone (the pair would not be unpacked).
+ * Accumulator groups of a `for` body: accumulators mentioned in the loop (bounds and body) only by
+ * their own `acc = fma(x, w, acc)` statements, which come in runs of adjacent statements over the
+ * same accumulators in the same order, so that the group can live packed from before the loop to
+ * after it. Groups of four first, then of two among what is left. A loop that can `return` out of
+ * its middle is left alone (the group would not be unpacked).
  */
-export function fmaPairs(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): FmaPair[] {
+export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): FmaGroup[] {
   const body = loop.body, memo = new Map<object, Set<string>>();
   if (hasReturn(body)) return [];
   const cands = body.map((s) => fmaAccumulate(s, isF32));
@@ -63,31 +66,33 @@ export function fmaPairs(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: strin
   const mentions = new Map<string, number>(), own = new Map<string, number>();
   for (const part of [loop.from, loop.to, loop.step, ...body]) for (const n of namesIn(part, memo)) mentions.set(n, (mentions.get(n) ?? 0) + 1);
   for (const c of cands) if (c) own.set(c.acc, (own.get(c.acc) ?? 0) + 1);
-  const alone = (acc: string) => mentions.get(acc) === own.get(acc);
-  const partner = new Map<string, string | null>(); // null: cannot be packed
-  const steps: [number, number][] = [];
-  for (let i = 0; i + 1 < body.length; i++) {
-    const a = cands[i], b = cands[i + 1];
-    if (!a || !b || a.acc === b.acc || !alone(a.acc) || !alone(b.acc)) continue;
-    for (const [p, q] of [[a.acc, b.acc], [b.acc, a.acc]] as const) {
-      partner.set(p, partner.has(p) && partner.get(p) !== q ? null : q);
+  const taken = new Set<string>(), groups: FmaGroup[] = [];
+  const free = (c: Update | null): c is Update => !!c && !taken.has(c.acc) && mentions.get(c.acc) === own.get(c.acc);
+  for (const width of [4, 2]) {
+    const groupOf = new Map<string, string | null>(); // accumulator → its group's key; null: in two
+    const runs: number[] = [];
+    for (let i = 0; i + width <= body.length;) {
+      const run = cands.slice(i, i + width);
+      if (!run.every(free) || new Set(run.map((c) => c.acc)).size !== width) { i++; continue; }
+      const key = run.map((c) => c.acc).join(' ');
+      for (const c of run) groupOf.set(c.acc, groupOf.has(c.acc) && groupOf.get(c.acc) !== key ? null : key);
+      runs.push(i);
+      i += width;
     }
-    steps.push([i, i + 1]);
-    i++;
+    // Keep groups whose every statement is in one of their runs.
+    const counted = new Map<string, number>();
+    for (const i of runs) for (const c of cands.slice(i, i + width) as Update[]) counted.set(c.acc, (counted.get(c.acc) ?? 0) + 1);
+    const byKey = new Map<string, FmaGroup>();
+    for (const i of runs) {
+      const run = cands.slice(i, i + width) as Update[], key = run.map((c) => c.acc).join(' ');
+      if (!run.every((c) => groupOf.get(c.acc) === key && counted.get(c.acc) === own.get(c.acc))) continue;
+      let g = byKey.get(key);
+      if (!g) byKey.set(key, (g = { acc: run.map((c) => c.acc), steps: [] }));
+      g.steps.push({ at: run.map((_, j) => i + j), x: run.map((c) => c.x), w: run.map((c) => c.w) });
+    }
+    for (const g of byKey.values()) { groups.push(g); for (const a of g.acc) taken.add(a); }
   }
-  // Keep pairs whose every statement is in one of their steps.
-  const counted = new Map<string, number>();
-  for (const [i] of steps) counted.set(cands[i]!.acc, (counted.get(cands[i]!.acc) ?? 0) + 1);
-  const pairs = new Map<string, FmaPair>();
-  for (const [i, j] of steps) {
-    const a = cands[i]!, b = cands[j]!;
-    if (partner.get(a.acc) !== b.acc || partner.get(b.acc) !== a.acc) continue;
-    if (counted.get(a.acc) !== own.get(a.acc) || own.get(a.acc) !== own.get(b.acc)) continue;
-    let p = pairs.get(a.acc);
-    if (!p) pairs.set(a.acc, (p = { acc: [a.acc, b.acc], steps: [] }));
-    p.steps.push({ at: [i, j], x: [a.x, b.x], w: [a.w, b.w] });
-  }
-  return [...pairs.values()];
+  return groups;
 }
 
 function hasReturn(ss: XStmt[]): boolean {
@@ -113,33 +118,33 @@ export interface PackHost {
   /** Immutable lets emitted so far (before the loop): their initialisers, to compare indices. */
   lets: ReadonlyMap<string, Expr>;
 }
-export interface Packed { pair: FmaPair; v: number }
+export interface Packed { group: FmaGroup; v: number }
 
-/** The loop's packable pairs, each loaded into a v128 local (f64x2) before the loop. */
+/** The loop's packable groups, each loaded into a v128 local (f32x4) before the loop. */
 export function packAccumulators(h: PackHost, loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): Packed[] {
-  return fmaPairs(loop, isF32).map((pair) => {
+  return fmaGroups(loop, isF32).map((group) => {
     const v = h.f.local('v128');
-    const [a, b] = pair.acc.map((n) => h.local(n)) as [number, number];
-    h.f.get(a).op('f64.promote_f32').simd('f64x2.splat').get(b).op('f64.promote_f32').simd('f64x2.replace_lane', 1).set(v);
-    return { pair, v };
+    group.acc.forEach((n, lane) => { h.f.get(h.local(n)); if (lane === 0) h.f.simd('f32x4.splat'); else h.f.simd('f32x4.replace_lane', lane); });
+    h.f.set(v);
+    return { group, v };
   });
 }
 
-/** f64x2 of two f32 expressions (one splat when both are the same variable). */
-function f64Pair(h: PackHost, [a, b]: [Expr, Expr]): void {
-  h.ex(a); h.f.simd('f32x4.splat');
-  if (!(a.k === 'var' && b.k === 'var' && a.name === b.name)) { h.ex(b); h.f.simd('f32x4.replace_lane', 1); }
-  h.f.simd('f64x2.promote_low_f32x4');
+/** f32x4 of a step's operands, lane by lane (one splat when they are all the same variable). */
+function lanesOf(h: PackHost, es: Expr[]): void {
+  const same = es.every((e) => e.k === 'var' && es[0]!.k === 'var' && e.name === es[0]!.name);
+  h.ex(es[0]!); h.f.simd('f32x4.splat');
+  if (!same) for (let lane = 1; lane < es.length; lane++) { h.ex(es[lane]!); h.f.simd('f32x4.replace_lane', lane); }
 }
 
 // ---- operands straight from workgroup memory -----------------------------------------------
-// A tiled GEMM's packed steps take x (one value for both lanes) and w (two adjacent columns) from
-// lets that load a workgroup array. Loading the pair with one v128.load32_splat / load64_zero
-// instead of two f32 loads and lane inserts moves the work from the shuffle port to the load
-// ports (a GEMM-shaped wasm loop: 12.3 → 17.2 GFLOP/s; the tiled GEMM 1.10×, bench/notes/cpu.md); the same values, so
-// the same bits. Conditions: the lets are immutable, in this loop body, read by packed steps only,
-// the array is never stored to in the body, and the two indices are the same affine form but for
-// a constant differing by one (lets resolved through their initialisers).
+// A tiled GEMM's packed steps take x (one value for every lane) and w (adjacent columns) from lets
+// that load a workgroup array. Loading them with one v128.load32_splat / v128.load (four lanes) /
+// v128.load64_zero (two) instead of f32 loads and lane inserts moves the work from the shuffle
+// port to the load ports (bench/notes/cpu.md); the same values, so the same bits. Conditions: the
+// lets are immutable, in this loop body, read by packed steps only, the array is never stored to
+// in the body, and the indices are one affine form but for constants c, c + 1, … (lets resolved
+// through their initialisers).
 
 type Affine = { terms: string; c: number };
 /** e as (its non-constant part, canonical; its constant), resolving immutable lets. */
@@ -166,7 +171,7 @@ interface OperandLoads {
   w: Map<number, Operand>;
 }
 /** A vector operand: its array and index, and a key equal for equal loads within an iteration. */
-interface Operand { name: string; index: Expr; key: string }
+interface Operand { name: string; index: Expr; key: string; load: 'v128.load32_splat' | 'v128.load' | 'v128.load64_zero' }
 
 function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string, Expr>): OperandLoads {
   const none: OperandLoads = { skip: new Set(), x: new Map(), w: new Map() };
@@ -211,22 +216,23 @@ function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string
   const out: OperandLoads = { skip: new Set(), x: new Map(), w: new Map() };
   const varName = (e: Expr): string | undefined => (e.k === 'var' ? e.name : undefined);
   const claim = new Map<string, number>(); // let name → reads served by vector loads
-  for (const { pair } of packed) {
-    for (const st of pair.steps) {
-      const [xa, xb] = st.x.map(varName) as [string | undefined, string | undefined];
-      const [wa, wb] = st.w.map(varName) as [string | undefined, string | undefined];
-      const la = xa !== undefined ? loadLet.get(xa) : undefined;
-      if (la && xa !== undefined && xb === xa && !stored.has(la.name)) {
-        const a = affine(la.index, lets);
-        out.x.set(st.at[0], { name: la.name, index: la.index, key: `x ${la.name} ${a.terms} ${a.c}` });
-        claim.set(xa, (claim.get(xa) ?? 0) + 2);
+  for (const { group } of packed) {
+    const lanes = group.acc.length;
+    for (const st of group.steps) {
+      const xs = st.x.map(varName), x0 = xs[0], lx = x0 !== undefined ? loadLet.get(x0) : undefined;
+      if (lx && x0 !== undefined && xs.every((n) => n === x0) && !stored.has(lx.name)) {
+        const a = affine(lx.index, lets);
+        out.x.set(st.at[0]!, { name: lx.name, index: lx.index, key: `x ${lx.name} ${a.terms} ${a.c}`, load: 'v128.load32_splat' });
+        claim.set(x0, (claim.get(x0) ?? 0) + lanes);
       }
-      const wA = wa !== undefined ? loadLet.get(wa) : undefined, wB = wb !== undefined ? loadLet.get(wb) : undefined;
-      if (wA && wB && wa !== undefined && wb !== undefined && wa !== wb && wA.name === wB.name && !stored.has(wA.name)) {
-        const ia = affine(wA.index, lets), ib = affine(wB.index, lets);
-        if (ia.terms === ib.terms && ib.c === ia.c + 1) {
-          out.w.set(st.at[0], { name: wA.name, index: wA.index, key: `w ${wA.name} ${ia.terms} ${ia.c}` });
-          for (const n of [wa, wb]) claim.set(n, (claim.get(n) ?? 0) + 1);
+      const ws = st.w.map(varName), lw = ws.map((n) => (n !== undefined ? loadLet.get(n) : undefined));
+      const l0 = lw[0];
+      if (l0 && new Set(ws).size === lanes && lw.every((l) => l && l.name === l0.name) && !stored.has(l0.name)) {
+        const ia = lw.map((l) => affine(l!.index, lets));
+        if (ia.every((x, j) => x.terms === ia[0]!.terms && x.c === ia[0]!.c + j)) {
+          const load = lanes === 4 ? 'v128.load' : 'v128.load64_zero';
+          out.w.set(st.at[0]!, { name: l0.name, index: l0.index, key: `w${lanes} ${l0.name} ${ia[0]!.terms} ${ia[0]!.c}`, load });
+          for (const n of ws as string[]) claim.set(n, (claim.get(n) ?? 0) + 1);
         }
       }
     }
@@ -236,22 +242,22 @@ function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string
   return out;
 }
 
-/** Push an operand pair as f64x2: loaded at its first use in the iteration, then from its local. */
-function vectorOperand(h: PackHost, o: Operand, load: 'v128.load32_splat' | 'v128.load64_zero', cache: Map<string, number>): void {
+/** Push a vector operand: loaded at its first use in the iteration, then from its local. */
+function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): void {
   const known = cache.get(o.key);
   if (known !== undefined) { h.f.get(known); return; }
   const v = h.f.local('v128');
   const off = h.workgroupAddr(o.name, o.index);
-  h.f.simdMem(load, off, 2).simd('f64x2.promote_low_f32x4').tee(v);
+  h.f.simdMem(o.load, off, 2).tee(v);
   cache.set(o.key, v);
 }
 
 /**
- * The loop body, each packed step's two statements as one f64x2 multiply-add rounded to f32.
- * Returns how many distinct operand pairs it loads as vectors.
+ * The loop body, each packed step's statements as one f32x4 fused multiply-add. Returns how many
+ * distinct operands it loads as vectors.
  */
 export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): number {
-  const steps = new Map(packed.flatMap(({ pair, v }) => pair.steps.map((st) => [st.at[0], { st, v }] as const)));
+  const steps = new Map(packed.flatMap(({ group, v }) => group.steps.map((st) => [st.at[0]!, { st, v }] as const)));
   const ops = operandLoads(body, packed, h.lets);
   const cache = new Map<string, number>(); // operand key → v128 local, loaded at its first use this iteration
   for (let i = 0; i < body.length; i++) {
@@ -260,19 +266,15 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): nu
     if (!p) { h.stmt(body[i]!); continue; }
     h.newStatement();
     const vx = ops.x.get(i), vw = ops.w.get(i);
-    if (vx) vectorOperand(h, vx, 'v128.load32_splat', cache);
-    else f64Pair(h, p.st.x);
-    if (vw) vectorOperand(h, vw, 'v128.load64_zero', cache);
-    else f64Pair(h, p.st.w);
-    h.f.simd('f64x2.mul').get(p.v).simd('f64x2.add').simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(p.v);
-    i++; // the step's second statement
+    if (vx) vectorOperand(h, vx, cache); else lanesOf(h, p.st.x);
+    if (vw) vectorOperand(h, vw, cache); else lanesOf(h, p.st.w);
+    h.f.get(p.v).simd('f32x4.relaxed_madd').set(p.v);
+    i += p.st.at.length - 1; // the step's other statements
   }
   return cache.size;
 }
 
-/** After the loop: each pair back into its two f32 variables (exact: the lanes hold f32 values). */
+/** After the loop: each group back into its f32 variables. */
 export function unpackAccumulators(h: PackHost, packed: Packed[]): void {
-  for (const { pair, v } of packed) {
-    pair.acc.forEach((n, lane) => { h.f.get(v).simd('f64x2.extract_lane', lane).op('f32.demote_f64').set(h.local(n)); });
-  }
+  for (const { group, v } of packed) group.acc.forEach((n, lane) => { h.f.get(v).simd('f32x4.extract_lane', lane).set(h.local(n)); });
 }

@@ -31,16 +31,22 @@ export interface WasmKernel {
   scratchBytes: number;
   /** 32-bit words of a launch's argument block: one per binding, one per uniform, then the f16 table's offset. */
   argWords: number;
-  /** fma accumulator pairs the module carries in f64x2 registers through their loops (wasm-simd.ts). */
-  simdPairs: number;
-  /** Distinct operand pairs those loops load straight from workgroup memory (wasm-simd.ts). */
+  /** fma accumulator groups the module carries in f32x4 registers through their loops (wasm-simd.ts). */
+  simdGroups: number;
+  /** Distinct operands those loops load straight from workgroup memory as vectors (wasm-simd.ts). */
   vectorOperands: number;
 }
 
 export interface WasmEmitOptions {
   /** Emulated subgroup size (default: the kernel's caps.subgroupSize, else 32), as the JS emitter. */
   subgroupSize?: number;
-  /** Carry fma accumulator pairs in f64x2 registers (wasm-simd.ts; default true): same bits either way. */
+  /**
+   * The host's f32x4.relaxed_madd is fused (src/backend/cpu/wasm-api.ts hostFusedMadd): fma uses
+   * it, and accumulators are packed (wasm-simd.ts). Default false: fma through the exact helper,
+   * no relaxed-SIMD instruction in the module. Same bits either way.
+   */
+  fusedMadd?: boolean;
+  /** With fusedMadd, carry fma accumulator groups in f32x4 registers (wasm-simd.ts; default true): same bits either way. */
   simd?: boolean;
 }
 
@@ -73,15 +79,15 @@ class WasmEmitter extends WasmExpressions {
   private rc!: RegionCtx;
   private usesLocalId = false;
   private usesGlobalId = false;
-  /** Accumulator pairs carried in f64x2 registers (wasm-simd.ts), for the module's report. */
-  private packedPairs = 0;
+  /** Accumulator groups carried in f32x4 registers (wasm-simd.ts), for the module's report. */
+  private packedGroups = 0;
   private vectorOperands = 0;
   private readonly simd: boolean;
 
   constructor(ir: KernelIR, opts: WasmEmitOptions) {
     const sg = opts.subgroupSize ?? (ir.caps.subgroupSize > 0 ? ir.caps.subgroupSize : 32);
-    super(ir, sg);
-    this.simd = opts.simd ?? true;
+    super(ir, sg, opts.fusedMadd ?? false);
+    this.simd = (opts.simd ?? true) && this.fusedMadd;
     if (!(sg >= 1 && sg <= 128 && (sg & (sg - 1)) === 0)) this.fail(`emulated subgroup size ${sg} is not a power of two up to 128`);
     this.body = new SubgroupHoister().stmts(ir.body);
     this.collectDecls(this.body);
@@ -157,7 +163,7 @@ class WasmEmitter extends WasmExpressions {
         const [v] = this.varOf(s.name) as [number];
         this.ex(s.from, 0); f.set(v);
         const packed = this.simd ? packAccumulators(this.packHost(), s, (n) => this.vars.get(n) === 'f32') : [];
-        this.packedPairs += packed.length;
+        this.packedGroups += packed.length;
         const brk = this.label('brk'), top = this.label('top'), cont = this.label('cont');
         f.block(brk).loop(top);
         this.newStatement();
@@ -591,6 +597,6 @@ class WasmEmitter extends WasmExpressions {
 
     const fns = [f, ...helperFunctions()];
     const bytes = encodeModule(MATH_IMPORTS, fns, { run: FN.run });
-    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length + 1, simdPairs: this.packedPairs, vectorOperands: this.vectorOperands };
+    return { bytes, scratchBytes: Math.max(16, this.scratchTop), argWords: nb + ir.uniforms.length + 1, simdGroups: this.packedGroups, vectorOperands: this.vectorOperands };
   }
 }
