@@ -11,7 +11,7 @@ import { KEEP_NAMES_SHIM } from '../../../codegen/emit/js-helpers.js';
 import { emitWasm, wasmMathImports } from '../../../codegen/emit/wasm.js';
 import { makeF16 } from '../../../codegen/dsl/f16.js';
 import { WasmHeap } from './heap.js';
-import { preferOptimizedWasm, Wasm, type WasmModule } from './wasm-api.js';
+import { hostFusedMadd, preferOptimizedWasm, Wasm, type WasmModule } from './wasm-api.js';
 import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
 import type { Device, DeviceBuffer, DeviceGraph, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
@@ -136,6 +136,8 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private args = 0;
   private f16Table = 0;
   private readonly wasmSimd: boolean;
+  /** wasm: fma as the host's fused f32x4.relaxed_madd (wasm-api.ts hostFusedMadd), else the exact helper. */
+  private readonly fusedMadd: boolean;
   /** While captureGraph records: the launches dispatched so far. */
   private recording: { c: Compiled; bufs: CpuBuffer[]; uniforms: number[]; grid: [number, number, number] }[] | null = null;
   private graphs = 0;
@@ -167,6 +169,11 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     const simd = platform.env('KILN_WASM_SIMD') ?? '1';
     if (simd !== '0' && simd !== '1') throw new Error(`cpu device: KILN_WASM_SIMD must be '0' or '1', not '${simd}'`);
     this.wasmSimd = simd === '1';
+    // KILN_WASM_FMA=exact: fma through the exact helper even where the host's multiply-add is fused
+    // (same bits; for A/B timing and to test that path).
+    const fma = platform.env('KILN_WASM_FMA') ?? 'auto';
+    if (fma !== 'auto' && fma !== 'exact') throw new Error(`cpu device: KILN_WASM_FMA must be 'auto' or 'exact', not '${fma}'`);
+    this.fusedMadd = !!this.heap && fma === 'auto' && hostFusedMadd();
     if (this.heap) {
       this.args = this.heap.alloc(ARG_BYTES, 'launch arguments');
       // wasm kernels convert f16 through the JS executor's own table (so results match bit for bit).
@@ -176,7 +183,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     // Profiled launches run on the main thread, where their counts are read (no worker replies).
     this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers) : null;
     const threads = this.pool ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
-    this.description = `cpu (${threads}, ${executor}${this.heap && !this.wasmSimd ? ' without SIMD' : ''}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
+    this.description = `cpu (${threads}, ${executor}${this.heap && !this.fusedMadd ? ', exact fma' : ''}${this.heap && this.fusedMadd && !this.wasmSimd ? ' without SIMD' : ''}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
     // KILN_WEIGHT_LAYOUT=rows: weights in checkpoint order (the strips give the same bits; A/B timing).
@@ -279,7 +286,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private compile(kernel: Kernel): Compiled {
     let c = this.compiled.get(kernel);
     if (!c && this.executor === 'wasm') {
-      const w = emitWasm(kernel.ir, { simd: this.wasmSimd });
+      const w = emitWasm(kernel.ir, { simd: this.wasmSimd, fusedMadd: this.fusedMadd });
       const [x, y, z] = kernel.ir.workgroupSize;
       c = {
         name: kernel.ir.name, source: '', ir: kernel.ir, key: bytesKey(w.bytes), invocations: x * y * z,
