@@ -18,7 +18,7 @@
 import type { ArrayRef, BindingSpec, KernelBuilder, Val } from '../dsl/index.js';
 import { inverseSqrt, storage } from '../dsl/index.js';
 import { type Epilogue, type EpilogueRefs, epilogueTag, epilogueValue, storeOutput } from './linearCommon.js';
-import { ropeCosSin, type RopeLayout } from './rope.js';
+import { type RopeLayout, ropeRotatedElement } from './rope.js';
 
 /**
  * RMSNorm prologue: the norm kernel's workgroup size (its reduction order) and eps. `stagedK`:
@@ -63,15 +63,9 @@ export function ropeAppendBindings(r: RopeAppendEpilogue): Record<string, Bindin
  */
 export function ropeRotated(k: KernelBuilder, r: RopeAppendEpilogue, qkv: ArrayRef<'f32', boolean>, table: ArrayRef<'f32', false>,
   maxPos: Val<'u32'>, src: Val<'u32'>, p: Val<'u32'>, e: Val<'u32'>, tag: string): Val<'f32'> {
-  const half = r.headDim / 2;
-  const second = r.layout === 'halves' ? e.ge(half) : e.rem(2).eq(1);
-  const i = k.let(`ri${tag}`, r.layout === 'halves' ? k.select(second, e.sub(half), e) : e.div(2));
-  const [i0, i1] = r.layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
-  const x0 = k.let(`rx0${tag}`, qkv.at(src.add(i0))), x1 = k.let(`rx1${tag}`, qkv.at(src.add(i1)));
-  const [c, s] = ropeCosSin(k, table, p, i, k.u32(half), maxPos);
-  const y0 = k.let(`ry0${tag}`, x0.mul(c).sub(x1.mul(s)));
-  const y1 = k.let(`ry1${tag}`, x1.mul(c).add(x0.mul(s)));
-  return k.select(second, y1, y0);
+  return ropeRotatedElement(k, r.layout, r.headDim / 2, e,
+    (i0, i1) => [k.let(`rx0${tag}`, qkv.at(src.add(i0))), k.let(`rx1${tag}`, qkv.at(src.add(i1)))],
+    { table, p, maxPos }, { i: `ri${tag}`, y0: `ry0${tag}`, y1: `ry1${tag}` });
 }
 
 /** What a GEMV takes over. `finish` needs caps.deviceFence; `rope` needs `finish`. */

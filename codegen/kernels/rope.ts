@@ -92,6 +92,37 @@ export function ropeCosSin(kb: KernelBuilder, table: ArrayRef<'f32', boolean>, p
   return [c, s];
 }
 
+/** The elements (i0, i1) that rotation pair i of a head of 2·half joins: (i, i + half) or (2i, 2i + 1). */
+export function ropePairElements(layout: RopeLayout, i: Val<'u32'>, half: Val<'u32'> | number): [Val<'u32'>, Val<'u32'>] {
+  return layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
+}
+
+/** The pair (x0, x1) rotated by the angle whose cosine and sine are c and s. */
+export function ropeRotatePair(x0: Val<'f32'>, x1: Val<'f32'>, c: Val<'f32'>, s: Val<'f32'>): [Val<'f32'>, Val<'f32'>] {
+  return [x0.mul(c).sub(x1.mul(s)), x1.mul(c).add(x0.mul(s))];
+}
+
+/** Names of the lets ropeRotatedElement makes (each kernel keeps its own); `second` unnamed: inline. */
+export interface RopeElementNames { second?: string; i: string; y0: string; y1: string }
+
+/**
+ * Element e of a head of 2·half rotated to position p: the pair e belongs to, its two elements
+ * (i0, i1) read by `load`, rotated with the table's angle, and e's half of the result. For kernels
+ * that own single elements (the fused QKV finishes), where rope and ropeQkv own whole pairs.
+ */
+export function ropeRotatedElement(k: KernelBuilder, layout: RopeLayout, half: number, e: Val<'u32'>,
+  load: (i0: Val<'u32'>, i1: Val<'u32'>) => [Val<'f32'>, Val<'f32'>],
+  angle: { table: ArrayRef<'f32', boolean>; p: Val<'u32'>; maxPos: Val<'u32'> }, names: RopeElementNames): Val<'f32'> {
+  const isSecond = layout === 'halves' ? e.ge(half) : e.rem(2).eq(1);
+  const second = names.second === undefined ? isSecond : k.let(names.second, isSecond);
+  const i = k.let(names.i, layout === 'halves' ? k.select(second, e.sub(half), e) : e.div(2));
+  const [x0, x1] = load(...ropePairElements(layout, i, half));
+  const [c, s] = ropeCosSin(k, angle.table, angle.p, i, k.u32(half), angle.maxPos);
+  const [r0, r1] = ropeRotatePair(x0, x1, c, s);
+  const y0 = k.let(names.y0, r0), y1 = k.let(names.y1, r1);
+  return k.select(second, y1, y0);
+}
+
 export interface RopeParams {
   layout: RopeLayout;
   /** true: rotate q and k in place; false: write qOut and kOut. */
@@ -138,14 +169,14 @@ export function rope(p: RopeParams) {
       const i = kb.let('i', idx.rem(half));
       kb.if(h.ge(Hq.add(Hk)), () => kb.return());
       const [c, s] = ropeCosSin(kb, b.table, kb.let('p', b.pos.at(t)), i, half, maxPos);
-      const [i0, i1] = layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
+      const [i0, i1] = ropePairElements(layout, i, half);
       type Ref = ArrayRef<'f32', true>;
       const rotate = (src: ArrayRef<'f32', boolean>, dst: Ref, head: Val<'u32'>, heads: Val<'u32'>) => {
         const base = kb.let('base', t.mul(heads).add(head).mul(D));
         const a0 = kb.let('a0', base.add(i0)), a1 = kb.let('a1', base.add(i1));
-        const x0 = kb.let('x0', src.at(a0)), x1 = kb.let('x1', src.at(a1));
-        dst.set(a0, x0.mul(c).sub(x1.mul(s)));
-        dst.set(a1, x1.mul(c).add(x0.mul(s)));
+        const [y0, y1] = ropeRotatePair(kb.let('x0', src.at(a0)), kb.let('x1', src.at(a1)), c, s);
+        dst.set(a0, y0);
+        dst.set(a1, y1);
       };
       // With inPlace q and k are read_write and rotated where they are; otherwise into qOut, kOut.
       const bound = (ref: Ref | undefined, name: string): Ref => ref ?? kb.fail(`binding '${name}' is missing`);

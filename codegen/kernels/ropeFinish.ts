@@ -8,7 +8,7 @@ import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { capsKey, type Epilogue, type EpilogueRefs, epilogueTag, epilogueValue, memoKernel } from './linearCommon.js';
 import type { RopeAppendEpilogue } from './linearFusion.js';
-import { ropeCosSin } from './rope.js';
+import { ropeRotatedElement } from './rope.js';
 
 /** Bindings: part f32 [S, M, N], bias? f32 [N], pos, table, slots, q, kCache, vCache. Uniforms M, N, S, maxPos, numBlocks. */
 export function ropeFinishKernel(epilogue: Epilogue, r: RopeAppendEpilogue, caps: Caps, workgroupSize = 64) {
@@ -50,17 +50,10 @@ export function ropeFinishKernel(epilogue: Epilogue, r: RopeAppendEpilogue, caps
         return k.let(`fin${tag}`, epilogueValue(k, e, epi, u.N, t, col, sum));
       };
       const p = k.let('p', b.pos.at(t));
-      /** Element e of the head: rotated with its pair partner (ropeQkv's operations), or as is. */
-      const rotated = (el: Val<'u32'>, tag: string): Val<'f32'> => {
-        const second = k.let(`second${tag}`, r.layout === 'halves' ? el.ge(half) : el.rem(2).eq(1));
-        const i = k.let(`i${tag}`, r.layout === 'halves' ? k.select(second, el.sub(half), el) : el.div(2));
-        const [i0, i1] = r.layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
-        const x0 = fin(i0, `${tag}a`), x1 = fin(i1, `${tag}b`);
-        const [c, s] = ropeCosSin(k, b.table, p, i, k.u32(half), u.maxPos);
-        const y0 = k.let(`y0${tag}`, x0.mul(c).sub(x1.mul(s)));
-        const y1 = k.let(`y1${tag}`, x1.mul(c).add(x0.mul(s)));
-        return k.let(`rot${tag}`, k.select(second, y1, y0));
-      };
+      /** Element e of the head, finished and rotated with its pair partner (ropeQkv's operations). */
+      const rotated = (el: Val<'u32'>, tag: string): Val<'f32'> => k.let(`rot${tag}`, ropeRotatedElement(k, r.layout, half, el,
+        (i0, i1) => [fin(i0, `${tag}a`), fin(i1, `${tag}b`)], { table: b.table, p, maxPos: u.maxPos },
+        { second: `second${tag}`, i: `i${tag}`, y0: `y0${tag}`, y1: `y1${tag}` }));
       const e1 = k.let('e1', e0.add(1));
       const isQ = k.let('isQ', h.lt(r.heads)), isK = k.let('isK', h.lt(r.heads + r.kvHeads));
       k.if(isQ, () => {

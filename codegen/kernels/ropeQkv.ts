@@ -6,7 +6,7 @@ import type { Caps } from '../dsl/index.js';
 import { kernel, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { capsKey, memoKernel } from './linearCommon.js';
-import { ropeCosSin, type RopeLayout } from './rope.js';
+import { ropeCosSin, type RopeLayout, ropePairElements, ropeRotatePair } from './rope.js';
 
 export interface RopeQkvParams {
   layout: RopeLayout;
@@ -46,7 +46,7 @@ export function ropeQkv(p: RopeQkvParams) {
       const i = kb.let('i', idx.rem(half));
       const heads = kb.let('heads', Hq.add(Hk).add(Hk));
       kb.if(h.ge(heads), () => kb.return());
-      const [i0, i1] = layout === 'halves' ? [i, i.add(half)] : [i.mul(2), i.mul(2).add(1)];
+      const [i0, i1] = ropePairElements(layout, i, half);
       const src = kb.let('src', t.mul(heads).add(h).mul(D));
       const x0 = kb.let('x0', b.qkv.at(src.add(i0))), x1 = kb.let('x1', b.qkv.at(src.add(i1)));
       kb.if(h.ge(Hq.add(Hk)), () => {
@@ -56,8 +56,8 @@ export function ropeQkv(p: RopeQkvParams) {
         kb.return();
       });
       const [c, s] = ropeCosSin(kb, b.table, kb.let('p', b.pos.at(t)), i, half, maxPos);
-      const y0 = kb.let('y0', x0.mul(c).sub(x1.mul(s)));
-      const y1 = kb.let('y1', x1.mul(c).add(x0.mul(s)));
+      const [r0, r1] = ropeRotatePair(x0, x1, c, s);
+      const y0 = kb.let('y0', r0), y1 = kb.let('y1', r1);
       kb.if(h.lt(Hq), () => {
         const dst = kb.let('qDst', t.mul(Hq).add(h).mul(D));
         b.q.set(dst.add(i0), y0);
