@@ -13,7 +13,8 @@
 //   --prefill 128          prefill lengths
 //   --rounds 5 --reps 20   interleaved rounds; launches per sample (back to back, one sync)
 import { attentionRows } from '../codegen/kernels/attentionRows.js';
-import { attentionConfig, pagedAttention } from '../codegen/kernels/pagedAttention.js';
+import { pagedAttention } from '../codegen/kernels/pagedAttention.js';
+import { attentionConfig } from '../codegen/kernels/pagedAttentionConfig.js';
 import type { Device, DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
 import { prepareAttention } from '../src/ops/attention.js';

@@ -9,7 +9,7 @@
 //     [--rounds 3] [--group 128]
 import { denseLinear, denseWeightLayout } from '../codegen/kernels/denseMatmul.js';
 import { int4Linear, int4WeightLayout } from '../codegen/kernels/int4Matmul.js';
-import type { GemmVariant } from '../codegen/kernels/linearCommon.js';
+import type { GemmVariant } from '../codegen/kernels/linearGemm.js';
 import { GEMV_MAX_ROWS } from '../codegen/kernels/linearOp.js';
 import type { BackendKind, DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';

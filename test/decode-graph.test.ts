@@ -12,7 +12,7 @@ import {
 } from '../src/model/decodeBucket.js';
 import { ForwardError, LlamaForward, type SeqInput } from '../src/model/forward.js';
 import { GEMV_MAX_ROWS } from '../codegen/kernels/linearOp.js';
-import { attentionConfig, TILE_WORDS } from '../codegen/kernels/pagedAttention.js';
+import { attentionConfig, TILE_WORDS } from '../codegen/kernels/pagedAttentionConfig.js';
 import { prepareAttention } from '../src/ops/attention.js';
 import { forEachBackend } from './backends.js';
 import { GraphRecordingDevice, launchSignatures } from './fixtures/graphRecorder.js';

@@ -16,7 +16,7 @@
 // the scalar path's (f16 Q and P, tensor-core sums), so a device takes this path for every row.
 import { min } from '../dsl/index.js';
 import type { ArrayRef, KernelBuilder, Val } from '../dsl/index.js';
-import type { AttentionConfig } from './pagedAttention.js';
+import type { AttentionConfig } from './pagedAttentionConfig.js';
 import { type RowLayout, conflictFreeRows, rowOffset } from './sharedLayout.js';
 
 export interface MmaAttentionInputs {

@@ -2,7 +2,7 @@
 // bindings a caller passes and the checks on the sizes, so either op can stand in for the other
 // (src/ops/attention.ts runPagedAttention runs both).
 import { storage } from '../dsl/index.js';
-import type { AttentionSizes } from './pagedAttention.js';
+import type { AttentionSizes } from './pagedAttentionConfig.js';
 
 /** The op's bindings: q, kCache, vCache (u32 words of f16 pairs for f16 KV), blockTables, tiles (u32), out. */
 export function attentionOpBindings(kvDtype: 'f32' | 'f16') {

@@ -23,7 +23,7 @@ import { exp2, kernel, max, min, op, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, KernelBuilder, Plan, Val } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import { attentionOpBindings, checkAttentionSizes } from './attentionOp.js';
-import { type AttentionSizes, TILE_WORDS } from './pagedAttention.js';
+import { type AttentionSizes, TILE_WORDS } from './pagedAttentionConfig.js';
 
 const F32_MAX = 3.4028234663852886e38;
 
@@ -127,7 +127,7 @@ export function attentionRowsKernel(c: AttentionRowsConfig) {
     body(k, b, u) {
       const lid = k.let('lid', k.localIndex);
       const tileBase = k.let('tileBase', k.workgroupId.x.mul(TILE_WORDS));
-      // Tile words (pagedAttention.ts TILE_WORDS): seq, first q row, token count, first position; the chunk words are unused.
+      // Tile words (pagedAttentionConfig.ts TILE_WORDS): seq, first q row, token count, first position; the chunk words are unused.
       const seq = k.let('seq', b.tiles.at(tileBase)), qRow0 = k.let('qRow0', b.tiles.at(tileBase.add(1)));
       const nTok = k.let('nTok', b.tiles.at(tileBase.add(2))), pos0 = k.let('pos0', b.tiles.at(tileBase.add(3)));
       const i = k.let('i', GI > 1 ? lid.div(GI) : lid);

@@ -6,9 +6,9 @@ import type { ArrayRef, Caps, Val } from '../dsl/index.js';
 import { storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import {
-  defaultSegmentLength, fullEpilogue, type GemmVariant, type GemvVariant, K_GRANULE, type LinearEpilogue,
-  type WeightSource,
+  defaultSegmentLength, fullEpilogue, type GemvVariant, K_GRANULE, type LinearEpilogue, type WeightSource,
 } from './linearCommon.js';
+import type { GemmVariant } from './linearGemm.js';
 import { layoutTag, rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
 import type { DeviceClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';

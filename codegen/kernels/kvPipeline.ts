@@ -17,7 +17,7 @@
 // staging — only when loads are issued moves — so results are bit-identical.
 import { min } from '../dsl/index.js';
 import type { ArrayRef, DType, KernelBuilder, Val, Var } from '../dsl/index.js';
-import type { AttentionConfig } from './pagedAttention.js';
+import type { AttentionConfig } from './pagedAttentionConfig.js';
 
 export interface KvPipelineInputs {
   c: AttentionConfig;

@@ -6,9 +6,10 @@ import { dims, op, storage } from '../dsl/index.js';
 import { BASELINE_CAPS } from '../dsl/types.js';
 import type { DeviceClass } from './deviceProfile.js';
 import {
-  checkGemmVariant, checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag,
-  type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, linearFinishKernel, segmentCount, type WeightSource,
+  checkGemvVariant, checkSegmentLength, type Epilogue, epilogueBindings, epilogueTag, type GemvVariant, gemvKernel,
+  linearFinishKernel, segmentCount, type WeightSource,
 } from './linearCommon.js';
+import { checkGemmVariant, type GemmVariant, gemmKernel } from './linearGemm.js';
 import { MMA_MAX_ROWS } from './mmaCommon.js';
 import { mmaKernelFor, mmaUnfit } from './mmaLinear.js';
 

@@ -13,7 +13,7 @@ import { POINTWISE_WORKGROUP_SIZES, argmaxRows, siluMul } from './pointwise.js';
 import { RMSNORM_WORKGROUP_SIZES, defaultRmsNormWorkgroup } from './rmsNorm.js';
 import { ROPE_WORKGROUP_SIZES, rope } from './rope.js';
 import { rejectionSampler } from './acceptance.js';
-import { attentionConfig } from './pagedAttention.js';
+import { attentionConfig } from './pagedAttentionConfig.js';
 
 export type Sizes = Readonly<Record<string, number | string>>;
 /** What a default chooser may know about the device: its caps and profile (src/backend Device.profile). */

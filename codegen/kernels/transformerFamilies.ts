@@ -8,9 +8,9 @@ import { embedding } from './embedding.js';
 import type { KernelFamily, KernelVariant } from './index.js';
 import { defaultInt4Choice, int4Source, INT4_GROUP_SIZES } from './int4Matmul.js';
 import {
-  type Epilogue, fullEpilogue, type GemmVariant, type GemvVariant, gemmKernel, gemvKernel, type LinearEpilogue,
-  linearFinishKernel, type WeightSource,
+  type Epilogue, fullEpilogue, type GemvVariant, gemvKernel, type LinearEpilogue, linearFinishKernel, type WeightSource,
 } from './linearCommon.js';
+import { type GemmVariant, gemmKernel } from './linearGemm.js';
 import { GEMV_MAX_ROWS } from './linearOp.js';
 import { argmaxRows, f16ToF32, f32ToF16, residualAdd, siluMul } from './pointwise.js';
 import { rmsNorm } from './rmsNorm.js';

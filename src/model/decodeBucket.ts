@@ -16,8 +16,8 @@
 // set to the most chunks any decode token can have (maxRowChunks); workgroups
 // past a tile's own chunk count exit at once. Each tile gets a fixed region of the partials
 // (tile · numHeads · maxChunks rows), so partRows is a constant upper bound too.
-import { TILE_WORDS, maxRowChunks } from '../../codegen/kernels/pagedAttention.js';
-import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/pagedAttention.js';
+import { TILE_WORDS, maxRowChunks } from '../../codegen/kernels/pagedAttentionConfig.js';
+import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/pagedAttentionConfig.js';
 import type { PreparedAttention } from '../ops/attention.js';
 
 /** Bucket sizes for decode steps of at most `maxRows` sequences: powers of two, then maxRows. */

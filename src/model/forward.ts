@@ -8,7 +8,8 @@
 // (decodeBucket.ts), so on CUDA each bucket's step is captured once as a graph and replayed.
 import { embedding } from '../../codegen/kernels/embedding.js';
 import { type FusedLinearOp, fusedLinear } from '../../codegen/kernels/fusedLinear.js';
-import { type AttentionSizes, TILE_WORDS, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { type AttentionSizes, TILE_WORDS } from '../../codegen/kernels/pagedAttentionConfig.js';
 import { attentionRows } from '../../codegen/kernels/attentionRows.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';

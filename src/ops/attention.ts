@@ -2,8 +2,8 @@
 // into the op's metadata (tiles, block tables, slot mapping, sizes), validates it — block tables
 // outside the cache, positions beyond the context limit, overlapping or missing rows — with an
 // error naming the sequence and field before anything is launched, and queues the ops.
-import type { AttentionConfig, AttentionSizes } from '../../codegen/kernels/pagedAttention.js';
-import { TILE_WORDS, pagedAttention, rowChunkSize } from '../../codegen/kernels/pagedAttention.js';
+import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { type AttentionConfig, type AttentionSizes, TILE_WORDS, rowChunkSize } from '../../codegen/kernels/pagedAttentionConfig.js';
 import type { attentionRows } from '../../codegen/kernels/attentionRows.js';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
 import type { Device, DeviceBuffer, HostArray } from '../backend/device.js';

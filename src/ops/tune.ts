@@ -9,7 +9,8 @@
 import { denseGemvSpace, denseLinear, DENSE_GEMM_SPACE, denseSegmentSpace, type DenseWeightDtype, denseWeightLayout } from '../../codegen/kernels/denseMatmul.js';
 import { embedding } from '../../codegen/kernels/embedding.js';
 import { int4Linear, INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4SegmentSpace, int4WeightLayout } from '../../codegen/kernels/int4Matmul.js';
-import { checkGemmVariant, type GemmVariant, type GemvVariant, gemvVariantFits } from '../../codegen/kernels/linearCommon.js';
+import { type GemvVariant, gemvVariantFits } from '../../codegen/kernels/linearCommon.js';
+import { checkGemmVariant, type GemmVariant } from '../../codegen/kernels/linearGemm.js';
 import { GEMV_MAX_ROWS, type LinearChoiceInput, type LinearOp } from '../../codegen/kernels/linearOp.js';
 import { argmaxRows, siluMul } from '../../codegen/kernels/pointwise.js';
 import { OP_FAMILIES, type OpFamily, type OpFamilyName, tuneSizes } from '../../codegen/kernels/registry.js';

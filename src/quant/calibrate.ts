@@ -8,7 +8,8 @@
 // what the inputs themselves would, in K² numbers instead of T·K, and each candidate's loss costs
 // K²·N instead of T·K·N. Memory stays at the FP weights plus one layer's activations.
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
-import { type AttentionSizes, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import type { AttentionSizes } from '../../codegen/kernels/pagedAttentionConfig.js';
 import { defaultRmsNormWorkgroup, rmsNorm } from '../../codegen/kernels/rmsNorm.js';
 import { ropeTable } from '../../codegen/kernels/rope.js';
 import { ropeQkv } from '../../codegen/kernels/ropeQkv.js';

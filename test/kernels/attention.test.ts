@@ -4,7 +4,8 @@
 // prefill chunkings; KV append touching exactly its slots; bad batch descriptions rejected.
 import { describe, expect, it } from 'vitest';
 import { kvAppend } from '../../codegen/kernels/kvAppend.js';
-import { attentionConfig, maxRowChunks, pagedAttention, rowChunkSize } from '../../codegen/kernels/pagedAttention.js';
+import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { attentionConfig, maxRowChunks, rowChunkSize } from '../../codegen/kernels/pagedAttentionConfig.js';
 import { BASELINE_CAPS, CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { emitCUDA } from '../../codegen/emit/cuda.js';
 import type { Device } from '../../src/backend/device.js';

@@ -5,7 +5,8 @@
 // whatever the tile size and heads per invocation; the same bits as pagedAttention where that one sums per warp.
 import { describe, expect, it } from 'vitest';
 import { attentionRows, attentionRowsConfig } from '../../codegen/kernels/attentionRows.js';
-import { attentionConfig, pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { pagedAttention } from '../../codegen/kernels/pagedAttention.js';
+import { attentionConfig } from '../../codegen/kernels/pagedAttentionConfig.js';
 import { f32ArrayToF16, packF16Pairs } from '../../codegen/dsl/f16.js';
 import type { Device } from '../../src/backend/device.js';
 import { runPagedAttention } from '../../src/ops/attention.js';
