@@ -127,9 +127,10 @@ forEachBackend('fixed-shape decode steps', (base: Device) => {
        * Prefill each sequence twice (copy 0 for the plain forward, copy 1 for decode steps), then
        * decode random subsets in random order through both and compare the bits.
        */
-      async function compare(graphs: boolean): Promise<{ captured: number[]; bucketsSeen: number[]; stepLaunches: Map<number, string[][]> }> {
+      async function compare(graphs: boolean): Promise<{ captured: number[]; bucketsSeen: number[]; stepLaunches: Map<number, string[][]>; decodeBuffers: string[] }> {
         const r = rng(freshSeed(`decode graphs=${graphs} ${c.name}`));
         const V = llm.spec.vocabSize, numBlocks = 128;
+        const allocatedFrom = dev.allocated.length;
         const fw = new LlamaForward(dev, llm.spec, llm.weights, {
           numBlocks, maxSeqs: 16, maxBatchTokens: 64, kvDtype: c.opts.kvDtype, decodeGraphs: graphs,
           ...(c.chunk ? { attentionChunkSize: c.chunk } : {}),
@@ -175,7 +176,8 @@ forEachBackend('fixed-shape decode steps', (base: Device) => {
           // Logits depend on the sequence: the comparison is not between constant rows.
           const last = await fw.forward([0, 1].map((s) => input(s, 0, 7)));
           expect(firstDiff(last.logits.subarray(0, V), last.logits.subarray(V), V)).not.toBeNull();
-          return { captured: fw.capturedBuckets, bucketsSeen, stepLaunches };
+          const decodeBuffers = dev.allocated.slice(allocatedFrom).filter((l) => l.startsWith('decode.'));
+          return { captured: fw.capturedBuckets, bucketsSeen, stepLaunches, decodeBuffers };
         } finally {
           for (let s = 0; s < NUM_SEQS; s++) for (const copy of [0, 1]) if (bm.has(name(s, copy))) bm.free(name(s, copy));
           expect(bm.freeBlocks).toBe(numBlocks);
@@ -184,8 +186,12 @@ forEachBackend('fixed-shape decode steps', (base: Device) => {
       }
 
       it('padded decode steps give the plain forward\'s bits, and a bucket\'s launches never change', async () => {
-        const { bucketsSeen, stepLaunches } = await compare(false);
+        const { bucketsSeen, stepLaunches, decodeBuffers } = await compare(false);
         expect([...new Set(bucketsSeen)].sort((a, b) => a - b)).toEqual([1, 2, 4, 8, 16]);
+        // The buckets own split-KV partials and merge tickets only where the attention op takes
+        // them: pagedAttention, not the cpu device's attentionRows (one chunk per row, in locals).
+        const partials = ['decode.attentionPartAcc', 'decode.attentionPartMl', 'decode.attentionTickets'];
+        expect(decodeBuffers).toEqual(['decode.blockTables', 'decode.attentionTiles', ...(dev.profile.deviceClass === 'cpu' ? [] : partials)]);
         for (const [B, steps] of stepLaunches) {
           expect(steps.length, `bucket ${B} visited more than once`).toBeGreaterThan(1);
           for (const s of steps.slice(1)) expect(s, `bucket ${B}: launches of a later step`).toEqual(steps[0]);

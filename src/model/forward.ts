@@ -63,7 +63,7 @@ export interface PassLayout {
   attention: AttentionSizes;
   blockTables: DeviceBuffer<'u32'>;
   tiles: DeviceBuffer<'u32'>;
-  /** Attention partials owned by the layout (decode buckets); else the device's shared scratch. */
+  /** Attention partials owned by the layout (decode buckets, pagedAttention only); else the device's shared scratch. */
   partials?: { acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'>; tickets: DeviceBuffer<'u32'> };
   /** Logits rows are the activation rows 0..logitRows−1 in order (decode): no gather. */
   identityRows?: boolean;
@@ -126,9 +126,11 @@ export class LlamaForward {
   private readonly buckets: number[];
   private readonly decodeGeometry: DecodeGeometry;
   private readonly graphsEnabled: boolean;
+  /** Whether the attention op takes split-KV partials and tickets (pagedAttention; attentionRows does not). */
+  private readonly attentionPartials: boolean;
   /** Metadata and attention scratch of decode steps, sized for the largest bucket, never regrown
    *  (a captured graph keeps their addresses). */
-  private decodeBufs: { blockTables: DeviceBuffer<'u32'>; tiles: DeviceBuffer<'u32'>; acc: DeviceBuffer<'f32'>; ml: DeviceBuffer<'f32'>; tickets: DeviceBuffer<'u32'> } | null = null;
+  private decodeBufs: { blockTables: DeviceBuffer<'u32'>; tiles: DeviceBuffer<'u32'>; partials?: NonNullable<PassLayout['partials']> } | null = null;
   private readonly decodeLayouts = new Map<number, PassLayout>();
   /** Each linear layer as a fused op (fusedLinear.ts): norm before, RoPE + KV append after QKV. */
   private readonly fused = new Map<DeviceLinear, FusedLinearOp>();
@@ -153,6 +155,7 @@ export class LlamaForward {
       const wg = opts.tuneCache && cachedChoice(opts.tuneCache, dev, family, shape)?.workgroupSize;
       return typeof wg === 'number' ? wg : undefined;
     };
+    const rowsAttention = dev.profile.deviceClass === 'cpu';
     const attentionParams = {
       headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps, targetCtas: attentionTargetCtas(dev),
       ...(opts.attentionChunkSize !== undefined ? { chunkSize: opts.attentionChunkSize } : {}),
@@ -165,10 +168,11 @@ export class LlamaForward {
       // bits never depend on which kind of pass it came in: one invocation per row in locals, no
       // barriers (the CPU executor runs each barrier region over every invocation), one chunk per
       // row. GPUs keep pagedAttention (split-KV chunks; the decode buckets own its partials).
-      attention: dev.profile.deviceClass === 'cpu'
+      attention: rowsAttention
         ? attentionRows({ headDim: hd, groupSize: s.heads / s.kvHeads, kvDtype: this.kvDtype, blockSize: this.blockSize, caps })
         : pagedAttention(attentionParams),
     };
+    this.attentionPartials = !rowsAttention;
     // The norms run as the next linear's prologue, in the norm kernel's order for this workgroup size.
     const norm = { workgroupSize: this.ops.norm.ir.workgroupSize[0], eps: s.rmsNormEps };
     const rope = { layout, heads: s.heads, kvHeads: s.kvHeads, headDim: hd, kvDtype: this.kvDtype, blockSize: this.blockSize };
@@ -294,8 +298,8 @@ export class LlamaForward {
       const embed: Record<string, DeviceBuffer> = l === 0 ? { ids: idx.ids, embed: this.weights.embed.table } : {};
       this.linear(w.qkv, a.x, { ...embed, normW: w.attnNorm, pos: idx.pos, table: this.ropeTable, slots: idx.slots, q: a.q, kCache, vCache }, T,
         { maxPos: this.ropePositions, numBlocks: this.opts.numBlocks });
-      // Scratch the layout brings (decode buckets) replaces the device's shared scratch (runPlan);
-      // attentionRows takes no partials and ignores them.
+      // Scratch the layout brings (decode buckets, for pagedAttention) replaces the device's shared
+      // scratch (runPlan); attentionRows takes no partials, and the buckets make none for it.
       dev.run(this.ops.attention, {
         q: a.q, kCache, vCache, blockTables: L.blockTables, tiles: L.tiles, out: a.attn,
         ...(L.partials ? { partAcc: L.partials.acc, partMl: L.partials.ml } : {}),
@@ -379,7 +383,10 @@ export class LlamaForward {
     this.decodeLayouts.clear();
     for (const b of [...this.kCache, ...this.vCache, ...Object.values(this.act), ...Object.values(this.idx), this.ropeTable]) this.dev.free(b);
     for (const b of [this.blockTablesBuf, this.tilesBuf, this.logitsBuf]) if (b) this.dev.free(b);
-    if (this.decodeBufs) for (const b of Object.values(this.decodeBufs)) this.dev.free(b);
+    if (this.decodeBufs) {
+      const { blockTables, tiles, partials } = this.decodeBufs;
+      for (const b of [blockTables, tiles, ...(partials ? Object.values(partials) : [])]) this.dev.free(b);
+    }
     this.decodeBufs = null;
   }
 
@@ -415,7 +422,7 @@ export class LlamaForward {
     if (!layout) {
       layout = {
         tokens: B, logitRows: B, attention: decodeAttentionSizes(B, g), identityRows: true,
-        blockTables: bufs.blockTables, tiles: bufs.tiles, partials: { acc: bufs.acc, ml: bufs.ml, tickets: bufs.tickets },
+        blockTables: bufs.blockTables, tiles: bufs.tiles, ...(bufs.partials ? { partials: bufs.partials } : {}),
       };
       this.decodeLayouts.set(B, layout);
     }
@@ -436,9 +443,14 @@ export class LlamaForward {
       this.decodeBufs = {
         blockTables: alloc('u32', top * g.maxBlocksPerSeq, 'decode.blockTables'),
         tiles: alloc('u32', top * TILE_WORDS, 'decode.attentionTiles'),
-        acc: alloc('f32', partRows * this.spec.headDim, 'decode.attentionPartAcc'),
-        ml: alloc('f32', partRows * 2, 'decode.attentionPartMl'),
-        tickets: alloc('u32', top * g.numKvHeads, 'decode.attentionTickets'),
+        // attentionRows (the cpu device) keeps each row in locals: no partials, no tickets.
+        ...(this.attentionPartials ? {
+          partials: {
+            acc: alloc('f32', partRows * this.spec.headDim, 'decode.attentionPartAcc'),
+            ml: alloc('f32', partRows * 2, 'decode.attentionPartMl'),
+            tickets: alloc('u32', top * g.numKvHeads, 'decode.attentionTickets'),
+          },
+        } : {}),
       };
     } catch (e) {
       for (const b of made) this.dev.free(b);
