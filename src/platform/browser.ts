@@ -34,7 +34,7 @@ function contentKey(text: string): string {
 }
 
 function startWorker(program: string, on: { message(reply: unknown): void; error(why: string): void }): PlatformWorker {
-  const main = `${program}\nself.onmessage = (e) => self.postMessage(handle(e.data));\n`;
+  const main = `${program}\nconst post = (r) => self.postMessage(r);\nself.onmessage = (e) => { post(handle(e.data)); if (typeof linger === 'function') linger(post); };\n`;
   const url = URL.createObjectURL(new Blob([main], { type: 'text/javascript' }));
   const WorkerClass = (globalThis as { Worker?: WorkerConstructor }).Worker;
   if (!WorkerClass) throw new Error('this browser context has no Web Workers');

@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import type { Platform, PlatformWorker } from './types.js';
 
 function startWorker(program: string, on: { message(reply: unknown): void; error(why: string): void }): PlatformWorker {
-  const main = `${program}\nimport('node:worker_threads').then(({ parentPort }) => {\n  parentPort.on('message', (m) => parentPort.postMessage(handle(m)));\n});\n`;
+  const main = `${program}\nimport('node:worker_threads').then(({ parentPort }) => {\n  const post = (r) => parentPort.postMessage(r);\n  parentPort.on('message', (m) => { post(handle(m)); if (typeof linger === 'function') linger(post); });\n});\n`;
   // execArgv: [] so a worker never loads the parent's loaders (tsx, vitest): it runs plain JS.
   const worker = new Worker(main, { eval: true, execArgv: [] });
   worker.unref();

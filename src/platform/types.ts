@@ -46,7 +46,9 @@ export interface Platform {
   allocShared(bytes: number): SharedArrayBuffer;
   /**
    * Starts a worker running `program`, JavaScript text that defines `function handle(message)`
-   * returning the reply; each message posted gets one reply through onMessage.
+   * returning the reply; each message posted gets one reply through onMessage. If the program
+   * also defines `function linger(post)`, it is called after each reply is posted and may keep
+   * the thread (working off shared memory, posting further replies) before the next message.
    */
   startWorker(program: string, on: { message(reply: unknown): void; error(why: string): void }): PlatformWorker;
   /** A path (Node) or URL (browsers) for a file relative to a module's import.meta.url. */

@@ -16,7 +16,7 @@ import { BackendBuffer, BaseDevice, checkCopy, hostArray } from '../base.js';
 import type { Device, DeviceBuffer, DeviceGraph, DeviceProfile, HostArray } from '../device.js';
 import type { DeviceOptions } from '../index.js';
 import { platform } from '../../platform/index.js';
-import { WorkerPool } from './pool.js';
+import { type ListenOptions, WorkerPool } from './pool.js';
 import { barriersBetween } from './graph.js';
 import { executeGraph, executeJob, type GraphStep, type JobReply, type WasmJob, type WorkerKernel } from './worker.js';
 
@@ -111,6 +111,25 @@ const INLINE_NS = 100_000;
 /** In a replayed step, launches expected to take less than this run whole on one worker (no barrier around them). */
 const SOLO_NS = 20_000;
 
+/**
+ * How workers wait for the next replayed step (pool.ts): on a shared word, spinning
+ * KILN_CPU_SPIN_US µs then sleeping up to KILN_CPU_LISTEN_MS ms, before falling back to messages.
+ * No spin by default: with a worker per core, spinning workers take the cores the host needs to
+ * prepare the next step (measured 4× slower replays at 100 µs, bench/notes/cpu.md).
+ * KILN_CPU_REPLAY=messages: one message per worker per step (the old path; for A/B timing).
+ */
+function listenOptions(): ListenOptions | null {
+  const mode = platform.env('KILN_CPU_REPLAY') ?? 'shared';
+  if (mode !== 'shared' && mode !== 'messages') throw new Error(`cpu device: KILN_CPU_REPLAY must be 'shared' or 'messages', not '${mode}'`);
+  const num = (name: string, fallback: number) => {
+    const v = platform.env(name), n = v === undefined ? fallback : Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`cpu device: ${name} must be a number ≥ 0, not '${v}'`);
+    return n;
+  };
+  const spinUs = num('KILN_CPU_SPIN_US', 0), waitMs = num('KILN_CPU_LISTEN_MS', 50);
+  return mode === 'shared' ? { spinUs, waitMs } : null;
+}
+
 class CpuDevice extends BaseDevice<CpuBuffer> {
   readonly kind = 'cpu' as const;
   readonly caps: Caps = { ...CPU_CAPS };
@@ -181,7 +200,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
       new Float32Array(this.heap.sab, this.f16Table, 65536).set(makeF16().table);
     }
     // Profiled launches run on the main thread, where their counts are read (no worker replies).
-    this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers) : null;
+    this.pool = workers > 0 && !this.profiling ? new WorkerPool(workers, listenOptions()) : null;
     const threads = this.pool ? `${workers} worker${workers === 1 ? '' : 's'}` : 'main thread';
     this.description = `cpu (${threads}, ${executor}${this.heap && !this.fusedMadd ? ', exact fma' : ''}${this.heap && this.fusedMadd && !this.wasmSimd ? ' without SIMD' : ''}${this.check ? ', checking' : ''}${this.profiling ? ', profiling' : ''})`;
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted

@@ -173,6 +173,83 @@ export interface GraphMessage {
     imports?: string;
   };
   slot: number;
+  /** Where this thread listens for the next replay after replying (pool.ts; absent: it does not). */
+  listen?: ListenAt;
+}
+
+/**
+ * A thread's block of words in the pool's shared control memory (16 words apart, so each thread's
+ * spinning reads its own cache line): the host signals a replay there instead of by message.
+ * state: 0 away (messages only), 1 listening, 2 claimed (a replay of `graph` is waiting).
+ */
+export const LISTEN_WORDS = { state: 0, graph: 1, job: 2, scratch: 3, done: 4, failed: 5, busyUs: 6, slot: 7, stride: 16 } as const;
+export interface ListenAt {
+  control: SharedArrayBuffer;
+  /** Index of this thread's first word (LISTEN_WORDS). */
+  base: number;
+  /** Spin this long on the state word after a replay, then sleep on it (Atomics.wait) for waitMs. */
+  spinUs: number;
+  waitMs: number;
+}
+/** A thread's listening state: its words, and what it needs of each graph to replay it unsent. */
+export interface Listener {
+  at: ListenAt;
+  words: Int32Array;
+  graphs: Map<number, { memory: WasmMemory; control: number }>;
+  /**
+   * Set by a replay that came by message and succeeded, which also marks the thread listening
+   * before its reply is posted — else the host, quick to replay again, would find it not yet
+   * listening and send a message it would not read until it stopped listening.
+   */
+  armed: boolean;
+}
+
+/**
+ * After a replay (its thread marked listening, state 1, before its reply was posted): wait for the
+ * next one on the shared state word instead of the message queue —
+ * spin (spinUs), then sleep on the word (waitMs), then go back to messages (state 0, unless the
+ * host claimed the word first). A replay that fails posts its reply (the error text) by message
+ * and goes back to messages too. Self-contained: its text runs in worker threads (`replay` is
+ * executeGraph, passed in so a bundler's renaming cannot break the text).
+ */
+export function lingerForReplays(post: (r: JobReply) => void, l: Listener, replay: (msg: GraphMessage) => JobReply): void {
+  if (!l.armed) return;
+  l.armed = false;
+  // Word indices: LISTEN_WORDS (state 0, graph 1, job 2, scratch 3, done 4, failed 5, busyUs 6, slot 7).
+  const w = l.words, b = l.at.base;
+  let spinUntil = performance.now() + l.at.spinUs / 1000, waitUntil = spinUntil + l.at.waitMs;
+  for (;;) {
+    const state = Atomics.load(w, b);
+    if (state === 2) {
+      const id = Atomics.load(w, b + 2), gid = Atomics.load(w, b + 1), slot = Atomics.load(w, b + 7), g = l.graphs.get(gid);
+      let reply: JobReply;
+      try {
+        if (!g) throw new Error('graph ' + gid + ' was not sent to this thread');
+        const scratch: number[] = [];
+        scratch[slot] = Atomics.load(w, b + 3);
+        reply = replay({ id, slot, graph: { id: gid, memory: g.memory, control: g.control, scratch } });
+      } catch (e) {
+        reply = { id, findings: [], count: 0, error: e instanceof Error ? e.message : String(e), busyMs: 0 };
+      }
+      const failed = reply.error !== undefined;
+      // The error's text goes by message, posted before `done` so the host has it when it looks.
+      if (failed) post(reply);
+      Atomics.store(w, b + 5, failed ? 1 : 0);
+      Atomics.store(w, b + 6, Math.round(reply.busyMs * 1000));
+      Atomics.store(w, b, failed ? 0 : 1);
+      Atomics.store(w, b + 4, id);
+      Atomics.notify(w, b + 4);
+      if (failed) return;
+      spinUntil = performance.now() + l.at.spinUs / 1000;
+      waitUntil = spinUntil + l.at.waitMs;
+      continue;
+    }
+    if (state !== 1) return; // sent back to messages by the host: one is coming
+    const now = performance.now();
+    if (now < spinUntil) continue;
+    if (now < waitUntil) Atomics.wait(w, b, 1, waitUntil - now);
+    else if (Atomics.compareExchange(w, b, 1, 0) === 1) return;
+  }
 }
 
 /**
@@ -252,12 +329,26 @@ export function executeGraph(msg: GraphMessage, kernels: Map<string, WorkerKerne
 export const WORKER_SOURCE = `${KEEP_NAMES_SHIM}
 const executeJob = (${executeJob.toString()});
 const executeGraph = (${executeGraph.toString()});
+const lingerForReplays = (${lingerForReplays.toString()});
 const kernels = new Map(), graphs = new Map();
+let listener = null;
 function handle(job) {
   try {
-    return job.graph ? executeGraph(job, kernels, graphs) : executeJob(job, kernels);
+    if (!job.graph) return executeJob(job, kernels);
+    const reply = executeGraph(job, kernels, graphs);
+    if (job.listen && reply.error === undefined) {
+      // One pool, one block of words per worker (each message brings a new SharedArrayBuffer object for it).
+      listener ??= { at: job.listen, words: new Int32Array(job.listen.control), graphs: new Map(), armed: false };
+      listener.graphs.set(job.graph.id, { memory: job.graph.memory, control: job.graph.control });
+      listener.armed = true;
+      Atomics.store(listener.words, job.listen.base, 1);
+    }
+    return reply;
   } catch (e) {
     return { id: job.id, findings: [], count: 0, error: e instanceof Error ? e.message : String(e), busyMs: 0 };
   }
+}
+function linger(post) {
+  if (listener) lingerForReplays(post, listener, (msg) => executeGraph(msg, kernels, graphs));
 }
 `;
