@@ -10,10 +10,10 @@ import type { LinearOp } from '../../codegen/kernels/linearOp.js';
 import type { Device, DeviceBuffer } from '../backend/device.js';
 import { dequantizeAwq, isAwqQuantized, loadAwqLinear } from '../io/awq.js';
 import { readFloat16Bits, readFloat32, type TensorStore } from '../io/safetensors.js';
-import { linearHints } from '../ops/linear.js';
+import { linearHints, uploadDense } from '../ops/linear.js';
 import { cachedChoice } from '../ops/tune.js';
 import { type AwqTensors, AWQ_GROUP_SIZES } from '../quant/awq.js';
-import { f32ArrayToF16, packF16Pairs } from '../quant/f16.js';
+import { packF16Pairs } from '../quant/f16.js';
 import { quantizeRtnInt4 } from '../quant/rtn.js';
 import { EMBED, FINAL_NORM, LM_HEAD, type LinearSpec, layerLinears, layerPrefix, type ModelSpec } from './spec.js';
 
@@ -137,17 +137,18 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
         scales: upU32(packF16Pairs(t.scales), `${label}.scales`),
       };
     } else {
-      // HF stores [N, K]: stacking parts along N is concatenation; then transpose to [K, N].
+      // HF stores [N, K]: stacking parts along N is concatenation; uploadDense transposes it to
+      // [K, N] and lays it out as the op reads it (no copy beyond that one transpose).
       const nk = new Float32Array(N * K);
       let off = 0;
       for (const p of parts) {
         nk.set(quantizedParts.has(p) ? dequantizeAwq(loadAwqLinear(store, p, g)) : readFloat32(store, `${p.name}.weight`), off);
         off += p.N * K;
       }
-      const kn = transpose(nk, N, K);
       op = denseLinear({ K, N: outN, weight: fmt, ...hints, ...tuned('denseLinear', { K, N, weight: fmt }), ...epi });
-      const layout = op.source.layout;
-      weights = { w: fmt === 'f32' ? upF32(toWeightLayout(layout, kn, K, N), `${label}.w`) : upU32(toWeightLayout(layout, packF16Pairs(f32ArrayToF16(kn)), K, N / 2), `${label}.w`) };
+      const w = uploadDense(dev, nk, K, N, fmt, 'NK', label, op.source.layout);
+      buffers.push(w);
+      weights = { w };
     }
     if (epi.bias) {
       const b = new Float32Array(N);
@@ -195,12 +196,6 @@ export function uploadWeights(dev: Device, spec: ModelSpec, store: TensorStore, 
 export function freeWeights(dev: Device, w: ModelWeights): void {
   for (const b of w.buffers) dev.free(b);
   w.buffers.length = 0;
-}
-
-function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
-  const t = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = a[r * cols + c]!;
-  return t;
 }
 
 /** AWQ layers with the same K and group size, side by side along N (each N a multiple of 8). */
