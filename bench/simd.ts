@@ -110,20 +110,25 @@ export async function main(args: string[]): Promise<void> {
 }
 
 /**
- * The decode GEMVs as the cpu device's wasm executor runs them, one thread (workers 0), with and
- * without its SIMD128 paths (KILN_WASM_SIMD, read when a device is created): µs per launch,
- * minimum over interleaved launches, brown-target's shapes (K 256; N 1536 gate/up, 2048 lm_head).
+ * The decode GEMVs as the cpu device's wasm executor runs them, one thread (workers 0): fma as the
+ * host's fused relaxed multiply-add with accumulators packed in f32x4 (the default), the same
+ * without packing (KILN_WASM_SIMD=0), and fma through the exact path (KILN_WASM_FMA=exact; the
+ * fallback where the multiply-add is not fused). Variables read when a device is created. µs per
+ * launch, minimum over interleaved launches, brown-target's shapes (K 256; N 1536 gate/up, 2048
+ * lm_head).
  */
 async function gemvKernels(): Promise<void> {
-  const saved = process.env.KILN_WASM_SIMD;
+  const variants = [['packed', {}], ['scalar', { KILN_WASM_SIMD: '0' }], ['exact', { KILN_WASM_FMA: 'exact' }]] as const;
   const devs: Device[] = [];
-  for (const simd of ['1', '0']) {
-    process.env.KILN_WASM_SIMD = simd;
-    devs.push(await createCpuDevice({ workers: 0, executor: 'wasm' }));
+  for (const [, env] of variants) {
+    const saved = { ...process.env };
+    Object.assign(process.env, env);
+    try { devs.push(await createCpuDevice({ workers: 0, executor: 'wasm' })); } finally {
+      for (const k of Object.keys(env)) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+    }
   }
-  if (saved === undefined) delete process.env.KILN_WASM_SIMD; else process.env.KILN_WASM_SIMD = saved;
-  console.log('\n| kernel (one thread, wasm; the variant the cpu device picks) | K × N | SIMD128 µs | scalar µs | scalar / SIMD |');
-  console.log('|---|---|---:|---:|---:|');
+  console.log(`\n| kernel (one thread, wasm; the variant the cpu device picks) | K × N | ${variants.map(([n]) => `${n} µs`).join(' | ')} | scalar / packed | exact / packed |`);
+  console.log(`|---|---|${variants.map(() => '---:|').join('')}---:|---:|`);
   try {
     for (const [name, source, v] of [
       ['dense f16 GEMV', denseSource('f16'), defaultDenseChoice(256, 2048, 'f16', devs[0]!.caps, devs[0]!.profile.parallelism).gemv[0]!],
@@ -131,7 +136,7 @@ async function gemvKernels(): Promise<void> {
     ] as const) {
       for (const N of [1536, 2048]) {
         const K = 256, kern = gemvKernel(source, 1, v, devs[0]!.caps);
-        const us = [Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY];
+        const us = devs.map(() => Number.POSITIVE_INFINITY);
         const bufs = devs.map((dev) => {
           const b: Record<string, DeviceBuffer> = {};
           for (const d of kern.ir.buffers) {
@@ -139,12 +144,12 @@ async function gemvKernels(): Promise<void> {
             const words = new Uint32Array(n * (d.vec ?? 1));
             for (let i = 0; i < words.length; i++) words[i] = (Math.random() * 0x3bff) | ((Math.random() * 0x3bff) << 16);
             b[d.name] = dev.alloc(d.t === 'f32' ? 'f32' : 'u32', n * (d.vec ?? 1), d.name);
-            dev.write(b[d.name]!, d.t === 'f32' ? new Float32Array(words.length).fill(0.5) : words);
+            dev.write(b[d.name]!, d.t === 'f32' ? Float32Array.from(words, () => Math.random() - 0.5) : words);
           }
           return b;
         });
         for (let r = 0; r < 60; r++) {
-          for (let i = 0; i < 2; i++) {
+          for (let i = 0; i < devs.length; i++) {
             const t0 = performance.now();
             devs[i]!.launch(kern, bufs[i]! as never, { K, Nw: N, segLen: K } as never);
             await devs[i]!.sync();
@@ -152,7 +157,7 @@ async function gemvKernels(): Promise<void> {
           }
         }
         devs.forEach((dev, i) => { for (const b of Object.values(bufs[i]!)) dev.free(b); });
-        console.log(`| ${name} ${JSON.stringify(v).replace(/[{}"]/g, '')} | ${K} × ${N} | ${us[0]!.toFixed(0)} | ${us[1]!.toFixed(0)} | ${(us[1]! / us[0]!).toFixed(2)} |`);
+        console.log(`| ${name} ${JSON.stringify(v).replace(/[{}"]/g, '')} | ${K} × ${N} | ${us.map((u) => u.toFixed(0)).join(' | ')} | ${(us[1]! / us[0]!).toFixed(2)} | ${(us[2]! / us[0]!).toFixed(2)} |`);
       }
     }
   } finally {

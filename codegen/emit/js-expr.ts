@@ -290,7 +290,13 @@ export abstract class JsExpressions {
       case 'exp2': return this.round(t, `Math.pow(2, ${a})`);
       case 'inverseSqrt': return this.round(t, `1 / Math.sqrt(${a})`);
       case 'pow': return this.round(t, `Math.pow(${a}, ${b})`);
-      case 'fma': return t === 'f16' ? this.round(t, `${this.h('fmaf', '$fmaf')}(${a}, ${b}, ${c})`) : `${this.h('fmaf', '$fmaf')}(${a}, ${b}, ${c})`;
+      case 'fma': {
+        // Correctly rounded (js-helpers.ts $fmaf), inline where the f64 sum rounds right: unless it
+        // is exactly halfway between two f32 values, i.e. unless the f32 value on its far side
+        // (2s − r) is an f32 too. Nested fmas finish before this one sets $fs.
+        const fma = `(($fr = Math.fround($fs = ${a} * ${b} + ${c})) === $fs || Math.fround($fo = 2 * $fs - $fr) !== $fo ? $fr : ${this.h('fmaf', '$fmaf')}(${a}, ${b}, ${c}))`;
+        return t === 'f16' ? this.round(t, fma) : fma;
+      }
       case 'abs': return float ? `Math.abs(${a})` : t === 'i32' ? `(Math.abs(${a}) | 0)` : a!;
       case 'floor': case 'ceil': return `Math.${fn}(${a})`;
       case 'round': return `${this.h('roundEven', '$roundEven')}(${a})`;
