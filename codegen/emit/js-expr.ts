@@ -291,10 +291,16 @@ export abstract class JsExpressions {
       case 'inverseSqrt': return this.round(t, `1 / Math.sqrt(${a})`);
       case 'pow': return this.round(t, `Math.pow(${a}, ${b})`);
       case 'fma': {
-        // Correctly rounded (js-helpers.ts $fmaf), inline where the f64 sum rounds right: unless it
-        // is exactly halfway between two f32 values, i.e. unless the f32 value on its far side
-        // (2s − r) is an f32 too. Nested fmas finish before this one sets $fs.
-        const fma = `(($fr = Math.fround($fs = ${a} * ${b} + ${c})) === $fs || Math.fround($fo = 2 * $fs - $fr) !== $fo ? $fr : ${this.h('fmaf', '$fmaf')}(${a}, ${b}, ${c}))`;
+        // Correctly rounded (js-helpers.ts $fmaPC), inline but for halfway sums that are inexact:
+        // s = p + c rounded once is right unless it is exactly halfway between two f32 values, i.e.
+        // unless the f32 value on its far side (2s − r) is an f32 too, and then still right when
+        // the sum was exact (TwoSum's error is 0, common with low-precision weights). Temporaries
+        // are per nesting depth: an fma in an argument finishes before this one sets its own.
+        const depth = 1 + Math.max(-1, ...[a, b, c].flatMap((x) => [...x!.matchAll(/\$fs(\d+)/g)].map((m) => Number(m[1]))));
+        const [fs, fr, fo, fp, fc] = ['s', 'r', 'o', 'p', 'c'].map((n) => `$f${n}${depth}`);
+        const fma = `((${fr} = Math.fround(${fs} = (${fp} = ${a} * ${b}) + (${fc} = ${c}))) === ${fs}`
+          + ` || Math.fround(${fo} = 2 * ${fs} - ${fr}) !== ${fo}`
+          + ` || ((${fo} = ${fs} - ${fp}), ${fp} - (${fs} - ${fo}) + (${fc} - ${fo})) === 0 ? ${fr} : ${this.h('fmaf', '$fmaPC')}(${fp}, ${fc}))`;
         return t === 'f16' ? this.round(t, fma) : fma;
       }
       case 'abs': return float ? `Math.abs(${a})` : t === 'i32' ? `(Math.abs(${a}) | 0)` : a!;

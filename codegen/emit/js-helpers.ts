@@ -40,12 +40,13 @@ export const RUNTIME = {
   // float -> integer: truncate, saturate, NaN -> 0.
   $f2i(x: number): number { return x >= 2147483647 ? 2147483647 : x <= -2147483648 ? -2147483648 : x | 0; },
   $f2u(x: number): number { return x >= 4294967295 ? 4294967295 : x > 0 ? x >>> 0 : 0; },
-  // fma(a, b, c) of f32 values, correctly rounded to f32 (one rounding, as CUDA's fmaf). a * b is
-  // exact in f64 and s = a * b + c is within half an f64 unit of the exact sum, so rounding s to
-  // f32 is right unless s lies exactly halfway between two f32 values; then the exact sum's side
-  // of s (TwoSum's error term e) decides. o: the f32 value on the other side of s.
-  $fmaf(a: number, b: number, c: number): number {
-    const p = a * b, s = p + c, r = Math.fround(s);
+  // fma(a, b, c) of f32 values, correctly rounded to f32 (one rounding, as CUDA's fmaf), from
+  // p = a * b (exact in f64) and c. s = p + c is within half an f64 unit of the exact sum, so
+  // rounding s to f32 is right unless s lies exactly halfway between two f32 values; then the
+  // exact sum's side of s (TwoSum's error term e) decides. o: the f32 value on the other side of s.
+  // Kernels inline the common case (js-expr.ts) and call this only at such halfway points.
+  $fmaPC(p: number, c: number): number {
+    const s = p + c, r = Math.fround(s);
     if (r === s || Number.isNaN(s)) return r;
     const big = r === Infinity || r === -Infinity; // halfway between the largest f32 and 2^128?
     const o = big ? Math.sign(r) * 3.4028234663852886e38 : r + 2 * (s - r);

@@ -22,7 +22,7 @@ function $f16r(x) { return $F16[$f16bits(x)]; }`,
   idiv: { deps: [], src: functionsText(RUNTIME, ['$idiv', '$irem', '$udiv', '$urem']) },
   f2i: { deps: [], src: functionsText(RUNTIME, ['$f2i', '$f2u']) },
   roundEven: { deps: [], src: functionsText(RUNTIME, ['$roundEven']) },
-  fmaf: { deps: [], src: functionsText(RUNTIME, ['$fmaf']) },
+  fmaf: { deps: [], src: functionsText(RUNTIME, ['$fmaPC']) },
   atomicMinMax: { deps: [], src: functionsText(RUNTIME, ['$atomicMax', '$atomicMin']) },
   workgroup: { deps: [], src: functionsText(RUNTIME, ['$any']) },
   subgroup: {

@@ -346,7 +346,10 @@ class JsEmitter extends JsExpressions {
     const b = this.builtins;
     if (b.has('workgroupId') || b.has('globalId')) fn.push('    const $wgX = $WG[0], $wgY = $WG[1], $wgZ = $WG[2];');
     if (b.has('numWorkgroups')) fn.push('    const $nwgX = $WG[3], $nwgY = $WG[4], $nwgZ = $WG[5];');
-    if (body.some((l) => l.includes('$fs'))) fn.push('    let $fs = 0, $fr = 0, $fo = 0; // fma\'s f64 sum, it rounded, the f32 beyond it (js-expr.ts)');
+    // fma's temporaries (js-expr.ts), per nesting depth: the f64 sum, it rounded, the f32 value
+    // beyond it, the product, the addend.
+    const fmaDepths = new Set(body.flatMap((l) => [...l.matchAll(/\$fs(\d+)/g)].map((m) => m[1]!)));
+    for (const d of fmaDepths) fn.push(`    let $fs${d} = 0, $fr${d} = 0, $fo${d} = 0, $fp${d} = 0, $fc${d} = 0;`);
     fn.push(`    $inv: for (let $li = 0; $li < ${this.n}; $li++) {`);
     if (multi) fn.push(`${inner}if (${r.ctx.masks[r.ctx.masks.length - 1]}[$li] === 0) continue;`);
     for (const l of this.builtinLines()) fn.push(inner + l);

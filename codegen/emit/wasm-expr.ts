@@ -302,7 +302,7 @@ export abstract class WasmExpressions {
       case 'pow': arg(0); f.op('f64.promote_f32'); arg(1); f.op('f64.promote_f32'); math('pow'); f.op('f32.demote_f64'); return this.round(t);
       case 'sqrt': arg(0); f.op('f32.sqrt'); return this.round(t);
       case 'inverseSqrt': f.f64(1); arg(0); f.op('f64.promote_f32').op('f64.sqrt').op('f64.div').op('f32.demote_f64'); return this.round(t);
-      case 'fma': // correctly rounded, as the JS executor's $fmaf
+      case 'fma': // correctly rounded, as the JS executor's $fmaPC
         if (this.fusedMadd) {
           arg(0); f.simd('f32x4.splat'); arg(1); f.simd('f32x4.splat'); arg(2); f.simd('f32x4.splat');
           f.simd('f32x4.relaxed_madd').simd('f32x4.extract_lane', 0);

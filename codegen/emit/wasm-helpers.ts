@@ -142,7 +142,7 @@ function powerOfTwoHelper(kind: 'exp2' | 'exp'): FnBuilder {
 }
 
 /**
- * fma(a, b, c) of f32 values correctly rounded (one rounding), as the JavaScript executor's $fmaf
+ * fma(a, b, c) of f32 values correctly rounded (one rounding), as the JavaScript executor's $fmaPC
  * (js-helpers.ts says why it is exact), for hosts whose relaxed multiply-add is not fused: a * b
  * is exact in f64; s = a * b + c is rounded to f32 unless it lies exactly halfway between two f32
  * values, where TwoSum's error term picks the side.

@@ -2,7 +2,7 @@
 // `acc = fma(x, w, acc)` are carried four (or two) to a v128 (f32x4) through the loop, each update
 // one f32x4.relaxed_madd.
 //
-// Why this is exact: the reference `fma` is the correctly rounded one (the JS executor's $fmaf,
+// Why this is exact: the reference `fma` is the correctly rounded one (the JS executor's $fmaPC,
 // CUDA's fmaf), and relaxed_madd is either that or mul-then-add, as the host decides. The cpu
 // device uses this only where it found the host's relaxed_madd fused (src/backend/cpu/wasm-api.ts
 // hostFusedMadd), so every lane is the reference's fma: the same bits as scalar code, at four
