@@ -26,12 +26,6 @@ export interface LinearChoice {
   /** Index M − 1 for M = 1..GEMV_MAX_ROWS. */
   gemv: GemvVariant[];
   gemm: GemmVariant;
-  /**
-   * From `minRows` rows on, the GEMM runs with this tiling instead (same bits: tilings change speed
-   * only). A device whose best tile for a 9–16-row decode step is small (whole tiles are computed)
-   * can take large tiles for prefill.
-   */
-  gemmLarge?: { minRows: number; gemm: GemmVariant };
   finishWorkgroupSize: number;
   /**
    * M up to which the tensor-core MMA path runs (int4Mma.ts, the dense f16 one in mmaMatmul.ts;
@@ -48,7 +42,6 @@ export interface LinearChoiceInput {
   /** One variant for every row count, or one per row count (index M − 1). */
   gemv?: GemvVariant | GemvVariant[];
   gemm?: GemmVariant;
-  gemmLarge?: { minRows: number; gemm: GemmVariant };
   finishWorkgroupSize?: number;
   mmaMaxRows?: number;
 }
@@ -107,7 +100,6 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
     segLen: c.segLen ?? defaults.segLen,
     gemv,
     gemm: c.gemm ?? defaults.gemm,
-    ...(c.gemmLarge ?? defaults.gemmLarge) ? { gemmLarge: c.gemmLarge ?? defaults.gemmLarge } : {},
     finishWorkgroupSize: c.finishWorkgroupSize ?? defaults.finishWorkgroupSize,
     ...(c.mmaMaxRows ?? defaults.mmaMaxRows) !== undefined ? { mmaMaxRows: c.mmaMaxRows ?? defaults.mmaMaxRows } : {},
   };
@@ -143,11 +135,6 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   if (choice.gemv.length !== GEMV_MAX_ROWS) throw new Error(`${name}: choice.gemv needs ${GEMV_MAX_ROWS} variants (M = 1..${GEMV_MAX_ROWS})`);
   for (const v of choice.gemv) checkGemvVariant(name, v, src, Nw, caps);
   checkGemmVariant(name, choice.gemm, src, e, caps);
-  if (choice.gemmLarge) {
-    const { minRows, gemm } = choice.gemmLarge;
-    if (!Number.isInteger(minRows) || minRows <= GEMV_MAX_ROWS) throw new Error(`${name}: choice.gemmLarge.minRows = ${minRows} must be an integer > ${GEMV_MAX_ROWS} (the GEMV takes fewer rows)`);
-    checkGemmVariant(name, gemm, src, e, caps);
-  }
   const S = segmentCount(K, choice.segLen);
   const mmaRows = mmaRowsOf(name, K, N, src, caps, choice.mmaMaxRows);
   const weightNames = Object.keys(src.bindings);
@@ -182,7 +169,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
         ],
       };
     }
-    const gemm = gemmKernel(src, e, choice.gemmLarge && M >= choice.gemmLarge.minRows ? choice.gemmLarge.gemm : choice.gemm, caps);
+    const gemm = gemmKernel(src, e, choice.gemm, caps);
     return {
       temps: {},
       steps: [{ kernel: gemm, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw, segLen: choice.segLen } }],
