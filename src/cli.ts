@@ -22,7 +22,7 @@ const HELP = `kiln — LLM serving on kernels generated from one TypeScript DSL
       --device D   --force   (kiln quantize --help for all)
   kiln serve [--model DIR] [--port 8000]      OpenAI-compatible HTTP server (kiln serve --help for all)
   kiln build-playground DIR [--model DIR]     the playground page (served by kiln serve at /) as static files
-  kiln bench <name> [...]                     benchmarks (generate, engine, llamacpp, ...; `kiln bench` lists them)
+  kiln bench <name> [...]                     benchmarks (generate, engine, llamacpp, ...; 'kiln bench' lists them)
   kiln tune <kernel> --device D --shape ...   time kernel variants, write the variant cache
   kiln profile <family> [--shape K=..,N=..]   GPU memory-access model on the CPU: sectors, bank conflicts, occupancy
   kiln codegen ...                            ahead-of-time WGSL / CUDA (kiln codegen --help)
@@ -74,7 +74,7 @@ const TUNE_HELP = `kiln tune — time a kernel family's variants on a device; th
 
 const BENCH_HELP = `kiln bench — benchmarks that print tables (run from a checkout)
 
-  kiln bench <name> [options]   generate, engine, llamacpp, simd, gemm-tiles, …: \`kiln bench\` alone lists them all
+  kiln bench <name> [options]   generate, engine, llamacpp, simd, gemm-tiles, …: 'kiln bench' alone lists them all
   kiln bench serve [--requests 24] [--configs naive,continuous,awq,speculative,combined] [--json]
       the seed's five serving configurations through a real kiln serve process each
 `;
