@@ -286,10 +286,13 @@ describe('kiln serve (OpenAI client, cpu, brown-draft)', () => {
     const s = await startServer({ llm, port: 0, modelName: 'brown-chat', engine: { maxSeqs: 4, kvBlocks: 64 } });
     const c = client(s);
     const url = s.address.url;
-    const stream = await c.completions.create({ model: 'brown-chat', prompt, max_tokens: 480, stream: true });
+    // ignore_eos and a 10 ms grace, so the stream cannot finish on its own first: with a 100 ms
+    // grace a fast cpu run (fused fma) once completed its tokens inside the grace (CI, 2026-12-07).
+    const body = { model: 'brown-chat', prompt, max_tokens: 480, stream: true, ignore_eos: true } as const;
+    const stream = await c.completions.create(body as typeof body & { stream: true });
     const it = stream[Symbol.asyncIterator]();
     await it.next();
-    const closing = s.close(100);
+    const closing = s.close(10);
     const health = await fetch(`${url}/health`).then((r) => r.status, () => 'refused');
     expect(health === 503 || health === 'refused').toBe(true);
     const err = await (async () => { for (;;) { const x = await it.next(); if (x.done) return null; } })().then(() => null, (e: unknown) => e);
