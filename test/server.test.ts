@@ -216,7 +216,9 @@ describe('kiln serve (OpenAI client, cpu, brown-draft)', () => {
     try {
       const ac = new AbortController();
       // One running (it has streamed a token), one waiting: the next is refused.
-      const running = await c.completions.create({ model: 'brown-chat', prompt, max_tokens: 400, stream: true }, { signal: ac.signal });
+      // ignore_eos: an early EOS would free the slot and let the waiting one run.
+      const body = { model: 'brown-chat', prompt, max_tokens: 400, stream: true, ignore_eos: true } as const;
+      const running = await c.completions.create(body as typeof body & { stream: true }, { signal: ac.signal });
       const it = running[Symbol.asyncIterator]();
       await it.next();
       const waiting = c.completions.create({ model: 'brown-chat', prompt, max_tokens: 2 });
