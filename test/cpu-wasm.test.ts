@@ -166,6 +166,59 @@ describe('SIMD128: fma accumulators carried in f32x4 groups', () => {
   });
 });
 
+describe('SIMD128: mul-then-add accumulators carried in f32x4 groups', () => {
+  // acc = acc + x · w (two roundings, as attention's P·V sums): four elements of a private array
+  // updated from four adjacent storage words (one 16-byte load), four more from words 2 apart
+  // (lane by lane), four variables, a group of two (left scalar: mul + add packs in fours only),
+  // and one element also read elsewhere in the loop (left scalar). Spread magnitudes so that a
+  // fused multiply-add, or f64 arithmetic, would give other bits.
+  const mulAdd = kernel({
+    name: 'mulAddAccumulators', workgroupSize: 16, grid: (u) => Math.ceil(u.n / 16),
+    bindings: { x: storage('f32', 'read'), w: storage('f32', 'read'), out: storage('f32', 'read_write') },
+    uniforms: { n: 'u32', steps: 'u32' },
+    body(k, { x, w, out }, { n, steps }) {
+      const i = k.let('i', k.globalId.x);
+      k.if(i.ge(n), () => k.return());
+      const acc = k.privateArray('acc', 'f32', 9);
+      for (let e = 0; e < 9; e++) acc.set(e, 0);
+      const v = [0, 1, 2, 3, 4, 5].map((j) => k.var(`v${j}`, 'f32', 0));
+      const seen = k.var('seen', 'f32', 0);
+      k.for('s', k.u32(0), steps, (s) => {
+        const xs = k.let('xs', x.at(s));
+        const row = k.let('row', s.mul(16).add(i));
+        for (let e = 0; e < 4; e++) acc.set(e, acc.at(e).add(xs.mul(w.at(row.add(e)))));
+        for (let e = 4; e < 8; e++) acc.set(e, acc.at(e).add(xs.mul(w.at(row.add(2 * (e - 4))))));
+        for (let j = 0; j < 4; j++) v[j]!.set(v[j]!.add(xs.mul(w.at(row.add(j + 8)))));
+        for (let j = 4; j < 6; j++) v[j]!.set(v[j]!.add(xs.mul(w.at(row.add(j + 8)))));
+        acc.set(8, acc.at(8).add(xs.mul(w.at(row.add(15)))));
+        seen.set(seen.add(acc.at(8)));
+      });
+      for (let e = 0; e < 9; e++) out.set(i.mul(16).add(e), acc.at(e));
+      [...v, seen].forEach((val, j) => out.set(i.mul(16).add(9 + j), val));
+    },
+  });
+
+  it('are packed with or without a fused multiply-add and give the js executor\'s bits', async () => {
+    expect(emitWasm(mulAdd.ir, { fusedMadd: true }).simdGroups).toBe(3);
+    expect(emitWasm(mulAdd.ir).simdGroups).toBe(3);
+    expect(emitWasm(mulAdd.ir, { simd: false }).simdGroups).toBe(0);
+    const r = rng(freshSeed('wasm simd mul-add groups'));
+    const n = 24, steps = 9;
+    const spread = (m: number) => Float32Array.from(randomF32(m, r), (val, j) => val * 2 ** ((j % 9) * 4 - 16));
+    const X = spread(steps), W = spread(16 * steps + n + 16);
+    const got = await Promise.all([wasm, js].map(async (dev) => {
+      const x = dev.alloc('f32', X.length, 'x'), w = dev.alloc('f32', W.length, 'w'), out = dev.alloc('f32', 16 * n, 'out');
+      try {
+        dev.write(x, X); dev.write(w, W); dev.write(out, new Float32Array(16 * n).fill(Number.NaN));
+        dev.launch(mulAdd, { x, w, out }, { n, steps });
+        return await dev.read(out);
+      } finally { for (const b of [x, w, out]) dev.free(b); }
+    }));
+    expect(got[1]!.every(Number.isFinite)).toBe(true);
+    expect(firstDiff(got[0]!, got[1]!)).toBeNull();
+  });
+});
+
 describe('SIMD128: packed operands loaded straight from workgroup memory', () => {
   // x and w staged in workgroup memory, then per invocation a loop of packed groups: x from one
   // let (a splat load); w from lets at adjacent indices (one 16-byte load), one of them also read

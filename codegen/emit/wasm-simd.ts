@@ -20,6 +20,8 @@ import type { FnBuilder } from './wasm-encode.js';
  */
 export interface FmaGroup {
   acc: string[];
+  /** fma: one fused multiply-add per step; muladd: f32x4.mul then f32x4.add (two roundings, as the scalar code). */
+  kind: 'fma' | 'muladd';
   steps: { at: number[]; x: Expr[]; w: Expr[] }[];
 }
 
@@ -32,24 +34,47 @@ function namesIn(node: unknown, memo: Map<object, Set<string>>): Set<string> {
   const o = node as Record<string, unknown>;
   if (typeof o.k === 'string' && typeof o.name === 'string' && ['var', 'assign', 'let', 'for', '$sg', 'privateArray'].includes(o.k)) out.add(o.name);
   if (o.k === 'atomic' && typeof o.result === 'string') out.add(o.result);
+  // A private array's element at a constant index counts as its own name (privateKey).
+  if ((o.k === 'load' || o.k === 'store') && o.space === 'private' && typeof o.name === 'string') {
+    const i = o.index as Expr;
+    out.add(i.k === 'const' ? privateKey(o.name, Number(i.v)) : o.name);
+  }
   for (const v of Array.isArray(node) ? node : Object.values(o)) for (const n of namesIn(v, memo)) out.add(n);
   memo.set(node, out);
   return out;
 }
 const EMPTY = new Set<string>();
 
-/** `name = fma(x, w, name)` over f32 with x and w plain variables other than `name`: its parts. */
-function fmaAccumulate(s: XStmt, isF32: (name: string) => boolean): Update | null {
-  if (s.k !== 'assign' || !isF32(s.name)) return null;
-  const v = s.value;
-  if (v.k !== 'call' || v.fn !== 'fma' || v.t !== 'f32' || v.args.length !== 3) return null;
-  const [x, w, a] = v.args as [Expr, Expr, Expr];
-  const plain = (e: Expr) => e.k === 'var' && e.t === 'f32' && e.name !== s.name;
-  if (a.k !== 'var' || a.name !== s.name || !plain(x) || !plain(w)) return null;
-  return { acc: s.name, x, w };
-}
+/** An accumulator kept in a scalar private array's element (its local): `name#index`. */
+export function privateKey(name: string, index: number): string { return `${name}#${index}`; }
 
-type Update = { acc: string; x: Expr; w: Expr };
+/**
+ * An accumulator update: `acc = fma(x, w, acc)` (x and w plain f32 variables other than acc), or
+ * `acc = acc + x * w` (two roundings; x and w any expressions) where acc is an f32 variable or an
+ * element of a scalar private array at a constant index.
+ */
+type Update = { acc: string; x: Expr; w: Expr; kind: 'fma' | 'muladd' };
+
+function accumulate(s: XStmt, isF32: (name: string) => boolean, isScalarPrivate: (name: string) => boolean): Update | null {
+  let acc: string, v: Expr, same: (e: Expr) => boolean;
+  if (s.k === 'assign' && isF32(s.name)) {
+    acc = s.name; v = s.value;
+    same = (e) => e.k === 'var' && e.name === s.name;
+  } else if (s.k === 'store' && s.space === 'private' && s.index.k === 'const' && isScalarPrivate(s.name) && s.value.t === 'f32') {
+    const name = s.name, index = s.index.v;
+    acc = privateKey(name, Number(index)); v = s.value;
+    same = (e) => e.k === 'load' && e.space === 'private' && e.name === name && e.index.k === 'const' && e.index.v === index;
+  } else return null;
+  if (v.k === 'call' && v.fn === 'fma' && v.t === 'f32' && v.args.length === 3 && s.k === 'assign') {
+    const [x, w, a] = v.args as [Expr, Expr, Expr];
+    const plain = (e: Expr) => e.k === 'var' && e.t === 'f32' && !same(e);
+    return same(a) && plain(x) && plain(w) ? { acc, x, w, kind: 'fma' } : null;
+  }
+  if (v.k === 'bin' && v.op === 'add' && v.t === 'f32' && same(v.a) && v.b.k === 'bin' && v.b.op === 'mul' && v.b.t === 'f32') {
+    return { acc, x: v.b.a, w: v.b.b, kind: 'muladd' };
+  }
+  return null;
+}
 
 /**
  * Accumulator groups of a `for` body: accumulators mentioned in the loop (bounds and body) only by
@@ -58,10 +83,15 @@ type Update = { acc: string; x: Expr; w: Expr };
  * after it. Groups of four first, then of two among what is left. A loop that can `return` out of
  * its middle is left alone (the group would not be unpacked).
  */
-export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): FmaGroup[] {
+export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, o: GroupOptions): FmaGroup[] {
   const body = loop.body, memo = new Map<object, Set<string>>();
   if (hasReturn(body)) return [];
-  const cands = body.map((s) => fmaAccumulate(s, isF32));
+  // fma only where the host's multiply-add is fused; mul + add in groups of four only (narrower,
+  // building the lanes costs what the scalar code does).
+  const cands = body.map((s) => {
+    const u = accumulate(s, o.isF32, o.isScalarPrivate);
+    return u && (u.kind === 'muladd' || o.fusedMadd) ? u : null;
+  });
   // Statements (and bounds) mentioning each name, and each candidate accumulator's own statements.
   const mentions = new Map<string, number>(), own = new Map<string, number>();
   for (const part of [loop.from, loop.to, loop.step, ...body]) for (const n of namesIn(part, memo)) mentions.set(n, (mentions.get(n) ?? 0) + 1);
@@ -73,7 +103,8 @@ export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: stri
     const runs: number[] = [];
     for (let i = 0; i + width <= body.length;) {
       const run = cands.slice(i, i + width);
-      if (!run.every(free) || new Set(run.map((c) => c.acc)).size !== width) { i++; continue; }
+      if (!run.every(free) || new Set(run.map((c) => c.acc)).size !== width || run.some((c) => c.kind !== run[0]!.kind)
+        || (width < 4 && run[0]!.kind === 'muladd')) { i++; continue; }
       const key = run.map((c) => c.acc).join(' ');
       for (const c of run) groupOf.set(c.acc, groupOf.has(c.acc) && groupOf.get(c.acc) !== key ? null : key);
       runs.push(i);
@@ -87,7 +118,7 @@ export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, isF32: (name: stri
       const run = cands.slice(i, i + width) as Update[], key = run.map((c) => c.acc).join(' ');
       if (!run.every((c) => groupOf.get(c.acc) === key && counted.get(c.acc) === own.get(c.acc))) continue;
       let g = byKey.get(key);
-      if (!g) byKey.set(key, (g = { acc: run.map((c) => c.acc), steps: [] }));
+      if (!g) byKey.set(key, (g = { acc: run.map((c) => c.acc), kind: run[0]!.kind, steps: [] }));
       g.steps.push({ at: run.map((_, j) => i + j), x: run.map((c) => c.x), w: run.map((c) => c.w) });
     }
     for (const g of byKey.values()) { groups.push(g); for (const a of g.acc) taken.add(a); }
@@ -117,12 +148,24 @@ export interface PackHost {
   workgroupAddr(name: string, index: Expr): number;
   /** Immutable lets emitted so far (before the loop): their initialisers, to compare indices. */
   lets: ReadonlyMap<string, Expr>;
+  /**
+   * Push the lanes of a scalar f32 storage buffer from element `index` on with one vector load;
+   * false (nothing pushed) where the buffer is not one.
+   */
+  storageVector(name: string, index: Expr, load: 'v128.load' | 'v128.load64_zero'): boolean;
 }
 export interface Packed { group: FmaGroup; v: number }
 
 /** The loop's packable groups, each loaded into a v128 local (f32x4) before the loop. */
-export function packAccumulators(h: PackHost, loop: Extract<XStmt, { k: 'for' }>, isF32: (name: string) => boolean): Packed[] {
-  return fmaGroups(loop, isF32).map((group) => {
+export interface GroupOptions {
+  isF32: (name: string) => boolean;
+  isScalarPrivate: (name: string) => boolean;
+  /** The host's relaxed multiply-add is fused: fma accumulators may be packed too. */
+  fusedMadd: boolean;
+}
+
+export function packAccumulators(h: PackHost, loop: Extract<XStmt, { k: 'for' }>, o: GroupOptions): Packed[] {
+  return fmaGroups(loop, o).map((group) => {
     const v = h.f.local('v128');
     group.acc.forEach((n, lane) => { h.f.get(h.local(n)); if (lane === 0) h.f.simd('f32x4.splat'); else h.f.simd('f32x4.replace_lane', lane); });
     h.f.set(v);
@@ -130,11 +173,21 @@ export function packAccumulators(h: PackHost, loop: Extract<XStmt, { k: 'for' }>
   });
 }
 
-/** f32x4 of a step's operands, lane by lane (one splat when they are all the same variable). */
+/**
+ * f32x4 of a step's operands: one splat when they are all the same expression; one v128.load
+ * (four lanes) or v128.load64_zero (two) when they read adjacent elements of an f32 storage
+ * buffer; else lane by lane.
+ */
 function lanesOf(h: PackHost, es: Expr[]): void {
-  const same = es.every((e) => e.k === 'var' && es[0]!.k === 'var' && e.name === es[0]!.name);
-  h.ex(es[0]!); h.f.simd('f32x4.splat');
-  if (!same) for (let lane = 1; lane < es.length; lane++) { h.ex(es[lane]!); h.f.simd('f32x4.replace_lane', lane); }
+  const first = JSON.stringify(es[0]);
+  if (es.every((e, i) => i === 0 || JSON.stringify(e) === first)) { h.ex(es[0]!); h.f.simd('f32x4.splat'); return; }
+  const e0 = es[0]!;
+  if (e0.k === 'load' && e0.space === 'storage' && e0.t === 'f32' && (es.length === 4 || es.length === 2)) {
+    const at = es.map((e) => (e.k === 'load' && e.space === 'storage' && e.name === e0.name ? affine(e.index, h.lets) : null));
+    if (at.every((a, i) => a && a.terms === at[0]!.terms && a.c === at[0]!.c + i) && h.storageVector(e0.name, e0.index, es.length === 4 ? 'v128.load' : 'v128.load64_zero')) return;
+  }
+  h.ex(e0); h.f.simd('f32x4.splat');
+  for (let lane = 1; lane < es.length; lane++) { h.ex(es[lane]!); h.f.simd('f32x4.replace_lane', lane); }
 }
 
 // ---- operands straight from workgroup memory -----------------------------------------------
@@ -257,7 +310,7 @@ function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): voi
  * distinct operands it loads as vectors.
  */
 export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): number {
-  const steps = new Map(packed.flatMap(({ group, v }) => group.steps.map((st) => [st.at[0]!, { st, v }] as const)));
+  const steps = new Map(packed.flatMap(({ group, v }) => group.steps.map((st) => [st.at[0]!, { st, v, kind: group.kind }] as const)));
   const ops = operandLoads(body, packed, h.lets);
   const cache = new Map<string, number>(); // operand key → v128 local, loaded at its first use this iteration
   for (let i = 0; i < body.length; i++) {
@@ -266,9 +319,11 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): nu
     if (!p) { h.stmt(body[i]!); continue; }
     h.newStatement();
     const vx = ops.x.get(i), vw = ops.w.get(i);
+    if (p.kind === 'muladd') h.f.get(p.v); // acc + x·w, in the scalar code's operand order
     if (vx) vectorOperand(h, vx, cache); else lanesOf(h, p.st.x);
     if (vw) vectorOperand(h, vw, cache); else lanesOf(h, p.st.w);
-    h.f.get(p.v).simd('f32x4.relaxed_madd').set(p.v);
+    if (p.kind === 'fma') h.f.get(p.v).simd('f32x4.relaxed_madd').set(p.v);
+    else h.f.simd('f32x4.mul').simd('f32x4.add').set(p.v);
     i += p.st.at.length - 1; // the step's other statements
   }
   return cache.size;

@@ -42,11 +42,11 @@ export interface WasmEmitOptions {
   subgroupSize?: number;
   /**
    * The host's f32x4.relaxed_madd is fused (src/backend/cpu/wasm-api.ts hostFusedMadd): fma uses
-   * it, and accumulators are packed (wasm-simd.ts). Default false: fma through the exact helper,
-   * no relaxed-SIMD instruction in the module. Same bits either way.
+   * it, and fma accumulators are packed (wasm-simd.ts). Default false: fma through the exact
+   * helper, no relaxed-SIMD instruction in the module. Same bits either way.
    */
   fusedMadd?: boolean;
-  /** With fusedMadd, carry fma accumulator groups in f32x4 registers (wasm-simd.ts; default true): same bits either way. */
+  /** Carry accumulator groups in f32x4 registers (wasm-simd.ts; default true; fma ones only with fusedMadd): same bits either way. */
   simd?: boolean;
 }
 
@@ -87,7 +87,7 @@ class WasmEmitter extends WasmExpressions {
   constructor(ir: KernelIR, opts: WasmEmitOptions) {
     const sg = opts.subgroupSize ?? (ir.caps.subgroupSize > 0 ? ir.caps.subgroupSize : 32);
     super(ir, sg, opts.fusedMadd ?? false);
-    this.simd = (opts.simd ?? true) && this.fusedMadd;
+    this.simd = opts.simd ?? true;
     if (!(sg >= 1 && sg <= 128 && (sg & (sg - 1)) === 0)) this.fail(`emulated subgroup size ${sg} is not a power of two up to 128`);
     this.body = new SubgroupHoister().stmts(ir.body);
     this.collectDecls(this.body);
@@ -162,7 +162,11 @@ class WasmEmitter extends WasmExpressions {
       case 'for': {
         const [v] = this.varOf(s.name) as [number];
         this.ex(s.from, 0); f.set(v);
-        const packed = this.simd ? packAccumulators(this.packHost(), s, (n) => this.vars.get(n) === 'f32') : [];
+        const packed = this.simd ? packAccumulators(this.packHost(), s, {
+          isF32: (n) => this.vars.get(n) === 'f32',
+          isScalarPrivate: (n) => { const p = this.privs.get(n); return !!p && p.scalar && p.t === 'f32' && !this.spilled.has(n); },
+          fusedMadd: this.fusedMadd,
+        }) : [];
         this.packedGroups += packed.length;
         const brk = this.label('brk'), top = this.label('top'), cont = this.label('cont');
         f.block(brk).loop(top);
@@ -211,9 +215,24 @@ class WasmEmitter extends WasmExpressions {
   /** What the SIMD128 accumulator packing (wasm-simd.ts) emits through. */
   private packHost(): PackHost {
     return {
-      f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.varOf(n)[0]!, stmt: (st) => this.stmt(st), newStatement: () => this.newStatement(),
+      f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.accLocal(n), stmt: (st) => this.stmt(st), newStatement: () => this.newStatement(),
       workgroupAddr: (name, index) => this.workgroupAddr(name, index), lets: this.lets,
+      storageVector: (name, index, load) => {
+        const { decl } = this.buf(name);
+        if (decl.t !== 'f32' || decl.vec !== 1) return false;
+        this.storageAddr(name, index);
+        this.f.simdMem(load, 0, 2);
+        return true;
+      },
     };
+  }
+
+  /** The local of a packed accumulator: a variable, or a scalar private array's element (wasm-simd.ts privateKey). */
+  private accLocal(key: string): number {
+    const hash = key.lastIndexOf('#');
+    if (hash < 0 || this.vars.has(key)) return this.varOf(key)[0]!;
+    const p = this.priv(key.slice(0, hash));
+    return p.locals[Number(key.slice(hash + 1))] ?? this.fail(`private array element '${key}' has no local`);
   }
 
   private block(body: XStmt[]): void {

@@ -189,7 +189,11 @@ export function attentionRowsKernel(c: AttentionRowsConfig) {
         for (let e = 0; e < HI * D; e++) pvSum.set(e, 0);
         k.for('pos', from, to, (pos) => {
           const p = heads.map((j) => k.let(`p${j}`, probs.at(slot(j, pos))));
-          elements(b.vCache, rowAt(pos), (d, vd) => heads.forEach((j) => pvSum.set(j * D + d, pvSum.at(j * D + d).add(p[j]!.mul(vd)))));
+          // Head by head, d in order: each head's sums are adjacent statements over adjacent v
+          // (the CPU executor packs four of them into one vector multiply and add; same bits).
+          const vd: Val<'f32'>[] = [];
+          elements(b.vCache, rowAt(pos), (d, v) => { vd[d] = v; });
+          heads.forEach((j) => { for (let d = 0; d < D; d++) pvSum.set(j * D + d, pvSum.at(j * D + d).add(p[j]!.mul(vd[d]!))); });
         });
         heads.forEach((j) => { for (let d = 0; d < D; d++) acc.set(j * D + d, acc.at(j * D + d).mul(alpha[j]!).add(pvSum.at(j * D + d))); });
       }, BS);
