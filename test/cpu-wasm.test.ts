@@ -142,7 +142,7 @@ describe('SIMD128: fma accumulators carried in f32x4 groups', () => {
   it('are used (this kernel and the dense f16 GEMV) and give the js executor\'s bits', async () => {
     expect(emitWasm(accs.ir, { fusedMadd: true }).simdGroups).toBe(2);
     expect(emitWasm(accs.ir, { fusedMadd: true, simd: false }).simdGroups).toBe(0);
-    expect(emitWasm(accs.ir).simdGroups).toBe(0); // no fused multiply-add: no packing
+    expect(emitWasm(accs.ir).simdGroups).toBe(3); // no fused multiply-add: exact f64x2 pairs (a0 a1, a2 a3, b0 b1)
     const gemv = gemvKernel(denseSource('f16'), 1, { workgroupSize: 64, units: 4, vec: 4 }, wasm.caps);
     expect(emitWasm(gemv.ir, { fusedMadd: true }).simdGroups).toBe(2); // 8 accumulators
     const int4 = gemvKernel(int4Source(128), 1, { workgroupSize: 32, units: 4, vec: 4, unrollK: 8 }, wasm.caps);

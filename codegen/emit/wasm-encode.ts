@@ -10,7 +10,8 @@ const VT: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c, v128: 0x7
 export const SIMD = {
   'f32x4.splat': 19, 'f64x2.splat': 20, 'f32x4.extract_lane': 31, 'f32x4.replace_lane': 32, 'f64x2.extract_lane': 33, 'f64x2.replace_lane': 34,
   'f32x4.demote_f64x2_zero': 94, 'f64x2.promote_low_f32x4': 95,
-  'f32x4.add': 228, 'f32x4.mul': 230, 'f64x2.add': 240, 'f64x2.mul': 242,
+  'f32x4.add': 228, 'f32x4.mul': 230, 'f64x2.add': 240, 'f64x2.sub': 241, 'f64x2.mul': 242,
+  'f64x2.ne': 72, 'f64x2.le': 75, 'v128.and': 78, 'v128.or': 80, 'v128.any_true': 83, 'i64x2.eq': 214, 'f64x2.abs': 236,
   // Relaxed SIMD: a * b + c, fused or not as the host decides (used only where it was found fused).
   'f32x4.relaxed_madd': 261,
 } as const;
@@ -106,6 +107,16 @@ export class FnBuilder {
     this.code.push(OP['f64.const']);
     SCRATCH.setFloat64(0, v, true);
     for (let i = 0; i < 8; i++) this.code.push(SCRATCH.getUint8(i));
+    return this;
+  }
+  /** v128.const of two f64 lanes, or (ints) two i64 lanes given as numbers below 2^53. */
+  v128(lanes: [number, number], as: 'f64' | 'i64'): this {
+    this.code.push(0xfd);
+    uleb(12, this.code);
+    for (const v of lanes) {
+      if (as === 'f64') SCRATCH.setFloat64(0, v, true); else SCRATCH.setBigUint64(0, BigInt(v), true);
+      for (let i = 0; i < 8; i++) this.code.push(SCRATCH.getUint8(i));
+    }
     return this;
   }
   /** A load or store with its memarg: align is log2 of the natural alignment. */

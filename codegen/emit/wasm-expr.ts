@@ -268,7 +268,7 @@ export abstract class WasmExpressions {
    * elsewhere there). In those cases s is still right when it is exact (TwoSum's error term is 0:
    * the common case, with low-precision weights); otherwise the exact helper (wasm-helpers.ts).
    */
-  private exactFma(pushArgs: () => void): void {
+  protected exactFma(pushArgs: () => void): void {
     const f = this.f;
     const t = (this.fmaTemps ??= {
       a: f.local('f32'), b: f.local('f32'), c: f.local('f32'), p: f.local('f64'), s: f.local('f64'), q: f.local('f64'), r: f.local('f32'),

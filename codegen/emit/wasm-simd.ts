@@ -20,8 +20,7 @@ import type { FnBuilder } from './wasm-encode.js';
  */
 export interface FmaGroup {
   acc: string[];
-  /** fma: one fused multiply-add per step; muladd: f32x4.mul then f32x4.add (two roundings, as the scalar code). */
-  kind: 'fma' | 'muladd';
+  kind: Kind;
   steps: { at: number[]; x: Expr[]; w: Expr[] }[];
 }
 
@@ -53,7 +52,13 @@ export function privateKey(name: string, index: number): string { return `${name
  * `acc = acc + x * w` (two roundings; x and w any expressions) where acc is an f32 variable or an
  * element of a scalar private array at a constant index.
  */
-type Update = { acc: string; x: Expr; w: Expr; kind: 'fma' | 'muladd' };
+type Update = { acc: string; x: Expr; w: Expr; kind: Kind };
+/**
+ * fma: f32x4.relaxed_madd (the host's is fused); fmaExact: f64x2 pairs, the f64 sum rounded to f32
+ * unless a lane is at an f32 halfway point (then that lane exactly, as scalar code); muladd:
+ * f32x4.mul then f32x4.add (two roundings, as the scalar code).
+ */
+type Kind = 'fma' | 'fmaExact' | 'muladd';
 
 function accumulate(s: XStmt, isF32: (name: string) => boolean, isScalarPrivate: (name: string) => boolean): Update | null {
   let acc: string, v: Expr, same: (e: Expr) => boolean;
@@ -90,7 +95,7 @@ export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, o: GroupOptions): 
   // building the lanes costs what the scalar code does).
   const cands = body.map((s) => {
     const u = accumulate(s, o.isF32, o.isScalarPrivate);
-    return u && (u.kind === 'muladd' || o.fusedMadd) ? u : null;
+    return u && u.kind === 'fma' && !o.fusedMadd ? { ...u, kind: 'fmaExact' as const } : u;
   });
   // Statements (and bounds) mentioning each name, and each candidate accumulator's own statements.
   const mentions = new Map<string, number>(), own = new Map<string, number>();
@@ -104,7 +109,7 @@ export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, o: GroupOptions): 
     for (let i = 0; i + width <= body.length;) {
       const run = cands.slice(i, i + width);
       if (!run.every(free) || new Set(run.map((c) => c.acc)).size !== width || run.some((c) => c.kind !== run[0]!.kind)
-        || (width < 4 && run[0]!.kind === 'muladd')) { i++; continue; }
+        || (width < 4 && run[0]!.kind === 'muladd') || (width > 2 && run[0]!.kind === 'fmaExact')) { i++; continue; }
       const key = run.map((c) => c.acc).join(' ');
       for (const c of run) groupOf.set(c.acc, groupOf.has(c.acc) && groupOf.get(c.acc) !== key ? null : key);
       runs.push(i);
@@ -153,6 +158,10 @@ export interface PackHost {
    * false (nothing pushed) where the buffer is not one.
    */
   storageVector(name: string, index: Expr, load: 'v128.load' | 'v128.load64_zero'): boolean;
+  /** The correctly rounded scalar fma of the three f32 values pushArgs pushes (wasm-expr.ts). */
+  exactFma(pushArgs: () => void): void;
+  /** A fresh label for a structured block. */
+  label(what: string): string;
 }
 export interface Packed { group: FmaGroup; v: number }
 
@@ -167,7 +176,12 @@ export interface GroupOptions {
 export function packAccumulators(h: PackHost, loop: Extract<XStmt, { k: 'for' }>, o: GroupOptions): Packed[] {
   return fmaGroups(loop, o).map((group) => {
     const v = h.f.local('v128');
-    group.acc.forEach((n, lane) => { h.f.get(h.local(n)); if (lane === 0) h.f.simd('f32x4.splat'); else h.f.simd('f32x4.replace_lane', lane); });
+    const f64 = group.kind === 'fmaExact';
+    group.acc.forEach((n, lane) => {
+      h.f.get(h.local(n));
+      if (f64) h.f.op('f64.promote_f32').simd(lane === 0 ? 'f64x2.splat' : 'f64x2.replace_lane', lane === 0 ? undefined : lane);
+      else if (lane === 0) h.f.simd('f32x4.splat'); else h.f.simd('f32x4.replace_lane', lane);
+    });
     h.f.set(v);
     return { group, v };
   });
@@ -313,6 +327,7 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): nu
   const steps = new Map(packed.flatMap(({ group, v }) => group.steps.map((st) => [st.at[0]!, { st, v, kind: group.kind }] as const)));
   const ops = operandLoads(body, packed, h.lets);
   const cache = new Map<string, number>(); // operand key → v128 local, loaded at its first use this iteration
+  let exact: ExactTemps | undefined;
   for (let i = 0; i < body.length; i++) {
     if (ops.skip.has(i)) continue;
     const p = steps.get(i);
@@ -323,13 +338,58 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): nu
     if (vx) vectorOperand(h, vx, cache); else lanesOf(h, p.st.x);
     if (vw) vectorOperand(h, vw, cache); else lanesOf(h, p.st.w);
     if (p.kind === 'fma') h.f.get(p.v).simd('f32x4.relaxed_madd').set(p.v);
-    else h.f.simd('f32x4.mul').simd('f32x4.add').set(p.v);
+    else if (p.kind === 'muladd') h.f.simd('f32x4.mul').simd('f32x4.add').set(p.v);
+    else exactPairStep(h, p.v, exact ??= { x: h.f.local('v128'), w: h.f.local('v128'), p: h.f.local('v128'), s: h.f.local('v128'), q: h.f.local('v128') });
     i += p.st.at.length - 1; // the step's other statements
   }
   return cache.size;
 }
 
+interface ExactTemps { x: number; w: number; p: number; s: number; q: number }
+
+/**
+ * One fmaExact step, x and w (f32 lanes 0–1) on the stack: s = x·w + acc in f64x2 (the product is
+ * exact), then each lane rounded to f32 — right unless a lane is exactly halfway between two f32
+ * values (its 29 bits below f32 precision are 1000…0) or near the subnormal range (|s| ≤ 2^-125,
+ * s ≠ 0) and its f64 sum was inexact (TwoSum's error): then both lanes again through the scalar
+ * exact path (wasm-expr.ts exactFma).
+ */
+function exactPairStep(h: PackHost, acc: number, t: ExactTemps): void {
+  const f = h.f;
+  const round = () => f.get(t.s).simd('f32x4.demote_f64x2_zero').simd('f64x2.promote_low_f32x4').set(acc);
+  f.set(t.w).set(t.x);
+  f.get(t.x).simd('f64x2.promote_low_f32x4').get(t.w).simd('f64x2.promote_low_f32x4').simd('f64x2.mul').tee(t.p).get(acc).simd('f64x2.add').tee(t.s);
+  f.v128([0x1fffffff, 0x1fffffff], 'i64').simd('v128.and').v128([0x10000000, 0x10000000], 'i64').simd('i64x2.eq');
+  f.get(t.s).simd('f64x2.abs').v128([2 ** -125, 2 ** -125], 'f64').simd('f64x2.le');
+  f.get(t.s).v128([0, 0], 'f64').simd('f64x2.ne').simd('v128.and').simd('v128.or').simd('v128.any_true');
+  f.if(h.label('pair'));
+  // TwoSum's error (q = s − p, e = (p − (s − q)) + (acc − q)): a lane whose f64 sum was exact is right as it is.
+  f.get(t.s).get(t.p).simd('f64x2.sub').set(t.q);
+  f.get(t.p).get(t.s).get(t.q).simd('f64x2.sub').simd('f64x2.sub').get(acc).get(t.q).simd('f64x2.sub').simd('f64x2.add');
+  f.v128([0, 0], 'f64').simd('f64x2.ne').simd('v128.any_true');
+  f.if(h.label('inexact'));
+  for (let lane = 0; lane < 2; lane++) {
+    f.get(acc);
+    h.exactFma(() => {
+      f.get(t.x).simd('f32x4.extract_lane', lane).get(t.w).simd('f32x4.extract_lane', lane);
+      f.get(acc).simd('f64x2.extract_lane', lane).op('f32.demote_f64');
+    });
+    f.op('f64.promote_f32').simd('f64x2.replace_lane', lane).set(acc);
+  }
+  f.else();
+  round();
+  f.end();
+  f.else();
+  round();
+  f.end();
+}
+
 /** After the loop: each group back into its f32 variables. */
 export function unpackAccumulators(h: PackHost, packed: Packed[]): void {
-  for (const { group, v } of packed) group.acc.forEach((n, lane) => { h.f.get(v).simd('f32x4.extract_lane', lane).set(h.local(n)); });
+  for (const { group, v } of packed) {
+    group.acc.forEach((n, lane) => {
+      if (group.kind === 'fmaExact') h.f.get(v).simd('f64x2.extract_lane', lane).op('f32.demote_f64').set(h.local(n)); // exact: f32 values
+      else h.f.get(v).simd('f32x4.extract_lane', lane).set(h.local(n));
+    });
+  }
 }
