@@ -1,13 +1,14 @@
 // Where the WebAssembly emitter uses SIMD128: accumulators of a loop that only ever take
-// `acc = fma(x, w, acc)` are carried four (or two) to a v128 (f32x4) through the loop, each update
-// one f32x4.relaxed_madd.
-//
-// Why this is exact: the reference `fma` is the correctly rounded one (the JS executor's $fmaPC,
-// CUDA's fmaf), and relaxed_madd is either that or mul-then-add, as the host decides. The cpu
-// device uses this only where it found the host's relaxed_madd fused (src/backend/cpu/wasm-api.ts
-// hostFusedMadd), so every lane is the reference's fma: the same bits as scalar code, at four
-// multiply-adds per instruction. GEMV partial sums (dense f16, INT4 group sums) and the tiled
-// GEMM's register block are such accumulators.
+// `acc = fma(x, w, acc)` or `acc = acc + x * w` are carried several to a v128 through the loop,
+// each group's update one vector step with the scalar code's bits in every lane:
+// - fma where the host's f32x4.relaxed_madd is fused (src/backend/cpu/wasm-api.ts hostFusedMadd):
+//   four (or two) to an f32x4, one relaxed_madd per step. Exact because the reference `fma` is
+//   the correctly rounded one (the JS executor's $fmaPC, CUDA's fmaf).
+// - fma elsewhere ("fmaExact"): two to an f64x2; the f64 sum rounded to f32 except at the rare
+//   lanes where that double-rounds (exactPairStep).
+// - mul-then-add on every host: four to an f32x4, f32x4.mul then f32x4.add (IEEE, two roundings).
+// GEMV partial sums (dense f16, INT4 group sums), the tiled GEMM's register block and attention's
+// P·V sums are such accumulators.
 import type { Expr } from '../dsl/ir.js';
 import { forEachExpr } from '../dsl/walk.js';
 import type { XStmt } from './js-lower.js';
