@@ -84,16 +84,17 @@ function accumulate(s: XStmt, isF32: (name: string) => boolean, isScalarPrivate:
 
 /**
  * Accumulator groups of a `for` body: accumulators mentioned in the loop (bounds and body) only by
- * their own `acc = fma(x, w, acc)` statements, which come in runs of adjacent statements over the
- * same accumulators in the same order, so that the group can live packed from before the loop to
- * after it. Groups of four first, then of two among what is left. A loop that can `return` out of
- * its middle is left alone (the group would not be unpacked).
+ * their own update statements (`accumulate`), which come in runs of adjacent statements of one
+ * kind over the same accumulators in the same order, so that the group can live packed from before
+ * the loop to after it. Groups of four first, then of two among what is left (fmaExact: two only;
+ * mul-then-add: four only). A loop that can `return` out of its middle is left alone (the group
+ * would not be unpacked).
  */
 export function fmaGroups(loop: Extract<XStmt, { k: 'for' }>, o: GroupOptions): FmaGroup[] {
   const body = loop.body, memo = new Map<object, Set<string>>();
   if (hasReturn(body)) return [];
-  // fma only where the host's multiply-add is fused; mul + add in groups of four only (narrower,
-  // building the lanes costs what the scalar code does).
+  // fma: f32x4 where the host's multiply-add is fused, else f64x2 pairs (fmaExact). mul + add in
+  // groups of four only (narrower, building the lanes costs what the scalar code does).
   const cands = body.map((s) => {
     const u = accumulate(s, o.isF32, o.isScalarPrivate);
     return u && u.kind === 'fma' && !o.fusedMadd ? { ...u, kind: 'fmaExact' as const } : u;
