@@ -279,15 +279,13 @@ export abstract class WasmExpressions {
     f.op('f32.demote_f64').set(t.r);
     f.get(t.s).op('i64.reinterpret_f64').op('i32.wrap_i64').i32(0x1fffffff).op('i32.and').i32(0x10000000).op('i32.eq');
     f.get(t.r).op('f32.abs').f32(2 ** -126).op('f32.le').get(t.s).f64(0).op('f64.ne').op('i32.and').op('i32.or');
-    f.if(this.fmaLabel(), 'f32');
+    f.if('fmaHalfway', 'f32');
     // TwoSum: q = s − p, e = (p − (s − q)) + (c − q).
     f.get(t.s).get(t.p).op('f64.sub').set(t.q);
     f.get(t.p).get(t.s).get(t.q).op('f64.sub').op('f64.sub').get(t.c).op('f64.promote_f32').get(t.q).op('f64.sub').op('f64.add').f64(0).op('f64.eq');
-    f.if(this.fmaLabel(), 'f32').get(t.r).else().get(t.a).get(t.b).get(t.c).call(FN.fma).end();
+    f.if('fmaExactSum', 'f32').get(t.r).else().get(t.a).get(t.b).get(t.c).call(FN.fma).end();
     f.else().get(t.r).end();
   }
-  private fmaLabels = 0;
-  private fmaLabel(): string { return `fma${++this.fmaLabels}`; }
 
   protected call(fn: MathFn, args: Expr[], c: number): void {
     const f = this.f, t = elemOf(args[0]!.t);

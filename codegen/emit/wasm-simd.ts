@@ -162,8 +162,6 @@ export interface PackHost {
   storageVector(name: string, index: Expr, load: 'v128.load' | 'v128.load64_zero'): boolean;
   /** The correctly rounded scalar fma of the three f32 values pushArgs pushes (wasm-expr.ts). */
   exactFma(pushArgs: () => void): void;
-  /** A fresh label for a structured block. */
-  label(what: string): string;
 }
 export interface Packed { group: FmaGroup; v: number }
 
@@ -364,12 +362,12 @@ function exactPairStep(h: PackHost, acc: number, t: ExactTemps): void {
   f.v128([0x1fffffff, 0x1fffffff], 'i64').simd('v128.and').v128([0x10000000, 0x10000000], 'i64').simd('i64x2.eq');
   f.get(t.s).simd('f64x2.abs').v128([2 ** -125, 2 ** -125], 'f64').simd('f64x2.le');
   f.get(t.s).v128([0, 0], 'f64').simd('f64x2.ne').simd('v128.and').simd('v128.or').simd('v128.any_true');
-  f.if(h.label('pair'));
+  f.if('pairHalfway');
   // TwoSum's error (q = s − p, e = (p − (s − q)) + (acc − q)): a lane whose f64 sum was exact is right as it is.
   f.get(t.s).get(t.p).simd('f64x2.sub').set(t.q);
   f.get(t.p).get(t.s).get(t.q).simd('f64x2.sub').simd('f64x2.sub').get(acc).get(t.q).simd('f64x2.sub').simd('f64x2.add');
   f.v128([0, 0], 'f64').simd('f64x2.ne').simd('v128.any_true');
-  f.if(h.label('inexact'));
+  f.if('pairInexact');
   for (let lane = 0; lane < 2; lane++) {
     f.get(acc);
     h.exactFma(() => {

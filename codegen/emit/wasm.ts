@@ -217,7 +217,7 @@ class WasmEmitter extends WasmExpressions {
     return {
       f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.accLocal(n), stmt: (st) => this.stmt(st), newStatement: () => this.newStatement(),
       workgroupAddr: (name, index) => this.workgroupAddr(name, index), lets: this.lets,
-      exactFma: (push) => this.exactFma(push), label: (what) => this.label(what),
+      exactFma: (push) => this.exactFma(push),
       storageVector: (name, index, load) => {
         const { decl } = this.buf(name);
         if (decl.t !== 'f32' || decl.vec !== 1) return false;
