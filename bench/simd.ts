@@ -2,8 +2,9 @@
 // bench/notes/cpu.md (FLOPs per token ÷ this): f32x4 multiply-adds (SIMD128) and scalar f32
 // multiply-adds, 8 independent chains each, in a module built with the kernel emitter's encoder,
 // on one thread. Multiply by the cores for the machine. And the f16 GEMV's core as the wasm
-// executor runs it bit-exactly: f16 weights (two per word) through the f16 → f32 table in
-// memory, `fma` in f64 then rounded to f32, 8 accumulators — ns per weight, best of 30.
+// executor ran it until 2026-12-07, when `fma` was the f64 sum rounded to f32: f16 weights (two
+// per word) through the f16 → f32 table in memory, 8 accumulators — ns per weight, best of 30
+// (today's exact path adds a halfway test to this; the fused path is the GEMV rows below).
 //
 //   npm run bench -- simd [--iterations 20000000]
 import { makeF16 } from '../codegen/dsl/f16.js';
@@ -105,7 +106,7 @@ export async function main(args: string[]): Promise<void> {
     core.run(core.words);
     ns = Math.min(ns, ((performance.now() - t0) * 1e6) / (2 * core.words));
   }
-  console.log(`| f16 GEMV core, bit-exact (table, f64 fma): ${ns.toFixed(2)} ns per weight | ${(2 / ns).toFixed(1)} |`);
+  console.log(`| f16 GEMV core, f64 fma rounded to f32 (the executor before 2026-12-07): ${ns.toFixed(2)} ns per weight | ${(2 / ns).toFixed(1)} |`);
   await gemvKernels();
 }
 
