@@ -5,11 +5,13 @@
 // whole tiles, so its cost steps with ceil(M / tileM).
 //
 //   npm run bench -- gemm-tiles [--device cpu] [--shapes 256x1536,768x256] [--ms 9,16,64]
-//     [--tiles 16x32x32/4x8,32x32x32/2x4] (tileM x tileN x tileK / blockM x blockN; first = baseline)
+//     [--tiles 16x32x32/4x8,32x32x32/2x4,r4u4v1w16] (tiled: tileM x tileN x tileK / blockM x blockN;
+//     register GEMM, linearGemmRows.ts: r rows u units v vec w workgroup size; first = baseline)
 //     [--rounds 3] [--group 128]
 import { denseLinear, denseWeightLayout } from '../codegen/kernels/denseMatmul.js';
 import { int4Linear, int4WeightLayout } from '../codegen/kernels/int4Matmul.js';
 import type { GemmVariant } from '../codegen/kernels/linearGemm.js';
+import type { GemmRowsVariant } from '../codegen/kernels/linearGemmRows.js';
 import { GEMV_MAX_ROWS } from '../codegen/kernels/linearOp.js';
 import type { BackendKind, DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
@@ -17,13 +19,20 @@ import { timeOnDevice } from '../src/backend/timing.js';
 import { linearHints, uploadDense, uploadInt4 } from '../src/ops/linear.js';
 import { randomF32, randomWords } from './common.js';
 
-interface Options { device: BackendKind; shapes: [number, number][]; ms: number[]; tiles: GemmVariant[]; rounds: number; group: number }
+interface Options { device: BackendKind; shapes: [number, number][]; ms: number[]; tiles: Tile[]; rounds: number; group: number }
 
-function parseTile(s: string): GemmVariant {
+type Tile = { gemm: GemmVariant } | { gemmRows: GemmRowsVariant };
+
+function parseTile(s: string): Tile {
+  const r = /^r(\d+)u(\d+)v([124])w(\d+)$/.exec(s);
+  if (r) {
+    const [rows, units, vec, workgroupSize] = r.slice(1).map(Number) as [number, number, 1 | 2 | 4, number];
+    return { gemmRows: { rows, units, workgroupSize, ...(vec > 1 ? { vec } : {}) } };
+  }
   const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)$/.exec(s);
-  if (!m) throw new Error(`gemm-tiles --tiles: '${s}' is not tileMxtileNxtileK/blockMxblockN (e.g. 16x32x32/4x8)`);
+  if (!m) throw new Error(`gemm-tiles --tiles: '${s}' is neither tileMxtileNxtileK/blockMxblockN (e.g. 16x32x32/4x8) nor r<rows>u<units>v<vec>w<workgroup> (e.g. r4u4v1w16)`);
   const [tileM, tileN, tileK, blockM, blockN] = m.slice(1).map(Number) as [number, number, number, number, number];
-  return { tileM, tileN, tileK, blockM, blockN };
+  return { gemm: { tileM, tileN, tileK, blockM, blockN } };
 }
 
 function parse(args: string[]): Options {
@@ -52,7 +61,11 @@ function parse(args: string[]): Options {
   return o;
 }
 
-const tileName = (v: GemmVariant) => `${v.tileM}x${v.tileN}x${v.tileK}/${v.blockM}x${v.blockN}`;
+const tileName = (t: Tile) => {
+  if ('gemmRows' in t) { const v = t.gemmRows; return `r${v.rows}u${v.units}v${v.vec ?? 1}w${v.workgroupSize}`; }
+  const v = t.gemm;
+  return `${v.tileM}x${v.tileN}x${v.tileK}/${v.blockM}x${v.blockN}`;
+};
 
 export async function main(args: string[]): Promise<void> {
   const o = parse(args);
@@ -69,9 +82,9 @@ export async function main(args: string[]): Promise<void> {
         scales: Uint16Array.from({ length: (K / g) * N }, (_, i) => 0x1c00 + (i % 512)),
       }, 'int4', int4WeightLayout(N, hints.weightLayout));
       const wf = uploadDense(dev, randomF32(K * N, 4, 0.05), K, N, 'f16', 'KN', 'f16', denseWeightLayout('f16', N, hints.weightLayout));
-      const layers: [string, (gemm: GemmVariant) => ReturnType<typeof denseLinear>, Record<string, DeviceBuffer>][] = [
-        ['f16', (gemm) => denseLinear({ K, N, weight: 'f16', ...hints, choice: { gemm } }), { w: wf }],
-        [`int4 g${g}`, (gemm) => int4Linear({ K, N, groupSize: g, ...hints, choice: { gemm } }), { qweight: q.qweight, qzeros: q.qzeros, scales: q.scales }],
+      const layers: [string, (tile: Tile) => ReturnType<typeof denseLinear>, Record<string, DeviceBuffer>][] = [
+        ['f16', (tile) => denseLinear({ K, N, weight: 'f16', ...hints, choice: { ...tile } }), { w: wf }],
+        [`int4 g${g}`, (tile) => int4Linear({ K, N, groupSize: g, ...hints, choice: { ...tile } }), { qweight: q.qweight, qzeros: q.qzeros, scales: q.scales }],
       ];
       for (const M of o.ms) {
         const x = dev.alloc('f32', M * K, 'x'), y = dev.alloc('f32', M * N, 'y');

@@ -16,7 +16,8 @@
 // weights in checkpoint order instead of strips; wasm-exact: wasm with KILN_WASM_FMA=exact, fma
 // through the exact helper instead of the host's fused relaxed multiply-add; wasm-msg: wasm with
 // KILN_CPU_REPLAY=messages, a replayed step sent to each worker by message instead of through shared
-// words) --workers 1,2 (cpu worker
+// words; wasm-tiled: wasm with KILN_CPU_GEMM=tiled, the tiled GEMM past 8 rows instead of the
+// register GEMM) --workers 1,2 (cpu worker
 // threads, one device per count; default all cores) --rounds N (timed runs per
 // device, interleaved across devices; default 2) --json (print
 // {"machine", "rows": [{backend, executor, model, weights, prefill_tok_s, decode_tok_s, launches_per_step}]}
@@ -35,7 +36,7 @@ import { DEFAULT_MODEL } from '../src/llm.js';
 import { argmax as argmaxKernel } from '../codegen/kernels/sampling.js';
 import { copyBandwidth } from './common.js';
 
-export type Executor = 'wasm' | 'wasm-scalar' | 'wasm-rows' | 'wasm-exact' | 'wasm-msg' | 'js';
+export type Executor = 'wasm' | 'wasm-scalar' | 'wasm-rows' | 'wasm-exact' | 'wasm-msg' | 'wasm-tiled' | 'js';
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
   copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean; rounds: number;
@@ -59,8 +60,8 @@ function parse(args: string[]): Options {
     else if (a === '--synthetic-layers') o.layers = Number(v());
     else if (a === '--executors') {
       o.executors = v().split(',') as Executor[];
-      const bad = o.executors.find((x) => !['wasm', 'wasm-scalar', 'wasm-rows', 'wasm-exact', 'wasm-msg', 'js'].includes(x));
-      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm, wasm-scalar, wasm-rows, wasm-exact, wasm-msg and/or js, not '${bad}'`);
+      const bad = o.executors.find((x) => !['wasm', 'wasm-scalar', 'wasm-rows', 'wasm-exact', 'wasm-msg', 'wasm-tiled', 'js'].includes(x));
+      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm, wasm-scalar, wasm-rows, wasm-exact, wasm-msg, wasm-tiled and/or js, not '${bad}'`);
     } else if (a === '--json') o.json = true;
     else if (a === '--rounds') o.rounds = Number(v());
     else if (a === '--workers') o.workers = v().split(',').map(Number);
@@ -213,12 +214,16 @@ export async function main(args: string[]): Promise<void> {
   try {
     for (const [kind, executor, workers] of runs) {
       let dev: Device;
-      // wasm-scalar, wasm-rows, wasm-exact, wasm-msg: the device reads KILN_WASM_SIMD, KILN_WEIGHT_LAYOUT, KILN_WASM_FMA and KILN_CPU_REPLAY when it is created.
-      const saved = { KILN_WASM_SIMD: process.env.KILN_WASM_SIMD, KILN_WEIGHT_LAYOUT: process.env.KILN_WEIGHT_LAYOUT, KILN_WASM_FMA: process.env.KILN_WASM_FMA, KILN_CPU_REPLAY: process.env.KILN_CPU_REPLAY };
+      // wasm-scalar, wasm-rows, wasm-exact, wasm-msg, wasm-tiled: the device reads KILN_WASM_SIMD, KILN_WEIGHT_LAYOUT, KILN_WASM_FMA, KILN_CPU_REPLAY and KILN_CPU_GEMM when it is created.
+      const saved = {
+        KILN_WASM_SIMD: process.env.KILN_WASM_SIMD, KILN_WEIGHT_LAYOUT: process.env.KILN_WEIGHT_LAYOUT, KILN_WASM_FMA: process.env.KILN_WASM_FMA,
+        KILN_CPU_REPLAY: process.env.KILN_CPU_REPLAY, KILN_CPU_GEMM: process.env.KILN_CPU_GEMM,
+      };
       if (executor === 'wasm-scalar') process.env.KILN_WASM_SIMD = '0';
       if (executor === 'wasm-rows') process.env.KILN_WEIGHT_LAYOUT = 'rows';
       if (executor === 'wasm-exact') process.env.KILN_WASM_FMA = 'exact';
       if (executor === 'wasm-msg') process.env.KILN_CPU_REPLAY = 'messages';
+      if (executor === 'wasm-tiled') process.env.KILN_CPU_GEMM = 'tiled';
       try { dev = await createDevice(kind, { ...(executor ? { executor: executor === 'js' ? 'js' : 'wasm' } : {}), ...(workers !== undefined ? { workers } : {}) }); } catch (e) {
         if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
         throw e;

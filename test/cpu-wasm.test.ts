@@ -278,6 +278,78 @@ describe('SIMD128: packed operands loaded straight from workgroup memory', () =>
   });
 });
 
+describe('SIMD128: weight lanes converted four at a time', () => {
+  // Two rows share every weight (a GEMM's shape): f16 pairs of a vec2<u32> load and INT4 nibbles
+  // (AutoAWQ's order) become f32x4 operands computed as vectors (wasm-convert.ts). The f16 words
+  // cover every class: zeros, subnormals, normals, the largest, infinities and NaNs (lanes the
+  // vector path hands to the table); nibbles all 16 values.
+  const lanes = kernel({
+    name: 'convertedLanes', workgroupSize: 8, grid: () => [1, 1, 1],
+    bindings: {
+      x: storage('f32', 'read'), wh: storage('u32', 'read', { vec: 2 }), wq: storage('u32', 'read'), out: storage('f32', 'read_write'),
+    },
+    uniforms: { steps: 'u32' },
+    body(k, { x, wh, wq, out }, { steps }) {
+      const li = k.let('li', k.localIndex);
+      const a = Array.from({ length: 2 }, (_, r) => Array.from({ length: 4 }, (_, c) => k.var(`a${r}_${c}`, 'f32', 0)));
+      const b = Array.from({ length: 2 }, (_, r) => Array.from({ length: 8 }, (_, c) => k.var(`b${r}_${c}`, 'f32', 0)));
+      k.for('s', k.u32(0), steps, (s) => {
+        const at = k.let('at', s.mul(8).add(li));
+        const hw = k.let('hw', wh.at(at));
+        const p0 = k.let('p0', k.unpack2x16float(hw.at(0) as never)), p1 = k.let('p1', k.unpack2x16float(hw.at(1) as never));
+        const hv = [p0.x, p0.y, p1.x, p1.y].map((v, c) => k.let(`h${c}`, v));
+        const q = k.let('q', wq.at(at));
+        const qv = [0, 4, 1, 5, 2, 6, 3, 7].map((nib, c) => k.let(`n${c}`, k.f32(nib === 0 ? q.band(15) : nib === 7 ? q.shr(28) : q.shr(nib * 4).band(15))));
+        for (let r = 0; r < 2; r++) {
+          const xv = k.let(`x${r}`, x.at(s.mul(2).add(r)));
+          for (let c = 0; c < 4; c++) a[r]![c]!.set(k.call('fma', [xv, hv[c]!, a[r]![c]!]));
+          for (let c = 0; c < 8; c++) b[r]![c]!.set(k.call('fma', [xv, qv[c]!, b[r]![c]!]));
+        }
+      });
+      [...a.flat(), ...b.flat()].forEach((v, j) => out.set(li.mul(24).add(j), v));
+    },
+  });
+
+  it('are used, off with convertWeights: false, and give the js executor\'s bits', async () => {
+    const on = emitWasm(lanes.ir, { fusedMadd: true });
+    expect(on.vectorOperands).toBe(3); // one f16 quad, two nibble quads
+    expect(emitWasm(lanes.ir, { fusedMadd: true, convertWeights: false }).vectorOperands).toBe(0);
+    const r = rng(freshSeed('wasm converted lanes'));
+    const steps = 24;
+    // Finite words (zeros and subnormals often); each accumulator meets one infinity or NaN at most,
+    // so an infinity stays visible in its sum and a wrong conversion of it shows.
+    const finite = [0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x7bff, 0xfbff, 0x0200];
+    const half = () => (r() < 0.2 ? finite[Math.floor(r() * finite.length)]! : Math.floor(r() * 0x7800) | (r() < 0.5 ? 0x8000 : 0));
+    const H = Uint32Array.from({ length: steps * 16 }, () => (half() | (half() << 16)) >>> 0);
+    const special = [0x7c00, 0xfc00, 0x7e00, 0xfe01];
+    for (let li = 0; li < 8; li++) {
+      for (let c = 0; c < 4; c++) {
+        if ((li + c) % 3 === 2) continue; // some lanes stay finite throughout
+        const at = ((li + 5 * c) % steps) * 8 + li, word = 2 * at + (c >> 1), shift = (c & 1) * 16;
+        H[word] = ((H[word]! & ~(0xffff << shift)) | (special[(li + c) % 4]! << shift)) >>> 0;
+      }
+    }
+    const Q = Uint32Array.from({ length: steps * 8 }, () => Math.floor(r() * 2 ** 32) >>> 0);
+    const X = Float32Array.from(randomF32(steps * 2, r), (v, j) => v * 2 ** ((j % 5) * 3 - 6));
+    const got = await Promise.all([wasm, js].map(async (dev) => {
+      const x = dev.alloc('f32', X.length, 'x'), wh = dev.alloc('u32', H.length, 'wh'), wq = dev.alloc('u32', Q.length, 'wq'), out = dev.alloc('f32', 8 * 24, 'out');
+      try {
+        dev.write(x, X); dev.write(wh, H); dev.write(wq, Q); dev.write(out, new Float32Array(8 * 24).fill(Number.NaN));
+        dev.launch(lanes, { x, wh, wq, out }, { steps });
+        return await dev.read(out);
+      } finally { for (const b of [x, wh, wq, out]) dev.free(b); }
+    }));
+    const [w, j] = got as [Float32Array, Float32Array];
+    // NaN results may differ in payload between executors; every other value bit for bit.
+    const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length), (u, i) => (Number.isNaN(a[i]) ? 'NaN' : u));
+    expect(bits(w)).toEqual(bits(j));
+    // The f16 sums (8 of each 24) hold infinities, NaNs and finite values: the comparison has teeth.
+    const f16Sums = Array.from({ length: 8 }, (_, li) => Array.from(j.subarray(li * 24, li * 24 + 8))).flat();
+    expect(f16Sums.filter((v) => v === Infinity || v === -Infinity).length).toBeGreaterThan(4);
+    expect(f16Sums.filter(Number.isFinite).length).toBeGreaterThan(16);
+  });
+});
+
 describe('the wasm heap', () => {
   // Releasing the topmost block lowers the top; the next allocation there must not see its bytes
   // (found when a 4 MB buffer written by a launch and freed left its data under a model's weights,

@@ -12,6 +12,9 @@ export const SIMD = {
   'f32x4.demote_f64x2_zero': 94, 'f64x2.promote_low_f32x4': 95,
   'f32x4.add': 228, 'f32x4.mul': 230, 'f64x2.add': 240, 'f64x2.sub': 241, 'f64x2.mul': 242,
   'f64x2.ne': 72, 'f64x2.le': 75, 'v128.and': 78, 'v128.or': 80, 'v128.any_true': 83, 'i64x2.eq': 214, 'f64x2.abs': 236,
+  // Weight conversions (wasm-simd.ts convertedOperand): f16 and INT4 nibbles to f32 lanes.
+  'i32x4.splat': 17, 'i32x4.extract_lane': 27, 'i32x4.extend_low_i16x8_u': 169, 'i32x4.shl': 171, 'i32x4.add': 174,
+  'i32x4.lt_s': 57, 'i32x4.ge_s': 63, 'v128.bitselect': 82, 'f32x4.convert_i32x4_s': 250, 'f32x4.convert_i32x4_u': 251,
   // Relaxed SIMD: a * b + c, fused or not as the host decides (used only where it was found fused).
   'f32x4.relaxed_madd': 261,
 } as const;
@@ -116,6 +119,16 @@ export class FnBuilder {
     for (const v of lanes) {
       if (as === 'f64') SCRATCH.setFloat64(0, v, true); else SCRATCH.setBigUint64(0, BigInt(v), true);
       for (let i = 0; i < 8; i++) this.code.push(SCRATCH.getUint8(i));
+    }
+    return this;
+  }
+  /** v128.const of four i32 lanes (f32 lanes: their bits). */
+  v128x4(lanes: number[]): this {
+    this.code.push(0xfd);
+    uleb(12, this.code);
+    for (const v of lanes) {
+      SCRATCH.setUint32(0, v >>> 0, true);
+      for (let i = 0; i < 4; i++) this.code.push(SCRATCH.getUint8(i));
     }
     return this;
   }

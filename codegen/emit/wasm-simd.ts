@@ -12,6 +12,7 @@
 import type { Expr } from '../dsl/ir.js';
 import { forEachExpr } from '../dsl/walk.js';
 import type { XStmt } from './js-lower.js';
+import { type ConvertContext, type Converted, convertedLanes, emitConverted, type StorageInfo } from './wasm-convert.js';
 import type { FnBuilder } from './wasm-encode.js';
 
 /**
@@ -162,6 +163,14 @@ export interface PackHost {
   storageVector(name: string, index: Expr, load: 'v128.load' | 'v128.load64_zero'): boolean;
   /** The correctly rounded scalar fma of the three f32 values pushArgs pushes (wasm-expr.ts). */
   exactFma(pushArgs: () => void): void;
+  /** A storage buffer's element type, vector width and whether kernels may write it. */
+  storageInfo(name: string): StorageInfo | undefined;
+  /** Push the address of a storage buffer's element (times its vector width). */
+  storageAddr(name: string, index: Expr): void;
+  /** f16 bits on the stack → f32, as the scalar code converts them. */
+  h2f(): void;
+  /** Convert weight lanes four at a time (wasm-convert.ts) where recognised. */
+  convertWeights: boolean;
 }
 export interface Packed { group: FmaGroup; v: number }
 
@@ -231,19 +240,22 @@ function affine(e: Expr, lets: ReadonlyMap<string, Expr>, depth = 0): Affine {
 }
 
 interface OperandLoads {
-  /** Let statements (body index) whose loads the packed steps take over: not emitted. */
+  /** Let statements (body index) no longer read once packed steps take their operands as vectors: not emitted. */
   skip: Set<number>;
-  /** Per step (body index of its first statement): how to push each operand pair. */
+  /** Per step (body index of its first statement): how to push each operand's lanes. */
   x: Map<number, Operand>;
   w: Map<number, Operand>;
 }
-/** A vector operand: its array and index, and a key equal for equal loads within an iteration. */
-interface Operand { name: string; index: Expr; key: string; load: 'v128.load32_splat' | 'v128.load' | 'v128.load64_zero' }
+/**
+ * A vector operand and a key equal for equal operands within an iteration: a workgroup array's
+ * lanes loaded at once, or lanes converted from weight words (wasm-convert.ts).
+ */
+type Operand = { kind: 'load'; name: string; index: Expr; key: string; load: 'v128.load32_splat' | 'v128.load' | 'v128.load64_zero' } | Converted;
 
-function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string, Expr>): OperandLoads {
-  const none: OperandLoads = { skip: new Set(), x: new Map(), w: new Map() };
+function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: ReadonlyMap<string, Expr>): OperandLoads {
   const lets = new Map(outer);
   const loadLet = new Map<string, { at: number; name: string; index: Expr }>();
+  const letAt = new Map<string, number>();
   const stored = new Set<string>(), assigned = new Set<string>();
   const walk = (ss: XStmt[], top: boolean) => ss.forEach((s, i) => {
     if (s.k === 'store' && s.space === 'workgroup') stored.add(s.name);
@@ -251,6 +263,7 @@ function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string
     if (s.k === 'atomic') stored.add(s.name);
     if (top && s.k === 'let' && !s.mutable) {
       lets.set(s.name, s.init);
+      letAt.set(s.name, i);
       if (s.init.k === 'load' && s.init.space === 'workgroup' && s.init.t === 'f32') loadLet.set(s.name, { at: i, name: s.init.name, index: s.init.index });
     }
     if (s.k === 'if') { walk(s.then, false); walk(s.else, false); }
@@ -258,7 +271,6 @@ function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string
     if (s.k === '$loop') { walk(s.pre, false); walk(s.body, false); walk(s.post, false); }
   });
   walk(body, true);
-  if (!loadLet.size) return none;
   // An index read at the packed step must mean what it meant at its let: no variable it
   // depends on (through lets) may be assigned in the body.
   const dependsOnAssigned = (e: Expr, depth = 0): boolean => {
@@ -270,27 +282,19 @@ function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string
     return hit;
   };
   for (const [name, l] of [...loadLet]) if (dependsOnAssigned(l.index)) loadLet.delete(name);
-  if (!loadLet.size) return none;
-  // Reads of each variable anywhere in the body, and those the packed steps make.
-  const reads = new Map<string, number>();
-  const countReads = (node: unknown): void => {
-    if (node === null || typeof node !== 'object') return;
-    const o = node as Record<string, unknown>;
-    if (o.k === 'var' && typeof o.name === 'string') reads.set(o.name, (reads.get(o.name) ?? 0) + 1);
-    for (const v of Array.isArray(node) ? node : Object.values(o)) countReads(v);
+  const conv: ConvertContext = {
+    lets, storage: (n) => h.storageInfo(n), stable: (e) => !dependsOnAssigned(e),
+    offsetBy: (a, b, d) => { const x = affine(a, lets), y = affine(b, lets); return x.terms === y.terms && y.c === x.c + d; },
   };
-  countReads(body);
   const out: OperandLoads = { skip: new Set(), x: new Map(), w: new Map() };
   const varName = (e: Expr): string | undefined => (e.k === 'var' ? e.name : undefined);
-  const claim = new Map<string, number>(); // let name → reads served by vector loads
   for (const { group } of packed) {
     const lanes = group.acc.length;
     for (const st of group.steps) {
       const xs = st.x.map(varName), x0 = xs[0], lx = x0 !== undefined ? loadLet.get(x0) : undefined;
       if (lx && x0 !== undefined && xs.every((n) => n === x0) && !stored.has(lx.name)) {
         const a = affine(lx.index, lets);
-        out.x.set(st.at[0]!, { name: lx.name, index: lx.index, key: `x ${lx.name} ${a.terms} ${a.c}`, load: 'v128.load32_splat' });
-        claim.set(x0, (claim.get(x0) ?? 0) + lanes);
+        out.x.set(st.at[0]!, { kind: 'load', name: lx.name, index: lx.index, key: `x ${lx.name} ${a.terms} ${a.c}`, load: 'v128.load32_splat' });
       }
       const ws = st.w.map(varName), lw = ws.map((n) => (n !== undefined ? loadLet.get(n) : undefined));
       const l0 = lw[0];
@@ -298,24 +302,63 @@ function operandLoads(body: XStmt[], packed: Packed[], outer: ReadonlyMap<string
         const ia = lw.map((l) => affine(l!.index, lets));
         if (ia.every((x, j) => x.terms === ia[0]!.terms && x.c === ia[0]!.c + j)) {
           const load = lanes === 4 ? 'v128.load' : 'v128.load64_zero';
-          out.w.set(st.at[0]!, { name: l0.name, index: l0.index, key: `w${lanes} ${l0.name} ${ia[0]!.terms} ${ia[0]!.c}`, load });
-          for (const n of ws as string[]) claim.set(n, (claim.get(n) ?? 0) + 1);
+          out.w.set(st.at[0]!, { kind: 'load', name: l0.name, index: l0.index, key: `w${lanes} ${l0.name} ${ia[0]!.terms} ${ia[0]!.c}`, load });
+          continue;
         }
       }
+      const c = group.kind === 'fmaExact' || !h.convertWeights ? null : convertedLanes(conv, st.w);
+      if (c) out.w.set(st.at[0]!, c);
     }
   }
-  // A let is not emitted when every read of it is a packed operand served by a vector load.
-  for (const [name, n] of claim) if (reads.get(name) === n) out.skip.add(loadLet.get(name)!.at);
+  // f16 quads converted as vectors only where several steps share them (a GEMM's rows): for one
+  // step the scalar table lookups cost less (a 1-row GEMV measured 1.12x slower converted).
+  const uses = new Map<string, number>();
+  for (const o of out.w.values()) uses.set(o.key, (uses.get(o.key) ?? 0) + 1);
+  for (const [at, o] of out.w) if (o.kind === 'f16' && uses.get(o.key)! < 2) out.w.delete(at);
+  // Lets no longer read: the operands vector steps take over, then what only they read, and so on.
+  const lane = new Map<number, { st: FmaGroup['steps'][number]; j: number }>();
+  for (const { group } of packed) for (const st of group.steps) st.at.forEach((at, j) => lane.set(at, { st, j }));
+  const reads = new Map<string, number>();
+  const count = (node: unknown, d: number): void => {
+    if (node === null || typeof node !== 'object') return;
+    const o = node as Record<string, unknown>;
+    if (o.k === 'var' && typeof o.name === 'string') reads.set(o.name, (reads.get(o.name) ?? 0) + d);
+    for (const v of Array.isArray(node) ? node : Object.values(o)) count(v, d);
+  };
+  const countStmt = (i: number, d: number) => {
+    const l = lane.get(i);
+    if (!l) { count(body[i], d); return; }
+    const at = l.st.at[0]!;
+    // A vector operand still reads what its address or word is computed from (once per step).
+    for (const [ops, lanes] of [[out.x, l.st.x], [out.w, l.st.w]] as const) {
+      const o = ops.get(at);
+      if (!o) count(lanes[l.j], d);
+      else if (l.j === 0) count(o.kind === 'nibbles' ? o.word : o.index, d);
+    }
+  };
+  body.forEach((_, i) => countStmt(i, 1));
+  for (let changed = true; changed;) {
+    changed = false;
+    for (const [name, i] of letAt) {
+      if (out.skip.has(i) || (reads.get(name) ?? 0) > 0) continue;
+      out.skip.add(i);
+      countStmt(i, -1);
+      changed = true;
+    }
+  }
   return out;
 }
 
-/** Push a vector operand: loaded at its first use in the iteration, then from its local. */
+/** Push a vector operand: computed at its first use in the iteration, then from its local. */
 function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): void {
   const known = cache.get(o.key);
   if (known !== undefined) { h.f.get(known); return; }
   const v = h.f.local('v128');
-  const off = h.workgroupAddr(o.name, o.index);
-  h.f.simdMem(o.load, off, 2).tee(v);
+  if (o.kind === 'load') {
+    const off = h.workgroupAddr(o.name, o.index);
+    h.f.simdMem(o.load, off, 2);
+  } else emitConverted(h, o);
+  h.f.tee(v);
   cache.set(o.key, v);
 }
 
@@ -325,7 +368,7 @@ function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): voi
  */
 export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): number {
   const steps = new Map(packed.flatMap(({ group, v }) => group.steps.map((st) => [st.at[0]!, { st, v, kind: group.kind }] as const)));
-  const ops = operandLoads(body, packed, h.lets);
+  const ops = operandLoads(h, body, packed, h.lets);
   const cache = new Map<string, number>(); // operand key → v128 local, loaded at its first use this iteration
   let exact: ExactTemps | undefined;
   for (let i = 0; i < body.length; i++) {

@@ -48,6 +48,8 @@ export interface WasmEmitOptions {
   fusedMadd?: boolean;
   /** Carry accumulator groups in f32x4 registers (wasm-simd.ts; default true; fma ones only with fusedMadd): same bits either way. */
   simd?: boolean;
+  /** Packed steps convert f16 and INT4 weight lanes four at a time (wasm-convert.ts; default true): same bits either way. */
+  convertWeights?: boolean;
 }
 
 /** The WebAssembly module for `ir` (see the file header for its interface). */
@@ -83,11 +85,13 @@ class WasmEmitter extends WasmExpressions {
   private packedGroups = 0;
   private vectorOperands = 0;
   private readonly simd: boolean;
+  private readonly convertWeights: boolean;
 
   constructor(ir: KernelIR, opts: WasmEmitOptions) {
     const sg = opts.subgroupSize ?? (ir.caps.subgroupSize > 0 ? ir.caps.subgroupSize : 32);
     super(ir, sg, opts.fusedMadd ?? false);
     this.simd = opts.simd ?? true;
+    this.convertWeights = opts.convertWeights ?? true;
     if (!(sg >= 1 && sg <= 128 && (sg & (sg - 1)) === 0)) this.fail(`emulated subgroup size ${sg} is not a power of two up to 128`);
     this.body = new SubgroupHoister().stmts(ir.body);
     this.collectDecls(this.body);
@@ -218,6 +222,13 @@ class WasmEmitter extends WasmExpressions {
       f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.accLocal(n), stmt: (st) => this.stmt(st), newStatement: () => this.newStatement(),
       workgroupAddr: (name, index) => this.workgroupAddr(name, index), lets: this.lets,
       exactFma: (push) => this.exactFma(push),
+      storageInfo: (name) => {
+        const i = this.bufIndex.get(name);
+        const d = i === undefined ? undefined : this.ir.buffers[i];
+        return d && { t: d.t, vec: d.vec, readOnly: d.access === 'read' && !d.atomic };
+      },
+      storageAddr: (name, index) => { this.storageAddr(name, index); },
+      h2f: () => this.h2f(), convertWeights: this.convertWeights,
       storageVector: (name, index, load) => {
         const { decl } = this.buf(name);
         if (decl.t !== 'f32' || decl.vec !== 1) return false;

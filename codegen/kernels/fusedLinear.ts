@@ -15,9 +15,8 @@ import { op, storage } from '../dsl/index.js';
 import { embedding } from './embedding.js';
 import { kvAppendKernel } from './kvAppend.js';
 import { capsKey, epilogueBindings, gemvKernel, linearFinishKernel, memoKernel, segmentCount } from './linearCommon.js';
-import { gemmKernel } from './linearGemm.js';
 import { fusionBindings, type GemvFusion, type RopeAppendEpilogue } from './linearFusion.js';
-import { GEMV_MAX_ROWS, type LinearOp } from './linearOp.js';
+import { GEMV_MAX_ROWS, gemmKernelFor, type LinearOp } from './linearOp.js';
 import { mmaKernelFor } from './mmaLinear.js';
 import { type MmaFusion, mmaHeadTickets } from './mmaFusion.js';
 import { rmsNorm } from './rmsNorm.js';
@@ -190,7 +189,7 @@ export function fusedLinear(spec: FusedLinearSpec): FusedLinearOp {
       steps.push({ kernel: rmsNorm({ caps: caps_, workgroupSize: spec.norm.workgroupSize }), bind: { x: 'x', w: 'normW', out: 'normed' }, uniforms: { M, D: K, eps: spec.norm.eps } });
       x = 'normed';
     }
-    const gemm = gemmKernel(src, e, l.choice.gemm, caps_);
+    const gemm = gemmKernelFor(src, e, l.choice, caps_);
     steps.push({ kernel: gemm, bind: { x, ...same(weightNames), ...same(epiNames), out: outName }, uniforms: { M, K, N, Nw, segLen: l.choice.segLen } });
     steps.push(...ropeSteps(M, maxPos, numBlocks, temps, rowsCap));
     return { temps, steps };

@@ -10,6 +10,7 @@ import {
   linearFinishKernel, segmentCount, type WeightSource,
 } from './linearCommon.js';
 import { checkGemmVariant, type GemmVariant, gemmKernel } from './linearGemm.js';
+import { checkGemmRowsLayer, checkGemmRowsVariant, fitGemmRows, type GemmRowsVariant, gemmRowsKernel } from './linearGemmRows.js';
 import { MMA_MAX_ROWS } from './mmaCommon.js';
 import { mmaKernelFor, mmaUnfit } from './mmaLinear.js';
 
@@ -26,6 +27,11 @@ export interface LinearChoice {
   /** Index M − 1 for M = 1..GEMV_MAX_ROWS. */
   gemv: GemvVariant[];
   gemm: GemmVariant;
+  /**
+   * Where set, M > GEMV_MAX_ROWS runs the register GEMM (linearGemmRows.ts: no workgroup memory,
+   * for CPUs) instead of the tiled one; same bits either way.
+   */
+  gemmRows?: GemmRowsVariant;
   finishWorkgroupSize: number;
   /**
    * M up to which the tensor-core MMA path runs (int4Mma.ts, the dense f16 one in mmaMatmul.ts;
@@ -42,6 +48,7 @@ export interface LinearChoiceInput {
   /** One variant for every row count, or one per row count (index M − 1). */
   gemv?: GemvVariant | GemvVariant[];
   gemm?: GemmVariant;
+  gemmRows?: GemmRowsVariant;
   finishWorkgroupSize?: number;
   mmaMaxRows?: number;
 }
@@ -100,6 +107,7 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
     segLen: c.segLen ?? defaults.segLen,
     gemv,
     gemm: c.gemm ?? defaults.gemm,
+    ...(c.gemmRows ?? defaults.gemmRows) ? { gemmRows: c.gemmRows ?? defaults.gemmRows } : {},
     finishWorkgroupSize: c.finishWorkgroupSize ?? defaults.finishWorkgroupSize,
     ...(c.mmaMaxRows ?? defaults.mmaMaxRows) !== undefined ? { mmaMaxRows: c.mmaMaxRows ?? defaults.mmaMaxRows } : {},
   };
@@ -130,11 +138,16 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   const { name, K, N, epilogue: e, source: src } = spec;
   const caps = spec.caps ?? BASELINE_CAPS;
   const Nw = e.gateUp ? 2 * N : N;
-  const choice = resolveChoice(spec.defaults(K, Nw, caps, spec.parallelism, spec.deviceClass), spec.choice);
+  const resolved = resolveChoice(spec.defaults(K, Nw, caps, spec.parallelism, spec.deviceClass), spec.choice);
+  const choice = resolved.gemmRows ? { ...resolved, gemmRows: fitGemmRows(resolved.gemmRows, src, e, N, Nw) } : resolved;
   checkSegmentLength(name, K, choice.segLen, src.granule);
   if (choice.gemv.length !== GEMV_MAX_ROWS) throw new Error(`${name}: choice.gemv needs ${GEMV_MAX_ROWS} variants (M = 1..${GEMV_MAX_ROWS})`);
   for (const v of choice.gemv) checkGemvVariant(name, v, src, Nw, caps);
   checkGemmVariant(name, choice.gemm, src, e, caps);
+  if (choice.gemmRows) {
+    checkGemmRowsVariant(name, choice.gemmRows, src, e, caps);
+    checkGemmRowsLayer(name, choice.gemmRows, src, e, N);
+  }
   const S = segmentCount(K, choice.segLen);
   const mmaRows = mmaRowsOf(name, K, N, src, caps, choice.mmaMaxRows);
   const weightNames = Object.keys(src.bindings);
@@ -169,7 +182,7 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
         ],
       };
     }
-    const gemm = gemmKernel(src, e, choice.gemm, caps);
+    const gemm = gemmKernelFor(src, e, choice, caps);
     return {
       temps: {},
       steps: [{ kernel: gemm, bind: passThrough(['x', ...weightNames, ...epiNames]), uniforms: { M, K, N, Nw, segLen: choice.segLen } }],
@@ -184,4 +197,9 @@ export function linearOp(spec: LinearOpSpec): LinearOp {
   };
   const base = op(`${name}_K${K}_N${N}_${src.tag}_${epilogueTag(e)}`, bindings, plan);
   return { ...base, fixedSizes: { K, N, Nw }, K, N, Nw, epilogue: e, choice, source: src, caps, mmaRows, tensors, bytesMoved, ...(spec.deviceClass ? { deviceClass: spec.deviceClass } : {}) };
+}
+
+/** The kernel for M > GEMV_MAX_ROWS rows: the register GEMM where the choice has one, else the tiled. */
+export function gemmKernelFor(src: WeightSource, e: Epilogue, choice: LinearChoice, caps: Caps) {
+  return choice.gemmRows ? gemmRowsKernel(src, e, choice.gemmRows, caps) : gemmKernel(src, e, choice.gemm, caps);
 }

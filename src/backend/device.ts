@@ -38,6 +38,11 @@ export interface DeviceProfile {
    * 'strips' on the cpu device, where one invocation streams its columns down K; else 'rows'.
    */
   weightLayout?: WeightLayout;
+  /**
+   * The GEMM for more rows than the GEMV takes (src/ops/linear.ts linearHints): 'registers' (the
+   * cpu device: linearGemmRows.ts, no workgroup memory) or 'tiled' (linearGemm.ts, the default).
+   */
+  gemm?: 'registers' | 'tiled';
 }
 
 /** A recorded sequence of launches (graphCapture): replay() queues all of them again with one call. */

@@ -107,6 +107,12 @@ forEachBackend('denseLinear', (dev) => {
             const res = await runOp(dev, altOp, { w: wb }, rows(0, m), m);
             expect(firstDiff(res.bits, rowBits(full, 0, m, N)), `alternative schedule at M=${m}`).toBe(-1);
           }
+          // The register GEMM (cpu): rows and units that do not divide M and N, vector loads or not.
+          for (const gemmRows of [{ rows: 8, units: 4, vec: 4, workgroupSize: 16 }, { rows: 3, units: 5, workgroupSize: 4 }] as const) {
+            const rowsOp = denseLinear({ K, N, weight: dtype, caps: dev.caps, ...e, choice: { ...choice, gemmRows } });
+            const res = await runOp(dev, rowsOp, { w: wb }, rows(0, M), M);
+            expect(firstDiff(res.bits, full.bits), `register GEMM ${JSON.stringify(gemmRows)}`).toBe(-1);
+          }
         } finally { dev.free(wb); }
       });
     }

@@ -2,6 +2,7 @@
 // shapes the issue lists, a hand-built layout that pins the nibble interleave, every epilogue,
 // batch invariance (bit-identical rows whatever M and path), and bad input refused before launch.
 import { describe, expect, it } from 'vitest';
+import type { GemmRowsVariant } from '../../codegen/kernels/linearGemmRows.js';
 import { BASELINE_CAPS, type Caps, CUDA_CAPS } from '../../codegen/dsl/types.js';
 import { denseSource } from '../../codegen/kernels/denseMatmul.js';
 import type { DeviceClass } from '../../codegen/kernels/deviceProfile.js';
@@ -52,6 +53,12 @@ function sliceRows(inp: LinearInputs, r0: number, M: number, K: number, N: numbe
     residual: inp.residual?.slice(r0 * N, (r0 + M) * N),
   };
 }
+
+/** Register GEMM variants (linearGemmRows.ts) every schedule must match bit for bit. */
+const GEMM_ROWS_VARIANTS: GemmRowsVariant[] = [
+  { rows: 8, units: 4, vec: 4, workgroupSize: 16 },
+  { rows: 3, units: 5, workgroupSize: 4 },
+];
 
 forEachBackend('int4Linear', (dev) => {
   describe('matches float64 dequantize-then-matmul', () => {
@@ -172,6 +179,12 @@ forEachBackend('int4Linear', (dev) => {
           for (const rows of [5, 130]) {
             const res = await runOp(dev, altOp, weightsOf(w), sliceRows(inp, 0, rows, K, N), rows);
             expect(firstDiff(res.bits, rowBits(full, 0, rows, wpr)), `alternative schedule at M=${rows}`).toBe(-1);
+          }
+          // The register GEMM (cpu), rows and units that do not divide M and N, vector loads or not.
+          for (const gemmRows of GEMM_ROWS_VARIANTS) {
+            const rowsOp = int4Linear({ K, N, groupSize: g, caps: dev.caps, ...e, choice: { ...choice, gemmRows } });
+            const res = await runOp(dev, rowsOp, weightsOf(w), sliceRows(inp, 0, 130, K, N), 130);
+            expect(firstDiff(res.bits, full.bits), `register GEMM ${JSON.stringify(gemmRows)}`).toBe(-1);
           }
         } finally { freeWeights(dev, w); }
       });

@@ -155,6 +155,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private args = 0;
   private f16Table = 0;
   private readonly wasmSimd: boolean;
+  private readonly convertWeights: boolean;
   /** wasm: fma as the host's fused f32x4.relaxed_madd (wasm-api.ts hostFusedMadd), else the exact helper. */
   private readonly fusedMadd: boolean;
   /** While captureGraph records: the launches dispatched so far. */
@@ -188,6 +189,10 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     const simd = platform.env('KILN_WASM_SIMD') ?? '1';
     if (simd !== '0' && simd !== '1') throw new Error(`cpu device: KILN_WASM_SIMD must be '0' or '1', not '${simd}'`);
     this.wasmSimd = simd === '1';
+    // KILN_WASM_CONVERT=0: weight lanes unpacked one at a time (the vector conversions give the same bits; A/B timing).
+    const convert = platform.env('KILN_WASM_CONVERT') ?? '1';
+    if (convert !== '0' && convert !== '1') throw new Error(`cpu device: KILN_WASM_CONVERT must be '0' or '1', not '${convert}'`);
+    this.convertWeights = convert === '1';
     // KILN_WASM_FMA=exact: fma through the exact helper even where the host's multiply-add is fused
     // (same bits; for A/B timing and to test that path).
     const fma = platform.env('KILN_WASM_FMA') ?? 'auto';
@@ -208,7 +213,10 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     // KILN_WEIGHT_LAYOUT=rows: weights in checkpoint order (the strips give the same bits; A/B timing).
     const layout = platform.env('KILN_WEIGHT_LAYOUT') ?? 'strips';
     if (layout !== 'rows' && layout !== 'strips') throw new Error(`cpu device: KILN_WEIGHT_LAYOUT must be 'rows' or 'strips', not '${layout}'`);
-    this.profile = { software: true, deviceClass: 'cpu', vendor: 'cpu', parallelism: 1024 * platform.cpuCount(), weightLayout: layout };
+    // KILN_CPU_GEMM=tiled: the tiled GEMM instead of the register one (same bits; A/B timing).
+    const gemm = platform.env('KILN_CPU_GEMM') ?? 'registers';
+    if (gemm !== 'registers' && gemm !== 'tiled') throw new Error(`cpu device: KILN_CPU_GEMM must be 'registers' or 'tiled', not '${gemm}'`);
+    this.profile = { software: true, deviceClass: 'cpu', vendor: 'cpu', parallelism: 1024 * platform.cpuCount(), weightLayout: layout, gemm };
   }
 
   protected usable(what: string): void {
@@ -305,7 +313,7 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
   private compile(kernel: Kernel): Compiled {
     let c = this.compiled.get(kernel);
     if (!c && this.executor === 'wasm') {
-      const w = emitWasm(kernel.ir, { simd: this.wasmSimd, fusedMadd: this.fusedMadd });
+      const w = emitWasm(kernel.ir, { simd: this.wasmSimd, fusedMadd: this.fusedMadd, convertWeights: this.convertWeights });
       const [x, y, z] = kernel.ir.workgroupSize;
       c = {
         name: kernel.ir.name, source: '', ir: kernel.ir, key: bytesKey(w.bytes), invocations: x * y * z,
