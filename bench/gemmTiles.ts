@@ -6,7 +6,8 @@
 //
 //   npm run bench -- gemm-tiles [--device cpu] [--shapes 256x1536,768x256] [--ms 9,16,64]
 //     [--tiles 16x32x32/4x8,32x32x32/2x4,r4u4v1w16] (tiled: tileM x tileN x tileK / blockM x blockN;
-//     register GEMM, linearGemmRows.ts: r rows u units v vec w workgroup size; first = baseline)
+//     register GEMM, linearGemmRows.ts: r rows u units v vec w workgroup size [c chunk b block: staged
+//     weights, dense only]; first = baseline)
 //     [--rounds 3] [--group 128]
 import { denseLinear, denseWeightLayout } from '../codegen/kernels/denseMatmul.js';
 import { int4Linear, int4WeightLayout } from '../codegen/kernels/int4Matmul.js';
@@ -24,10 +25,10 @@ interface Options { device: BackendKind; shapes: [number, number][]; ms: number[
 type Tile = { gemm: GemmVariant } | { gemmRows: GemmRowsVariant };
 
 function parseTile(s: string): Tile {
-  const r = /^r(\d+)u(\d+)v([124])w(\d+)$/.exec(s);
+  const r = /^r(\d+)u(\d+)v([124])w(\d+)(?:c(\d+)b(\d+))?$/.exec(s);
   if (r) {
-    const [rows, units, vec, workgroupSize] = r.slice(1).map(Number) as [number, number, 1 | 2 | 4, number];
-    return { gemmRows: { rows, units, workgroupSize, ...(vec > 1 ? { vec } : {}) } };
+    const [rows, units, vec, workgroupSize, chunk, block] = r.slice(1).map(Number) as [number, number, 1 | 2 | 4, number, number, number];
+    return { gemmRows: { rows, units, workgroupSize, ...(vec > 1 ? { vec } : {}), ...(chunk ? { staged: { chunk, block } } : {}) } };
   }
   const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)$/.exec(s);
   if (!m) throw new Error(`gemm-tiles --tiles: '${s}' is neither tileMxtileNxtileK/blockMxblockN (e.g. 16x32x32/4x8) nor r<rows>u<units>v<vec>w<workgroup> (e.g. r4u4v1w16)`);
@@ -62,7 +63,10 @@ function parse(args: string[]): Options {
 }
 
 const tileName = (t: Tile) => {
-  if ('gemmRows' in t) { const v = t.gemmRows; return `r${v.rows}u${v.units}v${v.vec ?? 1}w${v.workgroupSize}`; }
+  if ('gemmRows' in t) {
+    const v = t.gemmRows;
+    return `r${v.rows}u${v.units}v${v.vec ?? 1}w${v.workgroupSize}${v.staged ? `c${v.staged.chunk}b${v.staged.block}` : ''}`;
+  }
   const v = t.gemm;
   return `${v.tileM}x${v.tileN}x${v.tileK}/${v.blockM}x${v.blockN}`;
 };
@@ -93,13 +97,14 @@ export async function main(args: string[]): Promise<void> {
           const best = o.tiles.map(() => Infinity);
           for (let r = 0; r < o.rounds; r++) {
             for (const [i, tile] of o.tiles.entries()) {
-              const op = build(tile);
+              let op: ReturnType<typeof build>;
+              try { op = build(tile); } catch { continue; } // not for these weights (e.g. staged INT4): '—'
               const { ms } = await timeOnDevice(dev, () => dev.run(op, { ...weights, x, out: y } as never, { M }),
                 { launches: 4, reps: 3, samples: 3, flushBytes: 0 });
               best[i] = Math.min(best[i]!, ms);
             }
           }
-          console.log(`| ${K} × ${N} | ${M} | ${name} | ${best.map((t) => `${t.toFixed(2)} (${(t / best[0]!).toFixed(2)}×)`).join(' | ')} |`);
+          console.log(`| ${K} × ${N} | ${M} | ${name} | ${best.map((t) => (t === Infinity ? '—' : `${t.toFixed(2)} (${(t / best[0]!).toFixed(2)}×)`)).join(' | ')} |`);
         }
         dev.free(x); dev.free(y);
       }

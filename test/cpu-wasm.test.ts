@@ -310,10 +310,55 @@ describe('SIMD128: weight lanes converted four at a time', () => {
     },
   });
 
+  // The same conversions stored (a GEMM staging unpacked weights in private memory): four stores
+  // to adjacent elements become one vector store.
+  const staged = kernel({
+    name: 'convertedStores', workgroupSize: 8, grid: () => [1, 1, 1],
+    bindings: { wh: storage('u32', 'read', { vec: 2 }), wq: storage('u32', 'read'), out: storage('f32', 'read_write') },
+    uniforms: { steps: 'u32' },
+    body(k, { wh, wq, out }, { steps }) {
+      const li = k.let('li', k.localIndex);
+      const stage = k.privateArray('stage', 'f32', 48);
+      k.for('s', k.u32(0), steps, (s) => {
+        const at = k.let('at', s.mul(8).add(li));
+        const hw = k.let('hw', wh.at(at));
+        const p0 = k.let('p0', k.unpack2x16float(hw.at(0) as never)), p1 = k.let('p1', k.unpack2x16float(hw.at(1) as never));
+        const q = k.let('q', wq.at(at));
+        const base = k.let('base', s.mul(12));
+        [p0.x, p0.y, p1.x, p1.y].forEach((v, c) => stage.set(base.add(c), v));
+        [0, 4, 1, 5, 2, 6, 3, 7].forEach((nib, c) => stage.set(base.add(4 + c), k.f32(nib === 0 ? q.band(15) : nib === 7 ? q.shr(28) : q.shr(nib * 4).band(15))));
+      });
+      k.for('e', k.u32(0), steps.mul(12), (e) => out.set(li.mul(48).add(e), stage.at(e)));
+    },
+  });
+
+  it('stored: four adjacent stores become one, with the js executor\'s bits', async () => {
+    expect(emitWasm(staged.ir, { fusedMadd: true }).vectorOperands).toBe(3); // one f16 quad, two nibble quads
+    expect(emitWasm(staged.ir, { fusedMadd: true, convertWeights: false }).vectorOperands).toBe(0);
+    const r = rng(freshSeed('wasm converted stores'));
+    const steps = 4;
+    const words = [0x00000001, 0x83ff0400, 0x7c00fc00, 0x7e00fe01, 0x7bff8000, 0x3c000200];
+    const H = Uint32Array.from({ length: steps * 16 }, (_, i) => (i < words.length ? words[i]! : Math.floor(r() * 2 ** 32) >>> 0));
+    const Q = Uint32Array.from({ length: steps * 8 }, () => Math.floor(r() * 2 ** 32) >>> 0);
+    const got = await Promise.all([wasm, js].map(async (dev) => {
+      const wh = dev.alloc('u32', H.length, 'wh'), wq = dev.alloc('u32', Q.length, 'wq'), out = dev.alloc('f32', 8 * 48, 'out');
+      try {
+        dev.write(wh, H); dev.write(wq, Q); dev.write(out, new Float32Array(8 * 48).fill(Number.NaN));
+        dev.launch(staged, { wh, wq, out }, { steps });
+        return await dev.read(out);
+      } finally { for (const b of [wh, wq, out]) dev.free(b); }
+    }));
+    const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+    expect(bits(got[0]!)).toEqual(bits(got[1]!));
+    // Lane 0 of invocation 0, step 0 is the smallest subnormal; the nibbles are their values.
+    expect(got[1]![0]).toBe(2 ** -24);
+    expect(got[1]![4]).toBe(Q[0]! & 15);
+  });
+
   it('are used, off with convertWeights: false, and give the js executor\'s bits', async () => {
     const on = emitWasm(lanes.ir, { fusedMadd: true });
-    expect(on.vectorOperands).toBe(3); // one f16 quad, two nibble quads
-    expect(emitWasm(lanes.ir, { fusedMadd: true, convertWeights: false }).vectorOperands).toBe(0);
+    expect(on.vectorOperands).toBe(5); // one f16 quad, two nibble quads, x0 and x1 splat from memory
+    expect(emitWasm(lanes.ir, { fusedMadd: true, convertWeights: false }).vectorOperands).toBe(2);
     const r = rng(freshSeed('wasm converted lanes'));
     const steps = 24;
     // Finite words (zeros and subnormals often); each accumulator meets one infinity or NaN at most,

@@ -28,8 +28,6 @@ export interface ConvertContext {
   offsetBy(a: Expr, b: Expr, d: number): boolean;
 }
 
-const initOf = (c: ConvertContext, e: Expr): Expr | undefined => (e.k === 'var' ? c.lets.get(e.name) : undefined);
-
 /** Word w as a storage element: a scalar u32 load (through a let or not), or a component of a vector load let. */
 function wordSource(c: ConvertContext, w: Expr): { name: string; index: Expr; comp: number; vec: number } | null {
   if (w.k === 'swizzle' && w.comps.length === 1 && w.a.k === 'var') {
@@ -44,9 +42,12 @@ function wordSource(c: ConvertContext, w: Expr): { name: string; index: Expr; co
   return info && info.t === 'u32' && info.readOnly && info.vec === 1 && c.stable(l.index) ? { name: l.name, index: l.index, comp: 0, vec: 1 } : null;
 }
 
+/** A lane: a let's initialiser, or the expression itself (a stored value). */
+const laneOf = (c: ConvertContext, e: Expr): Expr | undefined => (e.k === 'var' ? c.lets.get(e.name) : e);
+
 function f16Quad(c: ConvertContext, ws: Expr[]): Converted | null {
   const halves = ws.map((e) => {
-    const i = initOf(c, e);
+    const i = laneOf(c, e);
     return i?.k === 'swizzle' && i.a.k === 'var' && (i.comps === 'x' || i.comps === 'y') ? { pair: i.a.name, comp: i.comps } : null;
   });
   const [a, b, d, e] = halves;
@@ -77,7 +78,7 @@ function nibbleOf(u: Expr): { word: Expr; shift: number } | null {
 
 function nibbleQuad(c: ConvertContext, ws: Expr[]): Converted | null {
   const nibs = ws.map((e) => {
-    const i = initOf(c, e);
+    const i = laneOf(c, e);
     return i?.k === 'cast' && i.t === 'f32' && i.a.t === 'u32' ? nibbleOf(i.a) : null;
   });
   if (!nibs.every((n) => n)) return null;

@@ -20,7 +20,7 @@ export const SIMD = {
 } as const;
 
 /** SIMD128 loads (0xFD prefix, then a memarg), the ones used. */
-export const SIMD_MEM = { 'v128.load': 0x00, 'v128.load32_splat': 0x09, 'v128.load64_zero': 0x5d } as const;
+export const SIMD_MEM = { 'v128.load': 0x00, 'v128.load32_splat': 0x09, 'v128.load64_zero': 0x5d, 'v128.store': 0x0b } as const;
 
 /** Opcodes by name (single byte), the ones the emitter uses. */
 export const OP = {

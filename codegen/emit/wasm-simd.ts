@@ -154,6 +154,10 @@ export interface PackHost {
   newStatement(): void;
   /** Push the address of a workgroup array's element; returns the static offset to load at. */
   workgroupAddr(name: string, index: Expr): number;
+  /** Whether a private array lives in memory (indexed at run time), not in locals. */
+  privateInMemory(name: string): boolean;
+  /** Push the address of such a private array's element; returns the static offset to load at. */
+  privateAddr(name: string, index: Expr): number;
   /** Immutable lets emitted so far (before the loop): their initialisers, to compare indices. */
   lets: ReadonlyMap<string, Expr>;
   /**
@@ -245,26 +249,42 @@ interface OperandLoads {
   /** Per step (body index of its first statement): how to push each operand's lanes. */
   x: Map<number, Operand>;
   w: Map<number, Operand>;
+  /** Runs of four stores of converted weight lanes to adjacent elements (body index of the first): one vector store. */
+  stores: Map<number, ConvertedStore>;
 }
+interface ConvertedStore { space: 'workgroup' | 'private'; name: string; index: Expr; value: Converted }
 /**
  * A vector operand and a key equal for equal operands within an iteration: a workgroup array's
  * lanes loaded at once, or lanes converted from weight words (wasm-convert.ts).
  */
-type Operand = { kind: 'load'; name: string; index: Expr; key: string; load: 'v128.load32_splat' | 'v128.load' | 'v128.load64_zero' } | Converted;
+type Operand = {
+  kind: 'load'; space: 'workgroup' | 'storage' | 'private'; name: string; index: Expr; key: string; load: 'v128.load32_splat' | 'v128.load' | 'v128.load64_zero';
+} | Converted;
 
 function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: ReadonlyMap<string, Expr>): OperandLoads {
   const lets = new Map(outer);
-  const loadLet = new Map<string, { at: number; name: string; index: Expr }>();
+  const loadLet = new Map<string, { at: number; space: 'workgroup' | 'private'; name: string; index: Expr }>();
+  // Lets loading one f32 of a read-only storage buffer (a GEMM's x): splat straight from memory
+  // where the packed steps are their only readers.
+  const storageLet = new Map<string, { name: string; index: Expr }>();
   const letAt = new Map<string, number>();
   const stored = new Set<string>(), assigned = new Set<string>();
+  let storageStores = false; // a binding may alias another: no storage splats past a store
   const walk = (ss: XStmt[], top: boolean) => ss.forEach((s, i) => {
-    if (s.k === 'store' && s.space === 'workgroup') stored.add(s.name);
+    if (s.k === 'store' && (s.space === 'workgroup' || s.space === 'private')) stored.add(s.name);
+    if ((s.k === 'store' && s.space === 'storage') || (s.k === 'atomic' && s.space === 'storage')) storageStores = true;
     if (s.k === 'assign' || s.k === 'for') assigned.add(s.name);
     if (s.k === 'atomic') stored.add(s.name);
     if (top && s.k === 'let' && !s.mutable) {
       lets.set(s.name, s.init);
       letAt.set(s.name, i);
-      if (s.init.k === 'load' && s.init.space === 'workgroup' && s.init.t === 'f32') loadLet.set(s.name, { at: i, name: s.init.name, index: s.init.index });
+      if (s.init.k === 'load' && s.init.t === 'f32' && (s.init.space === 'workgroup' || (s.init.space === 'private' && h.privateInMemory(s.init.name)))) {
+        loadLet.set(s.name, { at: i, space: s.init.space, name: s.init.name, index: s.init.index });
+      }
+      if (s.init.k === 'load' && s.init.space === 'storage' && s.init.t === 'f32') {
+        const info = h.storageInfo(s.init.name);
+        if (info?.t === 'f32' && info.vec === 1 && info.readOnly) storageLet.set(s.name, { name: s.init.name, index: s.init.index });
+      }
     }
     if (s.k === 'if') { walk(s.then, false); walk(s.else, false); }
     if (s.k === 'for' || s.k === 'while') walk(s.body, false);
@@ -282,11 +302,22 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
     return hit;
   };
   for (const [name, l] of [...loadLet]) if (dependsOnAssigned(l.index)) loadLet.delete(name);
+  for (const [name, l] of [...storageLet]) if (storageStores || dependsOnAssigned(l.index)) storageLet.delete(name);
+  // Reads of each variable in the body, against those the packed steps' x operands make.
+  const allReads = new Map<string, number>(), xReads = new Map<string, number>();
+  const tally = (node: unknown, into: Map<string, number>): void => {
+    if (node === null || typeof node !== 'object') return;
+    const o = node as Record<string, unknown>;
+    if (o.k === 'var' && typeof o.name === 'string') into.set(o.name, (into.get(o.name) ?? 0) + 1);
+    for (const v of Array.isArray(node) ? node : Object.values(o)) tally(v, into);
+  };
+  tally(body, allReads);
+  for (const { group } of packed) for (const st of group.steps) for (const x of st.x) tally(x, xReads);
   const conv: ConvertContext = {
     lets, storage: (n) => h.storageInfo(n), stable: (e) => !dependsOnAssigned(e),
     offsetBy: (a, b, d) => { const x = affine(a, lets), y = affine(b, lets); return x.terms === y.terms && y.c === x.c + d; },
   };
-  const out: OperandLoads = { skip: new Set(), x: new Map(), w: new Map() };
+  const out: OperandLoads = { skip: new Set(), x: new Map(), w: new Map(), stores: new Map() };
   const varName = (e: Expr): string | undefined => (e.k === 'var' ? e.name : undefined);
   for (const { group } of packed) {
     const lanes = group.acc.length;
@@ -294,7 +325,11 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
       const xs = st.x.map(varName), x0 = xs[0], lx = x0 !== undefined ? loadLet.get(x0) : undefined;
       if (lx && x0 !== undefined && xs.every((n) => n === x0) && !stored.has(lx.name)) {
         const a = affine(lx.index, lets);
-        out.x.set(st.at[0]!, { kind: 'load', name: lx.name, index: lx.index, key: `x ${lx.name} ${a.terms} ${a.c}`, load: 'v128.load32_splat' });
+        out.x.set(st.at[0]!, { kind: 'load', space: lx.space, name: lx.name, index: lx.index, key: `x ${lx.name} ${a.terms} ${a.c}`, load: 'v128.load32_splat' });
+      }
+      const sx = x0 !== undefined ? storageLet.get(x0) : undefined;
+      if (!lx && sx && x0 !== undefined && xs.every((n) => n === x0) && allReads.get(x0) === xReads.get(x0)) {
+        out.x.set(st.at[0]!, { kind: 'load', space: 'storage', name: sx.name, index: sx.index, key: `xs ${x0}`, load: 'v128.load32_splat' });
       }
       const ws = st.w.map(varName), lw = ws.map((n) => (n !== undefined ? loadLet.get(n) : undefined));
       const l0 = lw[0];
@@ -302,7 +337,7 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
         const ia = lw.map((l) => affine(l!.index, lets));
         if (ia.every((x, j) => x.terms === ia[0]!.terms && x.c === ia[0]!.c + j)) {
           const load = lanes === 4 ? 'v128.load' : 'v128.load64_zero';
-          out.w.set(st.at[0]!, { kind: 'load', name: l0.name, index: l0.index, key: `w${lanes} ${l0.name} ${ia[0]!.terms} ${ia[0]!.c}`, load });
+          out.w.set(st.at[0]!, { kind: 'load', space: l0.space, name: l0.name, index: l0.index, key: `w${lanes} ${l0.name} ${ia[0]!.terms} ${ia[0]!.c}`, load });
           continue;
         }
       }
@@ -315,6 +350,7 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
   const uses = new Map<string, number>();
   for (const o of out.w.values()) uses.set(o.key, (uses.get(o.key) ?? 0) + 1);
   for (const [at, o] of out.w) if (o.kind === 'f16' && uses.get(o.key)! < 2) out.w.delete(at);
+  if (h.convertWeights) findConvertedStores(h, body, conv, dependsOnAssigned, lets, out.stores);
   // Lets no longer read: the operands vector steps take over, then what only they read, and so on.
   const lane = new Map<number, { st: FmaGroup['steps'][number]; j: number }>();
   for (const { group } of packed) for (const st of group.steps) st.at.forEach((at, j) => lane.set(at, { st, j }));
@@ -325,7 +361,16 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
     if (o.k === 'var' && typeof o.name === 'string') reads.set(o.name, (reads.get(o.name) ?? 0) + d);
     for (const v of Array.isArray(node) ? node : Object.values(o)) count(v, d);
   };
+  const storeRun = new Map<number, number>(); // statement → its run's first
+  for (const at of out.stores.keys()) for (let j = 0; j < 4; j++) storeRun.set(at + j, at);
   const countStmt = (i: number, d: number) => {
+    const run = storeRun.get(i);
+    if (run !== undefined) {
+      // A converted store reads its index and what the vector is computed from (once per run).
+      const st = out.stores.get(run)!;
+      if (run === i) { count(st.index, d); count(st.value.kind === 'nibbles' ? st.value.word : st.value.index, d); }
+      return;
+    }
     const l = lane.get(i);
     if (!l) { count(body[i], d); return; }
     const at = l.st.at[0]!;
@@ -349,13 +394,37 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
   return out;
 }
 
+/**
+ * Runs of four adjacent statements storing converted weight lanes (wasm-convert.ts) to adjacent
+ * f32 elements of one workgroup or in-memory private array: a GEMM staging unpacked weights.
+ */
+function findConvertedStores(h: PackHost, body: XStmt[], conv: ConvertContext, unstable: (e: Expr) => boolean,
+  lets: ReadonlyMap<string, Expr>, out: Map<number, ConvertedStore>): void {
+  for (let i = 0; i + 4 <= body.length; i++) {
+    const run = body.slice(i, i + 4);
+    const s0 = run[0]!;
+    if (s0.k !== 'store' || (s0.space !== 'workgroup' && !(s0.space === 'private' && h.privateInMemory(s0.name)))) continue;
+    const stores = run.filter((s): s is Extract<XStmt, { k: 'store' }> => s.k === 'store' && s.space === s0.space && s.name === s0.name && s.value.t === 'f32');
+    if (stores.length !== 4 || stores.some((s) => unstable(s.index))) continue;
+    const ia = stores.map((s) => affine(s.index, lets));
+    if (!ia.every((a, j) => a.terms === ia[0]!.terms && a.c === ia[0]!.c + j)) continue;
+    const value = convertedLanes(conv, stores.map((s) => s.value));
+    if (!value) continue;
+    out.set(i, { space: s0.space as 'workgroup' | 'private', name: s0.name, index: s0.index, value });
+    i += 3;
+  }
+}
+
 /** Push a vector operand: computed at its first use in the iteration, then from its local. */
 function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): void {
   const known = cache.get(o.key);
   if (known !== undefined) { h.f.get(known); return; }
   const v = h.f.local('v128');
-  if (o.kind === 'load') {
-    const off = h.workgroupAddr(o.name, o.index);
+  if (o.kind === 'load' && o.space === 'storage') {
+    h.storageAddr(o.name, o.index);
+    h.f.simdMem(o.load, 0, 2);
+  } else if (o.kind === 'load') {
+    const off = o.space === 'private' ? h.privateAddr(o.name, o.index) : h.workgroupAddr(o.name, o.index);
     h.f.simdMem(o.load, off, 2);
   } else emitConverted(h, o);
   h.f.tee(v);
@@ -373,6 +442,15 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): nu
   let exact: ExactTemps | undefined;
   for (let i = 0; i < body.length; i++) {
     if (ops.skip.has(i)) continue;
+    const run = ops.stores.get(i);
+    if (run) {
+      h.newStatement();
+      const off = run.space === 'private' ? h.privateAddr(run.name, run.index) : h.workgroupAddr(run.name, run.index);
+      emitConverted(h, run.value);
+      h.f.simdMem('v128.store', off, 2);
+      i += 3;
+      continue;
+    }
     const p = steps.get(i);
     if (!p) { h.stmt(body[i]!); continue; }
     h.newStatement();
@@ -385,7 +463,7 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): nu
     else exactPairStep(h, p.v, exact ??= { x: h.f.local('v128'), w: h.f.local('v128'), p: h.f.local('v128'), s: h.f.local('v128'), q: h.f.local('v128') });
     i += p.st.at.length - 1; // the step's other statements
   }
-  return cache.size;
+  return cache.size + ops.stores.size;
 }
 
 interface ExactTemps { x: number; w: number; p: number; s: number; q: number }
@@ -435,4 +513,18 @@ export function unpackAccumulators(h: PackHost, packed: Packed[]): void {
       else h.f.get(v).simd('f32x4.extract_lane', lane).set(h.local(n));
     });
   }
+}
+
+/** Whether a loop body has runs of converted stores (then it goes through packedLoopBody too). */
+export function hasConvertedStores(h: PackHost, body: XStmt[]): boolean {
+  if (!h.convertWeights) return false;
+  const found = new Map<number, ConvertedStore>();
+  const lets = new Map(h.lets);
+  for (const s of body) if (s.k === 'let' && !s.mutable) lets.set(s.name, s.init);
+  const conv: ConvertContext = {
+    lets, storage: (n) => h.storageInfo(n), stable: () => true,
+    offsetBy: (a, b, d) => { const x = affine(a, lets), y = affine(b, lets); return x.terms === y.terms && y.c === x.c + d; },
+  };
+  findConvertedStores(h, body, conv, () => false, lets, found);
+  return found.size > 0;
 }

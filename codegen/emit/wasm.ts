@@ -16,7 +16,7 @@ import { lowerMma } from './mma.js';
 import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { FnBuilder, encodeModule } from './wasm-encode.js';
 import { WasmExpressions, vt } from './wasm-expr.js';
-import { type PackHost, packAccumulators, packedLoopBody, unpackAccumulators } from './wasm-simd.js';
+import { hasConvertedStores, type PackHost, packAccumulators, packedLoopBody, unpackAccumulators } from './wasm-simd.js';
 import { FN, MATH_IMPORTS, helperFunctions } from './wasm-helpers.js';
 import {
   type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, collectLoweredDecls, isSync, regionUse, regionsOf,
@@ -177,7 +177,7 @@ class WasmEmitter extends WasmExpressions {
         this.newStatement();
         f.get(v); this.ex(s.to, 0); f.op(s.t === 'u32' ? 'i32.ge_u' : 'i32.ge_s').brIf(brk);
         f.block(cont);
-        if (packed.length) {
+        if (packed.length || (this.simd && hasConvertedStores(this.packHost(), s.body))) {
           this.rc.loops.push({ brk, cont });
           this.rc.blocks++;
           this.vectorOperands += packedLoopBody(this.packHost(), s.body, packed);
@@ -221,6 +221,8 @@ class WasmEmitter extends WasmExpressions {
     return {
       f: this.f, ex: (e) => this.ex(e, 0), local: (n) => this.accLocal(n), stmt: (st) => this.stmt(st), newStatement: () => this.newStatement(),
       workgroupAddr: (name, index) => this.workgroupAddr(name, index), lets: this.lets,
+      privateInMemory: (name) => { const p = this.privs.get(name); return !!p && !p.scalar; },
+      privateAddr: (name, index) => this.privateAddr(this.priv(name), index, this.spilled.has(name)),
       exactFma: (push) => this.exactFma(push),
       storageInfo: (name) => {
         const i = this.bufIndex.get(name);

@@ -9,6 +9,7 @@ import {
   defaultSegmentLength, fullEpilogue, type GemvVariant, K_GRANULE, type LinearEpilogue, type WeightSource,
 } from './linearCommon.js';
 import type { GemmVariant } from './linearGemm.js';
+import { cpuGemmRows } from './linearGemmRows.js';
 import { layoutTag, rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
 import type { DeviceClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
@@ -122,7 +123,8 @@ export function denseSegmentSpace(K: number): number[] {
   return [...out];
 }
 
-export function defaultDenseChoice(K: number, Nw: number, dtype: DenseWeightDtype, caps: Caps, parallelism?: number): LinearChoice {
+export function defaultDenseChoice(K: number, Nw: number, dtype: DenseWeightDtype, caps: Caps, parallelism?: number,
+  deviceClass?: DeviceClass): LinearChoice {
   const big = caps.maxWorkgroupStorage >= 32 * 1024 && caps.maxInvocationsPerWorkgroup >= 256;
   // 8 columns per invocation, as the INT4 GEMV (one word), so the two compare like for like. f16:
   // one 16-byte load per row where rows hold whole vec4s (Nw % 8 = 0: every Llama width, lm_head
@@ -133,6 +135,7 @@ export function defaultDenseChoice(K: number, Nw: number, dtype: DenseWeightDtyp
     segLen: defaultSegmentLength(K, Nw, 8, K_GRANULE, caps, parallelism),
     gemv: Array.from({ length: GEMV_MAX_ROWS }, () => gemv),
     gemm: big ? { tileM: 64, tileN: 128, tileK: 32, blockM: 4, blockN: 8 } : { tileM: 32, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
+    ...(deviceClass === 'cpu' ? { gemmRows: cpuGemmRows(dtype) } : {}),
     finishWorkgroupSize: 64,
   };
 }
@@ -152,7 +155,7 @@ export function denseLinear(c: DenseLinearConfig): LinearOp {
     epilogue: e,
     caps: c.caps ?? BASELINE_CAPS,
     source: denseSource(dtype, denseWeightLayout(dtype, c.gateUp ? 2 * c.N : c.N, c.weightLayout)),
-    defaults: (K, Nw, caps, par) => defaultDenseChoice(K, Nw, dtype, caps, par),
+    defaults: (K, Nw, caps, par, cls) => defaultDenseChoice(K, Nw, dtype, caps, par, cls),
     choice: c.choice,
     parallelism: c.parallelism,
     deviceClass: c.deviceClass,

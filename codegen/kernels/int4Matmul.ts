@@ -13,6 +13,7 @@ import {
   defaultSegmentLength, fullEpilogue, type GemvVariant, K_GRANULE, type LinearEpilogue, parallelismOf, type WeightSource,
 } from './linearCommon.js';
 import type { GemmVariant } from './linearGemm.js';
+import { cpuGemmRows } from './linearGemmRows.js';
 import { layoutTag, rowIndex, stripsFit, unitIndex, type WeightLayout } from './weightLayout.js';
 import { type DeviceClass, aheadOfTimeClass } from './deviceProfile.js';
 import { GEMV_MAX_ROWS, type LinearChoice, type LinearChoiceInput, type LinearOp, linearOp } from './linearOp.js';
@@ -302,6 +303,7 @@ export function defaultInt4Choice(K: number, Nw: number, groupSize: number, caps
     segLen: defaultSegmentLength(K, Nw, 8, groupSize, caps, parallelism),
     gemv,
     gemm: big ? { tileM: 64, tileN: 128, tileK: 32, blockM: 4, blockN: 8 } : { tileM: 32, tileN: 64, tileK: 32, blockM: 4, blockN: 4 },
+    ...(deviceClass === 'cpu' ? { gemmRows: cpuGemmRows('int4') } : {}),
     finishWorkgroupSize: 64,
   };
 }

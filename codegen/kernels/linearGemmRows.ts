@@ -21,6 +21,24 @@ export interface GemmRowsVariant {
   units: number;
   /** Units loaded together as one vector (as GemvVariant.vec). */
   vec?: 1 | 2 | 4;
+  /**
+   * Stage the invocation's weights `chunk` k rows at a time, unpacked to f32 in a private buffer,
+   * and run the rows over each chunk in register blocks of `block` rows (dense weights only): each
+   * weight is unpacked once per `rows` rows while only block × columns sums are live.
+   */
+  staged?: { chunk: number; block: number };
+}
+
+/**
+ * The cpu device's default (bench/notes/cpu.md "Register GEMM", gemm-tiles at 16 and 128 rows):
+ * f16 16 rows × 8 columns, staged 64 k at a time and run in blocks of 4 rows (8 f32x4 sums live:
+ * 0.76–0.89x the unstaged 16-row block; blocks of 8 rows spill, 1.3–2.1x), INT4 8 rows × 32
+ * columns unstaged (16 rows: 1.7–2.6x slower — the group sums no longer fit), f32 8 rows × 8.
+ */
+export function cpuGemmRows(weights: 'f32' | 'f16' | 'int4'): GemmRowsVariant {
+  if (weights === 'f16') return { rows: 16, units: 4, vec: 4, workgroupSize: 16, staged: { chunk: 64, block: 4 } };
+  if (weights === 'int4') return { rows: 8, units: 4, vec: 4, workgroupSize: 16 };
+  return { rows: 8, units: 8, workgroupSize: 16 };
 }
 
 /** Throws naming the variant and what is wrong when it cannot run for this source and epilogue. */
@@ -30,6 +48,12 @@ export function checkGemmRowsVariant(what: string, v: GemmRowsVariant, src: Weig
   checkGemvVariant(what, { workgroupSize: v.workgroupSize, units: v.units, ...(v.vec ? { vec: v.vec } : {}) }, src, 0, caps);
   const cols = v.units * src.cols; // output columns per invocation
   if (e.out === 'f16' && cols % 2) throw bad(`gives ${cols} output columns per invocation; f16 output needs pairs`);
+  if (v.staged) {
+    const { chunk, block } = v.staged;
+    if (src.group) throw bad(`stages weights, which grouped source '${src.tag}' does not support`);
+    if (!Number.isInteger(chunk) || chunk < 1 || chunk > 256) throw bad(`has staged.chunk = ${chunk}, not 1..256`);
+    if (!Number.isInteger(block) || block < 1 || v.rows % block) throw bad(`has staged.block = ${block}, not a divisor of rows = ${v.rows}`);
+  }
 }
 
 /** Throws where the variant (as fitGemmRows adapts it) cannot run a layer of N output columns. */
@@ -63,9 +87,10 @@ export function gemmRowsKernel(baseSrc: WeightSource, e: Epilogue, v: GemmRowsVa
   const src = w > 1 ? baseSrc.vectorized!(w as 2 | 4) : baseSrc;
   const units = v.units / w, C = src.cols, B = units * C; // B: columns per block (per half with gateUp)
   const halves = e.gateUp ? 2 : 1;
-  const key = `gemmRows/${src.tag}/${epilogueTag(e)}/${rows}/${wg}/${units}/${capsKey(caps)}`;
+  const stTag = v.staged ? `_c${v.staged.chunk}b${v.staged.block}` : '';
+  const key = `gemmRows/${src.tag}/${epilogueTag(e)}/${rows}/${wg}/${units}${stTag}/${capsKey(caps)}`;
   return memoKernel(key, () => kernel({
-    name: `gemmRows_${src.tag}_${epilogueTag(e)}_r${rows}`,
+    name: `gemmRows_${src.tag}_${epilogueTag(e)}_r${rows}${stTag}`,
     params: { source: baseSrc.tag, ...e, ...v },
     caps,
     workgroupSize: wg,
@@ -113,9 +138,37 @@ export function gemmRowsKernel(baseSrc: WeightSource, e: Epilogue, v: GemmRowsVa
       const grp = src.group;
       const bsum = grp ? vars('b') : [];
       const sx = grp ? Array.from({ length: rows }, (_, r) => k.var(`sx${r}`, 'f32', 0)) : [];
+      const st = v.staged;
+      const NB = unitIdx.length * C; // weight columns per invocation
+      const wbuf = st ? k.privateArray('wbuf', 'f32', st.chunk * NB) : undefined;
+      /** Staged: unpack the chunk's weights once, then each block of rows over the chunk, in k order. */
+      const accumulateStaged = (from: Val<'u32'>, to: Val<'u32'>) => {
+        k.for('c0', from, to, (c0) => {
+          const cLen = k.let('cLen', k.call<'u32'>('min', [k.u32(st!.chunk), to.sub(c0)]));
+          k.for('ck', k.u32(0), cLen, (ck) => {
+            const row = k.let('srow', src.row(k, u, c0.add(ck)));
+            const at = k.let('sat', ck.mul(NB));
+            unitIdx.forEach((unit, j) => src.values(k, refs, row, unit, `s${j}`, u).forEach((val, c) => wbuf!.set(at.add(j * C + c), val)));
+          });
+          for (let r0 = 0; r0 < rows; r0 += st!.block) {
+            k.for('kk', k.u32(0), cLen, (kk) => {
+              const at = k.let('wat', kk.mul(NB));
+              const wv = unitIdx.map((_, j) => Array.from({ length: C }, (_, c) => k.let(`w${j}_${c}`, wbuf!.at(at.add(j * C + c)))));
+              const xk = k.let('xk', c0.add(kk));
+              for (let r = r0; r < r0 + st!.block; r++) {
+                const xv = k.let(`x${r}`, x.at(xRow[r]!.add(xk)));
+                for (let j = 0; j < unitIdx.length; j++) {
+                  for (let c = 0; c < C; c++) acc[r]![j]![c]!.set(k.call('fma', [xv, wv[j]![c]!, acc[r]![j]![c]!]));
+                }
+              }
+            });
+          }
+        }, st!.chunk);
+      };
       k.for('s0', k.u32(0), K, (s0) => {
         const sEnd = k.let('sEnd', k.call<'u32'>('min', [s0.add(segLen), K]));
-        if (!grp) accumulate(s0, sEnd, acc);
+        if (st) accumulateStaged(s0, sEnd);
+        else if (!grp) accumulate(s0, sEnd, acc);
         else {
           k.for('gk', s0, sEnd, (gk) => {
             const g = k.let('grp', gk.div(grp.size));

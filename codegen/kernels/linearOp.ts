@@ -48,7 +48,8 @@ export interface LinearChoiceInput {
   /** One variant for every row count, or one per row count (index M − 1). */
   gemv?: GemvVariant | GemvVariant[];
   gemm?: GemmVariant;
-  gemmRows?: GemmRowsVariant;
+  /** null: the tiled GEMM even where the device's default is the register one. */
+  gemmRows?: GemmRowsVariant | null;
   finishWorkgroupSize?: number;
   mmaMaxRows?: number;
 }
@@ -107,7 +108,7 @@ export function resolveChoice(defaults: LinearChoice, c: LinearChoiceInput = {})
     segLen: c.segLen ?? defaults.segLen,
     gemv,
     gemm: c.gemm ?? defaults.gemm,
-    ...(c.gemmRows ?? defaults.gemmRows) ? { gemmRows: c.gemmRows ?? defaults.gemmRows } : {},
+    ...(c.gemmRows !== null && (c.gemmRows ?? defaults.gemmRows) ? { gemmRows: c.gemmRows ?? defaults.gemmRows } : {}),
     finishWorkgroupSize: c.finishWorkgroupSize ?? defaults.finishWorkgroupSize,
     ...(c.mmaMaxRows ?? defaults.mmaMaxRows) !== undefined ? { mmaMaxRows: c.mmaMaxRows ?? defaults.mmaMaxRows } : {},
   };

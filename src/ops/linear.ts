@@ -138,12 +138,12 @@ export function linearHints(dev: Device): {
   // The device's weight layout (the cpu device: column strips, so that each invocation's weight
   // reads are one sequential stream; bench/notes/cpu.md "Weight strips").
   const layout = dev.profile.weightLayout ? { weightLayout: dev.profile.weightLayout } : {};
-  // Past GEMV_MAX_ROWS the cpu device runs the register GEMM (linearGemmRows.ts: no workgroup
-  // memory; 0.4–0.8x the tiled GEMM's time at 16–128 rows, bench/notes/cpu.md "Register GEMM").
+  // Past GEMV_MAX_ROWS the cpu device class runs the register GEMM by default (linearGemmRows.ts
+  // cpuGemmRows: no workgroup memory; 0.4–0.8x the tiled GEMM's time at 16–128 rows,
+  // bench/notes/cpu.md "Register GEMM"); its profile says 'tiled' for A/B timing.
   if (dev.kind === 'cpu') {
     const gemm = { tileM: 16, tileN: 32, tileK: 32, blockM: 4, blockN: 8 };
-    const gemmRows = { rows: 8, units: 4, vec: 4 as const, workgroupSize: 16 };
-    return { ...hints, ...layout, choice: dev.profile.gemm === 'tiled' ? { gemm } : { gemm, gemmRows } };
+    return { ...hints, ...layout, choice: dev.profile.gemm === 'tiled' ? { gemm, gemmRows: null } : { gemm } };
   }
   return { ...hints, ...layout };
 }

@@ -108,7 +108,8 @@ forEachBackend('denseLinear', (dev) => {
             expect(firstDiff(res.bits, rowBits(full, 0, m, N)), `alternative schedule at M=${m}`).toBe(-1);
           }
           // The register GEMM (cpu): rows and units that do not divide M and N, vector loads or not.
-          for (const gemmRows of [{ rows: 8, units: 4, vec: 4, workgroupSize: 16 }, { rows: 3, units: 5, workgroupSize: 4 }] as const) {
+          const staged = { rows: 6, units: 2, vec: 2, workgroupSize: 4, staged: { chunk: 40, block: 3 } } as const; // chunks across segment ends
+          for (const gemmRows of [{ rows: 8, units: 4, vec: 4, workgroupSize: 16 }, { rows: 3, units: 5, workgroupSize: 4 }, staged] as const) {
             const rowsOp = denseLinear({ K, N, weight: dtype, caps: dev.caps, ...e, choice: { ...choice, gemmRows } });
             const res = await runOp(dev, rowsOp, { w: wb }, rows(0, M), M);
             expect(firstDiff(res.bits, full.bits), `register GEMM ${JSON.stringify(gemmRows)}`).toBe(-1);
