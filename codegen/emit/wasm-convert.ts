@@ -102,8 +102,8 @@ export function convertedLanes(c: ConvertContext, ws: Expr[]): Converted | null 
 export interface ConvertHost {
   f: FnBuilder;
   ex(e: Expr): void;
-  /** Push the address of a storage buffer's element (times its vector width). */
-  storageAddr(name: string, index: Expr): void;
+  /** Push the address of a storage buffer's element (times its vector width); returns the static offset to access it at. */
+  storageAddr(name: string, index: Expr): number;
   /** f16 bits on the stack → the f32 the scalar code's table gives. */
   h2f(): void;
 }
@@ -128,8 +128,8 @@ export function emitConverted(h: ConvertHost, o: Converted): void {
   // zero as m·2^-24 (exact, no subnormal f32 arithmetic), then the sign; infinities and NaNs
   // (never in weights, but possible) through the scalar code's table, lane by lane.
   const hv = f.local('v128'), mag = f.local('v128'), r = f.local('v128'), t = f.local('f32');
-  h.storageAddr(o.name, o.index);
-  f.simdMem('v128.load64_zero', o.offset, 2).simd('i32x4.extend_low_i16x8_u').tee(hv);
+  const at = h.storageAddr(o.name, o.index);
+  f.simdMem('v128.load64_zero', at + o.offset, 2).simd('i32x4.extend_low_i16x8_u').tee(hv);
   f.v128x4(all(0x7fff)).simd('v128.and').tee(mag);
   f.simd('f32x4.convert_i32x4_s').v128x4(all(f32Bits(2 ** -24))).simd('f32x4.mul');
   f.get(mag).i32(13).simd('i32x4.shl').v128x4(all(112 << 23)).simd('i32x4.add');

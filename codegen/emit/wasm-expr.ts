@@ -380,31 +380,51 @@ export abstract class WasmExpressions {
   }
   protected priv(name: string): WasmPriv { return this.privs.get(name) ?? this.fail(`unknown private array '${name}'`); }
 
-  /** Push the address of element `index` of a storage buffer (times its vector width), scratch arrays. */
-  protected storageAddr(name: string, index: Expr): { op: 'f32' | 'i32' | 'f16'; } {
+  /**
+   * `index` as (the rest, a constant ≥ 0 added to it): the constant goes into the access's static
+   * offset (the memarg), so accesses at i, i + 1, … share one address computation. In bounds the
+   * address is the same (the element's byte address is at least the constant's).
+   */
+  protected splitIndex(index: Expr): [Expr, number] {
+    if (index.k === 'bin' && index.op === 'add' && (index.t === 'u32' || index.t === 'i32')) {
+      const small = (e: Expr) => e.k === 'const' && typeof e.v === 'number' && e.v > 0 && e.v < 2 ** 20;
+      if (small(index.b)) { const [e, c] = this.splitIndex(index.a); return [e, c + Number((index.b as { v: number }).v)]; }
+      if (small(index.a)) { const [e, c] = this.splitIndex(index.b); return [e, c + Number((index.a as { v: number }).v)]; }
+    }
+    return [index, 0];
+  }
+
+  /**
+   * Push the address of element `index` of a storage buffer (times its vector width, scratch
+   * arrays); returns the static offset to access it at.
+   */
+  protected storageAddr(name: string, index: Expr): { op: 'f32' | 'i32' | 'f16'; offset: number } {
     const { i, decl } = this.buf(name);
     const f = this.f;
+    const [base, c] = this.splitIndex(index);
     f.get(this.bufBase[i]!);
-    this.ex(index, 0);
+    this.ex(base, 0);
     const bytes = (decl.t === 'f16' ? 2 : 4) * decl.vec;
     if (bytes > 1) f.i32(Math.log2(bytes)).op('i32.shl');
     f.op('i32.add');
-    return { op: decl.t === 'f16' ? 'f16' : decl.t === 'f32' ? 'f32' : 'i32' };
+    return { op: decl.t === 'f16' ? 'f16' : decl.t === 'f32' ? 'f32' : 'i32', offset: c * bytes };
   }
   protected workgroupAddr(name: string, index: Expr): number {
     const off = this.sharedOffset.get(name) ?? this.fail(`unknown workgroup array '${name}'`);
+    const [base, c] = this.splitIndex(index);
     this.f.get(this.L.scratch);
-    this.ex(index, 0);
+    this.ex(base, 0);
     this.f.i32(2).op('i32.shl').op('i32.add');
-    return off;
+    return off + 4 * c;
   }
   /** A non-scalar private array: its element's address (pbase: this invocation's base when spilled). */
   protected privateAddr(p: WasmPriv, index: Expr, spilled: boolean): number {
+    const [base, c] = this.splitIndex(index);
     this.f.get(this.L.scratch);
     if (spilled) this.f.get(this.L.li).i32(p.length * 4).op('i32.mul').op('i32.add');
-    this.ex(index, 0);
+    this.ex(base, 0);
     this.f.i32(2).op('i32.shl').op('i32.add');
-    return p.offset;
+    return p.offset + 4 * c;
   }
 
   protected abstract isSpilled(name: string): boolean;
@@ -413,9 +433,9 @@ export abstract class WasmExpressions {
     const f = this.f;
     if (e.space === 'storage') {
       const { decl } = this.buf(e.name);
-      const { op } = this.storageAddr(e.name, e.index);
-      if (op === 'f16') { f.mem('i32.load16_u', 0); this.h2f(); }
-      else f.mem(op === 'f32' ? 'f32.load' : 'i32.load', decl.vec > 1 ? c * 4 : 0);
+      const { op, offset } = this.storageAddr(e.name, e.index);
+      if (op === 'f16') { f.mem('i32.load16_u', offset); this.h2f(); }
+      else f.mem(op === 'f32' ? 'f32.load' : 'i32.load', offset + (decl.vec > 1 ? c * 4 : 0));
       return;
     }
     const t = elemOf(e.t);

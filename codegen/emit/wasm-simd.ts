@@ -169,8 +169,8 @@ export interface PackHost {
   exactFma(pushArgs: () => void): void;
   /** A storage buffer's element type, vector width and whether kernels may write it. */
   storageInfo(name: string): StorageInfo | undefined;
-  /** Push the address of a storage buffer's element (times its vector width). */
-  storageAddr(name: string, index: Expr): void;
+  /** Push the address of a storage buffer's element (times its vector width); returns the static offset to access it at. */
+  storageAddr(name: string, index: Expr): number;
   /** f16 bits on the stack → f32, as the scalar code converts them. */
   h2f(): void;
   /** Convert weight lanes four at a time (wasm-convert.ts) where recognised. */
@@ -421,8 +421,8 @@ function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): voi
   if (known !== undefined) { h.f.get(known); return; }
   const v = h.f.local('v128');
   if (o.kind === 'load' && o.space === 'storage') {
-    h.storageAddr(o.name, o.index);
-    h.f.simdMem(o.load, 0, 2);
+    const off = h.storageAddr(o.name, o.index);
+    h.f.simdMem(o.load, off, 2);
   } else if (o.kind === 'load') {
     const off = o.space === 'private' ? h.privateAddr(o.name, o.index) : h.workgroupAddr(o.name, o.index);
     h.f.simdMem(o.load, off, 2);

@@ -229,13 +229,13 @@ class WasmEmitter extends WasmExpressions {
         const d = i === undefined ? undefined : this.ir.buffers[i];
         return d && { t: d.t, vec: d.vec, readOnly: d.access === 'read' && !d.atomic };
       },
-      storageAddr: (name, index) => { this.storageAddr(name, index); },
+      storageAddr: (name, index) => this.storageAddr(name, index).offset,
       h2f: () => this.h2f(), convertWeights: this.convertWeights,
       storageVector: (name, index, load) => {
         const { decl } = this.buf(name);
         if (decl.t !== 'f32' || decl.vec !== 1) return false;
-        this.storageAddr(name, index);
-        this.f.simdMem(load, 0, 2);
+        const { offset } = this.storageAddr(name, index);
+        this.f.simdMem(load, offset, 2);
         return true;
       },
     };
@@ -270,14 +270,14 @@ class WasmEmitter extends WasmExpressions {
         const vals = Array.from({ length: decl.vec }, () => f.local(t));
         for (let c = 0; c < decl.vec; c++) { this.ex(s.value, c); f.set(vals[c]!); }
         const addr = f.local('i32');
-        this.storageAddr(s.name, s.index); f.set(addr);
-        for (let c = 0; c < decl.vec; c++) f.get(addr).get(vals[c]!).mem(t === 'f32' ? 'f32.store' : 'i32.store', c * 4);
+        const { offset } = this.storageAddr(s.name, s.index); f.set(addr);
+        for (let c = 0; c < decl.vec; c++) f.get(addr).get(vals[c]!).mem(t === 'f32' ? 'f32.store' : 'i32.store', offset + c * 4);
         return;
       }
-      const { op } = this.storageAddr(s.name, s.index);
+      const { op, offset } = this.storageAddr(s.name, s.index);
       this.ex(s.value, 0);
-      if (op === 'f16') f.call(FN.f2h).mem('i32.store16');
-      else f.mem(op === 'f32' ? 'f32.store' : 'i32.store');
+      if (op === 'f16') f.call(FN.f2h).mem('i32.store16', offset);
+      else f.mem(op === 'f32' ? 'f32.store' : 'i32.store', offset);
       return;
     }
     if (s.space === 'workgroup') {
@@ -302,7 +302,7 @@ class WasmEmitter extends WasmExpressions {
     const f = this.f, u = s.t === 'u32';
     const addr = f.local('i32'), old = f.local('i32');
     let off = 0;
-    if (s.space === 'storage') this.storageAddr(s.name, s.index);
+    if (s.space === 'storage') off = this.storageAddr(s.name, s.index).offset;
     else off = this.workgroupAddr(s.name, s.index);
     f.set(addr);
     switch (s.op) {
