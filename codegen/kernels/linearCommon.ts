@@ -255,6 +255,32 @@ export function applyGroup(k: KernelBuilder, acc: Var<'f32'>, b: Val<'f32'>, sx:
   acc.set(k.call('fma', [k.call<'f32'>('fma', [z.neg(), sx, b]), s, acc]));
 }
 
+/**
+ * A grouped source's k range [from, to) (whole groups) in that order: per group, sx and the group
+ * sums b from +0 through `accumulate` (one row block's fmas), then each b into acc (applyGroup).
+ * The GEMV and the register GEMM share it, so their rows have the same bits.
+ */
+export function accumulateGroups(k: KernelBuilder, grp: NonNullable<WeightSource['group']>, refs: Record<string, ArrayRef<any, boolean>>,
+  u: SourceUniforms, units: Val<'u32'>[], C: number, from: Val<'u32'>, to: Val<'u32'>,
+  v: { acc: Var<'f32'>[][][]; bsum: Var<'f32'>[][][]; sx: Var<'f32'>[] },
+  accumulate: (from: Val<'u32'>, to: Val<'u32'>, dst: Var<'f32'>[][][], sx: Var<'f32'>[]) => void): void {
+  const { acc, bsum, sx } = v;
+  k.for('gk', from, to, (gk) => {
+    const g = k.let('grp', gk.div(grp.size));
+    const params = units.map((unit, j) => grp.params(k, refs, u, g, unit, `${j}`));
+    for (let r = 0; r < sx.length; r++) {
+      sx[r]!.set(0);
+      bsum[r]!.forEach((cs) => cs.forEach((v_) => v_.set(0)));
+    }
+    accumulate(gk, gk.add(grp.size), bsum, sx);
+    for (let r = 0; r < sx.length; r++) {
+      for (let j = 0; j < units.length; j++) {
+        for (let c = 0; c < C; c++) applyGroup(k, acc[r]![j]![c]!, bsum[r]![j]![c]!, sx[r]!, params[j]!.z[c]!, params[j]!.s[c]!);
+      }
+    }
+  }, grp.size);
+}
+
 // ---- GEMV -------------------------------------------------------------------------------------
 
 export interface GemvVariant {
@@ -390,20 +416,7 @@ export function gemvKernel(baseSrc: WeightSource, rows: number, v: GemvVariant, 
       else {
         const bsum = vars('b');
         const sx = Array.from({ length: rows }, (_, r) => k.var(`sx${r}`, 'f32', 0));
-        k.for('gk', kBeg, kEnd, (gk) => {
-          const g = k.let('grp', gk.div(grp.size));
-          const params = unitIdx.map((unit, j) => grp.params(k, refs, u, g, unit, `${j}`));
-          for (let r = 0; r < rows; r++) {
-            sx[r]!.set(0);
-            bsum[r]!.forEach((cs) => cs.forEach((v_) => v_.set(0)));
-          }
-          accumulate(gk, gk.add(grp.size), bsum, sx);
-          for (let r = 0; r < rows; r++) {
-            for (let j = 0; j < units; j++) {
-              for (let c = 0; c < C; c++) applyGroup(k, acc[r]![j]![c]!, bsum[r]![j]![c]!, sx[r]!, params[j]!.z[c]!, params[j]!.s[c]!);
-            }
-          }
-        }, grp.size);
+        accumulateGroups(k, grp, refs, u, unitIdx, C, kBeg, kEnd, { acc, bsum, sx }, accumulate);
       }
       for (let j = 0; j < units; j++) {
         const store = () => {

@@ -8,7 +8,7 @@
 import { kernel, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, Val, Var } from '../dsl/index.js';
 import {
-  applyGroup, capsKey, checkGemvVariant, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, memoKernel,
+  accumulateGroups, capsKey, checkGemvVariant, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, memoKernel,
   storeOutput, type WeightSource,
 } from './linearCommon.js';
 
@@ -169,22 +169,7 @@ export function gemmRowsKernel(baseSrc: WeightSource, e: Epilogue, v: GemmRowsVa
         const sEnd = k.let('sEnd', k.call<'u32'>('min', [s0.add(segLen), K]));
         if (st) accumulateStaged(s0, sEnd);
         else if (!grp) accumulate(s0, sEnd, acc);
-        else {
-          k.for('gk', s0, sEnd, (gk) => {
-            const g = k.let('grp', gk.div(grp.size));
-            const params = unitIdx.map((unit, j) => grp.params(k, refs, u, g, unit, `${j}`));
-            for (let r = 0; r < rows; r++) {
-              sx[r]!.set(0);
-              bsum[r]!.forEach((cs) => cs.forEach((v_) => v_.set(0)));
-            }
-            accumulate(gk, gk.add(grp.size), bsum, sx);
-            for (let r = 0; r < rows; r++) {
-              for (let j = 0; j < unitIdx.length; j++) {
-                for (let c = 0; c < C; c++) applyGroup(k, acc[r]![j]![c]!, bsum[r]![j]![c]!, sx[r]!, params[j]!.z[c]!, params[j]!.s[c]!);
-              }
-            }
-          }, grp.size);
-        }
+        else accumulateGroups(k, grp, refs, u, unitIdx, C, s0, sEnd, { acc, bsum, sx }, accumulate);
         // The segment into the total (the finish's t = t + acc_s), and a fresh segment.
         for (let r = 0; r < rows; r++) {
           for (let j = 0; j < unitIdx.length; j++) {
