@@ -12,7 +12,7 @@
 import { denseLinear, denseWeightLayout } from '../codegen/kernels/denseMatmul.js';
 import { int4Linear, int4WeightLayout } from '../codegen/kernels/int4Matmul.js';
 import type { GemmVariant } from '../codegen/kernels/linearGemm.js';
-import type { GemmRowsVariant } from '../codegen/kernels/linearGemmRows.js';
+import { type GemmRowsVariant, gemmRowsName } from '../codegen/kernels/linearGemmRows.js';
 import { GEMV_MAX_ROWS } from '../codegen/kernels/linearOp.js';
 import type { BackendKind, DeviceBuffer } from '../src/backend/device.js';
 import { createDevice } from '../src/backend/index.js';
@@ -63,10 +63,7 @@ function parse(args: string[]): Options {
 }
 
 const tileName = (t: Tile) => {
-  if ('gemmRows' in t) {
-    const v = t.gemmRows;
-    return `r${v.rows}u${v.units}v${v.vec ?? 1}w${v.workgroupSize}${v.staged ? `c${v.staged.chunk}b${v.staged.block}` : ''}`;
-  }
+  if ('gemmRows' in t) return gemmRowsName(t.gemmRows);
   const v = t.gemm;
   return `${v.tileM}x${v.tileN}x${v.tileK}/${v.blockM}x${v.blockN}`;
 };

@@ -27,6 +27,16 @@ describe('variant cache', () => {
     expect(readTuneCache(cache)[key]).toEqual(file.entries[key].winner);
   });
 
+  it('on cpu the GEMM race is among register GEMM blocks (the GEMM the device runs past 8 rows)', async () => {
+    const cache = join(dir, 'rows.json');
+    await tuneCommand(parseArgs(['denseLinear', '--device', 'cpu', '--shape', 'K=64,N=64,weight=f16,M=24', '--cache', cache, '--reps', '1', '--samples', '1']));
+    const dev = await devP;
+    const key = tuneCacheKey(dev.description, 'denseLinear', { K: 64, N: 64, weight: 'f16', M: 24 });
+    const winner = readTuneCache(cache)[key] as { gemmRows?: { rows: number }; gemm?: unknown };
+    expect(winner.gemmRows?.rows).toBeGreaterThan(0); // the cpu device runs the register GEMM past 8 rows
+    expect(winner.gemm).toBeUndefined(); // the tiled tiling is not raced where it never runs
+  });
+
   it('the runtime builds its linear ops and norms with the cached choices', async () => {
     const dev = await devP;
     // brown-draft: hidden 128, 2·kv + q = 256 columns for qkv. Plant a distinctive (valid) choice.

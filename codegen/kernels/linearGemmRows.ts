@@ -41,6 +41,23 @@ export function cpuGemmRows(weights: 'f32' | 'f16' | 'int4'): GemmRowsVariant {
   return { rows: 8, units: 8, workgroupSize: 16 };
 }
 
+/** r<rows>u<units>v<vec>w<workgroup>[c<chunk>b<block>]: how tuners and `bench gemm-tiles` name a variant. */
+export function gemmRowsName(v: GemmRowsVariant): string {
+  return `r${v.rows}u${v.units}v${v.vec ?? 1}w${v.workgroupSize}${v.staged ? `c${v.staged.chunk}b${v.staged.block}` : ''}`;
+}
+
+/** Register GEMM variants a tuner races on the cpu device (those that cannot run for a source are skipped). */
+export const GEMM_ROWS_SPACE: GemmRowsVariant[] = [
+  { rows: 16, units: 4, vec: 4, workgroupSize: 16, staged: { chunk: 64, block: 4 } },
+  { rows: 16, units: 8, vec: 4, workgroupSize: 16, staged: { chunk: 64, block: 2 } },
+  { rows: 16, units: 4, vec: 4, workgroupSize: 4, staged: { chunk: 128, block: 4 } },
+  { rows: 16, units: 4, vec: 4, workgroupSize: 16 },
+  { rows: 8, units: 4, vec: 4, workgroupSize: 16 },
+  { rows: 8, units: 2, vec: 2, workgroupSize: 16 },
+  { rows: 8, units: 1, workgroupSize: 16 },
+  { rows: 4, units: 4, vec: 4, workgroupSize: 16 },
+];
+
 /** Throws naming the variant and what is wrong when it cannot run for this source and epilogue. */
 export function checkGemmRowsVariant(what: string, v: GemmRowsVariant, src: WeightSource, e: Epilogue, caps: Caps): void {
   const bad = (why: string) => new Error(`${what}: GEMM rows variant ${JSON.stringify(v)} ${why}`);

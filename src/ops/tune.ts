@@ -11,6 +11,7 @@ import { embedding } from '../../codegen/kernels/embedding.js';
 import { int4Linear, INT4_GEMM_SPACE, INT4_GEMV_SPACE, int4SegmentSpace, int4WeightLayout } from '../../codegen/kernels/int4Matmul.js';
 import { type GemvVariant, gemvVariantFits } from '../../codegen/kernels/linearCommon.js';
 import { checkGemmVariant, type GemmVariant } from '../../codegen/kernels/linearGemm.js';
+import { checkGemmRowsVariant, GEMM_ROWS_SPACE, gemmRowsName } from '../../codegen/kernels/linearGemmRows.js';
 import { GEMV_MAX_ROWS, type LinearChoiceInput, type LinearOp } from '../../codegen/kernels/linearOp.js';
 import { argmaxRows, siluMul } from '../../codegen/kernels/pointwise.js';
 import { OP_FAMILIES, type OpFamily, type OpFamilyName, tuneSizes } from '../../codegen/kernels/registry.js';
@@ -151,9 +152,18 @@ async function tuneLinear(dev: Device, shape: TuneShape, o: Required<TuneOptions
       const tuned = [...gemvFor.keys()].sort((a, b) => Math.abs(a - (i + 1)) - Math.abs(b - (i + 1)))[0];
       return tuned === undefined ? base.choice.gemv[i]! : gemvFor.get(tuned)!;
     });
-    // 3. GEMM tiling at the largest M above the GEMV range.
+    // 3. GEMM at the largest M above the GEMV range: the register GEMM's blocks where the device
+    // runs it by default (cpu), else the tiled GEMM's tiling.
     let gemm: GemmVariant = base.choice.gemm;
     const big = Ms.filter((m) => m > GEMV_MAX_ROWS);
+    if (big.length && base.choice.gemmRows) {
+      const M = Math.max(...big);
+      const valid = GEMM_ROWS_SPACE.filter((v) => {
+        try { checkGemmRowsVariant('tune', v, base.source, base.epilogue, dev.caps); return true; } catch { return false; }
+      });
+      const gemmRows = await race(dev, `M=${M} gemmRows`, valid, gemmRowsName, (v) => launcher({ segLen, gemmRows: v }, M), o, timings);
+      return { winner: { segLen, gemv, gemmRows } as Record<string, unknown>, timings };
+    }
     if (big.length) {
       const M = Math.max(...big);
       const valid = (kind === 'int4' ? INT4_GEMM_SPACE : DENSE_GEMM_SPACE).filter((v) => {
