@@ -1,7 +1,8 @@
 // The GEMM shaped for a CPU: no workgroup memory and no barriers. An invocation owns `rows` rows ×
 // a block of weight units, walks all of K reading its weights straight from memory (one
-// sequential stream per unit in the 'strips' layout) and keeps the whole rows × columns block in
-// registers, folding segments in the canonical order of linearCommon.ts — so its rows have the
+// sequential stream per unit in the 'strips' layout) and keeps its rows × columns sums in
+// registers (staged f16: a few rows at a time over each chunk of unpacked weights), folding
+// segments in the canonical order of linearCommon.ts — so its rows have the
 // GEMV + finish path's bits and the tiled GEMM's (linearGemm.ts). On a GPU the tiled GEMM's
 // staging shares each weight among a workgroup; on a CPU a workgroup is a loop on one core, and
 // staging costs stores, loads and barriers that each split the loop (bench/notes/cpu.md).
