@@ -26,6 +26,8 @@ import { attentionOpBindings, checkAttentionSizes } from './attentionOp.js';
 import { type AttentionSizes, TILE_WORDS } from './pagedAttentionConfig.js';
 
 const F32_MAX = 3.4028234663852886e38;
+/** Positions scored together (lanes of the CPU executor's vectors). */
+const QUAD = [0, 1, 2, 3] as const;
 
 export interface AttentionRowsParams {
   headDim: number;
@@ -147,6 +149,7 @@ export function attentionRowsKernel(c: AttentionRowsConfig) {
       // Per head, the block's scores, then its exp2(s − mNew), by position in the block: [j][position] at j·BS + position.
       const probs = k.privateArray('probs', 'f32', HI * BS);
       const m = heads.map((j) => k.var(`m${j}`, 'f32', -F32_MAX)), l = heads.map((j) => k.var(`l${j}`, 'f32', 0));
+      const dots = heads.map((j) => QUAD.map((q) => k.var(`dot${j}_${q}`, 'f32', 0)));
 
       /** Each f32 element d of a position's K or V row at word offset `at` (f16 words unpacked in pairs). */
       const elements = (cache: ArrayRef<'f32' | 'u32', boolean>, at: Val<'u32'>, use: (d: number, v: Val<'f32'>) => void) => {
@@ -164,18 +167,39 @@ export function attentionRowsKernel(c: AttentionRowsConfig) {
       k.for('bt', lo.div(BS).mul(BS), kvEnd, (bt) => {
         const blk = k.let('blk', b.blockTables.at(tableRow.add(bt.div(BS))));
         const from = k.let('from', max(bt, lo).sub(bt)), to = k.let('to', min(bt.add(BS), kvEnd).sub(bt));
-        const rowAt = (pos: Val<'u32'>) => k.let('rowAt', blk.mul(BS).add(pos).mul(u.numKvHeads).add(kvh).mul(P));
-        // Scores, base 2: s = (q · k) · scale · log2 e, summed over head_dim in order.
+        const rowAt = (pos: Val<'u32'>, tag = '') => k.let(`rowAt${tag}`, blk.mul(BS).add(pos).mul(u.numKvHeads).add(kvh).mul(P));
+        // Scores, base 2: s = (q · k) · scale · log2 e, summed over head_dim in order — four
+        // positions at a time, each its own sum (the CPU executor carries a head's four in one
+        // vector: same bits); positions at or past `to` read position to − 1 and are dropped.
         const mx = heads.map((j) => k.var(`mx${j}`, 'f32', -F32_MAX));
-        k.for('pos', from, to, (pos) => {
-          const dot = heads.map((j) => k.var(`dot${j}`, 'f32', 0));
-          elements(b.kCache, rowAt(pos), (d, kd) => heads.forEach((j) => dot[j]!.set(dot[j]!.add(qv.at(j * D + d).mul(kd)))));
-          heads.forEach((j) => {
-            const s = k.let(`s${j}`, dot[j]!.mul(u.scaleLog2));
-            probs.set(slot(j, pos), s);
-            mx[j]!.set(max(mx[j]!, s));
+        k.for('pq', from, to, (p0) => {
+          const rows = QUAD.map((q) => rowAt(min(q ? p0.add(q) : p0, to.sub(1)), `${q}`));
+          dots.flat().forEach((v) => v.set(0));
+          k.for('dw', k.u32(0), k.u32(P), (w) => {
+            // Element d of each position's row: f16 words unpacked in pairs (d = 2w, 2w + 1).
+            const kd = QUAD.map((q) => {
+              const word = b.kCache.at(rows[q]!.add(w));
+              if (!f16) return [k.let(`kq${q}`, word as Val<'f32'>)];
+              const h = k.let(`kh${q}`, k.unpack2x16float(word as Val<'u32'>));
+              return [k.let(`kq${q}_0`, h.x), k.let(`kq${q}_1`, h.y)];
+            });
+            for (let e = 0; e < (f16 ? 2 : 1); e++) {
+              const d = f16 ? w.mul(2).add(e) : w;
+              heads.forEach((j) => {
+                const qd = k.let(`qd${j}_${e}`, qv.at(j ? d.add(j * D) : d));
+                QUAD.forEach((q) => dots[j]![q]!.set(dots[j]![q]!.add(qd.mul(kd[q]![e]!))));
+              });
+            }
           });
-        });
+          QUAD.forEach((q) => {
+            const pos = q ? p0.add(q) : p0;
+            k.if(pos.lt(to), () => heads.forEach((j) => {
+              const s = k.let(`s${j}_${q}`, dots[j]![q]!.mul(u.scaleLog2));
+              probs.set(slot(j, pos), s);
+              mx[j]!.set(max(mx[j]!, s));
+            }));
+          });
+        }, 4);
         const alpha = heads.map((j) => {
           const mNew = k.let(`mNew${j}`, max(m[j]!, mx[j]!));
           const a = k.let(`alpha${j}`, k.select(mNew.eq(m[j]!), k.f32(1), exp2(m[j]!.sub(mNew))));
