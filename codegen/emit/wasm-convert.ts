@@ -7,8 +7,7 @@
 import type { Expr } from '../dsl/ir.js';
 import { forEachExpr } from '../dsl/walk.js';
 import type { FnBuilder } from './wasm-encode.js';
-
-const XYZW = 'xyzw';
+import { XYZW } from './wasm-expr.js';
 
 export type Converted =
   /** f16 halves of two adjacent u32 words (lanes: word 0 low, high, word 1 low, high) at element `index`, + `offset` bytes. */

@@ -160,11 +160,6 @@ export interface PackHost {
   privateAddr(name: string, index: Expr): number;
   /** Immutable lets emitted so far (before the loop): their initialisers, to compare indices. */
   lets: ReadonlyMap<string, Expr>;
-  /**
-   * Push the lanes of a scalar f32 storage buffer from element `index` on with one vector load;
-   * false (nothing pushed) where the buffer is not one.
-   */
-  storageVector(name: string, index: Expr, load: 'v128.load' | 'v128.load64_zero'): boolean;
   /** The correctly rounded scalar fma of the three f32 values pushArgs pushes (wasm-expr.ts). */
   exactFma(pushArgs: () => void): void;
   /** A storage buffer's element type, vector width and whether kernels may write it. */
@@ -209,22 +204,28 @@ function lanesOf(h: PackHost, es: Expr[]): void {
   const first = JSON.stringify(es[0]);
   if (es.every((e, i) => i === 0 || JSON.stringify(e) === first)) { h.ex(es[0]!); h.f.simd('f32x4.splat'); return; }
   const e0 = es[0]!;
-  if (e0.k === 'load' && e0.space === 'storage' && e0.t === 'f32' && (es.length === 4 || es.length === 2)) {
-    const at = es.map((e) => (e.k === 'load' && e.space === 'storage' && e.name === e0.name ? affine(e.index, h.lets) : null));
-    if (at.every((a, i) => a && a.terms === at[0]!.terms && a.c === at[0]!.c + i) && h.storageVector(e0.name, e0.index, es.length === 4 ? 'v128.load' : 'v128.load64_zero')) return;
+  const info = e0.k === 'load' && e0.space === 'storage' ? h.storageInfo(e0.name) : undefined;
+  if (e0.k === 'load' && info?.t === 'f32' && info.vec === 1 && (es.length === 4 || es.length === 2)
+    && es.every((e) => e.k === 'load' && e.space === 'storage' && e.name === e0.name)
+    && consecutive(es.map((e) => (e as typeof e0).index), h.lets)) {
+    const off = h.storageAddr(e0.name, e0.index);
+    h.f.simdMem(es.length === 4 ? 'v128.load' : 'v128.load64_zero', off, 2);
+    return;
   }
   h.ex(e0); h.f.simd('f32x4.splat');
   for (let lane = 1; lane < es.length; lane++) { h.ex(es[lane]!); h.f.simd('f32x4.replace_lane', lane); }
 }
 
-// ---- operands straight from workgroup memory -----------------------------------------------
-// A tiled GEMM's packed steps take x (one value for every lane) and w (adjacent columns) from lets
-// that load a workgroup array. Loading them with one v128.load32_splat / v128.load (four lanes) /
+// ---- operands straight from memory -----------------------------------------------------------
+// Packed steps take x (one value for every lane) and w (adjacent columns) from lets that load a
+// workgroup array or an in-memory private array (a GEMM's staged tiles), and x from lets loading a
+// read-only storage buffer. Loading them with one v128.load32_splat / v128.load (four lanes) /
 // v128.load64_zero (two) instead of f32 loads and lane inserts moves the work from the shuffle
 // port to the load ports (bench/notes/cpu.md); the same values, so the same bits. Conditions: the
-// lets are immutable, in this loop body, read by packed steps only, the array is never stored to
-// in the body, and the indices are one affine form but for constants c, c + 1, … (lets resolved
-// through their initialisers).
+// lets are immutable, in this loop body, the array is never stored to in the body (storage: no
+// storage store at all, bindings may alias), and the indices are one affine form but for
+// constants c, c + 1, … (lets resolved through their initialisers). Weight lanes unpacked one at a
+// time are converted as vectors instead (wasm-convert.ts).
 
 type Affine = { terms: string; c: number };
 /** e as (its non-constant part, canonical; its constant), resolving immutable lets. */
@@ -243,7 +244,27 @@ function affine(e: Expr, lets: ReadonlyMap<string, Expr>, depth = 0): Affine {
   return { terms: JSON.stringify(resolve(e)), c: 0 };
 }
 
-interface OperandLoads {
+/** Whether indices are i, i + 1, i + 2, … of one affine form. */
+function consecutive(indices: Expr[], lets: ReadonlyMap<string, Expr>): boolean {
+  const a = indices.map((e) => affine(e, lets));
+  return a.every((x, j) => x.terms === a[0]!.terms && x.c === a[0]!.c + j);
+}
+
+/** Every variable read in an IR node, counted (d per read) into `into`. */
+function countReads(node: unknown, into: Map<string, number>, d = 1): void {
+  if (node === null || typeof node !== 'object') return;
+  const o = node as Record<string, unknown>;
+  if (o.k === 'var' && typeof o.name === 'string') into.set(o.name, (into.get(o.name) ?? 0) + d);
+  for (const v of Array.isArray(node) ? node : Object.values(o)) countReads(v, into, d);
+}
+
+/** Push the address of an element of a storage buffer, workgroup or in-memory private array; returns the static offset. */
+function arrayAddr(h: PackHost, space: 'storage' | 'workgroup' | 'private', name: string, index: Expr): number {
+  if (space === 'storage') return h.storageAddr(name, index);
+  return space === 'private' ? h.privateAddr(name, index) : h.workgroupAddr(name, index);
+}
+
+export interface OperandLoads {
   /** Let statements (body index) no longer read once packed steps take their operands as vectors: not emitted. */
   skip: Set<number>;
   /** Per step (body index of its first statement): how to push each operand's lanes. */
@@ -261,8 +282,13 @@ type Operand = {
   kind: 'load'; space: 'workgroup' | 'storage' | 'private'; name: string; index: Expr; key: string; load: 'v128.load32_splat' | 'v128.load' | 'v128.load64_zero';
 } | Converted;
 
-function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: ReadonlyMap<string, Expr>): OperandLoads {
-  const lets = new Map(outer);
+/**
+ * How a loop body's packed steps take their operands, which stores of converted lanes go as one
+ * vector, and which lets are then dead. Computed before the loop is emitted (h.lets: the lets
+ * emitted so far); a loop with neither packed groups nor converted stores is emitted as usual.
+ */
+export function loopOperands(h: PackHost, body: XStmt[], packed: Packed[]): OperandLoads {
+  const lets = new Map(h.lets);
   const loadLet = new Map<string, { at: number; space: 'workgroup' | 'private'; name: string; index: Expr }>();
   // Lets loading one f32 of a read-only storage buffer (a GEMM's x): splat straight from memory
   // where the packed steps are their only readers.
@@ -305,14 +331,8 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
   for (const [name, l] of [...storageLet]) if (storageStores || dependsOnAssigned(l.index)) storageLet.delete(name);
   // Reads of each variable in the body, against those the packed steps' x operands make.
   const allReads = new Map<string, number>(), xReads = new Map<string, number>();
-  const tally = (node: unknown, into: Map<string, number>): void => {
-    if (node === null || typeof node !== 'object') return;
-    const o = node as Record<string, unknown>;
-    if (o.k === 'var' && typeof o.name === 'string') into.set(o.name, (into.get(o.name) ?? 0) + 1);
-    for (const v of Array.isArray(node) ? node : Object.values(o)) tally(v, into);
-  };
-  tally(body, allReads);
-  for (const { group } of packed) for (const st of group.steps) for (const x of st.x) tally(x, xReads);
+  countReads(body, allReads);
+  for (const { group } of packed) for (const st of group.steps) for (const x of st.x) countReads(x, xReads);
   const conv: ConvertContext = {
     lets, storage: (n) => h.storageInfo(n), stable: (e) => !dependsOnAssigned(e),
     offsetBy: (a, b, d) => { const x = affine(a, lets), y = affine(b, lets); return x.terms === y.terms && y.c === x.c + d; },
@@ -333,13 +353,11 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
       }
       const ws = st.w.map(varName), lw = ws.map((n) => (n !== undefined ? loadLet.get(n) : undefined));
       const l0 = lw[0];
-      if (l0 && new Set(ws).size === lanes && lw.every((l) => l && l.name === l0.name) && !stored.has(l0.name)) {
-        const ia = lw.map((l) => affine(l!.index, lets));
-        if (ia.every((x, j) => x.terms === ia[0]!.terms && x.c === ia[0]!.c + j)) {
-          const load = lanes === 4 ? 'v128.load' : 'v128.load64_zero';
-          out.w.set(st.at[0]!, { kind: 'load', space: l0.space, name: l0.name, index: l0.index, key: `w${lanes} ${l0.name} ${ia[0]!.terms} ${ia[0]!.c}`, load });
-          continue;
-        }
+      if (l0 && new Set(ws).size === lanes && lw.every((l) => l && l.name === l0.name) && !stored.has(l0.name) && consecutive(lw.map((l) => l!.index), lets)) {
+        const a = affine(l0.index, lets);
+        const load = lanes === 4 ? 'v128.load' : 'v128.load64_zero';
+        out.w.set(st.at[0]!, { kind: 'load', space: l0.space, name: l0.name, index: l0.index, key: `w${lanes} ${l0.name} ${a.terms} ${a.c}`, load });
+        continue;
       }
       const c = group.kind === 'fmaExact' || !h.convertWeights ? null : convertedLanes(conv, st.w);
       if (c) out.w.set(st.at[0]!, c);
@@ -350,17 +368,12 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
   const uses = new Map<string, number>();
   for (const o of out.w.values()) uses.set(o.key, (uses.get(o.key) ?? 0) + 1);
   for (const [at, o] of out.w) if (o.kind === 'f16' && uses.get(o.key)! < 2) out.w.delete(at);
-  if (h.convertWeights) findConvertedStores(h, body, conv, dependsOnAssigned, lets, out.stores);
+  if (h.convertWeights) findConvertedStores(h, body, conv, out.stores);
   // Lets no longer read: the operands vector steps take over, then what only they read, and so on.
   const lane = new Map<number, { st: FmaGroup['steps'][number]; j: number }>();
   for (const { group } of packed) for (const st of group.steps) st.at.forEach((at, j) => lane.set(at, { st, j }));
   const reads = new Map<string, number>();
-  const count = (node: unknown, d: number): void => {
-    if (node === null || typeof node !== 'object') return;
-    const o = node as Record<string, unknown>;
-    if (o.k === 'var' && typeof o.name === 'string') reads.set(o.name, (reads.get(o.name) ?? 0) + d);
-    for (const v of Array.isArray(node) ? node : Object.values(o)) count(v, d);
-  };
+  const count = (node: unknown, d: number) => countReads(node, reads, d);
   const storeRun = new Map<number, number>(); // statement → its run's first
   for (const at of out.stores.keys()) for (let j = 0; j < 4; j++) storeRun.set(at + j, at);
   const countStmt = (i: number, d: number) => {
@@ -398,16 +411,13 @@ function operandLoads(h: PackHost, body: XStmt[], packed: Packed[], outer: Reado
  * Runs of four adjacent statements storing converted weight lanes (wasm-convert.ts) to adjacent
  * f32 elements of one workgroup or in-memory private array: a GEMM staging unpacked weights.
  */
-function findConvertedStores(h: PackHost, body: XStmt[], conv: ConvertContext, unstable: (e: Expr) => boolean,
-  lets: ReadonlyMap<string, Expr>, out: Map<number, ConvertedStore>): void {
+function findConvertedStores(h: PackHost, body: XStmt[], conv: ConvertContext, out: Map<number, ConvertedStore>): void {
   for (let i = 0; i + 4 <= body.length; i++) {
     const run = body.slice(i, i + 4);
     const s0 = run[0]!;
     if (s0.k !== 'store' || (s0.space !== 'workgroup' && !(s0.space === 'private' && h.privateInMemory(s0.name)))) continue;
     const stores = run.filter((s): s is Extract<XStmt, { k: 'store' }> => s.k === 'store' && s.space === s0.space && s.name === s0.name && s.value.t === 'f32');
-    if (stores.length !== 4 || stores.some((s) => unstable(s.index))) continue;
-    const ia = stores.map((s) => affine(s.index, lets));
-    if (!ia.every((a, j) => a.terms === ia[0]!.terms && a.c === ia[0]!.c + j)) continue;
+    if (stores.length !== 4 || !stores.every((s) => conv.stable(s.index)) || !consecutive(stores.map((s) => s.index), conv.lets)) continue;
     const value = convertedLanes(conv, stores.map((s) => s.value));
     if (!value) continue;
     out.set(i, { space: s0.space as 'workgroup' | 'private', name: s0.name, index: s0.index, value });
@@ -420,13 +430,8 @@ function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): voi
   const known = cache.get(o.key);
   if (known !== undefined) { h.f.get(known); return; }
   const v = h.f.local('v128');
-  if (o.kind === 'load' && o.space === 'storage') {
-    const off = h.storageAddr(o.name, o.index);
-    h.f.simdMem(o.load, off, 2);
-  } else if (o.kind === 'load') {
-    const off = o.space === 'private' ? h.privateAddr(o.name, o.index) : h.workgroupAddr(o.name, o.index);
-    h.f.simdMem(o.load, off, 2);
-  } else emitConverted(h, o);
+  if (o.kind === 'load') h.f.simdMem(o.load, arrayAddr(h, o.space, o.name, o.index), 2);
+  else emitConverted(h, o);
   h.f.tee(v);
   cache.set(o.key, v);
 }
@@ -435,9 +440,8 @@ function vectorOperand(h: PackHost, o: Operand, cache: Map<string, number>): voi
  * The loop body, each packed step's statements as one f32x4 fused multiply-add. Returns how many
  * distinct operands it loads as vectors.
  */
-export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): number {
+export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[], ops: OperandLoads): number {
   const steps = new Map(packed.flatMap(({ group, v }) => group.steps.map((st) => [st.at[0]!, { st, v, kind: group.kind }] as const)));
-  const ops = operandLoads(h, body, packed, h.lets);
   const cache = new Map<string, number>(); // operand key → v128 local, loaded at its first use this iteration
   let exact: ExactTemps | undefined;
   for (let i = 0; i < body.length; i++) {
@@ -445,7 +449,7 @@ export function packedLoopBody(h: PackHost, body: XStmt[], packed: Packed[]): nu
     const run = ops.stores.get(i);
     if (run) {
       h.newStatement();
-      const off = run.space === 'private' ? h.privateAddr(run.name, run.index) : h.workgroupAddr(run.name, run.index);
+      const off = arrayAddr(h, run.space, run.name, run.index);
       emitConverted(h, run.value);
       h.f.simdMem('v128.store', off, 2);
       i += 3;
@@ -513,18 +517,4 @@ export function unpackAccumulators(h: PackHost, packed: Packed[]): void {
       else h.f.get(v).simd('f32x4.extract_lane', lane).set(h.local(n));
     });
   }
-}
-
-/** Whether a loop body has runs of converted stores (then it goes through packedLoopBody too). */
-export function hasConvertedStores(h: PackHost, body: XStmt[]): boolean {
-  if (!h.convertWeights) return false;
-  const found = new Map<number, ConvertedStore>();
-  const lets = new Map(h.lets);
-  for (const s of body) if (s.k === 'let' && !s.mutable) lets.set(s.name, s.init);
-  const conv: ConvertContext = {
-    lets, storage: (n) => h.storageInfo(n), stable: () => true,
-    offsetBy: (a, b, d) => { const x = affine(a, lets), y = affine(b, lets); return x.terms === y.terms && y.c === x.c + d; },
-  };
-  findConvertedStores(h, body, conv, () => false, lets, found);
-  return found.size > 0;
 }

@@ -16,7 +16,7 @@ import { lowerMma } from './mma.js';
 import { type DType, type Scalar, elemOf, widthOf } from '../dsl/types.js';
 import { FnBuilder, encodeModule } from './wasm-encode.js';
 import { WasmExpressions, vt } from './wasm-expr.js';
-import { hasConvertedStores, type PackHost, packAccumulators, packedLoopBody, unpackAccumulators } from './wasm-simd.js';
+import { loopOperands, type PackHost, packAccumulators, packedLoopBody, unpackAccumulators } from './wasm-simd.js';
 import { FN, MATH_IMPORTS, helperFunctions } from './wasm-helpers.js';
 import {
   type Region, SubgroupHoister, type Wg, type WgCtx, WorkgroupLowering, type XStmt, collectLoweredDecls, isSync, regionUse, regionsOf,
@@ -172,15 +172,16 @@ class WasmEmitter extends WasmExpressions {
           fusedMadd: this.fusedMadd,
         }) : [];
         this.packedGroups += packed.length;
+        const ops = this.simd ? loopOperands(this.packHost(), s.body, packed) : null;
         const brk = this.label('brk'), top = this.label('top'), cont = this.label('cont');
         f.block(brk).loop(top);
         this.newStatement();
         f.get(v); this.ex(s.to, 0); f.op(s.t === 'u32' ? 'i32.ge_u' : 'i32.ge_s').brIf(brk);
         f.block(cont);
-        if (packed.length || (this.simd && hasConvertedStores(this.packHost(), s.body))) {
+        if (ops && (packed.length || ops.stores.size)) {
           this.rc.loops.push({ brk, cont });
           this.rc.blocks++;
-          this.vectorOperands += packedLoopBody(this.packHost(), s.body, packed);
+          this.vectorOperands += packedLoopBody(this.packHost(), s.body, packed, ops);
           this.rc.blocks--;
           this.rc.loops.pop();
         } else this.loopBody(s.body, brk, cont);
@@ -231,13 +232,6 @@ class WasmEmitter extends WasmExpressions {
       },
       storageAddr: (name, index) => this.storageAddr(name, index).offset,
       h2f: () => this.h2f(), convertWeights: this.convertWeights,
-      storageVector: (name, index, load) => {
-        const { decl } = this.buf(name);
-        if (decl.t !== 'f32' || decl.vec !== 1) return false;
-        const { offset } = this.storageAddr(name, index);
-        this.f.simdMem(load, offset, 2);
-        return true;
-      },
     };
   }
 
