@@ -111,6 +111,13 @@ const INLINE_NS = 100_000;
 /** In a replayed step, launches expected to take less than this run whole on one worker (no barrier around them). */
 const SOLO_NS = 20_000;
 
+/** An A/B switch from the environment: `fallback` when unset, else one of `allowed`, else an error naming it. */
+function envChoice<T extends string>(name: string, fallback: T, allowed: readonly [T, T]): T {
+  const v = platform.env(name) ?? fallback;
+  if (!(allowed as readonly string[]).includes(v)) throw new Error(`cpu device: ${name} must be '${allowed[0]}' or '${allowed[1]}', not '${v}'`);
+  return v as T;
+}
+
 /**
  * How workers wait for the next replayed step (pool.ts): on a shared word, spinning
  * KILN_CPU_SPIN_US µs then sleeping up to KILN_CPU_LISTEN_MS ms, before falling back to messages.
@@ -119,8 +126,7 @@ const SOLO_NS = 20_000;
  * KILN_CPU_REPLAY=messages: one message per worker per step (the old path; for A/B timing).
  */
 function listenOptions(): ListenOptions | null {
-  const mode = platform.env('KILN_CPU_REPLAY') ?? 'shared';
-  if (mode !== 'shared' && mode !== 'messages') throw new Error(`cpu device: KILN_CPU_REPLAY must be 'shared' or 'messages', not '${mode}'`);
+  const mode = envChoice('KILN_CPU_REPLAY', 'shared', ['shared', 'messages']);
   const num = (name: string, fallback: number) => {
     const v = platform.env(name), n = v === undefined ? fallback : Number(v);
     if (!Number.isFinite(n) || n < 0) throw new Error(`cpu device: ${name} must be a number ≥ 0, not '${v}'`);
@@ -182,21 +188,15 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     this.heap = executor === 'wasm' ? new WasmHeap() : null;
     // Optimised code at compile time (wasm-api.ts says why); KILN_WASM_TIERING=dynamic leaves V8's
     // lazy tier-up on (compiles less up front; measured no faster on the kernel suites).
-    const tiering = platform.env('KILN_WASM_TIERING') ?? 'eager';
-    if (tiering !== 'eager' && tiering !== 'dynamic') throw new Error(`cpu device: KILN_WASM_TIERING must be 'eager' or 'dynamic', not '${tiering}'`);
+    const tiering = envChoice('KILN_WASM_TIERING', 'eager', ['eager', 'dynamic']);
     if (this.heap && tiering === 'eager') preferOptimizedWasm();
     // KILN_WASM_SIMD=0: scalar code only (the SIMD128 paths give the same bits; this is for A/B timing).
-    const simd = platform.env('KILN_WASM_SIMD') ?? '1';
-    if (simd !== '0' && simd !== '1') throw new Error(`cpu device: KILN_WASM_SIMD must be '0' or '1', not '${simd}'`);
-    this.wasmSimd = simd === '1';
+    this.wasmSimd = envChoice('KILN_WASM_SIMD', '1', ['0', '1']) === '1';
     // KILN_WASM_CONVERT=0: weight lanes unpacked one at a time (the vector conversions give the same bits; A/B timing).
-    const convert = platform.env('KILN_WASM_CONVERT') ?? '1';
-    if (convert !== '0' && convert !== '1') throw new Error(`cpu device: KILN_WASM_CONVERT must be '0' or '1', not '${convert}'`);
-    this.convertWeights = convert === '1';
+    this.convertWeights = envChoice('KILN_WASM_CONVERT', '1', ['0', '1']) === '1';
     // KILN_WASM_FMA=exact: fma through the exact helper even where the host's multiply-add is fused
     // (same bits; for A/B timing and to test that path).
-    const fma = platform.env('KILN_WASM_FMA') ?? 'auto';
-    if (fma !== 'auto' && fma !== 'exact') throw new Error(`cpu device: KILN_WASM_FMA must be 'auto' or 'exact', not '${fma}'`);
+    const fma = envChoice('KILN_WASM_FMA', 'auto', ['auto', 'exact']);
     this.fusedMadd = !!this.heap && fma === 'auto' && hostFusedMadd();
     if (this.heap) {
       this.args = this.heap.alloc(ARG_BYTES, 'launch arguments');
@@ -211,11 +211,9 @@ class CpuDevice extends BaseDevice<CpuBuffer> {
     // ~16 workgroups of 64 per core keep the cores busy (measured with src/ops/tune.ts). Counted
     // per core, not per worker: split factors set reduction order, which must not follow `workers`.
     // KILN_WEIGHT_LAYOUT=rows: weights in checkpoint order (the strips give the same bits; A/B timing).
-    const layout = platform.env('KILN_WEIGHT_LAYOUT') ?? 'strips';
-    if (layout !== 'rows' && layout !== 'strips') throw new Error(`cpu device: KILN_WEIGHT_LAYOUT must be 'rows' or 'strips', not '${layout}'`);
+    const layout = envChoice('KILN_WEIGHT_LAYOUT', 'strips', ['rows', 'strips']);
     // KILN_CPU_GEMM=tiled: the tiled GEMM instead of the register one (same bits; A/B timing).
-    const gemm = platform.env('KILN_CPU_GEMM') ?? 'registers';
-    if (gemm !== 'registers' && gemm !== 'tiled') throw new Error(`cpu device: KILN_CPU_GEMM must be 'registers' or 'tiled', not '${gemm}'`);
+    const gemm = envChoice('KILN_CPU_GEMM', 'registers', ['registers', 'tiled']);
     this.profile = { software: true, deviceClass: 'cpu', vendor: 'cpu', parallelism: 1024 * platform.cpuCount(), weightLayout: layout, gemm };
   }
 
