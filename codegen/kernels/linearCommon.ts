@@ -142,6 +142,28 @@ export function storeOutput(k: KernelBuilder, e: Epilogue, refs: EpilogueRefs, N
   }
 }
 
+/**
+ * A GEMM's finished row block: columns n0 … n0 + cols − 1 of row m (m < M checked by the caller),
+ * from the sums gate(j) (and with gateUp up(j)) of block column j, stored in pairs for f16 output
+ * (one word each) or singly, each guarded on its own — the epilogue reads bias and residual at n,
+ * so nothing is computed for columns past N. Lets are named by `row` and the column.
+ */
+export function storeBlockRow(k: KernelBuilder, e: Epilogue, refs: EpilogueRefs, N: Val<'u32'>, m: Val<'u32'>, n0: Val<'u32'>,
+  cols: number, row: number, gate: (j: number) => Val<'f32'>, up: (j: number) => Val<'f32'>): void {
+  const step = e.out === 'f16' ? 2 : 1;
+  for (let j = 0; j < cols; j += step) {
+    const n = k.let(`n${row}_${j}`, j ? n0.add(j) : n0);
+    k.if(n.lt(N), () => {
+      const vals: Val<'f32'>[] = [];
+      for (let c = 0; c < step; c++) {
+        const nc = c ? k.let(`n${row}_${j + c}`, n.add(c)) : n;
+        vals.push(k.let(`v${row}_${j + c}`, epilogueValue(k, e, refs, N, m, nc, gate(j + c), e.gateUp ? up(j + c) : undefined)));
+      }
+      storeOutput(k, e, refs, N, m, n, vals);
+    });
+  }
+}
+
 // ---- finish: sum the GEMV's segment partials, then the epilogue -------------------------------
 
 export interface FinishParams { epilogue: Epilogue; workgroupSize?: number; caps?: Caps }

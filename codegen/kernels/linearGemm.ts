@@ -4,8 +4,8 @@
 import { kernel, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, Val, Var } from '../dsl/index.js';
 import {
-  applyGroup, capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, K_GRANULE, memoKernel,
-  storeOutput, type WeightSource,
+  applyGroup, capsKey, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, K_GRANULE, memoKernel,
+  storeBlockRow, type WeightSource,
 } from './linearCommon.js';
 
 export interface GemmVariant {
@@ -222,20 +222,7 @@ export function gemmKernel(src: WeightSource, e: Epilogue, v: GemmVariant, caps:
         const m = k.let(`m${i}`, row0.add(ty.mul(blockM).add(i)));
         k.if(m.lt(M), () => {
           const n0 = k.let(`n0_${i}`, out0.add(tx.mul(bh)));
-          // Store in pairs (f16: one word each) or single columns (f32), each guarded on its own:
-          // the epilogue reads bias/residual at n, so nothing is computed for columns past N.
-          const step = e.out === 'f16' ? 2 : 1;
-          for (let j = 0; j < bh; j += step) {
-            const n = k.let(`n${i}_${j}`, j ? n0.add(j) : n0);
-            k.if(n.lt(N), () => {
-              const vals: Val<'f32'>[] = [];
-              for (let c = 0; c < step; c++) {
-                const nc = c ? k.let(`n${i}_${j + c}`, n.add(c)) : n;
-                vals.push(k.let(`v${i}_${j + c}`, epilogueValue(k, e, epi, N, m, nc, tot[i]![j + c]!, e.gateUp ? tot[i]![bh + j + c]! : undefined)));
-              }
-              storeOutput(k, e, epi, N, m, n, vals);
-            });
-          }
+          storeBlockRow(k, e, epi, N, m, n0, bh, i, (j) => tot[i]![j]!, (j) => tot[i]![bh + j]!);
         });
       }
     },

@@ -9,8 +9,8 @@
 import { kernel, storage } from '../dsl/index.js';
 import type { ArrayRef, Caps, Val, Var } from '../dsl/index.js';
 import {
-  accumulateGroups, capsKey, checkGemvVariant, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, epilogueValue, memoKernel,
-  storeOutput, type WeightSource,
+  accumulateGroups, capsKey, checkGemvVariant, type Epilogue, epilogueBindings, epilogueRefs, epilogueTag, memoKernel,
+  storeBlockRow, type WeightSource,
 } from './linearCommon.js';
 
 export interface GemmRowsVariant {
@@ -202,24 +202,10 @@ export function gemmRowsKernel(baseSrc: WeightSource, e: Epilogue, v: GemmRowsVa
       // Epilogue: column n0 + i of the block is (unit i / C, lane i % C); the up value is the same
       // position in the up units.
       const n0 = k.let('n0', u0.mul(C));
-      const step = e.out === 'f16' ? 2 : 1;
       for (let r = 0; r < rows; r++) {
         const m = k.let(`m${r}`, r ? row0.add(r) : row0);
-        k.if(m.lt(M), () => {
-          for (let i = 0; i < B; i += step) {
-            const n = k.let(`n${r}_${i}`, i ? n0.add(i) : n0);
-            k.if(n.lt(N), () => {
-              const vals: Val<'f32'>[] = [];
-              for (let c = 0; c < step; c++) {
-                const col = i + c, j = Math.floor(col / C), lane = col % C;
-                const nc = c ? k.let(`n${r}_${col}`, n.add(c)) : n;
-                const up = halves === 2 ? tot[r]![units + j]![lane]! : undefined;
-                vals.push(k.let(`v${r}_${col}`, epilogueValue(k, e, epi, N, m, nc, tot[r]![j]![lane]!, up)));
-              }
-              storeOutput(k, e, epi, N, m, n, vals);
-            });
-          }
-        });
+        k.if(m.lt(M), () => storeBlockRow(k, e, epi, N, m, n0, B, r,
+          (col) => tot[r]![Math.floor(col / C)]![col % C]!, (col) => tot[r]![units + Math.floor(col / C)]![col % C]!));
       }
     },
   }));
