@@ -39,7 +39,8 @@ export interface GgufTensor {
   data: Uint8Array;
 }
 
-const TYPE_BYTES: Record<GgmlTypeName, number> = { F32: 4, F16: 2 };
+/** Bytes per element of each tensor type. */
+export const TYPE_BYTES: Record<GgmlTypeName, number> = { F32: 4, F16: 2 };
 const utf8 = new TextEncoder();
 
 /** Appends little-endian fields to a growing buffer. */

@@ -1,6 +1,6 @@
 // A tiny GGUF reader: header, metadata and tensor infos, with each tensor's bytes located. It
 // reads back what gguf.ts writes (the test) and tells whether a cached conversion is current.
-import { GGML_TYPE, GGUF_ALIGNMENT, GGUF_MAGIC, GGUF_VALUE } from './gguf.js';
+import { GGML_TYPE, GGUF_ALIGNMENT, GGUF_MAGIC, GGUF_VALUE, TYPE_BYTES } from './gguf.js';
 
 export type GgufRead = number | bigint | boolean | string | GgufRead[];
 
@@ -21,7 +21,7 @@ export interface GgufFile {
   bytes(name: string): Uint8Array;
 }
 
-const TYPE_NAMES = new Map<number, [string, number]>(Object.entries(GGML_TYPE).map(([k, v]) => [v, [k, k === 'F32' ? 4 : 2]]));
+const TYPE_NAMES = new Map<number, [string, number]>(Object.entries(GGML_TYPE).map(([k, v]) => [v, [k, TYPE_BYTES[k as keyof typeof TYPE_BYTES]]]));
 
 export function readGguf(file: Uint8Array, what = 'gguf'): GgufFile {
   const view = new DataView(file.buffer, file.byteOffset, file.byteLength);
