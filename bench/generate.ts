@@ -36,7 +36,13 @@ import { DEFAULT_MODEL } from '../src/llm.js';
 import { argmax as argmaxKernel } from '../codegen/kernels/sampling.js';
 import { copyBandwidth } from './common.js';
 
-export type Executor = 'wasm' | 'wasm-scalar' | 'wasm-rows' | 'wasm-exact' | 'wasm-msg' | 'wasm-tiled' | 'js';
+/** The cpu executors besides wasm and js: wasm with one switch the device reads when it is created. */
+const WASM_VARIANTS = {
+  'wasm-scalar': ['KILN_WASM_SIMD', '0'], 'wasm-rows': ['KILN_WEIGHT_LAYOUT', 'rows'], 'wasm-exact': ['KILN_WASM_FMA', 'exact'],
+  'wasm-msg': ['KILN_CPU_REPLAY', 'messages'], 'wasm-tiled': ['KILN_CPU_GEMM', 'tiled'],
+} as const;
+export type Executor = 'wasm' | keyof typeof WASM_VARIANTS | 'js';
+const EXECUTORS: readonly string[] = ['wasm', ...Object.keys(WASM_VARIANTS), 'js'];
 interface Options {
   backends: BackendKind[]; formats: WeightFormat[]; model: string; prompt: number; decode: number;
   copy: boolean; llama3: boolean; layers: number | null; executors: Executor[]; json: boolean; rounds: number;
@@ -60,8 +66,8 @@ function parse(args: string[]): Options {
     else if (a === '--synthetic-layers') o.layers = Number(v());
     else if (a === '--executors') {
       o.executors = v().split(',') as Executor[];
-      const bad = o.executors.find((x) => !['wasm', 'wasm-scalar', 'wasm-rows', 'wasm-exact', 'wasm-msg', 'wasm-tiled', 'js'].includes(x));
-      if (bad !== undefined) throw new Error(`bench generate: --executors takes wasm, wasm-scalar, wasm-rows, wasm-exact, wasm-msg, wasm-tiled and/or js, not '${bad}'`);
+      const bad = o.executors.find((x) => !EXECUTORS.includes(x));
+      if (bad !== undefined) throw new Error(`bench generate: --executors takes ${EXECUTORS.slice(0, -1).join(', ')} and/or js, not '${bad}'`);
     } else if (a === '--json') o.json = true;
     else if (a === '--rounds') o.rounds = Number(v());
     else if (a === '--workers') o.workers = v().split(',').map(Number);
@@ -214,21 +220,15 @@ export async function main(args: string[]): Promise<void> {
   try {
     for (const [kind, executor, workers] of runs) {
       let dev: Device;
-      // wasm-scalar, wasm-rows, wasm-exact, wasm-msg, wasm-tiled: the device reads KILN_WASM_SIMD, KILN_WEIGHT_LAYOUT, KILN_WASM_FMA, KILN_CPU_REPLAY and KILN_CPU_GEMM when it is created.
-      const saved = {
-        KILN_WASM_SIMD: process.env.KILN_WASM_SIMD, KILN_WEIGHT_LAYOUT: process.env.KILN_WEIGHT_LAYOUT, KILN_WASM_FMA: process.env.KILN_WASM_FMA,
-        KILN_CPU_REPLAY: process.env.KILN_CPU_REPLAY, KILN_CPU_GEMM: process.env.KILN_CPU_GEMM,
-      };
-      if (executor === 'wasm-scalar') process.env.KILN_WASM_SIMD = '0';
-      if (executor === 'wasm-rows') process.env.KILN_WEIGHT_LAYOUT = 'rows';
-      if (executor === 'wasm-exact') process.env.KILN_WASM_FMA = 'exact';
-      if (executor === 'wasm-msg') process.env.KILN_CPU_REPLAY = 'messages';
-      if (executor === 'wasm-tiled') process.env.KILN_CPU_GEMM = 'tiled';
+      // A wasm variant sets its switch while the device is created (which is when it reads it).
+      const variant = executor && executor !== 'wasm' && executor !== 'js' ? WASM_VARIANTS[executor] : undefined;
+      const saved = variant ? process.env[variant[0]] : undefined;
+      if (variant) process.env[variant[0]] = variant[1];
       try { dev = await createDevice(kind, { ...(executor ? { executor: executor === 'js' ? 'js' : 'wasm' } : {}), ...(workers !== undefined ? { workers } : {}) }); } catch (e) {
         if (e instanceof BackendUnavailableError) { log(`${kind}: skipped — ${e.reason}`); continue; }
         throw e;
       } finally {
-        for (const [name, v] of Object.entries(saved)) if (v === undefined) delete process.env[name]; else process.env[name] = v;
+        if (variant) { if (saved === undefined) delete process.env[variant[0]]; else process.env[variant[0]] = saved; }
       }
       log(`${kind}: ${dev.description}`);
       const copy = o.copy ? await copyBandwidth(dev, dev.profile.software ? 4 << 20 : 64 << 20, { reps: 3, samples: 5 }) : null;
